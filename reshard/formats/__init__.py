@@ -1,19 +1,57 @@
 """Checkpoint storage behind reader/writer interfaces (.ckpt and .safetensors).
 
-CONTRACT STUB written before the implementation.
-
 TensorMeta.dtype is MindSpore's tensor_type name ("Float32", "Float16", "BFloat16", "Int64",
 "Bool", "str", ...). Arrays travel in a *storage* numpy dtype of the same item size (BFloat16 ->
 np.uint16) so no value is ever converted.
 
     open_reader(path) -> CheckpointReader           # by suffix: .ckpt / .safetensors
         reader.metas: dict[str, TensorMeta]         # in file order
-        reader.read(name, region=None) -> np.ndarray
-            region: tuple of (start, stop) per dimension; reads only the bytes it needs
+        reader.read(name, region=None, out=None) -> np.ndarray
+            region: tuple of (start, stop) per dimension; reads only the bytes it needs;
+            out: preallocated region-shaped destination (any strides)
+        reader.read_raw(name) -> bytes              # 'str' / Int4 values (or any value)
+        reader.metadata                             # safetensors __metadata__ ({} for .ckpt)
         reader.close(); usable as a context manager
-    open_writer(path, metas, fmt=None) -> CheckpointWriter   # fmt from suffix when None
+    open_writer(path, metas, fmt=None, **options) -> CheckpointWriter   # fmt from suffix
+        options: ckpt crc_check=False; safetensors metadata={"format": "ms"}
         writer.write(name, chunk)   # tensors in metas order; a tensor may come as several
-                                    # consecutive axis-0 chunks
+                                    # consecutive axis-0 chunks; raw values as bytes
         writer.commit()             # fsync, rename temp -> path
         writer.abort()              # remove the temporary file
+        context manager: commit on clean exit, abort on exception
 """
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from reshard.formats.base import CheckpointReader, CheckpointWriter
+from reshard.formats.ckpt_format import CkptReader, CkptWriter
+from reshard.formats.meta import FormatError, TensorMeta
+from reshard.formats.safetensors_format import SafetensorsReader, SafetensorsWriter
+
+__all__ = ["CheckpointReader", "CheckpointWriter", "FormatError", "TensorMeta", "format_of",
+           "open_reader", "open_writer"]
+
+_READERS = {"ckpt": CkptReader, "safetensors": SafetensorsReader}
+_WRITERS = {"ckpt": CkptWriter, "safetensors": SafetensorsWriter}
+
+
+def format_of(path: str | os.PathLike) -> str:
+    """'ckpt' or 'safetensors' from the file name's suffix."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if suffix not in _READERS:
+        raise FormatError(f"{os.fspath(path)}: not a .ckpt or .safetensors file name")
+    return suffix
+
+
+def open_reader(path: str | os.PathLike) -> CheckpointReader:
+    return _READERS[format_of(path)](path)
+
+
+def open_writer(path: str | os.PathLike, metas: Sequence[TensorMeta], fmt: str | None = None,
+                **options) -> CheckpointWriter:
+    fmt = fmt or format_of(path)
+    if fmt not in _WRITERS:
+        raise FormatError(f"{os.fspath(path)}: unknown checkpoint format {fmt!r}")
+    return _WRITERS[fmt](path, metas, **options)

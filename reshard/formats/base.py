@@ -1,0 +1,247 @@
+"""Format-independent halves of readers and writers: region reads over an index of byte
+extents, and the temp-file-then-rename discipline with the write-order bookkeeping."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from reshard.formats.meta import FormatError, TensorMeta, storage_view
+from reshard.formats.regions import ByteSource, Extent, Region, normalize_region, read_region
+
+
+class CheckpointReader:
+    """An open checkpoint: `metas` (file order) plus ranged reads of any value.
+
+    Subclasses only build the index (`metas`, `_extents`); reading is shared. Not thread-safe
+    (one scratch buffer per reader): open one reader per thread.
+    """
+    fmt: str = ""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as err:
+            raise FormatError(f"{self.path}: cannot open checkpoint: {err.strerror}") from None
+        self.size = os.fstat(self._fd).st_size
+        self.metas: dict[str, TensorMeta] = {}
+        self.metadata: dict[str, str] = {}   # file-level key/values (safetensors __metadata__)
+        self._extents: dict[str, Extent] = {}
+        self._src = ByteSource(self._fd, self.path)
+        try:
+            self._index()
+        except BaseException:
+            self.close()
+            raise
+
+    def _index(self) -> None:
+        raise NotImplementedError
+
+    def _lookup(self, name: str) -> tuple[TensorMeta, Extent]:
+        try:
+            return self.metas[name], self._extents[name]
+        except KeyError:
+            raise FormatError(f"{self.path}: no parameter {name!r}") from None
+
+    def read(self, name: str, region: Region | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """The region (per-dimension (start, stop); None = all) in the storage dtype. With `out`
+        (region-shaped, any strides, same item size) the bytes land there and it is returned
+        viewed in the storage dtype."""
+        meta, extent = self._lookup(name)
+        if not meta.sliceable:
+            raise FormatError(f"{self.path}: parameter {name!r} is {meta.dtype}; use read_raw")
+        region = normalize_region(meta, region)
+        shape = tuple(b - a for a, b in region)
+        if out is None:
+            out = np.empty(shape, dtype=meta.storage)
+        else:
+            if tuple(out.shape) != shape:
+                raise ValueError(f"parameter {name!r}: out has shape {tuple(out.shape)}, "
+                                 f"region needs {shape}")
+            out = storage_view(out, meta)
+        read_region(self._src, extent, meta, region, out)
+        return out
+
+    def read_raw(self, name: str) -> bytes:
+        """The value's content bytes as stored (for 'str' and Int4 values, or any value)."""
+        _, extent = self._lookup(name)
+        buf = bytearray(extent.nbytes)
+        self._src.pread_into(extent, 0, memoryview(buf), name)
+        return bytes(buf)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.path!r}, {len(self.metas)} values)"
+
+
+class CheckpointWriter:
+    """Writes values in `metas` order to a temporary file beside `path`; commit() renames it.
+
+    Nothing ever appears under the final name unless commit() succeeds. As a context manager
+    it commits on a clean exit (when not committed or aborted already) and aborts on an
+    exception. Subclasses encode: _begin_value / _write_content / _end_value / _finish.
+    """
+    fmt: str = ""
+
+    def __init__(self, path: str | os.PathLike, metas: Sequence[TensorMeta]):
+        self.path = os.fspath(path)
+        self.metas = list(metas)
+        seen = set()
+        for meta in self.metas:
+            if meta.name in seen:
+                raise FormatError(f"{self.path}: parameter {meta.name!r} listed twice")
+            seen.add(meta.name)
+        folder, base = os.path.split(os.path.abspath(self.path))
+        self.temp_path = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
+        self._file = open(self.temp_path, "wb")
+        self._pos = 0            # index into metas of the value being written
+        self._left: int | None = None  # bytes still due for metas[_pos]; None = not begun
+        self._rows = 0           # axis-0 rows received for metas[_pos]
+        self.state = "open"
+
+    # -- public -------------------------------------------------------------------------
+    def write(self, name: str, chunk: np.ndarray | bytes | bytearray | memoryview) -> None:
+        """Next piece of value `name`: the whole value, or consecutive axis-0 chunks."""
+        self._check_open()
+        self._complete_empty_values(until=name)
+        if self._pos >= len(self.metas) or self.metas[self._pos].name != name:
+            expected = self.metas[self._pos].name if self._pos < len(self.metas) else "nothing"
+            raise FormatError(f"{self.path}: parameter {name!r} written out of order "
+                              f"(expected {expected!r})")
+        meta = self.metas[self._pos]
+        data = self._chunk_bytes(meta, chunk)
+        if self._left is None:
+            total = meta.nbytes if meta.nbytes is not None else len(data)
+            self._left = total
+            self._begin_value(meta, total)
+        if len(data) > self._left:
+            raise FormatError(f"{self.path}: parameter {name!r}: {len(data)} bytes given, only "
+                              f"{self._left} left of {meta.nbytes}")
+        if len(data):
+            self._write_content(data)
+        self._left -= len(data)
+        if self._left == 0:
+            self._end_value(meta)
+            self._pos += 1
+            self._left = None
+            self._rows = 0
+
+    def commit(self) -> None:
+        self._check_open()
+        try:
+            self._complete_empty_values(until=None)
+            if self._pos < len(self.metas):
+                missing = self.metas[self._pos].name
+                raise FormatError(f"{self.path}: parameter {missing!r} incomplete at commit")
+            self._finish()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.temp_path, self.path)
+            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except BaseException:
+            self.abort()
+            raise
+        self.state = "committed"
+
+    def abort(self) -> None:
+        if self.state != "open":
+            return
+        self.state = "aborted"
+        self._file.close()
+        try:
+            os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        elif self.state == "open":
+            self.commit()
+
+    def __del__(self):
+        # A writer dropped without commit() must not leave its temp file behind.
+        if getattr(self, "state", None) == "open":
+            self.abort()
+
+    # -- helpers ------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.state != "open":
+            raise FormatError(f"{self.path}: writer already {self.state}")
+
+    def _complete_empty_values(self, until: str | None) -> None:
+        """Zero-byte values need no write(); emit them when the caller moves past them."""
+        while self._pos < len(self.metas) and self._left is None:
+            meta = self.metas[self._pos]
+            if meta.name == until or meta.nbytes != 0:
+                return
+            self._begin_value(meta, 0)
+            self._end_value(meta)
+            self._pos += 1
+
+    def _chunk_bytes(self, meta: TensorMeta, chunk) -> memoryview:
+        if isinstance(chunk, (bytes, bytearray, memoryview)):
+            return memoryview(chunk).cast("B")
+        if not isinstance(chunk, np.ndarray):
+            raise TypeError(f"parameter {meta.name!r}: chunk must be ndarray or bytes, "
+                            f"got {type(chunk).__name__}")
+        if not meta.sliceable:
+            return memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8))
+        chunk = storage_view(chunk, meta)
+        if meta.shape == ():
+            if chunk.shape not in ((), (1,)):
+                raise FormatError(f"{self.path}: parameter {meta.name!r}: chunk shape "
+                                  f"{chunk.shape} for a scalar")
+        else:
+            if chunk.ndim != len(meta.shape) or chunk.shape[1:] != meta.shape[1:]:
+                raise FormatError(f"{self.path}: parameter {meta.name!r}: chunk shape "
+                                  f"{chunk.shape} does not fit {meta.shape}")
+            self._rows += chunk.shape[0]
+            if self._rows > meta.shape[0]:
+                raise FormatError(f"{self.path}: parameter {meta.name!r}: more than "
+                                  f"{meta.shape[0]} rows written")
+        chunk = np.ascontiguousarray(chunk)
+        return memoryview(chunk.reshape(-1).view(np.uint8))
+
+    def _begin_value(self, meta: TensorMeta, nbytes: int) -> None:
+        raise NotImplementedError
+
+    def _write_content(self, data: memoryview) -> None:
+        self._file.write(data)
+
+    def _end_value(self, meta: TensorMeta) -> None:
+        pass
+
+    def _finish(self) -> None:
+        pass
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make the rename itself durable (a crash must not resurrect the old state)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,166 @@
+"""Reading a box-shaped region of a row-major tensor with few, bounded reads.
+
+This is the engine's hot path. A region of a C-order tensor is a set of equal contiguous byte
+runs (dimension k = the last partial one; everything after it is full and rides along). Runs
+close together are read as one span into a bounded scratch buffer and scattered with one numpy
+strided copy; runs far apart are read straight into the destination when it is contiguous there.
+Files are read with os.preadv into existing buffers: no mmap (RSS stays honest), no whole-file
+reads, no intermediate bytes objects.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reshard.formats.meta import FormatError, TensorMeta
+
+# Runs whose gap is at most this many bytes are read as one span (reading a small gap costs
+# less than the extra syscall). Measured on the 4096x11008 fp16 column-half case, see bench.
+COALESCE_GAP = 64 * 1024
+# Upper bound on the scratch buffer used for coalesced spans and non-contiguous destinations.
+SCRATCH_BYTES = 8 * 1024 * 1024
+
+Region = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Where a value's content lives: pieces (file offset, length) that concatenate to the
+    value's bytes. One piece for safetensors; one per record for a chunked .ckpt value."""
+    pieces: tuple[tuple[int, int], ...]
+    starts: tuple[int, ...] = field(init=False)   # logical offset of each piece
+    nbytes: int = field(init=False)
+
+    def __post_init__(self):
+        starts = tuple(itertools.accumulate((n for _, n in self.pieces), initial=0))
+        object.__setattr__(self, "starts", starts[:-1])
+        object.__setattr__(self, "nbytes", starts[-1])
+
+
+class ByteSource:
+    """Positional reads of a value's logical byte range from an open file descriptor."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd = fd
+        self.path = path
+        self._scratch: bytearray | None = None
+
+    def scratch(self, nbytes: int) -> memoryview:
+        if self._scratch is None or len(self._scratch) < nbytes:
+            self._scratch = bytearray(max(nbytes, min(SCRATCH_BYTES, 2 * nbytes)))
+        return memoryview(self._scratch)[:nbytes]
+
+    def pread_into(self, extent: Extent, logical_offset: int, buf: memoryview, name: str) -> None:
+        """Fill buf with the value's bytes [logical_offset, logical_offset + len(buf))."""
+        pieces = extent.pieces
+        if len(pieces) == 1:
+            self._pread_exact(pieces[0][0] + logical_offset, buf, name)
+            return
+        starts = extent.starts
+        i = bisect_right(starts, logical_offset) - 1
+        done = 0
+        while done < len(buf):
+            file_offset, length = pieces[i]
+            inside = logical_offset + done - starts[i]
+            take = min(length - inside, len(buf) - done)
+            self._pread_exact(file_offset + inside, buf[done:done + take], name)
+            done += take
+            i += 1
+
+    def _pread_exact(self, offset: int, buf: memoryview, name: str) -> None:
+        done = 0
+        while done < len(buf):
+            n = os.preadv(self.fd, [buf[done:]], offset + done)
+            if n <= 0:
+                raise FormatError(f"{self.path}: truncated while reading parameter {name!r}")
+            done += n
+
+
+def normalize_region(meta: TensorMeta, region: Region | None) -> Region:
+    shape = meta.shape
+    if region is None:
+        return tuple((0, d) for d in shape)
+    region = tuple((int(a), int(b)) for a, b in region)
+    if len(region) != len(shape) or any(not 0 <= a <= b <= d for (a, b), d in zip(region, shape)):
+        raise ValueError(f"parameter {meta.name!r}: region {region} does not fit shape {shape}")
+    return region
+
+
+def read_region(src: ByteSource, extent: Extent, meta: TensorMeta, region: Region,
+                out: np.ndarray) -> None:
+    """Copy `region` of the tensor into `out` (region-shaped, storage dtype, any strides)."""
+    shape = meta.shape
+    isz = meta.itemsize
+    if out.size == 0:
+        return
+    ndim = len(shape)
+    # k: last dimension that is not read in full; dimensions after it ride along in each run.
+    k = max((i for i in range(ndim) if region[i] != (0, shape[i])), default=0)
+    if ndim == 0:
+        src.pread_into(extent, 0, _as_bytes(out), meta.name)
+        return
+    strides = [isz] * ndim  # byte strides of the file tensor
+    for i in range(ndim - 2, -1, -1):
+        strides[i] = strides[i + 1] * shape[i + 1]
+    a_k, b_k = region[k]
+    run = (b_k - a_k) * strides[k]
+    if k == 0:
+        _read_rows(src, extent, meta, a_k * strides[0], 1, 0, run, out[np.newaxis], strides, k)
+        return
+    # Rows: dimension k-1; outer dimensions 0..k-2 are iterated in Python (rare beyond 2-D).
+    a_r, b_r = region[k - 1]
+    rows = b_r - a_r
+    row_stride = strides[k - 1]
+    for outer in itertools.product(*(range(a, b) for a, b in region[:k - 1])):
+        base = sum(i * s for i, s in zip(outer, strides)) + a_r * row_stride + a_k * strides[k]
+        dst = out[tuple(i - a for i, (a, _) in zip(outer, region))]
+        _read_rows(src, extent, meta, base, rows, row_stride, run, dst, strides, k)
+
+
+def _read_rows(src: ByteSource, extent: Extent, meta: TensorMeta, base: int, rows: int,
+               row_stride: int, run: int, dst: np.ndarray, strides: list[int], k: int) -> None:
+    """`rows` runs of `run` bytes starting at base, base+row_stride, ...; dst[r] is run r."""
+    gap = row_stride - run
+    if rows > 1 and gap <= COALESCE_GAP and row_stride <= SCRATCH_BYTES:
+        per_batch = max(1, SCRATCH_BYTES // row_stride)
+        view_strides = (row_stride, *strides[k:])
+        inner_shape = dst.shape[1:]
+        for r0 in range(0, rows, per_batch):
+            n = min(per_batch, rows - r0)
+            span = (n - 1) * row_stride + run
+            buf = src.scratch(span)
+            src.pread_into(extent, base + r0 * row_stride, buf, meta.name)
+            block = np.ndarray((n, *inner_shape), dtype=meta.storage, buffer=buf,
+                               strides=view_strides)
+            np.copyto(dst[r0:r0 + n], block, casting="no")
+        return
+    for r in range(rows):
+        row_dst = dst[r]
+        offset = base + r * row_stride
+        if row_dst.flags.c_contiguous:
+            src.pread_into(extent, offset, _as_bytes(row_dst), meta.name)
+            continue
+        # Non-contiguous destination: bounce through scratch in pieces along its first axis.
+        if row_dst.ndim == 0:
+            buf = src.scratch(meta.itemsize)
+            src.pread_into(extent, offset, buf, meta.name)
+            row_dst[...] = np.frombuffer(buf, dtype=meta.storage)[0]
+            continue
+        step_bytes = strides[k]
+        per_piece = max(1, SCRATCH_BYTES // step_bytes)
+        length = row_dst.shape[0]
+        for p0 in range(0, length, per_piece):
+            n = min(per_piece, length - p0)
+            buf = src.scratch(n * step_bytes)
+            src.pread_into(extent, offset + p0 * step_bytes, buf, meta.name)
+            piece = np.frombuffer(buf, dtype=meta.storage).reshape((n, *row_dst.shape[1:]))
+            np.copyto(row_dst[p0:p0 + n], piece, casting="no")
+
+
+def _as_bytes(array: np.ndarray) -> memoryview:
+    """Writable byte view of a C-contiguous array (also 0-d and bool)."""
+    return memoryview(array.reshape(-1).view(np.uint8))

@@ -1,0 +1,111 @@
+"""safetensors: 8-byte little-endian header length, a JSON header, then the data area.
+
+The writer knows every meta up front, so it writes the header first and streams the data in
+header order (the order MindSpore's own reader, transform_safetensors.read_metadata, insists
+on: offsets must follow the JSON order with no holes). Like save_checkpoint(format=
+"safetensors") it records {"format": "ms"} in __metadata__. Int4 values (marked by a per-name
+metadata entry "Int4") are read as raw bytes but not written.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from reshard.formats.base import CheckpointReader, CheckpointWriter
+from reshard.formats.meta import STORAGE_DTYPES, FormatError, TensorMeta
+from reshard.formats.regions import Extent
+
+TO_CODE = {"Float64": "F64", "Float32": "F32", "Float16": "F16", "BFloat16": "BF16",
+           "Int64": "I64", "Int32": "I32", "Int16": "I16", "Int8": "I8",
+           "UInt64": "U64", "UInt32": "U32", "UInt16": "U16", "UInt8": "U8", "Bool": "BOOL"}
+FROM_CODE = {code: name for name, code in TO_CODE.items()}
+_MAX_HEADER = 100 * 1024 * 1024   # the safetensors library's own limit
+DEFAULT_METADATA = {"format": "ms"}
+
+
+class SafetensorsReader(CheckpointReader):
+    fmt = "safetensors"
+
+    def _index(self) -> None:
+        head = os.pread(self._fd, 8, 0)
+        if len(head) < 8:
+            raise FormatError(f"{self.path}: not a safetensors file (only {self.size} bytes)")
+        n = int.from_bytes(head, "little")
+        if n > _MAX_HEADER or 8 + n > self.size:
+            raise FormatError(f"{self.path}: not a readable safetensors file (header length {n}"
+                              f" for a file of {self.size} bytes: truncated or corrupt)")
+        raw = os.pread(self._fd, n, 8)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+        except ValueError as err:
+            raise FormatError(f"{self.path}: not a readable safetensors file "
+                              f"(bad JSON header: {err})") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        data_start = 8 + n
+        entries = []
+        for name, info in header.items():
+            try:
+                code, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise FormatError(f"{self.path}: parameter {name!r}: malformed header entry") \
+                    from None
+            if self.metadata.get(name) == "Int4":
+                dtype = "Int4"
+            elif code in FROM_CODE:
+                dtype = FROM_CODE[code]
+            else:
+                raise FormatError(f"{self.path}: parameter {name!r}: unsupported dtype {code!r}")
+            meta = TensorMeta(name, dtype, shape,
+                              raw_nbytes=None if dtype in STORAGE_DTYPES else end - start)
+            if not 0 <= start <= end or (meta.sliceable and end - start != meta.nbytes):
+                raise FormatError(f"{self.path}: parameter {name!r}: data_offsets {[start, end]}"
+                                  f" do not fit {code}{list(shape)}")
+            if data_start + end > self.size:
+                raise FormatError(f"{self.path}: truncated (parameter {name!r} ends at byte "
+                                  f"{data_start + end}, file has {self.size})")
+            entries.append((start, meta, Extent(((data_start + start, end - start),))))
+        for _, meta, extent in sorted(entries, key=lambda e: e[0]):   # physical order
+            self.metas[meta.name] = meta
+            self._extents[meta.name] = extent
+
+
+class SafetensorsWriter(CheckpointWriter):
+    fmt = "safetensors"
+
+    def __init__(self, path, metas: Sequence[TensorMeta],
+                 metadata: dict[str, str] | None = None):
+        super().__init__(path, metas)
+        try:
+            self._file.write(header_bytes(self.metas, metadata, self.path))
+        except BaseException:
+            self.abort()
+            raise
+
+    def _begin_value(self, meta: TensorMeta, nbytes: int) -> None:
+        pass
+
+
+def header_bytes(metas: Sequence[TensorMeta], metadata: dict[str, str] | None,
+                 path: str) -> bytes:
+    """Length prefix + JSON header, padded with spaces to 8 bytes as the library pads it (so
+    the data area, and every tensor of the usual dtypes, stays aligned)."""
+    meta_block = dict(DEFAULT_METADATA if metadata is None else metadata)
+    header: dict[str, object] = {}
+    offset = 0
+    for meta in metas:
+        if not meta.sliceable:
+            raise FormatError(f"{path}: parameter {meta.name!r}: {meta.dtype} values cannot be "
+                              "stored in safetensors")
+        header[meta.name] = {"dtype": TO_CODE[meta.dtype], "shape": list(meta.shape),
+                             "data_offsets": [offset, offset + meta.nbytes]}
+        offset += meta.nbytes
+    if meta_block:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta_block.items()):
+            raise FormatError(f"{path}: __metadata__ keys and values must be strings")
+        header = {"__metadata__": meta_block, **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
