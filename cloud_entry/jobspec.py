@@ -1,0 +1,39 @@
+"""The parsed job: what the user asked for, validated, before anything touches disk or network.
+
+Data flows one way: arguments -> JobSpec -> plan -> download -> convert -> markers -> upload ->
+launch; later stages read a JobSpec, they never re-parse arguments or the environment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    config: str | None = None                 # base YAML: path, name in configs/, or URL
+    load_checkpoint: str = ""
+    src_strategy: str = ""                    # src_strategy_path_or_dir
+    dst_strategy: str = ""                    # file, folder or URL; "" -> strategy pass
+    auto_trans_ckpt: bool | None = None
+    transform_process_num: int | None = None
+    transform_timeout: float = 3600.0         # seconds, every cross-node wait
+    max_memory: int | None = None             # bytes, passed to the engine
+    npu_num_per_node: int | None = None
+    node_num: int | None = None
+    node_index: int | None = None
+    only_save_strategy: bool | None = None
+    load_ckpt_format: str | None = None
+    use_parallel: bool | None = None
+    run_mode: str | None = None
+    output_dir: str | None = None
+    remote_save_url: str = ""
+    shared_dir: str = ""
+    work_dir: str = ""                        # "" -> <output_dir>/cloud_entry
+    prefix: str = "checkpoint_"
+    run_id: str = ""                          # "" -> derived (see cluster.run_id)
+    transform_only: bool = False
+    launch_cmd: tuple[str, ...] = ()
+    parallel: dict[str, Any] = field(default_factory=dict)     # parallel_config.<key> -> value
+    overrides: dict[str, Any] = field(default_factory=dict)    # dotted key -> value
+    ignored: tuple[str, ...] = ()             # unknown arguments (warned about)

@@ -1,0 +1,137 @@
+"""Block success/failure markers on the shared store (object storage or a shared disk).
+
+A marker is `transform_succeed_rank_<leader>.txt` or `transform_failed_rank_<leader>.txt`
+(MindFormers' names) beside the rank_<r> folders. Its first line is `run_id <id>`: markers
+left by an earlier run carry another id, so they are ignored by waiters and removed by the
+block's own leader before it converts. The failure marker's remaining text is the error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Iterable
+
+import obs_io
+
+from cloud_entry.errors import BlockFailed, WaitTimeout
+from cloud_entry.waits import Backoff, poll
+
+log = logging.getLogger(__name__)
+
+SUCCEED, FAILED = "succeed", "failed"
+_NAME = re.compile(r"^transform_(succeed|failed)_rank_(\d+)\.txt$")
+
+
+@dataclass(frozen=True)
+class Marker:
+    state: str        # SUCCEED or FAILED
+    rank: int         # block leader
+    run_id: str
+    message: str = ""
+
+
+def marker_name(state: str, rank: int) -> str:
+    return f"transform_{state}_rank_{rank}.txt"
+
+
+def join(base: str, *parts: str) -> str:
+    """Join for local paths and URLs alike (object stores always use '/')."""
+    if obs_io.is_remote(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def write_atomic(url: str, text: str) -> None:
+    """An object PUT is atomic already; on a (shared) disk write a temp name and rename."""
+    if obs_io.is_remote(url):
+        obs_io.file.write(url, text)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+    tmp = f"{url}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, url)
+
+
+def publish(store: str, marker: Marker) -> None:
+    text = f"run_id {marker.run_id}\n{marker.message}"
+    write_atomic(join(store, marker_name(marker.state, marker.rank)), text)
+    log.info("published %s", marker_name(marker.state, marker.rank))
+
+
+def parse(name: str, text: str) -> Marker | None:
+    m = _NAME.match(name)
+    if not m:
+        return None
+    first, _, rest = text.partition("\n")
+    run_id = first[len("run_id "):].strip() if first.startswith("run_id ") else ""
+    message = rest.strip() if run_id else text.strip()
+    return Marker(m.group(1), int(m.group(2)), run_id, message)
+
+
+def scan(store: str) -> list[Marker]:
+    """Every marker in the store folder (any run)."""
+    try:
+        names = obs_io.file.list_directory(store)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        if _NAME.match(name):
+            try:
+                text = obs_io.file.read(join(store, name))
+            except FileNotFoundError:   # removed between list and read
+                continue
+            marker = parse(name, text)
+            if marker:
+                found.append(marker)
+    return found
+
+
+def clear_stale(store: str, leaders: Iterable[int], run_id: str) -> list[str]:
+    """Remove markers of our own blocks left by other runs; never touches other blocks' markers
+    (their leaders may already have published for this run)."""
+    mine = set(leaders)
+    removed = []
+    for marker in scan(store):
+        if marker.rank in mine and marker.run_id != run_id:
+            name = marker_name(marker.state, marker.rank)
+            try:
+                obs_io.file.remove(join(store, name))
+            except FileNotFoundError:
+                pass
+            removed.append(name)
+            log.info("removed stale marker %s (run %s)", name, marker.run_id or "?")
+    return removed
+
+
+def pending_blocks(store: str, leaders: Iterable[int], run_id: str) -> list[int]:
+    """Leaders without a success marker of this run; BlockFailed as soon as one has failed."""
+    current = {(m.rank, m.state): m for m in scan(store) if m.run_id == run_id}
+    leaders = sorted(set(leaders))
+    for rank in leaders:
+        failed = current.get((rank, FAILED))
+        if failed:
+            raise BlockFailed(f"block led by rank {rank} failed: {failed.message or 'no message'}")
+    return [r for r in leaders if (r, SUCCEED) not in current]
+
+
+def wait_for_blocks(store: str, leaders: Iterable[int], run_id: str, timeout: float,
+                    backoff: Backoff = Backoff(), **poll_kw) -> None:
+    """Bounded wait for every block's success marker; the first failure marker ends it."""
+    last: list[int] = sorted(set(leaders))
+
+    def check() -> bool | None:
+        nonlocal last
+        last = pending_blocks(store, leaders, run_id)
+        return None if last else True
+
+    try:
+        poll(check, timeout, "block markers", backoff, **poll_kw)
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc}: no marker from the block leader rank(s) "
+                          f"{', '.join(map(str, last))} in {store}") from None

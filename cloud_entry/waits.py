@@ -1,0 +1,39 @@
+"""Bounded polling with back-off: the only way the entry waits for other processes or nodes.
+
+Why back-off: object-store listings cost requests; early checks are cheap to repeat, later
+ones are spaced out up to `max_interval` so a long conversion costs few requests.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from cloud_entry.errors import WaitTimeout
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first: float = 0.2
+    factor: float = 1.5
+    max_interval: float = 10.0
+
+
+def poll(check: Callable[[], T | None], timeout: float, what: str, backoff: Backoff = Backoff(),
+         sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.monotonic) -> T:
+    """Call `check` until it returns something other than None; WaitTimeout after `timeout` s.
+    `check` may raise to end the wait early (a failure marker)."""
+    deadline = clock() + timeout
+    interval = backoff.first
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        left = deadline - clock()
+        if left <= 0:
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
+        sleep(min(interval, left))
+        interval = min(interval * backoff.factor, backoff.max_interval)

@@ -1,0 +1,264 @@
+"""Unit tests of the pure parts of cloud_entry: arguments, config, cluster, blocks, waits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from cloud_entry import args as args_mod
+from cloud_entry import config as config_mod
+from cloud_entry.blocks import plan_blocks
+from cloud_entry.cluster import resolve_cluster
+from cloud_entry.errors import EntryError, WaitTimeout
+from cloud_entry.jobspec import JobSpec
+from cloud_entry.waits import Backoff, poll
+
+LAUNCH = ["--", "python", "train.py", "--config", "{config}"]
+
+
+def parse(*argv: str):
+    return args_mod.parse_args([*argv, *LAUNCH])
+
+
+@pytest.mark.parametrize("text, value", [("True", True), ("true", True), ("1", True),
+                                         ("False", False), ("false", False), ("0", False),
+                                         (" TRUE ", True)])
+def test_booleans_as_modelarts_sends_them(text, value):
+    assert parse(f"--auto_trans_ckpt={text}", "--load_checkpoint=x").auto_trans_ckpt is value
+    assert parse(f"--use_parallel={text}").use_parallel is value
+
+
+@pytest.mark.parametrize("text", ["yes please", "", "2", "Falsey"])
+def test_bad_boolean_names_the_flag(text):
+    with pytest.raises(EntryError, match="--only_save_strategy"):
+        parse(f"--only_save_strategy={text}")
+
+
+def test_unknown_arguments_are_warned_and_ignored(caplog):
+    spec = parse("--data_url=obs://b/d", "--train_url=obs://b/t", "--npu_num_per_node=16")
+    assert spec.ignored == ("--data_url=obs://b/d", "--train_url=obs://b/t")
+    assert spec.npu_num_per_node == 16
+    assert "--data_url" in caplog.text and "obs://b/d" not in caplog.text
+
+
+def test_dotted_overrides_are_yaml_scalars():
+    spec = parse("--model.model_config.num_layers=4", "--parallel_config.vocab_emb_dp=False",
+                 "--runner_config.sink_mode=true", "--processor.tokenizer.vocab_file=/a/b.model",
+                 "--context.max_device_memory=31GB", "--data_parallel=2")
+    assert spec.overrides == {"model.model_config.num_layers": 4, "parallel_config.vocab_emb_dp": False,
+                              "runner_config.sink_mode": True,
+                              "processor.tokenizer.vocab_file": "/a/b.model",
+                              "context.max_device_memory": "31GB"}
+    assert spec.parallel == {"data_parallel": 2}
+
+
+def test_no_abbreviations_and_launch_command_is_kept_verbatim():
+    spec = parse("--load=abc", "--transform_process_num=2")
+    assert spec.load_checkpoint == "" and "--load=abc" in spec.ignored
+    assert spec.launch_cmd == ("python", "train.py", "--config", "{config}")
+    spec = args_mod.parse_args(["--launch_cmd=python run.py --config {config}"])
+    assert spec.launch_cmd == ("python", "run.py", "--config", "{config}")
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--transform_process_num=two"], "--transform_process_num"),
+    (["--transform_process_num=0"], "--transform_process_num"),
+    (["--npu_num_per_node=-8"], "--npu_num_per_node"),
+    (["--transform_timeout=0"], "--transform_timeout"),
+    (["--max_memory=lots"], "--max_memory"),
+    (["--run_mode=training"], "--run_mode"),
+    (["--load_ckpt_format=pt"], "--load_ckpt_format"),
+    (["--prefix=a/b"], "--prefix"),
+])
+def test_bad_values_name_their_flag(argv, culprit):
+    with pytest.raises(EntryError, match=culprit):
+        parse(*argv)
+
+
+def test_launch_command_required_unless_transform_only():
+    with pytest.raises(EntryError, match="launch command"):
+        args_mod.parse_args(["--auto_trans_ckpt=True"])
+    assert args_mod.parse_args(["--transform_only=true"]).transform_only
+
+
+def test_sizes():
+    assert args_mod.parse_size("m", "8G") == 8 << 30
+    assert args_mod.parse_size("m", "512MiB") == 512 << 20
+    assert args_mod.parse_size("m", "1000") == 1000
+
+
+# ---------------------------------------------------------------- config
+
+def test_sample_config_and_diff():
+    spec = parse("--config=run_llama_7b.yaml", "--load_checkpoint=obs://b/llama/rank_0/x.ckpt",
+                 "--transform_process_num=1", "--use_parallel=False", "--run_mode=predict",
+                 "--model_parallel=4", "--model.model_config.num_layers=4", "--new.key=3")
+    base = config_mod.read_base(spec.config)
+    assert base["parallel_config"]["data_parallel"] == 2 and base["auto_trans_ckpt"] is True
+    cfg = config_mod.build(spec, base)
+    changes = {k: (old, new) for k, old, new in config_mod.diff(base, cfg)}
+    assert changes == {
+        "load_checkpoint": ("/worker/llama_7b_2layer/rank_0/llama_7b.ckpt", "obs://b/llama/rank_0/x.ckpt"),
+        "transform_process_num": (2, 1), "use_parallel": (True, False), "run_mode": ("train", "predict"),
+        "parallel_config.model_parallel": (2, 4), "model.model_config.num_layers": (2, 4),
+        "new.key": (None, 3),
+    }
+    resolved = config_mod.resolve(spec, cfg)
+    assert resolved.auto_trans_ckpt is True      # from the YAML: no argument said otherwise
+    assert resolved.use_parallel is False and resolved.transform_process_num == 1
+
+
+def test_minimal_config_without_base():
+    spec = parse("--load_checkpoint=/ckpt/a.ckpt", "--auto_trans_ckpt=1", "--data_parallel=2")
+    cfg = config_mod.build(spec, config_mod.read_base(spec.config))
+    assert cfg["load_checkpoint"] == "/ckpt/a.ckpt" and cfg["auto_trans_ckpt"] is True
+    assert cfg["parallel_config"] == {"data_parallel": 2} and cfg["output_dir"] == "./output"
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(EntryError, match="--config=nope.yaml"):
+        config_mod.read_base("nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(EntryError, match="not valid YAML"):
+        config_mod.read_base(str(bad))
+    spec = parse("--a.b=1")
+    with pytest.raises(EntryError, match="--a.b: a is not a mapping"):
+        config_mod.build(spec, {"a": 3})
+    spec = parse()
+    with pytest.raises(EntryError, match="auto_trans_ckpt=True needs load_checkpoint"):
+        config_mod.resolve(spec, config_mod.build(spec, {"auto_trans_ckpt": True}))
+    with pytest.raises(EntryError, match="use_parallel='yes'"):
+        config_mod.resolve(spec, config_mod.build(spec, {"use_parallel": "yes"}))
+
+
+def test_secrets_are_masked_in_dumps(tmp_path):
+    cfg = {"obs": {"access_key_id": "AKIA123", "secret_access_key": "s3cr3t", "sk": "x", "ak": "y",
+                   "endpoint": "http://e"}, "token": "t", "tokenizer": {"vocab_file": "v"}}
+    out = tmp_path / "c.yaml"
+    config_mod.dump(cfg, str(out))
+    text = out.read_text()
+    for secret in ("AKIA123", "s3cr3t"):
+        assert secret not in text
+    loaded = yaml.safe_load(text)
+    assert loaded["obs"]["endpoint"] == "http://e" and loaded["tokenizer"] == {"vocab_file": "v"}
+    assert loaded["obs"]["ak"] == config_mod.MASK and loaded["token"] == config_mod.MASK
+    assert cfg["obs"]["sk"] == "x"               # the original is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]
+
+
+# ---------------------------------------------------------------- cluster
+
+def test_cluster_from_arguments_over_environment():
+    env = {"MA_NUM_HOSTS": "2", "VC_TASK_INDEX": "1", "MA_NUM_GPUS": "8"}
+    c = resolve_cluster(JobSpec(npu_num_per_node=16), env)
+    assert (c.num_nodes, c.node_index, c.cards_per_node, c.world_size) == (2, 1, 16, 32)
+    assert c.node_ranks == tuple(range(16, 32))
+    c = resolve_cluster(JobSpec(node_num=4, node_index=3), env)
+    assert c.node_ranks == tuple(range(24, 32))
+
+
+def test_cluster_from_environment_only():
+    c = resolve_cluster(JobSpec(), {"MA_NUM_HOSTS": "2", "VC_TASK_INDEX": "0", "DEVICE_NUM_PER_NODE": "4"})
+    assert c.world_size == 8 and c.node_ranks == (0, 1, 2, 3)
+    c = resolve_cluster(JobSpec(), {"RANK_SIZE": "16", "MA_NUM_HOSTS": "2", "VC_TASK_INDEX": "1"})
+    assert c.cards_per_node == 8 and c.node_ranks[0] == 8
+    c = resolve_cluster(JobSpec(), {}, parallel_world=8)
+    assert (c.num_nodes, c.world_size, c.node_ranks) == (1, 8, tuple(range(8)))
+    assert resolve_cluster(JobSpec(), {}).world_size == 1
+
+
+def test_cluster_rank_table(tmp_path):
+    table = {"server_list": [
+        {"server_id": "10.0.0.1", "device": [{"device_id": str(i), "rank_id": str(i)} for i in range(4)]},
+        {"server_id": "10.0.0.2", "device": [{"device_id": str(i), "rank_id": str(4 + i)} for i in range(4)]}]}
+    path = tmp_path / "rank_table.json"
+    path.write_text(json.dumps(table))
+    c = resolve_cluster(JobSpec(), {"RANK_TABLE_FILE": str(path), "MA_CURRENT_IP": "10.0.0.2"})
+    assert (c.num_nodes, c.node_index, c.cards_per_node, c.node_ranks) == (2, 1, 4, (4, 5, 6, 7))
+    c = resolve_cluster(JobSpec(node_index=0), {"RANK_TABLE_FILE": str(path)})
+    assert c.node_ranks == (0, 1, 2, 3)
+    with pytest.raises(EntryError, match="--npu_num_per_node=8 but RANK_TABLE_FILE"):
+        resolve_cluster(JobSpec(npu_num_per_node=8), {"RANK_TABLE_FILE": str(path)})
+    with pytest.raises(EntryError, match="RANK_TABLE_FILE=.*no such file"):
+        resolve_cluster(JobSpec(), {"RANK_TABLE_FILE": str(tmp_path / "none.json")})
+
+
+@pytest.mark.parametrize("env, spec, culprit", [
+    ({"MA_NUM_HOSTS": "2", "VC_TASK_INDEX": "2", "MA_NUM_GPUS": "8"}, JobSpec(), "VC_TASK_INDEX=2"),
+    ({"MA_NUM_HOSTS": "two"}, JobSpec(), "MA_NUM_HOSTS"),
+    ({"RANK_SIZE": "8", "MA_NUM_GPUS": "4"}, JobSpec(), "RANK_SIZE=8"),
+    ({"RANK_SIZE": "6", "MA_NUM_HOSTS": "4"}, JobSpec(), "world size 6"),
+])
+def test_cluster_errors_name_the_variable(env, spec, culprit):
+    with pytest.raises(EntryError, match=culprit):
+        resolve_cluster(spec, env)
+
+
+# ---------------------------------------------------------------- blocks
+
+def test_blocks_spec_examples():
+    plan = plan_blocks(8, 2)
+    assert [b.ranks for b in plan.blocks] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert [b.leader for b in plan.led_by(range(4, 8))] == [4]
+    assert [b.ranks for b in plan_blocks(4, 2).blocks] == [(0, 1), (2, 3)]
+    assert [b.leader for b in plan_blocks(16, 2, 2, shared_disk=True).blocks] == [0, 8]
+    assert len(plan_blocks(8, 1).blocks) == 1 and plan_blocks(8, 1).warnings == ()
+
+
+def test_blocks_rules():
+    with pytest.raises(EntryError, match="transform_process_num=0"):
+        plan_blocks(8, 0)
+    with pytest.raises(EntryError, match="transform_process_num=3 does not divide the world size 8"):
+        plan_blocks(8, 3)
+    clamped = plan_blocks(4, 16)
+    assert clamped.process_num == 4 and "using 4" in clamped.warnings[0]
+    raised = plan_blocks(8, 1, num_nodes=2, shared_disk=False)
+    assert raised.process_num == 2 and "node count 2" in raised.warnings[0]
+    assert plan_blocks(8, 1, num_nodes=2, shared_disk=True).process_num == 1
+    uneven = plan_blocks(12, 3, num_nodes=2, shared_disk=False)   # block 1 spans both nodes
+    assert [b.ranks for b in uneven.led_by(range(6))] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+
+
+def test_blocks_cover_every_rank_once():
+    for world in (1, 2, 4, 8, 12, 16):
+        for p in range(1, world + 1):
+            if world % p == 0:
+                ranks = [r for b in plan_blocks(world, p).blocks for r in b.ranks]
+                assert ranks == list(range(world))
+
+
+# ---------------------------------------------------------------- waits
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, s):
+        assert s > 0
+        self.sleeps.append(s)
+        self.now += s
+
+    def clock(self):
+        return self.now
+
+
+def test_poll_backs_off_and_times_out():
+    fake = FakeClock()
+    with pytest.raises(WaitTimeout, match="timed out after 30s waiting for things"):
+        poll(lambda: None, 30, "things", Backoff(0.5, 2.0, 4.0), sleep=fake.sleep, clock=fake.clock)
+    assert fake.sleeps[:5] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert fake.now == pytest.approx(30) and len(fake.sleeps) < 12
+
+
+def test_poll_returns_when_ready_and_propagates_errors():
+    fake = FakeClock()
+    answers = iter([None, None, "ok"])
+    assert poll(lambda: next(answers), 10, "x", sleep=fake.sleep, clock=fake.clock) == "ok"
+
+    def boom():
+        raise EntryError("block 1 failed")
+    with pytest.raises(EntryError, match="block 1 failed"):
+        poll(boom, 10, "x", sleep=fake.sleep, clock=fake.clock)
