@@ -1,1 +1,30 @@
-"""Object storage behind Huawei moxing's `mox.file` API: local paths, obs:// and s3:// URLs."""
+"""Object storage behind Huawei moxing's `mox.file` API: local paths, obs:// and s3:// URLs.
+
+    import obs_io as mox
+    mox.file.copy_parallel("obs://bucket/ckpt", "/cache/ckpt")
+
+Settings come from the environment ModelArts images set (S3_ENDPOINT, ACCESS_KEY_ID,
+SECRET_ACCESS_KEY, S3_USE_HTTPS, ...) or from mox.file.set_auth(); see obs_io.config.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import file
+from .config import S3Config, configure, current as current_config, reset as reset_config, set_auth
+from .entries import DirEntry, StatResult
+from .urls import is_remote
+
+__all__ = ["file", "is_remote", "install_as_moxing", "set_auth", "configure", "reset_config",
+           "current_config", "S3Config", "StatResult", "DirEntry"]
+
+
+def install_as_moxing():
+    """Make `import moxing` (as MindFormers does on ModelArts) return this package.
+
+    Never install the PyPI `moxing`: it is an unrelated project. Returns the module.
+    """
+    module = sys.modules[__name__]
+    sys.modules["moxing"] = module
+    sys.modules["moxing.file"] = file
+    return module

@@ -1,0 +1,167 @@
+"""Where obs_io's settings come from: the environment ModelArts images set, overridden by set_auth.
+
+One frozen dataclass holds everything a client and a transfer need (the s3transfer habit), so a
+client can be cached per configuration and two threads never see a half-applied change.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+MiB = 1024 * 1024
+
+# First name wins. ModelArts images use the bare names; the AWS_* ones are what every other
+# S3 tool reads, and MindFormers looks at S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY.
+_ENDPOINT_VARS = ("S3_ENDPOINT", "OBS_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_ACCESS_KEY_VARS = ("ACCESS_KEY_ID", "S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+_SECRET_KEY_VARS = ("SECRET_ACCESS_KEY", "S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+_TOKEN_VARS = ("SESSION_TOKEN", "SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+_HUAWEI_ENDPOINT = re.compile(r"(^|\.)obs\.([a-z0-9-]+)\.myhuaweicloud\.com$")
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Everything needed to talk to one object store. Hashable: clients are cached per value.
+
+    Secrets are excluded from repr() and from comparisons' printed forms; never log asdict(self).
+    """
+
+    endpoint: str | None = None          # full URL with scheme, e.g. https://obs.cn-north-4.myhuaweicloud.com
+    access_key: str | None = dataclasses.field(default=None, repr=False)
+    secret_key: str | None = dataclasses.field(default=None, repr=False)
+    session_token: str | None = dataclasses.field(default=None, repr=False)
+    region: str = "us-east-1"
+    addressing_style: str = "path"       # "virtual" or "path"
+    list_objects_v1: bool = False        # parallel-file-system buckets have no ListObjectsV2
+    verify_ssl: bool = True
+    retry_mode: str = "standard"         # botocore: standard backs off on 503 SlowDown, 5xx, dropped connections
+    max_attempts: int = 10
+    connect_timeout: float = 30.0
+    read_timeout: float = 120.0
+    multipart_threshold: int = 64 * MiB  # below this a file goes in one request
+    min_part_size: int = 8 * MiB         # S3 needs >= 5 MiB parts (OBS 100 KB); s3transfer enforces 5 MiB
+    max_parts: int = 10_000
+    verify_md5: bool = True              # off for SSE-KMS/SSE-C buckets, whose ETags are not MD5s
+
+    def __repr__(self) -> str:  # explicit so a future field can never leak a secret by default
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
+        return f"S3Config({shown}, credentials={'set' if self.access_key else 'unset'})"
+
+    def part_size(self, size: int) -> int:
+        """Part size for a file of `size` bytes: the minimum, grown so the file fits in max_parts."""
+        needed = -(-size // self.max_parts)  # ceil
+        part = max(self.min_part_size, needed)
+        return -(-part // MiB) * MiB          # whole MiB, so parts stay aligned and readable in logs
+
+
+def _first(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _endpoint_url(server: str | None, port: int | None, is_secure: bool) -> str | None:
+    """ModelArts gives 'obs.cn-north-4.myhuaweicloud.com' without a scheme; boto3 wants a URL."""
+    if not server:
+        return None
+    if "://" not in server:
+        server = f"{'https' if is_secure else 'http'}://{server}"
+    if port:
+        parts = urlsplit(server)
+        server = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
+    return server.rstrip("/")
+
+
+def _host(endpoint: str | None) -> str:
+    return (urlsplit(endpoint).hostname or "") if endpoint else ""
+
+
+def default_addressing_style(endpoint: str | None) -> str:
+    """Public OBS endpoints reject path-style requests; other S3 servers often need path style."""
+    host = _host(endpoint)
+    if not endpoint or host.endswith(".myhuaweicloud.com") or host.endswith(".amazonaws.com"):
+        return "virtual"
+    return "path"
+
+
+# set_auth() values; None means "take it from the environment".
+_overrides: dict[str, object] = {}
+_overrides_lock = threading.Lock()
+
+
+def set_auth(ak: str | None = None, sk: str | None = None, server: str | None = None,
+             port: int | None = None, is_secure: bool | None = None, path_style: bool | None = None,
+             retry: int | None = None, session_token: str | None = None,
+             list_objects_v1: bool | None = None, **_moxing_only) -> None:
+    """moxing's set_auth: these values win over the environment for every later call.
+
+    Extra moxing keywords (ssl_verify, client_timeout, ...) are accepted and ignored so existing
+    calls keep working.
+    """
+    given = {"ak": ak, "sk": sk, "server": server, "port": port, "is_secure": is_secure,
+             "path_style": path_style, "retry": retry, "session_token": session_token,
+             "list_objects_v1": list_objects_v1}
+    with _overrides_lock:
+        _overrides.update({k: v for k, v in given.items() if v is not None})
+
+
+def configure(**fields) -> None:
+    """Override S3Config fields directly (e.g. multipart_threshold in tests, max_attempts)."""
+    names = {f.name for f in dataclasses.fields(S3Config)}
+    unknown = set(fields) - names
+    if unknown:
+        raise ValueError(f"unknown obs_io setting(s): {', '.join(sorted(unknown))}")
+    with _overrides_lock:
+        _overrides.update({f"field:{k}": v for k, v in fields.items()})
+
+
+def reset() -> None:
+    """Forget set_auth/configure overrides: back to the environment alone."""
+    with _overrides_lock:
+        _overrides.clear()
+
+
+def current() -> S3Config:
+    """The configuration in force now. Cheap: read on every call so env changes are honoured."""
+    with _overrides_lock:
+        o = dict(_overrides)
+    is_secure = o.get("is_secure")
+    if is_secure is None:
+        is_secure = _flag(os.environ.get("S3_USE_HTTPS"), True)
+    endpoint = _endpoint_url(o.get("server") or _first(_ENDPOINT_VARS), o.get("port"), bool(is_secure))
+    if o.get("path_style") is not None:
+        style = "path" if o["path_style"] else "virtual"
+    else:
+        style = (os.environ.get("S3_ADDRESSING_STYLE") or "").strip().lower() or default_addressing_style(endpoint)
+    if style not in ("path", "virtual"):
+        raise ValueError(f"S3_ADDRESSING_STYLE={style!r}: expected 'path' or 'virtual'")
+    match = _HUAWEI_ENDPOINT.search(_host(endpoint))
+    region = (match.group(2) if match else None) or os.environ.get("S3_REGION") \
+        or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    list_v1 = o.get("list_objects_v1")
+    if list_v1 is None:
+        list_v1 = _flag(os.environ.get("S3_LIST_OBJECTS_V1"), False)
+    values = dict(
+        endpoint=endpoint,
+        access_key=o.get("ak") or _first(_ACCESS_KEY_VARS),
+        secret_key=o.get("sk") or _first(_SECRET_KEY_VARS),
+        session_token=o.get("session_token") or _first(_TOKEN_VARS),
+        region=region, addressing_style=style, list_objects_v1=bool(list_v1),
+        verify_ssl=_flag(os.environ.get("S3_VERIFY_SSL"), True),
+    )
+    if o.get("retry") is not None:
+        values["max_attempts"] = max(1, int(o["retry"]))
+    values.update({k.split(":", 1)[1]: v for k, v in o.items() if k.startswith("field:")})
+    return S3Config(**values)

@@ -1,0 +1,172 @@
+"""The `mox.file` API: moxing's functions and signatures over local paths, obs:// and s3:// URLs.
+
+Code written as `import moxing as mox; mox.file.copy_parallel(a, b)` runs unchanged with
+`import obs_io as mox`. Differences from moxing, on purpose: copy_parallel always uses threads
+(s3transfer releases the GIL while moving bytes), so `is_processing` and `use_queue` are accepted
+and ignored; writers publish on a clean close only.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob as _glob
+import os
+import shutil
+from collections.abc import Iterator
+
+from .config import set_auth  # noqa: F401 - part of the mox.file API
+from .entries import DirEntry, StatResult
+from .fs import S3
+from .remote_file import File
+from .transfer import backend, execute, plan_file, plan_tree
+from .urls import ObjectURL, is_remote, join
+
+__all__ = ["copy", "copy_parallel", "exists", "is_directory", "list_directory", "glob", "walk",
+           "scan_dir", "stat", "get_size", "make_dirs", "mk_dir", "remove", "rename", "read",
+           "write", "append", "File", "set_auth"]
+
+
+def copy(src_url: str, dst_url: str) -> None:
+    """Copy one file (either side local or remote). dst_url is the new file's full name."""
+    execute([plan_file(src_url, dst_url)], threads=10, desc=f"copy {src_url}", show_progress=False)
+
+
+def copy_parallel(src_url: str, dst_url: str, file_list=None, threads: int = 16,
+                  is_processing: bool = True, use_queue: bool = False) -> None:
+    """Copy the folder src_url to dst_url (a mirror of its tree), many files at once.
+
+    file_list: paths relative to src_url; only those are copied. A file as src_url is copied
+    like copy(). Progress (bytes, rate, files) shows on a terminal, else as periodic log lines.
+    """
+    if not is_directory(src_url) and exists(src_url):
+        copy(src_url, dst_url)
+        return
+    tasks, dirs = plan_tree(src_url, dst_url, file_list)
+    execute(tasks, threads=threads, desc=f"copy {src_url} -> {dst_url}", dirs=dirs)
+
+
+def exists(url: str) -> bool:
+    return backend(url).exists(url)
+
+
+def is_directory(url: str) -> bool:
+    """True for a local folder, a bucket, or a prefix with at least one object under it."""
+    return backend(url).isdir(url)
+
+
+def list_directory(url: str, recursive: bool = False) -> list[str]:
+    """Names relative to url: the children, or with recursive=True every file and folder below."""
+    fs = backend(url)
+    return [e.name for e in (fs.find(url) if recursive else fs.ls(url))]
+
+
+def scan_dir(url: str) -> Iterator[DirEntry]:
+    """Children of url as entries with .name, .path, is_dir(), is_file(), stat()."""
+    return iter(backend(url).ls(url))
+
+
+def walk(url: str, topdown: bool = True, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk over a local folder or a prefix: (folder url, sub-folder names, file names)."""
+    if not is_remote(url):
+        yield from os.walk(url, topdown=topdown, onerror=onerror)
+        return
+    try:
+        entries = S3.find(url)
+    except OSError as err:
+        if onerror is not None:
+            onerror(err)
+            return
+        raise
+    tree: dict[str, tuple[list[str], list[str]]] = {"": ([], [])}
+    for e in entries:  # sorted, so a folder comes before its contents
+        parent, _, name = e.name.rpartition("/")
+        tree.setdefault(parent, ([], []))[0 if e.dir else 1].append(name)
+        if e.dir:
+            tree.setdefault(e.name, ([], []))
+    order = sorted(tree, key=lambda d: (d.count("/") if d else -1, d))
+    for rel in (order if topdown else reversed(order)):
+        dirs, files = tree[rel]
+        yield join(url, rel) if rel else url, dirs, files
+
+
+def _has_magic(part: str) -> bool:
+    return any(c in part for c in "*?[")
+
+
+def glob(pattern: str) -> list[str]:
+    """Paths or URLs matching a shell pattern; `*` does not cross `/`."""
+    if not is_remote(pattern):
+        return sorted(_glob.glob(pattern))
+    u = ObjectURL.parse(pattern)
+    parts = u.key.split("/")
+    static = next((i for i, p in enumerate(parts) if _has_magic(p)), len(parts))
+    if static == len(parts):
+        return [pattern] if exists(pattern) else []
+    base = f"{u.scheme}://{u.bucket}/" + "/".join(parts[:static])
+    rest = parts[static:]
+    try:
+        entries = S3.find(base)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(join(base, e.name) for e in entries
+                  if len(e.name.split("/")) == len(rest)
+                  and all(fnmatch.fnmatchcase(a, b) for a, b in zip(e.name.split("/"), rest)))
+
+
+def stat(url: str) -> StatResult:
+    return backend(url).stat(url)
+
+
+def get_size(url: str, recursive: bool = False) -> int:
+    """Bytes in the file at url; with recursive=True, in every file under the folder url.
+    A folder without recursive counts 0, as a folder marker object does on OBS."""
+    st = stat(url)
+    if not st.is_dir:
+        return st.length
+    if not recursive:
+        return 0
+    return sum(e.length for e in backend(url).find(url) if not e.dir)
+
+
+def make_dirs(url: str) -> None:
+    """Create a folder and its parents (on S3: a `key/` marker object, as moxing writes)."""
+    backend(url).makedirs(url)
+
+
+def mk_dir(url: str) -> None:
+    backend(url).mkdir(url)
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    """Remove a file; a folder (every object under the prefix) only with recursive=True."""
+    backend(url).rm(url, recursive)
+
+
+def rename(src_url: str, dst_url: str) -> None:
+    """Move a file or folder, across local disk and object storage too (copy, then delete)."""
+    if not is_remote(src_url) and not is_remote(dst_url):
+        if os.path.dirname(os.path.abspath(dst_url)):
+            os.makedirs(os.path.dirname(os.path.abspath(dst_url)), exist_ok=True)
+        shutil.move(src_url, dst_url)
+        return
+    if is_directory(src_url):
+        copy_parallel(src_url, dst_url)
+        remove(src_url, recursive=True)
+    else:
+        copy(src_url, dst_url)
+        remove(src_url)
+
+
+def read(url: str, binary: bool = False):
+    with File(url, "rb" if binary else "r") as f:
+        return f.read()
+
+
+def write(url: str, content, binary: bool = False) -> None:
+    with File(url, "wb" if binary else "w") as f:
+        f.write(content)
+
+
+def append(url: str, content, binary: bool = False) -> None:
+    """Append to a file. On S3 (no append operation) the object is rewritten whole."""
+    with File(url, "ab" if binary else "a") as f:
+        f.write(content)

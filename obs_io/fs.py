@@ -1,0 +1,241 @@
+"""One file-system interface, two back ends (the fsspec idea): local disk and S3/OBS.
+
+Folders on S3 are key prefixes: a folder exists when any object lives under `prefix/` (an empty
+`prefix/` marker object, as moxing's make_dirs writes, counts).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Protocol
+
+from botocore.exceptions import ClientError
+
+from . import config as _config
+from .client import get_client
+from .entries import DirEntry, StatResult
+from .errors import translate, translating
+from .urls import ObjectURL, join
+
+
+class FileSystem(Protocol):
+    def exists(self, url: str) -> bool: ...
+    def isdir(self, url: str) -> bool: ...
+    def stat(self, url: str) -> StatResult: ...
+    def ls(self, url: str) -> list[DirEntry]: ...
+    def find(self, url: str) -> list[DirEntry]: ...
+    def rm(self, url: str, recursive: bool) -> None: ...
+    def makedirs(self, url: str) -> None: ...
+    def mkdir(self, url: str) -> None: ...
+
+
+class LocalFS:
+    def exists(self, url: str) -> bool:
+        return os.path.exists(url)
+
+    def isdir(self, url: str) -> bool:
+        return os.path.isdir(url)
+
+    def stat(self, url: str) -> StatResult:
+        st = os.stat(url)
+        return StatResult(st.st_size, st.st_mtime_ns, os.path.isdir(url), url)
+
+    def ls(self, url: str) -> list[DirEntry]:
+        with os.scandir(url) as it:
+            entries = [self._entry(e.name, e.path, e.is_dir()) for e in it]
+        return sorted(entries, key=lambda e: e.name)
+
+    def find(self, url: str) -> list[DirEntry]:
+        if not os.path.isdir(url):
+            raise (NotADirectoryError if os.path.exists(url) else FileNotFoundError)(
+                f"{url}: no such folder")
+        out = []
+        for root, dirs, files in os.walk(url):
+            rel_root = os.path.relpath(root, url)
+            for name, is_dir in [(d, True) for d in dirs] + [(f, False) for f in files]:
+                rel = name if rel_root == "." else f"{rel_root.replace(os.sep, '/')}/{name}"
+                out.append(self._entry(rel, os.path.join(root, name), is_dir))
+        return sorted(out, key=lambda e: e.name)
+
+    @staticmethod
+    def _entry(name: str, path: str, is_dir: bool) -> DirEntry:
+        st = os.stat(path)
+        return DirEntry(name, path, is_dir, 0 if is_dir else st.st_size, st.st_mtime_ns)
+
+    def rm(self, url: str, recursive: bool) -> None:
+        if os.path.isdir(url) and not os.path.islink(url):
+            if not recursive:
+                raise IsADirectoryError(f"{url} is a folder: use recursive=True to remove it")
+            shutil.rmtree(url)
+        else:
+            os.remove(url)
+
+    def makedirs(self, url: str) -> None:
+        os.makedirs(url, exist_ok=True)
+
+    def mkdir(self, url: str) -> None:
+        os.mkdir(url)
+
+
+class S3FS:
+    @staticmethod
+    def client():
+        return get_client(_config.current())
+
+    def head(self, url: str) -> dict | None:
+        """HeadObject, or None when no object has that key. A missing bucket raises."""
+        u = ObjectURL.parse(url)
+        if not u.key or u.key.endswith("/"):
+            return None
+        try:
+            return self.client().head_object(Bucket=u.bucket, Key=u.key)
+        except ClientError as err:
+            error = translate(err, url)
+            if not isinstance(error, FileNotFoundError):
+                raise error from None
+        self.check_bucket(url)
+        return None
+
+    def check_bucket(self, url: str) -> None:
+        """Raise FileNotFoundError naming the bucket if it does not exist."""
+        bucket = ObjectURL.parse(url).bucket
+        try:
+            self.client().head_bucket(Bucket=bucket)
+        except ClientError as err:
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or err.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+                raise FileNotFoundError(f"bucket {bucket!r} does not exist (while accessing {url})") from None
+            raise translate(err, url) from None
+
+    def pages(self, url: str, prefix: str, delimiter: str | None = None, max_keys: int | None = None):
+        """ListObjects pages (v2, or v1 with Marker for parallel-file-system buckets)."""
+        u = ObjectURL.parse(url)
+        cfg = _config.current()
+        op = "list_objects" if cfg.list_objects_v1 else "list_objects_v2"
+        kwargs = {"Bucket": u.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if max_keys:
+            kwargs["PaginationConfig"] = {"MaxItems": max_keys, "PageSize": max_keys}
+        with translating(url):
+            yield from get_client(cfg).get_paginator(op).paginate(**kwargs)
+
+    def _has_children(self, url: str) -> bool:
+        prefix = ObjectURL.parse(url).dir_prefix
+        return any(page.get("Contents") or page.get("CommonPrefixes")
+                   for page in self.pages(url, prefix, max_keys=1))
+
+    def exists(self, url: str) -> bool:
+        try:
+            if not ObjectURL.parse(url).key.strip("/"):
+                self.check_bucket(url)
+                return True
+            return self.head(url) is not None or self._has_children(url)
+        except FileNotFoundError:
+            return False
+
+    def isdir(self, url: str) -> bool:
+        try:
+            if not ObjectURL.parse(url).key.strip("/"):
+                self.check_bucket(url)
+                return True
+            return self._has_children(url)
+        except FileNotFoundError:
+            return False
+
+    def stat(self, url: str) -> StatResult:
+        head = self.head(url)
+        if head is not None:
+            return StatResult(head["ContentLength"], int(head["LastModified"].timestamp() * 1e9), False, url)
+        if self.isdir(url):
+            return StatResult(0, 0, True, url)
+        raise FileNotFoundError(f"{url}: no such object or folder")
+
+    def ls(self, url: str) -> list[DirEntry]:
+        u = ObjectURL.parse(url)
+        prefix, found, out = u.dir_prefix, False, {}
+        for page in self.pages(url, prefix, delimiter="/"):
+            for cp in page.get("CommonPrefixes", []):
+                name = cp["Prefix"][len(prefix):].rstrip("/")
+                out[name] = DirEntry(name, join(url, name), True)
+                found = True
+            for obj in page.get("Contents", []):
+                found = True
+                if obj["Key"] != prefix:
+                    out[obj["Key"][len(prefix):]] = self._file_entry(url, obj, prefix)
+        if not found and u.key.strip("/"):
+            if self.head(url) is not None:
+                raise NotADirectoryError(f"{url} is an object, not a folder")
+            raise FileNotFoundError(f"{url}: no such folder")
+        if not found:
+            self.check_bucket(url)
+        return sorted(out.values(), key=lambda e: e.name)
+
+    @staticmethod
+    def _file_entry(url: str, obj: dict, prefix: str) -> DirEntry:
+        rel = obj["Key"][len(prefix):]
+        return DirEntry(rel, join(url, rel), False, obj["Size"],
+                        int(obj["LastModified"].timestamp() * 1e9), obj.get("ETag"))
+
+    def find(self, url: str) -> list[DirEntry]:
+        """Every object and implied folder under url, names relative to url."""
+        u = ObjectURL.parse(url)
+        prefix, found, out = u.dir_prefix, False, {}
+        for page in self.pages(url, prefix):
+            for obj in page.get("Contents", []):
+                found = True
+                rel = obj["Key"][len(prefix):]
+                parts = rel.split("/")
+                for i in range(1, len(parts)):  # ancestors, and the folder a `x/` marker names
+                    d = "/".join(parts[:i])
+                    if d and d not in out:
+                        out[d] = DirEntry(d, join(url, d), True)
+                if rel and not rel.endswith("/"):
+                    out[rel] = self._file_entry(url, obj, prefix)
+        if not found and u.key.strip("/"):
+            if self.head(url) is not None:
+                raise NotADirectoryError(f"{url} is an object, not a folder")
+            raise FileNotFoundError(f"{url}: no such folder")
+        if not found:
+            self.check_bucket(url)
+        return sorted(out.values(), key=lambda e: e.name)
+
+    def rm(self, url: str, recursive: bool) -> None:
+        u = ObjectURL.parse(url)
+        client = self.client()
+        is_object = self.head(url) is not None
+        if not recursive:
+            if is_object:
+                with translating(url):
+                    client.delete_object(Bucket=u.bucket, Key=u.key)
+                return
+            if self.isdir(url):
+                raise IsADirectoryError(f"{url} is a folder: use recursive=True to remove it")
+            raise FileNotFoundError(f"{url}: no such object or folder")
+        keys = [u.key] if is_object else []
+        if u.key.strip("/") or not is_object:
+            keys += [obj["Key"] for page in self.pages(url, u.dir_prefix) for obj in page.get("Contents", [])]
+        if not keys:
+            raise FileNotFoundError(f"{url}: no such object or folder")
+        with translating(url):
+            for i in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[i:i + 1000]]
+                resp = client.delete_objects(Bucket=u.bucket, Delete={"Objects": batch, "Quiet": True})
+                if resp.get("Errors"):
+                    first = resp["Errors"][0]
+                    raise OSError(f"{url}: could not delete {first.get('Key')!r}: {first.get('Code')} "
+                                  f"({len(resp['Errors'])} keys failed)")
+
+    def makedirs(self, url: str) -> None:
+        u = ObjectURL.parse(url)
+        if not u.dir_prefix:
+            self.check_bucket(url)
+            return
+        with translating(url):
+            self.client().put_object(Bucket=u.bucket, Key=u.dir_prefix, Body=b"")
+
+    mkdir = makedirs
+
+
+LOCAL = LocalFS()
+S3 = S3FS()

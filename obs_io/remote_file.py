@@ -1,0 +1,198 @@
+"""mox.file.File: a file object over a local path or an object.
+
+Reading an object uses ranged GETs from the current position, so reading a checkpoint header
+costs a few hundred KB, not the whole object. Writing goes to a temporary file that is
+published (uploaded, or renamed locally) only on a clean close: a failure inside `with` leaves
+nothing under the final name.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+
+from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
+
+from . import config as _config
+from .errors import translating
+from .fs import S3
+from .transfer import download_fileobj, temp_name, upload_fileobj
+from .urls import ObjectURL, is_remote
+
+READ_BLOCK = 256 * 1024  # read-ahead per GET for small reads; large reads go straight through
+_MODES = {"r", "rb", "w", "wb", "a", "ab"}
+
+
+class _RangedReader(io.RawIOBase):
+    """Raw, seekable reader of one object version; each readinto() is one ranged GET."""
+
+    def __init__(self, url: str, size: int, etag: str | None):
+        self.url, self.size, self.etag, self.pos = url, size, etag, 0
+        self._u = ObjectURL.parse(url)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"{self.url}: negative seek position {base + offset}")
+        self.pos = base + offset
+        return self.pos
+
+    def _get(self, start: int, end: int) -> bytes:
+        """Bytes [start, end] (inclusive), retrying a stream that breaks mid-body."""
+        cfg = _config.current()
+        kwargs = {"Bucket": self._u.bucket, "Key": self._u.key, "Range": f"bytes={start}-{end}"}
+        if self.etag:
+            kwargs["IfMatch"] = self.etag  # never splice two versions of an object together
+        for attempt in range(cfg.max_attempts):
+            with translating(self.url):
+                body = S3.client().get_object(**kwargs)["Body"]
+                try:
+                    return body.read()
+                except S3_RETRYABLE_DOWNLOAD_ERRORS:
+                    if attempt == cfg.max_attempts - 1:
+                        raise
+        raise AssertionError("unreachable")
+
+    def readinto(self, b) -> int:
+        if self.pos >= self.size or len(b) == 0:
+            return 0
+        data = self._get(self.pos, min(self.pos + len(b), self.size) - 1)
+        b[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def readall(self) -> bytes:
+        if self.pos >= self.size:
+            return b""
+        data = self._get(self.pos, self.size - 1)
+        self.pos += len(data)
+        return data
+
+
+class File:
+    """moxing's File(url, mode): modes r, w, a, rb, wb, ab; usable as a context manager."""
+
+    def __init__(self, url: str, mode: str = "r", encoding: str | None = None):
+        m = mode.replace("t", "")
+        if m not in _MODES:
+            raise ValueError(f"unsupported mode {mode!r} for {url} (use r, w, a, rb, wb or ab)")
+        self.name, self.mode, self._closed = url, mode, False
+        self._publish = None  # callable run on a clean close of a writer
+        self._discard = None  # its counterpart when the writer fails
+        binary = "b" in m
+        buf = self._open_remote(url, m) if is_remote(url) else self._open_local(url, m)
+        self._buf = buf
+        self._f = buf if binary else io.TextIOWrapper(buf, encoding=encoding or "utf-8")
+
+    def _open_local(self, path: str, m: str):
+        if m[0] != "w":
+            return open(path, m if "b" in m else m + "b")
+        temp = temp_name(os.path.abspath(path))
+        buf = open(temp, "wb")
+        self._publish = lambda: os.replace(temp, path)
+        self._discard = lambda: os.path.exists(temp) and os.remove(temp)
+        return buf
+
+    def _open_remote(self, url: str, m: str):
+        head = S3.head(url)
+        if m[0] == "r":
+            if head is None:
+                if S3.isdir(url):
+                    raise IsADirectoryError(f"{url} is a folder, not an object")
+                raise FileNotFoundError(f"{url}: no such object")
+            return io.BufferedReader(_RangedReader(url, head["ContentLength"], head.get("ETag")),
+                                     buffer_size=READ_BLOCK)
+        S3.check_bucket(url)  # fail at open, not after the caller wrote gigabytes
+        buf = tempfile.TemporaryFile()
+        if m[0] == "a" and head is not None:
+            download_fileobj(url, buf, head["ContentLength"])
+            buf.seek(0, io.SEEK_END)
+
+        def publish():
+            size = buf.seek(0, io.SEEK_END)
+            buf.seek(0)
+            upload_fileobj(buf, url, size)
+
+        self._publish = publish
+        self._discard = lambda: None
+        return buf
+
+    # -- the file protocol, delegated -------------------------------------------------------
+    def read(self, size: int = -1):
+        return self._f.read(size)
+
+    def readline(self, size: int = -1):
+        return self._f.readline(size)
+
+    def readlines(self, hint: int = -1):
+        return self._f.readlines(hint)
+
+    def write(self, data) -> int:
+        return self._f.write(data)
+
+    def writelines(self, lines) -> None:
+        self._f.writelines(lines)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def readable(self) -> bool:
+        return self._f.readable()
+
+    def writable(self) -> bool:
+        return self._f.writable()
+
+    def seekable(self) -> bool:
+        return self._f.seekable()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __iter__(self):
+        return iter(self._f)
+
+    def close(self) -> None:
+        """Publish what was written (upload, or rename into place), then release everything."""
+        self._finish(publish=True)
+
+    def _finish(self, publish: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        published = False
+        try:
+            if self._publish is not None and publish:
+                self._f.flush()
+                self._buf.flush()
+                self._publish()
+                published = True
+        finally:
+            self._f.close()
+            if self._publish is not None and not published:
+                self._discard()
+
+    def __enter__(self) -> "File":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # An exception inside `with` must not publish a half-written file.
+        self._finish(publish=exc_type is None)
+
+    def __repr__(self) -> str:
+        return f"<obs_io File {self.name!r} mode={self.mode!r}{' closed' if self._closed else ''}>"

@@ -1,0 +1,211 @@
+"""Copying files between local disk and object storage: a plan (list of CopyTask) and its execution.
+
+Execution goes through s3transfer's TransferManager (multipart, ranged downloads, retries,
+abort of a failed multipart upload); nothing here speaks HTTP. What is added on top:
+downloads land under a temporary name and are published by rename only after their size (and
+MD5 where the ETag is one) matched; keys can never place a download outside its folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from s3transfer.manager import TransferManager
+from s3transfer.subscribers import BaseSubscriber
+
+from . import config as _config
+from .client import get_client, transfer_config
+from .errors import translating
+from .fs import LOCAL, S3
+from .progress import Progress
+from .urls import ObjectURL, is_remote, join, safe_relative
+
+_PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+
+
+@dataclass(frozen=True)
+class CopyTask:
+    """One file to copy. size/etag come from the listing, so no HEAD per file is needed."""
+
+    src: str
+    dst: str
+    size: int
+    etag: str | None = None
+
+
+def backend(url: str):
+    return S3 if is_remote(url) else LOCAL
+
+
+def temp_name(path: str) -> str:
+    """A sibling of `path` that no reader mistakes for the real file."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.obsio-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def verify(path: str, size: int, etag: str | None, what: str) -> None:
+    """Raise if the file at `path` is not `size` bytes or, for a plain-MD5 ETag, not that MD5."""
+    got = os.path.getsize(path)
+    if got != size:
+        raise OSError(f"{what}: downloaded {got} bytes, expected {size}; nothing was written")
+    match = _PLAIN_MD5.match(etag or "")
+    if match and _config.current().verify_md5:
+        md5 = hashlib.md5()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(8 * 2**20), b""):
+                md5.update(block)
+        if md5.hexdigest() != match.group(1).lower():
+            raise OSError(f"{what}: downloaded bytes do not match the object's MD5 (ETag); nothing was written")
+
+
+def plan_file(src: str, dst: str) -> CopyTask:
+    """One file: moxing's copy(). A folder as source is an error (use copy_parallel)."""
+    if is_remote(src):
+        head = S3.head(src)
+        if head is None:
+            if S3.isdir(src):
+                raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
+            raise FileNotFoundError(f"{src}: no such object")
+        return CopyTask(src, dst, head["ContentLength"], head.get("ETag"))
+    if os.path.isdir(src):
+        raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
+    return CopyTask(src, dst, os.path.getsize(src))
+
+
+def plan_tree(src: str, dst: str, file_list=None) -> tuple[list[CopyTask], list[str]]:
+    """Every file under folder `src` mapped under `dst`, and the empty folders to recreate.
+
+    All names are checked before anything is copied: a bad key fails the whole plan.
+    """
+    entries = backend(src).find(src)
+    local_dst = not is_remote(dst)
+    files = {e.name: e for e in entries if not e.dir}
+    if file_list is not None:
+        wanted = [safe_relative(str(f).replace(os.sep, "/"), join(src, str(f))) for f in file_list]
+        missing = [w for w in wanted if w not in files]
+        if missing:
+            raise FileNotFoundError(f"{join(src, missing[0])}: no such file (listed in file_list)")
+        files = {w: files[w] for w in wanted}
+    tasks = []
+    for name, entry in files.items():
+        rel = safe_relative(name, entry.path) if local_dst else name
+        tasks.append(CopyTask(entry.path, join(dst, rel), entry.length, entry.etag))
+    dirs = []
+    if file_list is None:
+        parents = {n.rsplit("/", 1)[0] for n in files if "/" in n}
+        parents = {"/".join(p.split("/")[:i + 1]) for p in parents for i in range(p.count("/") + 1)}
+        dirs = [join(dst, safe_relative(e.name, e.path) if local_dst else e.name)
+                for e in entries if e.dir and e.name not in parents]
+    return tasks, dirs
+
+
+class _Hooks(BaseSubscriber):
+    """s3transfer callbacks for one task: hand it the size/ETag we know (saves a HEAD per file
+    and pins the download to that version with If-Match) and count progress."""
+
+    def __init__(self, task: CopyTask, progress: Progress | None):
+        self.task, self.progress = task, progress
+
+    def on_queued(self, future, **kwargs):
+        future.meta.provide_transfer_size(self.task.size)
+        if self.task.etag and is_remote(self.task.src) and not is_remote(self.task.dst):
+            future.meta.provide_object_etag(self.task.etag)
+
+    def on_progress(self, future, bytes_transferred, **kwargs):
+        if self.progress is not None:
+            self.progress.add_bytes(bytes_transferred)
+
+
+def _copy_local(task: CopyTask, progress: Progress | None) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(task.dst)), exist_ok=True)
+    temp = temp_name(os.path.abspath(task.dst))
+    try:
+        shutil.copyfile(task.src, temp)
+        verify(temp, task.size, None, task.src)
+        os.replace(temp, task.dst)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    if progress is not None:
+        progress.add_bytes(task.size)
+        progress.file_done()
+
+
+def _submit(manager: TransferManager, task: CopyTask, progress) -> tuple[str | None, object]:
+    """Start one transfer; returns (temp file of a download or None, s3transfer future)."""
+    hooks = [_Hooks(task, progress)]
+    if is_remote(task.dst):
+        d = ObjectURL.parse(task.dst)
+        if is_remote(task.src):
+            s = ObjectURL.parse(task.src)
+            return None, manager.copy({"Bucket": s.bucket, "Key": s.key}, d.bucket, d.key, subscribers=hooks)
+        return None, manager.upload(task.src, d.bucket, d.key, subscribers=hooks)
+    s = ObjectURL.parse(task.src)
+    os.makedirs(os.path.dirname(os.path.abspath(task.dst)), exist_ok=True)
+    temp = temp_name(os.path.abspath(task.dst))
+    return temp, manager.download(s.bucket, s.key, temp, subscribers=hooks)
+
+
+def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_progress: bool = True,
+            dirs: list[str] = ()) -> None:
+    """Run a plan. The first failure stops the batch and is raised as a one-line builtin error;
+    transfers in flight are cancelled, and no partial file is left under a final name."""
+    progress = Progress(desc, sum(t.size for t in tasks), len(tasks)) if show_progress else None
+    remote = [t for t in tasks if is_remote(t.src) or is_remote(t.dst)]
+    local = [t for t in tasks if not (is_remote(t.src) or is_remote(t.dst))]
+    try:
+        for d in dirs:
+            backend(d).makedirs(d)
+        if local:
+            with ThreadPoolExecutor(max(1, min(threads, len(local)))) as pool:
+                for fut in [pool.submit(_copy_local, t, progress) for t in local]:
+                    fut.result()
+        if remote:
+            _execute_remote(remote, threads, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | None) -> None:
+    """All transfers go to one TransferManager at once; completions are checked in order while
+    the rest continue (MD5 hashing releases the GIL)."""
+    cfg = _config.current()
+    tconfig = transfer_config(cfg, max(t.size for t in tasks), threads)
+    submitted: list[tuple[CopyTask, str | None, object]] = []
+    try:
+        with TransferManager(get_client(cfg), tconfig) as manager:
+            submitted = [(t, *_submit(manager, t, progress)) for t in tasks]
+            for task, temp, fut in submitted:
+                with translating(task.src if is_remote(task.src) else task.dst):
+                    fut.result()
+                if temp:
+                    verify(temp, task.size, task.etag, task.src)
+                    os.replace(temp, task.dst)
+                if progress is not None:
+                    progress.file_done()
+    finally:  # after the manager has cancelled and joined whatever was in flight
+        for _, temp, _ in submitted:
+            if temp and os.path.exists(temp):
+                os.remove(temp)
+
+
+def upload_fileobj(fileobj, url: str, size: int, threads: int = 8) -> None:
+    """Publish a seekable file object as one object (write(), File(..., "w") on close)."""
+    u = ObjectURL.parse(url)
+    cfg = _config.current()
+    with translating(url), TransferManager(get_client(cfg), transfer_config(cfg, size, threads)) as manager:
+        manager.upload(fileobj, u.bucket, u.key).result()
+
+
+def download_fileobj(url: str, fileobj, size: int, threads: int = 8) -> None:
+    """Fetch a whole object into a writable file object (append mode needs the old bytes)."""
+    u = ObjectURL.parse(url)
+    cfg = _config.current()
+    with translating(url), TransferManager(get_client(cfg), transfer_config(cfg, size, threads)) as manager:
+        manager.download(u.bucket, u.key, fileobj).result()

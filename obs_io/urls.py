@@ -1,0 +1,69 @@
+"""URLs are the user's language: `obs://bucket/key`, `s3://bucket/key` or a local path."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+SCHEMES = ("obs://", "s3://")
+# S3/OBS bucket naming rules, loosely: what a user could have meant as a bucket.
+_BUCKET = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$")
+
+
+def is_remote(url: str) -> bool:
+    """True for obs:// and s3:// URLs (any case), False for local paths."""
+    return isinstance(url, str) and url[:6].lower().startswith(SCHEMES)
+
+
+@dataclass(frozen=True)
+class ObjectURL:
+    """A parsed remote URL. `key` has no leading slash; '' is the bucket root."""
+
+    scheme: str
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> "ObjectURL":
+        if not is_remote(url):
+            raise ValueError(f"not an obs:// or s3:// URL: {url!r}")
+        scheme, rest = url.split("://", 1)
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise ValueError(f"malformed URL {url!r}: no bucket name")
+        if not _BUCKET.match(bucket):
+            raise ValueError(f"malformed URL {url!r}: {bucket!r} is not a valid bucket name")
+        return cls(scheme.lower(), bucket, key.lstrip("/"))
+
+    @property
+    def dir_prefix(self) -> str:
+        """The key prefix of everything 'inside' this URL seen as a folder."""
+        return self.key.rstrip("/") + "/" if self.key.strip("/") else ""
+
+    def child(self, relative: str) -> "ObjectURL":
+        return ObjectURL(self.scheme, self.bucket, self.dir_prefix + relative.lstrip("/"))
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.bucket}/{self.key}"
+
+
+def join(url: str, relative: str) -> str:
+    """url + '/' + relative for both kinds, without doubling slashes."""
+    if not relative:
+        return url
+    if is_remote(url):
+        return str(ObjectURL.parse(url).child(relative))
+    return os.path.join(url, *relative.split("/"))
+
+
+def safe_relative(relative: str, what: str) -> str:
+    """Reject a relative path that could escape its destination folder (`..`, leading `/`).
+
+    Object keys are arbitrary strings; a key such as `a/../../etc/x` must never decide where a
+    download lands. `what` names the culprit (the full key) in the error.
+    """
+    parts = relative.split("/")
+    if relative.startswith("/") or "\\" in relative or ".." in parts \
+            or os.path.isabs(relative) or (parts and re.match(r"^[A-Za-z]:", parts[0])):
+        raise ValueError(f"refusing to copy {what!r}: its name would land outside the destination folder")
+    return "/".join(p for p in parts if p not in ("", "."))
