@@ -94,6 +94,8 @@ class File:
         self._f = buf if binary else io.TextIOWrapper(buf, encoding=encoding or "utf-8")
 
     def _open_local(self, path: str, m: str):
+        if m[0] != "r":  # as on object storage, writing a file needs no existing folder
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if m[0] != "w":
             return open(path, m if "b" in m else m + "b")
         temp = temp_name(os.path.abspath(path))

@@ -1,0 +1,160 @@
+"""A small HTTP proxy on loopback between obs_io and the moto server, for tests.
+
+It records every request (method, path, Range, status, response body size) so tests can count
+what was fetched, and injects faults: 503 SlowDown answers and dropped connections for a share
+of requests. The choice is a hash of (seed, request, how often this request was seen), so a run
+is reproducible whatever the thread interleaving, and a request is faulted at most
+`max_faults` times in a row, so a client with retries always gets through.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+SLOWDOWN_XML = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                b'<Message>Please reduce your request rate.</Message></Error>')
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+               "upgrade", "expect", "content-length"}
+
+
+@dataclass
+class Record:
+    method: str
+    path: str            # with query string
+    range: str | None
+    status: int          # 0 for a dropped connection
+    body_bytes: int      # response body bytes sent to the client
+
+
+def error_xml(code: str, message: str = "") -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f'<Message>{message or code}</Message></Error>').encode()
+
+
+class FaultProxy:
+    """Start with `with FaultProxy(upstream, ...) as proxy:`; point S3_ENDPOINT at proxy.endpoint.
+
+    rules: callables (method, path) -> (status, error code) or None, checked before faults; a
+    deterministic way to make one kind of request fail (e.g. every UploadPart with 403).
+    corrupt: callable (method, path) -> bool; damages matching response bodies in flight.
+    """
+
+    def __init__(self, upstream: str, seed: int = 0, slowdown: float = 0.0, drop: float = 0.0,
+                 max_faults: int = 2):
+        self.upstream = urlsplit(upstream)
+        self.seed, self.slowdown, self.drop, self.max_faults = seed, slowdown, drop, max_faults
+        self.records: list[Record] = []
+        self.rules: list = []
+        self.corrupt = None  # callable (method, path) -> bool: flip the first body byte if true
+        self._seen: Counter = Counter()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FaultProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def faults(self) -> Counter:
+        """How many 503s and drops were injected (status 503 / 0)."""
+        with self._lock:
+            return Counter(r.status for r in self.records if r.status in (0, 503))
+
+    def _decide(self, method: str, path: str) -> str | None:
+        with self._lock:
+            self._seen[(method, path)] += 1
+            n = self._seen[(method, path)]
+        if n > self.max_faults:
+            return None
+        digest = hashlib.sha256(f"{self.seed}|{method}|{path}|{n}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        if u < self.slowdown:
+            return "slowdown"
+        if u < self.slowdown + self.drop:
+            return "drop"
+        return None
+
+    def _handler_class(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _record(self, status: int, nbytes: int) -> None:
+                with proxy._lock:
+                    proxy.records.append(Record(self.command, self.path, self.headers.get("Range"),
+                                                status, nbytes))
+
+            def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] = ()) -> None:
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+                self._record(status, 0 if self.command == "HEAD" else len(body))
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                for rule in proxy.rules:
+                    hit = rule(self.command, self.path)
+                    if hit:
+                        status, code = hit
+                        self._send(status, error_xml(code), [("Content-Type", "application/xml")])
+                        return
+                fault = proxy._decide(self.command, self.path)
+                if fault == "slowdown":
+                    self._send(503, SLOWDOWN_XML, [("Content-Type", "application/xml")])
+                    return
+                if fault == "drop":
+                    self._record(0, 0)
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                headers["Host"] = proxy.upstream.netloc
+                if body or self.command in ("PUT", "POST"):
+                    headers["Content-Length"] = str(len(body))
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=120)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
+                finally:
+                    conn.close()
+                if self.command == "HEAD":
+                    self.send_response(resp.status)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in _HOP_BY_HOP or k.lower() == "content-length":
+                            self.send_header(k, v)
+                    self.end_headers()
+                    self._record(resp.status, 0)
+                    return
+                if data and proxy.corrupt is not None and proxy.corrupt(self.command, self.path):
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                self._send(resp.status, data, out)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        return Handler
