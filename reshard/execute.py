@@ -1,0 +1,232 @@
+"""Streaming execution of a plan: destination ranks converted by worker processes under a
+host-memory budget.
+
+Each destination tensor (or 512 MiB axis-0 chunk of it) is assembled in one preallocated buffer
+that source readers fill directly with the byte ranges it needs, then streamed to the writer,
+which renames its temporary file only when complete. Memory is therefore bounded by the
+largest slice being assembled, not by the model. Workers are started with 'spawn' and import
+only this package (never MindSpore).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+
+import numpy as np
+
+from .formats import FormatError, TensorMeta, open_reader, open_writer
+from .plan import Plan, RankPlan
+
+log = logging.getLogger("reshard")
+
+# What a converting process costs besides its assembly buffer: interpreter, numpy, the plan.
+PROCESS_BASE_BYTES = 80 << 20
+# Per open source reader: its bounded scratch buffer (formats.regions.SCRATCH_BYTES) + index.
+READER_BYTES = 10 << 20
+MANIFEST_DIR = ".reshard"
+
+
+def rank_cost(rp: RankPlan) -> int:
+    """Bytes one destination rank needs while converting (on top of its process)."""
+    files = {p.src_file for t in rp.tensors for p in t.pieces}
+    return rp.buffer_bytes + READER_BYTES * len(files)
+
+
+def expected_peak(costs: list[int], process_num: int, budget: int) -> int:
+    """What the scheduler below can reach: the largest costs running at once, within budget."""
+    running, total = 0, 0
+    for c in sorted(costs, reverse=True)[:process_num]:
+        if total + c > budget and running:
+            break
+        total += c
+        running += 1
+    return total + PROCESS_BASE_BYTES * (1 + (running if process_num > 1 else 0))
+
+
+# -- rerun: skip destination files already complete and verified ---------------------------
+
+def _source_identity(rp: RankPlan) -> list:
+    files = sorted({p.src_file for t in rp.tensors for p in t.pieces})
+    out = []
+    for f in files:
+        st = os.stat(f)
+        out.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def rank_digest(rp: RankPlan, fmt: str) -> str:
+    """The plan of one rank plus the identity (path, size, mtime) of the files it reads."""
+    h = hashlib.sha256()
+    h.update(repr((fmt, rp.path, rp.tensors)).encode())
+    h.update(json.dumps(_source_identity(rp)).encode())
+    return h.hexdigest()
+
+
+def _manifest_path(dst_root: str, rp: RankPlan) -> str:
+    return os.path.join(dst_root, MANIFEST_DIR, f"rank_{rp.rank}.json")
+
+
+def is_done(dst_root: str, rp: RankPlan, fmt: str) -> bool:
+    """The output exists with the size/mtime recorded when this same plan wrote it."""
+    out = os.path.join(dst_root, rp.path)
+    try:
+        with open(_manifest_path(dst_root, rp), encoding="utf-8") as f:
+            m = json.load(f)
+        st = os.stat(out)
+    except (OSError, ValueError):
+        return False
+    return m.get("digest") == rank_digest(rp, fmt) and m.get("size") == st.st_size \
+        and m.get("mtime_ns") == st.st_mtime_ns
+
+
+def _write_manifest(dst_root: str, rp: RankPlan, fmt: str) -> None:
+    out = os.path.join(dst_root, rp.path)
+    st = os.stat(out)
+    path = _manifest_path(dst_root, rp)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"digest": rank_digest(rp, fmt), "size": st.st_size,
+                   "mtime_ns": st.st_mtime_ns, "file": rp.path}, f)
+    os.replace(tmp, path)
+
+
+# -- one destination rank -------------------------------------------------------------------
+
+def convert_rank(rp: RankPlan, dst_root: str, fmt: str) -> int:
+    """Write one destination file; returns its byte count."""
+    t0 = time.monotonic()
+    out_path = os.path.join(dst_root, rp.path)
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    files = sorted({p.src_file for t in rp.tensors for p in t.pieces})
+    readers = {}
+    try:
+        for f in files:
+            readers[f] = open_reader(f)
+        metas = []
+        for t in rp.tensors:
+            if t.carried:
+                metas.append(readers[t.pieces[0].src_file].metas[t.name])
+            else:
+                metas.append(TensorMeta(t.name, t.dtype, t.shape))
+        buf = np.empty(rp.buffer_bytes, np.uint8)
+        with open_writer(out_path, metas, fmt) as writer:
+            for t, meta in zip(rp.tensors, metas):
+                if not meta.sliceable:
+                    writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
+                    continue
+                _assemble_and_write(t, meta, buf, readers, writer)
+        _write_manifest(dst_root, rp, fmt)
+    finally:
+        for r in readers.values():
+            r.close()
+    size = os.path.getsize(out_path)
+    log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank, out_path,
+             len(rp.tensors), size, sorted(rp.source_ranks), time.monotonic() - t0)
+    return size
+
+
+def _assemble_and_write(t, meta, buf, readers, writer) -> None:
+    storage = meta.storage
+    if not meta.shape:
+        view = buf[:meta.itemsize].view(storage).reshape(())
+        readers[t.pieces[0].src_file].read(t.name, (), out=view)
+        writer.write(t.name, view)
+        return
+    rows = t.chunk_rows()
+    row_bytes = meta.nbytes // meta.shape[0] if meta.shape[0] else 0
+    for r0 in range(0, meta.shape[0], rows):
+        r1 = min(meta.shape[0], r0 + rows)
+        view = buf[:(r1 - r0) * row_bytes].view(storage).reshape((r1 - r0,) + meta.shape[1:])
+        for p in t.pieces:
+            (a, b), (sa, _) = p.dst_region[0], p.src_region[0]
+            lo, hi = max(a, r0), min(b, r1)
+            if lo >= hi:
+                continue
+            src_region = ((sa + lo - a, sa + hi - a),) + p.src_region[1:]
+            dst = (slice(lo - r0, hi - r0),) + tuple(slice(x, y) for x, y in p.dst_region[1:])
+            readers[p.src_file].read(t.name, src_region, out=view[dst])
+        writer.write(t.name, view)
+
+
+# -- many destination ranks -----------------------------------------------------------------
+
+def _setup_process_log(log_dir: str | None, tag: str) -> None:
+    if not log_dir:
+        return
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, f"reshard_{tag}_{os.getpid()}.log")
+    if any(getattr(h, "baseFilename", None) == os.path.abspath(path) for h in log.handlers):
+        return
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
+    log.addHandler(h)
+    log.setLevel(logging.INFO)
+
+
+def _worker_init(log_dir: str | None) -> None:
+    _setup_process_log(log_dir, "worker")
+
+
+def _worker_convert(rp: RankPlan, dst_root: str, fmt: str) -> int:
+    try:
+        return convert_rank(rp, dst_root, fmt)
+    except FormatError as e:
+        raise RuntimeError(f"rank {rp.rank}: {e}") from None
+
+
+@dataclass
+class RunResult:
+    written: list[int]
+    skipped: list[int]
+
+
+def run_plan(plan: Plan, dst_root: str, fmt: str, *, process_num: int, budget: int,
+             log_dir: str | None = None) -> RunResult:
+    """Convert every rank of the plan not already done; at most process_num at once and never
+    more than `budget` bytes of rank costs in flight."""
+    _setup_process_log(log_dir, "main")
+    todo, skipped = [], []
+    for rp in plan.ranks:
+        if is_done(dst_root, rp, fmt):
+            log.info("rank %d: %s already complete and verified, skipped", rp.rank, rp.path)
+            skipped.append(rp.rank)
+        else:
+            todo.append(rp)
+    if process_num <= 1 or len(todo) <= 1:
+        for rp in todo:
+            convert_rank(rp, dst_root, fmt)
+        return RunResult([rp.rank for rp in todo], skipped)
+
+    pending = sorted(todo, key=rank_cost, reverse=True)
+    ctx = multiprocessing.get_context("spawn")
+    running: dict = {}
+    in_flight = 0
+    written = []
+    with ProcessPoolExecutor(max_workers=min(process_num, len(todo)), mp_context=ctx,
+                             initializer=_worker_init, initargs=(log_dir,)) as pool:
+        while pending or running:
+            started = True
+            while pending and len(running) < process_num and started:
+                started = False
+                for i, rp in enumerate(pending):
+                    cost = rank_cost(rp)
+                    if in_flight + cost <= budget or not running:
+                        running[pool.submit(_worker_convert, rp, dst_root, fmt)] = (rp, cost)
+                        in_flight += cost
+                        pending.pop(i)
+                        started = True
+                        break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                rp, cost = running.pop(fut)
+                in_flight -= cost
+                fut.result()
+                written.append(rp.rank)
+    return RunResult(sorted(written), skipped)
