@@ -298,3 +298,42 @@ def test_missing_file_and_parameter(tmp_path):
     save_ms({"a": ms.Tensor(np.zeros(2, np.float32))}, path)
     with open_reader(path) as reader, pytest.raises(FormatError, match="no parameter 'b'"):
         reader.read("b")
+
+
+def test_index_of_sparse_file_over_4_gib(tmp_path):
+    """A value of 4.5 GiB in nine 512 MiB records (sparse file, so no disk is used): indexing
+    reads only headers, and a region near the end lands at the right byte."""
+    huge = TensorMeta("huge", "Float32", (1152, 1024, 1024))
+    small = TensorMeta("small", "Int32", (2,))
+    record = ckpt_format.RECORD_BYTES
+    path = tmp_path / "sparse.ckpt"
+    with open(path, "wb") as f:
+        for _ in range(huge.nbytes // record):
+            f.write(ckpt_format.record_header(huge, record))
+            f.seek(record, os.SEEK_CUR)
+        f.seek(-8, os.SEEK_CUR)
+        f.write(np.array([1.5, -2.0], np.float32).tobytes())      # last two elements
+        f.write(ckpt_format.record_header(small, 8) + np.array([7, 8], np.int32).tobytes())
+    assert path.stat().st_size > 4 * 2**30
+    with open_reader(path) as reader:
+        assert list(reader.metas.values()) == [huge, small]
+        tail = reader.read("huge", ((1151, 1152), (1023, 1024), (1020, 1024)))
+        np.testing.assert_array_equal(tail.ravel(), [0, 0, 1.5, -2.0])
+        np.testing.assert_array_equal(reader.read("small"), [7, 8])
+
+
+def test_mindspore_bfloat16_arrays_move_as_bits(tmp_path):
+    """MindSpore's numpy bfloat16 arrays are accepted by the writer and as `out`, bits intact
+    (a float32 detour would quiet this signalling-NaN pattern)."""
+    value = ms.Tensor(RNG.standard_normal((4, 6)).astype(np.float32), ms.bfloat16)
+    array = value.asnumpy()
+    array.view(np.uint16)[0, 0] = 0x7F81
+    path = tmp_path / "bf.ckpt"
+    with open_writer(path, [TensorMeta("w", "BFloat16", (4, 6))]) as writer:
+        writer.write("w", array[:1])
+        writer.write("w", array[1:])
+    out = np.zeros((4, 3), dtype=array.dtype)
+    with open_reader(path) as reader:
+        reader.read("w", ((0, 4), (3, 6)), out=out)
+    np.testing.assert_array_equal(out.view(np.uint16), array.view(np.uint16)[:, 3:])
+    np.testing.assert_array_equal(bits(ms.load_checkpoint(str(path))["w"]), array.view(np.uint16))
