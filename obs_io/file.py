@@ -18,7 +18,7 @@ from .entries import DirEntry, StatResult
 from .fs import S3
 from .remote_file import File
 from .transfer import backend, execute, plan_file, plan_tree
-from .urls import ObjectURL, is_remote, join
+from .urls import ObjectURL, check, is_remote, join
 
 __all__ = ["copy", "copy_parallel", "exists", "is_directory", "list_directory", "glob", "walk",
            "scan_dir", "stat", "get_size", "make_dirs", "mk_dir", "remove", "rename", "read",
@@ -37,6 +37,7 @@ def copy_parallel(src_url: str, dst_url: str, file_list=None, threads: int = 16,
     file_list: paths relative to src_url; only those are copied. A file as src_url is copied
     like copy(). Progress (bytes, rate, files) shows on a terminal, else as periodic log lines.
     """
+    check(src_url, dst_url)
     if not is_directory(src_url) and exists(src_url):
         copy(src_url, dst_url)
         return
@@ -143,6 +144,7 @@ def remove(url: str, recursive: bool = False) -> None:
 
 def rename(src_url: str, dst_url: str) -> None:
     """Move a file or folder, across local disk and object storage too (copy, then delete)."""
+    check(src_url, dst_url)
     if not is_remote(src_url) and not is_remote(dst_url):
         if os.path.dirname(os.path.abspath(dst_url)):
             os.makedirs(os.path.dirname(os.path.abspath(dst_url)), exist_ok=True)

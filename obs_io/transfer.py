@@ -23,7 +23,7 @@ from .client import get_client, transfer_config
 from .errors import translating
 from .fs import LOCAL, S3
 from .progress import Progress
-from .urls import ObjectURL, is_remote, join, safe_relative
+from .urls import ObjectURL, check, is_remote, join, safe_relative
 
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 
@@ -65,6 +65,7 @@ def verify(path: str, size: int, etag: str | None, what: str) -> None:
 
 def plan_file(src: str, dst: str) -> CopyTask:
     """One file: moxing's copy(). A folder as source is an error (use copy_parallel)."""
+    check(src, dst)
     if is_remote(src):
         head = S3.head(src)
         if head is None:
@@ -82,6 +83,7 @@ def plan_tree(src: str, dst: str, file_list=None) -> tuple[list[CopyTask], list[
 
     All names are checked before anything is copied: a bad key fails the whole plan.
     """
+    check(src, dst)
     entries = backend(src).find(src)
     local_dst = not is_remote(dst)
     files = {e.name: e for e in entries if not e.dir}

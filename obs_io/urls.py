@@ -47,6 +47,13 @@ class ObjectURL:
         return f"{self.scheme}://{self.bucket}/{self.key}"
 
 
+def check(*urls: str) -> None:
+    """Raise ValueError naming the first malformed remote URL, before any work starts."""
+    for url in urls:
+        if is_remote(url):
+            ObjectURL.parse(url)
+
+
 def join(url: str, relative: str) -> str:
     """url + '/' + relative for both kinds, without doubling slashes."""
     if not relative:
