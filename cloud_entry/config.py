@@ -84,11 +84,14 @@ def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def with_defaults(base: dict[str, Any]) -> dict[str, Any]:
+    """MindFormers' defaults for the keys the entry acts on, where the base has none."""
+    return {**DEFAULTS, **copy.deepcopy(base)}
+
+
 def build(spec: JobSpec, base: dict[str, Any]) -> dict[str, Any]:
-    """Effective config: base, then MindFormers defaults for missing keys, then arguments."""
-    config = copy.deepcopy(base)
-    for key, value in DEFAULTS.items():
-        config.setdefault(key, value)
+    """Effective config: base (with defaults), then the job's arguments."""
+    config = with_defaults(base)
     for name, key in CONFIG_KEYS.items():
         value = getattr(spec, name)
         if value is not None:
@@ -121,7 +124,11 @@ def resolve(spec: JobSpec, config: dict[str, Any]) -> JobSpec:
 
 def diff(base: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
     """(dotted key, old, new) for every leaf that differs; missing leaves are None."""
-    if isinstance(base, dict) and isinstance(new, dict):
+    if isinstance(base, dict) or isinstance(new, dict):
+        if not (isinstance(base, dict) and isinstance(new, dict)) and None not in (base, new):
+            yield prefix.rstrip("."), base, new
+            return
+        base, new = base or {}, new or {}
         for key in list(base) + [k for k in new if k not in base]:
             yield from diff(base.get(key), new.get(key), f"{prefix}{key}.")
     elif base != new:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import re
 import uuid
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Iterable
 
 import obs_io
 
+from cloud_entry.paths import join
 from cloud_entry.errors import BlockFailed, WaitTimeout
 from cloud_entry.waits import Backoff, poll
 
@@ -36,13 +36,6 @@ class Marker:
 
 def marker_name(state: str, rank: int) -> str:
     return f"transform_{state}_rank_{rank}.txt"
-
-
-def join(base: str, *parts: str) -> str:
-    """Join for local paths and URLs alike (object stores always use '/')."""
-    if obs_io.is_remote(base):
-        return posixpath.join(base.rstrip("/"), *parts)
-    return os.path.join(base, *parts)
 
 
 def write_atomic(url: str, text: str) -> None:
@@ -92,13 +85,14 @@ def scan(store: str) -> list[Marker]:
     return found
 
 
-def clear_stale(store: str, leaders: Iterable[int], run_id: str) -> list[str]:
-    """Remove markers of our own blocks left by other runs; never touches other blocks' markers
-    (their leaders may already have published for this run)."""
+def clear_own(store: str, leaders: Iterable[int]) -> list[str]:
+    """Before converting, a leader removes its own blocks' markers, whatever run wrote them: it
+    is their only writer in this run. Other blocks' markers are never touched (their leaders
+    may already have published for this run); waiters ignore those of other runs anyway."""
     mine = set(leaders)
     removed = []
     for marker in scan(store):
-        if marker.rank in mine and marker.run_id != run_id:
+        if marker.rank in mine:
             name = marker_name(marker.state, marker.rank)
             try:
                 obs_io.file.remove(join(store, name))
@@ -135,3 +129,25 @@ def wait_for_blocks(store: str, leaders: Iterable[int], run_id: str, timeout: fl
     except WaitTimeout as exc:
         raise WaitTimeout(f"{exc}: no marker from the block leader rank(s) "
                           f"{', '.join(map(str, last))} in {store}") from None
+
+
+RUN_ID_VARS = ("CLOUD_ENTRY_RUN_ID", "MA_VJ_NAME", "VC_JOB_NAME")
+
+
+def choose_run_id(explicit: str, env: dict[str, str] | None, num_nodes: int, job_text: str) -> str:
+    """The id every node of this run agrees on without talking to each other: --run_id, else
+    the platform's job name, else (one node) a random id; several nodes without any id fall back
+    to a digest of the job's arguments, which a rerun of the same job shares (each leader removes
+    its own old markers before converting, so only a race with that removal remains)."""
+    if explicit:
+        return explicit
+    env = os.environ if env is None else env
+    for name in RUN_ID_VARS:
+        if env.get(name):
+            return env[name]
+    if num_nodes == 1:
+        return uuid.uuid4().hex
+    import hashlib
+
+    log.warning("no --run_id nor %s: nodes agree on a digest of the arguments", RUN_ID_VARS[0])
+    return "args-" + hashlib.sha256(job_text.encode()).hexdigest()[:16]

@@ -94,7 +94,7 @@ def test_sample_config_and_diff():
     spec = parse("--config=run_llama_7b.yaml", "--load_checkpoint=obs://b/llama/rank_0/x.ckpt",
                  "--transform_process_num=1", "--use_parallel=False", "--run_mode=predict",
                  "--model_parallel=4", "--model.model_config.num_layers=4", "--new.key=3")
-    base = config_mod.read_base(spec.config)
+    base = config_mod.with_defaults(config_mod.read_base(spec.config))
     assert base["parallel_config"]["data_parallel"] == 2 and base["auto_trans_ckpt"] is True
     cfg = config_mod.build(spec, base)
     changes = {k: (old, new) for k, old, new in config_mod.diff(base, cfg)}

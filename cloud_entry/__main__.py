@@ -1,0 +1,41 @@
+"""`python -m cloud_entry` / `cloud-entry`: the boot command of a training job.
+
+Exit codes: the launched command's; 2 for bad input, a failed block or a bounded wait that ran
+out (one line on stderr, traceback only in the log file); 1 for an unexpected error.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from cloud_entry import logs
+from cloud_entry.errors import EntryError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cloud_entry.args import parse_args
+    from cloud_entry.job import run
+
+    logs.console()
+    log = logging.getLogger("cloud_entry")
+    try:
+        import reshard
+
+        user_errors: tuple[type[BaseException], ...] = (EntryError, reshard.ReshardError)
+        return run(parse_args(sys.argv[1:] if argv is None else argv))
+    except user_errors as exc:
+        log.debug("failed", exc_info=True)
+        print(f"cloud-entry: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cloud-entry: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the user, the traceback for the log
+        log.debug("unexpected error", exc_info=True)
+        print(f"cloud-entry: error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              "(traceback in the log file)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The boot sequence, in the order data flows: arguments -> JobSpec -> config -> cluster ->
+blocks -> (strategy pass) -> download -> convert -> markers -> upload -> launch.
+
+Everything that can reject the input runs before the first write (logs included).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from typing import Any, Mapping
+
+import obs_io
+import reshard
+
+from cloud_entry import config as config_mod
+from cloud_entry import convert, launch, logs, markers, strategy, sync
+from cloud_entry.blocks import BlockPlan, plan_blocks
+from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
+from cloud_entry.errors import EntryError
+from cloud_entry.jobspec import JobSpec
+from cloud_entry.paths import Layout, clear_reason, clear_safely, join, rank_dir
+
+log = logging.getLogger("cloud_entry")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything decided before the first write."""
+    job: JobSpec
+    config: dict[str, Any]
+    cluster: Cluster
+    layout: Layout
+    source: sync.Source | None
+    blocks: BlockPlan | None          # None: no conversion
+    convert_ranks: tuple[int, ...]    # this node's ranks of the destination layout
+    run_id: str
+
+
+def parallel_world(cfg: dict[str, Any]) -> int:
+    pc = cfg.get("parallel_config") or {}
+    sizes = [pc.get(k, 1) or 1 for k in ("data_parallel", "model_parallel", "pipeline_stage",
+                                         "context_parallel")]
+    return math.prod(int(s) for s in sizes)
+
+
+def plan(spec: JobSpec, env: Mapping[str, str]) -> Plan:
+    base = config_mod.with_defaults(config_mod.read_base(spec.config))
+    cfg = config_mod.build(spec, base)
+    job = config_mod.resolve(spec, cfg)
+    cluster = resolve_cluster(job, env, parallel_world(cfg) if job.use_parallel else 1)
+    logs.console(cluster.node_index)
+    for key, old, new in config_mod.diff(config_mod.mask_secrets(base), config_mod.mask_secrets(cfg)):
+        log.info("config %s: %r -> %r", key, old, new)
+    fmt = job.load_ckpt_format or "ckpt"
+    source = sync.inspect_source(job.load_checkpoint, fmt) if job.load_checkpoint else None
+    converting = bool(job.auto_trans_ckpt and not job.only_save_strategy)
+    blocks, convert_ranks = None, ()
+    if converting:
+        assert source is not None
+        if job.src_strategy:
+            sync.check_strategy(job.src_strategy, "src_strategy_path_or_dir")
+        elif len(source.rank_files) > 1:
+            raise EntryError(f"load_checkpoint={job.load_checkpoint}: {len(source.rank_files)} rank "
+                             "folders need src_strategy_path_or_dir")
+        if job.dst_strategy and job.use_parallel:
+            sync.check_strategy(job.dst_strategy, "--dst_strategy")
+        elif job.use_parallel and not job.launch_cmd:
+            raise EntryError("no --dst_strategy and no launch command to run the strategy pass with")
+        if cluster.num_nodes > 1 and not job.shared_dir and not job.remote_save_url:
+            raise EntryError(f"{cluster.num_nodes} nodes without --shared_dir need remote_save_url "
+                             "to exchange markers and converted ranks")
+        world = cluster.world_size if job.use_parallel else 1
+        blocks = plan_blocks(world, job.transform_process_num or 1, cluster.num_nodes,
+                             shared_disk=bool(job.shared_dir) or cluster.num_nodes == 1)
+        convert_ranks = (cluster.node_ranks if job.use_parallel
+                         else ((0,) if cluster.node_index == 0 else ()))
+    output_dir = os.path.abspath(job.output_dir or "./output")
+    work_dir = os.path.abspath(job.work_dir or os.path.join(output_dir, "cloud_entry"))
+    layout = Layout(output_dir, work_dir, os.path.join(work_dir, "log"),
+                    source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
+                    job.remote_save_url.rstrip("/"))
+    job_text = json.dumps([job.load_checkpoint, job.src_strategy, job.dst_strategy, job.remote_save_url,
+                           job.shared_dir, cluster.world_size, job.transform_process_num, job.launch_cmd])
+    run_id = markers.choose_run_id(job.run_id, dict(env), cluster.num_nodes, job_text)
+    return Plan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), run_id)
+
+
+def _digest(path: str | None) -> str:
+    """Content digest of a local strategy file or folder (for the reuse manifest)."""
+    if not path:
+        return ""
+    h = hashlib.sha256()
+    files = ([os.path.join(path, n) for n in strategy.local_strategy_files(path)]
+             if os.path.isdir(path) else [path])
+    for f in files:
+        h.update(os.path.basename(f).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()
+
+
+def _forget_stale_ranks(p: Plan, inputs: dict[str, Any], ranks: list[int]) -> None:
+    """Converted ranks are reused (the engine skips complete, verified ones) only if they came
+    from the same inputs; else this node's own rank folders are removed first."""
+    manifest = join(p.layout.work_dir, f"transform_inputs_{p.layout.ckpt_name}.json")
+    old = None
+    if os.path.isfile(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            old = json.load(f)
+    if old != inputs:
+        base = p.layout.shared_dir or p.layout.output_dir
+        protected = [p.job.load_checkpoint, p.job.src_strategy, p.job.dst_strategy]
+        for r in ranks:
+            folder = rank_dir(p.layout.transformed, r)
+            if os.path.isdir(folder) and not clear_reason(folder, base, protected):
+                log.info("removing %s: converted from other inputs", folder)
+                shutil.rmtree(folder)
+    markers.write_atomic(manifest, json.dumps(inputs, sort_keys=True))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, (EntryError, reshard.ReshardError)) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+def destination_strategy(p: Plan, env: dict[str, str]) -> str | None:
+    job, layout = p.job, p.layout
+    if not job.use_parallel:
+        return None
+    protected = [job.load_checkpoint, job.src_strategy, job.dst_strategy]
+    if job.dst_strategy:
+        if obs_io.is_remote(job.dst_strategy):
+            clear_safely(layout.local_strategy, layout.output_dir, protected)
+        dst = sync.fetch_strategy(job.dst_strategy, layout.local_strategy)
+    else:
+        clear_safely(layout.local_strategy, layout.output_dir, protected)
+        files = strategy.run_pass(p.config, layout, list(job.launch_cmd), env, job.transform_timeout)
+        strategy.gather(layout, files, p.cluster.node_index, p.cluster.num_nodes, p.run_id,
+                        job.transform_timeout)
+        dst = layout.local_strategy
+    pp = int((p.config.get("parallel_config") or {}).get("pipeline_stage", 1) or 1)
+    if os.path.isdir(dst) and pp > 1:
+        ours = os.path.realpath(dst) == os.path.realpath(layout.local_strategy)
+        merged = join(layout.local_strategy if ours else layout.work_dir, "merged_ckpt_strategy.ckpt")
+        reshard.write_merged_strategy(dst, merged)
+        log.info("merged destination strategy: %s", merged)
+        return merged
+    return dst
+
+
+def transform(p: Plan, env: dict[str, str]) -> str:
+    """Steps 4-6: strategies and shards down, this node's blocks converted, markers, uploads,
+    and this node's ranks converted elsewhere down. Returns the local folder to load."""
+    job, layout, cluster = p.job, p.layout, p.cluster
+    assert p.source is not None and p.blocks is not None
+    dst_s = destination_strategy(p, env)
+    src_s = (sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
+             if job.src_strategy else None)
+    my_blocks = p.blocks.led_by(p.convert_ranks)
+    mine = convert.block_ranks(my_blocks)
+    leaders = [b.leader for b in my_blocks]
+    log.info("%s; this node converts %s", ", ".join(map(str, p.blocks.blocks)),
+             ", ".join(map(str, my_blocks)) or "nothing")
+    fmt = job.load_ckpt_format or "ckpt"
+    if mine:
+        markers.clear_own(layout.marker_dir, leaders)
+        try:
+            needed = reshard.needed_source_ranks(src_s, dst_s, mine)
+            src_local = sync.fetch_source(p.source, needed, join(layout.work_dir, "source", layout.ckpt_name))
+            inputs = {"source": p.source.url, "files": p.source.rank_files or p.source.complete_file,
+                      "src_strategy": _digest(src_s), "dst_strategy": _digest(dst_s),
+                      "prefix": job.prefix, "fmt": fmt}
+            _forget_stale_ranks(p, inputs, mine)
+            convert.run(convert.Conversion(src_local, layout.transformed, src_s, dst_s, job.prefix, fmt,
+                                           job.max_memory, layout.log_dir), my_blocks)
+            if layout.remote_save_url:
+                sync.upload_ranks(layout.transformed, layout.remote_transformed, mine)
+        except Exception as exc:
+            for leader in leaders:
+                markers.publish(layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id,
+                                                                  _one_line(exc)))
+            raise
+        for leader in leaders:
+            markers.publish(layout.marker_dir, markers.Marker(markers.SUCCEED, leader, p.run_id))
+    all_leaders = [b.leader for b in p.blocks.blocks]
+    log.info("waiting (up to %gs) for the blocks led by ranks %s", job.transform_timeout, all_leaders)
+    markers.wait_for_blocks(layout.marker_dir, all_leaders, p.run_id, job.transform_timeout)
+    elsewhere = [r for r in p.convert_ranks if r not in set(mine)]
+    if elsewhere and not layout.shared_dir:
+        sync.download_ranks(layout.remote_transformed, layout.transformed, elsewhere)
+    if layout.remote_save_url:
+        files = strategy.local_strategy_files(layout.local_strategy)
+        if files:
+            obs_io.file.copy_parallel(layout.local_strategy, layout.remote_strategy, file_list=files)
+    log.info("checkpoint ready: %s", layout.transformed)
+    return layout.transformed
+
+
+def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    p = plan(spec, env)
+    job, layout = p.job, p.layout
+    # ---- nothing was written before this line ----
+    log.info("log file %s", logs.to_file(layout.log_dir, p.cluster.node_index))
+    log.info("node %d of %d, %d cards, ranks %s; run %s", p.cluster.node_index, p.cluster.num_nodes,
+             p.cluster.cards_per_node, sync._ranges(list(p.cluster.node_ranks)), p.run_id)
+    shim = None
+    if is_modelarts(env):
+        obs_io.install_as_moxing()
+        shim = launch.write_moxing_shim(join(layout.work_dir, "moxing_shim"))
+    launch_env = launch.environment(env, layout.effective_config, p.cluster.node_ranks, shim)
+    effective = copy.deepcopy(p.config)
+    if p.blocks is not None:
+        effective["load_checkpoint"] = transform(p, launch_env)
+        effective["auto_trans_ckpt"] = False
+    elif p.source is not None and p.source.remote:
+        effective["load_checkpoint"] = sync.sync_rank_shards(
+            p.source, list(p.cluster.node_ranks), join(layout.work_dir, "checkpoint", layout.ckpt_name))
+    config_mod.dump(effective, layout.effective_config)
+    log.info("effective config: %s", layout.effective_config)
+    if job.transform_only:
+        log.info("--transform_only: not launching")
+        return 0
+    code = launch.run(launch.command(list(job.launch_cmd), layout.effective_config), launch_env)
+    log.info("launch command exited with %d", code)
+    return code

@@ -1,0 +1,96 @@
+"""The destination strategy when the user gives none: a strategy pass of the launch command.
+
+Each node runs the command once with `only_save_strategy: True` (MindFormers compiles, writes
+<output_dir>/strategy/ and exits), publishes its files on the store with a node marker naming
+them, then waits (bounded) for every node's marker of this run and downloads all files. The
+markers, not a listing of strategy/, say what belongs to this run: old files may lie there.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from typing import Any, Callable
+
+import obs_io
+
+from cloud_entry import config as config_mod
+from cloud_entry import launch
+from cloud_entry.errors import EntryError
+from cloud_entry.markers import write_atomic
+from cloud_entry.paths import Layout, join
+from cloud_entry.sync import STRATEGY_EXTS
+from cloud_entry.waits import Backoff, poll
+
+log = logging.getLogger(__name__)
+
+
+def node_marker(node: int) -> str:
+    return f"strategy_saved_node_{node}.txt"   # .txt: never read as a strategy file
+
+
+def local_strategy_files(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n for n in os.listdir(folder)
+                  if n.endswith(STRATEGY_EXTS) and os.path.isfile(os.path.join(folder, n)))
+
+
+def pass_config(cfg: dict[str, Any], output_dir: str) -> dict[str, Any]:
+    """The config of the strategy pass: compile only, load nothing, write into our output."""
+    out = copy.deepcopy(cfg)
+    out.update(only_save_strategy=True, auto_trans_ckpt=False, load_checkpoint="",
+               output_dir=output_dir)
+    return out
+
+
+def run_pass(cfg: dict[str, Any], layout: Layout, launch_cmd: list[str], env: dict[str, str],
+             timeout: float) -> list[str]:
+    path = join(layout.work_dir, "strategy_pass_config.yaml")
+    config_mod.dump(pass_config(cfg, layout.output_dir), path)
+    code = launch.run(launch.command(launch_cmd, path), dict(env, CLOUD_ENTRY_CONFIG=path),
+                      timeout, what="strategy pass")
+    if code != 0:
+        raise EntryError(f"strategy pass: the launch command exited with {code} "
+                         f"(config {path} has only_save_strategy: True)")
+    files = local_strategy_files(layout.local_strategy)
+    if not files:
+        raise EntryError(f"strategy pass: the launch command wrote no *.ckpt/*.json into "
+                         f"{layout.local_strategy}")
+    log.info("strategy pass wrote %d file(s): %s", len(files), ", ".join(files))
+    return files
+
+
+def gather(layout: Layout, files: list[str], node: int, num_nodes: int, run_id: str,
+           timeout: float, backoff: Backoff = Backoff(), **poll_kw: Callable) -> list[str]:
+    """Publish this node's strategy files on the store and collect every node's into the local
+    strategy folder. Returns all file names. One node with a local store: nothing to move."""
+    store = layout.store_strategy
+    if store == layout.local_strategy:
+        return files
+    obs_io.file.copy_parallel(layout.local_strategy, store, file_list=files)
+    write_atomic(join(store, node_marker(node)), json.dumps({"run_id": run_id, "files": files}))
+    listed: dict[int, list[str]] = {}
+
+    def check():
+        for other in range(num_nodes):
+            if other in listed:
+                continue
+            try:
+                data = json.loads(obs_io.file.read(join(store, node_marker(other))))
+            except (FileNotFoundError, ValueError):
+                continue
+            if data.get("run_id") == run_id:
+                listed[other] = list(data["files"])
+        return True if len(listed) == num_nodes else None
+
+    try:
+        poll(check, timeout, "strategy files of every node", backoff, **poll_kw)
+    except EntryError as exc:
+        missing = sorted(set(range(num_nodes)) - set(listed))
+        raise type(exc)(f"{exc}: nodes {missing} published none in {store}") from None
+    others = sorted({f for n, fs in listed.items() if n != node for f in fs} - set(files))
+    if others:
+        obs_io.file.copy_parallel(store, layout.local_strategy, file_list=others)
+    return sorted(set(files) | set(others))

@@ -1,0 +1,156 @@
+"""Moving checkpoints and strategies between the user's locations (local or object storage)
+and this node's disk, through obs_io only. Reads first (inspect_*), writes later (fetch_*,
+upload_*), so bad input is reported before anything is written.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import obs_io
+
+from cloud_entry.errors import EntryError
+from cloud_entry.paths import join, rank_dir
+
+log = logging.getLogger(__name__)
+
+_RANK_FILE = re.compile(r"^rank_(\d+)/([^/]+)$")
+STRATEGY_EXTS = (".ckpt", ".json")
+
+
+@dataclass(frozen=True)
+class Source:
+    """The checkpoint named by load_checkpoint, as found on its storage."""
+    url: str                             # as given (file or folder)
+    name: str                            # <ckpt_name>
+    complete_file: str = ""              # a complete checkpoint: the file's URL/path
+    rank_files: dict[int, str] = field(default_factory=dict)   # rank -> "rank_<r>/<file>"
+
+    @property
+    def remote(self) -> bool:
+        return obs_io.is_remote(self.url)
+
+
+def _basename(url: str) -> str:
+    return PurePosixPath(url.rstrip("/")).name
+
+
+def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
+    """Classify load_checkpoint: complete file, folder of complete files, or rank_<r> folders
+    (the last file in name order per rank, as MindSpore picks it)."""
+    ext = f".{fmt}"
+    try:
+        if not obs_io.file.exists(url):
+            raise FileNotFoundError(url)
+        is_dir = obs_io.file.is_directory(url)
+        names = sorted(obs_io.file.list_directory(url, recursive=True)) if is_dir else []
+    except FileNotFoundError:
+        raise EntryError(f"{flag}={url}: not found") from None
+    if not is_dir:
+        if not url.endswith(ext):
+            raise EntryError(f"{flag}={url}: not a {ext} file (load_ckpt_format={fmt})")
+        return Source(url, _basename(url)[: -len(ext)], complete_file=url)
+    ranks: dict[int, str] = {}
+    for name in names:
+        m = _RANK_FILE.match(name)
+        if m and name.endswith(ext):
+            ranks[int(m.group(1))] = name            # sorted: the last one wins
+    if ranks:
+        if sorted(ranks) != list(range(len(ranks))):
+            missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
+            raise EntryError(f"{flag}={url}: rank folders must be numbered from 0 without gaps; "
+                             f"no {ext} file for rank {missing[0]}")
+        for r, name in ranks.items():
+            log.debug("source rank %d: %s", r, name)
+        return Source(url, _basename(url), rank_files=ranks)
+    files = [n for n in names if "/" not in n and n.endswith(ext)]
+    if not files:
+        raise EntryError(f"{flag}={url}: no rank_<r>/*{ext} and no *{ext} file in this folder")
+    if len(files) > 1:
+        log.info("%s holds %d checkpoints: using the last, %s", url, len(files), files[-1])
+    return Source(url, _basename(url), complete_file=join(url, files[-1]))
+
+
+def check_strategy(url: str, flag: str) -> None:
+    """A strategy given by the user must exist (file, or folder with *.ckpt / *.json)."""
+    try:
+        if not obs_io.file.exists(url):
+            raise FileNotFoundError(url)
+        if obs_io.file.is_directory(url):
+            if not [n for n in obs_io.file.list_directory(url) if n.endswith(STRATEGY_EXTS)]:
+                raise EntryError(f"{flag}={url}: folder holds no *.ckpt or *.json strategy file")
+    except FileNotFoundError:
+        raise EntryError(f"{flag}={url}: not found") from None
+
+
+def fetch_strategy(url: str, local_dir: str) -> str:
+    """A local path to the strategy (file or folder): the user's own when already local
+    (never written to), else a copy under local_dir."""
+    if not obs_io.is_remote(url):
+        return url
+    if obs_io.file.is_directory(url):
+        names = [n for n in obs_io.file.list_directory(url) if n.endswith(STRATEGY_EXTS)]
+        obs_io.file.copy_parallel(url, local_dir, file_list=names)
+        return local_dir
+    dst = os.path.join(local_dir, _basename(url))
+    obs_io.file.copy(url, dst)
+    return dst
+
+
+def fetch_source(source: Source, ranks: list[int], local_root: str) -> str:
+    """Local path to hand the engine: the user's own when local, else only the needed shards
+    (or the complete file) copied in parallel under local_root."""
+    if not source.remote:
+        return source.complete_file or source.url
+    if source.complete_file:
+        dst = os.path.join(local_root, _basename(source.complete_file))
+        if not _same_size(source.complete_file, dst):
+            obs_io.file.copy(source.complete_file, dst)
+        return dst
+    wanted = [source.rank_files[r] for r in ranks]
+    todo = [n for n in wanted if not _same_size(join(source.url, n), os.path.join(local_root, n))]
+    log.info("downloading %d of %d source shards (ranks %s) from %s", len(todo), len(source.rank_files),
+             _ranges(ranks), source.url)
+    if todo:
+        obs_io.file.copy_parallel(source.url, local_root, file_list=todo)
+    return local_root
+
+
+def _same_size(url: str, local: str) -> bool:
+    """A previous download (published only when complete) can be reused after a crash."""
+    return os.path.isfile(local) and obs_io.file.stat(url).length == os.path.getsize(local)
+
+
+def sync_rank_shards(source: Source, ranks: list[int], local_root: str) -> str:
+    """auto_trans_ckpt=False: this node's own ranks' shards (or the complete file)."""
+    present = [r for r in ranks if r in source.rank_files]
+    return fetch_source(source, present, local_root) if (present or source.complete_file) else source.url
+
+
+def upload_ranks(local_root: str, remote_root: str, ranks: list[int]) -> None:
+    names = [f"rank_{r}/{n}" for r in ranks for n in sorted(os.listdir(rank_dir(local_root, r)))]
+    log.info("uploading ranks %s to %s", _ranges(ranks), remote_root)
+    obs_io.file.copy_parallel(local_root, remote_root, file_list=names)
+
+
+def download_ranks(remote_root: str, local_root: str, ranks: list[int]) -> None:
+    names = [f"rank_{r}/{n}" for r in ranks
+             for n in obs_io.file.list_directory(rank_dir(remote_root, r))]
+    log.info("downloading ranks %s converted on other nodes from %s", _ranges(ranks), remote_root)
+    obs_io.file.copy_parallel(remote_root, local_root, file_list=names)
+
+
+def _ranges(ranks: list[int]) -> str:
+    """'0-3,6' for logs."""
+    out, rs = [], sorted(ranks)
+    i = 0
+    while i < len(rs):
+        j = i
+        while j + 1 < len(rs) and rs[j + 1] == rs[j] + 1:
+            j += 1
+        out.append(str(rs[i]) if i == j else f"{rs[i]}-{rs[j]}")
+        i = j + 1
+    return ",".join(out) or "none"

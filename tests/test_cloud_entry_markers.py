@@ -1,0 +1,144 @@
+"""Markers, waits on them, the strategy gather, and the clearing rules: on a local folder
+(a shared disk) and on the real S3 server."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+import obs_io
+from cloud_entry import markers, strategy
+from cloud_entry.errors import BlockFailed, WaitTimeout
+from cloud_entry.paths import Layout, clear_reason, clear_safely
+from cloud_entry.waits import Backoff
+
+FAST = Backoff(0.05, 1.5, 0.2)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "store" / "transformed_checkpoint" / "llama")
+    bucket = request.getfixturevalue("bucket")
+    return f"s3://{bucket}/jobs/out/transformed_checkpoint/llama"
+
+
+def test_publish_scan_and_parse(store):
+    markers.publish(store, markers.Marker(markers.SUCCEED, 0, "run-a"))
+    markers.publish(store, markers.Marker(markers.FAILED, 4, "run-a", "ReshardError: rank 5: bad shape"))
+    got = sorted(markers.scan(store), key=lambda m: m.rank)
+    assert got == [markers.Marker("succeed", 0, "run-a", ""),
+                   markers.Marker("failed", 4, "run-a", "ReshardError: rank 5: bad shape")]
+    assert sorted(obs_io.file.list_directory(store)) == ["transform_failed_rank_4.txt",
+                                                         "transform_succeed_rank_0.txt"]
+
+
+def test_wait_succeeds_when_all_blocks_publish(store):
+    def later():
+        time.sleep(0.3)
+        markers.publish(store, markers.Marker(markers.SUCCEED, 4, "run-a"))
+    markers.publish(store, markers.Marker(markers.SUCCEED, 0, "run-a"))
+    t = threading.Thread(target=later)
+    t.start()
+    markers.wait_for_blocks(store, [0, 4], "run-a", timeout=20, backoff=FAST)
+    t.join()
+
+
+def test_failure_marker_ends_the_wait_with_its_error(store):
+    markers.publish(store, markers.Marker(markers.SUCCEED, 0, "run-a"))
+    markers.publish(store, markers.Marker(markers.FAILED, 4, "run-a", "rank 6: out of memory"))
+    t0 = time.monotonic()
+    with pytest.raises(BlockFailed, match="block led by rank 4 failed: rank 6: out of memory"):
+        markers.wait_for_blocks(store, [0, 4], "run-a", timeout=60, backoff=FAST)
+    assert time.monotonic() - t0 < 30
+
+
+def test_markers_of_another_run_are_ignored_and_cleared_by_their_leader(store):
+    markers.publish(store, markers.Marker(markers.FAILED, 4, "old-run", "old error"))
+    markers.publish(store, markers.Marker(markers.SUCCEED, 0, "old-run"))
+    with pytest.raises(WaitTimeout, match=r"no marker from the block leader rank\(s\) 0, 4"):
+        markers.wait_for_blocks(store, [0, 4], "new-run", timeout=0.5, backoff=FAST)
+    assert markers.clear_own(store, [4]) == ["transform_failed_rank_4.txt"]
+    assert [m.rank for m in markers.scan(store)] == [0]      # other blocks' markers untouched
+
+
+def test_local_marker_write_is_atomic(tmp_path):
+    target = tmp_path / "m" / "transform_succeed_rank_0.txt"
+    markers.write_atomic(str(target), "run_id x\n")
+    assert target.read_text() == "run_id x\n"
+    assert os.listdir(target.parent) == [target.name]
+
+
+def test_run_id_choice():
+    assert markers.choose_run_id("given", {"CLOUD_ENTRY_RUN_ID": "env"}, 2, "x") == "given"
+    assert markers.choose_run_id("", {"CLOUD_ENTRY_RUN_ID": "env"}, 2, "x") == "env"
+    assert markers.choose_run_id("", {"MA_VJ_NAME": "job-1"}, 2, "x") == "job-1"
+    a, b = markers.choose_run_id("", {}, 1, "x"), markers.choose_run_id("", {}, 1, "x")
+    assert a != b                                     # one node: a fresh id each run
+    assert markers.choose_run_id("", {}, 2, "x") == markers.choose_run_id("", {}, 2, "x")
+
+
+# ---------------------------------------------------------------- strategy gather
+
+def _layout(tmp_path, node, remote):
+    out = tmp_path / f"node{node}" / "output"
+    (out / "strategy").mkdir(parents=True)
+    return Layout(str(out), str(out / "cloud_entry"), str(out / "log"), "llama", "", remote)
+
+
+def test_strategy_gather_between_two_nodes(tmp_path, bucket):
+    remote = f"s3://{bucket}/out"
+    obs_io.file.write(f"{remote}/strategy/ckpt_strategy_rank_9.ckpt", "stale")   # an older run's
+    obs_io.file.write(f"{remote}/strategy/{strategy.node_marker(1)}", '{"run_id": "old", "files": []}')
+    layouts = [_layout(tmp_path, n, remote) for n in (0, 1)]
+    for n, lay in enumerate(layouts):
+        for r in range(4 * n, 4 * n + 4):
+            (tmp_path / f"node{n}" / "output" / "strategy" / f"ckpt_strategy_rank_{r}.ckpt").write_text(str(r))
+    results = {}
+
+    def node(n):
+        files = strategy.local_strategy_files(layouts[n].local_strategy)
+        results[n] = strategy.gather(layouts[n], files, n, 2, "run-1", timeout=30, backoff=FAST)
+    threads = [threading.Thread(target=node, args=(n,)) for n in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    want = sorted(f"ckpt_strategy_rank_{r}.ckpt" for r in range(8))
+    assert results[0] == results[1] == want
+    assert strategy.local_strategy_files(layouts[0].local_strategy) == want
+    assert (tmp_path / "node0" / "output" / "strategy" / "ckpt_strategy_rank_6.ckpt").read_text() == "6"
+
+
+def test_strategy_gather_times_out_naming_missing_nodes(tmp_path, bucket):
+    lay = _layout(tmp_path, 0, f"s3://{bucket}/out")
+    (tmp_path / "node0" / "output" / "strategy" / "s.ckpt").write_text("s")
+    with pytest.raises(WaitTimeout, match=r"nodes \[1, 2\] published none"):
+        strategy.gather(lay, ["s.ckpt"], 0, 3, "run-1", timeout=0.5, backoff=FAST)
+
+
+# ---------------------------------------------------------------- clearing rules
+
+def test_clear_only_inside_output_and_never_the_inputs(tmp_path):
+    out = tmp_path / "output"
+    (out / "strategy").mkdir(parents=True)
+    (out / "strategy" / "old.ckpt").write_text("x")
+    (out / "transformed_checkpoint" / "llama" / "rank_0").mkdir(parents=True)
+    src = out / "transformed_checkpoint" / "llama"
+    assert clear_reason(str(out / "strategy"), str(out), [str(src)]) is None
+    assert "holds or is inside the input" in clear_reason(str(out / "transformed_checkpoint"), str(out), [str(src)])
+    assert "holds or is inside" in clear_reason(str(out / "strategy"), str(out), [str(out / "strategy" / "old.ckpt")])
+    assert "not inside the output folder" in clear_reason(str(tmp_path / "elsewhere"), str(out), [])
+    assert "not inside the output folder" in clear_reason(str(out), str(out), [])
+    # the output folder inside the source checkpoint folder: nothing in it may go
+    assert "holds or is inside" in clear_reason(str(out / "strategy"), str(out), [str(tmp_path)])
+    assert clear_reason("s3://b/out/strategy", str(out), []) == "it is on object storage"
+    link = out / "strategy_link"
+    os.symlink(tmp_path / "outside", link)
+    assert "not inside the output folder" in clear_reason(str(link), str(out), [])
+    assert not clear_safely(str(out / "transformed_checkpoint"), str(out), [str(src)])
+    assert (src / "rank_0").is_dir()
+    assert clear_safely(str(out / "strategy"), str(out), [str(src)])
+    assert not (out / "strategy").exists()
