@@ -91,7 +91,10 @@ def storage_view(array: np.ndarray, meta: TensorMeta) -> np.ndarray:
     storage = meta.storage
     if array.dtype == storage:
         return array
-    if array.dtype.itemsize != storage.itemsize or array.dtype.kind in "OUSV":
+    # kind 'V' with no fields covers MindSpore's / ml_dtypes' bfloat16; strings, objects and
+    # structured records are never tensor data.
+    if (array.dtype.itemsize != storage.itemsize or array.dtype.kind in "OUS"
+            or array.dtype.fields is not None):
         raise FormatError(f"parameter {meta.name!r}: array dtype {array.dtype} does not match "
                           f"{meta.dtype}")
     if array.ndim == 0:
