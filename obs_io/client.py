@@ -23,7 +23,7 @@ def botocore_config(cfg: S3Config, max_pool_connections: int = MAX_THREADS) -> C
     return Config(
         signature_version="s3v4",
         s3={"addressing_style": cfg.addressing_style},
-        retries={"mode": cfg.retry_mode, "max_attempts": cfg.max_attempts},
+        retries={"mode": cfg.retry_mode, "total_max_attempts": cfg.max_attempts},
         # OBS rejects botocore's default CRC32 checksum headers.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
