@@ -36,9 +36,10 @@ def parse_size(text: str) -> int:
 
 
 class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors are bad input like any other: one line, exit 2 (via main)."""
+
     def error(self, message):
-        print(f"transform-checkpoint: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        raise ReshardError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -250,6 +250,9 @@ def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
             grids = [lay.splits for lay in (slay or ())]
             grids += [lay.splits for lay in (dst.layouts.get(name, ()) if dst else ())]
             full[name] = _lcm_shape(*grids) if grids else ()
+    if dst is not None and with_headers and not set(dst.layouts) & set(holders):
+        raise ReshardError(f"destination strategy {dst.source} names none of the checkpoint's "
+                           f"parameters")
     if dst is not None and with_headers:
         missing = [n for n in dst.layouts if n not in holders]
         if missing:

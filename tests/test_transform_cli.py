@@ -1,0 +1,168 @@
+"""The offline tool: conversions through the CLI, --dry_run, and every bad input ending in
+one line on stderr, exit code 2 and nothing written."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from reshard.cli import main, parse_size
+from tests import synth
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    params = synth.llama_params(vocab=128, hidden=32, ffn=64)
+    d = {"root": root, "params": params,
+         "full": synth.write_complete_checkpoint(str(root / "full.ckpt"), params),
+         "s8": str(root / "s8"), "s4": str(root / "s4")}
+    synth.write_strategy(d["s8"], dp=2, mp=2, pp=2, params=params)
+    synth.write_strategy(d["s4"], dp=1, mp=2, pp=2, params=params)
+    d["ms8"] = synth.ms_transform(d["full"], str(root / "ms8"), None, d["s8"])
+    return d
+
+
+def _fails(capsys, argv, culprit, out_dir):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert culprit in err, err
+    assert not os.path.exists(out_dir) or not os.listdir(out_dir), "something was written"
+    return err
+
+
+def test_cli_converts_like_mindspore(data, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["--src_checkpoint", data["full"], "--dst_checkpoint", out,
+                 "--dst_strategy", data["s8"], "--world_size", "8", "--process_num", "2"]) == 0
+    synth.assert_same_checkpoint_dirs(data["ms8"], out)
+    out4 = str(tmp_path / "out4")
+    assert main(["--src_checkpoint", out, "--src_strategy", data["s8"], "--dst_checkpoint",
+                 out4, "--dst_strategy", data["s4"], "--format", "safetensors",
+                 "--max_memory", "512M"]) == 0
+    assert os.path.exists(os.path.join(out4, "rank_3", "checkpoint_3.safetensors"))
+
+
+def test_engine_mindspore_for_comparison(data, tmp_path):
+    out = str(tmp_path / "ms")
+    assert main(["--src_checkpoint", data["full"], "--dst_checkpoint", out,
+                 "--dst_strategy", data["s8"], "--engine", "mindspore"]) == 0
+    synth.assert_same_checkpoint_dirs(data["ms8"], out)
+
+
+def test_dry_run_from_strategies_alone(data, tmp_path, capsys):
+    out = str(tmp_path / "never")
+    assert main(["--src_strategy", data["s8"], "--dst_strategy", data["s4"], "--dst_checkpoint",
+                 out, "--dry_run"]) == 0
+    text = capsys.readouterr().out
+    assert "destination ranks: 4" in text and "rank 3 -> rank_3/checkpoint_3.ckpt" in text
+    assert "model.layers.1.attention.wq.weight" in text and "expected peak" in text
+    assert not os.path.exists(out)
+    # with the checkpoint: real shapes and dtypes
+    assert main(["--src_checkpoint", data["ms8"], "--src_strategy", data["s8"],
+                 "--dst_strategy", data["s4"], "--dry_run"]) == 0
+    text = capsys.readouterr().out
+    assert "BFloat16[" in text and "carried from" in text
+
+
+def test_python_dash_m_bad_input_is_one_line(data, tmp_path):
+    out = str(tmp_path / "out")
+    p = subprocess.run([sys.executable, "-m", "reshard", "--src_checkpoint",
+                        str(tmp_path / "nope.ckpt"), "--dst_checkpoint", out],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "nope.ckpt" in p.stderr and not os.path.exists(out)
+
+
+def test_uneven_split(data, tmp_path, capsys):
+    lay = {"dev_matrix": [1, 2], "tensor_map": [0, -1], "param_split_shape": [40, 24],
+           "indices_offset": [0, 40], "field": 0, "opt_weight_shard_step": 0,
+           "opt_weight_shard_size": 0}
+    f = synth.write_stage_layouts(str(tmp_path / "uneven.ckpt"), 0, {"lm_head.weight": lay})
+    out = str(tmp_path / "out")
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", f, "--dst_checkpoint",
+                    out], "lm_head.weight", out)
+
+
+def test_device_counts_that_do_not_divide(data, tmp_path, capsys):
+    s3 = str(tmp_path / "s3")
+    synth.write_strategy(s3, dp=3, mp=1, pp=1, params=data["params"])
+    out = str(tmp_path / "out")
+    _fails(capsys, ["--src_checkpoint", data["ms8"], "--src_strategy", data["s8"],
+                    "--dst_strategy", s3, "--dst_checkpoint", out], "do not divide", out)
+
+
+def test_encrypted_checkpoint(data, tmp_path, capsys):
+    import mindspore as ms
+    import numpy as np
+    enc = str(tmp_path / "enc.ckpt")
+    ms.save_checkpoint([{"name": "lm_head.weight", "data": ms.Tensor(np.ones((128, 32),
+                                                                             np.float32))}],
+                       enc, enc_key=b"0123456789abcdef")
+    out = str(tmp_path / "out")
+    _fails(capsys, ["--src_checkpoint", enc, "--dst_strategy", data["s8"], "--dst_checkpoint",
+                    out], "enc.ckpt", out)
+
+
+def test_gap_in_rank_folders(data, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(data["ms8"], src)
+    shutil.rmtree(src / "rank_3")
+    out = str(tmp_path / "out")
+    _fails(capsys, ["--src_checkpoint", str(src), "--src_strategy", data["s8"],
+                    "--dst_strategy", data["s4"], "--dst_checkpoint", out], "rank_3", out)
+
+
+def test_strategy_with_other_names(data, tmp_path, capsys):
+    other = {"encoder." + k: v for k, v in data["params"].items()}
+    lay = {"dev_matrix": [2, 2], "tensor_map": [0, -1], "param_split_shape": [],
+           "indices_offset": [], "field": 0, "opt_weight_shard_step": 0,
+           "opt_weight_shard_size": 0}
+    f = synth.write_stage_layouts(str(tmp_path / "other.ckpt"), 0,
+                                  {n: lay for n, v in other.items() if v.ndim == 2})
+    out = str(tmp_path / "out")
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", f, "--dst_checkpoint",
+                    out], "names none", out)
+
+
+def test_strategy_with_other_shapes(data, tmp_path, capsys):
+    """mp=3 over a 128-row vocabulary, and a rank whose slice does not fit its replicas."""
+    lay = {"dev_matrix": [1, 3], "tensor_map": [0, -1], "param_split_shape": [],
+           "indices_offset": [], "field": 0, "opt_weight_shard_step": 0,
+           "opt_weight_shard_size": 0}
+    f = synth.write_stage_layouts(str(tmp_path / "mp3.ckpt"), 0, {"lm_head.weight": lay})
+    out = str(tmp_path / "out")
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", f, "--dst_checkpoint",
+                    out], "lm_head.weight", out)
+    src = tmp_path / "src"
+    shutil.copytree(data["ms8"], src)
+    os.remove(src / "rank_1" / "checkpoint_1.ckpt")
+    synth.write_complete_checkpoint(str(src / "rank_1" / "checkpoint_1.ckpt"), data["params"])
+    _fails(capsys, ["--src_checkpoint", str(src), "--src_strategy", data["s8"],
+                    "--dst_checkpoint", out], "rank 1", out)
+
+
+def test_memory_budget_too_small_and_bad_flags(data, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", data["s8"],
+                    "--dst_checkpoint", out, "--max_memory", "1M"], "max_memory", out)
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", data["s8"],
+                    "--dst_checkpoint", out, "--max_memory", "lots"], "max_memory", out)
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", data["s8"],
+                    "--dst_checkpoint", out, "--world_size", "4"], "--world_size", out)
+    _fails(capsys, ["--dst_checkpoint", out], "--src_checkpoint", out)
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy",
+                    str(tmp_path / "missing"), "--dst_checkpoint", out], "missing", out)
+
+
+def test_parse_size():
+    assert parse_size("8G") == 8 << 30 and parse_size("512M") == 512 << 20
+    assert parse_size("1.5GiB") == 3 << 29 and parse_size("4096") == 4096
