@@ -1,0 +1,292 @@
+"""Whole jobs: `python -m cloud_entry` as subprocesses against the real S3 server, on tiny Llama
+checkpoints; every converted rank is compared with MindSpore's own conversion bit for bit, and
+the launched command (tests/entry_launch_check.py) checks what it loads."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import obs_io
+import synth
+from s3server import ACCESS_KEY, SECRET_KEY
+
+REPO = Path(__file__).resolve().parent.parent
+CHECK = str(Path(__file__).resolve().parent / "entry_launch_check.py")
+LAUNCH = ["--", sys.executable, CHECK, "{config}"]
+PARALLEL8 = ["--data_parallel=2", "--model_parallel=2", "--pipeline_stage=2"]
+PARALLEL4 = ["--data_parallel=1", "--model_parallel=2", "--pipeline_stage=2"]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Sources and MindSpore references: complete -> 8 (dp2 mp2 pp2, optimizer sharded) -> 4
+    (dp1 mp2 pp2) -> 1."""
+    root = tmp_path_factory.mktemp("entry_models")
+    params = synth.llama_params(num_layers=2, vocab=64, hidden=32, ffn=64)
+    m = {"root": root, "complete": synth.write_complete_checkpoint(str(root / "llama.ckpt"), params)}
+    m["s8"] = str(root / "strategy8")
+    synth.write_strategy(m["s8"], dp=2, mp=2, pp=2, opt_shard=-1, params=params,
+                         merged_file=str(root / "merged8.ckpt"))
+    m["merged8"] = str(root / "merged8.ckpt")
+    m["s4"] = str(root / "strategy4")
+    synth.write_strategy(m["s4"], dp=1, mp=2, pp=2, params=params)
+    m["ref8"] = synth.ms_transform(m["complete"], str(root / "ckpt8" / "llama8"), None, m["s8"])
+    m["ref4"] = synth.ms_transform(m["ref8"], str(root / "ckpt4" / "llama4"), m["merged8"], m["s4"])
+    m["ref1"] = synth.ms_transform(m["ref4"], str(root / "ref1"), m["s4"], None)
+    m["s8pass"] = str(root / "strategy8_pass")        # what the fake strategy pass writes
+    synth.write_strategy(m["s8pass"], dp=2, mp=2, pp=2, num_layers=2)
+    m["ref8pass"] = synth.ms_transform(m["complete"], str(root / "ref8pass"), None, m["s8pass"])
+    return m
+
+
+def upload(local: str, url: str) -> str:
+    if os.path.isdir(local):
+        obs_io.file.copy_parallel(local, url)
+    else:
+        obs_io.file.copy(local, url)
+    return url
+
+
+def entry_env(s3_env, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MA_", "VC_", "RANK_", "CLOUD_ENTRY_", "DEVICE_NUM"))}
+    env.update(s3_env)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start(args, env, cwd) -> subprocess.Popen:
+    os.makedirs(cwd, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "cloud_entry", *args], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def run_entry(args, env, cwd) -> tuple[int, str]:
+    return finish(start(args, env, cwd))
+
+
+def digest_tree(path: str) -> dict[str, str]:
+    out = {}
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, path)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out
+
+
+def assert_no_secret(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file() and p.suffix in (".log", ".yaml", ".txt", ".json", ".py"):
+            text = p.read_text(errors="replace")
+            assert SECRET_KEY not in text and ACCESS_KEY not in text, p
+
+
+def subset(ref: str, ranks, tmp: Path) -> str:
+    """The reference restricted to some ranks (one node's view)."""
+    out = tmp / f"ref_subset_{'_'.join(map(str, ranks))}"
+    for r in ranks:
+        shutil.copytree(os.path.join(ref, f"rank_{r}"), out / f"rank_{r}")
+    return str(out)
+
+
+# ---------------------------------------------------------------- single node
+
+@pytest.mark.parametrize("process_num", [1, 2])
+def test_complete_to_8_ranks(models, bucket, s3_env, tmp_path, process_num):
+    src = upload(models["complete"], f"s3://{bucket}/models/llama.ckpt")
+    dst = upload(models["s8"], f"s3://{bucket}/strategy8")
+    remote = f"s3://{bucket}/out"
+    env = entry_env(s3_env, MA_JOB_DIR=str(tmp_path), ENTRY_CHECK_REFERENCE=models["ref8"],
+                    ENTRY_CHECK_RESULT=tmp_path / "check.json", ENTRY_CHECK_EXIT=7)
+    args = ["--config=run_llama_7b.yaml", f"--load_checkpoint={src}", f"--dst_strategy={dst}",
+            "--auto_trans_ckpt=True", f"--transform_process_num={process_num}",
+            "--npu_num_per_node=8", f"--remote_save_url={remote}", "--output_dir=output",
+            "--data_url=obs://x/y", *PARALLEL8, *LAUNCH]
+    code, out = run_entry(args, env, tmp_path)
+    assert code == 7, out                       # the launched command's exit code
+    assert "ignoring unknown argument --data_url" in out
+    assert "config transform_process_num: 2 -> 1" in out or process_num == 2
+    transformed = tmp_path / "output" / "transformed_checkpoint" / "llama"
+    synth.assert_same_checkpoint_dirs(str(transformed), models["ref8"])
+    assert json.loads((tmp_path / "check.json").read_text())["ranks"] == list(range(8))
+    names = set(obs_io.file.list_directory(remote, recursive=True))
+    assert {f"transformed_checkpoint/llama/rank_{r}/checkpoint_{r}.ckpt" for r in range(8)} <= names
+    leaders = [0] if process_num == 1 else [0, 4]
+    assert {f"transformed_checkpoint/llama/transform_succeed_rank_{r}.txt" for r in leaders} <= names
+    assert {f"strategy/ckpt_strategy_rank_{r}.ckpt" for r in range(8)} <= names
+    assert "strategy/merged_ckpt_strategy.ckpt" in names
+    cfg = yaml.safe_load((tmp_path / "output" / "cloud_entry" / "effective_config.yaml").read_text())
+    assert cfg["load_checkpoint"] == str(transformed) and cfg["auto_trans_ckpt"] is False
+    assert cfg["parallel_config"]["data_parallel"] == 2 and cfg["model"]["model_config"]["num_layers"] == 2
+    assert list((tmp_path / "output" / "cloud_entry" / "log").glob("cloud_entry_node0_pid*.log"))
+    assert_no_secret(tmp_path / "output")
+    if process_num == 1:   # a rerun reuses the verified ranks and still launches
+        code, out = run_entry(args, env, tmp_path)
+        assert code == 7, out
+        assert "reused [0, 1, 2, 3, 4, 5, 6, 7]" in out
+        synth.assert_same_checkpoint_dirs(str(transformed), models["ref8"])
+
+
+@pytest.mark.parametrize("form", ["merged", "folder"])
+def test_8_to_4_ranks(models, bucket, s3_env, tmp_path, form):
+    src = upload(models["ref8"], f"s3://{bucket}/models/llama8")
+    src_s = upload(models["merged8"] if form == "merged" else models["s8"],
+                   f"s3://{bucket}/src_strategy/" + ("merged_ckpt_strategy.ckpt" if form == "merged" else "strategy"))
+    dst = upload(models["s4"], f"s3://{bucket}/strategy4")
+    env = entry_env(s3_env, ENTRY_CHECK_REFERENCE=models["ref4"])
+    args = [f"--load_checkpoint={src}", f"--src_strategy_path_or_dir={src_s}", f"--dst_strategy={dst}",
+            "--auto_trans_ckpt=true", "--transform_process_num=2", "--npu_num_per_node=4",
+            f"--remote_save_url=s3://{bucket}/out", *PARALLEL4, *LAUNCH]
+    code, out = run_entry(args, env, tmp_path)
+    assert code == 0, out
+    synth.assert_same_checkpoint_dirs(str(tmp_path / "output" / "transformed_checkpoint" / "llama8"),
+                                      models["ref4"])
+
+
+def test_4_to_1_for_single_card_predict(models, tmp_path, s3_env):
+    """Local source and strategy (new-style jobs): read in place, never modified."""
+    before = digest_tree(str(Path(models["ref4"]).parent)) | digest_tree(models["s4"])
+    env = entry_env(s3_env, ENTRY_CHECK_REFERENCE=models["ref1"])
+    args = [f"--load_checkpoint={models['ref4']}", f"--src_strategy_path_or_dir={models['s4']}",
+            "--auto_trans_ckpt=1", "--use_parallel=False", "--run_mode=predict",
+            "--npu_num_per_node=1", *LAUNCH]
+    code, out = run_entry(args, env, tmp_path)
+    assert code == 0, out
+    synth.assert_same_checkpoint_dirs(str(tmp_path / "output" / "transformed_checkpoint" / "llama4"),
+                                      models["ref1"])
+    assert digest_tree(str(Path(models["ref4"]).parent)) | digest_tree(models["s4"]) == before
+
+
+def test_without_conversion_only_this_nodes_shards_are_synced(models, bucket, s3_env, tmp_path):
+    src = upload(models["ref8"], f"s3://{bucket}/models/llama8")
+    env = entry_env(s3_env, MA_NUM_HOSTS=2, VC_TASK_INDEX=1, ENTRY_CHECK_PREFIX="checkpoint_",
+                    ENTRY_CHECK_REFERENCE=models["ref8"])
+    code, out = run_entry([f"--load_checkpoint={src}", "--auto_trans_ckpt=False",
+                           "--npu_num_per_node=4", *LAUNCH], env, tmp_path)
+    assert code == 0, out
+    local = tmp_path / "output" / "cloud_entry" / "checkpoint" / "llama8"
+    assert sorted(p.name for p in local.iterdir()) == [f"rank_{r}" for r in range(4, 8)]
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--transform_process_num=3"], "transform_process_num=3 does not divide the world size 8"),
+    (["--auto_trans_ckpt=ture"], "--auto_trans_ckpt='ture'"),
+    (["--src_strategy_path_or_dir="], "8 rank folders need src_strategy_path_or_dir"),
+    (["--dst_strategy=/no/such/strategy"], "--dst_strategy=/no/such/strategy: not found"),
+    (["--config=missing.yaml"], "--config=missing.yaml"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(models, s3_env, tmp_path, args, culprit):
+    base = [f"--load_checkpoint={models['ref8']}", f"--src_strategy_path_or_dir={models['s8']}",
+            f"--dst_strategy={models['s4']}", "--auto_trans_ckpt=True", "--npu_num_per_node=8"]
+    code, out = run_entry(base + args + LAUNCH, entry_env(s3_env), tmp_path / "job")
+    err = [line for line in out.splitlines() if "error" in line.lower()]
+    assert code == 2, out
+    assert len(err) == 1 and culprit in err[0] and "Traceback" not in out, out
+    assert os.listdir(tmp_path / "job") == []
+
+
+# ---------------------------------------------------------------- two nodes
+
+def two_nodes(models, bucket, s3_env, tmp_path, extra=(), env1=None, timeout=120, shared=False):
+    src = upload(models["complete"], f"s3://{bucket}/models/llama.ckpt")
+    dst = upload(models["s8"], f"s3://{bucket}/strategy8")
+    procs = []
+    for node in (0, 1):
+        env = entry_env(s3_env, MA_NUM_HOSTS=2, VC_TASK_INDEX=node, MA_NUM_GPUS=4,
+                        CLOUD_ENTRY_RUN_ID=f"run-{tmp_path.name}",
+                        ENTRY_CHECK_REFERENCE=models["ref8"], **(env1 if node == 1 and env1 else {}))
+        args = [f"--load_checkpoint={src}", f"--dst_strategy={dst}", "--auto_trans_ckpt=True",
+                "--transform_process_num=1", f"--transform_timeout={timeout}", *PARALLEL8, *extra]
+        if shared:
+            args.append(f"--shared_dir={tmp_path / 'shared'}")
+        else:
+            args.append(f"--remote_save_url=s3://{bucket}/out")
+        procs.append(start(args + LAUNCH, env, tmp_path / f"node{node}"))
+    return [finish(p) for p in procs]
+
+
+def test_two_nodes_without_shared_disk(models, bucket, s3_env, tmp_path):
+    # a failure marker of an older run must not stop this one
+    obs_io.file.write(f"s3://{bucket}/out/transformed_checkpoint/llama/transform_failed_rank_4.txt",
+                      "run_id older\nold failure")
+    (c0, o0), (c1, o1) = two_nodes(models, bucket, s3_env, tmp_path)
+    assert (c0, c1) == (0, 0), o0 + o1
+    assert "transform_process_num=1 is less than the node count 2" in o0
+    for node, ranks in ((0, range(4)), (1, range(4, 8))):
+        local = tmp_path / f"node{node}" / "output" / "transformed_checkpoint" / "llama"
+        synth.assert_same_checkpoint_dirs(str(local), subset(models["ref8"], ranks, tmp_path))
+    remote = f"s3://{bucket}/out/transformed_checkpoint/llama"
+    got = tmp_path / "from_remote"
+    obs_io.file.copy_parallel(remote, str(got))
+    synth.assert_same_checkpoint_dirs(str(got), models["ref8"])
+    assert_no_secret(tmp_path)
+
+
+def test_two_nodes_one_block_fails(models, bucket, s3_env, tmp_path):
+    t0 = time.monotonic()
+    (c0, o0), (c1, o1) = two_nodes(models, bucket, s3_env, tmp_path, timeout=90,
+                                   env1={"CLOUD_ENTRY_TEST_FAULT": "raise:4"})
+    assert c1 == 2 and "injected fault" in o1, o1
+    assert c0 == 2, o0
+    line = [x for x in o0.splitlines() if x.startswith("cloud-entry: error")]
+    assert line == ["cloud-entry: error: block led by rank 4 failed: RuntimeError: injected fault "
+                    "(CLOUD_ENTRY_TEST_FAULT) in the block led by rank 4"], o0
+    assert time.monotonic() - t0 < 90
+    assert "Traceback" not in o0 + o1
+
+
+def test_two_nodes_leader_dies_waiter_times_out(models, bucket, s3_env, tmp_path):
+    (c0, o0), (c1, o1) = two_nodes(models, bucket, s3_env, tmp_path, timeout=6,
+                                   env1={"CLOUD_ENTRY_TEST_FAULT": "die:4"})
+    assert c1 == 17
+    assert c0 == 2, o0
+    assert "timed out after 6s waiting for block markers: no marker from the block leader rank(s) 4" in o0
+
+
+def test_two_nodes_with_shared_disk(models, bucket, s3_env, tmp_path):
+    (c0, o0), (c1, o1) = two_nodes(models, bucket, s3_env, tmp_path, shared=True,
+                                   extra=["--transform_process_num=2"])
+    assert (c0, c1) == (0, 0), o0 + o1
+    shared = tmp_path / "shared" / "transformed_checkpoint" / "llama"
+    synth.assert_same_checkpoint_dirs(str(shared), models["ref8"])
+    assert sorted(p.name for p in shared.glob("*.txt")) == ["transform_succeed_rank_0.txt",
+                                                            "transform_succeed_rank_4.txt"]
+    for node in (0, 1):   # nothing copied between nodes: the launch loads from the shared disk
+        assert not (tmp_path / f"node{node}" / "output" / "transformed_checkpoint").exists()
+
+
+def test_strategy_pass_on_two_nodes(models, bucket, s3_env, tmp_path):
+    src = upload(models["complete"], f"s3://{bucket}/models/llama.ckpt")
+    obs_io.file.write(f"s3://{bucket}/out/strategy/ckpt_strategy_rank_12.ckpt", "stale, of an older job")
+    procs = []
+    for node in (0, 1):
+        env = entry_env(s3_env, MA_NUM_HOSTS=2, VC_TASK_INDEX=node, MA_NUM_GPUS=4,
+                        CLOUD_ENTRY_RUN_ID=f"run-{tmp_path.name}", ENTRY_CHECK_REFERENCE=models["ref8pass"])
+        args = [f"--load_checkpoint={src}", "--auto_trans_ckpt=True", "--transform_timeout=120",
+                f"--remote_save_url=s3://{bucket}/out", "--model.model_config.num_layers=2",
+                *PARALLEL8, *LAUNCH]
+        procs.append(start(args, env, tmp_path / f"node{node}"))
+    (c0, o0), (c1, o1) = [finish(p) for p in procs]
+    assert (c0, c1) == (0, 0), o0 + o1
+    assert "strategy pass wrote ranks [0, 1, 2, 3]" in o0 and "strategy pass wrote ranks [4, 5, 6, 7]" in o1
+    for node, ranks in ((0, range(4)), (1, range(4, 8))):
+        out = tmp_path / f"node{node}" / "output"
+        assert sorted(p.name for p in (out / "strategy").iterdir()) == sorted(
+            [f"ckpt_strategy_rank_{r}.ckpt" for r in range(8)] + ["merged_ckpt_strategy.ckpt"])
+        synth.assert_same_checkpoint_dirs(str(out / "transformed_checkpoint" / "llama"),
+                                          subset(models["ref8pass"], ranks, tmp_path))
