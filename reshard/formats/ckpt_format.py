@@ -37,74 +37,61 @@ RECORD_BYTES = 512 * 1024 * 1024
 CRC_TRAILER = b"crc_num"
 CRC_TRAILER_LEN = len(CRC_TRAILER) + 10
 _WINDOW = 64 * 1024      # header read-ahead: covers many small records per pread
-_MAX_HEADER = 1 << 20    # a tag or tensor_type longer than this means garbage
-
-
-class _Window:
-    """Buffered positional reads for the header walk (content bytes are skipped, not read)."""
-
-    def __init__(self, fd: int, size: int):
-        self.fd, self.size = fd, size
-        self.start, self.buf = 0, b""
-
-    def get(self, pos: int, n: int) -> memoryview:
-        """At least min(n, size - pos) bytes from pos, as a view into the window."""
-        end = min(pos + n, self.size)
-        if not (self.start <= pos and end <= self.start + len(self.buf)):
-            self.buf = os.pread(self.fd, max(end - pos, _WINDOW), pos)
-            self.start = pos
-        return memoryview(self.buf)[pos - self.start:]
+_MAX_HEADER = 1 << 22    # a record header (tag, dims, type) longer than this means garbage
 
 
 class _Corrupt(Exception):
     """Internal: the wire format does not parse (message completed by the reader)."""
 
 
-def _varint(win: _Window, pos: int, end: int) -> tuple[int, int]:
-    data = win.get(pos, 10)
-    value = shift = 0
-    for i in range(min(10, end - pos, len(data))):
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos + i + 1
-        shift += 7
-    raise _Corrupt(f"bad varint at byte {pos}")
+class _NeedMore(Exception):
+    """Internal: a record's header reaches past the bytes read so far."""
 
 
-def _key(win: _Window, pos: int, end: int) -> tuple[int, int, int]:
-    key, pos = _varint(win, pos, end)
-    return key >> 3, key & 7, pos
-
-
-def _length(win: _Window, pos: int, end: int) -> tuple[int, int]:
-    n, pos = _varint(win, pos, end)
-    if pos + n > end:
-        raise _Corrupt(f"field of {n} bytes at byte {pos} overruns its message")
-    return n, pos
-
-
-def _skip(win: _Window, wire: int, pos: int, end: int) -> int:
-    if wire == 0:
-        return _varint(win, pos, end)[1]
-    if wire == 1:
-        return pos + 8
-    if wire == 2:
-        n, pos = _length(win, pos, end)
-        return pos + n
-    if wire == 5:
-        return pos + 4
-    raise _Corrupt(f"unsupported wire type {wire} at byte {pos}")
-
-
-def _string(win: _Window, pos: int, end: int) -> tuple[str, int]:
-    n, pos = _length(win, pos, end)
-    if n > _MAX_HEADER:
-        raise _Corrupt(f"string of {n} bytes at byte {pos}")
+def _varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
+    """Decode a varint at buf[i]; end bounds the enclosing message (buf may stop earlier)."""
     try:
-        return bytes(win.get(pos, n)[:n]).decode("utf-8"), pos + n
+        byte = buf[i]
+        if byte < 0x80 and i < end:          # the common one-byte case, kept cheap
+            return byte, i + 1
+        value = shift = 0
+        for j in range(i, min(i + 10, end)):
+            byte = buf[j]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value, j + 1
+            shift += 7
+    except IndexError:
+        raise _NeedMore from None
+    raise _Corrupt("bad varint")
+
+
+def _length(buf: bytes, i: int, end: int) -> tuple[int, int]:
+    n, i = _varint(buf, i, end)
+    if i + n > end:
+        raise _Corrupt(f"field of {n} bytes overruns its message")
+    return n, i
+
+
+def _string(buf: bytes, i: int, end: int) -> tuple[str, int]:
+    n, i = _length(buf, i, end)
+    if i + n > len(buf):
+        raise _NeedMore
+    try:
+        return buf[i:i + n].decode("utf-8"), i + n
     except UnicodeDecodeError:
-        raise _Corrupt(f"non-UTF-8 string at byte {pos}") from None
+        raise _Corrupt("non-UTF-8 string") from None
+
+
+def _skip(buf: bytes, wire: int, i: int, end: int) -> int:
+    if wire == 0:
+        return _varint(buf, i, end)[1]
+    if wire == 2:
+        n, i = _length(buf, i, end)
+        return i + n
+    if wire in (1, 5):
+        return i + (8 if wire == 1 else 4)
+    raise _Corrupt(f"unsupported wire type {wire}")
 
 
 def _signed(value: int) -> int:
@@ -121,44 +108,45 @@ class _Record:
         self.offset = self.length = None
 
 
-def _parse_tensor(win: _Window, pos: int, end: int, rec: _Record) -> None:
-    while pos < end:
-        field, wire, pos = _key(win, pos, end)
-        if field == 1 and wire == 0:
-            dim, pos = _varint(win, pos, end)
+def _parse_tensor(buf: bytes, i: int, end: int, rec: _Record) -> None:
+    while i < end:
+        key, i = _varint(buf, i, end)
+        if key == 0x08:
+            dim, i = _varint(buf, i, end)
             rec.dims.append(_signed(dim))
-        elif field == 1 and wire == 2:  # packed dims (not what MindSpore writes, still valid)
-            n, pos = _length(win, pos, end)
-            stop = pos + n
-            while pos < stop:
-                dim, pos = _varint(win, pos, stop)
+        elif key == 0x12:
+            rec.tensor_type, i = _string(buf, i, end)
+        elif key == 0x1A:
+            rec.length, rec.offset = _length(buf, i, end)
+            i = rec.offset + rec.length        # content skipped, never read
+        elif key == 0x0A:  # packed dims (not what MindSpore writes, still valid protobuf)
+            n, i = _length(buf, i, end)
+            stop = i + n
+            while i < stop:
+                dim, i = _varint(buf, i, stop)
                 rec.dims.append(_signed(dim))
-        elif field == 2 and wire == 2:
-            rec.tensor_type, pos = _string(win, pos, end)
-        elif field == 3 and wire == 2:
-            rec.length, rec.offset = _length(win, pos, end)
-            pos = rec.offset + rec.length
         else:
-            pos = _skip(win, wire, pos, end)
+            i = _skip(buf, key & 7, i, end)
 
 
-def _parse_value(win: _Window, pos: int, end: int) -> _Record:
+def _parse_value(buf: bytes, i: int, end: int) -> _Record:
+    """One Value message buf[i:end] (positions relative to buf, which may stop early)."""
     rec = _Record()
-    while pos < end:
-        field, wire, pos = _key(win, pos, end)
-        if field == 1 and wire == 2:
-            rec.tag, pos = _string(win, pos, end)
-        elif field == 2 and wire == 2:
-            n, pos = _length(win, pos, end)
-            _parse_tensor(win, pos, pos + n, rec)
-            pos += n
-        elif field == 3 and wire == 2:
+    while i < end:
+        key, i = _varint(buf, i, end)
+        if key == 0x0A:
+            rec.tag, i = _string(buf, i, end)
+        elif key == 0x12:
+            n, i = _length(buf, i, end)
+            _parse_tensor(buf, i, i + n, rec)
+            i += n
+        elif key == 0x1A:
             raise FormatError(f"parameter {rec.tag!r} is a MapParameter (maptensor), which is "
                               "not supported")
         else:
-            pos = _skip(win, wire, pos, end)
+            i = _skip(buf, key & 7, i, end)
     if rec.tag is None or rec.tensor_type is None or rec.offset is None:
-        raise _Corrupt(f"record ending at byte {end} lacks tag, tensor_type or content")
+        raise _Corrupt("record lacks tag, tensor_type or content")
     if rec.tensor_type not in KNOWN_DTYPES:
         raise _Corrupt(f"unknown tensor_type {rec.tensor_type!r}")
     return rec
@@ -170,33 +158,51 @@ class CkptReader(CheckpointReader):
     def _index(self) -> None:
         if self.size == 0:
             raise FormatError(f"{self.path}: empty file, not a MindSpore checkpoint")
-        win = _Window(self._fd, self.size)
-        records: list[_Record] = []
-        pos = 0
         try:
-            while pos < self.size:
-                if (self.size - pos == CRC_TRAILER_LEN
-                        and bytes(win.get(pos, 7)[:7]) == CRC_TRAILER):
-                    break
-                field, wire, body = _key(win, pos, self.size)
-                if (field, wire) != (1, 2):
-                    raise _Corrupt(f"unexpected field {field}/{wire} at byte {pos}")
-                n, body = _varint(win, body, self.size)
-                if body + n > self.size:
-                    if records:
-                        raise FormatError(f"{self.path}: truncated (record at byte {pos} needs "
-                                          f"{body + n - self.size} more bytes)")
-                    raise _Corrupt(f"first record claims {n} bytes")
-                records.append(_parse_value(win, body, body + n))
-                pos = body + n
+            records = self._scan()
         except _Corrupt as err:
             raise FormatError(f"{self.path}: not a readable MindSpore checkpoint (encrypted, "
                               f"truncated or corrupt): {err}") from None
         except FormatError as err:
-            if str(err).startswith(self.path):
-                raise
             raise FormatError(f"{self.path}: {err}") from None
         self._group(records)
+
+    def _scan(self) -> list[_Record]:
+        """Walk the records, reading headers through a read-ahead window and seeking over
+        content. Positions inside `buf` are relative to `start`."""
+        records: list[_Record] = []
+        size, fd = self.size, self._fd
+        start, buf = 0, b""
+        pos = 0
+        want = _WINDOW
+        while pos < size:
+            if pos + 12 > start + len(buf):
+                start, buf = pos, os.pread(fd, want, pos)
+            i = pos - start
+            try:
+                if size - pos == CRC_TRAILER_LEN and buf[i:i + 7] == CRC_TRAILER:
+                    break
+                if buf[i] != 0x0A:
+                    raise _Corrupt(f"unexpected byte {buf[i]:#04x} at byte {pos}")
+                n, body = _varint(buf, i + 1, i + 11)
+                if start + body + n > size:
+                    if records:
+                        raise FormatError(f"truncated (record at byte {pos} needs "
+                                          f"{start + body + n - size} more bytes)")
+                    raise _Corrupt(f"first record claims {n} bytes, file has {size}")
+                rec = _parse_value(buf, body, body + n)
+            except _NeedMore:
+                if start == pos and len(buf) >= min(want, size - pos):
+                    if want >= _MAX_HEADER:
+                        raise _Corrupt(f"record header at byte {pos} over {_MAX_HEADER} bytes")
+                    want *= 4          # a long header: re-read it whole, bigger window
+                start, buf = pos, os.pread(fd, want, pos)
+                continue
+            rec.offset += start
+            records.append(rec)
+            pos = start + body + n
+            want = _WINDOW
+        return records
 
     def _group(self, records: list[_Record]) -> None:
         """Consecutive records with one tag are one value (MindSpore's chunking)."""

@@ -39,9 +39,11 @@ class Extent:
     nbytes: int = field(init=False)
 
     def __post_init__(self):
-        starts = tuple(itertools.accumulate((n for _, n in self.pieces), initial=0))
-        object.__setattr__(self, "starts", starts[:-1])
-        object.__setattr__(self, "nbytes", starts[-1])
+        offsets = [0]
+        for _, length in self.pieces:
+            offsets.append(offsets[-1] + length)
+        object.__setattr__(self, "starts", tuple(offsets[:-1]))
+        object.__setattr__(self, "nbytes", offsets[-1])
 
 
 class ByteSource:
