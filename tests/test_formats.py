@@ -249,6 +249,20 @@ def test_writer_checks_order_and_shapes(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_writer_takes_non_contiguous_chunks(tmp_path):
+    full = RNG.standard_normal((6, 8)).astype(np.float32)
+    transposed = np.asfortranarray(full)                 # same values, column-major memory
+    path = tmp_path / "nc.safetensors"
+    with open_writer(path, [TensorMeta("w", "Float32", (6, 8)), TensorMeta("v", "Int8", (3,))]) \
+            as writer:
+        writer.write("w", transposed[:4])
+        writer.write("w", full[4:, :][:, ::1])
+        writer.write("v", np.arange(6, dtype=np.int8)[::2])
+    loaded = safetensors.numpy.load_file(str(path))
+    np.testing.assert_array_equal(loaded["w"], full)
+    np.testing.assert_array_equal(loaded["v"], [0, 2, 4])
+
+
 # --------------------------------------------------------------------------- bad files
 def test_truncated_ckpt(tmp_path):
     path = tmp_path / "t.ckpt"

@@ -1,8 +1,6 @@
 """Region reads equal numpy slicing, whatever the shape, dtype, record split or destination."""
 from __future__ import annotations
 
-import os
-import tempfile
 from unittest import mock
 
 import numpy as np
@@ -11,8 +9,6 @@ from hypothesis import strategies as st
 
 from reshard.formats import TensorMeta, ckpt_format, open_reader, open_writer, regions
 from reshard.formats.meta import STORAGE_DTYPES
-
-TMP = tempfile.mkdtemp(prefix="formats-regions-")
 
 
 @st.composite
@@ -31,7 +27,8 @@ def cases(draw):
        record_bytes=st.sampled_from([8, 24, 1 << 20]),
        gap=st.sampled_from([0, 1 << 16]), scratch=st.sampled_from([16, 1 << 20]),
        strided_out=st.booleans())
-def test_region_read_equals_numpy_slicing(case, fmt, record_bytes, gap, scratch, strided_out):
+def test_region_read_equals_numpy_slicing(tmp_path_factory, case, fmt, record_bytes, gap,
+                                          scratch, strided_out):
     dtype, shape, region, seed = case
     meta = TensorMeta("t", dtype, shape)
     raw = np.random.default_rng(seed).integers(0, 256, meta.nbytes, dtype=np.uint8)
@@ -39,7 +36,7 @@ def test_region_read_equals_numpy_slicing(case, fmt, record_bytes, gap, scratch,
         raw &= 1
     data = raw.view(meta.storage).reshape(shape)
     others = [TensorMeta("before", "Int8", (3,)), meta, TensorMeta("after", "Int8", (2,))]
-    path = os.path.join(TMP, f"r.{fmt}")
+    path = tmp_path_factory.getbasetemp() / f"regions.{fmt}"
     with mock.patch.object(ckpt_format, "RECORD_BYTES", record_bytes), \
             mock.patch.object(regions, "COALESCE_GAP", gap), \
             mock.patch.object(regions, "SCRATCH_BYTES", scratch):
