@@ -7,7 +7,6 @@ processes, and used to tell cloud_entry which source ranks to download.
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field
 
 from .errors import ReshardError
@@ -135,17 +134,17 @@ def _lcm_shape(*grids: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(math.lcm(*g) for g in zip(*grids))
 
 
-def _pick(name: str, block: tuple[int, ...], dst_rank: int, replicas: list[int]) -> int:
-    """Spread reads over replicas; depends only on names and blocks, so a plan made from
-    strategies alone (needed_source_ranks) picks the same files as one made with headers."""
-    if len(replicas) == 1:
-        return replicas[0]
-    h = zlib.crc32(f"{name}|{block}".encode()) + dst_rank
-    return replicas[h % len(replicas)]
+def _pick(replicas: list[int], loads: dict[int, int], available) -> int:
+    """The least-loaded replica (bytes already planned from it), so reads spread evenly over
+    source files. Only present files qualify when some are known to be absent (a rank block
+    that downloaded just the ranks a strategies-only plan chose: one of them always holds it)."""
+    cands = [r for r in replicas if available is None or r in available] or replicas
+    return min(cands, key=lambda r: (loads.get(r, 0), r))
 
 
-def _pieces(name: str, dst_region: Region, full: tuple[int, ...], src_lays: list[Layout],
-            src_stage_devices: int, dst_rank: int, file_of) -> list[Piece]:
+def _pieces(dst_region: Region, full: tuple[int, ...], src_lays: list[Layout],
+            src_stage_devices: int, loads: dict[int, int], available, itemsize: int,
+            file_of, name: str) -> list[Piece]:
     """Intersect the destination region with the source grid; one replica per source block."""
     lay = src_lays[0]
     replicas: dict[tuple[int, ...], list[int]] = {}
@@ -160,7 +159,8 @@ def _pieces(name: str, dst_region: Region, full: tuple[int, ...], src_lays: list
     for block in _product(ranges):
         src_block = lay.region(block, full)
         inter = tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(dst_region, src_block))
-        rank = _pick(name, block, dst_rank, replicas[block])
+        rank = _pick(replicas[block], loads, available)
+        loads[rank] = loads.get(rank, 0) + math.prod(b - a for a, b in inter) * itemsize
         out.append(Piece(rank, file_of(rank, name),
                          tuple((a - c, b - c) for (a, b), (c, _) in zip(inter, src_block)),
                          tuple((a - c, b - c) for (a, b), (c, _) in zip(inter, dst_region))))
@@ -259,6 +259,13 @@ def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
             notes.append(f"{len(missing)} parameters of the destination strategy are not in the "
                          f"checkpoint and are skipped (e.g. {missing[0]})")
 
+    loads: dict[int, int] = {}
+    available = set(sources.files) if with_headers and not sources.complete else None
+
+    def metas_itemsize(name: str) -> int:
+        from .formats.meta import STORAGE_DTYPES
+        return STORAGE_DTYPES[dtypes[name]].itemsize if dtypes[name] in STORAGE_DTYPES else 1
+
     rank_plans = []
     for d in ranks:
         d_stage = dst.stage_of(d) if dst else 0
@@ -284,7 +291,9 @@ def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
                 raise ReshardError(f"parameter {name}: {e} (destination strategy "
                                    f"{dst.source if dst else ''})") from None
             dst_region = dlay.region(dlay.block_of(d_local), full[name])
-            pieces = _pieces(name, dst_region, full[name], slays, s_dev, d, file_of)
+            itemsize = metas_itemsize(name)
+            pieces = _pieces(dst_region, full[name], slays, s_dev, loads, available, itemsize,
+                             file_of, name)
             tensors.append(TensorPlan(name, dtypes[name], tuple(b - a for a, b in dst_region),
                                       tuple(pieces)))
         used_stages = sorted({p.src_rank // s_dev for t in tensors for p in t.pieces}) or [0]
