@@ -22,7 +22,7 @@ from cloud_entry import config as config_mod
 from cloud_entry import convert, launch, logs, markers, strategy, sync
 from cloud_entry.blocks import BlockPlan, plan_blocks
 from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
-from cloud_entry.errors import EntryError
+from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
 from cloud_entry.paths import Layout, clear_reason, clear_safely, join, rank_dir
 
@@ -182,10 +182,11 @@ def transform(p: Plan, env: dict[str, str]) -> str:
             if layout.remote_save_url:
                 sync.upload_ranks(layout.transformed, layout.remote_transformed, mine)
         except Exception as exc:
+            log.debug("conversion failed", exc_info=True)
             for leader in leaders:
                 markers.publish(layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id,
                                                                   _one_line(exc)))
-            raise
+            raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from exc
         for leader in leaders:
             markers.publish(layout.marker_dir, markers.Marker(markers.SUCCEED, leader, p.run_id))
     all_leaders = [b.leader for b in p.blocks.blocks]
