@@ -57,10 +57,12 @@ def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def llama_params(num_layers=2, vocab=256, hidden=64, ffn=128, seed=0,
-                 dtypes=("float32", "float16", "bfloat16")) -> dict[str, np.ndarray]:
+                 dtypes=("float32", "float16", "bfloat16"), optimizer=True
+                 ) -> dict[str, np.ndarray]:
     """name -> numpy array (bf16 as MindSpore's numpy bfloat16 dtype), as a training checkpoint
     holds them: weights in mixed dtypes, norms fp32, optimizer moments fp32, and parameters no
-    strategy describes (global_step, learning_rate, a scale-sense value)."""
+    strategy describes (global_step, learning_rate, a scale-sense value). optimizer=False
+    leaves the moments out (an inference checkpoint)."""
     rng = np.random.default_rng(seed)
     shapes = {"model.tok_embeddings.embedding_weight": (vocab, hidden)}
     for i in range(num_layers):
@@ -83,7 +85,7 @@ def llama_params(num_layers=2, vocab=256, hidden=64, ffn=128, seed=0,
         else:
             params[name] = _cast(x, dtypes[k % len(dtypes)])
             k += 1
-    for name in tensor_maps(num_layers):
+    for name in tensor_maps(num_layers) if optimizer else ():
         if name.startswith(("adam_m.", "adam_v.")):
             params[name] = rng.standard_normal(shapes[name.split(".", 1)[1]], dtype=np.float32)
     params["global_step"] = np.array([1234], np.int32)

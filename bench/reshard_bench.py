@@ -1,0 +1,141 @@
+"""Streaming engine vs MindSpore's transform_checkpoints on a 2-layer llama-7b-shaped checkpoint.
+
+Builds the checkpoint (vocab 32000, hidden 4096, ffn 11008, mixed fp32/fp16/bf16, about 1.3 GB)
+in bench/_work/, then runs complete -> 8 (dp2·mp2·pp2), 8 -> 4 (dp1·mp2·pp2) and 4 -> 1 with
+each engine, every run in a fresh subprocess (the CLI, `--engine stream|mindspore`), measuring
+wall time and the peak RSS of the process tree by polling. The floor is a plain copy of the
+bytes the step produced. Goals: >= 5x faster than MindSpore, <= 1/5 of its peak RSS, within 2x
+of the copy floor. Usage: python bench/reshard_bench.py [--process_num N] [--keep]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import psutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK = os.path.join(ROOT, "bench", "_work")
+sys.path.insert(0, ROOT)
+
+
+def _params():
+    """Mostly 16-bit weights (fp16 and bf16, fp32 norms), as a released 7b checkpoint: 1.3 GB."""
+    from tests import synth
+    return synth.llama_params(num_layers=2, vocab=32000, hidden=4096, ffn=11008, seed=0,
+                              dtypes=("float16", "bfloat16"), optimizer=False)
+
+
+def build(work: str) -> dict:
+    from tests import synth
+    full = os.path.join(work, "llama7b_2layer", "llama_7b.ckpt")
+    paths = {"full": full, "s8": os.path.join(work, "strategy8"),
+             "s4": os.path.join(work, "strategy4")}
+    params = None
+    if not os.path.exists(full):
+        params = _params()
+        synth.write_complete_checkpoint(full, params)
+    if not os.path.isdir(paths["s8"]) or not os.path.isdir(paths["s4"]):
+        params = params or _params()
+        synth.write_strategy(paths["s8"], dp=2, mp=2, pp=2, params=params)
+        synth.write_strategy(paths["s4"], dp=1, mp=2, pp=2, params=params)
+    return paths
+
+
+def measure(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) summed over the process tree, polled every 20 ms."""
+    t0 = time.monotonic()
+    proc = psutil.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            procs = [proc] + proc.children(recursive=True)
+            rss = 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            peak = max(peak, rss)
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.02)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
+    return wall, peak
+
+
+def copy_floor(produced: str, scratch: str) -> float:
+    """Seconds to plainly copy the bytes a step produced (read + write, fsync like the writer)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    t0 = time.monotonic()
+    for dirpath, _, files in os.walk(produced):
+        if ".reshard" in dirpath:
+            continue
+        rel = os.path.relpath(dirpath, produced)
+        os.makedirs(os.path.join(scratch, rel), exist_ok=True)
+        for f in files:
+            dst = os.path.join(scratch, rel, f)
+            shutil.copyfile(os.path.join(dirpath, f), dst)
+            with open(dst, "rb+") as fh:
+                os.fsync(fh.fileno())
+    secs = time.monotonic() - t0
+    shutil.rmtree(scratch, ignore_errors=True)
+    return secs
+
+
+def cli(engine, src, dst, src_s, dst_s, process_num):
+    cmd = [sys.executable, "-m", "reshard", "--engine", engine, "--src_checkpoint", src,
+           "--dst_checkpoint", dst, "--process_num", str(process_num)]
+    if src_s:
+        cmd += ["--src_strategy", src_s]
+    if dst_s:
+        cmd += ["--dst_strategy", dst_s]
+    return cmd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--process_num", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the outputs in bench/_work")
+    args = ap.parse_args()
+    os.makedirs(WORK, exist_ok=True)
+    p = build(WORK)
+    size = os.path.getsize(p["full"])
+    print(f"checkpoint: {p['full']} ({size / 1e9:.2f} GB), process_num={args.process_num}")
+    out = {e: os.path.join(WORK, f"out_{e}") for e in ("stream", "mindspore")}
+    for d in out.values():
+        shutil.rmtree(d, ignore_errors=True)
+    steps = [("complete -> 8", lambda e: (p["full"], None, p["s8"]), "8"),
+             ("8 -> 4", lambda e: (os.path.join(out[e], "8"), p["s8"], p["s4"]), "4"),
+             ("4 -> 1", lambda e: (os.path.join(out[e], "4"), p["s4"], None), "1")]
+    rows = []
+    for title, inputs, tag in steps:
+        res = {}
+        for engine in ("stream", "mindspore"):
+            src, src_s, dst_s = inputs(engine)
+            dst = os.path.join(out[engine], tag)
+            res[engine] = measure(cli(engine, src, dst, src_s, dst_s, args.process_num))
+        floor = copy_floor(os.path.join(out["stream"], tag), os.path.join(WORK, "copy_scratch"))
+        rows.append((title, res["stream"], res["mindspore"], floor))
+    print(f"{'step':<14}{'stream s':>9}{'ms s':>8}{'speedup':>9}{'stream RSS':>12}"
+          f"{'ms RSS':>9}{'RSS ratio':>10}{'copy s':>8}{'vs copy':>9}")
+    for title, (ts, rs), (tm, rm), floor in rows:
+        print(f"{title:<14}{ts:>9.2f}{tm:>8.2f}{tm / ts:>8.1f}x{rs / 2**20:>10.0f}M"
+              f"{rm / 2**20:>8.0f}M{rm / rs:>9.1f}x{floor:>8.2f}{ts / floor:>8.2f}x")
+    ok = all(tm / ts >= 5 and rm / rs >= 5 and ts / floor <= 2 for _, (ts, rs), (tm, rm), floor
+             in rows)
+    print("goals (>=5x faster, <=1/5 RSS, <=2x copy floor):", "met" if ok else "MISSED")
+    if not args.keep:
+        for d in out.values():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
