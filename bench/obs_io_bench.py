@@ -14,6 +14,7 @@ import argparse
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--big-mib", type=int, default=512)
     ap.add_argument("--threads", type=int, default=16)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on kill
 
     server = s3server.start()
     os.environ.update(server.env())

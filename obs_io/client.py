@@ -5,6 +5,8 @@ and dropped connections for every call, and s3transfer re-reads interrupted down
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 
 import boto3
@@ -34,6 +36,16 @@ def botocore_config(cfg: S3Config, max_pool_connections: int = MAX_THREADS) -> C
     )
 
 
+def _content_md5_instead_of_crc32(request, **kwargs) -> None:
+    """DeleteObjects must carry a checksum; botocore >= 1.36 sends CRC32, which OBS (and other
+    S3-compatible servers) reject. Send the classic Content-MD5 instead."""
+    for name in [h for h in request.headers if h.lower().startswith(("x-amz-checksum-", "x-amz-sdk-checksum"))]:
+        del request.headers[name]
+    body = request.body if isinstance(request.body, (bytes, bytearray)) else None
+    if body is not None and "Content-MD5" not in request.headers:
+        request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode("ascii")
+
+
 def get_client(cfg: S3Config):
     """A client per configuration, shared by all threads (botocore clients are thread-safe,
     sessions are not, hence the lock around creation)."""
@@ -50,6 +62,7 @@ def get_client(cfg: S3Config):
                 aws_session_token=cfg.session_token, verify=cfg.verify_ssl,
                 config=botocore_config(cfg),
             )
+            client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5_instead_of_crc32)
             _clients[cfg] = client
         return client
 

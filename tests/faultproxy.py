@@ -30,6 +30,7 @@ class Record:
     range: str | None
     status: int          # 0 for a dropped connection
     body_bytes: int      # response body bytes sent to the client
+    headers: dict        # request headers, lower-case names
 
 
 def error_xml(code: str, message: str = "") -> bytes:
@@ -98,7 +99,8 @@ class FaultProxy:
             def _record(self, status: int, nbytes: int) -> None:
                 with proxy._lock:
                     proxy.records.append(Record(self.command, self.path, self.headers.get("Range"),
-                                                status, nbytes))
+                                                status, nbytes,
+                                                {k.lower(): v for k, v in self.headers.items()}))
 
             def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] = ()) -> None:
                 self.send_response(status)

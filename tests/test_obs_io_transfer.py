@@ -116,8 +116,14 @@ def test_listing_and_glob_paginate_past_1000_keys(tmp_path, bucket, proxy, monke
     assert len(mox.file.list_directory(f"obs://{bucket}/many", recursive=True)) == 1007
     assert len(mox.file.glob(f"obs://{bucket}/many/k*.txt")) == 1005
     assert mox.file.get_size(f"obs://{bucket}/many", recursive=True) == 1007
+    proxy.records.clear()
     mox.file.remove(f"obs://{bucket}/many", recursive=True)  # > 1000 keys: two DeleteObjects
     assert not mox.file.exists(f"obs://{bucket}/many")
+    deletes = [r for r in proxy.records if r.method == "POST" and "delete" in r.path]
+    assert len(deletes) == 2
+    # OBS wants Content-MD5 on DeleteObjects and rejects botocore's CRC32 headers
+    assert all("content-md5" in r.headers and not any(h.startswith("x-amz-checksum") for h in r.headers)
+               for r in deletes)
 
 
 def test_ranged_read_fetches_little(bucket, proxy):
