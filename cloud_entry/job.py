@@ -108,6 +108,7 @@ def _digest(path: str | None) -> str:
 def _forget_stale_ranks(p: Plan, inputs: dict[str, Any], ranks: list[int]) -> None:
     """Converted ranks are reused (the engine skips complete, verified ones) only if they came
     from the same inputs; else this node's own rank folders are removed first."""
+    inputs = json.loads(json.dumps(inputs, sort_keys=True))   # as it reads back (str keys)
     manifest = join(p.layout.work_dir, f"transform_inputs_{p.layout.ckpt_name}.json")
     old = None
     if os.path.isfile(manifest):
@@ -135,9 +136,13 @@ def destination_strategy(p: Plan, env: dict[str, str]) -> str | None:
         return None
     protected = [job.load_checkpoint, job.src_strategy, job.dst_strategy]
     if job.dst_strategy:
-        if obs_io.is_remote(job.dst_strategy):
+        # output/strategy gets a copy (MindFormers' output layout, uploaded with the checkpoint),
+        # unless the user's strategy already is, or is inside, that folder
+        if clear_reason(layout.local_strategy, layout.output_dir, protected):
+            dst = job.dst_strategy
+        else:
             clear_safely(layout.local_strategy, layout.output_dir, protected)
-        dst = sync.fetch_strategy(job.dst_strategy, layout.local_strategy)
+            dst = sync.fetch_strategy(job.dst_strategy, layout.local_strategy, copy_local=True)
     else:
         clear_safely(layout.local_strategy, layout.output_dir, protected)
         files = strategy.run_pass(p.config, layout, list(job.launch_cmd), env, job.transform_timeout)

@@ -86,10 +86,10 @@ def check_strategy(url: str, flag: str) -> None:
         raise EntryError(f"{flag}={url}: not found") from None
 
 
-def fetch_strategy(url: str, local_dir: str) -> str:
+def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
     """A local path to the strategy (file or folder): the user's own when already local
-    (never written to), else a copy under local_dir."""
-    if not obs_io.is_remote(url):
+    (read in place, never written to) unless copy_local, else a copy under local_dir."""
+    if not obs_io.is_remote(url) and not copy_local:
         return url
     if obs_io.file.is_directory(url):
         names = [n for n in obs_io.file.list_directory(url) if n.endswith(STRATEGY_EXTS)]

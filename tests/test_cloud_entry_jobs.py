@@ -147,15 +147,27 @@ def test_8_to_4_ranks(models, bucket, s3_env, tmp_path, form):
     src = upload(models["ref8"], f"s3://{bucket}/models/llama8")
     src_s = upload(models["merged8"] if form == "merged" else models["s8"],
                    f"s3://{bucket}/src_strategy/" + ("merged_ckpt_strategy.ckpt" if form == "merged" else "strategy"))
-    dst = upload(models["s4"], f"s3://{bucket}/strategy4")
+    # the destination strategy: on object storage, or a local folder (read in place, copied to output/)
+    dst = upload(models["s4"], f"s3://{bucket}/strategy4") if form == "merged" else models["s4"]
+    before = digest_tree(models["s4"])
     env = entry_env(s3_env, ENTRY_CHECK_REFERENCE=models["ref4"])
     args = [f"--load_checkpoint={src}", f"--src_strategy_path_or_dir={src_s}", f"--dst_strategy={dst}",
             "--auto_trans_ckpt=true", "--transform_process_num=2", "--npu_num_per_node=4",
             f"--remote_save_url=s3://{bucket}/out", *PARALLEL4, *LAUNCH]
     code, out = run_entry(args, env, tmp_path)
     assert code == 0, out
-    synth.assert_same_checkpoint_dirs(str(tmp_path / "output" / "transformed_checkpoint" / "llama8"),
-                                      models["ref4"])
+    transformed = str(tmp_path / "output" / "transformed_checkpoint" / "llama8")
+    synth.assert_same_checkpoint_dirs(transformed, models["ref4"])
+    assert sorted(os.listdir(tmp_path / "output" / "strategy")) == sorted(
+        [f"ckpt_strategy_rank_{r}.ckpt" for r in range(4)] + ["merged_ckpt_strategy.ckpt"])
+    assert "strategy/merged_ckpt_strategy.ckpt" in obs_io.file.list_directory(f"s3://{bucket}/out", recursive=True)
+    assert digest_tree(models["s4"]) == before
+    if form == "folder":   # rerun: verified ranks reused; --transform_only stops before launching
+        env["ENTRY_CHECK_EXIT"] = "9"
+        code, out = run_entry(["--transform_only=True", *args], env, tmp_path)
+        assert code == 0, out
+        assert "reused [0, 1, 2, 3]" in out and "not launching" in out
+        synth.assert_same_checkpoint_dirs(transformed, models["ref4"])
 
 
 def test_4_to_1_for_single_card_predict(models, tmp_path, s3_env):
