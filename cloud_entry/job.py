@@ -162,11 +162,9 @@ def destination_strategy(p: Plan, env: dict[str, str]) -> str | None:
 def transform(p: Plan, env: dict[str, str]) -> str:
     """Steps 4-6: strategies and shards down, this node's blocks converted, markers, uploads,
     and this node's ranks converted elsewhere down. Returns the local folder to load."""
-    job, layout, cluster = p.job, p.layout, p.cluster
+    job, layout = p.job, p.layout
     assert p.source is not None and p.blocks is not None
     dst_s = destination_strategy(p, env)
-    src_s = (sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
-             if job.src_strategy else None)
     my_blocks = p.blocks.led_by(p.convert_ranks)
     mine = convert.block_ranks(my_blocks)
     leaders = [b.leader for b in my_blocks]
@@ -175,7 +173,9 @@ def transform(p: Plan, env: dict[str, str]) -> str:
     fmt = job.load_ckpt_format or "ckpt"
     if mine:
         markers.clear_own(layout.marker_dir, leaders)
-        try:
+        try:   # from here on a failure is this node's blocks' failure: every node learns it
+            src_s = (sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
+                     if job.src_strategy else None)
             needed = reshard.needed_source_ranks(src_s, dst_s, mine)
             src_local = sync.fetch_source(p.source, needed, join(layout.work_dir, "source", layout.ckpt_name))
             inputs = {"source": p.source.url, "files": p.source.rank_files or p.source.complete_file,
