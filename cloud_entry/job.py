@@ -215,7 +215,7 @@ def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
     # ---- nothing was written before this line ----
     log.info("log file %s", logs.to_file(layout.log_dir, p.cluster.node_index))
     log.info("node %d of %d, %d cards, ranks %s; run %s", p.cluster.node_index, p.cluster.num_nodes,
-             p.cluster.cards_per_node, sync._ranges(list(p.cluster.node_ranks)), p.run_id)
+             p.cluster.cards_per_node, sync.ranges(list(p.cluster.node_ranks)), p.run_id)
     shim = None
     if is_modelarts(env):
         obs_io.install_as_moxing()

@@ -113,7 +113,7 @@ def fetch_source(source: Source, ranks: list[int], local_root: str) -> str:
     wanted = [source.rank_files[r] for r in ranks]
     todo = [n for n in wanted if not _same_size(join(source.url, n), os.path.join(local_root, n))]
     log.info("downloading %d of %d source shards (ranks %s) from %s", len(todo), len(source.rank_files),
-             _ranges(ranks), source.url)
+             ranges(ranks), source.url)
     if todo:
         obs_io.file.copy_parallel(source.url, local_root, file_list=todo)
     return local_root
@@ -132,18 +132,18 @@ def sync_rank_shards(source: Source, ranks: list[int], local_root: str) -> str:
 
 def upload_ranks(local_root: str, remote_root: str, ranks: list[int]) -> None:
     names = [f"rank_{r}/{n}" for r in ranks for n in sorted(os.listdir(rank_dir(local_root, r)))]
-    log.info("uploading ranks %s to %s", _ranges(ranks), remote_root)
+    log.info("uploading ranks %s to %s", ranges(ranks), remote_root)
     obs_io.file.copy_parallel(local_root, remote_root, file_list=names)
 
 
 def download_ranks(remote_root: str, local_root: str, ranks: list[int]) -> None:
     names = [f"rank_{r}/{n}" for r in ranks
              for n in obs_io.file.list_directory(rank_dir(remote_root, r))]
-    log.info("downloading ranks %s converted on other nodes from %s", _ranges(ranks), remote_root)
+    log.info("downloading ranks %s converted on other nodes from %s", ranges(ranks), remote_root)
     obs_io.file.copy_parallel(remote_root, local_root, file_list=names)
 
 
-def _ranges(ranks: list[int]) -> str:
+def ranges(ranks: list[int]) -> str:
     """'0-3,6' for logs."""
     out, rs = [], sorted(ranks)
     i = 0
