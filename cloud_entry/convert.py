@@ -6,7 +6,6 @@ The engine converts every rank of this node's blocks in one call with one proces
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import reshard
@@ -15,9 +14,6 @@ from cloud_entry.blocks import Block
 
 log = logging.getLogger(__name__)
 
-# Test hook: "raise:<leader rank>" fails that block's conversion, "die:<leader rank>" kills its
-# node's entry without any marker (as a lost machine would).
-FAULT_VAR = "CLOUD_ENTRY_TEST_FAULT"
 
 
 @dataclass(frozen=True)
@@ -36,17 +32,6 @@ def block_ranks(blocks: tuple[Block, ...]) -> list[int]:
     return [r for b in blocks for r in b.ranks]
 
 
-def _fault(blocks: tuple[Block, ...]) -> None:
-    kind, _, rank = os.environ.get(FAULT_VAR, "").partition(":")
-    if not kind or int(rank) not in {b.leader for b in blocks}:
-        return
-    if kind == "die":
-        log.error("test hook %s: dying without a marker", FAULT_VAR)
-        logging.shutdown()
-        os._exit(17)
-    raise RuntimeError(f"injected fault ({FAULT_VAR}) in the block led by rank {rank}")
-
-
 def run(conv: Conversion, blocks: tuple[Block, ...]) -> reshard.TransformReport:
     ranks = block_ranks(blocks)
     kwargs = dict(src_strategy=conv.src_strategy, dst_strategy=conv.dst_strategy, prefix=conv.prefix,
@@ -56,7 +41,6 @@ def run(conv: Conversion, blocks: tuple[Block, ...]) -> reshard.TransformReport:
     log.info("converting ranks %s in %d process(es); expected peak memory %.1f MiB%s",
              ",".join(map(str, ranks)), kwargs["process_num"], plan.expected_peak_bytes / 2**20,
              f" (bound {conv.max_memory / 2**20:.0f} MiB)" if conv.max_memory else "")
-    _fault(blocks)
     report = reshard.transform(conv.src_checkpoint, conv.dst_checkpoint, **kwargs)
     log.info("converted ranks %s, reused %s (already complete and verified) in %.1fs",
              report.ranks_written or "none", report.ranks_skipped or "none", report.seconds)

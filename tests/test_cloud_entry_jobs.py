@@ -214,22 +214,31 @@ def test_bad_input_one_line_exit_2_nothing_written(models, s3_env, tmp_path, arg
 
 # ---------------------------------------------------------------- two nodes
 
-def two_nodes(models, bucket, s3_env, tmp_path, extra=(), env1=None, timeout=120, shared=False):
-    src = upload(models["complete"], f"s3://{bucket}/models/llama.ckpt")
-    dst = upload(models["s8"], f"s3://{bucket}/strategy8")
+def start_two_nodes(models, bucket, s3_env, tmp_path, extra=(), timeout=120, shared=False, job=None):
+    """Two entry processes (nodes 0 and 1) that share only the S3 server, or a shared disk.
+    job = (conversion arguments, cards per node, reference); by default complete -> 8 ranks
+    (dp2 mp2 pp2) on 2 x 4 cards."""
+    if job is None:
+        src = upload(models["complete"], f"s3://{bucket}/models/llama.ckpt")
+        dst = upload(models["s8"], f"s3://{bucket}/strategy8")
+        job = ([f"--load_checkpoint={src}", f"--dst_strategy={dst}", "--transform_process_num=1",
+                *PARALLEL8], 4, models["ref8"])
+    conversion, cards, reference = job
     procs = []
     for node in (0, 1):
-        env = entry_env(s3_env, MA_NUM_HOSTS=2, VC_TASK_INDEX=node, MA_NUM_GPUS=4,
-                        CLOUD_ENTRY_RUN_ID=f"run-{tmp_path.name}",
-                        ENTRY_CHECK_REFERENCE=models["ref8"], **(env1 if node == 1 and env1 else {}))
-        args = [f"--load_checkpoint={src}", f"--dst_strategy={dst}", "--auto_trans_ckpt=True",
-                "--transform_process_num=1", f"--transform_timeout={timeout}", *PARALLEL8, *extra]
+        env = entry_env(s3_env, MA_NUM_HOSTS=2, VC_TASK_INDEX=node, MA_NUM_GPUS=cards,
+                        CLOUD_ENTRY_RUN_ID=f"run-{tmp_path.name}", ENTRY_CHECK_REFERENCE=reference)
+        args = [*conversion, "--auto_trans_ckpt=True", f"--transform_timeout={timeout}", *extra]
         if shared:
             args.append(f"--shared_dir={tmp_path / 'shared'}")
         else:
             args.append(f"--remote_save_url=s3://{bucket}/out")
         procs.append(start(args + LAUNCH, env, tmp_path / f"node{node}"))
-    return [finish(p) for p in procs]
+    return procs
+
+
+def two_nodes(*args, **kwargs):
+    return [finish(p) for p in start_two_nodes(*args, **kwargs)]
 
 
 def test_two_nodes_without_shared_disk(models, bucket, s3_env, tmp_path):
@@ -250,24 +259,38 @@ def test_two_nodes_without_shared_disk(models, bucket, s3_env, tmp_path):
 
 
 def test_two_nodes_one_block_fails(models, bucket, s3_env, tmp_path):
+    """8 -> 4 on two nodes x 2 cards; the shards only node 1's block reads are corrupt on the
+    object store: its leader publishes a failure marker and both nodes stop with its error."""
+    src = upload(models["ref8"], f"s3://{bucket}/models/llama8")
+    for r in range(4, 8):   # stage 1 of the source: read by destination ranks 2-3 only
+        obs_io.file.write(f"s3://{bucket}/models/llama8/rank_{r}/checkpoint_{r}.ckpt",
+                          b"\x0a\xff\xff\xff\xff\x0f not a checkpoint", binary=True)
+    job = ([f"--load_checkpoint={src}", f"--src_strategy_path_or_dir={models['merged8']}",
+            f"--dst_strategy={models['s4']}", *PARALLEL4], 2, models["ref4"])
     t0 = time.monotonic()
-    (c0, o0), (c1, o1) = two_nodes(models, bucket, s3_env, tmp_path, timeout=90,
-                                   env1={"CLOUD_ENTRY_TEST_FAULT": "raise:4"})
-    want = ["cloud-entry: error: block led by rank 4 failed: RuntimeError: injected fault "
-            "(CLOUD_ENTRY_TEST_FAULT) in the block led by rank 4"]
-    for code, out in ((c0, o0), (c1, o1)):   # the leader itself and the waiter: the same line
-        assert code == 2, out
-        assert [x for x in out.splitlines() if x.startswith("cloud-entry: error")] == want, out
+    (c0, o0), (c1, o1) = two_nodes(models, bucket, s3_env, tmp_path, timeout=90, job=job)
     assert time.monotonic() - t0 < 90
+    lines = [[x for x in out.splitlines() if x.startswith("cloud-entry: error")] for out in (o0, o1)]
+    for code, out, got in ((c0, o0, lines[0]), (c1, o1, lines[1])):  # leader and waiter alike
+        assert code == 2, out
+        assert len(got) == 1 and got[0].startswith("cloud-entry: error: block led by rank 2 failed: "), out
+        assert "checkpoint_" in got[0] and "rank_" in got[0], got   # names the corrupt file
+    assert lines[0] == lines[1]
     assert "Traceback" not in o0 + o1
+    marker = f"s3://{bucket}/out/transformed_checkpoint/llama8/transform_failed_rank_2.txt"
+    assert obs_io.file.exists(marker)
 
 
-def test_two_nodes_leader_dies_waiter_times_out(models, bucket, s3_env, tmp_path):
-    (c0, o0), (c1, o1) = two_nodes(models, bucket, s3_env, tmp_path, timeout=6,
-                                   env1={"CLOUD_ENTRY_TEST_FAULT": "die:4"})
-    assert c1 == 17
+def test_two_nodes_leader_killed_waiter_times_out(models, bucket, s3_env, tmp_path):
+    """Node 1's entry is killed (SIGKILL, as a lost machine): it never publishes a marker, and
+    node 0 stops at the bound naming the block leader it waited for."""
+    procs = start_two_nodes(models, bucket, s3_env, tmp_path, timeout=6)
+    procs[1].kill()
+    (c0, o0), (c1, _) = [finish(p) for p in procs]
+    assert c1 == -9
     assert c0 == 2, o0
     assert "timed out after 6s waiting for block markers: no marker from the block leader rank(s) 4" in o0
+    assert not obs_io.file.exists(f"s3://{bucket}/out/transformed_checkpoint/llama/transform_succeed_rank_4.txt")
 
 
 def test_two_nodes_with_shared_disk(models, bucket, s3_env, tmp_path):
