@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     if what == "setup":
         return 0
     if what == "demo":
-        cmd = [str(PY), "-m", "cloud_entry.demo", *rest]
+        cmd = [str(PY), str(ROOT / "demo.py"), *rest]
     elif what == "test":
         cmd = [str(PY), "-m", "pytest", *rest]
     else:

@@ -37,10 +37,8 @@ def run(conv: Conversion, blocks: tuple[Block, ...]) -> reshard.TransformReport:
     kwargs = dict(src_strategy=conv.src_strategy, dst_strategy=conv.dst_strategy, prefix=conv.prefix,
                   fmt=conv.fmt, process_num=max(1, len(blocks)), max_memory=conv.max_memory,
                   dst_ranks=ranks, log_dir=conv.log_dir)
-    plan = reshard.transform(conv.src_checkpoint, conv.dst_checkpoint, dry_run=True, **kwargs)
-    log.info("converting ranks %s in %d process(es); expected peak memory %.1f MiB%s",
-             ",".join(map(str, ranks)), kwargs["process_num"], plan.expected_peak_bytes / 2**20,
-             f" (bound {conv.max_memory / 2**20:.0f} MiB)" if conv.max_memory else "")
+    # The engine logs its plan and expected peak memory (within max_memory) before converting.
+    log.info("converting ranks %s in %d process(es)", ",".join(map(str, ranks)), kwargs["process_num"])
     report = reshard.transform(conv.src_checkpoint, conv.dst_checkpoint, **kwargs)
     log.info("converted ranks %s, reused %s (already complete and verified) in %.1fs",
              report.ranks_written or "none", report.ranks_skipped or "none", report.seconds)
