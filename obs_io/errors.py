@@ -66,9 +66,13 @@ def translate(err: BaseException, url: str) -> BaseException:
 
 
 @contextmanager
-def translating(url: str):
-    """Run a block of boto3 calls; re-raise any storage failure as a one-line builtin error."""
+def translating(url: str, keep: type | tuple = ()):
+    """Run a block of boto3 calls; re-raise any storage failure as a one-line builtin error.
+
+    `keep`: exception types the caller handles itself (e.g. ClientError to inspect a 404)."""
     try:
         yield
     except (ClientError, BotoCoreError, RetriesExceededError, S3UploadFailedError) as err:
+        if keep and isinstance(err, keep):
+            raise
         raise translate(err, url) from None

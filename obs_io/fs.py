@@ -88,7 +88,8 @@ class S3FS:
         if not u.key or u.key.endswith("/"):
             return None
         try:
-            return self.client().head_object(Bucket=u.bucket, Key=u.key)
+            with translating(url, keep=ClientError):
+                return self.client().head_object(Bucket=u.bucket, Key=u.key)
         except ClientError as err:
             error = translate(err, url)
             if not isinstance(error, FileNotFoundError):
@@ -100,7 +101,8 @@ class S3FS:
         """Raise FileNotFoundError naming the bucket if it does not exist."""
         bucket = ObjectURL.parse(url).bucket
         try:
-            self.client().head_bucket(Bucket=bucket)
+            with translating(url, keep=ClientError):
+                self.client().head_bucket(Bucket=bucket)
         except ClientError as err:
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404 or err.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):

@@ -54,6 +54,7 @@ class FaultProxy:
         self.rules: list = []
         self.corrupt = None  # callable (method, path) -> bool: flip the first body byte if true
         self._seen: Counter = Counter()
+        self._connections: set = set()  # open client sockets, closed on exit
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -67,6 +68,14 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+        # Kill kept-alive connections too: a cached boto3 client of a later test whose proxy
+        # got the same port must not keep talking to this (dead) proxy's handler threads.
+        with self._lock:
+            for sock in self._connections:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def faults(self) -> Counter:
         """How many 503s and drops were injected (status 503 / 0)."""
@@ -95,6 +104,11 @@ class FaultProxy:
 
             def log_message(self, *args):  # quiet
                 pass
+
+            def setup(self):
+                super().setup()
+                with proxy._lock:
+                    proxy._connections.add(self.connection)
 
             def _record(self, status: int, nbytes: int) -> None:
                 with proxy._lock:
