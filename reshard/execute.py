@@ -15,7 +15,7 @@ import logging
 import multiprocessing
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,13 +99,29 @@ def _write_manifest(dst_root: str, rp: RankPlan, fmt: str) -> None:
 
 # -- one destination rank -------------------------------------------------------------------
 
-def convert_rank(rp: RankPlan, dst_root: str, fmt: str) -> int:
-    """Write one destination file; returns its byte count."""
+_buffer = np.empty(0, np.uint8)
+
+
+def _assembly_buffer(nbytes: int) -> np.ndarray:
+    """One buffer per process, grown to the largest rank seen: a fresh allocation per rank
+    would page-fault and zero every byte of it again."""
+    global _buffer
+    if _buffer.nbytes < nbytes:
+        _buffer = np.empty(0, np.uint8)   # drop the old one before taking the new
+        _buffer = np.empty(nbytes, np.uint8)
+    return _buffer
+
+
+def convert_rank(rp: RankPlan, dst_root: str, fmt: str, publish=None) -> None:
+    """Write one destination file. Its commit (fsync, rename, manifest) is handed to
+    `publish` (a single-thread executor's submit) so the disk flush overlaps the next rank's
+    reads; without one it is done here."""
     t0 = time.monotonic()
     out_path = os.path.join(dst_root, rp.path)
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     files = sorted({p.src_file for t in rp.tensors for p in t.pieces})
     readers = {}
+    writer = None
     try:
         for f in files:
             readers[f] = open_reader(f)
@@ -115,21 +131,32 @@ def convert_rank(rp: RankPlan, dst_root: str, fmt: str) -> int:
                 metas.append(readers[t.pieces[0].src_file].metas[t.name])
             else:
                 metas.append(TensorMeta(t.name, t.dtype, t.shape))
-        buf = np.empty(rp.buffer_bytes, np.uint8)
-        with open_writer(out_path, metas, fmt) as writer:
-            for t, meta in zip(rp.tensors, metas):
-                if not meta.sliceable:
-                    writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
-                    continue
-                _assemble_and_write(t, meta, buf, readers, writer)
-        _write_manifest(dst_root, rp, fmt)
+        buf = _assembly_buffer(rp.buffer_bytes)
+        writer = open_writer(out_path, metas, fmt)
+        for t, meta in zip(rp.tensors, metas):
+            if not meta.sliceable:
+                writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
+                continue
+            _assemble_and_write(t, meta, buf, readers, writer)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
         for r in readers.values():
             r.close()
-    size = os.path.getsize(out_path)
-    log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank, out_path,
-             len(rp.tensors), size, sorted(rp.source_ranks), time.monotonic() - t0)
-    return size
+
+    def commit() -> None:
+        writer.commit()
+        _write_manifest(dst_root, rp, fmt)
+        log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank,
+                 out_path, len(rp.tensors), os.path.getsize(out_path), sorted(rp.source_ranks),
+                 time.monotonic() - t0)
+
+    if publish is None:
+        commit()
+    else:
+        publish(commit)
 
 
 def _assemble_and_write(t, meta, buf, readers, writer) -> None:
@@ -174,11 +201,30 @@ def _worker_init(log_dir: str | None) -> None:
     _setup_process_log(log_dir, "worker")
 
 
-def _worker_convert(rp: RankPlan, dst_root: str, fmt: str) -> int:
+def _worker_convert(rp: RankPlan, dst_root: str, fmt: str) -> None:
     try:
-        return convert_rank(rp, dst_root, fmt)
+        convert_rank(rp, dst_root, fmt)
     except FormatError as e:
         raise RuntimeError(f"rank {rp.rank}: {e}") from None
+
+
+def _run_pipelined(todo: list[RankPlan], dst_root: str, fmt: str) -> None:
+    """One rank after another, each rank's commit (its fsync waits for the disk) running while
+    the next rank is read and written; at most one commit in flight, so written-but-unflushed
+    data stays bounded by one file."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-commit") as committer:
+        pending = None
+
+        def publish(commit) -> None:
+            nonlocal pending
+            if pending is not None:
+                pending.result()
+            pending = committer.submit(commit)
+
+        for rp in todo:
+            convert_rank(rp, dst_root, fmt, publish)
+        if pending is not None:
+            pending.result()
 
 
 @dataclass
@@ -200,8 +246,7 @@ def run_plan(plan: Plan, dst_root: str, fmt: str, *, process_num: int, budget: i
         else:
             todo.append(rp)
     if process_num <= 1 or len(todo) <= 1:
-        for rp in todo:
-            convert_rank(rp, dst_root, fmt)
+        _run_pipelined(todo, dst_root, fmt)
         return RunResult([rp.rank for rp in todo], skipped)
 
     pending = sorted(todo, key=rank_cost, reverse=True)

@@ -26,9 +26,10 @@ def cases(draw):
 @given(case=cases(), fmt=st.sampled_from(["ckpt", "safetensors"]),
        record_bytes=st.sampled_from([8, 24, 1 << 20]),
        gap=st.sampled_from([0, 1 << 16]), scratch=st.sampled_from([16, 1 << 20]),
+       scatter=st.sampled_from([(0, 1), (0, 500), (1 << 16, 2), (1 << 16, 500)]),
        strided_out=st.booleans())
 def test_region_read_equals_numpy_slicing(tmp_path_factory, case, fmt, record_bytes, gap,
-                                          scratch, strided_out):
+                                          scratch, scatter, strided_out):
     dtype, shape, region, seed = case
     meta = TensorMeta("t", dtype, shape)
     raw = np.random.default_rng(seed).integers(0, 256, meta.nbytes, dtype=np.uint8)
@@ -39,7 +40,9 @@ def test_region_read_equals_numpy_slicing(tmp_path_factory, case, fmt, record_by
     path = tmp_path_factory.getbasetemp() / f"regions.{fmt}"
     with mock.patch.object(ckpt_format, "RECORD_BYTES", record_bytes), \
             mock.patch.object(regions, "COALESCE_GAP", gap), \
-            mock.patch.object(regions, "SCRATCH_BYTES", scratch):
+            mock.patch.object(regions, "SCRATCH_BYTES", scratch), \
+            mock.patch.object(regions, "SCATTER_GAP", scatter[0]), \
+            mock.patch.object(regions, "SCATTER_RUNS", scatter[1]):
         with open_writer(path, others) as writer:
             writer.write("before", np.full(3, -1, np.int8))
             writer.write("t", data)

@@ -27,6 +27,12 @@ COALESCE_GAP = 8 * 1024
 # enough to stay in cache between the read and the scatter (8 MiB measured ~1.5x slower).
 SCRATCH_BYTES = 1024 * 1024
 
+# Strided runs whose gaps are at most this (or 4x the run) are read by one preadv per batch
+# of runs, the gaps landing in a junk buffer: a syscall per run costs more than copying the
+# gap from the page cache. A batch stays under IOV_MAX (1024 buffers).
+SCATTER_GAP = 64 * 1024
+SCATTER_RUNS = 500
+
 Region = tuple[tuple[int, int], ...]
 
 
@@ -171,18 +177,27 @@ def _read_rows(src: ByteSource, extent: Extent, meta: TensorMeta, base: int, row
 
 def _read_rows_direct(src: ByteSource, extent: Extent, name: str, base: int, rows: int,
                       row_stride: int, run: int, dst: memoryview) -> None:
-    """One preadv per run straight into the destination bytes (the tight loop: per-run Python
-    overhead is what limits strided reads of small runs)."""
+    """Runs straight into the destination bytes: per-run Python and syscall overhead is what
+    limits strided reads of small runs, so close runs go in batches through one scatter read."""
     if len(extent.pieces) != 1:
         for r in range(rows):
             src.pread_into(extent, base + r * row_stride, dst[r * run:(r + 1) * run], name)
         return
     fd, preadv = src.fd, os.preadv
     file_base = extent.pieces[0][0] + base
-    for r in range(rows):
-        part = dst[r * run:(r + 1) * run]
-        if preadv(fd, [part], file_base + r * row_stride) != run:
-            src.pread_into(extent, base + r * row_stride, part, name)   # short read: retry
+    gap = row_stride - run
+    batch = SCATTER_RUNS if 0 < gap <= max(4 * run, SCATTER_GAP) else 1
+    junk = src.scratch(gap) if batch > 1 else None
+    for r0 in range(0, rows, batch):
+        n = min(batch, rows - r0)
+        iov = []
+        for r in range(r0, r0 + n):
+            iov.append(dst[r * run:(r + 1) * run])
+            if junk is not None and r < r0 + n - 1:
+                iov.append(junk)
+        if preadv(fd, iov, file_base + r0 * row_stride) != n * run + (n - 1) * gap:
+            for r in range(r0, r0 + n):   # short read: exact reads, which retry or raise
+                src.pread_into(extent, base + r * row_stride, dst[r * run:(r + 1) * run], name)
 
 
 def _as_bytes(array: np.ndarray) -> memoryview:
