@@ -47,7 +47,9 @@ def build(work: str) -> dict:
 
 
 def measure(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) summed over the process tree, polled every 20 ms."""
+    """Wall seconds and peak RSS (bytes) summed over the process tree, polled every 20 ms.
+    Dirty pages of the previous run are flushed first, so no run pays for another's writes."""
+    os.sync()
     t0 = time.monotonic()
     proc = psutil.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
