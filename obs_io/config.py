@@ -46,6 +46,7 @@ class S3Config:
     min_part_size: int = 8 * MiB         # S3 needs >= 5 MiB parts (OBS 100 KB); s3transfer enforces 5 MiB
     max_parts: int = 10_000
     verify_md5: bool = True              # off for SSE-KMS/SSE-C buckets, whose ETags are not MD5s
+    sign_payload: bool | None = None     # SHA256 of upload bodies in the signature; None: only over plain http
 
     def __repr__(self) -> str:  # explicit so a future field can never leak a secret by default
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
@@ -161,6 +162,8 @@ def current() -> S3Config:
         region=region, addressing_style=style, list_objects_v1=bool(list_v1),
         verify_ssl=_flag(os.environ.get("S3_VERIFY_SSL"), True),
     )
+    if os.environ.get("S3_SIGN_PAYLOAD"):
+        values["sign_payload"] = _flag(os.environ["S3_SIGN_PAYLOAD"], True)
     if o.get("retry") is not None:
         values["max_attempts"] = max(1, int(o["retry"]))
     values.update({k.split(":", 1)[1]: v for k, v in o.items() if k.startswith("field:")})

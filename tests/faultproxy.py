@@ -8,9 +8,13 @@ is reproducible whatever the thread interleaving, and a request is faulted at mo
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import http.client
+import ipaddress
 import socket
+import ssl
+import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +37,30 @@ class Record:
     headers: dict        # request headers, lower-case names
 
 
+def _self_signed(cert_path: str, key_path: str) -> None:
+    """A throw-away certificate for 127.0.0.1 (cryptography comes with moto)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+
 def error_xml(code: str, message: str = "") -> bytes:
     return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
             f'<Message>{message or code}</Message></Error>').encode()
@@ -44,10 +72,12 @@ class FaultProxy:
     rules: callables (method, path) -> (status, error code) or None, checked before faults; a
     deterministic way to make one kind of request fail (e.g. every UploadPart with 403).
     corrupt: callable (method, path) -> bool; damages matching response bodies in flight.
+    tls: serve HTTPS with a fresh self-signed certificate for 127.0.0.1 (clients must not verify
+    it: S3_VERIFY_SSL=0), so code paths that depend on the scheme run over real TLS.
     """
 
     def __init__(self, upstream: str, seed: int = 0, slowdown: float = 0.0, drop: float = 0.0,
-                 max_faults: int = 2):
+                 max_faults: int = 2, tls: bool = False):
         self.upstream = urlsplit(upstream)
         self.seed, self.slowdown, self.drop, self.max_faults = seed, slowdown, drop, max_faults
         self.records: list[Record] = []
@@ -58,7 +88,15 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            with tempfile.TemporaryDirectory() as d:
+                cert, key = f"{d}/cert.pem", f"{d}/key.pem"
+                _self_signed(cert, key)
+                context.load_cert_chain(cert, key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> "FaultProxy":
