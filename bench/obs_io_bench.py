@@ -1,12 +1,20 @@
-"""obs_io transfer speed against a plain boto3 loop, on the same moto server, in the same run.
+"""obs_io transfer speed against a plain boto3 loop, on the same S3 server, in the same run.
 
     PYTHONPATH=. .venv/bin/python bench/obs_io_bench.py [--folder-mib 1024] [--big-mib 512]
+                                                        [--servers moto,s3rver]
 
-Reference: a loop of boto3 `upload_file` / `download_file` (one file after another, each with
-boto3's own multipart defaults). Measured: mox.file.copy_parallel on a folder of many small and
-some large files, and mox.file.copy of one big file, both directions. Goals: >= 2x on folders,
-never slower on one big file. moto is a Python server: on a small machine it, not the network,
-is the bottleneck, so the ratios here understate what a real OBS endpoint gives.
+Reference: a loop of boto3 `upload_file` / `download_file` with boto3's defaults (one file after
+another, each with boto3's own multipart settings). Measured: mox.file.copy_parallel on a folder
+of many small and some large files, and mox.file.copy of one big file, both directions. Goals:
+>= 2x on folders, never slower on one big file.
+
+Each server gets the same cases, both sides against the same server process:
+- moto (server mode, the tests' server): Python, GIL-bound, sharing the cores with the client.
+  Its every GET, ranged or not, reads the whole object under a per-object lock, so a big file's
+  ranged download is bounded by the server whatever the client does.
+- s3rver (npm, Node): objects as files, ranges read as ranges; installed on first use with npm
+  into bench/_work/node (skipped with a note when npm is not there).
+Neither is OBS: both share the machine's cores with the client, so the ratios are a floor.
 """
 from __future__ import annotations
 
@@ -15,9 +23,13 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +39,74 @@ sys.path.insert(0, str(REPO))
 import s3server  # noqa: E402
 
 MiB = 1024 * 1024
+NODE_DIR = REPO / "bench" / "_work" / "node"
+S3RVER = "s3rver@3.7.1"
+
+
+@dataclass
+class S3rver:
+    """s3rver as a child process; the same interface as tests/s3server.S3Server."""
+
+    endpoint: str
+    process: subprocess.Popen
+    data: str
+    KEY = "S3RVER"  # s3rver's fixed credentials
+
+    def env(self) -> dict[str, str]:
+        return {"S3_ENDPOINT": self.endpoint, "ACCESS_KEY_ID": self.KEY, "SECRET_ACCESS_KEY": self.KEY,
+                "S3_USE_HTTPS": "0"}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.KEY,
+                            aws_secret_access_key=self.KEY, region_name="us-east-1")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def start_s3rver(timeout: float = 30.0) -> S3rver | None:
+    """Install s3rver with npm on first use; None (with the reason printed) when that fails."""
+    exe = NODE_DIR / "node_modules" / ".bin" / "s3rver"
+    if not exe.exists():
+        if not shutil.which("npm"):
+            print("s3rver: skipped, npm is not installed", flush=True)
+            return None
+        NODE_DIR.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund",
+                               S3RVER], capture_output=True, text=True)
+        if done.returncode != 0 or not exe.exists():
+            print(f"s3rver: skipped, npm install failed: {done.stderr.strip()[-300:]}", flush=True)
+            return None
+    port = s3server.free_port()
+    data = tempfile.mkdtemp(prefix="s3rver_")
+    # s3rver's ListObjectsV2 continuation tokens use DES, which Node 17+ has only in OpenSSL's
+    # legacy provider (without it every truncated listing is a 500).
+    env = dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider")
+    proc = subprocess.Popen([str(exe), "-d", data, "-a", "127.0.0.1", "-p", str(port), "-s"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+        except urllib.error.HTTPError:  # any S3 answer (403 for an anonymous list) means it is up
+            return S3rver(endpoint, proc, data)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        return S3rver(endpoint, proc, data)
+    proc.kill()
+    shutil.rmtree(data, ignore_errors=True)
+    print(f"s3rver: skipped, it did not answer on {endpoint}", flush=True)
+    return None
 
 
 def make_folder(root: Path, total_mib: int, seed: int = 0) -> tuple[int, int]:
@@ -64,17 +144,10 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folder-mib", type=int, default=1024)
-    ap.add_argument("--big-mib", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=16)
-    args = ap.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on kill
-
-    server = s3server.start()
+def run_cases(server, args) -> list[tuple[str, int, float, float]]:
+    """Every case against one server: (name, bytes, reference seconds, obs_io seconds)."""
     os.environ.update(server.env())
-    import obs_io as mox  # after the environment points at the server
+    import obs_io as mox  # reads its settings from the environment on every call
 
     work = Path(tempfile.mkdtemp(prefix="obs_io_bench_"))
     client = server.client()  # plain boto3, default settings: the reference
@@ -119,6 +192,7 @@ def main() -> None:
             for _ in range(args.big_mib // 4):
                 f.write(make_big)
         size = big.stat().st_size
+
         # One big file is a few seconds each way, so it is measured twice in alternating order
         # and the best time of each side kept: other load on a shared machine otherwise decides.
         def best_of_two(ref, ours) -> tuple[float, float]:
@@ -126,6 +200,7 @@ def main() -> None:
             o2, r2 = timed(ours), timed(ref)
             return min(r1, r2), min(o1, o2)
 
+        print("measuring one big file (best of two each) ...", flush=True)
         rows.append(("big file upload", size, *best_of_two(
             lambda: client.upload_file(str(big), bucket, "ref_big.bin"),
             lambda: mox.file.copy(str(big), f"obs://{bucket}/ours_big.bin"))))
@@ -135,15 +210,41 @@ def main() -> None:
         assert (work / "ours_big.bin").stat().st_size == size
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        server.stop()
+    return rows
 
-    print(f"\n{'case':<20}{'MiB':>8}{'boto3 loop s':>14}{'obs_io s':>10}{'loop MiB/s':>12}"
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folder-mib", type=int, default=1024)
+    ap.add_argument("--big-mib", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--servers", default="moto,s3rver", help="comma-separated: moto, s3rver")
+    args = ap.parse_args()
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    unknown = set(names) - {"moto", "s3rver"}
+    if unknown:
+        ap.error(f"--servers: unknown server(s) {', '.join(sorted(unknown))}; choose from moto, s3rver")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on kill
+
+    results = {}
+    for name in names:
+        server = s3server.start() if name == "moto" else start_s3rver()
+        if server is None:
+            continue
+        print(f"== {name} ({server.endpoint})", flush=True)
+        try:
+            results[name] = run_cases(server, args)
+        finally:
+            server.stop()
+
+    print(f"\n{'server':<8}{'case':<20}{'MiB':>8}{'boto3 loop s':>14}{'obs_io s':>10}{'loop MiB/s':>12}"
           f"{'obs_io MiB/s':>14}{'speed-up':>10}")
-    for name, n, ref, ours in rows:
-        print(f"{name:<20}{n / MiB:>8.0f}{ref:>14.2f}{ours:>10.2f}{n / MiB / ref:>12.1f}"
-              f"{n / MiB / ours:>14.1f}{ref / ours:>9.2f}x")
-    print("\ngoal: >= 2x on folders, >= 1x on the big file. moto is CPU-bound Python "
-          f"sharing {os.cpu_count()} cores with the client; ratios are a floor, not OBS figures.")
+    for name, rows in results.items():
+        for case, n, ref, ours in rows:
+            print(f"{name:<8}{case:<20}{n / MiB:>8.0f}{ref:>14.2f}{ours:>10.2f}{n / MiB / ref:>12.1f}"
+                  f"{n / MiB / ours:>14.1f}{ref / ours:>9.2f}x")
+    print("\ngoal: >= 2x on folders, >= 1x on the big file. Each server shares the machine's "
+          f"{os.cpu_count()} cores with the client; ratios are a floor, not OBS figures.")
 
 
 if __name__ == "__main__":
