@@ -98,7 +98,7 @@ def main() -> int:
         synth.write_strategy(str(WORK / "strategy4"), dp=1, mp=2, pp=2, params=params)
         plan = subprocess.run(
             [sys.executable, "-m", "reshard", "--dry_run", "--src_strategy=s3://demo/output/strategy",
-             "--dst_strategy=strategy4", "--dst_checkpoint=unused"],
+             "--dst_strategy=strategy4"],
             env=env, cwd=WORK, check=True, capture_output=True, text=True).stdout.splitlines()
         print("\n".join(plan[:14] + [f"... ({len(plan)} lines)"]))
 
