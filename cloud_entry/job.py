@@ -145,7 +145,11 @@ def destination_strategy(p: Plan, env: dict[str, str]) -> str | None:
             dst = sync.fetch_strategy(job.dst_strategy, layout.local_strategy, copy_local=True)
     else:
         clear_safely(layout.local_strategy, layout.output_dir, protected)
-        files = strategy.run_pass(p.config, layout, list(job.launch_cmd), env, job.transform_timeout)
+        try:
+            files = strategy.run_pass(p.config, layout, list(job.launch_cmd), env, job.transform_timeout)
+        except EntryError as exc:
+            strategy.publish_failure(layout, p.cluster.node_index, p.run_id, _one_line(exc))
+            raise
         strategy.gather(layout, files, p.cluster.node_index, p.cluster.num_nodes, p.run_id,
                         job.transform_timeout)
         dst = layout.local_strategy

@@ -17,7 +17,7 @@ import obs_io
 
 from cloud_entry import config as config_mod
 from cloud_entry import launch
-from cloud_entry.errors import EntryError
+from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.markers import write_atomic
 from cloud_entry.paths import Layout, join
 from cloud_entry.sync import STRATEGY_EXTS
@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 
 def node_marker(node: int) -> str:
     return f"strategy_saved_node_{node}.txt"   # .txt: never read as a strategy file
+
+
+def failure_marker(node: int) -> str:
+    return f"strategy_failed_node_{node}.txt"
+
+
+def publish_failure(layout: Layout, node: int, run_id: str, error: str) -> None:
+    """Tell the other nodes, waiting in gather(), that this node's strategy pass failed, so they
+    stop with its error instead of at their timeout. One node with a local store: nobody waits."""
+    if layout.store_strategy != layout.local_strategy:
+        write_atomic(join(layout.store_strategy, failure_marker(node)),
+                     json.dumps({"run_id": run_id, "error": error}))
 
 
 def local_strategy_files(folder: str) -> list[str]:
@@ -73,16 +85,24 @@ def gather(layout: Layout, files: list[str], node: int, num_nodes: int, run_id: 
     write_atomic(join(store, node_marker(node)), json.dumps({"run_id": run_id, "files": files}))
     listed: dict[int, list[str]] = {}
 
+    def this_run(name: str) -> dict | None:
+        try:
+            data = json.loads(obs_io.file.read(join(store, name)))
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if data.get("run_id") == run_id else None
+
     def check():
         for other in range(num_nodes):
             if other in listed:
                 continue
-            try:
-                data = json.loads(obs_io.file.read(join(store, node_marker(other))))
-            except (FileNotFoundError, ValueError):
+            saved = this_run(node_marker(other))
+            if saved is not None:
+                listed[other] = list(saved["files"])
                 continue
-            if data.get("run_id") == run_id:
-                listed[other] = list(data["files"])
+            failed = this_run(failure_marker(other))
+            if failed is not None:
+                raise BlockFailed(f"strategy pass failed on node {other}: {failed.get('error')}")
         return True if len(listed) == num_nodes else None
 
     try:

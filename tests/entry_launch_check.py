@@ -4,7 +4,8 @@ Loads this node's ranks from the effective config's load_checkpoint with mindspo
 and checks them, and the config, against what the entry promised. With only_save_strategy: True
 in the config it plays MindFormers' strategy pass instead: writes this node's
 output/strategy/ckpt_strategy_rank_<r>.ckpt (layout from parallel_config) and exits.
-Exit 0 when all is well, 3 on any mismatch (the reason on stderr); ENTRY_CHECK_EXIT overrides 0.
+Exit 0 when all is well, 3 on any mismatch (the reason on stderr); ENTRY_CHECK_EXIT overrides 0;
+ENTRY_CHECK_PASS_EXIT makes the strategy pass fail.
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def main(config_path: str) -> int:
         if moxing.file is not obs_io.file:
             fail("import moxing did not give obs_io")
     if cfg.get("only_save_strategy"):
+        if os.environ.get("ENTRY_CHECK_PASS_EXIT"):   # a strategy pass that fails (compile error)
+            fail("strategy pass failed as asked by ENTRY_CHECK_PASS_EXIT")
         strategy_pass(cfg, ranks)
         return 0
     if cfg.get("auto_trans_ckpt") is not False:

@@ -305,18 +305,38 @@ def test_two_nodes_with_shared_disk(models, bucket, s3_env, tmp_path):
         assert not (tmp_path / f"node{node}" / "output" / "transformed_checkpoint").exists()
 
 
-def test_strategy_pass_on_two_nodes(models, bucket, s3_env, tmp_path):
+def strategy_pass_two_nodes(models, bucket, s3_env, tmp_path, env1=()):
+    """complete -> 8 ranks on two nodes of 4 cards, the destination strategy from a strategy pass."""
     src = upload(models["complete"], f"s3://{bucket}/models/llama.ckpt")
-    obs_io.file.write(f"s3://{bucket}/out/strategy/ckpt_strategy_rank_12.ckpt", "stale, of an older job")
     procs = []
     for node in (0, 1):
         env = entry_env(s3_env, MA_NUM_HOSTS=2, VC_TASK_INDEX=node, MA_NUM_GPUS=4,
-                        CLOUD_ENTRY_RUN_ID=f"run-{tmp_path.name}", ENTRY_CHECK_REFERENCE=models["ref8pass"])
+                        CLOUD_ENTRY_RUN_ID=f"run-{tmp_path.name}", ENTRY_CHECK_REFERENCE=models["ref8pass"],
+                        **dict(env1 if node == 1 else ()))
         args = [f"--load_checkpoint={src}", "--auto_trans_ckpt=True", "--transform_timeout=120",
                 f"--remote_save_url=s3://{bucket}/out", "--model.model_config.num_layers=2",
                 *PARALLEL8, *LAUNCH]
         procs.append(start(args, env, tmp_path / f"node{node}"))
-    (c0, o0), (c1, o1) = [finish(p) for p in procs]
+    return [finish(p) for p in procs]
+
+
+def test_strategy_pass_fails_on_one_node_both_stop(models, bucket, s3_env, tmp_path):
+    t0 = time.monotonic()
+    (c0, o0), (c1, o1) = strategy_pass_two_nodes(models, bucket, s3_env, tmp_path,
+                                                 env1={"ENTRY_CHECK_PASS_EXIT": "1"})
+    assert time.monotonic() - t0 < 100    # well before the 120 s bound
+    assert (c0, c1) == (2, 2), o0 + o1
+    own = "strategy pass: the launch command exited with 3"
+    assert [x for x in o1.splitlines() if x.startswith("cloud-entry: error")] == [
+        f"cloud-entry: error: {own} (config {tmp_path / 'node1' / 'output' / 'cloud_entry' / 'strategy_pass_config.yaml'} "
+        "has only_save_strategy: True)"], o1
+    err0 = [x for x in o0.splitlines() if x.startswith("cloud-entry: error")]
+    assert len(err0) == 1 and err0[0].startswith(f"cloud-entry: error: strategy pass failed on node 1: {own}"), o0
+
+
+def test_strategy_pass_on_two_nodes(models, bucket, s3_env, tmp_path):
+    obs_io.file.write(f"s3://{bucket}/out/strategy/ckpt_strategy_rank_12.ckpt", "stale, of an older job")
+    (c0, o0), (c1, o1) = strategy_pass_two_nodes(models, bucket, s3_env, tmp_path)
     assert (c0, c1) == (0, 0), o0 + o1
     assert "strategy pass wrote ranks [0, 1, 2, 3]" in o0 and "strategy pass wrote ranks [4, 5, 6, 7]" in o1
     for node, ranks in ((0, range(4)), (1, range(4, 8))):
