@@ -63,12 +63,7 @@ class S3rver:
                             aws_secret_access_key=self.KEY, region_name="us-east-1")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        s3server.stop_process(self.process)
         shutil.rmtree(self.data, ignore_errors=True)
 
 

@@ -165,13 +165,17 @@ class S3FS:
                 found = True
                 if obj["Key"] != prefix:
                     out[obj["Key"][len(prefix):]] = self._file_entry(url, obj, prefix)
-        if not found and u.key.strip("/"):
+        return self._listed(url, found, out)
+
+    def _listed(self, url: str, found: bool, entries: dict) -> list[DirEntry]:
+        """A listing that found nothing is a missing folder, an object, or an empty bucket."""
+        if not found and ObjectURL.parse(url).key.strip("/"):
             if self.head(url) is not None:
                 raise NotADirectoryError(f"{url} is an object, not a folder")
             raise FileNotFoundError(f"{url}: no such folder")
         if not found:
             self.check_bucket(url)
-        return sorted(out.values(), key=lambda e: e.name)
+        return sorted(entries.values(), key=lambda e: e.name)
 
     @staticmethod
     def _file_entry(url: str, obj: dict, prefix: str) -> DirEntry:
@@ -194,13 +198,7 @@ class S3FS:
                         out[d] = DirEntry(d, join(url, d), True)
                 if rel and not rel.endswith("/"):
                     out[rel] = self._file_entry(url, obj, prefix)
-        if not found and u.key.strip("/"):
-            if self.head(url) is not None:
-                raise NotADirectoryError(f"{url} is an object, not a folder")
-            raise FileNotFoundError(f"{url}: no such folder")
-        if not found:
-            self.check_bucket(url)
-        return sorted(out.values(), key=lambda e: e.name)
+        return self._listed(url, found, out)
 
     def rm(self, url: str, recursive: bool) -> None:
         u = ObjectURL.parse(url)

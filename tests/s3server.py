@@ -47,12 +47,17 @@ class S3Server:
         )
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate, and kill if it does not end within 10 s: a wait with a bound."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def start(timeout: float = 60.0) -> S3Server:
