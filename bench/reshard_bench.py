@@ -5,7 +5,9 @@ in bench/_work/, then runs complete -> 8 (dp2·mp2·pp2), 8 -> 4 (dp1·mp2·pp2)
 each engine, every run in a fresh subprocess (the CLI, `--engine stream|mindspore`), measuring
 wall time and the peak RSS of the process tree by polling. The floor is a plain copy of the
 bytes the step produced. Goals: >= 5x faster than MindSpore, <= 1/5 of its peak RSS, within 2x
-of the copy floor. Usage: python bench/reshard_bench.py [--process_num N] [--keep]
+of the copy floor. Each engine runs --repeat times per step (alternating which goes first) and
+keeps its best time and its highest peak RSS. Usage:
+python bench/reshard_bench.py [--process_num N] [--repeat N] [--keep]
 """
 from __future__ import annotations
 
@@ -106,6 +108,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--process_num", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the outputs in bench/_work")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs of each engine per step, alternating which goes first; the best "
+                         "time of each is kept (this VM's disk throughput varies run to run)")
     args = ap.parse_args()
     os.makedirs(WORK, exist_ok=True)
     p = build(WORK)
@@ -119,13 +124,20 @@ def main() -> None:
              ("4 -> 1", lambda e: (os.path.join(out[e], "4"), p["s4"], None), "1")]
     rows = []
     for title, inputs, tag in steps:
-        res = {}
-        for engine in ("stream", "mindspore"):
-            src, src_s, dst_s = inputs(engine)
-            dst = os.path.join(out[engine], tag)
-            res[engine] = measure(cli(engine, src, dst, src_s, dst_s, args.process_num))
-        floor = copy_floor(os.path.join(out["stream"], tag), os.path.join(WORK, "copy_scratch"))
-        rows.append((title, res["stream"], res["mindspore"], floor))
+        runs: dict[str, list[tuple[float, int]]] = {"stream": [], "mindspore": []}
+        floors = []
+        for rep in range(args.repeat):
+            for engine in ("stream", "mindspore")[::1 if rep % 2 == 0 else -1]:
+                src, src_s, dst_s = inputs(engine)
+                dst = os.path.join(out[engine], tag)
+                shutil.rmtree(dst, ignore_errors=True)
+                runs[engine].append(measure(cli(engine, src, dst, src_s, dst_s, args.process_num)))
+            floors.append(copy_floor(os.path.join(out["stream"], tag), os.path.join(WORK, "copy_scratch")))
+        print(f"{title}: stream {[round(t, 2) for t, _ in runs['stream']]} s, mindspore "
+              f"{[round(t, 2) for t, _ in runs['mindspore']]} s, copy {[round(f, 2) for f in floors]} s",
+              flush=True)
+        best = {e: (min(t for t, _ in r), max(m for _, m in r)) for e, r in runs.items()}
+        rows.append((title, best["stream"], best["mindspore"], min(floors)))
     print(f"{'step':<14}{'stream s':>9}{'ms s':>8}{'speedup':>9}{'stream RSS':>12}"
           f"{'ms RSS':>9}{'RSS ratio':>10}{'copy s':>8}{'vs copy':>9}")
     for title, (ts, rs), (tm, rm), floor in rows:

@@ -10,6 +10,8 @@ import numpy as np
 from reshard.formats.meta import FormatError, TensorMeta, storage_view
 from reshard.formats.regions import ByteSource, Extent, Region, normalize_region, read_region
 
+WRITE_BYTES = 4 << 20
+
 
 class CheckpointReader:
     """An open checkpoint: `metas` (file order) plus ranged reads of any value.
@@ -224,7 +226,14 @@ class CheckpointWriter:
         raise NotImplementedError
 
     def _write_content(self, data: memoryview) -> None:
-        self._file.write(data)
+        self._put(data)
+
+    def _put(self, data) -> None:
+        """To the file in WRITE_BYTES slices: one write() of hundreds of MiB runs at a third of
+        the speed of the same bytes in MiB-sized writes (measured: 520 vs 1650 MB/s)."""
+        view = memoryview(data)
+        for off in range(0, len(view), WRITE_BYTES):
+            self._file.write(view[off:off + WRITE_BYTES])
 
     def _end_value(self, meta: TensorMeta) -> None:
         pass

@@ -275,7 +275,7 @@ class CkptWriter(CheckpointWriter):
         self._meta: TensorMeta | None = None
 
     def _emit(self, data) -> None:
-        self._file.write(data)
+        self._put(data)
         if self._crc is not None:
             self._crc = zlib.crc32(data, self._crc)
 
