@@ -85,9 +85,9 @@ def get_client(cfg: S3Config):
         return client
 
 
-def transfer_config(cfg: S3Config, size: int, threads: int) -> TransferConfig:
+def transfer_config(cfg: S3Config, size: int, threads: int, download: bool = False) -> TransferConfig:
     """Managed-transfer settings for a file of `size` bytes (the largest, for a batch)."""
-    part = cfg.part_size(size)
+    part = cfg.range_size(size, threads) if download else cfg.part_size(size)
     return TransferConfig(
         multipart_threshold=cfg.multipart_threshold,
         multipart_chunksize=part,

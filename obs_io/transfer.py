@@ -178,7 +178,8 @@ def _execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | No
     """All transfers go to one TransferManager at once; completions are checked in order while
     the rest continue (MD5 hashing releases the GIL)."""
     cfg = _config.current()
-    tconfig = transfer_config(cfg, max(t.size for t in tasks), threads)
+    download = all(is_remote(t.src) and not is_remote(t.dst) for t in tasks)
+    tconfig = transfer_config(cfg, max(t.size for t in tasks), threads, download)
     submitted: list[tuple[CopyTask, str | None, object]] = []
     try:
         with TransferManager(get_client(cfg), tconfig) as manager:
@@ -209,5 +210,5 @@ def download_fileobj(url: str, fileobj, size: int, threads: int = 8) -> None:
     """Fetch a whole object into a writable file object (append mode needs the old bytes)."""
     u = ObjectURL.parse(url)
     cfg = _config.current()
-    with translating(url), TransferManager(get_client(cfg), transfer_config(cfg, size, threads)) as manager:
+    with translating(url), TransferManager(get_client(cfg), transfer_config(cfg, size, threads, True)) as manager:
         manager.download(u.bucket, u.key, fileobj).result()

@@ -98,6 +98,10 @@ def test_environment_names(clean_env):
     assert mox.current_config().list_objects_v1
     assert mox.S3Config().part_size(10 ** 12) >= 10 ** 12 / 10_000  # 1 TB fits in 10,000 parts
     assert mox.S3Config().part_size(1) == 8 * 2 ** 20
+    MiB = 2 ** 20   # downloads: about a range per thread, within [part size, 64 MiB]
+    assert mox.S3Config().range_size(512 * MiB, 16) == 32 * MiB
+    assert mox.S3Config().range_size(10 * MiB, 16) == 8 * MiB
+    assert mox.S3Config().range_size(10 ** 12, 16) == max(64 * MiB, mox.S3Config().part_size(10 ** 12))
     with pytest.raises(ValueError, match="bogus"):
         mox.configure(bogus=1)
 
