@@ -95,8 +95,7 @@ def _read_headers(files: dict[int, str], keys: Iterable[int]) -> dict[int, dict]
 
 
 def make_plan(src_checkpoint: str | None, *, src_strategy=None, dst_strategy=None,
-              prefix: str = "checkpoint_", fmt: str = "ckpt", dst_ranks=None,
-              require_all_ranks: bool | None = None) -> Plan:
+              prefix: str = "checkpoint_", fmt: str = "ckpt", dst_ranks=None) -> Plan:
     """The full plan (with checkpoint headers); or from strategies alone when src_checkpoint is
     None or does not exist. Strategies may be paths or loaded Strategy objects."""
     src = src_strategy if isinstance(src_strategy, Strategy) or src_strategy is None \
@@ -115,7 +114,7 @@ def make_plan(src_checkpoint: str | None, *, src_strategy=None, dst_strategy=Non
     if src is None:
         raise ReshardError(f"{src_checkpoint} holds rank_<r> folders: give the source strategy "
                            f"(--src_strategy)")
-    if require_all_ranks if require_all_ranks is not None else dst_ranks is None:
+    if dst_ranks is None:
         for r in range(src.world_size):
             if r not in files:
                 raise ReshardError(f"{os.path.join(src_checkpoint, f'rank_{r}')}: missing or "

@@ -130,6 +130,8 @@ def run(argv=None) -> int:
     for flag in ("src_checkpoint", "dst_checkpoint"):
         if getattr(args, flag) is None and not args.dry_run:
             raise ReshardError(f"--{flag} is required")
+    if args.dry_run and args.engine == "mindspore":
+        raise ReshardError("--dry_run prints this engine's plan: it does not go with --engine mindspore")
     if args.process_num < 1:
         raise ReshardError(f"--process_num {args.process_num}: must be at least 1")
     with _staged(args) as (a, upload):

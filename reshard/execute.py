@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ReshardError
 from .formats import FormatError, TensorMeta, open_reader, open_writer
 from .plan import Plan, RankPlan
 
@@ -118,7 +119,8 @@ def convert_rank(rp: RankPlan, dst_root: str, fmt: str, publish=None) -> None:
     reads; without one it is done here."""
     t0 = time.monotonic()
     out_path = os.path.join(dst_root, rp.path)
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    folder = os.path.dirname(out_path)
+    made_folder = not os.path.isdir(folder)
     files = sorted({p.src_file for t in rp.tensors for p in t.pieces})
     readers = {}
     writer = None
@@ -132,15 +134,20 @@ def convert_rank(rp: RankPlan, dst_root: str, fmt: str, publish=None) -> None:
             else:
                 metas.append(TensorMeta(t.name, t.dtype, t.shape))
         buf = _assembly_buffer(rp.buffer_bytes)
+        os.makedirs(folder, exist_ok=True)
         writer = open_writer(out_path, metas, fmt)
         for t, meta in zip(rp.tensors, metas):
             if not meta.sliceable:
                 writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
                 continue
             _assemble_and_write(t, meta, buf, readers, writer)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             writer.abort()
+        if made_folder and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+        if isinstance(e, FormatError):   # a bad source file: the user's one-line error
+            raise ReshardError(f"rank {rp.rank}: {e}") from None
         raise
     finally:
         for r in readers.values():
@@ -155,8 +162,12 @@ def convert_rank(rp: RankPlan, dst_root: str, fmt: str, publish=None) -> None:
 
     if publish is None:
         commit()
-    else:
+        return
+    try:
         publish(commit)
+    except BaseException:   # the previous rank's commit failed: this one is not published
+        writer.abort()
+        raise
 
 
 def _assemble_and_write(t, meta, buf, readers, writer) -> None:
@@ -202,10 +213,12 @@ def _worker_init(log_dir: str | None) -> None:
 
 
 def _worker_convert(rp: RankPlan, dst_root: str, fmt: str) -> None:
+    """In the pool the scheduler counts a rank's buffer only while it runs: free it after."""
+    global _buffer
     try:
         convert_rank(rp, dst_root, fmt)
-    except FormatError as e:
-        raise RuntimeError(f"rank {rp.rank}: {e}") from None
+    finally:
+        _buffer = np.empty(0, np.uint8)
 
 
 def _run_pipelined(todo: list[RankPlan], dst_root: str, fmt: str) -> None:

@@ -135,13 +135,6 @@ class Layout:
         return self.splits == other.splits and self.devices == other.devices and \
             self.replicas == other.replicas
 
-    def describe(self) -> str:
-        tm = [list(a) if len(a) != 1 else a[0] for a in self.tensor_map]
-        tm = [-1 if a == [] else a for a in tm]
-        opt = f" opt_shard={self.opt_shard_size}/step{self.opt_shard_step}" \
-            if self.opt_shard_size > 1 else ""
-        return f"dev_matrix={list(self.dev_matrix)} tensor_map={tm}{opt}"
-
 
 def make_layout(dev_matrix, tensor_map, opt_shard_size: int, opt_shard_step: int,
                 stage: int = 0) -> Layout:

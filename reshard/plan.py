@@ -10,10 +10,17 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import ReshardError
+from .formats.meta import STORAGE_DTYPES
+from .formats.safetensors_format import TO_CODE as SAFETENSORS_DTYPES
 from .layout import Layout, LayoutError, complete_layout
 from .strategy import Strategy
 
 Region = tuple[tuple[int, int], ...]
+
+
+def _itemsize(dtype: str | None) -> int:
+    """Bytes per element; 1 for values planned without headers (shapes in blocks) or raw."""
+    return STORAGE_DTYPES[dtype].itemsize if dtype in STORAGE_DTYPES else 1
 
 # Tensors larger than this are assembled and written in axis-0 chunks (the .ckpt chunk size).
 CHUNK_BYTES = 512 << 20
@@ -39,8 +46,7 @@ class TensorPlan:
 
     @property
     def itemsize(self) -> int:
-        from .formats.meta import STORAGE_DTYPES
-        return STORAGE_DTYPES[self.dtype].itemsize if self.dtype in STORAGE_DTYPES else 1
+        return _itemsize(self.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -95,7 +101,7 @@ class Plan:
     def needed_source_ranks(self) -> list[int]:
         return sorted(set().union(*(r.source_ranks for r in self.ranks)) if self.ranks else set())
 
-    def dump(self, verbose: bool = True) -> str:
+    def dump(self) -> str:
         """The readable plan (--dry_run)."""
         unit = "" if self.with_headers else " (no checkpoint headers: shapes in blocks)"
         lines = [f"plan: {self.src_desc} -> {self.dst_desc}{unit}",
@@ -106,8 +112,6 @@ class Plan:
             size = f", {rp.nbytes} bytes, buffer {rp.buffer_bytes}" if self.with_headers else ""
             lines.append(f"rank {rp.rank} -> {rp.path}: {len(rp.tensors)} tensors, sources "
                          f"{sorted(rp.source_ranks)}{size}")
-            if not verbose:
-                continue
             for t in rp.tensors:
                 kind = "carried from" if t.carried else "<-"
                 srcs = ", ".join(f"rank {p.src_rank}{_fmt_region(p.src_region)}"
@@ -220,7 +224,7 @@ def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
         return sources.files.get(rank, f"<rank {rank}>")
 
     def meta_of(name: str, key: int):
-        return metas[key][name] if with_headers else None
+        return metas[key][name]
 
     # Full shapes (and consistency of slice shapes across the ranks holding a slice).
     full: dict[str, tuple[int, ...]] = {}
@@ -231,6 +235,11 @@ def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
         if with_headers:
             m0 = meta_of(name, keys[0])
             dtypes[name] = m0.dtype
+            if fmt == "safetensors" and m0.dtype not in SAFETENSORS_DTYPES:
+                raise ReshardError(f"parameter {name}: a {m0.dtype} value cannot be stored in "
+                                   f"safetensors (use --format ckpt)")
+            if not m0.sliceable and (slay is not None or (dst is not None and name in dst.layouts)):
+                raise ReshardError(f"parameter {name}: a {m0.dtype} value cannot be resharded")
             if slay is None:
                 full[name] = m0.shape
                 continue
@@ -239,8 +248,6 @@ def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
                 if m.shape != m0.shape or m.dtype != m0.dtype:
                     raise ReshardError(f"parameter {name}: rank {k} holds {m.dtype}{list(m.shape)}, "
                                        f"rank {keys[0]} {m0.dtype}{list(m0.shape)}")
-            if not m0.sliceable:
-                raise ReshardError(f"parameter {name}: a {m0.dtype} value cannot be resharded")
             try:
                 full[name] = slay[0].full_shape(m0.shape)
             except LayoutError as e:
@@ -261,10 +268,6 @@ def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
 
     loads: dict[int, int] = {}
     available = set(sources.files) if with_headers and not sources.complete else None
-
-    def metas_itemsize(name: str) -> int:
-        from .formats.meta import STORAGE_DTYPES
-        return STORAGE_DTYPES[dtypes[name]].itemsize if dtypes[name] in STORAGE_DTYPES else 1
 
     rank_plans = []
     for d in ranks:
@@ -291,7 +294,7 @@ def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
                 raise ReshardError(f"parameter {name}: {e} (destination strategy "
                                    f"{dst.source if dst else ''})") from None
             dst_region = dlay.region(dlay.block_of(d_local), full[name])
-            itemsize = metas_itemsize(name)
+            itemsize = _itemsize(dtypes[name])
             pieces = _pieces(dst_region, full[name], slays, s_dev, loads, available, itemsize,
                              file_of, name)
             tensors.append(TensorPlan(name, dtypes[name], tuple(b - a for a, b in dst_region),
@@ -321,6 +324,9 @@ def _carried(name, local, used_stages, s_dev, keys, sources, shape, dtype, file_
         rank = next((r for r in wanted if r in keys), None)
         if rank is None:
             rank = next((k for k in keys if k % s_dev == local), keys[0])
+    if sources.metas is not None:   # each rank's own value: its shape and dtype may differ
+        meta = sources.metas[keys[0] if sources.complete else rank][name]
+        shape, dtype = meta.shape, meta.dtype
     region = tuple((0, n) for n in shape)
     return TensorPlan(name, dtype, tuple(shape),
                       (Piece(rank, file_of(rank, name), region, region),), carried=True)

@@ -186,3 +186,39 @@ def test_remote_paths_through_obs_io(data, tmp_path, bucket):
     assert main(["--src_checkpoint", f"{base}/in/nothing.ckpt", "--dst_strategy",
                  f"{base}/in/strategy8", "--dst_checkpoint", out]) == 2
     assert not mox.file.exists(out) or not mox.file.list_directory(out, recursive=True)
+
+
+def test_string_value_into_safetensors_and_mindspore_dry_run(data, tmp_path, capsys):
+    import mindspore as ms
+    src = str(tmp_path / "with_str.ckpt")
+    ms.save_checkpoint([{"name": "w", "data": ms.Tensor(data["params"]["lm_head.weight"])}], src,
+                       append_dict={"note": "a string value"})
+    out = str(tmp_path / "out")
+    _fails(capsys, ["--src_checkpoint", src, "--dst_checkpoint", out, "--format", "safetensors"],
+           "parameter note: a str value cannot be stored in safetensors", out)
+    _fails(capsys, ["--src_checkpoint", src, "--dst_checkpoint", out, "--engine", "mindspore",
+                    "--dry_run"], "--dry_run", out)
+
+
+def test_corrupt_source_found_while_converting_is_one_line(data, tmp_path, capsys):
+    """A source whose records index fine but whose value cannot be read in the asked region
+    (here: a file truncated after planning) ends with the user's one line, not a traceback."""
+    from reshard import execute, formats
+    src = str(tmp_path / "full.ckpt")
+    shutil.copyfile(data["full"], src)
+    real_open = formats.open_reader
+
+    def truncating_open(path):
+        with open(path, "r+b") as f:   # the file shrinks between planning and reading
+            f.truncate(os.path.getsize(path) // 2)
+        return real_open(path)
+
+    out = str(tmp_path / "out")
+    execute_open = execute.open_reader
+    execute.open_reader = truncating_open
+    try:
+        _fails(capsys, ["--src_checkpoint", src, "--dst_strategy", data["s8"], "--dst_checkpoint",
+                        out], "rank 0:", out)
+    finally:
+        execute.open_reader = execute_open
+    assert not [f for _, _, fs in os.walk(out) for f in fs], "a file was left behind"

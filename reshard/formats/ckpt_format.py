@@ -192,7 +192,9 @@ class CkptReader(CheckpointReader):
                     raise _Corrupt(f"first record claims {n} bytes, file has {size}")
                 rec = _parse_value(buf, body, body + n)
             except _NeedMore:
-                if start == pos and len(buf) >= min(want, size - pos):
+                if start == pos and len(buf) < min(want, size - pos):
+                    raise FormatError(f"truncated while being indexed (at byte {pos})")
+                if start == pos:
                     if want >= _MAX_HEADER:
                         raise _Corrupt(f"record header at byte {pos} over {_MAX_HEADER} bytes")
                     want *= 4          # a long header: re-read it whole, bigger window

@@ -58,9 +58,14 @@ class SafetensorsReader(CheckpointReader):
                 dtype = FROM_CODE[code]
             else:
                 raise FormatError(f"{self.path}: parameter {name!r}: unsupported dtype {code!r}")
-            meta = TensorMeta(name, dtype, shape,
-                              raw_nbytes=None if dtype in STORAGE_DTYPES else end - start)
-            if not 0 <= start <= end or (meta.sliceable and end - start != meta.nbytes):
+            try:
+                meta = TensorMeta(name, dtype, shape,
+                                  raw_nbytes=None if dtype in STORAGE_DTYPES else end - start)
+                fits = 0 <= start <= end and not (meta.sliceable and end - start != meta.nbytes)
+            except (TypeError, ValueError):
+                raise FormatError(f"{self.path}: parameter {name!r}: malformed header entry") \
+                    from None
+            if not fits:
                 raise FormatError(f"{self.path}: parameter {name!r}: data_offsets {[start, end]}"
                                   f" do not fit {code}{list(shape)}")
             if data_start + end > self.size:
