@@ -20,7 +20,10 @@ from cloud_entry.jobspec import JobSpec
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 MASK = "******"
-_SECRET_KEY = re.compile(r"(access[_-]?key|secret|password|passwd|token|(^|_)(ak|sk)$)", re.I)
+# Whole names or suffixes only: MindFormers configs are full of *_token_id / tokenizer keys
+# (pad_token_id, tokenizer_file) that must reach the launched command unmasked.
+_SECRET_KEY = re.compile(r"(^|[_-])(access[_-]?key([_-]?id)?|secret([_-]?access)?([_-]?key)?|"
+                         r"password|passwd|(session|security|auth|access)[_-]?token|ak|sk)$|^token$", re.I)
 
 # JobSpec field -> top-level config key (MindFormers names).
 CONFIG_KEYS = {

@@ -78,10 +78,18 @@ def _first(names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _flag(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
+def _flag(name: str, default: bool) -> bool:
+    """A boolean environment variable; a value that is neither true nor false is an error, not
+    False (S3_VERIFY_SSL=ture must not turn certificate checks off)."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
         return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    low = value.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r}: expected true/false, 1/0, yes/no or on/off")
 
 
 def _endpoint_url(server: str | None, port: int | None, is_secure: bool) -> str | None:
@@ -151,7 +159,7 @@ def current() -> S3Config:
         o = dict(_overrides)
     is_secure = o.get("is_secure")
     if is_secure is None:
-        is_secure = _flag(os.environ.get("S3_USE_HTTPS"), True)
+        is_secure = _flag("S3_USE_HTTPS", True)
     endpoint = _endpoint_url(o.get("server") or _first(_ENDPOINT_VARS), o.get("port"), bool(is_secure))
     if o.get("path_style") is not None:
         style = "path" if o["path_style"] else "virtual"
@@ -164,17 +172,17 @@ def current() -> S3Config:
         or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     list_v1 = o.get("list_objects_v1")
     if list_v1 is None:
-        list_v1 = _flag(os.environ.get("S3_LIST_OBJECTS_V1"), False)
+        list_v1 = _flag("S3_LIST_OBJECTS_V1", False)
     values = dict(
         endpoint=endpoint,
         access_key=o.get("ak") or _first(_ACCESS_KEY_VARS),
         secret_key=o.get("sk") or _first(_SECRET_KEY_VARS),
         session_token=o.get("session_token") or _first(_TOKEN_VARS),
         region=region, addressing_style=style, list_objects_v1=bool(list_v1),
-        verify_ssl=_flag(os.environ.get("S3_VERIFY_SSL"), True),
+        verify_ssl=_flag("S3_VERIFY_SSL", True),
     )
     if os.environ.get("S3_SIGN_PAYLOAD"):
-        values["sign_payload"] = _flag(os.environ["S3_SIGN_PAYLOAD"], True)
+        values["sign_payload"] = _flag("S3_SIGN_PAYLOAD", True)
     if o.get("retry") is not None:
         values["max_attempts"] = max(1, int(o["retry"]))
     values.update({k.split(":", 1)[1]: v for k, v in o.items() if k.startswith("field:")})

@@ -22,7 +22,7 @@ _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureD
 def scrub(text: str) -> str:
     """Remove the configured secrets from text, whatever put them there."""
     cfg = _config.current()
-    for secret in (cfg.secret_key, cfg.session_token):
+    for secret in (cfg.secret_key, cfg.session_token, cfg.access_key):
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text

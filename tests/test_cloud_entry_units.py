@@ -135,15 +135,19 @@ def test_config_errors(tmp_path):
 
 def test_secrets_are_masked_in_dumps(tmp_path):
     cfg = {"obs": {"access_key_id": "AKIA123", "secret_access_key": "s3cr3t", "sk": "x", "ak": "y",
-                   "endpoint": "http://e"}, "token": "t", "tokenizer": {"vocab_file": "v"}}
+                   "endpoint": "http://e", "auth_token": "a"}, "token": "t",
+           "tokenizer": {"vocab_file": "v", "pad_token_id": 0, "tokenizer_file": "f"},
+           "model": {"model_config": {"bos_token_id": 1, "use_past_token": True, "task": "x"}}}
     out = tmp_path / "c.yaml"
     config_mod.dump(cfg, str(out))
     text = out.read_text()
     for secret in ("AKIA123", "s3cr3t"):
         assert secret not in text
     loaded = yaml.safe_load(text)
-    assert loaded["obs"]["endpoint"] == "http://e" and loaded["tokenizer"] == {"vocab_file": "v"}
-    assert loaded["obs"]["ak"] == config_mod.MASK and loaded["token"] == config_mod.MASK
+    assert loaded["obs"]["endpoint"] == "http://e"
+    # MindFormers' *_token_id / tokenizer keys reach the launched command as they are
+    assert loaded["tokenizer"] == cfg["tokenizer"] and loaded["model"] == cfg["model"]
+    assert loaded["obs"]["ak"] == loaded["obs"]["auth_token"] == loaded["token"] == config_mod.MASK
     assert cfg["obs"]["sk"] == "x"               # the original is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]
 

@@ -65,6 +65,15 @@ def test_other_endpoint_is_path_style_and_overridable(clean_env):
     assert presigned(mox.current_config()).startswith(f"https://{HUAWEI}/bkt/k?")
 
 
+def test_boolean_variables_that_are_neither_true_nor_false_are_errors(clean_env):
+    clean_env.setenv("S3_ENDPOINT", HUAWEI)
+    clean_env.setenv("S3_VERIFY_SSL", "ture")      # a typo must not turn certificate checks off
+    with pytest.raises(ValueError, match="S3_VERIFY_SSL='ture'"):
+        mox.current_config()
+    clean_env.setenv("S3_VERIFY_SSL", "off")
+    assert mox.current_config().verify_ssl is False
+
+
 def test_client_settings_and_cache(clean_env):
     clean_env.setenv("S3_ENDPOINT", HUAWEI)
     mox.file.set_auth(ak="AK", sk=SECRET, retry=4)
