@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
 import shlex
 from typing import Any, Callable, Sequence
@@ -50,8 +51,8 @@ def parse_seconds(flag: str, text: str) -> float:
         value = float(text.strip())
     except ValueError:
         raise EntryError(f"--{flag}={text!r}: expected a number of seconds") from None
-    if not value > 0:
-        raise EntryError(f"--{flag}={text!r}: must be > 0")
+    if not 0 < value < math.inf:   # every wait has a bound
+        raise EntryError(f"--{flag}={text!r}: must be a finite number > 0")
     return value
 
 
@@ -87,6 +88,13 @@ def _text(flag: str, text: str) -> str:
     return text.strip()
 
 
+def _launch_cmd(flag: str, text: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise EntryError(f"--{flag}={text!r}: {exc}") from None
+
+
 # flag -> (JobSpec field, converter). Order is the --help order.
 FLAGS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "config": ("config", _text),
@@ -111,12 +119,19 @@ FLAGS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "prefix": ("prefix", _text),
     "run_id": ("run_id", _text),
     "transform_only": ("transform_only", parse_bool),
-    "launch_cmd": ("launch_cmd", lambda flag, text: tuple(shlex.split(text))),
+    "launch_cmd": ("launch_cmd", _launch_cmd),
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage dump on a bad flag becomes our one line naming it."""
+
+    def error(self, message: str):
+        raise EntryError(f"arguments: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cloud-entry", allow_abbrev=False,
         description="Boot command of a training job: config, checkpoint conversion, launch. "
                     "Put the launch command after `--`; `{config}` in it becomes the effective "
@@ -154,12 +169,7 @@ def _dotted(unknown: list[str]) -> tuple[dict[str, Any], list[str]]:
 def parse_args(argv: Sequence[str]) -> JobSpec:
     own, launch = split_launch(argv)
     parser = build_parser()
-    try:
-        ns, unknown = parser.parse_known_args(own)
-    except SystemExit as exc:  # --help (0) or a flag without its value (2)
-        if exc.code == 0:
-            raise
-        raise EntryError(f"cannot parse arguments {' '.join(own)!r}") from None
+    ns, unknown = parser.parse_known_args(own)
     values: dict[str, Any] = {}
     for flag, (name, convert) in FLAGS.items():
         text = getattr(ns, flag)

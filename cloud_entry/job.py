@@ -85,8 +85,17 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> Plan:
     layout = Layout(output_dir, work_dir, os.path.join(work_dir, "log"),
                     source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
                     job.remote_save_url.rstrip("/"))
+    if converting:
+        # Our strategy/ output must not be (or hold) the source: the strategy pass and the merge
+        # write there, and the upload would publish the source's files as the destination's.
+        for name, value in (("load_checkpoint", job.load_checkpoint),
+                            ("src_strategy_path_or_dir", job.src_strategy)):
+            if value and clear_reason(layout.local_strategy, layout.output_dir, [value]):
+                raise EntryError(f"{name}={value} is inside {layout.local_strategy}, where this job "
+                                 "writes its strategy files: use another output_dir")
     job_text = json.dumps([job.load_checkpoint, job.src_strategy, job.dst_strategy, job.remote_save_url,
-                           job.shared_dir, cluster.world_size, job.transform_process_num, job.launch_cmd])
+                           job.shared_dir, cluster.world_size, job.transform_process_num, job.launch_cmd,
+                           config_mod.mask_secrets(cfg)], sort_keys=True, default=str)
     run_id = markers.choose_run_id(job.run_id, dict(env), cluster.num_nodes, job_text)
     return Plan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), run_id)
 
@@ -189,7 +198,7 @@ def transform(p: Plan, env: dict[str, str]) -> str:
             convert.run(convert.Conversion(src_local, layout.transformed, src_s, dst_s, job.prefix, fmt,
                                            job.max_memory, layout.log_dir), my_blocks)
             if layout.remote_save_url:
-                sync.upload_ranks(layout.transformed, layout.remote_transformed, mine)
+                sync.upload_ranks(layout.transformed, layout.remote_transformed, mine, job.prefix, fmt)
         except Exception as exc:
             log.debug("conversion failed", exc_info=True)
             for leader in leaders:
@@ -203,7 +212,7 @@ def transform(p: Plan, env: dict[str, str]) -> str:
     markers.wait_for_blocks(layout.marker_dir, all_leaders, p.run_id, job.transform_timeout)
     elsewhere = [r for r in p.convert_ranks if r not in set(mine)]
     if elsewhere and not layout.shared_dir:
-        sync.download_ranks(layout.remote_transformed, layout.transformed, elsewhere)
+        sync.download_ranks(layout.remote_transformed, layout.transformed, elsewhere, job.prefix, fmt)
     if layout.remote_save_url:
         files = strategy.local_strategy_files(layout.local_strategy)
         if files:

@@ -130,17 +130,19 @@ def sync_rank_shards(source: Source, ranks: list[int], local_root: str) -> str:
     return fetch_source(source, present, local_root) if (present or source.complete_file) else source.url
 
 
-def upload_ranks(local_root: str, remote_root: str, ranks: list[int]) -> None:
-    names = [f"rank_{r}/{n}" for r in ranks for n in sorted(os.listdir(rank_dir(local_root, r)))]
+def converted_files(ranks: list[int], prefix: str, fmt: str) -> list[str]:
+    """Exactly the converted checkpoints: never a temp file of a killed run or an old prefix's."""
+    return [f"rank_{r}/{prefix}{r}.{fmt}" for r in ranks]
+
+
+def upload_ranks(local_root: str, remote_root: str, ranks: list[int], prefix: str, fmt: str) -> None:
     log.info("uploading ranks %s to %s", ranges(ranks), remote_root)
-    obs_io.file.copy_parallel(local_root, remote_root, file_list=names)
+    obs_io.file.copy_parallel(local_root, remote_root, file_list=converted_files(ranks, prefix, fmt))
 
 
-def download_ranks(remote_root: str, local_root: str, ranks: list[int]) -> None:
-    names = [f"rank_{r}/{n}" for r in ranks
-             for n in obs_io.file.list_directory(rank_dir(remote_root, r))]
+def download_ranks(remote_root: str, local_root: str, ranks: list[int], prefix: str, fmt: str) -> None:
     log.info("downloading ranks %s converted on other nodes from %s", ranges(ranks), remote_root)
-    obs_io.file.copy_parallel(remote_root, local_root, file_list=names)
+    obs_io.file.copy_parallel(remote_root, local_root, file_list=converted_files(ranks, prefix, fmt))
 
 
 def ranges(ranks: list[int]) -> str:

@@ -212,6 +212,22 @@ def test_bad_input_one_line_exit_2_nothing_written(models, s3_env, tmp_path, arg
     assert os.listdir(tmp_path / "job") == []
 
 
+def test_source_strategy_inside_our_strategy_output_is_refused(models, s3_env, tmp_path):
+    """SPEC case 2 rerun in the same output_dir: the 8-rank job's output/strategy is the source
+    strategy now; the entry must not write, merge or upload into it."""
+    job = tmp_path / "job"
+    shutil.copytree(models["s8"], job / "output" / "strategy")
+    before = digest_tree(str(job))
+    args = [f"--load_checkpoint={models['ref8']}", "--src_strategy_path_or_dir=output/strategy",
+            f"--dst_strategy={models['s4']}", "--auto_trans_ckpt=True", "--npu_num_per_node=4",
+            *PARALLEL4, *LAUNCH]
+    code, out = run_entry(args, entry_env(s3_env), job)
+    assert code == 2, out
+    err = [x for x in out.splitlines() if x.startswith("cloud-entry: error")]
+    assert len(err) == 1 and "src_strategy_path_or_dir=output/strategy is inside" in err[0], out
+    assert digest_tree(str(job)) == before
+
+
 # ---------------------------------------------------------------- two nodes
 
 def start_two_nodes(models, bucket, s3_env, tmp_path, extra=(), timeout=120, shared=False, job=None):

@@ -35,6 +35,17 @@ def test_bad_boolean_names_the_flag(text):
         parse(f"--only_save_strategy={text}")
 
 
+@pytest.mark.parametrize("argv, culprit", [
+    (["--load_checkpoint"], "--load_checkpoint: expected one argument"),
+    (["--launch_cmd=python \"x"], "--launch_cmd="),
+    (["--transform_timeout=inf"], "--transform_timeout='inf': must be a finite number"),
+])
+def test_bad_arguments_are_one_entry_error(argv, culprit, capsys):
+    with pytest.raises(EntryError, match=culprit.replace("(", r"\(")):
+        args_mod.parse_args(argv)
+    assert capsys.readouterr().err == ""    # no usage dump beside our one line
+
+
 def test_unknown_arguments_are_warned_and_ignored(caplog):
     spec = parse("--data_url=obs://b/d", "--train_url=obs://b/t", "--npu_num_per_node=16")
     assert spec.ignored == ("--data_url=obs://b/d", "--train_url=obs://b/t")
