@@ -4,8 +4,10 @@ upload_*), so bad input is reported before anything is written.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -88,11 +90,13 @@ def check_strategy(url: str, flag: str) -> None:
 
 def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
     """A local path to the strategy (file or folder): the user's own when already local
-    (read in place, never written to) unless copy_local, else a copy under local_dir."""
+    (read in place, never written to) unless copy_local, else a copy under local_dir (ours:
+    strategy files there that the source no longer has are removed, or they would be merged)."""
     if not obs_io.is_remote(url) and not copy_local:
         return url
     if obs_io.file.is_directory(url):
         names = [n for n in obs_io.file.list_directory(url) if n.endswith(STRATEGY_EXTS)]
+        _prune(local_dir, set(names), STRATEGY_EXTS)
         obs_io.file.copy_parallel(url, local_dir, file_list=names)
         return local_dir
     dst = os.path.join(local_dir, _basename(url))
@@ -102,26 +106,60 @@ def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
 
 def fetch_source(source: Source, ranks: list[int], local_root: str) -> str:
     """Local path to hand the engine: the user's own when local, else only the needed shards
-    (or the complete file) copied in parallel under local_root."""
+    (or the complete file) copied in parallel under local_root (our cache)."""
     if not source.remote:
         return source.complete_file or source.url
     if source.complete_file:
-        dst = os.path.join(local_root, _basename(source.complete_file))
-        if not _same_size(source.complete_file, dst):
-            obs_io.file.copy(source.complete_file, dst)
-        return dst
+        name = _basename(source.complete_file)
+        _download(source.complete_file[: -len(name)].rstrip("/"), local_root, [name])
+        return os.path.join(local_root, name)
     wanted = [source.rank_files[r] for r in ranks]
-    todo = [n for n in wanted if not _same_size(join(source.url, n), os.path.join(local_root, n))]
-    log.info("downloading %d of %d source shards (ranks %s) from %s", len(todo), len(source.rank_files),
+    for r in ranks:   # the engine takes a rank folder's last file: no older ones may stay
+        _prune(rank_dir(local_root, r), {_basename(source.rank_files[r])})
+    todo = _download(source.url, local_root, wanted)
+    log.info("downloaded %d of %d source shards (ranks %s) from %s", len(todo), len(source.rank_files),
              ranges(ranks), source.url)
-    if todo:
-        obs_io.file.copy_parallel(source.url, local_root, file_list=todo)
     return local_root
 
 
-def _same_size(url: str, local: str) -> bool:
-    """A previous download (published only when complete) can be reused after a crash."""
-    return os.path.isfile(local) and obs_io.file.stat(url).length == os.path.getsize(local)
+
+def _download(root: str, local_root: str, names: list[str]) -> list[str]:
+    """Copy root/<name> to local_root/<name> unless an earlier run copied the same object (same
+    size, ETag and modification time, recorded then) and the copy is still there. Returns the names
+    copied now. Copies are published only when complete, so a crash leaves no half file."""
+    record = local_root.rstrip(os.sep) + ".downloaded.json"   # beside the folder the job loads
+    try:
+        with open(record, encoding="utf-8") as f:
+            seen = json.load(f)
+    except (OSError, ValueError):
+        seen = {}
+    ident = {}
+    for folder in sorted({posixpath.dirname(n) for n in names}):   # one listing per folder
+        for e in obs_io.file.scan_dir(join(root, folder) if folder else root):
+            name = posixpath.join(folder, e.name)
+            if name in names:
+                ident[name] = [e.length, e.etag, e.mtime_nsec]
+    todo = [n for n in names
+            if seen.get(n) != ident.get(n) or not os.path.isfile(os.path.join(local_root, n))]
+    if len(todo) == 1:
+        obs_io.file.copy(join(root, todo[0]), os.path.join(local_root, todo[0]))
+    elif todo:
+        obs_io.file.copy_parallel(root, local_root, file_list=todo)
+    seen.update(ident)
+    obs_io.file.write(record, json.dumps(seen))
+    return todo
+
+
+def _prune(folder: str, keep: set[str], exts: tuple[str, ...] = ()) -> None:
+    """Remove files of ours in `folder` (a cache under the work folder) not in `keep`; with
+    `exts`, only files with those endings."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name not in keep and os.path.isfile(path) and (not exts or name.endswith(exts)):
+            log.info("removing %s: not in the source any more", path)
+            os.remove(path)
 
 
 def sync_rank_shards(source: Source, ranks: list[int], local_root: str) -> str:

@@ -142,3 +142,25 @@ def test_clear_only_inside_output_and_never_the_inputs(tmp_path):
     assert (src / "rank_0").is_dir()
     assert clear_safely(str(out / "strategy"), str(out), [str(src)])
     assert not (out / "strategy").exists()
+
+
+def test_source_cache_is_refreshed_and_pruned(bucket, tmp_path):
+    """Shards downloaded by an earlier run are reused only while the object is the same, and a
+    rank folder of the cache keeps no older checkpoint the engine would pick instead."""
+    from cloud_entry import sync
+
+    url = f"s3://{bucket}/models/llama8"
+    for r in (0, 1):
+        obs_io.file.write(f"{url}/rank_{r}/step_1000.ckpt", b"v1-%d" % r, binary=True)
+    source = sync.inspect_source(url, "ckpt")
+    cache = tmp_path / "cache"
+    (cache / "rank_0").mkdir(parents=True)
+    (cache / "rank_0" / "step_2000.ckpt").write_bytes(b"older run, sorts last")
+    sync.fetch_source(source, [0, 1], str(cache))
+    assert sorted(os.listdir(cache / "rank_0")) == ["step_1000.ckpt"]
+    assert (cache / "rank_1" / "step_1000.ckpt").read_bytes() == b"v1-1"
+    time.sleep(0.01)
+    obs_io.file.write(f"{url}/rank_1/step_1000.ckpt", b"v2-1", binary=True)   # same size, new
+    assert sync._download(url, str(cache), ["rank_0/step_1000.ckpt", "rank_1/step_1000.ckpt"]) \
+        == ["rank_1/step_1000.ckpt"]
+    assert (cache / "rank_1" / "step_1000.ckpt").read_bytes() == b"v2-1"
