@@ -154,6 +154,7 @@ def destination_strategy(p: Plan, env: dict[str, str]) -> str | None:
             dst = sync.fetch_strategy(job.dst_strategy, layout.local_strategy, copy_local=True)
     else:
         clear_safely(layout.local_strategy, layout.output_dir, protected)
+        strategy.clear_own_markers(layout, p.cluster.node_index)
         try:
             files = strategy.run_pass(p.config, layout, list(job.launch_cmd), env, job.transform_timeout)
         except EntryError as exc:
@@ -213,7 +214,7 @@ def transform(p: Plan, env: dict[str, str]) -> str:
     elsewhere = [r for r in p.convert_ranks if r not in set(mine)]
     if elsewhere and not layout.shared_dir:
         sync.download_ranks(layout.remote_transformed, layout.transformed, elsewhere, job.prefix, fmt)
-    if layout.remote_save_url:
+    if layout.remote_save_url and p.cluster.node_index == 0:   # every node holds the same files
         files = strategy.local_strategy_files(layout.local_strategy)
         if files:
             obs_io.file.copy_parallel(layout.local_strategy, layout.remote_strategy, file_list=files)

@@ -34,6 +34,18 @@ def failure_marker(node: int) -> str:
     return f"strategy_failed_node_{node}.txt"
 
 
+def clear_own_markers(layout: Layout, node: int) -> None:
+    """Before its pass a node removes its own markers of any earlier run: it is their only
+    writer, and a run id repeated across runs (the argument digest) must not revive them."""
+    if layout.store_strategy == layout.local_strategy:
+        return
+    for name in (node_marker(node), failure_marker(node)):
+        try:
+            obs_io.file.remove(join(layout.store_strategy, name))
+        except FileNotFoundError:
+            pass
+
+
 def publish_failure(layout: Layout, node: int, run_id: str, error: str) -> None:
     """Tell the other nodes, waiting in gather(), that this node's strategy pass failed, so they
     stop with its error instead of at their timeout. One node with a local store: nobody waits."""

@@ -51,6 +51,8 @@ def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
         names = sorted(obs_io.file.list_directory(url, recursive=True)) if is_dir else []
     except FileNotFoundError:
         raise EntryError(f"{flag}={url}: not found") from None
+    except (ValueError, PermissionError) as exc:   # a malformed URL, refused credentials
+        raise EntryError(f"{flag}={url}: {exc}") from None
     if not is_dir:
         if not url.endswith(ext):
             raise EntryError(f"{flag}={url}: not a {ext} file (load_ckpt_format={fmt})")
@@ -86,6 +88,8 @@ def check_strategy(url: str, flag: str) -> None:
                 raise EntryError(f"{flag}={url}: folder holds no *.ckpt or *.json strategy file")
     except FileNotFoundError:
         raise EntryError(f"{flag}={url}: not found") from None
+    except (ValueError, PermissionError) as exc:
+        raise EntryError(f"{flag}={url}: {exc}") from None
 
 
 def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:

@@ -201,6 +201,7 @@ def test_without_conversion_only_this_nodes_shards_are_synced(models, bucket, s3
     (["--src_strategy_path_or_dir="], "8 rank folders need src_strategy_path_or_dir"),
     (["--dst_strategy=/no/such/strategy"], "--dst_strategy=/no/such/strategy: not found"),
     (["--config=missing.yaml"], "--config=missing.yaml"),
+    (["--load_checkpoint=obs://"], "load_checkpoint=obs://:"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(models, s3_env, tmp_path, args, culprit):
     base = [f"--load_checkpoint={models['ref8']}", f"--src_strategy_path_or_dir={models['s8']}",
