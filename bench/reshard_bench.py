@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -48,17 +49,25 @@ def build(work: str) -> dict:
     return paths
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
+def measure(cmd: list[str], limit: float = 1800.0) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) summed over the process tree, polled every 20 ms.
-    Dirty pages of the previous run are flushed first, so no run pays for another's writes."""
+    Dirty pages of the previous run are flushed first, so no run pays for another's writes.
+    stderr goes to a file (a pipe nobody reads would block a chatty child); `limit` bounds it."""
     os.sync()
-    t0 = time.monotonic()
-    proc = psutil.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            procs = [proc] + proc.children(recursive=True)
+    with tempfile.TemporaryFile() as errors:
+        t0 = time.monotonic()
+        proc = psutil.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                            stdout=subprocess.DEVNULL, stderr=errors)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                procs = [proc] + proc.children(recursive=True)
+            except psutil.NoSuchProcess:
+                procs = []
+            if time.monotonic() - t0 > limit:
+                for p in reversed(procs):
+                    p.kill()
+                raise SystemExit(f"killed after {limit:.0f}s: {' '.join(cmd)}")
             rss = 0
             for p in procs:
                 try:
@@ -66,12 +75,12 @@ def measure(cmd: list[str]) -> tuple[float, int]:
                 except psutil.NoSuchProcess:
                     pass
             peak = max(peak, rss)
-        except psutil.NoSuchProcess:
-            pass
-        time.sleep(0.02)
-    wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.02)
+        wall = time.monotonic() - t0
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"failed: {' '.join(cmd)}\n"
+                             f"{errors.read().decode(errors='replace')[-2000:]}")
     return wall, peak
 
 
