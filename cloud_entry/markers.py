@@ -39,15 +39,8 @@ def marker_name(state: str, rank: int) -> str:
 
 
 def write_atomic(url: str, text: str) -> None:
-    """An object PUT is atomic already; on a (shared) disk write a temp name and rename."""
-    if obs_io.is_remote(url):
-        obs_io.file.write(url, text)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
-    tmp = f"{url}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, url)
+    """obs_io's write is atomic on both sides: one PUT, or a temp name renamed on a clean close."""
+    obs_io.file.write(url, text)
 
 
 def publish(store: str, marker: Marker) -> None:

@@ -105,7 +105,7 @@ class File:
         return buf
 
     def _open_remote(self, url: str, m: str):
-        head = S3.head(url)
+        head = S3.head(url) if m[0] in "ra" else None   # "w" replaces whatever is there
         if m[0] == "r":
             if head is None:
                 if S3.isdir(url):
