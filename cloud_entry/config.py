@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
+import obs_io
 from cloud_entry.errors import EntryError
 from cloud_entry.jobspec import JobSpec
 
@@ -150,9 +150,5 @@ def mask_secrets(config: Any, key: str = "") -> Any:
 
 
 def dump(config: dict[str, Any], path: str) -> None:
-    """Write masked YAML under a temporary name, then rename: never a partial config."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(mask_secrets(config), f, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
+    """Masked YAML; obs_io writes it under a temporary name and renames it: never partial."""
+    obs_io.file.write(path, yaml.safe_dump(mask_secrets(config), sort_keys=False, allow_unicode=True))

@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import obs_io
+
 from cloud_entry.errors import EntryError, WaitTimeout
 
 log = logging.getLogger(__name__)
@@ -29,11 +31,7 @@ def command(launch_cmd: Sequence[str], config_path: str) -> list[str]:
 
 
 def write_moxing_shim(shim_dir: str) -> str:
-    pkg = Path(shim_dir) / "moxing"
-    pkg.mkdir(parents=True, exist_ok=True)
-    tmp = pkg / f"__init__.py.{os.getpid()}.tmp"
-    tmp.write_text(SHIM, encoding="utf-8")
-    os.replace(tmp, pkg / "__init__.py")
+    obs_io.file.write(str(Path(shim_dir) / "moxing" / "__init__.py"), SHIM)
     return shim_dir
 
 
@@ -45,8 +43,6 @@ def environment(base: Mapping[str, str], config_path: str, node_ranks: Sequence[
     env["CLOUD_ENTRY_CONFIG"] = config_path
     env["CLOUD_ENTRY_LOCAL_RANKS"] = ",".join(map(str, node_ranks))
     if shim_dir:
-        import obs_io
-
         obs_io_parent = str(Path(obs_io.__file__).resolve().parent.parent)
         paths = [shim_dir, obs_io_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

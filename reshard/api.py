@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import ReshardError
+from .formats.base import write_file_atomic
 from .execute import PROCESS_BASE_BYTES, expected_peak, rank_cost, run_plan
 from .plan import Plan, Sources, build_plan
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
@@ -150,12 +151,7 @@ def needed_source_ranks(src_strategy: str | None, dst_strategy: str | None,
 def write_merged_strategy(strategy: str, out_file: str) -> None:
     """Merge a strategy folder / per-stage files into one file (MindSpore's merged format),
     written to a temporary name then renamed. Reads the sources only; the output is new."""
-    data = merged_strategy_bytes(load_strategy(strategy))
-    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-    tmp = f"{out_file}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, out_file)
+    write_file_atomic(out_file, merged_strategy_bytes(load_strategy(strategy)))
 
 
 def transform(src_checkpoint: str, dst_checkpoint: str, *, src_strategy: str | None = None,

@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import ReshardError
 from .formats import FormatError, TensorMeta, open_reader, open_writer
+from .formats.base import write_file_atomic
 from .plan import Plan, RankPlan
 
 log = logging.getLogger("reshard")
@@ -89,13 +90,9 @@ def is_done(dst_root: str, rp: RankPlan, fmt: str) -> bool:
 def _write_manifest(dst_root: str, rp: RankPlan, fmt: str) -> None:
     out = os.path.join(dst_root, rp.path)
     st = os.stat(out)
-    path = _manifest_path(dst_root, rp)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"digest": rank_digest(rp, fmt), "size": st.st_size,
-                   "mtime_ns": st.st_mtime_ns, "file": rp.path}, f)
-    os.replace(tmp, path)
+    write_file_atomic(_manifest_path(dst_root, rp), json.dumps(
+        {"digest": rank_digest(rp, fmt), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+         "file": rp.path}).encode())
 
 
 # -- one destination rank -------------------------------------------------------------------
