@@ -125,10 +125,9 @@ def _forget_stale_ranks(p: Plan, inputs: dict[str, Any], ranks: list[int]) -> No
             old = json.load(f)
     if old != inputs:
         base = p.layout.shared_dir or p.layout.output_dir
-        protected = [p.job.load_checkpoint, p.job.src_strategy, p.job.dst_strategy]
         for r in ranks:
             folder = rank_dir(p.layout.transformed, r)
-            if os.path.isdir(folder) and not clear_reason(folder, base, protected):
+            if os.path.isdir(folder) and not clear_reason(folder, base, p.job.inputs):
                 log.info("removing %s: converted from other inputs", folder)
                 shutil.rmtree(folder)
     markers.write_atomic(manifest, json.dumps(inputs, sort_keys=True))
@@ -143,17 +142,16 @@ def destination_strategy(p: Plan, env: dict[str, str]) -> str | None:
     job, layout = p.job, p.layout
     if not job.use_parallel:
         return None
-    protected = [job.load_checkpoint, job.src_strategy, job.dst_strategy]
     if job.dst_strategy:
         # output/strategy gets a copy (MindFormers' output layout, uploaded with the checkpoint),
         # unless the user's strategy already is, or is inside, that folder
-        if clear_reason(layout.local_strategy, layout.output_dir, protected):
+        if clear_reason(layout.local_strategy, layout.output_dir, job.inputs):
             dst = job.dst_strategy
         else:
-            clear_safely(layout.local_strategy, layout.output_dir, protected)
+            clear_safely(layout.local_strategy, layout.output_dir, job.inputs)
             dst = sync.fetch_strategy(job.dst_strategy, layout.local_strategy, copy_local=True)
     else:
-        clear_safely(layout.local_strategy, layout.output_dir, protected)
+        clear_safely(layout.local_strategy, layout.output_dir, job.inputs)
         strategy.clear_own_markers(layout, p.cluster.node_index)
         try:
             files = strategy.run_pass(p.config, layout, list(job.launch_cmd), env, job.transform_timeout)

@@ -37,3 +37,8 @@ class JobSpec:
     parallel: dict[str, Any] = field(default_factory=dict)     # parallel_config.<key> -> value
     overrides: dict[str, Any] = field(default_factory=dict)    # dotted key -> value
     ignored: tuple[str, ...] = ()             # unknown arguments (warned about)
+
+    @property
+    def inputs(self) -> list[str]:
+        """The user's checkpoint and strategies: never cleared, never written into."""
+        return [self.load_checkpoint, self.src_strategy, self.dst_strategy]

@@ -78,13 +78,18 @@ def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
     return Source(url, _basename(url), complete_file=join(url, files[-1]))
 
 
+def strategy_names(folder_url: str) -> list[str]:
+    """The strategy files of a folder, as MindSpore's merge reads it: every *.ckpt / *.json."""
+    return [n for n in obs_io.file.list_directory(folder_url) if n.endswith(STRATEGY_EXTS)]
+
+
 def check_strategy(url: str, flag: str) -> None:
     """A strategy given by the user must exist (file, or folder with *.ckpt / *.json)."""
     try:
         if not obs_io.file.exists(url):
             raise FileNotFoundError(url)
         if obs_io.file.is_directory(url):
-            if not [n for n in obs_io.file.list_directory(url) if n.endswith(STRATEGY_EXTS)]:
+            if not strategy_names(url):
                 raise EntryError(f"{flag}={url}: folder holds no *.ckpt or *.json strategy file")
     except FileNotFoundError:
         raise EntryError(f"{flag}={url}: not found") from None
@@ -99,7 +104,7 @@ def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
     if not obs_io.is_remote(url) and not copy_local:
         return url
     if obs_io.file.is_directory(url):
-        names = [n for n in obs_io.file.list_directory(url) if n.endswith(STRATEGY_EXTS)]
+        names = strategy_names(url)
         _prune(local_dir, set(names), STRATEGY_EXTS)
         obs_io.file.copy_parallel(url, local_dir, file_list=names)
         return local_dir
