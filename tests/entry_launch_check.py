@@ -70,17 +70,18 @@ def main(config_path: str) -> int:
         ranks = [0]
     reference = os.environ.get("ENTRY_CHECK_REFERENCE")
     prefix = os.environ.get("ENTRY_CHECK_PREFIX", "checkpoint_")
+    fmt = cfg.get("load_ckpt_format") or "ckpt"
     loaded = {}
     for r in ranks:
-        path = root if os.path.isfile(root) else os.path.join(root, f"rank_{r}", f"{prefix}{r}.ckpt")
+        path = root if os.path.isfile(root) else os.path.join(root, f"rank_{r}", f"{prefix}{r}.{fmt}")
         if not os.path.isfile(path):
             fail(f"rank {r}: {path} missing")
-        params = ms.load_checkpoint(path)
+        params = ms.load_checkpoint(path, format=fmt)
         if not params:
             fail(f"rank {r}: {path} holds no parameters")
         loaded[r] = len(params)
         if reference:
-            want = synth.load_params(os.path.join(reference, f"rank_{r}", f"checkpoint_{r}.ckpt"))
+            want = synth.load_params(os.path.join(reference, f"rank_{r}", f"checkpoint_{r}.{fmt}"))
             got = synth.load_params(path)
             if want != got:
                 fail(f"rank {r}: {path} differs from MindSpore's conversion")

@@ -32,7 +32,8 @@ def models(tmp_path_factory):
     (dp1 mp2 pp2) -> 1."""
     root = tmp_path_factory.mktemp("entry_models")
     params = synth.llama_params(num_layers=2, vocab=64, hidden=32, ffn=64)
-    m = {"root": root, "complete": synth.write_complete_checkpoint(str(root / "llama.ckpt"), params)}
+    m = {"root": root, "params": params,
+         "complete": synth.write_complete_checkpoint(str(root / "llama.ckpt"), params)}
     m["s8"] = str(root / "strategy8")
     synth.write_strategy(m["s8"], dp=2, mp=2, pp=2, opt_shard=-1, params=params,
                          merged_file=str(root / "merged8.ckpt"))
@@ -140,6 +141,29 @@ def test_complete_to_8_ranks(models, bucket, s3_env, tmp_path, process_num):
         assert code == 7, out
         assert "reused [0, 1, 2, 3, 4, 5, 6, 7]" in out
         synth.assert_same_checkpoint_dirs(str(transformed), models["ref8"])
+
+
+def test_safetensors_complete_to_8_ranks(models, bucket, s3_env, tmp_path):
+    """load_ckpt_format=safetensors end to end: source, converted ranks (two converting
+    processes), upload and the launched command's load all in .safetensors."""
+    st = synth.write_complete_checkpoint(str(tmp_path / "src" / "llama.safetensors"), models["params"],
+                                         fmt="safetensors")
+    ref = synth.ms_transform(st, str(tmp_path / "ref8st"), None, models["s8"], fmt="safetensors")
+    src = upload(st, f"s3://{bucket}/st/llama.safetensors")
+    remote = f"s3://{bucket}/out_st"
+    env = entry_env(s3_env, ENTRY_CHECK_REFERENCE=ref, ENTRY_CHECK_RESULT=tmp_path / "check.json")
+    args = [f"--load_checkpoint={src}", f"--dst_strategy={models['s8']}", "--load_ckpt_format=safetensors",
+            "--auto_trans_ckpt=True", "--transform_process_num=2", "--npu_num_per_node=8",
+            f"--remote_save_url={remote}", *PARALLEL8, *LAUNCH]
+    code, out = run_entry(args, env, tmp_path / "job")
+    assert code == 0, out
+    transformed = tmp_path / "job" / "output" / "transformed_checkpoint" / "llama"
+    synth.assert_same_checkpoint_dirs(str(transformed), ref)
+    assert sorted(p.name for p in transformed.rglob("*.safetensors")) == sorted(
+        f"checkpoint_{r}.safetensors" for r in range(8))
+    assert json.loads((tmp_path / "check.json").read_text())["ranks"] == list(range(8))
+    names = set(obs_io.file.list_directory(remote, recursive=True))
+    assert {f"transformed_checkpoint/llama/rank_{r}/checkpoint_{r}.safetensors" for r in range(8)} <= names
 
 
 @pytest.mark.parametrize("form", ["merged", "folder"])
