@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
+from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
 from . import config as _config
-from .client import get_client, transfer_config
+from .client import MAX_THREADS, get_client, transfer_config
 from .errors import translating
 from .fs import LOCAL, S3
 from .progress import Progress
@@ -175,27 +176,85 @@ def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_p
 
 
 def _execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | None) -> None:
-    """All transfers go to one TransferManager at once; completions are checked in order while
-    the rest continue (MD5 hashing releases the GIL)."""
+    """Small downloads go to _get_small on a thread pool, everything else to one TransferManager;
+    both run at once. Completions are checked in order while the rest continue (MD5 hashing
+    releases the GIL); the first failure cancels what has not started."""
     cfg = _config.current()
+    small = [t for t in tasks if _is_small_download(t, cfg)]
+    managed = [t for t in tasks if not _is_small_download(t, cfg)]
+    submitted: list[tuple[CopyTask, str | None, object]] = []
+    with ThreadPoolExecutor(min(max(1, threads), MAX_THREADS)) as pool:
+        try:
+            futures = [(t, pool.submit(_get_small, t, cfg, progress)) for t in small]
+            if managed:
+                _execute_managed(managed, threads, progress, cfg, submitted)
+            for task, fut in futures:
+                fut.result()
+        finally:
+            pool.shutdown(cancel_futures=True)
+            for _, temp, _ in submitted:  # after the manager cancelled and joined what was in flight
+                if temp and os.path.exists(temp):
+                    os.remove(temp)
+
+
+def _is_small_download(task: CopyTask, cfg: _config.S3Config) -> bool:
+    return is_remote(task.src) and not is_remote(task.dst) and task.size < cfg.min_part_size
+
+
+def _get_small(task: CopyTask, cfg: _config.S3Config, progress: Progress | None) -> None:
+    """One GetObject read into memory, checked, written under a temporary name and renamed.
+
+    For an object below one part this is what s3transfer does too, minus its per-transfer
+    machinery (submission task, IO queue and thread, deferred file, rename task): measured at
+    about half the client CPU per file, which is what bounds a folder of many small files on a
+    busy machine. Retries are botocore's for the request; a body that breaks off mid-stream is
+    fetched again up to max_attempts times, on the same errors s3transfer retries.
+    """
+    u = ObjectURL.parse(task.src)
+    pinned = {"IfMatch": task.etag} if task.etag else {}
+    with translating(task.src):
+        for attempt in range(1, cfg.max_attempts + 1):
+            try:
+                body = get_client(cfg).get_object(Bucket=u.bucket, Key=u.key, **pinned)["Body"].read()
+                break
+            except S3_RETRYABLE_DOWNLOAD_ERRORS:
+                if attempt == cfg.max_attempts:
+                    raise
+    if len(body) != task.size:
+        raise OSError(f"{task.src}: downloaded {len(body)} bytes, expected {task.size}; nothing was written")
+    expected = _PLAIN_MD5.match(task.etag or "")
+    if expected and cfg.verify_md5 and hashlib.md5(body).hexdigest() != expected.group(1).lower():
+        raise OSError(f"{task.src}: downloaded bytes do not match the object's MD5 (ETag); nothing was written")
+    os.makedirs(os.path.dirname(os.path.abspath(task.dst)), exist_ok=True)
+    temp = temp_name(os.path.abspath(task.dst))
+    try:
+        with open(temp, "wb") as f:
+            f.write(body)
+        os.replace(temp, task.dst)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    if progress is not None:
+        progress.add_bytes(task.size)
+        progress.file_done()
+
+
+def _execute_managed(tasks: list[CopyTask], threads: int, progress: Progress | None, cfg: _config.S3Config,
+                     submitted: list) -> None:
+    """Every task through one TransferManager; `submitted` collects (task, temp file, future) so
+    the caller removes temp files whatever happens."""
     download = all(is_remote(t.src) and not is_remote(t.dst) for t in tasks)
     tconfig = transfer_config(cfg, max(t.size for t in tasks), threads, download)
-    submitted: list[tuple[CopyTask, str | None, object]] = []
-    try:
-        with TransferManager(get_client(cfg), tconfig) as manager:
-            submitted = [(t, *_submit(manager, t, progress)) for t in tasks]
-            for task, temp, fut in submitted:
-                with translating(task.src if is_remote(task.src) else task.dst):
-                    fut.result()
-                if temp:
-                    verify(temp, task.size, task.etag, task.src)
-                    os.replace(temp, task.dst)
-                if progress is not None:
-                    progress.file_done()
-    finally:  # after the manager has cancelled and joined whatever was in flight
-        for _, temp, _ in submitted:
-            if temp and os.path.exists(temp):
-                os.remove(temp)
+    with TransferManager(get_client(cfg), tconfig) as manager:
+        submitted.extend((t, *_submit(manager, t, progress)) for t in tasks)
+        for task, temp, fut in submitted:
+            with translating(task.src if is_remote(task.src) else task.dst):
+                fut.result()
+            if temp:
+                verify(temp, task.size, task.etag, task.src)
+                os.replace(temp, task.dst)
+            if progress is not None:
+                progress.file_done()
 
 
 def upload_fileobj(fileobj, url: str, size: int, threads: int = 8) -> None:

@@ -83,6 +83,7 @@ class FaultProxy:
         self.records: list[Record] = []
         self.rules: list = []
         self.corrupt = None  # callable (method, path) -> bool: flip the first body byte if true
+        self.truncate = None  # callable (method, path) -> bool: send half the body, then hang up
         self._seen: Counter = Counter()
         self._connections: set = set()  # open client sockets, closed on exit
         self._lock = threading.Lock()
@@ -207,7 +208,27 @@ class FaultProxy:
                     return
                 if data and proxy.corrupt is not None and proxy.corrupt(self.command, self.path):
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
+                if data and proxy.truncate is not None and proxy.truncate(self.command, self.path):
+                    self._send_truncated(resp.status, data, out)
+                    return
                 self._send(resp.status, data, out)
+
+            def _send_truncated(self, status: int, body: bytes, headers) -> None:
+                """The full Content-Length, half the bytes, a closed connection: a body that
+                breaks off mid-stream."""
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                self._record(status, len(body) // 2)
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
