@@ -255,10 +255,22 @@ def test_source_strategy_inside_our_strategy_output_is_refused(models, s3_env, t
 
 # ---------------------------------------------------------------- two nodes
 
-def start_two_nodes(models, bucket, s3_env, tmp_path, extra=(), timeout=120, shared=False, job=None):
+def write_rank_table(path: Path, ips: list[str], cards: int) -> str:
+    """An HCCL rank table as Ascend jobs get it (RANK_TABLE_FILE), ranks numbered across servers."""
+    servers = [{"server_id": ip, "container_ip": ip,
+                "device": [{"device_id": str(d), "device_ip": f"192.168.{n}.{d}", "rank_id": str(n * cards + d)}
+                           for d in range(cards)]} for n, ip in enumerate(ips)]
+    path.write_text(json.dumps({"version": "1.0", "server_count": str(len(ips)), "server_list": servers,
+                                "status": "completed"}))
+    return str(path)
+
+
+def start_two_nodes(models, bucket, s3_env, tmp_path, extra=(), timeout=120, shared=False, job=None,
+                    rank_table=False):
     """Two entry processes (nodes 0 and 1) that share only the S3 server, or a shared disk.
     job = (conversion arguments, cards per node, reference); by default complete -> 8 ranks
-    (dp2 mp2 pp2) on 2 x 4 cards."""
+    (dp2 mp2 pp2) on 2 x 4 cards. rank_table: the topology comes from a RANK_TABLE_FILE and
+    each node's MA_CURRENT_IP instead of MA_NUM_HOSTS / VC_TASK_INDEX / MA_NUM_GPUS."""
     if job is None:
         src = upload(models["complete"], f"s3://{bucket}/models/llama.ckpt")
         dst = upload(models["s8"], f"s3://{bucket}/strategy8")
@@ -266,9 +278,13 @@ def start_two_nodes(models, bucket, s3_env, tmp_path, extra=(), timeout=120, sha
                 *PARALLEL8], 4, models["ref8"])
     conversion, cards, reference = job
     procs = []
+    ips = ["10.0.0.11", "10.0.0.12"]
+    table = write_rank_table(tmp_path / "rank_table.json", ips, cards) if rank_table else None
     for node in (0, 1):
-        env = entry_env(s3_env, MA_NUM_HOSTS=2, VC_TASK_INDEX=node, MA_NUM_GPUS=cards,
-                        CLOUD_ENTRY_RUN_ID=f"run-{tmp_path.name}", ENTRY_CHECK_REFERENCE=reference)
+        topology = (dict(RANK_TABLE_FILE=table, MA_CURRENT_IP=ips[node]) if rank_table
+                    else dict(MA_NUM_HOSTS=2, VC_TASK_INDEX=node, MA_NUM_GPUS=cards))
+        env = entry_env(s3_env, **topology, CLOUD_ENTRY_RUN_ID=f"run-{tmp_path.name}",
+                        ENTRY_CHECK_REFERENCE=reference)
         args = [*conversion, "--auto_trans_ckpt=True", f"--transform_timeout={timeout}", *extra]
         if shared:
             args.append(f"--shared_dir={tmp_path / 'shared'}")
@@ -297,6 +313,23 @@ def test_two_nodes_without_shared_disk(models, bucket, s3_env, tmp_path):
     obs_io.file.copy_parallel(remote, str(got))
     synth.assert_same_checkpoint_dirs(str(got), models["ref8"])
     assert_no_secret(tmp_path)
+
+
+def test_two_nodes_from_a_rank_table(models, bucket, s3_env, tmp_path):
+    """Topology from RANK_TABLE_FILE, each node found by its IP: one block per node, each node
+    ends with all 8 ranks' shards it needs (its own converted, the others downloaded)."""
+    (c0, o0), (c1, o1) = two_nodes(models, bucket, s3_env, tmp_path, extra=["--transform_process_num=2"],
+                                   rank_table=True)
+    assert (c0, c1) == (0, 0), o0 + o1
+    assert "node 0 of 2, 4 cards, ranks 0-3" in o0, o0
+    assert "node 1 of 2, 4 cards, ranks 4-7" in o1, o1
+    for node, ranks in ((0, range(4)), (1, range(4, 8))):
+        local = tmp_path / f"node{node}" / "output" / "transformed_checkpoint" / "llama"
+        for r in ranks:
+            assert (local / f"rank_{r}" / f"checkpoint_{r}.ckpt").is_file(), (node, r)
+    got = tmp_path / "from_remote"
+    obs_io.file.copy_parallel(f"s3://{bucket}/out/transformed_checkpoint/llama", str(got))
+    synth.assert_same_checkpoint_dirs(str(got), models["ref8"])
 
 
 def test_two_nodes_one_block_fails(models, bucket, s3_env, tmp_path):
