@@ -35,14 +35,16 @@ def copy_parallel(src_url: str, dst_url: str, file_list=None, threads: int = 16,
     """Copy the folder src_url to dst_url (a mirror of its tree), many files at once.
 
     file_list: paths relative to src_url; only those are copied. A file as src_url is copied
-    like copy(). Progress (bytes, rate, files) shows on a terminal, else as periodic log lines.
+    like copy(). is_processing: as moxing, many small files go to worker processes (one per
+    four threads, up to the CPUs; see workers.py), so one interpreter's GIL does not bound them.
+    Progress (bytes, rate, files) shows on a terminal, else as periodic log lines.
     """
     check(src_url, dst_url)
     if not is_directory(src_url) and exists(src_url):
         copy(src_url, dst_url)
         return
     tasks, dirs = plan_tree(src_url, dst_url, file_list)
-    execute(tasks, threads=threads, desc=f"copy {src_url} -> {dst_url}", dirs=dirs)
+    execute(tasks, threads=threads, desc=f"copy {src_url} -> {dst_url}", dirs=dirs, is_processing=is_processing)
 
 
 def exists(url: str) -> bool:

@@ -8,6 +8,7 @@ MD5 where the ETag is one) matched; keys can never place a download outside its 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,9 @@ from .errors import translating
 from .fs import LOCAL, S3
 from .progress import Progress
 from .urls import ObjectURL, check, is_remote, join, safe_relative
+from .workers import Workers, partition, worker_count
 
+log = logging.getLogger("obs_io")
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 
 
@@ -155,7 +158,7 @@ def _submit(manager: TransferManager, task: CopyTask, progress) -> tuple[str | N
 
 
 def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_progress: bool = True,
-            dirs: list[str] = ()) -> None:
+            dirs: list[str] = (), is_processing: bool = False) -> None:
     """Run a plan. The first failure stops the batch and is raised as a one-line builtin error;
     transfers in flight are cancelled, and no partial file is left under a final name."""
     progress = Progress(desc, sum(t.size for t in tasks), len(tasks)) if show_progress else None
@@ -169,13 +172,35 @@ def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_p
                 for fut in [pool.submit(_copy_local, t, progress) for t in local]:
                     fut.result()
         if remote:
-            _execute_remote(remote, threads, progress)
+            _execute_remote_batch(remote, threads, progress, is_processing)
     finally:
         if progress is not None:
             progress.close()
 
 
-def _execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | None) -> None:
+def _execute_remote_batch(tasks: list[CopyTask], threads: int, progress: Progress | None,
+                          is_processing: bool) -> None:
+    """With is_processing and enough small files, those go to worker processes (workers.py)
+    while this process moves the big ones."""
+    threshold = _config.current().multipart_threshold
+    small = [t for t in tasks if t.size < threshold]
+    processes = worker_count(is_processing, threads, len(small))
+    if processes <= 1:
+        execute_remote(tasks, threads, progress)
+        return
+    log.debug("%d small files over %d worker processes", len(small), processes)
+    pool = Workers(partition(small, processes), max(1, threads // processes), progress)
+    try:
+        big = [t for t in tasks if t.size >= threshold]
+        if big:
+            execute_remote(big, threads, progress)
+    except BaseException:
+        pool.stop()
+        raise
+    pool.wait()
+
+
+def execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | None) -> None:
     """Small downloads go to _get_small on a thread pool, everything else to one TransferManager;
     both run at once. Completions are checked in order while the rest continue (MD5 hashing
     releases the GIL); the first failure cancels what has not started."""

@@ -220,6 +220,42 @@ def test_bodies_breaking_off_mid_stream_are_fetched_again(tmp_path, bucket, prox
     assert len(broken) >= 5 and len(gets) >= 2 * len(broken)  # each broken body was asked for again
 
 
+def many_small_files(base, n: int = 150) -> str:
+    rng = __import__("random").Random(2)
+    for i in range(n):
+        path = base / f"d{i % 7}" / f"s{i:04d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randint(0, 3000)))
+    (base / "big.bin").write_bytes(rng.randbytes(6 * MiB))  # multipart: stays in this process
+    return str(base)
+
+
+def test_is_processing_spreads_small_files_over_worker_processes(tmp_path, bucket, monkeypatch, caplog):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    src = many_small_files(tmp_path / "src")
+    caplog.set_level("DEBUG", logger="obs_io")
+    mox.file.copy_parallel(src, f"obs://{bucket}/many", threads=8)
+    mox.file.copy_parallel(f"obs://{bucket}/many", str(tmp_path / "down"), threads=8)
+    assert same_tree(src, str(tmp_path / "down"))
+    assert caplog.text.count("150 small files over 2 worker processes") == 2
+    caplog.clear()
+    mox.file.copy_parallel(f"obs://{bucket}/many", str(tmp_path / "down2"), threads=8, is_processing=False)
+    assert same_tree(src, str(tmp_path / "down2")) and "worker processes" not in caplog.text
+
+
+def test_a_failing_worker_stops_the_batch_and_leaves_no_temp_files(tmp_path, bucket, proxy, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    src = many_small_files(tmp_path / "src")
+    mox.file.copy_parallel(src, f"obs://{bucket}/w", threads=8)
+    proxy.rules.append(lambda method, p: (403, "AccessDenied") if method == "GET" and "s0077" in p else None)
+    with pytest.raises(PermissionError) as info:
+        mox.file.copy_parallel(f"obs://{bucket}/w", str(tmp_path / "down"), threads=8)
+    assert f"obs://{bucket}/w/d0/s0077.bin" in str(info.value) and "\n" not in str(info.value)
+    left = [p for p in (tmp_path / "down").rglob("*") if p.is_file()]
+    assert not [p for p in left if ".obsio-" in p.name]
+    assert not (tmp_path / "down" / "d0" / "s0077.bin").exists()
+
+
 def test_bad_input(tmp_path, bucket):
     for url in ("obs://", "s3://", "obs:///key", "obs://bad bucket/x"):
         with pytest.raises(ValueError) as info:
