@@ -3,7 +3,7 @@
 botocore spends a few milliseconds of CPU on every request, under the GIL, so one interpreter
 tops out at a few hundred small objects a second however many threads wait on the network.
 copy_parallel(is_processing=True) therefore hands the files below the multipart threshold to
-`python -m obs_io.workers` processes (each with its own threads and client) while the parent
+worker processes running main() below (each with its own threads and client) while the parent
 moves the big files itself, whose parts already run in parallel. A worker is a fresh
 interpreter fed its plan on stdin, never a fork or a spawn of the caller's __main__: a training
 script that calls copy_parallel at top level must not be re-run, nor a lock held by one of its
@@ -25,6 +25,7 @@ from . import config as _config
 FILES_PER_PROCESS = 64     # fewer files than this per worker do not repay starting an interpreter
 THREADS_PER_PROCESS = 4
 STOP_WAIT = 60.0           # seconds a stopped worker gets to clean up before it is killed
+_WORKER = "import sys; from obs_io.workers import main; sys.exit(main())"  # not -m: the package imports us
 _ERRORS = {e.__name__: e for e in (FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError,
                                    ValueError, OSError)}
 
@@ -64,20 +65,26 @@ class Workers:
         self._readers: list[threading.Thread] = []
         try:
             for group in groups:
-                proc = subprocess.Popen([sys.executable, "-m", "obs_io.workers"], stdin=subprocess.PIPE,
+                proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env, text=True)
                 self._procs.append(proc)
-                proc.stdin.write(json.dumps({"config": cfg, "threads": threads,
-                                             "tasks": [dataclasses.astuple(t) for t in group]}))
-                proc.stdin.close()
-                reader = threading.Thread(target=self._read, args=(proc, progress), daemon=True)
+                plan = json.dumps({"config": cfg, "threads": threads,
+                                   "tasks": [dataclasses.astuple(t) for t in group]})
+                reader = threading.Thread(target=self._talk, args=(proc, plan, progress), daemon=True)
                 reader.start()
                 self._readers.append(reader)
         except BaseException:
             self.stop()
             raise
 
-    def _read(self, proc: subprocess.Popen, progress) -> None:
+    def _talk(self, proc: subprocess.Popen, plan: str, progress) -> None:
+        """Hand a worker its plan (here, so workers start side by side while each one imports),
+        then relay what it reports."""
+        try:
+            proc.stdin.write(plan)
+            proc.stdin.close()
+        except OSError:  # it ended before reading: its exit code tells
+            pass
         for line in proc.stdout:
             if line.startswith("!"):
                 name, _, message = line[1:].rstrip("\n").partition("\t")
@@ -158,6 +165,3 @@ def main() -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -230,6 +230,26 @@ def many_small_files(base, n: int = 150) -> str:
     return str(base)
 
 
+def test_worker_count_and_partition(monkeypatch):
+    from obs_io.transfer import CopyTask
+    from obs_io.workers import partition, worker_count
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert worker_count(True, 16, 1000) == 4          # one per four threads
+    assert worker_count(True, 64, 1000) == 8          # at most the CPUs
+    assert worker_count(True, 16, 100) == 1           # too few files to repay an interpreter
+    assert worker_count(False, 16, 1000) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert worker_count(True, 16, 1000) == 1
+    rng = __import__("random").Random(3)
+    tasks = [CopyTask(f"s{i}", f"d{i}", rng.randint(0, 4 * MiB)) for i in range(300)]
+    groups = partition(tasks, 3)
+    assert sorted(t.src for g in groups for t in g) == sorted(t.src for t in tasks)
+    costs = [sum(t.size + 512 * 1024 for t in g) for g in groups]
+    assert len(groups) == 3 and max(costs) - min(costs) <= 4 * MiB + 512 * 1024
+    assert len(partition(tasks[:2], 3)) == 2          # no empty groups
+
+
 def test_is_processing_spreads_small_files_over_worker_processes(tmp_path, bucket, monkeypatch, caplog):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     src = many_small_files(tmp_path / "src")
