@@ -52,17 +52,19 @@ def temp_name(path: str) -> str:
     return os.path.join(folder, f".{name}.obsio-{uuid.uuid4().hex[:8]}.tmp")
 
 
-def verify(path: str, size: int, etag: str | None, what: str) -> None:
-    """Raise if the file at `path` is not `size` bytes or, for a plain-MD5 ETag, not that MD5."""
-    got = os.path.getsize(path)
+def verify(path: str, size: int, etag: str | None, what: str, body: bytes | None = None) -> None:
+    """Raise if the download (the file at `path`, or `body` still in memory) is not `size`
+    bytes or, for a plain-MD5 ETag, not that MD5."""
+    got = len(body) if body is not None else os.path.getsize(path)
     if got != size:
         raise OSError(f"{what}: downloaded {got} bytes, expected {size}; nothing was written")
     match = _PLAIN_MD5.match(etag or "")
     if match and _config.current().verify_md5:
-        md5 = hashlib.md5()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(8 * 2**20), b""):
-                md5.update(block)
+        md5 = hashlib.md5(body or b"")
+        if body is None:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(8 * 2**20), b""):
+                    md5.update(block)
         if md5.hexdigest() != match.group(1).lower():
             raise OSError(f"{what}: downloaded bytes do not match the object's MD5 (ETag); nothing was written")
 
@@ -203,7 +205,8 @@ def _execute_remote_batch(tasks: list[CopyTask], threads: int, progress: Progres
 def execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | None) -> None:
     """Small downloads go to _get_small on a thread pool, everything else to one TransferManager;
     both run at once. Completions are checked in order while the rest continue (MD5 hashing
-    releases the GIL); the first failure cancels what has not started."""
+    releases the GIL): a managed transfer's failure cancels everything, a small download's is
+    raised once the managed transfers have ended, and cancels the small ones not yet started."""
     cfg = _config.current()
     small = [t for t in tasks if _is_small_download(t, cfg)]
     managed = [t for t in tasks if not _is_small_download(t, cfg)]
@@ -245,11 +248,7 @@ def _get_small(task: CopyTask, cfg: _config.S3Config, progress: Progress | None)
             except S3_RETRYABLE_DOWNLOAD_ERRORS:
                 if attempt == cfg.max_attempts:
                     raise
-    if len(body) != task.size:
-        raise OSError(f"{task.src}: downloaded {len(body)} bytes, expected {task.size}; nothing was written")
-    expected = _PLAIN_MD5.match(task.etag or "")
-    if expected and cfg.verify_md5 and hashlib.md5(body).hexdigest() != expected.group(1).lower():
-        raise OSError(f"{task.src}: downloaded bytes do not match the object's MD5 (ETag); nothing was written")
+    verify(task.dst, task.size, task.etag, task.src, body)
     os.makedirs(os.path.dirname(os.path.abspath(task.dst)), exist_ok=True)
     temp = temp_name(os.path.abspath(task.dst))
     try:
