@@ -26,6 +26,7 @@ FILES_PER_PROCESS = 64     # fewer files than this per worker do not repay start
 THREADS_PER_PROCESS = 4
 STOP_WAIT = 60.0           # seconds a stopped worker gets to clean up before it is killed
 _WORKER = "import sys; from obs_io.workers import main; sys.exit(main())"  # not -m: the package imports us
+_DONE, _ERROR = "\x1eobs_io done ", "\x1eobs_io error "  # the worker protocol's lines on stdout
 _ERRORS = {e.__name__: e for e in (FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError,
                                    ValueError, OSError)}
 
@@ -86,16 +87,17 @@ class Workers:
         except OSError:  # it ended before reading: its exit code tells
             pass
         for line in proc.stdout:
-            if line.startswith("!"):
-                name, _, message = line[1:].rstrip("\n").partition("\t")
+            if line.startswith(_ERROR):
+                name, _, message = line[len(_ERROR):].rstrip("\n").partition("\t")
                 with self._lock:
                     self.errors.append(_ERRORS.get(name, OSError)(message))
                 self._failed.set()
-            elif progress is not None:
-                nbytes, files = map(int, line.split())
-                progress.add_bytes(nbytes)
-                for _ in range(files):
+            elif line.startswith(_DONE):
+                if progress is not None:
+                    progress.add_bytes(int(line[len(_DONE):]))
                     progress.file_done()
+            else:  # something in the worker printed: pass it on
+                sys.stdout.write(line)
 
     def wait(self) -> None:
         """Wait for every worker; the first failure stops the others and is raised."""
@@ -128,7 +130,7 @@ class Workers:
 
 
 class _LineProgress:
-    """A worker's progress, as lines '<bytes> <files>' on stdout, one per finished file."""
+    """A worker's progress: a line `_DONE<bytes>` on stdout per finished file."""
 
     def __init__(self):
         self._bytes = 0
@@ -140,7 +142,7 @@ class _LineProgress:
 
     def file_done(self) -> None:
         with self._lock:
-            sys.stdout.write(f"{self._bytes} 1\n")
+            sys.stdout.write(f"{_DONE}{self._bytes}\n")
             sys.stdout.flush()
             self._bytes = 0
 
@@ -150,6 +152,7 @@ def _stop(signum, frame):
 
 
 def main() -> int:
+    from .errors import scrub
     from .transfer import CopyTask, execute_remote  # here: transfer imports this module
 
     signal.signal(signal.SIGTERM, _stop)
@@ -159,8 +162,8 @@ def main() -> int:
     try:
         execute_remote(tasks, plan["threads"], _LineProgress())
     except (Exception, KeyboardInterrupt) as exc:
-        message = str(exc).replace("\n", " ") or type(exc).__name__
-        sys.stdout.write(f"!{type(exc).__name__}\t{message}\n")
+        message = scrub(str(exc)).replace("\n", " ") or type(exc).__name__
+        sys.stdout.write(f"{_ERROR}{type(exc).__name__}\t{message}\n")
         sys.stdout.flush()
         return 1
     return 0
