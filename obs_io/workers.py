@@ -21,6 +21,7 @@ import sys
 import threading
 
 from . import config as _config
+from .errors import scrub
 
 FILES_PER_PROCESS = 64     # fewer files than this per worker do not repay starting an interpreter
 THREADS_PER_PROCESS = 4
@@ -152,7 +153,6 @@ def _stop(signum, frame):
 
 
 def main() -> int:
-    from .errors import scrub
     from .transfer import CopyTask, execute_remote  # here: transfer imports this module
 
     signal.signal(signal.SIGTERM, _stop)
