@@ -149,10 +149,13 @@ class Run:
     server_cpu: float  # CPU seconds the server process spent meanwhile
 
 
+def server_processes(server) -> list[psutil.Process]:
+    root = psutil.Process(server.process.pid)
+    return [root, *root.children(recursive=True)]
+
+
 def server_cpu(server) -> float:
-    procs = [psutil.Process(server.process.pid)]
-    procs += procs[0].children(recursive=True)
-    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+    return sum(t.user + t.system for t in (p.cpu_times() for p in server_processes(server)))
 
 
 def place(server, placement: str) -> None:
@@ -160,8 +163,7 @@ def place(server, placement: str) -> None:
     from now on) on the lower half; shared: everyone everywhere."""
     cpus = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
     mine, theirs = (cpus[:len(cpus) // 2], cpus[len(cpus) // 2:]) if placement == "split" else (cpus, cpus)
-    procs = [psutil.Process(server.process.pid)]
-    for proc in procs + procs[0].children(recursive=True):
+    for proc in server_processes(server):
         proc.cpu_affinity(theirs)
     os.sched_setaffinity(0, mine)
 

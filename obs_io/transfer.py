@@ -129,12 +129,13 @@ class _Hooks(BaseSubscriber):
             self.progress.add_bytes(bytes_transferred)
 
 
-def _copy_local(task: CopyTask, progress: Progress | None) -> None:
+def _land(task: CopyTask, fill, progress: Progress | None) -> None:
+    """Write task.dst through a temporary sibling: fill(temp) writes (and checks) the bytes; the
+    rename to the final name comes only after it returned, and the temp file never stays."""
     os.makedirs(os.path.dirname(os.path.abspath(task.dst)), exist_ok=True)
     temp = temp_name(os.path.abspath(task.dst))
     try:
-        shutil.copyfile(task.src, temp)
-        verify(temp, task.size, None, task.src)
+        fill(temp)
         os.replace(temp, task.dst)
     finally:
         if os.path.exists(temp):
@@ -142,6 +143,14 @@ def _copy_local(task: CopyTask, progress: Progress | None) -> None:
     if progress is not None:
         progress.add_bytes(task.size)
         progress.file_done()
+
+
+def _copy_local(task: CopyTask, progress: Progress | None) -> None:
+    def fill(temp: str) -> None:
+        shutil.copyfile(task.src, temp)
+        verify(temp, task.size, None, task.src)
+
+    _land(task, fill, progress)
 
 
 def _submit(manager: TransferManager, task: CopyTask, progress) -> tuple[str | None, object]:
@@ -249,18 +258,12 @@ def _get_small(task: CopyTask, cfg: _config.S3Config, progress: Progress | None)
                 if attempt == cfg.max_attempts:
                     raise
     verify(task.dst, task.size, task.etag, task.src, body)
-    os.makedirs(os.path.dirname(os.path.abspath(task.dst)), exist_ok=True)
-    temp = temp_name(os.path.abspath(task.dst))
-    try:
+
+    def fill(temp: str) -> None:
         with open(temp, "wb") as f:
             f.write(body)
-        os.replace(temp, task.dst)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-    if progress is not None:
-        progress.add_bytes(task.size)
-        progress.file_done()
+
+    _land(task, fill, progress)
 
 
 def _execute_managed(tasks: list[CopyTask], threads: int, progress: Progress | None, cfg: _config.S3Config,
