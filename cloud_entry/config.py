@@ -3,11 +3,24 @@
 Why the JobSpec is re-read from the merged config: a value can come from the YAML (e.g.
 `auto_trans_ckpt: True` in the file) or from a hyperparameter, and the later stages must act on
 what the launched command will see, not on the arguments alone.
+
+Why the checkpoint keys need care (MindFormers 1.9-2.1, `mindformers/trainer/utils.py`
+`convert_checkpoint_config`, run by `Trainer` before any load): MindFormers reads the path to
+load from `checkpoint.load_path` only, and copies the top-level `load_checkpoint` there only
+when the `checkpoint:` section has no `load_path` (an explicit `load_path: ""` wins too). A
+non-empty `checkpoint:` section also forces `use_legacy_format: False`, and with it training
+loads through `mindformers/checkpoint/checkpoint.py` (online resharding of a safetensors folder,
+no `auto_trans_ckpt`) and `only_save_strategy` is refused. `load_ckpt_format`,
+`auto_trans_ckpt` and `src_strategy_path_or_dir` have no twin in the section: they are read at
+the top level only.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import os
+import posixpath
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +30,9 @@ import yaml
 import obs_io
 from cloud_entry.errors import EntryError
 from cloud_entry.jobspec import JobSpec
+from obs_io.urls import ObjectURL
+
+log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 MASK = "******"
@@ -43,36 +59,139 @@ DEFAULTS = {"load_checkpoint": "", "src_strategy_path_or_dir": "", "auto_trans_c
             "transform_process_num": 1, "only_save_strategy": False, "load_ckpt_format": "ckpt",
             "use_parallel": True, "run_mode": "train", "output_dir": "./output",
             "remote_save_url": ""}
+BASE_CONFIG = "base_config"
+SECTION = "checkpoint"
+# Run modes whose non-legacy load bypasses transform_and_load_checkpoint (and auto_trans_ckpt):
+# mindformers/trainer/base_trainer.py training_process; eval and predict always go through it.
+_RESHARDING_MODES = ("train", "finetune")
+_LEGACY_FIX = "remove the checkpoint: section and set use_legacy_format: True"
 
 
-def read_base(ref: str | None) -> dict[str, Any]:
-    """The base config from a path, a name in configs/, or an object-store URL; {} without one."""
-    if not ref:
-        return {}
-    import obs_io
+# ---------------------------------------------------------------- base config and inheritance
 
-    if obs_io.is_remote(ref):
-        try:
-            text = obs_io.file.read(ref)
-        except FileNotFoundError:
-            raise EntryError(f"--config={ref}: not found") from None
-    else:
-        path = Path(ref)
-        if not path.is_file() and (CONFIGS_DIR / ref).is_file():
-            path = CONFIGS_DIR / ref
-        if not path.is_file():
-            raise EntryError(f"--config={ref}: no such file (nor in {CONFIGS_DIR})")
-        text = path.read_text(encoding="utf-8")
+def _base_location(referrer: str, base: str) -> str:
+    """Where a `base_config` entry points. MindFormers (`mindformers/tools/register/config.py`
+    `MindFormerConfig._file2dict`) joins it to the referring file's folder with os.path.join, so
+    an absolute path stays absolute; a config on object storage gets the same rule on its URL."""
+    if obs_io.is_remote(base):
+        return base
+    if os.path.isabs(base) or not obs_io.is_remote(referrer):
+        return os.path.join(os.path.dirname(referrer), base)
+    url = ObjectURL.parse(referrer)
+    key = posixpath.normpath(posixpath.join(posixpath.dirname(url.key), base))
+    if key == ".." or key.startswith("../"):
+        raise EntryError(f"{referrer}: base_config {base} points above the bucket root")
+    return str(ObjectURL(url.scheme, url.bucket, key))
+
+
+def _identity(location: str) -> str:
+    """The same file under any spelling (for the cycle guard)."""
+    return location if obs_io.is_remote(location) else os.path.realpath(location)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base` as MindFormers' `MindFormerConfig._merge_a_into_b` does it: mappings on
+    both sides merge recursively, anything else from `top` replaces (lists included)."""
+    out = dict(base)
+    for key, value in top.items():
+        old = out.get(key)
+        out[key] = _merge(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
+    return out
+
+
+def _parse(text: str, label: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise EntryError(f"--config={ref}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise EntryError(f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise EntryError(f"--config={ref}: top level must be a mapping")
+        raise EntryError(f"{label}: top level must be a mapping")
     return data
 
+
+def _load(location: str, label: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    """One file with its bases resolved. `chain`: identities of the files that include it."""
+    try:
+        data = _parse(obs_io.file.read(location), label)
+    except (FileNotFoundError, IsADirectoryError):
+        raise EntryError(f"{label}: not found") from None
+    except ValueError as exc:   # a malformed URL, a file that is not text
+        raise EntryError(f"{label}: {exc}") from None
+    chain = chain + (_identity(location),)
+    bases = data.pop(BASE_CONFIG, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not (isinstance(bases, list) and all(isinstance(b, str) and b for b in bases)):
+        raise EntryError(f"{location}: base_config must be a path or a list of paths, not {bases!r}")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        where = _base_location(location, base)
+        if _identity(where) in chain:
+            cycle = " -> ".join(chain[chain.index(_identity(where)):] + (_identity(where),))
+            raise EntryError(f"base_config cycle: {cycle}")
+        # MindFormers combines several bases with dict.update: a later base's top-level key
+        # replaces an earlier one's whole value; only the including file merges deeply.
+        merged.update(_load(where, f"{location}: base_config {base} ({where})", chain))
+    return _merge(merged, data)
+
+
+def read_base(ref: str | None) -> dict[str, Any]:
+    """The base config from a path, a name in configs/, or an object-store URL; {} without one.
+
+    `base_config` (a path or a list of paths, relative to the including file's folder) is
+    resolved here as MindFormers resolves it, and removed: the effective config is written
+    elsewhere, where relative bases would point at nothing."""
+    if not ref:
+        return {}
+    location = ref
+    if not obs_io.is_remote(ref):
+        if not os.path.isfile(ref) and (CONFIGS_DIR / ref).is_file():
+            location = str(CONFIGS_DIR / ref)
+        elif not os.path.isfile(ref):
+            raise EntryError(f"--config={ref}: no such file (nor in {CONFIGS_DIR})")
+    return _load(location, f"--config={ref}", ())
+
+
+# ---------------------------------------------------------------- the checkpoint keys
+
+def _section(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The `checkpoint:` section if MindFormers counts it: it tests the section's truthiness, so
+    an empty one (or `checkpoint: null`) is no section."""
+    section = config.get(SECTION)
+    if section in (None, {}):
+        return None
+    if not isinstance(section, dict):
+        raise EntryError(f"{SECTION}: {section!r} in the config: expected a mapping")
+    return section
+
+
+def uses_legacy_format(config: dict[str, Any]) -> bool:
+    """MindFormers' legacy checkpoint path (`transform_and_load_checkpoint`, `auto_trans_ckpt`,
+    `only_save_strategy`): `use_legacy_format` (default True, `tools/register/template.py`
+    GeneralConfig), forced False by a non-empty `checkpoint:` section (`trainer/utils.py`
+    `convert_checkpoint_config`)."""
+    return _section(config) is None and bool(config.get("use_legacy_format", True))
+
+
+def _load_path(config: dict[str, Any]) -> str:
+    """The path MindFormers loads: `checkpoint.load_path` unless that is absent or null, then the
+    top-level `load_checkpoint` (`trainer/utils.py` `compatible_with_both_old_new_config`)."""
+    section = _section(config) or {}
+    top = str(config.get("load_checkpoint") or "")
+    if section.get("load_path") is None:
+        return top
+    path = str(section["load_path"])
+    if top and top != path:
+        log.warning("checkpoint.load_path=%r and load_checkpoint=%r disagree: MindFormers loads "
+                    "checkpoint.load_path%s", path, top, "" if path else ", that is nothing")
+    return path
+
+
+# ---------------------------------------------------------------- effective config
 
 def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     node = config
@@ -93,12 +212,19 @@ def with_defaults(base: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(spec: JobSpec, base: dict[str, Any]) -> dict[str, Any]:
-    """Effective config: base (with defaults), then the job's arguments."""
+    """Effective config: base (with defaults), then the job's arguments.
+
+    An empty argument ("" is also the JobSpec default of the path fields) never wipes the
+    YAML's value. `--load_checkpoint` is written where MindFormers reads it: also into
+    `checkpoint.load_path` when the section has one, since that one wins."""
     config = with_defaults(base)
     for name, key in CONFIG_KEYS.items():
         value = getattr(spec, name)
-        if value is not None:
+        if value is not None and value != "":
             config[key] = value
+    section = _section(config)
+    if spec.load_checkpoint and section is not None and section.get("load_path") is not None:
+        section["load_path"] = spec.load_checkpoint
     for key, value in spec.parallel.items():
         set_dotted(config, f"parallel_config.{key}", value)
     for dotted, value in spec.overrides.items():
@@ -107,9 +233,17 @@ def build(spec: JobSpec, base: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve(spec: JobSpec, config: dict[str, Any]) -> JobSpec:
-    """JobSpec with the values the effective config holds; checks what needs both."""
+    """JobSpec with the values MindFormers would act on; checks what needs both.
+
+    `load_checkpoint` is the path MindFormers loads (see _load_path). `auto_trans_ckpt` is
+    False where MindFormers ignores it: a non-legacy train/finetune run loads through
+    `mindformers/checkpoint/checkpoint.py`, which reshards a safetensors folder itself and
+    cannot read the rank_x/ layout a conversion writes (`base_trainer.py` training_process).
+    A user's own `only_save_strategy` run with the non-legacy format is refused before anything
+    starts, as MindFormers would refuse it after its start-up."""
     values = {name: config.get(key) for name, key in CONFIG_KEYS.items()}
-    for name in ("load_checkpoint", "src_strategy", "remote_save_url"):
+    values["load_checkpoint"] = _load_path(config)
+    for name in ("src_strategy", "remote_save_url"):
         values[name] = str(values[name] or "")
     values["output_dir"] = str(values["output_dir"] or "./output")
     for name in ("auto_trans_ckpt", "only_save_strategy", "use_parallel"):
@@ -119,11 +253,69 @@ def resolve(spec: JobSpec, config: dict[str, Any]) -> JobSpec:
         v = values[name]
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise EntryError(f"{CONFIG_KEYS[name]}={v!r} in the config: expected an integer >= 1")
+    if not uses_legacy_format(config):
+        if values["only_save_strategy"]:
+            raise EntryError("only_save_strategy=True: MindFormers refuses it with its non-legacy "
+                             f"checkpoint format; {_LEGACY_FIX}")
+        if values["auto_trans_ckpt"] and values["run_mode"] in _RESHARDING_MODES:
+            log.warning("auto_trans_ckpt=True ignored: with the non-legacy checkpoint format "
+                        "MindFormers reshards %s itself when %s starts",
+                        values["load_checkpoint"] or "checkpoint.load_path", values["run_mode"])
+            values["auto_trans_ckpt"] = False
     resolved = dataclasses.replace(spec, **values)
     if resolved.auto_trans_ckpt and not resolved.load_checkpoint:
         raise EntryError("auto_trans_ckpt=True needs load_checkpoint")
     return resolved
 
+
+def for_launch(config: dict[str, Any], load_path: str, src_strategy: str | None = None) -> dict[str, Any]:
+    """The config the launch command gets: MindFormers loads `load_path` as it is.
+
+    Both `load_checkpoint` and, if the section exists, `checkpoint.load_path` are set: MindFormers
+    reads the latter, while its own checks (`trainer/trainer.py` _check_config_rules) read the
+    former, so neither may hold a stale (e.g. obs://) value. No section is created: a non-empty
+    one would switch MindFormers to the non-legacy format. `auto_trans_ckpt` is False (it has no
+    twin in the section): the entry converted already, and a True would make MindFormers clear
+    output/strategy and check for a shared disk (`_validate_auto_trans_ckpt_requirements`).
+    `src_strategy_path_or_dir` is still read without auto_trans_ckpt (safetensors loading,
+    `utils/load_checkpoint_utils.py` _get_src_strategy): it becomes the local copy, or "" rather
+    than a URL MindFormers cannot open."""
+    out = copy.deepcopy(config)
+    out["load_checkpoint"] = load_path
+    section = _section(out)
+    if section is not None:
+        section["load_path"] = load_path
+    out["auto_trans_ckpt"] = False
+    if src_strategy is not None:
+        out["src_strategy_path_or_dir"] = src_strategy
+    elif obs_io.is_remote(str(out.get("src_strategy_path_or_dir") or "")):
+        out["src_strategy_path_or_dir"] = ""
+    return out
+
+
+def for_strategy_pass(config: dict[str, Any], output_dir: str) -> dict[str, Any]:
+    """The config of the strategy pass: compile only, load nothing, write into `output_dir`.
+
+    MindFormers refuses `only_save_strategy` unless the legacy format is used (`trainer/utils.py`
+    convert_checkpoint_config: "only_save_strategy is not supported when the use_legacy_format is
+    False"), and a non-empty `checkpoint:` section forces the non-legacy format. The pass loads
+    and saves no checkpoint (it exits after compiling, `trainer/utils.py`
+    transform_and_load_checkpoint), so it is switched to the legacy format instead of failing:
+    the section is dropped and `use_legacy_format` set True. The layout the pass writes comes
+    from the network and parallel_config, not from the checkpoint format. `resume_training` is False: a resume target
+    without `load_checkpoint` is a MindFormers error (`_using_checkpoint_name_or_path_if_needed`)."""
+    out = copy.deepcopy(config)
+    if not uses_legacy_format(out):
+        log.info("strategy pass: without the checkpoint: section and with use_legacy_format: True, "
+                 "as MindFormers' only_save_strategy needs")
+        out.pop(SECTION, None)
+        out["use_legacy_format"] = True
+    out.update(only_save_strategy=True, auto_trans_ckpt=False, load_checkpoint="",
+               resume_training=False, output_dir=output_dir)
+    return out
+
+
+# ---------------------------------------------------------------- diff, secrets, dump
 
 def diff(base: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
     """(dotted key, old, new) for every leaf that differs; missing leaves are None."""

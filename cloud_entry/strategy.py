@@ -7,7 +7,6 @@ markers, not a listing of strategy/, say what belongs to this run: old files may
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -61,18 +60,10 @@ def local_strategy_files(folder: str) -> list[str]:
                   if n.endswith(STRATEGY_EXTS) and os.path.isfile(os.path.join(folder, n)))
 
 
-def pass_config(cfg: dict[str, Any], output_dir: str) -> dict[str, Any]:
-    """The config of the strategy pass: compile only, load nothing, write into our output."""
-    out = copy.deepcopy(cfg)
-    out.update(only_save_strategy=True, auto_trans_ckpt=False, load_checkpoint="",
-               output_dir=output_dir)
-    return out
-
-
 def run_pass(cfg: dict[str, Any], layout: Layout, launch_cmd: list[str], env: dict[str, str],
              timeout: float) -> list[str]:
     path = join(layout.work_dir, "strategy_pass_config.yaml")
-    config_mod.dump(pass_config(cfg, layout.output_dir), path)
+    config_mod.dump(config_mod.for_strategy_pass(cfg, layout.output_dir), path)
     code = launch.run(launch.command(launch_cmd, path), dict(env, CLOUD_ENTRY_CONFIG=path),
                       timeout, what="strategy pass")
     if code != 0:

@@ -1,0 +1,233 @@
+"""cloud_entry.config: base_config inheritance and the checkpoint keys, as MindFormers reads them.
+
+The rules come from MindFormers 1.9-2.1: `mindformers/tools/register/config.py` (base_config),
+`mindformers/trainer/utils.py` convert_checkpoint_config (the `checkpoint:` section),
+`mindformers/trainer/base_trainer.py` (which loader runs).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+import obs_io
+from cloud_entry import config as config_mod
+from cloud_entry.errors import EntryError
+from cloud_entry.jobspec import JobSpec
+
+
+def write(path: Path, data: dict) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return str(path)
+
+
+def effective(base: dict, **spec_fields) -> tuple[dict, JobSpec]:
+    spec = JobSpec(**spec_fields)
+    cfg = config_mod.build(spec, config_mod.with_defaults(base))
+    return cfg, config_mod.resolve(spec, cfg)
+
+
+SECTION = {"checkpoint": {"load_path": "/ckpt/section", "load_balanced": False, "no_load_optim": True},
+           "load_checkpoint": ""}
+
+
+# ---------------------------------------------------------------- base_config
+
+def test_base_config_string_nested_relative_paths(tmp_path):
+    write(tmp_path / "common" / "base.yaml",
+          {"a": {"x": 1, "y": 2}, "lst": [1, 2], "only_base": "b", "load_checkpoint": "/from/base"})
+    write(tmp_path / "model" / "mid.yaml", {"base_config": "../common/base.yaml", "a": {"y": 3}, "lst": [9]})
+    top = write(tmp_path / "model" / "run" / "top.yaml", {"base_config": "../mid.yaml", "a": {"z": 4}})
+    cfg = config_mod.read_base(top)
+    assert cfg["a"] == {"x": 1, "y": 3, "z": 4}        # mappings merge deeply, the includer wins
+    assert cfg["lst"] == [9]                            # lists are replaced, not appended
+    assert cfg["only_base"] == "b" and cfg["load_checkpoint"] == "/from/base"
+    assert "base_config" not in cfg
+
+
+def test_base_config_list_later_base_replaces_whole_keys(tmp_path):
+    write(tmp_path / "b1.yaml", {"a": {"x": 1}, "k": 1})
+    write(tmp_path / "b2.yaml", {"a": {"y": 2}})
+    absolute = write(tmp_path / "elsewhere" / "b3.yaml", {"m": 3})
+    top = write(tmp_path / "cfg" / "top.yaml",
+                {"base_config": ["../b1.yaml", "../b2.yaml", absolute], "a": {"z": 3}})
+    cfg = config_mod.read_base(top)
+    # MindFormers combines bases with dict.update: b2's `a` replaced b1's; then the file merges in
+    assert cfg["a"] == {"y": 2, "z": 3}
+    assert cfg["k"] == 1 and cfg["m"] == 3 and "base_config" not in cfg
+
+
+def test_base_config_shared_twice_is_no_cycle(tmp_path):
+    write(tmp_path / "common.yaml", {"c": 1})
+    write(tmp_path / "left.yaml", {"base_config": "common.yaml", "l": 1})
+    write(tmp_path / "right.yaml", {"base_config": "common.yaml", "r": 1})
+    top = write(tmp_path / "top.yaml", {"base_config": ["left.yaml", "right.yaml"]})
+    assert config_mod.read_base(top) == {"c": 1, "l": 1, "r": 1}
+
+
+def test_base_config_cycle_names_the_files(tmp_path):
+    write(tmp_path / "a.yaml", {"base_config": "sub/b.yaml"})
+    write(tmp_path / "sub" / "b.yaml", {"base_config": "../a.yaml"})
+    with pytest.raises(EntryError, match=r"base_config cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        config_mod.read_base(str(tmp_path / "a.yaml"))
+    self_ref = write(tmp_path / "self.yaml", {"base_config": "./self.yaml"})
+    with pytest.raises(EntryError, match="base_config cycle"):
+        config_mod.read_base(self_ref)
+
+
+def test_missing_or_bad_base_names_the_referring_file(tmp_path):
+    top = write(tmp_path / "cfg" / "top.yaml", {"base_config": "../nope/base.yaml"})
+    with pytest.raises(EntryError) as err:
+        config_mod.read_base(top)
+    assert top in str(err.value) and "../nope/base.yaml" in str(err.value) and "not found" in str(err.value)
+    bad = write(tmp_path / "bad.yaml", {"base_config": 3})
+    with pytest.raises(EntryError, match="base_config must be a path or a list"):
+        config_mod.read_base(bad)
+    (tmp_path / "broken.yaml").write_text("a: [1\n")
+    includer = write(tmp_path / "inc.yaml", {"base_config": "broken.yaml"})
+    with pytest.raises(EntryError, match=r"inc\.yaml: base_config broken\.yaml .*not valid YAML"):
+        config_mod.read_base(includer)
+
+
+def test_base_config_on_object_storage_is_relative_to_the_url(bucket):
+    obs_io.reset_config()
+    try:
+        obs_io.file.write(f"obs://{bucket}/shared/base.yaml", yaml.safe_dump({"a": {"x": 1}, "b": 1}))
+        obs_io.file.write(f"obs://{bucket}/cfg/top.yaml",
+                          yaml.safe_dump({"base_config": "../shared/base.yaml", "a": {"y": 2}}))
+        assert config_mod.read_base(f"obs://{bucket}/cfg/top.yaml") == {"a": {"x": 1, "y": 2}, "b": 1}
+        obs_io.file.write(f"obs://{bucket}/esc.yaml", yaml.safe_dump({"base_config": "../x.yaml"}))
+        with pytest.raises(EntryError, match="above the bucket root"):
+            config_mod.read_base(f"obs://{bucket}/esc.yaml")
+    finally:
+        obs_io.reset_config()
+
+
+# ---------------------------------------------------------------- resolve: where the source is
+
+def test_legacy_form_source_and_empty_argument_keeps_the_yaml():
+    cfg, job = effective({"load_checkpoint": "/ckpt/yaml", "src_strategy_path_or_dir": "/s"})
+    assert job.load_checkpoint == "/ckpt/yaml" and job.src_strategy == "/s"   # "" args wipe nothing
+    assert "checkpoint" not in cfg and config_mod.uses_legacy_format(cfg)
+    cfg, job = effective({"load_checkpoint": "/ckpt/yaml"}, load_checkpoint="/ckpt/arg")
+    assert job.load_checkpoint == cfg["load_checkpoint"] == "/ckpt/arg"
+
+
+def test_section_form_source_and_argument_goes_where_mindformers_reads():
+    cfg, job = effective(SECTION)
+    assert job.load_checkpoint == "/ckpt/section" and not config_mod.uses_legacy_format(cfg)
+    cfg, job = effective(SECTION, load_checkpoint="obs://b/ckpt")
+    assert cfg["checkpoint"]["load_path"] == cfg["load_checkpoint"] == job.load_checkpoint == "obs://b/ckpt"
+    assert cfg["checkpoint"]["no_load_optim"] is True
+    assert SECTION["checkpoint"]["load_path"] == "/ckpt/section"             # base untouched
+
+
+def test_section_without_load_path_takes_the_top_level_key():
+    cfg, job = effective({"checkpoint": {"save_max": 2}}, load_checkpoint="/ckpt/arg")
+    assert "load_path" not in cfg["checkpoint"]                           # MindFormers copies it over
+    assert job.load_checkpoint == "/ckpt/arg"
+
+
+def test_empty_section_is_no_section():
+    cfg, job = effective({"checkpoint": {}, "only_save_strategy": True}, load_checkpoint="/ckpt/arg")
+    assert cfg["checkpoint"] == {} and config_mod.uses_legacy_format(cfg)
+    assert job.load_checkpoint == "/ckpt/arg" and job.only_save_strategy is True
+
+
+@pytest.mark.parametrize("section_path, expected", [("/ckpt/section", "/ckpt/section"), ("", "")])
+def test_conflicting_forms_section_wins_with_a_warning(caplog, section_path, expected):
+    base = {"checkpoint": {"load_path": section_path}, "load_checkpoint": "/ckpt/top"}
+    with caplog.at_level(logging.WARNING, logger="cloud_entry.config"):
+        _, job = effective(base)
+    assert job.load_checkpoint == expected
+    assert f"checkpoint.load_path={section_path!r}" in caplog.text and "'/ckpt/top'" in caplog.text
+
+
+def test_argument_and_dotted_override_disagree_section_wins(caplog):
+    with caplog.at_level(logging.WARNING, logger="cloud_entry.config"):
+        _, job = effective(SECTION, load_checkpoint="/a", overrides={"checkpoint.load_path": "/b"})
+    assert job.load_checkpoint == "/b" and "disagree" in caplog.text
+
+
+def test_format_is_read_at_the_top_level_in_both_forms():
+    _, job = effective({**SECTION, "load_ckpt_format": "safetensors"})
+    assert job.load_ckpt_format == "safetensors"
+    _, job = effective({}, load_ckpt_format="safetensors")
+    assert job.load_ckpt_format == "safetensors"
+
+
+def test_non_legacy_training_ignores_auto_trans_ckpt(caplog):
+    with caplog.at_level(logging.WARNING, logger="cloud_entry.config"):
+        _, job = effective({**SECTION, "auto_trans_ckpt": True})
+    assert job.auto_trans_ckpt is False and "auto_trans_ckpt=True ignored" in caplog.text
+    _, job = effective({"use_legacy_format": False, "load_checkpoint": "/c"}, auto_trans_ckpt=True,
+                       run_mode="finetune")
+    assert job.auto_trans_ckpt is False
+    # predict and eval load through transform_and_load_checkpoint in both formats
+    _, job = effective({**SECTION, "auto_trans_ckpt": True}, run_mode="predict")
+    assert job.auto_trans_ckpt is True and job.load_checkpoint == "/ckpt/section"
+    _, job = effective({"load_checkpoint": "/c", "auto_trans_ckpt": True})
+    assert job.auto_trans_ckpt is True
+
+
+def test_own_only_save_strategy_with_non_legacy_format_is_refused_early():
+    with pytest.raises(EntryError, match="only_save_strategy=True.*use_legacy_format: True"):
+        effective(SECTION, only_save_strategy=True)
+    with pytest.raises(EntryError, match="expected a mapping"):
+        effective({"checkpoint": "/not/a/section"})
+
+
+# ---------------------------------------------------------------- for_launch
+
+def test_for_launch_legacy_form_creates_no_section():
+    cfg, _ = effective({"load_checkpoint": "obs://b/src", "auto_trans_ckpt": True, "checkpoint": {}})
+    out = config_mod.for_launch(cfg, "/local/transformed/src")
+    assert out["load_checkpoint"] == "/local/transformed/src" and out["auto_trans_ckpt"] is False
+    assert out["checkpoint"] == {} and config_mod.uses_legacy_format(out)
+    assert cfg["load_checkpoint"] == "obs://b/src" and cfg["auto_trans_ckpt"] is True     # a copy
+
+
+def test_for_launch_section_form_sets_both_keys():
+    cfg, _ = effective({**SECTION, "auto_trans_ckpt": True}, load_checkpoint="obs://b/src", run_mode="eval")
+    out = config_mod.for_launch(cfg, "/local/transformed/src")
+    assert out["checkpoint"]["load_path"] == out["load_checkpoint"] == "/local/transformed/src"
+    assert out["checkpoint"]["no_load_optim"] is True and out["auto_trans_ckpt"] is False
+    assert config_mod.resolve(JobSpec(), out).load_checkpoint == "/local/transformed/src"
+    assert cfg["checkpoint"]["load_path"] == "obs://b/src"
+
+
+@pytest.mark.parametrize("yaml_value, given, expected", [
+    ("obs://b/strategy/", None, ""),                       # never a stale URL
+    ("s3://b/strategy/merged.ckpt", "/local/s.ckpt", "/local/s.ckpt"),
+    ("/local/strategy", None, "/local/strategy"),
+    ("", "/local/s.ckpt", "/local/s.ckpt"),
+])
+def test_for_launch_src_strategy(yaml_value, given, expected):
+    cfg, _ = effective({"load_checkpoint": "/c", "src_strategy_path_or_dir": yaml_value})
+    assert config_mod.for_launch(cfg, "/t", given)["src_strategy_path_or_dir"] == expected
+
+
+# ---------------------------------------------------------------- for_strategy_pass
+
+def test_strategy_pass_legacy_form():
+    cfg, _ = effective({"load_checkpoint": "/c", "auto_trans_ckpt": True, "resume_training": True})
+    out = config_mod.for_strategy_pass(cfg, "/out")
+    assert out["only_save_strategy"] is True and out["auto_trans_ckpt"] is False
+    assert out["load_checkpoint"] == "" and out["resume_training"] is False and out["output_dir"] == "/out"
+    assert "checkpoint" not in out and "use_legacy_format" not in out
+    assert cfg["only_save_strategy"] is False and cfg["load_checkpoint"] == "/c"
+
+
+@pytest.mark.parametrize("base", [{**SECTION, "run_mode": "predict"},
+                                  {"use_legacy_format": False, "load_checkpoint": "/c"}])
+def test_strategy_pass_switches_to_the_legacy_format(base):
+    cfg, _ = effective(base)
+    out = config_mod.for_strategy_pass(cfg, "/out")
+    assert "checkpoint" not in out and out["use_legacy_format"] is True
+    assert config_mod.uses_legacy_format(out) and out["load_checkpoint"] == ""
+    job = config_mod.resolve(JobSpec(), out)            # what MindFormers accepts: no EntryError
+    assert job.only_save_strategy is True and job.load_checkpoint == ""
+    assert not config_mod.uses_legacy_format(cfg)       # the job's own config is untouched
