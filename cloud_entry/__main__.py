@@ -1,14 +1,15 @@
 """`python -m cloud_entry` / `cloud-entry`: the boot command of a training job.
 
 Exit codes: the launched command's; 2 for bad input, a failed block or a bounded wait that ran
-out (one line on stderr, traceback only in the log file); 1 for an unexpected error.
+out (one line on stderr, traceback only in the log file); 1 for an unexpected error; on a stop
+request (SIGTERM, SIGHUP: signals.py) the stopped command's, or 128+signal before the launch.
 """
 from __future__ import annotations
 
 import logging
 import sys
 
-from cloud_entry import logs
+from cloud_entry import logs, signals
 from cloud_entry.errors import EntryError
 
 
@@ -18,23 +19,28 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.console()
     log = logging.getLogger("cloud_entry")
-    try:
-        import reshard
+    with signals.raising():
+        try:
+            import reshard
 
-        user_errors: tuple[type[BaseException], ...] = (EntryError, reshard.ReshardError)
-        return run(parse_args(sys.argv[1:] if argv is None else argv))
-    except user_errors as exc:
-        log.debug("failed", exc_info=True)
-        print(f"cloud-entry: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cloud-entry: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - one line for the user, the traceback for the log
-        log.debug("unexpected error", exc_info=True)
-        print(f"cloud-entry: error: {type(exc).__name__}: {' '.join(str(exc).split())} "
-              "(traceback in the log file)", file=sys.stderr)
-        return 1
+            user_errors: tuple[type[BaseException], ...] = (EntryError, reshard.ReshardError)
+            return run(parse_args(sys.argv[1:] if argv is None else argv))
+        except signals.Terminated as exc:
+            log.debug("stopped", exc_info=True)
+            print(f"cloud-entry: stopped by {exc.name}", file=sys.stderr)
+            return exc.exit_code
+        except user_errors as exc:
+            log.debug("failed", exc_info=True)
+            print(f"cloud-entry: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("cloud-entry: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # noqa: BLE001 - one line for the user, the traceback for the log
+            log.debug("unexpected error", exc_info=True)
+            print(f"cloud-entry: error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+                  "(traceback in the log file)", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Starting the user's command: `{config}` substitution, environment, the moxing stand-in.
+"""Starting the user's command (`{config}` substitution, environment, the moxing stand-in)
+and stopping it with the entry.
 
 Why a shim package on PYTHONPATH: MindFormers imports `moxing` whenever it believes it runs on
 ModelArts; the launched process is a new interpreter, so installing obs_io in our own process
@@ -7,17 +8,27 @@ is not enough. The shim is a `moxing` package whose import installs obs_io in it
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import obs_io
 
+from cloud_entry import signals
 from cloud_entry.errors import EntryError, WaitTimeout
 
 log = logging.getLogger(__name__)
+
+# ModelArts runs each task of a training job as a Kubernetes Pod (Huawei, "训练容器生命周期",
+# support.huaweicloud.com/usermanual-standard-modelarts/develop-container-0001.html), and
+# Kubernetes SIGKILLs a container terminationGracePeriodSeconds after its SIGTERM: 30 s unless
+# the Pod sets it. ModelArts' own value is documented nowhere we found (unconfirmed). 20 s
+# leaves the entry about 10 s of those 30 to kill the group's rest and upload the logs.
+STOP_GRACE = 20.0
 
 SHIM = '''"""Written by cloud_entry: on this job `import moxing` is obs_io (Huawei's moxing API)."""
 import obs_io
@@ -49,33 +60,83 @@ def environment(base: Mapping[str, str], config_path: str, node_ranks: Sequence[
     return env
 
 
+def stop_grace(env: Mapping[str, str]) -> float:
+    """Seconds a stopped command gets to end before its group is SIGKILLed: STOP_GRACE, or
+    CLOUD_ENTRY_STOP_GRACE where the platform's own grace is known to be longer or shorter."""
+    text = env.get("CLOUD_ENTRY_STOP_GRACE", "").strip()
+    if not text:
+        return STOP_GRACE
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise EntryError(f"CLOUD_ENTRY_STOP_GRACE={text!r}: expected a number of seconds >= 0")
+    return value
+
+
 def run(cmd: Sequence[str], env: Mapping[str, str], timeout: float | None = None,
         what: str = "launch command") -> int:
-    """Run to completion and return its exit code. With a timeout (the strategy pass) the
-    process group is killed when it runs out; the training itself is not bounded by us."""
+    """Run to completion in its own process group and return its exit code (128+N when
+    signal N ended it, as shells report it). With a timeout (the strategy pass) the group is
+    stopped when it runs out and WaitTimeout raised; the training itself is not bounded by us.
+
+    A stop request meanwhile (SIGTERM, SIGHUP, SIGINT) is passed on to the group, which gets
+    stop_grace() seconds before SIGKILL; then Terminated is raised carrying the command's exit
+    code, for the entry to exit with. Raised, not returned: after the strategy pass the entry
+    must not go on converting because the command ended well. Any other exception on our side
+    stops the group the same way: no training process outlives the entry."""
+    grace = stop_grace(env)
     log.info("running %s: %s", what, " ".join(cmd))
-    try:
-        proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True)
-    except OSError as exc:
-        raise EntryError(f"{what} {cmd[0]!r}: cannot start ({exc.strerror or exc})") from None
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        raise WaitTimeout(f"{what} did not finish within {timeout:g}s (--transform_timeout): killed") from None
-    except BaseException:
-        _kill_group(proc)
-        raise
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    with signals.raising():
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
+            proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True)
+        except OSError as exc:
+            raise EntryError(f"{what} {cmd[0]!r}: cannot start ({exc.strerror or exc})") from None
         try:
-            proc.wait(wait)
-            return
+            return _shell_code(proc.wait(timeout))
         except subprocess.TimeoutExpired:
-            continue
+            _stop(proc, signal.SIGTERM, grace)
+            raise WaitTimeout(f"{what} did not finish within {timeout:g}s (--transform_timeout): "
+                              "killed") from None
+        except (signals.Terminated, KeyboardInterrupt) as exc:
+            sig = exc.signum if isinstance(exc, signals.Terminated) else signal.SIGINT
+            log.warning("%s received: passing it on to the %s, waiting up to %gs",
+                        signal.Signals(sig).name, what, grace)
+            code = _stop(proc, sig, grace)
+            log.warning("%s stopped: exit code %d", what, code)
+            raise signals.Terminated(sig, code) from None
+        except BaseException:
+            _stop(proc, signal.SIGTERM, grace)
+            raise
+
+
+def _shell_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send sig to the group; False if no process of it is left (sig 0 only asks)."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop(proc: subprocess.Popen, sig: int, grace: float) -> int:
+    """sig to the command's group; up to `grace` seconds for the whole group (its leader, and
+    the workers a launcher like msrun started) to end; SIGKILL to what is left, also when a
+    second stop request cuts the grace short. Returns the leader's exit code."""
+    deadline = time.monotonic() + grace
+    try:
+        _signal_group(proc.pid, sig)
+        proc.wait(grace)
+        while _signal_group(proc.pid, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return _shell_code(proc.returncode)

@@ -1,9 +1,25 @@
-"""Logging: concise lines on the console, everything (with tracebacks) in one file per process."""
+"""Logging: concise lines on the console, everything (with tracebacks) in one file per process,
+and that folder copied to object storage at the end (the container's disk does not outlive it)."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import logging
 import os
+import signal
+import subprocess
 import sys
+
+import obs_io
+from obs_io.errors import scrub
+
+log = logging.getLogger(__name__)
+
+UPLOAD_TIMEOUT = 120.0   # a few MB of logs take seconds; a dead store must not hold the job
+# The copy's own interpreter: settings (credentials included) and file list come on stdin.
+_UPLOAD = ("import json, sys, obs_io; plan = json.load(sys.stdin); obs_io.configure(**plan['config']); "
+           "obs_io.file.copy_parallel(plan['src'], plan['dst'], file_list=plan['files'])")
 
 FORMAT_FILE = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
@@ -35,3 +51,50 @@ def to_file(log_dir: str, node_index: int) -> str:
     handler._cloud_entry = True  # type: ignore[attr-defined]
     logging.getLogger().addHandler(handler)
     return path
+
+
+def upload(log_dir: str, remote_url: str, timeout: float = UPLOAD_TIMEOUT) -> None:
+    """Copy every file below log_dir (ours and the engine's) to `<remote_url>/`.
+
+    Never raises an error: logs that could not be uploaded are a WARNING, and the job's
+    result and exit code stay what they were. Bounded by `timeout`: obs_io's retries (10
+    attempts, 30 s connect and 120 s read timeouts per request) would hold a dead store for
+    many minutes, and a thread stuck in a request cannot be abandoned (the interpreter joins
+    transfer threads at exit); so the copy runs in its own process group, SIGKILLed when the
+    time is up. A stop request (signals.Terminated) meanwhile kills it too and is raised.
+    """
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_cloud_entry", False):
+            handler.flush()
+    dst = remote_url.rstrip("/") + "/"
+    try:
+        files = [os.path.relpath(os.path.join(folder, name), log_dir)
+                 for folder, _, names in os.walk(log_dir) for name in names]
+        if not files:
+            return
+        plan = json.dumps({"config": dataclasses.asdict(obs_io.current_config()), "src": log_dir,
+                           "dst": dst, "files": files})
+        obs_io_parent = os.path.dirname(os.path.dirname(os.path.abspath(obs_io.__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [obs_io_parent,
+                                                                       os.environ.get("PYTHONPATH")])))
+        proc = subprocess.Popen([sys.executable, "-c", _UPLOAD], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+        try:
+            _, err = proc.communicate(plan, timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    except subprocess.TimeoutExpired:
+        log.warning("logs not uploaded to %s: not done within %gs", dst, timeout)
+        return
+    except Exception as exc:  # noqa: BLE001 - the job's outcome must not depend on its logs
+        log.warning("logs not uploaded to %s: %s: %s", dst, type(exc).__name__, exc)
+        return
+    if proc.returncode:
+        lines = err.strip().splitlines() or [f"exit code {proc.returncode}"]
+        log.warning("logs not uploaded to %s: %s", dst, scrub(lines[-1]))
+    else:
+        log.info("logs uploaded: %d file(s) to %s", len(files), dst)
