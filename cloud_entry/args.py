@@ -1,4 +1,13 @@
-"""ModelArts hyperparameters (`--name=value`) -> JobSpec.
+"""ModelArts hyperparameters (`--name=value`) -> JobSpec, wherever they stand on the command line.
+
+How the platform calls the entry (SPEC.md "How the platform really calls the entry"): ModelArts
+appends every hyperparameter of the training-job form as `--name=value` at the END of the boot
+command, so with `cloud-entry ... -- python run_mindformer.py --config {config}` they land after
+the training command. The entry therefore reads its hyperparameters before the `--` AND out of
+the training command, removes the ones it consumed from the training command (their effective
+values reach it through the effective config; a stale `--load_checkpoint=obs://...` would
+override it) and passes every other argument on. A name within a small edit distance of one of
+ours is an error: a typo such as `--auto_trans_ckp=True` must not silently turn conversion off.
 
 Why every value is parsed as a string first: ModelArts passes booleans as "True"/"false"/"1",
 and argparse's `type=bool` reads "False" as true; converting after parsing lets each error name
@@ -11,10 +20,12 @@ import logging
 import math
 import re
 import shlex
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import yaml
 
+import obs_io
 from cloud_entry.errors import EntryError
 from cloud_entry.jobspec import JobSpec
 
@@ -95,32 +106,65 @@ def _launch_cmd(flag: str, text: str) -> tuple[str, ...]:
         raise EntryError(f"--{flag}={text!r}: {exc}") from None
 
 
-# flag -> (JobSpec field, converter). Order is the --help order.
-FLAGS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
-    "config": ("config", _text),
-    "load_checkpoint": ("load_checkpoint", _text),
-    "src_strategy_path_or_dir": ("src_strategy", _text),
-    "dst_strategy": ("dst_strategy", _text),
-    "auto_trans_ckpt": ("auto_trans_ckpt", parse_bool),
-    "transform_process_num": ("transform_process_num", parse_int),
-    "transform_timeout": ("transform_timeout", parse_seconds),
-    "max_memory": ("max_memory", parse_size),
-    "npu_num_per_node": ("npu_num_per_node", parse_int),
-    "node_num": ("node_num", parse_int),
-    "node_index": ("node_index", parse_int),
-    "only_save_strategy": ("only_save_strategy", parse_bool),
-    "load_ckpt_format": ("load_ckpt_format", parse_choice(CKPT_FORMATS)),
-    "use_parallel": ("use_parallel", parse_bool),
-    "run_mode": ("run_mode", parse_choice(RUN_MODES)),
-    "output_dir": ("output_dir", _text),
-    "remote_save_url": ("remote_save_url", _text),
-    "shared_dir": ("shared_dir", _text),
-    "work_dir": ("work_dir", _text),
-    "prefix": ("prefix", _text),
-    "run_id": ("run_id", _text),
-    "transform_only": ("transform_only", parse_bool),
-    "launch_cmd": ("launch_cmd", _launch_cmd),
+@dataclass(frozen=True)
+class Flag:
+    field: str                                  # JobSpec field
+    convert: Callable[[str, str], Any]
+    help: str
+
+
+# Our hyperparameters. Order is the --help order.
+FLAGS: dict[str, Flag] = {
+    "config": Flag("config", _text, "base MindFormers run config: a path, a name in configs/, or a URL "
+                   "(also taken from the training command's own --config)"),
+    "load_checkpoint": Flag("load_checkpoint", _text, "source checkpoint: complete file, folder of complete "
+                            "files, or a folder of rank_<r>/ folders; local, obs:// or s3://"),
+    "src_strategy_path_or_dir": Flag("src_strategy", _text, "strategy of a distributed source: merged file, "
+                                     "folder of per-rank files, or one rank's file"),
+    "dst_strategy": Flag("dst_strategy", _text, "destination strategy (file, folder or URL); empty: "
+                         "a strategy pass of the training command writes it"),
+    "auto_trans_ckpt": Flag("auto_trans_ckpt", parse_bool, "convert load_checkpoint to this job's layout"),
+    "transform_process_num": Flag("transform_process_num", parse_int, "rank blocks converted in parallel "
+                                  "(must divide the world size)"),
+    "transform_timeout": Flag("transform_timeout", parse_seconds, "bound in seconds of every wait for "
+                              "other nodes or processes (default 3600)"),
+    "max_memory": Flag("max_memory", parse_size, "host memory budget of the conversion, e.g. 8G"),
+    "npu_num_per_node": Flag("npu_num_per_node", parse_int, "cards per node (default from the platform)"),
+    "node_num": Flag("node_num", parse_int, "node count (default from the platform)"),
+    "node_index": Flag("node_index", parse_int, "this node's index (default from the platform)"),
+    "only_save_strategy": Flag("only_save_strategy", parse_bool, "MindFormers: compile, save strategy, exit"),
+    "load_ckpt_format": Flag("load_ckpt_format", parse_choice(CKPT_FORMATS), "ckpt or safetensors"),
+    "use_parallel": Flag("use_parallel", parse_bool, "False: single-card (complete checkpoint)"),
+    "run_mode": Flag("run_mode", parse_choice(RUN_MODES), "/".join(RUN_MODES)),
+    "output_dir": Flag("output_dir", _text, "local output folder (default ./output)"),
+    "remote_save_url": Flag("remote_save_url", _text, "object-storage folder for the converted checkpoint, "
+                            "strategies, markers and logs (default: --train_url)"),
+    "shared_dir": Flag("shared_dir", _text, "a folder every node sees (instead of object storage)"),
+    "work_dir": Flag("work_dir", _text, "local scratch folder (default <output_dir>/cloud_entry)"),
+    "prefix": Flag("prefix", _text, "converted file name prefix (default checkpoint_)"),
+    "run_id": Flag("run_id", _text, "id every node of this run shares (default from the platform)"),
+    "transform_only": Flag("transform_only", parse_bool, "stop after the conversion, launch nothing"),
+    "launch_cmd": Flag("launch_cmd", _launch_cmd, "the training command as one string (or put it after --)"),
 }
+OWN_NAMES = frozenset(FLAGS) | frozenset(PARALLEL_KEYS)
+
+# Arguments the platform adds, and what they mean to it. All are passed on to the training command.
+PLATFORM_ARGS = {
+    "data_url": "the job's input data (OBS URL or the local folder ModelArts synced it to)",
+    "train_url": "the job's output location: the default remote_save_url when it is on OBS",
+    "init_method": "the rendezvous address ModelArts gives multi-node jobs",
+}
+# MindFormers' run_mindformer.py arguments: passed on, never taken for typos of ours.
+MINDFORMERS_ARGS = frozenset((
+    "config", "mode", "device_id", "device_target", "run_mode", "do_eval", "train_dataset_dir",
+    "eval_dataset_dir", "predict_data", "modal_type", "predict_batch_size", "adapter_id",
+    "load_checkpoint", "src_strategy_path_or_dir", "auto_trans_ckpt", "transform_process_num",
+    "only_save_strategy", "resume_training", "strategy_load_checkpoint", "remote_save_url", "seed",
+    "use_parallel", "profile", "options", "epochs", "batch_size", "gradient_accumulation_steps",
+    "sink_mode", "num_samples", "output_dir", "register_path"))
+CONFIG_PLACEHOLDER = "{config}"
+_ARG = re.compile(r"^--([A-Za-z_][\w.-]*)(?:=(.*))?$", re.DOTALL)
+_DOTTED = re.compile(r"^[A-Za-z_][\w-]*(?:\.[\w-]+)+$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,10 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cloud-entry", allow_abbrev=False,
         description="Boot command of a training job: config, checkpoint conversion, launch. "
-                    "Put the launch command after `--`; `{config}` in it becomes the effective "
-                    "config path.")
-    for flag in FLAGS:
-        parser.add_argument(f"--{flag}", dest=flag, default=None, metavar="VALUE")
+                    "Hyperparameters (--name=value) may stand before the training command or after "
+                    "it, where ModelArts appends them; `{config}` in the training command becomes "
+                    "the effective config path.")
+    for flag, spec in FLAGS.items():
+        parser.add_argument(f"--{flag}", dest=flag, default=None, metavar="VALUE", help=spec.help)
     for key in PARALLEL_KEYS:
         parser.add_argument(f"--{key}", dest=f"parallel_config.{key}", default=None,
                             metavar="VALUE", help=f"parallel_config.{key}")
@@ -145,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def split_launch(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Everything after the first bare `--` is the launch command, untouched."""
+    """Everything after the first bare `--` is the training command (and ModelArts' appended
+    hyperparameters, which `take_from_launch` picks out)."""
     argv = list(argv)
     if "--" in argv:
         cut = argv.index("--")
@@ -153,36 +199,133 @@ def split_launch(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def _dotted(unknown: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """`--a.b.c=v` -> overrides; anything else is ModelArts' own or a typo: ignored."""
-    overrides: dict[str, Any] = {}
-    ignored: list[str] = []
-    for item in unknown:
-        m = re.match(r"^--([A-Za-z_][\w-]*(?:\.[\w-]+)+)=(.*)$", item, re.DOTALL)
-        if m:
-            overrides[m.group(1)] = parse_scalar(m.group(1), m.group(2))
+def _name(token: str) -> str | None:
+    m = _ARG.match(token)
+    return m.group(1) if m else None
+
+
+def take_from_launch(launch: Sequence[str]) -> tuple[list[str], list[str], str | None]:
+    """Split the training command into (its own arguments, our hyperparameters, its --config value).
+
+    Ours are `--name=value` / `--name value` with one of our names (or a dotted override
+    `--a.b=v`), anywhere in it: ModelArts appends them at the end, and one written into the
+    command by hand would override the effective config just the same. The command's own
+    `--config X` is kept, pointed at the effective config (`{config}`); X is returned, to serve
+    as the base config when none is given."""
+    kept: list[str] = []
+    ours: list[str] = []
+    config: str | None = None
+    has_placeholder = any(CONFIG_PLACEHOLDER in t for t in launch)
+    i = 0
+    while i < len(launch):
+        token = launch[i]
+        m = _ARG.match(token)
+        name, value = (m.group(1), m.group(2)) if m else (None, None)
+        spaced = value is None and i + 1 < len(launch) and not launch[i + 1].startswith("--")
+        if name == "config":
+            if value is None and not spaced:
+                kept.append(token)
+                i += 1
+                continue
+            width = 1 if value is not None else 2
+            value = value if value is not None else launch[i + 1]
+            if CONFIG_PLACEHOLDER in value:
+                kept.extend(launch[i:i + width])           # already ours: verbatim
+            else:
+                config = value
+                if not has_placeholder:
+                    kept.append(f"--config={CONFIG_PLACEHOLDER}")
+                    has_placeholder = True
+            i += width
+        elif name is not None and (name in OWN_NAMES or (_DOTTED.match(name) and value is not None)):
+            ours.append(token if value is not None else f"--{name}={launch[i + 1]}" if spaced else token)
+            i += 1 if (value is not None or not spaced) else 2
         else:
-            ignored.append(item)
-    return overrides, ignored
+            kept.append(token)
+            i += 1
+    return kept, ours, config
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def _distance(a: str, b: str) -> int:
+    """Optimal string alignment distance (Levenshtein plus adjacent swaps)."""
+    d = [[max(i, j) if 0 in (i, j) else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def near_miss(name: str) -> str | None:
+    """The hyperparameter `name` is probably a typo of, or None. Close means: the same up to case
+    and -/_, an abbreviation (a prefix of 5+ characters), or within 1 edit (names up to 6
+    characters) or 2 edits (longer names). Platform and MindFormers arguments are never typos."""
+    if name in OWN_NAMES or name in PLATFORM_ARGS or name in MINDFORMERS_ARGS or "." in name:
+        return None
+    low = _normal(name)
+    candidates = sorted(OWN_NAMES | MINDFORMERS_ARGS)
+    for known in candidates:
+        if low == known or (len(low) >= 5 and known.startswith(low)):
+            return known
+    best = min(candidates, key=lambda known: (_distance(low, known), known))
+    limit = 1 if len(low) <= 6 else 2
+    return best if _distance(low, best) <= limit else None
+
+
+def _check_typos(names: Sequence[str]) -> None:
+    for name in names:
+        known = near_miss(name)
+        if known:
+            raise EntryError(f"unknown argument --{name}: did you mean --{known}?")
 
 
 def parse_args(argv: Sequence[str]) -> JobSpec:
     own, launch = split_launch(argv)
+    launch, appended, launch_config = take_from_launch(launch)
     parser = build_parser()
-    ns, unknown = parser.parse_known_args(own)
+    ns, unknown = parser.parse_known_args(own + appended)
+    overrides: dict[str, Any] = {}
+    passthrough: list[str] = []
+    for item in unknown:
+        m = _ARG.match(item)
+        if m and _DOTTED.match(m.group(1)) and m.group(2) is not None:
+            overrides[m.group(1)] = parse_scalar(m.group(1), m.group(2))
+        else:
+            passthrough.append(item)
+    others = [*launch, *passthrough]   # every argument not ours: a typo of ours is an error
+    _check_typos([n for n in map(_name, others) if n])
     values: dict[str, Any] = {}
-    for flag, (name, convert) in FLAGS.items():
+    for flag, spec in FLAGS.items():
         text = getattr(ns, flag)
         if text is not None:
-            values[name] = convert(flag, text)
+            values[spec.field] = spec.convert(flag, text)
+    if launch_config is not None and "config" not in values:
+        values["config"] = launch_config
     parallel = {key: parse_scalar(f"parallel_config.{key}", getattr(ns, f"parallel_config.{key}"))
                 for key in PARALLEL_KEYS if getattr(ns, f"parallel_config.{key}") is not None}
-    overrides, ignored = _dotted(unknown)
-    for item in ignored:
-        log.warning("ignoring unknown argument %s", item.split("=", 1)[0])
+    platform = {}
+    for item in others:
+        m = _ARG.match(item)
+        if m and m.group(1) in PLATFORM_ARGS and m.group(2) is not None:
+            platform[m.group(1)] = m.group(2)
     if launch:
         values["launch_cmd"] = tuple(launch)
-    spec = JobSpec(**values, parallel=parallel, overrides=overrides, ignored=tuple(ignored))
+    if values.get("launch_cmd"):
+        values["launch_cmd"] = tuple(values["launch_cmd"]) + tuple(passthrough)
+    elif passthrough:
+        for item in passthrough:
+            log.warning("no training command to pass %s on to: ignored", item.split("=", 1)[0])
+    if "remote_save_url" not in values and obs_io.is_remote(platform.get("train_url", "")):
+        values["remote_save_url"] = platform["train_url"]
+        log.info("remote_save_url from --train_url")
+    spec = JobSpec(**values, parallel=parallel, overrides=overrides, passthrough=tuple(passthrough),
+                   platform=platform)
     validate(spec)
     return spec
 
@@ -200,3 +343,7 @@ def validate(spec: JobSpec) -> None:
     if not spec.transform_only and not spec.launch_cmd:
         raise EntryError("no launch command: put it after `--` or pass --launch_cmd "
                          "(or --transform_only=True)")
+    if spec.launch_cmd and not any(CONFIG_PLACEHOLDER in part for part in spec.launch_cmd):
+        raise EntryError(f"the training command {' '.join(spec.launch_cmd[:3])} ... takes no config from "
+                         f"the entry: add `--config {CONFIG_PLACEHOLDER}` (or `{CONFIG_PLACEHOLDER}` where "
+                         "it reads its config), or it would not load the converted checkpoint")

@@ -36,7 +36,8 @@ class JobSpec:
     launch_cmd: tuple[str, ...] = ()
     parallel: dict[str, Any] = field(default_factory=dict)     # parallel_config.<key> -> value
     overrides: dict[str, Any] = field(default_factory=dict)    # dotted key -> value
-    ignored: tuple[str, ...] = ()             # unknown arguments (warned about)
+    passthrough: tuple[str, ...] = ()         # arguments not ours, passed on to the training command
+    platform: dict[str, str] = field(default_factory=dict)     # data_url / train_url / ... as given
 
     @property
     def inputs(self) -> list[str]:

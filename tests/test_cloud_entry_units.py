@@ -46,11 +46,13 @@ def test_bad_arguments_are_one_entry_error(argv, culprit, capsys):
     assert capsys.readouterr().err == ""    # no usage dump beside our one line
 
 
-def test_unknown_arguments_are_warned_and_ignored(caplog):
+def test_unknown_arguments_are_passed_on_to_the_training_command(caplog):
     spec = parse("--data_url=obs://b/d", "--train_url=obs://b/t", "--npu_num_per_node=16")
-    assert spec.ignored == ("--data_url=obs://b/d", "--train_url=obs://b/t")
+    assert spec.passthrough == ("--data_url=obs://b/d", "--train_url=obs://b/t")
+    assert spec.launch_cmd[-2:] == spec.passthrough
     assert spec.npu_num_per_node == 16
-    assert "--data_url" in caplog.text and "obs://b/d" not in caplog.text
+    assert spec.platform == {"data_url": "obs://b/d", "train_url": "obs://b/t"}
+    assert spec.remote_save_url == "obs://b/t"          # ModelArts' output location by default
 
 
 def test_dotted_overrides_are_yaml_scalars():
@@ -66,8 +68,8 @@ def test_dotted_overrides_are_yaml_scalars():
 
 def test_no_abbreviations_and_launch_command_is_kept_verbatim():
     spec = parse("--load=abc", "--transform_process_num=2")
-    assert spec.load_checkpoint == "" and "--load=abc" in spec.ignored
-    assert spec.launch_cmd == ("python", "train.py", "--config", "{config}")
+    assert spec.load_checkpoint == "" and "--load=abc" in spec.passthrough
+    assert spec.launch_cmd == ("python", "train.py", "--config", "{config}", "--load=abc")
     spec = args_mod.parse_args(["--launch_cmd=python run.py --config {config}"])
     assert spec.launch_cmd == ("python", "run.py", "--config", "{config}")
 
@@ -277,3 +279,62 @@ def test_poll_returns_when_ready_and_propagates_errors():
         raise EntryError("block 1 failed")
     with pytest.raises(EntryError, match="block 1 failed"):
         poll(boom, 10, "x", sleep=fake.sleep, clock=fake.clock)
+
+
+# ---------------------------------------------------------------- the platform's command line
+
+BOOT = ["--", "python", "run_mindformer.py", "--config", "{config}"]
+
+
+def test_hyperparameters_appended_after_the_training_command_are_ours():
+    spec = args_mod.parse_args([*BOOT, "--load_checkpoint=obs://b/llama.ckpt", "--auto_trans_ckpt=True",
+                                "--data_parallel=2", "--model.model_config.num_layers=2", "--epochs=3",
+                                "--data_url=obs://b/data", "--train_url=obs://b/out", "--init_method=tcp://h:1"])
+    assert spec.load_checkpoint == "obs://b/llama.ckpt" and spec.auto_trans_ckpt is True
+    assert spec.parallel == {"data_parallel": 2} and spec.overrides == {"model.model_config.num_layers": 2}
+    # consumed ones never reach the training command; the rest do, in order
+    assert spec.launch_cmd == ("python", "run_mindformer.py", "--config", "{config}", "--epochs=3",
+                               "--data_url=obs://b/data", "--train_url=obs://b/out", "--init_method=tcp://h:1")
+    assert spec.remote_save_url == "obs://b/out"      # ModelArts' output location
+    assert spec.platform["init_method"] == "tcp://h:1"
+
+
+def test_space_form_inside_the_training_command_and_its_own_config():
+    spec = args_mod.parse_args(["--", "python", "run_mindformer.py", "--config", "configs/llama.yaml",
+                                "--load_checkpoint", "/data/ckpt", "--run_mode", "predict"])
+    assert spec.config == "configs/llama.yaml"        # the command's config is the base
+    assert spec.load_checkpoint == "/data/ckpt" and spec.run_mode == "predict"
+    assert spec.launch_cmd == ("python", "run_mindformer.py", "--config={config}")
+    # a hyperparameter config wins over the command's, which still gets the effective config
+    spec = args_mod.parse_args(["--", "python", "r.py", "--config=a.yaml", "--config=b.yaml"])
+    assert spec.config == "b.yaml" and spec.launch_cmd == ("python", "r.py", "--config={config}")
+
+
+def test_local_train_url_is_not_remote_save_url():
+    spec = args_mod.parse_args([*BOOT, "--train_url=/home/ma-user/modelarts/outputs/train_url_0/"])
+    assert spec.remote_save_url == "" and spec.launch_cmd[-1].startswith("--train_url=")
+
+
+@pytest.mark.parametrize("typo, meant", [("auto_trans_ckp", "auto_trans_ckpt"), ("Auto-Trans-Ckpt", "auto_trans_ckpt"),
+                                         ("auto_trans", "auto_trans_ckpt"), ("load_checkpont", "load_checkpoint"),
+                                         ("transfrom_process_num", "transform_process_num"),
+                                         ("src_strategy_path_or_di", "src_strategy_path_or_dir"),
+                                         ("remote_save_ur", "remote_save_url"), ("prefx", "prefix")])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_near_miss_of_a_hyperparameter_is_an_error(typo, meant, where):
+    arg = f"--{typo}=True"
+    argv = [arg, *BOOT] if where == "before" else [*BOOT, arg]
+    with pytest.raises(EntryError, match=f"^unknown argument --{typo}: did you mean --{meant}\\?$"):
+        args_mod.parse_args(argv)
+
+
+@pytest.mark.parametrize("name", ["epochs", "seed", "data_url", "lr", "node_rank", "worker_num", "batch_size",
+                                  "dataset_dir", "num_layers", "rank", "world_size", "max_steps", "profile"])
+def test_other_arguments_are_not_taken_for_typos(name):
+    assert args_mod.near_miss(name) is None
+    assert f"--{name}=1" in args_mod.parse_args([*BOOT, f"--{name}=1"]).launch_cmd
+
+
+def test_a_training_command_without_the_config_is_refused():
+    with pytest.raises(EntryError, match=r"takes no config from the entry"):
+        args_mod.parse_args(["--", "python", "train.py", "--load_checkpoint=x"])
