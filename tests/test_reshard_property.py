@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, note, settings, strategies as st
 
 from reshard import api
 from tests import synth
@@ -31,7 +31,13 @@ def test_round_trip_and_equal_to_mindspore(a, b, hidden, vocab, seed):
         synth.assert_same_checkpoint_dirs(synth.ms_transform(full, j("ms_a"), None, j("sa")),
                                           j("a"))
         api.transform(j("a"), j("b"), src_strategy=j("sa"), dst_strategy=j("sb"))
-        synth.assert_same_checkpoint_dirs(synth.ms_transform(j("a"), j("ms_b"), j("sa"), j("sb")),
-                                          j("b"))
+        try:
+            reference = synth.ms_transform(j("a"), j("ms_b"), j("sa"), j("sb"))
+        except ValueError as exc:
+            # MindSpore 2.10 itself fails some layout pairs, e.g. dp2 -> pp2 ("The checkpoint of
+            # rank 0 is missing."): nothing to compare with; the round trip below still must hold.
+            note(f"MindSpore refused {a} -> {b}: {exc}")
+        else:
+            synth.assert_same_checkpoint_dirs(reference, j("b"))
         api.transform(j("b"), j("c"), src_strategy=j("sb"))
         assert synth.load_params(j("c", "rank_0", "checkpoint_0.ckpt")) == synth.load_params(full)
