@@ -1,7 +1,9 @@
 """The boot sequence, in the order data flows: arguments -> JobSpec -> config -> cluster ->
 blocks -> (strategy pass) -> download -> convert -> markers -> upload -> launch.
 
-Everything that can reject the input runs before the first write (logs included).
+Everything that can reject the input runs before the first write (logs included). With one boot
+process per card, the node's processes elect one leader (node_leader.py): it does everything up
+to the launch; the others wait for it, and every process then launches its own training command.
 """
 from __future__ import annotations
 
@@ -19,18 +21,18 @@ import obs_io
 import reshard
 
 from cloud_entry import config as config_mod
-from cloud_entry import convert, launch, logs, markers, strategy, sync
+from cloud_entry import convert, launch, logs, markers, node_leader, strategy, sync
 from cloud_entry.blocks import BlockPlan, plan_blocks
 from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
-from cloud_entry.paths import Layout, clear_reason, clear_safely, join, rank_dir
+from cloud_entry.paths import Layout, clear_reason, clear_safely, join, overlaps, rank_dir
 
 log = logging.getLogger("cloud_entry")
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class JobPlan:
     """Everything decided before the first write."""
     job: JobSpec
     config: dict[str, Any]
@@ -49,7 +51,32 @@ def parallel_world(cfg: dict[str, Any]) -> int:
     return math.prod(int(s) for s in sizes)
 
 
-def plan(spec: JobSpec, env: Mapping[str, str]) -> Plan:
+def _check_locations(job: JobSpec, layout: Layout, cluster: Cluster) -> None:
+    """Where this job writes must not be, hold or lie inside what it reads: the conversion and
+    the strategy pass write there, the prune removes files there, the upload publishes there."""
+    inputs = (("load_checkpoint", job.load_checkpoint), ("src_strategy_path_or_dir", job.src_strategy),
+              ("--dst_strategy", job.dst_strategy))
+    outputs = (("the converted checkpoint folder", layout.transformed),
+               ("the strategy output folder", layout.local_strategy),
+               ("remote_save_url's converted checkpoint folder", layout.remote_transformed),
+               ("remote_save_url's strategy folder", layout.remote_strategy))
+    for name, value in inputs:
+        for what, out in outputs:
+            if value and out and not (name == "--dst_strategy" and out == layout.local_strategy) \
+                    and overlaps(value, out):
+                raise EntryError(f"{name}={value} overlaps {what} {out}, where this job writes: "
+                                 "use another output_dir / remote_save_url")
+    if cluster.num_nodes > 1 and not job.shared_dir:
+        if not job.remote_save_url:
+            raise EntryError(f"{cluster.num_nodes} nodes without --shared_dir need remote_save_url "
+                             "to exchange markers and converted ranks")
+        if not obs_io.is_remote(job.remote_save_url):
+            raise EntryError(f"remote_save_url={job.remote_save_url} is a local folder, which "
+                             f"{cluster.num_nodes} nodes do not share: use an obs:// or s3:// URL, "
+                             "or --shared_dir")
+
+
+def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     base = config_mod.with_defaults(config_mod.read_base(spec.config))
     cfg = config_mod.build(spec, base)
     job = config_mod.resolve(spec, cfg)
@@ -61,20 +88,20 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> Plan:
     source = sync.inspect_source(job.load_checkpoint, fmt) if job.load_checkpoint else None
     converting = bool(job.auto_trans_ckpt and not job.only_save_strategy)
     blocks, convert_ranks = None, ()
+    identities: dict[str, Any] = {}
     if converting:
         assert source is not None
         if job.src_strategy:
-            sync.check_strategy(job.src_strategy, "src_strategy_path_or_dir")
+            identities["src_strategy"] = sync.check_strategy(job.src_strategy, "src_strategy_path_or_dir")
         elif len(source.rank_files) > 1:
             raise EntryError(f"load_checkpoint={job.load_checkpoint}: {len(source.rank_files)} rank "
                              "folders need src_strategy_path_or_dir")
         if job.dst_strategy and job.use_parallel:
-            sync.check_strategy(job.dst_strategy, "--dst_strategy")
-        elif job.use_parallel and not job.launch_cmd:
-            raise EntryError("no --dst_strategy and no launch command to run the strategy pass with")
-        if cluster.num_nodes > 1 and not job.shared_dir and not job.remote_save_url:
-            raise EntryError(f"{cluster.num_nodes} nodes without --shared_dir need remote_save_url "
-                             "to exchange markers and converted ranks")
+            identities["dst_strategy"] = sync.check_strategy(job.dst_strategy, "--dst_strategy")
+        elif job.use_parallel:
+            if not job.launch_cmd:
+                raise EntryError("no --dst_strategy and no launch command to run the strategy pass with")
+            identities["strategy_pass"] = [cfg.get("parallel_config"), cfg.get("model"), job.launch_cmd]
         world = cluster.world_size if job.use_parallel else 1
         blocks = plan_blocks(world, job.transform_process_num or 1, cluster.num_nodes,
                              shared_disk=bool(job.shared_dir) or cluster.num_nodes == 1)
@@ -86,18 +113,15 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> Plan:
                     source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
                     job.remote_save_url.rstrip("/"))
     if converting:
-        # Our strategy/ output must not be (or hold) the source: the strategy pass and the merge
-        # write there, and the upload would publish the source's files as the destination's.
-        for name, value in (("load_checkpoint", job.load_checkpoint),
-                            ("src_strategy_path_or_dir", job.src_strategy)):
-            if value and clear_reason(layout.local_strategy, layout.output_dir, [value]):
-                raise EntryError(f"{name}={value} is inside {layout.local_strategy}, where this job "
-                                 "writes its strategy files: use another output_dir")
-    job_text = json.dumps([job.load_checkpoint, job.src_strategy, job.dst_strategy, job.remote_save_url,
-                           job.shared_dir, cluster.world_size, job.transform_process_num, job.launch_cmd,
-                           config_mod.mask_secrets(cfg)], sort_keys=True, default=str)
-    run_id = markers.choose_run_id(job.run_id, dict(env), cluster.num_nodes, job_text)
-    return Plan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), run_id)
+        _check_locations(job, layout, cluster)
+    # What defines the result, and nothing node-local: nodes with different output folders agree.
+    result = {"source": [job.load_checkpoint, list(source.identity) if source else []],
+              "strategies": identities, "world": cluster.world_size, "nodes": cluster.num_nodes,
+              "use_parallel": job.use_parallel, "blocks": blocks.process_num if blocks else 0,
+              "prefix": job.prefix, "fmt": fmt, "remote_save_url": job.remote_save_url,
+              "converting": converting}
+    run_id = markers.run_id(job.run_id or env.get("CLOUD_ENTRY_RUN_ID", ""), result)
+    return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), run_id)
 
 
 def _digest(path: str | None) -> str:
@@ -114,7 +138,7 @@ def _digest(path: str | None) -> str:
     return h.hexdigest()
 
 
-def _forget_stale_ranks(p: Plan, inputs: dict[str, Any], ranks: list[int]) -> None:
+def _forget_stale_ranks(p: JobPlan, inputs: dict[str, Any], ranks: list[int]) -> None:
     """Converted ranks are reused (the engine skips complete, verified ones) only if they came
     from the same inputs; else this node's own rank folders are removed first."""
     inputs = json.loads(json.dumps(inputs, sort_keys=True))   # as it reads back (str keys)
@@ -138,7 +162,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def destination_strategy(p: Plan, env: dict[str, str]) -> str | None:
+def destination_strategy(p: JobPlan, env: dict[str, str]) -> str | None:
     job, layout = p.job, p.layout
     if not job.use_parallel:
         return None
@@ -171,80 +195,113 @@ def destination_strategy(p: Plan, env: dict[str, str]) -> str | None:
     return dst
 
 
-def transform(p: Plan, env: dict[str, str]) -> str:
+def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     """Steps 4-6: strategies and shards down, this node's blocks converted, markers, uploads,
-    and this node's ranks converted elsewhere down. Returns the local folder to load."""
+    and this node's ranks converted elsewhere down. Returns the local folder to load and the
+    local source strategy (None for a complete source)."""
     job, layout = p.job, p.layout
     assert p.source is not None and p.blocks is not None
-    dst_s = destination_strategy(p, env)
     my_blocks = p.blocks.led_by(p.convert_ranks)
     mine = convert.block_ranks(my_blocks)
     leaders = [b.leader for b in my_blocks]
     log.info("%s; this node converts %s", ", ".join(map(str, p.blocks.blocks)),
              ", ".join(map(str, my_blocks)) or "nothing")
     fmt = job.load_ckpt_format or "ckpt"
-    if mine:
+    if mine:   # first of all: nobody may take an old marker of our blocks for this run's
         markers.clear_own(layout.marker_dir, leaders)
-        try:   # from here on a failure is this node's blocks' failure: every node learns it
-            src_s = (sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
-                     if job.src_strategy else None)
+    src_s = None
+    try:   # from here on a failure is this node's blocks' failure: every node learns it
+        dst_s = destination_strategy(p, env)
+        if job.src_strategy:
+            src_s = sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
+        if mine:
             needed = reshard.needed_source_ranks(src_s, dst_s, mine)
             src_local = sync.fetch_source(p.source, needed, join(layout.work_dir, "source", layout.ckpt_name))
             inputs = {"source": p.source.url, "files": p.source.rank_files or p.source.complete_file,
-                      "src_strategy": _digest(src_s), "dst_strategy": _digest(dst_s),
-                      "prefix": job.prefix, "fmt": fmt}
+                      "identity": p.source.identity, "src_strategy": _digest(src_s),
+                      "dst_strategy": _digest(dst_s), "prefix": job.prefix, "fmt": fmt}
             _forget_stale_ranks(p, inputs, mine)
             convert.run(convert.Conversion(src_local, layout.transformed, src_s, dst_s, job.prefix, fmt,
                                            job.max_memory, layout.log_dir), my_blocks)
             if layout.remote_save_url:
                 sync.upload_ranks(layout.transformed, layout.remote_transformed, mine, job.prefix, fmt)
-        except Exception as exc:
-            log.debug("conversion failed", exc_info=True)
-            for leader in leaders:
-                markers.publish(layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id,
-                                                                  _one_line(exc)))
-            raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from exc
+    except BaseException as exc:
+        log.debug("conversion failed", exc_info=True)
         for leader in leaders:
-            markers.publish(layout.marker_dir, markers.Marker(markers.SUCCEED, leader, p.run_id))
+            markers.publish(layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id,
+                                                              _one_line(exc)))
+        if not isinstance(exc, Exception) or isinstance(exc, BlockFailed) or not leaders:
+            raise   # a stop request, another node's failure (already named), or no block of ours
+        raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from exc
+    for leader in leaders:
+        markers.publish(layout.marker_dir, markers.Marker(markers.SUCCEED, leader, p.run_id))
     all_leaders = [b.leader for b in p.blocks.blocks]
     log.info("waiting (up to %gs) for the blocks led by ranks %s", job.transform_timeout, all_leaders)
     markers.wait_for_blocks(layout.marker_dir, all_leaders, p.run_id, job.transform_timeout)
+    world = p.cluster.world_size if job.use_parallel else 1
     elsewhere = [r for r in p.convert_ranks if r not in set(mine)]
     if elsewhere and not layout.shared_dir:
         sync.download_ranks(layout.remote_transformed, layout.transformed, elsewhere, job.prefix, fmt)
+    # The folder the training loads holds this run's files only (no older prefix, no rank of a
+    # larger world): locally, and under remote_save_url (node 0; every block is in by now).
+    keep = list(range(world)) if layout.shared_dir else sorted(set(p.convert_ranks) | set(mine))
+    if not clear_reason(layout.transformed, layout.shared_dir or layout.output_dir, job.inputs):
+        sync.prune_outputs(layout.transformed, keep, job.prefix, fmt)
     if layout.remote_save_url and p.cluster.node_index == 0:   # every node holds the same files
+        sync.prune_outputs(layout.remote_transformed, list(range(world)), job.prefix, fmt)
         files = strategy.local_strategy_files(layout.local_strategy)
         if files:
             obs_io.file.copy_parallel(layout.local_strategy, layout.remote_strategy, file_list=files)
     log.info("checkpoint ready: %s", layout.transformed)
-    return layout.transformed
+    return layout.transformed, src_s
+
+
+def prepare(p: JobPlan, env: dict[str, str], launch_env: dict[str, str]) -> None:
+    """The node leader's part: conversion (or sync), then the effective config, the moxing
+    stand-in. Followers only read what this writes."""
+    job, layout = p.job, p.layout
+    if is_modelarts(env):
+        launch.write_moxing_shim(join(layout.work_dir, "moxing_shim"))
+    effective = copy.deepcopy(p.config)
+    if p.blocks is not None:
+        loaded, src_s = transform(p, launch_env)
+        effective = config_mod.for_launch(effective, loaded, src_s)
+    elif p.source is not None:   # no conversion: this node's shards, local, in either config form
+        effective = config_mod.for_launch(effective, sync.sync_rank_shards(
+            p.source, list(p.cluster.node_ranks), join(layout.work_dir, "checkpoint", layout.ckpt_name)))
+    config_mod.dump(effective, layout.effective_config)
+    log.info("effective config: %s", layout.effective_config)
 
 
 def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     p = plan(spec, env)
-    job, layout = p.job, p.layout
+    job, layout, cluster = p.job, p.layout, p.cluster
     # ---- nothing was written before this line ----
-    log.info("log file %s", logs.to_file(layout.log_dir, p.cluster.node_index))
-    log.info("node %d of %d, %d cards, ranks %s; run %s", p.cluster.node_index, p.cluster.num_nodes,
-             p.cluster.cards_per_node, sync.ranges(list(p.cluster.node_ranks)), p.run_id)
-    shim = None
-    if is_modelarts(env):
-        obs_io.install_as_moxing()
-        shim = launch.write_moxing_shim(join(layout.work_dir, "moxing_shim"))
-    launch_env = launch.environment(env, layout.effective_config, p.cluster.node_ranks, shim)
-    effective = copy.deepcopy(p.config)
-    if p.blocks is not None:
-        effective["load_checkpoint"] = transform(p, launch_env)
-        effective["auto_trans_ckpt"] = False
-    elif p.source is not None and p.source.remote:
-        effective["load_checkpoint"] = sync.sync_rank_shards(
-            p.source, list(p.cluster.node_ranks), join(layout.work_dir, "checkpoint", layout.ckpt_name))
-    config_mod.dump(effective, layout.effective_config)
-    log.info("effective config: %s", layout.effective_config)
-    if job.transform_only:
-        log.info("--transform_only: not launching")
-        return 0
-    code = launch.run(launch.command(list(job.launch_cmd), layout.effective_config), launch_env)
-    log.info("launch command exited with %d", code)
-    return code
+    log.info("log file %s", logs.to_file(layout.log_dir, cluster.node_index))
+    log.info("node %d of %d, %d cards, ranks %s; run %s", cluster.node_index, cluster.num_nodes,
+             cluster.cards_per_node, sync.ranges(list(cluster.node_ranks)), p.run_id)
+    log.info("%s", cluster.describe())
+    shim = join(layout.work_dir, "moxing_shim") if is_modelarts(env) else None
+    launch_env = launch.environment(env, layout.effective_config, cluster.node_ranks, shim)
+    try:
+        role = node_leader.elect(layout.work_dir, cluster.node_index, p.run_id, cluster.per_card)
+        log.info("%s", role.describe())
+        if role.leader:
+            try:
+                prepare(p, env, launch_env)
+            except BaseException as exc:
+                node_leader.finish(role, _one_line(exc))
+                raise
+            node_leader.finish(role)
+        else:
+            node_leader.wait_for_leader(role, job.transform_timeout)
+        if job.transform_only:
+            log.info("--transform_only: not launching")
+            return 0
+        code = launch.run(launch.command(list(job.launch_cmd), layout.effective_config), launch_env)
+        log.info("launch command exited with %d", code)
+        return code
+    finally:
+        if layout.remote_save_url:
+            logs.upload(layout.log_dir, join(layout.remote_save_url, "logs", f"node_{cluster.node_index}"))

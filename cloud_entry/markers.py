@@ -7,10 +7,11 @@ block's own leader before it converts. The failure marker's remaining text is th
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import os
 import re
-import uuid
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -23,6 +24,7 @@ from cloud_entry.waits import Backoff, poll
 log = logging.getLogger(__name__)
 
 SUCCEED, FAILED = "succeed", "failed"
+REPORT_EVERY = 30.0   # seconds between "still waiting" lines
 _NAME = re.compile(r"^transform_(succeed|failed)_rank_(\d+)\.txt$")
 
 
@@ -96,9 +98,10 @@ def clear_own(store: str, leaders: Iterable[int]) -> list[str]:
     return removed
 
 
-def pending_blocks(store: str, leaders: Iterable[int], run_id: str) -> list[int]:
-    """Leaders without a success marker of this run; BlockFailed as soon as one has failed."""
-    current = {(m.rank, m.state): m for m in scan(store) if m.run_id == run_id}
+def pending_blocks(found: Iterable[Marker], leaders: Iterable[int], run_id: str) -> list[int]:
+    """Leaders without a success marker of this run among `found` (a scan); BlockFailed as soon
+    as one has failed."""
+    current = {(m.rank, m.state): m for m in found if m.run_id == run_id}
     leaders = sorted(set(leaders))
     for rank in leaders:
         failed = current.get((rank, FAILED))
@@ -108,13 +111,26 @@ def pending_blocks(store: str, leaders: Iterable[int], run_id: str) -> list[int]
 
 
 def wait_for_blocks(store: str, leaders: Iterable[int], run_id: str, timeout: float,
-                    backoff: Backoff = Backoff(), **poll_kw) -> None:
-    """Bounded wait for every block's success marker; the first failure marker ends it."""
-    last: list[int] = sorted(set(leaders))
+                    backoff: Backoff = Backoff(), report_every: float = REPORT_EVERY, **poll_kw) -> None:
+    """Bounded wait for every block's success marker; the first failure marker ends it. At least
+    every `report_every` seconds it logs which blocks are still missing and any marker it found
+    of another run (a node that computed another run id would otherwise wait in silence)."""
+    leaders = sorted(set(leaders))
+    last: list[int] = leaders
+    clock = poll_kw.get("clock", time.monotonic)
+    start = reported = clock()
 
     def check() -> bool | None:
-        nonlocal last
-        last = pending_blocks(store, leaders, run_id)
+        nonlocal last, reported
+        found = scan(store)
+        last = pending_blocks(found, leaders, run_id)
+        if last and clock() - reported >= report_every:
+            reported = clock()
+            others = sorted({f"{marker_name(m.state, m.rank)} (run {m.run_id or '?'})"
+                             for m in found if m.run_id != run_id and m.rank in leaders})
+            log.info("still waiting after %.0fs for the blocks led by rank(s) %s in %s%s", reported - start,
+                     ", ".join(map(str, last)), store,
+                     f"; markers of another run there: {', '.join(others)}" if others else "")
         return None if last else True
 
     try:
@@ -124,23 +140,12 @@ def wait_for_blocks(store: str, leaders: Iterable[int], run_id: str, timeout: fl
                           f"{', '.join(map(str, last))} in {store}") from None
 
 
-RUN_ID_VARS = ("CLOUD_ENTRY_RUN_ID", "MA_VJ_NAME", "VC_JOB_NAME")
-
-
-def choose_run_id(explicit: str, env: dict[str, str] | None, num_nodes: int, job_text: str) -> str:
-    """The id every node of this run agrees on without talking to each other: --run_id, else
-    the platform's job name, else (one node) a random id; several nodes without any id fall back
-    to a digest of the job's arguments, which a rerun of the same job shares (each leader removes
-    its own old markers before converting, so only a race with that removal remains)."""
-    if explicit:
-        return explicit
-    env = os.environ if env is None else env
-    for name in RUN_ID_VARS:
-        if env.get(name):
-            return env[name]
-    if num_nodes == 1:
-        return uuid.uuid4().hex
-    import hashlib
-
-    log.warning("no --run_id nor %s: nodes agree on a digest of the arguments", RUN_ID_VARS[0])
-    return "args-" + hashlib.sha256(job_text.encode()).hexdigest()[:16]
+def run_id(explicit: str, result: object) -> str:
+    """The id every node and every per-card process of this run computes alike, without talking
+    to each other: a digest of what defines the job's result (`result`: the sources' and
+    strategies' identities, world size, blocks, prefix, format, where results go; never a
+    node-local path), behind the user's --run_id / CLOUD_ENTRY_RUN_ID when given. A marker of
+    an earlier run of exactly these inputs states a result that is still true; one of other
+    inputs carries another id and is ignored."""
+    digest = hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{explicit}-{digest}" if explicit else digest

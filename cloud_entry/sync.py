@@ -4,6 +4,7 @@ upload_*), so bad input is reported before anything is written.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import obs_io
+from obs_io import DirEntry
 
 from cloud_entry.errors import EntryError
 from cloud_entry.paths import join, rank_dir
@@ -30,6 +32,7 @@ class Source:
     name: str                            # <ckpt_name>
     complete_file: str = ""              # a complete checkpoint: the file's URL/path
     rank_files: dict[int, str] = field(default_factory=dict)   # rank -> "rank_<r>/<file>"
+    identity: tuple = ()                 # (name, size, version) of every file used: see _version
 
     @property
     def remote(self) -> bool:
@@ -40,23 +43,55 @@ def _basename(url: str) -> str:
     return PurePosixPath(url.rstrip("/")).name
 
 
-def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
-    """Classify load_checkpoint: complete file, folder of complete files, or rank_<r> folders
-    (the last file in name order per rank, as MindSpore picks it)."""
-    ext = f".{fmt}"
+def _version(path: str, size: int, etag: str | None, mtime_ns: int) -> str:
+    """What tells two versions of one file apart, alike on every node: an object's ETag (or its
+    modification time), for a local file a digest of its first and last 64 KiB. Not a local
+    mtime or path: nodes that each hold a synced copy differ in those."""
+    if obs_io.is_remote(path):
+        return etag or str(mtime_ns)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 16))
+        if size > 1 << 17:
+            f.seek(size - (1 << 16))
+            h.update(f.read())
+    return h.hexdigest()[:32]
+
+
+def _listing(url: str, flag: str) -> list[DirEntry] | None:
+    """The files below url (None: url is a file), as one listing; one-line errors naming flag."""
     try:
+        if obs_io.file.is_directory(url):
+            return [e for e in obs_io.file.list_entries(url, recursive=True) if e.is_file()]
         if not obs_io.file.exists(url):
             raise FileNotFoundError(url)
-        is_dir = obs_io.file.is_directory(url)
-        names = sorted(obs_io.file.list_directory(url, recursive=True)) if is_dir else []
+        return None
     except FileNotFoundError:
         raise EntryError(f"{flag}={url}: not found") from None
     except (ValueError, PermissionError) as exc:   # a malformed URL, refused credentials
         raise EntryError(f"{flag}={url}: {exc}") from None
-    if not is_dir:
+
+
+def _file_identity(url: str) -> tuple[str, int, str]:
+    st = obs_io.file.stat(url)
+    return _basename(url), st.length, _version(url, st.length, None, st.mtime_nsec)
+
+
+def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
+    """Classify load_checkpoint: complete file, folder of complete files, or rank_<r> folders
+    (the last file in name order per rank, as MindSpore picks it)."""
+    ext = f".{fmt}"
+    entries = _listing(url, flag)
+    if entries is None:
         if not url.endswith(ext):
             raise EntryError(f"{flag}={url}: not a {ext} file (load_ckpt_format={fmt})")
-        return Source(url, _basename(url)[: -len(ext)], complete_file=url)
+        return Source(url, _basename(url)[: -len(ext)], complete_file=url, identity=(_file_identity(url),))
+    by_name = {e.name: e for e in entries}
+    names = sorted(by_name)
+
+    def identity(chosen: list[str]) -> tuple:
+        return tuple((n, by_name[n].length, _version(by_name[n].path, by_name[n].length, by_name[n].etag,
+                                                     by_name[n].mtime_nsec)) for n in chosen)
     ranks: dict[int, str] = {}
     for name in names:
         m = _RANK_FILE.match(name)
@@ -68,14 +103,17 @@ def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
             raise EntryError(f"{flag}={url}: rank folders must be numbered from 0 without gaps; "
                              f"no {ext} file for rank {missing[0]}")
         for r, name in ranks.items():
-            log.debug("source rank %d: %s", r, name)
-        return Source(url, _basename(url), rank_files=ranks)
+            others = [n for n in names if n.startswith(f"rank_{r}/") and n.endswith(ext) and n != name]
+            if others:
+                log.info("source rank %d: %s holds %d checkpoints: using the last in name order, %s",
+                         r, url, len(others) + 1, name)
+        return Source(url, _basename(url), rank_files=ranks, identity=identity(list(ranks.values())))
     files = [n for n in names if "/" not in n and n.endswith(ext)]
     if not files:
         raise EntryError(f"{flag}={url}: no rank_<r>/*{ext} and no *{ext} file in this folder")
     if len(files) > 1:
         log.info("%s holds %d checkpoints: using the last, %s", url, len(files), files[-1])
-    return Source(url, _basename(url), complete_file=join(url, files[-1]))
+    return Source(url, _basename(url), complete_file=join(url, files[-1]), identity=identity([files[-1]]))
 
 
 def strategy_names(folder_url: str) -> list[str]:
@@ -83,18 +121,16 @@ def strategy_names(folder_url: str) -> list[str]:
     return [n for n in obs_io.file.list_directory(folder_url) if n.endswith(STRATEGY_EXTS)]
 
 
-def check_strategy(url: str, flag: str) -> None:
-    """A strategy given by the user must exist (file, or folder with *.ckpt / *.json)."""
-    try:
-        if not obs_io.file.exists(url):
-            raise FileNotFoundError(url)
-        if obs_io.file.is_directory(url):
-            if not strategy_names(url):
-                raise EntryError(f"{flag}={url}: folder holds no *.ckpt or *.json strategy file")
-    except FileNotFoundError:
-        raise EntryError(f"{flag}={url}: not found") from None
-    except (ValueError, PermissionError) as exc:
-        raise EntryError(f"{flag}={url}: {exc}") from None
+def check_strategy(url: str, flag: str) -> tuple:
+    """A strategy given by the user must exist (file, or folder with *.ckpt / *.json). Returns
+    its identity: (name, size, version) of each strategy file."""
+    entries = _listing(url, flag)
+    if entries is None:
+        return (_file_identity(url),)
+    files = [e for e in entries if "/" not in e.name and e.name.endswith(STRATEGY_EXTS)]
+    if not files:
+        raise EntryError(f"{flag}={url}: folder holds no *.ckpt or *.json strategy file")
+    return tuple((e.name, e.length, _version(e.path, e.length, e.etag, e.mtime_nsec)) for e in files)
 
 
 def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
@@ -150,9 +186,7 @@ def _download(root: str, local_root: str, names: list[str]) -> list[str]:
                 ident[name] = [e.length, e.etag, e.mtime_nsec]
     todo = [n for n in names
             if seen.get(n) != ident.get(n) or not os.path.isfile(os.path.join(local_root, n))]
-    if len(todo) == 1:
-        obs_io.file.copy(join(root, todo[0]), os.path.join(local_root, todo[0]))
-    elif todo:
+    if todo:   # a folder copy, even of one file: it shows progress (a bar, or a line every 10 s)
         obs_io.file.copy_parallel(root, local_root, file_list=todo)
     seen.update(ident)
     obs_io.file.write(record, json.dumps(seen))
@@ -203,3 +237,50 @@ def ranges(ranks: list[int]) -> str:
         out.append(str(rs[i]) if i == j else f"{rs[i]}-{rs[j]}")
         i = j + 1
     return ",".join(out) or "none"
+
+
+_RANK_PART = re.compile(r"^rank_(\d+)$")
+_MANIFEST = re.compile(r"^\.reshard/rank_(\d+)\.json$")
+
+
+def stale_outputs(names: list[str], keep_ranks: set[int], prefix: str, fmt: str) -> list[str]:
+    """Of the files below a transformed_checkpoint/<name> folder (relative names), those that are
+    not this run's: another file in a rank folder (an older prefix's `zz_0.ckpt` sorts after
+    `checkpoint_0.ckpt`, and the last file in name order is what gets loaded), any file of a rank
+    this run does not hold (rank_4..7 of an 8-rank run in a 4-rank result), the engine's
+    manifest of such a rank. Markers and other files beside the rank folders are left alone."""
+    wanted = set(converted_files(sorted(keep_ranks), prefix, fmt))
+    stale = []
+    for name in names:
+        first = name.split("/", 1)[0]
+        m = _RANK_PART.match(first)
+        if m and "/" in name and name not in wanted:
+            stale.append(name)
+        m = _MANIFEST.match(name)
+        if m and int(m.group(1)) not in keep_ranks:
+            stale.append(name)
+    return stale
+
+
+def prune_outputs(root: str, keep_ranks: list[int], prefix: str, fmt: str) -> list[str]:
+    """Remove stale_outputs() below root (local or object storage). The caller has made sure
+    root is our output, never the user's source (JobPlan checks, paths.clear_reason)."""
+    try:
+        names = [e.name for e in obs_io.file.list_entries(root, recursive=True) if e.is_file()]
+    except FileNotFoundError:
+        return []
+    stale = stale_outputs(names, set(keep_ranks), prefix, fmt)
+    for name in stale:
+        try:
+            obs_io.file.remove(join(root, name))
+        except FileNotFoundError:   # another node's prune of a shared folder got there first
+            pass
+    if stale:
+        log.info("removed %d file(s) of earlier runs from %s: %s", len(stale), root,
+                 ", ".join(stale[:8]) + (" ..." if len(stale) > 8 else ""))
+    if not obs_io.is_remote(root):   # rank folders left empty
+        for entry in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            path = os.path.join(root, entry)
+            if _RANK_PART.match(entry) and os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
+    return stale

@@ -21,7 +21,7 @@ from .transfer import backend, execute, plan_file, plan_tree
 from .urls import ObjectURL, check, is_remote, join
 
 __all__ = ["copy", "copy_parallel", "exists", "is_directory", "list_directory", "glob", "walk",
-           "scan_dir", "stat", "get_size", "make_dirs", "mk_dir", "remove", "rename", "read",
+           "scan_dir", "list_entries", "stat", "get_size", "make_dirs", "mk_dir", "remove", "rename", "read",
            "write", "append", "File", "set_auth"]
 
 
@@ -58,8 +58,15 @@ def is_directory(url: str) -> bool:
 
 def list_directory(url: str, recursive: bool = False) -> list[str]:
     """Names relative to url: the children, or with recursive=True every file and folder below."""
+    return [e.name for e in list_entries(url, recursive)]
+
+
+def list_entries(url: str, recursive: bool = False) -> list[DirEntry]:
+    """list_directory as entries (not in moxing): name, size, modification time and, for
+    objects, the ETag, from the same listing requests, so callers that need an object's
+    identity need not ask again."""
     fs = backend(url)
-    return [e.name for e in (fs.find(url) if recursive else fs.ls(url))]
+    return fs.find(url) if recursive else fs.ls(url)
 
 
 def scan_dir(url: str) -> Iterator[DirEntry]:

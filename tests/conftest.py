@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers as plain modules
 
 import s3server  # noqa: E402
+import synth  # noqa: E402
 
 _bucket_ids = itertools.count()
 
@@ -38,3 +39,26 @@ def bucket(s3_server, s3_env) -> str:
     name = f"test-bucket-{next(_bucket_ids)}"
     s3_server.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Sources and MindSpore references: complete -> 8 (dp2 mp2 pp2, optimizer sharded) -> 4
+    (dp1 mp2 pp2) -> 1."""
+    root = tmp_path_factory.mktemp("entry_models")
+    params = synth.llama_params(num_layers=2, vocab=64, hidden=32, ffn=64)
+    m = {"root": root, "params": params,
+         "complete": synth.write_complete_checkpoint(str(root / "llama.ckpt"), params)}
+    m["s8"] = str(root / "strategy8")
+    synth.write_strategy(m["s8"], dp=2, mp=2, pp=2, opt_shard=-1, params=params,
+                         merged_file=str(root / "merged8.ckpt"))
+    m["merged8"] = str(root / "merged8.ckpt")
+    m["s4"] = str(root / "strategy4")
+    synth.write_strategy(m["s4"], dp=1, mp=2, pp=2, params=params)
+    m["ref8"] = synth.ms_transform(m["complete"], str(root / "ckpt8" / "llama8"), None, m["s8"])
+    m["ref4"] = synth.ms_transform(m["ref8"], str(root / "ckpt4" / "llama4"), m["merged8"], m["s4"])
+    m["ref1"] = synth.ms_transform(m["ref4"], str(root / "ref1"), m["s4"], None)
+    m["s8pass"] = str(root / "strategy8_pass")        # what the fake strategy pass writes
+    synth.write_strategy(m["s8pass"], dp=2, mp=2, pp=2, num_layers=2)
+    m["ref8pass"] = synth.ms_transform(m["complete"], str(root / "ref8pass"), None, m["s8pass"])
+    return m

@@ -1,17 +1,27 @@
-"""The `{config}` launch command of the whole-job tests: what a training script would see.
+"""The training command of the whole-job tests: what a MindFormers training script would see.
 
-Loads this node's ranks from the effective config's load_checkpoint with mindspore.load_checkpoint
-and checks them, and the config, against what the entry promised. With only_save_strategy: True
-in the config it plays MindFormers' strategy pass instead: writes this node's
+Reads its config as MindFormers does (the `checkpoint:` section's load_path wins over the
+top-level load_checkpoint), loads this process's ranks with mindspore.load_checkpoint and checks
+them, and the config, against what the entry promised. Ranks: its own RANK_ID when the boot
+command runs once per card, else the node's (CLOUD_ENTRY_LOCAL_RANKS). With only_save_strategy:
+True it plays MindFormers' strategy pass instead: writes this node's
 output/strategy/ckpt_strategy_rank_<r>.ckpt (layout from parallel_config) and exits.
-Exit 0 when all is well, 3 on any mismatch (the reason on stderr); ENTRY_CHECK_EXIT overrides 0;
-ENTRY_CHECK_PASS_EXIT makes the strategy pass fail.
+
+Arguments: the config path as `{config}`, `--config {config}` or `--config={config}`, then any
+others (recorded). Exit 0 when all is well, 3 on any mismatch (the reason on stderr).
+Environment: ENTRY_CHECK_REFERENCE (folder to compare with), ENTRY_CHECK_RESULT (a JSON record
+of what was loaded; `{id}` in it becomes this process's RANK_ID or node), ENTRY_CHECK_EXIT
+(exit code instead of 0), ENTRY_CHECK_PASS_EXIT (the strategy pass fails), ENTRY_CHECK_SLEEP
+(seconds to keep running after the checks; a SIGTERM then ends it with 42 after writing
+`<result>.sigterm`), ENTRY_CHECK_PREFIX (file prefix, default checkpoint_).
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 
 import yaml
 
@@ -21,6 +31,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def fail(msg: str) -> None:
     print(f"entry_launch_check: {msg}", file=sys.stderr)
     sys.exit(3)
+
+
+def config_path(argv: list[str]) -> tuple[str, list[str]]:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1], argv[:i] + argv[i + 1:]
+    if argv and not argv[0].startswith("--"):
+        return argv[0], argv[1:]
+    fail(f"no config in {argv}")
+    raise AssertionError
+
+
+def result_path() -> str | None:
+    out = os.environ.get("ENTRY_CHECK_RESULT")
+    if not out:
+        return None
+    who = os.environ.get("RANK_ID") or "node" + os.environ["CLOUD_ENTRY_LOCAL_RANKS"].split(",")[0]
+    return out.replace("{id}", who)
 
 
 def strategy_pass(cfg: dict, ranks: list[int]) -> None:
@@ -39,15 +69,27 @@ def strategy_pass(cfg: dict, ranks: list[int]) -> None:
     print(f"entry_launch_check: strategy pass wrote ranks {ranks}")
 
 
-def main(config_path: str) -> int:
-    if os.environ.get("CLOUD_ENTRY_CONFIG") != config_path:
-        fail(f"CLOUD_ENTRY_CONFIG={os.environ.get('CLOUD_ENTRY_CONFIG')!r} is not {config_path!r}")
-    text = open(config_path, encoding="utf-8").read()
+def load_path(cfg: dict) -> str:
+    """Where MindFormers takes the checkpoint from: checkpoint.load_path when that section sets
+    it (the top-level key is then ignored), else load_checkpoint."""
+    section = cfg.get("checkpoint") or {}
+    if section.get("load_path"):
+        if section.get("auto_trans_ckpt") not in (None, False):
+            fail(f"checkpoint.auto_trans_ckpt is {section.get('auto_trans_ckpt')!r}, expected False")
+        return section["load_path"]
+    return cfg["load_checkpoint"]
+
+
+def main(argv: list[str]) -> int:
+    path, others = config_path(argv)
+    if os.environ.get("CLOUD_ENTRY_CONFIG") != path:
+        fail(f"CLOUD_ENTRY_CONFIG={os.environ.get('CLOUD_ENTRY_CONFIG')!r} is not {path!r}")
+    text = open(path, encoding="utf-8").read()
     for name in ("SECRET_ACCESS_KEY", "ACCESS_KEY_ID"):
         if os.environ.get(name) and os.environ[name] in text:
             fail(f"the effective config holds the value of {name}")
     cfg = yaml.safe_load(text)
-    ranks = [int(r) for r in os.environ["CLOUD_ENTRY_LOCAL_RANKS"].split(",")]
+    node_ranks = [int(r) for r in os.environ["CLOUD_ENTRY_LOCAL_RANKS"].split(",")]
     if any(k.startswith("MA_") for k in os.environ):
         import moxing
         import obs_io
@@ -56,42 +98,59 @@ def main(config_path: str) -> int:
     if cfg.get("only_save_strategy"):
         if os.environ.get("ENTRY_CHECK_PASS_EXIT"):   # a strategy pass that fails (compile error)
             fail("strategy pass failed as asked by ENTRY_CHECK_PASS_EXIT")
-        strategy_pass(cfg, ranks)
+        strategy_pass(cfg, node_ranks)
         return 0
     if cfg.get("auto_trans_ckpt") is not False:
         fail(f"auto_trans_ckpt is {cfg.get('auto_trans_ckpt')!r}, expected False")
-    root = cfg["load_checkpoint"]
+    root = load_path(cfg)
     if not os.path.isabs(root) or not os.path.exists(root):
-        fail(f"load_checkpoint {root!r} is not an existing local path")
+        fail(f"the checkpoint to load {root!r} is not an existing local path")
     import mindspore as ms
     import synth
 
+    ranks = [int(os.environ["RANK_ID"])] if os.environ.get("RANK_ID") else node_ranks
     if not cfg.get("use_parallel", True):
         ranks = [0]
     reference = os.environ.get("ENTRY_CHECK_REFERENCE")
     prefix = os.environ.get("ENTRY_CHECK_PREFIX", "checkpoint_")
-    fmt = cfg.get("load_ckpt_format") or "ckpt"
+    fmt = cfg.get("load_ckpt_format") or (cfg.get("checkpoint") or {}).get("load_ckpt_format") or "ckpt"
     loaded = {}
     for r in ranks:
-        path = root if os.path.isfile(root) else os.path.join(root, f"rank_{r}", f"{prefix}{r}.{fmt}")
-        if not os.path.isfile(path):
-            fail(f"rank {r}: {path} missing")
-        params = ms.load_checkpoint(path, format=fmt)
+        folder = root if os.path.isfile(root) else os.path.join(root, f"rank_{r}")
+        if os.path.isdir(folder):   # MindSpore loads the last checkpoint in name order
+            names = sorted(n for n in os.listdir(folder) if n.endswith(f".{fmt}"))
+            if names != [f"{prefix}{r}.{fmt}"]:
+                fail(f"rank {r}: {folder} holds {names}, expected only {prefix}{r}.{fmt}")
+        file = folder if os.path.isfile(folder) else os.path.join(folder, f"{prefix}{r}.{fmt}")
+        if not os.path.isfile(file):
+            fail(f"rank {r}: {file} missing")
+        params = ms.load_checkpoint(file, format=fmt)
         if not params:
-            fail(f"rank {r}: {path} holds no parameters")
+            fail(f"rank {r}: {file} holds no parameters")
         loaded[r] = len(params)
         if reference:
             want = synth.load_params(os.path.join(reference, f"rank_{r}", f"checkpoint_{r}.{fmt}"))
-            got = synth.load_params(path)
-            if want != got:
-                fail(f"rank {r}: {path} differs from MindSpore's conversion")
-    out = os.environ.get("ENTRY_CHECK_RESULT")
+            if want != synth.load_params(file):
+                fail(f"rank {r}: {file} differs from MindSpore's conversion")
+    out = result_path()
+    record = {"ranks": sorted(loaded), "params": loaded, "config": path, "argv": others, "pid": os.getpid(),
+              "load_path": root}
     if out:
         with open(out, "w", encoding="utf-8") as f:
-            json.dump({"ranks": sorted(loaded), "params": loaded, "config": config_path}, f)
+            json.dump(record, f)
     print(f"entry_launch_check: ranks {sorted(loaded)} loaded and match")
+    sleep = float(os.environ.get("ENTRY_CHECK_SLEEP", "0"))
+    if sleep:
+        def stopped(signum, frame):
+            if out:
+                with open(out + ".sigterm", "w", encoding="utf-8") as f:
+                    f.write(str(signum))
+            sys.exit(42)
+        signal.signal(signal.SIGTERM, stopped)
+        print("entry_launch_check: running", flush=True)
+        time.sleep(sleep)
     return int(os.environ.get("ENTRY_CHECK_EXIT", "0"))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

@@ -26,29 +26,6 @@ PARALLEL8 = ["--data_parallel=2", "--model_parallel=2", "--pipeline_stage=2"]
 PARALLEL4 = ["--data_parallel=1", "--model_parallel=2", "--pipeline_stage=2"]
 
 
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    """Sources and MindSpore references: complete -> 8 (dp2 mp2 pp2, optimizer sharded) -> 4
-    (dp1 mp2 pp2) -> 1."""
-    root = tmp_path_factory.mktemp("entry_models")
-    params = synth.llama_params(num_layers=2, vocab=64, hidden=32, ffn=64)
-    m = {"root": root, "params": params,
-         "complete": synth.write_complete_checkpoint(str(root / "llama.ckpt"), params)}
-    m["s8"] = str(root / "strategy8")
-    synth.write_strategy(m["s8"], dp=2, mp=2, pp=2, opt_shard=-1, params=params,
-                         merged_file=str(root / "merged8.ckpt"))
-    m["merged8"] = str(root / "merged8.ckpt")
-    m["s4"] = str(root / "strategy4")
-    synth.write_strategy(m["s4"], dp=1, mp=2, pp=2, params=params)
-    m["ref8"] = synth.ms_transform(m["complete"], str(root / "ckpt8" / "llama8"), None, m["s8"])
-    m["ref4"] = synth.ms_transform(m["ref8"], str(root / "ckpt4" / "llama4"), m["merged8"], m["s4"])
-    m["ref1"] = synth.ms_transform(m["ref4"], str(root / "ref1"), m["s4"], None)
-    m["s8pass"] = str(root / "strategy8_pass")        # what the fake strategy pass writes
-    synth.write_strategy(m["s8pass"], dp=2, mp=2, pp=2, num_layers=2)
-    m["ref8pass"] = synth.ms_transform(m["complete"], str(root / "ref8pass"), None, m["s8pass"])
-    return m
-
-
 def upload(local: str, url: str) -> str:
     if os.path.isdir(local):
         obs_io.file.copy_parallel(local, url)
@@ -120,7 +97,8 @@ def test_complete_to_8_ranks(models, bucket, s3_env, tmp_path, process_num):
             "--data_url=obs://x/y", *PARALLEL8, *LAUNCH]
     code, out = run_entry(args, env, tmp_path)
     assert code == 7, out                       # the launched command's exit code
-    assert "ignoring unknown argument --data_url" in out
+    record = json.loads((tmp_path / "check.json").read_text())
+    assert record["argv"] == ["--data_url=obs://x/y"]   # not ours: passed on to the training command
     assert "config transform_process_num: 2 -> 1" in out or process_num == 2
     transformed = tmp_path / "output" / "transformed_checkpoint" / "llama"
     synth.assert_same_checkpoint_dirs(str(transformed), models["ref8"])
@@ -249,7 +227,7 @@ def test_source_strategy_inside_our_strategy_output_is_refused(models, s3_env, t
     code, out = run_entry(args, entry_env(s3_env), job)
     assert code == 2, out
     err = [x for x in out.splitlines() if x.startswith("cloud-entry: error")]
-    assert len(err) == 1 and "src_strategy_path_or_dir=output/strategy is inside" in err[0], out
+    assert len(err) == 1 and "src_strategy_path_or_dir=output/strategy overlaps the strategy output folder" in err[0], out
     assert digest_tree(str(job)) == before
 
 
@@ -402,7 +380,7 @@ def test_strategy_pass_fails_on_one_node_both_stop(models, bucket, s3_env, tmp_p
     assert (c0, c1) == (2, 2), o0 + o1
     own = "strategy pass: the launch command exited with 3"
     assert [x for x in o1.splitlines() if x.startswith("cloud-entry: error")] == [
-        f"cloud-entry: error: {own} (config {tmp_path / 'node1' / 'output' / 'cloud_entry' / 'strategy_pass_config.yaml'} "
+        f"cloud-entry: error: block led by rank 4 failed: {own} (config {tmp_path / 'node1' / 'output' / 'cloud_entry' / 'strategy_pass_config.yaml'} "
         "has only_save_strategy: True)"], o1
     err0 = [x for x in o0.splitlines() if x.startswith("cloud-entry: error")]
     assert len(err0) == 1 and err0[0].startswith(f"cloud-entry: error: strategy pass failed on node 1: {own}"), o0

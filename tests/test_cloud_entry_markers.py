@@ -71,13 +71,22 @@ def test_local_marker_write_is_atomic(tmp_path):
     assert os.listdir(target.parent) == [target.name]
 
 
-def test_run_id_choice():
-    assert markers.choose_run_id("given", {"CLOUD_ENTRY_RUN_ID": "env"}, 2, "x") == "given"
-    assert markers.choose_run_id("", {"CLOUD_ENTRY_RUN_ID": "env"}, 2, "x") == "env"
-    assert markers.choose_run_id("", {"MA_VJ_NAME": "job-1"}, 2, "x") == "job-1"
-    a, b = markers.choose_run_id("", {}, 1, "x"), markers.choose_run_id("", {}, 1, "x")
-    assert a != b                                     # one node: a fresh id each run
-    assert markers.choose_run_id("", {}, 2, "x") == markers.choose_run_id("", {}, 2, "x")
+def test_run_id_depends_only_on_the_result():
+    key = {"source": ["s3://b/m", [["rank_0/a.ckpt", 10, "etag0"]]], "world": 8}
+    assert markers.run_id("", key) == markers.run_id("", dict(key))
+    assert markers.run_id("", key) != markers.run_id("", {**key, "world": 4})
+    assert markers.run_id("job-7", key).startswith("job-7-")
+
+
+def test_wait_reports_missing_blocks_and_other_runs(store, caplog):
+    markers.publish(store, markers.Marker(markers.SUCCEED, 0, "run-a"))
+    markers.publish(store, markers.Marker(markers.SUCCEED, 4, "run-old"))
+    caplog.set_level("INFO")
+    with pytest.raises(WaitTimeout):
+        markers.wait_for_blocks(store, [0, 4], "run-a", timeout=0.6, backoff=FAST, report_every=0.1)
+    lines = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert lines and "rank(s) 4 in" in lines[0]
+    assert "transform_succeed_rank_4.txt (run run-old)" in lines[0]
 
 
 # ---------------------------------------------------------------- strategy gather

@@ -1,0 +1,168 @@
+"""One boot process per card: the entry processes of one node agree on one leader.
+
+Preset Ascend images and per-rank launchers start the boot command once per card (RANK_ID,
+DEVICE_ID, LOCAL_RANK set per process); custom images with msrun start it once per node. Either
+way exactly one process per node may sync, convert and upload: several would delete each other's
+folders and publish contradicting markers. The others wait, bounded, for its result and then each
+launches its own training command.
+
+How they agree, without a race and without trusting an old answer: an exclusive `flock` on a
+lock file in the node's work folder serialises reading and writing a small state file. The first
+process that finds no live leader of this job there becomes the leader and records who it is:
+host, pid and the process's start time (so a reused pid is never taken for it). A later process
+that finds a live leader of the same job follows it. A state left by an earlier boot names a
+process that no longer exists: it is neither followed nor believed, and the next process leads
+afresh (a rerun reuses the converted ranks it can verify, so that is cheap).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+
+import psutil
+
+from cloud_entry.errors import BlockFailed, EntryError, WaitTimeout
+from cloud_entry.waits import Backoff, poll
+
+log = logging.getLogger(__name__)
+
+RUNNING, DONE, FAILED = "running", "done", "failed"
+LOCK_TIMEOUT = 60.0      # seconds; the lock is held only to read and write a few hundred bytes
+
+
+@dataclass(frozen=True)
+class LeaderState:
+    """What the state file holds: which process leads this node for which job, and how it ended."""
+    job: str              # the job key: processes of one job on one node compute the same
+    host: str
+    pid: int
+    started: float        # the leader's process start time (psutil), seconds since the epoch
+    state: str = RUNNING
+    error: str = ""
+
+    def alive(self) -> bool:
+        """The process that wrote this is still running (same pid and start time, this host)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.started) < 0.01
+        except psutil.Error:
+            return False
+
+
+@dataclass(frozen=True)
+class NodeRole:
+    leader: bool
+    state_path: str
+    lock_path: str
+    me: LeaderState        # the leader's identity (ours when we lead)
+
+    def describe(self) -> str:
+        if self.leader:
+            return f"this process (pid {self.me.pid}) leads this node's sync and conversion"
+        return f"following this node's leader, pid {self.me.pid}: it syncs and converts, this process waits"
+
+
+def _myself(job: str) -> LeaderState:
+    pid = os.getpid()
+    return LeaderState(job, socket.gethostname(), pid, psutil.Process(pid).create_time())
+
+
+class _Locked:
+    """`with _Locked(path):` an exclusive flock, taken within LOCK_TIMEOUT or WaitTimeout."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        self.fh = open(self.path, "a+")
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    self.fh.close()
+                    raise WaitTimeout(f"could not lock {self.path} within {LOCK_TIMEOUT:g}s "
+                                      f"({exc.strerror})") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _read(path: str) -> LeaderState | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return LeaderState(**json.load(f))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write(path: str, state: LeaderState) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(asdict(state), f)
+    os.replace(tmp, path)
+
+
+def elect(work_dir: str, node_index: int, job: str, per_card: bool) -> NodeRole:
+    """Lead or follow. `job` is the job key (equal for the processes of one job). Without a
+    per-card launch a second live entry of this node is an error: it would launch the training
+    twice."""
+    os.makedirs(work_dir, exist_ok=True)
+    state_path = os.path.join(work_dir, f"node_{node_index}_leader.json")
+    lock_path = os.path.join(work_dir, f"node_{node_index}_leader.lock")
+    me = _myself(job)
+    with _Locked(lock_path):
+        current = _read(state_path)
+        if current is not None and current.alive() and current.pid != me.pid:
+            if current.job != job:
+                raise EntryError(f"another cloud-entry (pid {current.pid}) runs a different job on node "
+                                 f"{node_index} with the same work folder {work_dir}: every card's boot "
+                                 "command must get the same hyperparameters")
+            if not per_card:
+                raise EntryError(f"another cloud-entry (pid {current.pid}) already runs this job on node "
+                                 f"{node_index}; a boot command per card needs RANK_ID/DEVICE_ID/LOCAL_RANK set")
+            return NodeRole(False, state_path, lock_path, current)
+        if current is not None and current.host != me.host and current.state == RUNNING:
+            log.warning("%s names host %s: a work folder shared between nodes (set --work_dir to a "
+                        "local folder)", state_path, current.host)
+        _write(state_path, me)
+    return NodeRole(True, state_path, lock_path, me)
+
+
+def finish(role: NodeRole, error: str = "") -> None:
+    """The leader records how the node's preparation ended; its followers act on it."""
+    if not role.leader:
+        return
+    with _Locked(role.lock_path):
+        _write(role.state_path, LeaderState(**{**asdict(role.me), "state": FAILED if error else DONE,
+                                              "error": error}))
+
+
+def wait_for_leader(role: NodeRole, timeout: float, backoff: Backoff = Backoff(max_interval=2.0)) -> None:
+    """A follower waits (bounded) for its leader's result: returns when done; BlockFailed with the
+    leader's error; EntryError at once when the leader died without a result."""
+    def check() -> bool | None:
+        state = _read(role.state_path)
+        if state is None or (state.pid, state.started) != (role.me.pid, role.me.started):
+            raise EntryError(f"this node's leader (pid {role.me.pid}) was replaced in {role.state_path}")
+        if state.state == DONE:
+            return True
+        if state.state == FAILED:
+            raise BlockFailed(f"this node's leader (pid {role.me.pid}) failed: {state.error}")
+        if not state.alive():
+            raise EntryError(f"this node's leader (pid {role.me.pid}) ended without a result")
+        return None
+
+    log.info("waiting (up to %gs) for this node's leader, pid %d", timeout, role.me.pid)
+    poll(check, timeout, f"this node's leader (pid {role.me.pid})", backoff)

@@ -1,0 +1,81 @@
+"""The per-node leader election of boot processes started once per card (node_leader.py)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from cloud_entry import node_leader
+from cloud_entry.errors import BlockFailed, EntryError
+from cloud_entry.waits import Backoff
+
+FAST = Backoff(0.02, 1.5, 0.1)
+
+
+@pytest.fixture
+def other():
+    """Another live process, standing in for a leader elected before us."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def record(tmp_path, proc_pid: int, job: str = "job-a", state: str = node_leader.RUNNING, error: str = "",
+           started: float | None = None) -> node_leader.LeaderState:
+    s = node_leader.LeaderState(job, socket.gethostname(), proc_pid,
+                                psutil.Process(proc_pid).create_time() if started is None else started,
+                                state, error)
+    (tmp_path / "node_0_leader.json").write_text(json.dumps(dataclasses.asdict(s)))
+    return s
+
+
+def test_first_process_leads_and_an_old_record_is_not_followed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "node_0_leader.json").write_text(json.dumps(dataclasses.asdict(
+        node_leader.LeaderState("job-a", socket.gethostname(), dead.pid, 1.0, node_leader.DONE))))
+    role = node_leader.elect(str(tmp_path), 0, "job-a", per_card=True)
+    assert role.leader and role.me.pid == psutil.Process().pid
+    node_leader.finish(role)
+    assert json.loads((tmp_path / "node_0_leader.json").read_text())["state"] == node_leader.DONE
+
+
+def test_a_reused_pid_is_not_taken_for_the_leader(tmp_path, other):
+    record(tmp_path, other.pid, started=12345.0)           # same pid, another start time
+    assert node_leader.elect(str(tmp_path), 0, "job-a", per_card=True).leader
+
+
+def test_per_card_processes_follow_a_live_leader(tmp_path, other):
+    record(tmp_path, other.pid)
+    role = node_leader.elect(str(tmp_path), 0, "job-a", per_card=True)
+    assert not role.leader and role.me.pid == other.pid
+    with pytest.raises(EntryError, match=f"another cloud-entry \\(pid {other.pid}\\) already runs this job"):
+        node_leader.elect(str(tmp_path), 0, "job-a", per_card=False)
+    with pytest.raises(EntryError, match="runs a different job"):
+        node_leader.elect(str(tmp_path), 0, "job-b", per_card=True)
+
+
+def test_a_follower_acts_on_the_leaders_result(tmp_path, other):
+    leader = record(tmp_path, other.pid)
+    role = node_leader.elect(str(tmp_path), 0, "job-a", per_card=True)
+    with pytest.raises(Exception, match="timed out"):
+        node_leader.wait_for_leader(role, 0.3, FAST)
+    record(tmp_path, other.pid, state=node_leader.DONE)
+    node_leader.wait_for_leader(role, 5, FAST)
+    record(tmp_path, other.pid, state=node_leader.FAILED, error="block led by rank 0 failed: disk full")
+    with pytest.raises(BlockFailed, match="failed: block led by rank 0 failed: disk full"):
+        node_leader.wait_for_leader(role, 5, FAST)
+    record(tmp_path, other.pid)
+    other.kill()
+    other.wait()
+    t0 = time.monotonic()
+    with pytest.raises(EntryError, match=f"leader \\(pid {leader.pid}\\) ended without a result"):
+        node_leader.wait_for_leader(role, 60, FAST)
+    assert time.monotonic() - t0 < 10
