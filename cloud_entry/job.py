@@ -256,12 +256,12 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     return layout.transformed, src_s
 
 
-def prepare(p: JobPlan, env: dict[str, str], launch_env: dict[str, str]) -> None:
-    """The node leader's part: conversion (or sync), then the effective config, the moxing
-    stand-in. Followers only read what this writes."""
-    job, layout = p.job, p.layout
-    if is_modelarts(env):
-        launch.write_moxing_shim(join(layout.work_dir, "moxing_shim"))
+def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None) -> None:
+    """The node leader's part: conversion (or sync), then the effective config and the moxing
+    stand-in (in `shim`, on ModelArts). Followers only read what this writes."""
+    layout = p.layout
+    if shim:
+        launch.write_moxing_shim(shim)
     effective = copy.deepcopy(p.config)
     if p.blocks is not None:
         loaded, src_s = transform(p, launch_env)
@@ -289,7 +289,7 @@ def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
         log.info("%s", role.describe())
         if role.leader:
             try:
-                prepare(p, env, launch_env)
+                prepare(p, launch_env, shim)
             except BaseException as exc:
                 node_leader.finish(role, _one_line(exc))
                 raise

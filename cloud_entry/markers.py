@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -24,7 +23,6 @@ from cloud_entry.waits import Backoff, poll
 log = logging.getLogger(__name__)
 
 SUCCEED, FAILED = "succeed", "failed"
-REPORT_EVERY = 30.0   # seconds between "still waiting" lines
 _NAME = re.compile(r"^transform_(succeed|failed)_rank_(\d+)\.txt$")
 
 
@@ -111,30 +109,28 @@ def pending_blocks(found: Iterable[Marker], leaders: Iterable[int], run_id: str)
 
 
 def wait_for_blocks(store: str, leaders: Iterable[int], run_id: str, timeout: float,
-                    backoff: Backoff = Backoff(), report_every: float = REPORT_EVERY, **poll_kw) -> None:
-    """Bounded wait for every block's success marker; the first failure marker ends it. At least
-    every `report_every` seconds it logs which blocks are still missing and any marker it found
-    of another run (a node that computed another run id would otherwise wait in silence)."""
+                    backoff: Backoff = Backoff(), **poll_kw) -> None:
+    """Bounded wait for every block's success marker; the first failure marker ends it. While it
+    waits it reports which blocks are still missing and any marker it found of another run (a
+    node that computed another run id would otherwise wait in silence)."""
     leaders = sorted(set(leaders))
     last: list[int] = leaders
-    clock = poll_kw.get("clock", time.monotonic)
-    start = reported = clock()
+    others: list[str] = []
 
     def check() -> bool | None:
-        nonlocal last, reported
+        nonlocal last, others
         found = scan(store)
         last = pending_blocks(found, leaders, run_id)
-        if last and clock() - reported >= report_every:
-            reported = clock()
-            others = sorted({f"{marker_name(m.state, m.rank)} (run {m.run_id or '?'})"
-                             for m in found if m.run_id != run_id and m.rank in leaders})
-            log.info("still waiting after %.0fs for the blocks led by rank(s) %s in %s%s", reported - start,
-                     ", ".join(map(str, last)), store,
-                     f"; markers of another run there: {', '.join(others)}" if others else "")
+        others = sorted({f"{marker_name(m.state, m.rank)} (run {m.run_id or '?'})"
+                         for m in found if m.run_id != run_id and m.rank in last})
         return None if last else True
 
+    def status() -> str:
+        return (f"blocks led by rank(s) {', '.join(map(str, last))} in {store}"
+                + (f"; markers of another run there: {', '.join(others)}" if others else ""))
+
     try:
-        poll(check, timeout, "block markers", backoff, **poll_kw)
+        poll(check, timeout, "block markers", backoff, status=status, **poll_kw)
     except WaitTimeout as exc:
         raise WaitTimeout(f"{exc}: no marker from the block leader rank(s) "
                           f"{', '.join(map(str, last))} in {store}") from None

@@ -165,4 +165,4 @@ def wait_for_leader(role: NodeRole, timeout: float, backoff: Backoff = Backoff(m
         return None
 
     log.info("waiting (up to %gs) for this node's leader, pid %d", timeout, role.me.pid)
-    poll(check, timeout, f"this node's leader (pid {role.me.pid})", backoff)
+    poll(check, timeout, f"this node's leader (pid {role.me.pid}) to sync and convert", backoff)

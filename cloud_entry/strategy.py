@@ -109,7 +109,8 @@ def gather(layout: Layout, files: list[str], node: int, num_nodes: int, run_id: 
         return True if len(listed) == num_nodes else None
 
     try:
-        poll(check, timeout, "strategy files of every node", backoff, **poll_kw)
+        poll(check, timeout, "strategy files of every node", backoff,
+             status=lambda: f"nodes {sorted(set(range(num_nodes)) - set(listed))} in {store}", **poll_kw)
     except EntryError as exc:
         missing = sorted(set(range(num_nodes)) - set(listed))
         raise type(exc)(f"{exc}: nodes {missing} published none in {store}") from None

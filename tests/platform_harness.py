@@ -16,6 +16,7 @@ What ModelArts (and a per-card launcher, msrun or a plain S3 cloud) does, and so
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -23,6 +24,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import obs_io
+from s3server import ACCESS_KEY, SECRET_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 CHECK = str(Path(__file__).resolve().parent / "entry_launch_check.py")
@@ -147,3 +151,27 @@ class ModelArtsJob:
 
     def run(self, timeout: float = 240) -> list[Result]:
         return self.start().wait(timeout)
+
+
+def upload(local: str, url: str) -> str:
+    """Put a test's source or strategy (file or folder) on the object store; returns url."""
+    (obs_io.file.copy_parallel if os.path.isdir(local) else obs_io.file.copy)(local, url)
+    return url
+
+
+def digest_tree(path: str) -> dict[str, str]:
+    """relative path -> sha256 of every file below path: to show a folder was not touched."""
+    out = {}
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, path)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out
+
+
+def assert_no_secret(folder: Path) -> None:
+    """No file the job left (logs, configs, markers, outputs of the boot command) holds a key."""
+    for p in folder.rglob("*"):
+        if p.is_file() and p.suffix in (".log", ".yaml", ".txt", ".json", ".py", ".out"):
+            text = p.read_text(errors="replace")
+            assert SECRET_KEY not in text and ACCESS_KEY not in text, p

@@ -3,7 +3,6 @@ checkpoints; every converted rank is compared with MindSpore's own conversion bi
 the launched command (tests/entry_launch_check.py) checks what it loads."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,21 +16,13 @@ import yaml
 
 import obs_io
 import synth
-from s3server import ACCESS_KEY, SECRET_KEY
+from platform_harness import assert_no_secret, digest_tree, upload
 
 REPO = Path(__file__).resolve().parent.parent
 CHECK = str(Path(__file__).resolve().parent / "entry_launch_check.py")
 LAUNCH = ["--", sys.executable, CHECK, "{config}"]
 PARALLEL8 = ["--data_parallel=2", "--model_parallel=2", "--pipeline_stage=2"]
 PARALLEL4 = ["--data_parallel=1", "--model_parallel=2", "--pipeline_stage=2"]
-
-
-def upload(local: str, url: str) -> str:
-    if os.path.isdir(local):
-        obs_io.file.copy_parallel(local, url)
-    else:
-        obs_io.file.copy(local, url)
-    return url
 
 
 def entry_env(s3_env, **extra) -> dict[str, str]:
@@ -56,22 +47,6 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
 
 def run_entry(args, env, cwd) -> tuple[int, str]:
     return finish(start(args, env, cwd))
-
-
-def digest_tree(path: str) -> dict[str, str]:
-    out = {}
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, path)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
-
-
-def assert_no_secret(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file() and p.suffix in (".log", ".yaml", ".txt", ".json", ".py"):
-            text = p.read_text(errors="replace")
-            assert SECRET_KEY not in text and ACCESS_KEY not in text, p
 
 
 def subset(ref: str, ranks, tmp: Path) -> str:

@@ -85,7 +85,7 @@ def test_wait_reports_missing_blocks_and_other_runs(store, caplog):
     with pytest.raises(WaitTimeout):
         markers.wait_for_blocks(store, [0, 4], "run-a", timeout=0.6, backoff=FAST, report_every=0.1)
     lines = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
-    assert lines and "rank(s) 4 in" in lines[0]
+    assert lines and "block markers: blocks led by rank(s) 4 in" in lines[0]
     assert "transform_succeed_rank_4.txt (run run-old)" in lines[0]
 
 

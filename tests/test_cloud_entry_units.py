@@ -338,3 +338,13 @@ def test_other_arguments_are_not_taken_for_typos(name):
 def test_a_training_command_without_the_config_is_refused():
     with pytest.raises(EntryError, match=r"takes no config from the entry"):
         args_mod.parse_args(["--", "python", "train.py", "--load_checkpoint=x"])
+
+
+def test_poll_says_what_it_still_waits_for(caplog):
+    fake = FakeClock()
+    caplog.set_level("INFO")
+    with pytest.raises(WaitTimeout):
+        poll(lambda: None, 100, "block markers", Backoff(1, 1, 1), sleep=fake.sleep, clock=fake.clock,
+             status=lambda: "blocks led by rank(s) 4")
+    lines = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert len(lines) == 3 and lines[0] == "still waiting after 30s (of 100s) for block markers: blocks led by rank(s) 4"

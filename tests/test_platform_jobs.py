@@ -13,19 +13,12 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 import yaml
 
 import obs_io
 import synth
 from faultproxy import FaultProxy
-from platform_harness import ModelArtsJob
-from s3server import ACCESS_KEY, SECRET_KEY
-
-
-def upload(local: str, url: str) -> str:
-    (obs_io.file.copy_parallel if os.path.isdir(local) else obs_io.file.copy)(local, url)
-    return url
+from platform_harness import ModelArtsJob, assert_no_secret, digest_tree, upload
 
 
 def listing(url: str) -> set[str]:
@@ -33,15 +26,6 @@ def listing(url: str) -> set[str]:
         return {e.name for e in obs_io.file.list_entries(url, recursive=True) if e.is_file()}
     except FileNotFoundError:
         return set()
-
-
-def digest_tree(path: str) -> dict[str, str]:
-    out = {}
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, path)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
 def checks(root: Path) -> dict[str, dict]:
@@ -53,13 +37,6 @@ def assert_ok(results) -> None:
     for r in results:
         assert r.code == 0, f"node {r.node} card {r.card}:\n{r.output}"
         assert "Traceback" not in r.output, r.output
-
-
-def assert_no_secret(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file() and p.suffix in (".log", ".yaml", ".txt", ".json", ".py", ".out"):
-            text = p.read_text(errors="replace")
-            assert SECRET_KEY not in text and ACCESS_KEY not in text, p
 
 
 # ---------------------------------------------------------------- the documented scenarios
@@ -88,7 +65,7 @@ def test_scenario1_complete_to_8_ranks_on_two_nodes(models, bucket, s3_env, tmp_
         assert not any(a.startswith(("--load_checkpoint", "--auto_trans_ckpt", "--dst_strategy", "--model."))
                        for a in record["argv"]), record["argv"]
     for r in results:
-        assert f"topology: 2 nodes [MA_NUM_HOSTS=2" in r.output and f"VC_TASK_INDEX={r.node}" in r.output
+        assert "topology: 2 nodes [MA_NUM_HOSTS=2" in r.output and f"VC_TASK_INDEX={r.node}" in r.output
         assert "1/1 files" in r.output and "MiB/s" in r.output   # the download's progress line
     names = listing(remote)
     assert {f"transformed_checkpoint/llama/rank_{r}/checkpoint_{r}.ckpt" for r in range(8)} <= names
