@@ -5,12 +5,17 @@
 
 Settings come from the environment ModelArts images set (S3_ENDPOINT, ACCESS_KEY_ID,
 SECRET_ACCESS_KEY, S3_USE_HTTPS, ...) or from mox.file.set_auth(); see obs_io.config.
+
+Importing the package is cheap: the names below that need boto3 (`file`) load on first use
+(PEP 562), so `import obs_io.atomic` or `obs_io.is_remote` in the conversion engine's worker
+processes costs milliseconds, not botocore's import.
 """
 from __future__ import annotations
 
+import importlib
 import sys
+from types import ModuleType
 
-from . import file
 from .config import S3Config, configure, current as current_config, reset as reset_config, set_auth
 from .entries import DirEntry, StatResult
 from .urls import is_remote
@@ -19,12 +24,20 @@ __all__ = ["file", "is_remote", "install_as_moxing", "set_auth", "configure", "r
            "current_config", "S3Config", "StatResult", "DirEntry"]
 
 
-def install_as_moxing():
+def __getattr__(name: str) -> ModuleType:
+    """`obs_io.file` (which imports boto3) on first access, PEP 562; importing it makes it an
+    ordinary attribute of the package, so this runs once."""
+    if name == "file":
+        return importlib.import_module(".file", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def install_as_moxing() -> ModuleType:
     """Make `import moxing` (as MindFormers does on ModelArts) return this package.
 
     Never install the PyPI `moxing`: it is an unrelated project. Returns the module.
     """
     module = sys.modules[__name__]
     sys.modules["moxing"] = module
-    sys.modules["moxing.file"] = file
+    sys.modules["moxing.file"] = module.file
     return module

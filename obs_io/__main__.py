@@ -11,7 +11,6 @@ import sys
 
 from . import file as mox_file
 from .errors import scrub
-from .transfer import backend
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -44,8 +43,7 @@ def _run(args) -> None:
             raise ValueError(f"--threads={args.threads}: must be at least 1")
         mox_file.copy_parallel(args.src, args.dst, threads=args.threads)
     elif args.command == "ls":
-        fs = backend(args.url)
-        for e in (fs.find(args.url) if args.recursive else fs.ls(args.url)):
+        for e in mox_file.list_entries(args.url, recursive=args.recursive):
             name = e.name + ("/" if e.dir else "")
             print(f"{e.length:>14}  {name}" if args.long else name)
     elif args.command == "rm":

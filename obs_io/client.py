@@ -1,7 +1,8 @@
 """boto3 clients and transfer settings, built in one place from an S3Config.
 
 Retries live here and nowhere else: botocore's retry modes back off on 503 SlowDown, other 5xx
-and dropped connections for every call, and s3transfer re-reads interrupted download streams.
+and dropped connections for every call, s3transfer re-reads interrupted download streams, and
+read_object() does the same for the GETs obs_io makes itself.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
 from .config import S3Config
 
@@ -31,8 +33,8 @@ def signs_payload(cfg: S3Config) -> bool:
     byte in transit, so the body goes as UNSIGNED-PAYLOAD, as AWS SDKs do over TLS. Over plain
     HTTP nothing else protects the body, and the signed SHA256 is the cheapest check OBS accepts
     (Content-MD5 checks the same thing at ~470 MB/s), so it stays. Downloads are checked by us
-    either way (size, and MD5 where the ETag is one). `sign_payload` (S3_SIGN_PAYLOAD) forces
-    either choice, e.g. for a server that refuses unsigned payloads.
+    either way (size, and the MD5 or checksum the object has: transfer.verify). `sign_payload`
+    (S3_SIGN_PAYLOAD) forces either choice, e.g. for a server that refuses unsigned payloads.
     """
     if cfg.sign_payload is not None:
         return cfg.sign_payload
@@ -100,3 +102,22 @@ def transfer_config(cfg: S3Config, size: int, threads: int, download: bool = Fal
         # tests, same behaviour on OBS.
         preferred_transfer_client="classic",
     )
+
+
+def read_object(cfg: S3Config, bucket: str, key: str, **params) -> tuple[bytes, dict]:
+    """One GetObject read whole: (body, the response without its Body, for its headers).
+
+    botocore retries a request that fails before its response arrives, but not a body that
+    breaks off mid-stream after the headers came: that is fetched again here, up to
+    max_attempts times in all, on the errors s3transfer retries for the same reason. `params`
+    go to GetObject (Range, IfMatch, ...). Callers translate errors (errors.translating).
+    """
+    attempt = 1
+    while True:
+        try:
+            response = get_client(cfg).get_object(Bucket=bucket, Key=key, **params)
+            return response.pop("Body").read(), response
+        except S3_RETRYABLE_DOWNLOAD_ERRORS:
+            if attempt >= cfg.max_attempts:
+                raise
+            attempt += 1

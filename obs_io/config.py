@@ -46,7 +46,8 @@ class S3Config:
     min_part_size: int = 8 * MiB         # S3 needs >= 5 MiB parts (OBS 100 KB); s3transfer enforces 5 MiB
     max_parts: int = 10_000
     max_range_size: int = 64 * MiB       # downloads: ranged GETs grow up to this (see range_size)
-    verify_md5: bool = True              # off for SSE-KMS/SSE-C buckets, whose ETags are not MD5s
+    verify_md5: bool = True              # off for a server whose ETags are not MD5s and that does not say
+                                         # so (SSE-KMS/SSE-C headers are: transfer.etag_is_md5)
     sign_payload: bool | None = None     # SHA256 of upload bodies in the signature; None: only over plain http
 
     def __repr__(self) -> str:  # explicit so a future field can never leak a secret by default

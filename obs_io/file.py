@@ -1,9 +1,10 @@
 """The `mox.file` API: moxing's functions and signatures over local paths, obs:// and s3:// URLs.
 
 Code written as `import moxing as mox; mox.file.copy_parallel(a, b)` runs unchanged with
-`import obs_io as mox`. Differences from moxing, on purpose: copy_parallel always uses threads
-(s3transfer releases the GIL while moving bytes), so `is_processing` and `use_queue` are accepted
-and ignored; writers publish on a clean close only.
+`import obs_io as mox`. Differences from moxing, on purpose: copy_parallel's `use_queue` is
+accepted and ignored (worker processes get their whole plan at start); writers publish on a
+clean close only; list_entries (a listing with sizes and ETags) is an addition, and copy_parallel
+takes its entries as file_list.
 """
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import fnmatch
 import glob as _glob
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+from .batch import execute, plan_file, plan_tree
 from .config import set_auth  # noqa: F401 - part of the mox.file API
 from .entries import DirEntry, StatResult
-from .fs import S3
+from .fs import backend, list_entries
 from .remote_file import File
-from .transfer import backend, execute, plan_file, plan_tree
 from .urls import ObjectURL, check, is_remote, join
 
 __all__ = ["copy", "copy_parallel", "exists", "is_directory", "list_directory", "glob", "walk",
@@ -30,20 +31,24 @@ def copy(src_url: str, dst_url: str) -> None:
     execute([plan_file(src_url, dst_url)], threads=10, desc=f"copy {src_url}", show_progress=False)
 
 
-def copy_parallel(src_url: str, dst_url: str, file_list=None, threads: int = 16,
-                  is_processing: bool = True, use_queue: bool = False) -> None:
+def copy_parallel(src_url: str, dst_url: str, file_list: Iterable[str | DirEntry] | None = None,
+                  threads: int = 16, is_processing: bool = True, use_queue: bool = False) -> None:
     """Copy the folder src_url to dst_url (a mirror of its tree), many files at once.
 
-    file_list: paths relative to src_url; only those are copied. A file as src_url is copied
-    like copy(). is_processing: as moxing, many small files go to worker processes (one per
-    four threads, up to the CPUs; see workers.py), so one interpreter's GIL does not bound them.
-    Progress (bytes, rate, files) shows on a terminal, else as periodic log lines.
+    file_list: only these files, relative to src_url: names (found in one listing of their
+    common folder), or the DirEntry items of a listing the caller already has (e.g. from
+    list_entries(src_url, recursive=True)), which cost no request before the copy itself. A
+    file as src_url is copied like copy(). is_processing: as moxing, many small files go to
+    worker processes (one per four threads, up to the CPUs; see workers.py), so one
+    interpreter's GIL does not bound them. Progress (bytes, rate, files) shows on a terminal,
+    else as periodic log lines.
     """
     check(src_url, dst_url)
-    if not is_directory(src_url) and exists(src_url):
+    try:
+        tasks, dirs = plan_tree(src_url, dst_url, file_list)
+    except NotADirectoryError:  # the listing found a file: no request spent to ask first
         copy(src_url, dst_url)
         return
-    tasks, dirs = plan_tree(src_url, dst_url, file_list)
     execute(tasks, threads=threads, desc=f"copy {src_url} -> {dst_url}", dirs=dirs, is_processing=is_processing)
 
 
@@ -61,17 +66,9 @@ def list_directory(url: str, recursive: bool = False) -> list[str]:
     return [e.name for e in list_entries(url, recursive)]
 
 
-def list_entries(url: str, recursive: bool = False) -> list[DirEntry]:
-    """list_directory as entries (not in moxing): name, size, modification time and, for
-    objects, the ETag, from the same listing requests, so callers that need an object's
-    identity need not ask again."""
-    fs = backend(url)
-    return fs.find(url) if recursive else fs.ls(url)
-
-
 def scan_dir(url: str) -> Iterator[DirEntry]:
     """Children of url as entries with .name, .path, is_dir(), is_file(), stat()."""
-    return iter(backend(url).ls(url))
+    return iter(list_entries(url))
 
 
 def walk(url: str, topdown: bool = True, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -80,7 +77,7 @@ def walk(url: str, topdown: bool = True, onerror=None) -> Iterator[tuple[str, li
         yield from os.walk(url, topdown=topdown, onerror=onerror)
         return
     try:
-        entries = S3.find(url)
+        entries = list_entries(url, recursive=True)
     except OSError as err:
         if onerror is not None:
             onerror(err)
@@ -114,7 +111,7 @@ def glob(pattern: str) -> list[str]:
     base = f"{u.scheme}://{u.bucket}/" + "/".join(parts[:static])
     rest = parts[static:]
     try:
-        entries = S3.find(base)
+        entries = list_entries(base, recursive=True)
     except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(join(base, e.name) for e in entries
@@ -127,14 +124,16 @@ def stat(url: str) -> StatResult:
 
 
 def get_size(url: str, recursive: bool = False) -> int:
-    """Bytes in the file at url; with recursive=True, in every file under the folder url.
-    A folder without recursive counts 0, as a folder marker object does on OBS."""
+    """Bytes in the file at url; with recursive=True, in every file under the folder url (one
+    listing, no stat first). A folder without recursive counts 0, as a folder marker object
+    does on OBS."""
+    if recursive:
+        try:
+            return sum(e.length for e in list_entries(url, recursive=True) if not e.dir)
+        except NotADirectoryError:
+            pass  # a file: its own size
     st = stat(url)
-    if not st.is_dir:
-        return st.length
-    if not recursive:
-        return 0
-    return sum(e.length for e in backend(url).find(url) if not e.dir)
+    return 0 if st.is_dir else st.length
 
 
 def make_dirs(url: str) -> None:

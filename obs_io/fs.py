@@ -1,7 +1,12 @@
-"""One file-system interface, two back ends (the fsspec idea): local disk and S3/OBS.
+"""One file-system interface, two back ends (the fsspec idea): local disk and S3/OBS, and
+backend(), which picks one for a path or URL.
 
 Folders on S3 are key prefixes: a folder exists when any object lives under `prefix/` (an empty
 `prefix/` marker object, as moxing's make_dirs writes, counts).
+
+list_entries() is the one listing for every caller that needs names with sizes or ETags
+(copy_parallel's plan, get_size, walk, glob, scan_dir, the command line): one ListObjects
+request per 1,000 keys, never a HEAD per object.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from . import config as _config
 from .client import get_client
 from .entries import DirEntry, StatResult
 from .errors import translate, translating
-from .urls import ObjectURL, join
+from .urls import ObjectURL, is_remote, join
 
 
 class FileSystem(Protocol):
@@ -239,3 +244,17 @@ class S3FS:
 
 LOCAL = LocalFS()
 S3 = S3FS()
+
+
+def backend(url: str) -> FileSystem:
+    """The file system behind a path or URL: object storage for obs:// and s3://, else local."""
+    return S3 if is_remote(url) else LOCAL
+
+
+def list_entries(url: str, recursive: bool = False) -> list[DirEntry]:
+    """The children of folder `url` (with recursive=True every file and folder below it, names
+    relative to url) as entries: name, size, modification time and, for objects, the ETag, all
+    from the listing requests themselves. Raises FileNotFoundError for a missing folder and
+    NotADirectoryError for a file."""
+    fs = backend(url)
+    return fs.find(url) if recursive else fs.ls(url)

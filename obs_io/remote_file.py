@@ -2,8 +2,9 @@
 
 Reading an object uses ranged GETs from the current position, so reading a checkpoint header
 costs a few hundred KB, not the whole object. Writing goes to a temporary file that is
-published (uploaded, or renamed locally) only on a clean close: a failure inside `with` leaves
-nothing under the final name.
+published (uploaded, or renamed locally) only on a clean close: a failure inside `with`, or in
+the close itself, leaves nothing under the final name. A local file written here is durable
+once close() returned (atomic.py): this is how markers, configs and records are written.
 """
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import io
 import os
 import tempfile
 
-from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
-
 from . import config as _config
+from .atomic import Landing
+from .client import read_object
 from .errors import translating
 from .fs import S3
-from .transfer import download_fileobj, temp_name, upload_fileobj
+from .transfer import download_fileobj, upload_fileobj
 from .urls import ObjectURL, is_remote
 
 READ_BLOCK = 256 * 1024  # read-ahead per GET for small reads; large reads go straight through
@@ -47,20 +48,12 @@ class _RangedReader(io.RawIOBase):
         return self.pos
 
     def _get(self, start: int, end: int) -> bytes:
-        """Bytes [start, end] (inclusive), retrying a stream that breaks mid-body."""
-        cfg = _config.current()
-        kwargs = {"Bucket": self._u.bucket, "Key": self._u.key, "Range": f"bytes={start}-{end}"}
-        if self.etag:
-            kwargs["IfMatch"] = self.etag  # never splice two versions of an object together
-        for attempt in range(cfg.max_attempts):
-            with translating(self.url):
-                body = S3.client().get_object(**kwargs)["Body"]
-                try:
-                    return body.read()
-                except S3_RETRYABLE_DOWNLOAD_ERRORS:
-                    if attempt == cfg.max_attempts - 1:
-                        raise
-        raise AssertionError("unreachable")
+        """Bytes [start, end] (inclusive); a body that breaks off is fetched again (read_object)."""
+        pinned = {"IfMatch": self.etag} if self.etag else {}  # never splice two versions together
+        with translating(self.url):
+            body, _ = read_object(_config.current(), self._u.bucket, self._u.key,
+                                  Range=f"bytes={start}-{end}", **pinned)
+        return body
 
     def readinto(self, b) -> int:
         if self.pos >= self.size or len(b) == 0:
@@ -90,18 +83,22 @@ class File:
         self._discard = None  # its counterpart when the writer fails
         binary = "b" in m
         buf = self._open_remote(url, m) if is_remote(url) else self._open_local(url, m)
-        self._buf = buf
         self._f = buf if binary else io.TextIOWrapper(buf, encoding=encoding or "utf-8")
 
     def _open_local(self, path: str, m: str):
-        if m[0] != "r":  # as on object storage, writing a file needs no existing folder
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if m[0] != "w":
+            if m[0] == "a":  # as on object storage (and Landing), writing needs no existing folder
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             return open(path, m if "b" in m else m + "b")
-        temp = temp_name(os.path.abspath(path))
-        buf = open(temp, "wb")
-        self._publish = lambda: os.replace(temp, path)
-        self._discard = lambda: os.path.exists(temp) and os.remove(temp)
+        landing = Landing(path, durable=True)  # what callers write this way is state: markers, configs
+        buf = open(landing.temp, "wb")
+
+        def publish() -> None:
+            buf.close()  # first: a close that fails (ENOSPC) must fail before the rename
+            landing.commit()
+
+        self._publish = publish
+        self._discard = landing.discard
         return buf
 
     def _open_remote(self, url: str, m: str):
@@ -174,20 +171,23 @@ class File:
         self._finish(publish=True)
 
     def _finish(self, publish: bool) -> None:
+        """Publish (if asked) and close; a writer that did not publish discards its bytes, also
+        when flushing or closing is what failed."""
         if self._closed:
             return
         self._closed = True
         published = False
         try:
             if self._publish is not None and publish:
-                self._f.flush()
-                self._buf.flush()
+                self._f.flush()  # the text layer's buffer, into the binary one publish() writes out
                 self._publish()
                 published = True
         finally:
-            self._f.close()
-            if self._publish is not None and not published:
-                self._discard()
+            try:
+                self._f.close()
+            finally:
+                if self._publish is not None and not published:
+                    self._discard()
 
     def __enter__(self) -> "File":
         return self

@@ -1,34 +1,33 @@
-"""Copying files between local disk and object storage: a plan (list of CopyTask) and its execution.
+"""Moving the bytes of a copy plan in this process: one CopyTask per file.
 
-Execution goes through s3transfer's TransferManager (multipart, ranged downloads, retries,
-abort of a failed multipart upload); nothing here speaks HTTP. What is added on top:
-downloads land under a temporary name and are published by rename only after their size (and
-MD5 where the ETag is one) matched; keys can never place a download outside its folder.
+Transfers go through s3transfer's TransferManager (multipart, ranged downloads, retries, abort
+of a failed multipart upload), except downloads below one part (_get_small); nothing here
+speaks HTTP. What is added on top: downloads land under a temporary name (atomic.Landing) and
+are published by rename only after verify() accepted them. Planning and the split over worker
+processes are batch.py's; the worker processes run execute_remote() from here.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
-import logging
 import os
 import re
 import shutil
-import uuid
+import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
-from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
 from . import config as _config
-from .client import MAX_THREADS, get_client, transfer_config
+from .atomic import Landing, write_atomic
+from .client import MAX_THREADS, get_client, read_object, transfer_config
 from .errors import translating
-from .fs import LOCAL, S3
 from .progress import Progress
-from .urls import ObjectURL, check, is_remote, join, safe_relative
-from .workers import Workers, partition, worker_count
+from .urls import ObjectURL, is_remote
 
-log = logging.getLogger("obs_io")
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 
 
@@ -42,74 +41,98 @@ class CopyTask:
     etag: str | None = None
 
 
-def backend(url: str):
-    return S3 if is_remote(url) else LOCAL
+class _CRC32:
+    """zlib's CRC32 behind hashlib's update()/digest(), as S3 encodes it (4 bytes, big-endian)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
 
 
-def temp_name(path: str) -> str:
-    """A sibling of `path` that no reader mistakes for the real file."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.obsio-{uuid.uuid4().hex[:8]}.tmp")
+# Whole-object checksums S3 may return with GetObject/HeadObject (botocore's field names), the
+# cheapest to compute first. CRC32C and CRC64NVME need awscrt, which obs_io does not require.
+_CHECKSUMS: dict[str, Callable[[], object]] = {
+    "ChecksumCRC32": _CRC32, "ChecksumSHA256": hashlib.sha256, "ChecksumSHA1": hashlib.sha1,
+    "ChecksumMD5": hashlib.md5, "ChecksumSHA512": hashlib.sha512}
 
 
-def verify(path: str, size: int, etag: str | None, what: str, body: bytes | None = None) -> None:
-    """Raise if the download (the file at `path`, or `body` still in memory) is not `size`
-    bytes or, for a plain-MD5 ETag, not that MD5."""
-    got = len(body) if body is not None else os.path.getsize(path)
-    if got != size:
-        raise OSError(f"{what}: downloaded {got} bytes, expected {size}; nothing was written")
-    match = _PLAIN_MD5.match(etag or "")
-    if match and _config.current().verify_md5:
-        md5 = hashlib.md5(body or b"")
-        if body is None:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(8 * 2**20), b""):
-                    md5.update(block)
-        if md5.hexdigest() != match.group(1).lower():
-            raise OSError(f"{what}: downloaded bytes do not match the object's MD5 (ETag); nothing was written")
+def _digest(new: Callable[[], object], data: bytes | str) -> bytes:
+    """The digest of bytes in memory, or of the file at path `data`, read in 8 MiB blocks."""
+    h = new()
+    if isinstance(data, str):
+        with open(data, "rb") as f:
+            for block in iter(lambda: f.read(8 * 2**20), b""):
+                h.update(block)
+    else:
+        h.update(data)
+    return h.digest()
 
 
-def plan_file(src: str, dst: str) -> CopyTask:
-    """One file: moxing's copy(). A folder as source is an error (use copy_parallel)."""
-    check(src, dst)
-    if is_remote(src):
-        head = S3.head(src)
-        if head is None:
-            if S3.isdir(src):
-                raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
-            raise FileNotFoundError(f"{src}: no such object")
-        return CopyTask(src, dst, head["ContentLength"], head.get("ETag"))
-    if os.path.isdir(src):
-        raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
-    return CopyTask(src, dst, os.path.getsize(src))
+def etag_is_md5(response: dict) -> bool:
+    """Whether the object in a GetObject/HeadObject response has, if single-part, its MD5 as
+    ETag. Not with server-side encryption by KMS (S3 `aws:kms`, `aws:kms:dsse`; OBS `kms`) or
+    by a customer key (SSE-C): the ETag is then some other value that merely looks like one.
+    Only these response headers tell; a listing's ETag does not."""
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})  # names in lower case
+    sse = response.get("ServerSideEncryption") or headers.get("x-obs-server-side-encryption") or ""
+    customer = (response.get("SSECustomerAlgorithm")
+                or headers.get("x-obs-server-side-encryption-customer-algorithm"))
+    return "kms" not in sse.lower() and not customer
 
 
-def plan_tree(src: str, dst: str, file_list=None) -> tuple[list[CopyTask], list[str]]:
-    """Every file under folder `src` mapped under `dst`, and the empty folders to recreate.
+def _checksum(response: dict) -> tuple[str, Callable[[], object], bytes] | None:
+    """(name, hash constructor, expected digest) of a whole-object checksum in the response, or
+    None. A multipart upload's composite checksum (`...-N`) is not one of the bytes."""
+    if response.get("ChecksumType") == "COMPOSITE":
+        return None
+    for field, new in _CHECKSUMS.items():
+        value = response.get(field)
+        if value and "-" not in value:
+            return field[len("Checksum"):], new, base64.b64decode(value)
+    return None
 
-    All names are checked before anything is copied: a bad key fails the whole plan.
+
+def verify(task: CopyTask, data: bytes | str, response: dict | None = None) -> None:
+    """Raise unless a download of `task` (its bytes, or the path of the file holding them) has
+    the object's size and, as far as the object can tell, its content.
+
+    Content: the MD5 that a plain (single-part) ETag is, unless the object is encrypted with KMS
+    or a customer key (etag_is_md5); then a whole-object checksum the server sent (CRC32,
+    SHA256, SHA1, MD5, SHA512), else the size alone. `response`: the object's GetObject response
+    when at hand. Without it (s3transfer's ranged GETs keep theirs) an MD5 mismatch is checked
+    against the object's headers by one HEAD, pinned to the ETag, before it counts as corruption:
+    that HEAD is paid only by encrypted objects and damaged downloads.
     """
-    check(src, dst)
-    entries = backend(src).find(src)
-    local_dst = not is_remote(dst)
-    files = {e.name: e for e in entries if not e.dir}
-    if file_list is not None:
-        wanted = [safe_relative(str(f).replace(os.sep, "/"), join(src, str(f))) for f in file_list]
-        missing = [w for w in wanted if w not in files]
-        if missing:
-            raise FileNotFoundError(f"{join(src, missing[0])}: no such file (listed in file_list)")
-        files = {w: files[w] for w in wanted}
-    tasks = []
-    for name, entry in files.items():
-        rel = safe_relative(name, entry.path) if local_dst else name
-        tasks.append(CopyTask(entry.path, join(dst, rel), entry.length, entry.etag))
-    dirs = []
-    if file_list is None:
-        parents = {n.rsplit("/", 1)[0] for n in files if "/" in n}
-        parents = {"/".join(p.split("/")[:i + 1]) for p in parents for i in range(p.count("/") + 1)}
-        dirs = [join(dst, safe_relative(e.name, e.path) if local_dst else e.name)
-                for e in entries if e.dir and e.name not in parents]
-    return tasks, dirs
+    got = len(data) if isinstance(data, bytes) else os.path.getsize(data)
+    if got != task.size:
+        raise OSError(f"{task.src}: downloaded {got} bytes, expected {task.size}; nothing was written")
+    match = _PLAIN_MD5.match(task.etag or "") if _config.current().verify_md5 else None
+    if match and (response is None or etag_is_md5(response)):
+        if _digest(hashlib.md5, data) == bytes.fromhex(match.group(1)):
+            return
+        if response is None:
+            response = _head(task)
+        if etag_is_md5(response):
+            raise OSError(f"{task.src}: downloaded bytes do not match the object's MD5 (ETag); "
+                          f"nothing was written")
+    checksum = _checksum(response) if response is not None else None
+    if checksum is not None:
+        name, new, expected = checksum
+        if _digest(new, data) != expected:
+            raise OSError(f"{task.src}: downloaded bytes do not match the object's {name} checksum; "
+                          f"nothing was written")
+
+
+def _head(task: CopyTask) -> dict:
+    """HeadObject of the version that was downloaded (If-Match its ETag)."""
+    u = ObjectURL.parse(task.src)
+    with translating(task.src):
+        return get_client(_config.current()).head_object(Bucket=u.bucket, Key=u.key, IfMatch=task.etag)
 
 
 class _Hooks(BaseSubscriber):
@@ -129,32 +152,24 @@ class _Hooks(BaseSubscriber):
             self.progress.add_bytes(bytes_transferred)
 
 
-def _land(task: CopyTask, fill, progress: Progress | None) -> None:
-    """Write task.dst through a temporary sibling: fill(temp) writes (and checks) the bytes; the
-    rename to the final name comes only after it returned, and the temp file never stays."""
-    os.makedirs(os.path.dirname(os.path.abspath(task.dst)), exist_ok=True)
-    temp = temp_name(os.path.abspath(task.dst))
-    try:
-        fill(temp)
-        os.replace(temp, task.dst)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+def _done(task: CopyTask, progress: Progress | None) -> None:
+    """Count a file published without s3transfer (which reports bytes as they come)."""
     if progress is not None:
         progress.add_bytes(task.size)
         progress.file_done()
 
 
-def _copy_local(task: CopyTask, progress: Progress | None) -> None:
-    def fill(temp: str) -> None:
+def copy_local(task: CopyTask, progress: Progress | None) -> None:
+    """A local file to a local file, published by rename once its size is checked. Not
+    durable (atomic.py): a bulk copy, like the downloads."""
+    with Landing(task.dst, durable=False) as temp:
         shutil.copyfile(task.src, temp)
-        verify(temp, task.size, None, task.src)
+        verify(task, temp)
+    _done(task, progress)
 
-    _land(task, fill, progress)
 
-
-def _submit(manager: TransferManager, task: CopyTask, progress) -> tuple[str | None, object]:
-    """Start one transfer; returns (temp file of a download or None, s3transfer future)."""
+def _submit(manager: TransferManager, task: CopyTask, progress) -> tuple[Landing | None, object]:
+    """Start one transfer; returns (where a download lands, or None; s3transfer future)."""
     hooks = [_Hooks(task, progress)]
     if is_remote(task.dst):
         d = ObjectURL.parse(task.dst)
@@ -163,52 +178,8 @@ def _submit(manager: TransferManager, task: CopyTask, progress) -> tuple[str | N
             return None, manager.copy({"Bucket": s.bucket, "Key": s.key}, d.bucket, d.key, subscribers=hooks)
         return None, manager.upload(task.src, d.bucket, d.key, subscribers=hooks)
     s = ObjectURL.parse(task.src)
-    os.makedirs(os.path.dirname(os.path.abspath(task.dst)), exist_ok=True)
-    temp = temp_name(os.path.abspath(task.dst))
-    return temp, manager.download(s.bucket, s.key, temp, subscribers=hooks)
-
-
-def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_progress: bool = True,
-            dirs: list[str] = (), is_processing: bool = False) -> None:
-    """Run a plan. The first failure stops the batch and is raised as a one-line builtin error;
-    transfers in flight are cancelled, and no partial file is left under a final name."""
-    progress = Progress(desc, sum(t.size for t in tasks), len(tasks)) if show_progress else None
-    remote = [t for t in tasks if is_remote(t.src) or is_remote(t.dst)]
-    local = [t for t in tasks if not (is_remote(t.src) or is_remote(t.dst))]
-    try:
-        for d in dirs:
-            backend(d).makedirs(d)
-        if local:
-            with ThreadPoolExecutor(max(1, min(threads, len(local)))) as pool:
-                for fut in [pool.submit(_copy_local, t, progress) for t in local]:
-                    fut.result()
-        if remote:
-            _execute_remote_batch(remote, threads, progress, is_processing)
-    finally:
-        if progress is not None:
-            progress.close()
-
-
-def _execute_remote_batch(tasks: list[CopyTask], threads: int, progress: Progress | None,
-                          is_processing: bool) -> None:
-    """With is_processing and enough small files, those go to worker processes (workers.py)
-    while this process moves the big ones."""
-    threshold = _config.current().multipart_threshold
-    small = [t for t in tasks if t.size < threshold]
-    processes = worker_count(is_processing, threads, len(small))
-    if processes <= 1:
-        execute_remote(tasks, threads, progress)
-        return
-    log.debug("%d small files over %d worker processes", len(small), processes)
-    pool = Workers(partition(small, processes), max(1, threads // processes), progress)
-    try:
-        big = [t for t in tasks if t.size >= threshold]
-        if big:
-            execute_remote(big, threads, progress)
-    except BaseException:
-        pool.stop()
-        raise
-    pool.wait()
+    landing = Landing(task.dst, durable=False)  # bulk data: see atomic.py's durability policy
+    return landing, manager.download(s.bucket, s.key, landing.temp, subscribers=hooks)
 
 
 def execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | None) -> None:
@@ -219,7 +190,7 @@ def execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | Non
     cfg = _config.current()
     small = [t for t in tasks if _is_small_download(t, cfg)]
     managed = [t for t in tasks if not _is_small_download(t, cfg)]
-    submitted: list[tuple[CopyTask, str | None, object]] = []
+    submitted: list[tuple[CopyTask, Landing | None, object]] = []
     with ThreadPoolExecutor(min(max(1, threads), MAX_THREADS)) as pool:
         try:
             futures = [(t, pool.submit(_get_small, t, cfg, progress)) for t in small]
@@ -229,9 +200,9 @@ def execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | Non
                 fut.result()
         finally:
             pool.shutdown(cancel_futures=True)
-            for _, temp, _ in submitted:  # after the manager cancelled and joined what was in flight
-                if temp and os.path.exists(temp):
-                    os.remove(temp)
+            for _, landing, _ in submitted:  # after the manager cancelled and joined what was in flight
+                if landing is not None:
+                    landing.discard()
 
 
 def _is_small_download(task: CopyTask, cfg: _config.S3Config) -> bool:
@@ -244,42 +215,32 @@ def _get_small(task: CopyTask, cfg: _config.S3Config, progress: Progress | None)
     For an object below one part this is what s3transfer does too, minus its per-transfer
     machinery (submission task, IO queue and thread, deferred file, rename task): measured at
     about half the client CPU per file, which is what bounds a folder of many small files on a
-    busy machine. Retries are botocore's for the request; a body that breaks off mid-stream is
-    fetched again up to max_attempts times, on the same errors s3transfer retries.
+    busy machine. Retries: client.read_object. Checked with the GET's own headers (verify), so
+    an encrypted object's ETag is never taken for its MD5. Not durable (atomic.py): bulk data.
     """
     u = ObjectURL.parse(task.src)
     pinned = {"IfMatch": task.etag} if task.etag else {}
     with translating(task.src):
-        for attempt in range(1, cfg.max_attempts + 1):
-            try:
-                body = get_client(cfg).get_object(Bucket=u.bucket, Key=u.key, **pinned)["Body"].read()
-                break
-            except S3_RETRYABLE_DOWNLOAD_ERRORS:
-                if attempt == cfg.max_attempts:
-                    raise
-    verify(task.dst, task.size, task.etag, task.src, body)
-
-    def fill(temp: str) -> None:
-        with open(temp, "wb") as f:
-            f.write(body)
-
-    _land(task, fill, progress)
+        body, response = read_object(cfg, u.bucket, u.key, **pinned)
+    verify(task, body, response)
+    write_atomic(task.dst, body, durable=False)
+    _done(task, progress)
 
 
 def _execute_managed(tasks: list[CopyTask], threads: int, progress: Progress | None, cfg: _config.S3Config,
                      submitted: list) -> None:
-    """Every task through one TransferManager; `submitted` collects (task, temp file, future) so
+    """Every task through one TransferManager; `submitted` collects (task, landing, future) so
     the caller removes temp files whatever happens."""
     download = all(is_remote(t.src) and not is_remote(t.dst) for t in tasks)
     tconfig = transfer_config(cfg, max(t.size for t in tasks), threads, download)
     with TransferManager(get_client(cfg), tconfig) as manager:
         submitted.extend((t, *_submit(manager, t, progress)) for t in tasks)
-        for task, temp, fut in submitted:
+        for task, landing, fut in submitted:
             with translating(task.src if is_remote(task.src) else task.dst):
                 fut.result()
-            if temp:
-                verify(temp, task.size, task.etag, task.src)
-                os.replace(temp, task.dst)
+            if landing is not None:
+                verify(task, landing.temp)
+                landing.commit()
             if progress is not None:
                 progress.file_done()
 

@@ -22,11 +22,13 @@ import threading
 
 from . import config as _config
 from .errors import scrub
+from .transfer import CopyTask, execute_remote
 
 FILES_PER_PROCESS = 64     # fewer files than this per worker do not repay starting an interpreter
 THREADS_PER_PROCESS = 4
 STOP_WAIT = 60.0           # seconds a stopped worker gets to clean up before it is killed
-_WORKER = "import sys; from obs_io.workers import main; sys.exit(main())"  # not -m: the package imports us
+# -c, not -m: the worker runs this module as obs_io.workers, never as a second copy named __main__
+_WORKER = "import sys; from obs_io.workers import main; sys.exit(main())"
 _DONE, _ERROR = "\x1eobs_io done ", "\x1eobs_io error "  # the worker protocol's lines on stdout
 _ERRORS = {e.__name__: e for e in (FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError,
                                    ValueError, OSError)}
@@ -41,9 +43,9 @@ def worker_count(is_processing: bool, threads: int, small_files: int) -> int:
     return max(1, min(cpus, threads // THREADS_PER_PROCESS, small_files // FILES_PER_PROCESS))
 
 
-def partition(tasks: list, parts: int) -> list[list]:
+def partition(tasks: list[CopyTask], parts: int) -> list[list[CopyTask]]:
     """Spread tasks over `parts` groups of about equal cost (bytes plus a per-request share)."""
-    groups: list[list] = [[] for _ in range(parts)]
+    groups: list[list[CopyTask]] = [[] for _ in range(parts)]
     costs = [0] * parts
     for task in sorted(tasks, key=lambda t: t.size, reverse=True):
         i = costs.index(min(costs))
@@ -55,7 +57,7 @@ def partition(tasks: list, parts: int) -> list[list]:
 class Workers:
     """Worker processes running groups of tasks; progress goes to `progress` as they report."""
 
-    def __init__(self, groups: list[list], threads: int, progress):
+    def __init__(self, groups: list[list[CopyTask]], threads: int, progress):
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent,
                                                                        os.environ.get("PYTHONPATH")])))
@@ -153,8 +155,6 @@ def _stop(signum, frame):
 
 
 def main() -> int:
-    from .transfer import CopyTask, execute_remote  # here: transfer imports this module
-
     signal.signal(signal.SIGTERM, _stop)
     plan = json.load(sys.stdin)
     _config.configure(**plan["config"])

@@ -1,0 +1,145 @@
+"""copy() and copy_parallel() below the API: a plan (one CopyTask per file) and its execution.
+
+Planning asks the store as little as it can: one listing (fs.list_entries) of a folder, and
+nothing at all for files the caller names by the entries of a listing it already made.
+Execution: local-to-local copies on a thread pool, everything else in this process
+(transfer.py) or, for many small files with is_processing, spread over worker processes
+(workers.py) while this process moves the big files. The imports go one way: batch -> workers
+-> transfer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import posixpath
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from . import config as _config
+from .entries import DirEntry
+from .fs import S3, backend, list_entries
+from .progress import Progress
+from .transfer import CopyTask, copy_local, execute_remote
+from .urls import check, is_remote, join, safe_relative
+from .workers import Workers, partition, worker_count
+
+log = logging.getLogger("obs_io")
+
+
+def plan_file(src: str, dst: str) -> CopyTask:
+    """One file: moxing's copy(). A folder as source is an error (use copy_parallel)."""
+    check(src, dst)
+    if is_remote(src):
+        head = S3.head(src)
+        if head is None:
+            if S3.isdir(src):
+                raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
+            raise FileNotFoundError(f"{src}: no such object")
+        return CopyTask(src, dst, head["ContentLength"], head.get("ETag"))
+    if os.path.isdir(src):
+        raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
+    return CopyTask(src, dst, os.path.getsize(src))
+
+
+def plan_tree(src: str, dst: str, file_list: Iterable[str | DirEntry] | None = None
+              ) -> tuple[list[CopyTask], list[str]]:
+    """Every file under folder `src` mapped under `dst`, and the empty folders to recreate.
+
+    file_list: only these files, named relative to `src` (see _chosen for what that costs).
+    All names are checked before anything is copied: a bad key fails the whole plan. Raises
+    NotADirectoryError when `src` is a file (and there is no file_list of entries).
+    """
+    check(src, dst)
+    if file_list is None:
+        entries = list_entries(src, recursive=True)
+        files = [e for e in entries if not e.dir]
+    else:
+        entries, files = [], _chosen(src, file_list)
+    local_dst = not is_remote(dst)
+
+    def target(name: str) -> str:
+        return join(dst, safe_relative(name, join(src, name)) if local_dst else name)
+
+    tasks = [CopyTask(join(src, e.name), target(e.name), e.length, e.etag) for e in files]
+    parents = {n.rsplit("/", 1)[0] for n in (e.name for e in files) if "/" in n}
+    parents = {"/".join(p.split("/")[:i + 1]) for p in parents for i in range(p.count("/") + 1)}
+    dirs = [target(e.name) for e in entries if e.dir and e.name not in parents]
+    return tasks, dirs
+
+
+def _chosen(src: str, file_list: Iterable[str | DirEntry]) -> list[DirEntry]:
+    """The files of a file_list as entries named relative to `src`.
+
+    A DirEntry (from list_entries(src, recursive=True), or any listing the caller already has)
+    is taken as it is, with its size and ETag: no request at all. Folder entries are skipped (a
+    folder comes with its files). String names are found in ONE listing of their deepest common
+    folder: one request per 1,000 keys there, where a HEAD per name would cost one request each
+    and a listing per folder one per rank folder (counted in tests/test_obs_io_requests.py).
+    """
+    chosen: dict[str, DirEntry] = {}
+    wanted: list[str] = []
+    for item in file_list:
+        if isinstance(item, DirEntry):
+            safe_relative(item.name, join(src, item.name))  # raises for a name that leaves src
+            if not item.dir:
+                chosen[item.name] = item
+        else:
+            wanted.append(safe_relative(str(item).replace(os.sep, "/"), join(src, str(item))))
+    if wanted:
+        common = posixpath.commonpath([posixpath.dirname(w) for w in wanted])
+        try:
+            listed = list_entries(join(src, common), recursive=True)
+        except (FileNotFoundError, NotADirectoryError):
+            if not common:
+                raise  # src itself: missing, or a file that copy_parallel copies as one
+            listed = []  # the common folder is missing: so is every name, reported below
+        found = {f"{common}/{e.name}" if common else e.name: e for e in listed if not e.dir}
+        for name in wanted:
+            if name not in found:
+                raise FileNotFoundError(f"{join(src, name)}: no such file (listed in file_list)")
+            chosen[name] = dataclasses.replace(found[name], name=name)
+    return list(chosen.values())
+
+
+def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_progress: bool = True,
+            dirs: list[str] = (), is_processing: bool = False) -> None:
+    """Run a plan. The first failure stops the batch and is raised as a one-line builtin error;
+    transfers in flight are cancelled, and no partial file is left under a final name."""
+    progress = Progress(desc, sum(t.size for t in tasks), len(tasks)) if show_progress else None
+    remote = [t for t in tasks if is_remote(t.src) or is_remote(t.dst)]
+    local = [t for t in tasks if not (is_remote(t.src) or is_remote(t.dst))]
+    try:
+        for d in dirs:
+            backend(d).makedirs(d)
+        if local:
+            with ThreadPoolExecutor(max(1, min(threads, len(local)))) as pool:
+                for fut in [pool.submit(copy_local, t, progress) for t in local]:
+                    fut.result()
+        if remote:
+            _execute_remote_batch(remote, threads, progress, is_processing)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _execute_remote_batch(tasks: list[CopyTask], threads: int, progress: Progress | None,
+                          is_processing: bool) -> None:
+    """With is_processing and enough small files, those go to worker processes (workers.py)
+    while this process moves the big ones."""
+    threshold = _config.current().multipart_threshold
+    small = [t for t in tasks if t.size < threshold]
+    processes = worker_count(is_processing, threads, len(small))
+    if processes <= 1:
+        execute_remote(tasks, threads, progress)
+        return
+    log.debug("%d small files over %d worker processes", len(small), processes)
+    pool = Workers(partition(small, processes), max(1, threads // processes), progress)
+    try:
+        big = [t for t in tasks if t.size >= threshold]
+        if big:
+            execute_remote(big, threads, progress)
+    except BaseException:
+        pool.stop()
+        raise
+    pool.wait()
