@@ -32,7 +32,7 @@ def block_ranks(blocks: tuple[Block, ...]) -> list[int]:
     return [r for b in blocks for r in b.ranks]
 
 
-def run(conv: Conversion, blocks: tuple[Block, ...]) -> reshard.TransformReport:
+def convert_blocks(conv: Conversion, blocks: tuple[Block, ...]) -> reshard.TransformReport:
     ranks = block_ranks(blocks)
     kwargs = dict(src_strategy=conv.src_strategy, dst_strategy=conv.dst_strategy, prefix=conv.prefix,
                   fmt=conv.fmt, process_num=max(1, len(blocks)), max_memory=conv.max_memory,

@@ -21,12 +21,12 @@ import obs_io
 import reshard
 
 from cloud_entry import config as config_mod
-from cloud_entry import convert, launch, logs, markers, node_leader, strategy, sync
+from cloud_entry import convert, launch, logs, markers, node_leader, strategy_pass, sync
 from cloud_entry.blocks import BlockPlan, plan_blocks
 from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
-from cloud_entry.paths import Layout, clear_reason, clear_safely, join, overlaps, rank_dir
+from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, overlaps, rank_dir
 
 log = logging.getLogger("cloud_entry")
 
@@ -37,7 +37,7 @@ class JobPlan:
     job: JobSpec
     config: dict[str, Any]
     cluster: Cluster
-    layout: Layout
+    layout: JobPaths
     source: sync.Source | None
     blocks: BlockPlan | None          # None: no conversion
     convert_ranks: tuple[int, ...]    # this node's ranks of the destination layout
@@ -51,7 +51,7 @@ def parallel_world(cfg: dict[str, Any]) -> int:
     return math.prod(int(s) for s in sizes)
 
 
-def _check_locations(job: JobSpec, layout: Layout, cluster: Cluster) -> None:
+def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster) -> None:
     """Where this job writes must not be, hold or lie inside what it reads: the conversion and
     the strategy pass write there, the prune removes files there, the upload publishes there."""
     inputs = (("load_checkpoint", job.load_checkpoint), ("src_strategy_path_or_dir", job.src_strategy),
@@ -109,7 +109,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
                          else ((0,) if cluster.node_index == 0 else ()))
     output_dir = os.path.abspath(job.output_dir or "./output")
     work_dir = os.path.abspath(job.work_dir or os.path.join(output_dir, "cloud_entry"))
-    layout = Layout(output_dir, work_dir, os.path.join(work_dir, "log"),
+    layout = JobPaths(output_dir, work_dir, os.path.join(work_dir, "log"),
                     source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
                     job.remote_save_url.rstrip("/"))
     if converting:
@@ -129,7 +129,7 @@ def _digest(path: str | None) -> str:
     if not path:
         return ""
     h = hashlib.sha256()
-    files = ([os.path.join(path, n) for n in strategy.local_strategy_files(path)]
+    files = ([os.path.join(path, n) for n in strategy_pass.local_strategy_files(path)]
              if os.path.isdir(path) else [path])
     for f in files:
         h.update(os.path.basename(f).encode())
@@ -176,13 +176,13 @@ def destination_strategy(p: JobPlan, env: dict[str, str]) -> str | None:
             dst = sync.fetch_strategy(job.dst_strategy, layout.local_strategy, copy_local=True)
     else:
         clear_safely(layout.local_strategy, layout.output_dir, job.inputs)
-        strategy.clear_own_markers(layout, p.cluster.node_index)
+        strategy_pass.clear_own_markers(layout, p.cluster.node_index)
         try:
-            files = strategy.run_pass(p.config, layout, list(job.launch_cmd), env, job.transform_timeout)
+            files = strategy_pass.run_pass(p.config, layout, list(job.launch_cmd), env, job.transform_timeout)
         except EntryError as exc:
-            strategy.publish_failure(layout, p.cluster.node_index, p.run_id, _one_line(exc))
+            strategy_pass.publish_failure(layout, p.cluster.node_index, p.run_id, _one_line(exc))
             raise
-        strategy.gather(layout, files, p.cluster.node_index, p.cluster.num_nodes, p.run_id,
+        strategy_pass.gather(layout, files, p.cluster.node_index, p.cluster.num_nodes, p.run_id,
                         job.transform_timeout)
         dst = layout.local_strategy
     pp = int((p.config.get("parallel_config") or {}).get("pipeline_stage", 1) or 1)
@@ -221,7 +221,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
                       "identity": p.source.identity, "src_strategy": _digest(src_s),
                       "dst_strategy": _digest(dst_s), "prefix": job.prefix, "fmt": fmt}
             _forget_stale_ranks(p, inputs, mine)
-            convert.run(convert.Conversion(src_local, layout.transformed, src_s, dst_s, job.prefix, fmt,
+            convert.convert_blocks(convert.Conversion(src_local, layout.transformed, src_s, dst_s, job.prefix, fmt,
                                            job.max_memory, layout.log_dir), my_blocks)
             if layout.remote_save_url:
                 sync.upload_ranks(layout.transformed, layout.remote_transformed, mine, job.prefix, fmt)
@@ -249,7 +249,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
         sync.prune_outputs(layout.transformed, keep, job.prefix, fmt)
     if layout.remote_save_url and p.cluster.node_index == 0:   # every node holds the same files
         sync.prune_outputs(layout.remote_transformed, list(range(world)), job.prefix, fmt)
-        files = strategy.local_strategy_files(layout.local_strategy)
+        files = strategy_pass.local_strategy_files(layout.local_strategy)
         if files:
             obs_io.file.copy_parallel(layout.local_strategy, layout.remote_strategy, file_list=files)
     log.info("checkpoint ready: %s", layout.transformed)
@@ -299,7 +299,7 @@ def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
         if job.transform_only:
             log.info("--transform_only: not launching")
             return 0
-        code = launch.run(launch.command(list(job.launch_cmd), layout.effective_config), launch_env)
+        code = launch.run_command(launch.command(list(job.launch_cmd), layout.effective_config), launch_env)
         log.info("launch command exited with %d", code)
         return code
     finally:

@@ -75,7 +75,7 @@ def stop_grace(env: Mapping[str, str]) -> float:
     return value
 
 
-def run(cmd: Sequence[str], env: Mapping[str, str], timeout: float | None = None,
+def run_command(cmd: Sequence[str], env: Mapping[str, str], timeout: float | None = None,
         what: str = "launch command") -> int:
     """Run to completion in its own process group and return its exit code (128+N when
     signal N ended it, as shells report it). With a timeout (the strategy pass) the group is

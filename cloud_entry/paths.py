@@ -33,7 +33,7 @@ def rank_dir(root: str, rank: int) -> str:
 
 
 @dataclass(frozen=True)
-class Layout:
+class JobPaths:
     output_dir: str          # local, absolute
     work_dir: str            # local scratch: downloads, effective config, moxing shim
     log_dir: str

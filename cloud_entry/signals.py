@@ -22,7 +22,7 @@ class Terminated(BaseException):
     handlers (which turn failures into markers or retries) let it through.
 
     exit_code: what the entry exits with, 128+signum as shells report a signal, or the
-    launched command's own code when it was running (launch.run)."""
+    launched command's own code when it was running (launch.run_command)."""
 
     def __init__(self, signum: int, exit_code: int | None = None):
         self.signum = signum

@@ -18,7 +18,7 @@ from cloud_entry import config as config_mod
 from cloud_entry import launch
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.markers import write_atomic
-from cloud_entry.paths import Layout, join
+from cloud_entry.paths import JobPaths, join
 from cloud_entry.sync import STRATEGY_EXTS
 from cloud_entry.waits import Backoff, poll
 
@@ -33,7 +33,7 @@ def failure_marker(node: int) -> str:
     return f"strategy_failed_node_{node}.txt"
 
 
-def clear_own_markers(layout: Layout, node: int) -> None:
+def clear_own_markers(layout: JobPaths, node: int) -> None:
     """Before its pass a node removes its own markers of any earlier run: it is their only
     writer, and a run id repeated across runs (the argument digest) must not revive them."""
     if layout.store_strategy == layout.local_strategy:
@@ -45,7 +45,7 @@ def clear_own_markers(layout: Layout, node: int) -> None:
             pass
 
 
-def publish_failure(layout: Layout, node: int, run_id: str, error: str) -> None:
+def publish_failure(layout: JobPaths, node: int, run_id: str, error: str) -> None:
     """Tell the other nodes, waiting in gather(), that this node's strategy pass failed, so they
     stop with its error instead of at their timeout. One node with a local store: nobody waits."""
     if layout.store_strategy != layout.local_strategy:
@@ -60,11 +60,11 @@ def local_strategy_files(folder: str) -> list[str]:
                   if n.endswith(STRATEGY_EXTS) and os.path.isfile(os.path.join(folder, n)))
 
 
-def run_pass(cfg: dict[str, Any], layout: Layout, launch_cmd: list[str], env: dict[str, str],
+def run_pass(cfg: dict[str, Any], layout: JobPaths, launch_cmd: list[str], env: dict[str, str],
              timeout: float) -> list[str]:
     path = join(layout.work_dir, "strategy_pass_config.yaml")
     config_mod.dump(config_mod.for_strategy_pass(cfg, layout.output_dir), path)
-    code = launch.run(launch.command(launch_cmd, path), dict(env, CLOUD_ENTRY_CONFIG=path),
+    code = launch.run_command(launch.command(launch_cmd, path), dict(env, CLOUD_ENTRY_CONFIG=path),
                       timeout, what="strategy pass")
     if code != 0:
         raise EntryError(f"strategy pass: the launch command exited with {code} "
@@ -77,7 +77,7 @@ def run_pass(cfg: dict[str, Any], layout: Layout, launch_cmd: list[str], env: di
     return files
 
 
-def gather(layout: Layout, files: list[str], node: int, num_nodes: int, run_id: str,
+def gather(layout: JobPaths, files: list[str], node: int, num_nodes: int, run_id: str,
            timeout: float, backoff: Backoff = Backoff(), **poll_kw: Callable) -> list[str]:
     """Publish this node's strategy files on the store and collect every node's into the local
     strategy folder. Returns all file names. One node with a local store: nothing to move."""

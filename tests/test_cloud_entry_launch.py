@@ -48,7 +48,7 @@ DRIVER = textwrap.dedent("""\
 
 LAUNCH_JOB = """
 def job(spec):
-    return launch.run([sys.executable, str(d / "child.py"), sys.argv[2], str(d)], os.environ)
+    return launch.run_command([sys.executable, str(d / "child.py"), sys.argv[2], str(d)], os.environ)
 """
 
 # The launched command: records the stop signal it gets, then exits 7 ("exit") or carries on
@@ -174,19 +174,19 @@ def test_sigterm_before_the_launch_unwinds_and_exits_143(tmp_path):
 def test_timeout_still_kills_the_group_and_raises(tmp_path):
     (tmp_path / "child.py").write_text(CHILD)
     with pytest.raises(WaitTimeout, match="did not finish within 3s"):
-        launch.run([sys.executable, str(tmp_path / "child.py"), "ignore", str(tmp_path)],
+        launch.run_command([sys.executable, str(tmp_path / "child.py"), "ignore", str(tmp_path)],
                    dict(os.environ, CLOUD_ENTRY_STOP_GRACE="1"), timeout=3, what="strategy pass")
     assert living(int((tmp_path / "child_pid").read_text())) == []
 
 
 def test_exit_code_of_a_signalled_command_is_the_shells(tmp_path):
-    assert launch.run([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], os.environ) == 137
+    assert launch.run_command([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], os.environ) == 137
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
 def test_bad_stop_grace_is_refused_before_starting(value):
     with pytest.raises(EntryError, match="CLOUD_ENTRY_STOP_GRACE"):
-        launch.run(["/nonexistent"], {"CLOUD_ENTRY_STOP_GRACE": value})
+        launch.run_command(["/nonexistent"], {"CLOUD_ENTRY_STOP_GRACE": value})
 
 
 # ---- logs.upload ----

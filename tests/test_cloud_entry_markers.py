@@ -9,9 +9,9 @@ import time
 import pytest
 
 import obs_io
-from cloud_entry import markers, strategy
+from cloud_entry import markers, strategy_pass
 from cloud_entry.errors import BlockFailed, WaitTimeout
-from cloud_entry.paths import Layout, clear_reason, clear_safely
+from cloud_entry.paths import JobPaths, clear_reason, clear_safely
 from cloud_entry.waits import Backoff
 
 FAST = Backoff(0.05, 1.5, 0.2)
@@ -94,13 +94,13 @@ def test_wait_reports_missing_blocks_and_other_runs(store, caplog):
 def _layout(tmp_path, node, remote):
     out = tmp_path / f"node{node}" / "output"
     (out / "strategy").mkdir(parents=True)
-    return Layout(str(out), str(out / "cloud_entry"), str(out / "log"), "llama", "", remote)
+    return JobPaths(str(out), str(out / "cloud_entry"), str(out / "log"), "llama", "", remote)
 
 
 def test_strategy_gather_between_two_nodes(tmp_path, bucket):
     remote = f"s3://{bucket}/out"
     obs_io.file.write(f"{remote}/strategy/ckpt_strategy_rank_9.ckpt", "stale")   # an older run's
-    obs_io.file.write(f"{remote}/strategy/{strategy.node_marker(1)}", '{"run_id": "old", "files": []}')
+    obs_io.file.write(f"{remote}/strategy/{strategy_pass.node_marker(1)}", '{"run_id": "old", "files": []}')
     layouts = [_layout(tmp_path, n, remote) for n in (0, 1)]
     for n, lay in enumerate(layouts):
         for r in range(4 * n, 4 * n + 4):
@@ -108,8 +108,8 @@ def test_strategy_gather_between_two_nodes(tmp_path, bucket):
     results = {}
 
     def node(n):
-        files = strategy.local_strategy_files(layouts[n].local_strategy)
-        results[n] = strategy.gather(layouts[n], files, n, 2, "run-1", timeout=30, backoff=FAST)
+        files = strategy_pass.local_strategy_files(layouts[n].local_strategy)
+        results[n] = strategy_pass.gather(layouts[n], files, n, 2, "run-1", timeout=30, backoff=FAST)
     threads = [threading.Thread(target=node, args=(n,)) for n in (1, 0)]
     for t in threads:
         t.start()
@@ -117,7 +117,7 @@ def test_strategy_gather_between_two_nodes(tmp_path, bucket):
         t.join()
     want = sorted(f"ckpt_strategy_rank_{r}.ckpt" for r in range(8))
     assert results[0] == results[1] == want
-    assert strategy.local_strategy_files(layouts[0].local_strategy) == want
+    assert strategy_pass.local_strategy_files(layouts[0].local_strategy) == want
     assert (tmp_path / "node0" / "output" / "strategy" / "ckpt_strategy_rank_6.ckpt").read_text() == "6"
 
 
@@ -125,7 +125,7 @@ def test_strategy_gather_times_out_naming_missing_nodes(tmp_path, bucket):
     lay = _layout(tmp_path, 0, f"s3://{bucket}/out")
     (tmp_path / "node0" / "output" / "strategy" / "s.ckpt").write_text("s")
     with pytest.raises(WaitTimeout, match=r"nodes \[1, 2\] published none"):
-        strategy.gather(lay, ["s.ckpt"], 0, 3, "run-1", timeout=0.5, backoff=FAST)
+        strategy_pass.gather(lay, ["s.ckpt"], 0, 3, "run-1", timeout=0.5, backoff=FAST)
 
 
 # ---------------------------------------------------------------- clearing rules
