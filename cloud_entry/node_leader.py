@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 
 import psutil
 
+from obs_io.atomic import write_atomic
+
 from cloud_entry.errors import BlockFailed, EntryError, WaitTimeout
 from cloud_entry.waits import Backoff, poll
 
@@ -108,10 +110,7 @@ def _read(path: str) -> LeaderState | None:
 
 
 def _write(path: str, state: LeaderState) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(asdict(state), f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(asdict(state)), durable=True)
 
 
 def elect(work_dir: str, node_index: int, job: str, per_card: bool) -> NodeRole:

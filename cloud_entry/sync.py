@@ -8,12 +8,12 @@ import hashlib
 import json
 import logging
 import os
-import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import obs_io
+import obs_io.atomic
 from obs_io import DirEntry
 
 from cloud_entry.errors import EntryError
@@ -27,11 +27,13 @@ STRATEGY_EXTS = (".ckpt", ".json")
 
 @dataclass(frozen=True)
 class Source:
-    """The checkpoint named by load_checkpoint, as found on its storage."""
+    """The checkpoint named by load_checkpoint, as found on its storage by one listing."""
     url: str                             # as given (file or folder)
     name: str                            # <ckpt_name>
+    root: str                            # the folder the entries' names are relative to
     complete_file: str = ""              # a complete checkpoint: the file's URL/path
     rank_files: dict[int, str] = field(default_factory=dict)   # rank -> "rank_<r>/<file>"
+    entries: dict[str, DirEntry] = field(default_factory=dict)  # every file used, by name
     identity: tuple = ()                 # (name, size, version) of every file used: see _version
 
     @property
@@ -72,9 +74,8 @@ def _listing(url: str, flag: str) -> list[DirEntry] | None:
         raise EntryError(f"{flag}={url}: {exc}") from None
 
 
-def _file_identity(url: str) -> tuple[str, int, str]:
-    st = obs_io.file.stat(url)
-    return _basename(url), st.length, _version(url, st.length, None, st.mtime_nsec)
+def _identity(entries: list[DirEntry]) -> tuple:
+    return tuple((e.name, e.length, _version(e.path, e.length, e.etag, e.mtime_nsec)) for e in entries)
 
 
 def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
@@ -85,13 +86,17 @@ def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
     if entries is None:
         if not url.endswith(ext):
             raise EntryError(f"{flag}={url}: not a {ext} file (load_ckpt_format={fmt})")
-        return Source(url, _basename(url)[: -len(ext)], complete_file=url, identity=(_file_identity(url),))
+        st = obs_io.file.stat(url)
+        entry = DirEntry(_basename(url), url, False, st.length, st.mtime_nsec)
+        return Source(url, entry.name[: -len(ext)], url[: -len(entry.name)].rstrip("/") or ".",
+                      complete_file=url, entries={entry.name: entry}, identity=_identity([entry]))
     by_name = {e.name: e for e in entries}
     names = sorted(by_name)
 
-    def identity(chosen: list[str]) -> tuple:
-        return tuple((n, by_name[n].length, _version(by_name[n].path, by_name[n].length, by_name[n].etag,
-                                                     by_name[n].mtime_nsec)) for n in chosen)
+    def source(chosen: list[str], **kind) -> Source:
+        used = [by_name[n] for n in chosen]
+        return Source(url, _basename(url), url, **kind, entries={e.name: e for e in used},
+                      identity=_identity(used))
     ranks: dict[int, str] = {}
     for name in names:
         m = _RANK_FILE.match(name)
@@ -107,13 +112,13 @@ def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
             if others:
                 log.info("source rank %d: %s holds %d checkpoints: using the last in name order, %s",
                          r, url, len(others) + 1, name)
-        return Source(url, _basename(url), rank_files=ranks, identity=identity(list(ranks.values())))
+        return source(list(ranks.values()), rank_files=ranks)
     files = [n for n in names if "/" not in n and n.endswith(ext)]
     if not files:
         raise EntryError(f"{flag}={url}: no rank_<r>/*{ext} and no *{ext} file in this folder")
     if len(files) > 1:
         log.info("%s holds %d checkpoints: using the last, %s", url, len(files), files[-1])
-    return Source(url, _basename(url), complete_file=join(url, files[-1]), identity=identity([files[-1]]))
+    return source([files[-1]], complete_file=join(url, files[-1]))
 
 
 def strategy_names(folder_url: str) -> list[str]:
@@ -126,11 +131,12 @@ def check_strategy(url: str, flag: str) -> tuple:
     its identity: (name, size, version) of each strategy file."""
     entries = _listing(url, flag)
     if entries is None:
-        return (_file_identity(url),)
+        st = obs_io.file.stat(url)
+        return _identity([DirEntry(_basename(url), url, False, st.length, st.mtime_nsec)])
     files = [e for e in entries if "/" not in e.name and e.name.endswith(STRATEGY_EXTS)]
     if not files:
         raise EntryError(f"{flag}={url}: folder holds no *.ckpt or *.json strategy file")
-    return tuple((e.name, e.length, _version(e.path, e.length, e.etag, e.mtime_nsec)) for e in files)
+    return _identity(files)
 
 
 def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
@@ -151,14 +157,15 @@ def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
 
 def fetch_source(source: Source, ranks: list[int], local_root: str) -> str:
     """Local path to hand the engine: the user's own when local, else only the needed shards
-    (or the complete file) copied in parallel under local_root (our cache)."""
+    (or the complete file) copied in parallel under local_root (our cache), from the entries
+    the plan's listing already holds: no further listing."""
     if not source.remote:
         return source.complete_file or source.url
     if source.complete_file:
-        name = _basename(source.complete_file)
-        _download(source.complete_file[: -len(name)].rstrip("/"), local_root, [name])
-        return os.path.join(local_root, name)
-    wanted = [source.rank_files[r] for r in ranks]
+        (entry,) = source.entries.values()
+        _download(source.root, local_root, [entry])
+        return os.path.join(local_root, entry.name)
+    wanted = [source.entries[source.rank_files[r]] for r in ranks]
     for r in ranks:   # the engine takes a rank folder's last file: no older ones may stay
         _prune(rank_dir(local_root, r), {_basename(source.rank_files[r])})
     todo = _download(source.url, local_root, wanted)
@@ -167,30 +174,29 @@ def fetch_source(source: Source, ranks: list[int], local_root: str) -> str:
     return local_root
 
 
-
-def _download(root: str, local_root: str, names: list[str]) -> list[str]:
+def _download(root: str, local_root: str, entries: list[DirEntry]) -> list[str]:
     """Copy root/<name> to local_root/<name> unless an earlier run copied the same object (same
-    size, ETag and modification time, recorded then) and the copy is still there. Returns the names
-    copied now. Copies are published only when complete, so a crash leaves no half file."""
+    size, ETag and modification time, recorded then) and a copy of that size is still there.
+    Returns the names copied now. Copies are published only when complete, so a crash leaves no
+    half file under the final name (obs_io's downloads are not fsynced: the size check here is
+    what makes a reuse after a machine crash safe)."""
     record = local_root.rstrip(os.sep) + ".downloaded.json"   # beside the folder the job loads
     try:
         with open(record, encoding="utf-8") as f:
             seen = json.load(f)
     except (OSError, ValueError):
         seen = {}
-    ident = {}
-    for folder in sorted({posixpath.dirname(n) for n in names}):   # one listing per folder
-        for e in obs_io.file.scan_dir(join(root, folder) if folder else root):
-            name = posixpath.join(folder, e.name)
-            if name in names:
-                ident[name] = [e.length, e.etag, e.mtime_nsec]
-    todo = [n for n in names
-            if seen.get(n) != ident.get(n) or not os.path.isfile(os.path.join(local_root, n))]
+    ident = {e.name: [e.length, e.etag, e.mtime_nsec] for e in entries}
+
+    def have(e: DirEntry) -> bool:
+        local = os.path.join(local_root, e.name)
+        return seen.get(e.name) == ident[e.name] and os.path.isfile(local) and os.path.getsize(local) == e.length
+    todo = [e for e in entries if not have(e)]
     if todo:   # a folder copy, even of one file: it shows progress (a bar, or a line every 10 s)
         obs_io.file.copy_parallel(root, local_root, file_list=todo)
     seen.update(ident)
-    obs_io.file.write(record, json.dumps(seen))
-    return todo
+    obs_io.atomic.write_atomic(record, json.dumps(seen), durable=True)
+    return [e.name for e in todo]
 
 
 def _prune(folder: str, keep: set[str], exts: tuple[str, ...] = ()) -> None:

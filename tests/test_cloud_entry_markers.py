@@ -170,6 +170,6 @@ def test_source_cache_is_refreshed_and_pruned(bucket, tmp_path):
     assert (cache / "rank_1" / "step_1000.ckpt").read_bytes() == b"v1-1"
     time.sleep(0.01)
     obs_io.file.write(f"{url}/rank_1/step_1000.ckpt", b"v2-1", binary=True)   # same size, new
-    assert sync._download(url, str(cache), ["rank_0/step_1000.ckpt", "rank_1/step_1000.ckpt"]) \
-        == ["rank_1/step_1000.ckpt"]
+    source = sync.inspect_source(url, "ckpt")         # the next run's listing sees the new object
+    assert sync._download(url, str(cache), list(source.entries.values())) == ["rank_1/step_1000.ckpt"]
     assert (cache / "rank_1" / "step_1000.ckpt").read_bytes() == b"v2-1"
