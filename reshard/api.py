@@ -1,42 +1,48 @@
 """Public entry points of the engine (the contract cloud_entry and the CLI code against).
 
-transform() = load strategies -> find source files -> plan from strategies (which source ranks
-are needed) -> read their headers -> full plan (every check) -> budget -> execute. Everything
-that can be wrong with the input is found before the first byte is written.
+A conversion is four steps, each usable on its own (the job downloads between 2 and 3):
+
+    source   = classify(root, entries) / find_sources(local_path)       which files (sources.py)
+    skeleton = plan_from_strategies(source, src, dst, dst_ranks=...)   which of them are read
+    plan     = complete_plan(skeleton, local_root)                     headers read, every check
+    report   = execute(plan, local_root, dst_root)                     the files written
+
+Strategies are parsed once (load_strategy) and passed as Strategy objects; nothing here parses
+them again. Everything that can be wrong with the input is found by the first three steps,
+before the first byte is written. transform() runs them all on local paths.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import ReshardError
-from .formats.base import write_file_atomic
 from .execute import PROCESS_BASE_BYTES, expected_peak, rank_cost, run_plan
-from .plan import Plan, Sources, build_plan
+from .formats.base import write_file_atomic
+from .plan import Fetch, Headers, Plan, build_plan
+from .sources import FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, classify
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
 
 __all__ = ["ReshardError", "TransformReport", "needed_source_ranks", "write_merged_strategy",
-           "transform", "load_strategy", "make_plan", "find_sources", "default_max_memory"]
+           "transform", "load_strategy", "make_plan", "find_sources", "default_max_memory",
+           "plan_from_strategies", "complete_plan", "execute", "local_entries", "memory_budget"]
 
 log = logging.getLogger("reshard")
-
-_CKPT_SUFFIXES = (".ckpt", ".safetensors")
-_RANK_DIR = re.compile(r"^rank_(\d+)$")
 
 
 @dataclass
 class TransformReport:
+    """What a conversion did. Sizes in bytes, times in seconds."""
     ranks_written: list[int] = field(default_factory=list)
     ranks_skipped: list[int] = field(default_factory=list)   # already complete and verified
     expected_peak_bytes: int = 0
     seconds: float = 0.0
     source_ranks: list[int] = field(default_factory=list)    # source ranks the plan reads
     plan: Plan | None = None
+    files_written: list[str] = field(default_factory=list)   # relative output names
 
 
 def default_max_memory() -> int:
@@ -45,131 +51,120 @@ def default_max_memory() -> int:
     return int(psutil.virtual_memory().available * 0.5)
 
 
-def _checkpoint_files(folder: str) -> list[str]:
-    return sorted(f for f in glob.glob(os.path.join(folder, "*"))
-                  if f.endswith(_CKPT_SUFFIXES) and os.path.isfile(f))
+def _strategy(value: Strategy | str | None) -> Strategy | None:
+    """A loaded strategy as is; a path is parsed (callers that parse once pass Strategy)."""
+    if value is None or isinstance(value, Strategy):
+        return value
+    return load_strategy(value) if value else None
 
 
-def find_sources(src_checkpoint: str) -> tuple[bool, dict[int, str]]:
-    """(complete, files): a complete file; a folder of complete files (their union is the
-    model); or model_dir with rank_<r>/ folders (the last checkpoint in name order in each)."""
-    if os.path.isfile(src_checkpoint):
-        if not src_checkpoint.endswith(_CKPT_SUFFIXES):
-            raise ReshardError(f"source checkpoint {src_checkpoint} is not a .ckpt or "
-                               f".safetensors file")
-        return True, {0: src_checkpoint}
-    if not os.path.isdir(src_checkpoint):
-        raise ReshardError(f"source checkpoint {src_checkpoint} does not exist")
-    rank_dirs = {int(m.group(1)): os.path.join(src_checkpoint, d)
-                 for d in os.listdir(src_checkpoint)
-                 if (m := _RANK_DIR.match(d)) and os.path.isdir(os.path.join(src_checkpoint, d))}
-    if not rank_dirs:
-        files = _checkpoint_files(src_checkpoint)
-        if not files:
-            raise ReshardError(f"source checkpoint folder {src_checkpoint} holds no .ckpt or "
-                               f".safetensors file and no rank_<r> folder")
-        return True, dict(enumerate(files))
-    files = {}
-    for r, d in sorted(rank_dirs.items()):
-        cands = _checkpoint_files(d)
-        if not cands:
-            continue     # an empty rank folder: a gap, reported when the rank is needed
-        if len({os.path.splitext(c)[1] for c in cands}) > 1:
-            raise ReshardError(f"{d} mixes .ckpt and .safetensors files")
-        if len(cands) > 1:
-            log.info("rank %d: %d checkpoints in %s, using the last in name order: %s", r,
-                     len(cands), d, os.path.basename(cands[-1]))
-        files[r] = cands[-1]
-    return False, files
-
-
-def _read_headers(files: dict[int, str], keys: Iterable[int]) -> dict[int, dict]:
-    from .formats import FormatError, open_reader
-    metas = {}
-    for k in keys:
-        try:
-            with open_reader(files[k]) as r:
-                metas[k] = dict(r.metas)
-        except FormatError as e:
-            raise ReshardError(str(e)) from None
-    return metas
-
-
-def make_plan(src_checkpoint: str | None, *, src_strategy=None, dst_strategy=None,
-              prefix: str = "checkpoint_", fmt: str = "ckpt", dst_ranks=None) -> Plan:
-    """The full plan (with checkpoint headers); or from strategies alone when src_checkpoint is
-    None or does not exist. Strategies may be paths or loaded Strategy objects."""
-    src = src_strategy if isinstance(src_strategy, Strategy) or src_strategy is None \
-        else load_strategy(src_strategy)
-    dst = dst_strategy if isinstance(dst_strategy, Strategy) or dst_strategy is None \
-        else load_strategy(dst_strategy)
-    if fmt not in ("ckpt", "safetensors"):
+def _check_fmt(fmt: str) -> None:
+    if fmt not in FORMATS:
         raise ReshardError(f"--format {fmt!r}: must be ckpt or safetensors")
-    if src_checkpoint is None or not os.path.exists(src_checkpoint):
-        return build_plan(src, dst, Sources(src is None, {}), dst_ranks=dst_ranks, prefix=prefix,
-                          fmt=fmt)
-    complete, files = find_sources(src_checkpoint)
-    if complete:
-        return build_plan(src, dst, Sources(True, files, _read_headers(files, files)),
-                          dst_ranks=dst_ranks, prefix=prefix, fmt=fmt)
-    if src is None:
-        raise ReshardError(f"{src_checkpoint} holds rank_<r> folders: give the source strategy "
-                           f"(--src_strategy)")
-    if dst_ranks is None:
+
+
+# -- 1. the source ----------------------------------------------------------------------------
+
+def local_entries(path: str) -> tuple[bool, list[SourceEntry]]:
+    """(is_file, entries) of a local checkpoint path, as classify() takes them: a file is one
+    entry named by its file name; a folder gives its files and those of its rank_<r>/ folders
+    (each rank folder also as a 'rank_<r>/' folder entry, so an empty one is seen)."""
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return True, [SourceEntry(os.path.basename(path), st.st_size, st.st_mtime_ns)]
+    if not os.path.isdir(path):
+        raise ReshardError(f"source checkpoint {path} does not exist")
+    out = []
+    with os.scandir(path) as it:
+        for e in it:
+            if e.is_file():
+                st = e.stat()
+                out.append(SourceEntry(e.name, st.st_size, st.st_mtime_ns))
+            elif e.is_dir() and RANK_DIR.match(e.name):
+                out.append(SourceEntry(e.name + "/", 0))
+                with os.scandir(e.path) as sub:
+                    for f in sub:
+                        if f.is_file():
+                            st = f.stat()
+                            out.append(SourceEntry(f"{e.name}/{f.name}", st.st_size,
+                                                   st.st_mtime_ns))
+    return False, out
+
+
+def find_sources(src_checkpoint: str, fmt: str | None = None, *,
+                 partial: bool = False) -> SourceSet:
+    """A local checkpoint path classified (sources.classify), its safetensors index applied.
+    partial: rank folders may have gaps (a local copy of the ranks a block needs)."""
+    is_file, entries = local_entries(src_checkpoint)
+    source = classify(src_checkpoint, entries, fmt, is_file=is_file, partial=partial)
+    if source.needs_index:
+        with open(source.path_of(source.index_name), "rb") as f:
+            source = source.with_index(f.read())
+    return source
+
+
+# -- 2. the skeleton plan ---------------------------------------------------------------------
+
+def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None,
+                         dst_strategy: Strategy | None, *, dst_ranks: Iterable[int] | None = None,
+                         prefix: str = "checkpoint_", fmt: str = "ckpt") -> Plan:
+    """The skeleton plan, from strategies and the source's file list alone (no file is read):
+    which source files the destination ranks read (Plan.needed_files). source None: a plan from
+    strategies alone (nothing to complete). Strategies: loaded Strategy objects, None for a
+    complete checkpoint. dst_ranks: the destination ranks to convert (None: all).
+
+    Raises ReshardError: a rank folder missing (every rank when dst_ranks is None, else the
+    ranks needed), rank folders beyond the source strategy's world, a strategy/source mismatch,
+    device counts that do not divide, a destination rank outside the destination world."""
+    _check_fmt(fmt)
+    src, dst = src_strategy, dst_strategy
+    if source is not None and source.needs_index:
+        raise ReshardError(f"{source.root}: apply its index {source.index_name} first "
+                           f"(SourceSet.with_index)")
+    if source is not None and not source.complete and src is not None and dst_ranks is None:
         for r in range(src.world_size):
-            if r not in files:
-                raise ReshardError(f"{os.path.join(src_checkpoint, f'rank_{r}')}: missing or "
-                                   f"empty (the source strategy has {src.world_size} ranks)")
-        extra = sorted(r for r in files if r >= src.world_size)
+            if r not in source.files:
+                raise ReshardError(f"{source.path_of(f'rank_{r}')}: missing or empty (the "
+                                   f"source strategy has {src.world_size} ranks)")
+        extra = sorted(r for r in source.files if r >= src.world_size)
         if extra:
-            raise ReshardError(f"{src_checkpoint}: rank_{extra[0]} is beyond the "
+            raise ReshardError(f"{source.root}: rank_{extra[0]} is beyond the "
                                f"{src.world_size} ranks of source strategy {src.source}")
-    skeleton = build_plan(src, dst, Sources(False, files), dst_ranks=dst_ranks, prefix=prefix,
-                          fmt=fmt)
-    needed = skeleton.needed_source_ranks()
-    for r in needed:
-        if r not in files:
-            raise ReshardError(f"{os.path.join(src_checkpoint, f'rank_{r}')}: missing or empty "
-                               f"(needed by the destination ranks)")
-    present = [r for r in sorted(files) if r < src.world_size]
-    metas = _read_headers(files, present if dst_ranks is None else needed)
-    return build_plan(src, dst, Sources(False, {r: files[r] for r in metas}, metas),
-                      dst_ranks=dst_ranks, prefix=prefix, fmt=fmt)
+    skeleton = build_plan(src, dst, source, dst_ranks=dst_ranks, prefix=prefix, fmt=fmt)
+    if source is not None and not source.complete:
+        for r in skeleton.needed_source_ranks():
+            if r not in source.files:
+                raise ReshardError(f"{source.path_of(f'rank_{r}')}: missing or empty (needed "
+                                   f"by the destination ranks)")
+    return skeleton
 
 
-def needed_source_ranks(src_strategy: str | None, dst_strategy: str | None,
-                        dst_ranks: Iterable[int] | None = None) -> list[int]:
-    """Sorted source ranks whose shards the given destination ranks read (all when None).
-    Strategies only, no checkpoint bytes. A complete source (src_strategy None) -> [0]."""
-    if not src_strategy:
-        return [0]
-    plan = make_plan(None, src_strategy=src_strategy, dst_strategy=dst_strategy or None,
-                     dst_ranks=dst_ranks)
-    return plan.needed_source_ranks()
+# -- 3. the full plan -------------------------------------------------------------------------
+
+def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None) -> Plan:
+    """The full plan: reads the headers of exactly skeleton.needed_files() under local_root
+    (their relative names joined to it) and returns the plan with every check done: shapes and
+    dtypes agree across replicas, every chosen file holds its parameter (a checkpoint saved with
+    redundancy removed: another replica's file that holds it is read instead), the strategies
+    name the checkpoint's parameters and divide its shapes, the values fit the output format,
+    duplicated tensors of a complete folder hold the same bytes.
+
+    fetch(names): called with relative names that are not under local_root when the plan needs
+    them (only for redundancy-removed sources); it must put them there. Without it those files
+    count as absent, and a parameter only they could hold is an error naming them.
+    Raises ReshardError, one line naming the parameter or file."""
+    if skeleton.source is None:
+        raise ReshardError("the plan has no source checkpoint to complete")
+    needed = skeleton.needed_files()
+    headers = Headers(local_root, fetch)
+    headers.prefetch(needed)
+    return build_plan(skeleton.src_strategy, skeleton.dst_strategy, skeleton.source,
+                      headers=headers, read=needed, dst_ranks=skeleton.dst_ranks,
+                      prefix=skeleton.prefix, fmt=skeleton.fmt)
 
 
-def write_merged_strategy(strategy: str, out_file: str) -> None:
-    """Merge a strategy folder / per-stage files into one file (MindSpore's merged format),
-    written to a temporary name then renamed. Reads the sources only; the output is new."""
-    write_file_atomic(out_file, merged_strategy_bytes(load_strategy(strategy)))
-
-
-def transform(src_checkpoint: str, dst_checkpoint: str, *, src_strategy: str | None = None,
-              dst_strategy: str | None = None, prefix: str = "checkpoint_", fmt: str = "ckpt",
-              process_num: int = 1, max_memory: int | None = None,
-              dst_ranks: Iterable[int] | None = None, dry_run: bool = False,
-              log_dir: str | None = None) -> TransformReport:
-    """Convert local checkpoints; writes <dst_checkpoint>/rank_<r>/<prefix><r>.<fmt>."""
-    t0 = time.monotonic()
-    if process_num < 1:
-        raise ReshardError(f"process_num {process_num}: must be at least 1")
-    if not dry_run and not os.path.exists(src_checkpoint):
-        raise ReshardError(f"source checkpoint {src_checkpoint} does not exist")
-    plan = make_plan(src_checkpoint, src_strategy=src_strategy or None,
-                     dst_strategy=dst_strategy or None, prefix=prefix, fmt=fmt,
-                     dst_ranks=dst_ranks)
-    for n in plan.notes:
-        log.info("%s", n)
+def memory_budget(plan: Plan, process_num: int, max_memory: int | None) -> tuple[int, int]:
+    """(budget, expected peak) in bytes; ReshardError when one rank alone exceeds the budget."""
     budget = max_memory if max_memory is not None else default_max_memory()
     costs = [rank_cost(rp) for rp in plan.ranks]
     if plan.with_headers:
@@ -179,16 +174,121 @@ def transform(src_checkpoint: str, dst_checkpoint: str, *, src_strategy: str | N
                 raise ReshardError(f"max_memory {budget} bytes is below the "
                                    f"{cost + PROCESS_BASE_BYTES} that destination rank "
                                    f"{rp.rank} needs (largest tensor {big.name})")
-    peak = expected_peak(costs, process_num, budget - PROCESS_BASE_BYTES)
-    report = TransformReport(expected_peak_bytes=peak, plan=plan,
-                             source_ranks=plan.needed_source_ranks())
+    return budget, expected_peak(costs, process_num, budget - PROCESS_BASE_BYTES)
+
+
+# -- 4. execution -----------------------------------------------------------------------------
+
+def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
+            max_memory: int | None = None, log_dir: str | None = None) -> TransformReport:
+    """Write the destination files of a full plan: <dst_root>/<output_name(rank, prefix, fmt)>
+    for each rank (a rank whose file is already complete and verified is skipped), reading the
+    source files under local_root. At most process_num ranks at once, within max_memory bytes
+    of host memory (default: half of the available memory).
+
+    Raises ReshardError before writing anything: a skeleton plan, process_num < 1, a budget
+    below what one rank needs, dst_root overlapping the source or a strategy."""
+    t0 = time.monotonic()
+    if not plan.with_headers or plan.source is None:
+        raise ReshardError("execute needs a full plan (complete_plan)")
+    if process_num < 1:
+        raise ReshardError(f"process_num {process_num}: must be at least 1")
+    source = plan.source
+    src_path = source.path_of(source.files[0], local_root) if source.is_file else local_root
+    check_output(dst_root, "destination", {
+        "source checkpoint": src_path,
+        "source strategy": plan.src_strategy.source if plan.src_strategy else None,
+        "destination strategy": plan.dst_strategy.source if plan.dst_strategy else None})
+    budget, peak = memory_budget(plan, process_num, max_memory)
     log.info("plan: %d destination ranks, %d processes, expected peak %.1f MiB "
              "(budget %.1f MiB)", len(plan.ranks), process_num, peak / 2**20, budget / 2**20)
-    if dry_run:
-        report.seconds = time.monotonic() - t0
-        return report
-    res = run_plan(plan, dst_checkpoint, fmt, process_num=process_num,
+    res = run_plan(plan, local_root, dst_root, process_num=process_num,
                    budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir)
-    report.ranks_written, report.ranks_skipped = res.written, res.skipped
+    by_rank = {rp.rank: rp.path for rp in plan.ranks}
+    return TransformReport(res.written, res.skipped, peak, time.monotonic() - t0,
+                           plan.needed_source_ranks(), plan, [by_rank[r] for r in res.written])
+
+
+# -- all at once, local -----------------------------------------------------------------------
+
+def make_plan(src_checkpoint: str | None, *, src_strategy: Strategy | str | None = None,
+              dst_strategy: Strategy | str | None = None, prefix: str = "checkpoint_",
+              fmt: str = "ckpt", dst_ranks: Iterable[int] | None = None) -> Plan:
+    """The full plan of a local checkpoint; or the skeleton from strategies alone when
+    src_checkpoint is None or does not exist. Strategies: paths or loaded Strategy objects."""
+    src, dst = _strategy(src_strategy), _strategy(dst_strategy)
+    _check_fmt(fmt)
+    if src_checkpoint is None or not os.path.exists(src_checkpoint):
+        return plan_from_strategies(None, src, dst, dst_ranks=dst_ranks, prefix=prefix, fmt=fmt)
+    source = find_sources(src_checkpoint, partial=dst_ranks is not None)
+    for note in source.notes:
+        log.log(note.level, "%s", note.text)
+    skeleton = plan_from_strategies(source, src, dst, dst_ranks=dst_ranks, prefix=prefix,
+                                    fmt=fmt)
+    return complete_plan(skeleton, source.base)
+
+
+def needed_source_ranks(src_strategy: Strategy | str | None, dst_strategy: Strategy | str | None,
+                        dst_ranks: Iterable[int] | None = None) -> list[int]:
+    """Sorted source ranks whose shards the given destination ranks read (all when None).
+    Strategies only, no checkpoint bytes. A complete source (src_strategy None) -> [0]."""
+    src = _strategy(src_strategy)
+    if src is None:
+        return [0]
+    return plan_from_strategies(None, src, _strategy(dst_strategy),
+                                dst_ranks=dst_ranks).needed_source_ranks()
+
+
+def write_merged_strategy(strategy: Strategy | str, out_file: str) -> None:
+    """Merge a strategy folder / per-stage files into one file (MindSpore's merged format),
+    written to a temporary name then renamed. Reads the sources only; the output is new."""
+    write_file_atomic(out_file, merged_strategy_bytes(_strategy(strategy)))
+
+
+def transform(src_checkpoint: str, dst_checkpoint: str, *,
+              src_strategy: Strategy | str | None = None,
+              dst_strategy: Strategy | str | None = None, prefix: str = "checkpoint_",
+              fmt: str = "ckpt", process_num: int = 1, max_memory: int | None = None,
+              dst_ranks: Iterable[int] | None = None, dry_run: bool = False,
+              log_dir: str | None = None) -> TransformReport:
+    """Convert a local checkpoint: writes <dst_checkpoint>/rank_<r>/<prefix><r>.<fmt> for every
+    destination rank (or those of dst_ranks).
+
+    src_checkpoint: a complete .ckpt/.safetensors file, a folder of complete files (their union;
+    a safetensors index decides which file holds each tensor), or a folder of rank_<r>/ folders
+    (the last checkpoint in name order in each). Strategies: strategy file or folder paths, or
+    loaded Strategy objects (parsed once); None for a complete checkpoint. fmt: 'ckpt' or
+    'safetensors' (the output format; dtypes are never converted). process_num: destination
+    ranks converted at once (worker processes). max_memory: host-memory budget in bytes
+    (default half of the available memory). dst_ranks: the ranks to convert (the source may
+    then hold only the rank folders they need). dry_run: plan only (report.plan), write nothing.
+    log_dir: one log file per converting process.
+
+    Raises ReshardError (str = one line naming the culprit) for any bad input, before anything
+    is written: a missing or malformed source or strategy, a gap in the rank folders, a
+    strategy that does not match the checkpoint's names or shapes, device counts that do not
+    divide, uneven splits, a value the output format cannot hold, a budget too small, a
+    destination overlapping the source or a strategy."""
+    t0 = time.monotonic()
+    if process_num < 1:
+        raise ReshardError(f"process_num {process_num}: must be at least 1")
+    src, dst = _strategy(src_strategy), _strategy(dst_strategy)
+    if not dry_run:
+        if not os.path.exists(src_checkpoint):
+            raise ReshardError(f"source checkpoint {src_checkpoint} does not exist")
+        check_output(dst_checkpoint, "destination", {
+            "source checkpoint": src_checkpoint,
+            "source strategy": src.source if src else None,
+            "destination strategy": dst.source if dst else None})
+    plan = make_plan(src_checkpoint, src_strategy=src, dst_strategy=dst, prefix=prefix, fmt=fmt,
+                     dst_ranks=dst_ranks)
+    for n in plan.notes:
+        log.info("%s", n)
+    if dry_run or not plan.with_headers:
+        _, peak = memory_budget(plan, process_num, max_memory)
+        return TransformReport(expected_peak_bytes=peak, plan=plan, seconds=time.monotonic() - t0,
+                               source_ranks=plan.needed_source_ranks())
+    report = execute(plan, plan.local_root, dst_checkpoint, process_num=process_num,
+                     max_memory=max_memory, log_dir=log_dir)
     report.seconds = time.monotonic() - t0
     return report

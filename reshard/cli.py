@@ -1,8 +1,10 @@
 """`transform-checkpoint`: the offline tool, with the flags of MindFormers' transform_checkpoint.py.
 
 Bad input -> one line on stderr naming the culprit, exit code 2, nothing written. Remote
-(obs:// / s3://) inputs are staged to a local temporary folder and results published back by
-obs_io; all of that lives in `_staged` so the engine itself only sees local paths.
+(obs:// / s3://) inputs: strategies are copied down, the source is classified from its listing
+and only the files the plan reads are copied to a local temporary folder; a remote output is
+written locally and published by obs_io after a successful conversion. obs_io is imported only
+then, so the engine itself sees local paths alone.
 """
 from __future__ import annotations
 
@@ -12,8 +14,15 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import replace
 
-from .api import ReshardError, load_strategy, transform, write_merged_strategy
+from .api import (ReshardError, complete_plan, execute, find_sources, load_strategy,
+                  memory_budget, plan_from_strategies, write_merged_strategy)
+from .sources import (SourceEntry, SourceSet, check_output, classify, is_url, split_url,
+                      strategy_files)
+from .strategy import Strategy
+
+log = logging.getLogger("reshard")
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -72,56 +81,152 @@ def _none(value: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def _staged(args):
-    """Local view of the arguments: remote inputs copied down, the output written to a local
-    folder and copied up only after a successful conversion."""
-    values = (args.src_checkpoint, args.src_strategy, args.dst_strategy, args.dst_checkpoint)
-    if not any(v and "://" in v for v in values):     # local run: don't import boto3 at all
-        yield args, None
-        return
+def _storage(flag: str, url: str):
+    """Object-storage failures (obs_io raises builtin errors: FileNotFoundError, PermissionError,
+    ValueError, OSError) become the user's one line naming the flag and URL."""
+    try:
+        yield
+    except ReshardError:
+        raise
+    except (FileNotFoundError, PermissionError, ValueError, OSError) as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        if text.startswith(f"{url}: "):
+            text = text[len(url) + 2:]
+        raise ReshardError(f"{flag} {url}: {text}") from None
+
+
+class _Stage:
+    """A temporary local folder for remote inputs and a remote output, made on first use."""
+
+    def __init__(self):
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def dir(self, name: str) -> str:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="reshard-stage-")
+        path = os.path.join(self._tmp.name, name.strip("-"))
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _strategy_arg(flag: str, location: str | None, stage: _Stage) -> Strategy | None:
+    """Parse a strategy once (a remote one: its strategy files only, copied down first)."""
+    if location is None:
+        return None
+    if not is_url(location):
+        return load_strategy(location)
     import obs_io
     mox = obs_io.file
-    with tempfile.TemporaryDirectory(prefix="reshard-stage-") as tmp:
-        local = argparse.Namespace(**vars(args))
-        for key in ("src_checkpoint", "src_strategy", "dst_strategy"):
-            url = getattr(args, key)
-            if url and obs_io.is_remote(url):
-                if not mox.exists(url):
-                    raise ReshardError(f"--{key} {url} does not exist")
-                dst = os.path.join(tmp, key, os.path.basename(url.rstrip("/")) or key)
-                if mox.is_directory(url):
-                    mox.copy_parallel(url, dst)
-                else:
-                    os.makedirs(os.path.dirname(dst), exist_ok=True)
-                    mox.copy(url, dst)
-                setattr(local, key, dst)
-        upload = None
-        if args.dst_checkpoint and obs_io.is_remote(args.dst_checkpoint):
-            local.dst_checkpoint = os.path.join(tmp, "dst")
-            upload = args.dst_checkpoint
-        yield local, upload
+    with _storage(flag, location):
+        if mox.is_directory(location):
+            names = [e.name for e in mox.list_entries(location) if e.is_file()]
+            local = stage.dir(flag)
+            mox.copy_parallel(location, local, file_list=strategy_files(names, location))
+        elif mox.exists(location):
+            local = os.path.join(stage.dir(flag), location.rstrip("/").rsplit("/", 1)[-1])
+            mox.copy(location, local)
+        else:
+            raise ReshardError(f"{flag} {location} does not exist")
+    try:
+        return replace(load_strategy(local), source=location)
+    except ReshardError as e:
+        raise ReshardError(str(e).replace(local, location)) from None
 
 
-def _run_mindspore(a) -> None:
+def _source_arg(location: str) -> SourceSet:
+    """The source checkpoint classified from its listing (nothing downloaded)."""
+    if not is_url(location):
+        if not os.path.exists(location):
+            raise ReshardError(f"--src_checkpoint {location} does not exist")
+        return find_sources(location)
+    import obs_io
+    mox = obs_io.file
+    with _storage("--src_checkpoint", location):
+        if mox.is_directory(location):
+            is_file = False
+            entries = [SourceEntry(e.name + ("/" if e.is_dir() else ""), e.length, e.mtime_nsec)
+                       for e in mox.list_entries(location, recursive=True)]
+        elif mox.exists(location):
+            is_file = True
+            st = mox.stat(location)
+            entries = [SourceEntry(location.rstrip("/").rsplit("/", 1)[-1], st.length,
+                                   st.mtime_nsec)]
+        else:
+            raise ReshardError(f"--src_checkpoint {location} does not exist")
+    source = classify(location, entries, is_file=is_file)
+    if source.needs_index:
+        with _storage("--src_checkpoint", location):
+            source = source.with_index(mox.read(source.path_of(source.index_name), binary=True))
+    return source
+
+
+def _downloader(source: SourceSet, local_root: str):
+    """fetch(names): the named source files copied to local_root (their relative names kept)."""
+    def fetch(names: list[str]) -> None:
+        import obs_io
+        log.info("downloading %d source file(s) from %s: %s", len(names), source.base,
+                 ", ".join(names))
+        with _storage("--src_checkpoint", source.root):
+            obs_io.file.copy_parallel(source.base, local_root, file_list=list(names))
+    return fetch
+
+
+def _run_mindspore(a, src: Strategy | None, dst: Strategy | None, stage: _Stage) -> None:
     """MindSpore's own conversion, for comparison: it needs rank_<r>/ folders and one merged
-    strategy file, which are prepared in a temporary folder (never in the user's)."""
+    strategy file, which are prepared in a temporary folder (never in the user's); a remote
+    source is copied down whole, a remote output published after."""
     import mindspore as ms
+    src_dir, dst_dir = a.src_checkpoint, a.dst_checkpoint
+    if is_url(src_dir):
+        import obs_io
+        with _storage("--src_checkpoint", src_dir):
+            local = os.path.join(stage.dir("src_checkpoint"), src_dir.rstrip("/").rsplit("/", 1)[-1])
+            (obs_io.file.copy_parallel if obs_io.file.is_directory(src_dir) else obs_io.file.copy)(
+                src_dir, local)
+        src_dir = local
+    if is_url(dst_dir):
+        dst_dir = stage.dir("dst_checkpoint")
     with tempfile.TemporaryDirectory(prefix="reshard-ms-") as tmp:
-        src_dir = a.src_checkpoint
         if os.path.isfile(src_dir):
             os.makedirs(os.path.join(tmp, "src", "rank_0"))
             os.symlink(os.path.abspath(src_dir),
                        os.path.join(tmp, "src", "rank_0", os.path.basename(src_dir)))
             src_dir = os.path.join(tmp, "src")
         strategies = []
-        for i, s in enumerate((a.src_strategy, a.dst_strategy)):
-            if s and os.path.isdir(s):
-                out = os.path.join(tmp, f"strategy_{i}.ckpt")
-                write_merged_strategy(s, out)
-                s = out
-            strategies.append(s)
-        ms.transform_checkpoints(src_dir, a.dst_checkpoint, a.prefix, strategies[0],
-                                 strategies[1], process_num=a.process_num, output_format=a.fmt)
+        for i, s in enumerate((src, dst)):
+            path = None
+            if s is not None:
+                path = s.source
+                if is_url(path) or os.path.isdir(path):
+                    path = os.path.join(tmp, f"strategy_{i}.ckpt")
+                    write_merged_strategy(s, path)
+            strategies.append(path)
+        ms.transform_checkpoints(src_dir, dst_dir, a.prefix, strategies[0], strategies[1],
+                                 process_num=a.process_num, output_format=a.fmt)
+    if dst_dir != a.dst_checkpoint:
+        import obs_io
+        with _storage("--dst_checkpoint", a.dst_checkpoint):
+            obs_io.file.copy_parallel(dst_dir, a.dst_checkpoint)
+
+
+def _check_locations(args) -> None:
+    """Before anything is read or written: URLs name a bucket, and the output is none of the
+    inputs (nor inside one, nor holding one)."""
+    flags = ("src_checkpoint", "src_strategy", "dst_strategy", "dst_checkpoint")
+    for flag in flags:
+        value = getattr(args, flag)
+        if value and is_url(value):
+            try:
+                split_url(value)
+            except ReshardError as e:
+                raise ReshardError(f"--{flag} {e}") from None
+    if args.dst_checkpoint and not args.dry_run:
+        check_output(args.dst_checkpoint, "--dst_checkpoint",
+                     {f"--{f}": getattr(args, f) for f in flags[:3]})
 
 
 def run(argv=None) -> int:
@@ -134,40 +239,89 @@ def run(argv=None) -> int:
         raise ReshardError("--dry_run prints this engine's plan: it does not go with --engine mindspore")
     if args.process_num < 1:
         raise ReshardError(f"--process_num {args.process_num}: must be at least 1")
-    with _staged(args) as (a, upload):
-        if args.world_size is not None:
-            dst = load_strategy(a.dst_strategy)
-            world = dst.world_size if dst else 1
-            if world != args.world_size:
-                raise ReshardError(f"--world_size {args.world_size} does not match the "
-                                   f"destination strategy's {world} ranks")
-        if a.engine == "mindspore":
-            _run_mindspore(a)
-        else:
-            report = transform(a.src_checkpoint, a.dst_checkpoint, src_strategy=a.src_strategy,
-                               dst_strategy=a.dst_strategy, prefix=a.prefix, fmt=a.fmt,
-                               process_num=a.process_num, max_memory=a.max_memory,
-                               dry_run=a.dry_run, log_dir=a.log_dir)
-            if a.dry_run:
-                print(report.plan.dump())
-                print(f"expected peak memory: {report.expected_peak_bytes / 2**20:.1f} MiB")
-                return 0
-            print(f"wrote ranks {report.ranks_written}, skipped (already complete) "
-                  f"{report.ranks_skipped}; expected peak {report.expected_peak_bytes / 2**20:.1f}"
-                  f" MiB; {report.seconds:.2f}s")
-        if upload:
-            import obs_io
-            obs_io.file.copy_parallel(a.dst_checkpoint, upload)
+    _check_locations(args)
+    stage = _Stage()
+    try:
+        return _convert(args, stage)
+    finally:
+        stage.close()
+
+
+def _convert(args, stage: _Stage) -> int:
+    src = _strategy_arg("--src_strategy", args.src_strategy, stage)
+    dst = _strategy_arg("--dst_strategy", args.dst_strategy, stage)
+    if args.world_size is not None:
+        world = dst.world_size if dst else 1
+        if world != args.world_size:
+            raise ReshardError(f"--world_size {args.world_size} does not match the "
+                               f"destination strategy's {world} ranks")
+    if args.engine == "mindspore":
+        _run_mindspore(args, src, dst, stage)
+        return 0
+    source = _source_arg(args.src_checkpoint) if args.src_checkpoint else None
+    for note in source.notes if source else ():
+        log.log(note.level, "%s", note.text)
+    plan = plan_from_strategies(source, src, dst, prefix=args.prefix, fmt=args.fmt)
+    local_root = None
+    if source is not None:
+        fetch = None
+        local_root = source.base
+        if is_url(source.root):
+            local_root = stage.dir("src_checkpoint")
+            fetch = _downloader(source, local_root)
+        plan = complete_plan(plan, local_root, fetch=fetch)
+        for note in plan.notes:
+            log.info("%s", note)
+    if args.dry_run:
+        print(plan.dump())
+        _, peak = memory_budget(plan, args.process_num, args.max_memory)
+        print(f"expected peak memory: {peak / 2**20:.1f} MiB")
+        return 0
+    upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
+    dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
+    report = execute(plan, local_root, dst_local, process_num=args.process_num,
+                     max_memory=args.max_memory, log_dir=args.log_dir)
+    print(f"wrote ranks {report.ranks_written}, skipped (already complete) "
+          f"{report.ranks_skipped}; expected peak {report.expected_peak_bytes / 2**20:.1f}"
+          f" MiB; {report.seconds:.2f}s")
+    if upload:
+        import obs_io
+        with _storage("--dst_checkpoint", upload):
+            obs_io.file.copy_parallel(dst_local, upload, file_list=report.files_written)
     return 0
 
 
+class _ByLevel(logging.Handler):
+    """INFO lines on stdout, warnings and errors on stderr (looked up at each line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:   # noqa: BLE001 - logging must never end the run
+            self.handleError(record)
+
+
 def main(argv=None) -> int:
+    """The command: which source file was chosen, the plan and each rank written are INFO
+    lines on stdout; warnings on stderr; bad input one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    handler = _ByLevel()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     try:
         return run(argv)
     except ReshardError as e:
         print(f"transform-checkpoint: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 if __name__ == "__main__":

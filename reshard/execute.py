@@ -36,8 +36,7 @@ MANIFEST_DIR = ".reshard"
 
 def rank_cost(rp: RankPlan) -> int:
     """Bytes one destination rank needs while converting (on top of its process)."""
-    files = {p.src_file for t in rp.tensors for p in t.pieces}
-    return rp.buffer_bytes + READER_BYTES * len(files)
+    return rp.buffer_bytes + READER_BYTES * len(rp.source_files)
 
 
 def expected_peak(costs: list[int], process_num: int, budget: int) -> int:
@@ -53,20 +52,24 @@ def expected_peak(costs: list[int], process_num: int, budget: int) -> int:
 
 # -- rerun: skip destination files already complete and verified ---------------------------
 
-def _source_identity(rp: RankPlan) -> list:
-    files = sorted({p.src_file for t in rp.tensors for p in t.pieces})
+def _src_path(src_root: str, name: str) -> str:
+    return os.path.join(src_root, *name.split("/"))
+
+
+def _source_identity(rp: RankPlan, src_root: str) -> list:
     out = []
-    for f in files:
-        st = os.stat(f)
-        out.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
+    for f in rp.source_files:
+        path = _src_path(src_root, f)
+        st = os.stat(path)
+        out.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
     return out
 
 
-def rank_digest(rp: RankPlan, fmt: str) -> str:
+def rank_digest(rp: RankPlan, fmt: str, src_root: str) -> str:
     """The plan of one rank plus the identity (path, size, mtime) of the files it reads."""
     h = hashlib.sha256()
     h.update(repr((fmt, rp.path, rp.tensors)).encode())
-    h.update(json.dumps(_source_identity(rp)).encode())
+    h.update(json.dumps(_source_identity(rp, src_root)).encode())
     return h.hexdigest()
 
 
@@ -74,7 +77,7 @@ def _manifest_path(dst_root: str, rp: RankPlan) -> str:
     return os.path.join(dst_root, MANIFEST_DIR, f"rank_{rp.rank}.json")
 
 
-def is_done(dst_root: str, rp: RankPlan, fmt: str) -> bool:
+def is_done(src_root: str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
     """The output exists with the size/mtime recorded when this same plan wrote it."""
     out = os.path.join(dst_root, rp.path)
     try:
@@ -83,15 +86,15 @@ def is_done(dst_root: str, rp: RankPlan, fmt: str) -> bool:
         st = os.stat(out)
     except (OSError, ValueError):
         return False
-    return m.get("digest") == rank_digest(rp, fmt) and m.get("size") == st.st_size \
+    return m.get("digest") == rank_digest(rp, fmt, src_root) and m.get("size") == st.st_size \
         and m.get("mtime_ns") == st.st_mtime_ns
 
 
-def _write_manifest(dst_root: str, rp: RankPlan, fmt: str) -> None:
+def _write_manifest(src_root: str, dst_root: str, rp: RankPlan, fmt: str) -> None:
     out = os.path.join(dst_root, rp.path)
     st = os.stat(out)
     write_file_atomic(_manifest_path(dst_root, rp), json.dumps(
-        {"digest": rank_digest(rp, fmt), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        {"digest": rank_digest(rp, fmt, src_root), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
          "file": rp.path}).encode())
 
 
@@ -110,20 +113,19 @@ def _assembly_buffer(nbytes: int) -> np.ndarray:
     return _buffer
 
 
-def convert_rank(rp: RankPlan, dst_root: str, fmt: str, publish=None) -> None:
-    """Write one destination file. Its commit (fsync, rename, manifest) is handed to
+def convert_rank(rp: RankPlan, src_root: str, dst_root: str, fmt: str, publish=None) -> None:
+    """Write one destination file (source files are relative to src_root). Its commit (fsync, rename, manifest) is handed to
     `publish` (a single-thread executor's submit) so the disk flush overlaps the next rank's
     reads; without one it is done here."""
     t0 = time.monotonic()
     out_path = os.path.join(dst_root, rp.path)
     folder = os.path.dirname(out_path)
     made_folder = not os.path.isdir(folder)
-    files = sorted({p.src_file for t in rp.tensors for p in t.pieces})
     readers = {}
     writer = None
     try:
-        for f in files:
-            readers[f] = open_reader(f)
+        for f in rp.source_files:
+            readers[f] = open_reader(_src_path(src_root, f))
         metas = []
         for t in rp.tensors:
             if t.carried:
@@ -152,7 +154,7 @@ def convert_rank(rp: RankPlan, dst_root: str, fmt: str, publish=None) -> None:
 
     def commit() -> None:
         writer.commit()
-        _write_manifest(dst_root, rp, fmt)
+        _write_manifest(src_root, dst_root, rp, fmt)
         log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank,
                  out_path, len(rp.tensors), os.path.getsize(out_path), sorted(rp.source_ranks),
                  time.monotonic() - t0)
@@ -209,16 +211,16 @@ def _worker_init(log_dir: str | None) -> None:
     _setup_process_log(log_dir, "worker")
 
 
-def _worker_convert(rp: RankPlan, dst_root: str, fmt: str) -> None:
+def _worker_convert(rp: RankPlan, src_root: str, dst_root: str, fmt: str) -> None:
     """In the pool the scheduler counts a rank's buffer only while it runs: free it after."""
     global _buffer
     try:
-        convert_rank(rp, dst_root, fmt)
+        convert_rank(rp, src_root, dst_root, fmt)
     finally:
         _buffer = np.empty(0, np.uint8)
 
 
-def _run_pipelined(todo: list[RankPlan], dst_root: str, fmt: str) -> None:
+def _run_pipelined(todo: list[RankPlan], src_root: str, dst_root: str, fmt: str) -> None:
     """One rank after another, each rank's commit (its fsync waits for the disk) running while
     the next rank is read and written; at most one commit in flight, so written-but-unflushed
     data stays bounded by one file."""
@@ -232,7 +234,7 @@ def _run_pipelined(todo: list[RankPlan], dst_root: str, fmt: str) -> None:
             pending = committer.submit(commit)
 
         for rp in todo:
-            convert_rank(rp, dst_root, fmt, publish)
+            convert_rank(rp, src_root, dst_root, fmt, publish)
         if pending is not None:
             pending.result()
 
@@ -243,20 +245,21 @@ class RunResult:
     skipped: list[int]
 
 
-def run_plan(plan: Plan, dst_root: str, fmt: str, *, process_num: int, budget: int,
+def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budget: int,
              log_dir: str | None = None) -> RunResult:
-    """Convert every rank of the plan not already done; at most process_num at once and never
-    more than `budget` bytes of rank costs in flight."""
+    """Convert every rank of a full plan not already done (source files under src_root); at
+    most process_num at once and never more than `budget` bytes of rank costs in flight."""
     _setup_process_log(log_dir, "main")
+    fmt = plan.fmt
     todo, skipped = [], []
     for rp in plan.ranks:
-        if is_done(dst_root, rp, fmt):
+        if is_done(src_root, dst_root, rp, fmt):
             log.info("rank %d: %s already complete and verified, skipped", rp.rank, rp.path)
             skipped.append(rp.rank)
         else:
             todo.append(rp)
     if process_num <= 1 or len(todo) <= 1:
-        _run_pipelined(todo, dst_root, fmt)
+        _run_pipelined(todo, src_root, dst_root, fmt)
         return RunResult([rp.rank for rp in todo], skipped)
 
     pending = sorted(todo, key=rank_cost, reverse=True)
@@ -273,7 +276,8 @@ def run_plan(plan: Plan, dst_root: str, fmt: str, *, process_num: int, budget: i
                 for i, rp in enumerate(pending):
                     cost = rank_cost(rp)
                     if in_flight + cost <= budget or not running:
-                        running[pool.submit(_worker_convert, rp, dst_root, fmt)] = (rp, cost)
+                        running[pool.submit(_worker_convert, rp, src_root, dst_root, fmt)] = \
+                            (rp, cost)
                         in_flight += cost
                         pending.pop(i)
                         started = True

@@ -20,7 +20,7 @@ class LayoutError(ValueError):
 
 
 @dataclass(frozen=True)
-class Layout:
+class TensorLayout:
     """One parameter's layout in one pipeline stage.
 
     tensor_map[d]: device axes (counted from the right of dev_matrix, outer first) that split
@@ -130,14 +130,14 @@ class Layout:
         return tuple((b * (n // s), (b + 1) * (n // s))
                      for b, n, s in zip(block, full_shape, self.splits))
 
-    def same_blocks(self, other: "Layout") -> bool:
+    def same_blocks(self, other: "TensorLayout") -> bool:
         """Same grid and same block for every local rank (stage aside)."""
         return self.splits == other.splits and self.devices == other.devices and \
             self.replicas == other.replicas
 
 
 def make_layout(dev_matrix, tensor_map, opt_shard_size: int, opt_shard_step: int,
-                stage: int = 0) -> Layout:
+                stage: int = 0) -> TensorLayout:
     """From MindSpore's stored fields: tensor_map entries are ints or (nested) lists of ints
     with -1 = not split; opt size -1 = every replica, 0 = none."""
     dev = tuple(int(x) for x in dev_matrix)
@@ -149,17 +149,17 @@ def make_layout(dev_matrix, tensor_map, opt_shard_size: int, opt_shard_step: int
             if not 0 <= k < len(dev):
                 raise LayoutError(f"tensor_map entry {k} outside dev_matrix {list(dev)}")
         tm.append(axes)
-    base = Layout(dev, tuple(tm), 1, 0, stage)
+    base = TensorLayout(dev, tuple(tm), 1, 0, stage)
     size = int(opt_shard_size)
     if size == -1:
         size = base.devices // math.prod(base.model_splits or (1,))
     if size > 1 and opt_shard_step != 0:
-        lay = Layout(dev, tuple(tm), size, int(opt_shard_step), stage)
+        lay = TensorLayout(dev, tuple(tm), size, int(opt_shard_step), stage)
         lay._opt_axes  # validate now
         return lay
     return base
 
 
-def complete_layout(ndim: int) -> Layout:
+def complete_layout(ndim: int) -> TensorLayout:
     """A whole tensor on one device (a complete checkpoint)."""
-    return Layout((1,), tuple(() for _ in range(ndim)))
+    return TensorLayout((1,), tuple(() for _ in range(ndim)))

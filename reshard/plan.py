@@ -1,36 +1,50 @@
 """The plan: for every destination rank, every tensor's slice and the source pieces that fill it.
 
 Pure data computed from strategies (and checkpoint headers when present), never from tensor
-bytes, so it can be printed (--dry_run), checked before anything is written, pickled to worker
-processes, and used to tell cloud_entry which source ranks to download.
+bytes (except to compare duplicated tensors of a complete folder), so it can be printed
+(--dry_run), checked before anything is written, pickled to worker processes, and used to tell
+a caller which source files to download.
+
+Two builds make a conversion: a skeleton from strategies alone (which source files the
+destination ranks read: Plan.needed_files), then the full plan from those files' headers (real
+shapes and dtypes, and every check). build_plan() is the one builder; _Planner holds its steps.
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import ReshardError
+from .formats import FormatError, TensorMeta, open_reader
 from .formats.meta import STORAGE_DTYPES
 from .formats.safetensors_format import TO_CODE as SAFETENSORS_DTYPES
-from .layout import Layout, LayoutError, complete_layout
+from .layout import LayoutError, TensorLayout, complete_layout
+from .sources import FORMATS, SourceSet, output_name
 from .strategy import Strategy
 
 Region = tuple[tuple[int, int], ...]
+Fetch = Callable[[list[str]], None]
+
+# Tensors larger than this are assembled and written in axis-0 chunks (the .ckpt chunk size).
+CHUNK_BYTES = 512 << 20
+# Duplicated tensors of a complete folder are compared in slices of at most this many bytes.
+_COMPARE_BYTES = 16 << 20
 
 
 def _itemsize(dtype: str | None) -> int:
     """Bytes per element; 1 for values planned without headers (shapes in blocks) or raw."""
     return STORAGE_DTYPES[dtype].itemsize if dtype in STORAGE_DTYPES else 1
 
-# Tensors larger than this are assembled and written in axis-0 chunks (the .ckpt chunk size).
-CHUNK_BYTES = 512 << 20
-
 
 @dataclass(frozen=True)
 class Piece:
-    """Copy `src_region` of the tensor in `src_file` (source rank `src_rank`) into `dst_region`
-    of the destination tensor."""
-    src_rank: int
+    """Copy `src_region` of the tensor in source file `src_file` into `dst_region` of the
+    destination tensor. Regions: per dimension (start, stop) in elements. src_file is relative
+    to the source's base folder ('/'-separated); in a skeleton it may be a placeholder such as
+    '<rank 3>' for a rank the caller has not got."""
+    src_rank: int            # source rank (0 for a complete source)
     src_file: str
     src_region: Region
     dst_region: Region
@@ -38,18 +52,23 @@ class Piece:
 
 @dataclass(frozen=True)
 class TensorPlan:
+    """One destination tensor: `shape` in elements (in blocks of the finest grid when planned
+    without headers, where dtype is None), filled by `pieces` (or, when `carried`, one source
+    rank's whole value as is: parameters no strategy describes)."""
     name: str
-    dtype: str | None            # MindSpore tensor_type; None when planned without headers
-    shape: tuple[int, ...]       # destination slice shape (units of blocks without headers)
+    dtype: str | None            # MindSpore tensor_type ("Float32", "BFloat16", ...)
+    shape: tuple[int, ...]
     pieces: tuple[Piece, ...]
-    carried: bool = False        # no layout: the source rank's value as is
+    carried: bool = False
 
     @property
     def itemsize(self) -> int:
+        """Bytes per element."""
         return _itemsize(self.dtype)
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the whole destination tensor."""
         return math.prod(self.shape) * self.itemsize
 
     def chunk_rows(self) -> int:
@@ -61,6 +80,7 @@ class TensorPlan:
 
     @property
     def buffer_bytes(self) -> int:
+        """Bytes of the assembly buffer this tensor needs (one chunk)."""
         if not self.shape:
             return self.nbytes
         return self.chunk_rows() * (self.nbytes // max(1, self.shape[0]))
@@ -68,18 +88,21 @@ class TensorPlan:
 
 @dataclass(frozen=True)
 class RankPlan:
+    """One destination file: `path` relative to the destination folder (sources.output_name),
+    its tensors in writing order."""
     rank: int
-    path: str                    # output file, relative to the destination folder
+    path: str
     tensors: tuple[TensorPlan, ...]
     carry_rank: int | None = None  # without headers: the rank values without layout come from
 
     @property
     def nbytes(self) -> int:
+        """Bytes of tensor data in the output file."""
         return sum(t.nbytes for t in self.tensors)
 
     @property
     def buffer_bytes(self) -> int:
-        """The one assembly buffer this rank needs (its largest tensor or chunk)."""
+        """Bytes of the one assembly buffer this rank needs (its largest tensor or chunk)."""
         return max((t.buffer_bytes for t in self.tensors), default=0)
 
     @property
@@ -89,17 +112,64 @@ class RankPlan:
         ranks = {p.src_rank for t in self.tensors for p in t.pieces}
         return ranks if self.carry_rank is None else ranks | {self.carry_rank}
 
+    @property
+    def source_files(self) -> list[str]:
+        """Relative names of the source files this rank reads."""
+        return sorted({p.src_file for t in self.tensors for p in t.pieces})
+
 
 @dataclass(frozen=True)
 class Plan:
+    """What a conversion does, as data: the contract between the planner, a caller that
+    downloads sources, and the executor.
+
+    ranks: the destination ranks converted (sorted). with_headers: False for a skeleton (from
+    strategies alone: shapes in blocks, dtypes None), True for a full plan (every check done;
+    local_root is where complete_plan read the source files). needed_files() names the source
+    files (relative to source.base) the ranks read. Built by reshard.api.plan_from_strategies
+    (skeleton) and reshard.api.complete_plan (full); both raise ReshardError, one line naming
+    the parameter, file, rank or flag at fault, for anything that cannot be converted.
+    """
     ranks: tuple[RankPlan, ...]
     src_desc: str
     dst_desc: str
     with_headers: bool
     notes: tuple[str, ...] = field(default=())
+    source: SourceSet | None = None
+    src_strategy: Strategy | None = None
+    dst_strategy: Strategy | None = None
+    dst_ranks: tuple[int, ...] | None = None      # as asked; None = every destination rank
+    prefix: str = "checkpoint_"
+    fmt: str = "ckpt"
+    local_root: str | None = None
 
     def needed_source_ranks(self) -> list[int]:
+        """Sorted source ranks the destination ranks read ([0] for a complete source)."""
         return sorted(set().union(*(r.source_ranks for r in self.ranks)) if self.ranks else set())
+
+    def needed_files(self) -> list[str]:
+        """Sorted relative names (in source.files) of the files the destination ranks read:
+        download exactly these before complete_plan. A complete source: every file, or with an
+        index only the files holding tensors of the destination ranks' stages."""
+        src = self.source
+        if src is None:
+            return []
+        if self.with_headers:
+            return sorted({f for rp in self.ranks for f in rp.source_files})
+        if not src.complete:
+            return sorted(src.files[r] for r in self.needed_source_ranks() if r in src.files)
+        if src.index is None or self.dst_strategy is None:
+            return sorted(set(src.files.values()))
+        dst = self.dst_strategy
+        stages = {dst.stage_of(rp.rank) for rp in self.ranks}
+        return sorted({file for name, file in src.index.items()
+                       if name not in dst.layouts or
+                       any(lay.stage in stages for lay in dst.layouts[name])})
+
+    @property
+    def output_files(self) -> list[str]:
+        """Relative names of the output files, in rank order."""
+        return [rp.path for rp in self.ranks]
 
     def dump(self) -> str:
         """The readable plan (--dry_run)."""
@@ -124,54 +194,55 @@ def _fmt_region(region: Region) -> str:
     return "[" + ",".join(f"{a}:{b}" for a, b in region) + "]"
 
 
-@dataclass(frozen=True)
-class Sources:
-    """Where source tensors live. complete: files is {index: path} whose union is the model
-    (every logical rank is 0); else {rank: path}. metas: per key the headers
-    (name -> TensorMeta), for the keys whose files are present; None = plan from strategies."""
-    complete: bool
-    files: dict[int, str]
-    metas: dict[int, dict] | None = None
+class Headers:
+    """Checkpoint headers (parameter name -> TensorMeta) of source files under local_root, read
+    once each and on demand. A file not there is fetched through `fetch(names)` (which must put
+    them at local_root/<name>) when given, else it is absent."""
+
+    def __init__(self, local_root: str, fetch: Fetch | None = None):
+        self.local_root = local_root
+        self.fetch = fetch
+        self._metas: dict[str, dict[str, TensorMeta] | None] = {}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.local_root, *name.split("/"))
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Fetch, in one call, the files of `names` not under local_root."""
+        missing = [n for n in names if not os.path.exists(self.path(n))]
+        if missing and self.fetch is not None:
+            self.fetch(missing)
+
+    def read(self, name: str, required: bool = True) -> dict[str, TensorMeta] | None:
+        """The file's headers; None when it is absent and not `required` (else ReshardError)."""
+        if name in self._metas and (self._metas[name] is not None or not required):
+            return self._metas[name]
+        path = self.path(name)
+        if not os.path.exists(path):
+            self.prefetch([name])
+        if not os.path.exists(path):
+            if required:
+                raise ReshardError(f"{path}: not found (the plan reads it)")
+            self._metas[name] = None
+            return None
+        try:
+            with open_reader(path) as reader:
+                metas = dict(reader.metas)
+        except FormatError as e:
+            raise ReshardError(str(e)) from None
+        self._metas[name] = metas
+        return metas
+
+    def known(self, name: str) -> dict[str, TensorMeta] | None:
+        """Headers already read (None if not read or absent)."""
+        return self._metas.get(name)
 
 
 def _lcm_shape(*grids: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(math.lcm(*g) for g in zip(*grids))
 
 
-def _pick(replicas: list[int], loads: dict[int, int], available) -> int:
-    """The least-loaded replica (bytes already planned from it), so reads spread evenly over
-    source files. Only present files qualify when some are known to be absent (a rank block
-    that downloaded just the ranks a strategies-only plan chose: one of them always holds it)."""
-    cands = [r for r in replicas if available is None or r in available] or replicas
-    return min(cands, key=lambda r: (loads.get(r, 0), r))
-
-
-def _pieces(dst_region: Region, full: tuple[int, ...], src_lays: list[Layout],
-            src_stage_devices: int, loads: dict[int, int], available, itemsize: int,
-            file_of, name: str) -> list[Piece]:
-    """Intersect the destination region with the source grid; one replica per source block."""
-    lay = src_lays[0]
-    replicas: dict[tuple[int, ...], list[int]] = {}
-    for sl in src_lays:
-        for block, local in sl.replicas.items():
-            replicas.setdefault(block, []).extend(sl.stage * src_stage_devices + r for r in local)
-    ranges = []
-    for (a, b), n, s in zip(dst_region, full, lay.splits):
-        bs = n // s
-        ranges.append(range(a // bs, (b - 1) // bs + 1) if b > a else range(0))
-    out = []
-    for block in _product(ranges):
-        src_block = lay.region(block, full)
-        inter = tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(dst_region, src_block))
-        rank = _pick(replicas[block], loads, available)
-        loads[rank] = loads.get(rank, 0) + math.prod(b - a for a, b in inter) * itemsize
-        out.append(Piece(rank, file_of(rank, name),
-                         tuple((a - c, b - c) for (a, b), (c, _) in zip(inter, src_block)),
-                         tuple((a - c, b - c) for (a, b), (c, _) in zip(inter, dst_region))))
-    return out
-
-
-def _product(ranges):
+def _product(ranges: Sequence[range]) -> Iterator[tuple[int, ...]]:
     if not ranges:
         yield ()
         return
@@ -180,107 +251,204 @@ def _product(ranges):
             yield (i,) + rest
 
 
-def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
-               dst_ranks=None, prefix: str = "checkpoint_", fmt: str = "ckpt") -> Plan:
-    """Raises ReshardError (naming the parameter or file) for anything it cannot convert."""
-    if src is not None and sources.complete:
-        raise ReshardError("a source strategy was given but the source checkpoint is complete "
-                           "(no rank_<r> folders)")
-    if src is None and not sources.complete:
-        raise ReshardError("the source checkpoint has rank_<r> folders: give its strategy "
-                           "(--src_strategy)")
-    s_dev = src.stage_devices if src else 1
-    d_dev = dst.stage_devices if dst else 1
-    if s_dev % d_dev and d_dev % s_dev:
-        raise ReshardError(f"device counts do not divide: the source has {s_dev} devices per "
-                           f"stage, the destination {d_dev}")
-    world = dst.world_size if dst else 1
-    ranks = list(range(world)) if dst_ranks is None else sorted(set(dst_ranks))
-    for r in ranks:
-        if not 0 <= r < world:
-            raise ReshardError(f"destination rank {r} is outside the destination world of {world}")
-    metas = sources.metas
-    with_headers = metas is not None
+def build_plan(src: Strategy | None, dst: Strategy | None, source: SourceSet | None, *,
+               headers: Headers | None = None, read: Sequence[str] = (),
+               dst_ranks: Iterable[int] | None = None, prefix: str = "checkpoint_",
+               fmt: str = "ckpt") -> Plan:
+    """A skeleton (headers None: from strategies alone) or a full plan (the headers of the files
+    `read`, and of other replicas' files where a chosen file lacks a parameter). Raises
+    ReshardError (naming the parameter or file) for anything it cannot convert."""
+    return _Planner(src, dst, source, headers, tuple(read), dst_ranks, prefix, fmt).plan()
 
-    # Names in source order, with the source keys holding each.
-    holders: dict[str, list[int]] = {}
-    if with_headers:
-        for key in sorted(metas):
-            for name in metas[key]:
-                holders.setdefault(name, []).append(key)
-        if src is not None and not set(src.layouts) & set(holders):
-            raise ReshardError(f"source strategy {src.source} names none of the checkpoint's "
-                               f"parameters")
-    else:
+
+class _Planner:
+    """The steps of one build; the state they share."""
+
+    def __init__(self, src: Strategy | None, dst: Strategy | None, source: SourceSet | None,
+                 headers: Headers | None, read: tuple[str, ...], dst_ranks, prefix: str,
+                 fmt: str):
+        if fmt not in FORMATS:
+            raise ReshardError(f"--format {fmt!r}: must be ckpt or safetensors")
+        self.src, self.dst, self.source, self.headers = src, dst, source, headers
+        self.read_names, self.prefix, self.fmt = read, prefix, fmt
+        self.asked = None if dst_ranks is None else tuple(sorted(set(dst_ranks)))
+        self.complete = source.complete if source is not None else src is None
+        self.files: dict[int, str] = dict(source.files) if source is not None else {}
+        self.s_dev = src.stage_devices if src else 1
+        self.d_dev = dst.stage_devices if dst else 1
+        self.holders: dict[str, list[int]] = {}    # name -> source keys holding it, in order
+        self.full: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str | None] = {}
+        self.metas0: dict[str, TensorMeta] = {}    # name -> the reference meta (first holder)
+        self.notes: list[str] = []
+        self.loads: dict[int, int] = {}            # bytes (or blocks) planned per source rank
+        self.dst_stages: set[int] = set()          # destination stages of the ranks planned
+
+    # -- the steps ------------------------------------------------------------------------
+    def plan(self) -> Plan:
+        self.check_pairing()
+        ranks = self.destination_ranks()
+        self.dst_stages = {self.dst.stage_of(d) for d in ranks} if self.dst else {0}
+        if self.headers is None:
+            self.holders_from_strategies()
+        elif self.complete:
+            self.holders_of_complete_files()
+        else:
+            self.holders_of_rank_files()
+        self.check_names()
+        self.derive_shapes()
+        rank_plans = tuple(self.plan_rank(d) for d in ranks)
+        return Plan(rank_plans, _describe(self.src), _describe(self.dst),
+                    self.headers is not None, tuple(self.notes), self.source, self.src, self.dst,
+                    self.asked, self.prefix, self.fmt,
+                    self.headers.local_root if self.headers is not None else None)
+
+    def check_pairing(self) -> None:
+        """A source strategy goes with rank folders, none with a complete checkpoint; device
+        counts per stage must divide each other."""
+        if self.source is not None:
+            if self.src is not None and self.complete:
+                raise ReshardError("a source strategy was given but the source checkpoint is "
+                                   "complete (no rank_<r> folders)")
+            if self.src is None and not self.complete:
+                raise ReshardError(f"{self.source.root} holds rank_<r> folders: give the source "
+                                   f"strategy (--src_strategy)")
+        if self.s_dev % self.d_dev and self.d_dev % self.s_dev:
+            raise ReshardError(f"device counts do not divide: the source has {self.s_dev} devices "
+                               f"per stage, the destination {self.d_dev}")
+
+    def destination_ranks(self) -> list[int]:
+        world = self.dst.world_size if self.dst else 1
+        ranks = list(range(world)) if self.asked is None else list(self.asked)
+        for r in ranks:
+            if not 0 <= r < world:
+                raise ReshardError(f"destination rank {r} is outside the destination world "
+                                   f"of {world}")
+        return ranks
+
+    def holders_from_strategies(self) -> None:
+        """Without headers: the strategies' names; a name is held by the ranks of its stages."""
+        src, dst = self.src, self.dst
         names = list(src.layouts) if src else list(dst.layouts) if dst else []
-        keys = sorted(sources.files) or list(range(src.world_size if src else 1))
+        keys = sorted(self.files) or list(range(src.world_size if src else 1))
         for name in names:
-            holders[name] = [k for k in keys if src is None or
-                             any(src.stage_of(k) == lay.stage for lay in src.layouts[name])]
+            self.holders[name] = [k for k in keys if src is None or
+                                  any(src.stage_of(k) == lay.stage for lay in src.layouts[name])]
 
-    def file_of(rank: int, name: str) -> str:
-        if sources.complete:
-            return sources.files.get(holders[name][0], "<complete>")
-        return sources.files.get(rank, f"<rank {rank}>")
+    def holders_of_complete_files(self) -> None:
+        """Names of the files read, in source order. With an index, a tensor counts only in
+        the file the index names; without one, a name in several files must hold the same
+        bytes in each (tied copies), else it is an error naming both files."""
+        index = self.source.index
+        by_file = {f: k for k, f in self.files.items()}
+        ignored: list[str] = []
+        for file in self.read_names:
+            key = by_file[file]
+            metas = self.headers.read(file)
+            for name in metas:
+                if index is not None and index.get(name) != file:
+                    ignored.append(name)
+                    continue
+                self.holders.setdefault(name, []).append(key)
+        if index is not None:
+            read = set(self.read_names)
+            for name, file in index.items():
+                if file in read and name not in self.holders:
+                    raise ReshardError(f"{self.source.path_of(self.source.index_name)} puts "
+                                       f"parameter {name} in {file}, which does not hold it")
+            if ignored:
+                self.notes.append(f"{len(ignored)} tensor(s) of the indexed files are not "
+                                  f"assigned to their file by {self.source.index_name} and are "
+                                  f"ignored (e.g. {ignored[0]})")
+        for name, keys in self.holders.items():
+            if len(keys) > 1:
+                self.check_tied_copies(name, keys)
 
-    def meta_of(name: str, key: int):
-        return metas[key][name]
+    def holders_of_rank_files(self) -> None:
+        """Names of the rank files read, in rank and file order; then parameters the source
+        strategy lays out in a stage being read that none of those files holds (a checkpoint
+        saved with redundancy removed keeps each replicated slice in one rank's file only):
+        the other files of that stage are read until one holds it."""
+        read_keys = sorted(self.key_of(f) for f in self.read_names)
+        for key in read_keys:
+            self.add_rank_file(key)
+        src, dst = self.src, self.dst
+        read_stages = {src.stage_of(k) for k in read_keys}
+        dst_stages = self.dst_stages
+        for name, lays in src.layouts.items():
+            if dst is not None and name in dst.layouts and \
+                    not any(lay.stage in dst_stages for lay in dst.layouts[name]):
+                continue                         # no destination rank asked for needs it
+            for lay in lays:
+                if lay.stage in read_stages and not any(
+                        src.stage_of(k) == lay.stage for k in self.holders.get(name, ())):
+                    self.find_in_stage(name, lay.stage)
 
-    # Full shapes (and consistency of slice shapes across the ranks holding a slice).
-    full: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, str | None] = {}
-    notes: list[str] = []
-    for name, keys in holders.items():
-        slay = src.layouts.get(name) if src else None
-        if with_headers:
-            m0 = meta_of(name, keys[0])
-            dtypes[name] = m0.dtype
-            if fmt == "safetensors" and m0.dtype not in SAFETENSORS_DTYPES:
+    def derive_shapes(self) -> None:
+        """Full shapes and dtypes; every holder's slice must agree with the first's."""
+        src, dst = self.src, self.dst
+        for name, keys in self.holders.items():
+            slay = src.layouts.get(name) if src else None
+            if self.headers is None:
+                self.dtypes[name] = None
+                grids = [lay.splits for lay in (slay or ())]
+                grids += [lay.splits for lay in (dst.layouts.get(name, ()) if dst else ())]
+                self.full[name] = _lcm_shape(*grids) if grids else ()
+                continue
+            m0 = self.meta(keys[0], name)
+            self.metas0[name] = m0
+            self.dtypes[name] = m0.dtype
+            if self.fmt == "safetensors" and m0.dtype not in SAFETENSORS_DTYPES:
                 raise ReshardError(f"parameter {name}: a {m0.dtype} value cannot be stored in "
                                    f"safetensors (use --format ckpt)")
-            if not m0.sliceable and (slay is not None or (dst is not None and name in dst.layouts)):
+            laid_out = slay is not None or (dst is not None and name in dst.layouts)
+            if not m0.sliceable and laid_out:
                 raise ReshardError(f"parameter {name}: a {m0.dtype} value cannot be resharded")
             if slay is None:
-                full[name] = m0.shape
+                self.full[name] = m0.shape
                 continue
-            for k in keys:
-                m = meta_of(name, k)
-                if m.shape != m0.shape or m.dtype != m0.dtype:
-                    raise ReshardError(f"parameter {name}: rank {k} holds {m.dtype}{list(m.shape)}, "
-                                       f"rank {keys[0]} {m0.dtype}{list(m0.shape)}")
+            for k in keys[1:]:
+                self.check_same_slice(name, k)
             try:
-                full[name] = slay[0].full_shape(m0.shape)
+                self.full[name] = slay[0].full_shape(m0.shape)
             except LayoutError as e:
-                raise ReshardError(f"parameter {name}: {e} (source strategy {src.source})") from None
-        else:
-            dtypes[name] = None
-            grids = [lay.splits for lay in (slay or ())]
-            grids += [lay.splits for lay in (dst.layouts.get(name, ()) if dst else ())]
-            full[name] = _lcm_shape(*grids) if grids else ()
-    if dst is not None and with_headers and not set(dst.layouts) & set(holders):
-        raise ReshardError(f"destination strategy {dst.source} names none of the checkpoint's "
-                           f"parameters")
-    if dst is not None and with_headers:
-        missing = [n for n in dst.layouts if n not in holders]
+                raise ReshardError(f"parameter {name}: {e} (source strategy "
+                                   f"{src.source})") from None
+
+    def check_names(self) -> None:
+        """With headers: each strategy must name some of the checkpoint's parameters; the
+        destination's parameters the checkpoint lacks are skipped (with a note)."""
+        src, dst = self.src, self.dst
+        if self.headers is None:
+            return
+        if src is not None and not set(src.layouts) & set(self.holders):
+            raise ReshardError(f"source strategy {src.source} names none of the checkpoint's "
+                               f"parameters")
+        if dst is None:
+            return
+        if not set(dst.layouts) & set(self.holders):
+            raise ReshardError(f"destination strategy {dst.source} names none of the "
+                               f"checkpoint's parameters")
+        stages = self.dst_stages
+        missing = [n for n, lays in dst.layouts.items() if n not in self.holders and
+                   any(lay.stage in stages for lay in lays)]
         if missing:
-            notes.append(f"{len(missing)} parameters of the destination strategy are not in the "
-                         f"checkpoint and are skipped (e.g. {missing[0]})")
+            self.notes.append(f"{len(missing)} parameters of the destination strategy are not in "
+                              f"the checkpoint and are skipped (e.g. {missing[0]})")
 
-    loads: dict[int, int] = {}
-    available = set(sources.files) if with_headers and not sources.complete else None
-
-    rank_plans = []
-    for d in ranks:
+    def plan_rank(self, d: int) -> RankPlan:
+        """Destination rank d: its slice of every laid-out tensor, then the carried values."""
+        src, dst = self.src, self.dst
         d_stage = dst.stage_of(d) if dst else 0
-        d_local = d % d_dev
+        d_local = d % self.d_dev
         tensors: list[TensorPlan] = []
         carried: list[str] = []
-        for name, keys in holders.items():
-            dlay = dst.layout_in_stage(name, d_stage) if dst else complete_layout(len(full[name]))
+        for name in list(self.holders):      # (files read on demand add holders, not names)
+            full = self.full[name]
+            dlay = dst.layout_in_stage(name, d_stage) if dst else complete_layout(len(full))
             if dst is not None and dlay is None and name in dst.layouts:
                 continue                         # lives in another destination stage
-            slays = list(src.layouts.get(name, ())) if src else \
-                [complete_layout(len(full[name]))]
+            slays = list(src.layouts.get(name, ())) if src else [complete_layout(len(full))]
             if dlay is None or not slays:
                 carried.append(name)
                 continue
@@ -289,44 +457,198 @@ def build_plan(src: Strategy | None, dst: Strategy | None, sources: Sources, *,
                 raise ReshardError(f"parameter {name}: device counts do not divide "
                                    f"({slays[0].devices} -> {dlay.devices})")
             try:
-                dlay.check_divides(full[name])
+                dlay.check_divides(full)
             except LayoutError as e:
                 raise ReshardError(f"parameter {name}: {e} (destination strategy "
                                    f"{dst.source if dst else ''})") from None
-            dst_region = dlay.region(dlay.block_of(d_local), full[name])
-            itemsize = _itemsize(dtypes[name])
-            pieces = _pieces(dst_region, full[name], slays, s_dev, loads, available, itemsize,
-                             file_of, name)
-            tensors.append(TensorPlan(name, dtypes[name], tuple(b - a for a, b in dst_region),
-                                      tuple(pieces)))
-        used_stages = sorted({p.src_rank // s_dev for t in tensors for p in t.pieces}) or [0]
-        carry_rank = (used_stages[0] * s_dev + d_local % s_dev if src else 0) \
-            if not with_headers else None
+            dst_region = dlay.region(dlay.block_of(d_local), full)
+            shape = tuple(b - a for a, b in dst_region)
+            self.check_storable(name, self.dtypes[name], shape)
+            tensors.append(TensorPlan(name, self.dtypes[name], shape,
+                                      tuple(self.pieces(name, dst_region, slays))))
+        used_stages = sorted({p.src_rank // self.s_dev for t in tensors for p in t.pieces}) or [0]
+        carry_rank = None
+        if self.headers is None:
+            carry_rank = used_stages[0] * self.s_dev + d_local % self.s_dev if src else 0
         for name in carried:
-            tensors.append(_carried(name, d_local % s_dev, used_stages, s_dev, holders[name],
-                                    sources, full[name], dtypes[name], file_of))
-        rank_plans.append(RankPlan(d, f"rank_{d}/{prefix}{d}.{fmt}", tuple(tensors),
-                                   carry_rank))
-    src_desc = f"{src.num_stages} stage(s) x {s_dev} devices ({src.source})" if src \
-        else "complete checkpoint"
-    dst_desc = f"{dst.num_stages} stage(s) x {d_dev} devices ({dst.source})" if dst \
-        else "complete checkpoint"
-    return Plan(tuple(rank_plans), src_desc, dst_desc, with_headers, tuple(notes))
+            tensors.append(self.carried(name, d_local % self.s_dev, used_stages))
+        return RankPlan(d, output_name(d, self.prefix, self.fmt), tuple(tensors), carry_rank)
+
+    def pieces(self, name: str, dst_region: Region, src_lays: list[TensorLayout]) -> list[Piece]:
+        """Intersect the destination region with the source grid; one replica per source block,
+        the least loaded of those whose file holds the parameter."""
+        full = self.full[name]
+        if any(b <= a for a, b in dst_region):
+            return []                            # nothing to read for an empty region
+        lay = src_lays[0]
+        replicas: dict[tuple[int, ...], list[int]] = {}
+        for sl in src_lays:
+            for block, local in sl.replicas.items():
+                replicas.setdefault(block, []).extend(sl.stage * self.s_dev + r for r in local)
+        ranges = []
+        for (a, b), n, s in zip(dst_region, full, lay.splits):
+            bs = n // s
+            ranges.append(range(a // bs, (b - 1) // bs + 1))
+        itemsize = _itemsize(self.dtypes[name])
+        out = []
+        for block in _product(ranges):
+            src_block = lay.region(block, full)
+            inter = tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(dst_region, src_block))
+            rank = self.pick(self.holding(name, replicas[block], block))
+            self.loads[rank] = self.loads.get(rank, 0) + \
+                math.prod(b - a for a, b in inter) * itemsize
+            out.append(Piece(rank, self.file_of(rank, name),
+                             tuple((a - c, b - c) for (a, b), (c, _) in zip(inter, src_block)),
+                             tuple((a - c, b - c) for (a, b), (c, _) in zip(inter, dst_region))))
+        return out
+
+    def carried(self, name: str, local: int, used_stages: list[int]) -> TensorPlan:
+        """MindSpore's rule for parameters without a layout: the value of source local rank
+        (destination local rank % source devices per stage) in the lowest stage read; another
+        holder when that rank's file does not hold it."""
+        keys = self.holders[name]
+        if self.complete:
+            rank = 0
+        else:
+            wanted = [st * self.s_dev + local for st in used_stages]
+            rank = next((r for r in wanted if r in keys), None)
+            if rank is None:
+                rank = next((k for k in keys if k % self.s_dev == local), keys[0])
+        shape, dtype = self.full[name], self.dtypes[name]
+        if self.headers is not None:   # each rank's own value: its shape and dtype may differ
+            meta = self.meta(keys[0] if self.complete else rank, name)
+            shape, dtype = meta.shape, meta.dtype
+            if meta.sliceable:
+                self.check_storable(name, dtype, shape)
+        region = tuple((0, n) for n in shape)
+        return TensorPlan(name, dtype, tuple(shape),
+                          (Piece(rank, self.file_of(rank, name), region, region),), carried=True)
+
+    # -- helpers --------------------------------------------------------------------------
+    def key_of(self, file: str) -> int:
+        for k, f in self.files.items():
+            if f == file:
+                return k
+        raise ReshardError(f"{file}: not a file of source {self.source.root}")
+
+    def file_of(self, rank: int, name: str) -> str:
+        if self.complete:
+            return self.files.get(self.holders[name][0], "<complete>")
+        return self.files.get(rank, f"<rank {rank}>")
+
+    def meta(self, key: int, name: str) -> TensorMeta:
+        return self.headers.known(self.files[key])[name]
+
+    def add_rank_file(self, rank: int, new_names: bool = True) -> None:
+        for name in self.headers.read(self.files[rank]):
+            if new_names or name in self.holders:
+                self.holders.setdefault(name, []).append(rank)
+
+    def unread(self, ranks: Iterable[int]) -> list[int]:
+        return [r for r in ranks if r in self.files and self.headers.known(self.files[r]) is None]
+
+    def read_more(self, ranks: Iterable[int], name: str, new_names: bool = True) -> list[int]:
+        """Read the headers of these ranks' files (fetching them when possible) until one holds
+        `name`; returns the ranks whose files are absent (not fetched). new_names: the files'
+        other parameters count too (only while names are collected, before any is planned)."""
+        absent = []
+        for r in self.unread(ranks):
+            metas = self.headers.read(self.files[r], required=False)
+            if metas is None:
+                absent.append(r)
+                continue
+            self.add_rank_file(r, new_names)
+            if name in metas:
+                break
+        return absent
+
+    def find_in_stage(self, name: str, stage: int) -> None:
+        stage_ranks = range(stage * self.s_dev, (stage + 1) * self.s_dev)
+        absent = self.read_more(stage_ranks, name)
+        if absent and not any(self.src.stage_of(k) == stage for k in self.holders.get(name, ())):
+            raise ReshardError(
+                f"parameter {name} is in none of the source files read; the files of source "
+                f"ranks {absent} (e.g. {self.source.path_of(self.files[absent[0]])}) are not "
+                f"here: provide them (a checkpoint saved with redundancy removed keeps each "
+                f"replicated slice in one rank's file)")
+
+    def holding(self, name: str, replicas: list[int], block: tuple[int, ...]) -> list[int]:
+        """The replicas whose file holds `name` (reading more replicas' files if none of those
+        read does); without headers, those present in the source (or all)."""
+        if self.headers is None:
+            present = [r for r in replicas if r in self.files]
+            return present if self.source is not None and not self.complete and present \
+                else replicas
+        if self.complete:
+            return replicas
+        cands = [r for r in replicas if name in (self.headers.known(self.files.get(r, "")) or ())]
+        if not cands:
+            absent = self.read_more(replicas, name, new_names=False)
+            cands = [r for r in replicas if name in (self.headers.known(self.files.get(r, "")) or ())]
+            if not cands:
+                lacking = [self.source.path_of(self.files[r]) for r in replicas
+                           if r in self.files and r not in absent]
+                gone = [f"rank_{r}" for r in replicas if r not in self.files or r in absent]
+                parts = [f"{', '.join(lacking)} lack it"] if lacking else []
+                parts += [f"the files of replicas {', '.join(gone)} are not here"] if gone else []
+                raise ReshardError(f"parameter {name}: no source file holds its block "
+                                   f"{list(block)} ({'; '.join(parts)})")
+            for r in cands:
+                if name in self.metas0:
+                    self.check_same_slice(name, r)
+        return cands
+
+    def pick(self, cands: list[int]) -> int:
+        """The least-loaded replica (bytes already planned from it), so reads spread evenly."""
+        return min(cands, key=lambda r: (self.loads.get(r, 0), r))
+
+    def check_same_slice(self, name: str, key: int) -> None:
+        m0, m = self.metas0[name], self.meta(key, name)
+        if m.shape != m0.shape or m.dtype != m0.dtype:
+            k0 = self.holders[name][0]
+            raise ReshardError(f"parameter {name}: rank {key} holds {m.dtype}{list(m.shape)}, "
+                               f"rank {k0} {m0.dtype}{list(m0.shape)}")
+
+    def check_storable(self, name: str, dtype: str | None, shape: tuple[int, ...]) -> None:
+        """MindSpore reads a .ckpt tensor with dims [0] back as a scalar: refuse to write one."""
+        if self.fmt == "ckpt" and dtype in STORAGE_DTYPES and tuple(shape) == (0,):
+            raise ReshardError(f"parameter {name}: a tensor of shape [0] cannot be stored in "
+                               f".ckpt (MindSpore reads dims [0] back as a scalar); use "
+                               f"--format safetensors")
+
+    def check_tied_copies(self, name: str, keys: list[int]) -> None:
+        """A name in several complete files: the same dtype, shape and bytes in each."""
+        first = self.files[keys[0]]
+        m0 = self.headers.known(first)[name]
+        for k in keys[1:]:
+            other = self.files[k]
+            m = self.headers.known(other)[name]
+            if (m.dtype, m.shape) != (m0.dtype, m0.shape) or \
+                    not _same_bytes(self.headers.path(first), self.headers.path(other), m0):
+                raise ReshardError(f"parameter {name}: {first} and {other} hold different values "
+                                   f"({m0.dtype}{list(m0.shape)} / {m.dtype}{list(m.shape)}) and "
+                                   f"no index says which to use")
 
 
-def _carried(name, local, used_stages, s_dev, keys, sources, shape, dtype, file_of) -> TensorPlan:
-    """MindSpore's rule for parameters without a layout: the value of source local rank
-    (destination local rank % source devices per stage) in the lowest stage read."""
-    if sources.complete:
-        rank = 0
-    else:
-        wanted = [st * s_dev + local for st in used_stages]
-        rank = next((r for r in wanted if r in keys), None)
-        if rank is None:
-            rank = next((k for k in keys if k % s_dev == local), keys[0])
-    if sources.metas is not None:   # each rank's own value: its shape and dtype may differ
-        meta = sources.metas[keys[0] if sources.complete else rank][name]
-        shape, dtype = meta.shape, meta.dtype
-    region = tuple((0, n) for n in shape)
-    return TensorPlan(name, dtype, tuple(shape),
-                      (Piece(rank, file_of(rank, name), region, region),), carried=True)
+def _describe(strategy: Strategy | None) -> str:
+    if strategy is None:
+        return "complete checkpoint"
+    return f"{strategy.num_stages} stage(s) x {strategy.stage_devices} devices ({strategy.source})"
+
+
+def _same_bytes(path_a: str, path_b: str, meta: TensorMeta) -> bool:
+    """Whether two files hold the same bytes for one tensor, compared in bounded slices."""
+    try:
+        with open_reader(path_a) as a, open_reader(path_b) as b:
+            if not meta.sliceable or not meta.shape:
+                return a.read_raw(meta.name) == b.read_raw(meta.name)
+            row = max(1, meta.nbytes // max(1, meta.shape[0]))
+            step = max(1, _COMPARE_BYTES // row)
+            rest = tuple((0, n) for n in meta.shape[1:])
+            for r0 in range(0, meta.shape[0], step):
+                region = ((r0, min(meta.shape[0], r0 + step)),) + rest
+                if a.read(meta.name, region).tobytes() != b.read(meta.name, region).tobytes():
+                    return False
+    except FormatError as e:
+        raise ReshardError(str(e)) from None
+    return True

@@ -6,7 +6,6 @@ A folder is merged in memory, never by writing into it. Identical files are dupl
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -16,19 +15,20 @@ from google.protobuf.message import DecodeError
 
 from ._strategy_pb import ParallelStrategyMap
 from .errors import ReshardError
-from .layout import Layout, LayoutError, make_layout
+from .layout import LayoutError, TensorLayout, make_layout
+from .sources import strategy_files
 
 _MERGED_NAME = re.compile(r"^(\d+)-(.+)$")
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """Layouts of a whole job. layouts[name] holds one Layout per stage the parameter lives in,
+    """Layouts of a whole job. layouts[name] holds one TensorLayout per stage the parameter lives in,
     sorted by stage (a shared embedding lives in several)."""
-    layouts: dict[str, tuple[Layout, ...]]
+    layouts: dict[str, tuple[TensorLayout, ...]]
     stage_devices: int
     num_stages: int
-    source: str
+    source: str              # the path it was read from
 
     @property
     def world_size(self) -> int:
@@ -37,7 +37,7 @@ class Strategy:
     def stage_of(self, rank: int) -> int:
         return rank // self.stage_devices
 
-    def layout_in_stage(self, name: str, stage: int) -> Layout | None:
+    def layout_in_stage(self, name: str, stage: int) -> TensorLayout | None:
         for lay in self.layouts.get(name, ()):
             if lay.stage == stage:
                 return lay
@@ -80,13 +80,13 @@ def _read_json(path: str, data: bytes) -> tuple[int | None, dict[str, tuple]]:
     return stage, out
 
 
-def _read_file(path: str, data: bytes) -> dict[int, dict[str, Layout]]:
-    """One file -> stage -> name -> Layout. Merged files carry the stage in the name."""
+def _read_file(path: str, data: bytes) -> dict[int, dict[str, TensorLayout]]:
+    """One file -> stage -> name -> TensorLayout. Merged files carry the stage in the name."""
     stage, fields = (_read_json if path.endswith(".json") else _read_pb)(path, data)
     if not fields:
         raise ReshardError(f"{path}: strategy file holds no parameter layouts")
     merged = all(_MERGED_NAME.match(n) for n in fields)
-    out: dict[int, dict[str, Layout]] = {}
+    out: dict[int, dict[str, TensorLayout]] = {}
     for raw_name, (dev, tmap, split, opt_size, opt_step) in fields.items():
         if merged:
             s, name = _MERGED_NAME.match(raw_name).groups()
@@ -105,29 +105,27 @@ def _read_file(path: str, data: bytes) -> dict[int, dict[str, Layout]]:
     return out
 
 
-def strategy_files(path: str) -> list[str]:
-    """The files a strategy path stands for: itself, or every *.ckpt (or every *.json) in it."""
+def strategy_paths(path: str) -> list[str]:
+    """The files a local strategy path stands for: itself, or the files of the folder that
+    sources.strategy_files counts (every *.ckpt or every *.json)."""
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise ReshardError(f"strategy {path} does not exist")
-    pb = sorted(glob.glob(os.path.join(path, "*.ckpt")))
-    js = sorted(glob.glob(os.path.join(path, "*.json")))
-    if pb and js:
-        raise ReshardError(f"strategy folder {path} mixes .ckpt and .json files")
-    if not pb and not js:
-        raise ReshardError(f"strategy folder {path} holds no *.ckpt or *.json strategy file")
-    return pb or js
+    names = [n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))]
+    return [os.path.join(path, n) for n in strategy_files(names, path)]
 
 
 def load_strategy(path: str | None) -> Strategy | None:
-    """None (a complete checkpoint) stays None."""
+    """Parse a local strategy file or folder (each distinct file once; identical files are
+    duplicates). None or "" (a complete checkpoint) stays None. Parse once per process and
+    hand the Strategy to every API (they all accept loaded strategies)."""
     if path is None or path == "":
         return None
-    stages: dict[int, dict[str, Layout]] = {}
+    stages: dict[int, dict[str, TensorLayout]] = {}
     stage_origin: dict[int, str] = {}
     seen: set[bytes] = set()
-    for f in strategy_files(path):
+    for f in strategy_paths(path):
         with open(f, "rb") as fh:
             data = fh.read()
         if not data:
@@ -150,7 +148,7 @@ def load_strategy(path: str | None) -> Strategy | None:
     if len(devices) != 1:
         raise ReshardError(f"strategy {path}: parameters disagree on devices per stage "
                            f"({sorted(devices)})")
-    layouts: dict[str, list[Layout]] = {}
+    layouts: dict[str, list[TensorLayout]] = {}
     for s in sorted(stages):
         for name, lay in stages[s].items():
             layouts.setdefault(name, []).append(lay)

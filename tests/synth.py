@@ -299,3 +299,42 @@ def assert_same_checkpoint_dirs(dir_a, dir_b):
             assert a[name][:2] == b[name][:2], f"rank {r} {name}: {a[name][:2]} vs {b[name][:2]}"
             assert a[name][2] == b[name][2], f"rank {r} {name}: bytes differ"
 
+
+
+def remove_redundancy(src_dir, dst_dir, strategy_folder, stage_devices, fmt="ckpt"):
+    """A copy of the distributed checkpoint src_dir (rank_<r>/ folders) as
+    save_checkpoint(..., remove_redundancy=True) leaves it: each replicated slice kept by one
+    rank only, chosen by MindSpore's own rule (mindspore.train._utils.get_parameter_redundancy
+    and remove_param_redundancy on each rank's strategy file, ranks counted from the first of
+    its pipeline stage). Values no strategy describes stay in every file. Returns
+    {rank: names kept}."""
+    import mindspore as ms
+    from mindspore.train._utils import get_parameter_redundancy, remove_param_redundancy
+    kept = {}
+    for rdir in sorted(glob.glob(os.path.join(src_dir, "rank_*"))):
+        r = int(os.path.basename(rdir)[5:])
+        strategy = os.path.join(strategy_folder, f"ckpt_strategy_rank_{r}.ckpt")
+        redundancy = get_parameter_redundancy(strategy, initial_rank=r // stage_devices * stage_devices)
+        single = remove_param_redundancy(redundancy)
+        src = sorted(glob.glob(os.path.join(rdir, f"*.{fmt}")))[-1]
+        params = ms.load_checkpoint(src, format=fmt)
+        keep = [n for n in params if n not in redundancy or n in single.get(r, ())]
+        kept[r] = set(keep)
+        out = os.path.join(dst_dir, os.path.basename(rdir), os.path.basename(src))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        ms.save_checkpoint([{"name": n, "data": params[n]} for n in keep], out, format=fmt)
+    return kept
+
+
+def world_8_4(root, **param_kw) -> dict:
+    """A complete checkpoint and the documented strategies under root: 'full', 's8' (dp2 mp2
+    pp2), 's4' (dp1 mp2 pp2) folders, 'ms8' = MindSpore's complete -> 8 conversion, 'params'."""
+    root = str(root)
+    params = llama_params(**param_kw)
+    d = {"root": root, "params": params,
+         "full": write_complete_checkpoint(os.path.join(root, "full.ckpt"), params),
+         "s8": os.path.join(root, "s8"), "s4": os.path.join(root, "s4")}
+    write_strategy(d["s8"], dp=2, mp=2, pp=2, params=params)
+    write_strategy(d["s4"], dp=1, mp=2, pp=2, params=params)
+    d["ms8"] = ms_transform(d["full"], os.path.join(root, "ms8"), None, d["s8"])
+    return d

@@ -17,15 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    params = synth.llama_params(vocab=128, hidden=32, ffn=64)
-    d = {"root": root, "params": params,
-         "full": synth.write_complete_checkpoint(str(root / "full.ckpt"), params),
-         "s8": str(root / "s8"), "s4": str(root / "s4")}
-    synth.write_strategy(d["s8"], dp=2, mp=2, pp=2, params=params)
-    synth.write_strategy(d["s4"], dp=1, mp=2, pp=2, params=params)
-    d["ms8"] = synth.ms_transform(d["full"], str(root / "ms8"), None, d["s8"])
-    return d
+    return synth.world_8_4(tmp_path_factory.mktemp("cli"), vocab=128, hidden=32, ffn=64)
 
 
 def _fails(capsys, argv, culprit, out_dir):

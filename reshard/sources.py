@@ -1,0 +1,343 @@
+"""The rules for what a checkpoint source, a strategy folder and an output are, as pure functions.
+
+One source of truth for the engine (reshard.api walks a local folder into SourceEntry objects)
+and for the job (cloud_entry builds them from an object-store listing): no I/O happens here,
+and obs_io is never imported.
+
+    classify(root, entries, fmt=None)      -> SourceSet   which files a checkpoint source uses
+    SourceSet.with_index(data)              -> SourceSet   a sharded safetensors folder's index applied
+    output_name(rank, prefix, fmt)          -> str         rank_<r>/<prefix><r>.<fmt>
+    strategy_files(folder_names, where)     -> list[str]   the files a strategy folder stands for
+    overlaps(a, b)                          -> bool        one location is, holds or is inside the other
+    check_output(dst, dst_flag, inputs)                    refuse an output overlapping an input
+
+Every error is a ReshardError whose text is one line naming the culprit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping
+
+from .errors import ReshardError
+
+__all__ = ["SourceEntry", "SourceSet", "Note", "classify", "output_name", "strategy_files",
+           "overlaps", "check_output", "CHECKPOINT_EXTS", "STRATEGY_EXTS", "FORMATS"]
+
+FORMATS = ("ckpt", "safetensors")
+CHECKPOINT_EXTS = (".ckpt", ".safetensors")
+STRATEGY_EXTS = (".ckpt", ".json")
+RANK_DIR = re.compile(r"^rank_(\d+)$")
+# A sharded safetensors folder's index: Hugging Face's model.safetensors.index.json
+# ({"weight_map": {name: file}}) or MindFormers' param_name_map.json (the same map, with or
+# without the "weight_map" level).
+INDEX_SUFFIX = "index.json"
+MINDFORMERS_INDEX = "param_name_map.json"
+_SCHEMES = ("obs://", "s3://")
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One file below a checkpoint root: `name` relative to the root, '/'-separated (what a
+    local folder walk or an object-store listing gives); size in bytes; modification time in
+    ns since the epoch (0 = unknown). A name ending in '/' is a folder (an object store's folder
+    marker, or an empty local folder)."""
+    name: str
+    size: int
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line for the user about how a source was read; `level` is a logging level
+    (logging.INFO or logging.WARNING). str(note) is the text."""
+    level: int
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class SourceSet:
+    """What a checkpoint source is and which of its files a conversion uses.
+
+    root: the source as given (a folder, or the checkpoint file itself; local path or URL).
+    complete: True for a complete checkpoint (one file, or a folder of files whose union is the
+        model); False for rank_<r>/ folders.
+    files: rank (distributed) or shard index (complete, 0..n-1 in name order) -> relative name
+        ('/'-separated, relative to `base`).
+    index: parameter name -> relative name of the file holding it, for a sharded safetensors
+        folder with an index (None otherwise, or until with_index() applied it).
+    index_name: relative name of that index file, when the folder has one.
+    is_file: root is the checkpoint file itself; then base is its folder.
+    notes: lines for the user (INFO: which file was chosen in a rank folder holding several;
+        WARNING: the others are newer by modification time; files an index leaves out).
+    """
+    root: str
+    complete: bool
+    files: dict[int, str]
+    index: dict[str, str] | None = None
+    index_name: str | None = None
+    is_file: bool = False
+    notes: tuple[Note, ...] = field(default=())
+
+    @property
+    def base(self) -> str:
+        """The folder the relative names are relative to."""
+        return _parent(self.root) if self.is_file else self.root
+
+    def path_of(self, name: str, base: str | None = None) -> str:
+        """Where `name` lives under `base` (default: self.base): a local path or a URL."""
+        return _join(self.base if base is None else base, name)
+
+    def used_names(self) -> list[str]:
+        """Relative names of every file this source uses (checkpoint files and the index)."""
+        names = set(self.files.values())
+        if self.index_name and self.index is not None:
+            names.add(self.index_name)
+        return sorted(names)
+
+    @property
+    def needs_index(self) -> bool:
+        """The folder has an index that has not been read yet (call with_index with its bytes)."""
+        return self.index_name is not None and self.index is None
+
+    def with_index(self, data: bytes | str) -> "SourceSet":
+        """This set with its index applied (data: the bytes of `index_name`): the index decides
+        which file holds each tensor; files it does not name are left out (with a note)."""
+        if self.index_name is None:
+            raise ReshardError(f"{self.root}: has no safetensors index")
+        index = _parse_index(data, self.path_of(self.index_name))
+        present = set(self.files.values())
+        for name, file in index.items():
+            if file not in present:
+                raise ReshardError(f"{self.path_of(self.index_name)}: parameter {name} is in "
+                                   f"{file}, which is not a .safetensors file of {self.root}")
+        named = sorted(set(index.values()))
+        notes = list(self.notes)
+        left_out = sorted(present - set(named))
+        if left_out:
+            notes.append(Note(logging.INFO, f"{self.root}: {self.index_name} names {len(named)} "
+                                            f"of {len(present)} files; ignoring "
+                                            f"{', '.join(left_out)}"))
+        return replace(self, files=dict(enumerate(named)), index=index, notes=tuple(notes))
+
+
+def output_name(rank: int, prefix: str, fmt: str) -> str:
+    """THE name of a destination rank's file, relative to the destination folder."""
+    return f"rank_{rank}/{prefix}{rank}.{fmt}"
+
+
+def _checkpoint_exts(fmt: str | None) -> tuple[str, ...]:
+    if fmt is None:
+        return CHECKPOINT_EXTS
+    if fmt not in FORMATS:
+        raise ReshardError(f"format {fmt!r}: must be ckpt or safetensors")
+    return (f".{fmt}",)
+
+
+def _is_index(name: str) -> bool:
+    return name.endswith(INDEX_SUFFIX) or name == MINDFORMERS_INDEX
+
+
+def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, *,
+             is_file: bool | None = None, partial: bool = False) -> SourceSet:
+    """Classify a checkpoint source from the files below it. Pure: no I/O.
+
+    root: the source as the user named it. For a folder, entries are the files below it
+    (names relative to it, '/'-separated; folder markers end in '/'). For a file, root is the
+    file's path and entries is that one file, named by its file name (so `base` is its
+    folder and names are relative to that folder in both cases). Pass is_file=True/False when
+    known; None infers a file when there is exactly one entry and it is named like root's last
+    component (a folder named x.ckpt holding only x.ckpt is then taken as the file: say so).
+
+    fmt: 'ckpt' / 'safetensors' keeps only files of that format; None keeps both (then a rank
+    folder holding both is an error). Hidden names (a component starting with '.') never count.
+
+    - a file: a complete checkpoint (it must be .ckpt / .safetensors, of `fmt` when given);
+    - a folder with rank_<r>/ folders: distributed; each rank's checkpoint is the last file in
+      name order in its folder (as MindSpore picks it; a note names it when there are several,
+      and warns when one of the others is newer); rank folders must be numbered from 0 without
+      gaps, unless `partial` (a local copy holding only the ranks a block needs); checkpoint
+      files beside the rank folders are ignored (with a note);
+    - a folder of checkpoint files: complete, their union is the model. A safetensors index
+      (*index.json / param_name_map.json) beside them sets index_name; apply it with
+      with_index(bytes) before planning;
+    - anything else (an empty folder, no checkpoint file) is an error.
+    """
+    exts = _checkpoint_exts(fmt)
+    entries = list(entries)
+    kinds = " or ".join(exts)
+    if is_file is None:
+        last = root.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+        is_file = len(entries) == 1 and entries[0].name == last and not root.endswith("/")
+    if is_file:
+        if len(entries) != 1 or "/" in entries[0].name:
+            raise ReshardError(f"source checkpoint {root}: a file source is one entry named by "
+                               f"its file name")
+        name = entries[0].name
+        if not name.endswith(exts):
+            raise ReshardError(f"source checkpoint {root} is not a {kinds} file")
+        return SourceSet(root, True, {0: name}, is_file=True)
+
+    top: list[SourceEntry] = []
+    index_names: list[str] = []
+    rank_dirs: set[int] = set()
+    in_rank: dict[int, list[SourceEntry]] = {}
+    for e in entries:
+        parts = e.name.split("/")
+        is_dir = parts[-1] == ""
+        if is_dir:
+            parts = parts[:-1]
+        if not parts or any(p.startswith(".") or p == "" for p in parts):
+            continue
+        m = RANK_DIR.match(parts[0])
+        if m and (len(parts) > 1 or is_dir):
+            rank_dirs.add(int(m.group(1)))
+            if len(parts) == 2 and not is_dir and parts[1].endswith(exts):
+                in_rank.setdefault(int(m.group(1)), []).append(e)
+        elif len(parts) == 1 and not is_dir:
+            if parts[0].endswith(exts):
+                top.append(e)
+            elif _is_index(parts[0]):
+                index_names.append(parts[0])
+    if rank_dirs:
+        return _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds)
+    if not top:
+        raise ReshardError(f"source checkpoint folder {root} holds no {kinds} file and no "
+                           f"rank_<r> folder")
+    names = sorted(e.name for e in top)
+    index_name = None
+    if index_names and any(n.endswith(".safetensors") for n in names):
+        if len(index_names) > 1:
+            raise ReshardError(f"source checkpoint folder {root} holds several indexes "
+                               f"({', '.join(sorted(index_names))}): keep one")
+        index_name = index_names[0]
+    return SourceSet(root, True, dict(enumerate(names)), index_name=index_name)
+
+
+def _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds) -> SourceSet:
+    files: dict[int, str] = {}
+    notes: list[Note] = []
+    for r in sorted(rank_dirs):
+        cands = sorted(in_rank.get(r, ()), key=lambda e: e.name)
+        if not cands:
+            continue        # an empty rank folder: a gap
+        if fmt is None and len({os.path.splitext(c.name)[1] for c in cands}) > 1:
+            raise ReshardError(f"{_join(root, f'rank_{r}')} mixes .ckpt and .safetensors files")
+        chosen = cands[-1]
+        files[r] = chosen.name
+        if len(cands) > 1:
+            notes.append(Note(logging.INFO, f"source rank {r}: {len(cands)} checkpoints in "
+                                            f"rank_{r}/, using the last in name order: "
+                                            f"{chosen.name}"))
+            newer = [c for c in cands[:-1] if c.mtime_ns > chosen.mtime_ns]
+            if newer and chosen.mtime_ns:
+                notes.append(Note(logging.WARNING, f"source rank {r}: {newer[-1].name} is newer "
+                                                   f"than the chosen {chosen.name} (the last in "
+                                                   f"name order is used, as MindSpore does)"))
+    if not files:
+        raise ReshardError(f"source checkpoint folder {root}: its rank_<r> folders hold no "
+                           f"{kinds} file")
+    if not partial:
+        gaps = [r for r in range(max(files) + 1) if r not in files]
+        if gaps:
+            raise ReshardError(f"{_join(root, f'rank_{gaps[0]}')}: missing or empty (rank "
+                               f"folders are numbered from 0 without gaps)")
+    if top:
+        notes.append(Note(logging.INFO, f"{root}: ignoring {len(top)} checkpoint file(s) beside "
+                                        f"the rank_<r> folders (e.g. {sorted(e.name for e in top)[0]})"))
+    return SourceSet(root, False, files, notes=tuple(notes))
+
+
+def _parse_index(data: bytes | str, where: str) -> dict[str, str]:
+    try:
+        content = json.loads(data)
+        if isinstance(content, dict) and isinstance(content.get("weight_map"), dict):
+            content = content["weight_map"]
+        if not isinstance(content, dict) or not content or \
+                not all(isinstance(k, str) and isinstance(v, str) for k, v in content.items()):
+            raise ValueError("expected a map of parameter names to file names")
+    except ValueError as e:
+        raise ReshardError(f"{where}: not a safetensors index ({' '.join(str(e).split())})") \
+            from None
+    return dict(content)
+
+
+# -- strategy folders ---------------------------------------------------------------------
+
+def strategy_files(folder_names: Iterable[str], where: str) -> list[str]:
+    """The files a strategy folder stands for, as mindspore.merge_pipeline_strategys reads it
+    (glob *.ckpt / *.json): every *.ckpt, or every *.json, whatever the names, hidden names
+    excluded; sorted. folder_names: the names of the files directly in the folder. A folder
+    mixing both kinds, or holding neither, is an error naming `where`."""
+    names = [n for n in folder_names if "/" not in n and not n.startswith(".")]
+    pb = sorted(n for n in names if n.endswith(".ckpt"))
+    js = sorted(n for n in names if n.endswith(".json"))
+    if pb and js:
+        raise ReshardError(f"strategy folder {where} mixes .ckpt and .json files")
+    if not pb and not js:
+        raise ReshardError(f"strategy folder {where} holds no *.ckpt or *.json strategy file")
+    return pb or js
+
+
+# -- locations ----------------------------------------------------------------------------
+
+def is_url(location: str) -> bool:
+    return isinstance(location, str) and location[:6].lower().startswith(_SCHEMES)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(bucket, key without surrounding '/') of an obs:// or s3:// URL; ReshardError when the
+    bucket is missing. obs:// and s3:// with the same bucket name the same object."""
+    rest = url.split("://", 1)[1]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ReshardError(f"{url}: no bucket name (expected obs://bucket/key)")
+    return bucket, key.strip("/")
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or os.path.commonpath([inner, outer]) == outer
+
+
+def overlaps(a: str, b: str) -> bool:
+    """True when one location is, holds or lies inside the other. Local paths are compared
+    after resolving links (and relative to the working folder); obs:// and s3:// URLs by bucket
+    and key prefix at '/' boundaries (obs://b/x and s3://b/x/y overlap). A local path never
+    overlaps a URL."""
+    if is_url(a) != is_url(b):
+        return False
+    if not is_url(a):
+        ra, rb = os.path.realpath(a), os.path.realpath(b)
+        return _within(ra, rb) or _within(rb, ra)
+    (ba, ka), (bb, kb) = split_url(a), split_url(b)
+    if ba != bb:
+        return False
+    return not ka or not kb or ka == kb or ka.startswith(kb + "/") or kb.startswith(ka + "/")
+
+
+def check_output(dst: str, dst_flag: str, inputs: Mapping[str, str | None]) -> None:
+    """Refuse (ReshardError naming both) an output location that is, holds or lies inside an
+    input (flag -> location; None entries are skipped): the engine never writes into its
+    sources or strategies."""
+    for flag, location in inputs.items():
+        if location and overlaps(dst, location):
+            raise ReshardError(f"{dst_flag} {dst} overlaps {flag} {location}: refusing to write "
+                               f"into an input (choose another output folder)")
+
+
+def _parent(location: str) -> str:
+    if is_url(location):
+        return location.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(location) or "."
+
+
+def _join(base: str, name: str) -> str:
+    if is_url(base):
+        return base.rstrip("/") + "/" + name
+    return os.path.join(base, *name.split("/"))

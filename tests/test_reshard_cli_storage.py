@@ -1,0 +1,138 @@
+"""transform-checkpoint with object storage (a real S3 server): only the files the plan reads
+are downloaded, and storage failures (missing object or bucket, refused credentials, a server
+answering 500, a URL without a bucket) are one line naming the flag and URL, exit code 2."""
+from __future__ import annotations
+
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from reshard.cli import main
+from tests import synth
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = synth.world_8_4(tmp_path_factory.mktemp("cli_storage"), vocab=64, hidden=32, ffn=64)
+    d["ms4"] = synth.ms_transform(d["ms8"], os.path.join(d["root"], "ms4"), d["s8"], d["s4"])
+    return d
+
+
+def _fails(capsys, argv, *culprits):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for c in culprits:
+        assert c in err, err
+    return err
+
+
+def test_remote_source_downloads_only_what_the_plan_reads(data, tmp_path, bucket, monkeypatch):
+    import obs_io
+    mox = obs_io.file
+    base = f"s3://{bucket}"
+    mox.copy_parallel(data["ms4"], f"{base}/ms4")
+    mox.copy(data["full"], f"{base}/ms4/rank_1/checkpoint_1-000.ckpt")   # older, sorts first
+    mox.copy(data["full"], f"{base}/ms4/unrelated.ckpt")                 # beside the rank folders
+    mox.copy_parallel(data["s4"], f"{base}/s4")
+    mox.write(f"{base}/s4/README.txt", "not a strategy")
+    copies = []
+    real = mox.copy_parallel
+
+    def recording(src, dst, file_list=None, **kw):
+        copies.append((src, sorted(file_list) if file_list is not None else None))
+        return real(src, dst, file_list=file_list, **kw)
+
+    monkeypatch.setattr(mox, "copy_parallel", recording)
+    out = str(tmp_path / "out")
+    assert main(["--src_checkpoint", f"obs://{bucket}/ms4", "--src_strategy", f"{base}/s4",
+                 "--dst_checkpoint", out]) == 0
+    ref = str(tmp_path / "ref")
+    synth.ms_transform(data["ms4"], ref, data["s4"], None)
+    synth.assert_same_checkpoint_dirs(ref, out)
+    downloads = {src: names for src, names in copies}
+    assert downloads[f"{base}/s4"] == sorted(os.listdir(data["s4"]))
+    assert downloads[f"obs://{bucket}/ms4"] == [f"rank_{r}/checkpoint_{r}.ckpt" for r in range(4)]
+    # a complete file: that file alone; a remote output gets the written files only
+    copies.clear()
+    assert main(["--src_checkpoint", f"{base}/ms4/unrelated.ckpt", "--dst_strategy",
+                 f"{base}/s4", "--dst_checkpoint", f"{base}/out4"]) == 0
+    assert (f"{base}/ms4", ["unrelated.ckpt"]) in copies
+    assert sorted(mox.list_directory(f"{base}/out4", recursive=True)) == \
+        ["rank_0", "rank_0/checkpoint_0.ckpt", "rank_1", "rank_1/checkpoint_1.ckpt", "rank_2",
+         "rank_2/checkpoint_2.ckpt", "rank_3", "rank_3/checkpoint_3.ckpt"]
+
+
+def test_missing_objects_and_buckets(data, tmp_path, bucket, capsys):
+    out = str(tmp_path / "out")
+    _fails(capsys, ["--src_checkpoint", f"s3://{bucket}/nothing.ckpt", "--dst_strategy",
+                    data["s8"], "--dst_checkpoint", out], f"--src_checkpoint s3://{bucket}/nothing")
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy",
+                    f"obs://{bucket}/no/strategy", "--dst_checkpoint", out],
+           f"--dst_strategy obs://{bucket}/no/strategy")
+    _fails(capsys, ["--src_checkpoint", "s3://no-such-bucket-here/m.ckpt", "--dst_strategy",
+                    data["s8"], "--dst_checkpoint", out],
+           "--src_checkpoint s3://no-such-bucket-here/m.ckpt", "no-such-bucket-here")
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", data["s8"],
+                    "--dst_checkpoint", "s3://no-such-bucket-here/out"],
+           "--dst_checkpoint s3://no-such-bucket-here/out")
+    for url in ("obs://", "obs:///m.ckpt", "s3:///x"):
+        _fails(capsys, ["--src_checkpoint", url, "--dst_checkpoint", out],
+               f"--src_checkpoint {url}: no bucket name")
+    assert not os.path.exists(out)
+
+
+def _answering(status, code):
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            body = f"<Error><Code>{code}</Code><Message>no</Message></Error>".encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _answer
+
+        def log_message(self, *args):
+            pass
+    return Handler
+
+
+@pytest.mark.parametrize("status, code, says", [(403, "AccessDenied", "access denied"),
+                                                (500, "InternalError", "error")])
+def test_refused_credentials_and_a_server_answering_500(data, tmp_path, s3_env, capsys,
+                                                         monkeypatch, status, code, says):
+    """A server that refuses the credentials (403) or fails (500) on every request."""
+    import obs_io
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _answering(status, code))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("S3_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        obs_io.configure(max_attempts=1)
+        out = str(tmp_path / "out")
+        err = _fails(capsys, ["--src_checkpoint", "s3://bkt/m.ckpt", "--dst_strategy",
+                              data["s8"], "--dst_checkpoint", out],
+                     "--src_checkpoint s3://bkt/m.ckpt")
+        assert says in err.lower() and s3_env["SECRET_ACCESS_KEY"] not in err
+        _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", "obs://bkt/s8/",
+                        "--dst_checkpoint", out], "--dst_strategy obs://bkt/s8/")
+        assert not os.path.exists(out)
+    finally:
+        obs_io.reset_config()
+        server.shutdown()
+        server.server_close()
+
+
+def test_engine_mindspore_with_remote_paths(data, tmp_path, bucket):
+    import obs_io
+    base = f"s3://{bucket}"
+    obs_io.file.copy(data["full"], f"{base}/in/full.ckpt")
+    obs_io.file.copy_parallel(data["s8"], f"{base}/s8")
+    assert main(["--src_checkpoint", f"{base}/in/full.ckpt", "--dst_strategy", f"{base}/s8",
+                 "--dst_checkpoint", f"{base}/ms", "--engine", "mindspore"]) == 0
+    local = str(tmp_path / "back")
+    obs_io.file.copy_parallel(f"{base}/ms", local)
+    synth.assert_same_checkpoint_dirs(data["ms8"], local)
