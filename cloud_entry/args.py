@@ -36,7 +36,11 @@ CKPT_FORMATS = ("ckpt", "safetensors")
 # Shortcuts for parallel_config.<key>; `--parallel_config.<key>=v` works for any key.
 PARALLEL_KEYS = ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num",
                  "context_parallel", "expert_parallel", "vocab_emb_dp", "use_seq_parallel",
-                 "gradient_aggregation_group", "micro_batch_interleave_num")
+                 "gradient_aggregation_group")
+PARALLEL_SIZES = ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num",
+                  "context_parallel", "expert_parallel", "gradient_aggregation_group")
+# Shortcuts for top-level config keys MindFormers reads there (not under parallel_config).
+TOP_LEVEL_KEYS = ("micro_batch_interleave_num",)
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
@@ -87,16 +91,39 @@ def parse_choice(choices: Sequence[str]) -> Callable[[str, str], str]:
     return convert
 
 
+_NULLS = ("none", "null", "~")
+
+
 def parse_scalar(flag: str, text: str) -> Any:
-    """A YAML scalar ('2' -> 2, 'True' -> True, 'a' -> 'a'), as MindFormers' YAML would read it."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise EntryError(f"--{flag}={text!r}: not a YAML value") from None
+    """A config value from the command line: '2' -> 2, '012' -> 12, '1e-4' -> 0.0001,
+    'True'/'false' -> bool, 'None'/'null' -> None, '[1, 2]' / '{a: 1}' -> a YAML list or
+    mapping; anything else stays the text as given (`llama 7b: v2`, `#x`): YAML would read
+    those as a mapping, a comment or an octal number, which no user means."""
+    t = text.strip()
+    for kind in (int, float):
+        try:
+            return kind(t)
+        except ValueError:
+            pass
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in _NULLS:
+        return None
+    if t[:1] in "[{":
+        try:
+            return yaml.safe_load(t)
+        except yaml.YAMLError:
+            raise EntryError(f"--{flag}={text!r}: not a YAML list or mapping") from None
+    return text
 
 
 def _text(flag: str, text: str) -> str:
     return text.strip()
+
+
+def _names(flag: str, text: str) -> tuple[str, ...]:
+    return tuple(n.strip().lstrip("-") for n in text.split(",") if n.strip())
 
 
 def _launch_cmd(flag: str, text: str) -> tuple[str, ...]:
@@ -145,8 +172,10 @@ FLAGS: dict[str, Flag] = {
     "run_id": Flag("run_id", _text, "id every node of this run shares (default from the platform)"),
     "transform_only": Flag("transform_only", parse_bool, "stop after the conversion, launch nothing"),
     "launch_cmd": Flag("launch_cmd", _launch_cmd, "the training command as one string (or put it after --)"),
+    "pass_args": Flag("pass_args", _names, "comma-separated argument names of the training command that "
+                      "look like typos of ours but are not (passed on as they are)"),
 }
-OWN_NAMES = frozenset(FLAGS) | frozenset(PARALLEL_KEYS)
+OWN_NAMES = frozenset(FLAGS) | frozenset(PARALLEL_KEYS) | frozenset(TOP_LEVEL_KEYS)
 
 # Arguments the platform adds, and what they mean to it. All are passed on to the training command.
 PLATFORM_ARGS = {
@@ -186,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     for key in PARALLEL_KEYS:
         parser.add_argument(f"--{key}", dest=f"parallel_config.{key}", default=None,
                             metavar="VALUE", help=f"parallel_config.{key}")
+    for key in TOP_LEVEL_KEYS:
+        parser.add_argument(f"--{key}", dest=key, default=None, metavar="VALUE", help=f"config key {key}")
     return parser
 
 
@@ -262,30 +293,49 @@ def _distance(a: str, b: str) -> int:
     return d[len(a)][len(b)]
 
 
-def near_miss(name: str) -> str | None:
-    """The hyperparameter `name` is probably a typo of, or None. Close means: the same up to case
-    and -/_, an abbreviation (a prefix of 5+ characters), or within 1 edit (names up to 6
-    characters) or 2 edits (longer names). Platform and MindFormers arguments are never typos."""
-    if name in OWN_NAMES or name in PLATFORM_ARGS or name in MINDFORMERS_ARGS or "." in name:
+def near_miss(name: str, allowed: Sequence[str] = ()) -> str | None:
+    """The hyperparameter of ours that `name` is probably a typo of, or None. Close means: the
+    same up to case and -/_; one of ours with something appended (`load_checkpoint_path`,
+    `transform_process_number`); an abbreviation covering 2/3 of it; or 1 edit away (names of
+    5-7 characters), 2 edits (longer names). Platform and MindFormers arguments, the names in
+    `allowed` (--pass_args) and short names are never typos: a custom training script's
+    `--model` or `--train` is passed on."""
+    if name in OWN_NAMES or name in PLATFORM_ARGS or name in MINDFORMERS_ARGS or name in allowed \
+            or "." in name:
         return None
     low = _normal(name)
-    candidates = sorted(OWN_NAMES | MINDFORMERS_ARGS)
+    if len(low) < 5:
+        return None
+    candidates = sorted(OWN_NAMES)
     for known in candidates:
-        if low == known or (len(low) >= 5 and known.startswith(low)):
+        if low == known:
+            return known
+        if len(known) >= 8 and (low.startswith(known) or (known.startswith(low) and 3 * len(low) >= 2 * len(known))):
             return known
     best = min(candidates, key=lambda known: (_distance(low, known), known))
-    limit = 1 if len(low) <= 6 else 2
+    limit = 1 if len(low) <= 7 else 2
     return best if _distance(low, best) <= limit else None
 
 
-def _check_typos(names: Sequence[str]) -> None:
+def _check_typos(names: Sequence[str], allowed: Sequence[str]) -> None:
     for name in names:
-        known = near_miss(name)
+        known = near_miss(name, allowed)
         if known:
-            raise EntryError(f"unknown argument --{name}: did you mean --{known}?")
+            raise EntryError(f"unknown argument --{name}: did you mean --{known}? (if it is the training "
+                             f"command's own, add --pass_args={name})")
+
+
+def _check_parallel(parallel: dict[str, Any]) -> None:
+    for key, value in parallel.items():
+        if key in PARALLEL_SIZES and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise EntryError(f"--{key}={value!r}: expected an integer >= 1")
+        if key not in PARALLEL_SIZES and not isinstance(value, bool):
+            raise EntryError(f"--{key}={value!r}: expected True/true/1 or False/false/0")
 
 
 def parse_args(argv: Sequence[str]) -> JobSpec:
+    """The platform's command line -> JobSpec. A hyperparameter given twice: the later wins, as
+    argparse and MindFormers read it (ModelArts' appended ones come last)."""
     own, launch = split_launch(argv)
     launch, appended, launch_config = take_from_launch(launch)
     parser = build_parser()
@@ -298,17 +348,29 @@ def parse_args(argv: Sequence[str]) -> JobSpec:
             overrides[m.group(1)] = parse_scalar(m.group(1), m.group(2))
         else:
             passthrough.append(item)
-    others = [*launch, *passthrough]   # every argument not ours: a typo of ours is an error
-    _check_typos([n for n in map(_name, others) if n])
     values: dict[str, Any] = {}
     for flag, spec in FLAGS.items():
         text = getattr(ns, flag)
         if text is not None:
             values[spec.field] = spec.convert(flag, text)
-    if launch_config is not None and "config" not in values:
+    if values.get("launch_cmd"):   # --launch_cmd="...": its hyperparameters are ours the same way
+        launch_cmd, inner, inner_config = take_from_launch(values["launch_cmd"])
+        if inner:   # again, as if the command had been written after `--`
+            rest = [a for i, a in enumerate(own) if not a.startswith("--launch_cmd")
+                    and not (i and own[i - 1] == "--launch_cmd")]
+            return parse_args([*rest, *inner, "--", *launch_cmd, *launch])
+        values["launch_cmd"] = tuple(launch_cmd)
+        launch_config = inner_config if launch_config is None else launch_config
+    if launch_config is not None:
         values["config"] = launch_config
     parallel = {key: parse_scalar(f"parallel_config.{key}", getattr(ns, f"parallel_config.{key}"))
                 for key in PARALLEL_KEYS if getattr(ns, f"parallel_config.{key}") is not None}
+    _check_parallel(parallel)
+    for key in TOP_LEVEL_KEYS:
+        if getattr(ns, key) is not None:
+            overrides[key] = parse_scalar(key, getattr(ns, key))
+    others = [*launch, *(values.get("launch_cmd") or ()), *passthrough]
+    _check_typos([n for n in map(_name, others) if n], values.get("pass_args", ()))
     platform = {}
     for item in others:
         m = _ARG.match(item)

@@ -38,7 +38,7 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 MASK = "******"
 # Whole names or suffixes only: MindFormers configs are full of *_token_id / tokenizer keys
 # (pad_token_id, tokenizer_file) that must reach the launched command unmasked.
-_SECRET_KEY = re.compile(r"(^|[_-])(access[_-]?key([_-]?id)?|secret([_-]?access)?([_-]?key)?|"
+SECRET_KEY = re.compile(r"(^|[_-])(access[_-]?key([_-]?id)?|secret([_-]?access)?([_-]?key)?|"
                          r"password|passwd|(session|security|auth|access)[_-]?token|ak|sk)$|^token$", re.I)
 
 # JobSpec field -> top-level config key (MindFormers names).
@@ -214,16 +214,16 @@ def with_defaults(base: dict[str, Any]) -> dict[str, Any]:
 def build(spec: JobSpec, base: dict[str, Any]) -> dict[str, Any]:
     """Effective config: base (with defaults), then the job's arguments.
 
-    An empty argument ("" is also the JobSpec default of the path fields) never wipes the
-    YAML's value. `--load_checkpoint` is written where MindFormers reads it: also into
+    An argument not given (None) leaves the YAML's value; an empty one (`--load_checkpoint=`)
+    clears it. `--load_checkpoint` is written where MindFormers reads it: also into
     `checkpoint.load_path` when the section has one, since that one wins."""
     config = with_defaults(base)
     for name, key in CONFIG_KEYS.items():
         value = getattr(spec, name)
-        if value is not None and value != "":
+        if value is not None:
             config[key] = value
     section = _section(config)
-    if spec.load_checkpoint and section is not None and section.get("load_path") is not None:
+    if spec.load_checkpoint is not None and section is not None and section.get("load_path") is not None:
         section["load_path"] = spec.load_checkpoint
     for key, value in spec.parallel.items():
         set_dotted(config, f"parallel_config.{key}", value)
@@ -336,9 +336,25 @@ def mask_secrets(config: Any, key: str = "") -> Any:
         return {k: mask_secrets(v, str(k)) for k, v in config.items()}
     if isinstance(config, list):
         return [mask_secrets(v, key) for v in config]
-    if key and _SECRET_KEY.search(key) and config not in (None, ""):
+    if key and SECRET_KEY.search(key) and config not in (None, ""):
         return MASK
     return config
+
+
+def mask_args(cmd: list[str] | tuple[str, ...]) -> list[str]:
+    """A command line for logs: the value of every secret-looking `--name=value` / `--name value`
+    (`--secret_access_key=...`, `--sk ...`) replaced, as in dumped configs."""
+    out: list[str] = []
+    for i, part in enumerate(cmd):
+        name, eq, _ = part.partition("=")
+        if part.startswith("--") and eq and SECRET_KEY.search(name.lstrip("-")):
+            out.append(f"{name}={MASK}")
+        elif i and cmd[i - 1].startswith("--") and "=" not in cmd[i - 1] \
+                and SECRET_KEY.search(cmd[i - 1].lstrip("-")) and not part.startswith("--"):
+            out.append(MASK)
+        else:
+            out.append(part)
+    return out
 
 
 def dump(config: dict[str, Any], path: str) -> None:

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from typing import Any, Mapping
 
 import obs_io
@@ -29,6 +30,9 @@ from cloud_entry.jobspec import JobSpec
 from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, overlaps, rank_dir
 
 log = logging.getLogger("cloud_entry")
+# Seconds a failure marker written before this entry started may still be this attempt's (the
+# nodes' clocks and the store's differ by less than that on a synchronised cloud).
+CLOCK_SLACK = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,32 +45,45 @@ class JobPlan:
     source: sync.Source | None
     blocks: BlockPlan | None          # None: no conversion
     convert_ranks: tuple[int, ...]    # this node's ranks of the destination layout
-    run_id: str
+    run_id: str                       # the same on every node: markers of this run carry it
+    node_key: str                     # the same for this node's boot processes of one job
+    started: float                    # seconds since the epoch: older failure markers are stale
 
 
 def parallel_world(cfg: dict[str, Any]) -> int:
+    """The device count parallel_config describes; its sizes must be integers >= 1."""
     pc = cfg.get("parallel_config") or {}
-    sizes = [pc.get(k, 1) or 1 for k in ("data_parallel", "model_parallel", "pipeline_stage",
-                                         "context_parallel")]
-    return math.prod(int(s) for s in sizes)
+    if not isinstance(pc, dict):
+        raise EntryError(f"parallel_config={pc!r} in the config: expected a mapping")
+    sizes = []
+    for key in ("data_parallel", "model_parallel", "pipeline_stage", "context_parallel"):
+        value = pc.get(key, 1)
+        value = 1 if value is None else value
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise EntryError(f"parallel_config.{key}={value!r} in the config: expected an integer >= 1")
+        sizes.append(value)
+    return math.prod(sizes)
 
 
-def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster) -> None:
+def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, converting: bool) -> None:
     """Where this job writes must not be, hold or lie inside what it reads: the conversion and
     the strategy pass write there, the prune removes files there, the upload publishes there."""
     inputs = (("load_checkpoint", job.load_checkpoint), ("src_strategy_path_or_dir", job.src_strategy),
               ("--dst_strategy", job.dst_strategy))
-    outputs = (("the converted checkpoint folder", layout.transformed),
-               ("the strategy output folder", layout.local_strategy),
-               ("remote_save_url's converted checkpoint folder", layout.remote_transformed),
-               ("remote_save_url's strategy folder", layout.remote_strategy))
+    outputs = [("the local work folder", layout.work_dir),
+               ("remote_save_url's logs folder", join(layout.remote_save_url, "logs") if layout.remote_save_url else "")]
+    if converting:
+        outputs += [("the converted checkpoint folder", layout.transformed),
+                    ("the strategy output folder", layout.local_strategy),
+                    ("remote_save_url's converted checkpoint folder", layout.remote_transformed),
+                    ("remote_save_url's strategy folder", layout.remote_strategy)]
     for name, value in inputs:
         for what, out in outputs:
             if value and out and not (name == "--dst_strategy" and out == layout.local_strategy) \
                     and overlaps(value, out):
                 raise EntryError(f"{name}={value} overlaps {what} {out}, where this job writes: "
                                  "use another output_dir / remote_save_url")
-    if cluster.num_nodes > 1 and not job.shared_dir:
+    if converting and cluster.num_nodes > 1 and not job.shared_dir:
         if not job.remote_save_url:
             raise EntryError(f"{cluster.num_nodes} nodes without --shared_dir need remote_save_url "
                              "to exchange markers and converted ranks")
@@ -112,8 +129,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     layout = JobPaths(output_dir, work_dir, os.path.join(work_dir, "log"),
                     source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
                     job.remote_save_url.rstrip("/"))
-    if converting:
-        _check_locations(job, layout, cluster)
+    _check_locations(job, layout, cluster, converting)
     # What defines the result, and nothing node-local: nodes with different output folders agree.
     result = {"source": [job.load_checkpoint, list(source.identity) if source else []],
               "strategies": identities, "world": cluster.world_size, "nodes": cluster.num_nodes,
@@ -121,7 +137,11 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
               "prefix": job.prefix, "fmt": fmt, "remote_save_url": job.remote_save_url,
               "converting": converting}
     run_id = markers.run_id(job.run_id or env.get("CLOUD_ENTRY_RUN_ID", ""), result)
-    return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), run_id)
+    # Every hyperparameter counts here: cards of one node given other ones must not share a leader.
+    node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
+    launch.stop_grace(env)    # a bad CLOUD_ENTRY_STOP_GRACE is bad input: now, not after converting
+    return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), run_id, node_key,
+                   time.time())
 
 
 def _digest(path: str | None) -> str:
@@ -195,6 +215,20 @@ def destination_strategy(p: JobPlan, env: dict[str, str]) -> str | None:
     return dst
 
 
+def _check_destination(p: JobPlan, dst_s: str | None) -> None:
+    """The destination strategy must describe this job: its world size and pipeline stages.
+    A stale strategy of another layout would convert into ranks the training does not have."""
+    if dst_s is None:
+        return
+    dst = reshard.load_strategy(dst_s)
+    pp = int((p.config.get("parallel_config") or {}).get("pipeline_stage", 1) or 1)
+    if dst.world_size != p.cluster.world_size or dst.num_stages != pp:
+        raise EntryError(f"destination strategy {p.job.dst_strategy or dst_s} has {dst.world_size} ranks in "
+                         f"{dst.num_stages} pipeline stage(s), but this job has {p.cluster.world_size} ranks "
+                         f"({p.cluster.num_nodes} node(s) x {p.cluster.cards_per_node} cards) and "
+                         f"parallel_config.pipeline_stage={pp}")
+
+
 def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     """Steps 4-6: strategies and shards down, this node's blocks converted, markers, uploads,
     and this node's ranks converted elsewhere down. Returns the local folder to load and the
@@ -212,6 +246,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     src_s = None
     try:   # from here on a failure is this node's blocks' failure: every node learns it
         dst_s = destination_strategy(p, env)
+        _check_destination(p, dst_s)
         if job.src_strategy:
             src_s = sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
         if mine:
@@ -237,7 +272,8 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
         markers.publish(layout.marker_dir, markers.Marker(markers.SUCCEED, leader, p.run_id))
     all_leaders = [b.leader for b in p.blocks.blocks]
     log.info("waiting (up to %gs) for the blocks led by ranks %s", job.transform_timeout, all_leaders)
-    markers.wait_for_blocks(layout.marker_dir, all_leaders, p.run_id, job.transform_timeout)
+    markers.wait_for_blocks(layout.marker_dir, all_leaders, p.run_id, job.transform_timeout,
+                            not_before=p.started - CLOCK_SLACK)
     world = p.cluster.world_size if job.use_parallel else 1
     elsewhere = [r for r in p.convert_ranks if r not in set(mine)]
     if elsewhere and not layout.shared_dir:
@@ -252,6 +288,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
         files = strategy_pass.local_strategy_files(layout.local_strategy)
         if files:
             obs_io.file.copy_parallel(layout.local_strategy, layout.remote_strategy, file_list=files)
+        sync.prune_strategies(layout.remote_strategy, files)   # another run's layout must not mix in
     log.info("checkpoint ready: %s", layout.transformed)
     return layout.transformed, src_s
 
@@ -282,24 +319,25 @@ def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
     log.info("node %d of %d, %d cards, ranks %s; run %s", cluster.node_index, cluster.num_nodes,
              cluster.cards_per_node, sync.ranges(list(cluster.node_ranks)), p.run_id)
     log.info("%s", cluster.describe())
-    shim = join(layout.work_dir, "moxing_shim") if is_modelarts(env) else None
-    launch_env = launch.environment(env, layout.effective_config, cluster.node_ranks, shim)
+    shim = join(layout.work_dir, "moxing_shim") if is_modelarts(env) else ""
     try:
-        role = node_leader.elect(layout.work_dir, cluster.node_index, p.run_id, cluster.per_card)
+        role = node_leader.elect(cluster.node_index, p.node_key, cluster.per_card, layout.effective_config, shim)
         log.info("%s", role.describe())
         if role.leader:
             try:
-                prepare(p, launch_env, shim)
+                prepare(p, launch.environment(env, layout.effective_config, cluster.node_ranks, shim), shim)
             except BaseException as exc:
                 node_leader.finish(role, _one_line(exc))
                 raise
             node_leader.finish(role)
-        else:
-            node_leader.wait_for_leader(role, job.transform_timeout)
+        else:   # the leader's own waits take up to a transform_timeout each, besides its work
+            node_leader.wait_for_leader(role, 3 * job.transform_timeout)
         if job.transform_only:
             log.info("--transform_only: not launching")
             return 0
-        code = launch.run_command(launch.command(list(job.launch_cmd), layout.effective_config), launch_env)
+        effective = role.me.effective_config   # the leader's: per-card folders may differ
+        code = launch.run_command(launch.command(list(job.launch_cmd), effective),
+                                  launch.environment(env, effective, cluster.node_ranks, role.me.shim))
         log.info("launch command exited with %d", code)
         return code
     finally:

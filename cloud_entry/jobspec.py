@@ -12,8 +12,8 @@ from typing import Any
 @dataclass(frozen=True)
 class JobSpec:
     config: str | None = None                 # base YAML: path, name in configs/, or URL
-    load_checkpoint: str = ""
-    src_strategy: str = ""                    # src_strategy_path_or_dir
+    load_checkpoint: str | None = None        # None: as the config says; "" clears it
+    src_strategy: str | None = None           # src_strategy_path_or_dir, likewise
     dst_strategy: str = ""                    # file, folder or URL; "" -> strategy pass
     auto_trans_ckpt: bool | None = None
     transform_process_num: int | None = None
@@ -27,7 +27,7 @@ class JobSpec:
     use_parallel: bool | None = None
     run_mode: str | None = None
     output_dir: str | None = None
-    remote_save_url: str = ""
+    remote_save_url: str | None = None        # likewise
     shared_dir: str = ""
     work_dir: str = ""                        # "" -> <output_dir>/cloud_entry
     prefix: str = "checkpoint_"
@@ -38,8 +38,9 @@ class JobSpec:
     overrides: dict[str, Any] = field(default_factory=dict)    # dotted key -> value
     passthrough: tuple[str, ...] = ()         # arguments not ours, passed on to the training command
     platform: dict[str, str] = field(default_factory=dict)     # data_url / train_url / ... as given
+    pass_args: tuple[str, ...] = ()           # names never taken for typos of ours (--pass_args)
 
     @property
     def inputs(self) -> list[str]:
         """The user's checkpoint and strategies: never cleared, never written into."""
-        return [self.load_checkpoint, self.src_strategy, self.dst_strategy]
+        return [x for x in (self.load_checkpoint, self.src_strategy, self.dst_strategy) if x]

@@ -7,6 +7,7 @@ is not enough. The shim is a `moxing` package whose import installs obs_io in it
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from typing import Mapping, Sequence
 import obs_io
 
 from cloud_entry import signals
+from cloud_entry.config import mask_args
 from cloud_entry.errors import EntryError, WaitTimeout
 
 log = logging.getLogger(__name__)
@@ -87,10 +89,11 @@ def run_command(cmd: Sequence[str], env: Mapping[str, str], timeout: float | Non
     must not go on converting because the command ended well. Any other exception on our side
     stops the group the same way: no training process outlives the entry."""
     grace = stop_grace(env)
-    log.info("running %s: %s", what, " ".join(cmd))
+    log.info("running %s: %s", what, " ".join(mask_args(cmd)))
     with signals.raising():
         try:
-            proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True)
+            proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         except OSError as exc:
             raise EntryError(f"{what} {cmd[0]!r}: cannot start ({exc.strerror or exc})") from None
         try:
@@ -105,10 +108,22 @@ def run_command(cmd: Sequence[str], env: Mapping[str, str], timeout: float | Non
                         signal.Signals(sig).name, what, grace)
             code = _stop(proc, sig, grace)
             log.warning("%s stopped: exit code %d", what, code)
-            raise signals.Terminated(sig, code) from None
+            # the training's own code is the job's; a stopped strategy pass is just a stop
+            raise signals.Terminated(sig, code if timeout is None else None) from None
         except BaseException:
             _stop(proc, signal.SIGTERM, grace)
             raise
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the entry dies, even of SIGKILL itself, which no
+    handler of ours sees (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing). The command's own
+    children (msrun's workers) are its to stop."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _shell_code(returncode: int) -> int:

@@ -32,6 +32,7 @@ class Marker:
     rank: int         # block leader
     run_id: str
     message: str = ""
+    written: float = 0.0   # when the store says it was written, seconds since the epoch
 
 
 def marker_name(state: str, rank: int) -> str:
@@ -49,30 +50,30 @@ def publish(store: str, marker: Marker) -> None:
     log.info("published %s", marker_name(marker.state, marker.rank))
 
 
-def parse(name: str, text: str) -> Marker | None:
+def parse(name: str, text: str, written: float = 0.0) -> Marker | None:
     m = _NAME.match(name)
     if not m:
         return None
     first, _, rest = text.partition("\n")
     run_id = first[len("run_id "):].strip() if first.startswith("run_id ") else ""
     message = rest.strip() if run_id else text.strip()
-    return Marker(m.group(1), int(m.group(2)), run_id, message)
+    return Marker(m.group(1), int(m.group(2)), run_id, message, written)
 
 
 def scan(store: str) -> list[Marker]:
-    """Every marker in the store folder (any run)."""
+    """Every marker in the store folder (any run), with the time the store gives it."""
     try:
-        names = obs_io.file.list_directory(store)
+        entries = obs_io.file.list_entries(store)
     except FileNotFoundError:
         return []
     found = []
-    for name in names:
-        if _NAME.match(name):
+    for e in entries:
+        if _NAME.match(e.name):
             try:
-                text = obs_io.file.read(join(store, name))
+                text = obs_io.file.read(join(store, e.name))
             except FileNotFoundError:   # removed between list and read
                 continue
-            marker = parse(name, text)
+            marker = parse(e.name, text, e.mtime_nsec / 1e9)
             if marker:
                 found.append(marker)
     return found
@@ -96,20 +97,24 @@ def clear_own(store: str, leaders: Iterable[int]) -> list[str]:
     return removed
 
 
-def pending_blocks(found: Iterable[Marker], leaders: Iterable[int], run_id: str) -> list[int]:
+def pending_blocks(found: Iterable[Marker], leaders: Iterable[int], run_id: str,
+                   not_before: float = 0.0) -> list[int]:
     """Leaders without a success marker of this run among `found` (a scan); BlockFailed as soon
-    as one has failed."""
+    as one has failed. A failure marker written before `not_before` is an earlier attempt's
+    (a job restarted after a stop has the same run id): its leader replaces it when it runs
+    again, so it is waited out, not believed. A success marker of the same run id states a
+    result of these very inputs, whenever it was written."""
     current = {(m.rank, m.state): m for m in found if m.run_id == run_id}
     leaders = sorted(set(leaders))
     for rank in leaders:
         failed = current.get((rank, FAILED))
-        if failed:
+        if failed and failed.written >= not_before:
             raise BlockFailed(f"block led by rank {rank} failed: {failed.message or 'no message'}")
     return [r for r in leaders if (r, SUCCEED) not in current]
 
 
 def wait_for_blocks(store: str, leaders: Iterable[int], run_id: str, timeout: float,
-                    backoff: Backoff = Backoff(), **poll_kw) -> None:
+                    backoff: Backoff = Backoff(), not_before: float = 0.0, **poll_kw) -> None:
     """Bounded wait for every block's success marker; the first failure marker ends it. While it
     waits it reports which blocks are still missing and any marker it found of another run (a
     node that computed another run id would otherwise wait in silence)."""
@@ -120,9 +125,10 @@ def wait_for_blocks(store: str, leaders: Iterable[int], run_id: str, timeout: fl
     def check() -> bool | None:
         nonlocal last, others
         found = scan(store)
-        last = pending_blocks(found, leaders, run_id)
-        others = sorted({f"{marker_name(m.state, m.rank)} (run {m.run_id or '?'})"
-                         for m in found if m.run_id != run_id and m.rank in last})
+        last = pending_blocks(found, leaders, run_id, not_before)
+        others = sorted({f"{marker_name(m.state, m.rank)} (run {m.run_id or '?'}"
+                         f"{', an earlier attempt' if m.run_id == run_id else ''})"
+                         for m in found if m.rank in last and (m.run_id != run_id or m.state == FAILED)})
         return None if last else True
 
     def status() -> str:

@@ -7,12 +7,15 @@ folders and publish contradicting markers. The others wait, bounded, for its res
 launches its own training command.
 
 How they agree, without a race and without trusting an old answer: an exclusive `flock` on a
-lock file in the node's work folder serialises reading and writing a small state file. The first
+lock file in the machine's temporary folder (not the work folder: launchers that start each card
+in its own folder, `cd rank_<i>`, give each process another output folder) serialises reading
+and writing a small state file named by node and job key. The first
 process that finds no live leader of this job there becomes the leader and records who it is:
 host, pid and the process's start time (so a reused pid is never taken for it). A later process
 that finds a live leader of the same job follows it. A state left by an earlier boot names a
 process that no longer exists: it is neither followed nor believed, and the next process leads
-afresh (a rerun reuses the converted ranks it can verify, so that is cheap).
+afresh (a rerun reuses the converted ranks it can verify, so that is cheap). The leader records
+the effective config and moxing stand-in it wrote; its followers launch with those.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 LOCK_TIMEOUT = 60.0      # seconds; the lock is held only to read and write a few hundred bytes
+LOCK_DIR = os.path.join(tempfile.gettempdir(), f"cloud-entry-{os.getuid()}")
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,17 @@ class LeaderState:
     started: float        # the leader's process start time (psutil), seconds since the epoch
     state: str = RUNNING
     error: str = ""
+    effective_config: str = ""   # what the node's processes launch with
+    shim: str = ""               # the moxing stand-in folder ("" off ModelArts)
 
     def alive(self) -> bool:
-        """The process that wrote this is still running (same pid and start time, this host)."""
+        """The process that wrote this is still running (same pid and start time, this host;
+        a killed process not yet reaped by its parent is not)."""
         if self.host != socket.gethostname():
             return False
         try:
-            return abs(psutil.Process(self.pid).create_time() - self.started) < 0.01
+            proc = psutil.Process(self.pid)
+            return abs(proc.create_time() - self.started) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
 
@@ -71,9 +80,10 @@ class NodeRole:
         return f"following this node's leader, pid {self.me.pid}: it syncs and converts, this process waits"
 
 
-def _myself(job: str) -> LeaderState:
+def _myself(job: str, effective_config: str, shim: str) -> LeaderState:
     pid = os.getpid()
-    return LeaderState(job, socket.gethostname(), pid, psutil.Process(pid).create_time())
+    return LeaderState(job, socket.gethostname(), pid, psutil.Process(pid).create_time(),
+                       effective_config=effective_config, shim=shim)
 
 
 class _Locked:
@@ -113,29 +123,30 @@ def _write(path: str, state: LeaderState) -> None:
     write_atomic(path, json.dumps(asdict(state)), durable=True)
 
 
-def elect(work_dir: str, node_index: int, job: str, per_card: bool) -> NodeRole:
-    """Lead or follow. `job` is the job key (equal for the processes of one job). Without a
-    per-card launch a second live entry of this node is an error: it would launch the training
-    twice."""
-    os.makedirs(work_dir, exist_ok=True)
-    state_path = os.path.join(work_dir, f"node_{node_index}_leader.json")
-    lock_path = os.path.join(work_dir, f"node_{node_index}_leader.lock")
-    me = _myself(job)
+def elect(node_index: int, job: str, per_card: bool, effective_config: str, shim: str = "",
+          lock_dir: str = LOCK_DIR) -> NodeRole:
+    """Lead or follow. `job` is the job key: equal for the processes of one job, different as
+    soon as one got other hyperparameters. Without a per-card launch a second live entry of this
+    job on this node is an error: it would launch the training twice."""
+    os.makedirs(lock_dir, exist_ok=True)
+    stem = os.path.join(lock_dir, f"node_{node_index}_{job[:24]}")
+    state_path, lock_path = f"{stem}.json", f"{stem}.lock"
+    me = _myself(job, effective_config, shim)
     with _Locked(lock_path):
         current = _read(state_path)
         if current is not None and current.alive() and current.pid != me.pid:
-            if current.job != job:
-                raise EntryError(f"another cloud-entry (pid {current.pid}) runs a different job on node "
-                                 f"{node_index} with the same work folder {work_dir}: every card's boot "
-                                 "command must get the same hyperparameters")
             if not per_card:
                 raise EntryError(f"another cloud-entry (pid {current.pid}) already runs this job on node "
                                  f"{node_index}; a boot command per card needs RANK_ID/DEVICE_ID/LOCAL_RANK set")
             return NodeRole(False, state_path, lock_path, current)
-        if current is not None and current.host != me.host and current.state == RUNNING:
-            log.warning("%s names host %s: a work folder shared between nodes (set --work_dir to a "
-                        "local folder)", state_path, current.host)
         _write(state_path, me)
+        others = [p for p in os.listdir(lock_dir) if p.startswith(f"node_{node_index}_") and p.endswith(".json")
+                  and os.path.join(lock_dir, p) != state_path]
+    for name in others:   # a live leader of another job on this node: the cards disagree
+        other = _read(os.path.join(lock_dir, name))
+        if other is not None and other.alive() and other.state == RUNNING and per_card:
+            raise EntryError(f"another cloud-entry (pid {other.pid}) runs this job on node {node_index} with "
+                             "other hyperparameters: every card's boot command must get the same ones")
     return NodeRole(True, state_path, lock_path, me)
 
 
@@ -164,4 +175,6 @@ def wait_for_leader(role: NodeRole, timeout: float, backoff: Backoff = Backoff(m
         return None
 
     log.info("waiting (up to %gs) for this node's leader, pid %d", timeout, role.me.pid)
+    # The leader's own waits (strategies of every node, then block markers) take up to a
+    # transform_timeout each, besides its conversion: its death ends this wait at once anyway.
     poll(check, timeout, f"this node's leader (pid {role.me.pid}) to sync and convert", backoff)

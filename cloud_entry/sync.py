@@ -290,3 +290,19 @@ def prune_outputs(root: str, keep_ranks: list[int], prefix: str, fmt: str) -> li
             if _RANK_PART.match(entry) and os.path.isdir(path) and not os.listdir(path):
                 os.rmdir(path)
     return stale
+
+
+def prune_strategies(folder: str, keep: list[str]) -> list[str]:
+    """Remove strategy files (*.ckpt, *.json) of earlier runs from our strategy output folder
+    (remote_save_url/strategy): used as a source strategy folder later, every file there is
+    merged, so 4 ranks of this run beside ranks 4-7 of an 8-rank run would be read as one."""
+    try:
+        names = [e.name for e in obs_io.file.list_entries(folder) if e.is_file()]
+    except FileNotFoundError:
+        return []
+    stale = [n for n in names if n.endswith(STRATEGY_EXTS) and n not in set(keep)]
+    for name in stale:
+        obs_io.file.remove(join(folder, name))
+    if stale:
+        log.info("removed %d strategy file(s) of earlier runs from %s", len(stale), folder)
+    return stale

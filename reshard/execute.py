@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -209,6 +210,15 @@ def _setup_process_log(log_dir: str | None, tag: str) -> None:
 
 def _worker_init(log_dir: str | None) -> None:
     _setup_process_log(log_dir, "worker")
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A pool worker ends when the process that started it is gone (killed with SIGKILL, say):
+    else it blocks for ever on the pool's pipe, holding its memory."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _worker_convert(rp: RankPlan, src_root: str, dst_root: str, fmt: str) -> None:

@@ -29,6 +29,13 @@ Fetch = Callable[[list[str]], None]
 
 # Tensors larger than this are assembled and written in axis-0 chunks (the .ckpt chunk size).
 CHUNK_BYTES = 512 << 20
+# Parameters a training strategy names that an inference checkpoint need not hold: optimizer
+# moments and accumulators of MindSpore's and MindFormers' optimizers. Any other parameter of the
+# destination that the checkpoint lacks is an error: the training would start it from random.
+OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "moments.", "lamb_m.", "lamb_v.",
+                            "accu_grads.", "accumulate_", "exp_avg.", "exp_avg_sq.", "global_step",
+                            "learning_rate", "scale_sense", "current_iterator_step", "last_overflow_iterator_step",
+                            "epoch_num", "step_num", "loss_scale")
 # Duplicated tensors of a complete folder are compared in slices of at most this many bytes.
 _COMPARE_BYTES = 16 << 20
 
@@ -432,9 +439,14 @@ class _Planner:
         stages = self.dst_stages
         missing = [n for n, lays in dst.layouts.items() if n not in self.holders and
                    any(lay.stage in stages for lay in lays)]
-        if missing:
-            self.notes.append(f"{len(missing)} parameters of the destination strategy are not in "
-                              f"the checkpoint and are skipped (e.g. {missing[0]})")
+        weights = [n for n in missing if not n.startswith(OPTIMIZER_STATE_PREFIXES)]
+        if weights:
+            raise ReshardError(f"the checkpoint lacks {len(weights)} parameter(s) of the destination "
+                               f"strategy {dst.source} (e.g. {weights[0]}): a checkpoint of another "
+                               "model, of fewer layers, or one rank's shard taken for a complete one")
+        if missing:   # an inference checkpoint under a training strategy: the optimizer starts afresh
+            self.notes.append(f"{len(missing)} optimizer states of the destination strategy are not "
+                              f"in the checkpoint and are skipped (e.g. {missing[0]})")
 
     def plan_rank(self, d: int) -> RankPlan:
         """Destination rank d: its slice of every laid-out tensor, then the carried values."""

@@ -59,6 +59,7 @@ class ModelArtsJob:
     boot: list[str] = field(default_factory=lambda: list(BOOT))
     env: dict[str, str] = field(default_factory=dict)            # for every process
     node_env: dict[int, dict[str, str]] = field(default_factory=dict)   # per node
+    card_dirs: bool = False                 # per card: each card's process in node<i>/rank_<r>/
     procs: list[tuple[int, int | None, subprocess.Popen]] = field(default_factory=list)
 
     def command(self) -> list[str]:
@@ -117,9 +118,11 @@ class ModelArtsJob:
 
     def start(self) -> "ModelArtsJob":
         for node in range(self.nodes):
-            cwd = self.node_dir(node)
-            cwd.mkdir(parents=True, exist_ok=True)
             for card in (range(self.cards) if self.per_card else [None]):
+                cwd = self.node_dir(node)
+                if self.card_dirs and card is not None:   # model-zoo launchers: `cd rank_<r>`
+                    cwd = cwd / f"rank_{node * self.cards + card}"
+                cwd.mkdir(parents=True, exist_ok=True)
                 # output to a file, not a pipe: a full pipe would block a node the others wait for
                 with open(self._output(node, card), "w") as out:
                     proc = subprocess.Popen(self.command(), env=self.environment(node, card), cwd=cwd,

@@ -2,6 +2,7 @@
 (a shared disk) and on the real S3 server."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -29,6 +30,8 @@ def test_publish_scan_and_parse(store):
     markers.publish(store, markers.Marker(markers.SUCCEED, 0, "run-a"))
     markers.publish(store, markers.Marker(markers.FAILED, 4, "run-a", "ReshardError: rank 5: bad shape"))
     got = sorted(markers.scan(store), key=lambda m: m.rank)
+    assert all(abs(m.written - time.time()) < 60 for m in got)     # the store's time of writing
+    got = [dataclasses.replace(m, written=0.0) for m in got]
     assert got == [markers.Marker("succeed", 0, "run-a", ""),
                    markers.Marker("failed", 4, "run-a", "ReshardError: rank 5: bad shape")]
     assert sorted(obs_io.file.list_directory(store)) == ["transform_failed_rank_4.txt",
@@ -173,3 +176,15 @@ def test_source_cache_is_refreshed_and_pruned(bucket, tmp_path):
     source = sync.inspect_source(url, "ckpt")         # the next run's listing sees the new object
     assert sync._download(url, str(cache), list(source.entries.values())) == ["rank_1/step_1000.ckpt"]
     assert (cache / "rank_1" / "step_1000.ckpt").read_bytes() == b"v2-1"
+
+
+def test_a_failure_marker_of_an_earlier_attempt_is_waited_out(store):
+    """A job restarted after a stop has the same run id; the old failure marker of a block that
+    has not run again yet must not stop the new attempt."""
+    markers.publish(store, markers.Marker(markers.FAILED, 4, "run-a", "stopped by SIGTERM"))
+    markers.publish(store, markers.Marker(markers.SUCCEED, 0, "run-a"))
+    started = time.time() + 60      # this attempt started after that marker was written
+    with pytest.raises(WaitTimeout, match=r"rank\(s\) 4"):
+        markers.wait_for_blocks(store, [0, 4], "run-a", timeout=0.5, backoff=FAST, not_before=started)
+    with pytest.raises(BlockFailed, match="stopped by SIGTERM"):   # a fresh one stops the wait
+        markers.wait_for_blocks(store, [0, 4], "run-a", timeout=0.5, backoff=FAST, not_before=started - 120)

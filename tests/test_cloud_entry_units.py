@@ -68,7 +68,7 @@ def test_dotted_overrides_are_yaml_scalars():
 
 def test_no_abbreviations_and_launch_command_is_kept_verbatim():
     spec = parse("--load=abc", "--transform_process_num=2")
-    assert spec.load_checkpoint == "" and "--load=abc" in spec.passthrough
+    assert spec.load_checkpoint is None and "--load=abc" in spec.passthrough
     assert spec.launch_cmd == ("python", "train.py", "--config", "{config}", "--load=abc")
     spec = args_mod.parse_args(["--launch_cmd=python run.py --config {config}"])
     assert spec.launch_cmd == ("python", "run.py", "--config", "{config}")
@@ -312,7 +312,7 @@ def test_space_form_inside_the_training_command_and_its_own_config():
 
 def test_local_train_url_is_not_remote_save_url():
     spec = args_mod.parse_args([*BOOT, "--train_url=/home/ma-user/modelarts/outputs/train_url_0/"])
-    assert spec.remote_save_url == "" and spec.launch_cmd[-1].startswith("--train_url=")
+    assert spec.remote_save_url is None and spec.launch_cmd[-1].startswith("--train_url=")
 
 
 @pytest.mark.parametrize("typo, meant", [("auto_trans_ckp", "auto_trans_ckpt"), ("Auto-Trans-Ckpt", "auto_trans_ckpt"),
@@ -324,7 +324,7 @@ def test_local_train_url_is_not_remote_save_url():
 def test_a_near_miss_of_a_hyperparameter_is_an_error(typo, meant, where):
     arg = f"--{typo}=True"
     argv = [arg, *BOOT] if where == "before" else [*BOOT, arg]
-    with pytest.raises(EntryError, match=f"^unknown argument --{typo}: did you mean --{meant}\\?$"):
+    with pytest.raises(EntryError, match=f"^unknown argument --{typo}: did you mean --{meant}\\? \\(if it is the training command"):
         args_mod.parse_args(argv)
 
 
@@ -348,3 +348,53 @@ def test_poll_says_what_it_still_waits_for(caplog):
              status=lambda: "blocks led by rank(s) 4")
     lines = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
     assert len(lines) == 3 and lines[0] == "still waiting after 30s (of 100s) for block markers: blocks led by rank(s) 4"
+
+
+def test_review_findings_on_the_command_line():
+    # the appended --config (later) wins over one before --, as every other hyperparameter does
+    spec = args_mod.parse_args(["--config=A.yaml", "--load_checkpoint=X", "--", "python", "t.py", "--config",
+                                "{config}", "--config=B.yaml", "--load_checkpoint=Y"])
+    assert (spec.config, spec.load_checkpoint) == ("B.yaml", "Y")
+    # --launch_cmd's own hyperparameters are ours too, and typo-checked
+    spec = args_mod.parse_args(["--launch_cmd=python run.py --config {config} --load_checkpoint=obs://b/l.ckpt "
+                                "--auto_trans_ckpt=True --epochs=2"])
+    assert spec.load_checkpoint == "obs://b/l.ckpt" and spec.auto_trans_ckpt is True
+    assert spec.launch_cmd == ("python", "run.py", "--config", "{config}", "--epochs=2")
+    with pytest.raises(EntryError, match="did you mean --auto_trans_ckpt"):
+        args_mod.parse_args(["--launch_cmd=python run.py --config {config} --auto_trans_ckp=True"])
+    # extensions of our names are typos; a custom script's short words are not; --pass_args lets one through
+    for typo, meant in (("transform_process_number", "transform_process_num"),
+                        ("load_checkpoint_path", "load_checkpoint")):
+        assert args_mod.near_miss(typo) == meant
+    for word in ("model", "train", "predict", "output", "strategy", "epoch", "batch", "load_ckpt"):
+        assert args_mod.near_miss(word) is None, word
+    assert args_mod.near_miss("configs") == "config"
+    spec = args_mod.parse_args([*BOOT, "--configs=a,b", "--pass_args=configs"])
+    assert spec.launch_cmd[-1] == "--configs=a,b"
+    # micro_batch_interleave_num is a top-level key in MindFormers
+    assert args_mod.parse_args([*BOOT, "--micro_batch_interleave_num=2"]).overrides == {"micro_batch_interleave_num": 2}
+    # an empty hyperparameter clears the config's value
+    spec = args_mod.parse_args([*BOOT, "--src_strategy_path_or_dir="])
+    assert config_mod.build(spec, {"src_strategy_path_or_dir": "s3://b/m.ckpt"})["src_strategy_path_or_dir"] == ""
+
+
+@pytest.mark.parametrize("text, value", [("2", 2), ("012", 12), ("1e-4", 1e-4), ("True", True), ("none", None),
+                                         ("[1, 2]", [1, 2]), ("llama 7b: v2", "llama 7b: v2"), ("#x", "#x"),
+                                         ("31GB", "31GB")])
+def test_dotted_values_are_scalars_as_written(text, value):
+    assert args_mod.parse_scalar("a.b", text) == value
+
+
+@pytest.mark.parametrize("arg", ["--data_parallel=abc", "--pipeline_stage=None", "--data_parallel=abc:",
+                                 "--data_parallel=0", "--model_parallel=-2", "--data_parallel=2.5",
+                                 "--vocab_emb_dp=maybe"])
+def test_bad_parallel_values_are_one_line_errors(arg):
+    with pytest.raises(EntryError, match=arg.split("=")[0]):
+        args_mod.parse_args([*BOOT, arg])
+
+
+def test_secret_arguments_are_masked_in_logged_commands():
+    cmd = ["python", "t.py", "--secret_access_key=SK1", "--access_key_id", "AK1", "--sk", "x", "--epochs=2",
+           "--pad_token_id=0"]
+    assert config_mod.mask_args(cmd) == ["python", "t.py", "--secret_access_key=******", "--access_key_id", "******",
+                                         "--sk", "******", "--epochs=2", "--pad_token_id=0"]

@@ -163,8 +163,8 @@ def test_a_typo_of_a_hyperparameter_is_an_error_not_a_silent_skip(models, s3_env
             "dst_strategy": models["s4"], "auto_trans_ckp": "True"}
     results = ModelArtsJob(tmp_path, s3_env, form, nodes=1, cards=4).run()
     assert results[0].code == 2, results[0].output
-    assert results[0].errors() == ["cloud-entry: error: unknown argument --auto_trans_ckp: "
-                                   "did you mean --auto_trans_ckpt?"]
+    assert len(results[0].errors()) == 1 and results[0].errors()[0].startswith(
+        "cloud-entry: error: unknown argument --auto_trans_ckp: did you mean --auto_trans_ckpt?")
     assert "Traceback" not in results[0].output
     assert os.listdir(tmp_path / "node0") == []
 
@@ -216,6 +216,7 @@ def test_a_reused_output_folder_holds_only_this_runs_files(models, bucket, s3_en
         (local / f"rank_{r}").mkdir(parents=True)
         (local / f"rank_{r}" / f"zz_{r}.ckpt").write_bytes(b"old weights")
         obs_io.file.write(f"{remote}/transformed_checkpoint/llama8/rank_{r}/zz_{r}.ckpt", "old weights")
+        obs_io.file.write(f"{remote}/strategy/ckpt_strategy_rank_{r}.ckpt", "an 8-rank run's strategy")
     before = digest_tree(models["ref8"])
     form = {"load_checkpoint": src, "src_strategy_path_or_dir": models["merged8"], "dst_strategy": models["s4"],
             "auto_trans_ckpt": "True", "data_parallel": "1", "model_parallel": "2", "pipeline_stage": "2",
@@ -227,6 +228,10 @@ def test_a_reused_output_folder_holds_only_this_runs_files(models, bucket, s3_en
         f"rank_{r}/checkpoint_{r}.ckpt" for r in range(4)]
     assert sorted(n for n in listing(f"{remote}/transformed_checkpoint/llama8") if n.endswith(".ckpt")) == [
         f"rank_{r}/checkpoint_{r}.ckpt" for r in range(4)]
+    assert sorted(listing(f"{remote}/strategy")) == sorted(    # no rank 4-7 of the 8-rank layout
+        [f"ckpt_strategy_rank_{r}.ckpt" for r in range(4)] + ["merged_ckpt_strategy.ckpt"])
+    assert obs_io.file.read(f"{remote}/strategy/ckpt_strategy_rank_0.ckpt", binary=True) == \
+        Path(models["s4"], "ckpt_strategy_rank_0.ckpt").read_bytes()
     assert digest_tree(models["ref8"]) == before
 
 
@@ -246,4 +251,59 @@ def test_sigterm_reaches_the_training_command_and_its_exit_code_is_the_jobs(mode
     (r,) = job.wait(60)
     assert r.code == 42, r.output                        # the training command's own exit code
     assert (tmp_path / "check_node0.json.sigterm").read_text() == str(int(signal.SIGTERM))
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_destination_strategy_of_another_layout_is_refused(models, bucket, s3_env, tmp_path):
+    """A stale 8-rank (2-stage) strategy for a 4-card dp1 mp2 pp2 job would convert into ranks the
+    training does not have: one line naming both, every node told through the failure marker."""
+    form = {"load_checkpoint": models["complete"], "dst_strategy": models["s8"], "auto_trans_ckpt": "True",
+            "data_parallel": "1", "model_parallel": "2", "pipeline_stage": "2"}
+    (r,) = ModelArtsJob(tmp_path, s3_env, form, nodes=1, cards=4).run()
+    assert r.code == 2, r.output
+    assert len(r.errors()) == 1 and "has 8 ranks in 2 pipeline stage(s), but this job has 4 ranks" in r.errors()[0]
+    assert not (tmp_path / "node0" / "output" / "transformed_checkpoint" / "llama" / "rank_0").exists()
+
+
+def test_per_card_processes_in_their_own_folders_share_one_leader(models, s3_env, tmp_path):
+    """Launchers that `cd rank_<r>` before the boot command give every card another output
+    folder: the cards still elect one leader, and all load what it converted."""
+    form = {"load_checkpoint": models["ref4"], "src_strategy_path_or_dir": models["s4"],
+            "auto_trans_ckpt": "True", "use_parallel": "False", "run_mode": "predict"}
+    results = ModelArtsJob(tmp_path, s3_env, form, nodes=1, cards=2, per_card=True, card_dirs=True,
+                           env={"ENTRY_CHECK_REFERENCE": models["ref1"],
+                                "ENTRY_CHECK_RESULT": str(tmp_path / "check_{id}.json")}).run()
+    assert_ok(results)
+    assert sum("leads this node's sync and conversion" in r.output for r in results) == 1
+    loaded = {record["load_path"] for record in checks(tmp_path).values()}
+    assert len(loaded) == 1 and len(checks(tmp_path)) == 2
+    assert len(list(tmp_path.rglob("transformed_checkpoint"))) == 1      # converted once
+
+
+def test_a_sync_only_job_may_not_write_into_its_source(models, bucket, s3_env, tmp_path):
+    src = upload(models["ref8"], f"s3://{bucket}/src8/llama8")
+    form = {"load_checkpoint": src, "auto_trans_ckpt": "False", "remote_save_url": f"{src}/rank_0"}
+    (r,) = ModelArtsJob(tmp_path, s3_env, form, nodes=1, cards=8).run()
+    assert r.code == 2 and len(r.errors()) == 1 and "overlaps remote_save_url's logs folder" in r.errors()[0], r.output
+    assert sorted(listing(src)) == [f"rank_{i}/checkpoint_{i}.ckpt" for i in range(8)]
+
+
+def test_the_training_command_dies_with_the_entry(models, s3_env, tmp_path):
+    """Even a SIGKILLed entry (no handler runs) takes its training command with it."""
+    form = {"load_checkpoint": models["ref4"], "src_strategy_path_or_dir": models["s4"],
+            "auto_trans_ckpt": "True", "use_parallel": "False", "run_mode": "predict"}
+    result = tmp_path / "check_node0.json"
+    job = ModelArtsJob(tmp_path, s3_env, form, nodes=1, cards=1,
+                       env={"ENTRY_CHECK_RESULT": str(tmp_path / "check_{id}.json"), "ENTRY_CHECK_SLEEP": "120"})
+    job.start()
+    deadline = time.monotonic() + 120
+    while not result.exists() and time.monotonic() < deadline and job.procs[0][2].poll() is None:
+        time.sleep(0.2)
+    child = json.loads(result.read_text())["pid"]
+    job.stop(signal.SIGKILL)
+    job.wait(30)
+    deadline = time.monotonic() + 20
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE

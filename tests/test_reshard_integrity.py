@@ -357,3 +357,23 @@ def test_several_checkpoints_in_a_rank_folder_are_named_in_the_output(w, tmp_pat
            "rank_1/checkpoint_1_old.ckpt" in captured.out
     assert "WARNING source rank 1: rank_1/checkpoint_1.ckpt is newer than the chosen " \
            "rank_1/checkpoint_1_old.ckpt" in captured.err
+
+
+def test_a_checkpoint_lacking_weights_of_the_destination_is_refused(tmp_path):
+    """Missing model weights would train from random: an error naming one, nothing written.
+    Missing optimizer states (an inference checkpoint under a training strategy) are skipped."""
+    import reshard
+    from reshard.errors import ReshardError
+    params = synth.llama_params(num_layers=2, vocab=32, hidden=16, ffn=32)
+    synth.write_strategy(str(tmp_path / "s8"), dp=2, mp=2, pp=2, params=params)
+    partial = {n: a for n, a in params.items() if not n.startswith(("model.layers.1.", "adam_"))}
+    src = synth.write_complete_checkpoint(str(tmp_path / "partial.ckpt"), partial)
+    with pytest.raises(ReshardError, match=r"lacks \d+ parameter\(s\) of the destination strategy .*model\.layers\.1\."):
+        reshard.transform(src, str(tmp_path / "out"), dst_strategy=str(tmp_path / "s8"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.ckpt"))
+    inference = {n: a for n, a in params.items() if not n.startswith("adam_")}
+    src = synth.write_complete_checkpoint(str(tmp_path / "inference.ckpt"), inference)
+    report = reshard.transform(src, str(tmp_path / "out2"), dst_strategy=str(tmp_path / "s8"))
+    assert any("optimizer states" in n for n in report.plan.notes)
+    synth.assert_same_checkpoint_dirs(str(tmp_path / "out2"),
+                                      synth.ms_transform(src, str(tmp_path / "ms"), None, str(tmp_path / "s8")))
