@@ -1,4 +1,6 @@
-"""This node's share of the conversion: its blocks through the engine, then their markers.
+"""This node's share of the conversion through the engine's plan: the plan from strategies names
+the source files to fetch, is completed with their headers (every check before the first write)
+and executed; its report names the files written.
 
 The engine converts every rank of this node's blocks in one call with one process per block
 (process_num), so the memory bound (max_memory) is the engine's to keep for all of them.
@@ -6,40 +8,38 @@ The engine converts every rank of this node's blocks in one call with one proces
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import Callable
 
 import reshard
+from reshard.api import complete_plan, execute, plan_from_strategies
+from reshard.plan import Plan
 
 from cloud_entry.blocks import Block
 
 log = logging.getLogger(__name__)
 
 
-
-@dataclass(frozen=True)
-class Conversion:
-    src_checkpoint: str          # local: complete file or folder with rank_<r>/
-    dst_checkpoint: str          # local: transformed_checkpoint/<ckpt_name>
-    src_strategy: str | None
-    dst_strategy: str | None
-    prefix: str
-    fmt: str
-    max_memory: int | None
-    log_dir: str
-
-
 def block_ranks(blocks: tuple[Block, ...]) -> list[int]:
     return [r for b in blocks for r in b.ranks]
 
 
-def convert_blocks(conv: Conversion, blocks: tuple[Block, ...]) -> reshard.TransformReport:
-    ranks = block_ranks(blocks)
-    kwargs = dict(src_strategy=conv.src_strategy, dst_strategy=conv.dst_strategy, prefix=conv.prefix,
-                  fmt=conv.fmt, process_num=max(1, len(blocks)), max_memory=conv.max_memory,
-                  dst_ranks=ranks, log_dir=conv.log_dir)
-    # The engine logs its plan and expected peak memory (within max_memory) before converting.
-    log.info("converting ranks %s in %d process(es)", ",".join(map(str, ranks)), kwargs["process_num"])
-    report = reshard.transform(conv.src_checkpoint, conv.dst_checkpoint, **kwargs)
+def skeleton(source: reshard.SourceSet, src: reshard.Strategy | None, dst: reshard.Strategy | None,
+             blocks: tuple[Block, ...], prefix: str, fmt: str) -> Plan:
+    """The plan of this node's blocks from strategies alone: which source files they read."""
+    return plan_from_strategies(source, src, dst, dst_ranks=block_ranks(blocks), prefix=prefix, fmt=fmt)
+
+
+def convert_blocks(plan: Plan, local_root: str, dst_root: str, blocks: tuple[Block, ...],
+                   max_memory: int | None, log_dir: str,
+                   fetch: Callable[[list[str]], None] | None = None) -> reshard.TransformReport:
+    """Complete the plan with the headers of the files under local_root (fetch: how to get one
+    the plan finds it needs besides, for redundancy-removed sources), then write the ranks."""
+    full = complete_plan(plan, local_root, fetch=fetch)
+    for note in full.notes:
+        log.info("%s", note)
+    process_num = max(1, len(blocks))
+    log.info("converting ranks %s in %d process(es)", ",".join(map(str, block_ranks(blocks))), process_num)
+    report = execute(full, local_root, dst_root, process_num=process_num, max_memory=max_memory, log_dir=log_dir)
     log.info("converted ranks %s, reused %s (already complete and verified) in %.1fs",
              report.ranks_written or "none", report.ranks_skipped or "none", report.seconds)
     return report

@@ -27,7 +27,8 @@ from cloud_entry.blocks import BlockPlan, plan_blocks
 from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
-from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, overlaps, rank_dir
+from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_dir
+from reshard.sources import overlaps
 
 log = logging.getLogger("cloud_entry")
 # Seconds a failure marker written before this entry started may still be this attempt's (the
@@ -110,7 +111,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
         assert source is not None
         if job.src_strategy:
             identities["src_strategy"] = sync.check_strategy(job.src_strategy, "src_strategy_path_or_dir")
-        elif len(source.rank_files) > 1:
+        elif len(source.rank_files) > 1:   # one rank folder alone is a complete checkpoint
             raise EntryError(f"load_checkpoint={job.load_checkpoint}: {len(source.rank_files)} rank "
                              "folders need src_strategy_path_or_dir")
         if job.dst_strategy and job.use_parallel:
@@ -215,15 +216,14 @@ def destination_strategy(p: JobPlan, env: dict[str, str]) -> str | None:
     return dst
 
 
-def _check_destination(p: JobPlan, dst_s: str | None) -> None:
+def _check_destination(p: JobPlan, dst: reshard.Strategy | None) -> None:
     """The destination strategy must describe this job: its world size and pipeline stages.
     A stale strategy of another layout would convert into ranks the training does not have."""
-    if dst_s is None:
+    if dst is None:
         return
-    dst = reshard.load_strategy(dst_s)
     pp = int((p.config.get("parallel_config") or {}).get("pipeline_stage", 1) or 1)
     if dst.world_size != p.cluster.world_size or dst.num_stages != pp:
-        raise EntryError(f"destination strategy {p.job.dst_strategy or dst_s} has {dst.world_size} ranks in "
+        raise EntryError(f"destination strategy {p.job.dst_strategy or dst.source} has {dst.world_size} ranks in "
                          f"{dst.num_stages} pipeline stage(s), but this job has {p.cluster.world_size} ranks "
                          f"({p.cluster.num_nodes} node(s) x {p.cluster.cards_per_node} cards) and "
                          f"parallel_config.pipeline_stage={pp}")
@@ -246,20 +246,23 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     src_s = None
     try:   # from here on a failure is this node's blocks' failure: every node learns it
         dst_s = destination_strategy(p, env)
-        _check_destination(p, dst_s)
+        dst = reshard.load_strategy(dst_s) if dst_s else None      # parsed once, here
+        _check_destination(p, dst)
         if job.src_strategy:
             src_s = sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
         if mine:
-            needed = reshard.needed_source_ranks(src_s, dst_s, mine)
-            src_local = sync.fetch_source(p.source, needed, join(layout.work_dir, "source", layout.ckpt_name))
-            inputs = {"source": p.source.url, "files": p.source.rank_files or p.source.complete_file,
-                      "identity": p.source.identity, "src_strategy": _digest(src_s),
+            src = reshard.load_strategy(src_s) if src_s else None
+            plan = convert.skeleton(p.source.files, src, dst, my_blocks, job.prefix, fmt)
+            cache = join(layout.work_dir, "source", layout.ckpt_name)
+            local_root = sync.fetch_source(p.source, plan.needed_files(), cache)   # exactly those
+            inputs = {"source": p.source.url, "identity": p.source.identity, "src_strategy": _digest(src_s),
                       "dst_strategy": _digest(dst_s), "prefix": job.prefix, "fmt": fmt}
             _forget_stale_ranks(p, inputs, mine)
-            convert.convert_blocks(convert.Conversion(src_local, layout.transformed, src_s, dst_s, job.prefix, fmt,
-                                           job.max_memory, layout.log_dir), my_blocks)
-            if layout.remote_save_url:
-                sync.upload_ranks(layout.transformed, layout.remote_transformed, mine, job.prefix, fmt)
+            report = convert.convert_blocks(
+                plan, local_root, layout.transformed, my_blocks, job.max_memory, layout.log_dir,
+                fetch=(lambda names: sync.fetch_source(p.source, names, cache)) if p.source.remote else None)
+            if layout.remote_save_url:   # what the plan says this node wrote (or verified)
+                sync.upload_ranks(layout.transformed, layout.remote_transformed, report.plan.output_files)
     except BaseException as exc:
         log.debug("conversion failed", exc_info=True)
         for leader in leaders:

@@ -13,7 +13,6 @@ import shutil
 from dataclasses import dataclass
 
 import obs_io
-from obs_io.urls import ObjectURL
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +117,3 @@ def clear_safely(target: str, output_dir: str, protected: list[str]) -> bool:
         os.remove(target)
     return True
 
-
-def overlaps(a: str, b: str) -> bool:
-    """True when one location is, holds or lies inside the other: local paths after resolving
-    links; object-store URLs by bucket and key prefix (obs:// and s3:// name the same object)."""
-    if obs_io.is_remote(a) != obs_io.is_remote(b):
-        return False
-    if not obs_io.is_remote(a):
-        ra, rb = _real(a), _real(b)
-        return _within(ra, rb) or _within(rb, ra)
-    ua, ub = ObjectURL.parse(a), ObjectURL.parse(b)
-    if ua.bucket != ub.bucket:
-        return False
-    ka, kb = ua.key.strip("/"), ub.key.strip("/")
-    return not ka or not kb or ka == kb or ka.startswith(kb + "/") or kb.startswith(ka + "/")

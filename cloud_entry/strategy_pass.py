@@ -13,13 +13,13 @@ import os
 from typing import Any, Callable
 
 import obs_io
+from reshard.sources import strategy_files
 
 from cloud_entry import config as config_mod
 from cloud_entry import launch
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.markers import write_atomic
 from cloud_entry.paths import JobPaths, join
-from cloud_entry.sync import STRATEGY_EXTS
 from cloud_entry.waits import Backoff, poll
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,10 @@ def publish_failure(layout: JobPaths, node: int, run_id: str, error: str) -> Non
 
 
 def local_strategy_files(folder: str) -> list[str]:
+    """The strategy files of a local folder of ours, by the engine's rule."""
     if not os.path.isdir(folder):
         return []
-    return sorted(n for n in os.listdir(folder)
-                  if n.endswith(STRATEGY_EXTS) and os.path.isfile(os.path.join(folder, n)))
+    return strategy_files([n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))], folder)
 
 
 def run_pass(cfg: dict[str, Any], layout: JobPaths, launch_cmd: list[str], env: dict[str, str],

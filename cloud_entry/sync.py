@@ -14,31 +14,35 @@ from pathlib import PurePosixPath
 
 import obs_io
 import obs_io.atomic
+import reshard
 from obs_io import DirEntry
+from reshard.sources import STRATEGY_EXTS, SourceEntry, SourceSet, classify, output_name, strategy_files
 
 from cloud_entry.errors import EntryError
 from cloud_entry.paths import join, rank_dir
 
 log = logging.getLogger(__name__)
 
-_RANK_FILE = re.compile(r"^rank_(\d+)/([^/]+)$")
-STRATEGY_EXTS = (".ckpt", ".json")
 
 
 @dataclass(frozen=True)
 class Source:
-    """The checkpoint named by load_checkpoint, as found on its storage by one listing."""
+    """The checkpoint named by load_checkpoint: the engine's classification (reshard.sources)
+    of one listing of its storage, with the listing's entries of the files it uses."""
     url: str                             # as given (file or folder)
-    name: str                            # <ckpt_name>
-    root: str                            # the folder the entries' names are relative to
-    complete_file: str = ""              # a complete checkpoint: the file's URL/path
-    rank_files: dict[int, str] = field(default_factory=dict)   # rank -> "rank_<r>/<file>"
+    name: str                            # <ckpt_name>: the folder's name or the file's stem
+    files: SourceSet                     # what the engine reads, names relative to files.base
     entries: dict[str, DirEntry] = field(default_factory=dict)  # every file used, by name
     identity: tuple = ()                 # (name, size, version) of every file used: see _version
 
     @property
     def remote(self) -> bool:
         return obs_io.is_remote(self.url)
+
+    @property
+    def rank_files(self) -> dict[int, str]:
+        """rank -> relative name, for a distributed source ({} for a complete one)."""
+        return {} if self.files.complete else dict(self.files.files)
 
 
 def _basename(url: str) -> str:
@@ -79,64 +83,61 @@ def _identity(entries: list[DirEntry]) -> tuple:
 
 
 def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
-    """Classify load_checkpoint: complete file, folder of complete files, or rank_<r> folders
-    (the last file in name order per rank, as MindSpore picks it)."""
-    ext = f".{fmt}"
+    """Classify load_checkpoint with the engine's rule (reshard.sources.classify) from one
+    listing: a complete file, a folder of complete files (their union; a sharded safetensors
+    folder's index decides which file holds each tensor), or rank_<r> folders (the last file in
+    name order per rank, as MindSpore picks it). What the engine notes (the file chosen in a
+    rank folder, newer files left aside) is logged."""
     entries = _listing(url, flag)
-    if entries is None:
-        if not url.endswith(ext):
-            raise EntryError(f"{flag}={url}: not a {ext} file (load_ckpt_format={fmt})")
-        st = obs_io.file.stat(url)
-        entry = DirEntry(_basename(url), url, False, st.length, st.mtime_nsec)
-        return Source(url, entry.name[: -len(ext)], url[: -len(entry.name)].rstrip("/") or ".",
-                      complete_file=url, entries={entry.name: entry}, identity=_identity([entry]))
+    try:
+        if entries is None:
+            st = obs_io.file.stat(url)
+            entries = [DirEntry(_basename(url), url, False, st.length, st.mtime_nsec)]
+            files = classify(url, [SourceEntry(entries[0].name, st.length, st.mtime_nsec)], fmt, is_file=True)
+        else:
+            files = classify(url, [SourceEntry(e.name, e.length, e.mtime_nsec) for e in entries], fmt)
+        if files.needs_index:
+            files = files.with_index(obs_io.file.read(files.path_of(files.index_name), binary=True))
+    except reshard.ReshardError as exc:
+        raise EntryError(f"{flag}={url}: {exc}") from None
+    for note in files.notes:
+        log.log(note.level, "%s", note)
     by_name = {e.name: e for e in entries}
-    names = sorted(by_name)
-
-    def source(chosen: list[str], **kind) -> Source:
-        used = [by_name[n] for n in chosen]
-        return Source(url, _basename(url), url, **kind, entries={e.name: e for e in used},
-                      identity=_identity(used))
-    ranks: dict[int, str] = {}
-    for name in names:
-        m = _RANK_FILE.match(name)
-        if m and name.endswith(ext):
-            ranks[int(m.group(1))] = name            # sorted: the last one wins
-    if ranks:
-        if sorted(ranks) != list(range(len(ranks))):
-            missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
-            raise EntryError(f"{flag}={url}: rank folders must be numbered from 0 without gaps; "
-                             f"no {ext} file for rank {missing[0]}")
-        for r, name in ranks.items():
-            others = [n for n in names if n.startswith(f"rank_{r}/") and n.endswith(ext) and n != name]
-            if others:
-                log.info("source rank %d: %s holds %d checkpoints: using the last in name order, %s",
-                         r, url, len(others) + 1, name)
-        return source(list(ranks.values()), rank_files=ranks)
-    files = [n for n in names if "/" not in n and n.endswith(ext)]
-    if not files:
-        raise EntryError(f"{flag}={url}: no rank_<r>/*{ext} and no *{ext} file in this folder")
-    if len(files) > 1:
-        log.info("%s holds %d checkpoints: using the last, %s", url, len(files), files[-1])
-    return source([files[-1]], complete_file=join(url, files[-1]))
+    used = [by_name[n] for n in files.used_names()]
+    name = _basename(url)
+    if files.is_file:
+        name = name[: -len(f".{fmt}")] if name.endswith(f".{fmt}") else os.path.splitext(name)[0]
+    return Source(url, name, files, {e.name: e for e in used}, _identity(used))
 
 
 def strategy_names(folder_url: str) -> list[str]:
-    """The strategy files of a folder, as MindSpore's merge reads it: every *.ckpt / *.json."""
-    return [n for n in obs_io.file.list_directory(folder_url) if n.endswith(STRATEGY_EXTS)]
+    """The strategy files of a folder, by the engine's rule (reshard.sources.strategy_files)."""
+    return _strategy_files(folder_url, [e.name for e in obs_io.file.list_entries(folder_url) if e.is_file()])
+
+
+def _strategy_files(url: str, names: list[str]) -> list[str]:
+    try:
+        return strategy_files(names, url)
+    except reshard.ReshardError as exc:
+        raise EntryError(str(exc)) from None
 
 
 def check_strategy(url: str, flag: str) -> tuple:
-    """A strategy given by the user must exist (file, or folder with *.ckpt / *.json). Returns
-    its identity: (name, size, version) of each strategy file."""
+    """A strategy given by the user must exist (a file, or a folder the engine's rule accepts:
+    every *.ckpt or every *.json, not both). Returns its identity: (name, size, version) of each
+    strategy file."""
     entries = _listing(url, flag)
     if entries is None:
         st = obs_io.file.stat(url)
         return _identity([DirEntry(_basename(url), url, False, st.length, st.mtime_nsec)])
-    files = [e for e in entries if "/" not in e.name and e.name.endswith(STRATEGY_EXTS)]
-    if not files:
+    top = {e.name: e for e in entries if "/" not in e.name}
+    try:
+        names = strategy_files(list(top), url)
+    except reshard.ReshardError as exc:
+        raise EntryError(f"{flag}={url}: {exc}") from None
+    if not names:
         raise EntryError(f"{flag}={url}: folder holds no *.ckpt or *.json strategy file")
-    return _identity(files)
+    return _identity([top[n] for n in names])
 
 
 def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
@@ -155,22 +156,18 @@ def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
     return dst
 
 
-def fetch_source(source: Source, ranks: list[int], local_root: str) -> str:
-    """Local path to hand the engine: the user's own when local, else only the needed shards
-    (or the complete file) copied in parallel under local_root (our cache), from the entries
-    the plan's listing already holds: no further listing."""
+def fetch_source(source: Source, names: list[str], local_root: str) -> str:
+    """The folder the engine reads `names` (relative to source.files.base) under: the user's own
+    when local, else local_root (our cache), where exactly those files are copied in parallel
+    from the entries the plan's listing already holds: no further listing."""
     if not source.remote:
-        return source.complete_file or source.url
-    if source.complete_file:
-        (entry,) = source.entries.values()
-        _download(source.root, local_root, [entry])
-        return os.path.join(local_root, entry.name)
-    wanted = [source.entries[source.rank_files[r]] for r in ranks]
-    for r in ranks:   # the engine takes a rank folder's last file: no older ones may stay
-        _prune(rank_dir(local_root, r), {_basename(source.rank_files[r])})
-    todo = _download(source.url, local_root, wanted)
-    log.info("downloaded %d of %d source shards (ranks %s) from %s", len(todo), len(source.rank_files),
-             ranges(ranks), source.url)
+        return source.files.base
+    for r, name in source.rank_files.items():   # a cached rank folder keeps no older checkpoint
+        if name in names:
+            _prune(rank_dir(local_root, r), {_basename(name)})
+    todo = _download(source.files.base, local_root, [source.entries[n] for n in names])
+    log.info("downloaded %d of the %d source file(s) this node reads (%d in the source) from %s",
+             len(todo), len(names), len(source.entries), source.url)
     return local_root
 
 
@@ -212,24 +209,23 @@ def _prune(folder: str, keep: set[str], exts: tuple[str, ...] = ()) -> None:
 
 
 def sync_rank_shards(source: Source, ranks: list[int], local_root: str) -> str:
-    """auto_trans_ckpt=False: this node's own ranks' shards (or the complete file)."""
-    present = [r for r in ranks if r in source.rank_files]
-    return fetch_source(source, present, local_root) if (present or source.complete_file) else source.url
+    """auto_trans_ckpt=False: this node's own ranks' shards (or every file of a complete
+    source); the path to load: the file, or the folder."""
+    files = source.files
+    names = files.used_names() if files.complete else [files.files[r] for r in ranks if r in files.files]
+    root = fetch_source(source, names, local_root)
+    return files.path_of(files.files[0], root) if files.is_file else root
 
 
-def converted_files(ranks: list[int], prefix: str, fmt: str) -> list[str]:
-    """Exactly the converted checkpoints: never a temp file of a killed run or an old prefix's."""
-    return [f"rank_{r}/{prefix}{r}.{fmt}" for r in ranks]
-
-
-def upload_ranks(local_root: str, remote_root: str, ranks: list[int], prefix: str, fmt: str) -> None:
-    log.info("uploading ranks %s to %s", ranges(ranks), remote_root)
-    obs_io.file.copy_parallel(local_root, remote_root, file_list=converted_files(ranks, prefix, fmt))
+def upload_ranks(local_root: str, remote_root: str, names: list[str]) -> None:
+    """The converted files (relative names from the engine's plan) to object storage."""
+    log.info("uploading %d converted file(s) to %s", len(names), remote_root)
+    obs_io.file.copy_parallel(local_root, remote_root, file_list=names)
 
 
 def download_ranks(remote_root: str, local_root: str, ranks: list[int], prefix: str, fmt: str) -> None:
     log.info("downloading ranks %s converted on other nodes from %s", ranges(ranks), remote_root)
-    obs_io.file.copy_parallel(remote_root, local_root, file_list=converted_files(ranks, prefix, fmt))
+    obs_io.file.copy_parallel(remote_root, local_root, file_list=[output_name(r, prefix, fmt) for r in ranks])
 
 
 def ranges(ranks: list[int]) -> str:
@@ -255,7 +251,7 @@ def stale_outputs(names: list[str], keep_ranks: set[int], prefix: str, fmt: str)
     `checkpoint_0.ckpt`, and the last file in name order is what gets loaded), any file of a rank
     this run does not hold (rank_4..7 of an 8-rank run in a 4-rank result), the engine's
     manifest of such a rank. Markers and other files beside the rank folders are left alone."""
-    wanted = set(converted_files(sorted(keep_ranks), prefix, fmt))
+    wanted = {output_name(r, prefix, fmt) for r in keep_ranks}
     stale = []
     for name in names:
         first = name.split("/", 1)[0]

@@ -168,7 +168,7 @@ def test_source_cache_is_refreshed_and_pruned(bucket, tmp_path):
     cache = tmp_path / "cache"
     (cache / "rank_0").mkdir(parents=True)
     (cache / "rank_0" / "step_2000.ckpt").write_bytes(b"older run, sorts last")
-    sync.fetch_source(source, [0, 1], str(cache))
+    sync.fetch_source(source, sorted(source.rank_files.values()), str(cache))
     assert sorted(os.listdir(cache / "rank_0")) == ["step_1000.ckpt"]
     assert (cache / "rank_1" / "step_1000.ckpt").read_bytes() == b"v1-1"
     time.sleep(0.01)
