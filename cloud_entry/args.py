@@ -27,6 +27,7 @@ import yaml
 
 import obs_io
 from cloud_entry.errors import EntryError
+from reshard.cli import parse_size as reshard_parse_size
 from cloud_entry.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ PARALLEL_SIZES = ("data_parallel", "model_parallel", "pipeline_stage", "micro_ba
 # Shortcuts for top-level config keys MindFormers reads there (not under parallel_config).
 TOP_LEVEL_KEYS = ("micro_batch_interleave_num",)
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
 def parse_bool(flag: str, text: str) -> bool:
@@ -72,15 +72,12 @@ def parse_seconds(flag: str, text: str) -> float:
 
 
 def parse_size(flag: str, text: str) -> int:
-    """Bytes from '8G', '512MiB', '1000000'."""
-    m = _SIZE.match(text)
-    if not m:
-        raise EntryError(f"--{flag}={text!r}: expected a size such as 8G or 512M")
-    scale = 1024 ** " kmgt".index((m.group(2) or " ").lower())
-    value = int(float(m.group(1)) * scale)
-    if value <= 0:
-        raise EntryError(f"--{flag}={text!r}: must be > 0")
-    return value
+    """Bytes from '8G', '512MiB', '1000000': the engine's rule (reshard.cli.parse_size), so both
+    tools read --max_memory alike."""
+    try:
+        return reshard_parse_size(text)
+    except ValueError as exc:
+        raise EntryError(f"--{flag}: {exc}") from None
 
 
 def parse_choice(choices: Sequence[str]) -> Callable[[str, str], str]:

@@ -27,21 +27,29 @@ log = logging.getLogger("reshard")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+class SizeError(argparse.ArgumentTypeError, ValueError):
+    """A size that is not one: argparse shows its text; other callers catch ValueError."""
+
+
 def parse_size(text: str) -> int:
-    """'8G', '512M', '1.5GiB', '1048576' -> bytes."""
+    """Bytes from a size as both tools take it: '8G', '512M', '1.5GiB', '8gib', '1048576', '1e9'
+    (K/M/G/T are powers of 1024; an optional i/iB/B after them). At least one byte. The one size
+    rule of the project: cloud-entry's --max_memory uses it too.
+    Raises SizeError (an argparse.ArgumentTypeError and a ValueError) naming the text."""
     t = text.strip().upper()
-    for suffix in ("IB", "B"):
-        if t.endswith(suffix) and len(t) > len(suffix):
+    for suffix in ("IB", "B", "I"):
+        if t.endswith(suffix) and len(t) > len(suffix) and t[-len(suffix) - 1] in "KMGT":
             t = t[:-len(suffix)]
             break
     unit = t[-1] if t and t[-1] in "KMGT" else ""
     try:
         value = float(t[:-1] if unit else t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 8G or 512M") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return int(value * _UNITS[unit])
+        raise SizeError(f"{text!r} is not a size like 8G or 512M") from None
+    size = int(value * _UNITS[unit]) if value == value and value != float("inf") else 0
+    if size < 1:
+        raise SizeError(f"{text!r} must be at least one byte")
+    return size
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -214,3 +214,18 @@ def test_corrupt_source_found_while_converting_is_one_line(data, tmp_path, capsy
     finally:
         execute.open_reader = execute_open
     assert not [f for _, _, fs in os.walk(out) for f in fs], "a file was left behind"
+
+
+def test_both_tools_read_sizes_alike():
+    """One size rule (issue: --max_memory meant different things to the two CLIs)."""
+    import pytest
+    from cloud_entry import args as entry_args
+    from cloud_entry.errors import EntryError
+    for text, size in (("8G", 8 << 30), ("8gi", 8 << 30), ("8gib", 8 << 30), (".5G", 1 << 29), ("1e9", 10**9),
+                       ("512MiB", 512 << 20), ("1000", 1000)):
+        assert parse_size(text) == size == entry_args.parse_size("max_memory", text), text
+    for text in ("0.5", "0", "lots", "-1G", "inf"):
+        with pytest.raises(ValueError):
+            parse_size(text)
+        with pytest.raises(EntryError, match="--max_memory"):
+            entry_args.parse_size("max_memory", text)
