@@ -7,9 +7,12 @@ request (SIGTERM, SIGHUP: signals.py) the stopped command's, or 128+signal befor
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 
 from cloud_entry import logs, signals
+from obs_io.oneline import one_line
 from cloud_entry.errors import EntryError
 
 
@@ -31,15 +34,17 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         except user_errors as exc:
             log.debug("failed", exc_info=True)
-            print(f"cloud-entry: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"cloud-entry: error: {one_line(exc, user_errors)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("cloud-entry: interrupted", file=sys.stderr)
             return 130
         except Exception as exc:  # noqa: BLE001 - one line for the user, the traceback for the log
             log.debug("unexpected error", exc_info=True)
-            print(f"cloud-entry: error: {type(exc).__name__}: {' '.join(str(exc).split())} "
-                  "(traceback in the log file)", file=sys.stderr)
+            print(f"cloud-entry: error: {one_line(exc)} (a bug; traceback in the log file when there is "
+                  "one, else with CLOUD_ENTRY_DEBUG=1)", file=sys.stderr)
+            if os.environ.get("CLOUD_ENTRY_DEBUG"):
+                traceback.print_exc()
             return 1
 
 

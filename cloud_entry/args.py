@@ -27,6 +27,7 @@ import yaml
 
 import obs_io
 from cloud_entry.errors import EntryError
+from obs_io.oneline import OneLineParser
 from reshard.cli import parse_size as reshard_parse_size
 from cloud_entry.jobspec import JobSpec
 
@@ -193,11 +194,14 @@ _ARG = re.compile(r"^--([A-Za-z_][\w.-]*)(?:=(.*))?$", re.DOTALL)
 _DOTTED = re.compile(r"^[A-Za-z_][\w-]*(?:\.[\w-]+)+$")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's usage dump on a bad flag becomes our one line naming it."""
+class _ArgumentsError(EntryError):
+    def __init__(self, message: str):
+        super().__init__(f"arguments: {message}")
 
-    def error(self, message: str):
-        raise EntryError(f"arguments: {message}")
+
+class _Parser(OneLineParser):
+    """argparse's usage dump on a bad flag becomes our one line naming it."""
+    error_type = _ArgumentsError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import obs_io
 import reshard
+from obs_io.oneline import one_line
 
 from cloud_entry import config as config_mod
 from cloud_entry import convert, launch, logs, markers, node_leader, strategy_pass, sync
@@ -179,8 +180,7 @@ def _forget_stale_ranks(p: JobPlan, inputs: dict[str, Any], ranks: list[int]) ->
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, (EntryError, reshard.ReshardError)) else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())
+    return one_line(exc, (EntryError, reshard.ReshardError))
 
 
 def destination_strategy(p: JobPlan, env: dict[str, str]) -> str | None:

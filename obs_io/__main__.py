@@ -11,16 +11,12 @@ import sys
 
 from . import file as mox_file
 from .errors import scrub
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints usage + message; we promise one line
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from .oneline import OneLineParser, one_line
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="python -m obs_io", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    p = OneLineParser(prog="python -m obs_io", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     cp = sub.add_parser("cp", help="copy a file, or a folder tree (local, obs://, s3://)")
     cp.add_argument("src")
     cp.add_argument("dst")
@@ -55,12 +51,16 @@ def _run(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except ValueError as err:
+        print(f"python -m obs_io: error: {one_line(err, (ValueError,))}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     try:
         _run(args)
     except (OSError, ValueError) as err:
-        print(f"obs_io {args.command}: {type(err).__name__}: {scrub(str(err))}", file=sys.stderr)
+        print(f"obs_io {args.command}: {scrub(one_line(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"obs_io {args.command}: interrupted", file=sys.stderr)

@@ -21,7 +21,7 @@ from typing import Iterable
 
 from .errors import ReshardError
 from .execute import PROCESS_BASE_BYTES, expected_peak, rank_cost, run_plan
-from .formats.base import write_file_atomic
+from obs_io.atomic import write_atomic
 from .plan import Fetch, Headers, Plan, build_plan
 from .sources import FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, classify
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
@@ -242,7 +242,7 @@ def needed_source_ranks(src_strategy: Strategy | str | None, dst_strategy: Strat
 def write_merged_strategy(strategy: Strategy | str, out_file: str) -> None:
     """Merge a strategy folder / per-stage files into one file (MindSpore's merged format),
     written to a temporary name then renamed. Reads the sources only; the output is new."""
-    write_file_atomic(out_file, merged_strategy_bytes(_strategy(strategy)))
+    write_atomic(out_file, merged_strategy_bytes(_strategy(strategy)), durable=True)
 
 
 def transform(src_checkpoint: str, dst_checkpoint: str, *,

@@ -22,6 +22,8 @@ from .sources import (SourceEntry, SourceSet, check_output, classify, is_url, sp
                       strategy_files)
 from .strategy import Strategy
 
+from obs_io.oneline import OneLineParser, one_line
+
 log = logging.getLogger("reshard")
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -52,11 +54,9 @@ def parse_size(text: str) -> int:
     return size
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class _OneLineParser(OneLineParser):
     """Usage errors are bad input like any other: one line, exit 2 (via main)."""
-
-    def error(self, message):
-        raise ReshardError(message)
+    error_type = ReshardError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +97,7 @@ def _storage(flag: str, url: str):
     except ReshardError:
         raise
     except (FileNotFoundError, PermissionError, ValueError, OSError) as e:
-        text = " ".join(str(e).split()) or type(e).__name__
+        text = one_line(e, (OSError, ValueError))
         if text.startswith(f"{url}: "):
             text = text[len(url) + 2:]
         raise ReshardError(f"{flag} {url}: {text}") from None
@@ -324,7 +324,7 @@ def main(argv=None) -> int:
     try:
         return run(argv)
     except ReshardError as e:
-        print(f"transform-checkpoint: error: {e}", file=sys.stderr)
+        print(f"transform-checkpoint: error: {one_line(e, (ReshardError,))}", file=sys.stderr)
         return 2
     finally:
         log.removeHandler(handler)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ReshardError
 from .formats import FormatError, TensorMeta, open_reader, open_writer
-from .formats.base import write_file_atomic
+from obs_io.atomic import write_atomic
 from .plan import Plan, RankPlan
 
 log = logging.getLogger("reshard")
@@ -94,9 +94,9 @@ def is_done(src_root: str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
 def _write_manifest(src_root: str, dst_root: str, rp: RankPlan, fmt: str) -> None:
     out = os.path.join(dst_root, rp.path)
     st = os.stat(out)
-    write_file_atomic(_manifest_path(dst_root, rp), json.dumps(
+    write_atomic(_manifest_path(dst_root, rp), json.dumps(
         {"digest": rank_digest(rp, fmt, src_root), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-         "file": rp.path}).encode())
+         "file": rp.path}).encode(), durable=True)   # the manifest vouches for the output
 
 
 # -- one destination rank -------------------------------------------------------------------

@@ -235,7 +235,9 @@ def test_a_reused_output_folder_holds_only_this_runs_files(models, bucket, s3_en
     assert digest_tree(models["ref8"]) == before
 
 
-def test_sigterm_reaches_the_training_command_and_its_exit_code_is_the_jobs(models, s3_env, tmp_path):
+def training(models, s3_env, tmp_path) -> tuple[ModelArtsJob, int]:
+    """A single-card predict job whose training command keeps running (up to 120 s) after it
+    loaded the converted checkpoint; returns the job and the training command's pid."""
     form = {"load_checkpoint": models["ref4"], "src_strategy_path_or_dir": models["s4"],
             "auto_trans_ckpt": "True", "use_parallel": "False", "run_mode": "predict"}
     result = tmp_path / "check_node0.json"
@@ -246,7 +248,11 @@ def test_sigterm_reaches_the_training_command_and_its_exit_code_is_the_jobs(mode
     while not result.exists() and time.monotonic() < deadline and job.procs[0][2].poll() is None:
         time.sleep(0.2)
     assert result.exists(), job.wait(10)[0].output
-    child = json.loads(result.read_text())["pid"]
+    return job, json.loads(result.read_text())["pid"]
+
+
+def test_sigterm_reaches_the_training_command_and_its_exit_code_is_the_jobs(models, s3_env, tmp_path):
+    job, child = training(models, s3_env, tmp_path)
     job.stop(signal.SIGTERM)
     (r,) = job.wait(60)
     assert r.code == 42, r.output                        # the training command's own exit code
@@ -290,16 +296,7 @@ def test_a_sync_only_job_may_not_write_into_its_source(models, bucket, s3_env, t
 
 def test_the_training_command_dies_with_the_entry(models, s3_env, tmp_path):
     """Even a SIGKILLed entry (no handler runs) takes its training command with it."""
-    form = {"load_checkpoint": models["ref4"], "src_strategy_path_or_dir": models["s4"],
-            "auto_trans_ckpt": "True", "use_parallel": "False", "run_mode": "predict"}
-    result = tmp_path / "check_node0.json"
-    job = ModelArtsJob(tmp_path, s3_env, form, nodes=1, cards=1,
-                       env={"ENTRY_CHECK_RESULT": str(tmp_path / "check_{id}.json"), "ENTRY_CHECK_SLEEP": "120"})
-    job.start()
-    deadline = time.monotonic() + 120
-    while not result.exists() and time.monotonic() < deadline and job.procs[0][2].poll() is None:
-        time.sleep(0.2)
-    child = json.loads(result.read_text())["pid"]
+    job, child = training(models, s3_env, tmp_path)
     job.stop(signal.SIGKILL)
     job.wait(30)
     deadline = time.monotonic() + 20

@@ -242,20 +242,6 @@ class CheckpointWriter:
         pass
 
 
-def write_file_atomic(path: str, data: bytes) -> None:
-    """A small whole file (manifest, merged strategy) under a temporary name, renamed when
-    written; the temporary file is removed if writing fails."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _fsync_dir(folder: str) -> None:
     """Make the rename itself durable (a crash must not resurrect the old state)."""
     try:
