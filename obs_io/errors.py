@@ -19,6 +19,11 @@ _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureD
            "AccountProblem", "InvalidSecurity"}
 
 
+class ObjectChanged(OSError):
+    """An object was replaced between two requests of one read (a GET pinned to the ETag the
+    first one saw): reading it again from the start gives one whole version."""
+
+
 def scrub(text: str) -> str:
     """Remove the configured secrets from text, whatever put them there."""
     cfg = _config.current()
@@ -45,6 +50,8 @@ def translate(err: BaseException, url: str) -> BaseException:
             return PermissionError(f"{url}: access denied ({code}); check the access key, secret key "
                                    f"and the bucket's permissions")
         message = scrub(str(error.get("Message") or code))
+        if code in ("PreconditionFailed", "412"):
+            return ObjectChanged(f"{url}: the object changed while it was read ({code})")
         return OSError(f"{url}: object storage error {code}: {message}")
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return PermissionError(f"{url}: no credentials; set ACCESS_KEY_ID and SECRET_ACCESS_KEY "

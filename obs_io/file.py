@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from .batch import execute, plan_file, plan_tree
 from .config import set_auth  # noqa: F401 - part of the mox.file API
 from .entries import DirEntry, StatResult
+from .errors import ObjectChanged
 from .fs import backend, list_entries
 from .remote_file import File
 from .urls import ObjectURL, check, is_remote, join
@@ -167,8 +168,15 @@ def rename(src_url: str, dst_url: str) -> None:
 
 
 def read(url: str, binary: bool = False):
-    with File(url, "rb" if binary else "r") as f:
-        return f.read()
+    """The whole file. An object replaced while it is read (another writer's marker, say) is
+    read again, up to three times, so the caller gets one whole version, never a mix."""
+    for attempt in range(3):
+        try:
+            with File(url, "rb" if binary else "r") as f:
+                return f.read()
+        except ObjectChanged:
+            if attempt == 2:
+                raise
 
 
 def write(url: str, content, binary: bool = False) -> None:

@@ -226,3 +226,25 @@ def test_corrupted_body_with_plain_md5_etag_still_fails(tmp_path, bucket, proxy,
     with pytest.raises(OSError, match="MD5"):
         mox.file.copy_parallel(f"s3://{bucket}/p", str(tmp_path / "d"))
     assert not (tmp_path / "d").exists() or not list((tmp_path / "d").iterdir())
+
+
+def test_a_whole_read_of_an_object_replaced_meanwhile_is_read_again(bucket, s3_env):
+    """read() makes a HEAD, then GETs pinned to its ETag: a writer replacing the object between
+    the two must not make the read fail (the pin answers 412) nor mix two versions."""
+    from obs_io import remote_file
+
+    url = f"s3://{bucket}/markers/m.txt"
+    mox.file.write(url, "old version")
+    real_get = remote_file._RangedReader._get
+    replaced = []
+
+    def get_after_a_replace(self, start, end):
+        if not replaced:
+            replaced.append(True)
+            mox.file.write(url, "new version, longer")
+        return real_get(self, start, end)
+    remote_file._RangedReader._get = get_after_a_replace
+    try:
+        assert mox.file.read(url) == "new version, longer"
+    finally:
+        remote_file._RangedReader._get = real_get
