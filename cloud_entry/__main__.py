@@ -26,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import reshard
 
-            user_errors: tuple[type[BaseException], ...] = (EntryError, reshard.ReshardError)
+            # bad input, and storage that refuses or lacks what the user named (obs_io raises
+            # these builtins with the URL in their one line): exit 2, not "a bug"
+            user_errors: tuple[type[BaseException], ...] = (EntryError, reshard.ReshardError,
+                                                             FileNotFoundError, PermissionError)
             return run(parse_args(sys.argv[1:] if argv is None else argv))
         except signals.Terminated as exc:
             log.debug("stopped", exc_info=True)

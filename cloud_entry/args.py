@@ -29,6 +29,7 @@ import obs_io
 from cloud_entry.errors import EntryError
 from obs_io.oneline import OneLineParser
 from reshard.cli import parse_size as reshard_parse_size
+from reshard.sources import check_prefix
 from cloud_entry.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -294,28 +295,60 @@ def _distance(a: str, b: str) -> int:
     return d[len(a)][len(b)]
 
 
-def near_miss(name: str, allowed: Sequence[str] = ()) -> str | None:
-    """The hyperparameter of ours that `name` is probably a typo of, or None. Close means: the
-    same up to case and -/_; one of ours with something appended (`load_checkpoint_path`,
-    `transform_process_number`); an abbreviation covering 2/3 of it; or 1 edit away (names of
-    5-7 characters), 2 edits (longer names). Platform and MindFormers arguments, the names in
-    `allowed` (--pass_args) and short names are never typos: a custom training script's
-    `--model` or `--train` is passed on."""
-    if name in OWN_NAMES or name in PLATFORM_ARGS or name in MINDFORMERS_ARGS or name in allowed \
-            or "." in name:
-        return None
+# Names users bring from elsewhere for one of ours: transform-checkpoint's and MindFormers'
+# transform_checkpoint.py flags, and short forms.
+ALIASES = {"src_strategy": "src_strategy_path_or_dir", "src_checkpoint": "load_checkpoint",
+           "dst_strategy_path_or_dir": "dst_strategy", "npu_num": "npu_num_per_node",
+           "process_num": "transform_process_num", "load_ckpt": "load_checkpoint"}
+
+
+def _tokens_match(a: list[str], b: list[str]) -> bool:
+    """Every word of a (2 or more) is the start of a different word of b, or b's of a:
+    `auto_transform_ckpt` ~ `auto_trans_ckpt`, `trans_ckpt` ~ `auto_trans_ckpt`."""
+    if len(a) < 2:
+        return False
+    left = list(b)
+    for word in a:
+        hit = next((w for w in left if w.startswith(word) or word.startswith(w)), None)
+        if hit is None:
+            return False
+        left.remove(hit)
+    return True
+
+
+def closest(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate `name` is probably a typo of, or None. Close means: the same up to case and
+    -/_ (and with the underscores left out); one of them with something appended
+    (`load_checkpoint_path`); an abbreviation of 7+ characters covering 2/3 of it (`auto_trans`, `autotrans`);
+    its words, abbreviated or not (`auto_transform_ckpt`, `trans_ckpt`); or 1 edit away (names
+    of 5-7 characters), 2 edits (longer names). Names under 5 characters are never typos."""
     low = _normal(name)
     if len(low) < 5:
         return None
-    candidates = sorted(OWN_NAMES)
-    for known in candidates:
-        if low == known:
+    squashed = low.replace("_", "")
+    for known in sorted(candidates):
+        k_squashed = known.replace("_", "")
+        if low == known or squashed == k_squashed:
             return known
-        if len(known) >= 8 and (low.startswith(known) or (known.startswith(low) and 3 * len(low) >= 2 * len(known))):
+        if len(known) >= 8 and (low.startswith(known) or
+                                (len(squashed) >= 7 and k_squashed.startswith(squashed)
+                                 and 3 * len(squashed) >= 2 * len(k_squashed))):
             return known
-    best = min(candidates, key=lambda known: (_distance(low, known), known))
+        if _tokens_match(low.split("_"), known.split("_")) or _tokens_match(known.split("_"), low.split("_")):
+            return known
+    best = min(sorted(candidates), key=lambda known: _distance(low, known))
     limit = 1 if len(low) <= 7 else 2
     return best if _distance(low, best) <= limit else None
+
+
+def near_miss(name: str, allowed: Sequence[str] = ()) -> str | None:
+    """The hyperparameter of ours that `name` is probably a typo of (closest()), or one of the
+    ALIASES users bring from other tools; None for ours, the platform's, MindFormers' own
+    arguments, names in `allowed` (--pass_args) and dotted keys (checked against the config)."""
+    if name in OWN_NAMES or name in PLATFORM_ARGS or name in MINDFORMERS_ARGS or name in allowed \
+            or "." in name:
+        return None
+    return ALIASES.get(_normal(name)) or closest(name, sorted(OWN_NAMES))
 
 
 def _check_typos(names: Sequence[str], allowed: Sequence[str]) -> None:
@@ -401,8 +434,10 @@ def validate(spec: JobSpec) -> None:
             raise EntryError(f"--{flag}={value}: must be >= 1")
     if spec.node_index is not None and spec.node_index < 0:
         raise EntryError(f"--node_index={spec.node_index}: must be >= 0")
-    if not spec.prefix or "/" in spec.prefix:
-        raise EntryError(f"--prefix={spec.prefix!r}: must be a non-empty file-name prefix")
+    try:
+        check_prefix(spec.prefix)   # the engine's rule: a path in it would write outside the output
+    except ValueError as exc:
+        raise EntryError(str(exc)) from None
     if not spec.transform_only and not spec.launch_cmd:
         raise EntryError("no launch command: put it after `--` or pass --launch_cmd "
                          "(or --transform_only=True)")

@@ -15,21 +15,24 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from typing import Any, Mapping
 
 import obs_io
 import reshard
+from obs_io.urls import ObjectURL
 from obs_io.oneline import one_line
 
 from cloud_entry import config as config_mod
+from cloud_entry.args import closest
 from cloud_entry import convert, launch, logs, markers, node_leader, strategy_pass, sync
 from cloud_entry.blocks import BlockPlan, plan_blocks
 from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
 from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_dir
-from reshard.sources import overlaps
+from reshard.sources import output_name, overlaps
 
 log = logging.getLogger("cloud_entry")
 # Seconds a failure marker written before this entry started may still be this attempt's (the
@@ -47,6 +50,8 @@ class JobPlan:
     source: sync.Source | None
     blocks: BlockPlan | None          # None: no conversion
     convert_ranks: tuple[int, ...]    # this node's ranks of the destination layout
+    src_strategy: reshard.Strategy | None   # parsed once, here (None: complete source)
+    dst_strategy: reshard.Strategy | None   # None: complete destination, or a strategy pass to come
     run_id: str                       # the same on every node: markers of this run carry it
     node_key: str                     # the same for this node's boot processes of one job
     started: float                    # seconds since the epoch: older failure markers are stale
@@ -85,6 +90,13 @@ def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, convertin
                     and overlaps(value, out):
                 raise EntryError(f"{name}={value} overlaps {what} {out}, where this job writes: "
                                  "use another output_dir / remote_save_url")
+    if obs_io.is_remote(job.remote_save_url):   # found now, not after the conversion
+        try:
+            url = ObjectURL.parse(job.remote_save_url)
+            if not obs_io.file.exists(f"{url.scheme}://{url.bucket}"):
+                raise EntryError(f"remote_save_url={job.remote_save_url}: bucket {url.bucket!r} does not exist")
+        except (ValueError, PermissionError) as exc:   # a malformed URL, refused credentials
+            raise EntryError(f"remote_save_url={job.remote_save_url}: {exc}") from None
     if converting and cluster.num_nodes > 1 and not job.shared_dir:
         if not job.remote_save_url:
             raise EntryError(f"{cluster.num_nodes} nodes without --shared_dir need remote_save_url "
@@ -95,8 +107,27 @@ def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, convertin
                              "or --shared_dir")
 
 
+def _check_overrides(spec: JobSpec, base: dict[str, Any]) -> None:
+    """A dotted override whose last key is a near miss of a key the config has at that place
+    (`--parallel_config.data_paralel=4`) is an error: it would add a key nobody reads while the
+    real one stays. A new key elsewhere is allowed, with a warning."""
+    for dotted in spec.overrides:
+        *parents, leaf = dotted.split(".")
+        node: Any = base
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf in node:
+            continue
+        known = closest(leaf, [k for k in node if isinstance(k, str)])
+        if known:
+            raise EntryError(f"--{dotted}: the config has no {leaf!r} under {'.'.join(parents)}: "
+                             f"did you mean --{'.'.join(parents)}.{known}?")
+        log.warning("--%s adds a key the config does not have", dotted)
+
+
 def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     base = config_mod.with_defaults(config_mod.read_base(spec.config))
+    _check_overrides(spec, base)
     cfg = config_mod.build(spec, base)
     job = config_mod.resolve(spec, cfg)
     cluster = resolve_cluster(job, env, parallel_world(cfg) if job.use_parallel else 1)
@@ -106,6 +137,9 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     fmt = job.load_ckpt_format or "ckpt"
     source = sync.inspect_source(job.load_checkpoint, fmt) if job.load_checkpoint else None
     converting = bool(job.auto_trans_ckpt and not job.only_save_strategy)
+    if not converting and (job.dst_strategy or job.src_strategy):
+        log.warning("auto_trans_ckpt is %s: the strategies given are not used, nothing is converted",
+                    job.auto_trans_ckpt)
     blocks, convert_ranks = None, ()
     identities: dict[str, Any] = {}
     if converting:
@@ -142,8 +176,47 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     # Every hyperparameter counts here: cards of one node given other ones must not share a leader.
     node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
     launch.stop_grace(env)    # a bad CLOUD_ENTRY_STOP_GRACE is bad input: now, not after converting
-    return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), run_id, node_key,
-                   time.time())
+    src = dst = None
+    if converting:
+        try:
+            src, dst = _strategies(job, cluster, cfg, source, blocks, convert_ranks)
+        except EntryError as exc:
+            # the other nodes wait for this node's blocks: tell them, or they wait out the bound
+            leaders = [b.leader for b in blocks.led_by(convert_ranks)]
+            if cluster.num_nodes > 1 and leaders:
+                for leader in leaders:
+                    markers.publish(layout.marker_dir, markers.Marker(markers.FAILED, leader, run_id,
+                                                                      _one_line(exc)))
+                raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from None
+            raise
+    return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), src, dst, run_id,
+                   node_key, time.time())
+
+
+def _load(url: str, flag: str) -> reshard.Strategy:
+    """A strategy parsed now, from a temporary copy when on object storage (gone after the
+    parse: nothing of ours is written before the plan is accepted); errors name the user's URL."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="cloud-entry-strategy-") as tmp:
+            strategy = reshard.load_strategy(sync.fetch_strategy(url, tmp))
+    except (OSError, ValueError) as exc:   # unreadable (refused, missing) or not a strategy
+        raise EntryError(f"{flag}={url}: {one_line(exc, (OSError, ValueError))}") from None
+    return dataclasses.replace(strategy, source=url)
+
+
+def _strategies(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], source: sync.Source,
+                blocks: BlockPlan, convert_ranks: tuple[int, ...]) -> tuple:
+    """Both strategies parsed and checked against the job and the source before anything is
+    written: a destination of another world size or stage count, a source strategy that does
+    not fit the checkpoint's rank folders, end the job here, not after downloads."""
+    src = _load(job.src_strategy, "src_strategy_path_or_dir") if job.src_strategy else None
+    dst = _load(job.dst_strategy, "--dst_strategy") if job.dst_strategy and job.use_parallel else None
+    if dst is not None:
+        _check_destination(job, cluster, cfg, dst)
+        mine = blocks.led_by(convert_ranks)
+        if mine:
+            convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or "ckpt")
+    return src, dst
 
 
 def _digest(path: str | None) -> str:
@@ -210,22 +283,20 @@ def destination_strategy(p: JobPlan, env: dict[str, str]) -> str | None:
     if os.path.isdir(dst) and pp > 1:
         ours = os.path.realpath(dst) == os.path.realpath(layout.local_strategy)
         merged = join(layout.local_strategy if ours else layout.work_dir, "merged_ckpt_strategy.ckpt")
-        reshard.write_merged_strategy(dst, merged)
+        reshard.write_merged_strategy(p.dst_strategy or dst, merged)   # parsed in the plan when given
         log.info("merged destination strategy: %s", merged)
         return merged
     return dst
 
 
-def _check_destination(p: JobPlan, dst: reshard.Strategy | None) -> None:
+def _check_destination(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], dst: reshard.Strategy) -> None:
     """The destination strategy must describe this job: its world size and pipeline stages.
     A stale strategy of another layout would convert into ranks the training does not have."""
-    if dst is None:
-        return
-    pp = int((p.config.get("parallel_config") or {}).get("pipeline_stage", 1) or 1)
-    if dst.world_size != p.cluster.world_size or dst.num_stages != pp:
-        raise EntryError(f"destination strategy {p.job.dst_strategy or dst.source} has {dst.world_size} ranks in "
-                         f"{dst.num_stages} pipeline stage(s), but this job has {p.cluster.world_size} ranks "
-                         f"({p.cluster.num_nodes} node(s) x {p.cluster.cards_per_node} cards) and "
+    pp = int((cfg.get("parallel_config") or {}).get("pipeline_stage", 1) or 1)
+    if dst.world_size != cluster.world_size or dst.num_stages != pp:
+        raise EntryError(f"destination strategy {job.dst_strategy or dst.source} has {dst.world_size} ranks in "
+                         f"{dst.num_stages} pipeline stage(s), but this job has {cluster.world_size} ranks "
+                         f"({cluster.num_nodes} node(s) x {cluster.cards_per_node} cards) and "
                          f"parallel_config.pipeline_stage={pp}")
 
 
@@ -246,13 +317,14 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     src_s = None
     try:   # from here on a failure is this node's blocks' failure: every node learns it
         dst_s = destination_strategy(p, env)
-        dst = reshard.load_strategy(dst_s) if dst_s else None      # parsed once, here
-        _check_destination(p, dst)
+        dst = p.dst_strategy
+        if dst is None and dst_s:   # written by the strategy pass just now
+            dst = reshard.load_strategy(dst_s)
+            _check_destination(job, p.cluster, p.config, dst)
         if job.src_strategy:
             src_s = sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
         if mine:
-            src = reshard.load_strategy(src_s) if src_s else None
-            plan = convert.skeleton(p.source.files, src, dst, my_blocks, job.prefix, fmt)
+            plan = convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt)
             cache = join(layout.work_dir, "source", layout.ckpt_name)
             local_root = sync.fetch_source(p.source, plan.needed_files(), cache)   # exactly those
             inputs = {"source": p.source.url, "identity": p.source.identity, "src_strategy": _digest(src_s),
@@ -292,8 +364,11 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
         if files:
             obs_io.file.copy_parallel(layout.local_strategy, layout.remote_strategy, file_list=files)
         sync.prune_strategies(layout.remote_strategy, files)   # another run's layout must not mix in
-    log.info("checkpoint ready: %s", layout.transformed)
-    return layout.transformed, src_s
+    # Single card: the file itself. MindFormers takes a folder holding rank_* for a distributed
+    # checkpoint and refuses it with use_parallel: False (load_checkpoint_utils._get_checkpoint_mode).
+    loaded = layout.transformed if job.use_parallel else join(layout.transformed, output_name(0, job.prefix, fmt))
+    log.info("checkpoint ready: %s", loaded)
+    return loaded, src_s
 
 
 def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None) -> None:

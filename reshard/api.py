@@ -23,7 +23,7 @@ from .errors import ReshardError
 from .execute import PROCESS_BASE_BYTES, expected_peak, rank_cost, run_plan
 from obs_io.atomic import write_atomic
 from .plan import Fetch, Headers, Plan, build_plan
-from .sources import FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, classify
+from .sources import FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix, classify
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
 
 __all__ = ["ReshardError", "TransformReport", "needed_source_ranks", "write_merged_strategy",
@@ -58,9 +58,10 @@ def _strategy(value: Strategy | str | None) -> Strategy | None:
     return load_strategy(value) if value else None
 
 
-def _check_fmt(fmt: str) -> None:
+def _check_fmt(fmt: str, prefix: str = "checkpoint_") -> None:
     if fmt not in FORMATS:
         raise ReshardError(f"--format {fmt!r}: must be ckpt or safetensors")
+    check_prefix(prefix)
 
 
 # -- 1. the source ----------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None
     Raises ReshardError: a rank folder missing (every rank when dst_ranks is None, else the
     ranks needed), rank folders beyond the source strategy's world, a strategy/source mismatch,
     device counts that do not divide, a destination rank outside the destination world."""
-    _check_fmt(fmt)
+    _check_fmt(fmt, prefix)
     src, dst = src_strategy, dst_strategy
     if source is not None and source.needs_index:
         raise ReshardError(f"{source.root}: apply its index {source.index_name} first "
@@ -217,7 +218,7 @@ def make_plan(src_checkpoint: str | None, *, src_strategy: Strategy | str | None
     """The full plan of a local checkpoint; or the skeleton from strategies alone when
     src_checkpoint is None or does not exist. Strategies: paths or loaded Strategy objects."""
     src, dst = _strategy(src_strategy), _strategy(dst_strategy)
-    _check_fmt(fmt)
+    _check_fmt(fmt, prefix)
     if src_checkpoint is None or not os.path.exists(src_checkpoint):
         return plan_from_strategies(None, src, dst, dst_ranks=dst_ranks, prefix=prefix, fmt=fmt)
     source = find_sources(src_checkpoint, partial=dst_ranks is not None)

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from .api import (ReshardError, complete_plan, execute, find_sources, load_strategy,
                   memory_budget, plan_from_strategies, write_merged_strategy)
-from .sources import (SourceEntry, SourceSet, check_output, classify, is_url, split_url,
+from .sources import (SourceEntry, SourceSet, check_output, check_prefix, classify, is_url, split_url,
                       strategy_files)
 from .strategy import Strategy
 
@@ -247,6 +247,9 @@ def run(argv=None) -> int:
         raise ReshardError("--dry_run prints this engine's plan: it does not go with --engine mindspore")
     if args.process_num < 1:
         raise ReshardError(f"--process_num {args.process_num}: must be at least 1")
+    if args.dst_checkpoint is not None and not args.dst_checkpoint.strip():
+        raise ReshardError("--dst_checkpoint is empty")
+    check_prefix(args.prefix)
     _check_locations(args)
     stage = _Stage()
     try:

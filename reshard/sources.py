@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 
 from .errors import ReshardError
 
-__all__ = ["SourceEntry", "SourceSet", "Note", "classify", "output_name", "strategy_files",
+__all__ = ["SourceEntry", "SourceSet", "Note", "classify", "output_name", "check_prefix", "strategy_files",
            "overlaps", "check_output", "CHECKPOINT_EXTS", "STRATEGY_EXTS", "FORMATS"]
 
 FORMATS = ("ckpt", "safetensors")
@@ -130,6 +130,13 @@ class SourceSet:
 def output_name(rank: int, prefix: str, fmt: str) -> str:
     """THE name of a destination rank's file, relative to the destination folder."""
     return f"rank_{rank}/{prefix}{rank}.{fmt}"
+
+
+def check_prefix(prefix: str, flag: str = "--prefix") -> None:
+    """The file-name prefix of the outputs must be a plain name part: a path in it
+    (`../../src/rank_0/checkpoint_`) would write outside the destination, into a source even."""
+    if not prefix or "/" in prefix or "\\" in prefix or prefix in (".", "..") or "\0" in prefix:
+        raise ReshardError(f"{flag}={prefix!r}: must be a non-empty file-name prefix without a path")
 
 
 def _checkpoint_exts(fmt: str | None) -> tuple[str, ...]:

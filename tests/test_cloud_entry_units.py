@@ -366,8 +366,14 @@ def test_review_findings_on_the_command_line():
     for typo, meant in (("transform_process_number", "transform_process_num"),
                         ("load_checkpoint_path", "load_checkpoint")):
         assert args_mod.near_miss(typo) == meant
-    for word in ("model", "train", "predict", "output", "strategy", "epoch", "batch", "load_ckpt"):
+    for word in ("model", "train", "predict", "output", "strategy", "epoch", "batch", "dataset_dir",
+                 "num_layers", "learning_rate", "save_checkpoint_steps", "seq_length", "data_path", "load_path"):
         assert args_mod.near_miss(word) is None, word
+    # a second review's misses: other spellings and other tools' names for ours
+    for typo, meant in (("auto_transform_ckpt", "auto_trans_ckpt"), ("trans_ckpt", "auto_trans_ckpt"),
+                        ("autotrans", "auto_trans_ckpt"), ("src_strategy", "src_strategy_path_or_dir"),
+                        ("load_ckpt", "load_checkpoint"), ("npu_num", "npu_num_per_node")):
+        assert args_mod.near_miss(typo) == meant, typo
     assert args_mod.near_miss("configs") == "config"
     spec = args_mod.parse_args([*BOOT, "--configs=a,b", "--pass_args=configs"])
     assert spec.launch_cmd[-1] == "--configs=a,b"
@@ -398,3 +404,15 @@ def test_secret_arguments_are_masked_in_logged_commands():
            "--pad_token_id=0"]
     assert config_mod.mask_args(cmd) == ["python", "t.py", "--secret_access_key=******", "--access_key_id", "******",
                                          "--sk", "******", "--epochs=2", "--pad_token_id=0"]
+
+
+def test_a_near_miss_of_a_config_key_in_a_dotted_override_is_an_error(caplog):
+    from cloud_entry.job import _check_overrides
+    base = config_mod.read_base("run_llama_7b.yaml")
+    with pytest.raises(EntryError, match=r"did you mean --parallel_config\.data_parallel\?"):
+        _check_overrides(parse("--parallel_config.data_paralel=2"), base)
+    with pytest.raises(EntryError, match=r"did you mean --model\.model_config\.num_layers\?"):
+        _check_overrides(parse("--model.model_config.num_layer=4"), base)
+    caplog.set_level("WARNING")
+    _check_overrides(parse("--runner_config.sink_mode=true", "--model.model_config.use_flash_attention=true"), base)
+    assert "adds a key the config does not have" in caplog.text

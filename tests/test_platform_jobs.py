@@ -147,11 +147,12 @@ def test_scenario3_4_to_1_single_card_predict_from_a_checkpoint_section_config(m
     assert_ok(results)
     record = checks(tmp_path)["node0"]
     converted = tmp_path / "node0" / "output" / "transformed_checkpoint" / "llama4"
-    assert record["load_path"] == str(converted) and record["ranks"] == [0]
+    # single card: the file (MindFormers refuses a folder of rank_* with use_parallel: False)
+    assert record["load_path"] == str(converted / "rank_0" / "checkpoint_0.ckpt") and record["ranks"] == [0]
     synth.assert_same_checkpoint_dirs(str(converted), models["ref1"])
     effective = yaml.safe_load(Path(record["config"]).read_text())
     assert "base_config" not in effective and effective["model"]["model_config"]["num_layers"] == 2
-    assert effective["checkpoint"]["load_path"] == effective["load_checkpoint"] == str(converted)
+    assert effective["checkpoint"]["load_path"] == effective["load_checkpoint"] == record["load_path"]
     assert effective["src_strategy_path_or_dir"] != strategy            # local, never the stale URL
     assert "topology: 1 node" in results[0].output and "MS_WORKER_NUM=1" in results[0].output
 

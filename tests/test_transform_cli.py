@@ -229,3 +229,14 @@ def test_both_tools_read_sizes_alike():
             parse_size(text)
         with pytest.raises(EntryError, match="--max_memory"):
             entry_args.parse_size("max_memory", text)
+
+
+@pytest.mark.parametrize("prefix", ["../../src/rank_0/checkpoint_", "a/b", "..", ""])
+def test_a_prefix_with_a_path_is_refused_before_anything_is_written(tmp_path, capsys, prefix):
+    """The prefix names files inside the destination: a path in it would write outside, even
+    into the source."""
+    out = tmp_path / "out"
+    assert main(["--src_checkpoint", str(tmp_path), "--dst_checkpoint", str(out), f"--prefix={prefix}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--prefix=" in err[0] and "without a path" in err[0]
+    assert not out.exists()
