@@ -30,7 +30,7 @@ def step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def run(cmd: list[str], env: dict[str, str]) -> None:
+def show_and_run(cmd: list[str], env: dict[str, str]) -> None:
     print("$", " ".join(cmd[:3] + ["..."] if len(cmd) > 8 else cmd), flush=True)
     code = subprocess.run(cmd, env=env, cwd=WORK).returncode
     if code:
@@ -82,7 +82,7 @@ def main() -> int:
         print(f"  s3://demo/strategy8/: {sum(k.startswith('strategy8/') and k.endswith('.ckpt') for k in keys)} strategy files")
 
         step("The job: ModelArts hyperparameters -> config, sync, convert in 2 rank blocks, upload, launch")
-        run([sys.executable, "-m", "cloud_entry", "--config=run_llama_7b.yaml",
+        show_and_run([sys.executable, "-m", "cloud_entry", "--config=run_llama_7b.yaml",
              "--load_checkpoint=s3://demo/models/llama_demo.ckpt", "--dst_strategy=s3://demo/strategy8",
              "--auto_trans_ckpt=True", "--transform_process_num=2", "--npu_num_per_node=8",
              "--data_parallel=2", "--model_parallel=2", "--pipeline_stage=2",
@@ -103,7 +103,7 @@ def main() -> int:
         print("\n".join(plan[:14] + [f"... ({len(plan)} lines)"]))
 
         step("Offline tool: merge the 8 uploaded ranks from s3:// back into one complete checkpoint")
-        run([sys.executable, "-m", "reshard",
+        show_and_run([sys.executable, "-m", "reshard",
              "--src_checkpoint=s3://demo/output/transformed_checkpoint/llama_demo",
              "--src_strategy=s3://demo/output/strategy/merged_ckpt_strategy.ckpt",
              "--dst_checkpoint=merged"], env)

@@ -237,7 +237,7 @@ def _check_locations(args) -> None:
                      {f"--{f}": getattr(args, f) for f in flags[:3]})
 
 
-def run(argv=None) -> int:
+def convert_from_args(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.src_strategy, args.dst_strategy = _none(args.src_strategy), _none(args.dst_strategy)
     for flag in ("src_checkpoint", "dst_checkpoint"):
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
     try:
-        return run(argv)
+        return convert_from_args(argv)
     except ReshardError as e:
         print(f"transform-checkpoint: error: {one_line(e, (ReshardError,))}", file=sys.stderr)
         return 2
