@@ -289,6 +289,9 @@ class _Planner:
         self.metas0: dict[str, TensorMeta] = {}    # name -> the reference meta (first holder)
         self.notes: list[str] = []
         self.loads: dict[int, int] = {}            # bytes (or blocks) planned per source rank
+        # parameter -> source block -> global ranks holding it: built once per parameter, not
+        # per destination tensor (that made planning grow with ranks x source devices)
+        self.replica_maps: dict[str, dict[tuple[int, ...], list[int]]] = {}
         self.dst_stages: set[int] = set()          # destination stages of the ranks planned
 
     # -- the steps ------------------------------------------------------------------------
@@ -493,10 +496,12 @@ class _Planner:
         if any(b <= a for a, b in dst_region):
             return []                            # nothing to read for an empty region
         lay = src_lays[0]
-        replicas: dict[tuple[int, ...], list[int]] = {}
-        for sl in src_lays:
-            for block, local in sl.replicas.items():
-                replicas.setdefault(block, []).extend(sl.stage * self.s_dev + r for r in local)
+        replicas = self.replica_maps.get(name)
+        if replicas is None:
+            replicas = self.replica_maps[name] = {}
+            for sl in src_lays:
+                for block, local in sl.replicas.items():
+                    replicas.setdefault(block, []).extend(sl.stage * self.s_dev + r for r in local)
         ranges = []
         for (a, b), n, s in zip(dst_region, full, lay.splits):
             bs = n // s
