@@ -48,18 +48,8 @@ GOAL_RANKS, GOAL_SECONDS, GOAL_BYTES = 4096, 10.0, 2 << 30
 
 def shapes_70b() -> dict[str, tuple[int, ...]]:
     """Every laid-out parameter -> full shape; optimizer moments for every one of them."""
-    shapes = {"model.tok_embeddings.embedding_weight": (VOCAB, HIDDEN)}
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        for w in ("wq", "wk", "wv", "wo"):
-            shapes[p + f"attention.{w}.weight"] = (HIDDEN, HIDDEN)
-        shapes[p + "feed_forward.w1.weight"] = (FFN, HIDDEN)
-        shapes[p + "feed_forward.w2.weight"] = (HIDDEN, FFN)
-        shapes[p + "feed_forward.w3.weight"] = (FFN, HIDDEN)
-        shapes[p + "attention_norm.weight"] = (HIDDEN,)
-        shapes[p + "ffn_norm.weight"] = (HIDDEN,)
-    shapes["model.norm_out.weight"] = (HIDDEN,)
-    shapes["lm_head.weight"] = (VOCAB, HIDDEN)
+    from tests import synth
+    shapes = synth.llama_shapes(LAYERS, VOCAB, HIDDEN, FFN)
     for name in list(shapes):
         shapes["adam_m." + name] = shapes[name]
         shapes["adam_v." + name] = shapes[name]

@@ -55,14 +55,8 @@ def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
     return _bf16(x) if dtype == "bfloat16" else x.astype(dtype)
 
 
-def llama_params(num_layers=2, vocab=256, hidden=64, ffn=128, seed=0,
-                 dtypes=("float32", "float16", "bfloat16"), optimizer=True
-                 ) -> dict[str, np.ndarray]:
-    """name -> numpy array (bf16 as MindSpore's numpy bfloat16 dtype), as a training checkpoint
-    holds them: weights in mixed dtypes, norms fp32, optimizer moments fp32, and parameters no
-    strategy describes (global_step, learning_rate, a scale-sense value). optimizer=False
-    leaves the moments out (an inference checkpoint)."""
-    rng = np.random.default_rng(seed)
+def llama_shapes(num_layers: int, vocab: int, hidden: int, ffn: int) -> dict[str, tuple[int, ...]]:
+    """Every weight of a MindFormers Llama -> its full shape (no optimizer moments)."""
     shapes = {"model.tok_embeddings.embedding_weight": (vocab, hidden)}
     for i in range(num_layers):
         p = f"model.layers.{i}."
@@ -75,6 +69,18 @@ def llama_params(num_layers=2, vocab=256, hidden=64, ffn=128, seed=0,
         shapes[p + "ffn_norm.weight"] = (hidden,)
     shapes["model.norm_out.weight"] = (hidden,)
     shapes["lm_head.weight"] = (vocab, hidden)
+    return shapes
+
+
+def llama_params(num_layers=2, vocab=256, hidden=64, ffn=128, seed=0,
+                 dtypes=("float32", "float16", "bfloat16"), optimizer=True
+                 ) -> dict[str, np.ndarray]:
+    """name -> numpy array (bf16 as MindSpore's numpy bfloat16 dtype), as a training checkpoint
+    holds them: weights in mixed dtypes, norms fp32, optimizer moments fp32, and parameters no
+    strategy describes (global_step, learning_rate, a scale-sense value). optimizer=False
+    leaves the moments out (an inference checkpoint)."""
+    rng = np.random.default_rng(seed)
+    shapes = llama_shapes(num_layers, vocab, hidden, ffn)
     params: dict[str, np.ndarray] = {}
     k = 0
     for name, shape in shapes.items():
