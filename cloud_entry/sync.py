@@ -112,12 +112,8 @@ def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
 
 def strategy_names(folder_url: str) -> list[str]:
     """The strategy files of a folder, by the engine's rule (reshard.sources.strategy_files)."""
-    return _strategy_files(folder_url, [e.name for e in obs_io.file.list_entries(folder_url) if e.is_file()])
-
-
-def _strategy_files(url: str, names: list[str]) -> list[str]:
     try:
-        return strategy_files(names, url)
+        return strategy_files([e.name for e in obs_io.file.list_entries(folder_url) if e.is_file()], folder_url)
     except reshard.ReshardError as exc:
         raise EntryError(str(exc)) from None
 
