@@ -34,7 +34,7 @@ from obs_io.urls import ObjectURL
 
 log = logging.getLogger(__name__)
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"   # package data (a symlink to configs/ in the repository)
 MASK = "******"
 # Whole names or suffixes only: MindFormers configs are full of *_token_id / tokenizer keys
 # (pad_token_id, tokenizer_file) that must reach the launched command unmasked.
