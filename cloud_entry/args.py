@@ -28,6 +28,7 @@ import yaml
 import obs_io
 from cloud_entry.errors import EntryError
 from obs_io.oneline import OneLineParser
+from obs_io.version import package_version
 from reshard.cli import parse_size as reshard_parse_size
 from reshard.sources import check_prefix
 from cloud_entry.jobspec import JobSpec
@@ -121,6 +122,13 @@ def _text(flag: str, text: str) -> str:
     return text.strip()
 
 
+def _location(flag: str, text: str) -> str:
+    """A path or URL; `None`/`null` (what MindFormers' scripts and ModelArts forms pass for "no
+    strategy", "no checkpoint") clears it like an empty value."""
+    t = text.strip()
+    return "" if t.lower() in _NULLS else t
+
+
 def _names(flag: str, text: str) -> tuple[str, ...]:
     return tuple(n.strip().lstrip("-") for n in text.split(",") if n.strip())
 
@@ -134,20 +142,26 @@ def _launch_cmd(flag: str, text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Flag:
+    """One hyperparameter: the parser, `--help` and configs/modelarts_form.yaml are made from it."""
     field: str                                  # JobSpec field
     convert: Callable[[str, str], Any]
     help: str
+
+    @property
+    def form_type(self) -> str:
+        """The type of the ModelArts training-job form's hyperparameter field."""
+        return _FORM_TYPES.get(self.convert, "String")
 
 
 # Our hyperparameters. Order is the --help order.
 FLAGS: dict[str, Flag] = {
     "config": Flag("config", _text, "base MindFormers run config: a path, a name in configs/, or a URL "
                    "(also taken from the training command's own --config)"),
-    "load_checkpoint": Flag("load_checkpoint", _text, "source checkpoint: complete file, folder of complete "
+    "load_checkpoint": Flag("load_checkpoint", _location, "source checkpoint: complete file, folder of complete "
                             "files, or a folder of rank_<r>/ folders; local, obs:// or s3://"),
-    "src_strategy_path_or_dir": Flag("src_strategy", _text, "strategy of a distributed source: merged file, "
+    "src_strategy_path_or_dir": Flag("src_strategy", _location, "strategy of a distributed source: merged file, "
                                      "folder of per-rank files, or one rank's file"),
-    "dst_strategy": Flag("dst_strategy", _text, "destination strategy (file, folder or URL); empty: "
+    "dst_strategy": Flag("dst_strategy", _location, "destination strategy (file, folder or URL); empty: "
                          "a strategy pass of the training command writes it"),
     "auto_trans_ckpt": Flag("auto_trans_ckpt", parse_bool, "convert load_checkpoint to this job's layout"),
     "transform_process_num": Flag("transform_process_num", parse_int, "rank blocks converted in parallel "
@@ -163,7 +177,7 @@ FLAGS: dict[str, Flag] = {
     "use_parallel": Flag("use_parallel", parse_bool, "False: single-card (complete checkpoint)"),
     "run_mode": Flag("run_mode", parse_choice(RUN_MODES), "/".join(RUN_MODES)),
     "output_dir": Flag("output_dir", _text, "local output folder (default ./output)"),
-    "remote_save_url": Flag("remote_save_url", _text, "object-storage folder for the converted checkpoint, "
+    "remote_save_url": Flag("remote_save_url", _location, "object-storage folder for the converted checkpoint, "
                             "strategies, markers and logs (default: --train_url)"),
     "shared_dir": Flag("shared_dir", _text, "a folder every node sees (instead of object storage)"),
     "work_dir": Flag("work_dir", _text, "local scratch folder (default <output_dir>/cloud_entry)"),
@@ -174,6 +188,8 @@ FLAGS: dict[str, Flag] = {
     "pass_args": Flag("pass_args", _names, "comma-separated argument names of the training command that "
                       "look like typos of ours but are not (passed on as they are)"),
 }
+_FORM_TYPES: dict[Callable[[str, str], Any], str] = {
+    parse_bool: "Boolean", parse_int: "Integer", parse_seconds: "Float"}
 OWN_NAMES = frozenset(FLAGS) | frozenset(PARALLEL_KEYS) | frozenset(TOP_LEVEL_KEYS)
 
 # Arguments the platform adds, and what they mean to it. All are passed on to the training command.
@@ -211,15 +227,45 @@ def build_parser() -> argparse.ArgumentParser:
         description="Boot command of a training job: config, checkpoint conversion, launch. "
                     "Hyperparameters (--name=value) may stand before the training command or after "
                     "it, where ModelArts appends them; `{config}` in the training command becomes "
-                    "the effective config path.")
+                    "the effective config path.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cloud-entry {package_version()}")
     for flag, spec in FLAGS.items():
         parser.add_argument(f"--{flag}", dest=flag, default=None, metavar="VALUE", help=spec.help)
     for key in PARALLEL_KEYS:
         parser.add_argument(f"--{key}", dest=f"parallel_config.{key}", default=None,
-                            metavar="VALUE", help=f"parallel_config.{key}")
+                            metavar="VALUE", help=f"sets parallel_config.{key} of the config")
     for key in TOP_LEVEL_KEYS:
-        parser.add_argument(f"--{key}", dest=key, default=None, metavar="VALUE", help=f"config key {key}")
+        parser.add_argument(f"--{key}", dest=key, default=None, metavar="VALUE",
+                            help=f"sets the top-level config key {key}")
     return parser
+
+
+EXAMPLES = """\
+Any other --a.b.c=VALUE sets that dotted config key. Arguments the platform adds (--data_url,
+--train_url, --init_method) and every argument that is not ours reach the training command.
+
+examples:
+  # ModelArts boot command (the platform appends the form's hyperparameters at the end)
+  cloud-entry -- python /home/ma-user/mindformers/run_mindformer.py --config {config}
+
+  # complete checkpoint -> 8 ranks dp2 mp2 pp2, two rank blocks converted in parallel
+  cloud-entry --config=run_llama_7b.yaml --load_checkpoint=obs://bucket/llama_7b/llama_7b.ckpt \\
+      --dst_strategy=obs://bucket/strategy_dp2mp2pp2/ --auto_trans_ckpt=True \\
+      --transform_process_num=2 --remote_save_url=obs://bucket/job_out \\
+      -- python run_mindformer.py --config {config}
+
+  # those 8 ranks -> 4 ranks dp1 mp2 pp2, converting only (no training command)
+  cloud-entry --config=run_llama_7b_dp1mp2pp2.yaml \\
+      --load_checkpoint=obs://bucket/job_out/checkpoint/ \\
+      --src_strategy_path_or_dir=obs://bucket/job_out/strategy/ \\
+      --dst_strategy=obs://bucket/strategy_dp1mp2pp2/ --auto_trans_ckpt=True --transform_only=True
+
+  # 4 ranks -> one complete checkpoint, single-card predict
+  cloud-entry --config=predict_llama_7b.yaml --load_checkpoint=obs://bucket/out4/checkpoint/ \\
+      --src_strategy_path_or_dir=obs://bucket/out4/strategy/ --auto_trans_ckpt=True \\
+      -- python run_mindformer.py --config {config}
+"""
 
 
 def split_launch(argv: Sequence[str]) -> tuple[list[str], list[str]]:
