@@ -28,6 +28,7 @@ import yaml
 import obs_io
 from cloud_entry.errors import EntryError
 from obs_io.oneline import OneLineParser
+from obs_io.urls import check as check_url
 from obs_io.version import package_version
 from reshard.cli import parse_size as reshard_parse_size
 from reshard.sources import check_prefix
@@ -472,6 +473,14 @@ def parse_args(argv: Sequence[str]) -> JobSpec:
     return spec
 
 
+def locations(spec: JobSpec) -> list[tuple[str, str | None]]:
+    """Every path or URL the user gave, under the flag name they gave it with."""
+    return [("config", spec.config), ("load_checkpoint", spec.load_checkpoint),
+            ("src_strategy_path_or_dir", spec.src_strategy), ("dst_strategy", spec.dst_strategy),
+            ("output_dir", spec.output_dir), ("remote_save_url", spec.remote_save_url),
+            ("shared_dir", spec.shared_dir), ("work_dir", spec.work_dir)]
+
+
 def validate(spec: JobSpec) -> None:
     """Checks that need no file or network: each names its flag."""
     for flag, value in (("transform_process_num", spec.transform_process_num),
@@ -484,6 +493,12 @@ def validate(spec: JobSpec) -> None:
         check_prefix(spec.prefix)   # the engine's rule: a path in it would write outside the output
     except ValueError as exc:
         raise EntryError(str(exc)) from None
+    for flag, value in locations(spec):
+        try:   # `obs:/x` is never a local folder named obs: (URLs are parsed whole by the plan)
+            if value and not obs_io.is_remote(value):
+                check_url(value)
+        except ValueError as exc:
+            raise EntryError(f"--{flag}: {exc}") from None
     if not spec.transform_only and not spec.launch_cmd:
         raise EntryError("no launch command: put it after `--` or pass --launch_cmd "
                          "(or --transform_only=True)")

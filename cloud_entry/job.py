@@ -107,6 +107,47 @@ def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, convertin
                              "or --shared_dir")
 
 
+def _writable_folder(path: str, flag: str) -> None:
+    """Without writing: the nearest existing ancestor of `path` must be a folder on a writable
+    file system that this user may write into (a file in the way, a read-only mount, a folder of
+    another user are found now, named by the flag, not as a traceback after the conversion)."""
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise EntryError(f"{flag}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK) or os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise EntryError(f"{flag}: cannot write in {probe} (read-only or not this user's)")
+
+
+def probe_outputs(p: "JobPlan") -> None:
+    """Write access, tried for real before any download or conversion: the local folders are
+    created (what the job does next anyway) and a probe object is put and removed under
+    remote_save_url, so a read-only bucket or a missing permission is one line now, not a
+    failure after the whole conversion."""
+    job, layout = p.job, p.layout
+    flag = f"--output_dir={job.output_dir}" if job.output_dir else f"output folder {layout.output_dir}"
+    for folder, name in ((layout.work_dir, f"--work_dir={job.work_dir}" if job.work_dir else flag),
+                         (layout.output_dir, flag)):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise EntryError(f"{name}: cannot write in {folder}: {exc.strerror or exc}") from None
+    if obs_io.is_remote(layout.remote_save_url):
+        probe = join(layout.remote_save_url, f".cloud_entry_write_probe_node{p.cluster.node_index}_{os.getpid()}")
+        try:
+            obs_io.file.write(probe, b"", binary=True)
+            obs_io.file.remove(probe)
+        except (OSError, ValueError) as exc:
+            raise EntryError(f"remote_save_url={job.remote_save_url}: cannot write there: "
+                             f"{one_line(exc)}") from None
+
+
 def _check_overrides(spec: JobSpec, base: dict[str, Any]) -> None:
     """A dotted override whose last key is a near miss of a key the config has at that place
     (`--parallel_config.data_paralel=4`) is an error: it would add a key nobody reads while the
@@ -166,6 +207,8 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
                     source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
                     job.remote_save_url.rstrip("/"))
     _check_locations(job, layout, cluster, converting)
+    _writable_folder(layout.output_dir, f"--output_dir={job.output_dir}" if job.output_dir
+                     else f"output folder {layout.output_dir}")
     # What defines the result, and nothing node-local: nodes with different output folders agree.
     result = {"source": [job.load_checkpoint, list(source.identity) if source else []],
               "strategies": identities, "world": cluster.world_size, "nodes": cluster.num_nodes,
@@ -293,6 +336,12 @@ def _check_destination(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], dst:
     """The destination strategy must describe this job: its world size and pipeline stages.
     A stale strategy of another layout would convert into ranks the training does not have."""
     pp = int((cfg.get("parallel_config") or {}).get("pipeline_stage", 1) or 1)
+    if dst.world_size != cluster.world_size and job.npu_num_per_node is not None \
+            and dst.world_size % cluster.num_nodes == 0:   # the culprit is the flag the user gave
+        raise EntryError(f"--npu_num_per_node={job.npu_num_per_node}: {cluster.num_nodes} node(s) x "
+                         f"{job.npu_num_per_node} cards = {cluster.world_size} ranks, but the destination "
+                         f"strategy {job.dst_strategy or dst.source} has {dst.world_size} ranks "
+                         f"({dst.world_size // cluster.num_nodes} per node)")
     if dst.world_size != cluster.world_size or dst.num_stages != pp:
         raise EntryError(f"destination strategy {job.dst_strategy or dst.source} has {dst.world_size} ranks in "
                          f"{dst.num_stages} pipeline stage(s), but this job has {cluster.world_size} ranks "
@@ -393,6 +442,7 @@ def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
     p = plan(spec, env)
     job, layout, cluster = p.job, p.layout, p.cluster
     # ---- nothing was written before this line ----
+    probe_outputs(p)
     log.info("log file %s", logs.to_file(layout.log_dir, cluster.node_index))
     log.info("node %d of %d, %d cards, ranks %s; run %s", cluster.node_index, cluster.num_nodes,
              cluster.cards_per_node, sync.ranges(list(cluster.node_ranks)), p.run_id)

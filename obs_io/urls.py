@@ -8,6 +8,9 @@ from dataclasses import dataclass
 SCHEMES = ("obs://", "s3://")
 # S3/OBS bucket naming rules, loosely: what a user could have meant as a bucket.
 _BUCKET = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$")
+# `obs:/job/x`, `s3:job/x`, `OBS:`: a scheme without its `//`. Taken as a local path it would
+# "upload" into ./obs:/job/x and report success: nobody means a folder named `obs:`.
+_MISTYPED = re.compile(r"^(obs|s3):(?!//)", re.IGNORECASE)
 
 
 def is_remote(url: str) -> bool:
@@ -48,8 +51,12 @@ class ObjectURL:
 
 
 def check(*urls: str) -> None:
-    """Raise ValueError naming the first malformed remote URL, before any work starts."""
+    """Raise ValueError naming the first malformed remote URL, or a path that is an obs:// or
+    s3:// URL with its scheme mistyped, before any work starts."""
     for url in urls:
+        if isinstance(url, str) and _MISTYPED.match(url):
+            raise ValueError(f"{url!r} looks like a mistyped URL: expected obs://bucket/key or "
+                             "s3://bucket/key (a local path may not start with obs: or s3:)")
         if is_remote(url):
             ObjectURL.parse(url)
 
