@@ -425,7 +425,7 @@ def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None) -> None:
     stand-in (in `shim`, on ModelArts). Followers only read what this writes."""
     layout = p.layout
     if shim:
-        launch.write_moxing_shim(shim)
+        launch.write_moxing_shim(shim, launch_env)
     effective = copy.deepcopy(p.config)
     if p.blocks is not None:
         loaded, src_s = transform(p, launch_env)

@@ -4,6 +4,13 @@ and stopping it with the entry.
 Why a shim package on PYTHONPATH: MindFormers imports `moxing` whenever it believes it runs on
 ModelArts; the launched process is a new interpreter, so installing obs_io in our own process
 is not enough. The shim is a `moxing` package whose import installs obs_io in its place.
+
+Not where Huawei's own moxing is installed (ModelArts' preset images have it): the command
+then gets the real one. real_moxing() asks the interpreter that will run the command, in the
+command's environment, without importing anything: the first `moxing` on its sys.path, unless
+it is one of our shims, counts as Huawei's when it is a package with a `framework` or `file`
+subpackage (moxing.framework.file is where mox.file lives). PyPI's unrelated `moxing` has
+neither, so it does not count, and our shim, first on PYTHONPATH, wins over it.
 """
 from __future__ import annotations
 
@@ -11,9 +18,12 @@ import ctypes
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -32,18 +42,87 @@ log = logging.getLogger(__name__)
 # leaves the entry about 10 s of those 30 to kill the group's rest and upload the logs.
 STOP_GRACE = 20.0
 
-SHIM = '''"""Written by cloud_entry: on this job `import moxing` is obs_io (Huawei's moxing API)."""
+SHIM_MARK = "Written by cloud_entry: on this job `import moxing` is obs_io"
+SHIM = f'''"""{SHIM_MARK} (Huawei's moxing API)."""
 import obs_io
 
 obs_io.install_as_moxing()
 '''
+PROBE_TIMEOUT = 60.0
+
+# Run by the command's interpreter: where the `moxing` it would import lives, if that is
+# Huawei's (see the module docstring); nothing is imported, so nothing of moxing runs here.
+_PROBE = """
+import importlib.machinery, sys
+mark = sys.argv[1].encode()
+for entry in sys.path:
+    spec = importlib.machinery.PathFinder.find_spec("moxing", [entry])
+    if spec is None:
+        continue
+    if spec.origin and spec.has_location:
+        try:
+            with open(spec.origin, "rb") as f:
+                if mark in f.read(4096):
+                    continue
+        except OSError:
+            pass
+    places = list(spec.submodule_search_locations or [])
+    if places and any(importlib.machinery.PathFinder.find_spec("moxing." + sub, places)
+                      for sub in ("framework", "file")):
+        print(places[0])
+    break
+"""
 
 
 def command(launch_cmd: Sequence[str], config_path: str) -> list[str]:
     return [part.replace("{config}", config_path) for part in launch_cmd]
 
 
-def write_moxing_shim(shim_dir: str) -> str:
+def interpreter(env: Mapping[str, str], launch_cmd: Sequence[str] = ()) -> str:
+    """The Python that will run the training: the command's own first word when it is a
+    python, else the `python` (or `python3`) its PATH finds (msrun, bash scripts and torchrun
+    start that one), else ours."""
+    path = env.get("PATH", os.defpath)
+    first = os.path.basename(launch_cmd[0]) if launch_cmd else ""
+    if first.startswith("python") and first[6:].replace(".", "").isdigit() or first == "python":
+        found = shutil.which(launch_cmd[0], path=path)
+        if found:
+            return found
+    return shutil.which("python", path=path) or shutil.which("python3", path=path) or sys.executable
+
+
+def real_moxing(env: Mapping[str, str], launch_cmd: Sequence[str] = ()) -> str | None:
+    """The folder of Huawei's moxing package as the training command's interpreter would import
+    it with environment `env` (without our shim), or None (none, or PyPI's unrelated one).
+    A probe that fails is logged and taken as None: the stand-in then serves the command."""
+    return _probe(interpreter(env, launch_cmd), tuple(sorted(env.items())), os.getcwd())
+
+
+@lru_cache(maxsize=8)
+def _probe(python: str, env_items: tuple[tuple[str, str], ...], cwd: str) -> str | None:
+    """real_moxing()'s question, asked once per interpreter, environment and folder (the
+    entry asks it for the strategy pass and for the launch, with the same answer)."""
+    try:
+        done = subprocess.run([python, "-c", _PROBE, SHIM_MARK], env=dict(env_items), cwd=cwd, capture_output=True,
+                              text=True, timeout=PROBE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not ask %s whether Huawei's moxing is installed (%s): using obs_io's stand-in",
+                    python, exc)
+        return None
+    if done.returncode != 0:
+        log.warning("could not ask %s whether Huawei's moxing is installed (exit %d: %s): using obs_io's "
+                    "stand-in", python, done.returncode, done.stderr.strip().splitlines()[-1:] or "")
+        return None
+    return done.stdout.strip() or None
+
+
+def write_moxing_shim(shim_dir: str, env: Mapping[str, str] | None = None) -> str:
+    """Write the stand-in `moxing` package into shim_dir, unless the training command's
+    interpreter has Huawei's own (env: the command's environment, ours by default)."""
+    real = real_moxing(os.environ if env is None else env)
+    if real:
+        log.info("Huawei's moxing is installed (%s): the launched command uses it, not obs_io's stand-in", real)
+        return shim_dir
     obs_io.file.write(str(Path(shim_dir) / "moxing" / "__init__.py"), SHIM)
     return shim_dir
 
@@ -51,11 +130,12 @@ def write_moxing_shim(shim_dir: str) -> str:
 def environment(base: Mapping[str, str], config_path: str, node_ranks: Sequence[int],
                 shim_dir: str | None) -> dict[str, str]:
     """The launched command's environment: ours (it needs the storage keys too, in memory
-    only), plus the effective config path, this node's ranks and, on ModelArts, the shim."""
+    only), plus the effective config path, this node's ranks and, on ModelArts, the shim
+    unless Huawei's moxing is installed for the command (real_moxing)."""
     env = dict(base)
     env["CLOUD_ENTRY_CONFIG"] = config_path
     env["CLOUD_ENTRY_LOCAL_RANKS"] = ",".join(map(str, node_ranks))
-    if shim_dir:
+    if shim_dir and not real_moxing(base):
         obs_io_parent = str(Path(obs_io.__file__).resolve().parent.parent)
         paths = [shim_dir, obs_io_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

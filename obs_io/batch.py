@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import config as _config
 from .entries import DirEntry
+from .errors import MoxFileNameDuplicateException, ObjectNotFound
 from .fs import S3, backend, list_entries
 from .progress import Progress
 from .transfer import CopyTask, copy_local, execute_remote
@@ -35,7 +36,7 @@ def plan_file(src: str, dst: str) -> CopyTask:
         if head is None:
             if S3.isdir(src):
                 raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
-            raise FileNotFoundError(f"{src}: no such object")
+            raise ObjectNotFound(f"{src}: no such object")
         return CopyTask(src, dst, head["ContentLength"], head.get("ETag"))
     if os.path.isdir(src):
         raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
@@ -64,8 +65,21 @@ def plan_tree(src: str, dst: str, file_list: Iterable[str | DirEntry] | None = N
     tasks = [CopyTask(join(src, e.name), target(e.name), e.length, e.etag) for e in files]
     parents = {n.rsplit("/", 1)[0] for n in (e.name for e in files) if "/" in n}
     parents = {"/".join(p.split("/")[:i + 1]) for p in parents for i in range(p.count("/") + 1)}
+    if local_dst:
+        _refuse_file_and_folder(src, [e.name for e in files], parents)
     dirs = [target(e.name) for e in entries if e.dir and e.name not in parents]
     return tasks, dirs
+
+
+def _refuse_file_and_folder(src: str, names: list[str], parents: set[str]) -> None:
+    """Object storage can hold both `a` and `a/b`; a disk cannot have `a` as a file and a
+    folder. Found before anything is copied (moxing's MoxFileNameDuplicateException), so a
+    download never stops half-way on it."""
+    clash = sorted(set(n.rstrip("/") for n in names) & parents)
+    if clash:
+        raise MoxFileNameDuplicateException(
+            f"{join(src, clash[0])} is both an object and a folder of objects: a local copy cannot "
+            f"hold both ({len(clash)} such name(s))")
 
 
 def _chosen(src: str, file_list: Iterable[str | DirEntry]) -> list[DirEntry]:
@@ -97,7 +111,8 @@ def _chosen(src: str, file_list: Iterable[str | DirEntry]) -> list[DirEntry]:
         found = {f"{common}/{e.name}" if common else e.name: e for e in listed if not e.dir}
         for name in wanted:
             if name not in found:
-                raise FileNotFoundError(f"{join(src, name)}: no such file (listed in file_list)")
+                missing = ObjectNotFound if is_remote(src) else FileNotFoundError
+                raise missing(f"{join(src, name)}: no such file (listed in file_list)")
             chosen[name] = dataclasses.replace(found[name], name=name)
     return list(chosen.values())
 

@@ -37,6 +37,7 @@ class S3Config:
     region: str = "us-east-1"
     addressing_style: str = "path"       # "virtual" or "path"
     list_objects_v1: bool = False        # parallel-file-system buckets have no ListObjectsV2
+    list_max_keys: int = 1000            # keys per listing page (moxing's set_auth list_max_keys)
     verify_ssl: bool = True
     retry_mode: str = "standard"         # botocore: standard backs off on 503 SlowDown, 5xx, dropped connections
     max_attempts: int = 10
@@ -123,17 +124,30 @@ _overrides_lock = threading.Lock()
 
 
 def set_auth(ak: str | None = None, sk: str | None = None, server: str | None = None,
-             port: int | None = None, is_secure: bool | None = None, path_style: bool | None = None,
-             retry: int | None = None, session_token: str | None = None,
-             list_objects_v1: bool | None = None, **_moxing_only) -> None:
+             port: int | None = None, is_secure: bool | None = None, ssl_verify: bool | None = None,
+             long_conn_mode: bool | None = None, path_style: bool | None = None, retry: int | None = None,
+             retry_wait: float | None = None, client_timeout: float | None = None,
+             list_max_keys: int | None = None, session_token: str | None = None,
+             list_objects_v1: bool | None = None) -> None:
     """moxing's set_auth: these values win over the environment for every later call.
 
-    Extra moxing keywords (ssl_verify, client_timeout, ...) are accepted and ignored so existing
-    calls keep working.
+    moxing's keywords, with moxing's meaning: ak, sk, server, port, is_secure (https),
+    ssl_verify (check the server's certificate; S3_VERIFY_SSL otherwise), path_style, retry
+    (attempts per request), client_timeout (seconds a connection may take to open, and a
+    response to send its next bytes: boto3's connect and read timeouts), list_max_keys (keys
+    per listing page, at most 1000). Two have no counterpart in boto3 and are accepted only so
+    moxing code runs: long_conn_mode (boto3 always keeps connections alive) and retry_wait
+    (botocore's retry modes choose their own exponential back-off). Ours on top:
+    session_token (temporary credentials), list_objects_v1 (parallel-file-system buckets).
     """
+    if client_timeout is not None and not client_timeout > 0:
+        raise ValueError(f"set_auth(client_timeout={client_timeout!r}): expected seconds > 0")
+    if list_max_keys is not None and not 1 <= int(list_max_keys) <= 1000:
+        raise ValueError(f"set_auth(list_max_keys={list_max_keys!r}): expected 1 to 1000")
     given = {"ak": ak, "sk": sk, "server": server, "port": port, "is_secure": is_secure,
-             "path_style": path_style, "retry": retry, "session_token": session_token,
-             "list_objects_v1": list_objects_v1}
+             "ssl_verify": ssl_verify, "path_style": path_style, "retry": retry,
+             "client_timeout": client_timeout, "list_max_keys": list_max_keys,
+             "session_token": session_token, "list_objects_v1": list_objects_v1}
     with _overrides_lock:
         _overrides.update({k: v for k, v in given.items() if v is not None})
 
@@ -180,8 +194,12 @@ def current() -> S3Config:
         secret_key=o.get("sk") or _first(_SECRET_KEY_VARS),
         session_token=o.get("session_token") or _first(_TOKEN_VARS),
         region=region, addressing_style=style, list_objects_v1=bool(list_v1),
-        verify_ssl=_flag("S3_VERIFY_SSL", True),
+        verify_ssl=bool(o["ssl_verify"]) if o.get("ssl_verify") is not None else _flag("S3_VERIFY_SSL", True),
     )
+    if o.get("client_timeout") is not None:
+        values["connect_timeout"] = values["read_timeout"] = float(o["client_timeout"])
+    if o.get("list_max_keys") is not None:
+        values["list_max_keys"] = int(o["list_max_keys"])
     if os.environ.get("S3_SIGN_PAYLOAD"):
         values["sign_payload"] = _flag("S3_SIGN_PAYLOAD", True)
     if o.get("retry") is not None:

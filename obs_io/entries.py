@@ -1,6 +1,7 @@
 """What stat() and scan_dir() return: the same small records for local files and objects."""
 from __future__ import annotations
 
+import stat as _stat
 from dataclasses import dataclass
 
 
@@ -16,6 +17,29 @@ class StatResult:
     @property
     def size(self) -> int:
         return self.length
+
+    @property
+    def is_directory(self) -> bool:
+        """moxing's spelling of is_dir (`mox.file.stat(url).is_directory`)."""
+        return self.is_dir
+
+    # os.stat_result's names, so code written for os.stat (or running under
+    # mox.file.shift('os', 'mox')) reads a stat of an object too.
+    @property
+    def st_size(self) -> int:
+        return self.length
+
+    @property
+    def st_mtime(self) -> float:
+        return self.mtime_nsec / 1e9
+
+    @property
+    def st_mtime_ns(self) -> int:
+        return self.mtime_nsec
+
+    @property
+    def st_mode(self) -> int:
+        return (_stat.S_IFDIR | 0o755) if self.is_dir else (_stat.S_IFREG | 0o644)
 
 
 @dataclass(frozen=True)
@@ -37,6 +61,9 @@ class DirEntry:
 
     def is_file(self) -> bool:
         return not self.dir
+
+    def is_symlink(self) -> bool:
+        return False
 
     def stat(self) -> StatResult:
         return StatResult(self.length, self.mtime_nsec, self.dir, self.path)

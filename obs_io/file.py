@@ -1,10 +1,13 @@
 """The `mox.file` API: moxing's functions and signatures over local paths, obs:// and s3:// URLs.
 
 Code written as `import moxing as mox; mox.file.copy_parallel(a, b)` runs unchanged with
-`import obs_io as mox`. Differences from moxing, on purpose: copy_parallel's `use_queue` is
-accepted and ignored (worker processes get their whole plan at start); writers publish on a
-clean close only; list_entries (a listing with sizes and ETags) is an addition, and copy_parallel
-takes its entries as file_list.
+`import obs_io as mox`: every function moxing documents under mox.file is here with moxing's
+keywords (list_directory's skip_file/skip_dir/remove_sep, walk's followlinks, client_id, ...),
+and so are moxing's exception classes and shift('os', 'mox'). A keyword that means nothing
+here is accepted and says so in its function's docstring; none changes a result silently.
+Differences from moxing, on purpose: writers publish on a clean close only; remove() of a
+folder without recursive=True is an error, not a silent no-op; list_entries (a listing with
+sizes and ETags) is an addition, and copy_parallel takes its entries as file_list.
 """
 from __future__ import annotations
 
@@ -17,23 +20,31 @@ from collections.abc import Iterable, Iterator
 from .batch import execute, plan_file, plan_tree
 from .config import set_auth  # noqa: F401 - part of the mox.file API
 from .entries import DirEntry, StatResult
-from .errors import ObjectChanged
+from .errors import (MoxFileNameDuplicateException, MoxFileNotExistsException, MoxFileReadException,
+                     MoxFileRespException, ObjectChanged)
 from .fs import backend, list_entries
 from .remote_file import File
+from .shifting import shift
 from .urls import ObjectURL, check, is_remote, join
 
 __all__ = ["copy", "copy_parallel", "exists", "is_directory", "list_directory", "glob", "walk",
            "scan_dir", "list_entries", "stat", "get_size", "make_dirs", "mk_dir", "remove", "rename", "read",
-           "write", "append", "File", "set_auth"]
+           "write", "append", "append_remote", "File", "set_auth", "shift", "MoxFileNotExistsException",
+           "MoxFileRespException", "MoxFileReadException", "MoxFileNameDuplicateException"]
+
+# client_id, wherever moxing takes it: moxing keeps several OBS clients and client_id picks one.
+# obs_io has one configuration (set_auth and the environment), so it is accepted and unused.
 
 
-def copy(src_url: str, dst_url: str) -> None:
-    """Copy one file (either side local or remote). dst_url is the new file's full name."""
+def copy(src_url: str, dst_url: str, client_id=None) -> None:
+    """Copy one file (either side local or remote). dst_url is the new file's full name.
+    client_id: accepted, unused (see above)."""
     execute([plan_file(src_url, dst_url)], threads=10, desc=f"copy {src_url}", show_progress=False)
 
 
 def copy_parallel(src_url: str, dst_url: str, file_list: Iterable[str | DirEntry] | None = None,
-                  threads: int = 16, is_processing: bool = True, use_queue: bool = False) -> None:
+                  threads: int = 16, is_processing: bool = True, use_queue: bool = False,
+                  client_id=None) -> None:
     """Copy the folder src_url to dst_url (a mirror of its tree), many files at once.
 
     file_list: only these files, relative to src_url: names (found in one listing of their
@@ -42,7 +53,11 @@ def copy_parallel(src_url: str, dst_url: str, file_list: Iterable[str | DirEntry
     file as src_url is copied like copy(). is_processing: as moxing, many small files go to
     worker processes (one per four threads, up to the CPUs; see workers.py), so one
     interpreter's GIL does not bound them. Progress (bytes, rate, files) shows on a terminal,
-    else as periodic log lines.
+    else as periodic log lines. use_queue (moxing: feed workers from a queue) and client_id are
+    accepted and unused: each worker process gets its whole share of the plan at start.
+
+    Objects `a` and `a/b` both under src_url cannot both land on a local disk: that is
+    MoxFileNameDuplicateException (a FileExistsError), before anything is copied.
     """
     check(src_url, dst_url)
     try:
@@ -62,20 +77,55 @@ def is_directory(url: str) -> bool:
     return backend(url).isdir(url)
 
 
-def list_directory(url: str, recursive: bool = False) -> list[str]:
-    """Names relative to url: the children, or with recursive=True every file and folder below."""
-    return [e.name for e in list_entries(url, recursive)]
+def list_directory(url: str, recursive: bool = False, remove_sep: bool = False, skip_file: bool = False,
+                   skip_dir: bool = False) -> list[str]:
+    """Names relative to url: the children, or with recursive=True every file and folder below.
+
+    skip_file / skip_dir leave out files / folders. remove_sep: moxing strips the URL's trailing
+    separator before listing; obs_io always treats `dir` and `dir/` alike, so it changes nothing.
+    """
+    return [e.name for e in list_entries(url, recursive)
+            if not (skip_dir if e.dir else skip_file)]
 
 
-def scan_dir(url: str) -> Iterator[DirEntry]:
+class _ScanDir:
+    """What scan_dir returns: an iterator of entries that is also a context manager, as
+    os.scandir's is (`with os.scandir(p) as it:` works for a URL under shift('os', 'mox'))."""
+
+    def __init__(self, entries: list[DirEntry]):
+        self._it = iter(entries)
+
+    def __iter__(self) -> "_ScanDir":
+        return self
+
+    def __next__(self) -> DirEntry:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it = iter(())
+
+    def __enter__(self) -> "_ScanDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def scan_dir(url: str) -> _ScanDir:
     """Children of url as entries with .name, .path, is_dir(), is_file(), stat()."""
-    return iter(list_entries(url))
+    return _ScanDir(list_entries(url))
 
 
-def walk(url: str, topdown: bool = True, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:
-    """os.walk over a local folder or a prefix: (folder url, sub-folder names, file names)."""
+def walk(url: str, topdown: bool = True, onerror=None,
+         followlinks: bool = False) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk over a local folder or a prefix: (folder url, sub-folder names, file names).
+
+    Locally every keyword is os.walk's. For a URL (as in moxing) onerror gets a listing's error
+    and followlinks means nothing (objects have no links); topdown orders the folders, from the
+    one listing of the whole prefix, so pruning `dirs` in place saves no request.
+    """
     if not is_remote(url):
-        yield from os.walk(url, topdown=topdown, onerror=onerror)
+        yield from os.walk(url, topdown=topdown, onerror=onerror, followlinks=followlinks)
         return
     try:
         entries = list_entries(url, recursive=True)
@@ -100,8 +150,9 @@ def _has_magic(part: str) -> bool:
     return any(c in part for c in "*?[")
 
 
-def glob(pattern: str) -> list[str]:
-    """Paths or URLs matching a shell pattern; `*` does not cross `/`."""
+def glob(url: str) -> list[str]:
+    """Paths or URLs matching the shell pattern `url`; `*` does not cross `/`."""
+    pattern = url
     if not is_remote(pattern):
         return sorted(_glob.glob(pattern))
     u = ObjectURL.parse(pattern)
@@ -147,7 +198,10 @@ def mk_dir(url: str) -> None:
 
 
 def remove(url: str, recursive: bool = False) -> None:
-    """Remove a file; a folder (every object under the prefix) only with recursive=True."""
+    """Remove a file; a folder (every object under the prefix) only with recursive=True.
+
+    A folder without recursive=True is IsADirectoryError (moxing silently does nothing), and a
+    missing path is FileNotFoundError: a cleanup that removed nothing must not pass for done."""
     backend(url).rm(url, recursive)
 
 
@@ -167,9 +221,10 @@ def rename(src_url: str, dst_url: str) -> None:
         remove(src_url)
 
 
-def read(url: str, binary: bool = False):
+def read(url: str, binary: bool = False, client_id=None):
     """The whole file. An object replaced while it is read (another writer's marker, say) is
-    read again, up to three times, so the caller gets one whole version, never a mix."""
+    read again, up to three times, so the caller gets one whole version, never a mix.
+    client_id: accepted, unused (see above)."""
     for attempt in range(3):
         try:
             with File(url, "rb" if binary else "r") as f:
@@ -179,12 +234,24 @@ def read(url: str, binary: bool = False):
                 raise
 
 
-def write(url: str, content, binary: bool = False) -> None:
+def write(url: str, data, binary: bool = False, client_id=None) -> None:
+    """Replace the file with `data` (str, or bytes with binary=True), all or nothing.
+    client_id: accepted, unused (see above)."""
     with File(url, "wb" if binary else "w") as f:
-        f.write(content)
+        f.write(data)
 
 
-def append(url: str, content, binary: bool = False) -> None:
-    """Append to a file. On S3 (no append operation) the object is rewritten whole."""
+def append(url: str, data, binary: bool = False, client_id=None) -> None:
+    """Append to a file. On S3 (no append operation) the object is rewritten whole.
+    client_id: accepted, unused (see above)."""
     with File(url, "ab" if binary else "a") as f:
-        f.write(content)
+        f.write(data)
+
+
+def append_remote(src_url: str, dst_url: str, client_id=None) -> None:
+    """Append the bytes of the file src_url to the file dst_url (moxing's append_remote; either
+    may be local here). dst_url is rewritten whole and published on success only.
+    client_id: accepted, unused (see above)."""
+    check(src_url, dst_url)
+    with File(src_url, "rb") as src, File(dst_url, "ab") as dst:
+        shutil.copyfileobj(src, dst, 8 * 1024 * 1024)

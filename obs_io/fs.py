@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from . import config as _config
 from .client import get_client
 from .entries import DirEntry, StatResult
-from .errors import translate, translating
+from .errors import ObjectNotFound, translate, translating
 from .urls import ObjectURL, is_remote, join
 
 
@@ -111,7 +111,7 @@ class S3FS:
         except ClientError as err:
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404 or err.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
-                raise FileNotFoundError(f"bucket {bucket!r} does not exist (while accessing {url})") from None
+                raise ObjectNotFound(f"bucket {bucket!r} does not exist (while accessing {url})") from None
             raise translate(err, url) from None
 
     def pages(self, url: str, prefix: str, delimiter: str | None = None, max_keys: int | None = None):
@@ -124,6 +124,8 @@ class S3FS:
             kwargs["Delimiter"] = delimiter
         if max_keys:
             kwargs["PaginationConfig"] = {"MaxItems": max_keys, "PageSize": max_keys}
+        elif cfg.list_max_keys != 1000:   # the server's default page is 1000 keys
+            kwargs["PaginationConfig"] = {"PageSize": cfg.list_max_keys}
         with translating(url):
             yield from get_client(cfg).get_paginator(op).paginate(**kwargs)
 
@@ -156,7 +158,7 @@ class S3FS:
             return StatResult(head["ContentLength"], int(head["LastModified"].timestamp() * 1e9), False, url)
         if self.isdir(url):
             return StatResult(0, 0, True, url)
-        raise FileNotFoundError(f"{url}: no such object or folder")
+        raise ObjectNotFound(f"{url}: no such object or folder")
 
     def ls(self, url: str) -> list[DirEntry]:
         u = ObjectURL.parse(url)
@@ -177,7 +179,7 @@ class S3FS:
         if not found and ObjectURL.parse(url).key.strip("/"):
             if self.head(url) is not None:
                 raise NotADirectoryError(f"{url} is an object, not a folder")
-            raise FileNotFoundError(f"{url}: no such folder")
+            raise ObjectNotFound(f"{url}: no such folder")
         if not found:
             self.check_bucket(url)
         return sorted(entries.values(), key=lambda e: e.name)
@@ -216,12 +218,12 @@ class S3FS:
                 return
             if self.isdir(url):
                 raise IsADirectoryError(f"{url} is a folder: use recursive=True to remove it")
-            raise FileNotFoundError(f"{url}: no such object or folder")
+            raise ObjectNotFound(f"{url}: no such object or folder")
         keys = [u.key] if is_object else []
         if u.key.strip("/") or not is_object:
             keys += [obj["Key"] for page in self.pages(url, u.dir_prefix) for obj in page.get("Contents", [])]
         if not keys:
-            raise FileNotFoundError(f"{url}: no such object or folder")
+            raise ObjectNotFound(f"{url}: no such object or folder")
         with translating(url):
             for i in range(0, len(keys), 1000):
                 batch = [{"Key": k} for k in keys[i:i + 1000]]

@@ -1,27 +1,64 @@
-"""mox.file.File: a file object over a local path or an object.
+"""mox.file.File: a file object over a local path or an object, in moxing's modes.
 
-Reading an object uses ranged GETs from the current position, so reading a checkpoint header
-costs a few hundred KB, not the whole object. Writing goes to a temporary file that is
-published (uploaded, or renamed locally) only on a clean close: a failure inside `with`, or in
-the close itself, leaves nothing under the final name. A local file written here is durable
-once close() returned (atomic.py): this is how markers, configs and records are written.
+Reading an object ('r', 'rb') uses ranged GETs from the current position, so reading a
+checkpoint header costs a few hundred KB, not the whole object. Writing goes to a temporary file
+that is published (uploaded, or renamed locally) only on a clean close: a failure inside `with`,
+or in the close itself, leaves nothing under the final name. A local file written with 'w' is
+durable once close() returned (atomic.py): this is how markers, configs and records are written.
+
+Object storage cannot change part of an object, so the modes that do ('a', 'r+', 'a+') hold the
+object's bytes in a local temporary file and upload the whole of it on close ('r+' only if
+something was written). 'x' (create, but never replace) has no counterpart in an object store
+without conditional writes: it is refused for URLs and is open()'s for local paths.
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import tempfile
+from dataclasses import dataclass
 
 from . import config as _config
 from .atomic import Landing
 from .client import read_object
-from .errors import translating
+from .errors import ObjectNotFound, translating
 from .fs import S3
 from .transfer import download_fileobj, upload_fileobj
 from .urls import ObjectURL, is_remote
 
 READ_BLOCK = 256 * 1024  # read-ahead per GET for small reads; large reads go straight through
-_MODES = {"r", "rb", "w", "wb", "a", "ab"}
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A mode string as open() and moxing spell it, in any letter order ('rb', 'br', 'bw+',
+    'rb+'): its kind (r, w, a or x), binary or text, and whether it also reads/writes ('+')."""
+
+    kind: str
+    binary: bool
+    plus: bool
+
+    @classmethod
+    def parse(cls, mode: str, name: str) -> "Mode":
+        kinds = [c for c in mode if c in "rwax"] if isinstance(mode, str) else []
+        if (len(kinds) != 1 or set(mode) - set("rwaxbt+")
+                or any(mode.count(c) > 1 for c in mode) or ("b" in mode and "t" in mode)):
+            raise ValueError(f"unsupported mode {mode!r} for {name}: use r, w or a, with b for "
+                             f"binary and + to read and write (r, rb, br, w, wb, a, ab, r+, rb+, w+, a+, ...)")
+        return cls(kinds[0], "b" in mode, "+" in mode)
+
+    @property
+    def reads(self) -> bool:
+        return self.kind == "r" or self.plus
+
+    @property
+    def writes(self) -> bool:
+        return self.kind != "r" or self.plus
+
+    def binary_mode(self) -> str:
+        """The same mode for open() on the binary layer: 'rb', 'ab+', ..."""
+        return f"{self.kind}b{'+' if self.plus else ''}"
 
 
 class _RangedReader(io.RawIOBase):
@@ -72,26 +109,36 @@ class _RangedReader(io.RawIOBase):
 
 
 class File:
-    """moxing's File(url, mode): modes r, w, a, rb, wb, ab; usable as a context manager."""
+    """moxing's File(name, mode): modes r, w, a with b (binary) and + (read and write), in
+    moxing's spellings ('br', 'bw+', 'rb+', ...); a context manager; read(), write(), seek(),
+    size() and the rest of a file object's methods.
 
-    def __init__(self, url: str, mode: str = "r", encoding: str | None = None):
-        m = mode.replace("t", "")
-        if m not in _MODES:
-            raise ValueError(f"unsupported mode {mode!r} for {url} (use r, w, a, rb, wb or ab)")
-        self.name, self.mode, self._closed = url, mode, False
+    buffering, encoding, errors, newline: as open() takes them (shift('os', 'mox') makes
+    open() of a URL land here); buffering is accepted and has no effect, obs_io sizes its own
+    buffers. client_id: moxing's choice among several OBS clients; obs_io has one configuration
+    (set_auth), so it is accepted and has no effect.
+    """
+
+    def __init__(self, name: str, mode: str = "r", buffering: int = -1, encoding: str | None = None,
+                 errors: str | None = None, newline: str | None = None, client_id=None):
+        m = Mode.parse(mode, name)
+        self.name, self.mode, self._closed = name, mode, False
         self._publish = None  # callable run on a clean close of a writer
         self._discard = None  # its counterpart when the writer fails
-        binary = "b" in m
-        buf = self._open_remote(url, m) if is_remote(url) else self._open_local(url, m)
-        self._f = buf if binary else io.TextIOWrapper(buf, encoding=encoding or "utf-8")
+        self._reader: _RangedReader | None = None
+        self._dirty = False   # r+: upload only what was changed
+        buf = self._open_remote(name, m) if is_remote(name) else self._open_local(name, m)
+        self._buf = buf
+        self._f = buf if m.binary else io.TextIOWrapper(buf, encoding=encoding or "utf-8",
+                                                          errors=errors, newline=newline)
 
-    def _open_local(self, path: str, m: str):
-        if m[0] != "w":
-            if m[0] == "a":  # as on object storage (and Landing), writing needs no existing folder
+    def _open_local(self, path: str, m: Mode):
+        if m.kind != "w":
+            if m.kind == "a":  # as on object storage (and Landing), writing needs no existing folder
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            return open(path, m if "b" in m else m + "b")
+            return open(path, m.binary_mode())
         landing = Landing(path, durable=True)  # what callers write this way is state: markers, configs
-        buf = open(landing.temp, "wb")
+        buf = open(landing.temp, m.binary_mode())
 
         def publish() -> None:
             buf.close()  # first: a close that fails (ENOSPC) must fail before the rename
@@ -101,22 +148,30 @@ class File:
         self._discard = landing.discard
         return buf
 
-    def _open_remote(self, url: str, m: str):
-        head = S3.head(url) if m[0] in "ra" else None   # "w" replaces whatever is there
-        if m[0] == "r":
-            if head is None:
-                if S3.isdir(url):
-                    raise IsADirectoryError(f"{url} is a folder, not an object")
-                raise FileNotFoundError(f"{url}: no such object")
-            return io.BufferedReader(_RangedReader(url, head["ContentLength"], head.get("ETag")),
-                                     buffer_size=READ_BLOCK)
+    def _open_remote(self, url: str, m: Mode):
+        if m.kind == "x":
+            raise ValueError(f"mode {self.mode!r} (create only if absent) is not possible for {url}: "
+                             f"object storage has no exclusive create; use 'w'")
+        head = S3.head(url) if m.kind in "ra" else None   # "w" replaces whatever is there
+        if m.kind == "r" and head is None:
+            if S3.isdir(url):
+                raise IsADirectoryError(f"{url} is a folder, not an object")
+            raise ObjectNotFound(f"{url}: no such object")
+        if m.kind == "r" and not m.plus:
+            self._reader = _RangedReader(url, head["ContentLength"], head.get("ETag"))
+            return io.BufferedReader(self._reader, buffer_size=READ_BLOCK)
         S3.check_bucket(url)  # fail at open, not after the caller wrote gigabytes
-        buf = tempfile.TemporaryFile()
-        if m[0] == "a" and head is not None:
+        buf = tempfile.TemporaryFile("w+b")
+        if head is not None:   # r+, a, a+: the object's bytes, to change or to append to
             download_fileobj(url, buf, head["ContentLength"])
-            buf.seek(0, io.SEEK_END)
+            buf.seek(0, io.SEEK_END if m.kind == "a" else io.SEEK_SET)
+        if m.kind == "a":      # every write at the end, wherever the position is (as open's "a")
+            flags = fcntl.fcntl(buf.fileno(), fcntl.F_GETFL)
+            fcntl.fcntl(buf.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
 
         def publish():
+            if m.kind == "r" and not self._dirty:
+                return
             size = buf.seek(0, io.SEEK_END)
             buf.seek(0)
             upload_fileobj(buf, url, size)
@@ -129,6 +184,9 @@ class File:
     def read(self, size: int = -1):
         return self._f.read(size)
 
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
     def readline(self, size: int = -1):
         return self._f.readline(size)
 
@@ -136,10 +194,16 @@ class File:
         return self._f.readlines(hint)
 
     def write(self, data) -> int:
+        self._dirty = True
         return self._f.write(data)
 
     def writelines(self, lines) -> None:
+        self._dirty = True
         self._f.writelines(lines)
+
+    def truncate(self, size: int | None = None) -> int:
+        self._dirty = True
+        return self._f.truncate(size)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return self._f.seek(offset, whence)
@@ -148,7 +212,17 @@ class File:
         return self._f.tell()
 
     def flush(self) -> None:
+        """Flush the buffers to the local file. An object is uploaded on close only: OBS has no
+        partial writes, and a flush that uploaded would publish a half-written object."""
         self._f.flush()
+
+    def size(self) -> int:
+        """Bytes in the file now: the object's size when reading, what it holds so far when
+        writing (moxing's File.size())."""
+        if self._reader is not None:
+            return self._reader.size
+        self._f.flush()
+        return os.fstat(self._buf.fileno()).st_size
 
     def readable(self) -> bool:
         return self._f.readable()
@@ -159,12 +233,18 @@ class File:
     def seekable(self) -> bool:
         return self._f.seekable()
 
+    def isatty(self) -> bool:
+        return False
+
     @property
     def closed(self) -> bool:
         return self._closed
 
     def __iter__(self):
-        return iter(self._f)
+        return self
+
+    def __next__(self):
+        return next(self._f)
 
     def close(self) -> None:
         """Publish what was written (upload, or rename into place), then release everything."""

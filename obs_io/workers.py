@@ -21,7 +21,7 @@ import sys
 import threading
 
 from . import config as _config
-from .errors import scrub
+from .errors import MOXING_ERRORS, scrub
 from .transfer import CopyTask, execute_remote
 
 FILES_PER_PROCESS = 64     # fewer files than this per worker do not repay starting an interpreter
@@ -30,8 +30,8 @@ STOP_WAIT = 60.0           # seconds a stopped worker gets to clean up before it
 # -c, not -m: the worker runs this module as obs_io.workers, never as a second copy named __main__
 _WORKER = "import sys; from obs_io.workers import main; sys.exit(main())"
 _DONE, _ERROR = "\x1eobs_io done ", "\x1eobs_io error "  # the worker protocol's lines on stdout
-_ERRORS = {e.__name__: e for e in (FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError,
-                                   ValueError, OSError)}
+_ERRORS = {e.__qualname__: e for e in (FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError,
+                                   ValueError, OSError, *MOXING_ERRORS)}
 
 
 def worker_count(is_processing: bool, threads: int, small_files: int) -> int:
@@ -163,7 +163,7 @@ def main() -> int:
         execute_remote(tasks, plan["threads"], _LineProgress())
     except (Exception, KeyboardInterrupt) as exc:
         message = scrub(str(exc)).replace("\n", " ") or type(exc).__name__
-        sys.stdout.write(f"{_ERROR}{type(exc).__name__}\t{message}\n")
+        sys.stdout.write(f"{_ERROR}{type(exc).__qualname__}\t{message}\n")
         sys.stdout.flush()
         return 1
     return 0

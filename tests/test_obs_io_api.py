@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -179,6 +180,7 @@ def test_missing_things_raise_file_not_found_naming_url(root):
         assert "nope" in str(info.value)
 
 
-def test_unsupported_mode_is_value_error(root):
-    with pytest.raises(ValueError, match="mode"):
-        mox.file.File(j(root, "x"), "r+")
+@pytest.mark.parametrize("mode", ["rw", "q", "rbb", "rbt", "+"])
+def test_unsupported_mode_is_value_error(root, mode):
+    with pytest.raises(ValueError, match=re.escape(f"mode {mode!r}")):
+        mox.file.File(j(root, "x"), mode)
