@@ -23,7 +23,8 @@ from .errors import ReshardError
 from .execute import PROCESS_BASE_BYTES, expected_peak, rank_cost, run_plan
 from obs_io.atomic import write_atomic
 from .plan import Fetch, Headers, Plan, build_plan
-from .sources import FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix, classify
+from .sources import (FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
+                      check_source_strategy, classify)
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
 
 __all__ = ["ReshardError", "TransformReport", "needed_source_ranks", "write_merged_strategy",
@@ -114,11 +115,18 @@ def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None
     strategies alone (nothing to complete). Strategies: loaded Strategy objects, None for a
     complete checkpoint. dst_ranks: the destination ranks to convert (None: all).
 
+    A source that is one rank_0 folder is complete (sources.classify): a one-rank source
+    strategy given with it is dropped with a warning, one of more ranks is an error.
+
     Raises ReshardError: a rank folder missing (every rank when dst_ranks is None, else the
     ranks needed), rank folders beyond the source strategy's world, a strategy/source mismatch,
     device counts that do not divide, a destination rank outside the destination world."""
     _check_fmt(fmt, prefix)
     src, dst = src_strategy, dst_strategy
+    note = check_source_strategy(source, src.world_size if src else None) if source else None
+    if note is not None:   # one rank_0 folder (complete) with a one-rank strategy: not needed
+        log.log(note.level, "%s", note.text)
+        src = None
     if source is not None and source.needs_index:
         raise ReshardError(f"{source.root}: apply its index {source.index_name} first "
                            f"(SourceSet.with_index)")

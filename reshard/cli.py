@@ -1,10 +1,17 @@
-"""`transform-checkpoint`: the offline tool, with the flags of MindFormers' transform_checkpoint.py.
+"""`transform-checkpoint`: the offline tool, a drop-in for MindFormers' transform_checkpoint.py.
 
-Bad input -> one line on stderr naming the culprit, exit code 2, nothing written. Remote
-(obs:// / s3://) inputs: strategies are copied down, the source is classified from its listing
-and only the files the plan reads are copied to a local temporary folder; a remote output is
-written locally and published by obs_io after a successful conversion. obs_io is imported only
-then, so the engine itself sees local paths alone.
+Every flag of MindFormers' script is accepted with its meaning (--dst_checkpoint_dir,
+--transform_process_num, --rank_id, --world_size, --transform_by_rank; `None` or empty for "no
+strategy"), beside this tool's own. The positional form of MindFormers' transform_checkpoint.sh
+is reshard.mindformers_cli.main_sh.
+
+Bad input -> one line on stderr naming the culprit, exit code 2, nothing written. Ctrl-C -> one
+line, exit code 130, nothing partial under a final name; the same command again resumes (ranks
+already complete and verified are skipped). Remote (obs:// / s3://) inputs: strategies are
+copied down, the source is classified from its listing and only the files the plan reads are
+copied to a local temporary folder; a remote output is written locally and published by obs_io
+after a successful conversion. obs_io is imported only then, so the engine itself sees local
+paths alone; what is printed names the user's URLs, never the temporary folder.
 """
 from __future__ import annotations
 
@@ -12,17 +19,22 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import replace
 
 from .api import (ReshardError, complete_plan, execute, find_sources, load_strategy,
                   memory_budget, plan_from_strategies, write_merged_strategy)
-from .sources import (SourceEntry, SourceSet, check_output, check_prefix, classify, is_url, split_url,
-                      strategy_files)
+from .execute import LOG_NAME
+from .plan import human_size, ranks_text
+from .sources import (SourceEntry, SourceSet, check_output, check_prefix, classify, is_url,
+                      split_url, strategy_files)
 from .strategy import Strategy
 
 from obs_io.oneline import OneLineParser, one_line
+from obs_io.version import package_version
 
 log = logging.getLogger("reshard")
 
@@ -59,33 +71,92 @@ class _OneLineParser(OneLineParser):
     error_type = ReshardError
 
 
+PROG = "transform-checkpoint"
+DEFAULT_DST = "transformed_checkpoint"   # MindFormers' default: <working folder>/transformed_checkpoint
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+EXAMPLES = """\
+examples (MindFormers' flag names; this tool's own names work alike):
+  # complete -> 8 ranks (dp2 mp2 pp2)
+  transform-checkpoint --src_checkpoint=llama_7b.ckpt --src_strategy=None \\
+      --dst_checkpoint_dir=out8 --dst_strategy=strategy8/ --world_size=8 --transform_process_num=2
+  # 8 -> 4 ranks (dp1 mp2 pp2), from object storage
+  transform-checkpoint --src_checkpoint=obs://bucket/out8 --src_strategy=obs://bucket/strategy8/ \\
+      --dst_checkpoint_dir=out4 --dst_strategy=strategy4/ --world_size=4 --transform_process_num=2
+  # 4 -> complete (out1/rank_0/checkpoint_0.ckpt)
+  transform-checkpoint --src_checkpoint=out4 --src_strategy=strategy4/ \\
+      --dst_checkpoint_dir=out1 --dst_strategy=None
+  # one block only, as one process of MindFormers' script does: ranks 4-7 of 8
+  transform-checkpoint --src_checkpoint=llama_7b.ckpt --dst_checkpoint_dir=out8 \\
+      --dst_strategy=strategy8/ --world_size=8 --transform_process_num=2 --rank_id=4
+  # MindFormers' shell form: SRC SRC_STRATEGY DST DST_STRATEGY WORLD_SIZE PROCESS_NUM [PREFIX]
+  transform_checkpoint.sh llama_7b.ckpt None out8 strategy8/ 8 2
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="transform-checkpoint",
-                       description="Convert a MindSpore checkpoint between parallel layouts.")
-    p.add_argument("--src_checkpoint", default=None,
-                   help="complete file, folder of complete files, or model_dir with rank_<r>/")
-    p.add_argument("--src_strategy", default=None,
-                   help="strategy file or folder of the source (empty/None: complete)")
-    p.add_argument("--dst_checkpoint", default=None, help="output folder")
-    p.add_argument("--dst_strategy", default=None,
-                   help="strategy file or folder of the destination (empty/None: complete)")
-    p.add_argument("--prefix", default="checkpoint_")
-    p.add_argument("--world_size", type=int, default=None,
-                   help="destination rank count; checked against the destination strategy")
-    p.add_argument("--process_num", type=int, default=1)
-    p.add_argument("--format", dest="fmt", choices=("ckpt", "safetensors"), default="ckpt")
+    """Every flag of MindFormers' transform_checkpoint.py (its names are aliases of ours where
+    both exist) and this tool's own; each with a description; examples at the end."""
+    p = _OneLineParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Convert a MindSpore checkpoint between parallel layouts: a drop-in for\n"
+                    "MindFormers' transform_checkpoint.py (flags marked [MindFormers] are its\n"
+                    "names, with its meaning). Output: <dst_checkpoint>/rank_<r>/<prefix><r>.ckpt;\n"
+                    "a complete destination is rank_0. Paths may be local, obs:// or s3://.\n"
+                    "Ctrl-C stops cleanly (exit 130); the same command again resumes.")
+    p.add_argument("--src_checkpoint", default=None, metavar="PATH",
+                   help="[MindFormers] the source: a complete .ckpt/.safetensors file, a folder "
+                        "of complete files, a folder with one rank_0/ (a complete checkpoint, "
+                        "e.g. this tool's complete output), or model_dir with rank_<r>/ folders")
+    p.add_argument("--src_strategy", default=None, metavar="PATH",
+                   help="[MindFormers] strategy file or folder of a distributed source "
+                        "(None or empty: the source is complete)")
+    p.add_argument("--dst_checkpoint", "--dst_checkpoint_dir", dest="dst_checkpoint",
+                   default=None, metavar="PATH",
+                   help="output folder; --dst_checkpoint_dir is MindFormers' name for it "
+                        f"(default, as MindFormers: ./{DEFAULT_DST})")
+    p.add_argument("--dst_strategy", default=None, metavar="PATH",
+                   help="[MindFormers] strategy file or folder of the destination "
+                        "(None or empty: a complete checkpoint)")
+    p.add_argument("--prefix", default="checkpoint_",
+                   help="[MindFormers] output file name prefix (default checkpoint_)")
+    p.add_argument("--rank_id", type=int, default=None, metavar="R",
+                   help="[MindFormers] convert only the block of destination ranks rank R leads, "
+                        "in one process: the blocks split the world size into "
+                        "--transform_process_num parts, R is the first rank of one (0, N/p, ...) "
+                        "(default: every rank)")
+    p.add_argument("--world_size", type=int, default=None, metavar="N",
+                   help="[MindFormers] destination rank count (dp*mp*pp), checked against the "
+                        "destination strategy (default: the strategy's)")
+    p.add_argument("--process_num", "--transform_process_num", dest="process_num", type=int,
+                   default=1, metavar="P",
+                   help="ranks converted at once, in P worker processes, within --max_memory; "
+                        "--transform_process_num is MindFormers' name for it; with --rank_id the "
+                        "number of blocks (default 1)")
+    p.add_argument("--transform_by_rank", nargs="?", const="True", default=None, metavar="BOOL",
+                   help="[MindFormers] accepted and ignored: this engine always converts rank by "
+                        "rank, reading only the slices each rank needs")
+    p.add_argument("--format", dest="fmt", choices=("ckpt", "safetensors"), default="ckpt",
+                   help="output format (default ckpt); dtypes are never converted")
     p.add_argument("--engine", choices=("stream", "mindspore"), default="stream",
-                   help="mindspore: run MindSpore's own transform_checkpoints (for comparison)")
-    p.add_argument("--max_memory", type=parse_size, default=None,
+                   help="stream: this engine (default); mindspore: MindSpore's own "
+                        "transform_checkpoints on the same input, for comparison")
+    p.add_argument("--max_memory", type=parse_size, default=None, metavar="SIZE",
                    help="host memory budget, e.g. 8G (default: half of the available memory)")
     p.add_argument("--dry_run", action="store_true",
-                   help="print the plan (from strategies alone when no checkpoint is given)")
-    p.add_argument("--log_dir", default=None, help="one log file per converting process")
+                   help="print the plan and the expected peak memory, write nothing (from "
+                        "strategies alone when no checkpoint is given: shapes in blocks)")
+    p.add_argument("--log_dir", default=None, metavar="DIR",
+                   help=f"one log file per converting process, {LOG_NAME.format(index='<i>')} "
+                        "(default: none; MindFormers' shell form writes them to ./log)")
+    p.add_argument("--version", action="version", version=f"{PROG} {package_version()}",
+                   help="print the version and exit")
     return p
 
 
 def _none(value: str | None) -> str | None:
-    return None if value in (None, "", "None", "none") else value
+    """MindFormers writes "None" (and its shell script an empty string) for "no strategy"."""
+    return None if value is None or value.strip() in ("", "None", "none", "null") else value
 
 
 @contextlib.contextmanager
@@ -238,17 +309,24 @@ def _check_locations(args) -> None:
 
 
 def convert_from_args(argv=None) -> int:
+    """Parse, check every flag (one line naming the culprit), convert; 0 on success."""
     args = build_parser().parse_args(argv)
     args.src_strategy, args.dst_strategy = _none(args.src_strategy), _none(args.dst_strategy)
-    for flag in ("src_checkpoint", "dst_checkpoint"):
-        if getattr(args, flag) is None and not args.dry_run:
-            raise ReshardError(f"--{flag} is required")
+    if not args.src_checkpoint and not args.dry_run:
+        raise ReshardError("--src_checkpoint is required")
     if args.dry_run and args.engine == "mindspore":
         raise ReshardError("--dry_run prints this engine's plan: it does not go with --engine mindspore")
     if args.process_num < 1:
         raise ReshardError(f"--process_num {args.process_num}: must be at least 1")
-    if args.dst_checkpoint is not None and not args.dst_checkpoint.strip():
-        raise ReshardError("--dst_checkpoint is empty")
+    if args.rank_id is not None and args.rank_id < 0:
+        raise ReshardError(f"--rank_id {args.rank_id}: must be at least 0")
+    if args.rank_id is not None and args.engine == "mindspore":
+        raise ReshardError("--rank_id converts one block with this engine: it does not go with "
+                           "--engine mindspore")
+    if not (args.dst_checkpoint or "").strip() and not args.dry_run:
+        args.dst_checkpoint = DEFAULT_DST
+        log.warning("--dst_checkpoint not given: writing to %s (MindFormers' default)",
+                    os.path.abspath(DEFAULT_DST))
     check_prefix(args.prefix)
     _check_locations(args)
     stage = _Stage()
@@ -258,21 +336,44 @@ def convert_from_args(argv=None) -> int:
         stage.close()
 
 
+def _block(rank_id: int, world: int, process_num: int) -> list[int]:
+    """The destination ranks --rank_id converts, by MindFormers' rule (the job's rule too,
+    cloud_entry.blocks): --transform_process_num contiguous blocks of world/p ranks, each
+    converted by its first rank; any other rank converts nothing there."""
+    from cloud_entry.blocks import plan_blocks
+    from cloud_entry.errors import EntryError
+    try:
+        blocks = plan_blocks(world, process_num).blocks
+    except EntryError as e:
+        raise ReshardError(f"--transform_process_num: {e}") from None
+    for b in blocks:
+        if b.leader == rank_id:
+            return list(b.ranks)
+    leaders = ", ".join(str(b.leader) for b in blocks)
+    raise ReshardError(f"--rank_id {rank_id} leads no block: with world size {world} and "
+                       f"--transform_process_num {process_num} the blocks start at ranks {leaders}")
+
+
 def _convert(args, stage: _Stage) -> int:
     src = _strategy_arg("--src_strategy", args.src_strategy, stage)
     dst = _strategy_arg("--dst_strategy", args.dst_strategy, stage)
-    if args.world_size is not None:
-        world = dst.world_size if dst else 1
-        if world != args.world_size:
-            raise ReshardError(f"--world_size {args.world_size} does not match the "
-                               f"destination strategy's {world} ranks")
+    world = dst.world_size if dst else 1
+    if args.world_size is not None and world != args.world_size:
+        raise ReshardError(f"--world_size {args.world_size} does not match the "
+                           f"destination strategy's {world} ranks")
     if args.engine == "mindspore":
         _run_mindspore(args, src, dst, stage)
         return 0
+    dst_ranks, process_num = None, args.process_num
+    if args.rank_id is not None:
+        dst_ranks, process_num = _block(args.rank_id, world, args.process_num), 1
+        log.info("--rank_id %d: converting its block, destination ranks %s, in one process",
+                 args.rank_id, ranks_text(dst_ranks))
     source = _source_arg(args.src_checkpoint) if args.src_checkpoint else None
     for note in source.notes if source else ():
         log.log(note.level, "%s", note.text)
-    plan = plan_from_strategies(source, src, dst, prefix=args.prefix, fmt=args.fmt)
+    plan = plan_from_strategies(source, src, dst, dst_ranks=dst_ranks, prefix=args.prefix,
+                                fmt=args.fmt)
     local_root = None
     if source is not None:
         fetch = None
@@ -280,26 +381,50 @@ def _convert(args, stage: _Stage) -> int:
         if is_url(source.root):
             local_root = stage.dir("src_checkpoint")
             fetch = _downloader(source, local_root)
+            _show_as(local_root, source.base)
         plan = complete_plan(plan, local_root, fetch=fetch)
         for note in plan.notes:
             log.info("%s", note)
     if args.dry_run:
-        print(plan.dump())
-        _, peak = memory_budget(plan, args.process_num, args.max_memory)
-        print(f"expected peak memory: {peak / 2**20:.1f} MiB")
+        print(plan.dump(destination=args.dst_checkpoint))
+        budget, peak = memory_budget(plan, process_num, args.max_memory)
+        print(f"expected peak memory: {human_size(peak)} with {process_num} process(es) "
+              f"(budget {human_size(budget)})"
+              + ("" if plan.with_headers else "; a lower bound: no checkpoint read"))
         return 0
     upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
     dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
-    report = execute(plan, local_root, dst_local, process_num=args.process_num,
+    if upload:
+        _show_as(dst_local, upload)
+    log.info("converting %s -> %s: destination ranks %s of %d%s", source.root,
+             args.dst_checkpoint, ranks_text(r.rank for r in plan.ranks), world,
+             f"; per-process logs {os.path.join(args.log_dir, LOG_NAME.format(index='<i>'))}"
+             if args.log_dir else "")
+    report = execute(plan, local_root, dst_local, process_num=process_num,
                      max_memory=args.max_memory, log_dir=args.log_dir)
-    print(f"wrote ranks {report.ranks_written}, skipped (already complete) "
-          f"{report.ranks_skipped}; expected peak {report.expected_peak_bytes / 2**20:.1f}"
-          f" MiB; {report.seconds:.2f}s")
     if upload:
         import obs_io
         with _storage("--dst_checkpoint", upload):
             obs_io.file.copy_parallel(dst_local, upload, file_list=report.files_written)
+    print(f"done: wrote ranks {ranks_text(report.ranks_written)} to {args.dst_checkpoint}, "
+          f"kept ranks {ranks_text(report.ranks_skipped)} (already complete and verified), "
+          f"in {report.seconds:.2f}s; expected peak memory {human_size(report.expected_peak_bytes)}")
     return 0
+
+
+# Local temporary folders and the location the user named for each: every line printed shows
+# the latter (a remote source is staged, a remote output written locally first).
+_SHOWN_AS: dict[str, str] = {}
+
+
+def _show_as(local: str, shown: str) -> None:
+    _SHOWN_AS[local.rstrip("/")] = shown.rstrip("/")
+
+
+def _user_text(text: str) -> str:
+    for local, shown in _SHOWN_AS.items():
+        text = text.replace(local, shown)
+    return text
 
 
 class _ByLevel(logging.Handler):
@@ -308,15 +433,23 @@ class _ByLevel(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
         try:
-            stream.write(self.format(record) + "\n")
+            stream.write(_user_text(self.format(record)) + "\n")
             stream.flush()
         except Exception:   # noqa: BLE001 - logging must never end the run
             self.handleError(record)
 
 
-def main(argv=None) -> int:
-    """The command: which source file was chosen, the plan and each rank written are INFO
-    lines on stdout; warnings on stderr; bad input one line on stderr and exit code 2."""
+def _interrupt(signum: int, frame: object) -> None:
+    """The first Ctrl-C stops the run (KeyboardInterrupt); further ones are ignored while the
+    workers abort their ranks and temporary files are removed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _console():
+    """The command's console: INFO on stdout, warnings on stderr (the reshard logger only,
+    restored after: tests call main in-process), Ctrl-C handled by _interrupt."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     handler = _ByLevel()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
@@ -324,15 +457,43 @@ def main(argv=None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupt) if main_thread else None
     try:
-        return convert_from_args(argv)
-    except ReshardError as e:
-        print(f"transform-checkpoint: error: {one_line(e, (ReshardError,))}", file=sys.stderr)
-        return 2
+        yield
     finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
         log.removeHandler(handler)
         log.setLevel(saved[0])
         log.propagate = saved[1]
+        _SHOWN_AS.clear()
+
+
+def run_command(prog: str, body) -> int:
+    """Run body() as the command `prog`: bad input -> one line and 2; Ctrl-C -> one line and
+    130 (nothing partial under a final name: a rerun resumes); a closed stdout (| head) -> 141
+    quietly. Shared by both forms (this one and MindFormers' shell form)."""
+    with _console():
+        try:
+            return body()
+        except ReshardError as e:
+            print(f"{prog}: error: {_user_text(one_line(e, (ReshardError,)))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{prog}: {INTERRUPTED}", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            # stdout's reader is gone: say nothing more there (a later flush would fail again)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+
+
+def main(argv=None) -> int:
+    """The command: which source file was chosen, the plan and each rank written are INFO
+    lines on stdout; warnings on stderr; bad input one line on stderr and exit code 2; Ctrl-C
+    one line and exit code 130."""
+    return run_command(PROG, lambda: convert_from_args(argv))
 
 
 if __name__ == "__main__":

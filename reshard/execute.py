@@ -9,11 +9,13 @@ only this package (never MindSpore).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -195,22 +197,51 @@ def _assemble_and_write(t, meta, buf, readers, writer) -> None:
 
 # -- many destination ranks -----------------------------------------------------------------
 
-def _setup_process_log(log_dir: str | None, tag: str) -> None:
+LOG_NAME = "transform_{index}.log"   # MindFormers' transform_checkpoint.sh: log/transform_<i>.log
+
+
+def _process_log(log_dir: str | None, index: int) -> logging.Handler | None:
+    """The log file of converting process `index` (0, 1, ...), where MindFormers' users look
+    for it: <log_dir>/transform_<index>.log, this run's lines only (as MindFormers' script
+    starts each run's logs afresh)."""
     if not log_dir:
-        return
+        return None
     os.makedirs(log_dir, exist_ok=True)
-    path = os.path.join(log_dir, f"reshard_{tag}_{os.getpid()}.log")
-    if any(getattr(h, "baseFilename", None) == os.path.abspath(path) for h in log.handlers):
-        return
-    h = logging.FileHandler(path)
+    h = logging.FileHandler(os.path.join(log_dir, LOG_NAME.format(index=index)), mode="w",
+                            encoding="utf-8")
     h.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
     log.addHandler(h)
-    log.setLevel(logging.INFO)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    return h
 
 
-def _worker_init(log_dir: str | None) -> None:
-    _setup_process_log(log_dir, "worker")
+class _Stopped(SystemExit):
+    """A worker's stop request (SIGTERM from its parent on Ctrl-C, or the job's stop): raised in
+    the conversion so the writer aborts (no temporary file stays behind); a SystemExit, so a
+    worker stopped while idle ends quietly, without a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _stop(signum: int, frame: object) -> None:
+    """Once: a second SIGTERM (the pool terminates every worker again when it sees one gone)
+    must not interrupt the abort of the first."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Stopped()
+
+
+def _worker_init(log_dir: str | None, counter) -> None:
+    """Each worker takes the next log index; SIGINT stays ignored (inherited: see
+    _spawning_ignores_sigint), so a Ctrl-C reaches the parent alone, which stops the workers."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    _process_log(log_dir, index)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -221,11 +252,37 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
+@contextlib.contextmanager
+def _spawning_ignores_sigint():
+    """Around pool.submit (which starts the workers): SIGINT ignored, a disposition a spawned
+    interpreter inherits and keeps, so a Ctrl-C at the terminal (sent to the whole process
+    group) never interrupts a worker, not even while it starts. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Interrupted: each worker aborts its rank (its temporary file removed, nothing under a
+    final name) and exits; queued ranks are dropped."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _worker_convert(rp: RankPlan, src_root: str, dst_root: str, fmt: str) -> None:
     """In the pool the scheduler counts a rank's buffer only while it runs: free it after."""
     global _buffer
     try:
         convert_rank(rp, src_root, dst_root, fmt)
+    except _Stopped:
+        os._exit(128 + signal.SIGTERM)   # the rank was aborted; the parent wants no result
     finally:
         _buffer = np.empty(0, np.uint8)
 
@@ -259,7 +316,6 @@ def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budg
              log_dir: str | None = None) -> RunResult:
     """Convert every rank of a full plan not already done (source files under src_root); at
     most process_num at once and never more than `budget` bytes of rank costs in flight."""
-    _setup_process_log(log_dir, "main")
     fmt = plan.fmt
     todo, skipped = [], []
     for rp in plan.ranks:
@@ -268,8 +324,14 @@ def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budg
             skipped.append(rp.rank)
         else:
             todo.append(rp)
-    if process_num <= 1 or len(todo) <= 1:
-        _run_pipelined(todo, src_root, dst_root, fmt)
+    if process_num <= 1 or len(todo) <= 1:   # this process converts: its log is transform_0
+        handler = _process_log(log_dir, 0) if todo else None
+        try:
+            _run_pipelined(todo, src_root, dst_root, fmt)
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
         return RunResult([rp.rank for rp in todo], skipped)
 
     pending = sorted(todo, key=rank_cost, reverse=True)
@@ -278,24 +340,29 @@ def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budg
     in_flight = 0
     written = []
     with ProcessPoolExecutor(max_workers=min(process_num, len(todo)), mp_context=ctx,
-                             initializer=_worker_init, initargs=(log_dir,)) as pool:
-        while pending or running:
-            started = True
-            while pending and len(running) < process_num and started:
-                started = False
-                for i, rp in enumerate(pending):
-                    cost = rank_cost(rp)
-                    if in_flight + cost <= budget or not running:
-                        running[pool.submit(_worker_convert, rp, src_root, dst_root, fmt)] = \
-                            (rp, cost)
-                        in_flight += cost
-                        pending.pop(i)
-                        started = True
-                        break
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in done:
-                rp, cost = running.pop(fut)
-                in_flight -= cost
-                fut.result()
-                written.append(rp.rank)
+                             initializer=_worker_init, initargs=(log_dir, ctx.Value("i", 0))) as pool:
+        try:
+            while pending or running:
+                started = True
+                while pending and len(running) < process_num and started:
+                    started = False
+                    for i, rp in enumerate(pending):
+                        cost = rank_cost(rp)
+                        if in_flight + cost <= budget or not running:
+                            with _spawning_ignores_sigint():
+                                fut = pool.submit(_worker_convert, rp, src_root, dst_root, fmt)
+                            running[fut] = (rp, cost)
+                            in_flight += cost
+                            pending.pop(i)
+                            started = True
+                            break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    rp, cost = running.pop(fut)
+                    in_flight -= cost
+                    fut.result()
+                    written.append(rp.rank)
+        except KeyboardInterrupt:
+            _stop_workers(pool)
+            raise
     return RunResult(sorted(written), skipped)

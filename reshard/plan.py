@@ -178,27 +178,76 @@ class Plan:
         """Relative names of the output files, in rank order."""
         return [rp.path for rp in self.ranks]
 
-    def dump(self) -> str:
-        """The readable plan (--dry_run)."""
-        unit = "" if self.with_headers else " (no checkpoint headers: shapes in blocks)"
-        lines = [f"plan: {self.src_desc} -> {self.dst_desc}{unit}",
+    def dump(self, destination: str | None = None) -> str:
+        """The readable plan (--dry_run): where from and where to (as the user named them, never
+        a staging folder), in which unit the shapes are, and per destination rank its file, size
+        and every tensor with the source pieces filling it. destination: the output location to
+        name (None: not given)."""
+        if self.with_headers:
+            unit = "in elements, as dtype[shape], read from the checkpoint's headers"
+        else:
+            unit = ("in blocks, not elements: no checkpoint was read, so only the strategies' "
+                    "splits are known ([1, 1] of [2, 1] blocks: half of dimension 0, all of "
+                    "dimension 1); give --src_checkpoint for shapes in elements and dtypes")
+        lines = [f"plan: {self.src_desc} -> {self.dst_desc}",
+                 f"source: {_describe_source(self.source)}, {_strategy_text(self.src_strategy)}",
+                 f"destination: {destination or 'not given'}, {_strategy_text(self.dst_strategy)}",
+                 f"shapes: {unit}",
                  f"destination ranks: {len(self.ranks)}; source ranks read: "
-                 f"{self.needed_source_ranks()}"]
+                 f"{ranks_text(self.needed_source_ranks())}"]
         lines += [f"note: {n}" for n in self.notes]
         for rp in self.ranks:
-            size = f", {rp.nbytes} bytes, buffer {rp.buffer_bytes}" if self.with_headers else ""
-            lines.append(f"rank {rp.rank} -> {rp.path}: {len(rp.tensors)} tensors, sources "
-                         f"{sorted(rp.source_ranks)}{size}")
-            for t in rp.tensors:
-                kind = "carried from" if t.carried else "<-"
-                srcs = ", ".join(f"rank {p.src_rank}{_fmt_region(p.src_region)}"
-                                 f"->{_fmt_region(p.dst_region)}" for p in t.pieces)
-                lines.append(f"  {t.name} {t.dtype or ''}{list(t.shape)} {kind} {srcs}")
+            size = (f", {human_size(rp.nbytes)}, assembly buffer {human_size(rp.buffer_bytes)}"
+                    if self.with_headers else "")
+            lines.append(f"rank {rp.rank} -> {rp.path}: {len(rp.tensors)} tensors{size}, "
+                         f"from source ranks {ranks_text(sorted(rp.source_ranks))}")
+            lines += [f"  {self._tensor_text(t)}" for t in rp.tensors]
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.dump()
+
+    def _tensor_text(self, t: TensorPlan) -> str:
+        """One tensor: its shape (elements, or blocks of its full grid) and its pieces."""
+        if self.with_headers:
+            shape = f"{t.dtype}{list(t.shape)}"
+        else:
+            grid = _block_grid(self.src_strategy, self.dst_strategy, t.name)
+            shape = f"{list(t.shape)} of {list(grid)} blocks" if grid else f"{list(t.shape)} blocks"
+        if t.carried:
+            return f"{t.name} {shape} carried from rank {t.pieces[0].src_rank} as is"
+        whole = tuple((0, n) for n in t.shape)
+        pieces = []
+        for p in t.pieces:
+            into = "" if p.dst_region == whole else f" into {_fmt_region(p.dst_region)}"
+            pieces.append(f"rank {p.src_rank} {_fmt_region(p.src_region)}{into}")
+        return f"{t.name} {shape} <- {'; '.join(pieces)}"
+
+
+def human_size(nbytes: int) -> str:
+    """Bytes as a person reads them: 512 B, 41.3 KiB, 1.2 GiB (powers of 1024)."""
+    size = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{nbytes} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{nbytes} B"   # not reached
+
+
+def ranks_text(ranks: Iterable[int]) -> str:
+    """Sorted ranks as runs: 0-7, or 0, 2, 4-5; "none" for none."""
+    ranks = sorted(ranks)
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 def _fmt_region(region: Region) -> str:
-    return "[" + ",".join(f"{a}:{b}" for a, b in region) + "]"
+    return "[" + ", ".join(f"{a}:{b}" for a, b in region) + "]"
 
 
 class Headers:
@@ -247,6 +296,14 @@ class Headers:
 
 def _lcm_shape(*grids: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(math.lcm(*g) for g in zip(*grids))
+
+
+def _block_grid(src: Strategy | None, dst: Strategy | None, name: str) -> tuple[int, ...]:
+    """A parameter's full shape in blocks when no header gives it in elements: the finest grid
+    both strategies' splits fit (() for a parameter neither lays out)."""
+    grids = [lay.splits for lay in (src.layouts.get(name, ()) if src else ())]
+    grids += [lay.splits for lay in (dst.layouts.get(name, ()) if dst else ())]
+    return _lcm_shape(*grids) if grids else ()
 
 
 def _product(ranges: Sequence[range]) -> Iterator[tuple[int, ...]]:
@@ -401,9 +458,7 @@ class _Planner:
             slay = src.layouts.get(name) if src else None
             if self.headers is None:
                 self.dtypes[name] = None
-                grids = [lay.splits for lay in (slay or ())]
-                grids += [lay.splits for lay in (dst.layouts.get(name, ()) if dst else ())]
-                self.full[name] = _lcm_shape(*grids) if grids else ()
+                self.full[name] = _block_grid(src, dst, name)
                 continue
             m0 = self.meta(keys[0], name)
             self.metas0[name] = m0
@@ -648,9 +703,27 @@ class _Planner:
 
 
 def _describe(strategy: Strategy | None) -> str:
+    """One side of the plan's title: its layout."""
     if strategy is None:
         return "complete checkpoint"
-    return f"{strategy.num_stages} stage(s) x {strategy.stage_devices} devices ({strategy.source})"
+    return (f"{strategy.world_size} ranks ({strategy.num_stages} pipeline stage(s) x "
+            f"{strategy.stage_devices} devices)")
+
+
+def _strategy_text(strategy: Strategy | None) -> str:
+    """The strategy as the user named it (a path or URL)."""
+    return "no strategy (complete)" if strategy is None else f"strategy {strategy.source}"
+
+
+def _describe_source(source: SourceSet | None) -> str:
+    """The source checkpoint as the user named it (a path or URL) and what it was read as."""
+    if source is None:
+        return "not given (plan from strategies alone)"
+    if not source.complete:
+        return f"{source.root} (rank_<r> folders, {len(source.files)} ranks)"
+    if len(source.files) == 1:
+        return f"{source.root} (complete checkpoint)"
+    return f"{source.root} (complete checkpoint in {len(source.files)} files)"
 
 
 def _same_bytes(path_a: str, path_b: str, meta: TensorMeta) -> bool:

@@ -24,8 +24,8 @@ from typing import Iterable, Mapping
 
 from .errors import ReshardError
 
-__all__ = ["SourceEntry", "SourceSet", "Note", "classify", "output_name", "check_prefix", "strategy_files",
-           "overlaps", "check_output", "CHECKPOINT_EXTS", "STRATEGY_EXTS", "FORMATS"]
+__all__ = ["SourceEntry", "SourceSet", "Note", "classify", "check_source_strategy", "output_name",
+           "check_prefix", "strategy_files", "overlaps", "check_output", "CHECKPOINT_EXTS", "STRATEGY_EXTS", "FORMATS"]
 
 FORMATS = ("ckpt", "safetensors")
 CHECKPOINT_EXTS = (".ckpt", ".safetensors")
@@ -166,6 +166,9 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
     folder holding both is an error). Hidden names (a component starting with '.') never count.
 
     - a file: a complete checkpoint (it must be .ckpt / .safetensors, of `fmt` when given);
+    - a folder whose only rank folder is rank_0/ (and not `partial`): a complete checkpoint,
+      as MindSpore and MindFormers take it (a conversion's complete output is <dst>/rank_0/);
+      see check_source_strategy for a source strategy given with it;
     - a folder with rank_<r>/ folders: distributed; each rank's checkpoint is the last file in
       name order in its folder (as MindSpore picks it; a note names it when there are several,
       and warns when one of the others is newer); rank folders must be numbered from 0 without
@@ -258,7 +261,30 @@ def _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds) -> Sourc
     if top:
         notes.append(Note(logging.INFO, f"{root}: ignoring {len(top)} checkpoint file(s) beside "
                                         f"the rank_<r> folders (e.g. {sorted(e.name for e in top)[0]})"))
+    if not partial and rank_dirs == {0}:
+        # MindSpore's and MindFormers' rule: one rank folder is a complete checkpoint (what a
+        # conversion to a complete checkpoint writes: <dst>/rank_0/<prefix>0.ckpt), read
+        # without a source strategy.
+        notes.append(Note(logging.INFO, f"{root}: rank_0 is its only rank folder: a complete "
+                                        f"checkpoint ({files[0]})"))
+        return SourceSet(root, True, files, notes=tuple(notes))
     return SourceSet(root, False, files, notes=tuple(notes))
+
+
+def check_source_strategy(source: SourceSet, strategy_world: int | None) -> Note | None:
+    """A source strategy given with a checkpoint that classify() found complete through its one
+    rank_0 folder. None: nothing to say (no strategy, or another kind of source). A Note
+    (WARNING): the strategy is of one rank, so describes a complete checkpoint too: drop it, as
+    MindFormers does. ReshardError: a strategy of several ranks for one rank folder (the other
+    ranks' folders are missing)."""
+    if strategy_world is None or not source.complete or source.is_file or \
+            not source.files or not RANK_DIR.match(source.files[0].split("/", 1)[0]):
+        return None
+    if strategy_world > 1:
+        raise ReshardError(f"{_join(source.root, 'rank_1')}: missing or empty (the source "
+                           f"strategy has {strategy_world} ranks)")
+    return Note(logging.WARNING, f"the source strategy is ignored: of one rank, it describes a "
+                                 f"complete checkpoint, which {source.root} is (one rank_0 folder)")
 
 
 def _parse_index(data: bytes | str, where: str) -> dict[str, str]:

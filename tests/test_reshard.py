@@ -178,7 +178,7 @@ def test_process_num_2_with_logs(world, tmp_path):
                         log_dir=logs)
     assert rep.ranks_written == list(range(8)) and rep.expected_peak_bytes > 0
     synth.assert_same_checkpoint_dirs(world["ms8"], out)
-    worker_logs = [f for f in os.listdir(logs) if f.startswith("reshard_worker_")]
+    worker_logs = [f for f in os.listdir(logs) if f.startswith("transform_")]
     assert 1 <= len(worker_logs) <= 2
     text = "".join(open(os.path.join(logs, f)).read() for f in worker_logs)
     assert all(f"rank {r}: wrote" in text for r in range(8))
