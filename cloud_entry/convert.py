@@ -14,7 +14,7 @@ import reshard
 from reshard.api import complete_plan, execute, plan_from_strategies
 from reshard.plan import Plan
 
-from cloud_entry.blocks import Block
+from reshard.blocks import Block
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from obs_io.oneline import one_line
 from cloud_entry import config as config_mod
 from cloud_entry.args import closest
 from cloud_entry import convert, launch, logs, markers, node_leader, strategy_pass, sync
-from cloud_entry.blocks import BlockPlan, plan_blocks
+from reshard.blocks import BlockPlan, plan_blocks
 from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec

@@ -104,10 +104,7 @@ def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
         log.log(note.level, "%s", note)
     by_name = {e.name: e for e in entries}
     used = [by_name[n] for n in files.used_names()]
-    name = _basename(url)
-    if files.is_file:
-        name = name[: -len(f".{fmt}")] if name.endswith(f".{fmt}") else os.path.splitext(name)[0]
-    return Source(url, name, files, {e.name: e for e in used}, _identity(used))
+    return Source(url, files.name, files, {e.name: e for e in used}, _identity(used))
 
 
 def strategy_names(folder_url: str) -> list[str]:

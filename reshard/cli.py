@@ -27,6 +27,7 @@ from dataclasses import replace
 
 from .api import (ReshardError, complete_plan, execute, find_sources, load_strategy,
                   memory_budget, plan_from_strategies, write_merged_strategy)
+from .blocks import plan_blocks
 from .execute import LOG_NAME
 from .plan import human_size, ranks_text
 from .sources import (SourceEntry, SourceSet, check_output, check_prefix, classify, is_url,
@@ -34,6 +35,7 @@ from .sources import (SourceEntry, SourceSet, check_output, check_prefix, classi
 from .strategy import Strategy
 
 from obs_io.oneline import OneLineParser, one_line
+from obs_io.urls import check as check_url
 from obs_io.version import package_version
 
 log = logging.getLogger("reshard")
@@ -76,19 +78,21 @@ DEFAULT_DST = "transformed_checkpoint"   # MindFormers' default: <working folder
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
 EXAMPLES = """\
-examples (MindFormers' flag names; this tool's own names work alike):
-  # complete -> 8 ranks (dp2 mp2 pp2)
+examples (MindFormers' flag names and layout: <dst_checkpoint_dir>/<checkpoint name>/rank_<r>/):
+  # complete -> 8 ranks (dp2 mp2 pp2): out8/llama_7b/rank_0..7/
   transform-checkpoint --src_checkpoint=llama_7b.ckpt --src_strategy=None \\
       --dst_checkpoint_dir=out8 --dst_strategy=strategy8/ --world_size=8 --transform_process_num=2
-  # 8 -> 4 ranks (dp1 mp2 pp2), from object storage
-  transform-checkpoint --src_checkpoint=obs://bucket/out8 --src_strategy=obs://bucket/strategy8/ \\
+  # 8 -> 4 ranks (dp1 mp2 pp2), from object storage: out4/llama_7b/rank_0..3/
+  transform-checkpoint --src_checkpoint=obs://bucket/out8/llama_7b --src_strategy=obs://bucket/strategy8/ \\
       --dst_checkpoint_dir=out4 --dst_strategy=strategy4/ --world_size=4 --transform_process_num=2
-  # 4 -> complete (out1/rank_0/checkpoint_0.ckpt)
-  transform-checkpoint --src_checkpoint=out4 --src_strategy=strategy4/ \\
+  # 4 -> complete: out1/llama_7b/rank_0/checkpoint_0.ckpt
+  transform-checkpoint --src_checkpoint=out4/llama_7b --src_strategy=strategy4/ \\
       --dst_checkpoint_dir=out1 --dst_strategy=None
   # one block only, as one process of MindFormers' script does: ranks 4-7 of 8
   transform-checkpoint --src_checkpoint=llama_7b.ckpt --dst_checkpoint_dir=out8 \\
       --dst_strategy=strategy8/ --world_size=8 --transform_process_num=2 --rank_id=4
+  # this tool's own flag: exactly this folder, out/rank_0..7/
+  transform-checkpoint --src_checkpoint=llama_7b.ckpt --dst_checkpoint=out --dst_strategy=strategy8/
   # MindFormers' shell form: SRC SRC_STRATEGY DST DST_STRATEGY WORLD_SIZE PROCESS_NUM [PREFIX]
   transform_checkpoint.sh llama_7b.ckpt None out8 strategy8/ 8 2
 """
@@ -111,10 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src_strategy", default=None, metavar="PATH",
                    help="[MindFormers] strategy file or folder of a distributed source "
                         "(None or empty: the source is complete)")
-    p.add_argument("--dst_checkpoint", "--dst_checkpoint_dir", dest="dst_checkpoint",
-                   default=None, metavar="PATH",
-                   help="output folder; --dst_checkpoint_dir is MindFormers' name for it "
-                        f"(default, as MindFormers: ./{DEFAULT_DST})")
+    p.add_argument("--dst_checkpoint", default=None, metavar="PATH",
+                   help="output folder: <dst_checkpoint>/rank_<r>/<prefix><r>.ckpt")
+    p.add_argument("--dst_checkpoint_dir", default=None, metavar="PATH",
+                   help="[MindFormers] output parent folder, as MindFormers lays it out: "
+                        "<dst_checkpoint_dir>/<checkpoint name>/rank_<r>/... (the source's folder "
+                        "name, or its file name without extension) "
+                        f"(default without either flag, as MindFormers: ./{DEFAULT_DST})")
     p.add_argument("--dst_strategy", default=None, metavar="PATH",
                    help="[MindFormers] strategy file or folder of the destination "
                         "(None or empty: a complete checkpoint)")
@@ -292,20 +299,27 @@ def _run_mindspore(a, src: Strategy | None, dst: Strategy | None, stage: _Stage)
             obs_io.file.copy_parallel(dst_dir, a.dst_checkpoint)
 
 
-def _check_locations(args) -> None:
-    """Before anything is read or written: URLs name a bucket, and the output is none of the
-    inputs (nor inside one, nor holding one)."""
-    flags = ("src_checkpoint", "src_strategy", "dst_strategy", "dst_checkpoint")
-    for flag in flags:
+_INPUTS = ("src_checkpoint", "src_strategy", "dst_strategy")
+
+
+def _check_urls(args) -> None:
+    """Before anything is read or written: URLs name a bucket; a mistyped scheme (`obs:/x`) is
+    never taken for a local folder."""
+    for flag in (*_INPUTS, "dst_checkpoint", "dst_checkpoint_dir"):
         value = getattr(args, flag)
-        if value and is_url(value):
-            try:
+        if not value:
+            continue
+        try:
+            if is_url(value):
                 split_url(value)
-            except ReshardError as e:
-                raise ReshardError(f"--{flag} {e}") from None
-    if args.dst_checkpoint and not args.dry_run:
-        check_output(args.dst_checkpoint, "--dst_checkpoint",
-                     {f"--{f}": getattr(args, f) for f in flags[:3]})
+            else:
+                check_url(value)
+        except (ReshardError, ValueError) as e:
+            raise ReshardError(f"--{flag} {e}") from None
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}" if is_url(folder) else os.path.join(folder, name)
 
 
 def convert_from_args(argv=None) -> int:
@@ -323,28 +337,35 @@ def convert_from_args(argv=None) -> int:
     if args.rank_id is not None and args.engine == "mindspore":
         raise ReshardError("--rank_id converts one block with this engine: it does not go with "
                            "--engine mindspore")
-    if not (args.dst_checkpoint or "").strip() and not args.dry_run:
-        args.dst_checkpoint = DEFAULT_DST
-        log.warning("--dst_checkpoint not given: writing to %s (MindFormers' default)",
+    if args.dst_checkpoint and args.dst_checkpoint_dir:
+        raise ReshardError("--dst_checkpoint and --dst_checkpoint_dir: give one (the latter adds "
+                           "the checkpoint's name, as MindFormers does)")
+    if not (args.dst_checkpoint or args.dst_checkpoint_dir or "").strip() and not args.dry_run:
+        args.dst_checkpoint_dir = DEFAULT_DST
+        log.warning("--dst_checkpoint_dir not given: writing under %s (MindFormers' default)",
                     os.path.abspath(DEFAULT_DST))
     check_prefix(args.prefix)
-    _check_locations(args)
+    _check_urls(args)
+    source = _source_arg(args.src_checkpoint) if args.src_checkpoint else None
+    if args.dst_checkpoint_dir and source is not None:   # MindFormers' layout
+        args.dst_checkpoint = _join(args.dst_checkpoint_dir, source.name)
+    if args.dst_checkpoint and not args.dry_run:
+        check_output(args.dst_checkpoint, "--dst_checkpoint" if not args.dst_checkpoint_dir
+                     else "--dst_checkpoint_dir", {f"--{f}": getattr(args, f) for f in _INPUTS})
     stage = _Stage()
     try:
-        return _convert(args, stage)
+        return _convert(args, stage, source)
     finally:
         stage.close()
 
 
 def _block(rank_id: int, world: int, process_num: int) -> list[int]:
     """The destination ranks --rank_id converts, by MindFormers' rule (the job's rule too,
-    cloud_entry.blocks): --transform_process_num contiguous blocks of world/p ranks, each
+    reshard.blocks): --transform_process_num contiguous blocks of world/p ranks, each
     converted by its first rank; any other rank converts nothing there."""
-    from cloud_entry.blocks import plan_blocks
-    from cloud_entry.errors import EntryError
     try:
         blocks = plan_blocks(world, process_num).blocks
-    except EntryError as e:
+    except ReshardError as e:
         raise ReshardError(f"--transform_process_num: {e}") from None
     for b in blocks:
         if b.leader == rank_id:
@@ -354,7 +375,7 @@ def _block(rank_id: int, world: int, process_num: int) -> list[int]:
                        f"--transform_process_num {process_num} the blocks start at ranks {leaders}")
 
 
-def _convert(args, stage: _Stage) -> int:
+def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
     src = _strategy_arg("--src_strategy", args.src_strategy, stage)
     dst = _strategy_arg("--dst_strategy", args.dst_strategy, stage)
     world = dst.world_size if dst else 1
@@ -369,7 +390,6 @@ def _convert(args, stage: _Stage) -> int:
         dst_ranks, process_num = _block(args.rank_id, world, args.process_num), 1
         log.info("--rank_id %d: converting its block, destination ranks %s, in one process",
                  args.rank_id, ranks_text(dst_ranks))
-    source = _source_arg(args.src_checkpoint) if args.src_checkpoint else None
     for note in source.notes if source else ():
         log.log(note.level, "%s", note.text)
     plan = plan_from_strategies(source, src, dst, dst_ranks=dst_ranks, prefix=args.prefix,

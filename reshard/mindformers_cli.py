@@ -60,7 +60,7 @@ def to_tool_args(argv: list[str]) -> list[str]:
     given, then any further flags as given."""
     args, rest = build_parser().parse_known_args(argv)   # rest: checked by transform-checkpoint
     out = [f"--src_checkpoint={args.src}", f"--src_strategy={args.src_strategy}",
-           f"--dst_checkpoint={args.dst}", f"--dst_strategy={args.dst_strategy}",
+           f"--dst_checkpoint_dir={args.dst}", f"--dst_strategy={args.dst_strategy}",
            f"--world_size={args.world_size}", f"--process_num={args.process_num}",
            f"--prefix={args.prefix}"]
     if not any(a == "--log_dir" or a.startswith("--log_dir=") for a in rest):

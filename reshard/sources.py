@@ -86,6 +86,14 @@ class SourceSet:
     notes: tuple[Note, ...] = field(default=())
 
     @property
+    def name(self) -> str:
+        """The checkpoint's name, as MindFormers names its converted folder
+        (`<dst_checkpoint_dir>/<name>/rank_<r>/`, the job's `transformed_checkpoint/<name>/`): a
+        folder's own name; a file's name without its extension (`llama_7b.ckpt` -> `llama_7b`)."""
+        last = self.root.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+        return last.split(".")[0] if self.is_file else last
+
+    @property
     def base(self) -> str:
         """The folder the relative names are relative to."""
         return _parent(self.root) if self.is_file else self.root

@@ -8,7 +8,8 @@ import yaml
 
 from cloud_entry import args as args_mod
 from cloud_entry import config as config_mod
-from cloud_entry.blocks import plan_blocks
+from reshard.blocks import plan_blocks
+from reshard.errors import ReshardError
 from cloud_entry.cluster import resolve_cluster
 from cloud_entry.errors import EntryError, WaitTimeout
 from cloud_entry.jobspec import JobSpec
@@ -225,9 +226,9 @@ def test_blocks_spec_examples():
 
 
 def test_blocks_rules():
-    with pytest.raises(EntryError, match="transform_process_num=0"):
+    with pytest.raises(ReshardError, match="transform_process_num=0"):
         plan_blocks(8, 0)
-    with pytest.raises(EntryError, match="transform_process_num=3 does not divide the world size 8"):
+    with pytest.raises(ReshardError, match="transform_process_num=3 does not divide the world size 8"):
         plan_blocks(8, 3)
     clamped = plan_blocks(4, 16)
     assert clamped.process_num == 4 and "using 4" in clamped.warnings[0]

@@ -15,9 +15,12 @@ import sys
 import time
 from importlib import metadata
 
+from pathlib import Path
+
 import pytest
 
 from reshard.cli import INTERRUPTED, build_parser, main
+from reshard.plan import ranks_text
 from reshard.mindformers_cli import build_parser as build_sh_parser, main_sh
 from reshard.sources import SourceEntry, check_source_strategy, classify
 from reshard.errors import ReshardError
@@ -82,13 +85,16 @@ def test_conversions_with_mindformers_flags_equal_mindspore(data, in_tmp, capsys
     assert main([f"--src_checkpoint={data['full']}", "--src_strategy=None", f"--dst_checkpoint_dir={out8}",
                  f"--dst_strategy={data['s8']}", "--world_size=8", "--transform_process_num=2",
                  "--transform_by_rank=True", "--prefix=checkpoint_"]) == 0
+    out8 = os.path.join(out8, "full")   # MindFormers' layout: <dst_checkpoint_dir>/<checkpoint name>/
     synth.assert_same_checkpoint_dirs(data["ms8"], out8)
     assert main([f"--src_checkpoint={out8}", f"--src_strategy={data['s8']}", f"--dst_checkpoint_dir={out4}",
                  f"--dst_strategy={data['s4']}", "--world_size=4", "--transform_process_num=2",
                  "--transform_by_rank", "False"]) == 0
+    out4 = os.path.join(out4, "full")
     synth.assert_same_checkpoint_dirs(data["ms4"], out4)
     assert main([f"--src_checkpoint={out4}", f"--src_strategy={data['s4']}", f"--dst_checkpoint_dir={out1}",
                  "--dst_strategy=None", "--world_size=1"]) == 0
+    out1 = os.path.join(out1, "full")
     synth.assert_same_checkpoint_dirs(data["ms1"], out1)
     assert _files(out1) == ["rank_0/checkpoint_0.ckpt"]
     # an empty strategy is "none" too; --world_size is still checked
@@ -102,14 +108,14 @@ def test_without_a_destination_writes_mindformers_default_folder(data, in_tmp, c
     assert main([f"--src_checkpoint={data['full']}", f"--dst_strategy={data['s8']}"]) == 0
     err = capsys.readouterr().err
     assert "transformed_checkpoint" in err and "MindFormers' default" in err
-    synth.assert_same_checkpoint_dirs(data["ms8"], str(in_tmp / "transformed_checkpoint"))
+    synth.assert_same_checkpoint_dirs(data["ms8"], str(in_tmp / "transformed_checkpoint" / "full"))
 
 
 def test_rank_id_converts_only_the_block_it_leads(data, in_tmp, capsys):
     """MindFormers' --rank_id with --world_size and --transform_process_num: the process whose
     rank leads a block converts that block (ranks 4-7 of 8 with 2 blocks), nothing else."""
     out = str(in_tmp / "out8")
-    assert main([f"--src_checkpoint={data['full']}", f"--dst_checkpoint_dir={out}", f"--dst_strategy={data['s8']}",
+    assert main([f"--src_checkpoint={data['full']}", f"--dst_checkpoint={out}", f"--dst_strategy={data['s8']}",
                  "--world_size=8", "--transform_process_num=2", "--rank_id=4", "--transform_by_rank=True"]) == 0
     assert "destination ranks 4-7" in capsys.readouterr().out
     assert _files(out) == [f"rank_{r}/checkpoint_{r}.ckpt" for r in range(4, 8)]
@@ -117,7 +123,7 @@ def test_rank_id_converts_only_the_block_it_leads(data, in_tmp, capsys):
         assert synth.load_params(f"{out}/rank_{r}/checkpoint_{r}.ckpt") == \
             synth.load_params(f"{data['ms8']}/rank_{r}/checkpoint_{r}.ckpt")
     # then the other block's leader: the whole result, equal to MindSpore's
-    assert main([f"--src_checkpoint={data['full']}", f"--dst_checkpoint_dir={out}", f"--dst_strategy={data['s8']}",
+    assert main([f"--src_checkpoint={data['full']}", f"--dst_checkpoint={out}", f"--dst_strategy={data['s8']}",
                  "--transform_process_num=2", "--rank_id=0"]) == 0
     synth.assert_same_checkpoint_dirs(data["ms8"], out)
     # a rank that leads no block, a process count that does not divide: one line, nothing written
@@ -125,7 +131,7 @@ def test_rank_id_converts_only_the_block_it_leads(data, in_tmp, capsys):
     for flags, culprits in ((["--transform_process_num=2", "--rank_id=1"], ("--rank_id 1", "0, 4")),
                             (["--transform_process_num=3", "--rank_id=0"], ("transform_process_num",)),
                             (["--rank_id=8"], ("--rank_id 8",))):
-        rc = main([f"--src_checkpoint={data['full']}", f"--dst_checkpoint_dir={bad}",
+        rc = main([f"--src_checkpoint={data['full']}", f"--dst_checkpoint={bad}",
                    f"--dst_strategy={data['s8']}", *flags])
         _one_line_error(capsys, rc, *culprits)
         assert not os.path.exists(bad)
@@ -153,21 +159,21 @@ def test_complete_output_converts_again_without_a_strategy(data, in_tmp, capsys)
     no source strategy, is a complete source (as MindSpore takes it)."""
     out1, out4 = str(in_tmp / "out1"), str(in_tmp / "out4")
     assert main([f"--src_checkpoint={data['ms8']}", f"--src_strategy={data['s8']}",
-                 f"--dst_checkpoint_dir={out1}", "--dst_strategy=None"]) == 0
-    assert main([f"--src_checkpoint={out1}", f"--dst_checkpoint_dir={out4}", f"--dst_strategy={data['s4']}",
+                 f"--dst_checkpoint={out1}", "--dst_strategy=None"]) == 0
+    assert main([f"--src_checkpoint={out1}", f"--dst_checkpoint={out4}", f"--dst_strategy={data['s4']}",
                  "--transform_process_num=2"]) == 0
     assert "rank_0 is its only rank folder: a complete checkpoint" in capsys.readouterr().out
     synth.assert_same_checkpoint_dirs(data["ms4_from_full"], out4)
     # a one-rank strategy describes a complete checkpoint too: ignored, with a warning
     s1, again = str(in_tmp / "s1"), str(in_tmp / "again")
     synth.write_strategy(s1, dp=1, mp=1, pp=1, params=data["params"])
-    assert main([f"--src_checkpoint={out1}", f"--src_strategy={s1}", f"--dst_checkpoint_dir={again}",
+    assert main([f"--src_checkpoint={out1}", f"--src_strategy={s1}", f"--dst_checkpoint={again}",
                  f"--dst_strategy={data['s4']}"]) == 0
     assert "the source strategy is ignored" in capsys.readouterr().err
     synth.assert_same_checkpoint_dirs(data["ms4_from_full"], again)
     # with the 8-rank strategy it was made from: its other ranks are missing
     bad = str(in_tmp / "bad")
-    rc = main([f"--src_checkpoint={out1}", f"--src_strategy={data['s8']}", f"--dst_checkpoint_dir={bad}",
+    rc = main([f"--src_checkpoint={out1}", f"--src_strategy={data['s8']}", f"--dst_checkpoint={bad}",
                f"--dst_strategy={data['s4']}"])
     _one_line_error(capsys, rc, "rank_1: missing", "8 ranks")
     assert not os.path.exists(bad)
@@ -177,16 +183,16 @@ def test_complete_output_converts_again_without_a_strategy(data, in_tmp, capsys)
 
 def test_shell_form_converts_and_logs_where_mindformers_does(data, in_tmp, capsys):
     assert main_sh([data["full"], "None", "out8", data["s8"], "8", "2"]) == 0
-    synth.assert_same_checkpoint_dirs(data["ms8"], str(in_tmp / "out8"))
+    synth.assert_same_checkpoint_dirs(data["ms8"], str(in_tmp / "out8" / "full"))
     logs = sorted(os.listdir(in_tmp / "log"))
     assert logs == ["transform_0.log", "transform_1.log"]
     text = "".join((in_tmp / "log" / f).read_text() for f in logs)
     assert all(f"rank {r}: wrote" in text for r in range(8)) and "Traceback" not in text
     # 8 -> complete with a prefix, and one of our flags after the positional ones
-    assert main_sh(["out8", data["s8"], "out1", "None", "1", "1", "llama_", "--max_memory=1G"]) == 0
-    assert _files(in_tmp / "out1") == ["rank_0/llama_0.ckpt"]
+    assert main_sh(["out8/full", data["s8"], "out1", "None", "1", "1", "llama_", "--max_memory=1G"]) == 0
+    assert _files(in_tmp / "out1" / "full") == ["rank_0/llama_0.ckpt"]
     synth.assert_same_checkpoint_dirs(synth.ms_transform(data["ms8"], str(in_tmp / "ref1"), data["s8"], None,
-                                                         prefix="llama_"), str(in_tmp / "out1"))
+                                                         prefix="llama_"), str(in_tmp / "out1" / "full"))
     assert (in_tmp / "log" / "transform_0.log").read_text().count("wrote") == 1   # this run's lines only
     # too few arguments, a world size the strategy does not have: one line, exit 2
     _one_line_error(capsys, main_sh([data["full"], "None", "x"]), "WORLD_SIZE")
@@ -200,7 +206,7 @@ def test_shell_form_as_a_command(data, in_tmp):
     p = subprocess.run([sys.executable, "-c", RUN_SH, data["ms8"], data["s8"], "out4", data["s4"], "4", "2"],
                        cwd=in_tmp, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
-    synth.assert_same_checkpoint_dirs(data["ms4"], str(in_tmp / "out4"))
+    synth.assert_same_checkpoint_dirs(data["ms4"], str(in_tmp / "out4" / os.path.basename(data["ms8"])))
     assert sorted(os.listdir(in_tmp / "log")) == ["transform_0.log", "transform_1.log"]
     version = metadata.version("cloud-ckpt-transform")
     for code, name in ((RUN_SH, "transform_checkpoint.sh"), (RUN_TOOL, "transform-checkpoint")):
@@ -226,7 +232,7 @@ def test_log_dir_of_the_python_form(data, in_tmp):
 
 def test_dry_run_from_strategies_alone_labels_blocks(data, in_tmp, capsys):
     assert main(["--dry_run", f"--src_strategy={data['s8']}", f"--dst_strategy={data['s4']}",
-                 "--dst_checkpoint_dir=out4"]) == 0
+                 "--dst_checkpoint=out4"]) == 0
     text = capsys.readouterr().out
     assert "shapes: in blocks, not elements" in text
     assert f"source: not given (plan from strategies alone), strategy {data['s8']}" in text
@@ -307,7 +313,7 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
     left (no temporary file; every file under a final name complete); the same command then
     keeps those ranks, converts the rest, and equals an uninterrupted run byte for byte."""
     out = str(in_tmp / "out")
-    argv = [sys.executable, "-c", RUN_TOOL, f"--src_checkpoint={big['full']}", f"--dst_checkpoint_dir={out}",
+    argv = [sys.executable, "-c", RUN_TOOL, f"--src_checkpoint={big['full']}", f"--dst_checkpoint={out}",
             f"--dst_strategy={big['s8']}", f"--transform_process_num={process_num}", "--log_dir=log"]
     p = subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
@@ -333,15 +339,21 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
     assert not left, f"temporary files left: {left}"
     interrupted = _finals(out)
     assert len(interrupted) < 8
+    vouched_before = sorted(Path(out, ".reshard").glob("rank_*.json"))
+    assert len(vouched_before) <= len(interrupted)
 
     ref = str(in_tmp / "ref")
-    assert subprocess.run([*argv[:4], f"--dst_checkpoint_dir={ref}", *argv[5:7]], cwd=in_tmp, env=_env(),
+    assert subprocess.run([*argv[:4], f"--dst_checkpoint={ref}", *argv[5:7]], cwd=in_tmp, env=_env(),
                           capture_output=True, timeout=600).returncode == 0
     for f in interrupted:   # whatever carries a final name is complete
         assert filecmp.cmp(f, os.path.join(ref, os.path.relpath(f, out)), shallow=False), f
     rerun = subprocess.run(argv, cwd=in_tmp, env=_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "kept ranks none" not in rerun.stdout, rerun.stdout   # the interrupted run's ranks were kept
+    # the interrupted run's ranks whose commit finished (file and manifest) are kept; one renamed
+    # in the instant before its manifest was written is converted again
+    vouched = sorted(int(m.stem.split("_")[1]) for m in vouched_before)
+    if vouched:
+        assert f"kept ranks {ranks_text(vouched)}" in rerun.stdout, (vouched, rerun.stdout)
     assert _files(out) == _files(ref)
     for name in _files(ref):
         assert filecmp.cmp(os.path.join(out, name), os.path.join(ref, name), shallow=False), name
