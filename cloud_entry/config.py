@@ -235,12 +235,14 @@ def build(spec: JobSpec, base: dict[str, Any]) -> dict[str, Any]:
 def resolve(spec: JobSpec, config: dict[str, Any]) -> JobSpec:
     """JobSpec with the values MindFormers would act on; checks what needs both.
 
-    `load_checkpoint` is the path MindFormers loads (see _load_path). `auto_trans_ckpt` is
-    False where MindFormers ignores it: a non-legacy train/finetune run loads through
-    `mindformers/checkpoint/checkpoint.py`, which reshards a safetensors folder itself and
-    cannot read the rank_x/ layout a conversion writes (`base_trainer.py` training_process).
-    A user's own `only_save_strategy` run with the non-legacy format is refused before anything
-    starts, as MindFormers would refuse it after its start-up."""
+    `load_checkpoint` is the path MindFormers loads (see _load_path). A non-legacy train/finetune
+    run would load through `mindformers/checkpoint/checkpoint.py` (`get_checkpoint_path`), which
+    takes only a safetensors folder it reshards itself, never a `.ckpt` file nor the rank_x/
+    layout a conversion writes (checked with MindFormers 1.9-2.1: "Checkpoint path is not a
+    directory"; 1.8 ignores the section and loads the source unconverted): with
+    auto_trans_ckpt=True the entry converts all the same and launches with the legacy format
+    (for_launch). A user's own `only_save_strategy` run with the non-legacy format is refused
+    before anything starts, as MindFormers would refuse it after its start-up."""
     values = {name: config.get(key) for name, key in CONFIG_KEYS.items()}
     values["load_checkpoint"] = _load_path(config)
     for name in ("src_strategy", "remote_save_url"):
@@ -258,17 +260,17 @@ def resolve(spec: JobSpec, config: dict[str, Any]) -> JobSpec:
             raise EntryError("only_save_strategy=True: MindFormers refuses it with its non-legacy "
                              f"checkpoint format; {_LEGACY_FIX}")
         if values["auto_trans_ckpt"] and values["run_mode"] in _RESHARDING_MODES:
-            log.warning("auto_trans_ckpt=True ignored: with the non-legacy checkpoint format "
-                        "MindFormers reshards %s itself when %s starts",
-                        values["load_checkpoint"] or "checkpoint.load_path", values["run_mode"])
-            values["auto_trans_ckpt"] = False
+            log.warning("checkpoint: section with run_mode %s: MindFormers' loader for it cannot "
+                        "read a converted rank_x/ layout, so the training command gets the legacy "
+                        "format (use_legacy_format: True, section dropped)", values["run_mode"])
     resolved = dataclasses.replace(spec, **values)
     if resolved.auto_trans_ckpt and not resolved.load_checkpoint:
         raise EntryError("auto_trans_ckpt=True needs load_checkpoint")
     return resolved
 
 
-def for_launch(config: dict[str, Any], load_path: str, src_strategy: str | None = None) -> dict[str, Any]:
+def for_launch(config: dict[str, Any], load_path: str, src_strategy: str | None = None,
+               converted: bool = False) -> dict[str, Any]:
     """The config the launch command gets: MindFormers loads `load_path` as it is.
 
     Both `load_checkpoint` and, if the section exists, `checkpoint.load_path` are set: MindFormers
@@ -279,10 +281,19 @@ def for_launch(config: dict[str, Any], load_path: str, src_strategy: str | None 
     output/strategy and check for a shared disk (`_validate_auto_trans_ckpt_requirements`).
     `src_strategy_path_or_dir` is still read without auto_trans_ckpt (safetensors loading,
     `utils/load_checkpoint_utils.py` _get_src_strategy): it becomes the local copy, or "" rather
-    than a URL MindFormers cannot open."""
+    than a URL MindFormers cannot open. `converted` with a non-legacy train/finetune config: the
+    section is dropped and `use_legacy_format` set True (see resolve): only the legacy loader
+    reads what the conversion wrote."""
     out = copy.deepcopy(config)
     out["load_checkpoint"] = load_path
     section = _section(out)
+    if converted and section is not None and not uses_legacy_format(out) \
+            and out.get("run_mode") in _RESHARDING_MODES:
+        log.info("effective config: checkpoint: section dropped (its keys %s are not read by the "
+                 "legacy loader), use_legacy_format: True", ", ".join(sorted(section)))
+        out.pop(SECTION)
+        out["use_legacy_format"] = True
+        section = None
     if section is not None:
         section["load_path"] = load_path
     out["auto_trans_ckpt"] = False

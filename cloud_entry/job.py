@@ -429,7 +429,7 @@ def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None) -> None:
     effective = copy.deepcopy(p.config)
     if p.blocks is not None:
         loaded, src_s = transform(p, launch_env)
-        effective = config_mod.for_launch(effective, loaded, src_s)
+        effective = config_mod.for_launch(effective, loaded, src_s, converted=True)
     elif p.source is not None:   # no conversion: this node's shards, local, in either config form
         effective = config_mod.for_launch(effective, sync.sync_rank_shards(
             p.source, list(p.cluster.node_ranks), join(layout.work_dir, "checkpoint", layout.ckpt_name)))

@@ -159,16 +159,26 @@ def test_format_is_read_at_the_top_level_in_both_forms():
     assert job.load_ckpt_format == "safetensors"
 
 
-def test_non_legacy_training_ignores_auto_trans_ckpt(caplog):
+def test_non_legacy_training_converts_and_launches_with_the_legacy_format(caplog):
+    """MindFormers' non-legacy train loader reads neither a .ckpt nor rank_x/ folders (found with
+    scripts/mindformers_compat.py on 1.8-2.1): the entry converts and drops the section."""
     with caplog.at_level(logging.WARNING, logger="cloud_entry.config"):
-        _, job = effective({**SECTION, "auto_trans_ckpt": True})
-    assert job.auto_trans_ckpt is False and "auto_trans_ckpt=True ignored" in caplog.text
+        cfg, job = effective({**SECTION, "auto_trans_ckpt": True})
+    assert job.auto_trans_ckpt is True and "use_legacy_format: True" in caplog.text
+    out = config_mod.for_launch(cfg, "/local/transformed/src", converted=True)
+    assert "checkpoint" not in out and out["use_legacy_format"] is True
+    assert out["load_checkpoint"] == "/local/transformed/src" and config_mod.uses_legacy_format(out)
+    assert config_mod.resolve(JobSpec(), out).load_checkpoint == "/local/transformed/src"
+    # not converted (auto_trans_ckpt off): the user's section is left for MindFormers' own loader
+    kept = config_mod.for_launch(cfg, "/local/src")
+    assert kept["checkpoint"]["load_path"] == "/local/src" and not config_mod.uses_legacy_format(kept)
     _, job = effective({"use_legacy_format": False, "load_checkpoint": "/c"}, auto_trans_ckpt=True,
                        run_mode="finetune")
-    assert job.auto_trans_ckpt is False
-    # predict and eval load through transform_and_load_checkpoint in both formats
-    _, job = effective({**SECTION, "auto_trans_ckpt": True}, run_mode="predict")
+    assert job.auto_trans_ckpt is True
+    # predict and eval load through transform_and_load_checkpoint in both formats: section kept
+    cfg, job = effective({**SECTION, "auto_trans_ckpt": True}, run_mode="predict")
     assert job.auto_trans_ckpt is True and job.load_checkpoint == "/ckpt/section"
+    assert config_mod.for_launch(cfg, "/t", converted=True)["checkpoint"]["load_path"] == "/t"
     _, job = effective({"load_checkpoint": "/c", "auto_trans_ckpt": True})
     assert job.auto_trans_ckpt is True
 
