@@ -16,6 +16,19 @@ from obs_io.oneline import one_line
 from cloud_entry.errors import EntryError
 
 
+def verify(argv: list[str]) -> int:
+    """`cloud-entry verify LOCATION`: the converted set at LOCATION (a local folder or an
+    obs:// / s3:// URL, e.g. <remote_save_url>/transformed_checkpoint/<name>) against its
+    conversion_manifest.json. Exit 0 intact; 2 with a line per missing, extra or different file."""
+    from obs_io.oneline import OneLineParser
+    from reshard.cli import verify_set
+
+    parser = OneLineParser(prog="cloud-entry verify", description=verify.__doc__)
+    parser.error_type = EntryError
+    parser.add_argument("location", help="the converted set: local folder or obs:// / s3:// URL")
+    return verify_set(parser.parse_args(argv).location)
+
+
 def main(argv: list[str] | None = None) -> int:
     from cloud_entry.args import parse_args
     from cloud_entry.job import run
@@ -30,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             # these builtins with the URL in their one line): exit 2, not "a bug"
             user_errors: tuple[type[BaseException], ...] = (EntryError, reshard.ReshardError,
                                                              FileNotFoundError, PermissionError)
-            return run(parse_args(sys.argv[1:] if argv is None else argv))
+            argv = sys.argv[1:] if argv is None else argv
+            if argv[:1] == ["verify"]:   # `cloud-entry verify <path or URL>`: no job, no config
+                return verify(argv[1:])
+            return run(parse_args(argv))
         except signals.Terminated as exc:
             log.debug("stopped", exc_info=True)
             print(f"cloud-entry: stopped by {exc.name}", file=sys.stderr)

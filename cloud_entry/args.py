@@ -262,6 +262,9 @@ examples:
       --src_strategy_path_or_dir=obs://bucket/job_out/strategy/ \\
       --dst_strategy=obs://bucket/strategy_dp1mp2pp2/ --auto_trans_ckpt=True --transform_only=True
 
+  # later, anywhere: is a converted set complete and intact? (exit 0, or 2 naming what is not)
+  cloud-entry verify obs://bucket/job_out/transformed_checkpoint/llama_7b
+
   # 4 ranks -> one complete checkpoint, single-card predict
   cloud-entry --config=predict_llama_7b.yaml --load_checkpoint=obs://bucket/out4/checkpoint/ \\
       --src_strategy_path_or_dir=obs://bucket/out4/strategy/ --auto_trans_ckpt=True \\

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import ReshardError
-from .execute import PROCESS_BASE_BYTES, expected_peak, rank_cost, run_plan
+from .formats import FormatError, open_reader
+from .execute import PROCESS_BASE_BYTES, expected_peak, rank_cost, rank_checksum, run_plan
 from obs_io.atomic import write_atomic
 from .plan import Fetch, Headers, Plan, build_plan
 from .sources import (FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
@@ -44,6 +45,9 @@ class TransformReport:
     source_ranks: list[int] = field(default_factory=list)    # source ranks the plan reads
     plan: Plan | None = None
     files_written: list[str] = field(default_factory=list)   # relative output names
+    # relative output name -> (size, CRC32 hex) of every rank of the plan, written or kept, as
+    # recorded when its file was written (integrity.SetManifest)
+    checksums: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def default_max_memory() -> int:
@@ -209,13 +213,38 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
         "source strategy": plan.src_strategy.source if plan.src_strategy else None,
         "destination strategy": plan.dst_strategy.source if plan.dst_strategy else None})
     budget, peak = memory_budget(plan, process_num, max_memory)
+    check_source_crcs(plan, local_root)
     log.info("plan: %d destination ranks, %d processes, expected peak %.1f MiB "
              "(budget %.1f MiB)", len(plan.ranks), process_num, peak / 2**20, budget / 2**20)
     res = run_plan(plan, local_root, dst_root, process_num=process_num,
                    budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir)
     by_rank = {rp.rank: rp.path for rp in plan.ranks}
+    checksums = {}
+    for rp in plan.ranks:
+        record = rank_checksum(dst_root, rp)
+        if record is None:   # run_plan returned, so every rank was committed with its record
+            raise ReshardError(f"rank {rp.rank}: {rp.path} has no checksum record in {dst_root}")
+        checksums[rp.path] = record
     return TransformReport(res.written, res.skipped, peak, time.monotonic() - t0,
-                           plan.needed_source_ranks(), plan, [by_rank[r] for r in res.written])
+                           plan.needed_source_ranks(), plan, [by_rank[r] for r in res.written],
+                           checksums)
+
+
+def check_source_crcs(plan: Plan, local_root: str) -> None:
+    """Every source .ckpt the plan reads that carries MindSpore's CRC trailer is checked once,
+    here in the parent, before any output is written (the reads that follow come from the page
+    cache). ReshardError naming the file on a mismatch."""
+    source = plan.source
+    assert source is not None
+    for name in plan.needed_files():
+        path = source.path_of(name, local_root)
+        if not path.endswith(".ckpt"):
+            continue
+        try:
+            with open_reader(path) as reader:
+                reader.check_crc()
+        except FormatError as exc:
+            raise ReshardError(str(exc)) from None
 
 
 # -- all at once, local -----------------------------------------------------------------------

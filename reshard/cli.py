@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from dataclasses import replace
 
 from .api import (ReshardError, complete_plan, execute, find_sources, load_strategy,
                   memory_budget, plan_from_strategies, write_merged_strategy)
+from . import integrity
 from .blocks import plan_blocks
 from .execute import LOG_NAME
 from .plan import human_size, ranks_text
@@ -150,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "transform_checkpoints on the same input, for comparison")
     p.add_argument("--max_memory", type=parse_size, default=None, metavar="SIZE",
                    help="host memory budget, e.g. 8G (default: half of the available memory)")
+    p.add_argument("--verify", default=None, metavar="PATH",
+                   help="check a converted set (local folder or obs:// / s3:// URL) against its "
+                        "conversion_manifest.json: every file present, same size and CRC32, "
+                        "nothing extra; exit 0 intact, 2 otherwise (converts nothing)")
     p.add_argument("--dry_run", action="store_true",
                    help="print the plan and the expected peak memory, write nothing (from "
                         "strategies alone when no checkpoint is given: shapes in blocks)")
@@ -325,6 +331,8 @@ def _join(folder: str, name: str) -> str:
 def convert_from_args(argv=None) -> int:
     """Parse, check every flag (one line naming the culprit), convert; 0 on success."""
     args = build_parser().parse_args(argv)
+    if args.verify:
+        return verify_set(args.verify)
     args.src_strategy, args.dst_strategy = _none(args.src_strategy), _none(args.dst_strategy)
     if not args.src_checkpoint and not args.dry_run:
         raise ReshardError("--src_checkpoint is required")
@@ -357,6 +365,23 @@ def convert_from_args(argv=None) -> int:
         return _convert(args, stage, source)
     finally:
         stage.close()
+
+
+def plan_digest(plan) -> str:
+    """What defines the result: every destination file and the pieces that fill it."""
+    return hashlib.sha256(repr([(rp.path, rp.tensors) for rp in plan.ranks]).encode()).hexdigest()
+
+
+def verify_set(location: str) -> int:
+    """--verify: a line per problem on stdout, then 0 (intact) or the one-line error (exit 2)."""
+    with _storage("--verify", location):
+        verdict = integrity.verify(location)
+    for line in verdict.lines():
+        print(line)
+    if not verdict.ok:
+        raise ReshardError(verdict.summary())
+    print(verdict.summary())
+    return 0
 
 
 def _block(rank_id: int, world: int, process_num: int) -> list[int]:
@@ -422,10 +447,19 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
              if args.log_dir else "")
     report = execute(plan, local_root, dst_local, process_num=process_num,
                      max_memory=args.max_memory, log_dir=args.log_dir)
+    manifest = None
+    if args.rank_id is None:   # one block is not a set: its manifest would claim the set complete
+        manifest = integrity.SetManifest(
+            integrity.records(report.checksums), plan_digest(plan),
+            {"location": args.src_checkpoint, "files": source.used_names()},
+            {"src": args.src_strategy or "", "dst": args.dst_strategy or ""}, integrity.tool_version())
+        integrity.write(dst_local, manifest)
     if upload:
         import obs_io
         with _storage("--dst_checkpoint", upload):
             obs_io.file.copy_parallel(dst_local, upload, file_list=report.files_written)
+            if manifest is not None:   # last: its presence says the set is complete
+                integrity.write(upload, manifest)
     print(f"done: wrote ranks {ranks_text(report.ranks_written)} to {args.dst_checkpoint}, "
           f"kept ranks {ranks_text(report.ranks_skipped)} (already complete and verified), "
           f"in {report.seconds:.2f}s; expected peak memory {human_size(report.expected_peak_bytes)}")

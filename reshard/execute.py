@@ -90,15 +90,26 @@ def is_done(src_root: str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
     except (OSError, ValueError):
         return False
     return m.get("digest") == rank_digest(rp, fmt, src_root) and m.get("size") == st.st_size \
-        and m.get("mtime_ns") == st.st_mtime_ns
+        and m.get("mtime_ns") == st.st_mtime_ns and "crc32" in m
 
 
-def _write_manifest(src_root: str, dst_root: str, rp: RankPlan, fmt: str) -> None:
+def _write_manifest(src_root: str, dst_root: str, rp: RankPlan, fmt: str, crc32: str) -> None:
     out = os.path.join(dst_root, rp.path)
     st = os.stat(out)
     write_atomic(_manifest_path(dst_root, rp), json.dumps(
         {"digest": rank_digest(rp, fmt, src_root), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-         "file": rp.path}).encode(), durable=True)   # the manifest vouches for the output
+         "file": rp.path, "crc32": crc32}).encode(), durable=True)   # it vouches for the output
+
+
+def rank_checksum(dst_root: str, rp: RankPlan) -> tuple[int, str] | None:
+    """(size, CRC32) of a rank's output as recorded when it was written, or None (no record,
+    or one from before checksums were recorded)."""
+    try:
+        with open(_manifest_path(dst_root, rp), encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return (m["size"], m["crc32"]) if "crc32" in m and "size" in m else None
 
 
 # -- one destination rank -------------------------------------------------------------------
@@ -157,7 +168,7 @@ def convert_rank(rp: RankPlan, src_root: str, dst_root: str, fmt: str, publish=N
 
     def commit() -> None:
         writer.commit()
-        _write_manifest(src_root, dst_root, rp, fmt)
+        _write_manifest(src_root, dst_root, rp, fmt, writer.checksum[1])
         log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank,
                  out_path, len(rp.tensors), os.path.getsize(out_path), sorted(rp.source_ranks),
                  time.monotonic() - t0)

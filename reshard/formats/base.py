@@ -3,6 +3,7 @@ extents, and the temp-file-then-rename discipline with the write-order bookkeepi
 from __future__ import annotations
 
 import os
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -89,6 +90,31 @@ class CheckpointReader:
         return f"{type(self).__name__}({self.path!r}, {len(self.metas)} values)"
 
 
+class _Checksummed:
+    """The temporary file, counting and CRC32-summing every byte written: the set's integrity
+    manifest records each file's size and checksum as it was written, not by reading it again."""
+
+    def __init__(self, f):
+        self._f = f
+        self.size = 0
+        self.crc32 = 0
+
+    def write(self, data) -> int:
+        n = self._f.write(data)
+        self.size += n
+        self.crc32 = zlib.crc32(data, self.crc32)
+        return n
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()
+
+
 class CheckpointWriter:
     """Writes values in `metas` order to a temporary file beside `path`; commit() renames it.
 
@@ -108,7 +134,7 @@ class CheckpointWriter:
             seen.add(meta.name)
         folder, base = os.path.split(os.path.abspath(self.path))
         self.temp_path = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
-        self._file = open(self.temp_path, "wb")
+        self._file = _Checksummed(open(self.temp_path, "wb"))
         self._pos = 0            # index into metas of the value being written
         self._left: int | None = None  # bytes still due for metas[_pos]; None = not begun
         self._rows = 0           # axis-0 rows received for metas[_pos]
@@ -159,15 +185,26 @@ class CheckpointWriter:
             raise
         self.state = "committed"
 
+    @property
+    def checksum(self) -> tuple[int, str]:
+        """(size in bytes, CRC32 as 8 hex digits) of what was written; final after commit()."""
+        return self._file.size, f"{self._file.crc32:08x}"
+
     def abort(self) -> None:
+        """Drop the temporary file. Its unlink does not depend on close(): on a full disk
+        (ENOSPC) close() itself fails flushing, and the temp file must not stay behind."""
         if self.state != "open":
             return
         self.state = "aborted"
-        self._file.close()
         try:
-            os.unlink(self.temp_path)
-        except FileNotFoundError:
+            self._file.close()
+        except OSError:
             pass
+        finally:
+            try:
+                os.unlink(self.temp_path)
+            except FileNotFoundError:
+                pass
 
     def __enter__(self):
         return self
