@@ -32,6 +32,7 @@ from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
 from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_dir
+from reshard import integrity
 from reshard.sources import output_name, overlaps
 
 log = logging.getLogger("cloud_entry")
@@ -361,6 +362,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     log.info("%s; this node converts %s", ", ".join(map(str, p.blocks.blocks)),
              ", ".join(map(str, my_blocks)) or "nothing")
     fmt = job.load_ckpt_format or "ckpt"
+    written: dict[str, tuple[int, str]] = {}
     if mine:   # first of all: nobody may take an old marker of our blocks for this run's
         markers.clear_own(layout.marker_dir, leaders)
     src_s = None
@@ -384,6 +386,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
                 fetch=(lambda names: sync.fetch_source(p.source, names, cache)) if p.source.remote else None)
             if layout.remote_save_url:   # what the plan says this node wrote (or verified)
                 sync.upload_ranks(layout.transformed, layout.remote_transformed, report.plan.output_files)
+            written = report.checksums
     except BaseException as exc:
         log.debug("conversion failed", exc_info=True)
         for leader in leaders:
@@ -392,16 +395,21 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
         if not isinstance(exc, Exception) or isinstance(exc, BlockFailed) or not leaders:
             raise   # a stop request, another node's failure (already named), or no block of ours
         raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from exc
-    for leader in leaders:
-        markers.publish(layout.marker_dir, markers.Marker(markers.SUCCEED, leader, p.run_id))
+    for block in my_blocks:   # each marker lists its block's files with their checksums
+        names = {output_name(r, job.prefix, fmt) for r in block.ranks}
+        markers.publish(layout.marker_dir, markers.Marker(
+            markers.SUCCEED, block.leader, p.run_id,
+            markers.succeed_message({n: c for n, c in written.items() if n in names})))
     all_leaders = [b.leader for b in p.blocks.blocks]
     log.info("waiting (up to %gs) for the blocks led by ranks %s", job.transform_timeout, all_leaders)
-    markers.wait_for_blocks(layout.marker_dir, all_leaders, p.run_id, job.transform_timeout,
-                            not_before=p.started - CLOCK_SLACK)
+    succeeded = markers.wait_for_blocks(layout.marker_dir, all_leaders, p.run_id, job.transform_timeout,
+                                        not_before=p.started - CLOCK_SLACK)
+    manifest = _set_manifest(p, succeeded, src_s)
     world = p.cluster.world_size if job.use_parallel else 1
     elsewhere = [r for r in p.convert_ranks if r not in set(mine)]
     if elsewhere and not layout.shared_dir:
         sync.download_ranks(layout.remote_transformed, layout.transformed, elsewhere, job.prefix, fmt)
+        _check_downloaded(layout.transformed, [output_name(r, job.prefix, fmt) for r in elsewhere], manifest)
     # The folder the training loads holds this run's files only (no older prefix, no rank of a
     # larger world): locally, and under remote_save_url (node 0; every block is in by now).
     keep = list(range(world)) if layout.shared_dir else sorted(set(p.convert_ranks) | set(mine))
@@ -413,11 +421,59 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
         if files:
             obs_io.file.copy_parallel(layout.local_strategy, layout.remote_strategy, file_list=files)
         sync.prune_strategies(layout.remote_strategy, files)   # another run's layout must not mix in
+        integrity.write(layout.remote_transformed, manifest)   # last: the set is complete there
+    if not layout.shared_dir or p.cluster.node_index == 0:
+        integrity.write(layout.transformed, manifest)
+    _check_loaded(layout.transformed, [output_name(r, job.prefix, fmt) for r in keep], manifest)
     # Single card: the file itself. MindFormers takes a folder holding rank_* for a distributed
     # checkpoint and refuses it with use_parallel: False (load_checkpoint_utils._get_checkpoint_mode).
     loaded = layout.transformed if job.use_parallel else join(layout.transformed, output_name(0, job.prefix, fmt))
     log.info("checkpoint ready: %s", loaded)
     return loaded, src_s
+
+
+def _set_manifest(p: JobPlan, succeeded: list[markers.Marker], src_s: str | None) -> integrity.SetManifest:
+    """The whole set's manifest, composed alike on every node from the blocks' success markers."""
+    files: dict[str, tuple[int, str]] = {}
+    for marker in succeeded:
+        files.update(markers.block_files(marker, p.layout.marker_dir))
+    assert p.source is not None
+    world = p.cluster.world_size if p.job.use_parallel else 1
+    fmt = p.job.load_ckpt_format or "ckpt"
+    unlisted = [r for r in range(world) if output_name(r, p.job.prefix, fmt) not in files]
+    if unlisted:
+        raise EntryError(f"{p.layout.marker_dir}: the blocks' success markers list no file for "
+                         f"rank(s) {sync.ranges(unlisted)}: the converted set is incomplete")
+    return integrity.SetManifest(
+        integrity.records(files), p.run_id,
+        {"location": p.job.load_checkpoint, "identity": list(p.source.identity)},
+        {"src": p.job.src_strategy or "", "dst": p.job.dst_strategy or "strategy pass",
+         "src_digest": _digest(src_s)}, integrity.tool_version())
+
+
+def _check_downloaded(root: str, names: list[str], manifest: integrity.SetManifest) -> None:
+    """Ranks another node converted, as downloaded here: size and CRC32 as their block wrote
+    them (an object replaced on the store meanwhile is found now, not by the training)."""
+    for name in names:
+        want = manifest.files.get(name)
+        got = integrity.file_checksum(join(root, name))
+        if want is None or got != want:
+            raise EntryError(f"{join(root, name)}: downloaded copy differs from what its block wrote "
+                             f"({got.size} bytes crc32 {got.crc32}, expected "
+                             f"{want.size if want else '?'} bytes crc32 {want.crc32 if want else '?'})")
+
+
+def _check_loaded(root: str, names: list[str], manifest: integrity.SetManifest) -> None:
+    """Before the launch: every rank file this node's training loads is there, with the size
+    the manifest records (their bytes were checked when written or downloaded)."""
+    for name in names:
+        path = join(root, name)
+        want = manifest.files.get(name)
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if want is None or size != want.size:
+            raise EntryError(f"{path}: {'missing' if size is None else f'{size} bytes'}, but the "
+                             f"conversion wrote {want.size if want else 'no such file'}"
+                             f"{' bytes' if want else ''}: not launching on a partial checkpoint")
 
 
 def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None) -> None:

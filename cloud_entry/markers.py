@@ -17,7 +17,7 @@ from typing import Iterable
 import obs_io
 
 from cloud_entry.paths import join
-from cloud_entry.errors import BlockFailed, WaitTimeout
+from cloud_entry.errors import BlockFailed, EntryError, WaitTimeout
 from cloud_entry.waits import Backoff, poll
 
 log = logging.getLogger(__name__)
@@ -114,32 +114,52 @@ def pending_blocks(found: Iterable[Marker], leaders: Iterable[int], run_id: str,
 
 
 def wait_for_blocks(store: str, leaders: Iterable[int], run_id: str, timeout: float,
-                    backoff: Backoff = Backoff(), not_before: float = 0.0, **poll_kw) -> None:
+                    backoff: Backoff = Backoff(), not_before: float = 0.0, **poll_kw) -> list[Marker]:
     """Bounded wait for every block's success marker; the first failure marker ends it. While it
     waits it reports which blocks are still missing and any marker it found of another run (a
-    node that computed another run id would otherwise wait in silence)."""
+    node that computed another run id would otherwise wait in silence). Returns the blocks'
+    success markers (their messages hold the files each block wrote: block_files)."""
     leaders = sorted(set(leaders))
     last: list[int] = leaders
     others: list[str] = []
 
-    def check() -> bool | None:
+    def check() -> list[Marker] | None:
         nonlocal last, others
         found = scan(store)
         last = pending_blocks(found, leaders, run_id, not_before)
         others = sorted({f"{marker_name(m.state, m.rank)} (run {m.run_id or '?'}"
                          f"{', an earlier attempt' if m.run_id == run_id else ''})"
                          for m in found if m.rank in last and (m.run_id != run_id or m.state == FAILED)})
-        return None if last else True
+        if last:
+            return None
+        return [m for m in found if m.run_id == run_id and m.state == SUCCEED and m.rank in leaders]
 
     def status() -> str:
         return (f"blocks led by rank(s) {', '.join(map(str, last))} in {store}"
                 + (f"; markers of another run there: {', '.join(others)}" if others else ""))
 
     try:
-        poll(check, timeout, "block markers", backoff, status=status, **poll_kw)
+        return poll(check, timeout, "block markers", backoff, status=status, **poll_kw)
     except WaitTimeout as exc:
         raise WaitTimeout(f"{exc}: no marker from the block leader rank(s) "
                           f"{', '.join(map(str, last))} in {store}") from None
+
+
+def succeed_message(files: dict[str, tuple[int, str]]) -> str:
+    """A success marker's message: the block's files with their size and CRC32 as written, from
+    which every node composes the set's integrity manifest and checks what it downloads."""
+    return json.dumps({"files": {n: list(v) for n, v in sorted(files.items())}}, sort_keys=True)
+
+
+def block_files(marker: Marker, store: str) -> dict[str, tuple[int, str]]:
+    """The files a success marker announces; EntryError for a marker without them (written by
+    an older cloud-entry for the same inputs: its files cannot be checked)."""
+    try:
+        files = json.loads(marker.message)["files"]
+        return {n: (int(v[0]), str(v[1])) for n, v in files.items()}
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise EntryError(f"{join(store, marker_name(SUCCEED, marker.rank))} lists no file checksums "
+                         "(an older cloud-entry wrote it): remove it and run the job again") from None
 
 
 def run_id(explicit: str, result: object) -> str:

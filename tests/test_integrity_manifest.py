@@ -122,3 +122,21 @@ def test_source_crc_trailer_is_checked_before_anything_is_written(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.ckpt: corrupt checkpoint" in err and "CRC" in err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.ckpt"))
+
+
+def test_job_checks_downloaded_and_loaded_ranks_against_the_manifest(tmp_path):
+    """The job's side: a rank downloaded from another node must carry the bytes its block wrote,
+    and every rank the training loads must be there with its size, or no launch."""
+    from cloud_entry import job
+    from cloud_entry.errors import EntryError
+    (tmp_path / "rank_0").mkdir()
+    (tmp_path / "rank_0" / "checkpoint_0.ckpt").write_bytes(b"abc")
+    good = integrity.SetManifest(integrity.records({"rank_0/checkpoint_0.ckpt": (3, f"{zlib.crc32(b'abc'):08x}"),
+                                                    "rank_1/checkpoint_1.ckpt": (5, "00000000")}))
+    job._check_downloaded(str(tmp_path), ["rank_0/checkpoint_0.ckpt"], good)
+    job._check_loaded(str(tmp_path), ["rank_0/checkpoint_0.ckpt"], good)
+    replaced = integrity.SetManifest(integrity.records({"rank_0/checkpoint_0.ckpt": (3, "12345678")}))
+    with pytest.raises(EntryError, match="rank_0/checkpoint_0.ckpt: downloaded copy differs"):
+        job._check_downloaded(str(tmp_path), ["rank_0/checkpoint_0.ckpt"], replaced)
+    with pytest.raises(EntryError, match="rank_1/checkpoint_1.ckpt: missing.*not launching"):
+        job._check_loaded(str(tmp_path), ["rank_1/checkpoint_1.ckpt"], good)

@@ -78,6 +78,18 @@ def test_scenario1_complete_to_8_ranks_on_two_nodes(models, bucket, s3_env, tmp_
     obs_io.file.copy_parallel(f"{remote}/transformed_checkpoint/llama", str(fetched))
     synth.assert_same_checkpoint_dirs(str(fetched), models["ref8"])
     assert_no_secret(tmp_path)
+    # the set's integrity manifest, composed from both blocks' markers, on OBS and on each node
+    from reshard import integrity
+    verdict = integrity.verify(f"{remote}/transformed_checkpoint/llama")
+    assert verdict.ok and verdict.checked == 8, verdict.lines()
+    for node in (0, 1):
+        local = integrity.read(str(tmp_path / f"node{node}" / "output" / "transformed_checkpoint" / "llama"))
+        assert local.files == verdict_files(remote)
+
+
+def verdict_files(remote: str):
+    from reshard import integrity
+    return integrity.read(f"{remote}/transformed_checkpoint/llama").files
 
 
 def _scenario2(models, bucket, s3_env, root: Path, remote: str, per_card: bool):
