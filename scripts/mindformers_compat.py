@@ -102,15 +102,12 @@ class Scenario:
     """One config format the entry writes, in one run mode.
 
     `section`: the base config has a non-empty `checkpoint:` section (MindFormers' newer format);
-    else only the legacy top-level keys. `converts`: whether the entry converts in this case (it
-    does not for train/finetune with a section: MindFormers reshards online there)."""
+    else only the legacy top-level keys. The entry converts in every case (with a section in
+    train/finetune it launches with the legacy format: MindFormers' loader for the section cannot
+    read the rank_x/ layout)."""
     name: str
     section: bool
     run_mode: str
-
-    @property
-    def converts(self) -> bool:
-        return not (self.section and self.run_mode in ("train", "finetune"))
 
     def base_config(self) -> dict[str, Any]:
         """A minimal MindFormers config: what the checkpoint logic reads, nothing of a model."""
@@ -354,7 +351,7 @@ def make_jobs(work: Path) -> list[Job]:
         converted = cwd / "output" / "transformed_checkpoint" / CKPT_NAME
         expected, names = {}, {}
         for r in range(WORLD):
-            path = str(converted / f"rank_{r}" / f"{PREFIX}{r}.ckpt") if sc.converts else source
+            path = str(converted / f"rank_{r}" / f"{PREFIX}{r}.ckpt")
             expected[r] = path
             names[r] = sorted(synth.load_params(path)) if os.path.isfile(path) else []
         error = "" if proc.returncode == 0 and launched.is_file() else \
@@ -389,8 +386,7 @@ def _short(path: str, cwd: str) -> str:
 
 def judge(inst: Install, job: Job, probes: dict[int, dict[str, Any]]) -> Row:
     """One table row from the probes of every rank: matches when every rank's MindFormers loads
-    exactly the file we converted for it (same tensor names), with no transformation of its own;
-    for the non-converting scenario, when MindFormers' non-legacy path gets the source as is."""
+    exactly the file we converted for it (same tensor names), with no transformation of its own."""
     first = probes[min(probes)]
     imported = "yes" if first.get("import") == "ok" else f"no: {first.get('import')}"
     config_loads = "yes" if first.get("config") == "ok" else \
@@ -408,13 +404,6 @@ def judge(inst: Install, job: Job, probes: dict[int, dict[str, Any]]) -> Row:
         if p.get("error"):
             notes.append(f"r{rank}: {p['error']}")
             ok = False
-            continue
-        if not job.scenario.converts:
-            online = p.get("route", "").startswith("non-legacy") and p.get("load_path") == job.source
-            if not online:
-                notes.append(f"r{rank}: {route or '?'} of {_short(p.get('load_path', ''), job.cwd)}, not "
-                             "MindFormers' online resharding (the entry did not convert)")
-            ok &= online
             continue
         if files != [job.expected[rank]]:
             notes.append(f"r{rank}: ours is {_short(job.expected[rank], job.cwd)}")

@@ -72,8 +72,8 @@ def test_probe_without_mindformers_reports_the_import_error(tmp_path):
 
 def test_entry_jobs_write_both_config_formats(tmp_path):
     """The real entry, once per scenario: the launched config points MindFormers' keys at our
-    converted folder (both keys when there is a section), with auto_trans_ckpt off; the
-    train-with-section job is not converted and keeps the source."""
+    converted folder (both keys when there is a section), with auto_trans_ckpt off; train with a
+    section is converted too and launched with the legacy format (section dropped)."""
     jobs = mfc.make_jobs(tmp_path / "jobs")
     assert [j.scenario for j in jobs] == list(mfc.SCENARIOS)
     for job in jobs:
@@ -81,22 +81,22 @@ def test_entry_jobs_write_both_config_formats(tmp_path):
         config = yaml.safe_load(Path(job.config).read_text())
         assert config["auto_trans_ckpt"] is False
         converted = str(Path(job.cwd) / "output" / "transformed_checkpoint" / mfc.CKPT_NAME)
-        want = converted if job.scenario.converts else job.source
-        assert config["load_checkpoint"] == want
-        assert ("checkpoint" in config) == job.scenario.section
-        if job.scenario.section:
-            assert config["checkpoint"]["load_path"] == want
+        assert config["load_checkpoint"] == converted
+        legacy_launch = job.scenario.section and job.scenario.run_mode == "train"
+        assert ("checkpoint" in config) == (job.scenario.section and not legacy_launch)
+        if legacy_launch:
+            assert config["use_legacy_format"] is True
+        elif job.scenario.section:
+            assert config["checkpoint"]["load_path"] == converted
         for rank in range(mfc.WORLD):
             assert Path(job.expected[rank]).is_file()
             assert len(job.expected_names[rank]) > 10
-    assert sum(not j.scenario.converts for j in jobs) == 1
 
 
-def _job(converts: bool = True) -> "mfc.Job":
-    scenario = mfc.SCENARIOS[0] if converts else mfc.SCENARIOS[3]
-    assert scenario.converts == converts
+def _job(scenario: int = 0) -> "mfc.Job":
     expected = {r: f"/j/output/transformed_checkpoint/llama/rank_{r}/checkpoint_{r}.ckpt" for r in range(2)}
-    return mfc.Job(scenario, "/j", "/j/c.yaml", "/m/llama.ckpt", expected, {0: ["a", "b"], 1: ["a", "b"]})
+    return mfc.Job(mfc.SCENARIOS[scenario], "/j", "/j/c.yaml", "/m/llama.ckpt", expected,
+                   {0: ["a", "b"], 1: ["a", "b"]})
 
 
 def _probe(rank: int, **kw) -> dict:
@@ -123,14 +123,14 @@ def test_judge_matches_only_exactly_our_files_without_a_transformation():
     assert not no_import.matches and no_import.imported == "no: ImportError: x"
 
 
-def test_judge_non_converting_scenario_wants_the_source_online():
+def test_judge_wants_our_files_in_every_scenario():
+    """Train with a section too: MindFormers' online resharding of the unconverted source is
+    not a match (it cannot read a .ckpt there; the entry converts)."""
     inst = mfc.Install("9.9.9", mindspore="2.10.0", mode="resolved")
+    assert mfc.judge(inst, _job(3), {0: _probe(0), 1: _probe(1)}).matches
     online = {"import": "ok", "config": "ok", "transform": "no", "load_path": "/m/llama.ckpt",
               "route": "non-legacy mindformers.checkpoint load (online resharding)", "loaded_files": []}
-    assert mfc.judge(inst, _job(False), {0: online, 1: online}).matches
-    legacy = {**online, "route": "transform_and_load_checkpoint"}
-    row = mfc.judge(inst, _job(False), {0: legacy, 1: legacy})
-    assert not row.matches and "the entry did not convert" in row.notes
+    assert not mfc.judge(inst, _job(3), {0: online, 1: online}).matches
 
 
 def test_table_lists_releases_that_did_not_install():
