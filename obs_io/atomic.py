@@ -26,15 +26,105 @@ Durability policy, chosen per call by the required `durable` keyword:
 from __future__ import annotations
 
 import errno
+import hashlib
+import logging
 import os
+import re
+import socket
+import time
 from types import TracebackType
+
+log = logging.getLogger("obs_io")
+
+# Temporary names: `.<name>.obsio-<pid>-<host tag><start tag>-<random>.tmp`, and s3transfer adds
+# `.<8 hex digits>` to the name it is given for its own temporary file. The pid and tags say
+# which process wrote it, so a rerun can remove what a killed run left (sweep) without touching
+# the temporary files of a copy that is still running.
+_TEMP = re.compile(r"^\..+\.obsio-(?:(?P<pid>\d+)-(?P<host>[0-9a-f]{4})(?P<start>[0-9a-f]{4})-)?"
+                   r"[0-9a-f]{8}\.tmp(?:\.[0-9A-Fa-f]{8})?$")
+STALE_SECONDS = 600.0  # a temp file of another machine (or of an old obs_io) untouched this long is abandoned
+_MAX_NAME = 120        # of the final name kept in the temporary one: the whole must stay below 255 bytes
+
+
+def _tag(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:4]
+
+
+def _start_tag(pid: int) -> str | None:
+    """A tag of when process `pid` started (Linux: /proc/<pid>/stat, field 22), which tells a
+    live owner from a new process that got a dead one's pid (pids restart at 1 in a restarted
+    container). '0000' where /proc does not exist; None when no such process is running."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return _tag(fields[19].decode())
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None
+    except (OSError, IndexError):
+        pass
+    try:  # no /proc: whether the pid is taken at all is what can be told
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return "0000"
+
+
+_owner: tuple[int, str] | None = None
+
+
+def _owner_tag() -> str:
+    """`<pid>-<host tag><start tag>` of this process (computed again after a fork)."""
+    global _owner
+    pid = os.getpid()
+    if _owner is None or _owner[0] != pid:
+        _owner = (pid, f"{pid}-{_tag(socket.gethostname())}{_start_tag(pid) or '0000'}")
+    return _owner[1]
 
 
 def _temp_name(path: str) -> str:
     """A hidden sibling of `path` (same folder, so the rename stays within one file system)
-    that no reader mistakes for the real file and no two writers share."""
+    that no reader mistakes for the real file and no two writers share, naming its writer."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.obsio-{os.urandom(4).hex()}.tmp")
+    return os.path.join(folder, f".{name[:_MAX_NAME]}.obsio-{_owner_tag()}-{os.urandom(4).hex()}.tmp")
+
+
+def _abandoned(match: re.Match, path: str, now: float) -> bool:
+    """Whether the temporary file at `path` belongs to no running writer: written on this
+    machine by a process that is gone (its pid free, or taken by a process that started at
+    another time), or, when that cannot be told (another machine sharing the folder, a name
+    without owner), untouched for STALE_SECONDS."""
+    if match["pid"] and match["host"] == _tag(socket.gethostname()):
+        return _start_tag(int(match["pid"])) not in (match["start"], "0000")
+    try:
+        return now - os.lstat(path).st_mtime > STALE_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def sweep(folder: str) -> list[str]:
+    """Remove the temporary files that killed writers left in `folder` (not below it): only
+    names this module (and s3transfer, on our temporary names) makes, and only abandoned ones
+    (_abandoned), so two copies into one folder never remove each other's. Returns the paths
+    removed. A folder that does not exist has nothing to sweep."""
+    removed, now = [], time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match and entry.is_file(follow_symlinks=False) and _abandoned(match, entry.path, now):
+            try:
+                os.remove(entry.path)
+                removed.append(entry.path)
+            except FileNotFoundError:  # another rerun swept it first
+                pass
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted copy in %s", len(removed), folder)
+    return removed
 
 
 def _fsync_path(path: str) -> None:

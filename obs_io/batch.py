@@ -10,6 +10,7 @@ Execution: local-to-local copies on a thread pool, everything else in this proce
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import posixpath
@@ -21,7 +22,8 @@ from .entries import DirEntry
 from .errors import MoxFileNameDuplicateException, ObjectNotFound
 from .fs import S3, backend, list_entries
 from .progress import Progress
-from .transfer import CopyTask, copy_local, execute_remote
+from .atomic import sweep
+from .transfer import CopyTask, abort_stale_uploads, copy_local, execute_remote
 from .urls import check, is_remote, join, safe_relative
 from .workers import Workers, partition, worker_count
 
@@ -121,6 +123,7 @@ def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_p
             dirs: list[str] = (), is_processing: bool = False) -> None:
     """Run a plan. The first failure stops the batch and is raised as a one-line builtin error;
     transfers in flight are cancelled, and no partial file is left under a final name."""
+    clean_leftovers(tasks)
     progress = Progress(desc, sum(t.size for t in tasks), len(tasks)) if show_progress else None
     remote = [t for t in tasks if is_remote(t.src) or is_remote(t.dst)]
     local = [t for t in tasks if not (is_remote(t.src) or is_remote(t.dst))]
@@ -133,9 +136,26 @@ def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_p
                     fut.result()
         if remote:
             _execute_remote_batch(remote, threads, progress, is_processing)
-    finally:
+    except BaseException:
         if progress is not None:
-            progress.close()
+            progress.close(done=False)  # the error is the one line to read, not a "done" line
+        raise
+    if progress is not None:
+        progress.close()
+
+
+def clean_leftovers(tasks: list[CopyTask]) -> None:
+    """What a killed run of this copy left, before this one writes: temporary files of dead
+    writers in the local folders being written (atomic.sweep, which never touches a running
+    copy's), and multipart uploads of the keys being uploaded that began before now
+    (abort_stale_uploads). Being unable to list uploads (no permission) is not a reason to
+    fail the copy: it is logged."""
+    for folder in sorted({os.path.dirname(os.path.abspath(t.dst)) for t in tasks if not is_remote(t.dst)}):
+        sweep(folder)
+    try:
+        abort_stale_uploads(tasks, datetime.datetime.now(datetime.timezone.utc))
+    except PermissionError as err:
+        log.warning("could not look for multipart uploads left by an interrupted copy: %s", err)
 
 
 def _execute_remote_batch(tasks: list[CopyTask], threads: int, progress: Progress | None,

@@ -1,8 +1,20 @@
 """boto3 clients and transfer settings, built in one place from an S3Config.
 
-Retries live here and nowhere else: botocore's retry modes back off on 503 SlowDown, other 5xx
-and dropped connections for every call, s3transfer re-reads interrupted download streams, and
-read_object() does the same for the GETs obs_io makes itself.
+Retries and timeouts live here and nowhere else, so that a call against a store that is down
+ends within S3Config.worst_case_seconds() (160 s by default):
+
+- every request: botocore's standard retry mode, max_attempts tries in all (S3_MAX_ATTEMPTS),
+  each bounded by connect_timeout (S3_CONNECT_TIMEOUT) and read_timeout (S3_READ_TIMEOUT:
+  the longest silence while waiting for the answer or for the next bytes of a body), with
+  exponential back-off; it retries 500/502/503/504 (503 SlowDown with a longer back-off),
+  RequestTimeout, dropped and refused connections and timeouts;
+- a body that breaks off after the headers came (truncated, reset, silent for read_timeout):
+  fetched again by s3transfer (num_download_attempts) and by read_object() below, max_attempts
+  times in all;
+- never both: a GetObject that botocore already gave up on is re-raised as RequestGaveUp
+  (_final), which s3transfer does not retry, so its tries do not multiply botocore's (with the
+  former 120 s read timeout and 10 attempts a stalled request took 20 minutes, and s3transfer
+  started that over up to 10 times).
 """
 from __future__ import annotations
 
@@ -15,7 +27,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
+from . import redact
 from .config import S3Config
+from .errors import RequestGaveUp
 
 MAX_THREADS = 64  # connection pool size, so a transfer's threads never wait for a socket
 
@@ -66,6 +80,15 @@ def _content_md5_instead_of_crc32(request, **kwargs) -> None:
         request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode("ascii")
 
 
+def _final(exception: BaseException, **kwargs) -> None:
+    """A GetObject that failed after botocore's retries (which happen inside the call): raise
+    it as RequestGaveUp, outside the errors s3transfer and read_object fetch a body again on,
+    so a stalled server costs one series of tries, not one per re-read. A body that breaks
+    off later is raised by its read, after the call returned, and is still fetched again."""
+    if isinstance(exception, S3_RETRYABLE_DOWNLOAD_ERRORS):
+        raise RequestGaveUp(exception) from exception
+
+
 def get_client(cfg: S3Config):
     """A client per configuration, shared by all threads (botocore clients are thread-safe,
     sessions are not, hence the lock around creation)."""
@@ -75,6 +98,8 @@ def get_client(cfg: S3Config):
     with _clients_lock:
         client = _clients.get(cfg)
         if client is None:
+            redact.register(cfg.access_key, cfg.secret_key, cfg.session_token)
+            redact.protect_logs()  # before the session: it logs at DEBUG too
             session = boto3.session.Session()
             client = session.client(
                 "s3", endpoint_url=cfg.endpoint, region_name=cfg.region,
@@ -83,6 +108,7 @@ def get_client(cfg: S3Config):
                 config=botocore_config(cfg),
             )
             client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5_instead_of_crc32)
+            client.meta.events.register("after-call-error.s3.GetObject", _final)
             _clients[cfg] = client
         return client
 
@@ -109,7 +135,8 @@ def read_object(cfg: S3Config, bucket: str, key: str, **params) -> tuple[bytes, 
 
     botocore retries a request that fails before its response arrives, but not a body that
     breaks off mid-stream after the headers came: that is fetched again here, up to
-    max_attempts times in all, on the errors s3transfer retries for the same reason. `params`
+    max_attempts times in all, on the errors s3transfer retries for the same reason. A request
+    botocore gave up on raises RequestGaveUp (_final), which is not fetched again. `params`
     go to GetObject (Range, IfMatch, ...). Callers translate errors (errors.translating).
     """
     attempt = 1

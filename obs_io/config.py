@@ -6,6 +6,7 @@ client can be cached per configuration and two threads never see a half-applied 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import threading
@@ -21,6 +22,20 @@ _ACCESS_KEY_VARS = ("ACCESS_KEY_ID", "S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
 _SECRET_KEY_VARS = ("SECRET_ACCESS_KEY", "S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
 _TOKEN_VARS = ("SESSION_TOKEN", "SECURITY_TOKEN", "AWS_SESSION_TOKEN")
 _HUAWEI_ENDPOINT = re.compile(r"(^|\.)obs\.([a-z0-9-]+)\.myhuaweicloud\.com$")
+
+# Defaults of the failure bound. A server that accepts connections and never answers costs a
+# request max_attempts x (connect + read timeout) plus botocore's back-off between tries:
+# 5 x (5 + 20) + 35 = 160 s (worst_case_seconds), under the 3 minutes a user may wait for
+# "storage is down" (botocore's own defaults, 60 s read timeout and the 10 attempts obs_io had,
+# multiplied by s3transfer's re-reads, made that about 20 minutes). 20 s of silence is far
+# beyond a healthy OBS's first byte; raise S3_READ_TIMEOUT for a server known to think longer.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 20.0
+DEFAULT_MAX_ATTEMPTS = 5
+# botocore's standard retry mode: before retry i (1-based) it sleeps rand(0, 1) x min(2**(i-1),
+# 20) s for throttling (1 s base scale; 50 ms for other errors), plus up to 5 s more when the
+# answer carries x-amz-retry-after. The bound assumes the worst of both.
+_BACKOFF_MAX, _RETRY_AFTER_EXTRA = 20.0, 5.0
 
 
 @dataclass(frozen=True)
@@ -39,10 +54,11 @@ class S3Config:
     list_objects_v1: bool = False        # parallel-file-system buckets have no ListObjectsV2
     list_max_keys: int = 1000            # keys per listing page (moxing's set_auth list_max_keys)
     verify_ssl: bool = True
+    # Timeouts and retries (one place: client.py applies them; see worst_case_seconds).
     retry_mode: str = "standard"         # botocore: standard backs off on 503 SlowDown, 5xx, dropped connections
-    max_attempts: int = 10
-    connect_timeout: float = 30.0
-    read_timeout: float = 120.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS      # S3_MAX_ATTEMPTS: tries per request, the first included
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # S3_CONNECT_TIMEOUT: seconds to open a connection
+    read_timeout: float = DEFAULT_READ_TIMEOUT    # S3_READ_TIMEOUT: seconds the server may stay silent
     multipart_threshold: int = 64 * MiB  # below this a file goes in one request
     min_part_size: int = 8 * MiB         # S3 needs >= 5 MiB parts (OBS 100 KB); s3transfer enforces 5 MiB
     max_parts: int = 10_000
@@ -50,6 +66,15 @@ class S3Config:
     verify_md5: bool = True              # off for a server whose ETags are not MD5s and that does not say
                                          # so (SSE-KMS/SSE-C headers are: transfer.etag_is_md5)
     sign_payload: bool | None = None     # SHA256 of upload bodies in the signature; None: only over plain http
+
+    def worst_case_seconds(self) -> float:
+        """How long one request may take to fail when every try times out: each try waits at
+        most connect_timeout + read_timeout, and botocore sleeps at most min(2**(i-1), 20) + 5 s
+        before retry i. Bodies that break off are fetched again at most max_attempts times
+        (client.read_object, s3transfer), but a request botocore gave up on is never retried
+        on top (client.py), so this bounds a call against a stalled server."""
+        backoff = sum(min(2.0 ** (i - 1), _BACKOFF_MAX) + _RETRY_AFTER_EXTRA for i in range(1, self.max_attempts))
+        return self.max_attempts * (self.connect_timeout + self.read_timeout) + backoff
 
     def __repr__(self) -> str:  # explicit so a future field can never leak a secret by default
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
@@ -73,11 +98,31 @@ class S3Config:
 
 
 def _first(names: tuple[str, ...]) -> str | None:
+    return _first_named(names)[1]
+
+
+def _first_named(names: tuple[str, ...]) -> tuple[str, str | None]:
+    """(the variable that is set, its value), or (the first name, None)."""
     for name in names:
         value = os.environ.get(name)
         if value:
-            return value
-    return None
+            return name, value
+    return names[0], None
+
+
+def _positive(name: str, kind: type, default: float) -> float:
+    """A number > 0 from the environment; anything else is an error naming the variable (a
+    typo must not silently mean "wait forever" or "never retry")."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = kind(value.strip())
+    except ValueError:
+        number = 0
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{name}={value!r}: expected {'a whole number' if kind is int else 'seconds'} > 0")
+    return number
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -94,12 +139,28 @@ def _flag(name: str, default: bool) -> bool:
     raise ValueError(f"{name}={value!r}: expected true/false, 1/0, yes/no or on/off")
 
 
-def _endpoint_url(server: str | None, port: int | None, is_secure: bool) -> str | None:
-    """ModelArts gives 'obs.cn-north-4.myhuaweicloud.com' without a scheme; boto3 wants a URL."""
+def strip_userinfo(url: str) -> str:
+    """The URL without `user:password@`: what may be shown of an endpoint."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _endpoint_url(server: str | None, port: int | None, is_secure: bool, source: str = "S3_ENDPOINT") -> str | None:
+    """ModelArts gives 'obs.cn-north-4.myhuaweicloud.com' without a scheme; boto3 wants a URL.
+
+    An endpoint with user info (`http://AK:SK@host`) is refused, naming it without the user
+    info: keys in a URL end up in process listings, shell histories and logs, and botocore
+    would not use them anyway (it would send them to the host as a name to resolve)."""
     if not server:
         return None
     if "://" not in server:
         server = f"{'https' if is_secure else 'http'}://{server}"
+    if "@" in urlsplit(server).netloc:
+        raise ValueError(f"{source}: the endpoint {strip_userinfo(server)} was given with user info "
+                         f"(user:password@ before the host), which is refused: set the keys in "
+                         f"ACCESS_KEY_ID and SECRET_ACCESS_KEY (or set_auth(ak=, sk=)) instead")
     if port:
         parts = urlsplit(server)
         server = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
@@ -175,7 +236,8 @@ def current() -> S3Config:
     is_secure = o.get("is_secure")
     if is_secure is None:
         is_secure = _flag("S3_USE_HTTPS", True)
-    endpoint = _endpoint_url(o.get("server") or _first(_ENDPOINT_VARS), o.get("port"), bool(is_secure))
+    source, server = ("set_auth(server=...)", o["server"]) if o.get("server") else _first_named(_ENDPOINT_VARS)
+    endpoint = _endpoint_url(server, o.get("port"), bool(is_secure), source)
     if o.get("path_style") is not None:
         style = "path" if o["path_style"] else "virtual"
     else:
@@ -195,6 +257,9 @@ def current() -> S3Config:
         session_token=o.get("session_token") or _first(_TOKEN_VARS),
         region=region, addressing_style=style, list_objects_v1=bool(list_v1),
         verify_ssl=bool(o["ssl_verify"]) if o.get("ssl_verify") is not None else _flag("S3_VERIFY_SSL", True),
+        connect_timeout=_positive("S3_CONNECT_TIMEOUT", float, DEFAULT_CONNECT_TIMEOUT),
+        read_timeout=_positive("S3_READ_TIMEOUT", float, DEFAULT_READ_TIMEOUT),
+        max_attempts=int(_positive("S3_MAX_ATTEMPTS", int, DEFAULT_MAX_ATTEMPTS)),
     )
     if o.get("client_timeout") is not None:
         values["connect_timeout"] = values["read_timeout"] = float(o["client_timeout"])

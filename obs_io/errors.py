@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError,
-                                 PartialCredentialsError, ResponseStreamingError)
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                 EndpointConnectionError, IncompleteReadError, NoCredentialsError,
+                                 PartialCredentialsError, ReadTimeoutError, ResponseStreamingError)
 from s3transfer.exceptions import RetriesExceededError, S3UploadFailedError
 
 from . import config as _config
+from . import redact as _redact
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -72,14 +74,20 @@ class StorageError(MoxFileRespException):
     """Any other error answer of the store: an OSError and moxing's MoxFileRespException."""
 
 
+class Unreachable(ConnectionError, MoxFileRespException):
+    """No answer from the store after the retries (refused, timed out, connection closed): a
+    ConnectionError and moxing's MoxFileRespException, with `resp` None."""
+
+
 # What users read ("FileNotFoundError: obs://b/x: no such object or folder", in logs and on the
 # command line) names the builtin each class is, as before moxing's classes were added; their
 # own names stay in __qualname__, by which worker processes report errors (workers.py).
 for _cls, _shown in ((ObjectNotFound, "FileNotFoundError"), (AccessDenied, "PermissionError"),
-                     (StreamBroken, "ConnectionError"), (StorageError, "OSError")):
+                     (StreamBroken, "ConnectionError"), (StorageError, "OSError"), (Unreachable, "ConnectionError")):
     _cls.__name__ = _shown
 
-MOXING_ERRORS = (ObjectNotFound, AccessDenied, StreamBroken, ObjectChanged, StorageError, MoxFileRespException,
+MOXING_ERRORS = (ObjectNotFound, AccessDenied, StreamBroken, ObjectChanged, StorageError, Unreachable,
+                 MoxFileRespException,
                  MoxFileReadException, MoxFileNotExistsException, MoxFileNameDuplicateException)
 
 
@@ -88,57 +96,123 @@ def _with_resp(error: _MoxFileBaseRespException, status, code: str, message: str
     return error
 
 
+class RequestGaveUp(Exception):
+    """botocore's last error for a request it retried up to max_attempts times, re-raised as
+    this (client.py) so that s3transfer, which fetches a download again on a read timeout,
+    does not start the whole series of tries once more. `error` is botocore's exception."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _current() -> _config.S3Config | None:
+    """The configuration, or None when it cannot be built (a bad variable: its own error)."""
+    try:
+        return _config.current()
+    except ValueError:
+        return None
+
+
 def scrub(text: str) -> str:
-    """Remove the configured secrets from text, whatever put them there."""
-    cfg = _config.current()
-    for secret in (cfg.secret_key, cfg.session_token, cfg.access_key):
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+    """Remove the configured secrets (and any SigV4 credential) from text, whatever put them there."""
+    cfg = _current()
+    extra = (cfg.secret_key, cfg.session_token, cfg.access_key) if cfg else ()
+    return _redact.scrub(text, extra)
+
+
+def endpoint_shown() -> str:
+    """The endpoint as messages name it: its URL without user info, or what boto3 falls back to."""
+    cfg = _current()
+    return _config.strip_userinfo(cfg.endpoint) if cfg and cfg.endpoint else "the default AWS S3 endpoint"
 
 
 def _bucket_of(url: str) -> str:
     return url.split("://", 1)[-1].split("/", 1)[0]
 
 
+# What to check, per credential error code: the one line tells which setting is wrong.
+_CHECK = {
+    "InvalidAccessKeyId": "the access key id is unknown there; check ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": "the secret key does not match the access key id; check SECRET_ACCESS_KEY",
+    "ExpiredToken": "the session token has expired; renew SESSION_TOKEN",
+    "TokenRefreshRequired": "the session token has expired; renew SESSION_TOKEN",
+    "InvalidToken": "the session token is not valid; check SESSION_TOKEN",
+}
+_RETRIED_STATUS = {500, 502, 503, 504}
+
+
+def _bound_hint(cfg: _config.S3Config | None) -> str:
+    if cfg is None:
+        return ""
+    return (f" ({cfg.max_attempts} attempt(s), connect timeout {cfg.connect_timeout:g}s, read timeout "
+            f"{cfg.read_timeout:g}s: S3_MAX_ATTEMPTS, S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT)")
+
+
+def _client_error(err: ClientError, url: str) -> _MoxFileBaseRespException:
+    error = err.response.get("Error", {})
+    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = str(error.get("Code") or status or "")
+    message = scrub(str(error.get("Message") or code))
+    where = endpoint_shown()
+    if code == "NoSuchBucket":
+        found = ObjectNotFound(f"bucket {_bucket_of(url)!r} does not exist at {where} (while accessing {url})")
+    elif code in _NOT_FOUND:
+        found = ObjectNotFound(f"{url}: no such object or folder")
+    elif code in _DENIED:
+        check = _CHECK.get(code, "check ACCESS_KEY_ID/SECRET_ACCESS_KEY and the bucket's permissions")
+        found = AccessDenied(f"{url}: access denied by {where} ({code}): {check}")
+    elif code in ("PreconditionFailed", "412"):
+        found = ObjectChanged(f"{url}: the object changed while it was read ({code})")
+    else:
+        retried = _bound_hint(_current()) if status in _RETRIED_STATUS or code in ("SlowDown", "503") else ""
+        found = StorageError(f"{url}: object storage at {where} answered {status} {code}: {message}{retried}")
+    return _with_resp(found, status, code, message)
+
+
+def _connection_error(err: BaseException, url: str) -> OSError:
+    """No answer at all, after the retries: what failed, where, and the bound that applied."""
+    cfg, where = _current(), endpoint_shown()
+    if isinstance(err, EndpointConnectionError) and not isinstance(err, ConnectTimeoutError):
+        what = f"cannot connect to object storage at {where}"
+    elif isinstance(err, ConnectTimeoutError):
+        what = f"connecting to object storage at {where} timed out"
+    elif isinstance(err, ReadTimeoutError):
+        what = f"object storage at {where} did not answer in time"
+    elif isinstance(err, ConnectionClosedError):
+        what = f"object storage at {where} closed the connection without an answer"
+    else:
+        what = f"object storage at {where} failed: {scrub(type(err).__name__ + ': ' + str(err))}"
+    return Unreachable(f"{url}: {what}{_bound_hint(cfg)}")
+
+
 def translate(err: BaseException, url: str) -> BaseException:
-    """The builtin exception that says what went wrong with `url`."""
+    """The builtin exception that says what went wrong with `url`, in one line naming the
+    endpoint for a failure of the store itself."""
+    if isinstance(err, RequestGaveUp):
+        err = err.error
+    if isinstance(err, RetriesExceededError) and err.last_exception is not None:
+        last = err.last_exception   # s3transfer: a download's body kept breaking off
+        if not isinstance(last, (IncompleteReadError, ResponseStreamingError)):
+            return _connection_error(last, url)
+        err = last
     if isinstance(err, ClientError):
-        error = err.response.get("Error", {})
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = str(error.get("Code") or status or "")
-        message = scrub(str(error.get("Message") or code))
-        if code == "NoSuchBucket":
-            found = ObjectNotFound(f"bucket {_bucket_of(url)!r} does not exist (while accessing {url})")
-        elif code in _NOT_FOUND:
-            found = ObjectNotFound(f"{url}: no such object or folder")
-        elif code in _DENIED:
-            found = AccessDenied(f"{url}: access denied ({code}); check the access key, secret key "
-                                 f"and the bucket's permissions")
-        elif code in ("PreconditionFailed", "412"):
-            found = ObjectChanged(f"{url}: the object changed while it was read ({code})")
-        else:
-            found = StorageError(f"{url}: object storage error {code}: {message}")
-        return _with_resp(found, status, code, message)
+        return _client_error(err, url)
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(f"{url}: no credentials; set ACCESS_KEY_ID and SECRET_ACCESS_KEY "
                             f"or call mox.file.set_auth(ak=..., sk=...)")
     if isinstance(err, S3UploadFailedError):
         # s3transfer wraps the ClientError in text only; recover its meaning from the text.
         text = str(err)
-        if any(c in text for c in ("AccessDenied", "(403)", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
-            return AccessDenied(f"{url}: access denied while uploading; check the access key, "
-                                f"secret key and the bucket's permissions")
-        if "NoSuchBucket" in text:
-            return ObjectNotFound(f"bucket {_bucket_of(url)!r} does not exist (while uploading {url})")
-        return StorageError(f"{url}: upload failed: {scrub(text)}")
+        for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "NoSuchBucket"):
+            if code in text:
+                return _client_error(ClientError({"Error": {"Code": code}}, "Upload"), url)
+        return StorageError(f"{url}: upload to {endpoint_shown()} failed: {scrub(text)}")
     if isinstance(err, (IncompleteReadError, ResponseStreamingError)):
-        return StreamBroken(f"{url}: the object's body broke off while it was read, also when "
-                            f"tried again: {scrub(type(err).__name__ + ': ' + str(err))}")
-    if isinstance(err, (BotoCoreError, RetriesExceededError)):
-        endpoint = _config.current().endpoint or "the default endpoint"
-        return ConnectionError(f"{url}: object storage at {endpoint} failed after retries: "
-                               f"{scrub(type(err).__name__ + ': ' + str(err))}")
+        return StreamBroken(f"{url}: the object's body broke off while it was read from {endpoint_shown()}, "
+                            f"also when tried again: {scrub(type(err).__name__ + ': ' + str(err))}")
+    if isinstance(err, BotoCoreError):
+        return _connection_error(err, url)
     return err
 
 
@@ -149,7 +223,7 @@ def translating(url: str, keep: type | tuple = ()):
     `keep`: exception types the caller handles itself (e.g. ClientError to inspect a 404)."""
     try:
         yield
-    except (ClientError, BotoCoreError, RetriesExceededError, S3UploadFailedError) as err:
+    except (ClientError, BotoCoreError, RetriesExceededError, S3UploadFailedError, RequestGaveUp) as err:
         if keep and isinstance(err, keep):
             raise
         raise translate(err, url) from None

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from . import config as _config
 from .client import get_client
 from .entries import DirEntry, StatResult
-from .errors import ObjectNotFound, translate, translating
+from .errors import AccessDenied, ObjectNotFound, endpoint_shown, translate, translating
 from .urls import ObjectURL, is_remote, join
 
 
@@ -98,9 +98,28 @@ class S3FS:
         except ClientError as err:
             error = translate(err, url)
             if not isinstance(error, FileNotFoundError):
-                raise error from None
+                raise self._explained(error, url, lambda: self.client().get_object(
+                    Bucket=u.bucket, Key=u.key, Range="bytes=0-0")["Body"].close()) from None
         self.check_bucket(url)
         return None
+
+    @staticmethod
+    def _explained(error: BaseException, url: str, probe) -> BaseException:
+        """A HEAD request's 403 comes without a body, so without the code that says whether the
+        access key id is unknown or the secret wrong: `probe` (a GET of the same thing, made
+        only after such a refusal) gets the code. Anything else is returned as it is."""
+        if not (isinstance(error, AccessDenied) and (error.resp or {}).get("code") == "403"):
+            return error
+        try:
+            with translating(url, keep=ClientError):
+                probe()
+        except ClientError as err:
+            better = translate(err, url)
+            if isinstance(better, AccessDenied):
+                return better
+        except OSError:
+            pass
+        return error
 
     def check_bucket(self, url: str) -> None:
         """Raise FileNotFoundError naming the bucket if it does not exist."""
@@ -111,8 +130,10 @@ class S3FS:
         except ClientError as err:
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404 or err.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
-                raise ObjectNotFound(f"bucket {bucket!r} does not exist (while accessing {url})") from None
-            raise translate(err, url) from None
+                raise ObjectNotFound(f"bucket {bucket!r} does not exist at {endpoint_shown()} "
+                                     f"(while accessing {url})") from None
+            raise self._explained(translate(err, url), url, lambda: self.client().list_objects_v2(
+                Bucket=bucket, MaxKeys=1)) from None
 
     def pages(self, url: str, prefix: str, delimiter: str | None = None, max_keys: int | None = None):
         """ListObjects pages (v2, or v1 with Marker for parallel-file-system buckets)."""

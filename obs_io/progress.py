@@ -55,9 +55,10 @@ class Progress:
             self._last_log = now
             log.info(self._line())
 
-    def close(self) -> None:
+    def close(self, done: bool = True) -> None:
+        """End the bar; log the totals only for a batch that completed (done)."""
         with self._lock:
             if self._bar is not None:
                 self._bar.close()
-            if self._enabled:
+            if self._enabled and done:
                 log.info("%s (done in %.1fs)", self._line(), time.monotonic() - self._start)

@@ -9,12 +9,17 @@ processes are batch.py's; the worker processes run execute_remote() from here.
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime
+import errno
 import hashlib
+import logging
 import os
+import posixpath
 import re
 import shutil
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -29,6 +34,21 @@ from .progress import Progress
 from .urls import ObjectURL, is_remote
 
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+log = logging.getLogger("obs_io")
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """A full disk (or quota) while writing the local file `path` is one line naming the file,
+    not errno's text naming a temporary name; the temporary file is removed by its owner
+    (atomic.Landing, or s3transfer for its own), so nothing partial is left."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in _FULL:
+            raise OSError(err.errno, f"{_FULL[err.errno]} writing {path}") from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -162,7 +182,7 @@ def _done(task: CopyTask, progress: Progress | None) -> None:
 def copy_local(task: CopyTask, progress: Progress | None) -> None:
     """A local file to a local file, published by rename once its size is checked. Not
     durable (atomic.py): a bulk copy, like the downloads."""
-    with Landing(task.dst, durable=False) as temp:
+    with writing(task.dst), Landing(task.dst, durable=False) as temp:
         shutil.copyfile(task.src, temp)
         verify(task, temp)
     _done(task, progress)
@@ -223,7 +243,8 @@ def _get_small(task: CopyTask, cfg: _config.S3Config, progress: Progress | None)
     with translating(task.src):
         body, response = read_object(cfg, u.bucket, u.key, **pinned)
     verify(task, body, response)
-    write_atomic(task.dst, body, durable=False)
+    with writing(task.dst):
+        write_atomic(task.dst, body, durable=False)
     _done(task, progress)
 
 
@@ -236,7 +257,7 @@ def _execute_managed(tasks: list[CopyTask], threads: int, progress: Progress | N
     with TransferManager(get_client(cfg), tconfig) as manager:
         submitted.extend((t, *_submit(manager, t, progress)) for t in tasks)
         for task, landing, fut in submitted:
-            with translating(task.src if is_remote(task.src) else task.dst):
+            with writing(task.dst), translating(task.src if is_remote(task.src) else task.dst):
                 fut.result()
             if landing is not None:
                 verify(task, landing.temp)
@@ -259,3 +280,31 @@ def download_fileobj(url: str, fileobj, size: int, threads: int = 8) -> None:
     cfg = _config.current()
     with translating(url), TransferManager(get_client(cfg), transfer_config(cfg, size, threads, True)) as manager:
         manager.download(u.bucket, u.key, fileobj).result()
+
+
+def abort_stale_uploads(tasks: list[CopyTask], started: datetime.datetime) -> int:
+    """Abort the multipart uploads that an interrupted run of this copy left: those of the keys
+    these tasks write in multipart (parts cost storage until aborted, and are invisible in
+    listings), initiated before `started` (this run's start, before any of its own uploads).
+    One ListMultipartUploads series per bucket, under the keys' common prefix, and only when
+    some task is a multipart one. Returns how many were aborted."""
+    cfg = _config.current()
+    wanted: dict[str, set[str]] = {}
+    for t in tasks:
+        if is_remote(t.dst) and t.size >= cfg.multipart_threshold:
+            u = ObjectURL.parse(t.dst)
+            wanted.setdefault(u.bucket, set()).add(u.key)
+    aborted = 0
+    for bucket, keys in wanted.items():
+        prefix = posixpath.commonprefix(sorted(keys))
+        client = get_client(cfg)
+        with translating(f"s3://{bucket}/{prefix}"):
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Key"] in keys and upload["Initiated"] < started:
+                        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                        aborted += 1
+    if aborted:
+        log.info("aborted %d multipart upload(s) left by an interrupted copy", aborted)
+    return aborted

@@ -2,9 +2,11 @@
 
 It records every request (method, path, Range, status, response body size) so tests can count
 what was fetched, and injects faults: 503 SlowDown answers and dropped connections for a share
-of requests. The choice is a hash of (seed, request, how often this request was seen), so a run
-is reproducible whatever the thread interleaving, and a request is faulted at most
-`max_faults` times in a row, so a client with retries always gets through.
+of requests, 500 InternalError for a share (error500), and, for a test of timeouts, a stall:
+requests that are read and never answered (stall). The choice is a hash of (seed, request, how
+often this request was seen), so a run is reproducible whatever the thread interleaving, and a
+request is faulted at most `max_faults` times in a row, so a client with retries always gets
+through.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ class Record:
     method: str
     path: str            # with query string
     range: str | None
-    status: int          # 0 for a dropped connection
+    status: int          # 0 for a dropped connection, -1 for a stalled request
     body_bytes: int      # response body bytes sent to the client
     headers: dict        # request headers, lower-case names
 
@@ -77,9 +79,12 @@ class FaultProxy:
     """
 
     def __init__(self, upstream: str, seed: int = 0, slowdown: float = 0.0, drop: float = 0.0,
-                 max_faults: int = 2, tls: bool = False):
+                 max_faults: int = 2, tls: bool = False, error500: float = 0.0):
         self.upstream = urlsplit(upstream)
         self.seed, self.slowdown, self.drop, self.max_faults = seed, slowdown, drop, max_faults
+        self.error500 = error500
+        self.stall = None  # callable (method, path) -> bool: read the request, never answer it
+        self._closing = threading.Event()  # set on exit: stalled handlers end
         self.records: list[Record] = []
         self.rules: list = []
         self.corrupt = None  # callable (method, path) -> bool: flip the first body byte if true
@@ -105,6 +110,7 @@ class FaultProxy:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         # Kill kept-alive connections too: a cached boto3 client of a later test whose proxy
@@ -133,6 +139,8 @@ class FaultProxy:
             return "slowdown"
         if u < self.slowdown + self.drop:
             return "drop"
+        if u < self.slowdown + self.drop + self.error500:
+            return "error500"
         return None
 
     def _handler_class(self):
@@ -160,10 +168,12 @@ class FaultProxy:
                 for k, v in headers:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
+                # recorded before the client can have its answer: a test that checks the records
+                # right after a call returns sees every request of it
+                self._record(status, 0 if self.command == "HEAD" else len(body))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
-                self._record(status, 0 if self.command == "HEAD" else len(body))
 
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -174,7 +184,16 @@ class FaultProxy:
                         status, code = hit
                         self._send(status, error_xml(code), [("Content-Type", "application/xml")])
                         return
+                if proxy.stall is not None and proxy.stall(self.command, self.path):
+                    self._record(-1, 0)       # -1: stalled; the client gives up, or we exit
+                    proxy._closing.wait()
+                    self.close_connection = True
+                    return
                 fault = proxy._decide(self.command, self.path)
+                if fault == "error500":
+                    self._send(500, error_xml("InternalError", "We encountered an internal error."),
+                               [("Content-Type", "application/xml")])
+                    return
                 if fault == "slowdown":
                     self._send(503, SLOWDOWN_XML, [("Content-Type", "application/xml")])
                     return
@@ -203,8 +222,8 @@ class FaultProxy:
                     for k, v in resp.getheaders():
                         if k.lower() not in _HOP_BY_HOP or k.lower() == "content-length":
                             self.send_header(k, v)
-                    self.end_headers()
                     self._record(resp.status, 0)
+                    self.end_headers()
                     return
                 if data and proxy.corrupt is not None and proxy.corrupt(self.command, self.path):
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
@@ -220,10 +239,10 @@ class FaultProxy:
                 for k, v in headers:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
+                self._record(status, len(body) // 2)
                 self.end_headers()
                 self.wfile.write(body[:len(body) // 2])
                 self.wfile.flush()
-                self._record(status, len(body) // 2)
                 self.close_connection = True
                 try:
                     self.connection.shutdown(socket.SHUT_RDWR)

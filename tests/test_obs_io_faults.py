@@ -1,0 +1,235 @@
+"""Object storage that misbehaves, through tests/faultproxy.py on loopback: throttling (503
+SlowDown), dropped connections, 500 for a share of requests, bodies cut short, and a server that
+accepts connections and never answers. Each ends in identical bytes, or in one line naming the
+URL and the endpoint, within the bound the configuration sets (S3Config.worst_case_seconds)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from faultproxy import FaultProxy
+from s3server import ACCESS_KEY, SECRET_KEY, free_port
+
+import obs_io as mox
+from obs_io.client import get_client, transfer_config
+from obs_io.config import S3Config
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+# A stall test's bound: 2 tries of at most 0.5 + 1 s each, plus botocore's worst back-off.
+FAST = {"S3_CONNECT_TIMEOUT": "0.5", "S3_READ_TIMEOUT": "1", "S3_MAX_ATTEMPTS": "2"}
+
+
+@pytest.fixture(autouse=True)
+def _small_parts():
+    """Multipart and ranged downloads from 5 MiB, so a 12 MiB file has 3 parts."""
+    mox.reset_config()
+    mox.configure(multipart_threshold=5 * MiB, min_part_size=5 * MiB)
+    yield
+    mox.reset_config()
+
+
+@pytest.fixture
+def proxy(s3_server, s3_env, monkeypatch):
+    with FaultProxy(s3_server.endpoint, seed=7) as p:
+        monkeypatch.setenv("S3_ENDPOINT", p.endpoint)
+        yield p
+
+
+def make_files(base: Path) -> dict[str, bytes]:
+    data = {"big.bin": os.urandom(12 * MiB), "empty.txt": b""}
+    data.update({f"d/f{i}.dat": os.urandom(1000 + 997 * i) for i in range(8)})
+    for name, body in data.items():
+        (base / name).parent.mkdir(parents=True, exist_ok=True)
+        (base / name).write_bytes(body)
+    return data
+
+
+def assert_one_line(err: BaseException, *names: str) -> str:
+    text = f"{type(err).__name__}: {err}"
+    assert "\n" not in text, text
+    for name in names:
+        assert name in text, (name, text)
+    assert ACCESS_KEY not in text and SECRET_KEY not in text
+    return text
+
+
+def settled(proxy: FaultProxy) -> list:
+    """The proxy's records once no more arrive (it records a request after answering it)."""
+    n = -1
+    while n != len(proxy.records):
+        n = len(proxy.records)
+        time.sleep(0.2)
+    return list(proxy.records)
+
+
+# -- the bound ---------------------------------------------------------------------------------
+
+def test_default_worst_case_is_under_three_minutes(monkeypatch):
+    """A stalled server costs a request attempts x (connect + read timeout) plus botocore's
+    back-off (at most min(2**(i-1), 20) + 5 s before retry i): under 180 s by default."""
+    for name in ("S3_CONNECT_TIMEOUT", "S3_READ_TIMEOUT", "S3_MAX_ATTEMPTS"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = mox.current_config()
+    assert (cfg.connect_timeout, cfg.read_timeout, cfg.max_attempts) == (5.0, 20.0, 5)
+    backoff = sum(min(2 ** (i - 1), 20) + 5 for i in range(1, cfg.max_attempts))
+    worst = cfg.max_attempts * (cfg.connect_timeout + cfg.read_timeout) + backoff
+    assert cfg.worst_case_seconds() == worst == 160.0 < 180
+    # what the client and s3transfer get is that configuration, nothing of their own defaults
+    conf = get_client(cfg).meta.config
+    assert (conf.connect_timeout, conf.read_timeout) == (5.0, 20.0)
+    assert conf.retries == {"mode": "standard", "total_max_attempts": 5}
+    assert transfer_config(cfg, 100 * MiB, 8, download=True).num_download_attempts == 5
+
+
+def test_timeouts_and_attempts_from_the_environment(monkeypatch):
+    for name, value in FAST.items():
+        monkeypatch.setenv(name, value)
+    cfg = mox.current_config()
+    assert (cfg.connect_timeout, cfg.read_timeout, cfg.max_attempts) == (0.5, 1.0, 2)
+    assert cfg.worst_case_seconds() == 2 * 1.5 + 1 + 5
+    mox.file.set_auth(client_timeout=3, retry=4)  # moxing's keywords win over the environment
+    cfg = mox.current_config()
+    assert (cfg.connect_timeout, cfg.read_timeout, cfg.max_attempts) == (3.0, 3.0, 4)
+    for name, bad in (("S3_READ_TIMEOUT", "0"), ("S3_CONNECT_TIMEOUT", "soon"), ("S3_MAX_ATTEMPTS", "2.5"),
+                      ("S3_READ_TIMEOUT", "inf"), ("S3_MAX_ATTEMPTS", "-1")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=f"{name}='{bad}'"):
+            mox.current_config()
+        monkeypatch.delenv(name)
+    assert S3Config(max_attempts=1, connect_timeout=2, read_timeout=3).worst_case_seconds() == 5
+
+
+# -- faults that pass: identical bytes ---------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["slowdown", "drop", "error500", "truncate"])
+def test_each_fault_kind_still_gives_identical_bytes(kind, tmp_path, bucket, proxy):
+    """Up (multipart and single PUTs), server-side copy, down (ranged and small GETs): every
+    kind of fault is retried to the same bytes."""
+    data = make_files(tmp_path / "src")
+    cut: list[str] = []
+    if kind == "truncate":   # the first GET of each object breaks off half-way
+
+        def first_get(method: str, path: str) -> bool:
+            if method == "GET" and "prefix=" not in path and path not in cut:
+                cut.append(path)
+                return True
+            return False
+        proxy.truncate = first_get
+    else:
+        setattr(proxy, kind, 0.3)
+    mox.file.copy_parallel(str(tmp_path / "src"), f"s3://{bucket}/up", is_processing=False)
+    mox.file.copy_parallel(f"s3://{bucket}/up", f"s3://{bucket}/copied", is_processing=False)
+    mox.file.copy_parallel(f"s3://{bucket}/copied", str(tmp_path / "down"), is_processing=False)
+    for name, body in data.items():
+        assert (tmp_path / "down" / name).read_bytes() == body, name
+    statuses = Counter(r.status for r in proxy.records)
+    injected = {"slowdown": statuses[503], "drop": statuses[0], "error500": statuses[500],
+                "truncate": len(cut)}
+    assert injected[kind] > 0, statuses   # the fault did happen
+    assert not [p for p in (tmp_path / "down").rglob(".*obsio*")]
+
+
+# -- faults that do not pass: one line naming the URL and the endpoint -----------------------
+
+def test_persistent_failures_are_one_line_oserrors_naming_the_endpoint(tmp_path, bucket, proxy, monkeypatch):
+    monkeypatch.setenv("S3_MAX_ATTEMPTS", "2")
+    (tmp_path / "f.txt").write_bytes(b"x")
+    mox.file.copy(str(tmp_path / "f.txt"), f"s3://{bucket}/ok.txt")
+    proxy.rules.append(lambda method, path: (500, "InternalError") if "broken" in path else None)
+    proxy.rules.append(lambda method, path: (403, "AccessDenied") if method == "PUT" and "ro/" in path else None)
+    url = f"s3://{bucket}/broken/x.bin"
+    with pytest.raises(OSError) as info:
+        mox.file.read(url, binary=True)
+    assert_one_line(info.value, url, proxy.endpoint, "500", "2 attempt(s)")
+    assert info.value.resp["status"] == 500
+    assert sum(1 for r in settled(proxy) if "broken" in r.path) == 2   # botocore's tries, no more
+    with pytest.raises(PermissionError) as info:   # a read-only bucket refuses the upload
+        mox.file.copy(str(tmp_path / "f.txt"), f"s3://{bucket}/ro/f.txt")
+    assert_one_line(info.value, f"s3://{bucket}/ro/f.txt", proxy.endpoint, "AccessDenied")
+    with pytest.raises(FileNotFoundError) as info:
+        mox.file.copy(str(tmp_path / "f.txt"), "s3://no-such-bucket-here/f.txt")
+    assert_one_line(info.value, "no-such-bucket-here", proxy.endpoint)
+    refused = f"http://127.0.0.1:{free_port()}"   # nobody listens there
+    monkeypatch.setenv("S3_ENDPOINT", refused)
+    with pytest.raises(ConnectionError) as info:
+        mox.file.list_directory(f"s3://{bucket}/x")
+    assert_one_line(info.value, f"s3://{bucket}/x", refused, "cannot connect")
+
+
+def run_cli(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "obs_io", *args], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    return r, time.monotonic() - start
+
+
+def test_cli_exit_2_and_one_line_for_each_storage_failure(tmp_path, bucket, proxy, s3_env):
+    (tmp_path / "f.txt").write_bytes(b"x")
+    proxy.rules.append(lambda method, path: (500, "InternalError") if "broken" in path else None)
+    proxy.rules.append(lambda method, path: (403, "AccessDenied") if method == "PUT" and "ro/" in path else None)
+    proxy.stall = lambda method, path: "stalled" in path
+    env = {**s3_env, "S3_ENDPOINT": proxy.endpoint, **FAST}
+    bound = S3Config(connect_timeout=0.5, read_timeout=1, max_attempts=2).worst_case_seconds()
+    refused = f"http://127.0.0.1:{free_port()}"
+    cases = [(("stat", f"s3://{bucket}/broken/x"), env, ("OSError", "500", proxy.endpoint)),
+             (("cp", str(tmp_path / "f.txt"), f"s3://{bucket}/ro/f.txt"), env, ("PermissionError", proxy.endpoint)),
+             (("ls", "s3://no-such-bucket-cli/x"), env, ("FileNotFoundError", "no-such-bucket-cli", proxy.endpoint)),
+             (("ls", f"s3://{bucket}/x"), {**env, "S3_ENDPOINT": refused}, ("ConnectionError", refused)),
+             (("cp", f"s3://{bucket}/stalled/x", str(tmp_path / "d")), env,
+              ("ConnectionError", "did not answer", proxy.endpoint))]
+    for args, environment, names in cases:
+        r, elapsed = run_cli(*args, env=environment)
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        for name in names:
+            assert name in r.stderr, (name, r.stderr)
+        assert SECRET_KEY not in r.stderr + r.stdout
+        assert elapsed < bound + 15, (args, elapsed)   # the interpreter's start included
+
+
+# -- a server that accepts connections and never answers ------------------------------------
+
+def stalled_calls(bucket: str, tmp_path: Path) -> list[tuple[str, object, int]]:
+    """(what, call, requests in flight at once): each must fail against a stalled server."""
+    (tmp_path / "up.txt").write_bytes(b"up")
+    return [("HEAD (read)", lambda: mox.file.read(f"s3://{bucket}/stall/small.txt"), 1),
+            ("GetObject (small download)", lambda: mox.file.copy_parallel(
+                f"s3://{bucket}/stall", str(tmp_path / "small"), file_list=["small.txt"]), 1),
+            ("ranged GetObjects (s3transfer)", lambda: mox.file.copy_parallel(
+                f"s3://{bucket}/stall", str(tmp_path / "big"), file_list=["big.bin"]), 3),
+            ("PutObject (upload)", lambda: mox.file.copy(str(tmp_path / "up.txt"), f"s3://{bucket}/stall/up.txt"), 1)]
+
+
+def test_a_stalled_server_fails_within_the_configured_bound(tmp_path, bucket, proxy, s3_server, monkeypatch):
+    """With 0.5 s to connect, 1 s to answer and 2 attempts, every kind of call fails in one
+    line after exactly 2 tries per request (s3transfer's re-reads do not multiply them: before,
+    a ranged download tried 2 x 2 times), within worst_case_seconds() (9 s here; about 2 s in
+    practice)."""
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="stall/small.txt", Body=b"small")
+    client.put_object(Bucket=bucket, Key="stall/big.bin", Body=os.urandom(12 * MiB))
+    for name, value in FAST.items():
+        monkeypatch.setenv(name, value)
+    cfg = mox.current_config()
+    bound = cfg.worst_case_seconds()
+    assert bound == 9.0
+    # listings answer (so plans are made), everything else under stall/ never does
+    proxy.stall = lambda method, path: "/stall/" in path and "prefix=" not in path
+    for what, call, in_flight in stalled_calls(bucket, tmp_path):
+        proxy.records.clear()
+        start = time.monotonic()
+        with pytest.raises(ConnectionError) as info:
+            call()
+        elapsed = time.monotonic() - start
+        assert_one_line(info.value, f"s3://{bucket}/stall/", proxy.endpoint, "did not answer", "S3_READ_TIMEOUT")
+        assert cfg.max_attempts * cfg.read_timeout * 0.9 <= elapsed < bound + 3, (what, elapsed)
+        # each request is tried max_attempts times, never max_attempts x s3transfer's re-reads
+        tries = Counter((r.method, r.path, r.range) for r in proxy.records if r.status == -1)
+        assert tries and set(tries.values()) == {cfg.max_attempts} and len(tries) <= in_flight, (what, tries)
+    assert not [p for p in tmp_path.rglob(".*obsio*")]
