@@ -39,10 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import reshard
 
-            # bad input, and storage that refuses or lacks what the user named (obs_io raises
-            # these builtins with the URL in their one line): exit 2, not "a bug"
-            user_errors: tuple[type[BaseException], ...] = (EntryError, reshard.ReshardError,
-                                                             FileNotFoundError, PermissionError)
+            # bad input, and storage that refuses, lacks, or does not answer (obs_io raises
+            # OSError subclasses naming the URL and endpoint; a full disk is OSError too): exit 2
+            user_errors: tuple[type[BaseException], ...] = (EntryError, reshard.ReshardError, OSError)
             argv = sys.argv[1:] if argv is None else argv
             if argv[:1] == ["verify"]:   # `cloud-entry verify <path or URL>`: no job, no config
                 return verify(argv[1:])

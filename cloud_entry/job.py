@@ -33,7 +33,7 @@ from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
 from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_dir
 from reshard import integrity
-from reshard.sources import output_name, overlaps
+from reshard.sources import check_writable, output_name, overlaps, probe_writable
 
 log = logging.getLogger("cloud_entry")
 # Seconds a failure marker written before this entry started may still be this attempt's (the
@@ -108,22 +108,6 @@ def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, convertin
                              "or --shared_dir")
 
 
-def _writable_folder(path: str, flag: str) -> None:
-    """Without writing: the nearest existing ancestor of `path` must be a folder on a writable
-    file system that this user may write into (a file in the way, a read-only mount, a folder of
-    another user are found now, named by the flag, not as a traceback after the conversion)."""
-    probe = path
-    while not os.path.lexists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise EntryError(f"{flag}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK) or os.statvfs(probe).f_flag & os.ST_RDONLY:
-        raise EntryError(f"{flag}: cannot write in {probe} (read-only or not this user's)")
-
-
 def probe_outputs(p: "JobPlan") -> None:
     """Write access, tried for real before any download or conversion: the local folders are
     created (what the job does next anyway) and a probe object is put and removed under
@@ -133,12 +117,7 @@ def probe_outputs(p: "JobPlan") -> None:
     flag = f"--output_dir={job.output_dir}" if job.output_dir else f"output folder {layout.output_dir}"
     for folder, name in ((layout.work_dir, f"--work_dir={job.work_dir}" if job.work_dir else flag),
                          (layout.output_dir, flag)):
-        try:
-            os.makedirs(folder, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
-            raise EntryError(f"{name}: cannot write in {folder}: {exc.strerror or exc}") from None
+        probe_writable(folder, name)
     if obs_io.is_remote(layout.remote_save_url):
         probe = join(layout.remote_save_url, f".cloud_entry_write_probe_node{p.cluster.node_index}_{os.getpid()}")
         try:
@@ -208,8 +187,8 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
                     source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
                     job.remote_save_url.rstrip("/"))
     _check_locations(job, layout, cluster, converting)
-    _writable_folder(layout.output_dir, f"--output_dir={job.output_dir}" if job.output_dir
-                     else f"output folder {layout.output_dir}")
+    check_writable(layout.output_dir, f"--output_dir={job.output_dir}" if job.output_dir
+                   else f"output folder {layout.output_dir}")
     # What defines the result, and nothing node-local: nodes with different output folders agree.
     result = {"source": [job.load_checkpoint, list(source.identity) if source else []],
               "strategies": identities, "world": cluster.world_size, "nodes": cluster.num_nodes,

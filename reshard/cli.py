@@ -32,7 +32,8 @@ from . import integrity
 from .blocks import plan_blocks
 from .execute import LOG_NAME
 from .plan import human_size, ranks_text
-from .sources import (SourceEntry, SourceSet, check_output, check_prefix, classify, is_url,
+from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
+                      is_url, probe_writable,
                       split_url, strategy_files)
 from .strategy import Strategy
 
@@ -358,8 +359,10 @@ def convert_from_args(argv=None) -> int:
     if args.dst_checkpoint_dir and source is not None:   # MindFormers' layout
         args.dst_checkpoint = _join(args.dst_checkpoint_dir, source.name)
     if args.dst_checkpoint and not args.dry_run:
-        check_output(args.dst_checkpoint, "--dst_checkpoint" if not args.dst_checkpoint_dir
-                     else "--dst_checkpoint_dir", {f"--{f}": getattr(args, f) for f in _INPUTS})
+        flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
+        check_output(args.dst_checkpoint, flag, {f"--{f}": getattr(args, f) for f in _INPUTS})
+        if not is_url(args.dst_checkpoint):
+            check_writable(args.dst_checkpoint, f"{flag} {args.dst_checkpoint}")
     stage = _Stage()
     try:
         return _convert(args, stage, source)
@@ -439,6 +442,8 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
         return 0
     upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
     dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
+    if not upload:
+        probe_writable(dst_local, f"--dst_checkpoint {dst_local}")
     if upload:
         _show_as(dst_local, upload)
     log.info("converting %s -> %s: destination ranks %s of %d%s", source.root,
@@ -541,6 +546,10 @@ def run_command(prog: str, body) -> int:
             # stdout's reader is gone: say nothing more there (a later flush would fail again)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141
+        except OSError as e:   # the environment, not the input: a full disk, a refused folder
+            log.debug("failed", exc_info=True)
+            print(f"{prog}: error: {_user_text(one_line(e, (OSError,)))}", file=sys.stderr)
+            return 2
 
 
 def main(argv=None) -> int:

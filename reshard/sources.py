@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import re
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
@@ -370,6 +371,34 @@ def check_output(dst: str, dst_flag: str, inputs: Mapping[str, str | None]) -> N
         if location and overlaps(dst, location):
             raise ReshardError(f"{dst_flag} {dst} overlaps {flag} {location}: refusing to write "
                                f"into an input (choose another output folder)")
+
+
+def check_writable(path: str, what: str) -> None:
+    """Without writing anything: the nearest existing ancestor of local `path` must be a folder,
+    on a file system mounted writable, that this user may write into. ReshardError naming
+    `what` (the user's flag and value) and the folder in the way. Found before a plan is made,
+    not as a traceback after the conversion."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ReshardError(f"{what}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK) or os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise ReshardError(f"{what}: cannot write in {probe} (read-only or not this user's)")
+
+
+def probe_writable(folder: str, what: str) -> None:
+    """Create local `folder` (what the conversion does next anyway) and a temporary file in it:
+    write access tried for real, before any transfer or conversion. ReshardError naming `what`."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ReshardError(f"{what}: cannot write in {folder}: {exc.strerror or exc}") from None
 
 
 def _parent(location: str) -> str:

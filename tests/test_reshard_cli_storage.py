@@ -61,8 +61,9 @@ def test_remote_source_downloads_only_what_the_plan_reads(data, tmp_path, bucket
                  f"{base}/s4", "--dst_checkpoint", f"{base}/out4"]) == 0
     assert (f"{base}/ms4", ["unrelated.ckpt"]) in copies
     assert sorted(mox.list_directory(f"{base}/out4", recursive=True)) == \
-        ["rank_0", "rank_0/checkpoint_0.ckpt", "rank_1", "rank_1/checkpoint_1.ckpt", "rank_2",
-         "rank_2/checkpoint_2.ckpt", "rank_3", "rank_3/checkpoint_3.ckpt"]
+        ["conversion_manifest.json", "rank_0", "rank_0/checkpoint_0.ckpt", "rank_1",
+         "rank_1/checkpoint_1.ckpt", "rank_2", "rank_2/checkpoint_2.ckpt", "rank_3",
+         "rank_3/checkpoint_3.ckpt"]
 
 
 def test_missing_objects_and_buckets(data, tmp_path, bucket, capsys):

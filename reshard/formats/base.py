@@ -94,13 +94,17 @@ class _Checksummed:
     """The temporary file, counting and CRC32-summing every byte written: the set's integrity
     manifest records each file's size and checksum as it was written, not by reading it again."""
 
-    def __init__(self, f):
+    def __init__(self, f, path: str):
         self._f = f
+        self._path = path        # the final name, for the user's one line on a write error
         self.size = 0
         self.crc32 = 0
 
     def write(self, data) -> int:
-        n = self._f.write(data)
+        try:
+            n = self._f.write(data)
+        except OSError as exc:   # ENOSPC, EIO: name the file, not just the errno
+            raise OSError(exc.errno, f"{exc.strerror} writing", self._path) from None
         self.size += n
         self.crc32 = zlib.crc32(data, self.crc32)
         return n
@@ -134,7 +138,7 @@ class CheckpointWriter:
             seen.add(meta.name)
         folder, base = os.path.split(os.path.abspath(self.path))
         self.temp_path = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
-        self._file = _Checksummed(open(self.temp_path, "wb"))
+        self._file = _Checksummed(open(self.temp_path, "wb"), self.path)
         self._pos = 0            # index into metas of the value being written
         self._left: int | None = None  # bytes still due for metas[_pos]; None = not begun
         self._rows = 0           # axis-0 rows received for metas[_pos]
