@@ -208,7 +208,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
             leaders = [b.leader for b in blocks.led_by(convert_ranks)]
             if cluster.num_nodes > 1 and leaders:
                 for leader in leaders:
-                    markers.publish(layout.marker_dir, markers.Marker(markers.FAILED, leader, run_id,
+                    markers.publish_failure(layout.marker_dir, markers.Marker(markers.FAILED, leader, run_id,
                                                                       _one_line(exc)))
                 raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from None
             raise
@@ -369,7 +369,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     except BaseException as exc:
         log.debug("conversion failed", exc_info=True)
         for leader in leaders:
-            markers.publish(layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id,
+            markers.publish_failure(layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id,
                                                               _one_line(exc)))
         if not isinstance(exc, Exception) or isinstance(exc, BlockFailed) or not leaders:
             raise   # a stop request, another node's failure (already named), or no block of ours

@@ -50,6 +50,17 @@ def publish(store: str, marker: Marker) -> None:
     log.info("published %s", marker_name(marker.state, marker.rank))
 
 
+def publish_failure(store: str, marker: Marker) -> None:
+    """Publish a failure marker on a best-effort basis: the store may be what failed (a full
+    shared disk, object storage that stopped answering). The error being reported is the
+    user's line; not being able to tell the other nodes is a warning (they stop at their bound)."""
+    try:
+        publish(store, marker)
+    except OSError as exc:
+        log.warning("could not publish %s (the other nodes stop when their wait runs out): %s",
+                    marker_name(marker.state, marker.rank), exc)
+
+
 def parse(name: str, text: str, written: float = 0.0) -> Marker | None:
     m = _NAME.match(name)
     if not m:

@@ -110,7 +110,10 @@ class _Checksummed:
         return n
 
     def flush(self) -> None:
-        self._f.flush()
+        try:
+            self._f.flush()
+        except OSError as exc:   # buffered bytes meet the full disk here
+            raise OSError(exc.errno, f"{exc.strerror} writing", self._path) from None
 
     def fileno(self) -> int:
         return self._f.fileno()
