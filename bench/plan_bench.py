@@ -16,8 +16,10 @@ stage: the ranks of a stage write identical files, which load_strategy reads onc
 timed). Then a FRESH child process per size (so its peak RSS is that of planning alone) runs
 `load_strategy` of both and `plan_from_strategies(None, src, dst)` for every destination rank,
 and reports the wall time of those two steps and its peak RSS (ru_maxrss, interpreter and
-imports included). Each child is bounded by --timeout seconds. Goal: 4096 ranks in under 10 s
-and under 2 GB; growth should be about linear in ranks. Usage:
+imports included), the tensors and pieces planned and how many distinct Piece objects hold
+them (the planner shares equal pieces between tensors and ranks). Each child is bounded by
+--timeout seconds. Goal: 4096 ranks in under 10 s and under 2 GB; growth should be about
+linear in ranks. Usage:
 
     python3.11 dev.py bench plan_bench [--sizes 64,256] [--timeout 300] [--opt_shard -1|0]
                                        [--profile SIZE]   # cProfile the child of one size
@@ -131,10 +133,12 @@ def child(src_dir: str, dst_dir: str, profile: bool) -> None:
         prof.disable()
     tensors = sum(len(rp.tensors) for rp in plan.ranks)
     pieces = sum(len(t.pieces) for rp in plan.ranks for t in rp.tensors)
+    distinct = len({id(p) for rp in plan.ranks for t in rp.tensors for p in t.pieces})
     out = {"import_s": t1 - t0, "load_s": t2 - t1, "plan_s": t3 - t2,
            "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
            "ranks": len(plan.ranks), "params": len(src.layouts), "tensors": tensors,
-           "pieces": pieces, "src_ranks_read": len(plan.needed_source_ranks())}
+           "pieces": pieces, "distinct_pieces": distinct,
+           "src_ranks_read": len(plan.needed_source_ranks())}
     if prof is not None:
         import io
         import pstats
@@ -217,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {n}: done in {r['child_s']:.1f} s (child process)", flush=True)
         prev = r
     print()
-    print("| dst ranks | case | params | tensors / pieces planned | load_strategy x2 | plan | "
+    print("| dst ranks | case | params | tensors / pieces planned (distinct pieces) | "
+          "load_strategy x2 | plan | "
           "wall (load+plan) | peak RSS | vs previous: ranks, wall, RSS |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -226,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ratio = (f"{r['ratio_n']:.0f}x, {r['ratio_t']:.2f}x, {r['ratio_m']:.2f}x"
                  if r["ratio_t"] else "-")
-        print(f"| {r['n']} | {r['case']} | {r['params']} | {r['tensors']:,} / {r['pieces']:,} | "
+        print(f"| {r['n']} | {r['case']} | {r['params']} | {r['tensors']:,} / {r['pieces']:,} "
+              f"({r['distinct_pieces']:,}) | "
               f"{r['load_s']:.2f} s | {r['plan_s']:.2f} s | {r['wall']:.2f} s | "
               f"{_mb(r['maxrss'])} | {ratio} |")
     print()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 
 class LayoutError(ValueError):
@@ -102,13 +102,12 @@ class TensorLayout:
             block[0] = block[0] * self.opt_shard_size + opt
         return tuple(block)
 
-    @cached_property
+    @property
     def replicas(self) -> dict[tuple[int, ...], tuple[int, ...]]:
-        """block index -> local ranks holding it."""
-        out: dict[tuple[int, ...], list[int]] = {}
-        for r in range(self.devices):
-            out.setdefault(self.block_of(r), []).append(r)
-        return {b: tuple(rs) for b, rs in out.items()}
+        """block index -> local ranks holding it. Computed once per distinct grid and block
+        assignment (the stage aside), not per parameter: a 4096-rank strategy has thousands of
+        parameters but a handful of distinct layouts. Treat as read-only (shared)."""
+        return _replicas(self.dev_matrix, self.tensor_map, self.opt_shard_size)
 
     def full_shape(self, slice_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(slice_shape) != len(self.tensor_map):
@@ -132,6 +131,8 @@ class TensorLayout:
 
     def same_blocks(self, other: "TensorLayout") -> bool:
         """Same grid and same block for every local rank (stage aside)."""
+        if self is other:
+            return True
         return self.splits == other.splits and self.devices == other.devices and \
             self.replicas == other.replicas
 
@@ -139,27 +140,48 @@ class TensorLayout:
 def make_layout(dev_matrix, tensor_map, opt_shard_size: int, opt_shard_step: int,
                 stage: int = 0) -> TensorLayout:
     """From MindSpore's stored fields: tensor_map entries are ints or (nested) lists of ints
-    with -1 = not split; opt size -1 = every replica, 0 = none."""
+    with -1 = not split; opt size -1 = every replica, 0 = none. Equal fields give the same
+    (immutable) object, so a strategy of thousands of parameters holds a few layouts and their
+    cached properties are computed once."""
     dev = tuple(int(x) for x in dev_matrix)
     tm = []
     for entry in tensor_map:
         axes = entry if isinstance(entry, (list, tuple)) else [entry]
-        axes = tuple(int(k) for k in axes if int(k) != -1)
+        tm.append(tuple(int(k) for k in axes if int(k) != -1))
+    return _make_layout(dev, tuple(tm), int(opt_shard_size), int(opt_shard_step), int(stage))
+
+
+@lru_cache(maxsize=4096)
+def _make_layout(dev: tuple[int, ...], tm: tuple[tuple[int, ...], ...], size: int, step: int,
+                 stage: int) -> TensorLayout:
+    """make_layout on normalised (hashable) fields; errors are raised, not cached."""
+    for axes in tm:
         for k in axes:
             if not 0 <= k < len(dev):
                 raise LayoutError(f"tensor_map entry {k} outside dev_matrix {list(dev)}")
-        tm.append(axes)
-    base = TensorLayout(dev, tuple(tm), 1, 0, stage)
-    size = int(opt_shard_size)
+    base = TensorLayout(dev, tm, 1, 0, stage)
     if size == -1:
         size = base.devices // math.prod(base.model_splits or (1,))
-    if size > 1 and opt_shard_step != 0:
-        lay = TensorLayout(dev, tuple(tm), size, int(opt_shard_step), stage)
+    if size > 1 and step != 0:
+        lay = TensorLayout(dev, tm, size, step, stage)
         lay._opt_axes  # validate now
         return lay
     return base
 
 
+@lru_cache(maxsize=1024)
+def _replicas(dev_matrix: tuple[int, ...], tensor_map: tuple[tuple[int, ...], ...],
+              opt_shard_size: int) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """TensorLayout.replicas for these fields (block_of does not depend on the stage or the
+    optimizer shard step)."""
+    lay = TensorLayout(dev_matrix, tensor_map, opt_shard_size, 0)
+    out: dict[tuple[int, ...], list[int]] = {}
+    for r in range(lay.devices):
+        out.setdefault(lay.block_of(r), []).append(r)
+    return {b: tuple(rs) for b, rs in out.items()}
+
+
+@lru_cache(maxsize=64)
 def complete_layout(ndim: int) -> TensorLayout:
-    """A whole tensor on one device (a complete checkpoint)."""
+    """A whole tensor on one device (a complete checkpoint); one shared object per ndim."""
     return TensorLayout((1,), tuple(() for _ in range(ndim)))

@@ -8,9 +8,15 @@ a caller which source files to download.
 Two builds make a conversion: a skeleton from strategies alone (which source files the
 destination ranks read: Plan.needed_files), then the full plan from those files' headers (real
 shapes and dtypes, and every check). build_plan() is the one builder; _Planner holds its steps.
+
+At scale (thousands of destination ranks, thousands of parameters) the planner prepares each
+destination stage's parameters once (layouts, checks, geometry) and each distinct slice
+geometry once, so the work per rank is picking replicas; equal pieces, regions and shapes are
+one shared (immutable) object, so the plan's memory grows with its tensors, not its pieces.
 """
 from __future__ import annotations
 
+import heapq
 import math
 import os
 from dataclasses import dataclass, field
@@ -45,7 +51,7 @@ def _itemsize(dtype: str | None) -> int:
     return STORAGE_DTYPES[dtype].itemsize if dtype in STORAGE_DTYPES else 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Piece:
     """Copy `src_region` of the tensor in source file `src_file` into `dst_region` of the
     destination tensor. Regions: per dimension (start, stop) in elements. src_file is relative
@@ -57,7 +63,7 @@ class Piece:
     dst_region: Region
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorPlan:
     """One destination tensor: `shape` in elements (in blocks of the finest grid when planned
     without headers, where dtype is None), filled by `pieces` (or, when `carried`, one source
@@ -93,7 +99,7 @@ class TensorPlan:
         return self.chunk_rows() * (self.nbytes // max(1, self.shape[0]))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RankPlan:
     """One destination file: `path` relative to the destination folder (sources.output_name),
     its tensors in writing order."""
@@ -325,6 +331,85 @@ def build_plan(src: Strategy | None, dst: Strategy | None, source: SourceSet | N
     return _Planner(src, dst, source, headers, tuple(read), dst_ranks, prefix, fmt).plan()
 
 
+class _Cut:
+    """The slice of one destination block on one grid pair: its shape, and per source block
+    (index, region to copy relative to the source slice, region relative to the destination
+    slice, elements). Shared by every parameter and rank with that geometry; compared by
+    identity (a cache key)."""
+    __slots__ = ("shape", "parts")
+
+    def __init__(self, shape: tuple[int, ...],
+                 parts: tuple[tuple[tuple[int, ...], Region, Region, int], ...]):
+        self.shape, self.parts = shape, parts
+
+
+class _Grid:
+    """A full shape cut by a destination layout and a source grid: its cuts, per local rank and
+    per destination block, computed on demand."""
+    __slots__ = ("full", "dlay", "slay", "by_local", "by_block")
+
+    def __init__(self, full: tuple[int, ...], dlay: TensorLayout, slay: TensorLayout):
+        self.full, self.dlay, self.slay = full, dlay, slay
+        self.by_local: dict[int, _Cut] = {}
+        self.by_block: dict[tuple[int, ...], _Cut] = {}
+
+
+class _Replicas:
+    """The candidates of one source block in a skeleton (fixed: no header changes them) and a
+    heap of (load, rank) finding the least loaded in O(log n) instead of scanning every
+    replica per piece. Loads only grow, so an entry is a lower bound: an outdated top is
+    refreshed and the first exact top is the least (load, rank), as min() would pick."""
+    __slots__ = ("cands", "heap")
+
+    def __init__(self, cands: list[int], loads: dict[int, int]):
+        self.cands = cands
+        self.heap = [(loads.get(r, 0), r) for r in cands] if len(cands) > 1 else []
+        heapq.heapify(self.heap)
+
+    def pick(self, loads: dict[int, int]) -> int:
+        if not self.heap:
+            return self.cands[0]
+        heap = self.heap
+        while True:
+            load, r = heap[0]
+            now = loads.get(r, 0)
+            if now == load:
+                return r
+            heapq.heapreplace(heap, (now, r))
+
+
+class _Sources:
+    """Where the blocks of a set of source layouts live: block -> global ranks holding it (one
+    map per distinct set of source layouts, shared by their parameters), and per block the
+    skeleton's candidates."""
+    __slots__ = ("replicas", "blocks")
+
+    def __init__(self, replicas: dict[tuple[int, ...], list[int]]):
+        self.replicas = replicas
+        self.blocks: dict[tuple[int, ...], _Replicas] = {}
+
+    def candidates(self, block: tuple[int, ...], planner: _Planner) -> _Replicas:
+        got = self.blocks.get(block)
+        if got is None:
+            got = self.blocks[block] = _Replicas(planner.present(self.replicas[block]),
+                                                 planner.loads)
+        return got
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One laid-out parameter of one destination stage, prepared once for all its ranks.
+    file: the file every piece reads (a complete source), None: the picked rank's file.
+    error: the message to raise when a rank reaches it."""
+    name: str
+    dtype: str | None
+    itemsize: int
+    grid: _Grid
+    sources: _Sources
+    file: str | None
+    error: str | None
+
+
 class _Planner:
     """The steps of one build; the state they share."""
 
@@ -346,10 +431,16 @@ class _Planner:
         self.metas0: dict[str, TensorMeta] = {}    # name -> the reference meta (first holder)
         self.notes: list[str] = []
         self.loads: dict[int, int] = {}            # bytes (or blocks) planned per source rank
-        # parameter -> source block -> global ranks holding it: built once per parameter, not
-        # per destination tensor (that made planning grow with ranks x source devices)
-        self.replica_maps: dict[str, dict[tuple[int, ...], list[int]]] = {}
         self.dst_stages: set[int] = set()          # destination stages of the ranks planned
+        # Built once and shared, so planning grows with the ranks planned, not ranks x
+        # parameters x source devices, and the plan holds each distinct piece once:
+        self.stages: dict[int, tuple[list[_Entry], list[str]]] = {}   # destination stage ->
+        self.grids: dict[tuple, _Grid] = {}        # (full shape, destination grid, source grid)
+        self.sources_of: dict[tuple[TensorLayout, ...], _Sources] = {}  # source layouts ->
+        self.piece_tuples: dict[tuple, tuple[tuple[Piece, ...], frozenset[int]]] = {}
+        self.piece_objects: dict[tuple, Piece] = {}
+        self.tuples: dict[tuple, tuple] = {}       # regions and shapes
+        self.checked: set[tuple[str, int]] = set()  # (name, rank) slices compared with the first
 
     # -- the steps ------------------------------------------------------------------------
     def plan(self) -> Plan:
@@ -394,13 +485,20 @@ class _Planner:
         return ranks
 
     def holders_from_strategies(self) -> None:
-        """Without headers: the strategies' names; a name is held by the ranks of its stages."""
+        """Without headers: the strategies' names; a name is held by the ranks of its stages.
+        One list per set of stages, shared by the names of those stages (never appended to:
+        only the header steps add holders)."""
         src, dst = self.src, self.dst
         names = list(src.layouts) if src else list(dst.layouts) if dst else []
         keys = sorted(self.files) or list(range(src.world_size if src else 1))
+        by_stages: dict[frozenset[int] | None, list[int]] = {}
         for name in names:
-            self.holders[name] = [k for k in keys if src is None or
-                                  any(src.stage_of(k) == lay.stage for lay in src.layouts[name])]
+            stages = frozenset(lay.stage for lay in src.layouts[name]) if src else None
+            held = by_stages.get(stages)
+            if held is None:
+                held = by_stages[stages] = [k for k in keys if stages is None or
+                                            src.stage_of(k) in stages]
+            self.holders[name] = held
 
     def holders_of_complete_files(self) -> None:
         """Names of the files read, in source order. With an index, a tensor counts only in
@@ -507,72 +605,155 @@ class _Planner:
                               f"in the checkpoint and are skipped (e.g. {missing[0]})")
 
     def plan_rank(self, d: int) -> RankPlan:
-        """Destination rank d: its slice of every laid-out tensor, then the carried values."""
-        src, dst = self.src, self.dst
-        d_stage = dst.stage_of(d) if dst else 0
+        """Destination rank d: its slice of every laid-out tensor, then the carried values.
+        The per-parameter work (layouts, checks, geometry) is done once per destination stage
+        and grid (stage_entries, cut); per rank only the replicas are picked."""
+        d_stage = self.dst.stage_of(d) if self.dst else 0
         d_local = d % self.d_dev
+        laid, carried = self.stage_entries(d_stage)
         tensors: list[TensorPlan] = []
+        used: set[int] = set()
+        for e in laid:
+            if e.error is not None:
+                raise ReshardError(e.error)
+            cut = e.grid.by_local.get(d_local) or self.cut(e.grid, d_local)
+            pieces, stages = self.pieces(e, cut)
+            used |= stages
+            tensors.append(TensorPlan(e.name, e.dtype, cut.shape, pieces))
+        used_stages = sorted(used) or [0]
+        carry_rank = None
+        if self.headers is None:
+            carry_rank = used_stages[0] * self.s_dev + d_local % self.s_dev if self.src else 0
+        for name in carried:
+            tensors.append(self.carried(name, d_local % self.s_dev, used_stages))
+        return RankPlan(d, output_name(d, self.prefix, self.fmt), tuple(tensors), carry_rank)
+
+    def stage_entries(self, stage: int) -> tuple[list[_Entry], list[str]]:
+        """The parameters of one destination stage, in holders order: those laid out (with their
+        layouts, geometry and any error, raised when a rank reaches it, so errors come in the
+        order a rank-by-rank walk finds them) and the names carried as is."""
+        got = self.stages.get(stage)
+        if got is not None:
+            return got
+        src, dst = self.src, self.dst
+        laid: list[_Entry] = []
         carried: list[str] = []
-        for name in list(self.holders):      # (files read on demand add holders, not names)
+        for name in self.holders:      # (files read on demand add holders, not names)
             full = self.full[name]
-            dlay = dst.layout_in_stage(name, d_stage) if dst else complete_layout(len(full))
+            dlay = dst.layout_in_stage(name, stage) if dst else complete_layout(len(full))
             if dst is not None and dlay is None and name in dst.layouts:
                 continue                         # lives in another destination stage
             slays = list(src.layouts.get(name, ())) if src else [complete_layout(len(full))]
             if dlay is None or not slays:
                 carried.append(name)
                 continue
-            slays = [sl for sl in slays if sl.same_blocks(slays[0])]
-            if dlay.devices % slays[0].devices and slays[0].devices % dlay.devices:
-                raise ReshardError(f"parameter {name}: device counts do not divide "
-                                   f"({slays[0].devices} -> {dlay.devices})")
+            laid.append(self.entry(name, full, dlay, [sl for sl in slays
+                                                      if sl.same_blocks(slays[0])]))
+        self.stages[stage] = laid, carried
+        return laid, carried
+
+    def entry(self, name: str, full: tuple[int, ...], dlay: TensorLayout,
+              slays: list[TensorLayout]) -> _Entry:
+        """One laid-out parameter of a destination stage: its checks, its geometry (shared with
+        every parameter of the same shape and grids) and its source replicas (shared with every
+        parameter of the same source layouts)."""
+        dtype = self.dtypes[name]
+        s0, error = slays[0], None
+        if dlay.devices % s0.devices and s0.devices % dlay.devices:
+            error = (f"parameter {name}: device counts do not divide "
+                     f"({s0.devices} -> {dlay.devices})")
+        else:
             try:
                 dlay.check_divides(full)
+                self.check_storable(name, dtype, tuple(n // s for n, s in zip(full, dlay.splits)))
             except LayoutError as e:
-                raise ReshardError(f"parameter {name}: {e} (destination strategy "
-                                   f"{dst.source if dst else ''})") from None
-            dst_region = dlay.region(dlay.block_of(d_local), full)
-            shape = tuple(b - a for a, b in dst_region)
-            self.check_storable(name, self.dtypes[name], shape)
-            tensors.append(TensorPlan(name, self.dtypes[name], shape,
-                                      tuple(self.pieces(name, dst_region, slays))))
-        used_stages = sorted({p.src_rank // self.s_dev for t in tensors for p in t.pieces}) or [0]
-        carry_rank = None
-        if self.headers is None:
-            carry_rank = used_stages[0] * self.s_dev + d_local % self.s_dev if src else 0
-        for name in carried:
-            tensors.append(self.carried(name, d_local % self.s_dev, used_stages))
-        return RankPlan(d, output_name(d, self.prefix, self.fmt), tuple(tensors), carry_rank)
-
-    def pieces(self, name: str, dst_region: Region, src_lays: list[TensorLayout]) -> list[Piece]:
-        """Intersect the destination region with the source grid; one replica per source block,
-        the least loaded of those whose file holds the parameter."""
-        full = self.full[name]
-        if any(b <= a for a, b in dst_region):
-            return []                            # nothing to read for an empty region
-        lay = src_lays[0]
-        replicas = self.replica_maps.get(name)
-        if replicas is None:
-            replicas = self.replica_maps[name] = {}
-            for sl in src_lays:
+                error = (f"parameter {name}: {e} (destination strategy "
+                         f"{self.dst.source if self.dst else ''})")
+            except ReshardError as e:
+                error = str(e)
+        gkey = (full, dlay.dev_matrix, dlay.tensor_map, dlay.opt_shard_size, s0.splits)
+        grid = self.grids.get(gkey)
+        if grid is None:
+            grid = self.grids[gkey] = _Grid(full, dlay, s0)
+        skey = tuple(slays)
+        sources = self.sources_of.get(skey)
+        if sources is None:
+            replicas: dict[tuple[int, ...], list[int]] = {}
+            for sl in slays:
                 for block, local in sl.replicas.items():
                     replicas.setdefault(block, []).extend(sl.stage * self.s_dev + r for r in local)
+            sources = self.sources_of[skey] = _Sources(replicas)
+        file = self.files.get(self.holders[name][0], "<complete>") if self.complete else None
+        return _Entry(name, dtype, _itemsize(dtype), grid, sources, file, error)
+
+    def cut(self, grid: _Grid, local: int) -> _Cut:
+        """The slice destination local rank `local` holds on this grid and the source blocks
+        that fill it (one cut per block, shared by the ranks holding that block)."""
+        block = grid.dlay.block_of(local)
+        cut = grid.by_block.get(block)
+        if cut is None:
+            cut = grid.by_block[block] = self.make_cut(grid, block)
+        grid.by_local[local] = cut
+        return cut
+
+    def make_cut(self, grid: _Grid, block: tuple[int, ...]) -> _Cut:
+        """Intersect the destination block's region with the source grid: per source block,
+        the regions (relative to each) to copy and the elements copied."""
+        full, lay = grid.full, grid.slay
+        dst_region = grid.dlay.region(block, full)
+        shape = self.intern(tuple(b - a for a, b in dst_region))
+        if any(b <= a for a, b in dst_region):
+            return _Cut(shape, ())               # nothing to read for an empty region
         ranges = []
         for (a, b), n, s in zip(dst_region, full, lay.splits):
             bs = n // s
             ranges.append(range(a // bs, (b - 1) // bs + 1))
-        itemsize = _itemsize(self.dtypes[name])
-        out = []
-        for block in _product(ranges):
-            src_block = lay.region(block, full)
+        parts = []
+        for sblock in _product(ranges):
+            src_block = lay.region(sblock, full)
             inter = tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(dst_region, src_block))
-            rank = self.pick(self.holding(name, replicas[block], block))
-            self.loads[rank] = self.loads.get(rank, 0) + \
-                math.prod(b - a for a, b in inter) * itemsize
-            out.append(Piece(rank, self.file_of(rank, name),
-                             tuple((a - c, b - c) for (a, b), (c, _) in zip(inter, src_block)),
-                             tuple((a - c, b - c) for (a, b), (c, _) in zip(inter, dst_region))))
-        return out
+            parts.append((sblock,
+                          self.intern(tuple((a - c, b - c) for (a, b), (c, _) in
+                                            zip(inter, src_block))),
+                          self.intern(tuple((a - c, b - c) for (a, b), (c, _) in
+                                            zip(inter, dst_region))),
+                          math.prod(b - a for a, b in inter)))
+        return _Cut(shape, tuple(parts))
+
+    def pieces(self, e: _Entry, cut: _Cut) -> tuple[tuple[Piece, ...], frozenset[int]]:
+        """The pieces filling one tensor: per source block one replica, the least loaded of
+        those whose file holds the parameter; and the source stages they read. Equal pieces
+        (same ranks, files and regions: other parameters of the same geometry, other
+        destination ranks) are one shared tuple."""
+        loads, ranks = self.loads, []
+        for sblock, _, _, nelems in cut.parts:
+            if self.headers is None:
+                rank = e.sources.candidates(sblock, self).pick(loads)
+            else:
+                rank = self.pick(self.holding(e.name, e.sources.replicas[sblock], sblock))
+            loads[rank] = loads.get(rank, 0) + nelems * e.itemsize
+            ranks.append(rank)
+        key = (cut, tuple(ranks), e.file)
+        hit = self.piece_tuples.get(key)
+        if hit is None:
+            pieces = tuple(self.piece(rank, e.file, src_rel, dst_rel)
+                           for rank, (_, src_rel, dst_rel, _) in zip(ranks, cut.parts))
+            hit = self.piece_tuples[key] = pieces, frozenset(r // self.s_dev for r in ranks)
+        return hit
+
+    def piece(self, rank: int, file: str | None, src_rel: Region, dst_rel: Region) -> Piece:
+        """One shared Piece per (rank, file, regions)."""
+        if file is None:
+            file = self.files.get(rank, f"<rank {rank}>")
+        key = (rank, file, src_rel, dst_rel)
+        got = self.piece_objects.get(key)
+        if got is None:
+            got = self.piece_objects[key] = Piece(rank, file, src_rel, dst_rel)
+        return got
+
+    def intern(self, value: tuple) -> tuple:
+        """One shared tuple per distinct region or shape."""
+        return self.tuples.setdefault(value, value)
 
     def carried(self, name: str, local: int, used_stages: list[int]) -> TensorPlan:
         """MindSpore's rule for parameters without a layout: the value of source local rank
@@ -581,6 +762,13 @@ class _Planner:
         keys = self.holders[name]
         if self.complete:
             rank = 0
+        elif not keys:                 # a skeleton whose source folder lacks the name's stages
+            stage = self.src.layouts[name][0].stage
+            missing = f"rank_{stage * self.s_dev + local}"
+            raise ReshardError(f"{self.source.path_of(missing) if self.source else missing}: "
+                               f"missing or empty (the source strategy has "
+                               f"{self.src.world_size} ranks; parameter {name} is in its "
+                               f"stage {stage} only)")
         else:
             wanted = [st * self.s_dev + local for st in used_stages]
             rank = next((r for r in wanted if r in keys), None)
@@ -648,9 +836,7 @@ class _Planner:
         """The replicas whose file holds `name` (reading more replicas' files if none of those
         read does); without headers, those present in the source (or all)."""
         if self.headers is None:
-            present = [r for r in replicas if r in self.files]
-            return present if self.source is not None and not self.complete and present \
-                else replicas
+            return self.present(replicas)
         if self.complete:
             return replicas
         cands = [r for r in replicas if name in (self.headers.known(self.files.get(r, "")) or ())]
@@ -666,13 +852,24 @@ class _Planner:
                 raise ReshardError(f"parameter {name}: no source file holds its block "
                                    f"{list(block)} ({'; '.join(parts)})")
             for r in cands:
-                if name in self.metas0:
+                if name in self.metas0 and (name, r) not in self.checked:
                     self.check_same_slice(name, r)
+                    self.checked.add((name, r))
         return cands
+
+    def present(self, replicas: list[int]) -> list[int]:
+        """Without headers: the replicas present in the source (all when none is, or when no
+        source or a complete one is given)."""
+        present = [r for r in replicas if r in self.files]
+        return present if self.source is not None and not self.complete and present \
+            else replicas
 
     def pick(self, cands: list[int]) -> int:
         """The least-loaded replica (bytes already planned from it), so reads spread evenly."""
-        return min(cands, key=lambda r: (self.loads.get(r, 0), r))
+        if len(cands) == 1:
+            return cands[0]
+        loads = self.loads
+        return min(cands, key=lambda r: (loads.get(r, 0), r))
 
     def check_same_slice(self, name: str, key: int) -> None:
         m0, m = self.metas0[name], self.meta(key, name)
