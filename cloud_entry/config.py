@@ -39,7 +39,7 @@ MASK = "******"
 # Whole names or suffixes only: MindFormers configs are full of *_token_id / tokenizer keys
 # (pad_token_id, tokenizer_file) that must reach the launched command unmasked.
 SECRET_KEY = re.compile(r"(^|[_-])(access[_-]?key([_-]?id)?|secret([_-]?access)?([_-]?key)?|"
-                         r"password|passwd|(session|security|auth|access)[_-]?token|ak|sk)$|^token$", re.I)
+                         r"password|passwd|(session|security|auth|access)[_-]?token|credentials?|ak|sk)$|^token$", re.I)
 
 # JobSpec field -> top-level config key (MindFormers names).
 CONFIG_KEYS = {

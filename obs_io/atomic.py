@@ -84,7 +84,7 @@ def _owner_tag() -> str:
     return _owner[1]
 
 
-def _temp_name(path: str) -> str:
+def temp_name(path: str) -> str:
     """A hidden sibling of `path` (same folder, so the rename stays within one file system)
     that no reader mistakes for the real file and no two writers share, naming its writer."""
     folder, name = os.path.split(path)
@@ -152,7 +152,7 @@ class Landing:
         self.durable = durable
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)  # as on object storage, a file needs no existing folder
-        self.temp = _temp_name(os.path.abspath(path))
+        self.temp = temp_name(os.path.abspath(path))
 
     def commit(self) -> None:
         """Rename the finished temporary file to the final name (see the durability policy)."""

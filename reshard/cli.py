@@ -20,9 +20,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import sys
-import tempfile
 import threading
 from dataclasses import replace
 
@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry_run", action="store_true",
                    help="print the plan and the expected peak memory, write nothing (from "
                         "strategies alone when no checkpoint is given: shapes in blocks)")
+    p.add_argument("--work_dir", default=None, metavar="DIR",
+                   help="local folder for staging remote inputs and a remote output (default: "
+                        "beside a local output, else the working folder; never the system "
+                        "temporary folder); removed at the end, and by a rerun after a kill")
     p.add_argument("--log_dir", default=None, metavar="DIR",
                    help=f"one log file per converting process, {LOG_NAME.format(index='<i>')} "
                         "(default: none; MindFormers' shell form writes them to ./log)")
@@ -188,22 +192,45 @@ def _storage(flag: str, url: str):
         raise ReshardError(f"{flag} {url}: {text}") from None
 
 
-class _Stage:
-    """A temporary local folder for remote inputs and a remote output, made on first use."""
+STAGE_NAME = ".transform-checkpoint-stage"
 
-    def __init__(self):
-        self._tmp: tempfile.TemporaryDirectory | None = None
+
+def stage_root(args) -> str:
+    """Where remote inputs are staged and a remote output is written before its upload: under
+    --work_dir, else beside a local output (`.<name>.transform-checkpoint-stage`, on the disk
+    the output goes to; not inside it, where a staged source would overlap the output), else
+    in the working folder. Never the system temporary folder, where a killed run's copy of up
+    to the whole source would stay unbounded: the name is fixed, so a rerun finds and removes it."""
+    if args.work_dir:
+        return os.path.join(args.work_dir, STAGE_NAME)
+    dst = args.dst_checkpoint
+    if dst and not is_url(dst):
+        parent, name = os.path.split(os.path.abspath(dst.rstrip("/")))
+        return os.path.join(parent, f".{name}{STAGE_NAME}")
+    return os.path.abspath(STAGE_NAME)
+
+
+class _Stage:
+    """The staging folder (stage_root), made on first use and removed at the end; one that a
+    killed run left is removed first."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self._made = False
 
     def dir(self, name: str) -> str:
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="reshard-stage-")
-        path = os.path.join(self._tmp.name, name.strip("-"))
+        if not self._made:
+            if os.path.isdir(self.root):
+                log.info("removing %s, left by an interrupted run", self.root)
+                shutil.rmtree(self.root)
+            self._made = True
+        path = os.path.join(self.root, name.strip("-"))
         os.makedirs(path, exist_ok=True)
         return path
 
     def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
+        if self._made:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _strategy_arg(flag: str, location: str | None, stage: _Stage) -> Strategy | None:
@@ -283,7 +310,7 @@ def _run_mindspore(a, src: Strategy | None, dst: Strategy | None, stage: _Stage)
         src_dir = local
     if is_url(dst_dir):
         dst_dir = stage.dir("dst_checkpoint")
-    with tempfile.TemporaryDirectory(prefix="reshard-ms-") as tmp:
+    with contextlib.nullcontext(stage.dir("mindspore")) as tmp:
         if os.path.isfile(src_dir):
             os.makedirs(os.path.join(tmp, "src", "rank_0"))
             os.symlink(os.path.abspath(src_dir),
@@ -363,7 +390,7 @@ def convert_from_args(argv=None) -> int:
         check_output(args.dst_checkpoint, flag, {f"--{f}": getattr(args, f) for f in _INPUTS})
         if not is_url(args.dst_checkpoint):
             check_writable(args.dst_checkpoint, f"{flag} {args.dst_checkpoint}")
-    stage = _Stage()
+    stage = _Stage(stage_root(args))
     try:
         return _convert(args, stage, source)
     finally:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ReshardError
 from .formats import FormatError, TensorMeta, open_reader, open_writer
-from obs_io.atomic import write_atomic
+from obs_io.atomic import sweep, write_atomic
 from .plan import Plan, RankPlan
 
 log = logging.getLogger("reshard")
@@ -328,6 +328,9 @@ def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budg
     """Convert every rank of a full plan not already done (source files under src_root); at
     most process_num at once and never more than `budget` bytes of rank costs in flight."""
     fmt = plan.fmt
+    for folder in sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
+                         | {os.path.join(dst_root, MANIFEST_DIR)}):
+        sweep(folder)   # what a killed run of this plan left half-written
     todo, skipped = [], []
     for rp in plan.ranks:
         if is_done(src_root, dst_root, rp, fmt):

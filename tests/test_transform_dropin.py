@@ -335,7 +335,7 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
     assert stderr.strip() == f"transform-checkpoint: {INTERRUPTED}", stderr
     logs = "".join(open(f).read() for f in glob.glob(str(in_tmp / "log" / "*.log")))
     assert "Traceback" not in stdout + logs
-    left = [f for _, _, fs in os.walk(out) for f in fs if ".tmp-" in f]
+    left = [f for _, _, fs in os.walk(out) for f in fs if f.endswith(".tmp")]
     assert not left, f"temporary files left: {left}"
     interrupted = _finals(out)
     assert len(interrupted) < 8

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from obs_io.atomic import temp_name
 from reshard.formats.meta import FormatError, TensorMeta, storage_view
 from reshard.formats.regions import ByteSource, Extent, Region, normalize_region, read_region
 
@@ -139,8 +140,9 @@ class CheckpointWriter:
             if meta.name in seen:
                 raise FormatError(f"{self.path}: parameter {meta.name!r} listed twice")
             seen.add(meta.name)
-        folder, base = os.path.split(os.path.abspath(self.path))
-        self.temp_path = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
+        # obs_io's temporary names (hidden, naming this process): a rerun's sweep removes what a
+        # killed run left, and never the file of a writer still running
+        self.temp_path = temp_name(os.path.abspath(self.path))
         self._file = _Checksummed(open(self.temp_path, "wb"), self.path)
         self._pos = 0            # index into metas of the value being written
         self._left: int | None = None  # bytes still due for metas[_pos]; None = not begun

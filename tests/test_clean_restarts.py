@@ -1,0 +1,77 @@
+"""Clean restarts of the offline tool: what a killed run left (writers' temporary files in the
+rank folders, the staging folder of a remote source) is removed by the rerun, only ours; the
+staging folder is never in the system temporary folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reshard.cli import STAGE_NAME, main
+from tests import synth
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synth.world_8_4(tmp_path_factory.mktemp("restarts"), vocab=64, hidden=32, ffn=64)
+
+
+def _dead_writers_temp(folder: Path, name: str) -> Path:
+    """A temporary file named as a writer names it, by a process that then died."""
+    code = ("import os, sys; from obs_io.atomic import temp_name; p = temp_name(sys.argv[1]); "
+            "open(p, 'wb').write(b'half'); print(p)")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([sys.executable, "-c", code, str(folder / name)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    return Path(out.stdout.strip())
+
+
+def test_rerun_removes_killed_writers_temp_files_and_keeps_foreign_files(data, tmp_path):
+    out = tmp_path / "out"
+    left = _dead_writers_temp(out / "rank_3", "checkpoint_3.ckpt")
+    mine = out / "rank_3" / "notes.txt"          # not ours: never touched
+    mine.write_text("user's file")
+    assert main([f"--src_checkpoint={data['full']}", f"--dst_strategy={data['s8']}", f"--dst_checkpoint={out}"]) == 0
+    assert not left.exists() and mine.read_text() == "user's file"
+    synth.assert_same_checkpoint_dirs(data["ms8"], str(out))
+
+
+def test_staging_lives_beside_the_output_and_a_killed_runs_copy_is_removed(data, tmp_path, bucket, monkeypatch):
+    import obs_io
+    obs_io.file.copy(data["full"], f"s3://{bucket}/full.ckpt")
+    out = tmp_path / "out"
+    stage = tmp_path / f".out{STAGE_NAME}"
+    (stage / "src_checkpoint").mkdir(parents=True)
+    (stage / "src_checkpoint" / "full.ckpt").write_bytes(b"a killed run's partial copy")
+    seen = []
+    real = obs_io.file.copy_parallel
+
+    def recording(src, dst, *a, **kw):
+        seen.append(dst)
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(obs_io.file, "copy_parallel", recording)
+    assert main([f"--src_checkpoint=s3://{bucket}/full.ckpt", f"--dst_strategy={data['s8']}",
+                 f"--dst_checkpoint={out}"]) == 0
+    synth.assert_same_checkpoint_dirs(data["ms8"], str(out))
+    assert seen and all(str(d).startswith(str(stage)) for d in seen), seen   # staged beside the output
+    assert not stage.exists()                                               # and removed after
+    # --work_dir puts it there instead
+    work = tmp_path / "work"
+    seen.clear()
+    assert main([f"--src_checkpoint=s3://{bucket}/full.ckpt", f"--dst_strategy={data['s8']}",
+                 f"--dst_checkpoint={tmp_path / 'out2'}", f"--work_dir={work}"]) == 0
+    assert seen and all(str(d).startswith(str(work / STAGE_NAME)) for d in seen), seen
+    assert not (work / STAGE_NAME).exists()
+
+
+def test_credential_keys_are_masked_in_dumped_configs():
+    from cloud_entry import config as config_mod
+    masked = config_mod.mask_secrets({"obs": {"credential": "c", "aws_credentials": "x", "pad_token_id": 0}})
+    assert masked["obs"]["credential"] == masked["obs"]["aws_credentials"] == config_mod.MASK
+    assert masked["obs"]["pad_token_id"] == 0
