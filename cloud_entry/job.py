@@ -342,6 +342,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
              ", ".join(map(str, my_blocks)) or "nothing")
     fmt = job.load_ckpt_format or "ckpt"
     written: dict[str, tuple[int, str]] = {}
+    shown: dict[str, str] = {}   # local copy -> the location the user gave
     if mine:   # first of all: nobody may take an old marker of our blocks for this run's
         markers.clear_own(layout.marker_dir, leaders)
     src_s = None
@@ -357,6 +358,8 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
             plan = convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt)
             cache = join(layout.work_dir, "source", layout.ckpt_name)
             local_root = sync.fetch_source(p.source, plan.needed_files(), cache)   # exactly those
+            if p.source.remote:   # errors name the user's URL, not our local copy
+                shown[local_root.rstrip("/")] = p.source.files.base.rstrip("/")
             inputs = {"source": p.source.url, "identity": p.source.identity, "src_strategy": _digest(src_s),
                       "dst_strategy": _digest(dst_s), "prefix": job.prefix, "fmt": fmt}
             _forget_stale_ranks(p, inputs, mine)
@@ -368,12 +371,14 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
             written = report.checksums
     except BaseException as exc:
         log.debug("conversion failed", exc_info=True)
+        text = _one_line(exc)
+        for local, url in shown.items():
+            text = text.replace(local, url)
         for leader in leaders:
-            markers.publish_failure(layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id,
-                                                              _one_line(exc)))
+            markers.publish_failure(layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id, text))
         if not isinstance(exc, Exception) or isinstance(exc, BlockFailed) or not leaders:
             raise   # a stop request, another node's failure (already named), or no block of ours
-        raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from exc
+        raise BlockFailed(f"block led by rank {leaders[0]} failed: {text}") from exc
     for block in my_blocks:   # each marker lists its block's files with their checksums
         names = {output_name(r, job.prefix, fmt) for r in block.ranks}
         markers.publish(layout.marker_dir, markers.Marker(

@@ -305,3 +305,17 @@ def test_every_troubleshooting_row_is_exercised():
     rows = set(troubleshooting_rows())
     covered = {c.row for c in CASES} | {"no-space", "wrong-credentials", "unknown-access-key"}
     assert rows == covered, (sorted(rows - covered), sorted(covered - rows))
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("transform-checkpoint", lambda url, m: [f"--src_checkpoint={url}", f"--dst_strategy={m['s4']}"]),
+    ("cloud-entry", lambda url, m: [f"--load_checkpoint={url}", f"--dst_strategy={m['s4']}"])])
+def test_a_remote_source_is_named_by_its_url_not_our_copy(inputs, bucket, s3_env, tmp_path, tool, args):
+    import obs_io
+    url = f"s3://{bucket}/models/truncated.ckpt"
+    obs_io.file.copy(inputs["truncated"], url)
+    out = tmp_path / "out"
+    extra = [f"--dst_checkpoint={out}"] if tool == "transform-checkpoint" else [f"--output_dir={out}"]
+    proc = run_tool(tool, args(url, inputs) + extra, tmp_path, {**clean_env(), **s3_env})
+    last = check_one_line(proc, url, "corrupt-checkpoint")
+    assert str(tmp_path) not in last, last     # no staging folder or cache copy in the user's line
