@@ -343,6 +343,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     fmt = job.load_ckpt_format or "ckpt"
     written: dict[str, tuple[int, str]] = {}
     shown: dict[str, str] = {}   # local copy -> the location the user gave
+    previous = _previous_set(p, fmt)
     if mine:   # first of all: nobody may take an old marker of our blocks for this run's
         markers.clear_own(layout.marker_dir, leaders)
     src_s = None
@@ -354,7 +355,10 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
             _check_destination(job, p.cluster, p.config, dst)
         if job.src_strategy:
             src_s = sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
-        if mine:
+        if mine and previous is not None:   # a rerun of a finished job: nothing to convert or move up
+            names = {output_name(r, job.prefix, fmt) for r in mine}
+            written = {n: (r.size, r.crc32) for n, r in previous.files.items() if n in names}
+        elif mine:
             plan = convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt)
             cache = join(layout.work_dir, "source", layout.ckpt_name)
             local_root = sync.fetch_source(p.source, plan.needed_files(), cache)   # exactly those
@@ -363,12 +367,22 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
             inputs = {"source": p.source.url, "identity": p.source.identity, "src_strategy": _digest(src_s),
                       "dst_strategy": _digest(dst_s), "prefix": job.prefix, "fmt": fmt}
             _forget_stale_ranks(p, inputs, mine)
-            report = convert.convert_blocks(
-                plan, local_root, layout.transformed, my_blocks, job.max_memory, layout.log_dir,
-                fetch=(lambda names: sync.fetch_source(p.source, names, cache)) if p.source.remote else None)
-            if layout.remote_save_url:   # what the plan says this node wrote (or verified)
-                sync.upload_ranks(layout.transformed, layout.remote_transformed, report.plan.output_files)
+            uploader = (sync.RankUploader(layout.transformed, layout.remote_transformed)
+                        if layout.remote_save_url and job.overlap else None)
+            try:   # each rank goes up as soon as it is written, while the next converts
+                report = convert.convert_blocks(
+                    plan, local_root, layout.transformed, my_blocks, job.max_memory, layout.log_dir,
+                    fetch=(lambda names: sync.fetch_source(p.source, names, cache)) if p.source.remote else None,
+                    on_file=uploader.submit if uploader else None)
+            finally:
+                if uploader is not None:
+                    uploader.finish()
+            if layout.remote_save_url and not job.overlap:   # after the whole conversion
+                sync.upload_ranks(layout.transformed, layout.remote_transformed, report.checksums)
             written = report.checksums
+            if p.source.remote and not job.keep_source_cache:   # hundreds of GB on a 70B source
+                shutil.rmtree(cache, ignore_errors=True)
+                log.info("removed the local copy of the source (%s); --keep_source_cache=True keeps it", cache)
     except BaseException as exc:
         log.debug("conversion failed", exc_info=True)
         text = _one_line(exc)
@@ -390,10 +404,12 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
                                         not_before=p.started - CLOCK_SLACK)
     manifest = _set_manifest(p, succeeded, src_s)
     world = p.cluster.world_size if job.use_parallel else 1
-    elsewhere = [r for r in p.convert_ranks if r not in set(mine)]
-    if elsewhere and not layout.shared_dir:
-        sync.download_ranks(layout.remote_transformed, layout.transformed, elsewhere, job.prefix, fmt)
-        _check_downloaded(layout.transformed, [output_name(r, job.prefix, fmt) for r in elsewhere], manifest)
+    elsewhere = [r for r in p.convert_ranks if r not in set(mine) or previous is not None]
+    if elsewhere and not layout.shared_dir and layout.remote_save_url:
+        names = [output_name(r, job.prefix, fmt) for r in elsewhere]
+        fetched = sync.download_ranks(layout.remote_transformed, layout.transformed, names,
+                                      lambda n: (lambda r: (r.size, r.crc32) if r else None)(manifest.files.get(n)))
+        _check_downloaded(layout.transformed, fetched, manifest)
     # The folder the training loads holds this run's files only (no older prefix, no rank of a
     # larger world): locally, and under remote_save_url (node 0; every block is in by now).
     keep = list(range(world)) if layout.shared_dir else sorted(set(p.convert_ranks) | set(mine))
@@ -414,6 +430,27 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     loaded = layout.transformed if job.use_parallel else join(layout.transformed, output_name(0, job.prefix, fmt))
     log.info("checkpoint ready: %s", loaded)
     return loaded, src_s
+
+
+def _previous_set(p: JobPlan, fmt: str) -> integrity.SetManifest | None:
+    """The manifest of a set these very inputs already produced (same run id: same source and
+    strategy identities, world, blocks, prefix, format, remote_save_url), complete where every
+    node sees it (remote_save_url, else the shared or local folder): a rerun after success then
+    converts and uploads nothing, and only downloads what this node lacks."""
+    store = p.layout.remote_transformed if p.layout.remote_save_url else p.layout.transformed
+    try:
+        manifest = integrity.read(store)
+        present = {e.name: e.length for e in obs_io.file.list_entries(store, recursive=True) if e.is_file()}
+    except (reshard.ReshardError, FileNotFoundError):
+        return None
+    world = p.cluster.world_size if p.job.use_parallel else 1
+    names = [output_name(r, p.job.prefix, fmt) for r in range(world)]
+    if manifest.result_digest != p.run_id or any(
+            n not in manifest.files or present.get(n) != manifest.files[n].size for n in names):
+        return None
+    log.info("%s holds the converted set of these very inputs (run %s): not converting again",
+             store, p.run_id)
+    return manifest
 
 
 def _set_manifest(p: JobPlan, succeeded: list[markers.Marker], src_s: str | None) -> integrity.SetManifest:

@@ -33,6 +33,8 @@ class JobSpec:
     prefix: str = "checkpoint_"
     run_id: str = ""                          # "" -> derived (see cluster.run_id)
     transform_only: bool = False
+    overlap: bool = True                      # upload each converted rank as soon as it is written
+    keep_source_cache: bool = False           # keep the downloaded source after success
     launch_cmd: tuple[str, ...] = ()
     parallel: dict[str, Any] = field(default_factory=dict)     # parallel_config.<key> -> value
     overrides: dict[str, Any] = field(default_factory=dict)    # dotted key -> value

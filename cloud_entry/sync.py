@@ -9,8 +9,10 @@ import json
 import logging
 import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Callable
 
 import obs_io
 import obs_io.atomic
@@ -210,15 +212,85 @@ def sync_rank_shards(source: Source, ranks: list[int], local_root: str) -> str:
     return files.path_of(files.files[0], root) if files.is_file else root
 
 
-def upload_ranks(local_root: str, remote_root: str, names: list[str]) -> None:
-    """The converted files (relative names from the engine's plan) to object storage."""
-    log.info("uploading %d converted file(s) to %s", len(names), remote_root)
-    obs_io.file.copy_parallel(local_root, remote_root, file_list=names)
+class RankUploader:
+    """Uploads converted files to remote_root as they are committed (submit, from the engine's
+    on_file), while the next ranks convert; finish() waits and raises the first failure.
+
+    A rerun moves only what changed: a file that the remote conversion_manifest.json (written
+    when those objects were uploaded) lists with this file's size and CRC32, and that the
+    listing shows with that size, is not uploaded again. Each upload is one obs_io copy (a
+    temporary name locally, nothing under the final key until complete)."""
+
+    def __init__(self, local_root: str, remote_root: str, threads: int = 4):
+        self.local_root, self.remote_root = local_root, remote_root
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rank-upload")
+        self._futures: list[Future] = []
+        self.uploaded: list[str] = []
+        self.unchanged: list[str] = []
+        self._recorded, self._present = self._remote_state()
+
+    def _remote_state(self) -> tuple[dict[str, tuple[int, str]], dict[str, int]]:
+        from reshard import integrity
+        try:
+            recorded = {n: (r.size, r.crc32) for n, r in integrity.read(self.remote_root).files.items()}
+            present = {e.name: e.length for e in obs_io.file.list_entries(self.remote_root, recursive=True)
+                       if e.is_file()}
+        except (reshard.ReshardError, FileNotFoundError):
+            return {}, {}
+        return recorded, present
+
+    def submit(self, name: str, checksum: tuple[int, str] | None) -> None:
+        """Upload `name` (relative to both roots) unless unchanged there; checksum: its
+        (size, CRC32) as written, None when unknown (then it is uploaded)."""
+        if checksum is not None and self._recorded.get(name) == tuple(checksum) \
+                and self._present.get(name) == checksum[0]:
+            self.unchanged.append(name)
+            return
+        self._futures.append(self._pool.submit(self._upload, name))
+
+    def _upload(self, name: str) -> None:
+        obs_io.file.copy(join(self.local_root, name), join(self.remote_root, name))
+        self.uploaded.append(name)
+
+    def finish(self) -> None:
+        try:
+            for future in self._futures:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        log.info("uploaded %d converted file(s) to %s%s", len(self.uploaded), self.remote_root,
+                 f"; {len(self.unchanged)} unchanged there, not uploaded again" if self.unchanged else "")
 
 
-def download_ranks(remote_root: str, local_root: str, ranks: list[int], prefix: str, fmt: str) -> None:
-    log.info("downloading ranks %s converted on other nodes from %s", ranges(ranks), remote_root)
-    obs_io.file.copy_parallel(remote_root, local_root, file_list=[output_name(r, prefix, fmt) for r in ranks])
+def upload_ranks(local_root: str, remote_root: str, checksums: dict[str, tuple[int, str]]) -> None:
+    """The converted files (relative name -> (size, CRC32), from the engine's report) to object
+    storage after the conversion (--overlap=False); unchanged objects skipped as by RankUploader."""
+    uploader = RankUploader(local_root, remote_root)
+    for name, checksum in sorted(checksums.items()):
+        uploader.submit(name, checksum)
+    uploader.finish()
+
+
+def download_ranks(remote_root: str, local_root: str, names: list[str],
+                   expected: Callable[[str], tuple[int, str] | None]) -> list[str]:
+    """Ranks converted on other nodes, down; one already here with the size and CRC32 its block
+    recorded (`expected`) is not downloaded again. Returns the names downloaded."""
+    from reshard import integrity
+    todo = []
+    for name in names:
+        want, path = expected(name), join(local_root, name)
+        if want is None or not os.path.isfile(path) or os.path.getsize(path) != want[0]:
+            todo.append(name)
+            continue
+        got = integrity.file_checksum(path)
+        if (got.size, got.crc32) != tuple(want):
+            todo.append(name)
+    if len(todo) < len(names):
+        log.info("%d rank file(s) converted elsewhere are here already, unchanged", len(names) - len(todo))
+    if todo:
+        log.info("downloading %d rank file(s) converted on other nodes from %s", len(todo), remote_root)
+        obs_io.file.copy_parallel(remote_root, local_root, file_list=todo)
+    return todo
 
 
 def ranges(ranks: list[int]) -> str:

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import ReshardError
 from .formats import FormatError, open_reader
@@ -193,11 +193,15 @@ def memory_budget(plan: Plan, process_num: int, max_memory: int | None) -> tuple
 # -- 4. execution -----------------------------------------------------------------------------
 
 def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
-            max_memory: int | None = None, log_dir: str | None = None) -> TransformReport:
+            max_memory: int | None = None, log_dir: str | None = None,
+            on_file: Callable[[str, tuple[int, str]], None] | None = None) -> TransformReport:
     """Write the destination files of a full plan: <dst_root>/<output_name(rank, prefix, fmt)>
     for each rank (a rank whose file is already complete and verified is skipped), reading the
     source files under local_root. At most process_num ranks at once, within max_memory bytes
-    of host memory (default: half of the available memory).
+    of host memory (default: half of the available memory). on_file(name, (size, crc32)):
+    called with each output's relative name and recorded checksum as soon as it is complete
+    under its final name (written now, or kept from before), while later ranks still convert:
+    e.g. to upload it. It must not raise (hand the work to another thread).
 
     Raises ReshardError before writing anything: a skeleton plan, process_num < 1, a budget
     below what one rank needs, dst_root overlapping the source or a strategy."""
@@ -217,7 +221,8 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
     log.info("plan: %d destination ranks, %d processes, expected peak %.1f MiB "
              "(budget %.1f MiB)", len(plan.ranks), process_num, peak / 2**20, budget / 2**20)
     res = run_plan(plan, local_root, dst_root, process_num=process_num,
-                   budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir)
+                   budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir,
+                   on_rank=(lambda rp: on_file(rp.path, rank_checksum(dst_root, rp))) if on_file else None)
     by_rank = {rp.rank: rp.path for rp in plan.ranks}
     checksums = {}
     for rp in plan.ranks:

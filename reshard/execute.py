@@ -21,6 +21,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from typing import Callable
+
 import numpy as np
 
 from .errors import ReshardError
@@ -298,7 +300,8 @@ def _worker_convert(rp: RankPlan, src_root: str, dst_root: str, fmt: str) -> Non
         _buffer = np.empty(0, np.uint8)
 
 
-def _run_pipelined(todo: list[RankPlan], src_root: str, dst_root: str, fmt: str) -> None:
+def _run_pipelined(todo: list[RankPlan], src_root: str, dst_root: str, fmt: str,
+                   on_rank: Callable[[RankPlan], None] | None = None) -> None:
     """One rank after another, each rank's commit (its fsync waits for the disk) running while
     the next rank is read and written; at most one commit in flight, so written-but-unflushed
     data stays bounded by one file."""
@@ -313,6 +316,8 @@ def _run_pipelined(todo: list[RankPlan], src_root: str, dst_root: str, fmt: str)
 
         for rp in todo:
             convert_rank(rp, src_root, dst_root, fmt, publish)
+            if on_rank is not None:   # told once its file is committed, in the committer's order
+                committer.submit(on_rank, rp)
         if pending is not None:
             pending.result()
 
@@ -324,9 +329,11 @@ class RunResult:
 
 
 def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budget: int,
-             log_dir: str | None = None) -> RunResult:
+             log_dir: str | None = None, on_rank: Callable[[RankPlan], None] | None = None) -> RunResult:
     """Convert every rank of a full plan not already done (source files under src_root); at
-    most process_num at once and never more than `budget` bytes of rank costs in flight."""
+    most process_num at once and never more than `budget` bytes of rank costs in flight.
+    on_rank(rp): called in this process as soon as a rank's file is complete under its final
+    name (or found complete and kept), e.g. to upload it while the next ranks convert."""
     fmt = plan.fmt
     for folder in sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
                          | {os.path.join(dst_root, MANIFEST_DIR)}):
@@ -336,12 +343,14 @@ def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budg
         if is_done(src_root, dst_root, rp, fmt):
             log.info("rank %d: %s already complete and verified, skipped", rp.rank, rp.path)
             skipped.append(rp.rank)
+            if on_rank is not None:
+                on_rank(rp)
         else:
             todo.append(rp)
     if process_num <= 1 or len(todo) <= 1:   # this process converts: its log is transform_0
         handler = _process_log(log_dir, 0) if todo else None
         try:
-            _run_pipelined(todo, src_root, dst_root, fmt)
+            _run_pipelined(todo, src_root, dst_root, fmt, on_rank)
         finally:
             if handler is not None:
                 log.removeHandler(handler)
@@ -376,6 +385,8 @@ def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budg
                     in_flight -= cost
                     fut.result()
                     written.append(rp.rank)
+                    if on_rank is not None:
+                        on_rank(rp)
         except KeyboardInterrupt:
             _stop_workers(pool)
             raise

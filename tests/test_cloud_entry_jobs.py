@@ -89,10 +89,11 @@ def test_complete_to_8_ranks(models, bucket, s3_env, tmp_path, process_num):
     assert cfg["parallel_config"]["data_parallel"] == 2 and cfg["model"]["model_config"]["num_layers"] == 2
     assert list((tmp_path / "output" / "cloud_entry" / "log").glob("cloud_entry_node0_pid*.log"))
     assert_no_secret(tmp_path / "output")
-    if process_num == 1:   # a rerun reuses the verified ranks and still launches
+    assert not (tmp_path / "output" / "cloud_entry" / "source" / "llama").exists()   # source copy removed
+    if process_num == 1:   # a rerun finds the set of these inputs complete and still launches
         code, out = run_entry(args, env, tmp_path)
         assert code == 7, out
-        assert "reused [0, 1, 2, 3, 4, 5, 6, 7]" in out
+        assert "holds the converted set of these very inputs" in out and "not converting again" in out
         synth.assert_same_checkpoint_dirs(str(transformed), models["ref8"])
 
 
@@ -143,7 +144,7 @@ def test_8_to_4_ranks(models, bucket, s3_env, tmp_path, form):
         env["ENTRY_CHECK_EXIT"] = "9"
         code, out = run_entry(["--transform_only=True", *args], env, tmp_path)
         assert code == 0, out
-        assert "reused [0, 1, 2, 3]" in out and "not launching" in out
+        assert "not converting again" in out and "not launching" in out
         synth.assert_same_checkpoint_dirs(transformed, models["ref4"])
 
 
