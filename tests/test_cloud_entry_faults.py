@@ -14,9 +14,9 @@ import pytest
 from faultproxy import FaultProxy
 from obs_io.config import S3Config
 from platform_harness import upload
+from test_obs_io_faults import FAST
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = {"S3_CONNECT_TIMEOUT": "0.5", "S3_READ_TIMEOUT": "1", "S3_MAX_ATTEMPTS": "2"}
 BOUND = S3Config(connect_timeout=0.5, read_timeout=1, max_attempts=2).worst_case_seconds()
 
 

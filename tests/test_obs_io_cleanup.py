@@ -15,18 +15,14 @@ from pathlib import Path
 import pytest
 
 import obs_io as mox
+import test_obs_io_transfer as transfer_tests
 from obs_io.atomic import STALE_SECONDS, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def _small_parts():
-    mox.reset_config()
-    mox.configure(multipart_threshold=5 * MiB, min_part_size=5 * MiB)
-    yield
-    mox.reset_config()
+_small_parts = transfer_tests._small_parts   # multipart from 5 MiB, autouse
 
 
 def temp_names_of_a_process(folder: Path, names: list[str], wait: bool) -> subprocess.Popen:
@@ -34,9 +30,9 @@ def temp_names_of_a_process(folder: Path, names: list[str], wait: bool) -> subpr
     s3transfer names its own), prints READY, then ends, or with wait=True waits on stdin."""
     code = f"""
 import os, sys
-from obs_io.atomic import _temp_name
+from obs_io.atomic import temp_name
 for i, name in enumerate({names!r}):
-    temp = _temp_name(os.path.join({str(folder)!r}, name)) + (".0aF3b9C1" if i == 0 else "")
+    temp = temp_name(os.path.join({str(folder)!r}, name)) + (".0aF3b9C1" if i == 0 else "")
     open(temp, "wb").write(b"partial")
 print("READY", flush=True)
 if {wait!r}:

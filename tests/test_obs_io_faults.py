@@ -16,6 +16,7 @@ from faultproxy import FaultProxy
 from s3server import ACCESS_KEY, SECRET_KEY, free_port
 
 import obs_io as mox
+import test_obs_io_transfer as transfer_tests
 from obs_io.client import get_client, transfer_config
 from obs_io.config import S3Config
 
@@ -25,13 +26,7 @@ MiB = 1024 * 1024
 FAST = {"S3_CONNECT_TIMEOUT": "0.5", "S3_READ_TIMEOUT": "1", "S3_MAX_ATTEMPTS": "2"}
 
 
-@pytest.fixture(autouse=True)
-def _small_parts():
-    """Multipart and ranged downloads from 5 MiB, so a 12 MiB file has 3 parts."""
-    mox.reset_config()
-    mox.configure(multipart_threshold=5 * MiB, min_part_size=5 * MiB)
-    yield
-    mox.reset_config()
+_small_parts = transfer_tests._small_parts   # multipart from 5 MiB, autouse
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 import s3server
 
 import obs_io as mox
+from test_obs_io_api import _fresh_config  # noqa: F401 - autouse fixture
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_ID = "AKIDLOGTEST0123456789"
@@ -19,11 +20,6 @@ SECRET = "zzSECRETzz/never+logged0123456789"
 TOKEN = "zzTOKENzz/session+token=never-logged-0123456789"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_config():
-    mox.reset_config()
-    yield
-    mox.reset_config()
 
 
 @pytest.fixture(scope="module")
