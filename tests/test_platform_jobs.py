@@ -126,8 +126,11 @@ def test_scenario2_8_to_4_ranks_once_per_card_equals_once_per_node(models, bucke
 
     def outputs(remote):
         return {n: hashlib.sha256(obs_io.file.read(f"{remote}/{n}", binary=True)).hexdigest()
-                for n in listing(remote) if not n.startswith("logs/") and not n.endswith(".txt")}
+                for n in listing(remote) if not n.startswith("logs/") and not n.endswith((".txt", ".json"))}
     assert outputs(f"s3://{bucket}/out_card") == outputs(f"s3://{bucket}/out_node")
+    from reshard import integrity   # the manifests list the same files (their run ids differ: other URLs)
+    manifests = [integrity.read(f"s3://{bucket}/{o}/transformed_checkpoint/llama8") for o in ("out_card", "out_node")]
+    assert manifests[0].files == manifests[1].files and len(manifests[0].files) == 4
     markers = {n for n in listing(f"s3://{bucket}/out_card") if n.endswith(".txt")}
     assert markers == {n for n in listing(f"s3://{bucket}/out_node") if n.endswith(".txt")} == {
         "transformed_checkpoint/llama8/transform_succeed_rank_0.txt",

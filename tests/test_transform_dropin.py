@@ -68,7 +68,7 @@ def _one_line_error(capsys, rc: int, *culprits: str) -> str:
 
 def _files(folder) -> list[str]:
     return sorted(os.path.relpath(p, folder) for p in glob.glob(os.path.join(folder, "**"), recursive=True)
-                  if os.path.isfile(p) and "/.reshard/" not in p)
+                  if os.path.isfile(p) and "/.reshard/" not in p and not p.endswith("conversion_manifest.json"))
 
 
 # -- 1. MindFormers' flags --------------------------------------------------------------------
