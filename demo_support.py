@@ -109,8 +109,10 @@ class PeakRSS:
         self._thread.join()
 
     def _excluded(self, proc: psutil.Process) -> bool:
+        """Only an exclusion is remembered: a child sampled between fork and exec still shows its
+        parent's command line, and becomes the excluded command a moment later."""
         key = (proc.pid, proc.create_time())
-        if key not in self._skip:
+        if not self._skip.get(key):
             self._skip[key] = self.exclude(proc.cmdline())
         return self._skip[key]
 

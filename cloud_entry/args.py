@@ -262,7 +262,7 @@ examples:
 
   # those 8 ranks -> 4 ranks dp1 mp2 pp2, converting only (no training command)
   cloud-entry --config=run_llama_7b_dp1mp2pp2.yaml \\
-      --load_checkpoint=obs://bucket/job_out/checkpoint/ \\
+      --load_checkpoint=obs://bucket/job_out/transformed_checkpoint/llama_7b/ \\
       --src_strategy_path_or_dir=obs://bucket/job_out/strategy/ \\
       --dst_strategy=obs://bucket/strategy_dp1mp2pp2/ --auto_trans_ckpt=True --transform_only=True
 
@@ -270,7 +270,7 @@ examples:
   cloud-entry verify obs://bucket/job_out/transformed_checkpoint/llama_7b
 
   # 4 ranks -> one complete checkpoint, single-card predict
-  cloud-entry --config=predict_llama_7b.yaml --load_checkpoint=obs://bucket/out4/checkpoint/ \\
+  cloud-entry --config=predict_llama_7b.yaml --load_checkpoint=obs://bucket/out4/transformed_checkpoint/llama_7b/ \\
       --src_strategy_path_or_dir=obs://bucket/out4/strategy/ --auto_trans_ckpt=True \\
       -- python run_mindformer.py --config {config}
 """

@@ -15,6 +15,7 @@ import sys
 from . import file as mox_file
 from .errors import scrub
 from .oneline import OneLineParser, one_line
+from .urls import check
 
 
 EXAMPLES = """\
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
+    check(*(getattr(args, name) for name in ("src", "dst", "url") if getattr(args, name, None)))
     if args.command == "cp":
         if args.threads < 1:
             raise ValueError(f"--threads={args.threads}: must be at least 1")
@@ -74,7 +76,10 @@ def _run(args) -> None:
             name = e.name + ("/" if e.dir else "")
             print(f"{e.length:>14}  {name}" if args.long else name)
     elif args.command == "rm":
-        mox_file.remove(args.url, recursive=args.recursive)
+        try:
+            mox_file.remove(args.url, recursive=args.recursive)
+        except IsADirectoryError:
+            raise IsADirectoryError(f"{args.url} is a folder: use rm -r to remove it") from None
     elif args.command == "stat":
         st = mox_file.stat(args.url)
         mtime = datetime.datetime.fromtimestamp(st.mtime_nsec / 1e9, datetime.timezone.utc).isoformat()
