@@ -1,6 +1,8 @@
 """This node's share of the conversion through the engine's plan: the plan from strategies names
-the source files to fetch, is completed with their headers (every check before the first write)
-and executed; its report names the files written.
+the source files it reads, is completed with their headers (every check before the first write;
+a remote source's headers by ranged GETs, before anything is downloaded), says per file whether
+the conversion reads it in place or from a local copy fetched first, and is executed; its report
+names the files written.
 
 The engine converts every rank of this node's blocks in one call with one process per block
 (process_num), so the memory bound (max_memory) is the engine's to keep for all of them.
@@ -29,16 +31,34 @@ def skeleton(source: reshard.SourceSet, src: reshard.Strategy | None, dst: resha
     return plan_from_strategies(source, src, dst, dst_ranks=block_ranks(blocks), prefix=prefix, fmt=fmt)
 
 
+def complete(plan: Plan, local_root: str) -> Plan:
+    """The skeleton completed with the headers of the files it reads. A remote source: read in
+    place by ranged GETs (a bad source fails here, before any transfer), and per file the
+    engine's rule (reshard.plan.choose_mode) says whether the conversion reads it in place or
+    from local_root, where the caller first fetches plan.files_in_mode("fetch")."""
+    full = complete_plan(plan, local_root, source_mode="auto")
+    for note in full.notes:
+        log.info("%s", note)
+    remote, fetched = full.files_in_mode("remote"), full.files_in_mode("fetch")
+    if remote or fetched:
+        log.info("source files: %d read in place by ranged GETs%s, %d fetched first%s", len(remote),
+                 f" ({', '.join(remote)})" if remote else "", len(fetched),
+                 f" ({', '.join(fetched)})" if fetched else "")
+    return full
+
+
 def convert_blocks(plan: Plan, local_root: str, dst_root: str, blocks: tuple[Block, ...],
                    max_memory: int | None, log_dir: str,
                    fetch: Callable[[list[str]], None] | None = None,
                    on_file: Callable[[str, tuple[int, str]], None] | None = None) -> reshard.TransformReport:
-    """Complete the plan with the headers of the files under local_root (fetch: how to get one
-    the plan finds it needs besides, for redundancy-removed sources), then write the ranks
-    (on_file: told of each file as soon as it is complete, e.g. to upload it)."""
-    full = complete_plan(plan, local_root, fetch=fetch)
-    for note in full.notes:
-        log.info("%s", note)
+    """Write the ranks of a full plan (complete()), or of a skeleton completed here with the
+    headers of the files under local_root (fetch: how to get one the plan finds it needs
+    besides, for redundancy-removed sources); on_file: told of each file as soon as it is
+    complete, e.g. to upload it."""
+    full = plan if plan.with_headers else complete_plan(plan, local_root, fetch=fetch)
+    if full is not plan:
+        for note in full.notes:
+            log.info("%s", note)
     process_num = max(1, len(blocks))
     log.info("converting ranks %s in %d process(es)", ",".join(map(str, block_ranks(blocks))), process_num)
     report = execute(full, local_root, dst_root, process_num=process_num, max_memory=max_memory, log_dir=log_dir,

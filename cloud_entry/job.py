@@ -361,9 +361,12 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
         elif mine:
             plan = convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt)
             cache = join(layout.work_dir, "source", layout.ckpt_name)
-            local_root = sync.fetch_source(p.source, plan.needed_files(), cache)   # exactly those
             if p.source.remote:   # errors name the user's URL, not our local copy
-                shown[local_root.rstrip("/")] = p.source.files.base.rstrip("/")
+                shown[cache.rstrip("/")] = p.source.files.base.rstrip("/")
+            # headers by ranged GETs (a bad source fails before any transfer); then exactly the
+            # files the plan reads from a local copy are fetched, the others are read in place
+            plan = convert.complete(plan, cache if p.source.remote else p.source.files.base)
+            local_root = sync.fetch_source(p.source, plan.files_in_mode("fetch"), cache)
             inputs = {"source": p.source.url, "identity": p.source.identity, "src_strategy": _digest(src_s),
                       "dst_strategy": _digest(dst_s), "prefix": job.prefix, "fmt": fmt}
             _forget_stale_ranks(p, inputs, mine)
@@ -372,7 +375,6 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
             try:   # each rank goes up as soon as it is written, while the next converts
                 report = convert.convert_blocks(
                     plan, local_root, layout.transformed, my_blocks, job.max_memory, layout.log_dir,
-                    fetch=(lambda names: sync.fetch_source(p.source, names, cache)) if p.source.remote else None,
                     on_file=uploader.submit if uploader else None)
             finally:
                 if uploader is not None:

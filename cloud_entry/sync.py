@@ -154,9 +154,12 @@ def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
 def fetch_source(source: Source, names: list[str], local_root: str) -> str:
     """The folder the engine reads `names` (relative to source.files.base) under: the user's own
     when local, else local_root (our cache), where exactly those files are copied in parallel
-    from the entries the plan's listing already holds: no further listing."""
+    from the entries the plan's listing already holds: no further listing. The plan's files
+    read in place (ranged GETs) are not among `names`: nothing of them is copied."""
     if not source.remote:
         return source.files.base
+    if not names:   # every file the plan reads is read in place: no copy, no record
+        return local_root
     for r, name in source.rank_files.items():   # a cached rank folder keeps no older checkpoint
         if name in names:
             _prune(rank_dir(local_root, r), {_basename(name)})

@@ -1,11 +1,16 @@
 """Public entry points of the engine (the contract cloud_entry and the CLI code against).
 
-A conversion is four steps, each usable on its own (the job downloads between 2 and 3):
+A conversion is four steps, each usable on its own:
 
     source   = classify(root, entries) / find_sources(local_path)       which files (sources.py)
     skeleton = plan_from_strategies(source, src, dst, dst_ranks=...)   which of them are read
-    plan     = complete_plan(skeleton, local_root)                     headers read, every check
+    plan     = complete_plan(skeleton, local_root, source_mode="auto") headers read, every check
+    (download plan.files_in_mode("fetch") under local_root: a remote source only)
     report   = execute(plan, local_root, dst_root)                     the files written
+
+A remote (obs:// / s3://) source's headers are read in place by ranged GETs, and each of its
+files is either read in place by the conversion ('remote') or downloaded first ('fetch'), as
+plan.source_use says (plan.choose_mode).
 
 Strategies are parsed once (load_strategy) and passed as Strategy objects; nothing here parses
 them again. Everything that can be wrong with the input is found by the first three steps,
@@ -16,16 +21,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from .errors import ReshardError
 from .formats import FormatError, open_reader
-from .execute import PROCESS_BASE_BYTES, expected_peak, rank_cost, rank_checksum, run_plan
+from .execute import (PROCESS_BASE_BYTES, SourceFiles, expected_peak, rank_cost, rank_checksum,
+                      run_plan)
 from obs_io.atomic import write_atomic
-from .plan import Fetch, Headers, Plan, build_plan
+from .plan import Fetch, Headers, Plan, build_plan, choose_mode, source_uses
 from .sources import (FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
-                      check_source_strategy, classify)
+                      check_source_strategy, classify, is_url)
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
 
 __all__ = ["ReshardError", "TransformReport", "needed_source_ranks", "write_merged_strategy",
@@ -154,32 +160,55 @@ def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None
 
 # -- 3. the full plan -------------------------------------------------------------------------
 
-def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None) -> Plan:
-    """The full plan: reads the headers of exactly skeleton.needed_files() under local_root
-    (their relative names joined to it) and returns the plan with every check done: shapes and
-    dtypes agree across replicas, every chosen file holds its parameter (a checkpoint saved with
-    redundancy removed: another replica's file that holds it is read instead), the strategies
-    name the checkpoint's parameters and divide its shapes, the values fit the output format,
-    duplicated tensors of a complete folder hold the same bytes.
+def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None,
+                  source_mode: str | None = None, s3_config=None) -> Plan:
+    """The full plan: reads the headers of exactly skeleton.needed_files() and returns the plan
+    with every check done: shapes and dtypes agree across replicas, every chosen file holds its
+    parameter (a checkpoint saved with redundancy removed: another replica's file that holds
+    it is read instead), the strategies name the checkpoint's parameters and divide its
+    shapes, the values fit the output format, duplicated tensors of a complete folder hold the
+    same bytes.
 
-    fetch(names): called with relative names that are not under local_root when the plan needs
-    them (only for redundancy-removed sources); it must put them there. Without it those files
+    source_mode None: the files are read under local_root (their relative names joined to
+    it); fetch(names) is called with relative names that are not there when the plan needs
+    them (only for redundancy-removed sources) and must put them there; without it those files
     count as absent, and a parameter only they could hold is an error naming them.
+
+    source_mode 'auto' | 'fetch' | 'remote' with an obs:// / s3:// source: the headers are read
+    in place by ranged GETs (nothing is downloaded, so a bad source fails before any
+    transfer, naming its URL; s3_config: obs_io's configuration, default the current one), and
+    plan.source_use says per file how execute reads it (plan.choose_mode): 'remote' in place,
+    'fetch' under local_root, where the caller downloads plan.files_in_mode('fetch') first. A
+    local source: every file 'local'.
     Raises ReshardError, one line naming the parameter or file."""
     if skeleton.source is None:
         raise ReshardError("the plan has no source checkpoint to complete")
+    if source_mode is not None:
+        choose_mode(False, 0, 0, 0, source_mode)   # the flag's value checked, whatever the source
+    remote = source_mode is not None and is_url(skeleton.source.base)
     needed = skeleton.needed_files()
-    headers = Headers(local_root, fetch)
+    if remote:
+        if s3_config is None:
+            import obs_io
+            s3_config = obs_io.current_config()
+        headers = Headers(local_root, remote_root=skeleton.source.base, s3_config=s3_config)
+    else:
+        headers = Headers(local_root, fetch)
     headers.prefetch(needed)
-    return build_plan(skeleton.src_strategy, skeleton.dst_strategy, skeleton.source,
+    plan = build_plan(skeleton.src_strategy, skeleton.dst_strategy, skeleton.source,
                       headers=headers, read=needed, dst_ranks=skeleton.dst_ranks,
                       prefix=skeleton.prefix, fmt=skeleton.fmt)
+    if source_mode is None:
+        return plan
+    return replace(plan, source_use=source_uses(plan, headers.sizes, remote, source_mode,
+                                                headers.indexes))
 
 
 def memory_budget(plan: Plan, process_num: int, max_memory: int | None) -> tuple[int, int]:
     """(budget, expected peak) in bytes; ReshardError when one rank alone exceeds the budget."""
     budget = max_memory if max_memory is not None else default_max_memory()
-    costs = [rank_cost(rp) for rp in plan.ranks]
+    remote = frozenset(plan.files_in_mode("remote")) if plan.with_headers else frozenset()
+    costs = [rank_cost(rp, remote) for rp in plan.ranks]
     if plan.with_headers:
         for rp, cost in zip(plan.ranks, costs):
             if cost + PROCESS_BASE_BYTES > budget:
@@ -217,10 +246,11 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
         "source strategy": plan.src_strategy.source if plan.src_strategy else None,
         "destination strategy": plan.dst_strategy.source if plan.dst_strategy else None})
     budget, peak = memory_budget(plan, process_num, max_memory)
+    files = source_files(plan, local_root)
     check_source_crcs(plan, local_root)
     log.info("plan: %d destination ranks, %d processes, expected peak %.1f MiB "
              "(budget %.1f MiB)", len(plan.ranks), process_num, peak / 2**20, budget / 2**20)
-    res = run_plan(plan, local_root, dst_root, process_num=process_num,
+    res = run_plan(plan, files, dst_root, process_num=process_num,
                    budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir,
                    on_rank=(lambda rp: on_file(rp.path, rank_checksum(dst_root, rp))) if on_file else None)
     by_rank = {rp.rank: rp.path for rp in plan.ranks}
@@ -235,13 +265,38 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
                            checksums)
 
 
+def source_files(plan: Plan, local_root: str) -> SourceFiles:
+    """Where execute's workers read each source file: the plan's 'remote' files in place (with
+    this process's obs_io configuration), the others under local_root, where every one must be
+    by now (ReshardError naming a 'fetch' file the caller did not download)."""
+    assert plan.source is not None
+    remote = frozenset(plan.files_in_mode("remote"))
+    for name in plan.files_in_mode("fetch"):
+        path = plan.location_of(name, local_root)
+        if not os.path.isfile(path):
+            raise ReshardError(f"{path}: not found (the plan fetches "
+                               f"{plan.source.path_of(name)} there before converting)")
+    if not remote:
+        return SourceFiles(local_root)
+    import obs_io
+    log.info("reading %d source file(s) in place from %s by ranged GETs: %s", len(remote),
+             plan.source.base, ", ".join(sorted(remote)))
+    return SourceFiles(local_root, plan.source.base, remote, obs_io.current_config(),
+                       {n: plan.source_use[n].index for n in remote
+                        if plan.source_use[n].index is not None})
+
+
 def check_source_crcs(plan: Plan, local_root: str) -> None:
-    """Every source .ckpt the plan reads that carries MindSpore's CRC trailer is checked once,
-    here in the parent, before any output is written (the reads that follow come from the page
-    cache). ReshardError naming the file on a mismatch."""
+    """Every source .ckpt the plan reads locally that carries MindSpore's CRC trailer is
+    checked once, here in the parent, before any output is written (the reads that follow come
+    from the page cache). A file read in place (remote) is not: that would read the whole
+    object, which reading in place exists to avoid (its GETs are pinned to one version and
+    length-checked). ReshardError naming the file on a mismatch."""
     source = plan.source
     assert source is not None
     for name in plan.needed_files():
+        if plan.mode_of(name) == "remote":
+            continue
         path = source.path_of(name, local_root)
         if not path.endswith(".ckpt"):
             continue

@@ -8,10 +8,11 @@ is reshard.mindformers_cli.main_sh.
 Bad input -> one line on stderr naming the culprit, exit code 2, nothing written. Ctrl-C -> one
 line, exit code 130, nothing partial under a final name; the same command again resumes (ranks
 already complete and verified are skipped). Remote (obs:// / s3://) inputs: strategies are
-copied down, the source is classified from its listing and only the files the plan reads are
-copied to a local temporary folder; a remote output is written locally and published by obs_io
-after a successful conversion. obs_io is imported only then, so the engine itself sees local
-paths alone; what is printed names the user's URLs, never the temporary folder.
+copied down, the source is classified from its listing; a remote output is written locally and
+published by obs_io after a successful conversion. A remote source's headers are read in place by ranged GETs
+(nothing downloaded: a bad source fails before any transfer), then each file the plan reads
+is either read in place during the conversion or downloaded first (--source_mode; the plan,
+--dry_run, says which). What is printed names the user's URLs, never the temporary folder.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from .api import (ReshardError, complete_plan, execute, find_sources, load_strat
 from . import integrity
 from .blocks import plan_blocks
 from .execute import LOG_NAME
-from .plan import human_size, ranks_text
+from .plan import SOURCE_MODES, human_size, ranks_text
 from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
                       is_url, probe_writable,
                       split_url, strategy_files)
@@ -151,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("stream", "mindspore"), default="stream",
                    help="stream: this engine (default); mindspore: MindSpore's own "
                         "transform_checkpoints on the same input, for comparison")
+    p.add_argument("--source_mode", choices=SOURCE_MODES, default="auto",
+                   help="an obs:// / s3:// source: remote reads each file in place by ranged "
+                        "GETs (no local copy of it); fetch downloads the files the plan reads "
+                        "first; auto (default) fetches a file two or more destination ranks "
+                        "read, or whose bytes they mostly need, and reads the others in place "
+                        "(--dry_run shows the choice per file)")
     p.add_argument("--max_memory", type=parse_size, default=None, metavar="SIZE",
                    help="host memory budget, e.g. 8G (default: half of the available memory)")
     p.add_argument("--verify", default=None, metavar="PATH",
@@ -193,6 +200,7 @@ def _storage(flag: str, url: str):
 
 
 STAGE_NAME = ".transform-checkpoint-stage"
+SOURCE_STAGE = "src_checkpoint"   # under the stage: the remote source files fetched
 
 
 def stage_root(args) -> str:
@@ -304,7 +312,7 @@ def _run_mindspore(a, src: Strategy | None, dst: Strategy | None, stage: _Stage)
     if is_url(src_dir):
         import obs_io
         with _storage("--src_checkpoint", src_dir):
-            local = os.path.join(stage.dir("src_checkpoint"), src_dir.rstrip("/").rsplit("/", 1)[-1])
+            local = os.path.join(stage.dir(SOURCE_STAGE), src_dir.rstrip("/").rsplit("/", 1)[-1])
             (obs_io.file.copy_parallel if obs_io.file.is_directory(src_dir) else obs_io.file.copy)(
                 src_dir, local)
         src_dir = local
@@ -451,13 +459,13 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
                                 fmt=args.fmt)
     local_root = None
     if source is not None:
-        fetch = None
-        local_root = source.base
-        if is_url(source.root):
-            local_root = stage.dir("src_checkpoint")
-            fetch = _downloader(source, local_root)
+        local_root, remote = source.base, is_url(source.root)
+        if remote:   # staged only if some file is fetched (plan.source_use)
+            local_root = os.path.join(stage.root, SOURCE_STAGE)
             _show_as(local_root, source.base)
-        plan = complete_plan(plan, local_root, fetch=fetch)
+        with _storage("--src_checkpoint", source.root) if remote else contextlib.nullcontext():
+            # a remote source's headers: ranged GETs, nothing downloaded yet
+            plan = complete_plan(plan, local_root, source_mode=args.source_mode)
         for note in plan.notes:
             log.info("%s", note)
     if args.dry_run:
@@ -467,6 +475,9 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
               f"(budget {human_size(budget)})"
               + ("" if plan.with_headers else "; a lower bound: no checkpoint read"))
         return 0
+    fetched = plan.files_in_mode("fetch")
+    if fetched:   # before any output: a failed download leaves nothing written
+        _downloader(source, stage.dir(SOURCE_STAGE))(fetched)
     upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
     dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
     if not upload:

@@ -19,14 +19,15 @@ import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from typing import Callable
 
 import numpy as np
 
 from .errors import ReshardError
-from .formats import FormatError, TensorMeta, open_reader, open_writer
+from .formats import FileIndex, FormatError, TensorMeta, open_reader, open_writer
+from .formats import remote as remote_source
 from obs_io.atomic import sweep, write_atomic
 from .plan import Plan, RankPlan
 
@@ -39,9 +40,61 @@ READER_BYTES = 10 << 20
 MANIFEST_DIR = ".reshard"
 
 
-def rank_cost(rp: RankPlan) -> int:
-    """Bytes one destination rank needs while converting (on top of its process)."""
-    return rp.buffer_bytes + READER_BYTES * len(rp.source_files)
+# Per source file read in place (remote): besides that, its window and GETs in flight.
+REMOTE_READER_BYTES = READER_BYTES + remote_source.WINDOW + remote_source.THREADS * remote_source.PART
+
+
+def rank_cost(rp: RankPlan, remote: frozenset[str] | set[str] = frozenset()) -> int:
+    """Bytes one destination rank needs while converting (on top of its process); `remote`:
+    the source files read in place, whose readers hold more."""
+    return rp.buffer_bytes + sum(REMOTE_READER_BYTES if f in remote else READER_BYTES
+                                 for f in rp.source_files)
+
+
+@dataclass(frozen=True)
+class SourceFiles:
+    """Where the source files of a plan are read, as sent to the worker processes: under
+    local_root, except the `remote` names, read in place at remote_base/<name> by ranged GETs
+    with obs_io's configuration s3 (the parent's: set_auth does not reach a spawned worker)."""
+    local_root: str
+    remote_base: str | None = None
+    remote: frozenset[str] = frozenset()
+    s3: object = None          # obs_io.S3Config (its repr hides the secrets)
+    # remote name -> its headers as the planner read them (no HEAD, no header GETs again)
+    indexes: dict[str, FileIndex] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, src: "SourceFiles | str") -> "SourceFiles":
+        """A bare local root (every file local), or the object itself."""
+        return src if isinstance(src, SourceFiles) else cls(src)
+
+    def location(self, name: str) -> str:
+        if name in self.remote:
+            return f"{self.remote_base.rstrip('/')}/{name}"
+        return _src_path(self.local_root, name)
+
+    def open(self, name: str):
+        if name not in self.remote:
+            return open_reader(self.location(name))
+        return open_reader(self.location(name), s3_config=self.s3, index=self.indexes.get(name))
+
+    def for_rank(self, rp: RankPlan) -> "SourceFiles":
+        """The same, with the indexes of this rank's files only (what goes to its worker)."""
+        if not self.indexes:
+            return self
+        return replace(self, indexes={f: self.indexes[f] for f in rp.source_files
+                                      if f in self.indexes})
+
+    def identity(self, name: str) -> list:
+        """What tells this version of the file apart: local (path, size, mtime); an object
+        (URL, size, ETag), from a HEAD."""
+        location = self.location(name)
+        if name in self.indexes:
+            return [location, self.indexes[name].size, self.indexes[name].version]
+        if name in self.remote:
+            return [location, *remote_source.head(location, self.s3)]
+        st = os.stat(location)
+        return [os.path.abspath(location), st.st_size, st.st_mtime_ns]
 
 
 def expected_peak(costs: list[int], process_num: int, budget: int) -> int:
@@ -61,20 +114,13 @@ def _src_path(src_root: str, name: str) -> str:
     return os.path.join(src_root, *name.split("/"))
 
 
-def _source_identity(rp: RankPlan, src_root: str) -> list:
-    out = []
-    for f in rp.source_files:
-        path = _src_path(src_root, f)
-        st = os.stat(path)
-        out.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def rank_digest(rp: RankPlan, fmt: str, src_root: str) -> str:
-    """The plan of one rank plus the identity (path, size, mtime) of the files it reads."""
+def rank_digest(rp: RankPlan, fmt: str, src_root: SourceFiles | str) -> str:
+    """The plan of one rank plus the identity (path, size, mtime; or URL, size, ETag) of the
+    files it reads."""
+    files = SourceFiles.of(src_root)
     h = hashlib.sha256()
     h.update(repr((fmt, rp.path, rp.tensors)).encode())
-    h.update(json.dumps(_source_identity(rp, src_root)).encode())
+    h.update(json.dumps([files.identity(f) for f in rp.source_files]).encode())
     return h.hexdigest()
 
 
@@ -82,7 +128,7 @@ def _manifest_path(dst_root: str, rp: RankPlan) -> str:
     return os.path.join(dst_root, MANIFEST_DIR, f"rank_{rp.rank}.json")
 
 
-def is_done(src_root: str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
+def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
     """The output exists with the size/mtime recorded when this same plan wrote it."""
     out = os.path.join(dst_root, rp.path)
     try:
@@ -95,7 +141,8 @@ def is_done(src_root: str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
         and m.get("mtime_ns") == st.st_mtime_ns and "crc32" in m
 
 
-def _write_manifest(src_root: str, dst_root: str, rp: RankPlan, fmt: str, crc32: str) -> None:
+def _write_manifest(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str,
+                    crc32: str) -> None:
     out = os.path.join(dst_root, rp.path)
     st = os.stat(out)
     write_atomic(_manifest_path(dst_root, rp), json.dumps(
@@ -129,10 +176,12 @@ def _assembly_buffer(nbytes: int) -> np.ndarray:
     return _buffer
 
 
-def convert_rank(rp: RankPlan, src_root: str, dst_root: str, fmt: str, publish=None) -> None:
-    """Write one destination file (source files are relative to src_root). Its commit (fsync, rename, manifest) is handed to
-    `publish` (a single-thread executor's submit) so the disk flush overlaps the next rank's
-    reads; without one it is done here."""
+def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
+                 publish=None) -> None:
+    """Write one destination file (source files are relative to src_root, or where a
+    SourceFiles says: some read in place by ranged GETs). Its commit (fsync, rename, manifest)
+    is handed to `publish` (a single-thread executor's submit) so the disk flush overlaps the
+    next rank's reads; without one it is done here."""
     t0 = time.monotonic()
     out_path = os.path.join(dst_root, rp.path)
     folder = os.path.dirname(out_path)
@@ -141,7 +190,7 @@ def convert_rank(rp: RankPlan, src_root: str, dst_root: str, fmt: str, publish=N
     writer = None
     try:
         for f in rp.source_files:
-            readers[f] = open_reader(_src_path(src_root, f))
+            readers[f] = SourceFiles.of(src_root).open(f)
         metas = []
         for t in rp.tensors:
             if t.carried:
@@ -289,7 +338,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_convert(rp: RankPlan, src_root: str, dst_root: str, fmt: str) -> None:
+def _worker_convert(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str) -> None:
     """In the pool the scheduler counts a rank's buffer only while it runs: free it after."""
     global _buffer
     try:
@@ -300,7 +349,7 @@ def _worker_convert(rp: RankPlan, src_root: str, dst_root: str, fmt: str) -> Non
         _buffer = np.empty(0, np.uint8)
 
 
-def _run_pipelined(todo: list[RankPlan], src_root: str, dst_root: str, fmt: str,
+def _run_pipelined(todo: list[RankPlan], src_root: SourceFiles | str, dst_root: str, fmt: str,
                    on_rank: Callable[[RankPlan], None] | None = None) -> None:
     """One rank after another, each rank's commit (its fsync waits for the disk) running while
     the next rank is read and written; at most one commit in flight, so written-but-unflushed
@@ -328,9 +377,11 @@ class RunResult:
     skipped: list[int]
 
 
-def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budget: int,
-             log_dir: str | None = None, on_rank: Callable[[RankPlan], None] | None = None) -> RunResult:
-    """Convert every rank of a full plan not already done (source files under src_root); at
+def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_num: int,
+             budget: int, log_dir: str | None = None,
+             on_rank: Callable[[RankPlan], None] | None = None) -> RunResult:
+    """Convert every rank of a full plan not already done (source files under src_root, or
+    where a SourceFiles says); at
     most process_num at once and never more than `budget` bytes of rank costs in flight.
     on_rank(rp): called in this process as soon as a rank's file is complete under its final
     name (or found complete and kept), e.g. to upload it while the next ranks convert."""
@@ -357,7 +408,8 @@ def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budg
                 handler.close()
         return RunResult([rp.rank for rp in todo], skipped)
 
-    pending = sorted(todo, key=rank_cost, reverse=True)
+    remote = SourceFiles.of(src_root).remote
+    pending = sorted(todo, key=lambda rp: rank_cost(rp, remote), reverse=True)
     ctx = multiprocessing.get_context("spawn")
     running: dict = {}
     in_flight = 0
@@ -370,10 +422,12 @@ def run_plan(plan: Plan, src_root: str, dst_root: str, *, process_num: int, budg
                 while pending and len(running) < process_num and started:
                     started = False
                     for i, rp in enumerate(pending):
-                        cost = rank_cost(rp)
+                        cost = rank_cost(rp, remote)
                         if in_flight + cost <= budget or not running:
                             with _spawning_ignores_sigint():
-                                fut = pool.submit(_worker_convert, rp, src_root, dst_root, fmt)
+                                fut = pool.submit(_worker_convert, rp,
+                                                  SourceFiles.of(src_root).for_rank(rp),
+                                                  dst_root, fmt)
                             running[fut] = (rp, cost)
                             in_flight += cost
                             pending.pop(i)

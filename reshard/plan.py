@@ -19,11 +19,12 @@ from __future__ import annotations
 import heapq
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import ReshardError
-from .formats import FormatError, TensorMeta, open_reader
+from .formats import FileIndex, FormatError, TensorMeta, open_reader
 from .formats.meta import STORAGE_DTYPES
 from .formats.safetensors_format import TO_CODE as SAFETENSORS_DTYPES
 from .layout import LayoutError, TensorLayout, complete_layout
@@ -44,6 +45,8 @@ OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "momen
                             "epoch_num", "step_num", "loss_scale")
 # Duplicated tensors of a complete folder are compared in slices of at most this many bytes.
 _COMPARE_BYTES = 16 << 20
+# Headers of remote source files read at once (each costs a few GETs of latency, little data).
+HEADER_THREADS = 8
 
 
 def _itemsize(dtype: str | None) -> int:
@@ -139,7 +142,9 @@ class Plan:
     ranks: the destination ranks converted (sorted). with_headers: False for a skeleton (from
     strategies alone: shapes in blocks, dtypes None), True for a full plan (every check done;
     local_root is where complete_plan read the source files). needed_files() names the source
-    files (relative to source.base) the ranks read. Built by reshard.api.plan_from_strategies
+    files (relative to source.base) the ranks read; source_use says per file how execute
+    reads it (a remote source: in place by ranged GETs, or from a copy fetched first; see
+    choose_mode). Built by reshard.api.plan_from_strategies
     (skeleton) and reshard.api.complete_plan (full); both raise ReshardError, one line naming
     the parameter, file, rank or flag at fault, for anything that cannot be converted.
     """
@@ -155,6 +160,26 @@ class Plan:
     prefix: str = "checkpoint_"
     fmt: str = "ckpt"
     local_root: str | None = None
+    # relative name -> how the conversion reads that source file (complete_plan decides: see
+    # choose_mode); a file not listed is read under the local root ("local")
+    source_use: dict[str, SourceUse] = field(default_factory=dict)
+
+    def mode_of(self, name: str) -> str:
+        """'local', 'fetch' (downloaded before converting) or 'remote' (ranged GETs)."""
+        use = self.source_use.get(name)
+        return use.mode if use is not None else "local"
+
+    def files_in_mode(self, mode: str) -> list[str]:
+        """Sorted relative names of the needed source files read in this mode: the caller
+        downloads files_in_mode('fetch') under the local root before execute."""
+        return sorted(n for n in self.needed_files() if self.mode_of(n) == mode)
+
+    def location_of(self, name: str, local_root: str) -> str:
+        """Where a source file is read: its URL when read remotely, else under local_root."""
+        assert self.source is not None
+        if self.mode_of(name) == "remote":
+            return self.source.path_of(name)
+        return self.source.path_of(name, local_root)
 
     def needed_source_ranks(self) -> list[int]:
         """Sorted source ranks the destination ranks read ([0] for a complete source)."""
@@ -202,6 +227,7 @@ class Plan:
                  f"destination ranks: {len(self.ranks)}; source ranks read: "
                  f"{ranks_text(self.needed_source_ranks())}"]
         lines += [f"note: {n}" for n in self.notes]
+        lines += self._source_use_text()
         for rp in self.ranks:
             size = (f", {human_size(rp.nbytes)}, assembly buffer {human_size(rp.buffer_bytes)}"
                     if self.with_headers else "")
@@ -212,6 +238,21 @@ class Plan:
 
     def __str__(self) -> str:
         return self.dump()
+
+    def _source_use_text(self) -> list[str]:
+        """How each remote source file is read (nothing for a local source)."""
+        uses = {n: u for n, u in self.source_use.items() if u.mode != "local"}
+        if not uses or self.source is None:
+            return []
+        remote = [u for u in uses.values() if u.mode == "remote"]
+        fetched = [u for u in uses.values() if u.mode == "fetch"]
+        lines = [f"source files: {len(remote)} read in place by ranged GETs (nothing of them on "
+                 f"local disk), {len(fetched)} downloaded first "
+                 f"({human_size(sum(u.size for u in fetched))} of local disk)"]
+        for name, u in sorted(uses.items()):
+            lines.append(f"  {u.mode} {self.source.path_of(name)}: {human_size(u.size)}, "
+                         f"{u.ranks} destination rank(s) read {human_size(u.needed)} of it")
+        return lines
 
     def _tensor_text(self, t: TensorPlan) -> str:
         """One tensor: its shape (elements, or blocks of its full grid) and its pieces."""
@@ -228,6 +269,63 @@ class Plan:
             into = "" if p.dst_region == whole else f" into {_fmt_region(p.dst_region)}"
             pieces.append(f"rank {p.src_rank} {_fmt_region(p.src_region)}{into}")
         return f"{t.name} {shape} <- {'; '.join(pieces)}"
+
+
+SOURCE_MODES = ("auto", "fetch", "remote")
+# A remote file whose needed bytes are at least this share of it is fetched whole: reading it in
+# place would move about as many bytes, in many more requests.
+FETCH_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class SourceUse:
+    """How a conversion reads one source file. mode: 'local' (the source is local), 'fetch'
+    (downloaded whole before converting) or 'remote' (read in place by ranged GETs, nothing
+    of it written to local disk); ranks: destination ranks of the plan reading it; needed:
+    the bytes they read from it (a slice read by two ranks counts twice); size: its bytes."""
+    mode: str
+    ranks: int
+    needed: int
+    size: int
+    # a remote file's headers as the plan read them: the workers open it without reading them
+    index: FileIndex | None = field(default=None, repr=False, compare=False)
+
+
+def choose_mode(remote: bool, ranks: int, needed: int, size: int, asked: str = "auto") -> str:
+    """THE rule for one source file. Local source: 'local'. Remote, asked 'fetch' or 'remote':
+    that. 'auto': 'fetch' when two or more destination ranks of this plan read it (one
+    download, then local reads, instead of each rank's GETs) or when they need at least
+    FETCH_SHARE of its bytes (about the whole file would move anyway, in many more
+    requests); else 'remote' (a small part of a large file: only those bytes move)."""
+    if asked not in SOURCE_MODES:
+        raise ReshardError(f"--source_mode {asked!r}: must be one of {', '.join(SOURCE_MODES)}")
+    if not remote:
+        return "local"
+    if asked != "auto":
+        return asked
+    return "fetch" if ranks >= 2 or needed >= FETCH_SHARE * size else "remote"
+
+
+def source_uses(plan: Plan, sizes: dict[str, int], remote: bool, asked: str = "auto",
+                indexes: dict[str, FileIndex] | None = None) -> dict[str, SourceUse]:
+    """choose_mode for every source file a full plan reads (sizes: bytes of each file;
+    indexes: the remote files' headers, kept for those read in place)."""
+    readers: dict[str, set[int]] = {}
+    needed: dict[str, int] = {}
+    for rp in plan.ranks:
+        for t in rp.tensors:
+            for p in t.pieces:
+                readers.setdefault(p.src_file, set()).add(rp.rank)
+                n = t.nbytes if t.carried else \
+                    math.prod(b - a for a, b in p.src_region) * t.itemsize
+                needed[p.src_file] = needed.get(p.src_file, 0) + n
+    out = {}
+    for name in plan.needed_files():
+        ranks, size = len(readers.get(name, ())), sizes.get(name, 0)
+        mode = choose_mode(remote, ranks, needed.get(name, 0), size, asked)
+        out[name] = SourceUse(mode, ranks, needed.get(name, 0), size,
+                              (indexes or {}).get(name) if mode == "remote" else None)
+    return out
 
 
 def human_size(nbytes: int) -> str:
@@ -257,43 +355,73 @@ def _fmt_region(region: Region) -> str:
 
 
 class Headers:
-    """Checkpoint headers (parameter name -> TensorMeta) of source files under local_root, read
-    once each and on demand. A file not there is fetched through `fetch(names)` (which must put
-    them at local_root/<name>) when given, else it is absent."""
+    """Checkpoint headers (parameter name -> TensorMeta) and sizes of source files, read once
+    each and on demand: under local_root, or, with remote_root (the source's obs:// / s3://
+    folder), in place by ranged GETs (nothing downloaded; s3_config: obs_io's configuration).
+    A local file not there is fetched through `fetch(names)` (which must put them at
+    local_root/<name>) when given, else it is absent."""
 
-    def __init__(self, local_root: str, fetch: Fetch | None = None):
+    def __init__(self, local_root: str, fetch: Fetch | None = None, *,
+                 remote_root: str | None = None, s3_config=None):
         self.local_root = local_root
         self.fetch = fetch
+        self.remote_root = remote_root
+        self.s3_config = s3_config
         self._metas: dict[str, dict[str, TensorMeta] | None] = {}
+        self.sizes: dict[str, int] = {}      # bytes of each file read
+        self.indexes: dict[str, FileIndex] = {}   # remote files: what opens them again
 
     def path(self, name: str) -> str:
+        """Where `name` is read: a local path, or its URL when the headers are read remotely."""
+        if self.remote_root is not None:
+            return self.remote_root.rstrip("/") + "/" + name
         return os.path.join(self.local_root, *name.split("/"))
 
+    def _present(self, name: str) -> bool:
+        """A remote name comes from the source's listing: there (a vanished object fails its
+        read, naming it)."""
+        return self.remote_root is not None or os.path.exists(self.path(name))
+
     def prefetch(self, names: Iterable[str]) -> None:
-        """Fetch, in one call, the files of `names` not under local_root."""
+        """Local: fetch, in one call, the files of `names` not under local_root. Remote: read
+        their headers now, several at once (each costs a few GETs of latency)."""
+        if self.remote_root is not None:
+            todo = [n for n in dict.fromkeys(names) if n not in self._metas]
+            if len(todo) > 1:
+                with ThreadPoolExecutor(min(HEADER_THREADS, len(todo))) as pool:
+                    for name, got in zip(todo, pool.map(self._load, todo)):
+                        self._keep(name, got)
+            return
         missing = [n for n in names if not os.path.exists(self.path(n))]
         if missing and self.fetch is not None:
             self.fetch(missing)
+
+    def _load(self, name: str) -> FileIndex:
+        try:
+            with open_reader(self.path(name), s3_config=self.s3_config) as reader:
+                return reader.index()
+        except FormatError as e:
+            raise ReshardError(str(e)) from None
+
+    def _keep(self, name: str, index: FileIndex) -> dict[str, TensorMeta]:
+        self._metas[name], self.sizes[name] = index.metas, index.size
+        if self.remote_root is not None:
+            self.indexes[name] = index
+        return index.metas
 
     def read(self, name: str, required: bool = True) -> dict[str, TensorMeta] | None:
         """The file's headers; None when it is absent and not `required` (else ReshardError)."""
         if name in self._metas and (self._metas[name] is not None or not required):
             return self._metas[name]
         path = self.path(name)
-        if not os.path.exists(path):
+        if not self._present(name):
             self.prefetch([name])
-        if not os.path.exists(path):
+        if not self._present(name):
             if required:
                 raise ReshardError(f"{path}: not found (the plan reads it)")
             self._metas[name] = None
             return None
-        try:
-            with open_reader(path) as reader:
-                metas = dict(reader.metas)
-        except FormatError as e:
-            raise ReshardError(str(e)) from None
-        self._metas[name] = metas
-        return metas
+        return self._keep(name, self._load(name))
 
     def known(self, name: str) -> dict[str, TensorMeta] | None:
         """Headers already read (None if not read or absent)."""
@@ -893,7 +1021,8 @@ class _Planner:
             other = self.files[k]
             m = self.headers.known(other)[name]
             if (m.dtype, m.shape) != (m0.dtype, m0.shape) or \
-                    not _same_bytes(self.headers.path(first), self.headers.path(other), m0):
+                    not _same_bytes(self.headers.path(first), self.headers.path(other), m0,
+                                    self.headers.s3_config):
                 raise ReshardError(f"parameter {name}: {first} and {other} hold different values "
                                    f"({m0.dtype}{list(m0.shape)} / {m.dtype}{list(m.shape)}) and "
                                    f"no index says which to use")
@@ -923,10 +1052,11 @@ def _describe_source(source: SourceSet | None) -> str:
     return f"{source.root} (complete checkpoint in {len(source.files)} files)"
 
 
-def _same_bytes(path_a: str, path_b: str, meta: TensorMeta) -> bool:
+def _same_bytes(path_a: str, path_b: str, meta: TensorMeta, s3_config=None) -> bool:
     """Whether two files hold the same bytes for one tensor, compared in bounded slices."""
     try:
-        with open_reader(path_a) as a, open_reader(path_b) as b:
+        with open_reader(path_a, s3_config=s3_config) as a, \
+                open_reader(path_b, s3_config=s3_config) as b:
             if not meta.sliceable or not meta.shape:
                 return a.read_raw(meta.name) == b.read_raw(meta.name)
             row = max(1, meta.nbytes // max(1, meta.shape[0]))

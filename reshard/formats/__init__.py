@@ -4,7 +4,8 @@ TensorMeta.dtype is MindSpore's tensor_type name ("Float32", "Float16", "BFloat1
 "Bool", "str", ...). Arrays travel in a *storage* numpy dtype of the same item size (BFloat16 ->
 np.uint16) so no value is ever converted.
 
-    open_reader(path) -> CheckpointReader           # by suffix: .ckpt / .safetensors
+    open_reader(location) -> CheckpointReader       # by suffix: .ckpt / .safetensors; a local
+                                                    # path, or a URL read by ranged GETs
         reader.metas: dict[str, TensorMeta]         # in file order
         reader.read(name, region=None, out=None) -> np.ndarray
             region: tuple of (start, stop) per dimension; reads only the bytes it needs;
@@ -25,12 +26,12 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from reshard.formats.base import CheckpointReader, CheckpointWriter
+from reshard.formats.base import CheckpointReader, CheckpointWriter, FileIndex
 from reshard.formats.ckpt_format import CkptReader, CkptWriter
 from reshard.formats.meta import FormatError, TensorMeta
 from reshard.formats.safetensors_format import SafetensorsReader, SafetensorsWriter
 
-__all__ = ["CheckpointReader", "CheckpointWriter", "FormatError", "TensorMeta", "format_of",
+__all__ = ["CheckpointReader", "CheckpointWriter", "FileIndex", "FormatError", "TensorMeta", "format_of",
            "open_reader", "open_writer"]
 
 _READERS = {"ckpt": CkptReader, "safetensors": SafetensorsReader}
@@ -45,8 +46,12 @@ def format_of(path: str | os.PathLike) -> str:
     return suffix
 
 
-def open_reader(path: str | os.PathLike) -> CheckpointReader:
-    return _READERS[format_of(path)](path)
+def open_reader(location: str | os.PathLike, *, s3_config=None,
+                index: FileIndex | None = None) -> CheckpointReader:
+    """A reader of a local file, or of an obs:// / s3:// object read in place by ranged GETs
+    (s3_config: obs_io's configuration for those; None: the current one). index: what an
+    earlier reader of the same file found (reader.index()): its headers are not read again."""
+    return _READERS[format_of(location)](location, s3_config=s3_config, index=index)
 
 
 def open_writer(path: str | os.PathLike, metas: Sequence[TensorMeta], fmt: str | None = None,

@@ -4,41 +4,83 @@ from __future__ import annotations
 
 import os
 import zlib
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from obs_io.atomic import temp_name
 from reshard.formats.meta import FormatError, TensorMeta, storage_view
-from reshard.formats.regions import ByteSource, Extent, Region, normalize_region, read_region
+from reshard.formats.regions import (ByteSource, Extent, LocalSource, Region, normalize_region,
+                                     read_region)
+from reshard.sources import is_url
 
 WRITE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class FileIndex:
+    """What reading a checkpoint's headers found, enough to open it again without reading them:
+    a worker converting a rank gets it from the parent that planned, so a remote file's headers
+    cost their GETs once, not once per rank. version: the object's ETag, which every later
+    GET is pinned to (None for a local file)."""
+    size: int
+    version: str | None
+    metas: dict[str, TensorMeta]
+    extents: dict[str, Extent] = field(repr=False)
+    metadata: dict[str, str] = field(default_factory=dict)
+    crc_trailer: int | None = None
+
+
+def open_source(location: str, s3_config=None, index: FileIndex | None = None) -> ByteSource:
+    """The ByteSource of a local path, or of an obs:// / s3:// URL (read in place: obs_io,
+    and with it boto3, is imported only then; with an index, the object version it describes,
+    without a HEAD request)."""
+    if is_url(location):
+        from reshard.formats.remote import RemoteSource
+        known = (index.size, index.version) if index is not None else None
+        return RemoteSource(location, s3_config, known=known)
+    return LocalSource(location)
 
 
 class CheckpointReader:
     """An open checkpoint: `metas` (file order) plus ranged reads of any value.
 
-    Subclasses only build the index (`metas`, `_extents`); reading is shared. Not thread-safe
-    (one scratch buffer per reader): open one reader per thread.
+    Subclasses only build the index (`metas`, `_extents`); reading is shared, through a
+    ByteSource (regions.py): a local file, or an object read in place by ranged GETs when the
+    location is an obs:// or s3:// URL (s3_config: obs_io's configuration to use, e.g. a
+    worker's parent's; None: the current one). Not thread-safe (one scratch buffer per
+    reader): open one reader per thread.
     """
     fmt: str = ""
+    crc_trailer: int | None = None   # .ckpt: MindSpore's CRC32 of every record byte, if saved
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except OSError as err:
-            raise FormatError(f"{self.path}: cannot open checkpoint: {err.strerror}") from None
-        self.size = os.fstat(self._fd).st_size
+    def __init__(self, location: str | os.PathLike, *, s3_config=None,
+                 index: FileIndex | None = None):
+        self.path = os.fspath(location)      # a local path or an obs:// / s3:// URL
+        self._src = open_source(self.path, s3_config, index)
+        self.size = self._src.size
         self.metas: dict[str, TensorMeta] = {}
         self.metadata: dict[str, str] = {}   # file-level key/values (safetensors __metadata__)
         self._extents: dict[str, Extent] = {}
-        self._src = ByteSource(self._fd, self.path)
+        if index is not None:
+            if index.size != self.size:
+                self.close()
+                raise FormatError(f"{self.path}: {self.size} bytes, not the {index.size} its "
+                                  "headers were read from (changed since)")
+            self.metas, self._extents = dict(index.metas), dict(index.extents)
+            self.metadata, self.crc_trailer = dict(index.metadata), index.crc_trailer
+            return
         try:
             self._index()
         except BaseException:
             self.close()
             raise
+
+    def index(self) -> FileIndex:
+        """What this reader's headers say, to open the same file again without reading them."""
+        return FileIndex(self.size, getattr(self._src, "etag", None), dict(self.metas),
+                         dict(self._extents), dict(self.metadata), self.crc_trailer)
 
     def _index(self) -> None:
         raise NotImplementedError
@@ -77,9 +119,7 @@ class CheckpointReader:
         return bytes(buf)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._src.close()
 
     def __enter__(self):
         return self

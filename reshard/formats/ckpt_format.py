@@ -20,7 +20,6 @@ buffers.
 """
 from __future__ import annotations
 
-import os
 import zlib
 from typing import Sequence
 
@@ -36,7 +35,6 @@ RECORD_BYTES = 512 * 1024 * 1024
 
 CRC_TRAILER = b"crc_num"
 CRC_TRAILER_LEN = len(CRC_TRAILER) + 10
-_WINDOW = 64 * 1024      # header read-ahead: covers many small records per pread
 _MAX_HEADER = 1 << 22    # a record header (tag, dims, type) longer than this means garbage
 
 
@@ -154,7 +152,6 @@ def _parse_value(buf: bytes, i: int, end: int) -> _Record:
 
 class CkptReader(CheckpointReader):
     fmt = "ckpt"
-    crc_trailer: int | None = None   # MindSpore's CRC32 of every record byte, when saved with one
 
     def check_crc(self) -> None:
         """Compare MindSpore's CRC trailer (save_checkpoint(crc_check=True)) with the records'
@@ -164,7 +161,7 @@ class CkptReader(CheckpointReader):
             return
         crc, pos, end = 0, 0, self.size - CRC_TRAILER_LEN
         while pos < end:
-            block = os.pread(self._fd, min(8 << 20, end - pos), pos)
+            block = self._src.read_at(pos, min(8 << 20, end - pos))
             if not block:
                 break
             crc = zlib.crc32(block, crc)
@@ -189,13 +186,14 @@ class CkptReader(CheckpointReader):
         """Walk the records, reading headers through a read-ahead window and seeking over
         content. Positions inside `buf` are relative to `start`."""
         records: list[_Record] = []
-        size, fd = self.size, self._fd
+        size, read_at = self.size, self._src.read_at
+        window, min_window = self._src.header_window, self._src.header_min
         start, buf = 0, b""
         pos = 0
-        want = _WINDOW
+        want = window
         while pos < size:
             if pos + 12 > start + len(buf):
-                start, buf = pos, os.pread(fd, want, pos)
+                start, buf = pos, read_at(pos, want)
             i = pos - start
             try:
                 if size - pos == CRC_TRAILER_LEN and buf[i:i + 7] == CRC_TRAILER:
@@ -217,12 +215,13 @@ class CkptReader(CheckpointReader):
                     if want >= _MAX_HEADER:
                         raise _Corrupt(f"record header at byte {pos} over {_MAX_HEADER} bytes")
                     want *= 4          # a long header: re-read it whole, bigger window
-                start, buf = pos, os.pread(fd, want, pos)
+                start, buf = pos, read_at(pos, want)
                 continue
             rec.offset += start
             records.append(rec)
             pos = start + body + n
-            want = _WINDOW
+            # after a record larger than the window the next header is alone in it: read little
+            want = window if n < window else min_window
         return records
 
     def _group(self, records: list[_Record]) -> None:

@@ -4,11 +4,13 @@ This is the engine's hot path. A region of a C-order tensor is a set of equal co
 runs (dimension k = the last partial one; everything after it is full and rides along). Runs
 close together are read as one span into a bounded scratch buffer and scattered with one numpy
 strided copy; runs far apart are read straight into the destination when it is contiguous there.
-Files are read with os.preadv into existing buffers: no mmap (RSS stays honest), no whole-file
-reads, no intermediate bytes objects.
+Local files are read with os.preadv into existing buffers: no mmap (RSS stays honest), no
+whole-file reads, no intermediate bytes objects. Objects in a store are read through the same
+ByteSource interface by ranged GETs (remote.py), the runs of a region coalesced into few GETs.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from bisect import bisect_right
@@ -53,12 +55,40 @@ class Extent:
 
 
 class ByteSource:
-    """Positional reads of a value's logical byte range from an open file descriptor."""
+    """Positional reads of one checkpoint file, whatever holds it: LocalSource (a file
+    descriptor) or remote.RemoteSource (ranged GETs of an object). Readers and the region
+    reader below use this interface alone, never a file descriptor.
 
-    def __init__(self, fd: int, path: str):
-        self.fd = fd
-        self.path = path
+    Subclasses set `location` (the path or URL, as the user named it: it is in every error),
+    `size`, and `readv(buffers, offset) -> int` (fill the buffers back to back from file
+    offset `offset`; the bytes read, short only at the end of the file)."""
+
+    location: str = ""
+    size: int = 0
+    header_window = 64 * 1024   # read-ahead for a .ckpt's record headers (ckpt_format._scan)
+    header_min = 64 * 1024      # ... after a record larger than that (the next header alone)
+    remote = False
+
+    def __init__(self) -> None:
         self._scratch: bytearray | None = None
+
+    def readv(self, buffers: list, offset: int) -> int:
+        raise NotImplementedError
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """Up to n bytes at `offset` (fewer only at the end of the file)."""
+        n = max(0, min(n, self.size - offset))
+        buf = bytearray(n)
+        got = self.readv([memoryview(buf)], offset) if n else 0
+        return bytes(buf[:got])
+
+    def expect(self, extent: Extent, base: int, rows: int, row_stride: int, run: int) -> None:
+        """The region reader is about to read `rows` runs of `run` bytes at logical offsets
+        base, base + row_stride, ... of the value at `extent`: a source whose reads have a
+        high fixed cost (a GET) fetches ahead within these runs, never beyond. Local: nothing."""
+
+    def close(self) -> None:
+        pass
 
     def scratch(self, nbytes: int) -> memoryview:
         if self._scratch is None or len(self._scratch) < nbytes:
@@ -85,10 +115,33 @@ class ByteSource:
     def _pread_exact(self, offset: int, buf: memoryview, name: str) -> None:
         done = 0
         while done < len(buf):
-            n = os.preadv(self.fd, [buf[done:]], offset + done)
+            n = self.readv([buf[done:]], offset + done)
             if n <= 0:
-                raise FormatError(f"{self.path}: truncated while reading parameter {name!r}")
+                raise FormatError(f"{self.location}: truncated while reading parameter {name!r}")
             done += n
+
+
+class LocalSource(ByteSource):
+    """A local file, read with os.preadv into the caller's buffers (no mmap, no copies)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.location = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as err:
+            raise FormatError(f"{path}: cannot open checkpoint: {err.strerror}") from None
+        self.size = os.fstat(self.fd).st_size
+        # bound once: the strided reads call it per batch of runs
+        self.readv = functools.partial(os.preadv, self.fd)
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def normalize_region(meta: TensorMeta, region: Region | None) -> Region:
@@ -135,6 +188,7 @@ def read_region(src: ByteSource, extent: Extent, meta: TensorMeta, region: Regio
 def _read_rows(src: ByteSource, extent: Extent, meta: TensorMeta, base: int, rows: int,
                row_stride: int, run: int, dst: np.ndarray, strides: list[int], k: int) -> None:
     """`rows` runs of `run` bytes starting at base, base+row_stride, ...; dst[r] is run r."""
+    src.expect(extent, base, rows, row_stride, run)
     gap = row_stride - run
     if rows > 1 and gap <= COALESCE_GAP and row_stride <= SCRATCH_BYTES:
         per_batch = max(1, SCRATCH_BYTES // row_stride)
@@ -183,7 +237,7 @@ def _read_rows_direct(src: ByteSource, extent: Extent, name: str, base: int, row
         for r in range(rows):
             src.pread_into(extent, base + r * row_stride, dst[r * run:(r + 1) * run], name)
         return
-    fd, preadv = src.fd, os.preadv
+    readv = src.readv
     file_base = extent.pieces[0][0] + base
     gap = row_stride - run
     batch = SCATTER_RUNS if 0 < gap <= max(4 * run, SCATTER_GAP) else 1
@@ -195,7 +249,7 @@ def _read_rows_direct(src: ByteSource, extent: Extent, name: str, base: int, row
             iov.append(dst[r * run:(r + 1) * run])
             if junk is not None and r < r0 + n - 1:
                 iov.append(junk)
-        if preadv(fd, iov, file_base + r0 * row_stride) != n * run + (n - 1) * gap:
+        if readv(iov, file_base + r0 * row_stride) != n * run + (n - 1) * gap:
             for r in range(r0, r0 + n):   # short read: exact reads, which retry or raise
                 src.pread_into(extent, base + r * row_stride, dst[r * run:(r + 1) * run], name)
 

@@ -9,7 +9,6 @@ metadata entry "Int4") are read as raw bytes but not written.
 from __future__ import annotations
 
 import json
-import os
 from typing import Sequence
 
 from reshard.formats.base import CheckpointReader, CheckpointWriter
@@ -28,14 +27,15 @@ class SafetensorsReader(CheckpointReader):
     fmt = "safetensors"
 
     def _index(self) -> None:
-        head = os.pread(self._fd, 8, 0)
+        first = self._src.read_at(0, self._src.header_window)   # the header too, when small
+        head = first[:8]
         if len(head) < 8:
             raise FormatError(f"{self.path}: not a safetensors file (only {self.size} bytes)")
         n = int.from_bytes(head, "little")
         if n > _MAX_HEADER or 8 + n > self.size:
             raise FormatError(f"{self.path}: not a readable safetensors file (header length {n}"
                               f" for a file of {self.size} bytes: truncated or corrupt)")
-        raw = os.pread(self._fd, n, 8)
+        raw = first[8:8 + n] if 8 + n <= len(first) else self._src.read_at(8, n)
         try:
             header = json.loads(raw.decode("utf-8"))
             if not isinstance(header, dict):
