@@ -29,7 +29,7 @@ from .formats import FormatError, open_reader
 from .execute import (PROCESS_BASE_BYTES, SourceFiles, expected_peak, rank_cost, rank_checksum,
                       run_plan)
 from obs_io.atomic import write_atomic
-from .plan import Fetch, Headers, Plan, build_plan, choose_mode, source_uses
+from .plan import Fetch, Headers, Plan, build_plan, choose_mode, human_size, source_uses
 from .sources import (FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
                       check_source_strategy, classify, is_url)
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
@@ -213,8 +213,8 @@ def memory_budget(plan: Plan, process_num: int, max_memory: int | None) -> tuple
         for rp, cost in zip(plan.ranks, costs):
             if cost + PROCESS_BASE_BYTES > budget:
                 big = max(rp.tensors, key=lambda t: t.buffer_bytes)
-                raise ReshardError(f"max_memory {budget} bytes is below the "
-                                   f"{cost + PROCESS_BASE_BYTES} that destination rank "
+                raise ReshardError(f"max_memory {human_size(budget)} is below the "
+                                   f"{human_size(cost + PROCESS_BASE_BYTES)} that destination rank "
                                    f"{rp.rank} needs (largest tensor {big.name})")
     return budget, expected_peak(costs, process_num, budget - PROCESS_BASE_BYTES)
 

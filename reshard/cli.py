@@ -390,6 +390,8 @@ def convert_from_args(argv=None) -> int:
                     os.path.abspath(DEFAULT_DST))
     check_prefix(args.prefix)
     _check_urls(args)
+    if args.log_dir:
+        check_writable(args.log_dir, f"--log_dir {args.log_dir}")
     source = _source_arg(args.src_checkpoint) if args.src_checkpoint else None
     if args.dst_checkpoint_dir and source is not None:   # MindFormers' layout
         args.dst_checkpoint = _join(args.dst_checkpoint_dir, source.name)
@@ -412,7 +414,18 @@ def plan_digest(plan) -> str:
 
 def verify_set(location: str) -> int:
     """--verify: a line per problem on stdout, then 0 (intact) or the one-line error (exit 2)."""
+    try:
+        if is_url(location):
+            split_url(location)
+        check_url(location)
+    except (ReshardError, ValueError) as e:
+        raise ReshardError(f"--verify {e}") from None
+    import obs_io
     with _storage("--verify", location):
+        if not obs_io.file.exists(location):
+            raise ReshardError(f"--verify {location}: not found")
+        if not obs_io.file.is_directory(location):
+            raise ReshardError(f"--verify {location}: a file, not the folder of a converted set")
         verdict = integrity.verify(location)
     for line in verdict.lines():
         print(line)
@@ -480,7 +493,8 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
         _downloader(source, stage.dir(SOURCE_STAGE))(fetched)
     upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
     dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
-    if not upload:
+    if not upload:   # the budget first: an error leaves no output folder behind
+        memory_budget(plan, process_num, args.max_memory)
         probe_writable(dst_local, f"--dst_checkpoint {dst_local}")
     if upload:
         _show_as(dst_local, upload)

@@ -32,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{TOOL}: convert every destination rank with PROCESS_NUM processes; logs in "
                     f"./{LOG_DIR}/transform_<i>.log.",
         epilog="examples:\n"
-               "  # complete -> 8 ranks, 2 processes\n"
+               "  # complete -> 8 ranks, 2 processes: out8/llama_7b/rank_0..7/ (MindFormers' layout)\n"
                f"  {PROG} llama_7b.ckpt None out8 strategy8/ 8 2\n"
                "  # 8 -> 4 ranks\n"
-               f"  {PROG} out8 strategy8/ out4 strategy4/ 4 2\n"
+               f"  {PROG} out8/llama_7b strategy8/ out4 strategy4/ 4 2\n"
                "  # 4 -> complete, file names llama_0.ckpt\n"
-               f"  {PROG} out4 strategy4/ out1 None 1 1 llama_\n"
+               f"  {PROG} out4/llama_7b strategy4/ out1 None 1 1 llama_\n"
                f"any flag of {TOOL} may follow, e.g. --max_memory=8G; see {TOOL} --help")
     p.add_argument("src", metavar="SRC", help="source checkpoint: file, folder, or model_dir with rank_<r>/")
     p.add_argument("src_strategy", metavar="SRC_STRATEGY", help="its strategy file or folder; None: complete")

@@ -140,3 +140,20 @@ def test_job_checks_downloaded_and_loaded_ranks_against_the_manifest(tmp_path):
         job._check_downloaded(str(tmp_path), ["rank_0/checkpoint_0.ckpt"], replaced)
     with pytest.raises(EntryError, match="rank_1/checkpoint_1.ckpt: missing.*not launching"):
         job._check_loaded(str(tmp_path), ["rank_1/checkpoint_1.ckpt"], good)
+
+
+@pytest.mark.parametrize("location, said", [("obs:/x", "looks like a mistyped URL"), ("s3://", "no bucket"),
+                                            ("/no/such/set", "not found")])
+def test_verify_names_a_bad_location(location, said, capsys):
+    assert main([f"--verify={location}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and said in err and "Traceback" not in err
+
+
+def test_no_output_folder_when_the_budget_is_too_small_or_the_log_folder_is_a_file(data, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert _convert(data, tmp_path / "o1", "--max_memory=1K") == 2
+    assert "max_memory 1.0 KiB is below" in capsys.readouterr().err
+    assert _convert(data, tmp_path / "o2", f"--log_dir={tmp_path / 'afile'}", "--process_num=2") == 2
+    assert "--log_dir" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
