@@ -390,8 +390,9 @@ def convert_from_args(argv=None) -> int:
                     os.path.abspath(DEFAULT_DST))
     check_prefix(args.prefix)
     _check_urls(args)
-    if args.log_dir:
-        check_writable(args.log_dir, f"--log_dir {args.log_dir}")
+    for flag in ("log_dir", "work_dir"):
+        if getattr(args, flag):
+            check_writable(getattr(args, flag), f"--{flag} {getattr(args, flag)}")
     source = _source_arg(args.src_checkpoint) if args.src_checkpoint else None
     if args.dst_checkpoint_dir and source is not None:   # MindFormers' layout
         args.dst_checkpoint = _join(args.dst_checkpoint_dir, source.name)
