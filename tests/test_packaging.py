@@ -42,8 +42,11 @@ def installed(wheel, tmp_path_factory) -> dict[str, str]:
                              capture_output=True, text=True, check=True).stdout.strip()
     deps = [p for p in site.getsitepackages() if "site-packages" in p]
     Path(purelib, "zz_test_dependencies.pth").write_text("\n".join(deps) + "\n")
+    # Without PYTHONPATH: `dev.py test` puts the repository there, whose *.egg-info would make pip
+    # take the package for installed already in the new venv and install nothing.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps",
-                              "--no-index", str(wheel)], capture_output=True, text=True)
+                              "--no-index", str(wheel)], capture_output=True, text=True, env=clean)
     assert install.returncode == 0, install.stdout + install.stderr
     outside = tmp_path_factory.mktemp("elsewhere")
     env = {k: v for k, v in os.environ.items()
