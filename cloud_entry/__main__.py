@@ -14,6 +14,7 @@ import traceback
 from cloud_entry import logs, signals
 from obs_io.oneline import one_line
 from cloud_entry.errors import EntryError
+from reshard.errors import ReshardError
 
 
 def verify(argv: list[str]) -> int:
@@ -30,18 +31,16 @@ def verify(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cloud_entry.args import parse_args
-    from cloud_entry.job import run
-
     logs.console()
     log = logging.getLogger("cloud_entry")
+    # bad input, and storage that refuses, lacks, or does not answer (obs_io raises OSError
+    # subclasses naming the URL and endpoint; a full disk is OSError too): exit 2, not "a bug"
+    user_errors: tuple[type[BaseException], ...] = (EntryError, ReshardError, OSError)
     with signals.raising():
-        try:
-            import reshard
+        try:   # the job's modules load here: a Ctrl-C while they import is one line too
+            from cloud_entry.args import parse_args
+            from cloud_entry.job import run
 
-            # bad input, and storage that refuses, lacks, or does not answer (obs_io raises
-            # OSError subclasses naming the URL and endpoint; a full disk is OSError too): exit 2
-            user_errors: tuple[type[BaseException], ...] = (EntryError, reshard.ReshardError, OSError)
             argv = sys.argv[1:] if argv is None else argv
             if argv[:1] == ["verify"]:   # `cloud-entry verify <path or URL>`: no job, no config
                 return verify(argv[1:])

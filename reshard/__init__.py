@@ -1,16 +1,32 @@
-"""Streaming, memory-bounded conversion of MindSpore checkpoints between parallel layouts."""
-# reshard.api.execute (run a full plan) is not re-exported here: `reshard.execute` is the
-# executor module. Use `from reshard.api import execute`.
-from reshard.api import (ReshardError, TransformReport, complete_plan, find_sources, load_strategy,
-                         make_plan, needed_source_ranks, plan_from_strategies, transform,
-                         write_merged_strategy)
-from reshard.plan import Plan, RankPlan, TensorPlan
-from reshard.sources import (SourceEntry, SourceSet, check_output, classify, output_name,
-                             overlaps, strategy_files)
-from reshard.strategy import Strategy
+"""Streaming, memory-bounded conversion of MindSpore checkpoints between parallel layouts.
 
-__all__ = ["ReshardError", "TransformReport", "needed_source_ranks", "transform",
-           "write_merged_strategy", "load_strategy", "make_plan", "find_sources",
-           "plan_from_strategies", "complete_plan", "Plan", "RankPlan", "TensorPlan",
-           "Strategy", "SourceEntry", "SourceSet", "classify", "output_name", "overlaps",
-           "check_output", "strategy_files"]
+Importing the package is cheap: the names below load their module on first use (PEP 562), so
+a console script can catch a Ctrl-C while numpy and the engine are still being imported.
+reshard.api.execute (run a full plan) is not re-exported here: `reshard.execute` is the
+executor module. Use `from reshard.api import execute`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "reshard.api": ("ReshardError", "TransformReport", "complete_plan", "find_sources", "load_strategy",
+                    "make_plan", "needed_source_ranks", "plan_from_strategies", "transform",
+                    "write_merged_strategy"),
+    "reshard.plan": ("Plan", "RankPlan", "TensorPlan"),
+    "reshard.sources": ("SourceEntry", "SourceSet", "check_output", "classify", "output_name", "overlaps",
+                        "strategy_files"),
+    "reshard.strategy": ("Strategy",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

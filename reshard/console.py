@@ -1,0 +1,28 @@
+"""Console scripts (pyproject.toml [project.scripts]): each imports its tool inside run_console,
+so a Ctrl-C while Python is still importing it (numpy, MindSpore, botocore: up to a second) is
+one line and exit 130, as it is later, not a traceback of the import machinery. This module
+imports nothing but the standard library, and `reshard` itself loads its names lazily, so the
+script's own import is over in about a millisecond."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+
+def run_console(prog: str, target: str) -> int:
+    """Import `target` ("module:function") and call it; a Ctrl-C during the import: one line, 130."""
+    try:
+        module, _, function = target.partition(":")
+        main = getattr(importlib.import_module(module), function)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return main()
+
+
+def transform_checkpoint() -> int:
+    return run_console("transform-checkpoint", "reshard.cli:main")
+
+
+def transform_checkpoint_sh() -> int:
+    return run_console("transform_checkpoint.sh", "reshard.mindformers_cli:main_sh")

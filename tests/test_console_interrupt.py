@@ -1,0 +1,37 @@
+"""Ctrl-C at any moment is one line: also in the first second, while a console script is still
+importing its tool (numpy, MindSpore, botocore), before the tool's own handler exists."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = {"transform-checkpoint": "from reshard.console import transform_checkpoint as main",
+           "cloud-entry": "from cloud_entry.console import cloud_entry as main",
+           "transform_checkpoint.sh": "from reshard.console import transform_checkpoint_sh as main"}
+
+
+@pytest.mark.parametrize("prog", sorted(SCRIPTS))
+@pytest.mark.parametrize("after", [0.02, 0.1, 0.2])
+def test_ctrl_c_while_importing_is_one_line(prog, after):
+    # what pip's console-script wrapper does, with the interpreter already started (the
+    # interrupt must land in the import, not in Python's own start-up)
+    code = f"import sys; print('ready', flush=True); {SCRIPTS[prog]}; sys.exit(main())"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code, "--version"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    if out.strip().startswith(prog):   # it had finished and said its version: the signal came after
+        return
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted" in err, err
