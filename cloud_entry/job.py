@@ -409,8 +409,8 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     elsewhere = [r for r in p.convert_ranks if r not in set(mine) or previous is not None]
     if elsewhere and not layout.shared_dir and layout.remote_save_url:
         names = [output_name(r, job.prefix, fmt) for r in elsewhere]
-        fetched = sync.download_ranks(layout.remote_transformed, layout.transformed, names,
-                                      lambda n: (lambda r: (r.size, r.crc32) if r else None)(manifest.files.get(n)))
+        recorded = {n: (r.size, r.crc32) for n, r in manifest.files.items()}
+        fetched = sync.download_ranks(layout.remote_transformed, layout.transformed, names, recorded.get)
         _check_downloaded(layout.transformed, fetched, manifest)
     # The folder the training loads holds this run's files only (no older prefix, no rank of a
     # larger world): locally, and under remote_save_url (node 0; every block is in by now).
