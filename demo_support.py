@@ -82,7 +82,34 @@ def settled(records: list, quiet: float = 0.2, limit: float = 5.0) -> list:
 
 # ------------------------------------------------------------------ memory
 
-class PeakRSS:
+class Sampler:
+    """Calls `sample()` every `interval` seconds in a thread, from `with` to its end, and once
+    more at the end; subclasses keep their peak in sample()."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+
+class PeakRSS(Sampler):
     """Peak resident memory of process trees, sampled in a thread.
 
     For each root pid: the largest sum, over one sample, of the RSS of the root and its
@@ -94,19 +121,10 @@ class PeakRSS:
 
     def __init__(self, pids: list[int], exclude: Callable[[list[str]], bool] = lambda cmdline: False,
                  interval: float = 0.05):
-        self.exclude, self.interval = exclude, interval
+        super().__init__(interval)
+        self.exclude = exclude
         self.peaks: dict[int, int] = {pid: 0 for pid in pids}
         self._skip: dict[tuple[int, float], bool] = {}   # (pid, start time) -> excluded
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _excluded(self, proc: psutil.Process) -> bool:
         """Only an exclusion is remembered: a child sampled between fork and exec still shows its
@@ -135,10 +153,6 @@ class PeakRSS:
                 todo.extend(children.get(pid, ()))
             self.peaks[root] = max(self.peaks[root], total)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
 
 
 # ------------------------------------------------------------------ the entry's own output

@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from bench.linkproxy import MB, LinkProxy, Totals  # noqa: E402
+from demo_support import PeakRSS, Sampler, settled  # noqa: E402
 
 BUCKET = "jobbench"
 NAME = "llama_7b"
@@ -200,16 +201,15 @@ def client_or_die():
 
 # ------------------------------------------------------------------ measuring
 
-class DiskPeak:
+class DiskPeak(Sampler):
     """Peak allocated bytes under a folder, walked every `interval` s in a thread. Allocated
     (st_blocks), not apparent sizes: what the node's disk holds; a file being written counts."""
 
     def __init__(self, folder: Path, interval: float = 0.1):
-        self.folder, self.interval, self.peak = folder, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval)
+        self.folder, self.peak = folder, 0
 
-    def sample(self) -> int:
+    def sample(self) -> None:
         total = 0
         for dirpath, _, files in os.walk(self.folder):
             for f in files:
@@ -217,21 +217,7 @@ class DiskPeak:
                     total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
                 except OSError:
                     pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.sample())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "DiskPeak":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.sample())
+        self.peak = max(self.peak, total)
 
 
 @dataclass
@@ -256,7 +242,6 @@ class Run:
 def measure(cmd: list[str], cwd: Path, env: dict[str, str], proxy: LinkProxy, timeout: float = 3600) -> Run:
     """A child process (tree) through the proxy: wall time, peak RSS, peak disk under cwd, link."""
     import psutil
-    from demo_support import PeakRSS, settled
     cwd.mkdir(parents=True, exist_ok=True)
     proxy.reset()
     out = cwd.parent / f"{cwd.name}.out"
