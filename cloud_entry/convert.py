@@ -49,19 +49,13 @@ def complete(plan: Plan, local_root: str) -> Plan:
 
 def convert_blocks(plan: Plan, local_root: str, dst_root: str, blocks: tuple[Block, ...],
                    max_memory: int | None, log_dir: str,
-                   fetch: Callable[[list[str]], None] | None = None,
                    on_file: Callable[[str, tuple[int, str]], None] | None = None) -> reshard.TransformReport:
-    """Write the ranks of a full plan (complete()), or of a skeleton completed here with the
-    headers of the files under local_root (fetch: how to get one the plan finds it needs
-    besides, for redundancy-removed sources); on_file: told of each file as soon as it is
-    complete, e.g. to upload it."""
-    full = plan if plan.with_headers else complete_plan(plan, local_root, fetch=fetch)
-    if full is not plan:
-        for note in full.notes:
-            log.info("%s", note)
+    """Write the ranks of a full plan (complete()), reading the fetched files under local_root
+    and the others in place; on_file: told of each file as soon as it is complete, e.g. to
+    upload it."""
     process_num = max(1, len(blocks))
     log.info("converting ranks %s in %d process(es)", ",".join(map(str, block_ranks(blocks))), process_num)
-    report = execute(full, local_root, dst_root, process_num=process_num, max_memory=max_memory, log_dir=log_dir,
+    report = execute(plan, local_root, dst_root, process_num=process_num, max_memory=max_memory, log_dir=log_dir,
                      on_file=on_file)
     log.info("converted ranks %s, reused %s (already complete and verified) in %.1fs",
              report.ranks_written or "none", report.ranks_skipped or "none", report.seconds)
