@@ -287,9 +287,22 @@ class _Stopped(SystemExit):
         super().__init__(128 + signal.SIGTERM)
 
 
-def _stop(signum: int, frame: object) -> None:
+def _in_finalizer(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _stop(signum: int, frame) -> None:
     """Once: a second SIGTERM (the pool terminates every worker again when it sees one gone)
-    must not interrupt the abort of the first."""
+    must not interrupt the abort of the first. Inside a finalizer (a dropped writer's __del__)
+    an exception is printed ("Exception ignored") and lost, so the request is made again a
+    moment later, when the finalizer has returned."""
+    if _in_finalizer(frame):
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Stopped()
 

@@ -357,3 +357,25 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
     assert _files(out) == _files(ref)
     for name in _files(ref):
         assert filecmp.cmp(os.path.join(out, name), os.path.join(ref, name), shallow=False), name
+
+
+def test_a_stop_inside_a_finalizer_is_asked_again_not_lost():
+    """A worker's SIGTERM landing in a dropped writer's __del__ (where an exception is printed and
+    lost) is delivered again once the finalizer has returned; elsewhere it stops at once."""
+    from reshard import execute
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        class Dropped:
+            def __del__(self):
+                execute._stop(signal.SIGTERM, sys._getframe())   # what the handler would get
+        Dropped()
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got == [signal.SIGTERM]
+        signal.signal(signal.SIGTERM, execute._stop)
+        with pytest.raises(execute._Stopped):
+            execute._stop(signal.SIGTERM, sys._getframe())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
