@@ -2,7 +2,7 @@
 
     python bench/job_bench.py [--scale full|small] [--down-mbps 100] [--up-mbps 100] [--latency-ms 5]
                               [--variants current,no-overlap,mindformers,floor] [--cases 1,2,3]
-                              [--no-rerun] [--server-check-mib 128]
+                              [--no-rerun] [--server-check-mib 128] [--server moto|s3rver]
 
 The 2-layer llama-7b case (bench/reshard_bench.py's model: vocab 32000, hidden 4096, ffn 11008,
 1.33 GB, fp16/bf16 with fp32 norms; `--scale small`: hidden 1024, ffn 2752) as three jobs:
@@ -13,17 +13,27 @@ Each job is `python -m cloud_entry` started as the platform starts it (tests/pla
 the form's hyperparameters appended, MA_*/VC_* environment, its own local folder), with
 `--transform_only=True`, its S3_ENDPOINT pointing at a link-shaping proxy (bench/linkproxy.py:
 a bandwidth cap per direction shared by all connections, a latency per request) in front of the
-local S3 server (moto, tests/s3server.py). The proxy stands in for the node's link to OBS so that
-neither the local server's CPU nor this machine's disk is what is measured: local folders are on
-tmpfs (/dev/shm), and the server's own rate is measured first; the cap is lowered, with a note,
-when the server cannot sustain it.
+local S3 server. The proxy stands in for the node's link to OBS so that neither the local
+server's CPU nor this machine's disk is what is measured: local folders are on tmpfs (/dev/shm),
+and the server's own rate is measured first; the cap is lowered, with a note, when the server
+cannot sustain it.
+
+The server (`--server`, bench/s3servers.py): s3rver by default (Node, objects as files on the
+same tmpfs, a ranged GET reads its range; installed with npm into bench/_work/node on first use,
+and run with the S3 calls it lacks filled in: bench/s3rver_main.js), else moto with a note.
+moto (tests/s3server.py) answers every GET, ranged or not, by reading the whole object under a
+per-object lock; the job reads source objects in place by ranged GETs and s3transfer downloads
+big objects in ranged parts, so against moto the full size takes 30-40 min here and measures
+moto. s3rver ignores If-Match (no object changes during a run, so every pinned GET would match
+anyway) and answers `Range: bytes=0-0` with the whole object (the job never asks for it).
 
 Per case, each in a fresh process and a fresh local folder:
 - current: the job as the code stands;
 - no-overlap: the same with `--overlap=False`, when `cloud-entry --help` lists that flag;
 - mindformers: MindFormers' path, a plain boto3 download loop of the whole source (one GET per
-  object: moto answers every ranged GET by reading the whole object, which would penalise
-  boto3's ranged download_file for the server's sake, not the link's), mindspore.transform_checkpoints,
+  object, as first written for moto, which answers every ranged GET by reading the whole object
+  and so would penalise boto3's ranged download_file for the server's sake, not the link's; kept
+  for every server so that figures stay comparable), mindspore.transform_checkpoints,
   a plain boto3 upload loop (upload_file, boto3's defaults);
 - floor: through the same proxy, a boto3 download of exactly the source objects the job needs
   (all at once, one GET each) and, separately, an upload of exactly the files the job produced
@@ -55,6 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from bench import s3servers  # noqa: E402
 from bench.linkproxy import MB, LinkProxy, Totals  # noqa: E402
 from demo_support import PeakRSS, Sampler, settled  # noqa: E402
 
@@ -185,11 +196,30 @@ def child_mindformers(argv: list[str]) -> int:
         only = len(keys) == 1 and keys[0][0] == p
         strategies[tag] = os.path.join(local, tag, os.path.basename(p)) if only else os.path.join(local, tag)
     out = os.path.join(local, "out", NAME)
+    memory_guard_on_available()
     synth.ms_transform(src_local, out, strategies["src_strategy"], strategies["dst_strategy"])
     b, p = split(out_url)
     for f in local_files(out):   # the upload loop, one file after another
         s3.upload_file(f, b, f"{p}/{os.path.relpath(f, out)}")
     return 0
+
+
+def memory_guard_on_available() -> None:
+    """MindSpore (2.10) refuses to load a .ckpt larger than the free memory, which it reads as
+    MemFree (os.sysconf SC_AVPHYS_PAGES): on this machine, with tmpfs folders and the page cache
+    holding most of the RAM, MemFree can be a few hundred MB while GBs are available, and the
+    full-size case 1 failed before converting anything. The guard is given MemAvailable (what
+    the kernel can hand out without swapping), as on a node whose memory is not taken by cache;
+    the conversion itself is untouched. Should memory then run out, this process (MindSpore
+    holds the whole checkpoint and more) is the one the kernel ends, not a neighbour's."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
+    import psutil
+    from mindspore.train import serialization
+    if hasattr(serialization, "_get_available_memory"):
+        serialization._get_available_memory = lambda: psutil.virtual_memory().available
 
 
 def client_or_die():
@@ -433,7 +463,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--server-check-mib", type=int, default=128,
                     help="object size for measuring the server's own rate (0: skip the check)")
     ap.add_argument("--local", default="/dev/shm/job_bench",
-                    help="the nodes' local folders (tmpfs by default: the disk is not the bottleneck)")
+                    help="the nodes' local folders and s3rver's objects (tmpfs by default: the disk "
+                         "is not the bottleneck)")
+    ap.add_argument("--server", choices=s3servers.SERVERS, default=None,
+                    help="the local S3 server (default: s3rver when it can be started, else moto)")
     a = ap.parse_args(argv)
     a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     bad = [v for v in a.variants if v not in ("current", "no-overlap", "mindformers", "floor")]
@@ -462,7 +495,6 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["_mindformers"]:
         return child_mindformers(argv[1:])
     a = parse(argv)
-    import s3server
     from platform_harness import upload
     t_start = time.monotonic()
     local = Path(a.local) / f"run{os.getpid()}"
@@ -474,7 +506,7 @@ def main(argv: list[str]) -> int:
     overlap = overlap_available()
     if "no-overlap" in a.variants and not overlap:
         print("no-overlap: not available (`cloud-entry --help` lists no --overlap); column shows n/a")
-    server = s3server.start()
+    server, name = start_server(a.server, local)
     env = {**os.environ, **server.env(), "PYTHONPATH": str(ROOT)}
     os.environ.update(server.env())
     try:
@@ -483,14 +515,14 @@ def main(argv: list[str]) -> int:
         down, up = a.down_mbps, a.up_mbps
         if a.server_check_mib:
             d1, u1, d2, u2 = server_rate(s3, a.server_check_mib, local / "rate")
-            print(f"moto alone (obs_io, {a.server_check_mib} MiB, no proxy): down {d1:.0f} MB/s, up {u1:.0f} MB/s; "
+            print(f"{name} alone (obs_io, {a.server_check_mib} MiB, no proxy): down {d1:.0f} MB/s, up {u1:.0f} MB/s; "
                   f"both at once: down {d2:.0f} MB/s, up {u2:.0f} MB/s", flush=True)
             # the cap must sit well below what the server sustains with both directions busy
             d_max, u_max = 0.7 * d2, 0.7 * u2
             if down > d_max or up > u_max:
                 down, up = min(down, max(5, d_max // 5 * 5)), min(up, max(5, u_max // 5 * 5))
                 print(f"link cap lowered to down {down:.0f} MB/s, up {up:.0f} MB/s (asked "
-                      f"{a.down_mbps:.0f}/{a.up_mbps:.0f}): moto cannot sustain more here with both "
+                      f"{a.down_mbps:.0f}/{a.up_mbps:.0f}): {name} cannot sustain more here with both "
                       f"directions busy, and the cap must be what limits", flush=True)
         print(f"link: down {down:.0f} MB/s, up {up:.0f} MB/s, {a.latency_ms:.0f} ms per request", flush=True)
         for src, url in ((paths["full"], f"s3://{BUCKET}/in/{NAME}.ckpt"),
@@ -499,12 +531,14 @@ def main(argv: list[str]) -> int:
         all_cases = cases(paths, a.cases)
         with LinkProxy(server.endpoint, down * MB, up * MB, a.latency_ms / 1000) as proxy:
             for case in all_cases:
-                run_case(case, a, overlap, local / f"case{case.number}", env, s3, proxy)
+                if not run_case(case, a, overlap, local / f"case{case.number}", env, s3, proxy):
+                    break
     finally:
         server.stop()
         shutil.rmtree(local, ignore_errors=True)
     text, ok = report(all_cases)
-    print(f"\nlink: down {down:.0f} MB/s, up {up:.0f} MB/s, {a.latency_ms:.0f} ms per request; scale {a.scale}")
+    print(f"\nlink: down {down:.0f} MB/s, up {up:.0f} MB/s, {a.latency_ms:.0f} ms per request; scale {a.scale}; "
+          f"server {name}")
     print(text)
     c1 = all_cases[0]
     for how, run in c1.reruns.items():
@@ -519,10 +553,26 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def start_server(wanted: str | None, local: Path) -> tuple["s3servers.Server", str]:
+    """The S3 server and its name: `wanted`, or s3rver when it starts, else moto with a note.
+    s3rver keeps its objects under `local` (tmpfs by default), removed by its stop()."""
+    server = s3servers.start(wanted or "s3rver", data_root=str(local))
+    if server is not None:
+        return server, wanted or "s3rver"
+    if wanted == "s3rver":
+        raise SystemExit("job_bench: --server s3rver: it could not be started (the reason is above)")
+    print("server: moto, as s3rver could not be started (the reason is above); moto reads the whole "
+          "object for every ranged GET, so it, not the link, bounds the job's ranged reads: "
+          "prefer --scale small", flush=True)
+    return s3servers.start("moto"), "moto"
+
+
 def run_case(case: Case, a: argparse.Namespace, overlap: bool, local: Path, env: dict[str, str], s3,
-             proxy: LinkProxy) -> None:
+             proxy: LinkProxy) -> bool:
     """Every variant of one case, each in a fresh process and local folder; the current run's
-    output stays on the store (the next case's source), the other variants' are deleted."""
+    output stays on the store (the next case's source), the other variants' are deleted.
+    False when the job itself failed: nothing is left to compare with, and the next case would
+    read an output that is not there."""
     print(f"\n=== case {case.title}", flush=True)
     env = {**env, "S3_ENDPOINT": proxy.endpoint}   # every variant through the same link
     objs = dict((f"s3://{BUCKET}/{k}", s) for k, s in list_objects(s3, case.src_url))
@@ -530,6 +580,10 @@ def run_case(case: Case, a: argparse.Namespace, overlap: bool, local: Path, env:
     case.one_source_file = max(objs[u] for u in needed)
     cur = case.rows["current"] = run_job(case, "current", local / "current", env, proxy)
     show("current", cur)
+    if not cur.ok:
+        print(f"case {case.number}: the job failed, so its other variants and the later cases are skipped",
+              flush=True)
+        return False
     produced = [f for f in local_files(str(local / "current" / "node0" / "output" / "transformed_checkpoint"))
                 if f.endswith((".ckpt", ".safetensors"))]
     case.output_bytes = sum(os.path.getsize(f) for f in produced)
@@ -564,6 +618,7 @@ def run_case(case: Case, a: argparse.Namespace, overlap: bool, local: Path, env:
         show("MindFormers path", run)
         shutil.rmtree(local / "mindformers", ignore_errors=True)
         delete_prefix(s3, case.remote("mindformers"))
+    return True
 
 
 def rerun_detail(case: Case, run: Run) -> str:

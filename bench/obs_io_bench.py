@@ -14,7 +14,7 @@ Each server gets the same cases, both sides against the same server process:
   Its every GET, ranged or not, reads the whole object under a per-object lock, so a big file's
   ranged download is bounded by the server whatever the client does.
 - s3rver (npm, Node): objects as files, ranges read as ranges; installed on first use with npm
-  into bench/_work/node (skipped with a note when npm is not there).
+  into bench/_work/node (skipped with a note when npm is not there); see bench/s3servers.py.
 Neither is OBS, and both run on the client's machine. Two placements, for every server:
 - split: the server pinned to half of the CPUs, the bench (reference and ours alike) to the
   other half, as a server on its own machine would be. On this 2-core VM that is one core each.
@@ -31,87 +31,20 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-import s3server  # noqa: E402
+from bench import s3servers  # noqa: E402
 
 MiB = 1024 * 1024
-NODE_DIR = REPO / "bench" / "_work" / "node"
-S3RVER = "s3rver@3.7.1"
-
-
-@dataclass
-class S3rver:
-    """s3rver as a child process; the same interface as tests/s3server.S3Server."""
-
-    endpoint: str
-    process: subprocess.Popen
-    data: str
-    KEY = "S3RVER"  # s3rver's fixed credentials
-
-    def env(self) -> dict[str, str]:
-        return {"S3_ENDPOINT": self.endpoint, "ACCESS_KEY_ID": self.KEY, "SECRET_ACCESS_KEY": self.KEY,
-                "S3_USE_HTTPS": "0"}
-
-    def client(self):
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.KEY,
-                            aws_secret_access_key=self.KEY, region_name="us-east-1")
-
-    def stop(self) -> None:
-        s3server.stop_process(self.process)
-        shutil.rmtree(self.data, ignore_errors=True)
-
-
-def start_s3rver(timeout: float = 30.0) -> S3rver | None:
-    """Install s3rver with npm on first use; None (with the reason printed) when that fails."""
-    exe = NODE_DIR / "node_modules" / ".bin" / "s3rver"
-    if not exe.exists():
-        if not shutil.which("npm"):
-            print("s3rver: skipped, npm is not installed", flush=True)
-            return None
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund",
-                               S3RVER], capture_output=True, text=True)
-        if done.returncode != 0 or not exe.exists():
-            print(f"s3rver: skipped, npm install failed: {done.stderr.strip()[-300:]}", flush=True)
-            return None
-    port = s3server.free_port()
-    data = tempfile.mkdtemp(prefix="s3rver_")
-    # s3rver's ListObjectsV2 continuation tokens use DES, which Node 17+ has only in OpenSSL's
-    # legacy provider (without it every truncated listing is a 500).
-    env = dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider")
-    proc = subprocess.Popen([str(exe), "-d", data, "-a", "127.0.0.1", "-p", str(port), "-s"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-        except urllib.error.HTTPError:  # any S3 answer (403 for an anonymous list) means it is up
-            return S3rver(endpoint, proc, data)
-        except OSError:
-            time.sleep(0.2)
-            continue
-        return S3rver(endpoint, proc, data)
-    proc.kill()
-    shutil.rmtree(data, ignore_errors=True)
-    print(f"s3rver: skipped, it did not answer on {endpoint}", flush=True)
-    return None
 
 
 def make_folder(root: Path, total_mib: int, seed: int = 0) -> tuple[int, int]:
@@ -263,7 +196,7 @@ def main() -> None:
     results = {}
     for placement in placements:
         for name in names:
-            server = s3server.start() if name == "moto" else start_s3rver()
+            server = s3servers.start(name)
             if server is None:
                 continue
             print(f"== {name} ({server.endpoint}), placement {placement}", flush=True)
