@@ -2,8 +2,11 @@
 extents, and the temp-file-then-rename discipline with the write-order bookkeeping."""
 from __future__ import annotations
 
+import ctypes
 import os
+import threading
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -16,6 +19,10 @@ from reshard.formats.regions import (ByteSource, Extent, LocalSource, Region, no
 from reshard.sources import is_url
 
 WRITE_BYTES = 4 << 20
+# A block this small with nothing queued is written and summed by the caller (_Checksummed).
+INLINE_BYTES = 64 << 10
+# The writer starts the disk's writeback of every this many bytes written (_Checksummed).
+WRITEBACK_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -32,10 +39,16 @@ class FileIndex:
     crc_trailer: int | None = None
 
 
-def open_source(location: str, s3_config=None, index: FileIndex | None = None) -> ByteSource:
+def open_source(location: str, s3_config=None, index: FileIndex | None = None,
+                growing=None) -> ByteSource:
     """The ByteSource of a local path, or of an obs:// / s3:// URL (read in place: obs_io,
     and with it boto3, is imported only then; with an index, the object version it describes,
-    without a HEAD request)."""
+    without a HEAD request); growing: a formats.growing.Growing, for a local path still being
+    downloaded in order (reads wait for their bytes; index required)."""
+    if growing is not None:
+        from reshard.formats.growing import GrowingSource
+        assert index is not None, "a file still downloading is opened with the plan's index"
+        return GrowingSource(location, growing.temp, index.size, growing.preload)
     if is_url(location):
         from reshard.formats.remote import RemoteSource
         known = (index.size, index.version) if index is not None else None
@@ -56,9 +69,9 @@ class CheckpointReader:
     crc_trailer: int | None = None   # .ckpt: MindSpore's CRC32 of every record byte, if saved
 
     def __init__(self, location: str | os.PathLike, *, s3_config=None,
-                 index: FileIndex | None = None):
+                 index: FileIndex | None = None, growing=None):
         self.path = os.fspath(location)      # a local path or an obs:// / s3:// URL
-        self._src = open_source(self.path, s3_config, index)
+        self._src = open_source(self.path, s3_config, index, growing)
         self.size = self._src.size
         self.metas: dict[str, TensorMeta] = {}
         self.metadata: dict[str, str] = {}   # file-level key/values (safetensors __metadata__)
@@ -131,26 +144,99 @@ class CheckpointReader:
         return f"{type(self).__name__}({self.path!r}, {len(self.metas)} values)"
 
 
+def _writeback_starter():
+    """Linux's sync_file_range(2) (which the os module lacks), through ctypes: it starts
+    writing a range of a file to disk and returns without waiting. None where there is none."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_start_writeback = _writeback_starter()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
 class _Checksummed:
     """The temporary file, counting and CRC32-summing every byte written: the set's integrity
-    manifest records each file's size and checksum as it was written, not by reading it again."""
+    manifest records each file's size and checksum as it was written, not by reading it again.
+
+    The summing and the writing each run on a thread of their own, taking the blocks in order,
+    so that the caller (the engine assembling its next chunk), the CRC and the write each have
+    a core: zlib.crc32, the write and the engine's reads all release the GIL. write() queues a
+    block and returns: the block must stay unchanged until wait() says it is consumed. A small
+    block with nothing queued is done inline (a hand-off costs more than it does).
+
+    The writing thread also starts the disk's writeback every WRITEBACK_BYTES (Linux:
+    sync_file_range), so the fsync at commit finds little left to write. Without it the page
+    cache holds the whole file (far below the kernel's dirty limits) and the disk only starts
+    at the fsync: a single big file would wait for its fsync as long as for its conversion.
+
+    A write error is kept, naming the file, and raised to the caller by the next write, check
+    or flush; the blocks queued after it are dropped. Threads end at close() (drop=True: an
+    abort, queued blocks dropped unwritten).
+    """
 
     def __init__(self, f, path: str):
         self._f = f
         self._path = path        # the final name, for the user's one line on a write error
-        self.size = 0
+        self.size = 0            # bytes handed to write()
         self.crc32 = 0
+        self._cond = threading.Condition()
+        self._queues: tuple[deque, deque] = (deque(), deque())   # to sum, to write
+        self._done = [0, 0]      # bytes each thread has consumed (summed / written or dropped)
+        self._error: OSError | None = None
+        self._closing = False
+        self._dropping = False
+        self._threads: list[threading.Thread] = []
+        self._written = 0        # the writing thread's own count ...
+        self._flushed = 0        # ... and how far it has started the writeback
 
+    # -- the caller's side ----------------------------------------------------------------
     def write(self, data) -> int:
-        try:
-            n = self._f.write(data)
-        except OSError as exc:   # ENOSPC, EIO: name the file, not just the errno
-            raise OSError(exc.errno, f"{exc.strerror} writing", self._path) from None
-        self.size += n
-        self.crc32 = zlib.crc32(data, self.crc32)
+        n = memoryview(data).nbytes
+        with self._cond:
+            self.check()
+            if n <= INLINE_BYTES and self._done[0] == self._done[1] == self.size:
+                try:
+                    self._write(data)   # both threads idle: nothing to overtake
+                except OSError as exc:
+                    self._error = exc
+                    raise
+                self._sum(data)
+                self.size += n
+                self._done = [self.size, self.size]
+                return n
+            if not self._threads:
+                self._start()
+            self.size += n
+            for q in self._queues:
+                q.append(data)
+            self._cond.notify_all()
         return n
 
+    def wait(self, ticket: int) -> None:
+        """Until the first `ticket` bytes handed to write() are consumed (summed and written, or
+        dropped after an error or at an abort). Raises nothing: see check()."""
+        with self._cond:
+            while min(self._done) < ticket:
+                self._cond.wait()
+
+    def check(self) -> None:
+        """Raise the write error the writing thread met, if any."""
+        if self._error is not None:
+            raise self._error
+
+    def drain(self) -> None:
+        """Until every byte handed over is summed and written; raises a write error."""
+        self.wait(self.size)
+        self.check()
+
     def flush(self) -> None:
+        self.drain()
         try:
             self._f.flush()
         except OSError as exc:   # buffered bytes meet the full disk here
@@ -159,8 +245,64 @@ class _Checksummed:
     def fileno(self) -> int:
         return self._f.fileno()
 
-    def close(self) -> None:
+    def close(self, drop: bool = False) -> None:
+        """End the threads (drop=True: without writing what is still queued), then the file."""
+        with self._cond:
+            self._closing = True
+            self._dropping = self._dropping or drop
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+        self._threads = []
         self._f.close()
+
+    # -- the threads ----------------------------------------------------------------------
+    def _start(self) -> None:
+        for i, work in enumerate((self._sum, self._write)):
+            t = threading.Thread(target=self._serve, args=(i, work), daemon=True,
+                                 name=f"reshard-{'crc' if i == 0 else 'write'}")
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, i: int, work) -> None:
+        queue = self._queues[i]
+        while True:
+            with self._cond:
+                while not queue and not self._closing:
+                    self._cond.wait()
+                if not queue:
+                    return
+                block = queue[0]
+                skip = self._dropping or self._error is not None
+            error = None
+            if not skip:
+                try:
+                    work(block)
+                except OSError as exc:
+                    error = exc
+                except BaseException as exc:   # never a silent thread death: the caller sees it
+                    error = OSError(0, f"{exc!r} writing", self._path)
+            with self._cond:
+                if error is not None and self._error is None:
+                    self._error = error
+                queue.popleft()
+                self._done[i] += memoryview(block).nbytes
+                self._cond.notify_all()
+
+    def _sum(self, data) -> None:
+        self.crc32 = zlib.crc32(data, self.crc32)
+
+    def _write(self, data) -> None:
+        try:
+            n = self._f.write(data)
+        except OSError as exc:   # ENOSPC, EIO: name the file, not just the errno
+            raise OSError(exc.errno, f"{exc.strerror} writing", self._path) from None
+        self._written += n
+        if _start_writeback is not None and self._written - self._flushed >= WRITEBACK_BYTES:
+            # only a head start: errors are the fsync's to report
+            _start_writeback(self._f.fileno(), self._flushed, self._written - self._flushed,
+                             _SYNC_FILE_RANGE_WRITE)
+            self._flushed = self._written
 
 
 class CheckpointWriter:
@@ -191,8 +333,17 @@ class CheckpointWriter:
 
     # -- public -------------------------------------------------------------------------
     def write(self, name: str, chunk: np.ndarray | bytes | bytearray | memoryview) -> None:
-        """Next piece of value `name`: the whole value, or consecutive axis-0 chunks."""
+        """Next piece of value `name`: the whole value, or consecutive axis-0 chunks. Returns
+        once its bytes are written: the caller may change `chunk` then."""
+        self.wait(self.send(name, chunk))
+        self._file.check()
+
+    def send(self, name: str, chunk: np.ndarray | bytes | bytearray | memoryview) -> int:
+        """write() without waiting: the writer's threads CRC-sum and write the bytes while the
+        caller goes on (the engine assembles its next chunk meanwhile). `chunk` must stay
+        unchanged until wait() returns for the ticket returned here."""
         self._check_open()
+        self._file.check()
         self._complete_empty_values(until=name)
         if self._pos >= len(self.metas) or self.metas[self._pos].name != name:
             expected = self.metas[self._pos].name if self._pos < len(self.metas) else "nothing"
@@ -215,6 +366,14 @@ class CheckpointWriter:
             self._pos += 1
             self._left = None
             self._rows = 0
+        return self._file.size
+
+    def wait(self, ticket: int) -> None:
+        """Until the bytes of every send() up to the one that returned `ticket` are consumed
+        (written, or dropped by a failed or aborted writer): their chunks may change then.
+        Raises nothing, so a caller reusing its buffer never meets another writer's error:
+        a failure is raised by this writer's next write, send or commit."""
+        self._file.wait(ticket)
 
     def commit(self) -> None:
         self._check_open()
@@ -246,7 +405,7 @@ class CheckpointWriter:
             return
         self.state = "aborted"
         try:
-            self._file.close()
+            self._file.close(drop=True)
         except OSError:
             pass
         finally:

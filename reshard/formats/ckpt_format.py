@@ -284,39 +284,37 @@ def record_header(meta: TensorMeta, content_len: int) -> bytes:
 
 
 class CkptWriter(CheckpointWriter):
-    """Streams records; with crc_check=True appends MindSpore's CRC32 trailer."""
+    """Streams records; with crc_check=True appends MindSpore's CRC32 trailer: the CRC32 of
+    every record byte, which is the file's own running checksum (records start the file), so
+    it is taken from the writer's summing rather than summed twice."""
     fmt = "ckpt"
 
     def __init__(self, path, metas: Sequence[TensorMeta], crc_check: bool = False):
         super().__init__(path, metas)
-        self._crc = 0 if crc_check else None
+        self._crc_check = crc_check
         self._record_left = 0
         self._value_left = 0
         self._meta: TensorMeta | None = None
-
-    def _emit(self, data) -> None:
-        self._put(data)
-        if self._crc is not None:
-            self._crc = zlib.crc32(data, self._crc)
 
     def _begin_value(self, meta: TensorMeta, nbytes: int) -> None:
         self._meta, self._value_left, self._record_left = meta, nbytes, 0
         if nbytes == 0:
             # save_checkpoint writes no record at all for an empty tensor (its chunk loop is
             # empty), which loses the parameter; one empty record keeps it and loads fine.
-            self._emit(record_header(meta, 0))
+            self._put(record_header(meta, 0))
 
     def _write_content(self, data: memoryview) -> None:
         while len(data):
             if self._record_left == 0:
                 self._record_left = min(RECORD_BYTES, self._value_left)
-                self._emit(record_header(self._meta, self._record_left))
+                self._put(record_header(self._meta, self._record_left))
             take = min(self._record_left, len(data))
-            self._emit(data[:take])
+            self._put(data[:take])
             data = data[take:]
             self._record_left -= take
             self._value_left -= take
 
     def _finish(self) -> None:
-        if self._crc is not None:
-            self._file.write(CRC_TRAILER + self._crc.to_bytes(10, "big"))
+        if self._crc_check:
+            self._file.drain()   # every record byte summed
+            self._file.write(CRC_TRAILER + self._file.crc32.to_bytes(10, "big"))
