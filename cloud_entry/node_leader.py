@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ class LeaderState:
     error: str = ""
     effective_config: str = ""   # what the node's processes launch with
     shim: str = ""               # the moxing stand-in folder ("" off ModelArts)
+    scope: str = ""              # which launch it belongs to (launch_scope): cards of one job agree
 
     def alive(self) -> bool:
         """The process that wrote this is still running (same pid and start time, this host;
@@ -80,10 +82,21 @@ class NodeRole:
         return f"following this node's leader, pid {self.me.pid}: it syncs and converts, this process waits"
 
 
-def _myself(job: str, effective_config: str, shim: str) -> LeaderState:
+# What the card processes of one launch share and another launch on the same machine (a second
+# job, a benchmark beside the tests) most likely does not: the topology's sources.
+SCOPE_VARS = ("RANK_TABLE_FILE", "MINDIE_RANK_TABLE", "MA_JOB_DIR", "MA_LOG_DIR", "VC_WORKER_HOSTS",
+              "MA_CURRENT_IP", "MS_SCHED_HOST", "MS_SCHED_PORT", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_scope(env: dict[str, str]) -> str:
+    """A digest of SCOPE_VARS: equal for the boot processes of one launch on a node."""
+    return hashlib.sha256(json.dumps([env.get(k, "") for k in SCOPE_VARS]).encode()).hexdigest()[:16]
+
+
+def _myself(job: str, effective_config: str, shim: str, scope: str) -> LeaderState:
     pid = os.getpid()
     return LeaderState(job, socket.gethostname(), pid, psutil.Process(pid).create_time(),
-                       effective_config=effective_config, shim=shim)
+                       effective_config=effective_config, shim=shim, scope=scope)
 
 
 class _Locked:
@@ -124,14 +137,16 @@ def _write(path: str, state: LeaderState) -> None:
 
 
 def elect(node_index: int, job: str, per_card: bool, effective_config: str, shim: str = "",
-          lock_dir: str = LOCK_DIR) -> NodeRole:
+          lock_dir: str = LOCK_DIR, scope: str = "") -> NodeRole:
     """Lead or follow. `job` is the job key: equal for the processes of one job, different as
     soon as one got other hyperparameters. Without a per-card launch a second live entry of this
-    job on this node is an error: it would launch the training twice."""
+    job on this node is an error: it would launch the training twice. A live leader of another
+    job key in the same launch (`scope`: launch_scope) means the cards got different
+    hyperparameters: an error; one of another launch (another job on this machine) is not."""
     os.makedirs(lock_dir, exist_ok=True)
     stem = os.path.join(lock_dir, f"node_{node_index}_{job[:24]}")
     state_path, lock_path = f"{stem}.json", f"{stem}.lock"
-    me = _myself(job, effective_config, shim)
+    me = _myself(job, effective_config, shim, scope)
     with _Locked(lock_path):
         current = _read(state_path)
         if current is not None and current.alive() and current.pid != me.pid:
@@ -144,7 +159,8 @@ def elect(node_index: int, job: str, per_card: bool, effective_config: str, shim
                   and os.path.join(lock_dir, p) != state_path]
     for name in others:   # a live leader of another job on this node: the cards disagree
         other = _read(os.path.join(lock_dir, name))
-        if other is not None and other.alive() and other.state == RUNNING and per_card:
+        if other is not None and other.alive() and other.state == RUNNING and per_card \
+                and other.scope == scope:
             raise EntryError(f"another cloud-entry (pid {other.pid}) runs this job on node {node_index} with "
                              "other hyperparameters: every card's boot command must get the same ones")
     return NodeRole(True, state_path, lock_path, me)

@@ -75,6 +75,10 @@ def test_per_card_processes_follow_a_live_leader(tmp_path, other):
         elect("job-a", per_card=False)
     with pytest.raises(EntryError, match="with other hyperparameters"):
         elect("job-b", per_card=True)
+    # a leader of another launch on this machine (another job, a benchmark): not a disagreement
+    other_launch = node_leader.elect(0, "job-c", True, "/x/effective_config.yaml", lock_dir=node_leader.LOCK_DIR,
+                                     scope=node_leader.launch_scope({"RANK_TABLE_FILE": "/other/rank_table.json"}))
+    assert other_launch.leader
 
 
 def test_a_follower_acts_on_the_leaders_result(tmp_path, other):
