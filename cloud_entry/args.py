@@ -185,10 +185,10 @@ FLAGS: dict[str, Flag] = {
     "prefix": Flag("prefix", _text, "converted file name prefix (default checkpoint_)"),
     "run_id": Flag("run_id", _text, "id every node of this run shares (default from the platform)"),
     "transform_only": Flag("transform_only", parse_bool, "stop after the conversion, launch nothing"),
-    "overlap": Flag("overlap", parse_bool, "upload each converted rank while the next converts "
-                    "(default True; False: upload after the whole conversion)"),
+    "overlap": Flag("overlap", parse_bool, "upload each converted rank while it is written and the next "
+                    "converts (default True; False: upload after the whole conversion)"),
     "keep_source_cache": Flag("keep_source_cache", parse_bool, "keep the downloaded source checkpoint "
-                              "on local disk after success (default False: removed)"),
+                              "on local disk (default False: each file removed once its ranks are written)"),
     "launch_cmd": Flag("launch_cmd", _launch_cmd, "the training command as one string (or put it after --)"),
     "pass_args": Flag("pass_args", _names, "comma-separated argument names of the training command that "
                       "look like typos of ours but are not (passed on as they are)"),

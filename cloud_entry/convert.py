@@ -1,7 +1,7 @@
 """This node's share of the conversion through the engine's plan: the plan from strategies names
 the source files it reads, is completed with their headers (every check before the first write;
 a remote source's headers by ranged GETs, before anything is downloaded), says per file whether
-the conversion reads it in place or from a local copy fetched first, and is executed; its report
+the conversion reads it in place or from a local copy downloaded while it converts, and is executed; its report
 names the files written.
 
 The engine converts every rank of this node's blocks in one call with one process per block
@@ -41,7 +41,7 @@ def complete(plan: Plan, local_root: str) -> Plan:
         log.info("%s", note)
     remote, fetched = full.files_in_mode("remote"), full.files_in_mode("fetch")
     if remote or fetched:
-        log.info("source files: %d read in place by ranged GETs%s, %d fetched first%s", len(remote),
+        log.info("source files: %d read in place by ranged GETs%s, %d downloaded while converting%s", len(remote),
                  f" ({', '.join(remote)})" if remote else "", len(fetched),
                  f" ({', '.join(fetched)})" if fetched else "")
     return full
@@ -49,14 +49,22 @@ def complete(plan: Plan, local_root: str) -> Plan:
 
 def convert_blocks(plan: Plan, local_root: str, dst_root: str, blocks: tuple[Block, ...],
                    max_memory: int | None, log_dir: str,
-                   on_file: Callable[[str, tuple[int, str]], None] | None = None) -> reshard.TransformReport:
+                   on_file: Callable[[str, tuple[int, str]], None] | None = None,
+                   download: list[str] | None = None, release: bool = False,
+                   upload_to: str | None = None, upload_skip: frozenset[str] = frozenset()
+                   ) -> reshard.TransformReport:
     """Write the ranks of a full plan (complete()), reading the fetched files under local_root
     and the others in place; on_file: told of each file as soon as it is complete, e.g. to
-    upload it."""
+    upload it; download: fetched files not under local_root yet, downloaded there by the
+    engine while it converts (each rank starts as soon as the bytes it reads are there);
+    release: each removed once the ranks reading it are written (a cache not kept); upload_to:
+    each rank also uploaded there while it is written, but those in upload_skip (on_file is
+    told of the others only)."""
     process_num = max(1, len(blocks))
     log.info("converting ranks %s in %d process(es)", ",".join(map(str, block_ranks(blocks))), process_num)
     report = execute(plan, local_root, dst_root, process_num=process_num, max_memory=max_memory, log_dir=log_dir,
-                     on_file=on_file)
+                     on_file=on_file, download=download or (), release=release,
+                     upload_to=upload_to, upload_skip=upload_skip)
     log.info("converted ranks %s, reused %s (already complete and verified) in %.1fs",
              report.ranks_written or "none", report.ranks_skipped or "none", report.seconds)
     return report

@@ -119,13 +119,7 @@ def probe_outputs(p: "JobPlan") -> None:
                          (layout.output_dir, flag)):
         probe_writable(folder, name)
     if obs_io.is_remote(layout.remote_save_url):
-        probe = join(layout.remote_save_url, f".cloud_entry_write_probe_node{p.cluster.node_index}_{os.getpid()}")
-        try:
-            obs_io.file.write(probe, b"", binary=True)
-            obs_io.file.remove(probe)
-        except (OSError, ValueError) as exc:
-            raise EntryError(f"remote_save_url={job.remote_save_url}: cannot write there: "
-                             f"{one_line(exc)}") from None
+        probe_writable(layout.remote_save_url, f"remote_save_url={job.remote_save_url}")
 
 
 def _check_overrides(spec: JobSpec, base: dict[str, Any]) -> None:
@@ -363,22 +357,30 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
             cache = join(layout.work_dir, "source", layout.ckpt_name)
             if p.source.remote:   # errors name the user's URL, not our local copy
                 shown[cache.rstrip("/")] = p.source.files.base.rstrip("/")
-            # headers by ranged GETs (a bad source fails before any transfer); then exactly the
-            # files the plan reads from a local copy are fetched, the others are read in place
+            # headers by ranged GETs (a bad source fails before any transfer); the files the
+            # plan reads from a local copy are downloaded while the conversion already reads
+            # them (each rank starts once its first bytes are here), the others read in place
             plan = convert.complete(plan, cache if p.source.remote else p.source.files.base)
-            local_root = sync.fetch_source(p.source, plan.files_in_mode("fetch"), cache)
+            fetched = plan.files_in_mode("fetch")
+            local_root, download = sync.cache_source(p.source, fetched, cache)
             inputs = {"source": p.source.url, "identity": p.source.identity, "src_strategy": _digest(src_s),
                       "dst_strategy": _digest(dst_s), "prefix": job.prefix, "fmt": fmt}
             _forget_stale_ranks(p, inputs, mine)
             uploader = (sync.RankUploader(layout.transformed, layout.remote_transformed)
                         if layout.remote_save_url and job.overlap else None)
-            try:   # each rank goes up as soon as it is written, while the next converts
+            try:   # each rank goes up while it is written (or once written), while the next converts
                 report = convert.convert_blocks(
                     plan, local_root, layout.transformed, my_blocks, job.max_memory, layout.log_dir,
-                    on_file=uploader.submit if uploader else None)
+                    on_file=uploader.submit if uploader else None, download=download,
+                    release=not job.keep_source_cache,
+                    # each rank goes up while it is written; one the remote manifest already
+                    # records is written first, then uploaded only if it changed
+                    upload_to=layout.remote_transformed if uploader else None,
+                    upload_skip=uploader.recorded if uploader else frozenset())
             finally:
                 if uploader is not None:
                     uploader.finish()
+                sync.record_cached(p.source, fetched, cache)   # what did arrive is reused
             if layout.remote_save_url and not job.overlap:   # after the whole conversion
                 sync.upload_ranks(layout.transformed, layout.remote_transformed, report.checksums)
             written = report.checksums
@@ -528,7 +530,8 @@ def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
     log.info("%s", cluster.describe())
     shim = join(layout.work_dir, "moxing_shim") if is_modelarts(env) else ""
     try:
-        role = node_leader.elect(cluster.node_index, p.node_key, cluster.per_card, layout.effective_config, shim)
+        role = node_leader.elect(cluster.node_index, p.node_key, cluster.per_card, layout.effective_config, shim,
+                                 scope=node_leader.launch_scope(env))
         log.info("%s", role.describe())
         if role.leader:
             try:

@@ -154,44 +154,67 @@ def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
 def fetch_source(source: Source, names: list[str], local_root: str) -> str:
     """The folder the engine reads `names` (relative to source.files.base) under: the user's own
     when local, else local_root (our cache), where exactly those files are copied in parallel
-    from the entries the plan's listing already holds: no further listing. The plan's files
-    read in place (ranged GETs) are not among `names`: nothing of them is copied."""
+    from the entries the plan's listing already holds: no further listing."""
+    root, todo = cache_source(source, names, local_root)
+    if todo:   # a folder copy, even of one file: it shows progress (a bar, or a line every 10 s)
+        obs_io.file.copy_parallel(source.files.base, local_root, file_list=[source.entries[n] for n in todo])
+        log.info("downloaded %d of the %d source file(s) this node reads (%d in the source) from %s",
+                 len(todo), len(names), len(source.entries), source.url)
+    record_cached(source, names, local_root)
+    return root
+
+
+def _record_path(local_root: str) -> str:
+    return local_root.rstrip(os.sep) + ".downloaded.json"   # beside the folder the job loads
+
+
+def _seen(local_root: str) -> dict:
+    try:
+        with open(_record_path(local_root), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _ident(e: DirEntry) -> list:
+    return [e.length, e.etag, e.mtime_nsec]
+
+
+def cache_source(source: Source, names: list[str], local_root: str) -> tuple[str, list[str]]:
+    """(the folder the engine reads `names` under, the names still to download there). The
+    user's own folder, nothing to download, when local; else local_root, our cache: a file an
+    earlier run downloaded from the same object (same size, ETag and modification time,
+    recorded then: record_cached) and still there with that size is not downloaded again.
+    Copies are published only when complete, so a crash leaves no half file under the final
+    name (downloads are not fsynced: the size check is what makes a reuse after a machine crash
+    safe). A cached rank folder keeps no older checkpoint."""
     if not source.remote:
-        return source.files.base
-    if not names:   # every file the plan reads is read in place: no copy, no record
-        return local_root
-    for r, name in source.rank_files.items():   # a cached rank folder keeps no older checkpoint
+        return source.files.base, []
+    for r, name in source.rank_files.items():
         if name in names:
             _prune(rank_dir(local_root, r), {_basename(name)})
-    todo = _download(source.files.base, local_root, [source.entries[n] for n in names])
-    log.info("downloaded %d of the %d source file(s) this node reads (%d in the source) from %s",
-             len(todo), len(names), len(source.entries), source.url)
-    return local_root
-
-
-def _download(root: str, local_root: str, entries: list[DirEntry]) -> list[str]:
-    """Copy root/<name> to local_root/<name> unless an earlier run copied the same object (same
-    size, ETag and modification time, recorded then) and a copy of that size is still there.
-    Returns the names copied now. Copies are published only when complete, so a crash leaves no
-    half file under the final name (obs_io's downloads are not fsynced: the size check here is
-    what makes a reuse after a machine crash safe)."""
-    record = local_root.rstrip(os.sep) + ".downloaded.json"   # beside the folder the job loads
-    try:
-        with open(record, encoding="utf-8") as f:
-            seen = json.load(f)
-    except (OSError, ValueError):
-        seen = {}
-    ident = {e.name: [e.length, e.etag, e.mtime_nsec] for e in entries}
+    seen = _seen(local_root)
 
     def have(e: DirEntry) -> bool:
         local = os.path.join(local_root, e.name)
-        return seen.get(e.name) == ident[e.name] and os.path.isfile(local) and os.path.getsize(local) == e.length
-    todo = [e for e in entries if not have(e)]
-    if todo:   # a folder copy, even of one file: it shows progress (a bar, or a line every 10 s)
-        obs_io.file.copy_parallel(root, local_root, file_list=todo)
-    seen.update(ident)
-    obs_io.atomic.write_atomic(record, json.dumps(seen), durable=True)
-    return [e.name for e in todo]
+        return seen.get(e.name) == _ident(e) and os.path.isfile(local) and os.path.getsize(local) == e.length
+    todo = [n for n in names if not have(source.entries[n])]
+    if len(todo) < len(names):
+        log.info("%d source file(s) already here from an earlier run, unchanged", len(names) - len(todo))
+    return local_root, todo
+
+
+def record_cached(source: Source, names: list[str], local_root: str) -> None:
+    """Record which objects the files of `names` now under local_root were downloaded from
+    (those there with their object's size): cache_source reuses them."""
+    if not source.remote or not names:   # every file read in place: no copy, no record
+        return
+    seen = _seen(local_root)
+    for n in names:
+        e, local = source.entries[n], os.path.join(local_root, n)
+        if os.path.isfile(local) and os.path.getsize(local) == e.length:
+            seen[n] = _ident(e)
+    obs_io.atomic.write_atomic(_record_path(local_root), json.dumps(seen), durable=True)
 
 
 def _prune(folder: str, keep: set[str], exts: tuple[str, ...] = ()) -> None:
@@ -241,6 +264,11 @@ class RankUploader:
         except (reshard.ReshardError, FileNotFoundError):
             return {}, {}
         return recorded, present
+
+    @property
+    def recorded(self) -> frozenset[str]:
+        """The names the remote manifest lists: a rerun may find them unchanged there."""
+        return frozenset(self._recorded)
 
     def submit(self, name: str, checksum: tuple[int, str] | None) -> None:
         """Upload `name` (relative to both roots) unless unchanged there; checksum: its

@@ -13,12 +13,15 @@ import contextlib
 import datetime
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import posixpath
 import re
 import shutil
+import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -280,6 +283,149 @@ def download_fileobj(url: str, fileobj, size: int, threads: int = 8) -> None:
     cfg = _config.current()
     with translating(url), TransferManager(get_client(cfg), transfer_config(cfg, size, threads, True)) as manager:
         manager.download(u.bucket, u.key, fileobj).result()
+
+
+def download_in_order(url: str, write: Callable[[bytes], object], size: int, etag: str | None, *,
+                      part: int = 8 << 20, threads: int = 8, chunks: int = 12) -> None:
+    """Fetch one object version (`etag`, when known: every GET is pinned to it with If-Match)
+    as consecutive write(data) calls from byte 0 to `size`, while `threads` ranged GETs of
+    `part` bytes are in flight. For a reader that consumes a file while it is still being
+    downloaded: the bytes before the last write are final. Memory: at most `chunks` parts
+    fetched or being fetched. Each GET is read_object's (botocore's retries, a body that breaks
+    off fetched again); a write that raises ends the download and the exception propagates.
+    Errors: obs_io's (translating).
+
+    Not s3transfer: its in-order (non-seekable) download deadlocks once an object has more
+    parts than its in-memory window while response checksums are 'when_required' (as obs_io's
+    client has them for OBS): the task scheduling the later parts holds the window's first slot
+    (s3transfer 0.19, GetObjectFirstChunkOnDoneCallback)."""
+    u = ObjectURL.parse(url)
+    cfg = _config.current()
+    pinned = {"IfMatch": etag} if etag else {}
+
+    def get(offset: int) -> bytes:
+        n = min(part, size - offset)
+        with translating(url):
+            body, _ = read_object(cfg, u.bucket, u.key, Range=f"bytes={offset}-{offset + n - 1}", **pinned)
+        if len(body) != n:
+            raise OSError(errno.EIO, f"{len(body)} bytes at offset {offset}, expected {n}", url)
+        return body
+
+    offsets = iter(range(0, size, part))
+    with ThreadPoolExecutor(max(1, min(threads, MAX_THREADS)), thread_name_prefix="obs-io-in-order") as pool:
+        queued = deque(pool.submit(get, o) for o in itertools.islice(offsets, max(1, chunks)))
+        try:
+            while queued:
+                data = queued.popleft().result()
+                following = next(offsets, None)
+                if following is not None:
+                    queued.append(pool.submit(get, following))
+                write(data)
+        finally:
+            for future in queued:
+                future.cancel()
+
+
+class _Tail:
+    """A non-seekable reader of a local file that another thread is still appending to: read(n)
+    waits until n more bytes are there, or until finish() says how long the file ends up
+    (then the rest, then b""). cancel() makes the waiting read raise, which ends the upload
+    reading it (s3transfer aborts its multipart upload). Every wait is bounded by `stall`
+    seconds without growth."""
+
+    POLL = 0.01
+
+    def __init__(self, path: str, stall: float):
+        self._fd = os.open(path, os.O_RDONLY)
+        self._pos = 0
+        self._end: int | None = None
+        self._cancelled: BaseException | None = None
+        self._stall = stall
+        self.path = path
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        last, since = -1, time.monotonic()
+        while True:
+            if self._cancelled is not None:
+                raise self._cancelled
+            end = self._end
+            have = os.fstat(self._fd).st_size
+            if end is not None and have < end:
+                raise OSError(errno.EIO, f"ends at {have} bytes, not {end}", self.path)
+            limit = end if end is not None else have
+            if n < 0 and end is not None or n >= 0 and (limit - self._pos >= n or end is not None):
+                want = (limit - self._pos) if n < 0 else min(n, limit - self._pos)
+                data = os.pread(self._fd, want, self._pos)
+                self._pos += len(data)
+                return data
+            if have != last:
+                last, since = have, time.monotonic()
+            elif time.monotonic() - since > self._stall:
+                raise OSError(errno.ETIMEDOUT, f"no new bytes for {self._stall:.0f}s", self.path)
+            time.sleep(self.POLL)
+
+    def finish(self, size: int) -> None:
+        self._end = size
+
+    def cancel(self, exc: BaseException) -> None:
+        self._cancelled = exc
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _UploadCancelled(Exception):
+    """Raised in a growing upload's read when its file was abandoned."""
+
+
+class GrowingUpload:
+    """Upload a local file to `url` while it is still being written, in order, by someone else
+    in this process (e.g. a checkpoint writer's temporary file): s3transfer reads it as a
+    non-seekable stream, one part at a time as the bytes arrive (its multipart upload, retries
+    and abort on failure), so most of the upload is done when the writer is. Nothing is under
+    the final key before finish() told the final size and the last part went: a multipart
+    upload is invisible until completed, a single PUT is sent whole. abort() cancels it (the
+    multipart upload is aborted). `size_hint`: about how big the file gets (part size).
+    Memory: `chunks` parts. Errors: obs_io's, from finish()."""
+
+    def __init__(self, path: str, url: str, size_hint: int, cfg: _config.S3Config | None = None,
+                 chunks: int = 4, stall: float = 900.0):
+        from threading import Thread
+        self.url = url
+        self._tail = _Tail(path, stall)
+        self._cfg = cfg or _config.current()
+        self._error: BaseException | None = None
+        tconfig = transfer_config(self._cfg, size_hint, MAX_THREADS)
+        tconfig.max_in_memory_upload_chunks = max(1, chunks)
+        self._thread = Thread(target=self._run, args=(tconfig,), daemon=True, name="obs-io-growing-upload")
+        self._thread.start()
+
+    def _run(self, tconfig) -> None:
+        u = ObjectURL.parse(self.url)
+        try:
+            with translating(self.url), TransferManager(get_client(self._cfg), tconfig) as manager:
+                manager.upload(self._tail, u.bucket, u.key).result()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._tail.close()
+
+    def finish(self, size: int) -> None:
+        """The file is complete at `size` bytes: wait for the upload's end; raise its error."""
+        self._tail.finish(size)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """The file was abandoned: end the upload, leaving nothing under the key."""
+        self._tail.cancel(_UploadCancelled(self.url))
+        self._thread.join()
 
 
 def abort_stale_uploads(tasks: list[CopyTask], started: datetime.datetime) -> int:

@@ -26,8 +26,10 @@ from typing import Callable, Iterable
 
 from .errors import ReshardError
 from .formats import FormatError, open_reader
-from .execute import (PROCESS_BASE_BYTES, SourceFiles, expected_peak, rank_cost, rank_checksum,
-                      run_plan)
+from .fetch import FETCH_BYTES, SourceFetcher, horizon
+from .formats.growing import Growing
+from .execute import (PROCESS_BASE_BYTES, RunResult, SourceFiles, UploadTo, expected_peak,
+                      pending_ranks, rank_cost, rank_checksum, run_plan, settle_manifests)
 from obs_io.atomic import write_atomic
 from .plan import Fetch, Headers, Plan, build_plan, choose_mode, human_size, source_uses
 from .sources import (FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
@@ -223,7 +225,9 @@ def memory_budget(plan: Plan, process_num: int, max_memory: int | None) -> tuple
 
 def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
             max_memory: int | None = None, log_dir: str | None = None,
-            on_file: Callable[[str, tuple[int, str]], None] | None = None) -> TransformReport:
+            on_file: Callable[[str, tuple[int, str]], None] | None = None,
+            download: Iterable[str] = (), release: bool = False,
+            upload_to: str | None = None, upload_skip: Iterable[str] = ()) -> TransformReport:
     """Write the destination files of a full plan: <dst_root>/<output_name(rank, prefix, fmt)>
     for each rank (a rank whose file is already complete and verified is skipped), reading the
     source files under local_root. At most process_num ranks at once, within max_memory bytes
@@ -232,8 +236,23 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
     under its final name (written now, or kept from before), while later ranks still convert:
     e.g. to upload it. It must not raise (hand the work to another thread).
 
+    download: of the plan's 'fetch' files, those not yet under local_root: downloaded there
+    while the conversion runs (reshard.fetch: in the order the ranks read them; each rank
+    starts when its first bytes are here and reads while the rest arrive), only those that
+    ranks still to convert read. The other 'fetch' files must be there already. release: each
+    file downloaded now is removed as soon as every rank reading it is written (a cache the
+    caller does not keep): local disk then holds the output and the files being read.
+
+    upload_to: an obs:// / s3:// folder where each rank written now is also uploaded while it
+    is written (<upload_to>/<name>; obs_io's GrowingUpload: nothing under the key before the
+    file is complete), except the names in upload_skip (e.g. those the caller may find
+    unchanged there). on_file is then told only of the files not uploaded so: those kept from
+    before and those in upload_skip.
+
     Raises ReshardError before writing anything: a skeleton plan, process_num < 1, a budget
-    below what one rank needs, dst_root overlapping the source or a strategy."""
+    below what one rank needs, dst_root overlapping the source or a strategy. A download that
+    fails (or a fetched .ckpt whose CRC trailer does not match) stops the conversion with a
+    ReshardError naming its URL; ranks made from that file are removed."""
     t0 = time.monotonic()
     if not plan.with_headers or plan.source is None:
         raise ReshardError("execute needs a full plan (complete_plan)")
@@ -245,14 +264,36 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
         "source checkpoint": src_path,
         "source strategy": plan.src_strategy.source if plan.src_strategy else None,
         "destination strategy": plan.dst_strategy.source if plan.dst_strategy else None})
+    download = set(download)
     budget, peak = memory_budget(plan, process_num, max_memory)
-    files = source_files(plan, local_root)
-    check_source_crcs(plan, local_root)
+    files = source_files(plan, local_root, download)
+    pending = {rp.rank for rp in pending_ranks(plan, files, dst_root)}
+    upload = None
+    if upload_to is not None:
+        import obs_io
+        upload = UploadTo(upload_to, obs_io.current_config(), frozenset(upload_skip))
+        streams = [upload.CHUNKS * upload.part_bytes(rp) for rp in plan.ranks if rp.rank in pending]
+        extra = sum(sorted(streams, reverse=True)[:process_num])
+        budget, peak = budget - extra, peak + extra
+    if download:   # only what ranks still to convert read (a rerun may need none of it)
+        wanted = {f for rp in plan.ranks if rp.rank in pending for f in rp.source_files}
+        download &= wanted
+        budget -= FETCH_BYTES if download else 0
+        peak += FETCH_BYTES if download else 0
+    check_source_crcs(plan, local_root, skip=download)
     log.info("plan: %d destination ranks, %d processes, expected peak %.1f MiB "
              "(budget %.1f MiB)", len(plan.ranks), process_num, peak / 2**20, budget / 2**20)
-    res = run_plan(plan, files, dst_root, process_num=process_num,
-                   budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir,
-                   on_rank=(lambda rp: on_file(rp.path, rank_checksum(dst_root, rp))) if on_file else None)
+    def on_rank(rp) -> None:   # the caller's part: files not uploaded while written
+        if on_file is not None and (upload is None or rp.rank not in pending or not upload.wants(rp)):
+            on_file(rp.path, rank_checksum(dst_root, rp))
+    if download:
+        res = _run_downloading(plan, files, dst_root, sorted(download), process_num=process_num,
+                               budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir, on_rank=on_rank,
+                               release=release, upload=upload)
+    else:
+        res = run_plan(plan, files, dst_root, process_num=process_num,
+                       budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir, on_rank=on_rank,
+                       upload=upload)
     by_rank = {rp.rank: rp.path for rp in plan.ranks}
     checksums = {}
     for rp in plan.ranks:
@@ -265,37 +306,97 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
                            checksums)
 
 
-def source_files(plan: Plan, local_root: str) -> SourceFiles:
+def source_files(plan: Plan, local_root: str, downloading: set[str] = frozenset()) -> SourceFiles:
     """Where execute's workers read each source file: the plan's 'remote' files in place (with
     this process's obs_io configuration), the others under local_root, where every one must be
-    by now (ReshardError naming a 'fetch' file the caller did not download)."""
+    by now unless it is `downloading` (ReshardError naming a 'fetch' file the caller did not
+    download). The headers the plan read of remote and fetched files go with them: no worker
+    reads them again."""
     assert plan.source is not None
     remote = frozenset(plan.files_in_mode("remote"))
     for name in plan.files_in_mode("fetch"):
         path = plan.location_of(name, local_root)
-        if not os.path.isfile(path):
+        if name not in downloading and not os.path.isfile(path):
             raise ReshardError(f"{path}: not found (the plan fetches "
                                f"{plan.source.path_of(name)} there before converting)")
+    indexes = {n: u.index for n, u in plan.source_use.items() if u.index is not None}
     if not remote:
-        return SourceFiles(local_root)
+        return SourceFiles(local_root, plan.source.base if indexes else None, indexes=indexes)
     import obs_io
     log.info("reading %d source file(s) in place from %s by ranged GETs: %s", len(remote),
              plan.source.base, ", ".join(sorted(remote)))
-    return SourceFiles(local_root, plan.source.base, remote, obs_io.current_config(),
-                       {n: plan.source_use[n].index for n in remote
-                        if plan.source_use[n].index is not None})
+    return SourceFiles(local_root, plan.source.base, remote, obs_io.current_config(), indexes)
 
 
-def check_source_crcs(plan: Plan, local_root: str) -> None:
+def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[str], *,
+                     process_num: int, budget: int, log_dir: str | None,
+                     on_rank: Callable | None, release: bool, upload: UploadTo | None) -> RunResult:
+    """run_plan while `names` download (reshard.fetch): ranks in the order their bytes arrive;
+    a failed download stops the conversion with its own error, and the ranks made from the
+    files it could not check are removed; after success their records are settled. release:
+    a downloaded file is removed once every rank of the plan that reads it is done."""
+    fetcher = SourceFetcher(plan, files.local_root, names, files.indexes,
+                            lambda n: plan.location_of(n, files.local_root))
+    preload = fetcher.preload(plan, files.s3)
+    files = replace(files, growing={n: Growing(temp, tuple(preload.get(n, ())))
+                                    for n, temp in fetcher.start().items()})
+    order = fetcher.order
+    readers = [rp for rp in pending_ranks(plan, files, dst_root) if files.unverified(rp)]
+    left = {n: sum(n in rp.source_files for rp in plan.ranks) for n in names}
+
+    def done(rp) -> None:   # each rank once, written or kept (run_plan's on_rank)
+        if on_rank is not None:
+            on_rank(rp)
+        for f in rp.source_files if release else ():
+            if f in left:
+                left[f] -= 1
+                if left[f] == 0:
+                    fetcher.release(f)
+
+    def check() -> None:
+        error = fetcher.error()
+        if error is not None:
+            raise error
+    try:
+        res = run_plan(plan, files, dst_root, process_num=process_num, budget=budget,
+                       log_dir=log_dir, on_rank=done, upload=upload,
+                       arrival=lambda rp: horizon(rp, order, files.indexes, preload), check=check)
+        fetcher.finish()
+    except BaseException:
+        fetcher.cancel()
+        error = fetcher.error()
+        settle_manifests(dst_root, readers, verified=False)
+        if upload is not None and error is not None:   # nor a copy uploaded while written
+            _remove_uploaded([upload.url(rp) for rp in readers if upload.wants(rp)])
+        if error is not None:   # the cause, not a worker's "download stopped"
+            raise error from None
+        raise
+    settle_manifests(dst_root, readers, verified=True)
+    return res
+
+
+def _remove_uploaded(urls: list[str]) -> None:
+    """Best effort (the conversion is failing already): objects uploaded from ranks that are
+    being removed."""
+    import obs_io
+    for url in urls:
+        try:
+            obs_io.file.remove(url)
+        except (OSError, ValueError):
+            pass
+
+
+def check_source_crcs(plan: Plan, local_root: str, skip: set[str] = frozenset()) -> None:
     """Every source .ckpt the plan reads locally that carries MindSpore's CRC trailer is
     checked once, here in the parent, before any output is written (the reads that follow come
     from the page cache). A file read in place (remote) is not: that would read the whole
     object, which reading in place exists to avoid (its GETs are pinned to one version and
-    length-checked). ReshardError naming the file on a mismatch."""
+    length-checked), nor one in `skip` (downloading now: reshard.fetch checks it as it
+    arrives). ReshardError naming the file on a mismatch."""
     source = plan.source
     assert source is not None
     for name in plan.needed_files():
-        if plan.mode_of(name) == "remote":
+        if plan.mode_of(name) == "remote" or name in skip:
             continue
         path = source.path_of(name, local_root)
         if not path.endswith(".ckpt"):

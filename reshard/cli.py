@@ -154,10 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "transform_checkpoints on the same input, for comparison")
     p.add_argument("--source_mode", choices=SOURCE_MODES, default="auto",
                    help="an obs:// / s3:// source: remote reads each file in place by ranged "
-                        "GETs (no local copy of it); fetch downloads the files the plan reads "
-                        "first; auto (default) fetches a file two or more destination ranks "
-                        "read, or whose bytes they mostly need, and reads the others in place "
-                        "(--dry_run shows the choice per file)")
+                        "GETs (no local copy of it); fetch downloads the files the plan reads, "
+                        "converting while they arrive; auto (default) fetches a file the "
+                        "destination ranks would read more bytes of than it has (several ranks "
+                        "reading the same slices) and reads the others in place (--dry_run "
+                        "shows the choice per file)")
     p.add_argument("--max_memory", type=parse_size, default=None, metavar="SIZE",
                    help="host memory budget, e.g. 8G (default: half of the available memory)")
     p.add_argument("--verify", default=None, metavar="PATH",
@@ -290,17 +291,6 @@ def _source_arg(location: str) -> SourceSet:
         with _storage("--src_checkpoint", location):
             source = source.with_index(mox.read(source.path_of(source.index_name), binary=True))
     return source
-
-
-def _downloader(source: SourceSet, local_root: str):
-    """fetch(names): the named source files copied to local_root (their relative names kept)."""
-    def fetch(names: list[str]) -> None:
-        import obs_io
-        log.info("downloading %d source file(s) from %s: %s", len(names), source.base,
-                 ", ".join(names))
-        with _storage("--src_checkpoint", source.root):
-            obs_io.file.copy_parallel(source.base, local_root, file_list=list(names))
-    return fetch
 
 
 def _run_mindspore(a, src: Strategy | None, dst: Strategy | None, stage: _Stage) -> None:
@@ -489,10 +479,13 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
               f"(budget {human_size(budget)})"
               + ("" if plan.with_headers else "; a lower bound: no checkpoint read"))
         return 0
-    fetched = plan.files_in_mode("fetch")
-    if fetched:   # before any output: a failed download leaves nothing written
-        _downloader(source, stage.dir(SOURCE_STAGE))(fetched)
     upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
+    if upload:   # before anything is staged: each rank goes up while it is written
+        memory_budget(plan, process_num, args.max_memory)
+        probe_writable(upload, f"--dst_checkpoint {upload}")
+    fetched = plan.files_in_mode("fetch")
+    if fetched:   # the engine downloads them there while it converts (reshard.fetch)
+        stage.dir(SOURCE_STAGE)
     dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
     if not upload:   # the budget first: an error leaves no output folder behind
         memory_budget(plan, process_num, args.max_memory)
@@ -504,7 +497,9 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
              f"; per-process logs {os.path.join(args.log_dir, LOG_NAME.format(index='<i>'))}"
              if args.log_dir else "")
     report = execute(plan, local_root, dst_local, process_num=process_num,
-                     max_memory=args.max_memory, log_dir=args.log_dir)
+                     max_memory=args.max_memory, log_dir=args.log_dir, download=fetched,
+                     release=True,   # the stage goes at the end: a file goes once read
+                     upload_to=upload)   # a remote output: each rank uploaded while written
     manifest = None
     if args.rank_id is None:   # one block is not a set: its manifest would claim the set complete
         manifest = integrity.SetManifest(
@@ -512,12 +507,9 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
             {"location": args.src_checkpoint, "files": source.used_names()},
             {"src": args.src_strategy or "", "dst": args.dst_strategy or ""}, integrity.tool_version())
         integrity.write(dst_local, manifest)
-    if upload:
-        import obs_io
+    if upload and manifest is not None:   # last: its presence says the set is complete
         with _storage("--dst_checkpoint", upload):
-            obs_io.file.copy_parallel(dst_local, upload, file_list=report.files_written)
-            if manifest is not None:   # last: its presence says the set is complete
-                integrity.write(upload, manifest)
+            integrity.write(upload, manifest)
     print(f"done: wrote ranks {ranks_text(report.ranks_written)} to {args.dst_checkpoint}, "
           f"kept ranks {ranks_text(report.ranks_skipped)} (already complete and verified), "
           f"in {report.seconds:.2f}s; expected peak memory {human_size(report.expected_peak_bytes)}")

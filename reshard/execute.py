@@ -1,11 +1,12 @@
 """Streaming execution of a plan: destination ranks converted by worker processes under a
 host-memory budget.
 
-Each destination tensor (or 512 MiB axis-0 chunk of it) is assembled in one preallocated buffer
-that source readers fill directly with the byte ranges it needs, then streamed to the writer,
-which renames its temporary file only when complete. Memory is therefore bounded by the
-largest slice being assembled, not by the model. Workers are started with 'spawn' and import
-only this package (never MindSpore).
+Each destination tensor is assembled in ~8 MiB axis-0 chunks, taking turns in the two halves of
+one preallocated buffer (reshard.assemble) that source readers fill directly, while the writer's
+threads CRC-sum and write the other half; the writer renames its temporary file only when
+complete. Memory is therefore bounded by the largest slice being assembled (of which only two
+chunks are touched), not by the model. Workers are started with 'spawn' and import only this
+package (never MindSpore).
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from typing import Callable
 
 import numpy as np
 
+from .assemble import assemble_and_write
 from .errors import ReshardError
 from .formats import FileIndex, FormatError, TensorMeta, open_reader, open_writer
 from .formats import remote as remote_source
+from .formats.growing import Growing
 from obs_io.atomic import sweep, write_atomic
 from .plan import Plan, RankPlan
 
@@ -38,6 +41,8 @@ PROCESS_BASE_BYTES = 80 << 20
 # Per open source reader: its bounded scratch buffer (formats.regions.SCRATCH_BYTES) + index.
 READER_BYTES = 10 << 20
 MANIFEST_DIR = ".reshard"
+POLL_SECONDS = 0.5   # how often the scheduler asks a running download whether it failed
+STOP_GRACE = 10.0    # seconds a stopped worker has to abort its rank before it is killed
 
 
 # Per source file read in place (remote): besides that, its window and GETs in flight.
@@ -60,8 +65,11 @@ class SourceFiles:
     remote_base: str | None = None
     remote: frozenset[str] = frozenset()
     s3: object = None          # obs_io.S3Config (its repr hides the secrets)
-    # remote name -> its headers as the planner read them (no HEAD, no header GETs again)
+    # name -> its headers as the planner read them (remote or fetched: no HEAD, no header
+    # GETs, no header scan again)
     indexes: dict[str, FileIndex] = field(default_factory=dict, repr=False)
+    # fetched name -> where it is still being downloaded (formats.growing.Growing)
+    growing: dict[str, Growing] = field(default_factory=dict)
 
     @classmethod
     def of(cls, src: "SourceFiles | str") -> "SourceFiles":
@@ -75,7 +83,10 @@ class SourceFiles:
 
     def open(self, name: str):
         if name not in self.remote:
-            return open_reader(self.location(name))
+            if name not in self.indexes:   # a local source: its headers read here
+                return open_reader(self.location(name))
+            return open_reader(self.location(name), index=self.indexes[name],
+                               growing=self.growing.get(name))
         return open_reader(self.location(name), s3_config=self.s3, index=self.indexes.get(name))
 
     def for_rank(self, rp: RankPlan) -> "SourceFiles":
@@ -83,14 +94,20 @@ class SourceFiles:
         if not self.indexes:
             return self
         return replace(self, indexes={f: self.indexes[f] for f in rp.source_files
-                                      if f in self.indexes})
+                                      if f in self.indexes},
+                       growing={f: self.growing[f] for f in rp.source_files if f in self.growing})
+
+    def unverified(self, rp: RankPlan) -> list[str]:
+        """The files this rank reads that are still downloading: not yet checked whole."""
+        return [f for f in rp.source_files if f in self.growing]
 
     def identity(self, name: str) -> list:
-        """What tells this version of the file apart: local (path, size, mtime); an object
-        (URL, size, ETag), from a HEAD."""
+        """What tells this version of the file apart: local (path, size, mtime); an object,
+        read in place or fetched, (URL, size, ETag), from its headers or a HEAD."""
         location = self.location(name)
-        if name in self.indexes:
-            return [location, self.indexes[name].size, self.indexes[name].version]
+        if name in self.indexes:   # remote or fetched: the object, wherever a copy of it lies
+            url = f"{self.remote_base.rstrip('/')}/{name}" if self.remote_base else location
+            return [url, self.indexes[name].size, self.indexes[name].version]
         if name in self.remote:
             return [location, *remote_source.head(location, self.s3)]
         st = os.stat(location)
@@ -129,7 +146,8 @@ def _manifest_path(dst_root: str, rp: RankPlan) -> str:
 
 
 def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
-    """The output exists with the size/mtime recorded when this same plan wrote it."""
+    """The output exists with the size/mtime recorded when this same plan wrote it, from
+    source files that were all checked whole (none still 'unverified': see reshard.fetch)."""
     out = os.path.join(dst_root, rp.path)
     try:
         with open(_manifest_path(dst_root, rp), encoding="utf-8") as f:
@@ -138,16 +156,45 @@ def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) 
     except (OSError, ValueError):
         return False
     return m.get("digest") == rank_digest(rp, fmt, src_root) and m.get("size") == st.st_size \
-        and m.get("mtime_ns") == st.st_mtime_ns and "crc32" in m
+        and m.get("mtime_ns") == st.st_mtime_ns and "crc32" in m and not m.get("unverified")
 
 
 def _write_manifest(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str,
                     crc32: str) -> None:
     out = os.path.join(dst_root, rp.path)
     st = os.stat(out)
-    write_atomic(_manifest_path(dst_root, rp), json.dumps(
-        {"digest": rank_digest(rp, fmt, src_root), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-         "file": rp.path, "crc32": crc32}).encode(), durable=True)   # it vouches for the output
+    record = {"digest": rank_digest(rp, fmt, src_root), "size": st.st_size,
+              "mtime_ns": st.st_mtime_ns, "file": rp.path, "crc32": crc32}
+    unverified = SourceFiles.of(src_root).unverified(rp)
+    if unverified:   # read while downloading: vouched for once those files are checked whole
+        record["unverified"] = unverified
+    write_atomic(_manifest_path(dst_root, rp), json.dumps(record).encode(), durable=True)
+
+
+def settle_manifests(dst_root: str, ranks: list[RankPlan], verified: bool) -> None:
+    """After the download of the files these ranks read while it ran (ranks this run
+    converted): verified, their records lose the 'unverified' list (is_done accepts them from
+    now on); not (a file failed its check, or the download stopped), their outputs and records
+    are removed, written or not (a worker stopped between the output's rename and its record
+    leaves no record), so nothing made from it stays."""
+    for rp in ranks:
+        path = _manifest_path(dst_root, rp)
+        if not verified:
+            out = os.path.join(dst_root, rp.path)
+            if os.path.exists(out):
+                log.info("rank %d: %s removed: made while a source file it reads was downloading, "
+                         "which did not end checked", rp.rank, rp.path)
+            for gone in (out, path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(gone)
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                m = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if m.pop("unverified", None):
+            write_atomic(path, json.dumps(m).encode(), durable=True)
 
 
 def rank_checksum(dst_root: str, rp: RankPlan) -> tuple[int, str] | None:
@@ -176,18 +223,51 @@ def _assembly_buffer(nbytes: int) -> np.ndarray:
     return _buffer
 
 
+@dataclass(frozen=True)
+class UploadTo:
+    """Where each rank written now is also uploaded while it is written (obs_io's
+    GrowingUpload: the parts go as the bytes are written; the object is complete once the file
+    is committed), except the names in `skip`; s3: obs_io's configuration (the parent's, for
+    the worker processes). Memory: CHUNKS parts per rank being written."""
+    root: str
+    s3: object = None
+    skip: frozenset[str] = frozenset()
+
+    CHUNKS = 4
+
+    def wants(self, rp: RankPlan) -> bool:
+        return rp.path not in self.skip
+
+    def url(self, rp: RankPlan) -> str:
+        return f"{self.root.rstrip('/')}/{rp.path}"
+
+    def part_bytes(self, rp: RankPlan) -> int:
+        return self.s3.part_size(_size_hint(rp)) if self.s3 is not None else 8 << 20
+
+    def start(self, rp: RankPlan, temp_path: str):
+        from obs_io.transfer import GrowingUpload
+        return GrowingUpload(temp_path, self.url(rp), _size_hint(rp), self.s3, chunks=self.CHUNKS)
+
+
+def _size_hint(rp: RankPlan) -> int:
+    """About the bytes of a rank's file: its values plus room for the format's headers."""
+    return rp.nbytes + 4096 * len(rp.tensors) + (1 << 20)
+
+
 def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
-                 publish=None) -> None:
+                 publish=None, upload: UploadTo | None = None) -> None:
     """Write one destination file (source files are relative to src_root, or where a
     SourceFiles says: some read in place by ranged GETs). Its commit (fsync, rename, manifest)
     is handed to `publish` (a single-thread executor's submit) so the disk flush overlaps the
-    next rank's reads; without one it is done here."""
+    next rank's reads; without one it is done here. upload: the file is also uploaded while
+    it is written (UploadTo), and the commit waits for the upload's end."""
     t0 = time.monotonic()
     out_path = os.path.join(dst_root, rp.path)
     folder = os.path.dirname(out_path)
     made_folder = not os.path.isdir(folder)
     readers = {}
     writer = None
+    streaming = None
     try:
         for f in rp.source_files:
             readers[f] = SourceFiles.of(src_root).open(f)
@@ -200,12 +280,16 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
         buf = _assembly_buffer(rp.buffer_bytes)
         os.makedirs(folder, exist_ok=True)
         writer = open_writer(out_path, metas, fmt)
+        if upload is not None and upload.wants(rp):
+            streaming = upload.start(rp, writer.temp_path)
         for t, meta in zip(rp.tensors, metas):
             if not meta.sliceable:
                 writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
                 continue
-            _assemble_and_write(t, meta, buf, readers, writer)
+            assemble_and_write(t, meta, buf, readers, writer)
     except BaseException as e:
+        if streaming is not None:
+            streaming.abort()
         if writer is not None:
             writer.abort()
         if made_folder and os.path.isdir(folder) and not os.listdir(folder):
@@ -218,11 +302,25 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
             r.close()
 
     def commit() -> None:
-        writer.commit()
+        try:
+            writer.commit()
+        except BaseException:
+            if streaming is not None:
+                streaming.abort()
+            raise
         _write_manifest(src_root, dst_root, rp, fmt, writer.checksum[1])
         log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank,
                  out_path, len(rp.tensors), os.path.getsize(out_path), sorted(rp.source_ranks),
                  time.monotonic() - t0)
+        if streaming is not None:   # the last parts; the object is complete after this
+            try:
+                streaming.finish(writer.checksum[0])
+            except (OSError, ValueError) as exc:
+                from obs_io.oneline import one_line
+                raise ReshardError(f"rank {rp.rank}: uploading {streaming.url}: "
+                                   f"{one_line(exc, (OSError, ValueError))}") from None
+            log.info("rank %d: uploaded %s while writing it (%.2fs in all)", rp.rank, streaming.url,
+                     time.monotonic() - t0)
 
     if publish is None:
         commit()
@@ -230,31 +328,10 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
     try:
         publish(commit)
     except BaseException:   # the previous rank's commit failed: this one is not published
+        if streaming is not None:
+            streaming.abort()
         writer.abort()
         raise
-
-
-def _assemble_and_write(t, meta, buf, readers, writer) -> None:
-    storage = meta.storage
-    if not meta.shape:
-        view = buf[:meta.itemsize].view(storage).reshape(())
-        readers[t.pieces[0].src_file].read(t.name, (), out=view)
-        writer.write(t.name, view)
-        return
-    rows = t.chunk_rows()
-    row_bytes = meta.nbytes // meta.shape[0] if meta.shape[0] else 0
-    for r0 in range(0, meta.shape[0], rows):
-        r1 = min(meta.shape[0], r0 + rows)
-        view = buf[:(r1 - r0) * row_bytes].view(storage).reshape((r1 - r0,) + meta.shape[1:])
-        for p in t.pieces:
-            (a, b), (sa, _) = p.dst_region[0], p.src_region[0]
-            lo, hi = max(a, r0), min(b, r1)
-            if lo >= hi:
-                continue
-            src_region = ((sa + lo - a, sa + hi - a),) + p.src_region[1:]
-            dst = (slice(lo - r0, hi - r0),) + tuple(slice(x, y) for x, y in p.dst_region[1:])
-            readers[p.src_file].read(t.name, src_region, out=view[dst])
-        writer.write(t.name, view)
 
 
 # -- many destination ranks -----------------------------------------------------------------
@@ -344,18 +421,28 @@ def _spawning_ignores_sigint():
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Interrupted: each worker aborts its rank (its temporary file removed, nothing under a
-    final name) and exits; queued ranks are dropped."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    final name) and exits; queued ranks are dropped. A worker still alive STOP_GRACE seconds
+    later is killed: one stopped while sending its result back can leave the pool's result
+    queue locked, and another then waits on that lock for ever, deaf to a second SIGTERM (the
+    pool's own shutdown would wait for it without a bound)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
         if proc.is_alive():
             proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_convert(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str) -> None:
+def _worker_convert(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
+                    upload: UploadTo | None = None) -> None:
     """In the pool the scheduler counts a rank's buffer only while it runs: free it after."""
     global _buffer
     try:
-        convert_rank(rp, src_root, dst_root, fmt)
+        convert_rank(rp, src_root, dst_root, fmt, upload=upload)
     except _Stopped:
         os._exit(128 + signal.SIGTERM)   # the rank was aborted; the parent wants no result
     finally:
@@ -363,7 +450,8 @@ def _worker_convert(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fm
 
 
 def _run_pipelined(todo: list[RankPlan], src_root: SourceFiles | str, dst_root: str, fmt: str,
-                   on_rank: Callable[[RankPlan], None] | None = None) -> None:
+                   on_rank: Callable[[RankPlan], None] | None = None,
+                   upload: UploadTo | None = None) -> None:
     """One rank after another, each rank's commit (its fsync waits for the disk) running while
     the next rank is read and written; at most one commit in flight, so written-but-unflushed
     data stays bounded by one file."""
@@ -377,7 +465,7 @@ def _run_pipelined(todo: list[RankPlan], src_root: SourceFiles | str, dst_root: 
             pending = committer.submit(commit)
 
         for rp in todo:
-            convert_rank(rp, src_root, dst_root, fmt, publish)
+            convert_rank(rp, src_root, dst_root, fmt, publish, upload)
             if on_rank is not None:   # told once its file is committed, in the committer's order
                 committer.submit(on_rank, rp)
         if pending is not None:
@@ -390,14 +478,26 @@ class RunResult:
     skipped: list[int]
 
 
+def pending_ranks(plan: Plan, src_root: SourceFiles | str, dst_root: str) -> list[RankPlan]:
+    """The ranks of a full plan that are not already done (is_done), in plan order."""
+    return [rp for rp in plan.ranks if not is_done(src_root, dst_root, rp, plan.fmt)]
+
+
 def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_num: int,
              budget: int, log_dir: str | None = None,
-             on_rank: Callable[[RankPlan], None] | None = None) -> RunResult:
+             on_rank: Callable[[RankPlan], None] | None = None,
+             arrival: Callable[[RankPlan], int] | None = None,
+             check: Callable[[], None] | None = None,
+             upload: UploadTo | None = None) -> RunResult:
     """Convert every rank of a full plan not already done (source files under src_root, or
     where a SourceFiles says); at
     most process_num at once and never more than `budget` bytes of rank costs in flight.
     on_rank(rp): called in this process as soon as a rank's file is complete under its final
-    name (or found complete and kept), e.g. to upload it while the next ranks convert."""
+    name (or found complete and kept), e.g. to upload it while the next ranks convert.
+    While source files are still downloading (SourceFiles.growing): arrival(rp) orders the
+    ranks (the one whose bytes are all here soonest first: fetch.horizon), and check() raises
+    the download's failure (asked every POLL_SECONDS while ranks run). upload: each rank
+    written is also uploaded while written (UploadTo); on_rank follows its upload."""
     fmt = plan.fmt
     for folder in sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
                          | {os.path.join(dst_root, MANIFEST_DIR)}):
@@ -411,18 +511,21 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
                 on_rank(rp)
         else:
             todo.append(rp)
+    if arrival is not None:
+        todo.sort(key=arrival)   # stable: plan order among equals
     if process_num <= 1 or len(todo) <= 1:   # this process converts: its log is transform_0
         handler = _process_log(log_dir, 0) if todo else None
         try:
-            _run_pipelined(todo, src_root, dst_root, fmt, on_rank)
+            _run_pipelined(todo, src_root, dst_root, fmt, on_rank, upload)
         finally:
             if handler is not None:
                 log.removeHandler(handler)
                 handler.close()
-        return RunResult([rp.rank for rp in todo], skipped)
+        return RunResult(sorted(rp.rank for rp in todo), skipped)
 
     remote = SourceFiles.of(src_root).remote
-    pending = sorted(todo, key=lambda rp: rank_cost(rp, remote), reverse=True)
+    pending = todo if arrival is not None else \
+        sorted(todo, key=lambda rp: rank_cost(rp, remote), reverse=True)
     ctx = multiprocessing.get_context("spawn")
     running: dict = {}
     in_flight = 0
@@ -440,13 +543,16 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
                             with _spawning_ignores_sigint():
                                 fut = pool.submit(_worker_convert, rp,
                                                   SourceFiles.of(src_root).for_rank(rp),
-                                                  dst_root, fmt)
+                                                  dst_root, fmt, upload)
                             running[fut] = (rp, cost)
                             in_flight += cost
                             pending.pop(i)
                             started = True
                             break
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                done, _ = wait(list(running), timeout=POLL_SECONDS if check else None,
+                               return_when=FIRST_COMPLETED)
+                if check is not None:
+                    check()
                 for fut in done:
                     rp, cost = running.pop(fut)
                     in_flight -= cost
@@ -454,7 +560,16 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
                     written.append(rp.rank)
                     if on_rank is not None:
                         on_rank(rp)
-        except KeyboardInterrupt:
-            _stop_workers(pool)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) or (check is not None and _raises(check)):
+                _stop_workers(pool)   # a download that failed: the ranks reading it cannot end
             raise
     return RunResult(sorted(written), skipped)
+
+
+def _raises(check: Callable[[], None]) -> bool:
+    try:
+        check()
+    except Exception:
+        return True
+    return False

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from reshard.errors import ReshardError
-from reshard.sources import _join
+from obs_io.atomic import write_atomic
+from reshard.sources import _join, is_url
 
 MANIFEST_NAME = "conversion_manifest.json"
 FORMAT = 1
@@ -67,9 +68,12 @@ def tool_version() -> str:
 def write(location: str, manifest: SetManifest) -> str:
     """Write `<location>/conversion_manifest.json` atomically (a temporary name renamed, or one
     PUT on object storage). Call it after every file it lists is under its final name."""
-    import obs_io
     path = _join(location, MANIFEST_NAME)
-    obs_io.file.write(path, manifest.to_json())
+    if is_url(location):
+        import obs_io
+        obs_io.file.write(path, manifest.to_json())
+    else:   # without obs_io.file, which imports boto3: a local conversion does not pay for it
+        write_atomic(path, manifest.to_json().encode(), durable=True)
     return path
 
 

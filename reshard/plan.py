@@ -143,7 +143,7 @@ class Plan:
     strategies alone: shapes in blocks, dtypes None), True for a full plan (every check done;
     local_root is where complete_plan read the source files). needed_files() names the source
     files (relative to source.base) the ranks read; source_use says per file how execute
-    reads it (a remote source: in place by ranged GETs, or from a copy fetched first; see
+    reads it (a remote source: in place by ranged GETs, or from a copy read while it downloads; see
     choose_mode). Built by reshard.api.plan_from_strategies
     (skeleton) and reshard.api.complete_plan (full); both raise ReshardError, one line naming
     the parameter, file, rank or flag at fault, for anything that cannot be converted.
@@ -272,15 +272,12 @@ class Plan:
 
 
 SOURCE_MODES = ("auto", "fetch", "remote")
-# A remote file whose needed bytes are at least this share of it is fetched whole: reading it in
-# place would move about as many bytes, in many more requests.
-FETCH_SHARE = 0.5
 
 
 @dataclass(frozen=True)
 class SourceUse:
     """How a conversion reads one source file. mode: 'local' (the source is local), 'fetch'
-    (downloaded whole before converting) or 'remote' (read in place by ranged GETs, nothing
+    (downloaded whole, read while it downloads) or 'remote' (read in place by ranged GETs, nothing
     of it written to local disk); ranks: destination ranks of the plan reading it; needed:
     the bytes they read from it (a slice read by two ranks counts twice); size: its bytes."""
     mode: str
@@ -288,28 +285,32 @@ class SourceUse:
     needed: int
     size: int
     # a remote file's headers as the plan read them: the workers open it without reading them
+    # (and read a fetched one while it downloads)
     index: FileIndex | None = field(default=None, repr=False, compare=False)
 
 
 def choose_mode(remote: bool, ranks: int, needed: int, size: int, asked: str = "auto") -> str:
     """THE rule for one source file. Local source: 'local'. Remote, asked 'fetch' or 'remote':
-    that. 'auto': 'fetch' when two or more destination ranks of this plan read it (one
-    download, then local reads, instead of each rank's GETs) or when they need at least
-    FETCH_SHARE of its bytes (about the whole file would move anyway, in many more
-    requests); else 'remote' (a small part of a large file: only those bytes move)."""
+    that. 'auto': 'fetch' when the plan's ranks would GET more bytes of it in place than the
+    file has (`needed` counts a slice read by two ranks twice: several destination ranks
+    reading the same bytes), so one download, read while it arrives, moves less; else
+    'remote': only the bytes the ranks need move and none of them lands on local disk (even
+    when one rank needs the whole file: a fetched copy would move the same bytes and take the
+    disk a converted rank needs)."""
     if asked not in SOURCE_MODES:
         raise ReshardError(f"--source_mode {asked!r}: must be one of {', '.join(SOURCE_MODES)}")
     if not remote:
         return "local"
     if asked != "auto":
         return asked
-    return "fetch" if ranks >= 2 or needed >= FETCH_SHARE * size else "remote"
+    return "fetch" if ranks >= 2 and needed > size else "remote"
 
 
 def source_uses(plan: Plan, sizes: dict[str, int], remote: bool, asked: str = "auto",
                 indexes: dict[str, FileIndex] | None = None) -> dict[str, SourceUse]:
     """choose_mode for every source file a full plan reads (sizes: bytes of each file;
-    indexes: the remote files' headers, kept for those read in place)."""
+    indexes: the remote files' headers, kept for those read in place or fetched: workers open
+    them without reading headers again, and a fetched file is read while it downloads)."""
     readers: dict[str, set[int]] = {}
     needed: dict[str, int] = {}
     for rp in plan.ranks:
@@ -324,7 +325,7 @@ def source_uses(plan: Plan, sizes: dict[str, int], remote: bool, asked: str = "a
         ranks, size = len(readers.get(name, ())), sizes.get(name, 0)
         mode = choose_mode(remote, ranks, needed.get(name, 0), size, asked)
         out[name] = SourceUse(mode, ranks, needed.get(name, 0), size,
-                              (indexes or {}).get(name) if mode == "remote" else None)
+                              (indexes or {}).get(name) if mode != "local" else None)
     return out
 
 

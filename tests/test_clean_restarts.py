@@ -48,14 +48,16 @@ def test_staging_lives_beside_the_output_and_a_killed_runs_copy_is_removed(data,
     stage = tmp_path / f".out{STAGE_NAME}"
     (stage / "src_checkpoint").mkdir(parents=True)
     (stage / "src_checkpoint" / "full.ckpt").write_bytes(b"a killed run's partial copy")
+    from reshard.fetch import SourceFetcher
     seen = []
-    real = obs_io.file.copy_parallel
+    real = SourceFetcher.start
 
-    def recording(src, dst, *a, **kw):
-        seen.append(dst)
-        return real(src, dst, *a, **kw)
+    def recording(self):   # where the source is downloaded to, while converting
+        temps = real(self)
+        seen.extend(temps.values())
+        return temps
 
-    monkeypatch.setattr(obs_io.file, "copy_parallel", recording)
+    monkeypatch.setattr(SourceFetcher, "start", recording)
     assert main([f"--src_checkpoint=s3://{bucket}/full.ckpt", f"--dst_strategy={data['s8']}",
                  f"--dst_checkpoint={out}"]) == 0
     synth.assert_same_checkpoint_dirs(data["ms8"], str(out))

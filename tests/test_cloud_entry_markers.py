@@ -174,8 +174,11 @@ def test_source_cache_is_refreshed_and_pruned(bucket, tmp_path):
     time.sleep(0.01)
     obs_io.file.write(f"{url}/rank_1/step_1000.ckpt", b"v2-1", binary=True)   # same size, new
     source = sync.inspect_source(url, "ckpt")         # the next run's listing sees the new object
-    assert sync._download(url, str(cache), list(source.entries.values())) == ["rank_1/step_1000.ckpt"]
+    names = sorted(source.rank_files.values())
+    assert sync.cache_source(source, names, str(cache)) == (str(cache), ["rank_1/step_1000.ckpt"])
+    sync.fetch_source(source, names, str(cache))
     assert (cache / "rank_1" / "step_1000.ckpt").read_bytes() == b"v2-1"
+    assert sync.cache_source(source, names, str(cache)) == (str(cache), [])
 
 
 def test_a_failure_marker_of_an_earlier_attempt_is_waited_out(store):

@@ -63,14 +63,20 @@ def test_reruns_move_only_what_changed(models, bucket, s3_env, s3_server, tmp_pa
 
 
 def test_without_overlap_and_keeping_the_source_copy(models, bucket, s3_env, tmp_path):
+    """dp2 without optimizer sharding: every weight is read twice, so the file is downloaded,
+    not read in place; converted without overlap; --keep_source_cache keeps the downloaded
+    copy."""
     src = upload(models["complete"], f"s3://{bucket}/models/llama.ckpt")
-    dst = upload(models["s8"], f"s3://{bucket}/strategy8")
+    synth.write_strategy(str(tmp_path / "s8"), dp=2, mp=2, pp=2, params=models["params"])
+    dst = upload(str(tmp_path / "s8"), f"s3://{bucket}/strategy8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MA_", "VC_", "RANK_", "CLOUD_ENTRY_"))}
     env.update(s3_env, PYTHONPATH=str(REPO))
     proc = run([f"--load_checkpoint={src}", f"--dst_strategy={dst}", "--auto_trans_ckpt=True",
                 "--npu_num_per_node=8", f"--remote_save_url=s3://{bucket}/out_seq", "--overlap=False",
                 "--keep_source_cache=True", "--transform_only=True", *PARALLEL8], env, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 downloaded while converting" in proc.stdout + proc.stderr
+    assert "1/1 files" in proc.stdout + proc.stderr and "MiB/s" in proc.stdout + proc.stderr   # progress
     assert (tmp_path / "output" / "cloud_entry" / "source" / "llama" / "llama.ckpt").is_file()
     from reshard import integrity
     assert integrity.verify(f"s3://{bucket}/out_seq/transformed_checkpoint/llama").ok

@@ -166,12 +166,12 @@ def test_a_bad_remote_source_fails_before_any_download(data, bucket, proxy, tmp_
         assert sum(r.body_bytes for r in gets) < len(body) // 2
 
 
-@pytest.mark.parametrize("process_num, mode", [(8, "remote"), (2, "fetch")])
+@pytest.mark.parametrize("process_num, mode", [(8, "remote"), (1, "fetch")])
 def test_the_job_reads_in_place_or_fetches_by_the_same_rule(data, s3_server, bucket, proxy,
                                                            tmp_path, process_num, mode):
     """The job's conversion steps (cloud_entry.job.transform): this node leads the first block.
     A block of one rank reads a quarter of the complete file: in place, no local copy; a block
-    of four ranks reads the file four times: fetched once into the cache."""
+    of all eight ranks reads every byte of it twice (dp2): fetched once into the cache."""
     from cloud_entry import convert, sync
     from reshard import load_strategy
     from reshard.blocks import plan_blocks

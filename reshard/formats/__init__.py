@@ -47,11 +47,13 @@ def format_of(path: str | os.PathLike) -> str:
 
 
 def open_reader(location: str | os.PathLike, *, s3_config=None,
-                index: FileIndex | None = None) -> CheckpointReader:
+                index: FileIndex | None = None, growing=None) -> CheckpointReader:
     """A reader of a local file, or of an obs:// / s3:// object read in place by ranged GETs
     (s3_config: obs_io's configuration for those; None: the current one). index: what an
-    earlier reader of the same file found (reader.index()): its headers are not read again."""
-    return _READERS[format_of(location)](location, s3_config=s3_config, index=index)
+    earlier reader of the same file found (reader.index()): its headers are not read again.
+    growing: a formats.growing.Growing for a local file still being downloaded (reshard.fetch;
+    index required): reads wait for their bytes."""
+    return _READERS[format_of(location)](location, s3_config=s3_config, index=index, growing=growing)
 
 
 def open_writer(path: str | os.PathLike, metas: Sequence[TensorMeta], fmt: str | None = None,

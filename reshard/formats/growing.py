@@ -1,0 +1,104 @@
+"""A source file read while it is still being downloaded (reshard.fetch): the ByteSource of a
+local file that grows in file order.
+
+The parent's fetcher writes the object's bytes in order into a temporary file beside the final
+name and renames it when the whole object is there and checked; a converting worker opens the
+temporary file (or the final one, if the download is over) and a read waits until the file
+holds the bytes it asks for. On Linux a write() to a regular file raises the file's size only
+after the bytes before the new size are in the page cache, so a reader that sees the size see
+the bytes. A read that would wait on a download that stopped (its temporary file removed, no
+final file: the fetcher failed or was cancelled) fails at once; one that sees no growth for
+STALL seconds fails too, so no wait is unbounded. Runs of bytes read before the download
+(`preload`: the small values every rank carries, at the end of the file) are served from
+memory, without waiting for the end.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from reshard.formats.meta import FormatError
+from reshard.formats.regions import LocalSource
+
+POLL = 0.01        # seconds between looks at the file's size while waiting
+STALL = 900.0      # seconds without growth after which a wait gives up (obs_io fails a stalled
+                   # request within its own bound, ~160 s by default, and then removes the file)
+
+
+@dataclass(frozen=True)
+class Growing:
+    """How a worker opens a file still downloading: where it grows, and the runs of it already
+    read ((offset, length, bytes), fetch.preload_runs)."""
+    temp: str
+    preload: tuple = ()
+
+
+class GrowingSource(LocalSource):
+    """`final`: the path the file has once downloaded; `temp`: where it grows until then;
+    `size`: its size when complete (from the headers the plan read); `preload`: (offset,
+    length, bytes) runs already read. Raises FormatError naming `final` when the download
+    stopped."""
+
+    def __init__(self, final: str, temp: str, size: int, preload: list | tuple = ()):
+        self.final, self.temp, self.preload = final, temp, tuple(preload)
+        path = final if os.path.exists(final) else temp
+        try:
+            super().__init__(path)
+        except FormatError:
+            if not os.path.exists(final):   # neither: the fetch failed before we opened
+                raise FormatError(f"{final}: its download stopped before this read") from None
+            super().__init__(final)            # renamed between our two looks
+        self.location = final
+        self.size = size
+        self._have = os.fstat(self.fd).st_size
+        self.readv = self._readv   # LocalSource binds os.preadv per instance: wait first
+
+    def _readv(self, buffers: list, offset: int) -> int:
+        need = min(self.size, offset + sum(len(b) for b in buffers))
+        if need > self._have:
+            data = self._preloaded(offset, need)
+            if data is not None:
+                at = 0
+                for b in buffers:
+                    n = len(b)
+                    b[:n] = data[at:at + n]
+                    at += n
+                return at
+            self._wait(need)
+        return os.preadv(self.fd, buffers, offset)
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        need = min(self.size, offset + n)
+        if need > self._have:
+            data = self._preloaded(offset, need)
+            if data is not None:
+                return bytes(data)
+            self._wait(need)
+        return os.pread(self.fd, n, offset)
+
+    def _preloaded(self, offset: int, end: int) -> memoryview | None:
+        for a, n, data in self.preload:
+            if a <= offset and end <= a + n:
+                return memoryview(data)[offset - a:end - a]
+        return None
+
+    def _wait(self, need: int) -> None:
+        last, since = self._have, time.monotonic()
+        while True:
+            self._have = os.fstat(self.fd).st_size
+            if self._have >= need:
+                return
+            if self._have != last:
+                last, since = self._have, time.monotonic()
+            elif not os.path.exists(self.temp) and not os.path.exists(self.final):
+                raise FormatError(f"{self.final}: its download stopped at byte {self._have} of "
+                                  f"{self.size}")
+            elif os.path.exists(self.final) and self._have < self.size:
+                # renamed, so complete: a shorter file is not the object the plan read
+                raise FormatError(f"{self.final}: {self._have} bytes, not the {self.size} its "
+                                  "headers were read from")
+            elif time.monotonic() - since > STALL:
+                raise FormatError(f"{self.final}: its download made no progress for {STALL:.0f}s "
+                                  f"(at byte {self._have} of {self.size})")
+            time.sleep(POLL)
