@@ -465,6 +465,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--local", default="/dev/shm/job_bench",
                     help="the nodes' local folders and s3rver's objects (tmpfs by default: the disk "
                          "is not the bottleneck)")
+    ap.add_argument("--keep-logs", default=None, metavar="DIR",
+                    help="copy each case's job logs (this project's run) to DIR/case<N>")
     ap.add_argument("--server", choices=s3servers.SERVERS, default=None,
                     help="the local S3 server (default: s3rver when it can be started, else moto)")
     a = ap.parse_args(argv)
@@ -580,6 +582,9 @@ def run_case(case: Case, a: argparse.Namespace, overlap: bool, local: Path, env:
     case.one_source_file = max(objs[u] for u in needed)
     cur = case.rows["current"] = run_job(case, "current", local / "current", env, proxy)
     show("current", cur)
+    if a.keep_logs:   # the job's own logs (its timeline), before its folder goes
+        shutil.copytree(local / "current" / "node0" / "output" / "cloud_entry" / "log",
+                        Path(a.keep_logs) / f"case{case.number}", dirs_exist_ok=True)
     if not cur.ok:
         print(f"case {case.number}: the job failed, so its other variants and the later cases are skipped",
               flush=True)
