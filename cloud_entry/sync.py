@@ -289,8 +289,9 @@ class RankUploader:
                 future.result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        log.info("uploaded %d converted file(s) to %s%s", len(self.uploaded), self.remote_root,
-                 f"; {len(self.unchanged)} unchanged there, not uploaded again" if self.unchanged else "")
+        if self.uploaded or self.unchanged:   # (the others went up while they were written)
+            log.info("uploaded %d converted file(s) to %s%s", len(self.uploaded), self.remote_root,
+                     f"; {len(self.unchanged)} unchanged there, not uploaded again" if self.unchanged else "")
 
 
 def upload_ranks(local_root: str, remote_root: str, checksums: dict[str, tuple[int, str]]) -> None:

@@ -84,6 +84,21 @@ def _owner_tag() -> str:
     return _owner[1]
 
 
+def owner_tag() -> str:
+    """This process's owner tag, as temp_name() writes it: for a folder whose owner must be
+    told apart from a dead one's (owner_running)."""
+    return _owner_tag()
+
+
+def owner_running(tag: str, path: str) -> bool:
+    """Whether the process an owner_tag() names still runs (on this machine: its pid with the
+    same start time); another machine's, while `path` was touched within STALE_SECONDS."""
+    m = re.fullmatch(r"(?P<pid>\d+)-(?P<host>[0-9a-f]{4})(?P<start>[0-9a-f]{4})", tag.strip())
+    if m is None:
+        return False
+    return not _abandoned(m, path, time.time())
+
+
 def temp_name(path: str) -> str:
     """A hidden sibling of `path` (same folder, so the rename stays within one file system)
     that no reader mistakes for the real file and no two writers share, naming its writer."""

@@ -266,8 +266,12 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
         "destination strategy": plan.dst_strategy.source if plan.dst_strategy else None})
     download = set(download)
     budget, peak = memory_budget(plan, process_num, max_memory)
-    files = source_files(plan, local_root, download)
+    files = source_files(plan, local_root)
     pending = {rp.rank for rp in pending_ranks(plan, files, dst_root)}
+    # what the ranks still to convert read (a rerun may need none of the source)
+    needed_now = {f for rp in plan.ranks if rp.rank in pending for f in rp.source_files}
+    download &= needed_now
+    check_fetched(plan, local_root, needed_now - download)
     upload = None
     if upload_to is not None:
         import obs_io
@@ -275,12 +279,9 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
         streams = [upload.CHUNKS * upload.part_bytes(rp) for rp in plan.ranks if rp.rank in pending]
         extra = sum(sorted(streams, reverse=True)[:process_num])
         budget, peak = budget - extra, peak + extra
-    if download:   # only what ranks still to convert read (a rerun may need none of it)
-        wanted = {f for rp in plan.ranks if rp.rank in pending for f in rp.source_files}
-        download &= wanted
-        budget -= FETCH_BYTES if download else 0
-        peak += FETCH_BYTES if download else 0
-    check_source_crcs(plan, local_root, skip=download)
+    if download:
+        budget, peak = budget - FETCH_BYTES, peak + FETCH_BYTES
+    check_source_crcs(plan, local_root, only=needed_now - download)
     log.info("plan: %d destination ranks, %d processes, expected peak %.1f MiB "
              "(budget %.1f MiB)", len(plan.ranks), process_num, peak / 2**20, budget / 2**20)
     def on_rank(rp) -> None:   # the caller's part: files not uploaded while written
@@ -306,19 +307,23 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
                            checksums)
 
 
-def source_files(plan: Plan, local_root: str, downloading: set[str] = frozenset()) -> SourceFiles:
-    """Where execute's workers read each source file: the plan's 'remote' files in place (with
-    this process's obs_io configuration), the others under local_root, where every one must be
-    by now unless it is `downloading` (ReshardError naming a 'fetch' file the caller did not
-    download). The headers the plan read of remote and fetched files go with them: no worker
-    reads them again."""
+def check_fetched(plan: Plan, local_root: str, names: set[str]) -> None:
+    """The plan's 'fetch' files among `names` must be under local_root by now (ReshardError
+    naming one the caller did not download)."""
     assert plan.source is not None
-    remote = frozenset(plan.files_in_mode("remote"))
-    for name in plan.files_in_mode("fetch"):
+    for name in sorted(set(plan.files_in_mode("fetch")) & names):
         path = plan.location_of(name, local_root)
-        if name not in downloading and not os.path.isfile(path):
+        if not os.path.isfile(path):
             raise ReshardError(f"{path}: not found (the plan fetches "
                                f"{plan.source.path_of(name)} there before converting)")
+
+
+def source_files(plan: Plan, local_root: str) -> SourceFiles:
+    """Where execute's workers read each source file: the plan's 'remote' files in place (with
+    this process's obs_io configuration), the others under local_root. The headers the plan
+    read of remote and fetched files go with them: no worker reads them again."""
+    assert plan.source is not None
+    remote = frozenset(plan.files_in_mode("remote"))
     indexes = {n: u.index for n, u in plan.source_use.items() if u.index is not None}
     if not remote:
         return SourceFiles(local_root, plan.source.base if indexes else None, indexes=indexes)
@@ -342,6 +347,7 @@ def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[
                                     for n, temp in fetcher.start().items()})
     order = fetcher.order
     readers = [rp for rp in pending_ranks(plan, files, dst_root) if files.unverified(rp)]
+    downloading = set(names)
     left = {n: sum(n in rp.source_files for rp in plan.ranks) for n in names}
 
     def done(rp) -> None:   # each rank once, written or kept (run_plan's on_rank)
@@ -365,9 +371,15 @@ def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[
     except BaseException:
         fetcher.cancel()
         error = fetcher.error()
-        settle_manifests(dst_root, readers, verified=False)
+        # a rank whose downloaded files were all checked whole is kept; one that read a file
+        # that was not (it failed its check, or the run stopped first) goes
+        checked = set(fetcher.published)
+        ok = [rp for rp in readers if downloading & set(rp.source_files) <= checked]
+        bad = [rp for rp in readers if not downloading & set(rp.source_files) <= checked]
+        settle_manifests(dst_root, ok, verified=True)
+        settle_manifests(dst_root, bad, verified=False)
         if upload is not None and error is not None:   # nor a copy uploaded while written
-            _remove_uploaded([upload.url(rp) for rp in readers if upload.wants(rp)])
+            _remove_uploaded([upload.url(rp) for rp in bad if upload.wants(rp)])
         if error is not None:   # the cause, not a worker's "download stopped"
             raise error from None
         raise
@@ -386,17 +398,18 @@ def _remove_uploaded(urls: list[str]) -> None:
             pass
 
 
-def check_source_crcs(plan: Plan, local_root: str, skip: set[str] = frozenset()) -> None:
+def check_source_crcs(plan: Plan, local_root: str, only: set[str] | None = None) -> None:
     """Every source .ckpt the plan reads locally that carries MindSpore's CRC trailer is
     checked once, here in the parent, before any output is written (the reads that follow come
     from the page cache). A file read in place (remote) is not: that would read the whole
     object, which reading in place exists to avoid (its GETs are pinned to one version and
-    length-checked), nor one in `skip` (downloading now: reshard.fetch checks it as it
-    arrives). ReshardError naming the file on a mismatch."""
+    length-checked), nor one outside `only` when given (not read by the ranks still to convert,
+    or downloading now: reshard.fetch checks it as it arrives). ReshardError naming the file on
+    a mismatch."""
     source = plan.source
     assert source is not None
     for name in plan.needed_files():
-        if plan.mode_of(name) == "remote" or name in skip:
+        if plan.mode_of(name) == "remote" or (only is not None and name not in only):
             continue
         path = source.path_of(name, local_root)
         if not path.endswith(".ckpt"):

@@ -38,6 +38,7 @@ from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_
                       split_url, strategy_files)
 from .strategy import Strategy
 
+from obs_io.atomic import owner_running, owner_tag, write_atomic
 from obs_io.oneline import OneLineParser, one_line
 from obs_io.urls import check as check_url
 from obs_io.version import package_version
@@ -221,7 +222,10 @@ def stage_root(args) -> str:
 
 class _Stage:
     """The staging folder (stage_root), made on first use and removed at the end; one that a
-    killed run left is removed first."""
+    killed run left is removed first, one that a running transform-checkpoint uses is an error
+    (its owner is recorded in it: OWNER)."""
+
+    OWNER = ".owner"
 
     def __init__(self, root: str):
         self.root = root
@@ -230,8 +234,19 @@ class _Stage:
     def dir(self, name: str) -> str:
         if not self._made:
             if os.path.isdir(self.root):
+                owner = os.path.join(self.root, self.OWNER)
+                try:
+                    with open(owner, encoding="utf-8") as f:
+                        tag = f.read()
+                except OSError:
+                    tag = ""
+                if tag and owner_running(tag, owner):
+                    raise ReshardError(f"{self.root}: another transform-checkpoint (pid {tag.split('-')[0]}) "
+                                       "is using this staging folder: wait for it, or give --work_dir")
                 log.info("removing %s, left by an interrupted run", self.root)
                 shutil.rmtree(self.root)
+            os.makedirs(self.root)
+            write_atomic(os.path.join(self.root, self.OWNER), owner_tag(), durable=False)
             self._made = True
         path = os.path.join(self.root, name.strip("-"))
         os.makedirs(path, exist_ok=True)
@@ -399,8 +414,26 @@ def convert_from_args(argv=None) -> int:
 
 
 def plan_digest(plan) -> str:
-    """What defines the result: every destination file and the pieces that fill it."""
-    return hashlib.sha256(repr([(rp.path, rp.tensors) for rp in plan.ranks]).encode()).hexdigest()
+    """What defines the result: every destination file and the pieces that fill it, and the
+    versions (size, ETag) of the remote source files it reads."""
+    versions = [(n, u.size, u.index.version if u.index is not None else None)
+                for n, u in sorted(plan.source_use.items())]
+    return hashlib.sha256(repr([[(rp.path, rp.tensors) for rp in plan.ranks], versions]).encode()).hexdigest()
+
+
+def _converted_already(location: str, plan) -> bool:
+    """The remote output holds this very conversion: its manifest has this plan's digest and
+    every file it lists is there with the recorded size (a rerun of a finished command moves
+    nothing)."""
+    import obs_io
+    try:
+        manifest = integrity.read(location)
+        present = {e.name: e.length for e in obs_io.file.list_entries(location, recursive=True) if e.is_file()}
+    except (ReshardError, FileNotFoundError):
+        return False
+    return manifest.result_digest == plan_digest(plan) and \
+        all(present.get(n) == r.size for n, r in manifest.files.items()) and \
+        {rp.path for rp in plan.ranks} <= set(manifest.files)
 
 
 def verify_set(location: str) -> int:
@@ -480,6 +513,12 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
               + ("" if plan.with_headers else "; a lower bound: no checkpoint read"))
         return 0
     upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
+    if upload and args.rank_id is None:
+        with _storage("--dst_checkpoint", upload):
+            if _converted_already(upload, plan):
+                print(f"done: {upload} already holds this conversion (its {integrity.MANIFEST_NAME} "
+                      "matches the plan and the source's versions); nothing converted or uploaded")
+                return 0
     if upload:   # before anything is staged: each rank goes up while it is written
         memory_budget(plan, process_num, args.max_memory)
         probe_writable(upload, f"--dst_checkpoint {upload}")

@@ -187,6 +187,9 @@ def settle_manifests(dst_root: str, ranks: list[RankPlan], verified: bool) -> No
             for gone in (out, path):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(gone)
+            for folder in (os.path.dirname(out), os.path.dirname(path)):   # left empty: gone too
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
             continue
         try:
             with open(path, encoding="utf-8") as f:

@@ -236,7 +236,7 @@ class SourceFetcher:
         path = self._landings[name].path
         try:
             os.remove(path)
-            log.info("removed %s: every rank reading it is written", path)
+            log.info("removed the local copy of %s: every rank reading it is written", path)
         except FileNotFoundError:
             pass
 

@@ -77,3 +77,26 @@ def test_credential_keys_are_masked_in_dumped_configs():
     masked = config_mod.mask_secrets({"obs": {"credential": "c", "aws_credentials": "x", "pad_token_id": 0}})
     assert masked["obs"]["credential"] == masked["obs"]["aws_credentials"] == config_mod.MASK
     assert masked["obs"]["pad_token_id"] == 0
+
+
+def test_a_staging_folder_in_use_by_a_running_tool_is_not_taken(data, tmp_path, bucket, capsys):
+    """Two runs staging in the same place: the second refuses (one line naming the folder, exit
+    2) instead of removing the first one's live stage; a stage whose owner is gone is removed."""
+    import obs_io
+    from obs_io.atomic import owner_tag
+    obs_io.file.copy(data["full"], f"s3://{bucket}/full.ckpt")
+    work = tmp_path / "work"
+    stage = work / STAGE_NAME
+    stage.mkdir(parents=True)
+    (stage / ".owner").write_text(owner_tag())          # this very process: running
+    argv = [f"--src_checkpoint=s3://{bucket}/full.ckpt", f"--dst_strategy={data['s8']}",
+            f"--dst_checkpoint=s3://{bucket}/out8", f"--work_dir={work}", "--source_mode=fetch"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(stage) in err and "another transform-checkpoint" in err, err
+    assert (stage / ".owner").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (stage / ".owner").write_text(f"{dead.pid}-{owner_tag().split('-', 1)[1]}")   # gone
+    assert main(argv) == 0
+    assert not stage.exists()

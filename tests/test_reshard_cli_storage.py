@@ -145,3 +145,28 @@ def test_engine_mindspore_with_remote_paths(data, tmp_path, bucket):
     local = str(tmp_path / "back")
     obs_io.file.copy_parallel(f"{base}/ms", local)
     synth.assert_same_checkpoint_dirs(data["ms8"], local)
+
+
+def test_a_finished_remote_conversion_run_again_moves_nothing(data, tmp_path, bucket, capsys):
+    """transform-checkpoint with an s3:// output, run twice: the second finds the set's manifest
+    with this plan and the source's versions, converts and uploads nothing; a replaced source
+    object (another version) is converted again."""
+    import obs_io
+    base = f"s3://{bucket}"
+    obs_io.file.copy(data["full"], f"{base}/src/full.ckpt")
+    argv = ["--src_checkpoint", f"{base}/src/full.ckpt", "--dst_strategy", data["s8"],
+            "--dst_checkpoint", f"{base}/out8", "--work_dir", str(tmp_path / "w")]
+    assert main(argv) == 0
+    first = {e.name: e.etag for e in obs_io.file.list_entries(f"{base}/out8", recursive=True) if e.is_file()}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "nothing converted or uploaded" in capsys.readouterr().out
+    assert {e.name: e.etag for e in obs_io.file.list_entries(f"{base}/out8", recursive=True) if e.is_file()} == first
+    raw = bytearray(open(data["full"], "rb").read())
+    from reshard.formats import open_reader
+    with open_reader(data["full"]) as reader:             # another version: a value changed
+        offset = max(reader.index().extents.values(), key=lambda e: e.nbytes).pieces[0][0]
+    raw[offset + 10] ^= 0xFF
+    obs_io.file.write(f"{base}/src/full.ckpt", bytes(raw), binary=True)
+    assert main(argv) == 0
+    assert "nothing converted" not in capsys.readouterr().out
