@@ -6,17 +6,36 @@ script's own import is over in about a millisecond."""
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 
 def run_console(prog: str, target: str) -> int:
-    """Import `target` ("module:function") and call it; a Ctrl-C during the import: one line, 130."""
+    """Import `target` ("module:function") and call it; a Ctrl-C during the import: one line, 130.
+
+    The Ctrl-C is noted as it arrives: an extension module that is being imported when it lands
+    can turn it into an ImportError (numpy's C core does: "Importing the numpy C-extensions
+    failed"), which must not be shown as a broken installation."""
+    interrupted = []
+
+    def note(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
     try:
         module, _, function = target.partition(":")
         main = getattr(importlib.import_module(module), function)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except ImportError:
+        if not interrupted:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return main()
 
 

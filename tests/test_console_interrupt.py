@@ -35,3 +35,23 @@ def test_ctrl_c_while_importing_is_one_line(prog, after):
         return
     assert proc.returncode == 130, (proc.returncode, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+
+
+def test_an_interrupt_an_extension_turned_into_an_import_error_is_still_one_line(tmp_path, monkeypatch, capsys):
+    """numpy's C core, interrupted while it imports, raises ImportError ("Importing the numpy
+    C-extensions failed") instead of KeyboardInterrupt: still one line and 130; an ImportError
+    without a Ctrl-C stays an error."""
+    from reshard.console import run_console
+    (tmp_path / "interrupted_ext.py").write_text(
+        "import os, signal\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    import time; time.sleep(5)\n"
+        "except KeyboardInterrupt:\n"
+        "    raise ImportError('Importing the numpy C-extensions failed')\n")
+    (tmp_path / "broken_ext.py").write_text("raise ImportError('no such library')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert run_console("tool", "interrupted_ext:main") == 130
+    assert capsys.readouterr().err.strip() == "tool: interrupted"
+    with pytest.raises(ImportError, match="no such library"):
+        run_console("tool", "broken_ext:main")

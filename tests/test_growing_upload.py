@@ -12,25 +12,13 @@ import pytest
 
 import obs_io
 import synth
-from faultproxy import FaultProxy
 from obs_io.transfer import GrowingUpload
 
 MiB = 1 << 20
 
 
-@pytest.fixture
-def small_parts():
-    obs_io.reset_config()
-    obs_io.configure(multipart_threshold=5 * MiB, min_part_size=5 * MiB)
-    yield
-    obs_io.reset_config()
-
-
-@pytest.fixture
-def proxy(s3_server, s3_env, monkeypatch):
-    with FaultProxy(s3_server.endpoint) as p:
-        monkeypatch.setenv("S3_ENDPOINT", p.endpoint)
-        yield p
+# 5 MiB parts (autouse) and the recording proxy, as the transfer tests have them
+from test_obs_io_transfer import _small_parts, proxy  # noqa: E402,F401
 
 
 def _writer(path: str, blocks: list[bytes], pause: float, done: threading.Event) -> threading.Thread:
@@ -48,7 +36,7 @@ def _parts(proxy) -> list:
     return [r for r in proxy.records if r.method == "PUT" and "partNumber=" in r.path and r.status < 300]
 
 
-def test_parts_go_up_while_the_file_is_written(bucket, proxy, small_parts, tmp_path):
+def test_parts_go_up_while_the_file_is_written(bucket, proxy, tmp_path):
     path = str(tmp_path / "growing.bin")
     blocks = [os.urandom(MiB) for _ in range(24)]
     open(path, "wb").close()
@@ -65,7 +53,7 @@ def test_parts_go_up_while_the_file_is_written(bucket, proxy, small_parts, tmp_p
     assert obs_io.file.read(url, binary=True) == b"".join(blocks)
 
 
-def test_an_abandoned_file_leaves_no_object_and_no_upload(bucket, proxy, small_parts, tmp_path, s3_server):
+def test_an_abandoned_file_leaves_no_object_and_no_upload(bucket, proxy, tmp_path, s3_server):
     path = str(tmp_path / "abandoned.bin")
     with open(path, "wb") as f:
         f.write(os.urandom(12 * MiB))
@@ -80,7 +68,7 @@ def test_an_abandoned_file_leaves_no_object_and_no_upload(bucket, proxy, small_p
     assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
-def test_a_file_shorter_than_finish_says_is_not_published(bucket, proxy, small_parts, tmp_path):
+def test_a_file_shorter_than_finish_says_is_not_published(bucket, proxy, tmp_path):
     path = str(tmp_path / "short.bin")
     with open(path, "wb") as f:
         f.write(os.urandom(2 * MiB))
