@@ -13,29 +13,23 @@ import sys
 def run_console(prog: str, target: str) -> int:
     """Import `target` ("module:function") and call it; a Ctrl-C during the import: one line, 130.
 
-    The Ctrl-C is noted as it arrives: an extension module that is being imported when it lands
-    can turn it into an ImportError (numpy's C core does: "Importing the numpy C-extensions
-    failed"), which must not be shown as a broken installation."""
+    During the import (about a second) a Ctrl-C is only noted, and acted on once the import is
+    over: raised where it lands, it could turn into an ImportError (numpy's C core reports an
+    interrupted import as "Importing the numpy C-extensions failed") or be lost in a callback
+    of the import machinery ("Exception ignored in ... _get_module_lock")."""
     interrupted = []
-
-    def note(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, note)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         module, _, function = target.partition(":")
         main = getattr(importlib.import_module(module), function)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
     except ImportError:
         if not interrupted:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
     finally:
         signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     return main()
 
 

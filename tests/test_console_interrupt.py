@@ -43,15 +43,20 @@ def test_an_interrupt_an_extension_turned_into_an_import_error_is_still_one_line
     without a Ctrl-C stays an error."""
     from reshard.console import run_console
     (tmp_path / "interrupted_ext.py").write_text(
-        "import os, signal\n"
-        "try:\n"
-        "    os.kill(os.getpid(), signal.SIGINT)\n"
-        "    import time; time.sleep(5)\n"
-        "except KeyboardInterrupt:\n"
-        "    raise ImportError('Importing the numpy C-extensions failed')\n")
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.1)\n"
+        "raise ImportError('Importing the numpy C-extensions failed')\n")
+    (tmp_path / "interrupted_ok.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.1)\n"
+        "def main():\n"
+        "    raise AssertionError('must not run after a Ctrl-C')\n")
     (tmp_path / "broken_ext.py").write_text("raise ImportError('no such library')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert run_console("tool", "interrupted_ext:main") == 130
-    assert capsys.readouterr().err.strip() == "tool: interrupted"
+    for target in ("interrupted_ext:main", "interrupted_ok:main"):
+        assert run_console("tool", target) == 130
+        assert capsys.readouterr().err.strip() == "tool: interrupted"
     with pytest.raises(ImportError, match="no such library"):
         run_console("tool", "broken_ext:main")
