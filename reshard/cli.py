@@ -27,8 +27,9 @@ import sys
 import threading
 from dataclasses import replace
 
+from .execute import rank_digest
 from .api import (ReshardError, complete_plan, execute, find_sources, load_strategy,
-                  memory_budget, plan_from_strategies, write_merged_strategy)
+                  memory_budget, plan_from_strategies, source_files, write_merged_strategy)
 from . import integrity
 from .blocks import plan_blocks
 from .execute import LOG_NAME
@@ -413,15 +414,15 @@ def convert_from_args(argv=None) -> int:
         stage.close()
 
 
-def plan_digest(plan) -> str:
-    """What defines the result: every destination file and the pieces that fill it, and the
-    versions (size, ETag) of the remote source files it reads."""
-    versions = [(n, u.size, u.index.version if u.index is not None else None)
-                for n, u in sorted(plan.source_use.items())]
-    return hashlib.sha256(repr([[(rp.path, rp.tensors) for rp in plan.ranks], versions]).encode()).hexdigest()
+def plan_digest(plan, local_root: str) -> str:
+    """What defines the result: each rank's digest as the engine records it (rank_digest: the
+    destination file, the pieces that fill it, and the identity of the source files it reads:
+    an object's size and ETag, a local file's path, size and modification time)."""
+    files = source_files(plan, local_root)
+    return hashlib.sha256(repr([rank_digest(rp, plan.fmt, files) for rp in plan.ranks]).encode()).hexdigest()
 
 
-def _converted_already(location: str, plan) -> bool:
+def _converted_already(location: str, plan, local_root: str) -> bool:
     """The remote output holds this very conversion: its manifest has this plan's digest and
     every file it lists is there with the recorded size (a rerun of a finished command moves
     nothing)."""
@@ -431,7 +432,7 @@ def _converted_already(location: str, plan) -> bool:
         present = {e.name: e.length for e in obs_io.file.list_entries(location, recursive=True) if e.is_file()}
     except (ReshardError, FileNotFoundError):
         return False
-    return manifest.result_digest == plan_digest(plan) and \
+    return manifest.result_digest == plan_digest(plan, local_root) and \
         all(present.get(n) == r.size for n, r in manifest.files.items()) and \
         {rp.path for rp in plan.ranks} <= set(manifest.files)
 
@@ -515,7 +516,7 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
     upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
     if upload and args.rank_id is None:
         with _storage("--dst_checkpoint", upload):
-            if _converted_already(upload, plan):
+            if _converted_already(upload, plan, local_root):
                 print(f"done: {upload} already holds this conversion (its {integrity.MANIFEST_NAME} "
                       "matches the plan and the source's versions); nothing converted or uploaded")
                 return 0
@@ -542,7 +543,7 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
     manifest = None
     if args.rank_id is None:   # one block is not a set: its manifest would claim the set complete
         manifest = integrity.SetManifest(
-            integrity.records(report.checksums), plan_digest(plan),
+            integrity.records(report.checksums), plan_digest(plan, local_root),
             {"location": args.src_checkpoint, "files": source.used_names()},
             {"src": args.src_strategy or "", "dst": args.dst_strategy or ""}, integrity.tool_version())
         integrity.write(dst_local, manifest)

@@ -170,3 +170,27 @@ def test_a_finished_remote_conversion_run_again_moves_nothing(data, tmp_path, bu
     obs_io.file.write(f"{base}/src/full.ckpt", bytes(raw), binary=True)
     assert main(argv) == 0
     assert "nothing converted" not in capsys.readouterr().out
+
+
+def test_a_local_source_changed_in_place_is_converted_again_to_a_remote_output(data, tmp_path, bucket, capsys):
+    """The rerun skip of a remote output knows a local source by path, size and modification
+    time: the same file rewritten (same size, one value changed) is converted again, never
+    taken for the finished conversion."""
+    import shutil
+    from reshard.formats import open_reader
+    src = tmp_path / "full.ckpt"
+    shutil.copyfile(data["full"], src)
+    argv = ["--src_checkpoint", str(src), "--dst_strategy", data["s8"],
+            "--dst_checkpoint", f"s3://{bucket}/local8", "--work_dir", str(tmp_path / "w")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "nothing converted" in capsys.readouterr().out
+    raw = bytearray(src.read_bytes())
+    with open_reader(str(src)) as reader:
+        offset = max(reader.index().extents.values(), key=lambda e: e.nbytes).pieces[0][0]
+    raw[offset + 10] ^= 0xFF
+    src.write_bytes(bytes(raw))
+    os.utime(src, ns=(1, 1))                               # even with an old modification time
+    assert main(argv) == 0
+    assert "nothing converted" not in capsys.readouterr().out
