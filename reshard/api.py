@@ -288,7 +288,7 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
         if on_file is not None and (upload is None or rp.rank not in pending or not upload.wants(rp)):
             on_file(rp.path, rank_checksum(dst_root, rp))
     if download:
-        res = _run_downloading(plan, files, dst_root, sorted(download), process_num=process_num,
+        res = _run_downloading(plan, files, dst_root, sorted(download), pending, process_num=process_num,
                                budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir, on_rank=on_rank,
                                release=release, upload=upload)
     else:
@@ -333,10 +333,12 @@ def source_files(plan: Plan, local_root: str) -> SourceFiles:
     return SourceFiles(local_root, plan.source.base, remote, obs_io.current_config(), indexes)
 
 
-def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[str], *,
+def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[str],
+                     pending: set[int], *,
                      process_num: int, budget: int, log_dir: str | None,
                      on_rank: Callable | None, release: bool, upload: UploadTo | None) -> RunResult:
-    """run_plan while `names` download (reshard.fetch): ranks in the order their bytes arrive;
+    """run_plan while `names` download (reshard.fetch; `pending`: the ranks not already done):
+    ranks in the order their bytes arrive;
     a failed download stops the conversion with its own error, and the ranks made from the
     files it could not check are removed; after success their records are settled. release:
     a downloaded file is removed once every rank of the plan that reads it is done."""
@@ -346,7 +348,7 @@ def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[
     files = replace(files, growing={n: Growing(temp, tuple(preload.get(n, ())))
                                     for n, temp in fetcher.start().items()})
     order = fetcher.order
-    readers = [rp for rp in pending_ranks(plan, files, dst_root) if files.unverified(rp)]
+    readers = [rp for rp in plan.ranks if rp.rank in pending and files.unverified(rp)]
     downloading = set(names)
     left = {n: sum(n in rp.source_files for rp in plan.ranks) for n in names}
 

@@ -2,7 +2,7 @@
 
 A remote source file the plan fetches ('fetch' in plan.source_use: its ranks would read more
 bytes of it in place than it has) is downloaded into the local root in file order (obs_io's
-download_in_order: s3transfer's ranged GETs in parallel, written in order), one file after the
+download_in_order: ranged GETs in parallel, written in order), one file after the
 other in the order the ranks need them, under a temporary name beside its final one. Workers
 open the growing file (formats.growing) and each read waits for its bytes, so a destination
 rank starts converting as soon as the bytes it reads first are local, not after the whole
@@ -34,7 +34,7 @@ from obs_io.atomic import Landing
 from .errors import ReshardError
 from .formats.base import FileIndex
 from .formats.meta import FormatError
-from .formats.ckpt_format import CRC_TRAILER_LEN
+from .formats.ckpt_format import CRC_TRAILER_LEN, crc_mismatch
 from .plan import Plan, RankPlan
 
 log = logging.getLogger("reshard")
@@ -213,8 +213,7 @@ class SourceFetcher:
             raise ReshardError(f"{url}: downloaded {state['written']} bytes, not the {index.size} "
                                "its headers were read from")
         if checked and state["crc"] != index.crc_trailer:
-            raise ReshardError(f"{url}: corrupt checkpoint: its CRC trailer says "
-                               f"{index.crc_trailer:08x}, its records sum to {state['crc']:08x}")
+            raise ReshardError(crc_mismatch(url, index.crc_trailer, state["crc"]))
         with self._lock:
             landing.commit()
             self.published.append(name)
@@ -244,13 +243,12 @@ class SourceFetcher:
         """The failure that stopped the download (None while it runs or after success)."""
         return self._error if not isinstance(self._error, _Cancelled) else None
 
-    def finish(self, timeout: float | None = None) -> None:
-        """Wait for the last file; raise the download's failure."""
-        self._thread.join(timeout)
+    def finish(self) -> None:
+        """Wait for the last file (each request is bounded by obs_io's timeouts and attempts);
+        raise the download's failure."""
+        self._thread.join()
         if self._error is not None:
             raise self._error
-        if self._thread.is_alive():
-            raise ReshardError(f"source download did not end within {timeout:.0f}s")
 
     def cancel(self) -> None:
         """Stop (the transfer in flight is cancelled at its next write) and remove what is not

@@ -150,6 +150,11 @@ def _parse_value(buf: bytes, i: int, end: int) -> _Record:
     return rec
 
 
+def crc_mismatch(location: str, trailer: int, crc: int) -> str:
+    """The one line for a .ckpt whose records do not sum to its CRC trailer."""
+    return f"{location}: corrupt checkpoint: its CRC trailer says {trailer:08x}, its records sum to {crc:08x}"
+
+
 class CkptReader(CheckpointReader):
     fmt = "ckpt"
 
@@ -167,8 +172,7 @@ class CkptReader(CheckpointReader):
             crc = zlib.crc32(block, crc)
             pos += len(block)
         if crc != self.crc_trailer:
-            raise FormatError(f"{self.path}: corrupt checkpoint: its CRC trailer says "
-                              f"{self.crc_trailer:08x}, its records sum to {crc:08x}")
+            raise FormatError(crc_mismatch(self.path, self.crc_trailer, crc))
 
     def _index(self) -> None:
         if self.size == 0:
