@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from obs_io.typos import closest
+
 
 def one_line(exc: BaseException, expected: tuple[type[BaseException], ...] = ()) -> str:
     """The error as one line: its text with whitespace folded; prefixed by its type name unless
@@ -21,9 +23,21 @@ def one_line(exc: BaseException, expected: tuple[type[BaseException], ...] = ())
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors raise `error_type(message)` (set it per tool) for
-    the tool's main to print as its one line, instead of printing usage and exiting."""
+    the tool's main to print as its one line, instead of printing usage and exiting. An
+    unrecognized flag that is probably a typo of one of the parser's (obs_io.typos.closest)
+    says which: `unknown argument --src_stratgy: did you mean --src_strategy?`."""
 
     error_type: type[Exception] = ValueError
+    _UNRECOGNIZED = "unrecognized arguments: "
 
     def error(self, message: str):
+        if message.startswith(self._UNRECOGNIZED):
+            for token in message[len(self._UNRECOGNIZED):].split():
+                name = token.split("=", 1)[0]
+                if not name.startswith("--"):
+                    continue
+                known = closest(name[2:], [o[2:] for o in self._option_string_actions if o.startswith("--")])
+                if known:
+                    message = f"unknown argument {name}: did you mean --{known}?"
+                    break
         raise self.error_type(message)

@@ -14,9 +14,10 @@ _EXPORTS = {
     "reshard.api": ("ReshardError", "TransformReport", "complete_plan", "find_sources", "load_strategy",
                     "make_plan", "needed_source_ranks", "plan_from_strategies", "transform",
                     "write_merged_strategy"),
-    "reshard.plan": ("Plan", "RankPlan", "TensorPlan"),
+    "reshard.plan": ("Plan", "PlanPolicy", "RankPlan", "TensorPlan"),
     "reshard.sources": ("SourceEntry", "SourceSet", "check_output", "classify", "output_name", "overlaps",
                         "strategy_files"),
+    "reshard.steps": ("Step", "parse_step"),
     "reshard.strategy": ("Strategy",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -31,9 +31,10 @@ from .formats.growing import Growing
 from .execute import (PROCESS_BASE_BYTES, RunResult, SourceFiles, UploadTo, expected_peak,
                       pending_ranks, rank_cost, rank_checksum, run_plan, settle_manifests)
 from obs_io.atomic import write_atomic
-from .plan import Fetch, Headers, Plan, build_plan, choose_mode, human_size, source_uses
+from .plan import Fetch, Headers, Plan, PlanPolicy, build_plan, choose_mode, human_size, source_uses
 from .sources import (FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
                       check_source_strategy, classify, is_url)
+from .steps import Step
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
 
 __all__ = ["ReshardError", "TransformReport", "needed_source_ranks", "write_merged_strategy",
@@ -106,11 +107,12 @@ def local_entries(path: str) -> tuple[bool, list[SourceEntry]]:
 
 
 def find_sources(src_checkpoint: str, fmt: str | None = None, *,
-                 partial: bool = False) -> SourceSet:
+                 partial: bool = False, step: Step | None = None) -> SourceSet:
     """A local checkpoint path classified (sources.classify), its safetensors index applied.
-    partial: rank folders may have gaps (a local copy of the ranks a block needs)."""
+    partial: rank folders may have gaps (a local copy of the ranks a block needs); step: the
+    training step to read where files are named by step (reshard.steps; None: the latest)."""
     is_file, entries = local_entries(src_checkpoint)
-    source = classify(src_checkpoint, entries, fmt, is_file=is_file, partial=partial)
+    source = classify(src_checkpoint, entries, fmt, is_file=is_file, partial=partial, step=step)
     if source.needs_index:
         with open(source.path_of(source.index_name), "rb") as f:
             source = source.with_index(f.read())
@@ -121,11 +123,14 @@ def find_sources(src_checkpoint: str, fmt: str | None = None, *,
 
 def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None,
                          dst_strategy: Strategy | None, *, dst_ranks: Iterable[int] | None = None,
-                         prefix: str = "checkpoint_", fmt: str = "ckpt") -> Plan:
+                         prefix: str = "checkpoint_", fmt: str = "ckpt",
+                         policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The skeleton plan, from strategies and the source's file list alone (no file is read):
     which source files the destination ranks read (Plan.needed_files). source None: a plan from
     strategies alone (nothing to complete). Strategies: loaded Strategy objects, None for a
-    complete checkpoint. dst_ranks: the destination ranks to convert (None: all).
+    complete checkpoint. dst_ranks: the destination ranks to convert (None: all). policy: what
+    to do with parameters the strategies and the checkpoint disagree on (plan.PlanPolicy; the
+    full plan, complete_plan, applies it).
 
     A source that is one rank_0 folder is complete (sources.classify): a one-rank source
     strategy given with it is dropped with a warning, one of more ranks is an error.
@@ -142,16 +147,19 @@ def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None
     if source is not None and source.needs_index:
         raise ReshardError(f"{source.root}: apply its index {source.index_name} first "
                            f"(SourceSet.with_index)")
-    if source is not None and not source.complete and src is not None and dst_ranks is None:
-        for r in range(src.world_size):
-            if r not in source.files:
-                raise ReshardError(f"{source.path_of(f'rank_{r}')}: missing or empty (the "
-                                   f"source strategy has {src.world_size} ranks)")
+    if source is not None and not source.complete and src is not None:
+        # THE check of a source strategy against the checkpoint's rank folders, for every
+        # caller (a block of the job too): the strategy is blamed, not the parameters
         extra = sorted(r for r in source.files if r >= src.world_size)
         if extra:
             raise ReshardError(f"{source.root}: rank_{extra[0]} is beyond the "
                                f"{src.world_size} ranks of source strategy {src.source}")
-    skeleton = build_plan(src, dst, source, dst_ranks=dst_ranks, prefix=prefix, fmt=fmt)
+        for r in range(src.world_size) if dst_ranks is None else ():
+            if r not in source.files:
+                raise ReshardError(f"{source.path_of(f'rank_{r}')}: missing or empty (the "
+                                   f"source strategy has {src.world_size} ranks)")
+    skeleton = build_plan(src, dst, source, dst_ranks=dst_ranks, prefix=prefix, fmt=fmt,
+                          policy=policy)
     if source is not None and not source.complete:
         for r in skeleton.needed_source_ranks():
             if r not in source.files:
@@ -199,7 +207,7 @@ def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None
     headers.prefetch(needed)
     plan = build_plan(skeleton.src_strategy, skeleton.dst_strategy, skeleton.source,
                       headers=headers, read=needed, dst_ranks=skeleton.dst_ranks,
-                      prefix=skeleton.prefix, fmt=skeleton.fmt)
+                      prefix=skeleton.prefix, fmt=skeleton.fmt, policy=skeleton.policy)
     if source_mode is None:
         return plan
     return replace(plan, source_use=source_uses(plan, headers.sizes, remote, source_mode,
@@ -427,18 +435,21 @@ def check_source_crcs(plan: Plan, local_root: str, only: set[str] | None = None)
 
 def make_plan(src_checkpoint: str | None, *, src_strategy: Strategy | str | None = None,
               dst_strategy: Strategy | str | None = None, prefix: str = "checkpoint_",
-              fmt: str = "ckpt", dst_ranks: Iterable[int] | None = None) -> Plan:
+              fmt: str = "ckpt", dst_ranks: Iterable[int] | None = None,
+              step: Step | None = None, policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The full plan of a local checkpoint; or the skeleton from strategies alone when
-    src_checkpoint is None or does not exist. Strategies: paths or loaded Strategy objects."""
+    src_checkpoint is None or does not exist. Strategies: paths or loaded Strategy objects;
+    step: the training step to read (find_sources); policy: plan.PlanPolicy."""
     src, dst = _strategy(src_strategy), _strategy(dst_strategy)
     _check_fmt(fmt, prefix)
     if src_checkpoint is None or not os.path.exists(src_checkpoint):
-        return plan_from_strategies(None, src, dst, dst_ranks=dst_ranks, prefix=prefix, fmt=fmt)
-    source = find_sources(src_checkpoint, partial=dst_ranks is not None)
+        return plan_from_strategies(None, src, dst, dst_ranks=dst_ranks, prefix=prefix, fmt=fmt,
+                                    policy=policy)
+    source = find_sources(src_checkpoint, partial=dst_ranks is not None, step=step)
     for note in source.notes:
         log.log(note.level, "%s", note.text)
     skeleton = plan_from_strategies(source, src, dst, dst_ranks=dst_ranks, prefix=prefix,
-                                    fmt=fmt)
+                                    fmt=fmt, policy=policy)
     return complete_plan(skeleton, source.base)
 
 
@@ -464,7 +475,8 @@ def transform(src_checkpoint: str, dst_checkpoint: str, *,
               dst_strategy: Strategy | str | None = None, prefix: str = "checkpoint_",
               fmt: str = "ckpt", process_num: int = 1, max_memory: int | None = None,
               dst_ranks: Iterable[int] | None = None, dry_run: bool = False,
-              log_dir: str | None = None) -> TransformReport:
+              log_dir: str | None = None, step: Step | None = None,
+              policy: PlanPolicy = PlanPolicy()) -> TransformReport:
     """Convert a local checkpoint: writes <dst_checkpoint>/rank_<r>/<prefix><r>.<fmt> for every
     destination rank (or those of dst_ranks).
 
@@ -476,7 +488,10 @@ def transform(src_checkpoint: str, dst_checkpoint: str, *,
     ranks converted at once (worker processes). max_memory: host-memory budget in bytes
     (default half of the available memory). dst_ranks: the ranks to convert (the source may
     then hold only the rank folders they need). dry_run: plan only (report.plan), write nothing.
-    log_dir: one log file per converting process.
+    log_dir: one log file per converting process. step: the training step to read where the
+    files are named by step (reshard.steps; None: the latest, the same in every rank folder).
+    policy: what to do with parameters the strategies and the checkpoint disagree on
+    (plan.PlanPolicy: by default an error).
 
     Raises ReshardError (str = one line naming the culprit) for any bad input, before anything
     is written: a missing or malformed source or strategy, a gap in the rank folders, a
@@ -495,7 +510,7 @@ def transform(src_checkpoint: str, dst_checkpoint: str, *,
             "source strategy": src.source if src else None,
             "destination strategy": dst.source if dst else None})
     plan = make_plan(src_checkpoint, src_strategy=src, dst_strategy=dst, prefix=prefix, fmt=fmt,
-                     dst_ranks=dst_ranks)
+                     dst_ranks=dst_ranks, step=step, policy=policy)
     for n in plan.notes:
         log.info("%s", n)
     if dry_run or not plan.with_headers:

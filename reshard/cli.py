@@ -33,10 +33,11 @@ from .api import (ReshardError, complete_plan, execute, find_sources, load_strat
 from . import integrity
 from .blocks import plan_blocks
 from .execute import LOG_NAME
-from .plan import SOURCE_MODES, human_size, ranks_text
+from .plan import SOURCE_MODES, PlanPolicy, human_size, ranks_text
 from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
                       is_url, probe_writable,
                       split_url, strategy_files)
+from .steps import parse_step
 from .strategy import Strategy
 
 from obs_io.atomic import owner_running, owner_tag, write_atomic
@@ -118,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="[MindFormers] the source: a complete .ckpt/.safetensors file, a folder "
                         "of complete files, a folder with one rank_0/ (a complete checkpoint, "
                         "e.g. this tool's complete output), or model_dir with rank_<r>/ folders")
+    p.add_argument("--step", default=None, metavar="EPOCH_STEP", type=_step,
+                   help="the training step to read where checkpoints are named "
+                        "<prefix>-<epoch>_<step>.ckpt, e.g. 10_2 (default: the latest by (epoch, "
+                        "step), which every rank folder must hold); other names: the last in name "
+                        "order")
     p.add_argument("--src_strategy", default=None, metavar="PATH",
                    help="[MindFormers] strategy file or folder of a distributed source "
                         "(None or empty: the source is complete)")
@@ -149,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transform_by_rank", nargs="?", const="True", default=None, metavar="BOOL",
                    help="[MindFormers] accepted and ignored: this engine always converts rank by "
                         "rank, reading only the slices each rank needs")
+    p.add_argument("--allow_missing_params", action="store_true",
+                   help="convert without parameters the destination strategy names but the "
+                        "checkpoint lacks (the network initialises them); without it they are an "
+                        "error, except optimizer states and PET/LoRA adapters (always skipped)")
+    p.add_argument("--keep_unnamed_params", action="store_true",
+                   help="write parameters the destination strategy does not name whole into "
+                        "every rank; without it they are an error (a strategy of another model, or "
+                        "saved with only_trainable_params=True)")
     p.add_argument("--format", dest="fmt", choices=("ckpt", "safetensors"), default="ckpt",
                    help="output format (default ckpt); dtypes are never converted")
     p.add_argument("--engine", choices=("stream", "mindspore"), default="stream",
@@ -180,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"{PROG} {package_version()}",
                    help="print the version and exit")
     return p
+
+
+def _step(text: str):
+    """--step as argparse takes it: its error is the one line of steps.parse_step."""
+    try:
+        return parse_step(text)
+    except ReshardError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--step {text!r}: ")) from None
 
 
 def _none(value: str | None) -> str | None:
@@ -282,12 +304,12 @@ def _strategy_arg(flag: str, location: str | None, stage: _Stage) -> Strategy | 
         raise ReshardError(str(e).replace(local, location)) from None
 
 
-def _source_arg(location: str) -> SourceSet:
-    """The source checkpoint classified from its listing (nothing downloaded)."""
+def _source_arg(location: str, step=None) -> SourceSet:
+    """The source checkpoint classified from its listing (nothing downloaded); step: --step."""
     if not is_url(location):
         if not os.path.exists(location):
             raise ReshardError(f"--src_checkpoint {location} does not exist")
-        return find_sources(location)
+        return find_sources(location, step=step)
     import obs_io
     mox = obs_io.file
     with _storage("--src_checkpoint", location):
@@ -302,45 +324,47 @@ def _source_arg(location: str) -> SourceSet:
                                    st.mtime_nsec)]
         else:
             raise ReshardError(f"--src_checkpoint {location} does not exist")
-    source = classify(location, entries, is_file=is_file)
+    source = classify(location, entries, is_file=is_file, step=step)
     if source.needs_index:
         with _storage("--src_checkpoint", location):
             source = source.with_index(mox.read(source.path_of(source.index_name), binary=True))
     return source
 
 
-def _run_mindspore(a, src: Strategy | None, dst: Strategy | None, stage: _Stage) -> None:
-    """MindSpore's own conversion, for comparison: it needs rank_<r>/ folders and one merged
-    strategy file, which are prepared in a temporary folder (never in the user's); a remote
-    source is copied down whole, a remote output published after."""
+def _run_mindspore(a, source: SourceSet, src: Strategy | None, dst: Strategy | None,
+                   stage: _Stage) -> None:
+    """MindSpore's own conversion, for comparison, on the same input: the files this tool's rule
+    chose (a step-named series' step, each rank folder's file) are linked into rank_<r>/ folders
+    in the staging folder, with one merged strategy file (never in the user's folders); a remote
+    source's chosen files are copied down first, a remote output published after."""
     import mindspore as ms
-    src_dir, dst_dir = a.src_checkpoint, a.dst_checkpoint
-    if is_url(src_dir):
+    dst_dir = stage.dir("dst_checkpoint") if is_url(a.dst_checkpoint) else a.dst_checkpoint
+    base = source.base
+    if is_url(base):
         import obs_io
-        with _storage("--src_checkpoint", src_dir):
-            local = os.path.join(stage.dir(SOURCE_STAGE), src_dir.rstrip("/").rsplit("/", 1)[-1])
-            (obs_io.file.copy_parallel if obs_io.file.is_directory(src_dir) else obs_io.file.copy)(
-                src_dir, local)
-        src_dir = local
-    if is_url(dst_dir):
-        dst_dir = stage.dir("dst_checkpoint")
-    with contextlib.nullcontext(stage.dir("mindspore")) as tmp:
-        if os.path.isfile(src_dir):
-            os.makedirs(os.path.join(tmp, "src", "rank_0"))
-            os.symlink(os.path.abspath(src_dir),
-                       os.path.join(tmp, "src", "rank_0", os.path.basename(src_dir)))
-            src_dir = os.path.join(tmp, "src")
-        strategies = []
-        for i, s in enumerate((src, dst)):
-            path = None
-            if s is not None:
-                path = s.source
-                if is_url(path) or os.path.isdir(path):
-                    path = os.path.join(tmp, f"strategy_{i}.ckpt")
-                    write_merged_strategy(s, path)
-            strategies.append(path)
-        ms.transform_checkpoints(src_dir, dst_dir, a.prefix, strategies[0], strategies[1],
-                                 process_num=a.process_num, output_format=a.fmt)
+        with _storage("--src_checkpoint", a.src_checkpoint):
+            local = stage.dir(SOURCE_STAGE)
+            obs_io.file.copy_parallel(base, local, file_list=source.used_names())
+        base = local
+    tmp = stage.dir("mindspore")
+    src_dir = base
+    if not source.complete or len(source.files) == 1:   # rank_<r>/<the chosen file>
+        src_dir = os.path.join(tmp, "src")
+        for rank, name in source.files.items():
+            os.makedirs(os.path.join(src_dir, f"rank_{rank}"))
+            os.symlink(os.path.abspath(source.path_of(name, base)),
+                       os.path.join(src_dir, f"rank_{rank}", name.rsplit("/", 1)[-1]))
+    strategies = []
+    for i, s in enumerate((src, dst)):
+        path = None
+        if s is not None:
+            path = s.source
+            if is_url(path) or os.path.isdir(path):
+                path = os.path.join(tmp, f"strategy_{i}.ckpt")
+                write_merged_strategy(s, path)
+        strategies.append(path)
+    ms.transform_checkpoints(src_dir, dst_dir, a.prefix, strategies[0], strategies[1],
+                             process_num=a.process_num, output_format=a.fmt)
     if dst_dir != a.dst_checkpoint:
         import obs_io
         with _storage("--dst_checkpoint", a.dst_checkpoint):
@@ -399,7 +423,9 @@ def convert_from_args(argv=None) -> int:
     for flag in ("log_dir", "work_dir"):
         if getattr(args, flag):
             check_writable(getattr(args, flag), f"--{flag} {getattr(args, flag)}")
-    source = _source_arg(args.src_checkpoint) if args.src_checkpoint else None
+    if args.step is not None and not args.src_checkpoint:
+        raise ReshardError("--step chooses a file of --src_checkpoint, which is not given")
+    source = _source_arg(args.src_checkpoint, args.step) if args.src_checkpoint else None
     if args.dst_checkpoint_dir and source is not None:   # MindFormers' layout
         args.dst_checkpoint = _join(args.dst_checkpoint_dir, source.name)
     if args.dst_checkpoint and not args.dry_run:
@@ -484,7 +510,7 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
         raise ReshardError(f"--world_size {args.world_size} does not match the "
                            f"destination strategy's {world} ranks")
     if args.engine == "mindspore":
-        _run_mindspore(args, src, dst, stage)
+        _run_mindspore(args, source, src, dst, stage)
         return 0
     dst_ranks, process_num = None, args.process_num
     if args.rank_id is not None:
@@ -494,7 +520,8 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
     for note in source.notes if source else ():
         log.log(note.level, "%s", note.text)
     plan = plan_from_strategies(source, src, dst, dst_ranks=dst_ranks, prefix=args.prefix,
-                                fmt=args.fmt)
+                                fmt=args.fmt, policy=PlanPolicy(args.allow_missing_params,
+                                                                args.keep_unnamed_params))
     local_root = None
     if source is not None:
         local_root, remote = source.base, is_url(source.root)
@@ -571,14 +598,26 @@ def _user_text(text: str) -> str:
     return text
 
 
+def _silence(stream) -> None:
+    """A stream whose reader is gone (`| head -1`): what is still written there goes nowhere,
+    quietly (a later flush, even the interpreter's at exit, would fail again)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 class _ByLevel(logging.Handler):
-    """INFO lines on stdout, warnings and errors on stderr (looked up at each line)."""
+    """INFO lines on stdout, warnings and errors on stderr (looked up at each line). A stream
+    closed by its reader is silenced: the conversion goes on, its result is the files."""
 
     def emit(self, record: logging.LogRecord) -> None:
         stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
         try:
             stream.write(_user_text(self.format(record)) + "\n")
             stream.flush()
+        except BrokenPipeError:
+            _silence(stream)
         except Exception:   # noqa: BLE001 - logging must never end the run
             self.handleError(record)
 
@@ -627,9 +666,8 @@ def run_command(prog: str, body) -> int:
         except KeyboardInterrupt:
             print(f"{prog}: {INTERRUPTED}", file=sys.stderr)
             return 130
-        except BrokenPipeError:
-            # stdout's reader is gone: say nothing more there (a later flush would fail again)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except BrokenPipeError:   # stdout's reader is gone (a printed result): say nothing more there
+            _silence(sys.stdout)
             return 141
         except OSError as e:   # the environment, not the input: a full disk, a refused folder
             log.debug("failed", exc_info=True)

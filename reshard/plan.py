@@ -19,12 +19,14 @@ from __future__ import annotations
 import heapq
 import math
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
+from . import compare
 from .errors import ReshardError
-from .formats import FileIndex, FormatError, TensorMeta, open_reader
+from .formats import CheckpointReader, FileIndex, FormatError, TensorMeta, open_reader
 from .formats.meta import STORAGE_DTYPES
 from .formats.safetensors_format import TO_CODE as SAFETENSORS_DTYPES
 from .layout import LayoutError, TensorLayout, complete_layout
@@ -43,10 +45,34 @@ OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "momen
                             "accu_grads.", "accumulate_", "exp_avg.", "exp_avg_sq.", "global_step",
                             "learning_rate", "scale_sense", "current_iterator_step", "last_overflow_iterator_step",
                             "epoch_num", "step_num", "loss_scale")
-# Duplicated tensors of a complete folder are compared in slices of at most this many bytes.
-_COMPARE_BYTES = 16 << 20
-# Headers of remote source files read at once (each costs a few GETs of latency, little data).
+# Parameters a PET/LoRA network adds to a base model (MindFormers' `mindpet_delta_*`, and the
+# `lora_a`/`lora_A.weight` names of its newer code): a base checkpoint lacks them and the network
+# initialises them, so a destination strategy naming them converts without them.
+ADAPTER_NAME = re.compile(r"mindpet_delta_|\.lora_[ab](?:\.weight)?$", re.IGNORECASE)
+# Headers of remote source files read at once (each costs a few GETs of latency, little data);
+# also the sampled comparisons of check_copies.
 HEADER_THREADS = 8
+# check_copies compares replicas and optimizer-shard members of at most this many parameters
+# (the largest): a strategy that does not match its checkpoint shows in all of them; in a shard
+# group, the first member with up to SHARD_MEMBERS - 1 others.
+CHECKED_LAYOUTS = 16
+SHARD_MEMBERS = 8
+
+
+@dataclass(frozen=True)
+class PlanPolicy:
+    """What the plan does where the strategies and the checkpoint disagree on which parameters
+    exist (each False: an error naming them, before anything is written).
+
+    allow_missing: parameters the destination strategy names and the checkpoint lacks (other
+        than optimizer states and PET/LoRA adapters, always skipped) are skipped too: the
+        network initialises them (--allow_missing_params).
+    keep_unnamed: parameters of the checkpoint that the destination strategy does not name but
+        the source lays out in pieces (a complete source: any value of more than one element;
+        never optimizer states or scalars such as global_step) are written whole into every
+        destination rank (--keep_unnamed_params)."""
+    allow_missing: bool = False
+    keep_unnamed: bool = False
 
 
 def _itemsize(dtype: str | None) -> int:
@@ -160,6 +186,7 @@ class Plan:
     prefix: str = "checkpoint_"
     fmt: str = "ckpt"
     local_root: str | None = None
+    policy: PlanPolicy = field(default_factory=PlanPolicy)
     # relative name -> how the conversion reads that source file (complete_plan decides: see
     # choose_mode); a file not listed is read under the local root ("local")
     source_use: dict[str, SourceUse] = field(default_factory=dict)
@@ -202,7 +229,7 @@ class Plan:
         stages = {dst.stage_of(rp.rank) for rp in self.ranks}
         return sorted({file for name, file in src.index.items()
                        if name not in dst.layouts or
-                       any(lay.stage in stages for lay in dst.layouts[name])})
+                       any(lay.stage in stages for lay in dst.layouts[name])} | set(src.unindexed))
 
     @property
     def output_files(self) -> list[str]:
@@ -371,6 +398,7 @@ class Headers:
         self._metas: dict[str, dict[str, TensorMeta] | None] = {}
         self.sizes: dict[str, int] = {}      # bytes of each file read
         self.indexes: dict[str, FileIndex] = {}   # remote files: what opens them again
+        self._found: dict[str, FileIndex] = {}    # every file read: opened again without headers
 
     def path(self, name: str) -> str:
         """Where `name` is read: a local path, or its URL when the headers are read remotely."""
@@ -406,6 +434,7 @@ class Headers:
 
     def _keep(self, name: str, index: FileIndex) -> dict[str, TensorMeta]:
         self._metas[name], self.sizes[name] = index.metas, index.size
+        self._found[name] = index
         if self.remote_root is not None:
             self.indexes[name] = index
         return index.metas
@@ -427,6 +456,14 @@ class Headers:
     def known(self, name: str) -> dict[str, TensorMeta] | None:
         """Headers already read (None if not read or absent)."""
         return self._metas.get(name)
+
+    def open(self, name: str) -> CheckpointReader:
+        """A reader of a file whose headers were read (they are not read again); one per thread.
+        Raises ReshardError naming the file."""
+        try:
+            return open_reader(self.path(name), s3_config=self.s3_config, index=self._found.get(name))
+        except FormatError as e:
+            raise ReshardError(str(e)) from None
 
 
 def _lcm_shape(*grids: tuple[int, ...]) -> tuple[int, ...]:
@@ -453,11 +490,13 @@ def _product(ranges: Sequence[range]) -> Iterator[tuple[int, ...]]:
 def build_plan(src: Strategy | None, dst: Strategy | None, source: SourceSet | None, *,
                headers: Headers | None = None, read: Sequence[str] = (),
                dst_ranks: Iterable[int] | None = None, prefix: str = "checkpoint_",
-               fmt: str = "ckpt") -> Plan:
+               fmt: str = "ckpt", policy: PlanPolicy = PlanPolicy()) -> Plan:
     """A skeleton (headers None: from strategies alone) or a full plan (the headers of the files
-    `read`, and of other replicas' files where a chosen file lacks a parameter). Raises
-    ReshardError (naming the parameter or file) for anything it cannot convert."""
-    return _Planner(src, dst, source, headers, tuple(read), dst_ranks, prefix, fmt).plan()
+    `read`, and of other replicas' files where a chosen file lacks a parameter, or where
+    check_copies compares a value with another rank's). Raises ReshardError (naming the
+    parameter or file) for anything it cannot convert or where the strategies do not match the
+    checkpoint (see _Planner.check_names, check_unnamed, check_copies)."""
+    return _Planner(src, dst, source, headers, tuple(read), dst_ranks, prefix, fmt, policy).plan()
 
 
 class _Cut:
@@ -544,11 +583,12 @@ class _Planner:
 
     def __init__(self, src: Strategy | None, dst: Strategy | None, source: SourceSet | None,
                  headers: Headers | None, read: tuple[str, ...], dst_ranks, prefix: str,
-                 fmt: str):
+                 fmt: str, policy: PlanPolicy):
         if fmt not in FORMATS:
             raise ReshardError(f"--format {fmt!r}: must be ckpt or safetensors")
         self.src, self.dst, self.source, self.headers = src, dst, source, headers
-        self.read_names, self.prefix, self.fmt = read, prefix, fmt
+        self.read_names, self.prefix, self.fmt, self.policy = read, prefix, fmt, policy
+        self.kept_whole: set[str] = set()          # unnamed by dst, kept whole (policy)
         self.asked = None if dst_ranks is None else tuple(sorted(set(dst_ranks)))
         self.complete = source.complete if source is not None else src is None
         self.files: dict[int, str] = dict(source.files) if source is not None else {}
@@ -584,11 +624,16 @@ class _Planner:
             self.holders_of_rank_files()
         self.check_names()
         self.derive_shapes()
+        if self.headers is not None:
+            self.check_unnamed()
+            if not self.complete:
+                self.check_copies()
         rank_plans = tuple(self.plan_rank(d) for d in ranks)
         return Plan(rank_plans, _describe(self.src), _describe(self.dst),
                     self.headers is not None, tuple(self.notes), self.source, self.src, self.dst,
                     self.asked, self.prefix, self.fmt,
-                    self.headers.local_root if self.headers is not None else None)
+                    self.headers.local_root if self.headers is not None else None,
+                    policy=self.policy)
 
     def check_pairing(self) -> None:
         """A source strategy goes with rank folders, none with a complete checkpoint; device
@@ -640,7 +685,7 @@ class _Planner:
             key = by_file[file]
             metas = self.headers.read(file)
             for name in metas:
-                if index is not None and index.get(name) != file:
+                if index is not None and index.get(name, file if file in self.source.unindexed else None) != file:
                     ignored.append(name)
                     continue
                 self.holders.setdefault(name, []).append(key)
@@ -707,9 +752,136 @@ class _Planner:
                 raise ReshardError(f"parameter {name}: {e} (source strategy "
                                    f"{src.source})") from None
 
+    def check_copies(self) -> None:
+        """With headers, a distributed source: the bytes must agree with the source strategy,
+        compared on samples (reshard.compare) between pairs of source ranks, before anything is
+        written. Errors (one line naming the parameters, ranks and the fix):
+        - a value the source strategy does not describe is carried from one source rank as it
+          is (MindSpore's rule), which is right only when every rank holds the same copy: copies
+          that differ between ranks that differ in one device coordinate are shards (a strategy
+          saved with only_trainable_params=True, MindSpore's default, leaves frozen weights out);
+        - replicas the strategy names (ranks holding the same block) that differ: the strategy
+          does not describe the checkpoint's sharding (e.g. optimizer sharding it lacks);
+        - optimizer-shard groups holding the same bytes in two of their members, for every
+          parameter the strategy shards so (zero-filled values aside): the checkpoint was saved
+          without that sharding, or a smaller one, and reading it with this strategy would
+          double dimension 0 (or more).
+        Replicas and shard members are compared for the CHECKED_LAYOUTS largest parameters."""
+        src = self.src
+        carried = self.carried_pairs()
+        replicas, members = self.layout_pairs()
+        equal = self.compare_pairs(carried + replicas + members)
+        differ = sorted({n for n, a, b in carried if not equal[(n, a, b)][0]})
+        if differ:
+            n, a, b = next(p for p in carried if p[0] == differ[0])
+            raise ReshardError(f"{len(differ)} parameter(s) that the source strategy {src.source} does not "
+                               f"describe differ between source ranks that would hold copies of them "
+                               f"({_first(differ)}; {n}: rank {a} and rank {b}): they are sharded, and "
+                               f"carrying one rank's value would write part of a tensor under its full name; "
+                               f"save the source strategy with only_trainable_params=False (MindSpore's "
+                               f"default, True, leaves frozen weights out)")
+        for n, a, b in replicas:
+            if not equal[(n, a, b)][0]:
+                raise ReshardError(f"parameter {n}: source ranks {a} and {b} hold the same slice by the "
+                                   f"source strategy {src.source}, but different values: the strategy does "
+                                   f"not describe how the checkpoint is sharded (optimizer sharding it "
+                                   f"lacks, or a strategy of another run)")
+        compared = {n for n, a, b in members if not equal[(n, a, b)][1]}   # zero-filled samples prove nothing
+        twins = {n: (a, b) for n, a, b in members if n in compared and equal[(n, a, b)][0]}
+        if compared and compared <= set(twins):
+            n = min(twins)
+            raise ReshardError(f"the source strategy {src.source} shards {len(compared)} parameter(s) for the "
+                               f"parallel optimizer, but the ranks of each shard group hold the same "
+                               f"values ({n}: rank {twins[n][0]} and rank {twins[n][1]}): the checkpoint was "
+                               f"saved without that optimizer sharding (or a smaller one); give the strategy "
+                               f"it was saved with")
+
+    def carried_pairs(self) -> list[tuple[str, int, int]]:
+        """(name, rank, rank) pairs to compare for every value the source strategy does not
+        describe: per source stage holding it, its first holder and that rank's neighbour along
+        each device axis of the stage (any shard split along an axis differs there)."""
+        pairs = []
+        for name, keys in list(self.holders.items()):
+            if name in self.src.layouts or not keys:
+                continue
+            for stage in sorted({self.src.stage_of(k) for k in keys}):
+                first = min(k for k in keys if self.src.stage_of(k) == stage)
+                for other in self.neighbours(first):
+                    if name in (self.headers.read(self.files[other], required=False) or ()) \
+                            if other in self.files else False:
+                        pairs.append((name, first, other))
+        return pairs
+
+    def neighbours(self, rank: int) -> list[int]:
+        """The source ranks of rank's stage that differ from it in one device coordinate, one
+        per axis of the stage's device matrices (every other rank of the stage when the strategy
+        lays nothing out there)."""
+        stage, local = divmod(rank, self.s_dev)
+        matrices = {lay.dev_matrix for lays in self.src.layouts.values() for lay in lays
+                    if lay.stage == stage}
+        out: set[int] = set()
+        for dev in matrices:
+            stride = 1
+            for size in reversed(dev):
+                if size > 1:
+                    coord = local // stride % size
+                    out.add(local + stride if coord + 1 < size else local - stride)
+                stride *= size
+        if not matrices:
+            out = set(range(self.s_dev))
+        return sorted(stage * self.s_dev + r for r in out - {local})
+
+    def layout_pairs(self) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+        """(replica pairs, optimizer-shard member pairs) of the CHECKED_LAYOUTS largest laid-out
+        parameters read, among ranks whose files hold them."""
+        sized = sorted(((self.metas0[n].nbytes or 0, n) for n in self.holders
+                        if n in self.src.layouts and n in self.metas0), reverse=True)
+        replicas: list[tuple[str, int, int]] = []
+        members: list[tuple[str, int, int]] = []
+        for _, name in sized:
+            held = set(self.holders[name])
+            for lay in self.src.layouts[name]:
+                base = lay.stage * self.s_dev
+                by_block = {b: [base + r for r in rs if base + r in held] for b, rs in lay.replicas.items()}
+                if len(replicas) < CHECKED_LAYOUTS:
+                    pair = next((rs[:2] for rs in by_block.values() if len(rs) >= 2), None)
+                    if pair:
+                        replicas.append((name, pair[0], pair[1]))
+                if lay.opt_shard_size > 1 and len({n for n, _, _ in members}) < CHECKED_LAYOUTS:
+                    for block, rs in by_block.items():   # the group's first member and the others
+                        others = [by_block.get((block[0] + k,) + block[1:]) for k in
+                                  range(1, min(lay.opt_shard_size, SHARD_MEMBERS))]
+                        if block[0] % lay.opt_shard_size == 0 and rs and all(others):
+                            members += [(name, rs[0], o[0]) for o in others]
+                            break
+        return replicas, members
+
+    def compare_pairs(self, pairs: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], tuple[bool, bool]]:
+        """pair -> (the two samples are equal, the first is all zeros), read several at once."""
+        def one(pair):
+            name, a, b = pair
+            ma, mb = self.meta(a, name), self.meta(b, name)
+            if (ma.dtype, ma.shape) != (mb.dtype, mb.shape):
+                return False, False
+            with self.headers.open(self.files[a]) as ra, self.headers.open(self.files[b]) as rb:
+                try:
+                    sa, sb = compare.sample(ra, name), compare.sample(rb, name)
+                except FormatError as e:
+                    raise ReshardError(str(e)) from None
+            return sa == sb, not any(sa)
+        pairs = list(dict.fromkeys(pairs))
+        if len(pairs) <= 1:
+            return {p: one(p) for p in pairs}
+        with ThreadPoolExecutor(min(HEADER_THREADS, len(pairs))) as pool:
+            return dict(zip(pairs, pool.map(one, pairs)))
+
     def check_names(self) -> None:
-        """With headers: each strategy must name some of the checkpoint's parameters; the
-        destination's parameters the checkpoint lacks are skipped (with a note)."""
+        """With headers: each strategy must name some of the checkpoint's parameters. The
+        destination's parameters the checkpoint lacks: optimizer states (an inference
+        checkpoint under a training strategy: the optimizer starts afresh, as in MindSpore) and
+        PET/LoRA adapters (ADAPTER_NAME: a base checkpoint for a fine-tuning network, which
+        initialises them) are skipped with a note; any other is an error (another model, fewer
+        layers, one rank's shard taken for a complete one) unless policy.allow_missing."""
         src, dst = self.src, self.dst
         if self.headers is None:
             return
@@ -724,14 +896,61 @@ class _Planner:
         stages = self.dst_stages
         missing = [n for n, lays in dst.layouts.items() if n not in self.holders and
                    any(lay.stage in stages for lay in lays)]
-        weights = [n for n in missing if not n.startswith(OPTIMIZER_STATE_PREFIXES)]
-        if weights:
+        states = [n for n in missing if n.startswith(OPTIMIZER_STATE_PREFIXES)]
+        adapters = [n for n in missing if n not in states and ADAPTER_NAME.search(n)]
+        weights = [n for n in missing if n not in states and n not in adapters]
+        if weights and not self.policy.allow_missing:
             raise ReshardError(f"the checkpoint lacks {len(weights)} parameter(s) of the destination "
-                               f"strategy {dst.source} (e.g. {weights[0]}): a checkpoint of another "
-                               "model, of fewer layers, or one rank's shard taken for a complete one")
-        if missing:   # an inference checkpoint under a training strategy: the optimizer starts afresh
-            self.notes.append(f"{len(missing)} optimizer states of the destination strategy are not "
-                              f"in the checkpoint and are skipped (e.g. {missing[0]})")
+                               f"strategy {dst.source} ({_first(weights)}): a checkpoint of another "
+                               "model, of fewer layers, or one rank's shard taken for a complete one "
+                               "(--allow_missing_params converts without them: the network initialises them)")
+        if weights:
+            self.notes.append(f"--allow_missing_params: {len(weights)} parameter(s) of the destination "
+                              f"strategy are not in the checkpoint and are left to the network to "
+                              f"initialise ({_first(weights)})")
+        if adapters:
+            self.notes.append(f"{len(adapters)} adapter parameter(s) of the destination strategy (PET/LoRA) "
+                              f"are not in the checkpoint and are left to the network to initialise "
+                              f"({_first(adapters)})")
+        if states:   # an inference checkpoint under a training strategy: the optimizer starts afresh
+            self.notes.append(f"{len(states)} optimizer states of the destination strategy are not "
+                              f"in the checkpoint and are skipped (e.g. {states[0]})")
+
+    def check_unnamed(self) -> None:
+        """With headers and a destination strategy: parameters of the checkpoint that the
+        destination strategy names in no stage, but that the source lays out in pieces (a
+        complete source: any value of more than one element), would be written as they are read
+        into every destination rank: a whole weight where the network expects a slice, or one
+        source rank's slice under the full name. That is a destination strategy of another
+        model or of fewer layers (a stale folder), or one saved with only_trainable_params=True
+        (frozen weights left out): an error naming them, unless policy.keep_unnamed (each is
+        then assembled whole into every destination rank). Optimizer states and scalars
+        (global_step, loss_scale, ...) stay carried as MindSpore carries them; so do values the
+        source strategy does not describe either (check_copies makes sure they are copies)."""
+        dst = self.dst
+        if dst is None:
+            return
+        unnamed = [n for n in self.holders if n not in dst.layouts and self.in_pieces(n)]
+        if not unnamed:
+            return
+        if not self.policy.keep_unnamed:
+            raise ReshardError(f"the destination strategy {dst.source} does not name {len(unnamed)} "
+                               f"parameter(s) of the checkpoint ({_first(unnamed)}): a strategy of "
+                               f"another model or of fewer layers, or one saved with "
+                               f"only_trainable_params=True (frozen weights left out); "
+                               f"--keep_unnamed_params writes them whole into every rank")
+        self.kept_whole = set(unnamed)
+        self.notes.append(f"--keep_unnamed_params: {len(unnamed)} parameter(s) the destination strategy "
+                          f"does not name are written whole into every rank ({_first(unnamed)})")
+
+    def in_pieces(self, name: str) -> bool:
+        """Whether a value is a weight the source holds in pieces (or, complete, of more than one
+        element): not an optimizer state, not a scalar."""
+        if name.startswith(OPTIMIZER_STATE_PREFIXES):
+            return False
+        if not self.complete:
+            return any(math.prod(lay.splits) > 1 for lay in self.src.layouts.get(name, ()))
+        return math.prod(self.full[name]) > 1
 
     def plan_rank(self, d: int) -> RankPlan:
         """Destination rank d: its slice of every laid-out tensor, then the carried values.
@@ -770,6 +989,8 @@ class _Planner:
         for name in self.holders:      # (files read on demand add holders, not names)
             full = self.full[name]
             dlay = dst.layout_in_stage(name, stage) if dst else complete_layout(len(full))
+            if name in self.kept_whole:
+                dlay = complete_layout(len(full))
             if dst is not None and dlay is None and name in dst.layouts:
                 continue                         # lives in another destination stage
             slays = list(src.layouts.get(name, ())) if src else [complete_layout(len(full))]
@@ -1014,6 +1235,14 @@ class _Planner:
                                f".ckpt (MindSpore reads dims [0] back as a scalar); use "
                                f"--format safetensors")
 
+    def same_bytes(self, file_a: str, file_b: str, meta: TensorMeta) -> bool:
+        """Whether two files of the source hold the same bytes for one tensor (all of them)."""
+        with self.headers.open(file_a) as a, self.headers.open(file_b) as b:
+            try:
+                return compare.same_bytes(a, b, meta)
+            except FormatError as e:
+                raise ReshardError(str(e)) from None
+
     def check_tied_copies(self, name: str, keys: list[int]) -> None:
         """A name in several complete files: the same dtype, shape and bytes in each."""
         first = self.files[keys[0]]
@@ -1022,8 +1251,7 @@ class _Planner:
             other = self.files[k]
             m = self.headers.known(other)[name]
             if (m.dtype, m.shape) != (m0.dtype, m0.shape) or \
-                    not _same_bytes(self.headers.path(first), self.headers.path(other), m0,
-                                    self.headers.s3_config):
+                    not self.same_bytes(first, other, m0):
                 raise ReshardError(f"parameter {name}: {first} and {other} hold different values "
                                    f"({m0.dtype}{list(m0.shape)} / {m.dtype}{list(m.shape)}) and "
                                    f"no index says which to use")
@@ -1053,20 +1281,7 @@ def _describe_source(source: SourceSet | None) -> str:
     return f"{source.root} (complete checkpoint in {len(source.files)} files)"
 
 
-def _same_bytes(path_a: str, path_b: str, meta: TensorMeta, s3_config=None) -> bool:
-    """Whether two files hold the same bytes for one tensor, compared in bounded slices."""
-    try:
-        with open_reader(path_a, s3_config=s3_config) as a, \
-                open_reader(path_b, s3_config=s3_config) as b:
-            if not meta.sliceable or not meta.shape:
-                return a.read_raw(meta.name) == b.read_raw(meta.name)
-            row = max(1, meta.nbytes // max(1, meta.shape[0]))
-            step = max(1, _COMPARE_BYTES // row)
-            rest = tuple((0, n) for n in meta.shape[1:])
-            for r0 in range(0, meta.shape[0], step):
-                region = ((r0, min(meta.shape[0], r0 + step)),) + rest
-                if a.read(meta.name, region).tobytes() != b.read(meta.name, region).tobytes():
-                    return False
-    except FormatError as e:
-        raise ReshardError(str(e)) from None
-    return True
+def _first(names: Sequence[str], count: int = 3) -> str:
+    """`e.g. a, b, c` naming the first few of a list (and how many more)."""
+    more = f" and {len(names) - count} more" if len(names) > count else ""
+    return f"e.g. {', '.join(names[:count])}{more}" if len(names) > 1 else names[0]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 from .errors import ReshardError
+from .steps import Step, choose, chosen_line
 
 __all__ = ["SourceEntry", "SourceSet", "Note", "classify", "check_source_strategy", "output_name",
            "check_prefix", "strategy_files", "overlaps", "check_output", "CHECKPOINT_EXTS", "STRATEGY_EXTS", "FORMATS"]
@@ -37,6 +38,10 @@ RANK_DIR = re.compile(r"^rank_(\d+)$")
 # without the "weight_map" level).
 INDEX_SUFFIX = "index.json"
 MINDFORMERS_INDEX = "param_name_map.json"
+# Beside a folder mindspore.unified_safetensors wrote (part<k>.safetensors and
+# param_name_map.json): the values no strategy describes (global_step, epoch_num, step_num,
+# loss_scale, ...), which its index does not name and MindSpore's loader gives every rank.
+HYPER_PARAM_FILE = "hyper_param.safetensors"
 _SCHEMES = ("obs://", "s3://")
 
 
@@ -75,8 +80,11 @@ class SourceSet:
         folder with an index (None otherwise, or until with_index() applied it).
     index_name: relative name of that index file, when the folder has one.
     is_file: root is the checkpoint file itself; then base is its folder.
-    notes: lines for the user (INFO: which file was chosen in a rank folder holding several;
-        WARNING: the others are newer by modification time; files an index leaves out).
+    notes: lines for the user (INFO: which step or file was chosen where a folder holds
+        several; WARNING: the others are newer by modification time; files an index leaves out).
+    step: the step read when the files are named by step (`<prefix>-<epoch>_<step>.ckpt`).
+    unindexed: files of an indexed folder whose every value counts though the index does not
+        name them (HYPER_PARAM_FILE: the training state of a unified_safetensors folder).
     """
     root: str
     complete: bool
@@ -85,6 +93,8 @@ class SourceSet:
     index_name: str | None = None
     is_file: bool = False
     notes: tuple[Note, ...] = field(default=())
+    step: Step | None = None     # the training step read (step-named files, reshard.steps)
+    unindexed: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -127,13 +137,18 @@ class SourceSet:
                 raise ReshardError(f"{self.path_of(self.index_name)}: parameter {name} is in "
                                    f"{file}, which is not a .safetensors file of {self.root}")
         named = sorted(set(index.values()))
+        unindexed = (HYPER_PARAM_FILE,) if HYPER_PARAM_FILE in present - set(named) else ()
         notes = list(self.notes)
-        left_out = sorted(present - set(named))
+        left_out = sorted(present - set(named) - set(unindexed))
         if left_out:
             notes.append(Note(logging.INFO, f"{self.root}: {self.index_name} names {len(named)} "
                                             f"of {len(present)} files; ignoring "
                                             f"{', '.join(left_out)}"))
-        return replace(self, files=dict(enumerate(named)), index=index, notes=tuple(notes))
+        if unindexed:
+            notes.append(Note(logging.INFO, f"{self.root}: {HYPER_PARAM_FILE} (values no strategy describes, "
+                                            f"such as global_step) goes into every destination rank"))
+        return replace(self, files=dict(enumerate(named + list(unindexed))), index=index,
+                       notes=tuple(notes), unindexed=unindexed)
 
 
 def output_name(rank: int, prefix: str, fmt: str) -> str:
@@ -161,7 +176,7 @@ def _is_index(name: str) -> bool:
 
 
 def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, *,
-             is_file: bool | None = None, partial: bool = False) -> SourceSet:
+             is_file: bool | None = None, partial: bool = False, step: Step | None = None) -> SourceSet:
     """Classify a checkpoint source from the files below it. Pure: no I/O.
 
     root: the source as the user named it. For a folder, entries are the files below it
@@ -178,15 +193,19 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
     - a folder whose only rank folder is rank_0/ (and not `partial`): a complete checkpoint,
       as MindSpore and MindFormers take it (a conversion's complete output is <dst>/rank_0/);
       see check_source_strategy for a source strategy given with it;
-    - a folder with rank_<r>/ folders: distributed; each rank's checkpoint is the last file in
-      name order in its folder (as MindSpore picks it; a note names it when there are several,
-      and warns when one of the others is newer); rank folders must be numbered from 0 without
+    - a folder with rank_<r>/ folders: distributed; each rank's checkpoint is chosen by
+      reshard.steps: files named `<prefix>-<epoch>_<step>.ckpt` by the latest (epoch, step), or
+      `step`, the same step in every rank folder (one note names it); other names, the last
+      file in name order (as MindSpore picks it; a note names it when there are several, and
+      warns when one of the others is newer); rank folders must be numbered from 0 without
       gaps, unless `partial` (a local copy holding only the ranks a block needs); checkpoint
       files beside the rank folders are ignored (with a note);
-    - a folder of checkpoint files: complete, their union is the model. A safetensors index
-      (*index.json / param_name_map.json) beside them sets index_name; apply it with
-      with_index(bytes) before planning;
+    - a folder of checkpoint files: complete, their union is the model; unless they are named
+      by step (several saves of one complete checkpoint): then one step, by the same rule. A
+      safetensors index (*index.json / param_name_map.json) beside them sets index_name; apply
+      it with with_index(bytes) before planning;
     - anything else (an empty folder, no checkpoint file) is an error.
+    step: the step asked for (`--step`); ReshardError when the source is one file.
     """
     exts = _checkpoint_exts(fmt)
     entries = list(entries)
@@ -201,6 +220,9 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
         name = entries[0].name
         if not name.endswith(exts):
             raise ReshardError(f"source checkpoint {root} is not a {kinds} file")
+        if step is not None:
+            raise ReshardError(f"--step {step} chooses a file in a checkpoint folder, but the source "
+                               f"checkpoint {root} is one file")
         return SourceSet(root, True, {0: name}, is_file=True)
 
     top: list[SourceEntry] = []
@@ -225,11 +247,19 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
             elif _is_index(parts[0]):
                 index_names.append(parts[0])
     if rank_dirs:
-        return _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds)
+        return _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds, step)
     if not top:
         raise ReshardError(f"source checkpoint folder {root} holds no {kinds} file and no "
                            f"rank_<r> folder")
     names = sorted(e.name for e in top)
+    if not index_names:   # several saves of one complete checkpoint: one step, by the rule
+        choice = choose({0: names}, {0: root}, step, label="folder", root=root)
+        if choice.step is not None:
+            return SourceSet(root, True, {0: choice.files[0]}, step=choice.step,
+                             notes=(Note(logging.INFO, chosen_line(choice, 1, root, "folder")),))
+    elif step is not None:
+        raise ReshardError(f"--step {step}: {root} is a sharded checkpoint with an index, not a "
+                           f"series of saves")
     index_name = None
     if index_names and any(n.endswith(".safetensors") for n in names):
         if len(index_names) > 1:
@@ -239,18 +269,27 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
     return SourceSet(root, True, dict(enumerate(names)), index_name=index_name)
 
 
-def _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds) -> SourceSet:
-    files: dict[int, str] = {}
+def _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds, step) -> SourceSet:
     notes: list[Note] = []
+    cands_of: dict[int, list[SourceEntry]] = {}
     for r in sorted(rank_dirs):
         cands = sorted(in_rank.get(r, ()), key=lambda e: e.name)
         if not cands:
             continue        # an empty rank folder: a gap
         if fmt is None and len({os.path.splitext(c.name)[1] for c in cands}) > 1:
             raise ReshardError(f"{_join(root, f'rank_{r}')} mixes .ckpt and .safetensors files")
-        chosen = cands[-1]
-        files[r] = chosen.name
-        if len(cands) > 1:
+        cands_of[r] = cands
+    if not cands_of:
+        raise ReshardError(f"source checkpoint folder {root}: its rank_<r> folders hold no "
+                           f"{kinds} file")
+    choice = choose({r: [c.name for c in cands] for r, cands in cands_of.items()},
+                    {r: _join(root, f"rank_{r}") for r in cands_of}, step, root=root)
+    files: dict[int, str] = dict(choice.files)
+    if choice.step is not None and files:
+        notes.append(Note(logging.INFO, chosen_line(choice, len(files), root)))
+    for r, cands in cands_of.items():
+        chosen = next(c for c in cands if c.name == files[r])
+        if len(cands) > 1 and choice.step is None:
             notes.append(Note(logging.INFO, f"source rank {r}: {len(cands)} checkpoints in "
                                             f"rank_{r}/, using the last in name order: "
                                             f"{chosen.name}"))
@@ -259,9 +298,6 @@ def _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds) -> Sourc
                 notes.append(Note(logging.WARNING, f"source rank {r}: {newer[-1].name} is newer "
                                                    f"than the chosen {chosen.name} (the last in "
                                                    f"name order is used, as MindSpore does)"))
-    if not files:
-        raise ReshardError(f"source checkpoint folder {root}: its rank_<r> folders hold no "
-                           f"{kinds} file")
     if not partial:
         gaps = [r for r in range(max(files) + 1) if r not in files]
         if gaps:
@@ -276,8 +312,8 @@ def _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds) -> Sourc
         # without a source strategy.
         notes.append(Note(logging.INFO, f"{root}: rank_0 is its only rank folder: a complete "
                                         f"checkpoint ({files[0]})"))
-        return SourceSet(root, True, files, notes=tuple(notes))
-    return SourceSet(root, False, files, notes=tuple(notes))
+        return SourceSet(root, True, files, notes=tuple(notes), step=choice.step)
+    return SourceSet(root, False, files, notes=tuple(notes), step=choice.step)
 
 
 def check_source_strategy(source: SourceSet, strategy_world: int | None) -> Note | None:
