@@ -28,10 +28,13 @@ import yaml
 import obs_io
 from cloud_entry.errors import EntryError
 from obs_io.oneline import OneLineParser
+from obs_io.typos import closest, normal as _normal
 from obs_io.urls import check as check_url
 from obs_io.version import package_version
 from reshard.cli import parse_size as reshard_parse_size
+from reshard.errors import ReshardError
 from reshard.sources import check_prefix
+from reshard.steps import Step, parse_step
 from cloud_entry.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,14 @@ def parse_size(flag: str, text: str) -> int:
         return reshard_parse_size(text)
     except ValueError as exc:
         raise EntryError(f"--{flag}: {exc}") from None
+
+
+def parse_step_flag(flag: str, text: str) -> Step:
+    """A training step, `<epoch>_<step>` as in the checkpoint file names: the engine's rule."""
+    try:
+        return parse_step(text, f"--{flag}")
+    except ReshardError as exc:
+        raise EntryError(str(exc)) from None
 
 
 def parse_choice(choices: Sequence[str]) -> Callable[[str, str], str]:
@@ -189,6 +200,15 @@ FLAGS: dict[str, Flag] = {
                     "converts (default True; False: upload after the whole conversion)"),
     "keep_source_cache": Flag("keep_source_cache", parse_bool, "keep the downloaded source checkpoint "
                               "on local disk (default False: each file removed once its ranks are written)"),
+    "load_checkpoint_step": Flag("load_checkpoint_step", parse_step_flag, "the training step to read where "
+                                 "load_checkpoint's files are named <prefix>-<epoch>_<step>.ckpt, e.g. 10_2 "
+                                 "(default: the latest, which every rank folder must hold)"),
+    "allow_missing_params": Flag("allow_missing_params", parse_bool, "convert without parameters the "
+                                 "destination strategy names but the checkpoint lacks, for the network to "
+                                 "initialise (default False: an error; optimizer states and PET/LoRA "
+                                 "adapters are always skipped)"),
+    "keep_unnamed_params": Flag("keep_unnamed_params", parse_bool, "write parameters the destination "
+                                "strategy does not name whole into every rank (default False: an error)"),
     "launch_cmd": Flag("launch_cmd", _launch_cmd, "the training command as one string (or put it after --)"),
     "pass_args": Flag("pass_args", _names, "comma-separated argument names of the training command that "
                       "look like typos of ours but are not (passed on as they are)"),
@@ -333,66 +353,11 @@ def take_from_launch(launch: Sequence[str]) -> tuple[list[str], list[str], str |
     return kept, ours, config
 
 
-def _normal(name: str) -> str:
-    return name.lower().replace("-", "_")
-
-
-def _distance(a: str, b: str) -> int:
-    """Optimal string alignment distance (Levenshtein plus adjacent swaps)."""
-    d = [[max(i, j) if 0 in (i, j) else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            cost = a[i - 1] != b[j - 1]
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
-    return d[len(a)][len(b)]
-
-
 # Names users bring from elsewhere for one of ours: transform-checkpoint's and MindFormers'
 # transform_checkpoint.py flags, and short forms.
 ALIASES = {"src_strategy": "src_strategy_path_or_dir", "src_checkpoint": "load_checkpoint",
            "dst_strategy_path_or_dir": "dst_strategy", "npu_num": "npu_num_per_node",
            "process_num": "transform_process_num", "load_ckpt": "load_checkpoint"}
-
-
-def _tokens_match(a: list[str], b: list[str]) -> bool:
-    """Every word of a (2 or more) is the start of a different word of b, or b's of a:
-    `auto_transform_ckpt` ~ `auto_trans_ckpt`, `trans_ckpt` ~ `auto_trans_ckpt`."""
-    if len(a) < 2:
-        return False
-    left = list(b)
-    for word in a:
-        hit = next((w for w in left if w.startswith(word) or word.startswith(w)), None)
-        if hit is None:
-            return False
-        left.remove(hit)
-    return True
-
-
-def closest(name: str, candidates: Sequence[str]) -> str | None:
-    """The candidate `name` is probably a typo of, or None. Close means: the same up to case and
-    -/_ (and with the underscores left out); one of them with something appended
-    (`load_checkpoint_path`); an abbreviation of 7+ characters covering 2/3 of it (`auto_trans`, `autotrans`);
-    its words, abbreviated or not (`auto_transform_ckpt`, `trans_ckpt`); or 1 edit away (names
-    of 5-7 characters), 2 edits (longer names). Names under 5 characters are never typos."""
-    low = _normal(name)
-    if len(low) < 5:
-        return None
-    squashed = low.replace("_", "")
-    for known in sorted(candidates):
-        k_squashed = known.replace("_", "")
-        if low == known or squashed == k_squashed:
-            return known
-        if len(known) >= 8 and (low.startswith(known) or
-                                (len(squashed) >= 7 and k_squashed.startswith(squashed)
-                                 and 3 * len(squashed) >= 2 * len(k_squashed))):
-            return known
-        if _tokens_match(low.split("_"), known.split("_")) or _tokens_match(known.split("_"), low.split("_")):
-            return known
-    best = min(sorted(candidates), key=lambda known: _distance(low, known))
-    limit = 1 if len(low) <= 7 else 2
-    return best if _distance(low, best) <= limit else None
 
 
 def near_miss(name: str, allowed: Sequence[str] = ()) -> str | None:

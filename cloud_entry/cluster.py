@@ -60,6 +60,15 @@ class Cluster:
         """True when the platform runs the boot command once per card, i.e. once per rank."""
         return self.local_rank is not None
 
+    def world_text(self) -> str:
+        """`4 ranks (2 nodes [MA_NUM_HOSTS=2] x 2 cards [MA_NUM_GPUS=2])`: the world with where
+        its numbers came from, for messages that blame them."""
+        said = dict(self.sources)
+        nodes = f" [{said[NODES]}]" if NODES in said else ""
+        cards = f" [{said[CARDS]}]" if CARDS in said else ""
+        return (f"{_plural(self.world_size, 'rank')} ({_plural(self.num_nodes, 'node')}{nodes} x "
+                f"{_plural(self.cards_per_node, 'card')}{cards})")
+
     def describe(self) -> str:
         """One line for the start of the log: every number with where it came from."""
         said = dict(self.sources)

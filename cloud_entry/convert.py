@@ -26,9 +26,12 @@ def block_ranks(blocks: tuple[Block, ...]) -> list[int]:
 
 
 def skeleton(source: reshard.SourceSet, src: reshard.Strategy | None, dst: reshard.Strategy | None,
-             blocks: tuple[Block, ...], prefix: str, fmt: str) -> Plan:
-    """The plan of this node's blocks from strategies alone: which source files they read."""
-    return plan_from_strategies(source, src, dst, dst_ranks=block_ranks(blocks), prefix=prefix, fmt=fmt)
+             blocks: tuple[Block, ...], prefix: str, fmt: str,
+             policy: reshard.PlanPolicy = reshard.PlanPolicy()) -> Plan:
+    """The plan of this node's blocks from strategies alone: which source files they read
+    (policy: what the full plan does with parameters the strategies and checkpoint disagree on)."""
+    return plan_from_strategies(source, src, dst, dst_ranks=block_ranks(blocks), prefix=prefix, fmt=fmt,
+                                policy=policy)
 
 
 def complete(plan: Plan, local_root: str) -> Plan:

@@ -25,7 +25,7 @@ from obs_io.urls import ObjectURL
 from obs_io.oneline import one_line
 
 from cloud_entry import config as config_mod
-from cloud_entry.args import closest
+from obs_io.typos import closest
 from cloud_entry import convert, launch, logs, markers, node_leader, strategy_pass, sync
 from reshard.blocks import BlockPlan, plan_blocks
 from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
@@ -71,6 +71,19 @@ def parallel_world(cfg: dict[str, Any]) -> int:
             raise EntryError(f"parallel_config.{key}={value!r} in the config: expected an integer >= 1")
         sizes.append(value)
     return math.prod(sizes)
+
+
+def _check_parallel_world(cfg: dict[str, Any], cluster: Cluster) -> None:
+    """The layout the training compiles (parallel_config) must have as many devices as the job
+    has ranks: the conversion writes one file per rank of the job, which a network of another
+    device count cannot load."""
+    world = parallel_world(cfg)
+    if world != cluster.world_size:
+        pc = cfg.get("parallel_config") or {}
+        sizes = " x ".join(f"{k}={pc.get(k, 1)}" for k in ("data_parallel", "model_parallel", "pipeline_stage",
+                                                           "context_parallel") if k in pc or k != "context_parallel")
+        raise EntryError(f"parallel_config {sizes} = {world} devices, but this job has {cluster.world_text()}: "
+                         f"make the parallel sizes multiply to the job's ranks")
 
 
 def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, converting: bool) -> None:
@@ -147,11 +160,15 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     job = config_mod.resolve(spec, cfg)
     cluster = resolve_cluster(job, env, parallel_world(cfg) if job.use_parallel else 1)
     logs.console(cluster.node_index)
+    converting = bool(job.auto_trans_ckpt and not job.only_save_strategy)
+    if converting and job.use_parallel:
+        _check_parallel_world(cfg, cluster)
+    launch.check_command(job.launch_cmd, env)   # found now, not after the conversion and upload
     for key, old, new in config_mod.diff(config_mod.mask_secrets(base), config_mod.mask_secrets(cfg)):
         log.info("config %s: %r -> %r", key, old, new)
     fmt = job.load_ckpt_format or "ckpt"
-    source = sync.inspect_source(job.load_checkpoint, fmt) if job.load_checkpoint else None
-    converting = bool(job.auto_trans_ckpt and not job.only_save_strategy)
+    source = (sync.inspect_source(job.load_checkpoint, fmt, step=job.load_checkpoint_step)
+              if job.load_checkpoint else None)
     if not converting and (job.dst_strategy or job.src_strategy):
         log.warning("auto_trans_ckpt is %s: the strategies given are not used, nothing is converted",
                     job.auto_trans_ckpt)
@@ -232,8 +249,14 @@ def _strategies(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], source: syn
         _check_destination(job, cluster, cfg, dst)
         mine = blocks.led_by(convert_ranks)
         if mine:
-            convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or "ckpt")
+            convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or "ckpt",
+                             _policy(job))
     return src, dst
+
+
+def _policy(job: JobSpec) -> reshard.PlanPolicy:
+    """What the engine does with parameters the strategies and the checkpoint disagree on."""
+    return reshard.PlanPolicy(job.allow_missing_params, job.keep_unnamed_params)
 
 
 def _digest(path: str | None) -> str:
@@ -353,7 +376,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
             names = {output_name(r, job.prefix, fmt) for r in mine}
             written = {n: (r.size, r.crc32) for n, r in previous.files.items() if n in names}
         elif mine:
-            plan = convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt)
+            plan = convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt, _policy(job))
             cache = join(layout.work_dir, "source", layout.ckpt_name)
             if p.source.remote:   # errors name the user's URL, not our local copy
                 shown[cache.rstrip("/")] = p.source.files.base.rstrip("/")

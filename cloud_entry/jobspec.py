@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from reshard.steps import Step
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -35,6 +37,9 @@ class JobSpec:
     transform_only: bool = False
     overlap: bool = True                      # upload each converted rank as soon as it is written
     keep_source_cache: bool = False           # keep the downloaded source after success
+    load_checkpoint_step: Step | None = None  # the training step to read (reshard.steps); None: latest
+    allow_missing_params: bool = False        # reshard.PlanPolicy.allow_missing
+    keep_unnamed_params: bool = False         # reshard.PlanPolicy.keep_unnamed
     launch_cmd: tuple[str, ...] = ()
     parallel: dict[str, Any] = field(default_factory=dict)     # parallel_config.<key> -> value
     overrides: dict[str, Any] = field(default_factory=dict)    # dotted key -> value

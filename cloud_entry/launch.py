@@ -78,13 +78,45 @@ def command(launch_cmd: Sequence[str], config_path: str) -> list[str]:
     return [part.replace("{config}", config_path) for part in launch_cmd]
 
 
+# Python options that take a value in the next argument (before the script)
+_PY_VALUE_OPTIONS = ("-W", "-X", "-Q")
+
+
+def _is_python(program: str) -> bool:
+    """`python`, `python3`, `python3.11`, or a path to one."""
+    name = os.path.basename(program)
+    return name.startswith("python") and name[6:].replace(".", "").isdigit()
+
+
+def check_command(launch_cmd: Sequence[str], env: Mapping[str, str]) -> None:
+    """Before anything is converted, what can be known of the training command: its program is
+    found on the environment's PATH (a `python` the image lacks is found in the first second,
+    not after the conversion and the upload), and a python's script file exists (relative to
+    the working folder the command runs in). EntryError naming them."""
+    if not launch_cmd:
+        return
+    program, path = launch_cmd[0], env.get("PATH", os.defpath)
+    if shutil.which(program, path=path) is None:
+        where = "is not an executable file" if os.sep in program else f"is not on PATH ({path})"
+        raise EntryError(f"the training command's program {program!r} {where}: fix the boot command "
+                         "or the image")
+    if not _is_python(program):
+        return
+    args = list(launch_cmd[1:])
+    while args and args[0].startswith("-") and args[0] not in ("-", "-m", "-c"):
+        args = args[2:] if args[0] in _PY_VALUE_OPTIONS else args[1:]
+    if args and args[0] not in ("-", "-m", "-c") and args[0].endswith(".py") and "{config}" not in args[0] \
+            and not os.path.isfile(args[0]):
+        raise EntryError(f"the training command's script {args[0]} does not exist (relative to "
+                         f"{os.getcwd()}): fix the boot command")
+
+
 def interpreter(env: Mapping[str, str], launch_cmd: Sequence[str] = ()) -> str:
     """The Python that will run the training: the command's own first word when it is a
     python, else the `python` (or `python3`) its PATH finds (msrun, bash scripts and torchrun
     start that one), else ours."""
     path = env.get("PATH", os.defpath)
-    first = os.path.basename(launch_cmd[0]) if launch_cmd else ""
-    if first.startswith("python") and first[6:].replace(".", "").isdigit() or first == "python":
+    if launch_cmd and _is_python(launch_cmd[0]):
         found = shutil.which(launch_cmd[0], path=path)
         if found:
             return found

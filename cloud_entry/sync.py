@@ -84,20 +84,22 @@ def _identity(entries: list[DirEntry]) -> tuple:
     return tuple((e.name, e.length, _version(e.path, e.length, e.etag, e.mtime_nsec)) for e in entries)
 
 
-def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint") -> Source:
+def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint", step: reshard.Step | None = None) -> Source:
     """Classify load_checkpoint with the engine's rule (reshard.sources.classify) from one
     listing: a complete file, a folder of complete files (their union; a sharded safetensors
-    folder's index decides which file holds each tensor), or rank_<r> folders (the last file in
-    name order per rank, as MindSpore picks it). What the engine notes (the file chosen in a
-    rank folder, newer files left aside) is logged."""
+    folder's index decides which file holds each tensor), or rank_<r> folders (files named by
+    training step: the latest step, or `step`, the same in every rank folder; other names, the
+    last in name order, as MindSpore picks it). What the engine notes (the step or file chosen,
+    newer files left aside) is logged."""
     entries = _listing(url, flag)
     try:
         if entries is None:
             st = obs_io.file.stat(url)
             entries = [DirEntry(_basename(url), url, False, st.length, st.mtime_nsec)]
-            files = classify(url, [SourceEntry(entries[0].name, st.length, st.mtime_nsec)], fmt, is_file=True)
+            files = classify(url, [SourceEntry(entries[0].name, st.length, st.mtime_nsec)], fmt, is_file=True,
+                             step=step)
         else:
-            files = classify(url, [SourceEntry(e.name, e.length, e.mtime_nsec) for e in entries], fmt)
+            files = classify(url, [SourceEntry(e.name, e.length, e.mtime_nsec) for e in entries], fmt, step=step)
         if files.needs_index:
             files = files.with_index(obs_io.file.read(files.path_of(files.index_name), binary=True))
     except reshard.ReshardError as exc:
