@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -231,6 +232,32 @@ def write_strategy(folder_or_file, *, dp, mp, pp, opt_shard=0, num_layers=2, par
         ms.merge_pipeline_strategys(folder, merged_file)
         written.append(merged_file)
     return written
+
+
+def strategy_stages(dp, mp, pp, params, opt_shard=0, num_layers=2) -> dict[int, dict[str, dict]]:
+    """stage -> {parameter name: layout dict} as write_strategy lays them out: edit them (leave
+    parameters out, add adapters) and write them with write_layouts."""
+    return _strategy_maps(dp, mp, pp, opt_shard, num_layers, params)
+
+
+def write_layouts(folder, stages, stage_devices) -> str:
+    """A per-rank strategy folder (`ckpt_strategy_rank_<r>.ckpt`) holding `stages` (stage ->
+    {name: layout dict}), stage_devices ranks per stage. Returns the folder."""
+    for stage, layouts in stages.items():
+        for local in range(stage_devices):
+            rank = stage * stage_devices + local
+            write_stage_layouts(os.path.join(folder, f"ckpt_strategy_rank_{rank}.ckpt"), stage, layouts)
+    return folder
+
+
+def step_named(src_dir, dst_dir, name) -> str:
+    """dst_dir/rank_<r>/<name(r)>: copies of src_dir's rank files under the names training
+    gives its saves (e.g. lambda r: f"llama_rank_{r}-10_2.ckpt"). Returns dst_dir."""
+    for rdir in sorted(glob.glob(os.path.join(src_dir, "rank_*"))):
+        r = int(os.path.basename(rdir)[5:])
+        os.makedirs(os.path.join(dst_dir, f"rank_{r}"), exist_ok=True)
+        shutil.copy(_rank_files(src_dir)[r], os.path.join(dst_dir, f"rank_{r}", name(r)))
+    return dst_dir
 
 
 def _as_merged_file(strategy, tmp):

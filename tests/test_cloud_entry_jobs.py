@@ -183,7 +183,7 @@ def test_without_conversion_only_this_nodes_shards_are_synced(models, bucket, s3
 ])
 def test_bad_input_one_line_exit_2_nothing_written(models, s3_env, tmp_path, args, culprit):
     base = [f"--load_checkpoint={models['ref8']}", f"--src_strategy_path_or_dir={models['s8']}",
-            f"--dst_strategy={models['s4']}", "--auto_trans_ckpt=True", "--npu_num_per_node=8"]
+            f"--dst_strategy={models['s4']}", "--auto_trans_ckpt=True", "--npu_num_per_node=8", *PARALLEL8]
     code, out = run_entry(base + args + LAUNCH, entry_env(s3_env), tmp_path / "job")
     err = [line for line in out.splitlines() if "error" in line.lower()]
     assert code == 2, out

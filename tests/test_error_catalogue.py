@@ -81,6 +81,23 @@ def inputs(models, tmp_path_factory) -> dict[str, str]:
     Path(m["garbage"]).write_bytes(b"garbage, not a protobuf")
     m["afile"] = str(root / "a_file")
     Path(m["afile"]).write_text("a file where a folder should be")
+    # what real training leaves: saves of two steps, rank_3 without the latest
+    m["steps"] = synth.step_named(models["ref8"], str(root / "steps"),
+                                  lambda r: f"llama_rank_{r}-{'5_2' if r == 3 else '10_2'}.ckpt")
+    # a source strategy leaving out two sharded (frozen) weights; one without the optimizer
+    # sharding the checkpoint has; a destination strategy of one layer of two; one naming a
+    # parameter nobody has
+    params = models["params"]
+    frozen = ("model.layers.0.attention.wq.weight", "model.layers.1.feed_forward.w1.weight")
+    stages = synth.strategy_stages(2, 2, 2, params, opt_shard=-1)
+    m["pruned"] = synth.write_layouts(str(root / "pruned"), {s: {n: v for n, v in lay.items() if n not in frozen}
+                                                            for s, lay in stages.items()}, 4)
+    m["noopt"] = synth.write_layouts(str(root / "noopt"), synth.strategy_stages(2, 2, 2, params), 4)
+    m["one_layer"] = str(root / "one_layer")
+    synth.write_strategy(m["one_layer"], dp=1, mp=2, pp=2, num_layers=1, params=params)
+    extra = synth.strategy_stages(1, 2, 2, params)
+    extra[0]["model.layers.0.attention.extra.weight"] = dict(next(iter(extra[0].values())), tensor_map=[0, -1])
+    m["extra"] = synth.write_layouts(str(root / "extra"), extra, 2)
     return m
 
 
@@ -146,8 +163,47 @@ CASES = [
          entry("--load_checkpoint={complete}", "--dst_strategy={s4}", "--transform_process_num=3"),
          said("transform_process_num=3")),
     Case("not-dividing", "cloud-entry",
-         entry("--load_checkpoint={complete}", "--dst_strategy={s4}", "--npu_num_per_node=3"),
+         entry("--load_checkpoint={complete}", "--dst_strategy={s4}", "--npu_num_per_node=3",
+               "--data_parallel=3", "--model_parallel=1", "--pipeline_stage=1"),
          said("npu_num_per_node=3")),
+    Case("parallel-sizes", "cloud-entry",
+         entry("--load_checkpoint={complete}", "--dst_strategy={s4}", "--data_parallel=2"),
+         said("data_parallel=2 x model_parallel=2 x pipeline_stage=2 = 8 devices")),
+    Case("steps-differ", "transform-checkpoint",
+         tc("--src_checkpoint={steps}", "--src_strategy={s8}", "--dst_strategy={s4}"), said("rank_3: 5_2")),
+    Case("steps-differ", "cloud-entry",
+         entry("--load_checkpoint={steps}", "--src_strategy_path_or_dir={s8}", "--dst_strategy={s4}"),
+         said("rank_3: 5_2")),
+    Case("steps-differ", "transform-checkpoint",
+         tc("--src_checkpoint={steps}", "--src_strategy={s8}", "--dst_strategy={s4}", "--step=10_2"),
+         said("missing in rank_3")),
+    Case("strategy-leaves-out-shards", "transform-checkpoint",
+         tc("--src_checkpoint={ref8}", "--src_strategy={pruned}", "--dst_strategy={s4}"),
+         said("model.layers.0.attention.wq.weight")),
+    Case("strategy-leaves-out-shards", "cloud-entry",
+         entry("--load_checkpoint={ref8}", "--src_strategy_path_or_dir={pruned}", "--dst_strategy={s4}"),
+         said("model.layers.0.attention.wq.weight")),
+    Case("optimizer-sharding-mismatch", "transform-checkpoint",
+         tc("--src_checkpoint={ref8}", "--src_strategy={noopt}", "--dst_strategy={s4}"), said("noopt")),
+    Case("optimizer-sharding-mismatch", "cloud-entry",
+         entry("--load_checkpoint={ref8}", "--src_strategy_path_or_dir={noopt}", "--dst_strategy={s4}"),
+         said("noopt")),
+    Case("stale-destination-strategy", "transform-checkpoint",
+         tc("--src_checkpoint={complete}", "--dst_strategy={one_layer}"), said("one_layer")),
+    Case("stale-destination-strategy", "cloud-entry",
+         entry("--load_checkpoint={complete}", "--dst_strategy={one_layer}"), said("one_layer")),
+    Case("checkpoint-lacks", "transform-checkpoint",
+         tc("--src_checkpoint={complete}", "--dst_strategy={extra}"), said("model.layers.0.attention.extra.weight")),
+    Case("checkpoint-lacks", "cloud-entry",
+         entry("--load_checkpoint={complete}", "--dst_strategy={extra}"), said("model.layers.0.attention.extra.weight")),
+    Case("beyond-source-strategy", "transform-checkpoint",
+         tc("--src_checkpoint={ref8}", "--src_strategy={s4}", "--dst_strategy={s4}"), said("rank_4")),
+    Case("beyond-source-strategy", "cloud-entry",
+         entry("--load_checkpoint={ref8}", "--src_strategy_path_or_dir={s4}", "--dst_strategy={s4}"),
+         said("rank_4")),
+    Case("training-command-missing", "cloud-entry",
+         entry("--load_checkpoint={complete}", "--dst_strategy={s4}", "--", "python3.99", "train.py",
+               "--config", "{{config}}"), said("python3.99")),
     Case("url-without-bucket", "transform-checkpoint",
          tc("--src_checkpoint={complete}", "--dst_strategy={s4}", "--dst_checkpoint=obs://"), said("obs://")),
     Case("url-without-bucket", "transform-checkpoint",

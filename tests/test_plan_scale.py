@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from reshard import api
 from reshard.cli import main
 from reshard.layout import complete_layout
-from reshard.plan import Headers, Piece, RankPlan, TensorPlan, _itemsize, _Planner, _product
+from reshard.plan import Headers, Piece, PlanPolicy, RankPlan, TensorPlan, _itemsize, _Planner, _product
 from reshard.sources import output_name
 from tests import synth
 
@@ -95,7 +95,7 @@ class _ReferencePlanner(_Planner):
 
 def _reference(src, dst, source, headers=None, read=(), dst_ranks=None):
     return _ReferencePlanner(src, dst, source, headers, tuple(read), dst_ranks, "checkpoint_",
-                             "ckpt").plan()
+                             "ckpt", PlanPolicy()).plan()
 
 
 def _assert_same_plan(plan, ref):

@@ -132,8 +132,11 @@ def test_strategy_with_other_shapes(data, tmp_path, capsys):
            "opt_weight_shard_size": 0}
     f = synth.write_stage_layouts(str(tmp_path / "mp3.ckpt"), 0, {"lm_head.weight": lay})
     out = str(tmp_path / "out")
+    # a strategy naming one parameter is another model's: refused, naming what it leaves out
     _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", f, "--dst_checkpoint",
-                    out], "lm_head.weight", out)
+                    out], "does not name 20 parameter(s)", out)
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_strategy", f, "--dst_checkpoint",
+                    out, "--keep_unnamed_params"], "lm_head.weight", out)
     src = tmp_path / "src"
     shutil.copytree(data["ms8"], src)
     os.remove(src / "rank_1" / "checkpoint_1.ckpt")
