@@ -1,7 +1,8 @@
 """The plan: for every destination rank, every tensor's slice and the source pieces that fill it.
 
 Pure data computed from strategies (and checkpoint headers when present), never from tensor
-bytes (except to compare duplicated tensors of a complete folder), so it can be printed
+bytes (except to compare copies: duplicated tensors of a complete folder, and the samples
+check_copies compares to make sure the strategies describe the checkpoint), so it can be printed
 (--dry_run), checked before anything is written, pickled to worker processes, and used to tell
 a caller which source files to download.
 
