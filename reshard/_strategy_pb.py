@@ -3,7 +3,7 @@
 The serialized FileDescriptorProto below is the one in mindspore/train/node_strategy_pb2.py
 (MindSpore 2.10). It is loaded into a private descriptor pool so that the engine (and its worker
 processes) never pay MindSpore's import cost and never collide with MindSpore's own registration
-when both live in one process (tests).
+when both live in one process (tests). Works with protobuf 3.13 and later.
 """
 from google.protobuf import descriptor_pool, message_factory
 
@@ -32,7 +32,14 @@ _SERIALIZED = (
 _POOL = descriptor_pool.DescriptorPool()
 _POOL.AddSerializedFile(_SERIALIZED)
 
-ParallelStrategyMap = message_factory.GetMessageClass(
-    _POOL.FindMessageTypeByName("mindspore.straspb.ParallelStrategyMap"))
-ParallelLayouts = message_factory.GetMessageClass(
-    _POOL.FindMessageTypeByName("mindspore.straspb.ParallelLayouts"))
+
+def _message_class(name: str) -> type:
+    """The message class of `name`: GetMessageClass (protobuf 4.22+), else the MessageFactory of
+    protobuf 3.13-4.21 (what MindSpore 2.3-2.9 images ship)."""
+    descriptor = _POOL.FindMessageTypeByName(name)
+    get = getattr(message_factory, "GetMessageClass", None)
+    return get(descriptor) if get else message_factory.MessageFactory(_POOL).GetPrototype(descriptor)
+
+
+ParallelStrategyMap = _message_class("mindspore.straspb.ParallelStrategyMap")
+ParallelLayouts = _message_class("mindspore.straspb.ParallelLayouts")

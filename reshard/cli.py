@@ -336,8 +336,13 @@ def _run_mindspore(a, source: SourceSet, src: Strategy | None, dst: Strategy | N
     """MindSpore's own conversion, for comparison, on the same input: the files this tool's rule
     chose (a step-named series' step, each rank folder's file) are linked into rank_<r>/ folders
     in the staging folder, with one merged strategy file (never in the user's folders); a remote
-    source's chosen files are copied down first, a remote output published after."""
-    import mindspore as ms
+    source's chosen files are copied down first, a remote output published after. MindSpore is
+    optional (the `mindspore` extra): without it this is one line, exit 2."""
+    try:
+        import mindspore as ms
+    except ImportError as exc:
+        raise ReshardError(f"--engine mindspore needs MindSpore ({exc}): install it "
+                           "(pip install 'cloud-ckpt-transform[mindspore]') or use --engine stream") from None
     dst_dir = stage.dir("dst_checkpoint") if is_url(a.dst_checkpoint) else a.dst_checkpoint
     base = source.base
     if is_url(base):
