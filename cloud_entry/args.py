@@ -100,6 +100,7 @@ def parse_choice(choices: Sequence[str]) -> Callable[[str, str], str]:
         if text not in choices:
             raise EntryError(f"--{flag}={text!r}: expected one of {', '.join(choices)}")
         return text
+    convert.choices = tuple(choices)  # type: ignore[attr-defined]   # --help shows them
     return convert
 
 
@@ -154,67 +155,99 @@ def _launch_cmd(flag: str, text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Flag:
-    """One hyperparameter: the parser, `--help` and configs/modelarts_form.yaml are made from it."""
+    """One hyperparameter: the parser, `--help` and configs/modelarts_form.yaml are made from it.
+    `default`: what `--help` says happens when the flag is not given."""
     field: str                                  # JobSpec field
     convert: Callable[[str, str], Any]
     help: str
+    default: str
+    metavar: str = ""                           # --help's name of the value; else by its type
 
     @property
     def form_type(self) -> str:
         """The type of the ModelArts training-job form's hyperparameter field."""
         return _FORM_TYPES.get(self.convert, "String")
 
+    @property
+    def value_name(self) -> str:
+        """The value's type as `--help` shows it: BOOL, INT, SECONDS, SIZE, a choice, ..."""
+        if self.metavar:
+            return self.metavar
+        choices = getattr(self.convert, "choices", None)
+        return "{" + ",".join(choices) + "}" if choices else _METAVARS.get(self.convert, "TEXT")
+
+    @property
+    def help_text(self) -> str:
+        return f"{self.help} (default: {self.default})"
+
 
 # Our hyperparameters. Order is the --help order.
 FLAGS: dict[str, Flag] = {
     "config": Flag("config", _text, "base MindFormers run config: a path, a name in configs/, or a URL "
-                   "(also taken from the training command's own --config)"),
+                   "(also taken from the training command's own --config)", "none: the hyperparameters "
+                   "alone", "PATH|URL"),
     "load_checkpoint": Flag("load_checkpoint", _location, "source checkpoint: complete file, folder of complete "
-                            "files, or a folder of rank_<r>/ folders; local, obs:// or s3://"),
+                            "files, or a folder of rank_<r>/ folders; local, obs:// or s3://", "the config's",
+                            "PATH|URL"),
     "src_strategy_path_or_dir": Flag("src_strategy", _location, "strategy of a distributed source: merged file, "
-                                     "folder of per-rank files, or one rank's file"),
+                                     "folder of per-rank files, or one rank's file", "the config's", "PATH|URL"),
     "dst_strategy": Flag("dst_strategy", _location, "destination strategy (file, folder or URL); empty: "
-                         "a strategy pass of the training command writes it"),
-    "auto_trans_ckpt": Flag("auto_trans_ckpt", parse_bool, "convert load_checkpoint to this job's layout"),
+                         "a strategy pass of the training command writes it", "empty", "PATH|URL"),
+    "auto_trans_ckpt": Flag("auto_trans_ckpt", parse_bool, "convert load_checkpoint to this job's layout",
+                            "the config's"),
     "transform_process_num": Flag("transform_process_num", parse_int, "rank blocks converted in parallel "
-                                  "(must divide the world size)"),
+                                  "(must divide the world size)", "the config's, else 1"),
     "transform_timeout": Flag("transform_timeout", parse_seconds, "bound in seconds of every wait for "
-                              "other nodes or processes (default 3600)"),
-    "max_memory": Flag("max_memory", parse_size, "host memory budget of the conversion, e.g. 8G"),
-    "npu_num_per_node": Flag("npu_num_per_node", parse_int, "cards per node (default from the platform)"),
-    "node_num": Flag("node_num", parse_int, "node count (default from the platform)"),
-    "node_index": Flag("node_index", parse_int, "this node's index (default from the platform)"),
-    "only_save_strategy": Flag("only_save_strategy", parse_bool, "MindFormers: compile, save strategy, exit"),
-    "load_ckpt_format": Flag("load_ckpt_format", parse_choice(CKPT_FORMATS), "ckpt or safetensors"),
-    "use_parallel": Flag("use_parallel", parse_bool, "False: single-card (complete checkpoint)"),
-    "run_mode": Flag("run_mode", parse_choice(RUN_MODES), "/".join(RUN_MODES)),
-    "output_dir": Flag("output_dir", _text, "local output folder (default ./output)"),
+                              "other nodes or processes", "3600"),
+    "max_memory": Flag("max_memory", parse_size, "host memory budget of the conversion, e.g. 8G",
+                       "half the available memory"),
+    "npu_num_per_node": Flag("npu_num_per_node", parse_int, "cards per node", "from the platform"),
+    "node_num": Flag("node_num", parse_int, "node count", "from the platform"),
+    "node_index": Flag("node_index", parse_int, "this node's index", "from the platform"),
+    "only_save_strategy": Flag("only_save_strategy", parse_bool, "MindFormers: compile, save strategy, exit",
+                               "the config's"),
+    "load_ckpt_format": Flag("load_ckpt_format", parse_choice(CKPT_FORMATS), "format of the checkpoint files",
+                             "the config's, else ckpt"),
+    "use_parallel": Flag("use_parallel", parse_bool, "False: single-card (complete checkpoint)", "the config's"),
+    "run_mode": Flag("run_mode", parse_choice(RUN_MODES), "MindFormers' run mode", "the config's"),
+    "output_dir": Flag("output_dir", _text, "local output folder", "the config's, else ./output", "PATH"),
     "remote_save_url": Flag("remote_save_url", _location, "object-storage folder for the converted checkpoint, "
-                            "strategies, markers and logs (default: --train_url)"),
-    "shared_dir": Flag("shared_dir", _text, "a folder every node sees (instead of object storage)"),
-    "work_dir": Flag("work_dir", _text, "local scratch folder (default <output_dir>/cloud_entry)"),
-    "prefix": Flag("prefix", _text, "converted file name prefix (default checkpoint_)"),
-    "run_id": Flag("run_id", _text, "id every node of this run shares (default from the platform)"),
-    "transform_only": Flag("transform_only", parse_bool, "stop after the conversion, launch nothing"),
+                            "strategies, markers and logs", "--train_url when it is a URL", "URL"),
+    "shared_dir": Flag("shared_dir", _text, "a folder every node sees (instead of object storage)", "none",
+                       "PATH"),
+    "work_dir": Flag("work_dir", _text, "local scratch folder", "<output_dir>/cloud_entry", "PATH"),
+    "prefix": Flag("prefix", _text, "converted file name prefix", "checkpoint_"),
+    "run_id": Flag("run_id", _text, "id every node of this run shares", "from the platform and the inputs"),
+    "transform_only": Flag("transform_only", parse_bool, "stop after the conversion, launch nothing", "False"),
     "overlap": Flag("overlap", parse_bool, "upload each converted rank while it is written and the next "
-                    "converts (default True; False: upload after the whole conversion)"),
+                    "converts (False: upload after the whole conversion)", "True"),
     "keep_source_cache": Flag("keep_source_cache", parse_bool, "keep the downloaded source checkpoint "
-                              "on local disk (default False: each file removed once its ranks are written)"),
+                              "on local disk (False: each file removed once its ranks are written)", "False"),
     "load_checkpoint_step": Flag("load_checkpoint_step", parse_step_flag, "the training step to read where "
-                                 "load_checkpoint's files are named <prefix>-<epoch>_<step>.ckpt, e.g. 10_2 "
-                                 "(default: the latest, which every rank folder must hold)"),
+                                 "load_checkpoint's files are named <prefix>-<epoch>_<step>.ckpt, e.g. 10_2",
+                                 "the latest, which every rank folder must hold", "EPOCH_STEP"),
     "allow_missing_params": Flag("allow_missing_params", parse_bool, "convert without parameters the "
                                  "destination strategy names but the checkpoint lacks, for the network to "
-                                 "initialise (default False: an error; optimizer states and PET/LoRA "
-                                 "adapters are always skipped)"),
+                                 "initialise (optimizer states and PET/LoRA adapters are always skipped)",
+                                 "False: an error"),
     "keep_unnamed_params": Flag("keep_unnamed_params", parse_bool, "write parameters the destination "
-                                "strategy does not name whole into every rank (default False: an error)"),
-    "launch_cmd": Flag("launch_cmd", _launch_cmd, "the training command as one string (or put it after --)"),
+                                "strategy does not name whole into every rank", "False: an error"),
+    "launch_cmd": Flag("launch_cmd", _launch_cmd, "the training command as one string (or put it after --)",
+                       "what follows --", "COMMAND"),
     "pass_args": Flag("pass_args", _names, "comma-separated argument names of the training command that "
-                      "look like typos of ours but are not (passed on as they are)"),
+                      "look like typos of ours but are not (passed on as they are)", "none", "NAME,..."),
+    "quiet": Flag("quiet", parse_bool, "warnings and errors only on the console (-q; the log file keeps "
+                  "everything; never passed on to the training command)", "False"),
+    "verbose": Flag("verbose", parse_bool, "debug lines on the console too (-v; never passed on to the "
+                    "training command)", "False"),
 }
+# Switches: `-q`/`--quiet` alone means True. In the training command only `--quiet=VALUE` (the form
+# ModelArts appends) is ours: a bare `--quiet` there is the command's own flag.
+SWITCHES = {"quiet": "-q", "verbose": "-v"}
 _FORM_TYPES: dict[Callable[[str, str], Any], str] = {
     parse_bool: "Boolean", parse_int: "Integer", parse_seconds: "Float"}
+_METAVARS: dict[Callable[[str, str], Any], str] = {
+    parse_bool: "BOOL", parse_int: "INT", parse_seconds: "SECONDS", parse_size: "SIZE"}
 OWN_NAMES = frozenset(FLAGS) | frozenset(PARALLEL_KEYS) | frozenset(TOP_LEVEL_KEYS)
 
 # Arguments the platform adds, and what they mean to it. All are passed on to the training command.
@@ -254,15 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "it, where ModelArts appends them; `{config}` in the training command becomes "
                     "the effective config path.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"cloud-entry {package_version()}")
+    parser.add_argument("--version", action="version", version=f"cloud-entry {package_version()}",
+                        help="print the version and exit")
     for flag, spec in FLAGS.items():
-        parser.add_argument(f"--{flag}", dest=flag, default=None, metavar="VALUE", help=spec.help)
+        names = [SWITCHES[flag], f"--{flag}"] if flag in SWITCHES else [f"--{flag}"]
+        switch = {"nargs": "?", "const": "True"} if flag in SWITCHES else {}
+        parser.add_argument(*names, dest=flag, default=None, metavar=spec.value_name, help=spec.help_text,
+                            **switch)
     for key in PARALLEL_KEYS:
         parser.add_argument(f"--{key}", dest=f"parallel_config.{key}", default=None,
-                            metavar="VALUE", help=f"sets parallel_config.{key} of the config")
+                            metavar="INT" if key in PARALLEL_SIZES else "BOOL",
+                            help=f"sets parallel_config.{key} of the config (default: the config's)")
     for key in TOP_LEVEL_KEYS:
-        parser.add_argument(f"--{key}", dest=key, default=None, metavar="VALUE",
-                            help=f"sets the top-level config key {key}")
+        parser.add_argument(f"--{key}", dest=key, default=None, metavar="INT",
+                            help=f"sets the top-level config key {key} (default: the config's)")
     return parser
 
 
@@ -344,6 +382,9 @@ def take_from_launch(launch: Sequence[str]) -> tuple[list[str], list[str], str |
                     kept.append(f"--config={CONFIG_PLACEHOLDER}")
                     has_placeholder = True
             i += width
+        elif name in SWITCHES and value is None:      # the command's own bare --quiet
+            kept.append(token)
+            i += 1
         elif name is not None and (name in OWN_NAMES or (_DOTTED.match(name) and value is not None)):
             ours.append(token if value is not None else f"--{name}={launch[i + 1]}" if spaced else token)
             i += 1 if (value is not None or not spaced) else 2
@@ -471,6 +512,8 @@ def validate(spec: JobSpec) -> None:
                 check_url(value)
         except ValueError as exc:
             raise EntryError(f"--{flag}: {exc}") from None
+    if spec.quiet and spec.verbose:
+        raise EntryError("-q/--quiet and -v/--verbose exclude each other")
     if not spec.transform_only and not spec.launch_cmd:
         raise EntryError("no launch command: put it after `--` or pass --launch_cmd "
                          "(or --transform_only=True)")

@@ -10,7 +10,8 @@ Which source wins:
   ranks) must agree with every other source, arguments included;
 - arguments (--node_num, --node_index, --npu_num_per_node) silence the environment: a user who
   passes --npu_num_per_node=16 knows better than a platform default;
-- the environment (ModelArts, Volcano, msrun / dynamic cluster, MindSpore) and msrun's own options
+- the environment (ModelArts, Volcano, Kubernetes Indexed Jobs, msrun / dynamic cluster, MindSpore)
+  and msrun's own options
   in the launch command must agree with each other: silently picking one of two different values
   could make two nodes convert the same ranks while nobody converts the others.
 Every number keeps its source, so errors and the start-up line say where it came from.
@@ -33,13 +34,17 @@ MODELARTS_VARS = ("MA_LOG_DIR", "MA_JOB_DIR", "MA_LOCAL_LOG_PATH", "S3_ACCESS_KE
 
 NODES, INDEX, CARDS, WORLD, CARD = "node count", "node index", "cards per node", "world size", "card"
 _FLAGS = {NODES: "--node_num", INDEX: "--node_index", CARDS: "--npu_num_per_node"}
-_VARIABLES = {NODES: ("MA_NUM_HOSTS", "VC_WORKER_NUM"),
-              INDEX: ("VC_TASK_INDEX", "MS_NODE_RANK"),
+# Kubernetes Indexed Job: the pod's index is JOB_COMPLETION_INDEX, and the Job's `completions`
+# reach no variable, so the manifest states it in CLOUD_ENTRY_NODE_NUM (any scheduler may set it).
+# Volcano (the env and svc plugins, task named `worker`): VC_TASK_INDEX, VC_WORKER_NUM, VC_WORKER_HOSTS.
+NODE_NUM_VAR = "CLOUD_ENTRY_NODE_NUM"
+_VARIABLES = {NODES: ("MA_NUM_HOSTS", "VC_WORKER_NUM", NODE_NUM_VAR),
+              INDEX: ("VC_TASK_INDEX", "MS_NODE_RANK", "JOB_COMPLETION_INDEX"),
               CARDS: ("MA_NUM_GPUS", "DEVICE_NUM_PER_NODE", "MS_LOCAL_WORKER"),
               WORLD: ("RANK_SIZE", "MS_WORKER_NUM")}
 _MSRUN_OPTIONS = {"--worker_num": WORLD, "--local_worker_num": CARDS, "--node_rank": INDEX}
 _ZERO_IS_AN_INDEX = frozenset({"VC_TASK_INDEX", "MS_NODE_RANK", "RANK_ID", "LOCAL_RANK", "DEVICE_ID",
-                               "--node_rank"})
+                               "--node_rank", "JOB_COMPLETION_INDEX"})
 # ModelArts documents MA_NUM_GPUS=0 as its default (no accelerator): that says nothing about cards.
 _ZERO_SAYS_NOTHING = frozenset({"MA_NUM_GPUS"})
 
@@ -371,6 +376,11 @@ def resolve_cluster(spec: JobSpec, env: Mapping[str, str] | None = None,
     if spec.node_index is None:      # the argument silences MA_CURRENT_IP too
         environment[INDEX] = _located(env, servers) + environment.get(INDEX, [])
     claims = _Claims(arguments, environment)
+    if env.get("JOB_COMPLETION_INDEX", "").strip() and claims.settle(NODES) is None:
+        # an Indexed Job without its size: pod 0 would convert the whole world as a single node
+        raise EntryError(f"JOB_COMPLETION_INDEX={env['JOB_COMPLETION_INDEX'].strip()} (a Kubernetes Indexed "
+                         f"Job) but nothing says how many pods it has: set {NODE_NUM_VAR} to the Job's "
+                         "completions, or pass --node_num")
     topo = _from_table(claims, env, servers) if servers else _from_arithmetic(claims, env, parallel_world)
     local, rank, card_source = _this_card(env, topo)
     sources = tuple((what, source) for what, source in

@@ -46,6 +46,8 @@ class JobSpec:
     passthrough: tuple[str, ...] = ()         # arguments not ours, passed on to the training command
     platform: dict[str, str] = field(default_factory=dict)     # data_url / train_url / ... as given
     pass_args: tuple[str, ...] = ()           # names never taken for typos of ours (--pass_args)
+    quiet: bool = False                       # console: warnings and errors only
+    verbose: bool = False                     # console: debug lines too
 
     @property
     def inputs(self) -> list[str]:

@@ -43,8 +43,23 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 20.0
 
 SHIM_MARK = "Written by cloud_entry: on this job `import moxing` is obs_io"
-SHIM = f'''"""{SHIM_MARK} (Huawei's moxing API)."""
-import obs_io
+
+
+def shim_source(packages: str | None = None) -> str:
+    """The stand-in `moxing/__init__.py`. The training command's own packages come first: only
+    when it cannot import obs_io (or what obs_io needs: boto3, ...) is `packages` (the folder
+    holding this installation's obs_io; default: where it is now) appended to its sys.path,
+    at `import moxing` and never before, so its numpy, MindSpore and protobuf stay its own."""
+    packages = packages or str(Path(obs_io.__file__).resolve().parent.parent)
+    return f'''"""{SHIM_MARK} (Huawei's moxing API)."""
+import sys
+
+try:
+    import obs_io
+    obs_io.file
+except ImportError:   # the command's own packages first; this installation's for what it lacks
+    sys.path.append({packages!r})
+    import obs_io
 
 obs_io.install_as_moxing()
 '''
@@ -155,21 +170,22 @@ def write_moxing_shim(shim_dir: str, env: Mapping[str, str] | None = None) -> st
     if real:
         log.info("Huawei's moxing is installed (%s): the launched command uses it, not obs_io's stand-in", real)
         return shim_dir
-    obs_io.file.write(str(Path(shim_dir) / "moxing" / "__init__.py"), SHIM)
+    obs_io.file.write(str(Path(shim_dir) / "moxing" / "__init__.py"), shim_source())
     return shim_dir
 
 
 def environment(base: Mapping[str, str], config_path: str, node_ranks: Sequence[int],
                 shim_dir: str | None) -> dict[str, str]:
     """The launched command's environment: ours (it needs the storage keys too, in memory
-    only), plus the effective config path, this node's ranks and, on ModelArts, the shim
-    unless Huawei's moxing is installed for the command (real_moxing)."""
+    only), plus the effective config path, this node's ranks and, on ModelArts, the shim's
+    folder first on PYTHONPATH unless Huawei's moxing is installed for the command
+    (real_moxing). Nothing else of ours: the training interpreter imports its own numpy,
+    MindSpore and protobuf, never this installation's (shim_source)."""
     env = dict(base)
     env["CLOUD_ENTRY_CONFIG"] = config_path
     env["CLOUD_ENTRY_LOCAL_RANKS"] = ",".join(map(str, node_ranks))
     if shim_dir and not real_moxing(base):
-        obs_io_parent = str(Path(obs_io.__file__).resolve().parent.parent)
-        paths = [shim_dir, obs_io_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        paths = [shim_dir] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
 

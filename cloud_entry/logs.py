@@ -24,14 +24,28 @@ _UPLOAD = ("import json, sys, obs_io; plan = json.load(sys.stdin); obs_io.config
 FORMAT_FILE = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
 
-def console(node_index: int | None = None) -> None:
+_console_level = logging.INFO
+
+
+def console_level(quiet: bool, verbose: bool) -> int:
+    """-q: warnings and errors; -v: debug lines too; else INFO."""
+    return logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+
+
+def console(node_index: int | None = None, level: int | None = None) -> None:
+    """The console handler on standard error (the training command keeps standard output), at
+    `level` (console_level; None: as set before, INFO at first). Called again once the node is
+    known, to tag the lines with it."""
+    global _console_level
+    if level is not None:
+        _console_level = level
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     for h in list(root.handlers):
         if getattr(h, "_cloud_entry", False):
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.INFO)
+    handler.setLevel(_console_level)
     tag = "cloud-entry" if node_index is None else f"cloud-entry[node {node_index}]"
     handler.setFormatter(logging.Formatter(f"{tag} %(levelname)s: %(message)s"))
     handler._cloud_entry = True  # type: ignore[attr-defined]

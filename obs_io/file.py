@@ -44,7 +44,7 @@ def copy(src_url: str, dst_url: str, client_id=None) -> None:
 
 def copy_parallel(src_url: str, dst_url: str, file_list: Iterable[str | DirEntry] | None = None,
                   threads: int = 16, is_processing: bool = True, use_queue: bool = False,
-                  client_id=None) -> None:
+                  client_id=None, progress: bool = True) -> None:
     """Copy the folder src_url to dst_url (a mirror of its tree), many files at once.
 
     file_list: only these files, relative to src_url: names (found in one listing of their
@@ -53,7 +53,8 @@ def copy_parallel(src_url: str, dst_url: str, file_list: Iterable[str | DirEntry
     file as src_url is copied like copy(). is_processing: as moxing, many small files go to
     worker processes (one per four threads, up to the CPUs; see workers.py), so one
     interpreter's GIL does not bound them. Progress (bytes, rate, files) shows on a terminal,
-    else as periodic log lines. use_queue (moxing: feed workers from a queue) and client_id are
+    else as periodic log lines and a last line (a single file too; `progress=False`: none, as
+    copy()). use_queue (moxing: feed workers from a queue) and client_id are
     accepted and unused: each worker process gets its whole share of the plan at start.
 
     Objects `a` and `a/b` both under src_url cannot both land on a local disk: that is
@@ -63,9 +64,9 @@ def copy_parallel(src_url: str, dst_url: str, file_list: Iterable[str | DirEntry
     try:
         tasks, dirs = plan_tree(src_url, dst_url, file_list)
     except NotADirectoryError:  # the listing found a file: no request spent to ask first
-        copy(src_url, dst_url)
-        return
-    execute(tasks, threads=threads, desc=f"copy {src_url} -> {dst_url}", dirs=dirs, is_processing=is_processing)
+        tasks, dirs = [plan_file(src_url, dst_url)], []
+    execute(tasks, threads=threads, desc=f"copy {src_url} -> {dst_url}", dirs=dirs, is_processing=is_processing,
+            show_progress=progress)
 
 
 def exists(url: str) -> bool:

@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none; MindFormers' shell form writes them to ./log)")
     p.add_argument("--version", action="version", version=f"{PROG} {package_version()}",
                    help="print the version and exit")
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="warnings and errors only on stderr (the result line stays on stdout)")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug lines too")
     return p
 
 
@@ -402,6 +406,7 @@ def _join(folder: str, name: str) -> str:
 def convert_from_args(argv=None) -> int:
     """Parse, check every flag (one line naming the culprit), convert; 0 on success."""
     args = build_parser().parse_args(argv)
+    _verbosity(args)
     if args.verify:
         return verify_set(args.verify)
     args.src_strategy, args.dst_strategy = _none(args.src_strategy), _none(args.dst_strategy)
@@ -612,12 +617,12 @@ def _silence(stream) -> None:
         pass
 
 
-class _ByLevel(logging.Handler):
-    """INFO lines on stdout, warnings and errors on stderr (looked up at each line). A stream
-    closed by its reader is silenced: the conversion goes on, its result is the files."""
+class _Console(logging.Handler):
+    """Every log line on stderr (looked up at each line), as aws-cli and s5cmd do: stdout holds
+    only the command's result (the `done:` line, the --dry_run plan, --verify's findings)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        stream = sys.stderr
         try:
             stream.write(_user_text(self.format(record)) + "\n")
             stream.flush()
@@ -636,10 +641,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def _console():
-    """The command's console: INFO on stdout, warnings on stderr (the reshard logger only,
-    restored after: tests call main in-process), Ctrl-C handled by _interrupt."""
+    """The command's console: log lines on stderr at INFO until _verbosity sets -q/-v (the
+    reshard logger only, restored after: tests call main in-process), Ctrl-C handled by
+    _interrupt."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    handler = _ByLevel()
+    handler = _Console()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     saved = log.level, log.propagate
     log.addHandler(handler)
@@ -656,6 +662,16 @@ def _console():
         log.setLevel(saved[0])
         log.propagate = saved[1]
         _SHOWN_AS.clear()
+
+
+def _verbosity(args: argparse.Namespace) -> None:
+    """-q: warnings and errors only on the console; -v: debug lines too. The logger stays at
+    INFO or below, so per-process log files (--log_dir) keep their INFO lines."""
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    for handler in log.handlers:
+        if isinstance(handler, _Console):
+            handler.setLevel(level)
+    log.setLevel(min(level, logging.INFO))
 
 
 def run_command(prog: str, body) -> int:
@@ -682,8 +698,8 @@ def run_command(prog: str, body) -> int:
 
 def main(argv=None) -> int:
     """The command: which source file was chosen, the plan and each rank written are INFO
-    lines on stdout; warnings on stderr; bad input one line on stderr and exit code 2; Ctrl-C
-    one line and exit code 130."""
+    lines on stderr, with the warnings; the result (`done: ...`, the --dry_run plan) on stdout;
+    bad input one line on stderr and exit code 2; Ctrl-C one line and exit code 130."""
     return run_command(PROG, lambda: convert_from_args(argv))
 
 

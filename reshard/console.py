@@ -39,3 +39,8 @@ def transform_checkpoint() -> int:
 
 def transform_checkpoint_sh() -> int:
     return run_console("transform_checkpoint.sh", "reshard.mindformers_cli:main_sh")
+
+
+def obs_io() -> int:
+    """The `obs_io` console script and `python -m obs_io`."""
+    return run_console("obs_io", "obs_io.cli:main")

@@ -62,3 +62,10 @@ def models(tmp_path_factory):
     synth.write_strategy(m["s8pass"], dp=2, mp=2, pp=2, num_layers=2)
     m["ref8pass"] = synth.ms_transform(m["complete"], str(root / "ref8pass"), None, m["s8pass"])
     return m
+
+
+def errors_only(stderr: str) -> str:
+    """A tool's stderr without its log lines (`INFO ...`, `DEBUG ...`: transform-checkpoint logs
+    to stderr, as cloud-entry does): what is left is the one-line error, if any."""
+    return "\n".join(line for line in stderr.strip().splitlines()
+                     if not line.startswith(("INFO ", "DEBUG ")))

@@ -12,6 +12,7 @@ import pytest
 
 from reshard.cli import STAGE_NAME, main
 from tests import synth
+from conftest import errors_only
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,7 +93,7 @@ def test_a_staging_folder_in_use_by_a_running_tool_is_not_taken(data, tmp_path, 
     argv = [f"--src_checkpoint=s3://{bucket}/full.ckpt", f"--dst_strategy={data['s8']}",
             f"--dst_checkpoint=s3://{bucket}/out8", f"--work_dir={work}", "--source_mode=fetch"]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    err = errors_only(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and str(stage) in err and "another transform-checkpoint" in err, err
     assert (stage / ".owner").exists()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -67,6 +67,32 @@ def test_each_environment_source(env, expected):
     assert topo(resolve_cluster(spec(), env)) == expected
 
 
+@pytest.mark.parametrize("index", [0, 2])
+def test_kubernetes_indexed_job(index):
+    """An Indexed Job's pod knows its index (JOB_COMPLETION_INDEX) and, from the manifest, the
+    Job's completions (CLOUD_ENTRY_NODE_NUM); the world comes from the parallel sizes."""
+    env = {"JOB_COMPLETION_INDEX": str(index), "CLOUD_ENTRY_NODE_NUM": "4"}
+    c = resolve_cluster(spec(), env, parallel_world=8)
+    assert topo(c) == (4, index, 2, (2 * index, 2 * index + 1), 8)
+    assert "[JOB_COMPLETION_INDEX=" in c.describe() and "[CLOUD_ENTRY_NODE_NUM=4]" in c.describe()
+    assert topo(resolve_cluster(spec(node_num=4), {"JOB_COMPLETION_INDEX": str(index)}, 8))[:2] == (4, index)
+
+
+def test_indexed_job_without_its_size_is_an_error_not_one_node():
+    msg = fails({"JOB_COMPLETION_INDEX": "0"}, parallel_world=8)
+    assert "JOB_COMPLETION_INDEX=0" in msg and "CLOUD_ENTRY_NODE_NUM" in msg and "--node_num" in msg
+    assert "JOB_COMPLETION_INDEX=5" in fails({"JOB_COMPLETION_INDEX": "5", "CLOUD_ENTRY_NODE_NUM": "4"}, parallel_world=8)
+    both = fails({"JOB_COMPLETION_INDEX": "1", "VC_TASK_INDEX": "0", "CLOUD_ENTRY_NODE_NUM": "2"}, parallel_world=8)
+    assert "JOB_COMPLETION_INDEX=1" in both and "VC_TASK_INDEX=0" in both
+
+
+def test_volcano_job_without_modelarts():
+    """Volcano's env and svc plugins (task `worker`) alone: no MA_* variable, no accelerator count."""
+    env = {"VC_TASK_INDEX": "1", "VC_WORKER_NUM": "2", "VC_WORKER_HOSTS": "conv-worker-0.conv,conv-worker-1.conv"}
+    c = resolve_cluster(spec(), env, parallel_world=8)
+    assert topo(c) == (2, 1, 4, (4, 5, 6, 7), 8) and not is_modelarts(env)
+
+
 def test_worker_hosts_of_domain_names_give_the_count_not_the_index():
     # ModelArts lists domain names there; MA_CURRENT_IP (the container IP) cannot be compared.
     env = {"VC_WORKER_HOSTS": "job-worker-0.job,job-worker-1.job", "MA_CURRENT_IP": "172.16.0.9",

@@ -21,6 +21,7 @@ from reshard.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.linkproxy import MB, LinkProxy  # noqa: E402
+from conftest import errors_only
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_ranks_convert_while_the_source_downloads(data, s3_server, bucket, monke
         assert main(["--src_checkpoint", url, "--dst_strategy", data["s8"], "--dst_checkpoint", str(out),
                      "--source_mode", "fetch", "--process_num", "1", "--work_dir", str(work)]) == 0
     synth.assert_same_checkpoint_dirs(str(out), data["ms8"])
-    lines = [m.removeprefix("INFO ") for m in capsys.readouterr().out.splitlines()]
+    lines = [m.removeprefix("INFO ") for m in capsys.readouterr().err.splitlines()]
     done = lines.index(f"downloaded {url}")
     at = {int(m.split()[1].rstrip(":")): i for i, m in enumerate(lines) if m.startswith("rank ") and ": wrote " in m}
     written = sorted(at, key=at.get)
@@ -123,7 +124,7 @@ def test_a_corrupt_fetched_file_fails_and_leaves_nothing_made_from_it(data, s3_s
         monkeypatch.setenv("S3_ENDPOINT", link.endpoint)
         code = main(["--src_checkpoint", url, "--dst_strategy", data["s8"], "--dst_checkpoint", str(out),
                      "--source_mode", "fetch", "--process_num", "2", "--work_dir", str(work)])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errors_only(capsys.readouterr().err).splitlines()
     assert code == 2
     assert len(err) == 1 and url in err[0] and "corrupt checkpoint" in err[0] and "Traceback" not in err[0]
     assert [f for f in (_files(out) if out.exists() else []) if f.endswith(".ckpt")] == []
@@ -148,7 +149,7 @@ def test_a_download_that_fails_stops_the_conversion(data, s3_server, bucket, tmp
         monkeypatch.setenv("S3_ENDPOINT", proxy.endpoint)
         code = main(["--src_checkpoint", url, "--dst_strategy", data["s8"], "--dst_checkpoint", str(out),
                      "--source_mode", "fetch", "--process_num", "2", "--work_dir", str(work)])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errors_only(capsys.readouterr().err).splitlines()
     assert code == 2 and armed
     assert len(err) == 1 and url in err[0] and "download failed" in err[0], err
     assert [f for f in (_files(out) if out.exists() else []) if f.endswith(".ckpt")] == []

@@ -17,6 +17,7 @@ import pytest
 from reshard import integrity
 from reshard.cli import main
 from tests import synth
+from conftest import errors_only
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +70,7 @@ def test_verify_names_missing_extra_and_different_files(data, tmp_path, capsys):
 def test_no_manifest_is_one_line(tmp_path, capsys):
     (tmp_path / "rank_0").mkdir()
     assert main([f"--verify={tmp_path}"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = errors_only(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "no conversion_manifest.json" in err
 
 
@@ -119,7 +120,7 @@ def test_source_crc_trailer_is_checked_before_anything_is_written(tmp_path, caps
     bad.write_bytes(bytes(corrupt))
     capsys.readouterr()
     assert main([f"--src_checkpoint={bad}", f"--dst_strategy={strategy}", f"--dst_checkpoint={tmp_path / 'out'}"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = errors_only(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "bad.ckpt: corrupt checkpoint" in err and "CRC" in err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.ckpt"))
 
@@ -146,7 +147,7 @@ def test_job_checks_downloaded_and_loaded_ranks_against_the_manifest(tmp_path):
                                             ("/no/such/set", "not found")])
 def test_verify_names_a_bad_location(location, said, capsys):
     assert main([f"--verify={location}"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = errors_only(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and said in err and "Traceback" not in err
 
 

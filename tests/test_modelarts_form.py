@@ -26,7 +26,8 @@ def test_shipped_form_is_the_generated_one():
 
 def test_every_form_field_is_a_flag_the_entry_accepts():
     rows = yaml.safe_load(FORM.read_text())["hyperparameters"]
-    parser_flags = {o for a in build_parser()._actions for o in a.option_strings} - {"-h", "--help", "--version"}
+    parser_flags = {o for a in build_parser()._actions for o in a.option_strings
+                    if o.startswith("--")} - {"--help", "--version"}
     assert {f"--{r['name']}" for r in rows} == parser_flags
     for row in rows:
         assert row["type"] in SAMPLE and row["description"].strip(), row
@@ -43,6 +44,25 @@ def test_help_describes_every_flag_and_ends_with_examples(capsys):
     text = capsys.readouterr().out
     examples = text[text.index("examples:"):]
     assert examples.count("cloud-entry ") >= 4 and "run_mindformer.py --config {config}" in examples
+
+
+def test_help_shows_each_flags_type_and_default(capsys):
+    """aws-cli/huggingface-cli users read `--help` for what a flag takes and what happens without
+    it: every value is named by its type (never a bare VALUE) and every flag says its default."""
+    parser = build_parser()
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "version"):
+            continue
+        assert action.metavar and action.metavar != "VALUE", action.option_strings
+        assert "(default: " in action.help, action.option_strings
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--auto_trans_ckpt BOOL", "--transform_timeout SECONDS", "(default: 3600)",
+                  "--max_memory SIZE", "--run_mode {train,finetune,eval,predict}", "--data_parallel INT",
+                  "-q [BOOL], --quiet [BOOL]", "(default: checkpoint_)"):
+        assert shown in text, shown
+    assert " VALUE" not in text[:text.index("Any other --a.b.c=VALUE")]   # the epilog names one
 
 
 @pytest.mark.parametrize("flag, field", [("src_strategy_path_or_dir", "src_strategy"),

@@ -5,6 +5,7 @@ it is installed, and the command line's --version/--help."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import inspect
 import os
 import re
@@ -14,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from faultproxy import FaultProxy
 from test_obs_io_api import _fresh_config, j, make_tree, root  # noqa: F401 - fixtures and helpers
@@ -297,7 +299,7 @@ def test_shift_os_mox_patches_and_restores(tmp_path, bucket, s3_env, where):
     base = f"obs://{bucket}/shifted" if where == "obs" else str(tmp_path / "base")
     shim = tmp_path / "shim" / "moxing"
     shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text(launch.SHIM)
+    (shim / "__init__.py").write_text(launch.shim_source())
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "shim"), str(REPO)]))
     done = subprocess.run([sys.executable, str(tmp_path / "script.py"), base, str(tmp_path / "local")],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -354,7 +356,7 @@ def test_launch_uses_obs_io_without_huaweis_moxing(tmp_path):
 def test_our_shim_is_never_taken_for_huaweis(tmp_path):
     shim = tmp_path / "old_shim" / "moxing"
     (shim / "file").mkdir(parents=True)          # even with a file/ folder beside it
-    (shim / "__init__.py").write_text(launch.SHIM)
+    (shim / "__init__.py").write_text(launch.shim_source())
     assert launch.real_moxing(dict(os.environ, PYTHONPATH=str(tmp_path / "old_shim"))) is None
 
 
@@ -369,7 +371,7 @@ def test_version_and_help():
     done = _cli("--version")
     assert done.returncode == 0
     assert done.stdout.strip() == f"obs_io {importlib.metadata.version('cloud-ckpt-transform')}"
-    from obs_io.__main__ import _parser
+    from obs_io.cli import _parser
     parser = _parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
     for p in [parser, *subparsers.values()]:
@@ -378,3 +380,42 @@ def test_version_and_help():
         text = _cli(*p.prog.split()[3:], "--help").stdout
         last = text.rstrip().splitlines()[-1]
         assert re.match(r"\s+python -m obs_io \w+", last), f"{p.prog} --help does not end with an example: {last!r}"
+
+
+IMAGE_CHECK = """\
+import json, sys
+seen = {"path": list(sys.path)}
+try:
+    import numpy
+    seen["numpy"] = numpy.__file__
+except ImportError:
+    seen["numpy"] = None
+import moxing
+seen["moxing_exists"] = moxing.file.exists(sys.argv[2])
+seen["obs_io"] = moxing.__file__
+open(sys.argv[1], "w").write(json.dumps(seen))
+"""
+
+
+def test_training_command_sees_its_own_environment_not_ours(tmp_path):
+    """The training interpreter (here a bare venv standing in for an image's Python, without
+    numpy) gets only the moxing stand-in from us: our site-packages is not on its PYTHONPATH, so
+    our numpy is not importable there; `import moxing` still works (obs_io found at that import,
+    after the command's own packages)."""
+    import venv
+    image = tmp_path / "image"
+    venv.EnvBuilder(with_pip=False).create(image)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(MA_JOB_DIR=str(tmp_path), PATH=os.pathsep.join([str(image / "bin"), env["PATH"]]))
+    shim = str(tmp_path / "shim")
+    launch.write_moxing_shim(shim, env)
+    launched = launch.environment(env, str(tmp_path / "seen.json"), [0], shim)
+    assert launched["PYTHONPATH"] == shim                      # nothing of ours but the stand-in
+    cmd = launch.command([str(image / "bin" / "python"), "-c", IMAGE_CHECK, "{config}", str(tmp_path)],
+                         str(tmp_path / "seen.json"))
+    assert launch.run_command(cmd, launched) == 0
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["numpy"] is None, f"the image's Python imported our numpy: {seen['numpy']}"
+    ours = str(Path(np.__file__).resolve().parent.parent)
+    assert ours not in seen["path"], seen["path"]
+    assert seen["moxing_exists"] is True and seen["obs_io"].startswith(str(REPO)), seen

@@ -12,6 +12,7 @@ import pytest
 import synth
 from faultproxy import FaultProxy
 from reshard.cli import main
+from conftest import errors_only
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_one_rank_reads_a_part_of_the_source(data, s3_server, bucket, proxy, tmp
     assert main(["--src_checkpoint", url, "--dst_strategy", data["s8"], "--dst_checkpoint",
                  str(out), "--rank_id", "0", "--transform_process_num", "8",
                  "--work_dir", str(tmp_path / "work")]) == 0
-    assert f"reading 1 source file(s) in place from s3://{bucket}/src" in capsys.readouterr().out
+    assert f"reading 1 source file(s) in place from s3://{bucket}/src" in capsys.readouterr().err
     assert synth.load_params(str(out / "rank_0" / "checkpoint_0.ckpt")) == \
         synth.load_params(os.path.join(data["ms8"], "rank_0", "checkpoint_0.ckpt"))
     assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == ["rank_0"]
@@ -157,7 +158,7 @@ def test_a_bad_remote_source_fails_before_any_download(data, bucket, proxy, tmp_
     out, work = tmp_path / "out", tmp_path / "work"
     assert main(["--src_checkpoint", url, "--dst_strategy", data["s8"], "--dst_checkpoint",
                  str(out), "--source_mode", mode, "--work_dir", str(work)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = errors_only(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "Traceback" not in err and url in err, err
     assert not out.exists() and not work.exists()
     gets = _gets(proxy, "/bad/model.ckpt")

@@ -11,6 +11,7 @@ import pytest
 
 from reshard.cli import main
 from tests import synth
+from conftest import errors_only
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def data(tmp_path_factory):
 
 def _fails(capsys, argv, *culprits):
     rc = main(argv)
-    err = capsys.readouterr().err.strip()
+    err = errors_only(capsys.readouterr().err)
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     for c in culprits:
         assert c in err, err

@@ -17,6 +17,7 @@ from reshard.cli import main
 from reshard.errors import ReshardError
 from reshard.sources import classify
 from tests import synth
+from conftest import errors_only
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def w(tmp_path_factory):
 
 def _one_line_failure(capsys, argv, culprit):
     rc = main(argv)
-    err = capsys.readouterr().err.strip()
+    err = errors_only(capsys.readouterr().err)
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert culprit in err, err
     return err
@@ -119,7 +120,7 @@ def test_index_decides_and_a_stale_shard_is_never_mixed_in(w, tmp_path, capsys):
     assert main(["--src_checkpoint", folder, "--dst_strategy", w["s8"],
                  "--dst_checkpoint", out]) == 0
     synth.assert_same_checkpoint_dirs(w["ms8"], out)
-    assert "ignoring model-00001-of-00003.safetensors" in capsys.readouterr().out
+    assert "ignoring model-00001-of-00003.safetensors" in capsys.readouterr().err
     # the index puts a parameter in a file that does not hold it
     bad = dict(index, **{"lm_head.weight": "model-00001-of-00002.safetensors"})
     (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": bad}))
@@ -354,7 +355,7 @@ def test_several_checkpoints_in_a_rank_folder_are_named_in_the_output(w, tmp_pat
                  w["s4"], "--dst_checkpoint", out]) == 0
     captured = capsys.readouterr()
     assert "INFO source rank 1: 2 checkpoints in rank_1/, using the last in name order: " \
-           "rank_1/checkpoint_1_old.ckpt" in captured.out
+           "rank_1/checkpoint_1_old.ckpt" in captured.err
     assert "WARNING source rank 1: rank_1/checkpoint_1.ckpt is newer than the chosen " \
            "rank_1/checkpoint_1_old.ckpt" in captured.err
 

@@ -11,6 +11,7 @@ import pytest
 
 from reshard.cli import main, parse_size
 from tests import synth
+from conftest import errors_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +23,7 @@ def data(tmp_path_factory):
 
 def _fails(capsys, argv, culprit, out_dir):
     rc = main(argv)
-    err = capsys.readouterr().err.strip()
+    err = errors_only(capsys.readouterr().err)
     assert rc == 2
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert culprit in err, err
@@ -240,6 +241,6 @@ def test_a_prefix_with_a_path_is_refused_before_anything_is_written(tmp_path, ca
     into the source."""
     out = tmp_path / "out"
     assert main(["--src_checkpoint", str(tmp_path), "--dst_checkpoint", str(out), f"--prefix={prefix}"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errors_only(capsys.readouterr().err).splitlines()
     assert len(err) == 1 and "--prefix=" in err[0] and "without a path" in err[0]
     assert not out.exists()

@@ -25,6 +25,7 @@ from reshard.mindformers_cli import build_parser as build_sh_parser, main_sh
 from reshard.sources import SourceEntry, check_source_strategy, classify
 from reshard.errors import ReshardError
 from tests import synth
+from conftest import errors_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The flags of MindFormers' mindformers/tools/ckpt_transform/transform_checkpoint.py (its
@@ -59,7 +60,7 @@ def _env() -> dict:
 
 
 def _one_line_error(capsys, rc: int, *culprits: str) -> str:
-    err = capsys.readouterr().err.strip()
+    err = errors_only(capsys.readouterr().err)
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     for c in culprits:
         assert c in err, err
@@ -117,7 +118,7 @@ def test_rank_id_converts_only_the_block_it_leads(data, in_tmp, capsys):
     out = str(in_tmp / "out8")
     assert main([f"--src_checkpoint={data['full']}", f"--dst_checkpoint={out}", f"--dst_strategy={data['s8']}",
                  "--world_size=8", "--transform_process_num=2", "--rank_id=4", "--transform_by_rank=True"]) == 0
-    assert "destination ranks 4-7" in capsys.readouterr().out
+    assert "destination ranks 4-7" in capsys.readouterr().err
     assert _files(out) == [f"rank_{r}/checkpoint_{r}.ckpt" for r in range(4, 8)]
     for r in range(4, 8):
         assert synth.load_params(f"{out}/rank_{r}/checkpoint_{r}.ckpt") == \
@@ -162,7 +163,7 @@ def test_complete_output_converts_again_without_a_strategy(data, in_tmp, capsys)
                  f"--dst_checkpoint={out1}", "--dst_strategy=None"]) == 0
     assert main([f"--src_checkpoint={out1}", f"--dst_checkpoint={out4}", f"--dst_strategy={data['s4']}",
                  "--transform_process_num=2"]) == 0
-    assert "rank_0 is its only rank folder: a complete checkpoint" in capsys.readouterr().out
+    assert "rank_0 is its only rank folder: a complete checkpoint" in capsys.readouterr().err
     synth.assert_same_checkpoint_dirs(data["ms4_from_full"], out4)
     # a one-rank strategy describes a complete checkpoint too: ignored, with a warning
     s1, again = str(in_tmp / "s1"), str(in_tmp / "again")
@@ -261,11 +262,13 @@ def test_dry_run_of_a_remote_source_shows_the_users_urls(data, in_tmp, bucket, c
 
 def test_conversion_prints_peak_before_starting_and_a_summary(data, in_tmp, capsys):
     assert main([f"--src_checkpoint={data['full']}", "--dst_checkpoint=out8", f"--dst_strategy={data['s8']}"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr()
+    lines = printed.err.splitlines()      # the log, on stderr; the result line alone on stdout
     peak = next(i for i, line in enumerate(lines) if "expected peak" in line and "budget" in line)
     first_write = next(i for i, line in enumerate(lines) if "rank 0: wrote" in line)
     assert peak < first_write
-    assert lines[-1].startswith("done: wrote ranks 0-7 to out8, kept ranks none")
+    assert printed.out.splitlines() == [next(x for x in printed.out.splitlines() if x.startswith("done: "))]
+    assert printed.out.startswith("done: wrote ranks 0-7 to out8, kept ranks none")
     assert main([f"--src_checkpoint={data['full']}", "--dst_checkpoint=out8", f"--dst_strategy={data['s8']}"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("done: wrote ranks none to out8, kept ranks 0-7")
 
