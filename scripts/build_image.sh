@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the ModelArts custom training image (top-level Dockerfile) without a Docker daemon, then
-# prove it inside the image as ModelArts runs it (uid 1000, gid 100): `cloud-entry --help` and a
-# tiny complete -> 2-rank conversion checked bit for bit against MindSpore's own conversion.
+# prove it inside the image as ModelArts runs it (uid 1000, gid 100): `python` on PATH, no CMD and
+# no setuid/setgid file of our own, every package of the base kept at its version,
+# `cloud-entry --help` and a tiny complete -> 2-rank conversion checked bit for bit against the
+# image's MindSpore's own conversion.
 #
 # Why buildah and not docker: CI and developer machines have no Docker engine, and buildah
 # builds a Dockerfile as root with chroot isolation and no daemon. Why debootstrap: when the base
@@ -15,6 +17,7 @@
 #   scripts/build_image.sh --debian-base            # always the local Debian (debootstrap) base
 #   scripts/build_image.sh --base swr.cn-southwest-2.myhuaweicloud.com/ORG/mindspore:TAG
 #   scripts/build_image.sh --tag cloud-ckpt-transform:0.1.0 --mindformers 1.9.0 --no-smoke
+#   scripts/build_image.sh --mindspore-base 2.7.2   # on a stand-in for an Ascend base: Debian + MindSpore 2.7.2
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +29,7 @@ TAG="localhost/cloud-ckpt-transform:latest"
 WORK="$ROOT/build/image"
 PIP_INDEX="https://pypi.org/simple"
 MINDFORMERS=""
+MINDSPORE_BASE=""
 SMOKE=1
 LAYERS=0
 DRIVER="${STORAGE_DRIVER:-overlay}"
@@ -45,6 +49,8 @@ Options:
   --work DIR           work folder for the Debian root filesystem and the smoke test (default build/image)
   --pip-index-url URL  package index for the build (default $PIP_INDEX)
   --mindformers VER    also install mindformers==VER (default: not installed)
+  --mindspore-base VER build on the Debian base with mindspore==VER installed first (CPU build,
+                       standing in for an Ascend base's MindSpore: the image must keep it)
   --storage-driver D   buildah storage driver: overlay (default) or vfs
   --ca-bundle FILE     CA bundle pip trusts while building (default $CA_BUNDLE; "none": the base's)
   --layers             keep intermediate layers (faster rebuilds, more disk)
@@ -63,6 +69,7 @@ while [[ $# -gt 0 ]]; do
         --work) need_value "$@"; WORK="$2"; shift 2 ;;
         --pip-index-url) need_value "$@"; PIP_INDEX="$2"; shift 2 ;;
         --mindformers) need_value "$@"; MINDFORMERS="$2"; shift 2 ;;
+        --mindspore-base) need_value "$@"; MINDSPORE_BASE="$2"; shift 2 ;;
         --storage-driver) need_value "$@"; DRIVER="$2"; shift 2 ;;
         --ca-bundle) need_value "$@"; CA_BUNDLE="$2"; shift 2 ;;
         --layers) LAYERS=1; shift ;;
@@ -73,6 +80,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$DRIVER" == overlay || "$DRIVER" == vfs ]] || die "--storage-driver: overlay or vfs, not $DRIVER"
 [[ $DEBIAN_BASE == 0 || $BASE_GIVEN == 0 ]] || die "--debian-base and --base exclude each other"
+[[ -z "$MINDSPORE_BASE" || $BASE_GIVEN == 0 ]] || die "--mindspore-base and --base exclude each other"
+[[ -z "$MINDSPORE_BASE" || "$MINDSPORE_BASE" =~ ^[0-9]+(\.[0-9]+){1,3}$ ]] || die "--mindspore-base: a version like 2.7.2, not $MINDSPORE_BASE"
 [[ "$CA_BUNDLE" == none || -f "$CA_BUNDLE" ]] || die "--ca-bundle: no such file: $CA_BUNDLE"
 [[ $EUID == 0 ]] || die "run as root (buildah without a daemon, debootstrap)"
 
@@ -131,12 +140,28 @@ make_debian_base() {
         --exclude='./dev/*' -cf - . | tar -C "$mnt" -xpf -
     bh umount "$ctr" >/dev/null
     bh config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        --env LANG=C.UTF-8 --cmd python3 --os linux --arch amd64 "$ctr"
+        --env LANG=C.UTF-8 --os linux --arch amd64 "$ctr"   # no CMD: the image must not inherit one
     bh commit --quiet --format docker "$ctr" "$LOCAL_BASE" >/dev/null
     note "base: made $LOCAL_BASE with debootstrap bookworm ($((SECONDS - t0)) s)"
 }
 
+# The Debian base with mindspore==VER (PyPI's CPU build) and what it pulls in, standing in for an
+# Ascend base whose MindSpore, numpy and protobuf the image must keep.
+make_mindspore_base() {
+    local tag="localhost/debian-python-mindspore:$MINDSPORE_BASE" ctr t0=$SECONDS
+    if image_exists "$tag"; then note "base: $tag already made, reused"; BASE="$tag"; return; fi
+    make_debian_base
+    ctr=$(bh from --pull=never "$LOCAL_BASE"); CONTAINERS+=("$ctr")
+    echo "+ buildah run $LOCAL_BASE -- python3 -m pip install mindspore==$MINDSPORE_BASE"
+    bh run --isolation chroot "$ctr" -- env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
+        PIP_NO_CACHE_DIR=1 python3 -m pip install --quiet --index-url "$PIP_INDEX" "mindspore==$MINDSPORE_BASE"
+    bh commit --quiet --format docker "$ctr" "$tag" >/dev/null
+    BASE="$tag"
+    note "base: made $tag (Debian + mindspore $MINDSPORE_BASE) in $((SECONDS - t0)) s"
+}
+
 resolve_base() {
+    if [[ -n "$MINDSPORE_BASE" ]]; then make_mindspore_base; return; fi
     if [[ $DEBIAN_BASE == 1 ]]; then make_debian_base; BASE="$LOCAL_BASE"; return; fi
     if image_exists "$BASE"; then note "base: $BASE (local)"; return; fi
     echo "+ buildah pull $BASE"
@@ -172,11 +197,30 @@ build() {
 # transform-checkpoint to a dp1·mp2 strategy, and the result compared with MindSpore's own
 # transform_checkpoints. The strategy and checkpoint helpers are the tests' own (tests/synth.py),
 # bind-mounted with the work folder; nothing of the smoke test stays in the image.
+# What ModelArts' image rules and an Ascend base need, base against image: the base's packages
+# at their versions, no setuid/setgid file added, no CMD but the base's, `python` on PATH.
+image_facts() {
+    local bctr ictr base_pkgs img_pkgs changed added bcmd icmd
+    bctr=$(bh from --pull=never "$BASE"); CONTAINERS+=("$bctr")
+    ictr=$(bh from --pull=never "$TAG"); CONTAINERS+=("$ictr")
+    base_pkgs=$(bh run --isolation chroot "$bctr" -- python3 -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | sort)
+    img_pkgs=$(bh run --isolation chroot "$ictr" -- python -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | sort)
+    changed=$(comm -23 <(printf '%s\n' "$base_pkgs") <(printf '%s\n' "$img_pkgs") | paste -sd' ')
+    note "in image: packages of the base changed: ${changed:-none} ($(comm -13 <(printf '%s\n' "$base_pkgs") <(printf '%s\n' "$img_pkgs") | wc -l) added); $(grep -i '^mindspore==' <<<"$img_pkgs" || echo 'no mindspore')"
+    added=$(comm -13 <(bh run --isolation chroot "$bctr" -- find / -xdev -type f -perm /6000 2>/dev/null | sort) \
+                     <(bh run --isolation chroot "$ictr" -- find / -xdev -type f -perm /6000 2>/dev/null | sort) | paste -sd' ')
+    bcmd=$(bh inspect --type image --format '{{.OCIv1.Config.Cmd}}' "$BASE")
+    icmd=$(bh inspect --type image --format '{{.OCIv1.Config.Cmd}}' "$TAG")
+    note "in image: setuid/setgid files added: ${added:-none}; CMD ${icmd} (base: ${bcmd}); $(bh run --isolation chroot --user 1000:100 "$ictr" -- sh -c 'command -v python && python --version' | paste -sd' ')"
+    [[ -z "$changed" && -z "$added" && "$icmd" == "$bcmd" ]]
+}
+
 smoke() {
     local dir="$WORK/smoke" ctr out rc t0=$SECONDS
     rm -rf "$dir"; mkdir -p "$dir"
     cp "$ROOT/tests/synth.py" "$dir/synth.py"
     chown -R 1000:100 "$dir"
+    image_facts || { note "image facts FAILED"; return 1; }
     ctr=$(bh from --pull=never "$TAG"); CONTAINERS+=("$ctr")
     local run=(bh run --isolation chroot --user 1000:100 --env HOME=/home/ma-user
                --volume "$dir:/smoke" "$ctr" --)
@@ -187,8 +231,8 @@ smoke() {
     note "in image, uid $("${run[@]}" id -u):$("${run[@]}" id -g): cloud-entry --help -> exit $rc"
     [[ $rc == 0 ]] || return 1
 
-    echo "+ buildah run --user 1000:100 $TAG -- python3 -c 'write a complete checkpoint and a dp1·mp2 strategy'"
-    "${run[@]}" python3 -c '
+    echo "+ buildah run --user 1000:100 $TAG -- python -c 'write a complete checkpoint and a dp1·mp2 strategy'"
+    "${run[@]}" python -c '
 import sys; sys.path.insert(0, "/smoke")
 import synth
 params = synth.llama_params(num_layers=2, vocab=128, hidden=32, ffn=64)
@@ -202,8 +246,8 @@ print("wrote /smoke/full.ckpt:", len(params), "parameters")
     note "in image: transform-checkpoint complete -> 2 ranks (dp1 mp2) -> exit $rc"
     [[ $rc == 0 ]] || return 1
 
-    echo "+ buildah run --user 1000:100 $TAG -- python3 -c 'compare with mindspore.transform_checkpoints'"
-    "${run[@]}" python3 -c '
+    echo "+ buildah run --user 1000:100 $TAG -- python -c 'compare with mindspore.transform_checkpoints'"
+    "${run[@]}" python -c '
 import os, sys; sys.path.insert(0, "/smoke")
 import synth
 ref = synth.ms_transform("/smoke/full.ckpt", "/smoke/ref", None, "/smoke/strategy_mp2")

@@ -135,6 +135,40 @@ def test_mindformers_only_behind_a_build_argument(steps):
         assert "${MINDFORMERS_VERSION:+" in s.args or "mindformers" not in s.args.lower()
 
 
+def test_the_bases_packages_are_constraints_of_the_install(steps):
+    """On an Ascend base the image keeps its MindSpore, numpy and protobuf: every package the base
+    has is pinned for pip (the build fails rather than change one); MindSpore (the extra) only
+    where the base has none, unless WITH_MINDSPORE says otherwise."""
+    install = next(s.args for s in of(steps, "RUN") if "/tmp/src" in s.args and "pip install" in s.args)
+    assert "pip list --format=freeze" in install and "--constraint /tmp/base-packages.txt" in install
+    assert "WITH_MINDSPORE=auto" in [s.args for s in of(steps, "ARG")]
+    assert "grep -qi '^mindspore==' /tmp/base-packages.txt || extra=\"[mindspore]\"" in install
+    assert '"/tmp/src${extra}"' in install
+
+
+def test_a_base_python_outside_the_range_fails_with_one_line(tmp_path):
+    """The check the Dockerfile runs with the base's interpreter, run here with an old version
+    faked: one line naming both versions, exit status 1; the current interpreter passes."""
+    install = next(s.args for s in instructions(DOCKERFILE.read_text(encoding="utf-8"))
+                   if s.keyword == "RUN" and "requires-python" in s.args)
+    check = re.search(r'"\$\{PYTHON\}" -c "(.*?)" && ', install).group(1).replace('\\"', '"')
+    check = check.replace("/tmp/src/pyproject.toml", str(REPO / "pyproject.toml"))
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True).returncode == 0
+    old = subprocess.run([sys.executable, "-c", "import sys; sys.version_info = (3, 8, 10); "
+                          "sys.version = '3.8.10 (fake)'; " + check], capture_output=True, text=True)
+    assert old.returncode == 1 and old.stderr.strip().splitlines() == [
+        "cloud-ckpt-transform needs Python >= 3.9 but the base image has 3.8.10: choose another "
+        "BASE_IMAGE or PYTHON"], old.stderr
+
+
+def test_python_exists_and_no_setid_file_is_added(steps):
+    """ModelArts' boot command runs `python`; its image rules forbid added setuid/setgid files."""
+    runs = [s.args for s in of(steps, "RUN")]
+    assert runs[0].startswith("find / -xdev -type f -perm /6000") and "/tmp/setid.base" in runs[0]
+    assert 'ln -s "$(command -v "${PYTHON}")" /usr/local/bin/python' in runs[-1]
+    assert "comm -13 /tmp/setid.base - | xargs -r -d '\\n' chmod ug-s" in runs[-1]
+
+
 def test_never_the_pypi_moxing(steps):
     for s in steps:
         assert "moxing" not in s.args.lower(), f"Dockerfile:{s.line} {s.keyword} {s.args}"
@@ -255,14 +289,16 @@ def test_build_script_parses_and_documents_itself():
     proc = _script("--help")
     assert proc.returncode == 0, proc.stderr
     for option in ("--base", "--debian-base", "--tag", "--pip-index-url", "--mindformers",
-                   "--storage-driver", "--no-smoke"):
+                   "--mindspore-base", "--storage-driver", "--no-smoke"):
         assert option in proc.stdout, option
 
 
 @pytest.mark.parametrize("args,culprit", [(["--bogus"], "--bogus"),
                                           (["--base"], "--base"),
                                           (["--storage-driver", "zfs"], "zfs"),
-                                          (["--debian-base", "--base", "x"], "--debian-base")])
+                                          (["--debian-base", "--base", "x"], "--debian-base"),
+                                          (["--mindspore-base", "latest"], "--mindspore-base"),
+                                          (["--mindspore-base", "2.7.2", "--base", "x"], "--mindspore-base")])
 def test_build_script_bad_input_is_one_line_exit_2(args, culprit):
     proc = _script(*args)
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
