@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = sys.argv[1:] if argv is None else argv
             if argv[:1] == ["verify"]:   # `cloud-entry verify <path or URL>`: no job, no config
                 return verify(argv[1:])
-            spec = parse_args(argv)
-            logs.console(level=logs.console_level(spec.quiet, spec.verbose))
-            return run(spec)
+            return run(parse_args(argv))
         except signals.Terminated as exc:
             log.debug("stopped", exc_info=True)
             print(f"cloud-entry: stopped by {exc.name}", file=sys.stderr)

@@ -542,6 +542,7 @@ def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None) -> None:
 
 
 def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
+    logs.console(level=logs.console_level(spec.quiet, spec.verbose))
     env = dict(os.environ if env is None else env)
     p = plan(spec, env)
     job, layout, cluster = p.job, p.layout, p.cluster

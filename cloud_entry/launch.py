@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -45,12 +46,15 @@ STOP_GRACE = 20.0
 SHIM_MARK = "Written by cloud_entry: on this job `import moxing` is obs_io"
 
 
-def shim_source(packages: str | None = None) -> str:
+def shim_source(packages: Sequence[str] = ()) -> str:
     """The stand-in `moxing/__init__.py`. The training command's own packages come first: only
-    when it cannot import obs_io (or what obs_io needs: boto3, ...) is `packages` (the folder
-    holding this installation's obs_io; default: where it is now) appended to its sys.path,
-    at `import moxing` and never before, so its numpy, MindSpore and protobuf stay its own."""
-    packages = packages or str(Path(obs_io.__file__).resolve().parent.parent)
+    when it cannot import obs_io (or what obs_io needs: boto3, ...) are `packages` (default: the
+    folder holding this installation's obs_io and our interpreter's site-packages) appended to
+    its sys.path, at `import moxing` and never before, so its numpy, MindSpore and protobuf stay
+    its own."""
+    packages = list(packages) or list(dict.fromkeys(
+        [str(Path(obs_io.__file__).resolve().parent.parent), sysconfig.get_paths()["purelib"],
+         sysconfig.get_paths()["platlib"]]))
     return f'''"""{SHIM_MARK} (Huawei's moxing API)."""
 import sys
 
@@ -58,7 +62,7 @@ try:
     import obs_io
     obs_io.file
 except ImportError:   # the command's own packages first; this installation's for what it lacks
-    sys.path.append({packages!r})
+    sys.path.extend(p for p in {packages!r} if p not in sys.path)
     import obs_io
 
 obs_io.install_as_moxing()
