@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import obs_io
 import reshard
@@ -454,9 +454,28 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     _check_loaded(layout.transformed, [output_name(r, job.prefix, fmt) for r in keep], manifest)
     # Single card: the file itself. MindFormers takes a folder holding rank_* for a distributed
     # checkpoint and refuses it with use_parallel: False (load_checkpoint_utils._get_checkpoint_mode).
-    loaded = layout.transformed if job.use_parallel else join(layout.transformed, output_name(0, job.prefix, fmt))
+    # Except to resume from a .ckpt: MindFormers 1.9+ refuses a file as a resume path
+    # (convert_checkpoint_config -> is_hf_checkpoint: "checkpoint_path is not a directory"), and
+    # every release (1.8-2.1) resumes from the set's folder, rank_0/ holding the file
+    # (scripts/mindformers_compat.py, the resume column).
+    resume = fmt == "ckpt" and _resumes(p.config, job.launch_cmd)
+    loaded = layout.transformed if job.use_parallel or resume else \
+        join(layout.transformed, output_name(0, job.prefix, fmt))
     log.info("checkpoint ready: %s", loaded)
     return loaded, src_s
+
+
+def _resumes(config: dict[str, Any], launch_cmd: Sequence[str]) -> bool:
+    """Whether MindFormers will resume: `resume_training` in the config, or run_mindformer.py's
+    own `--resume_training[=VALUE]` on the training command (which overrides the config); a
+    checkpoint name (MindFormers' other form of the key) resumes too."""
+    value: Any = config.get("resume_training")
+    for i, token in enumerate(launch_cmd):
+        name, eq, text = token.partition("=")
+        if name == "--resume_training":
+            spaced = launch_cmd[i + 1] if not eq and i + 1 < len(launch_cmd) else ""
+            value = text if eq else (spaced if spaced and not spaced.startswith("--") else True)
+    return value not in (None, False, "") and str(value).strip().lower() not in ("false", "0", "none", "")
 
 
 def _previous_set(p: JobPlan, fmt: str) -> integrity.SetManifest | None:

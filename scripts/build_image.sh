@@ -111,6 +111,10 @@ ensure_tool() {   # ensure_tool COMMAND DEBIAN_PACKAGE
 
 image_exists() { bh inspect --type image "$1" >/dev/null 2>&1; }
 
+# The CA bundle's folder, mounted over /mnt (which every base has) while pip runs: a mount point
+# made for a file would stay in the image as an empty file.
+ca_folder() { cd "$(dirname "$CA_BUNDLE")" && pwd -P; }
+
 # A Debian bookworm base with python3.11 and pip, from Debian's archive: the root filesystem is
 # made in a temporary folder and renamed only when complete, so a broken run leaves no half base.
 make_debian_base() {
@@ -152,9 +156,13 @@ make_mindspore_base() {
     if image_exists "$tag"; then note "base: $tag already made, reused"; BASE="$tag"; return; fi
     make_debian_base
     ctr=$(bh from --pull=never "$LOCAL_BASE"); CONTAINERS+=("$ctr")
+    local ca=() cert=()
+    if [[ "$CA_BUNDLE" != none ]]; then
+        ca=(--volume "$(ca_folder):/mnt:ro"); cert=("PIP_CERT=/mnt/$(basename "$CA_BUNDLE")")
+    fi
     echo "+ buildah run $LOCAL_BASE -- python3 -m pip install mindspore==$MINDSPORE_BASE"
-    bh run --isolation chroot "$ctr" -- env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
-        PIP_NO_CACHE_DIR=1 python3 -m pip install --quiet --index-url "$PIP_INDEX" "mindspore==$MINDSPORE_BASE"
+    bh run --isolation chroot "${ca[@]}" "$ctr" -- env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
+        PIP_NO_CACHE_DIR=1 "${cert[@]}" python3 -m pip install --quiet --index-url "$PIP_INDEX" "mindspore==$MINDSPORE_BASE"
     bh commit --quiet --format docker "$ctr" "$tag" >/dev/null
     BASE="$tag"
     note "base: made $tag (Debian + mindspore $MINDSPORE_BASE) in $((SECONDS - t0)) s"
@@ -180,11 +188,7 @@ build() {
           --build-arg "MINDFORMERS_VERSION=$MINDFORMERS" -f "$ROOT/Dockerfile" -t "$TAG")
     [[ $LAYERS == 1 ]] && args+=(--layers)
     if [[ "$CA_BUNDLE" != none ]]; then
-        # Its folder over /mnt, which every base has: a mount point made for a file would stay
-        # in the image as an empty file.
-        local ca_dir ca_name
-        ca_dir=$(cd "$(dirname "$CA_BUNDLE")" && pwd -P); ca_name=$(basename "$CA_BUNDLE")
-        args+=(--volume "$ca_dir:/mnt:ro" --build-arg "PIP_CERT=/mnt/$ca_name")
+        args+=(--volume "$(ca_folder):/mnt:ro" --build-arg "PIP_CERT=/mnt/$(basename "$CA_BUNDLE")")
     fi
     local shown="${args[*]}"
     shown="${shown//$PIP_INDEX/$(redact "$PIP_INDEX")}"

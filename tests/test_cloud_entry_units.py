@@ -417,3 +417,19 @@ def test_a_near_miss_of_a_config_key_in_a_dotted_override_is_an_error(caplog):
     caplog.set_level("WARNING")
     _check_overrides(parse("--runner_config.sink_mode=true", "--model.model_config.use_flash_attention=true"), base)
     assert "adds a key the config does not have" in caplog.text
+
+
+@pytest.mark.parametrize("config, launch, resumes", [
+    ({}, (), False),
+    ({"resume_training": True}, (), True),
+    ({"resume_training": "llama_rank_0-3_2.ckpt"}, (), True),      # MindFormers' named form
+    ({"resume_training": False}, ("python", "run.py", "--resume_training=True"), True),
+    ({"resume_training": True}, ("python", "run.py", "--resume_training", "False"), False),
+    ({}, ("python", "run.py", "--resume_training"), True),
+    ({"resume_training": None}, ("python", "run.py", "--resume_training=false"), False),
+])
+def test_a_single_card_resume_is_recognised_from_the_config_and_the_command(config, launch, resumes):
+    """A single-card .ckpt resume gets the set's folder (MindFormers 1.9+ refuses a file there);
+    run_mindformer.py's own --resume_training overrides the config."""
+    from cloud_entry.job import _resumes
+    assert _resumes(config, launch) is resumes
