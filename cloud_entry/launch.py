@@ -222,6 +222,8 @@ def run_command(cmd: Sequence[str], env: Mapping[str, str], timeout: float | Non
     stops the group the same way: no training process outlives the entry."""
     grace = stop_grace(env)
     log.info("running %s: %s", what, " ".join(mask_args(cmd)))
+    log.debug("%s environment: PYTHONPATH=%r, CLOUD_ENTRY_CONFIG=%r, CLOUD_ENTRY_LOCAL_RANKS=%r", what,
+              env.get("PYTHONPATH", ""), env.get("CLOUD_ENTRY_CONFIG", ""), env.get("CLOUD_ENTRY_LOCAL_RANKS", ""))
     with signals.raising():
         try:
             proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True,

@@ -9,6 +9,7 @@ import time
 from tqdm import tqdm
 
 log = logging.getLogger("obs_io")
+BAR_LABEL = 40   # characters of the description shown before a terminal's bar
 
 
 class Progress:
@@ -24,8 +25,11 @@ class Progress:
         self._enabled = enabled
         self._bar = None
         if enabled and sys.stderr.isatty():
+            # the bar's label is the description's end (the destination): full paths would
+            # leave no room for the bar on the line
+            label = desc if len(desc) <= BAR_LABEL else "…" + desc[-(BAR_LABEL - 1):]
             self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=desc, dynamic_ncols=True, leave=False)
+                             desc=label, dynamic_ncols=True, leave=False)
 
     def add_bytes(self, n: int) -> None:
         with self._lock:

@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = {"transform-checkpoint": "from reshard.console import transform_checkpoint as main",
            "cloud-entry": "from cloud_entry.console import cloud_entry as main",
-           "transform_checkpoint.sh": "from reshard.console import transform_checkpoint_sh as main"}
+           "transform_checkpoint.sh": "from reshard.console import transform_checkpoint_sh as main",
+           "obs_io": "from reshard.console import obs_io as main"}
 
 
 @pytest.mark.parametrize("prog", sorted(SCRIPTS))
@@ -60,3 +61,23 @@ def test_an_interrupt_an_extension_turned_into_an_import_error_is_still_one_line
         assert capsys.readouterr().err.strip() == "tool: interrupted"
     with pytest.raises(ImportError, match="no such library"):
         run_console("tool", "broken_ext:main")
+
+
+@pytest.mark.parametrize("after", [0.02, 0.1, 0.2])
+def test_ctrl_c_while_python_m_obs_io_imports_is_one_line(after):
+    """`python -m obs_io` as runpy runs it, the package and the console runner (standard library
+    only) imported first: a Ctrl-C while obs_io.cli imports boto3 is one line and exit 130."""
+    code = ("import runpy, sys; import obs_io, reshard.console; print('ready', flush=True); "
+            "sys.argv[0] = obs_io.__file__.replace('__init__', '__main__'); "
+            "runpy.run_module('obs_io', run_name='__main__', alter_sys=True)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code, "--version"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    if out.strip().startswith("obs_io "):
+        return
+    assert proc.returncode == 130 and err.strip() == "obs_io: interrupted", (proc.returncode, err)

@@ -171,3 +171,62 @@ def test_stub_makes_any_name_and_submodule_importable(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+# -- the model check: the driver's half (the MindFormers half runs in the release venvs) -------
+
+def test_model_jobs_go_through_the_entry_and_break_the_variants(tmp_path):
+    """complete -> 8 -> 4 -> 1 (predict) and 8 -> 1 (train, resume) through the real entry: the
+    single-card configs load the converted file (predict, train) or the set's folder (resume);
+    each broken variant differs from the predict checkpoint in exactly the parameter it breaks."""
+    import numpy as np
+    import mindspore as ms
+    jobs = mfc.make_model_jobs(tmp_path)
+    assert not jobs.error, jobs.error
+    configs = {name: yaml.safe_load(Path(path).read_text()) for name, path in jobs.configs.items()}
+    assert [configs[n]["run_mode"] for n in ("predict", "train", "resume")] == ["predict", "train", "train"]
+    assert all(c["use_parallel"] is False and c["auto_trans_ckpt"] is False for c in configs.values())
+    assert configs["predict"]["load_checkpoint"].endswith("/llama/rank_0/checkpoint_0.ckpt")
+    assert configs["train"]["load_checkpoint"].endswith("/llama/rank_0/checkpoint_0.ckpt")
+    assert configs["resume"]["resume_training"] is True
+    assert configs["resume"]["load_checkpoint"].endswith("/transformed_checkpoint/llama")
+    original = {n: p.asnumpy() for n, p in ms.load_checkpoint(jobs.original).items()}
+    good = {n: p.asnumpy() for n, p in ms.load_checkpoint(configs["predict"]["load_checkpoint"]).items()}
+    assert set(good) == set(original) and all(np.array_equal(good[n], original[n]) for n in good)
+    wq = "model.layers.0.attention.wq.weight"
+    for name, path in jobs.broken.items():
+        broken = {n: p.asnumpy() for n, p in ms.load_checkpoint(path).items()}
+        differ = sorted(n for n in good if n not in broken or not np.array_equal(broken[n], good[n]))
+        assert differ == ([wq] if name != "stale" else ["model.layers.1.feed_forward.w2.weight"]), (name, differ)
+    assert mfc.TRAINING_STATE["global_step"] == int(original["global_step"][0])
+
+
+def test_model_probe_without_mindformers_says_so(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"model": mfc.MODEL}))
+    out = tmp_path / "model.json"
+    proc = run_script("--model-probe", str(spec), "--probe-out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["error"].startswith("import: ModuleNotFoundError")
+
+
+def _model_result(**cases) -> dict:
+    good = {"equal": True, "max_abs_diff": "0", "not_loaded": [], "what": "logits equal"}
+    state = {"state_ok": True, "state": "42/42 AdamW moments equal; global_step 1234"}
+    broken = {"equal": False, "max_abs_diff": "0.3"}
+    result = {"predict": good, "train": good, "resume": {**good, **state},
+              **{name: broken for name in mfc.BROKEN}}
+    result.update(cases)
+    return {"cases": result}
+
+
+def test_judge_model_needs_equal_outputs_the_training_state_and_teeth():
+    inst = mfc.Install("9.9.9", mindspore="2.10.0")
+    assert mfc.judge_model(inst, _model_result()).ok
+    assert not mfc.judge_model(inst, _model_result(predict={"equal": False, "max_abs_diff": "1"})).ok
+    assert not mfc.judge_model(inst, _model_result(resume={"equal": True, "state_ok": False})).ok
+    row = mfc.judge_model(inst, _model_result(stale={"equal": True, "max_abs_diff": "0"}))
+    assert not row.ok and "stale: **not changed**" in row.teeth
+    row = mfc.judge_model(inst, {"error": "import: ModuleNotFoundError: mindformers"})
+    assert not row.ok and "ModuleNotFoundError" in row.predict
+    assert "| 9.9.9 | 2.10.0 | yes" in mfc.model_table([mfc.judge_model(inst, _model_result())])

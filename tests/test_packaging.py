@@ -90,7 +90,24 @@ def test_installed_entry_runs_outside_the_repository_with_a_shipped_config(insta
     assert "cloud_entry/configs" in missing.stderr and "site-packages/configs)" not in missing.stderr
 
 
-@pytest.mark.parametrize("command", ["cloud-entry", "transform-checkpoint", "transform_checkpoint.sh"])
+def test_mindspore_is_an_extra_and_python_39_is_enough(wheel):
+    """The images users have ship their own MindSpore (an Ascend build), numpy and protobuf: the
+    package must not ask for MindSpore (nor the correctness pins that go with it) to run."""
+    names = zipfile.ZipFile(wheel).namelist()
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("dist-info/METADATA"))).decode()
+    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    runtime = [r for r in requires if "extra ==" not in r]
+    assert "Requires-Python: >=3.9" in meta.splitlines()
+    assert not [r for r in runtime if r.lower().startswith(("mindspore", "safetensors"))], runtime
+    assert any(r.startswith("numpy>=1.20") for r in runtime) and any(r.startswith("protobuf>=3.13") for r in runtime)
+    assert not [r for r in runtime if "numpy" in r and "<" in r], runtime    # numpy 2 is fine
+    extra = [r for r in requires if 'extra == "mindspore"' in r]
+    assert any(r.startswith("mindspore>=") for r in extra) and any(r.startswith("numpy<2") for r in extra), extra
+    assert "obs_io = reshard.console:obs_io" in zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith("dist-info/entry_points.txt"))).decode()
+
+
+@pytest.mark.parametrize("command", ["cloud-entry", "transform-checkpoint", "transform_checkpoint.sh", "obs_io"])
 def test_every_command_has_version(installed, command):
     proc = run(installed, f"{installed['bin']}/{command}", "--version")
     assert proc.returncode == 0, proc.stdout + proc.stderr
