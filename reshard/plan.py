@@ -75,6 +75,8 @@ class PlanPolicy:
         destination rank (--keep_unnamed_params)."""
     allow_missing: bool = False
     keep_unnamed: bool = False
+
+
 # Slotted dataclasses (a 4096-rank plan holds a million pieces) where Python has them (3.10+);
 # on 3.9 the same classes without slots.
 _SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
