@@ -617,6 +617,13 @@ def _silence(stream) -> None:
         pass
 
 
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.sameopenfile(a.fileno(), b.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class _Console(logging.Handler):
     """Every log line on stderr (looked up at each line), as aws-cli and s5cmd do: stdout holds
     only the command's result (the `done:` line, the --dry_run plan, --verify's findings)."""
@@ -627,6 +634,10 @@ class _Console(logging.Handler):
             stream.write(_user_text(self.format(record)) + "\n")
             stream.flush()
         except BrokenPipeError:
+            # `2>&1 | head -1`: the result's stdout is the same closed pipe, silenced with it
+            # (the conversion goes on, its result is the files)
+            if _same_file(stream, sys.stdout):
+                _silence(sys.stdout)
             _silence(stream)
         except Exception:   # noqa: BLE001 - logging must never end the run
             self.handleError(record)

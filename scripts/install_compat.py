@@ -15,7 +15,10 @@ packages; CI keeps Python 3.11 (README, "Compatibility"). Rows, each in `<root>/
   Installing the wheel must change no installed package: pip's `--dry-run --report` is checked
   before (nothing it would install may already be installed at another version) and `pip freeze`
   before and after must agree on every package that was there; then the conversions are also
-  compared with that MindSpore's own transform_checkpoints, in that venv.
+  compared with that MindSpore's own transform_checkpoints, in that venv;
+- `--venvs`: existing environments (e.g. the MindFormers venvs of scripts/mindformers_compat.py,
+  with MindSpore 2.7-2.10 and MindFormers' own pins): pip's `--dry-run --report` only, nothing
+  installed there; a row passes when pip would change none of their packages.
 
 In every row the installed `transform-checkpoint` runs the three conversions (complete -> 8 ranks
 dp2·mp2·pp2 with optimizer sharding, 8 -> 4 dp1·mp2·pp2, 4 -> 1) on a small Llama checkpoint
@@ -301,6 +304,33 @@ print("equal")
 """
 
 
+def row_dry_run(venv: Path, root: Path, wheel: Path) -> Row:
+    """An existing environment, untouched: would installing the wheel change any of its packages?"""
+    started = time.monotonic()
+    row = Row(f"venv {venv.parent.name}/{venv.name}" if venv.name == "venv" else f"venv {venv.name}")
+    py = venv / "bin" / "python"
+    log = root / f"dry-run-{re.sub(r'[^A-Za-z0-9.]+', '_', str(venv))}.log"
+    pip = [str(py), "-m", "pip", "--disable-pip-version-check"]
+    try:
+        row.__dict__.update(_versions(py))
+        installed = freeze_map(_run([*pip, "freeze", "--all"], log).stdout)
+        report = root / f"{log.stem}.json"
+        proc = _run([*pip, "install", "--dry-run", "--quiet", "--report", str(report), str(wheel)], log,
+                    env=_clean_env())
+        if proc.returncode:
+            row.install = f"dry run: {_last_error(proc.stdout)}"
+            return row
+        planned = json.loads(report.read_text()).get("install", [])
+        replaced = would_replace({"install": planned}, installed)
+        row.install = f"dry run: {len(planned)} to add, nothing installed"
+        row.unchanged = f"yes (none of its {len(installed)} packages)" if not replaced else \
+            "**no**, pip would replace " + ", ".join(replaced)
+        row.ok = not replaced
+        return row
+    finally:
+        row.seconds = time.monotonic() - started
+
+
 def compare_with_own_mindspore(py: Path, d: dict[str, str], folder: Path, log: Path) -> str:
     """The row's MindSpore converts the same inputs; ours must hold the same tensors bit for bit."""
     proc = _run([str(py), "-c", _OWN_CHECK, str(REPO / "tests"), str(folder / "out"),
@@ -326,6 +356,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--mindspore", default=DEFAULT_MINDSPORE,
                     help="the MindSpore of the image stand-in row; 'none' skips it (default: %(default)s)")
     ap.add_argument("--no-floors", action="store_true", help="skip the floors row")
+    ap.add_argument("--venvs", default="",
+                    help="comma-separated existing venvs to check by pip's dry run only (nothing installed there)")
+    ap.add_argument("--only-venvs", action="store_true", help="only the --venvs rows (no new venv, no conversion)")
     ap.add_argument("--root", default=str(DEFAULT_ROOT), help="one folder per row (default: %(default)s)")
     args = ap.parse_args(argv)
     items = [p.strip() for p in args.pythons.split(",") if p.strip()]
@@ -336,6 +369,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.mindspore != "none" and not re.fullmatch(r"\d+(\.\d+){1,3}(\.post\d+)?", args.mindspore):
         raise BadInput(f"--mindspore={args.mindspore}: a version like 2.7.2, or none")
     args.pythons = items
+    args.venvs = [Path(v.strip()).resolve() for v in args.venvs.split(",") if v.strip()]
+    missing = [v for v in args.venvs if not (v / "bin" / "python").is_file()]
+    if missing:
+        raise BadInput(f"--venvs: {missing[0]} is not a venv (no bin/python)")
+    if args.only_venvs and not args.venvs:
+        raise BadInput("--only-venvs needs --venvs")
     args.root = Path(args.root).resolve()
     if args.root == REPO / ".venv" or (REPO / ".venv") in args.root.parents:
         raise BadInput(f"--root={args.root}: inside the project's .venv; give a folder of its own")
@@ -356,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                                  capture_output=True, text=True).stdout.strip(): p
                   for p in args.pythons if p not in versions})
     wheel = build_wheel(args.root)
+    if args.only_venvs:
+        return finish([row_dry_run(v, args.root, wheel) for v in args.venvs], args.root, started)
     d = make_inputs(args.root)
     print(f"wheel {wheel.name}; inputs and MindSpore 2.10 references in {args.root / 'inputs'}", flush=True)
     # The reference bytes: this project's own venv (Python 3.11, MindSpore 2.10), checked against
@@ -389,11 +430,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[mindspore-{args.mindspore}] {python}", flush=True)
         rows.append(row_venv(f"mindspore-{args.mindspore}", python, args.root, wheel, d, reference,
                              before_install=[f"mindspore=={args.mindspore}"], mindspore=args.mindspore))
-    text = table(rows)
+    rows += [row_dry_run(v, args.root, wheel) for v in args.venvs]
+    return finish(rows, args.root, started)
+
+
+def finish(rows: list[Row], root: Path, started: float) -> int:
+    """Print the table, write it to <root>/report.md; 0 when every row passes."""
     good = sum(r.ok for r in rows)
-    report = f"{text}\n\n{good} of {len(rows)} rows pass ({time.monotonic() - started:.0f} s)\n"
+    report = f"{table(rows)}\n\n{good} of {len(rows)} rows pass ({time.monotonic() - started:.0f} s)\n"
     print("\n" + report)
-    (args.root / "report.md").write_text(report)
+    (root / "report.md").write_text(report)
     return 0 if rows and good == len(rows) else 1
 
 

@@ -50,7 +50,9 @@ def test_changed_packages_and_what_pip_would_replace():
 
 
 @pytest.mark.parametrize("args, culprit", [(["--pythons", "3.x"], "3.x"), (["--mindspore", "latest"], "latest"),
-                                          (["--root", str(REPO / ".venv" / "x")], ".venv")])
+                                          (["--root", str(REPO / ".venv" / "x")], ".venv"),
+                                          (["--venvs", "/nonexistent/venv"], "/nonexistent/venv"),
+                                          (["--only-venvs"], "--only-venvs")])
 def test_bad_input_is_one_line_exit_2(args, culprit, tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)
