@@ -33,7 +33,7 @@ from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
 from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_dir
 from reshard import integrity
-from reshard.sources import check_writable, output_name, overlaps, probe_writable
+from reshard.sources import check_writable, output_name, overlap, overlap_text, probe_writable
 
 log = logging.getLogger("cloud_entry")
 # Seconds a failure marker written before this entry started may still be this attempt's (the
@@ -93,16 +93,22 @@ def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, convertin
               ("--dst_strategy", job.dst_strategy))
     outputs = [("the local work folder", layout.work_dir),
                ("remote_save_url's logs folder", join(layout.remote_save_url, "logs") if layout.remote_save_url else "")]
-    if converting:
+    if converting:   # the folders first (their names say most), then the roots that hold them
         outputs += [("the converted checkpoint folder", layout.transformed),
                     ("the strategy output folder", layout.local_strategy),
                     ("remote_save_url's converted checkpoint folder", layout.remote_transformed),
-                    ("remote_save_url's strategy folder", layout.remote_strategy)]
+                    ("remote_save_url's strategy folder", layout.remote_strategy),
+                    ("the output folder", layout.output_dir), ("--shared_dir", layout.shared_dir),
+                    ("remote_save_url", layout.remote_save_url)]
     for name, value in inputs:
         for what, out in outputs:
-            if value and out and not (name == "--dst_strategy" and out == layout.local_strategy) \
-                    and overlaps(value, out):
-                raise EntryError(f"{name}={value} overlaps {what} {out}, where this job writes: "
+            # a --dst_strategy in our own strategy output folder is read there (destination_strategy)
+            ours = name == "--dst_strategy" and out in (layout.local_strategy, layout.output_dir) \
+                and _inside(value, layout.local_strategy)
+            found = overlap(value, out) if value and out and not ours else None
+            if found is not None:
+                raise EntryError(f"{name}={overlap_text(value, found[0])} overlaps {what} "
+                                 f"{overlap_text(out, found[1])}, where this job writes: "
                                  "use another output_dir / remote_save_url")
     if obs_io.is_remote(job.remote_save_url):   # found now, not after the conversion
         try:
@@ -119,6 +125,14 @@ def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, convertin
             raise EntryError(f"remote_save_url={job.remote_save_url} is a local folder, which "
                              f"{cluster.num_nodes} nodes do not share: use an obs:// or s3:// URL, "
                              "or --shared_dir")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Local `path` is `folder` or lies in it, links resolved."""
+    if not path or obs_io.is_remote(path):
+        return False
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, top]) == top
 
 
 def probe_outputs(p: "JobPlan") -> None:
@@ -286,7 +300,11 @@ def _forget_stale_ranks(p: JobPlan, inputs: dict[str, Any], ranks: list[int]) ->
         base = p.layout.shared_dir or p.layout.output_dir
         for r in ranks:
             folder = rank_dir(p.layout.transformed, r)
-            if os.path.isdir(folder) and not clear_reason(folder, base, p.job.inputs):
+            if os.path.islink(folder):   # never removed through: the link alone goes
+                log.info("removing the link %s (to %s): converted from other inputs", folder,
+                         os.path.realpath(folder))
+                os.unlink(folder)
+            elif os.path.isdir(folder) and not clear_reason(folder, base, p.job.inputs):
                 log.info("removing %s: converted from other inputs", folder)
                 shutil.rmtree(folder)
     markers.write_atomic(manifest, json.dumps(inputs, sort_keys=True))

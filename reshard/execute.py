@@ -145,10 +145,40 @@ def _manifest_path(dst_root: str, rp: RankPlan) -> str:
     return os.path.join(dst_root, MANIFEST_DIR, f"rank_{rp.rank}.json")
 
 
+def inside(root: str, path: str) -> bool:
+    """`path` (below root) is where it says, no link on the way leading elsewhere."""
+    rel = os.path.relpath(path, root)
+    return os.path.realpath(path) == os.path.join(os.path.realpath(root), rel)
+
+
+def own_folders(root: str, folders) -> None:
+    """Before anything is written below root: a link on the way to each folder (a rank_<r>
+    link to a folder elsewhere, left or planted in the output) is removed, so the folder the
+    writer makes there is the output's own and no write follows a link out of it; the link's
+    target is left as it was. Raises ReshardError if a folder still leads out."""
+    real_root = os.path.realpath(root)
+    for folder in folders:
+        rel = os.path.relpath(folder, root)
+        here = root
+        for part in rel.split(os.sep) if rel != "." else ():
+            here = os.path.join(here, part)
+            if os.path.islink(here):
+                log.warning("%s is a link to %s: replaced by a folder of its own (nothing is "
+                            "written through a link out of the output)", here,
+                            os.path.realpath(here))
+                os.unlink(here)
+        if os.path.realpath(folder) != os.path.join(real_root, rel):
+            raise ReshardError(f"{folder}: leads out of the output {root} "
+                               f"(to {os.path.realpath(folder)}): not writing there")
+
+
 def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
     """The output exists with the size/mtime recorded when this same plan wrote it, from
-    source files that were all checked whole (none still 'unverified': see reshard.fetch)."""
+    source files that were all checked whole (none still 'unverified': see reshard.fetch),
+    and neither it nor its record is reached through a link out of the output."""
     out = os.path.join(dst_root, rp.path)
+    if not (inside(dst_root, out) and inside(dst_root, _manifest_path(dst_root, rp))):
+        return False
     try:
         with open(_manifest_path(dst_root, rp), encoding="utf-8") as f:
             m = json.load(f)
@@ -282,6 +312,9 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
                 metas.append(TensorMeta(t.name, t.dtype, t.shape))
         buf = _assembly_buffer(rp.buffer_bytes)
         os.makedirs(folder, exist_ok=True)
+        if not inside(dst_root, folder):   # a link made since run_plan owned the folders
+            raise ReshardError(f"rank {rp.rank}: {folder} leads out of the output {dst_root} "
+                               f"(to {os.path.realpath(folder)}): not writing there")
         writer = open_writer(out_path, metas, fmt)
         if upload is not None and upload.wants(rp):
             streaming = upload.start(rp, writer.temp_path)
@@ -502,8 +535,10 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
     the download's failure (asked every POLL_SECONDS while ranks run). upload: each rank
     written is also uploaded while written (UploadTo); on_rank follows its upload."""
     fmt = plan.fmt
-    for folder in sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
-                         | {os.path.join(dst_root, MANIFEST_DIR)}):
+    folders = sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
+                     | {os.path.join(dst_root, MANIFEST_DIR)})
+    own_folders(dst_root, folders)
+    for folder in folders:
         sweep(folder)   # what a killed run of this plan left half-written
     todo, skipped = [], []
     for rp in plan.ranks:
