@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import obs_io
 import reshard
@@ -33,6 +33,7 @@ from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
 from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_dir
 from reshard import integrity
+from reshard.claim import OutputClaim
 from reshard.sources import check_writable, output_name, overlap, overlap_text, probe_writable
 
 log = logging.getLogger("cloud_entry")
@@ -137,16 +138,14 @@ def _inside(path: str, folder: str) -> bool:
 
 def probe_outputs(p: "JobPlan") -> None:
     """Write access, tried for real before any download or conversion: the local folders are
-    created (what the job does next anyway) and a probe object is put and removed under
-    remote_save_url, so a read-only bucket or a missing permission is one line now, not a
+    created (what the job does next anyway); under remote_save_url the claim (claim_outputs)
+    was the first write, so a read-only bucket or a missing permission is one line now, not a
     failure after the whole conversion."""
     job, layout = p.job, p.layout
     flag = f"--output_dir={job.output_dir}" if job.output_dir else f"output folder {layout.output_dir}"
     for folder, name in ((layout.work_dir, f"--work_dir={job.work_dir}" if job.work_dir else flag),
                          (layout.output_dir, flag)):
         probe_writable(folder, name)
-    if obs_io.is_remote(layout.remote_save_url):
-        probe_writable(layout.remote_save_url, f"remote_save_url={job.remote_save_url}")
 
 
 def _check_overrides(spec: JobSpec, base: dict[str, Any]) -> None:
@@ -364,10 +363,12 @@ def _check_destination(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], dst:
                          f"parallel_config.pipeline_stage={pp}")
 
 
-def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
+def transform(p: JobPlan, env: dict[str, str],
+              still_ours: Callable[[], None] = lambda: None) -> tuple[str, str | None]:
     """Steps 4-6: strategies and shards down, this node's blocks converted, markers, uploads,
     and this node's ranks converted elsewhere down. Returns the local folder to load and the
-    local source strategy (None for a complete source)."""
+    local source strategy (None for a complete source). still_ours(): raises when the outputs
+    are no longer this run's; asked before the success markers and the manifest go out."""
     job, layout = p.job, p.layout
     assert p.source is not None and p.blocks is not None
     my_blocks = p.blocks.led_by(p.convert_ranks)
@@ -438,6 +439,8 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
         if not isinstance(exc, Exception) or isinstance(exc, BlockFailed) or not leaders:
             raise   # a stop request, another node's failure (already named), or no block of ours
         raise BlockFailed(f"block led by rank {leaders[0]} failed: {text}") from exc
+    if my_blocks:
+        still_ours()
     for block in my_blocks:   # each marker lists its block's files with their checksums
         names = {output_name(r, job.prefix, fmt) for r in block.ranks}
         markers.publish(layout.marker_dir, markers.Marker(
@@ -461,6 +464,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     if not clear_reason(layout.transformed, layout.shared_dir or layout.output_dir, job.inputs):
         sync.prune_outputs(layout.transformed, keep, job.prefix, fmt)
     if layout.remote_save_url and p.cluster.node_index == 0:   # every node holds the same files
+        still_ours()   # the prune removes, the manifest publishes: both only into our own output
         sync.prune_outputs(layout.remote_transformed, list(range(world)), job.prefix, fmt)
         files = strategy_pass.local_strategy_files(layout.local_strategy)
         if files:
@@ -542,15 +546,17 @@ def _check_loaded(root: str, names: list[str], manifest: integrity.SetManifest) 
                              f"{' bytes' if want else ''}: not launching on a partial checkpoint")
 
 
-def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None) -> None:
+def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None,
+            still_ours: Callable[[], None] = lambda: None) -> None:
     """The node leader's part: conversion (or sync), then the effective config and the moxing
-    stand-in (in `shim`, on ModelArts). Followers only read what this writes."""
+    stand-in (in `shim`, on ModelArts). Followers only read what this writes. still_ours():
+    raises when the outputs are no longer this run's (asked before publishing)."""
     layout = p.layout
     if shim:
         launch.write_moxing_shim(shim, launch_env)
     effective = copy.deepcopy(p.config)
     if p.blocks is not None:
-        loaded, src_s = transform(p, launch_env)
+        loaded, src_s = transform(p, launch_env, still_ours)
         effective = config_mod.for_launch(effective, loaded, src_s, converted=True)
     elif p.source is not None:   # no conversion: this node's shards, local, in either config form
         effective = config_mod.for_launch(effective, sync.sync_rank_shards(
@@ -562,8 +568,52 @@ def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None) -> None:
 def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     p = plan(spec, env)
-    job, layout, cluster = p.job, p.layout, p.cluster
     # ---- nothing was written before this line ----
+    claims = claim_outputs(p)   # first: a run of other inputs writing there is refused now
+    try:
+        return _run(p, env, claims)
+    finally:
+        for claim in claims:
+            claim.release()
+
+
+def claim_outputs(p: JobPlan) -> list[OutputClaim]:
+    """This run's claims (reshard.claim) on the local output (or --shared_dir) and on
+    remote_save_url, held until the entry ends: another job's run of other inputs writing
+    there is refused at once; this job's nodes and cards, and its reruns, share them. The
+    remote claim is the first write under remote_save_url: a bucket that refuses it is found
+    before anything else is written."""
+    job, layout = p.job, p.layout
+    tool = f"cloud-entry node {p.cluster.node_index}"
+    shown = (f"--shared_dir={job.shared_dir}" if layout.shared_dir else
+             f"--output_dir={job.output_dir}" if job.output_dir else f"output folder {layout.output_dir}")
+    wanted = [(layout.shared_dir or layout.output_dir, shown)]
+    if obs_io.is_remote(layout.remote_save_url):   # first: refused there, nothing local is made
+        wanted.insert(0, (layout.remote_save_url, f"remote_save_url={job.remote_save_url}"))
+    claims: list[OutputClaim] = []
+    try:
+        for root, shown in wanted:
+            try:
+                claims.append(OutputClaim(root, p.run_id, tool, shown).acquire())
+            except reshard.ReshardError:
+                raise
+            except (OSError, ValueError) as exc:   # obs_io's one line: refused, no such bucket
+                raise EntryError(f"{shown}: cannot write there: {one_line(exc, (OSError, ValueError))}") from None
+    except BaseException:
+        for claim in claims:
+            claim.release()
+        raise
+    return claims
+
+
+def check_claims(claims: list[OutputClaim]) -> None:
+    """Before publishing (markers, the manifest): the outputs are still this run's."""
+    for claim in claims:
+        claim.check()
+
+
+def _run(p: JobPlan, env: dict[str, str], claims: list[OutputClaim]) -> int:
+    job, layout, cluster = p.job, p.layout, p.cluster
     probe_outputs(p)
     log.info("log file %s", logs.to_file(layout.log_dir, cluster.node_index))
     log.info("node %d of %d, %d cards, ranks %s; run %s", cluster.node_index, cluster.num_nodes,
@@ -576,7 +626,8 @@ def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
         log.info("%s", role.describe())
         if role.leader:
             try:
-                prepare(p, launch.environment(env, layout.effective_config, cluster.node_ranks, shim), shim)
+                prepare(p, launch.environment(env, layout.effective_config, cluster.node_ranks, shim), shim,
+                        lambda: check_claims(claims))
             except BaseException as exc:
                 node_leader.finish(role, _one_line(exc))
                 raise

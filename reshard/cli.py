@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,6 +33,7 @@ from .api import (ReshardError, complete_plan, execute, find_sources, load_strat
                   memory_budget, plan_from_strategies, source_files, write_merged_strategy)
 from . import integrity
 from .blocks import plan_blocks
+from .claim import OutputClaim
 from .execute import LOG_NAME
 from .plan import SOURCE_MODES, PlanPolicy, human_size, ranks_text
 from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
@@ -440,6 +442,44 @@ def convert_from_args(argv=None) -> int:
         stage.close()
 
 
+def run_id(args, source: SourceSet | None, src: Strategy | None, dst: Strategy | None) -> str:
+    """What defines this conversion's result, the same for its reruns and for MindFormers'
+    parallel --rank_id processes of one conversion (the ranks chosen are not part of it): the
+    source (where it is, which files, a local file's size and time), the strategies, prefix,
+    format. Runs of other inputs writing one output are refused (reshard.claim)."""
+    files = []
+    if source is not None:
+        for name in source.used_names():
+            path = source.path_of(name)
+            st = None if is_url(path) else os.stat(path)
+            files.append([name, st.st_size if st else None, st.st_mtime_ns if st else None])
+    root = source.root if source is None or is_url(source.root) else os.path.abspath(source.root)
+    strategies = [[s.source if is_url(str(s.source)) else os.path.abspath(str(s.source)), s.world_size,
+                   s.num_stages] if s is not None else None for s in (src, dst)]
+    text = json.dumps([root if source else None, files, strategies, args.prefix, args.fmt])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _claimed(args, source: SourceSet | None, src: Strategy | None, dst: Strategy | None):
+    """--dst_checkpoint claimed for this run while it is written (reshard.claim): another
+    conversion into it is refused at once. On object storage the claim is the first write
+    there: a bucket that refuses it is found before anything is converted."""
+    flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
+    shown = f"{flag} {args.dst_checkpoint}"
+    claim = OutputClaim(args.dst_checkpoint, run_id(args, source, src, dst), PROG, shown)
+    try:
+        claim.acquire()
+    except ReshardError:
+        raise
+    except (OSError, ValueError) as exc:   # obs_io's one-line errors: refused, missing bucket
+        raise ReshardError(f"{shown}: cannot write there: {one_line(exc, (OSError, ValueError))}") from None
+    try:
+        yield claim
+    finally:
+        claim.release()
+
+
 def plan_digest(plan, local_root: str) -> str:
     """What defines the result: each rank's digest as the engine records it (rank_digest: the
     destination file, the pieces that fill it, and the identity of the source files it reads:
@@ -510,7 +550,9 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
         raise ReshardError(f"--world_size {args.world_size} does not match the "
                            f"destination strategy's {world} ranks")
     if args.engine == "mindspore":
-        _run_mindspore(args, source, src, dst, stage)
+        with _claimed(args, source, src, dst) as claim:
+            _run_mindspore(args, source, src, dst, stage)
+            claim.check()
         return 0
     dst_ranks, process_num = None, args.process_num
     if args.rank_id is not None:
@@ -547,15 +589,19 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
                 print(f"done: {upload} already holds this conversion (its {integrity.MANIFEST_NAME} "
                       "matches the plan and the source's versions); nothing converted or uploaded")
                 return 0
-    if upload:   # before anything is staged: each rank goes up while it is written
-        memory_budget(plan, process_num, args.max_memory)
-        probe_writable(upload, f"--dst_checkpoint {upload}")
+    memory_budget(plan, process_num, args.max_memory)   # first: an error leaves no output behind
+    with _claimed(args, source, src, dst) as claim:   # the output is this run's while it writes
+        return _write(args, stage, source, plan, local_root, upload, process_num, world, claim)
+
+
+def _write(args, stage: _Stage, source: SourceSet, plan, local_root: str, upload: str | None,
+           process_num: int, world: int, claim: OutputClaim) -> int:
+    """The conversion proper, with the output claimed: convert, then (claim checked) publish."""
     fetched = plan.files_in_mode("fetch")
     if fetched:   # the engine downloads them there while it converts (reshard.fetch)
         stage.dir(SOURCE_STAGE)
     dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
-    if not upload:   # the budget first: an error leaves no output folder behind
-        memory_budget(plan, process_num, args.max_memory)
+    if not upload:
         probe_writable(dst_local, f"--dst_checkpoint {dst_local}")
     if upload:
         _show_as(dst_local, upload)
@@ -567,6 +613,7 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
                      max_memory=args.max_memory, log_dir=args.log_dir, download=fetched,
                      release=True,   # the stage goes at the end: a file goes once read
                      upload_to=upload)   # a remote output: each rank uploaded while written
+    claim.check()   # still this run's output: publish
     manifest = None
     if args.rank_id is None:   # one block is not a set: its manifest would claim the set complete
         manifest = integrity.SetManifest(

@@ -489,21 +489,10 @@ def check_writable(path: str, what: str) -> None:
 
 
 def probe_writable(folder: str, what: str) -> None:
-    """Write access tried for real, before any transfer or conversion: a local `folder` is
-    created (what the conversion does next anyway) with a temporary file in it; under an
-    obs:// / s3:// folder a probe object is put and removed (a missing bucket, a read-only
-    bucket or a missing permission found now, not after the conversion). ReshardError naming
-    `what`."""
-    if is_url(folder):
-        import obs_io
-        from obs_io.oneline import one_line
-        probe = _join(folder, f".write_probe_{os.uname().nodename}_{os.getpid()}")
-        try:
-            obs_io.file.write(probe, b"", binary=True)
-            obs_io.file.remove(probe)
-        except (OSError, ValueError) as exc:
-            raise ReshardError(f"{what}: cannot write there: {one_line(exc, (OSError, ValueError))}") from None
-        return
+    """Write access to a local `folder` tried for real, before any transfer or conversion: it is
+    created (what the conversion does next anyway) with a temporary file in it, which leaves
+    nothing behind even when the process is killed (an unnamed file). ReshardError naming
+    `what`. (An obs:// / s3:// output is tried by its claim: reshard.claim.)"""
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

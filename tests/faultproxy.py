@@ -3,7 +3,8 @@
 It records every request (method, path, Range, status, response body size) so tests can count
 what was fetched, and injects faults: 503 SlowDown answers and dropped connections for a share
 of requests, 500 InternalError for a share (error500), and, for a test of timeouts, a stall:
-requests that are read and never answered (stall). The choice is a hash of (seed, request, how
+requests that are read and never answered (stall); requests held until the test lets them go
+(hold, release), to keep one of two runs at a known point without timing. The choice is a hash of (seed, request, how
 often this request was seen), so a run is reproducible whatever the thread interleaving, and a
 request is faulted at most `max_faults` times in a row, so a client with retries always gets
 through.
@@ -84,6 +85,8 @@ class FaultProxy:
         self.seed, self.slowdown, self.drop, self.max_faults = seed, slowdown, drop, max_faults
         self.error500 = error500
         self.stall = None  # callable (method, path) -> bool: read the request, never answer it
+        self.hold = None   # callable (method, path) -> bool: held until release(), then answered
+        self._released = threading.Event()
         self._closing = threading.Event()  # set on exit: stalled handlers end
         self.records: list[Record] = []
         self.rules: list = []
@@ -121,6 +124,10 @@ class FaultProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def release(self) -> None:
+        """Let the requests `hold` keeps waiting go on (and every later one through)."""
+        self._released.set()
 
     def faults(self) -> Counter:
         """How many 503s and drops were injected (status 503 / 0)."""
@@ -184,6 +191,9 @@ class FaultProxy:
                         status, code = hit
                         self._send(status, error_xml(code), [("Content-Type", "application/xml")])
                         return
+                if proxy.hold is not None and not proxy._released.is_set() and proxy.hold(self.command, self.path):
+                    while not (proxy._released.wait(0.1) or proxy._closing.is_set()):
+                        pass
                 if proxy.stall is not None and proxy.stall(self.command, self.path):
                     self._record(-1, 0)       # -1: stalled; the client gives up, or we exit
                     proxy._closing.wait()
