@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 
 from typing import Callable
@@ -568,6 +569,8 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
     running: dict = {}
     in_flight = 0
     written = []
+    workers: dict = {}   # pid -> process, every worker the pool started
+    killed: list[int] | None = None
     with ProcessPoolExecutor(max_workers=min(process_num, len(todo)), mp_context=ctx,
                              initializer=_worker_init, initargs=(log_dir, ctx.Value("i", 0))) as pool:
         try:
@@ -583,6 +586,7 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
                                                   SourceFiles.of(src_root).for_rank(rp),
                                                   dst_root, fmt, upload)
                             running[fut] = (rp, cost)
+                            workers.update(getattr(pool, "_processes", None) or {})
                             in_flight += cost
                             pending.pop(i)
                             started = True
@@ -598,11 +602,34 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
                     written.append(rp.rank)
                     if on_rank is not None:
                         on_rank(rp)
+        except BrokenProcessPool:   # a worker killed (SIGKILL: the OOM killer): the others are stopped
+            killed = sorted(rp.rank for rp, _ in running.values())
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) or (check is not None and _raises(check)):
                 _stop_workers(pool)   # a download that failed: the ranks reading it cannot end
             raise
+    if killed is not None:   # the pool is down, every worker reaped: what they left goes
+        for folder in folders:
+            sweep(folder)
+        raise ReshardError(_killed_worker(workers, killed))
     return RunResult(sorted(written), skipped)
+
+
+def _killed_worker(workers: dict, ranks: list[int]) -> str:
+    """The one line for a pool that broke: which worker died of which signal, and the ranks
+    that were converting."""
+    ended = [(pid, p.exitcode) for pid, p in workers.items() if p.exitcode is not None]
+    by_signal = [(pid, -code) for pid, code in ended if code < 0 and -code != signal.SIGTERM]
+    if by_signal:
+        pid, sig = sorted(by_signal, key=lambda e: e[1] != signal.SIGKILL)[0]
+        how = f"was killed by {signal.Signals(sig).name}"
+    else:
+        pid, how = (ended[0][0], f"ended with exit code {ended[0][1]}") if ended else ("?", "ended")
+    hint = (" (the kernel's out-of-memory killer does that when the host runs short of memory: convert "
+            "with fewer processes or a lower memory budget)" if "SIGKILL" in how else "")
+    return (f"a conversion worker (pid {pid}) {how} while converting rank(s) "
+            f"{', '.join(map(str, ranks)) or 'none'}{hint}; the ranks written before are kept: "
+            "run the same command again to convert the rest")
 
 
 def _raises(check: Callable[[], None]) -> bool:
