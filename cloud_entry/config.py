@@ -99,11 +99,67 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _parse(text: str, label: str) -> dict[str, Any]:
+# Bounds on a config (a run config is a few KiB and some hundred values): what is beyond them is
+# refused in one line before anything walks it. A YAML alias is a reference, so a few lines of
+# aliases of aliases ("billion laughs") expand to billions of values once built and walked.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
+
+def load_yaml(text: str, label: str, invalid: str | None = None) -> Any:
+    """yaml.safe_load within bounds: text of at most MAX_CONFIG_BYTES, at most MAX_YAML_VALUES
+    values once every alias is expanded, no value holding itself (`a: &a [*a]`). The node graph
+    is composed first (aliases stay references there, so counting costs what the text does),
+    then built. EntryError naming `label` otherwise (`invalid`: the line for text that is not
+    YAML at all)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise EntryError(f"{label}: {len(text)} characters, more than the {MAX_CONFIG_BYTES} a config "
+                         "may have: refused")
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_values(node, label)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise EntryError(f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise EntryError(invalid or f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise EntryError(f"{label}: nested too deeply: refused") from None
+    finally:
+        loader.dispose()
+
+
+def _count_values(root: yaml.Node, label: str) -> int:
+    """Values below `root` with every alias expanded (shared nodes counted once per use, each
+    node's count worked out once); EntryError beyond MAX_YAML_VALUES or for a cycle."""
+    counts: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def count(node: yaml.Node) -> int:
+        key = id(node)
+        if key in counts:
+            return counts[key]
+        if key in open_:
+            raise EntryError(f"{label}: a YAML alias refers to a value holding it: refused")
+        open_.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(count(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(count(k) + count(v) for k, v in node.value)
+        else:
+            total = 1
+        open_.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise EntryError(f"{label}: YAML aliases expand to more than {MAX_YAML_VALUES} values "
+                             "(an alias bomb?): refused")
+        counts[key] = total
+        return total
+    return count(root)
+
+
+def _parse(text: str, label: str) -> dict[str, Any]:
+    data = load_yaml(text, label)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -114,6 +170,9 @@ def _parse(text: str, label: str) -> dict[str, Any]:
 def _load(location: str, label: str, chain: tuple[str, ...]) -> dict[str, Any]:
     """One file with its bases resolved. `chain`: identities of the files that include it."""
     try:
+        size = obs_io.file.stat(location).length
+        if size > MAX_CONFIG_BYTES:   # not read at all: it could be any size
+            raise EntryError(f"{label}: {size} bytes, more than the {MAX_CONFIG_BYTES} a config may have: refused")
         data = _parse(obs_io.file.read(location), label)
     except (FileNotFoundError, IsADirectoryError):
         raise EntryError(f"{label}: not found") from None
