@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import obs_io
+from obs_io import redact
 from obs_io.errors import scrub
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ FORMAT_FILE = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
 
 def console(node_index: int | None = None) -> None:
+    redact.protect_logs()   # every record of ours scrubbed: console and uploaded log files alike
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     for h in list(root.handlers):

@@ -42,6 +42,7 @@ from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_
 from .steps import parse_step
 from .strategy import Strategy
 
+from obs_io import redact
 from obs_io.atomic import owner_running, owner_tag, write_atomic
 from obs_io.oneline import OneLineParser, one_line
 from obs_io.urls import check as check_url
@@ -681,6 +682,7 @@ def _console():
     """The command's console: INFO on stdout, warnings on stderr (the reshard logger only,
     restored after: tests call main in-process), Ctrl-C handled by _interrupt."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    redact.protect_logs()   # secrets in a line (a URL's user info, a quoted argument) masked
     handler = _ByLevel()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     saved = log.level, log.propagate

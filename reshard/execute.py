@@ -32,6 +32,7 @@ from .errors import ReshardError
 from .formats import FileIndex, FormatError, TensorMeta, open_reader, open_writer
 from .formats import remote as remote_source
 from .formats.growing import Growing
+from obs_io import redact
 from obs_io.atomic import sweep, write_atomic
 from .plan import Plan, RankPlan
 
@@ -427,6 +428,7 @@ def _worker_init(log_dir: str | None, counter) -> None:
     with counter.get_lock():
         index = counter.value
         counter.value += 1
+    redact.protect_logs()   # its log file is uploaded with the job's: scrubbed as the parent's
     _process_log(log_dir, index)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
