@@ -34,6 +34,7 @@ from cloud_entry.jobspec import JobSpec
 from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_dir
 from reshard import integrity
 from reshard.claim import OutputClaim
+from reshard.plan import Plan
 from reshard.sources import check_writable, output_name, overlap, overlap_text, probe_writable
 
 log = logging.getLogger("cloud_entry")
@@ -57,6 +58,7 @@ class JobPlan:
     run_id: str                       # the same on every node: markers of this run carry it
     node_key: str                     # the same for this node's boot processes of one job
     started: float                    # seconds since the epoch: older failure markers are stale
+    conversion: Plan | None = None    # this node's blocks, headers read (None: a strategy pass first)
 
 
 def parallel_world(cfg: dict[str, Any]) -> int:
@@ -223,10 +225,10 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     # Every hyperparameter counts here: cards of one node given other ones must not share a leader.
     node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
     launch.stop_grace(env)    # a bad CLOUD_ENTRY_STOP_GRACE is bad input: now, not after converting
-    src = dst = None
+    src = dst = full = None
     if converting:
         try:
-            src, dst = _strategies(job, cluster, cfg, source, blocks, convert_ranks)
+            src, dst, full = _strategies(job, cluster, cfg, source, blocks, convert_ranks, layout)
         except EntryError as exc:
             # the other nodes wait for this node's blocks: tell them, or they wait out the bound
             leaders = [b.leader for b in blocks.led_by(convert_ranks)]
@@ -237,7 +239,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
                 raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from None
             raise
     return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), src, dst, run_id,
-                   node_key, time.time())
+                   node_key, time.time(), full)
 
 
 def _load(url: str, flag: str) -> reshard.Strategy:
@@ -252,19 +254,32 @@ def _load(url: str, flag: str) -> reshard.Strategy:
 
 
 def _strategies(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], source: sync.Source,
-                blocks: BlockPlan, convert_ranks: tuple[int, ...]) -> tuple:
-    """Both strategies parsed and checked against the job and the source before anything is
-    written: a destination of another world size or stage count, a source strategy that does
-    not fit the checkpoint's rank folders, end the job here, not after downloads."""
+                blocks: BlockPlan, convert_ranks: tuple[int, ...], layout: JobPaths) -> tuple:
+    """Both strategies parsed and checked against the job and the source, and, when the
+    destination is known (given, or complete), this node's full plan made with the source's
+    headers read, before anything is written: a destination of another world size or stage
+    count, a source strategy that does not fit the checkpoint's rank folders, a truncated or
+    corrupt source, a strategy of another model end the job here, not after logs, markers and
+    downloads. Returns (src, dst, the full plan or None)."""
     src = _load(job.src_strategy, "src_strategy_path_or_dir") if job.src_strategy else None
     dst = _load(job.dst_strategy, "--dst_strategy") if job.dst_strategy and job.use_parallel else None
     if dst is not None:
         _check_destination(job, cluster, cfg, dst)
-        mine = blocks.led_by(convert_ranks)
-        if mine:
-            convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or "ckpt",
-                             _policy(job))
-    return src, dst
+    mine = blocks.led_by(convert_ranks)
+    if not mine or (dst is None and job.use_parallel):   # nothing here, or a strategy pass first
+        return src, dst, None
+    skeleton = convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or "ckpt",
+                                _policy(job))
+    try:   # headers by ranged GETs (a bad source fails before any transfer)
+        return src, dst, convert.complete(skeleton, source_root(layout, source))
+    except OSError as exc:   # the store, not the input: this node's failure to tell the others
+        raise EntryError(f"load_checkpoint={job.load_checkpoint}: {one_line(exc, (OSError,))}") from None
+
+
+def source_root(layout: JobPaths, source: sync.Source) -> str:
+    """Where the conversion reads the source: the user's own folder, or this node's cache of a
+    remote one (the files the plan fetches are downloaded there)."""
+    return join(layout.work_dir, "source", layout.ckpt_name) if source.remote else source.files.base
 
 
 def _policy(job: JobSpec) -> reshard.PlanPolicy:
@@ -395,14 +410,15 @@ def transform(p: JobPlan, env: dict[str, str],
             names = {output_name(r, job.prefix, fmt) for r in mine}
             written = {n: (r.size, r.crc32) for n, r in previous.files.items() if n in names}
         elif mine:
-            plan = convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt, _policy(job))
-            cache = join(layout.work_dir, "source", layout.ckpt_name)
+            cache = source_root(layout, p.source)
             if p.source.remote:   # errors name the user's URL, not our local copy
                 shown[cache.rstrip("/")] = p.source.files.base.rstrip("/")
-            # headers by ranged GETs (a bad source fails before any transfer); the files the
-            # plan reads from a local copy are downloaded while the conversion already reads
-            # them (each rank starts once its first bytes are here), the others read in place
-            plan = convert.complete(plan, cache if p.source.remote else p.source.files.base)
+            # the plan (made in plan() unless a strategy pass made the destination): headers by
+            # ranged GETs; the files it reads from a local copy are downloaded while the
+            # conversion already reads them (each rank starts once its first bytes are here), the
+            # others read in place
+            plan = p.conversion or convert.complete(
+                convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt, _policy(job)), cache)
             fetched = plan.files_in_mode("fetch")
             local_root, download = sync.cache_source(p.source, fetched, cache)
             inputs = {"source": p.source.url, "identity": p.source.identity, "src_strategy": _digest(src_s),

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ranks converted at once, in P worker processes, within --max_memory; "
                         "--transform_process_num is MindFormers' name for it; with --rank_id the "
                         "number of blocks (default 1)")
-    p.add_argument("--transform_by_rank", nargs="?", const="True", default=None, metavar="BOOL",
+    p.add_argument("--transform_by_rank", nargs="?", const=True, default=None, type=_bool, metavar="BOOL",
                    help="[MindFormers] accepted and ignored: this engine always converts rank by "
                         "rank, reading only the slices each rank needs")
     p.add_argument("--allow_missing_params", action="store_true",
@@ -205,6 +205,16 @@ def _step(text: str):
         return parse_step(text)
     except ReshardError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix(f"--step {text!r}: ")) from None
+
+
+def _bool(text: str) -> bool:
+    """A boolean as MindFormers' str2bool takes it (True/False, any case; also 1/0)."""
+    low = text.strip().lower()
+    if low in ("true", "1"):
+        return True
+    if low in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not True or False")
 
 
 def _none(value: str | None) -> str | None:
