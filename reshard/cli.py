@@ -689,16 +689,19 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def _console():
-    """The command's console: INFO on stdout, warnings on stderr (the reshard logger only,
-    restored after: tests call main in-process), Ctrl-C handled by _interrupt."""
+    """The command's console: INFO on stdout, warnings on stderr (the reshard logger and
+    obs_io's throttling counts only, restored after: tests call main in-process), Ctrl-C
+    handled by _interrupt."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     redact.protect_logs()   # secrets in a line (a URL's user info, a quoted argument) masked
     handler = _ByLevel()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    saved = log.level, log.propagate
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    loggers = (log, logging.getLogger("obs_io.retry"))   # the engine's, and throttling counted
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _interrupt) if main_thread else None
     try:
@@ -706,9 +709,10 @@ def _console():
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-        log.removeHandler(handler)
-        log.setLevel(saved[0])
-        log.propagate = saved[1]
+        for lg, (level, propagate) in zip(loggers, saved):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
         _SHOWN_AS.clear()
 
 
