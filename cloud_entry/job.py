@@ -609,6 +609,8 @@ def claim_outputs(p: JobPlan) -> list[OutputClaim]:
     claims: list[OutputClaim] = []
     try:
         for root, shown in wanted:
+            if not obs_io.is_remote(root):
+                probe_outputs(p)   # the local folders, made and tried before a claim is written there
             try:
                 claims.append(OutputClaim(root, p.run_id, tool, shown).acquire())
             except reshard.ReshardError:
@@ -630,7 +632,6 @@ def check_claims(claims: list[OutputClaim]) -> None:
 
 def _run(p: JobPlan, env: dict[str, str], claims: list[OutputClaim]) -> int:
     job, layout, cluster = p.job, p.layout, p.cluster
-    probe_outputs(p)
     log.info("log file %s", logs.to_file(layout.log_dir, cluster.node_index))
     log.info("node %d of %d, %d cards, ranks %s; run %s", cluster.node_index, cluster.num_nodes,
              cluster.cards_per_node, sync.ranges(list(cluster.node_ranks)), p.run_id)

@@ -478,6 +478,8 @@ def _claimed(args, source: SourceSet | None, src: Strategy | None, dst: Strategy
     there: a bucket that refuses it is found before anything is converted."""
     flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
     shown = f"{flag} {args.dst_checkpoint}"
+    if not is_url(args.dst_checkpoint):   # made and tried before the claim is written there
+        probe_writable(args.dst_checkpoint, f"--dst_checkpoint {args.dst_checkpoint}")
     claim = OutputClaim(args.dst_checkpoint, run_id(args, source, src, dst), PROG, shown)
     try:
         claim.acquire()
@@ -612,8 +614,6 @@ def _write(args, stage: _Stage, source: SourceSet, plan, local_root: str, upload
     if fetched:   # the engine downloads them there while it converts (reshard.fetch)
         stage.dir(SOURCE_STAGE)
     dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
-    if not upload:
-        probe_writable(dst_local, f"--dst_checkpoint {dst_local}")
     if upload:
         _show_as(dst_local, upload)
     log.info("converting %s -> %s: destination ranks %s of %d%s", source.root,
