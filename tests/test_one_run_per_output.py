@@ -206,3 +206,29 @@ def test_two_jobs_sharing_a_remote_save_url(models, bucket, s3_server, s3_env, t
         synth.assert_same_checkpoint_dirs(str(down), jobs[winner_name][1])
     loser_name = "8" if winner_name == "4" else "4"
     assert not (tmp_path / f"job{loser_name}" / "output").exists()   # refused before any write
+
+
+def test_a_killed_run_leaves_nothing_on_object_storage_after_the_rerun(models, env, bucket, s3_server, tmp_path):
+    """A transform-checkpoint into object storage SIGKILLed while it holds its output (no write
+    probe objects any more: the claim is the first write, and a killed run's claim is taken
+    over): the rerun succeeds at once, and the output holds the conversion and its manifest only."""
+    dst = f"s3://{bucket}/out"
+    args, reference = two_conversions(models, dst)["complete->8"]
+    with FaultProxy(s3_server.endpoint) as proxy:
+        proxy.hold = _rank_object
+        first = tool(args, {**env, "S3_ENDPOINT": proxy.endpoint}, tmp_path / "first")
+        deadline = time.monotonic() + 120
+        while not any(r.method == "PUT" and "/.claims/" in r.path and r.path.endswith(".claim") for r in proxy.records) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    left = [e.name for e in obs_io.file.list_entries(dst, recursive=True) if e.is_file()]
+    assert any(n.startswith(".claims/") for n in left), left      # what the kill left
+    done = subprocess.run([sys.executable, "-m", "reshard", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = sorted(e.name for e in obs_io.file.list_entries(dst, recursive=True) if e.is_file())
+    assert names == sorted([f"rank_{r}/checkpoint_{r}.ckpt" for r in range(8)] + ["conversion_manifest.json"]), names
+    obs_io.file.copy_parallel(dst, str(tmp_path / "down"))
+    synth.assert_same_checkpoint_dirs(str(tmp_path / "down"), reference)

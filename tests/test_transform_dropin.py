@@ -5,6 +5,7 @@ same command resumes, --help and --version. Conversions are compared bit for bit
 MindSpore's own transform_checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import glob
 import logging
@@ -307,6 +308,17 @@ def _finals(out: str) -> list[str]:
     return sorted(glob.glob(os.path.join(out, "rank_*", "checkpoint_*.ckpt")))
 
 
+@contextlib.contextmanager
+def _group_killed_after(p: subprocess.Popen):
+    """`p`, whose process group is SIGKILLed on the way out if it still runs (a failed check)."""
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 @pytest.mark.parametrize("process_num", [2, 1])
 def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_num):
     """SIGINT to the process group (what a terminal's Ctrl-C does) once the first rank is
@@ -316,9 +328,8 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
     out = str(in_tmp / "out")
     argv = [sys.executable, "-c", RUN_TOOL, f"--src_checkpoint={big['full']}", f"--dst_checkpoint={out}",
             f"--dst_strategy={big['s8']}", f"--transform_process_num={process_num}", "--log_dir=log"]
-    p = subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
-    try:
+    with _group_killed_after(subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True)) as p:
         deadline = time.monotonic() + 300
         while not _finals(out) and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -328,10 +339,6 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
         os.killpg(p.pid, signal.SIGINT)
         os.killpg(p.pid, signal.SIGCONT)
         stdout, stderr = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
     assert p.returncode == 130, stdout + stderr
     assert stderr.strip() == f"transform-checkpoint: {INTERRUPTED}", stderr
     logs = "".join(open(f).read() for f in glob.glob(str(in_tmp / "log" / "*.log")))
@@ -367,9 +374,8 @@ def test_a_killed_worker_is_one_line_and_the_rerun_converts_the_rest(big, in_tmp
     out = in_tmp / "out"
     argv = [sys.executable, "-c", RUN_TOOL, f"--src_checkpoint={big['full']}", f"--dst_checkpoint={out}",
             f"--dst_strategy={big['s8']}", "--transform_process_num=2"]
-    p = subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
-    try:
+    with _group_killed_after(subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True)) as p:
         deadline = time.monotonic() + 300
         temps: list[str] = []
         while not temps and p.poll() is None and time.monotonic() < deadline:
@@ -379,10 +385,6 @@ def test_a_killed_worker_is_one_line_and_the_rerun_converts_the_rest(big, in_tmp
         worker = int(re.search(r"\.obsio-(\d+)-", temps[0]).group(1))   # a worker's file names it
         os.kill(worker, signal.SIGKILL)
         stdout, stderr = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
     assert p.returncode == 2, stdout + stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stdout + stderr, stderr
