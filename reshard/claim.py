@@ -107,7 +107,8 @@ class OutputClaim:
                 if holder is not None and holder.key != self.key:
                     raise self._refused(holder, "in use by another run")
         except BaseException:
-            self._give_up(wrote)
+            with contextlib.suppress(OSError, ValueError):   # the error being raised is the user's
+                self._give_up(wrote)
             raise
         self._held = True
         self._beating = threading.Thread(target=self._heartbeat, name="output-claim", daemon=True)
@@ -224,6 +225,9 @@ class OutputClaim:
             runs = self._scan()
             mine = runs.get(self.key)
             if mine is not None and not self._live(mine, runs, exclude_self=True):
+                for owner in mine.alive:   # its killed processes' records go with it
+                    if owner != self.owner:
+                        _remove(_join(self.folder, f"{self.key}.{owner}.alive"))
                 _remove(_join(self.folder, f"{self.key}.claim"))
             if not runs.keys() - {self.key} and not is_url(self.folder):
                 with contextlib.suppress(OSError):   # not empty: another run came meanwhile
@@ -236,28 +240,31 @@ class OutputClaim:
         if is_url(self.folder):
             yield False
             return
-        import fcntl
         os.makedirs(self.folder, exist_ok=True)
         fd = os.open(self.folder, os.O_RDONLY)
         try:
-            deadline = time.monotonic() + LOCK_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise ReshardError(f"{self.shown}: {self.folder} stayed locked for "
-                                           f"{LOCK_SECONDS:g}s by another run") from None
-                    time.sleep(0.05)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
-                        raise
-                    yield False   # no flock here (some network file systems): settle as on a store
-                    return
-            yield True
+            yield self._flock(fd)
         finally:
             os.close(fd)   # the lock goes with it
+
+    def _flock(self, fd: int) -> bool:
+        """Lock `fd` exclusively, waiting at most LOCK_SECONDS; False where flock is not
+        supported (some network file systems)."""
+        import fcntl
+        deadline = time.monotonic() + LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ReshardError(f"{self.shown}: {self.folder} stayed locked for "
+                                       f"{LOCK_SECONDS:g}s by another run") from None
+                time.sleep(0.05)
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                    return False
+                raise
 
 
 def _join(base: str, name: str) -> str:

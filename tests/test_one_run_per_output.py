@@ -232,3 +232,39 @@ def test_a_killed_run_leaves_nothing_on_object_storage_after_the_rerun(models, e
     assert names == sorted([f"rank_{r}/checkpoint_{r}.ckpt" for r in range(8)] + ["conversion_manifest.json"]), names
     obs_io.file.copy_parallel(dst, str(tmp_path / "down"))
     synth.assert_same_checkpoint_dirs(str(tmp_path / "down"), reference)
+
+
+def test_another_machines_claim_holds_while_it_beats_and_goes_when_it_stops(tmp_path):
+    """A claim written from another machine (a shared disk) cannot be checked by pid: it holds
+    while its heartbeat is younger than STALE_SECONDS, by the store's clock, and is taken over
+    after that; a claim of this machine's dead process goes at once."""
+    import json
+    import subprocess as sp
+    from reshard import claim as claim_mod
+    from reshard.errors import ReshardError
+    out = tmp_path / "out"
+    folder = out / claim_mod.CLAIMS
+    folder.mkdir(parents=True)
+    OutputClaim = claim_mod.OutputClaim
+    theirs = OutputClaim(str(out), "their-run", "transform-checkpoint", "--dst_checkpoint out")
+    elsewhere = "4242-ffff0000"   # an owner tag whose host tag is not this machine's
+    (folder / f"{theirs.key}.claim").write_text(json.dumps({"run": "their-run", "tool": "cloud-entry node 1",
+                                                             "host": "far", "pid": 4242}))
+    beat = folder / f"{theirs.key}.{elsewhere}.alive"
+    beat.write_text(elsewhere)
+    mine = OutputClaim(str(out), "my-run", "transform-checkpoint", "--dst_checkpoint out")
+    with pytest.raises(ReshardError, match=r"in use by another run \(run their-run, cloud-entry node 1 on host far "
+                                           r"pid 4242"):
+        mine.acquire()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{theirs.key}.claim", beat.name])
+    old = time.time() - claim_mod.STALE_SECONDS - 60
+    for p in folder.iterdir():
+        os.utime(p, (old, old))
+    with mine.acquire():                       # silent for longer than STALE_SECONDS: taken over
+        assert not beat.exists() and (folder / f"{mine.key}.claim").exists()
+        dead = sp.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        from obs_io.atomic import owner_tag
+        gone = f"{dead.pid}-{owner_tag().split('-', 1)[1]}"
+        (folder / f"{mine.key}.{gone}.alive").write_text(gone)   # this run's process, killed
+    assert not folder.exists() or not any(folder.iterdir())   # released: nothing left
