@@ -59,6 +59,7 @@ class JobPlan:
     node_key: str                     # the same for this node's boot processes of one job
     started: float                    # seconds since the epoch: older failure markers are stale
     conversion: Plan | None = None    # this node's blocks, headers read (None: a strategy pass first)
+    previous: integrity.SetManifest | None = None   # the set these inputs already made, if complete
 
 
 def parallel_world(cfg: dict[str, Any]) -> int:
@@ -225,11 +226,13 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     # Every hyperparameter counts here: cards of one node given other ones must not share a leader.
     node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
     launch.stop_grace(env)    # a bad CLOUD_ENTRY_STOP_GRACE is bad input: now, not after converting
-    src = dst = full = None
+    src = dst = full = previous = None
     if converting:
+        previous = _previous_set(layout, job, cluster, run_id, fmt)
         try:
-            src, dst, full = _strategies(job, cluster, cfg, source, blocks, convert_ranks, layout)
-        except EntryError as exc:
+            src, dst, full = _strategies(job, cluster, cfg, source, blocks, convert_ranks, layout,
+                                         plan_now=previous is None)
+        except (EntryError, reshard.ReshardError) as exc:   # this node's blocks: the others must hear
             # the other nodes wait for this node's blocks: tell them, or they wait out the bound
             leaders = [b.leader for b in blocks.led_by(convert_ranks)]
             if cluster.num_nodes > 1 and leaders:
@@ -239,7 +242,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
                 raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from None
             raise
     return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), src, dst, run_id,
-                   node_key, time.time(), full)
+                   node_key, time.time(), full, previous)
 
 
 def _load(url: str, flag: str) -> reshard.Strategy:
@@ -254,19 +257,21 @@ def _load(url: str, flag: str) -> reshard.Strategy:
 
 
 def _strategies(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], source: sync.Source,
-                blocks: BlockPlan, convert_ranks: tuple[int, ...], layout: JobPaths) -> tuple:
+                blocks: BlockPlan, convert_ranks: tuple[int, ...], layout: JobPaths,
+                plan_now: bool = True) -> tuple:
     """Both strategies parsed and checked against the job and the source, and, when the
     destination is known (given, or complete), this node's full plan made with the source's
     headers read, before anything is written: a destination of another world size or stage
     count, a source strategy that does not fit the checkpoint's rank folders, a truncated or
     corrupt source, a strategy of another model end the job here, not after logs, markers and
-    downloads. Returns (src, dst, the full plan or None)."""
+    downloads. Returns (src, dst, the full plan or None); plan_now False (the set is complete
+    already: _previous_set): no plan, no byte of the source read."""
     src = _load(job.src_strategy, "src_strategy_path_or_dir") if job.src_strategy else None
     dst = _load(job.dst_strategy, "--dst_strategy") if job.dst_strategy and job.use_parallel else None
     if dst is not None:
         _check_destination(job, cluster, cfg, dst)
     mine = blocks.led_by(convert_ranks)
-    if not mine or (dst is None and job.use_parallel):   # nothing here, or a strategy pass first
+    if not mine or not plan_now or (dst is None and job.use_parallel):   # or a strategy pass first
         return src, dst, None
     skeleton = convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or "ckpt",
                                 _policy(job))
@@ -394,7 +399,7 @@ def transform(p: JobPlan, env: dict[str, str],
     fmt = job.load_ckpt_format or "ckpt"
     written: dict[str, tuple[int, str]] = {}
     shown: dict[str, str] = {}   # local copy -> the location the user gave
-    previous = _previous_set(p, fmt)
+    previous = p.previous
     if mine:   # first of all: nobody may take an old marker of our blocks for this run's
         markers.clear_own(layout.marker_dir, leaders)
     src_s = None
@@ -497,24 +502,24 @@ def transform(p: JobPlan, env: dict[str, str],
     return loaded, src_s
 
 
-def _previous_set(p: JobPlan, fmt: str) -> integrity.SetManifest | None:
+def _previous_set(layout: JobPaths, job: JobSpec, cluster: Cluster, run_id: str,
+                  fmt: str) -> integrity.SetManifest | None:
     """The manifest of a set these very inputs already produced (same run id: same source and
     strategy identities, world, blocks, prefix, format, remote_save_url), complete where every
     node sees it (remote_save_url, else the shared or local folder): a rerun after success then
-    converts and uploads nothing, and only downloads what this node lacks."""
-    store = p.layout.remote_transformed if p.layout.remote_save_url else p.layout.transformed
+    reads no source byte, converts and uploads nothing, and only downloads what this node lacks."""
+    store = layout.remote_transformed if layout.remote_save_url else layout.transformed
     try:
         manifest = integrity.read(store)
         present = {e.name: e.length for e in obs_io.file.list_entries(store, recursive=True) if e.is_file()}
     except (reshard.ReshardError, FileNotFoundError):
         return None
-    world = p.cluster.world_size if p.job.use_parallel else 1
-    names = [output_name(r, p.job.prefix, fmt) for r in range(world)]
-    if manifest.result_digest != p.run_id or any(
+    world = cluster.world_size if job.use_parallel else 1
+    names = [output_name(r, job.prefix, fmt) for r in range(world)]
+    if manifest.result_digest != run_id or any(
             n not in manifest.files or present.get(n) != manifest.files[n].size for n in names):
         return None
-    log.info("%s holds the converted set of these very inputs (run %s): not converting again",
-             store, p.run_id)
+    log.info("%s holds the converted set of these very inputs (run %s): not converting again", store, run_id)
     return manifest
 
 
