@@ -59,7 +59,7 @@ class S3Config:
     list_max_keys: int = 1000            # keys per listing page (moxing's set_auth list_max_keys)
     verify_ssl: bool = True
     # Timeouts and retries (one place: client.py applies them; see worst_case_seconds).
-    retry_mode: str = "standard"         # botocore: standard backs off on 503 SlowDown, 5xx, dropped connections
+    retry_mode: str = "standard"         # botocore's mode; its handler is replaced by retry.py's on every client
     max_attempts: int = DEFAULT_MAX_ATTEMPTS      # S3_MAX_ATTEMPTS: tries per request, the first included
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # S3_CONNECT_TIMEOUT: seconds to open a connection
     read_timeout: float = DEFAULT_READ_TIMEOUT    # S3_READ_TIMEOUT: seconds the server may stay silent
