@@ -23,9 +23,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import yaml
-
 import obs_io
+from cloud_entry.config import load_yaml
 from cloud_entry.errors import EntryError
 from obs_io.oneline import OneLineParser
 from obs_io.typos import closest, normal as _normal
@@ -123,11 +122,8 @@ def parse_scalar(flag: str, text: str) -> Any:
         return low == "true"
     if low in _NULLS:
         return None
-    if t[:1] in "[{":
-        try:
-            return yaml.safe_load(t)
-        except yaml.YAMLError:
-            raise EntryError(f"--{flag}={text!r}: not a YAML list or mapping") from None
+    if t[:1] in "[{":   # bounded: an alias bomb fits on a command line too
+        return load_yaml(t, f"--{flag}", invalid=f"--{flag}={text!r}: not a YAML list or mapping")
     return text
 
 

@@ -45,8 +45,16 @@ _VARIABLES = {NODES: ("MA_NUM_HOSTS", "VC_WORKER_NUM", NODE_NUM_VAR),
 _MSRUN_OPTIONS = {"--worker_num": WORLD, "--local_worker_num": CARDS, "--node_rank": INDEX}
 _ZERO_IS_AN_INDEX = frozenset({"VC_TASK_INDEX", "MS_NODE_RANK", "RANK_ID", "LOCAL_RANK", "DEVICE_ID",
                                "--node_rank", "JOB_COMPLETION_INDEX"})
-# ModelArts documents MA_NUM_GPUS=0 as its default (no accelerator): that says nothing about cards.
+# ModelArts sets MA_NUM_GPUS=0 on a flavour without accelerators: that says no card count, but
+# that a distributed job cannot run there (resolve_cluster).
 _ZERO_SAYS_NOTHING = frozenset({"MA_NUM_GPUS"})
+
+
+def _says_no_accelerator(env: Mapping[str, str]) -> bool:
+    try:
+        return int(env.get("MA_NUM_GPUS", "").strip()) == 0
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -383,6 +391,10 @@ def resolve_cluster(spec: JobSpec, env: Mapping[str, str] | None = None,
                          "completions, or pass --node_num")
     topo = _from_table(claims, env, servers) if servers else _from_arithmetic(claims, env, parallel_world)
     local, rank, card_source = _this_card(env, topo)
+    if topo.world.value > 1 and _says_no_accelerator(env):
+        raise EntryError(f"MA_NUM_GPUS=0: this node has no accelerator, but the job is distributed over "
+                         f"{topo.world.value} ranks ({topo.cards.value} card(s) per node [{topo.cards.source}]): "
+                         "choose a flavour with accelerators, or run single-card with use_parallel=False")
     sources = tuple((what, source) for what, source in
                     ((NODES, topo.nodes.source), (INDEX, topo.index.source), (CARDS, topo.cards.source),
                      (WORLD, topo.world.source), (CARD, card_source)) if source)

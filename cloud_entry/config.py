@@ -21,13 +21,13 @@ import dataclasses
 import logging
 import os
 import posixpath
-import re
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
 import obs_io
+from obs_io import redact
 from cloud_entry.errors import EntryError
 from cloud_entry.jobspec import JobSpec
 from obs_io.urls import ObjectURL
@@ -35,11 +35,8 @@ from obs_io.urls import ObjectURL
 log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"   # package data (a symlink to configs/ in the repository)
-MASK = "******"
-# Whole names or suffixes only: MindFormers configs are full of *_token_id / tokenizer keys
-# (pad_token_id, tokenizer_file) that must reach the launched command unmasked.
-SECRET_KEY = re.compile(r"(^|[_-])(access[_-]?key([_-]?id)?|secret([_-]?access)?([_-]?key)?|"
-                         r"password|passwd|(session|security|auth|access)[_-]?token|credentials?|ak|sk)$|^token$", re.I)
+MASK = redact.MASK
+
 
 # JobSpec field -> top-level config key (MindFormers names).
 CONFIG_KEYS = {
@@ -99,11 +96,80 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _parse(text: str, label: str) -> dict[str, Any]:
+# Bounds on a config (a run config is a few KiB and some hundred values): what is beyond them is
+# refused in one line before anything walks it. A YAML alias is a reference, so a few lines of
+# aliases of aliases ("billion laughs") expand to billions of values once built and walked.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 100   # the parser builds nested values recursively
+
+
+def load_yaml(text: str, label: str, invalid: str | None = None) -> Any:
+    """yaml.safe_load within bounds: text of at most MAX_CONFIG_BYTES, nested at most
+    MAX_YAML_DEPTH levels, at most MAX_YAML_VALUES values once every alias is expanded, no value
+    holding itself (`a: &a [*a]`). The node graph is composed first (aliases stay references
+    there, so counting costs what the text does), then built. EntryError naming `label` otherwise (`invalid`: the line for text that is not
+    YAML at all)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise EntryError(f"{label}: {len(text)} characters, more than the {MAX_CONFIG_BYTES} a config "
+                         "may have: refused")
+    depth = 0
     try:
-        data = yaml.safe_load(text)
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):   # events: no recursion yet
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise EntryError(f"{label}: nested more than {MAX_YAML_DEPTH} levels deep: refused")
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
     except yaml.YAMLError as exc:
-        raise EntryError(f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise EntryError(invalid or f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_values(node, label)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise EntryError(invalid or f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:   # aliases of deep values in deep values: deeper than it reads
+        raise EntryError(f"{label}: nested more than {MAX_YAML_DEPTH} levels deep through its aliases: "
+                         "refused") from None
+    finally:
+        loader.dispose()
+
+
+def _count_values(root: yaml.Node, label: str) -> int:
+    """Values below `root` with every alias expanded (shared nodes counted once per use, each
+    node's count worked out once); EntryError beyond MAX_YAML_VALUES or for a cycle."""
+    counts: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def count(node: yaml.Node) -> int:
+        key = id(node)
+        if key in counts:
+            return counts[key]
+        if key in open_:
+            raise EntryError(f"{label}: a YAML alias refers to a value holding it: refused")
+        open_.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(count(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(count(k) + count(v) for k, v in node.value)
+        else:
+            total = 1
+        open_.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise EntryError(f"{label}: YAML aliases expand to more than {MAX_YAML_VALUES} values "
+                             "(an alias bomb?): refused")
+        counts[key] = total
+        return total
+    return count(root)
+
+
+def _parse(text: str, label: str) -> dict[str, Any]:
+    data = load_yaml(text, label)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -114,6 +180,9 @@ def _parse(text: str, label: str) -> dict[str, Any]:
 def _load(location: str, label: str, chain: tuple[str, ...]) -> dict[str, Any]:
     """One file with its bases resolved. `chain`: identities of the files that include it."""
     try:
+        size = obs_io.file.stat(location).length
+        if size > MAX_CONFIG_BYTES:   # not read at all: it could be any size
+            raise EntryError(f"{label}: {size} bytes, more than the {MAX_CONFIG_BYTES} a config may have: refused")
         data = _parse(obs_io.file.read(location), label)
     except (FileNotFoundError, IsADirectoryError):
         raise EntryError(f"{label}: not found") from None
@@ -341,31 +410,43 @@ def diff(base: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]
         yield prefix.rstrip("."), base, new
 
 
-def mask_secrets(config: Any, key: str = "") -> Any:
-    """A copy with every value under a secret-looking key replaced: dumps and logs show no keys."""
+def mask_secrets(config: Any, key: str = "", inherited: bool = False) -> Any:
+    """A copy for dumps and logs with every secret masked: a value under a secret-looking key
+    (obs_io.redact.secret_value: `secret_access_key`, `obs_token`, `password`; everything below
+    `credentials`; not `pad_token: '<pad>'` nor `construct_args_key: [...]`), and URL user info
+    and secret query parameters inside any text."""
+    strong = inherited or redact.secret_name(key) == "strong"
     if isinstance(config, dict):
-        return {k: mask_secrets(v, str(k)) for k, v in config.items()}
+        return {k: mask_secrets(v, str(k), strong) for k, v in config.items()}
     if isinstance(config, list):
-        return [mask_secrets(v, key) for v in config]
-    if key and SECRET_KEY.search(key) and config not in (None, ""):
+        return [mask_secrets(v, key, strong) for v in config]
+    if (strong and config not in (None, "")) or (key and redact.secret_value(key, config)):
         return MASK
-    return config
+    return redact.mask_text(config) if isinstance(config, str) else config
 
 
 def mask_args(cmd: list[str] | tuple[str, ...]) -> list[str]:
     """A command line for logs: the value of every secret-looking `--name=value` / `--name value`
-    (`--secret_access_key=...`, `--sk ...`) replaced, as in dumped configs."""
+    (`--secret_access_key=...`, `--api_key=...`, `--model.obs_token=...`, `--sk ...`) masked, and
+    URL user info and secret query parameters in any argument (obs_io.redact). The command
+    itself runs with the real values."""
     out: list[str] = []
     for i, part in enumerate(cmd):
-        name, eq, _ = part.partition("=")
-        if part.startswith("--") and eq and SECRET_KEY.search(name.lstrip("-")):
+        name, eq, value = part.partition("=")
+        prev = cmd[i - 1] if i else ""
+        if part.startswith("-") and eq and redact.secret_value(_leaf(name), value):
             out.append(f"{name}={MASK}")
-        elif i and cmd[i - 1].startswith("--") and "=" not in cmd[i - 1] \
-                and SECRET_KEY.search(cmd[i - 1].lstrip("-")) and not part.startswith("--"):
+        elif prev.startswith("-") and "=" not in prev and not part.startswith("-") \
+                and redact.secret_value(_leaf(prev), part):
             out.append(MASK)
         else:
-            out.append(part)
+            out.append(redact.mask_text(part))
     return out
+
+
+def _leaf(flag: str) -> str:
+    """`--model.obs_token` -> `obs_token`: the name a dotted flag sets."""
+    return flag.lstrip("-").rsplit(".", 1)[-1]
 
 
 def dump(config: dict[str, Any], path: str) -> None:

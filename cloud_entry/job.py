@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import obs_io
 import reshard
@@ -33,7 +33,9 @@ from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
 from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_dir
 from reshard import integrity
-from reshard.sources import check_writable, output_name, overlaps, probe_writable
+from reshard.claim import OutputClaim
+from reshard.plan import Plan
+from reshard.sources import check_writable, output_name, overlap, overlap_text, probe_writable
 
 log = logging.getLogger("cloud_entry")
 # Seconds a failure marker written before this entry started may still be this attempt's (the
@@ -56,6 +58,8 @@ class JobPlan:
     run_id: str                       # the same on every node: markers of this run carry it
     node_key: str                     # the same for this node's boot processes of one job
     started: float                    # seconds since the epoch: older failure markers are stale
+    conversion: Plan | None = None    # this node's blocks, headers read (None: a strategy pass first)
+    previous: integrity.SetManifest | None = None   # the set these inputs already made, if complete
 
 
 def parallel_world(cfg: dict[str, Any]) -> int:
@@ -93,16 +97,22 @@ def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, convertin
               ("--dst_strategy", job.dst_strategy))
     outputs = [("the local work folder", layout.work_dir),
                ("remote_save_url's logs folder", join(layout.remote_save_url, "logs") if layout.remote_save_url else "")]
-    if converting:
+    if converting:   # the folders first (their names say most), then the roots that hold them
         outputs += [("the converted checkpoint folder", layout.transformed),
                     ("the strategy output folder", layout.local_strategy),
                     ("remote_save_url's converted checkpoint folder", layout.remote_transformed),
-                    ("remote_save_url's strategy folder", layout.remote_strategy)]
+                    ("remote_save_url's strategy folder", layout.remote_strategy),
+                    ("the output folder", layout.output_dir), ("--shared_dir", layout.shared_dir),
+                    ("remote_save_url", layout.remote_save_url)]
     for name, value in inputs:
         for what, out in outputs:
-            if value and out and not (name == "--dst_strategy" and out == layout.local_strategy) \
-                    and overlaps(value, out):
-                raise EntryError(f"{name}={value} overlaps {what} {out}, where this job writes: "
+            # a --dst_strategy in our own strategy output folder is read there (destination_strategy)
+            ours = name == "--dst_strategy" and out in (layout.local_strategy, layout.output_dir) \
+                and _inside(value, layout.local_strategy)
+            found = overlap(value, out) if value and out and not ours else None
+            if found is not None:
+                raise EntryError(f"{name}={overlap_text(value, found[0])} overlaps {what} "
+                                 f"{overlap_text(out, found[1])}, where this job writes: "
                                  "use another output_dir / remote_save_url")
     if obs_io.is_remote(job.remote_save_url):   # found now, not after the conversion
         try:
@@ -121,18 +131,24 @@ def _check_locations(job: JobSpec, layout: JobPaths, cluster: Cluster, convertin
                              "or --shared_dir")
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Local `path` is `folder` or lies in it, links resolved."""
+    if not path or obs_io.is_remote(path):
+        return False
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, top]) == top
+
+
 def probe_outputs(p: "JobPlan") -> None:
     """Write access, tried for real before any download or conversion: the local folders are
-    created (what the job does next anyway) and a probe object is put and removed under
-    remote_save_url, so a read-only bucket or a missing permission is one line now, not a
+    created (what the job does next anyway); under remote_save_url the claim (claim_outputs)
+    was the first write, so a read-only bucket or a missing permission is one line now, not a
     failure after the whole conversion."""
     job, layout = p.job, p.layout
     flag = f"--output_dir={job.output_dir}" if job.output_dir else f"output folder {layout.output_dir}"
     for folder, name in ((layout.work_dir, f"--work_dir={job.work_dir}" if job.work_dir else flag),
                          (layout.output_dir, flag)):
         probe_writable(folder, name)
-    if obs_io.is_remote(layout.remote_save_url):
-        probe_writable(layout.remote_save_url, f"remote_save_url={job.remote_save_url}")
 
 
 def _check_overrides(spec: JobSpec, base: dict[str, Any]) -> None:
@@ -210,11 +226,13 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     # Every hyperparameter counts here: cards of one node given other ones must not share a leader.
     node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
     launch.stop_grace(env)    # a bad CLOUD_ENTRY_STOP_GRACE is bad input: now, not after converting
-    src = dst = None
+    src = dst = full = previous = None
     if converting:
+        previous = _previous_set(layout, job, cluster, run_id, fmt)
         try:
-            src, dst = _strategies(job, cluster, cfg, source, blocks, convert_ranks)
-        except EntryError as exc:
+            src, dst, full = _strategies(job, cluster, cfg, source, blocks, convert_ranks, layout,
+                                         plan_now=previous is None)
+        except (EntryError, reshard.ReshardError) as exc:   # this node's blocks: the others must hear
             # the other nodes wait for this node's blocks: tell them, or they wait out the bound
             leaders = [b.leader for b in blocks.led_by(convert_ranks)]
             if cluster.num_nodes > 1 and leaders:
@@ -224,7 +242,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
                 raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from None
             raise
     return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), src, dst, run_id,
-                   node_key, time.time())
+                   node_key, time.time(), full, previous)
 
 
 def _load(url: str, flag: str) -> reshard.Strategy:
@@ -239,19 +257,34 @@ def _load(url: str, flag: str) -> reshard.Strategy:
 
 
 def _strategies(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], source: sync.Source,
-                blocks: BlockPlan, convert_ranks: tuple[int, ...]) -> tuple:
-    """Both strategies parsed and checked against the job and the source before anything is
-    written: a destination of another world size or stage count, a source strategy that does
-    not fit the checkpoint's rank folders, end the job here, not after downloads."""
+                blocks: BlockPlan, convert_ranks: tuple[int, ...], layout: JobPaths,
+                plan_now: bool = True) -> tuple:
+    """Both strategies parsed and checked against the job and the source, and, when the
+    destination is known (given, or complete), this node's full plan made with the source's
+    headers read, before anything is written: a destination of another world size or stage
+    count, a source strategy that does not fit the checkpoint's rank folders, a truncated or
+    corrupt source, a strategy of another model end the job here, not after logs, markers and
+    downloads. Returns (src, dst, the full plan or None); plan_now False (the set is complete
+    already: _previous_set): no plan, no byte of the source read."""
     src = _load(job.src_strategy, "src_strategy_path_or_dir") if job.src_strategy else None
     dst = _load(job.dst_strategy, "--dst_strategy") if job.dst_strategy and job.use_parallel else None
     if dst is not None:
         _check_destination(job, cluster, cfg, dst)
-        mine = blocks.led_by(convert_ranks)
-        if mine:
-            convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or "ckpt",
-                             _policy(job))
-    return src, dst
+    mine = blocks.led_by(convert_ranks)
+    if not mine or not plan_now or (dst is None and job.use_parallel):   # or a strategy pass first
+        return src, dst, None
+    skeleton = convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or "ckpt",
+                                _policy(job))
+    try:   # headers by ranged GETs (a bad source fails before any transfer)
+        return src, dst, convert.complete(skeleton, source_root(layout, source))
+    except OSError as exc:   # the store, not the input: this node's failure to tell the others
+        raise EntryError(f"load_checkpoint={job.load_checkpoint}: {one_line(exc, (OSError,))}") from None
+
+
+def source_root(layout: JobPaths, source: sync.Source) -> str:
+    """Where the conversion reads the source: the user's own folder, or this node's cache of a
+    remote one (the files the plan fetches are downloaded there)."""
+    return join(layout.work_dir, "source", layout.ckpt_name) if source.remote else source.files.base
 
 
 def _policy(job: JobSpec) -> reshard.PlanPolicy:
@@ -286,7 +319,11 @@ def _forget_stale_ranks(p: JobPlan, inputs: dict[str, Any], ranks: list[int]) ->
         base = p.layout.shared_dir or p.layout.output_dir
         for r in ranks:
             folder = rank_dir(p.layout.transformed, r)
-            if os.path.isdir(folder) and not clear_reason(folder, base, p.job.inputs):
+            if os.path.islink(folder):   # never removed through: the link alone goes
+                log.info("removing the link %s (to %s): converted from other inputs", folder,
+                         os.path.realpath(folder))
+                os.unlink(folder)
+            elif os.path.isdir(folder) and not clear_reason(folder, base, p.job.inputs):
                 log.info("removing %s: converted from other inputs", folder)
                 shutil.rmtree(folder)
     markers.write_atomic(manifest, json.dumps(inputs, sort_keys=True))
@@ -346,10 +383,12 @@ def _check_destination(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], dst:
                          f"parallel_config.pipeline_stage={pp}")
 
 
-def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
+def transform(p: JobPlan, env: dict[str, str],
+              still_ours: Callable[[], None] = lambda: None) -> tuple[str, str | None]:
     """Steps 4-6: strategies and shards down, this node's blocks converted, markers, uploads,
     and this node's ranks converted elsewhere down. Returns the local folder to load and the
-    local source strategy (None for a complete source)."""
+    local source strategy (None for a complete source). still_ours(): raises when the outputs
+    are no longer this run's; asked before the success markers and the manifest go out."""
     job, layout = p.job, p.layout
     assert p.source is not None and p.blocks is not None
     my_blocks = p.blocks.led_by(p.convert_ranks)
@@ -360,7 +399,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     fmt = job.load_ckpt_format or "ckpt"
     written: dict[str, tuple[int, str]] = {}
     shown: dict[str, str] = {}   # local copy -> the location the user gave
-    previous = _previous_set(p, fmt)
+    previous = p.previous
     if mine:   # first of all: nobody may take an old marker of our blocks for this run's
         markers.clear_own(layout.marker_dir, leaders)
     src_s = None
@@ -376,14 +415,15 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
             names = {output_name(r, job.prefix, fmt) for r in mine}
             written = {n: (r.size, r.crc32) for n, r in previous.files.items() if n in names}
         elif mine:
-            plan = convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt, _policy(job))
-            cache = join(layout.work_dir, "source", layout.ckpt_name)
+            cache = source_root(layout, p.source)
             if p.source.remote:   # errors name the user's URL, not our local copy
                 shown[cache.rstrip("/")] = p.source.files.base.rstrip("/")
-            # headers by ranged GETs (a bad source fails before any transfer); the files the
-            # plan reads from a local copy are downloaded while the conversion already reads
-            # them (each rank starts once its first bytes are here), the others read in place
-            plan = convert.complete(plan, cache if p.source.remote else p.source.files.base)
+            # the plan (made in plan() unless a strategy pass made the destination): headers by
+            # ranged GETs; the files it reads from a local copy are downloaded while the
+            # conversion already reads them (each rank starts once its first bytes are here), the
+            # others read in place
+            plan = p.conversion or convert.complete(
+                convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt, _policy(job)), cache)
             fetched = plan.files_in_mode("fetch")
             local_root, download = sync.cache_source(p.source, fetched, cache)
             inputs = {"source": p.source.url, "identity": p.source.identity, "src_strategy": _digest(src_s),
@@ -420,6 +460,8 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
         if not isinstance(exc, Exception) or isinstance(exc, BlockFailed) or not leaders:
             raise   # a stop request, another node's failure (already named), or no block of ours
         raise BlockFailed(f"block led by rank {leaders[0]} failed: {text}") from exc
+    if my_blocks:
+        still_ours()
     for block in my_blocks:   # each marker lists its block's files with their checksums
         names = {output_name(r, job.prefix, fmt) for r in block.ranks}
         markers.publish(layout.marker_dir, markers.Marker(
@@ -443,6 +485,7 @@ def transform(p: JobPlan, env: dict[str, str]) -> tuple[str, str | None]:
     if not clear_reason(layout.transformed, layout.shared_dir or layout.output_dir, job.inputs):
         sync.prune_outputs(layout.transformed, keep, job.prefix, fmt)
     if layout.remote_save_url and p.cluster.node_index == 0:   # every node holds the same files
+        still_ours()   # the prune removes, the manifest publishes: both only into our own output
         sync.prune_outputs(layout.remote_transformed, list(range(world)), job.prefix, fmt)
         files = strategy_pass.local_strategy_files(layout.local_strategy)
         if files:
@@ -478,24 +521,24 @@ def _resumes(config: dict[str, Any], launch_cmd: Sequence[str]) -> bool:
     return value not in (None, False, "") and str(value).strip().lower() not in ("false", "0", "none", "")
 
 
-def _previous_set(p: JobPlan, fmt: str) -> integrity.SetManifest | None:
+def _previous_set(layout: JobPaths, job: JobSpec, cluster: Cluster, run_id: str,
+                  fmt: str) -> integrity.SetManifest | None:
     """The manifest of a set these very inputs already produced (same run id: same source and
     strategy identities, world, blocks, prefix, format, remote_save_url), complete where every
     node sees it (remote_save_url, else the shared or local folder): a rerun after success then
-    converts and uploads nothing, and only downloads what this node lacks."""
-    store = p.layout.remote_transformed if p.layout.remote_save_url else p.layout.transformed
+    reads no source byte, converts and uploads nothing, and only downloads what this node lacks."""
+    store = layout.remote_transformed if layout.remote_save_url else layout.transformed
     try:
         manifest = integrity.read(store)
         present = {e.name: e.length for e in obs_io.file.list_entries(store, recursive=True) if e.is_file()}
     except (reshard.ReshardError, FileNotFoundError):
         return None
-    world = p.cluster.world_size if p.job.use_parallel else 1
-    names = [output_name(r, p.job.prefix, fmt) for r in range(world)]
-    if manifest.result_digest != p.run_id or any(
+    world = cluster.world_size if job.use_parallel else 1
+    names = [output_name(r, job.prefix, fmt) for r in range(world)]
+    if manifest.result_digest != run_id or any(
             n not in manifest.files or present.get(n) != manifest.files[n].size for n in names):
         return None
-    log.info("%s holds the converted set of these very inputs (run %s): not converting again",
-             store, p.run_id)
+    log.info("%s holds the converted set of these very inputs (run %s): not converting again", store, run_id)
     return manifest
 
 
@@ -543,15 +586,17 @@ def _check_loaded(root: str, names: list[str], manifest: integrity.SetManifest) 
                              f"{' bytes' if want else ''}: not launching on a partial checkpoint")
 
 
-def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None) -> None:
+def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None,
+            still_ours: Callable[[], None] = lambda: None) -> None:
     """The node leader's part: conversion (or sync), then the effective config and the moxing
-    stand-in (in `shim`, on ModelArts). Followers only read what this writes."""
+    stand-in (in `shim`, on ModelArts). Followers only read what this writes. still_ours():
+    raises when the outputs are no longer this run's (asked before publishing)."""
     layout = p.layout
     if shim:
         launch.write_moxing_shim(shim, launch_env)
     effective = copy.deepcopy(p.config)
     if p.blocks is not None:
-        loaded, src_s = transform(p, launch_env)
+        loaded, src_s = transform(p, launch_env, still_ours)
         effective = config_mod.for_launch(effective, loaded, src_s, converted=True)
     elif p.source is not None:   # no conversion: this node's shards, local, in either config form
         effective = config_mod.for_launch(effective, sync.sync_rank_shards(
@@ -564,9 +609,54 @@ def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
     logs.console(level=logs.console_level(spec.quiet, spec.verbose))
     env = dict(os.environ if env is None else env)
     p = plan(spec, env)
-    job, layout, cluster = p.job, p.layout, p.cluster
     # ---- nothing was written before this line ----
-    probe_outputs(p)
+    claims = claim_outputs(p)   # first: a run of other inputs writing there is refused now
+    try:
+        return _run(p, env, claims)
+    finally:
+        for claim in claims:
+            claim.release()
+
+
+def claim_outputs(p: JobPlan) -> list[OutputClaim]:
+    """This run's claims (reshard.claim) on the local output (or --shared_dir) and on
+    remote_save_url, held until the entry ends: another job's run of other inputs writing
+    there is refused at once; this job's nodes and cards, and its reruns, share them. The
+    remote claim is the first write under remote_save_url: a bucket that refuses it is found
+    before anything else is written."""
+    job, layout = p.job, p.layout
+    tool = f"cloud-entry node {p.cluster.node_index}"
+    shown = (f"--shared_dir={job.shared_dir}" if layout.shared_dir else
+             f"--output_dir={job.output_dir}" if job.output_dir else f"output folder {layout.output_dir}")
+    wanted = [(layout.shared_dir or layout.output_dir, shown)]
+    if obs_io.is_remote(layout.remote_save_url):   # first: refused there, nothing local is made
+        wanted.insert(0, (layout.remote_save_url, f"remote_save_url={job.remote_save_url}"))
+    claims: list[OutputClaim] = []
+    try:
+        for root, shown in wanted:
+            if not obs_io.is_remote(root):
+                probe_outputs(p)   # the local folders, made and tried before a claim is written there
+            try:
+                claims.append(OutputClaim(root, p.run_id, tool, shown).acquire())
+            except reshard.ReshardError:
+                raise
+            except (OSError, ValueError) as exc:   # obs_io's one line: refused, no such bucket
+                raise EntryError(f"{shown}: cannot write there: {one_line(exc, (OSError, ValueError))}") from None
+    except BaseException:
+        for claim in claims:
+            claim.release()
+        raise
+    return claims
+
+
+def check_claims(claims: list[OutputClaim]) -> None:
+    """Before publishing (markers, the manifest): the outputs are still this run's."""
+    for claim in claims:
+        claim.check()
+
+
+def _run(p: JobPlan, env: dict[str, str], claims: list[OutputClaim]) -> int:
+    job, layout, cluster = p.job, p.layout, p.cluster
     log.info("log file %s", logs.to_file(layout.log_dir, cluster.node_index))
     log.info("node %d of %d, %d cards, ranks %s; run %s", cluster.node_index, cluster.num_nodes,
              cluster.cards_per_node, sync.ranges(list(cluster.node_ranks)), p.run_id)
@@ -578,7 +668,8 @@ def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
         log.info("%s", role.describe())
         if role.leader:
             try:
-                prepare(p, launch.environment(env, layout.effective_config, cluster.node_ranks, shim), shim)
+                prepare(p, launch.environment(env, layout.effective_config, cluster.node_ranks, shim), shim,
+                        lambda: check_claims(claims))
             except BaseException as exc:
                 node_leader.finish(role, _one_line(exc))
                 raise

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import obs_io
+from obs_io import redact, retry
 from obs_io.errors import scrub
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def console(node_index: int | None = None, level: int | None = None) -> None:
     global _console_level
     if level is not None:
         _console_level = level
+    redact.protect_logs()   # every record of ours scrubbed: console and uploaded log files alike
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     for h in list(root.handlers):
@@ -71,11 +73,11 @@ def upload(log_dir: str, remote_url: str, timeout: float = UPLOAD_TIMEOUT) -> No
     """Copy every file below log_dir (ours and the engine's) to `<remote_url>/`.
 
     Never raises an error: logs that could not be uploaded are a WARNING, and the job's
-    result and exit code stay what they were. Bounded by `timeout`: obs_io's retries (10
-    attempts, 30 s connect and 120 s read timeouts per request) would hold a dead store for
-    many minutes, and a thread stuck in a request cannot be abandoned (the interpreter joins
-    transfer threads at exit); so the copy runs in its own process group, SIGKILLed when the
-    time is up. A stop request (signals.Terminated) meanwhile kills it too and is raised.
+    result and exit code stay what they were. Bounded by `timeout`, and after this command's
+    stall deadline ran out (obs_io.retry.stalled) by one try: a thread stuck in a request
+    cannot be abandoned (the interpreter joins transfer threads at exit), so the copy runs in
+    its own process group, SIGKILLed when the time is up. A stop request (signals.Terminated)
+    meanwhile kills it too and is raised.
     """
     for handler in logging.getLogger().handlers:
         if getattr(handler, "_cloud_entry", False):
@@ -86,8 +88,11 @@ def upload(log_dir: str, remote_url: str, timeout: float = UPLOAD_TIMEOUT) -> No
                  for folder, _, names in os.walk(log_dir) for name in names]
         if not files:
             return
-        plan = json.dumps({"config": dataclasses.asdict(obs_io.current_config()), "src": log_dir,
-                           "dst": dst, "files": files})
+        cfg = obs_io.current_config()
+        if retry.stalled():   # the store stopped answering this command: one try, not a new stall
+            cfg = dataclasses.replace(cfg, max_attempts=1, stall_deadline=cfg.connect_timeout + cfg.read_timeout)
+            timeout = min(timeout, cfg.connect_timeout + cfg.read_timeout + 15)
+        plan = json.dumps({"config": dataclasses.asdict(cfg), "src": log_dir, "dst": dst, "files": files})
         obs_io_parent = os.path.dirname(os.path.dirname(os.path.abspath(obs_io.__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [obs_io_parent,
                                                                        os.environ.get("PYTHONPATH")])))

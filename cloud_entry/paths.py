@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 
 import obs_io
+from reshard.sources import overlaps
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,7 @@ def clear_reason(target: str, output_dir: str, protected: list[str]) -> str | No
     if not _within(t, _real(output_dir)) or t == _real(output_dir):
         return f"it is not inside the output folder {output_dir}"
     for p in protected:
-        if not p or obs_io.is_remote(p):
-            continue
-        rp = _real(p)
-        if _within(rp, t) or _within(t, rp):
+        if p and not obs_io.is_remote(p) and overlaps(target, p):   # every part resolved
             return f"it holds or is inside the input {p}"
     return None
 

@@ -18,6 +18,8 @@ import obs_io
 import obs_io.atomic
 import reshard
 from obs_io import DirEntry
+from reshard.api import local_entries
+from reshard.execute import own_folders
 from reshard.sources import STRATEGY_EXTS, SourceEntry, SourceSet, classify, output_name, strategy_files
 
 from cloud_entry.errors import EntryError
@@ -80,6 +82,20 @@ def _listing(url: str, flag: str) -> list[DirEntry] | None:
         raise EntryError(f"{flag}={url}: {exc}") from None
 
 
+def _local_listing(path: str, flag: str) -> tuple[list[SourceEntry], list[DirEntry]] | None:
+    """A local folder walked as the engine walks it (reshard.api.local_entries: rank_<r> links
+    to folders elsewhere followed, empty rank folders seen), with its files as entries; None
+    for a file."""
+    if not os.path.exists(path):
+        raise EntryError(f"{flag}={path}: not found")
+    is_file, walked = local_entries(path)
+    if is_file:
+        return None
+    files = [DirEntry(e.name, os.path.join(path, *e.name.split("/")), False, e.size, e.mtime_ns)
+             for e in walked if not e.name.endswith("/")]
+    return walked, files
+
+
 def _identity(entries: list[DirEntry]) -> tuple:
     return tuple((e.name, e.length, _version(e.path, e.length, e.etag, e.mtime_nsec)) for e in entries)
 
@@ -90,16 +106,23 @@ def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint", step: resh
     folder's index decides which file holds each tensor), or rank_<r> folders (files named by
     training step: the latest step, or `step`, the same in every rank folder; other names, the
     last in name order, as MindSpore picks it). What the engine notes (the step or file chosen,
-    newer files left aside) is logged."""
-    entries = _listing(url, flag)
+    newer files left aside) is logged. A local folder is walked as the engine walks it (rank_<r>
+    links followed)."""
+    if obs_io.is_remote(url):
+        objects = _listing(url, flag)
+        listed = None if objects is None else (
+            [SourceEntry(e.name, e.length, e.mtime_nsec) for e in objects], objects)
+    else:
+        listed = _local_listing(url, flag)
     try:
-        if entries is None:
+        if listed is None:
             st = obs_io.file.stat(url)
             entries = [DirEntry(_basename(url), url, False, st.length, st.mtime_nsec)]
             files = classify(url, [SourceEntry(entries[0].name, st.length, st.mtime_nsec)], fmt, is_file=True,
                              step=step)
         else:
-            files = classify(url, [SourceEntry(e.name, e.length, e.mtime_nsec) for e in entries], fmt, step=step)
+            walked, entries = listed
+            files = classify(url, walked, fmt, is_file=False, step=step)
         if files.needs_index:
             files = files.with_index(obs_io.file.read(files.path_of(files.index_name), binary=True))
     except reshard.ReshardError as exc:
@@ -323,6 +346,8 @@ def download_ranks(remote_root: str, local_root: str, names: list[str],
         log.info("%d rank file(s) converted elsewhere are here already, unchanged", len(names) - len(todo))
     if todo:
         log.info("downloading %d rank file(s) converted on other nodes from %s", len(todo), remote_root)
+        # a rank_<r> link in our folder is replaced, never downloaded through
+        own_folders(local_root, sorted({os.path.dirname(join(local_root, n)) for n in todo}))
         obs_io.file.copy_parallel(remote_root, local_root, file_list=todo)
     return todo
 
@@ -379,10 +404,14 @@ def prune_outputs(root: str, keep_ranks: list[int], prefix: str, fmt: str) -> li
     if stale:
         log.info("removed %d file(s) of earlier runs from %s: %s", len(stale), root,
                  ", ".join(stale[:8]) + (" ..." if len(stale) > 8 else ""))
-    if not obs_io.is_remote(root):   # rank folders left empty
+    if not obs_io.is_remote(root):   # rank folders left empty, links of ranks not kept
         for entry in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-            path = os.path.join(root, entry)
-            if _RANK_PART.match(entry) and os.path.isdir(path) and not os.listdir(path):
+            path, m = os.path.join(root, entry), _RANK_PART.match(entry)
+            if m and os.path.islink(path):   # never listed through: the link alone goes
+                if int(m.group(1)) not in keep_ranks:
+                    log.info("removing the link %s (to %s): not a rank of this run", path, os.path.realpath(path))
+                    os.unlink(path)
+            elif m and os.path.isdir(path) and not os.listdir(path):
                 os.rmdir(path)
     return stale
 

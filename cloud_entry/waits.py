@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from cloud_entry.errors import WaitTimeout
+from obs_io.retry import bounded
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -29,14 +30,16 @@ def poll(check: Callable[[], T | None], timeout: float, what: str, backoff: Back
          clock: Callable[[], float] = time.monotonic,
          status: Callable[[], str] | None = None, report_every: float = REPORT_EVERY) -> T:
     """Call `check` until it returns something other than None; WaitTimeout after `timeout` s.
-    `check` may raise to end the wait early (a failure marker). At least every `report_every`
+    `check` may raise to end the wait early (a failure marker). Its requests to object storage,
+    when throttled, are retried for the rest of the wait (obs_io.retry.bounded), not failed. At least every `report_every`
     seconds the wait logs what it still waits for (`status()`, e.g. which blocks are missing):
     a wait that says nothing for an hour looks like a hang."""
     start = reported = clock()
     deadline = start + timeout
     interval = backoff.first
     while True:
-        result = check()
+        with bounded(deadline - clock()):   # a throttling store is retried for the rest of the wait
+            result = check()
         if result is not None:
             return result
         now = clock()

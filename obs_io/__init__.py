@@ -16,7 +16,8 @@ import importlib
 import sys
 from types import ModuleType
 
-from .config import S3Config, configure, current as current_config, reset as reset_config, set_auth
+from . import config as _config
+from .config import S3Config, configure, current as current_config, set_auth
 from .entries import DirEntry, StatResult
 from .urls import is_remote
 
@@ -30,6 +31,15 @@ def __getattr__(name: str) -> ModuleType:
     if name == "file":
         return importlib.import_module(".file", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def reset_config() -> None:
+    """Forget set_auth/configure overrides, back to the environment alone, and what this process
+    saw of the store (the stall clock of obs_io.retry, when it is loaded)."""
+    _config.reset()
+    retry = sys.modules.get(f"{__name__}.retry")
+    if retry is not None:
+        retry.reset()
 
 
 def install_as_moxing() -> ModuleType:

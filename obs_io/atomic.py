@@ -53,10 +53,14 @@ def _tag(text: str) -> str:
 def _start_tag(pid: int) -> str | None:
     """A tag of when process `pid` started (Linux: /proc/<pid>/stat, field 22), which tells a
     live owner from a new process that got a dead one's pid (pids restart at 1 in a restarted
-    container). '0000' where /proc does not exist; None when no such process is running."""
+    container). '0000' where /proc does not exist; None when no such process is running: a
+    zombie (killed, not yet reaped by its parent, as a container's init may never do) runs no
+    more, and what it was writing is abandoned."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return None
         return _tag(fields[19].decode())
     except FileNotFoundError:
         if os.path.isdir("/proc/self"):
@@ -90,13 +94,26 @@ def owner_tag() -> str:
     return _owner_tag()
 
 
+_OWNER = re.compile(r"(?P<pid>\d+)-(?P<host>[0-9a-f]{4})(?P<start>[0-9a-f]{4})")
+
+
 def owner_running(tag: str, path: str) -> bool:
     """Whether the process an owner_tag() names still runs (on this machine: its pid with the
     same start time); another machine's, while `path` was touched within STALE_SECONDS."""
-    m = re.fullmatch(r"(?P<pid>\d+)-(?P<host>[0-9a-f]{4})(?P<start>[0-9a-f]{4})", tag.strip())
+    m = _OWNER.fullmatch(tag.strip())
     if m is None:
         return False
     return not _abandoned(m, path, time.time())
+
+
+def owner_alive(tag: str) -> bool | None:
+    """Whether the process an owner_tag() names runs on this machine (its pid, with the same
+    start time, and not a zombie); None when the tag is another machine's (or not a tag):
+    then only the age of what it wrote can tell."""
+    m = _OWNER.fullmatch(tag.strip())
+    if m is None or m["host"] != _tag(socket.gethostname()):
+        return None
+    return _start_tag(int(m["pid"])) in (m["start"], "0000")
 
 
 def temp_name(path: str) -> str:

@@ -1,13 +1,15 @@
 """boto3 clients and transfer settings, built in one place from an S3Config.
 
-Retries and timeouts live here and nowhere else, so that a call against a store that is down
-ends within S3Config.worst_case_seconds() (160 s by default):
+Timeouts live here, retries in retry.py (installed on every client here), and nowhere else, so
+that a call against a store that is down ends within S3Config.worst_case_seconds() (160 s by
+default) and a command within its stall deadline (retry.py):
 
-- every request: botocore's standard retry mode, max_attempts tries in all (S3_MAX_ATTEMPTS),
-  each bounded by connect_timeout (S3_CONNECT_TIMEOUT) and read_timeout (S3_READ_TIMEOUT:
-  the longest silence while waiting for the answer or for the next bytes of a body), with
-  exponential back-off; it retries 500/502/503/504 (503 SlowDown with a longer back-off),
-  RequestTimeout, dropped and refused connections and timeouts;
+- every request: retry.py's handler in place of botocore's, throttled answers (503, 429)
+  retried apart from errors for as long as the operation's bound allows, errors
+  (500/502/504, RequestTimeout, dropped and refused connections, timeouts) max_attempts tries
+  in all (S3_MAX_ATTEMPTS), each bounded by connect_timeout (S3_CONNECT_TIMEOUT) and
+  read_timeout (S3_READ_TIMEOUT: the longest silence while waiting for the answer or for the
+  next bytes of a body), with exponential back-off;
 - a body that breaks off after the headers came (truncated, reset, silent for read_timeout):
   fetched again by s3transfer (num_download_attempts) and by read_object() below, max_attempts
   times in all;
@@ -27,7 +29,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
-from . import redact
+from . import redact, retry
 from .config import S3Config
 from .errors import RequestGaveUp
 
@@ -109,6 +111,7 @@ def get_client(cfg: S3Config):
             )
             client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5_instead_of_crc32)
             client.meta.events.register("after-call-error.s3.GetObject", _final)
+            retry.install(client)   # throttling apart from errors, one stall deadline per command
             _clients[cfg] = client
         return client
 
@@ -145,6 +148,6 @@ def read_object(cfg: S3Config, bucket: str, key: str, **params) -> tuple[bytes, 
             response = get_client(cfg).get_object(Bucket=bucket, Key=key, **params)
             return response.pop("Body").read(), response
         except S3_RETRYABLE_DOWNLOAD_ERRORS:
-            if attempt >= cfg.max_attempts:
+            if attempt >= cfg.max_attempts or not retry.body_failed():
                 raise
             attempt += 1

@@ -32,6 +32,10 @@ _HUAWEI_ENDPOINT = re.compile(r"(^|\.)obs\.([a-z0-9-]+)\.myhuaweicloud\.com$")
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 20.0
 DEFAULT_MAX_ATTEMPTS = 5
+# One bound per command for a store that stopped answering, or only throttles or fails: from
+# the first failure since it last answered well (retry.py). With the try in flight and one to
+# publish the failure, a command ends within about 3 minutes of the store's last good answer.
+DEFAULT_STALL_DEADLINE = 120.0
 # botocore's standard retry mode: before retry i (1-based) it sleeps rand(0, 1) x min(2**(i-1),
 # 20) s for throttling (1 s base scale; 50 ms for other errors), plus up to 5 s more when the
 # answer carries x-amz-retry-after. The bound assumes the worst of both.
@@ -55,10 +59,11 @@ class S3Config:
     list_max_keys: int = 1000            # keys per listing page (moxing's set_auth list_max_keys)
     verify_ssl: bool = True
     # Timeouts and retries (one place: client.py applies them; see worst_case_seconds).
-    retry_mode: str = "standard"         # botocore: standard backs off on 503 SlowDown, 5xx, dropped connections
+    retry_mode: str = "standard"         # botocore's mode; its handler is replaced by retry.py's on every client
     max_attempts: int = DEFAULT_MAX_ATTEMPTS      # S3_MAX_ATTEMPTS: tries per request, the first included
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # S3_CONNECT_TIMEOUT: seconds to open a connection
     read_timeout: float = DEFAULT_READ_TIMEOUT    # S3_READ_TIMEOUT: seconds the server may stay silent
+    stall_deadline: float = DEFAULT_STALL_DEADLINE  # S3_STALL_DEADLINE: seconds a command keeps retrying (retry.py)
     multipart_threshold: int = 64 * MiB  # below this a file goes in one request
     min_part_size: int = 8 * MiB         # S3 needs >= 5 MiB parts (OBS 100 KB); s3transfer enforces 5 MiB
     max_parts: int = 10_000
@@ -69,10 +74,11 @@ class S3Config:
 
     def worst_case_seconds(self) -> float:
         """How long one request may take to fail when every try times out: each try waits at
-        most connect_timeout + read_timeout, and botocore sleeps at most min(2**(i-1), 20) + 5 s
-        before retry i. Bodies that break off are fetched again at most max_attempts times
-        (client.read_object, s3transfer), but a request botocore gave up on is never retried
-        on top (client.py), so this bounds a call against a stalled server."""
+        most connect_timeout + read_timeout, and the back-off before retry i is at most
+        min(2**(i-1), 20) + 5 s. Bodies that break off are fetched again at most max_attempts
+        times (client.read_object, s3transfer), but a request given up on is never retried on
+        top (client.py), so this bounds a call against a stalled server; a command's calls
+        together are bounded by stall_deadline (retry.py)."""
         backoff = sum(min(2.0 ** (i - 1), _BACKOFF_MAX) + _RETRY_AFTER_EXTRA for i in range(1, self.max_attempts))
         return self.max_attempts * (self.connect_timeout + self.read_timeout) + backoff
 
@@ -260,6 +266,7 @@ def current() -> S3Config:
         connect_timeout=_positive("S3_CONNECT_TIMEOUT", float, DEFAULT_CONNECT_TIMEOUT),
         read_timeout=_positive("S3_READ_TIMEOUT", float, DEFAULT_READ_TIMEOUT),
         max_attempts=int(_positive("S3_MAX_ATTEMPTS", int, DEFAULT_MAX_ATTEMPTS)),
+        stall_deadline=_positive("S3_STALL_DEADLINE", float, DEFAULT_STALL_DEADLINE),
     )
     if o.get("client_timeout") is not None:
         values["connect_timeout"] = values["read_timeout"] = float(o["client_timeout"])

@@ -139,14 +139,18 @@ _CHECK = {
     "TokenRefreshRequired": "the session token has expired; renew SESSION_TOKEN",
     "InvalidToken": "the session token is not valid; check SESSION_TOKEN",
 }
-_RETRIED_STATUS = {500, 502, 503, 504}
+_RETRIED_STATUS = {429, 500, 502, 503, 504}
 
 
-def _bound_hint(cfg: _config.S3Config | None) -> str:
+def _bound_hint(cfg: _config.S3Config | None, gave_up: str | None = None) -> str:
+    """The bounds that applied, and why the retries stopped when retry.py said (a throttling or
+    a stall that outlasted S3_STALL_DEADLINE, or the operation's own bound)."""
     if cfg is None:
         return ""
-    return (f" ({cfg.max_attempts} attempt(s), connect timeout {cfg.connect_timeout:g}s, read timeout "
-            f"{cfg.read_timeout:g}s: S3_MAX_ATTEMPTS, S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT)")
+    why = f"{gave_up}; " if gave_up and "attempt" not in gave_up else ""
+    return (f" ({why}{cfg.max_attempts} attempt(s), connect timeout {cfg.connect_timeout:g}s, read timeout "
+            f"{cfg.read_timeout:g}s, stall deadline {cfg.stall_deadline:g}s: S3_MAX_ATTEMPTS, S3_CONNECT_TIMEOUT, "
+            "S3_READ_TIMEOUT, S3_STALL_DEADLINE)")
 
 
 def _client_error(err: ClientError, url: str) -> _MoxFileBaseRespException:
@@ -165,7 +169,9 @@ def _client_error(err: ClientError, url: str) -> _MoxFileBaseRespException:
     elif code in ("PreconditionFailed", "412"):
         found = ObjectChanged(f"{url}: the object changed while it was read ({code})")
     else:
-        retried = _bound_hint(_current()) if status in _RETRIED_STATUS or code in ("SlowDown", "503") else ""
+        gave_up = err.response.get("ResponseMetadata", {}).get("ObsIoGaveUp")
+        retried = _bound_hint(_current(), gave_up) \
+            if status in _RETRIED_STATUS or code in ("SlowDown", "503") or gave_up else ""
         found = StorageError(f"{url}: object storage at {where} answered {status} {code}: {message}{retried}")
     return _with_resp(found, status, code, message)
 
@@ -183,7 +189,7 @@ def _connection_error(err: BaseException, url: str) -> OSError:
         what = f"object storage at {where} closed the connection without an answer"
     else:
         what = f"object storage at {where} failed: {scrub(type(err).__name__ + ': ' + str(err))}"
-    return Unreachable(f"{url}: {what}{_bound_hint(cfg)}")
+    return Unreachable(f"{url}: {what}{_bound_hint(cfg, getattr(err, 'obs_io_gave_up', None))}")
 
 
 def translate(err: BaseException, url: str) -> BaseException:

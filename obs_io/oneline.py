@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 
+from obs_io.redact import scrub
 from obs_io.typos import closest
 
 
 def one_line(exc: BaseException, expected: tuple[type[BaseException], ...] = ()) -> str:
-    """The error as one line: its text with whitespace folded; prefixed by its type name unless
-    it is one of the `expected` kinds, whose text already says what went wrong."""
-    text = " ".join(str(exc).split())
+    """The error as one line: its text with whitespace folded and secrets masked (a URL's user
+    info, a secret argument or query parameter quoted in it: redact.scrub); prefixed by its type
+    name unless it is one of the `expected` kinds, whose text already says what went wrong."""
+    text = scrub(" ".join(str(exc).split()))
     if isinstance(exc, expected):
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -25,7 +25,8 @@ import threading
 from urllib.parse import quote
 
 WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
-_SCRUBBED = WIRE_LOGGERS + ("obs_io",)
+# every logger of the three tools: what their records say reaches consoles and uploaded log files
+_SCRUBBED = WIRE_LOGGERS + ("obs_io", "reshard", "cloud_entry")
 MASK = "***"
 # SigV4's credential scope (`Credential=AKIA.../date/region/s3/aws4_request`, also URL-encoded
 # as X-Amz-Credential=AKIA...%2F...), and the session token as a header, canonical-request line
@@ -34,6 +35,76 @@ _PATTERNS = (
     re.compile(r"(Credential=)[^/\s,'\"&%]+", re.IGNORECASE),
     re.compile(r"(X-Amz-Security-Token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,&}]+", re.IGNORECASE),
 )
+
+# Names of secrets, in configs, arguments, URL queries and free text (`--api_key=...`,
+# `model.obs_token`, `X-Amz-Signature=`, `AWSAccessKeyId=`): a name holding one of the strong
+# words, or ending in key / token / key id / ak / sk. Only values can tell MindFormers'
+# tokenizer keys (`pad_token: '<pad>'`, `add_bos_token: True`) and dataset keys
+# (`construct_args_key: [input_ids, labels]`) apart from secrets: see secret_value.
+_STRONG = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "credential", "credentials",
+           "signature"}
+_LAST = {"key", "token", "ak", "sk"}
+# what a tokenizer's special token looks like: '<pad>', '</s>', '[MASK]', '<|endoftext|>'
+_SPECIAL_TOKEN = re.compile(r"^(<[^<>\s]{1,40}>|\[[A-Za-z_]{1,20}\]|<\|[^|\s]{1,40}\|>)$")
+_WORDS = re.compile(r"[a-z0-9]+")
+
+
+def _words(name: str) -> list[str]:
+    return _WORDS.findall(re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+
+
+def secret_name(name: str) -> str | None:
+    """'strong' for a name that says secret (secret, password, credential, signature: everything
+    under it is one), 'weak' for one ending in key, token, key id, ak or sk (its text and numbers
+    are, unless they look like a tokenizer's special token or a flag), None otherwise."""
+    words = _words(str(name))
+    if any(w in _STRONG for w in words):
+        return "strong"
+    if words and (words[-1] in _LAST or words[-2:] == ["key", "id"]):
+        return "weak"
+    return None
+
+
+def secret_value(name: str, value) -> bool:
+    """Whether `value`, found under `name` (a config key, an argument's name, a query parameter),
+    is to be masked: anything under a strong name; under a weak one, text or a number that is
+    not a boolean, empty, or a tokenizer's special token ('<pad>'). Lists and mappings under a
+    weak name are walked by their own keys (`construct_args_key: [input_ids, labels]` stays)."""
+    kind = secret_name(name)
+    if kind is None or value is None or value == "" or isinstance(value, bool):
+        return False
+    if kind == "strong":
+        return True
+    if not isinstance(value, (str, int, float)):
+        return False
+    text = str(value).strip()
+    return not (_SPECIAL_TOKEN.match(text) or text.lower() in ("true", "false", "none", "null")
+                or text[:1] in "[{")
+
+
+# URL user info (`scheme://AK:SK@host`, `obs://AK:SK@bucket`), a secret query parameter
+# (`?X-Amz-Signature=...&token=...`), and `name=value` / `name: value` / `--name value` of a
+# secret name in free text (a logged command, a config diff, an error quoting an argument).
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+_QUERY = re.compile(r"([?&;])([^=&\s#'\"]+)=([^&\s#'\"]*)")
+_ASSIGNED = re.compile(r"(?<![\w.-])((?:--?)?[A-Za-z_][\w.-]*)(=|: ?)(['\"]?)([^\s'\",&]+)")
+_FLAG_VALUE = re.compile(r"(?<![\w.-])(--?[A-Za-z_][\w.-]*)( )(['\"]?)([^\s'\",&-][^\s'\",&]*)")
+
+
+def mask_text(text: str) -> str:
+    """`text` with URL user info, secret query parameters and secret `name=value` pairs masked
+    (see secret_name, secret_value); secrets known by value are scrub()'s."""
+    text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    text = _QUERY.sub(lambda m: m.group(1) + m.group(2) + "=" + (
+        MASK if m.group(3) and secret_name(m.group(2)) else m.group(3)), text)
+
+    def assigned(m: re.Match) -> str:
+        name, sep, quote, value = m.groups()
+        if value.startswith(MASK) or not secret_value(name.lstrip("-").rsplit(".", 1)[-1], value):
+            return m.group(0)
+        return f"{name}{sep}{quote}{MASK}"
+    return _FLAG_VALUE.sub(assigned, _ASSIGNED.sub(assigned, text))
+
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
@@ -51,7 +122,8 @@ def register(*secrets: str | None) -> None:
 
 
 def scrub(text: str, extra: tuple[str | None, ...] = ()) -> str:
-    """`text` with every registered secret (and `extra` ones) and every SigV4 credential masked."""
+    """`text` with every registered secret (and `extra` ones), every SigV4 credential and what
+    mask_text finds (URL user info, secret query parameters and name=value pairs) masked."""
     with _lock:
         secrets = set(_secrets)
     secrets.update(s for s in extra if s and len(s) >= 4)
@@ -59,7 +131,7 @@ def scrub(text: str, extra: tuple[str | None, ...] = ()) -> str:
         text = text.replace(secret, MASK)
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + MASK, text)
-    return text
+    return mask_text(text)
 
 
 def _scrubbing_factory(previous):

@@ -34,6 +34,9 @@ class ObjectURL:
         bucket, _, key = rest.partition("/")
         if not bucket:
             raise ValueError(f"malformed URL {url!r}: no bucket name")
+        if "@" in bucket:   # obs://AK:SK@bucket: keys in a URL end up in logs and histories
+            raise ValueError(f"malformed URL {url!r}: user info (user:password@) before the bucket is "
+                             "refused: give the keys in ACCESS_KEY_ID and SECRET_ACCESS_KEY")
         if not _BUCKET.match(bucket):
             raise ValueError(f"malformed URL {url!r}: {bucket!r} is not a valid bucket name")
         return cls(scheme.lower(), bucket, key.lstrip("/"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,6 +33,7 @@ from .api import (ReshardError, complete_plan, execute, find_sources, load_strat
                   memory_budget, plan_from_strategies, source_files, write_merged_strategy)
 from . import integrity
 from .blocks import plan_blocks
+from .claim import OutputClaim
 from .execute import LOG_NAME
 from .plan import SOURCE_MODES, PlanPolicy, human_size, ranks_text
 from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
@@ -40,6 +42,7 @@ from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_
 from .steps import parse_step
 from .strategy import Strategy
 
+from obs_io import redact
 from obs_io.atomic import owner_running, owner_tag, write_atomic
 from obs_io.oneline import OneLineParser, one_line
 from obs_io.urls import check as check_url
@@ -152,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ranks converted at once, in P worker processes, within --max_memory; "
                         "--transform_process_num is MindFormers' name for it; with --rank_id the "
                         "number of blocks (default 1)")
-    p.add_argument("--transform_by_rank", nargs="?", const="True", default=None, metavar="BOOL",
+    p.add_argument("--transform_by_rank", nargs="?", const=True, default=None, type=_bool, metavar="BOOL",
                    help="[MindFormers] accepted and ignored: this engine always converts rank by "
                         "rank, reading only the slices each rank needs")
     p.add_argument("--allow_missing_params", action="store_true",
@@ -206,6 +209,16 @@ def _step(text: str):
         return parse_step(text)
     except ReshardError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix(f"--step {text!r}: ")) from None
+
+
+def _bool(text: str) -> bool:
+    """A boolean as MindFormers' str2bool takes it (True/False, any case; also 1/0)."""
+    low = text.strip().lower()
+    if low in ("true", "1"):
+        return True
+    if low in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not True or False")
 
 
 def _none(value: str | None) -> str | None:
@@ -450,6 +463,46 @@ def convert_from_args(argv=None) -> int:
         stage.close()
 
 
+def run_id(args, source: SourceSet | None, src: Strategy | None, dst: Strategy | None) -> str:
+    """What defines this conversion's result, the same for its reruns and for MindFormers'
+    parallel --rank_id processes of one conversion (the ranks chosen are not part of it): the
+    source (where it is, which files, a local file's size and time), the strategies, prefix,
+    format. Runs of other inputs writing one output are refused (reshard.claim)."""
+    files = []
+    if source is not None:
+        for name in source.used_names():
+            path = source.path_of(name)
+            st = None if is_url(path) else os.stat(path)
+            files.append([name, st.st_size if st else None, st.st_mtime_ns if st else None])
+    root = source.root if source is None or is_url(source.root) else os.path.abspath(source.root)
+    strategies = [[s.source if is_url(str(s.source)) else os.path.abspath(str(s.source)), s.world_size,
+                   s.num_stages] if s is not None else None for s in (src, dst)]
+    text = json.dumps([root if source else None, files, strategies, args.prefix, args.fmt])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _claimed(args, source: SourceSet | None, src: Strategy | None, dst: Strategy | None):
+    """--dst_checkpoint claimed for this run while it is written (reshard.claim): another
+    conversion into it is refused at once. On object storage the claim is the first write
+    there: a bucket that refuses it is found before anything is converted."""
+    flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
+    shown = f"{flag} {args.dst_checkpoint}"
+    if not is_url(args.dst_checkpoint):   # made and tried before the claim is written there
+        probe_writable(args.dst_checkpoint, f"--dst_checkpoint {args.dst_checkpoint}")
+    claim = OutputClaim(args.dst_checkpoint, run_id(args, source, src, dst), PROG, shown)
+    try:
+        claim.acquire()
+    except ReshardError:
+        raise
+    except (OSError, ValueError) as exc:   # obs_io's one-line errors: refused, missing bucket
+        raise ReshardError(f"{shown}: cannot write there: {one_line(exc, (OSError, ValueError))}") from None
+    try:
+        yield claim
+    finally:
+        claim.release()
+
+
 def plan_digest(plan, local_root: str) -> str:
     """What defines the result: each rank's digest as the engine records it (rank_digest: the
     destination file, the pieces that fill it, and the identity of the source files it reads:
@@ -520,7 +573,9 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
         raise ReshardError(f"--world_size {args.world_size} does not match the "
                            f"destination strategy's {world} ranks")
     if args.engine == "mindspore":
-        _run_mindspore(args, source, src, dst, stage)
+        with _claimed(args, source, src, dst) as claim:
+            _run_mindspore(args, source, src, dst, stage)
+            claim.check()
         return 0
     dst_ranks, process_num = None, args.process_num
     if args.rank_id is not None:
@@ -557,16 +612,18 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
                 print(f"done: {upload} already holds this conversion (its {integrity.MANIFEST_NAME} "
                       "matches the plan and the source's versions); nothing converted or uploaded")
                 return 0
-    if upload:   # before anything is staged: each rank goes up while it is written
-        memory_budget(plan, process_num, args.max_memory)
-        probe_writable(upload, f"--dst_checkpoint {upload}")
+    memory_budget(plan, process_num, args.max_memory)   # first: an error leaves no output behind
+    with _claimed(args, source, src, dst) as claim:   # the output is this run's while it writes
+        return _write(args, stage, source, plan, local_root, upload, process_num, world, claim)
+
+
+def _write(args, stage: _Stage, source: SourceSet, plan, local_root: str, upload: str | None,
+           process_num: int, world: int, claim: OutputClaim) -> int:
+    """The conversion proper, with the output claimed: convert, then (claim checked) publish."""
     fetched = plan.files_in_mode("fetch")
     if fetched:   # the engine downloads them there while it converts (reshard.fetch)
         stage.dir(SOURCE_STAGE)
     dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
-    if not upload:   # the budget first: an error leaves no output folder behind
-        memory_budget(plan, process_num, args.max_memory)
-        probe_writable(dst_local, f"--dst_checkpoint {dst_local}")
     if upload:
         _show_as(dst_local, upload)
     log.info("converting %s -> %s: destination ranks %s of %d%s", source.root,
@@ -577,6 +634,7 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
                      max_memory=args.max_memory, log_dir=args.log_dir, download=fetched,
                      release=True,   # the stage goes at the end: a file goes once read
                      upload_to=upload)   # a remote output: each rank uploaded while written
+    claim.check()   # still this run's output: publish
     manifest = None
     if args.rank_id is None:   # one block is not a set: its manifest would claim the set complete
         manifest = integrity.SetManifest(
@@ -653,15 +711,18 @@ def _interrupt(signum: int, frame: object) -> None:
 @contextlib.contextmanager
 def _console():
     """The command's console: log lines on stderr at INFO until _verbosity sets -q/-v (the
-    reshard logger only, restored after: tests call main in-process), Ctrl-C handled by
-    _interrupt."""
+    reshard logger and obs_io's throttling counts only, restored after: tests call main
+    in-process), Ctrl-C handled by _interrupt."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    redact.protect_logs()   # secrets in a line (a URL's user info, a quoted argument) masked
     handler = _Console()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    saved = log.level, log.propagate
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    loggers = (log, logging.getLogger("obs_io.retry"))   # the engine's, and throttling counted
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _interrupt) if main_thread else None
     try:
@@ -669,9 +730,10 @@ def _console():
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-        log.removeHandler(handler)
-        log.setLevel(saved[0])
-        log.propagate = saved[1]
+        for lg, (level, propagate) in zip(loggers, saved):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
         _SHOWN_AS.clear()
 
 

@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 
 from typing import Callable
@@ -31,6 +32,7 @@ from .errors import ReshardError
 from .formats import FileIndex, FormatError, TensorMeta, open_reader, open_writer
 from .formats import remote as remote_source
 from .formats.growing import Growing
+from obs_io import redact
 from obs_io.atomic import sweep, write_atomic
 from .plan import Plan, RankPlan
 
@@ -145,10 +147,40 @@ def _manifest_path(dst_root: str, rp: RankPlan) -> str:
     return os.path.join(dst_root, MANIFEST_DIR, f"rank_{rp.rank}.json")
 
 
+def inside(root: str, path: str) -> bool:
+    """`path` (below root) is where it says, no link on the way leading elsewhere."""
+    rel = os.path.relpath(path, root)
+    return os.path.realpath(path) == os.path.join(os.path.realpath(root), rel)
+
+
+def own_folders(root: str, folders) -> None:
+    """Before anything is written below root: a link on the way to each folder (a rank_<r>
+    link to a folder elsewhere, left or planted in the output) is removed, so the folder the
+    writer makes there is the output's own and no write follows a link out of it; the link's
+    target is left as it was. Raises ReshardError if a folder still leads out."""
+    real_root = os.path.realpath(root)
+    for folder in folders:
+        rel = os.path.relpath(folder, root)
+        here = root
+        for part in rel.split(os.sep) if rel != "." else ():
+            here = os.path.join(here, part)
+            if os.path.islink(here):
+                log.warning("%s is a link to %s: replaced by a folder of its own (nothing is "
+                            "written through a link out of the output)", here,
+                            os.path.realpath(here))
+                os.unlink(here)
+        if os.path.realpath(folder) != os.path.join(real_root, rel):
+            raise ReshardError(f"{folder}: leads out of the output {root} "
+                               f"(to {os.path.realpath(folder)}): not writing there")
+
+
 def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
     """The output exists with the size/mtime recorded when this same plan wrote it, from
-    source files that were all checked whole (none still 'unverified': see reshard.fetch)."""
+    source files that were all checked whole (none still 'unverified': see reshard.fetch),
+    and neither it nor its record is reached through a link out of the output."""
     out = os.path.join(dst_root, rp.path)
+    if not (inside(dst_root, out) and inside(dst_root, _manifest_path(dst_root, rp))):
+        return False
     try:
         with open(_manifest_path(dst_root, rp), encoding="utf-8") as f:
             m = json.load(f)
@@ -282,6 +314,9 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
                 metas.append(TensorMeta(t.name, t.dtype, t.shape))
         buf = _assembly_buffer(rp.buffer_bytes)
         os.makedirs(folder, exist_ok=True)
+        if not inside(dst_root, folder):   # a link made since run_plan owned the folders
+            raise ReshardError(f"rank {rp.rank}: {folder} leads out of the output {dst_root} "
+                               f"(to {os.path.realpath(folder)}): not writing there")
         writer = open_writer(out_path, metas, fmt)
         if upload is not None and upload.wants(rp):
             streaming = upload.start(rp, writer.temp_path)
@@ -393,6 +428,7 @@ def _worker_init(log_dir: str | None, counter) -> None:
     with counter.get_lock():
         index = counter.value
         counter.value += 1
+    redact.protect_logs()   # its log file is uploaded with the job's: scrubbed as the parent's
     _process_log(log_dir, index)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -502,8 +538,10 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
     the download's failure (asked every POLL_SECONDS while ranks run). upload: each rank
     written is also uploaded while written (UploadTo); on_rank follows its upload."""
     fmt = plan.fmt
-    for folder in sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
-                         | {os.path.join(dst_root, MANIFEST_DIR)}):
+    folders = sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
+                     | {os.path.join(dst_root, MANIFEST_DIR)})
+    own_folders(dst_root, folders)
+    for folder in folders:
         sweep(folder)   # what a killed run of this plan left half-written
     todo, skipped = [], []
     for rp in plan.ranks:
@@ -533,6 +571,8 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
     running: dict = {}
     in_flight = 0
     written = []
+    workers: dict = {}   # pid -> process, every worker the pool started
+    killed: list[int] | None = None
     with ProcessPoolExecutor(max_workers=min(process_num, len(todo)), mp_context=ctx,
                              initializer=_worker_init, initargs=(log_dir, ctx.Value("i", 0))) as pool:
         try:
@@ -548,6 +588,7 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
                                                   SourceFiles.of(src_root).for_rank(rp),
                                                   dst_root, fmt, upload)
                             running[fut] = (rp, cost)
+                            workers.update(getattr(pool, "_processes", None) or {})
                             in_flight += cost
                             pending.pop(i)
                             started = True
@@ -563,11 +604,34 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
                     written.append(rp.rank)
                     if on_rank is not None:
                         on_rank(rp)
+        except BrokenProcessPool:   # a worker killed (SIGKILL: the OOM killer): the others are stopped
+            killed = sorted(rp.rank for rp, _ in running.values())
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) or (check is not None and _raises(check)):
                 _stop_workers(pool)   # a download that failed: the ranks reading it cannot end
             raise
+    if killed is not None:   # the pool is down, every worker reaped: what they left goes
+        for folder in folders:
+            sweep(folder)
+        raise ReshardError(_killed_worker(workers, killed))
     return RunResult(sorted(written), skipped)
+
+
+def _killed_worker(workers: dict, ranks: list[int]) -> str:
+    """The one line for a pool that broke: which worker died of which signal, and the ranks
+    that were converting."""
+    ended = [(pid, p.exitcode) for pid, p in workers.items() if p.exitcode is not None]
+    by_signal = [(pid, -code) for pid, code in ended if code < 0 and -code != signal.SIGTERM]
+    if by_signal:
+        pid, sig = sorted(by_signal, key=lambda e: e[1] != signal.SIGKILL)[0]
+        how = f"was killed by {signal.Signals(sig).name}"
+    else:
+        pid, how = (ended[0][0], f"ended with exit code {ended[0][1]}") if ended else ("?", "ended")
+    hint = (" (the kernel's out-of-memory killer does that when the host runs short of memory: convert "
+            "with fewer processes or a lower memory budget)" if "SIGKILL" in how else "")
+    return (f"a conversion worker (pid {pid}) {how} while converting rank(s) "
+            f"{', '.join(map(str, ranks)) or 'none'}{hint}; the ranks written before are kept: "
+            "run the same command again to convert the rest")
 
 
 def _raises(check: Callable[[], None]) -> bool:

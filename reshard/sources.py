@@ -8,7 +8,8 @@ and obs_io is never imported.
     SourceSet.with_index(data)              -> SourceSet   a sharded safetensors folder's index applied
     output_name(rank, prefix, fmt)          -> str         rank_<r>/<prefix><r>.<fmt>
     strategy_files(folder_names, where)     -> list[str]   the files a strategy folder stands for
-    overlaps(a, b)                          -> bool        one location is, holds or is inside the other
+    overlap(a, b) / overlaps(a, b)                        one location is, holds or is inside the other,
+                                                           every part of it resolved (links followed)
     check_output(dst, dst_flag, inputs)                    refuse an output overlapping an input
 
 Every error is a ReshardError whose text is one line naming the culprit.
@@ -27,7 +28,7 @@ from .errors import ReshardError
 from .steps import Step, choose, chosen_line
 
 __all__ = ["SourceEntry", "SourceSet", "Note", "classify", "check_source_strategy", "output_name",
-           "check_prefix", "strategy_files", "overlaps", "check_output", "CHECKPOINT_EXTS", "STRATEGY_EXTS", "FORMATS"]
+           "check_prefix", "strategy_files", "overlap", "overlaps", "resolved_parts", "check_output", "CHECKPOINT_EXTS", "STRATEGY_EXTS", "FORMATS"]
 
 FORMATS = ("ckpt", "safetensors")
 CHECKPOINT_EXTS = (".ckpt", ".safetensors")
@@ -379,34 +380,95 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-def _within(inner: str, outer: str) -> bool:
-    return inner == outer or os.path.commonpath([inner, outer]) == outer
+RESOLVE_DEPTH = 2   # a checkpoint's parts lie at most this deep: rank_<r>/<file>, strategy files
+
+
+def resolved_parts(location: str) -> list[tuple[str, str]]:
+    """Every part of a local location with its links resolved: (the part as named under
+    `location`, its real path), for the location itself and for each entry of it down to
+    RESOLVE_DEPTH levels (a source's rank_<r> folders and their files, a strategy folder's
+    files): a folder of rank_<r> links assembled from checkpoints elsewhere is, in truth, those
+    folders. Links to folders are followed (a cycle ends at the depth bound); what cannot be
+    listed counts as itself only. A URL (object stores have no links) is itself."""
+    if is_url(location):
+        return [(location, location)]
+    parts = [(location, os.path.realpath(location))]
+    level = [location]
+    for _ in range(RESOLVE_DEPTH):
+        below = []
+        for folder in level:
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted((e.path, e.is_dir()) for e in it)
+            except OSError:   # a file, nothing there, or not ours to list
+                continue
+            for path, is_dir in entries:
+                parts.append((path, os.path.realpath(path)))
+                if is_dir:
+                    below.append(path)
+        level = below
+    return parts
+
+
+def overlap(a: str, b: str) -> tuple[str, str] | None:
+    """Where two locations overlap: (a part of `a`, a part of `b`) such that one is, holds or
+    lies inside the other, or None. Local paths are compared with every part resolved
+    (resolved_parts: a rank_<r> link to a folder elsewhere counts as that folder), relative to
+    the working folder; obs:// and s3:// URLs by bucket and key prefix at '/' boundaries
+    (obs://b/x and s3://b/x/y overlap). A local path never overlaps a URL."""
+    if is_url(a) != is_url(b):
+        return None
+    if is_url(a):
+        (ba, ka), (bb, kb) = split_url(a), split_url(b)
+        if ba == bb and (not ka or not kb or ka == kb or ka.startswith(kb + "/")
+                         or kb.startswith(ka + "/")):
+            return a, b
+        return None
+    parts_a, parts_b = resolved_parts(a), resolved_parts(b)
+    for inner, outer, swap in ((parts_a, parts_b, False), (parts_b, parts_a, True)):
+        holders = {real: name for name, real in reversed(outer)}   # the shallowest name wins
+        for name, real in inner:
+            for folder in reversed(list(_self_and_ancestors(real))):   # the outermost holder
+                if folder in holders:
+                    return (holders[folder], name) if swap else (name, holders[folder])
+    return None
+
+
+def _self_and_ancestors(path: str):
+    while True:
+        yield path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
 
 
 def overlaps(a: str, b: str) -> bool:
-    """True when one location is, holds or lies inside the other. Local paths are compared
-    after resolving links (and relative to the working folder); obs:// and s3:// URLs by bucket
-    and key prefix at '/' boundaries (obs://b/x and s3://b/x/y overlap). A local path never
-    overlaps a URL."""
-    if is_url(a) != is_url(b):
-        return False
-    if not is_url(a):
-        ra, rb = os.path.realpath(a), os.path.realpath(b)
-        return _within(ra, rb) or _within(rb, ra)
-    (ba, ka), (bb, kb) = split_url(a), split_url(b)
-    if ba != bb:
-        return False
-    return not ka or not kb or ka == kb or ka.startswith(kb + "/") or kb.startswith(ka + "/")
+    """True when one location is, holds or lies inside the other, every part resolved (see
+    overlap)."""
+    return overlap(a, b) is not None
+
+
+def overlap_text(location: str, part: str) -> str:
+    """`location`, and where one of its parts a link leads, for a one-line error."""
+    if part == location or is_url(location):
+        return location
+    return f"{location} (its {os.path.relpath(part, location)} is {os.path.realpath(part)})"
 
 
 def check_output(dst: str, dst_flag: str, inputs: Mapping[str, str | None]) -> None:
-    """Refuse (ReshardError naming both) an output location that is, holds or lies inside an
-    input (flag -> location; None entries are skipped): the engine never writes into its
-    sources or strategies."""
+    """Refuse (ReshardError naming both, and the link that makes them meet) an output location
+    that is, holds or lies inside an input (flag -> location; None entries are skipped), every
+    part of both resolved (see overlap): the engine never writes into its sources or
+    strategies, not even through a link."""
     for flag, location in inputs.items():
-        if location and overlaps(dst, location):
-            raise ReshardError(f"{dst_flag} {dst} overlaps {flag} {location}: refusing to write "
-                               f"into an input (choose another output folder)")
+        if not location:
+            continue
+        found = overlap(dst, location)
+        if found is not None:
+            raise ReshardError(f"{dst_flag} {overlap_text(dst, found[0])} overlaps {flag} "
+                               f"{overlap_text(location, found[1])}: refusing to write into an "
+                               f"input (choose another output folder)")
 
 
 def check_writable(path: str, what: str) -> None:
@@ -427,21 +489,10 @@ def check_writable(path: str, what: str) -> None:
 
 
 def probe_writable(folder: str, what: str) -> None:
-    """Write access tried for real, before any transfer or conversion: a local `folder` is
-    created (what the conversion does next anyway) with a temporary file in it; under an
-    obs:// / s3:// folder a probe object is put and removed (a missing bucket, a read-only
-    bucket or a missing permission found now, not after the conversion). ReshardError naming
-    `what`."""
-    if is_url(folder):
-        import obs_io
-        from obs_io.oneline import one_line
-        probe = _join(folder, f".write_probe_{os.uname().nodename}_{os.getpid()}")
-        try:
-            obs_io.file.write(probe, b"", binary=True)
-            obs_io.file.remove(probe)
-        except (OSError, ValueError) as exc:
-            raise ReshardError(f"{what}: cannot write there: {one_line(exc, (OSError, ValueError))}") from None
-        return
+    """Write access to a local `folder` tried for real, before any transfer or conversion: it is
+    created (what the conversion does next anyway) with a temporary file in it, which leaves
+    nothing behind even when the process is killed (an unnamed file). ReshardError naming
+    `what`. (An obs:// / s3:// output is tried by its claim: reshard.claim.)"""
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

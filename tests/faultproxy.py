@@ -3,7 +3,9 @@
 It records every request (method, path, Range, status, response body size) so tests can count
 what was fetched, and injects faults: 503 SlowDown answers and dropped connections for a share
 of requests, 500 InternalError for a share (error500), and, for a test of timeouts, a stall:
-requests that are read and never answered (stall). The choice is a hash of (seed, request, how
+requests that are read and never answered (stall); requests held until the test lets them go
+(hold, release), to keep one of two runs at a known point without timing; a burst of throttling
+(503 SlowDown and 429 in turn) for a given time (burst). The choice is a hash of (seed, request, how
 often this request was seen), so a run is reproducible whatever the thread interleaving, and a
 request is faulted at most `max_faults` times in a row, so a client with retries always gets
 through.
@@ -18,6 +20,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +40,7 @@ class Record:
     status: int          # 0 for a dropped connection, -1 for a stalled request
     body_bytes: int      # response body bytes sent to the client
     headers: dict        # request headers, lower-case names
+    at: float = 0.0      # time.monotonic() when it was recorded
 
 
 def _self_signed(cert_path: str, key_path: str) -> None:
@@ -84,6 +88,9 @@ class FaultProxy:
         self.seed, self.slowdown, self.drop, self.max_faults = seed, slowdown, drop, max_faults
         self.error500 = error500
         self.stall = None  # callable (method, path) -> bool: read the request, never answer it
+        self.hold = None   # callable (method, path) -> bool: held until release(), then answered
+        self._released = threading.Event()
+        self._burst: tuple | None = None   # (seconds, match, started at or None): see burst()
         self._closing = threading.Event()  # set on exit: stalled handlers end
         self.records: list[Record] = []
         self.rules: list = []
@@ -121,6 +128,32 @@ class FaultProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def burst(self, seconds: float, match=lambda method, path: True) -> None:
+        """Throttle for `seconds` from the first request that `match`es: every matching request
+        meanwhile is answered 503 SlowDown or 429 TooManyRequests, in turn (status 503 / 429
+        in the records)."""
+        self._burst = (seconds, match, None)
+
+    def _bursting(self, method: str, path: str) -> int | None:
+        """The status to answer with while the burst lasts, else None."""
+        if self._burst is None:
+            return None
+        seconds, match, started = self._burst
+        if not match(method, path):
+            return None
+        with self._lock:
+            if started is None:
+                started = time.monotonic()
+                self._burst = (seconds, match, started)
+            if time.monotonic() - started >= seconds:
+                return None
+            n = sum(1 for r in self.records if r.status in (429, 503))
+        return 503 if n % 2 == 0 else 429
+
+    def release(self) -> None:
+        """Let the requests `hold` keeps waiting go on (and every later one through)."""
+        self._released.set()
 
     def faults(self) -> Counter:
         """How many 503s and drops were injected (status 503 / 0)."""
@@ -161,7 +194,8 @@ class FaultProxy:
                 with proxy._lock:
                     proxy.records.append(Record(self.command, self.path, self.headers.get("Range"),
                                                 status, nbytes,
-                                                {k.lower(): v for k, v in self.headers.items()}))
+                                                {k.lower(): v for k, v in self.headers.items()},
+                                                time.monotonic()))
 
             def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] = ()) -> None:
                 self.send_response(status)
@@ -184,10 +218,21 @@ class FaultProxy:
                         status, code = hit
                         self._send(status, error_xml(code), [("Content-Type", "application/xml")])
                         return
+                if proxy.hold is not None and not proxy._released.is_set() and proxy.hold(self.command, self.path):
+                    while not (proxy._released.wait(0.1) or proxy._closing.is_set()):
+                        pass
                 if proxy.stall is not None and proxy.stall(self.command, self.path):
                     self._record(-1, 0)       # -1: stalled; the client gives up, or we exit
                     proxy._closing.wait()
                     self.close_connection = True
+                    return
+                throttled = proxy._bursting(self.command, self.path)
+                if throttled == 503:
+                    self._send(503, SLOWDOWN_XML, [("Content-Type", "application/xml")])
+                    return
+                if throttled == 429:
+                    self._send(429, error_xml("TooManyRequests", "Too many requests."),
+                               [("Content-Type", "application/xml")])
                     return
                 fault = proxy._decide(self.command, self.path)
                 if fault == "error500":

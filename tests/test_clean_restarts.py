@@ -4,8 +4,10 @@ staging folder is never in the system temporary folder."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,33 @@ def _dead_writers_temp(folder: Path, name: str) -> Path:
     out = subprocess.run([sys.executable, "-c", code, str(folder / name)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
     return Path(out.stdout.strip())
+
+
+def test_a_killed_writer_not_yet_reaped_is_dead_to_the_sweep(tmp_path):
+    """A writer SIGKILLed whose parent has not reaped it yet (a zombie, as under a container's
+    init that never reaps): its pid still answers, but it writes no more, so the rerun's sweep
+    removes its temporary file; a live writer's stays."""
+    import psutil
+    from obs_io.atomic import sweep
+    code = ("import sys, time; from obs_io.atomic import temp_name; open(temp_name(sys.argv[1]), 'wb').close(); "
+            "print('ok', flush=True); time.sleep(600)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / name)], stdout=subprocess.PIPE, text=True,
+                                env=env) for name in ("killed.ckpt", "live.ckpt")]
+    try:
+        for w in writers:
+            assert w.stdout.readline().strip() == "ok"
+        killed, live = writers
+        os.kill(killed.pid, signal.SIGKILL)          # and not waited for: a zombie
+        while psutil.Process(killed.pid).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.01)
+        (left,) = tmp_path.glob(".killed.ckpt.obsio-*.tmp")
+        assert sweep(str(tmp_path)) == [str(left)]
+        assert list(tmp_path.glob(".live.ckpt.obsio-*.tmp"))
+    finally:
+        for w in writers:
+            w.kill()
+            w.wait()
 
 
 def test_rerun_removes_killed_writers_temp_files_and_keeps_foreign_files(data, tmp_path):

@@ -122,8 +122,13 @@ def test_parallel_config_and_defaults():
 
 
 def test_modelarts_cpu_flavour_reports_zero_gpus():
-    # MA_NUM_GPUS=0 is ModelArts' documented default: it says nothing about cards.
-    assert resolve_cluster(spec(), {"MA_NUM_GPUS": "0"}, parallel_world=4).cards_per_node == 4
+    """MA_NUM_GPUS=0 (a flavour without accelerators) gives no card count: a single-card job runs
+    there; a distributed one is refused in one line naming it."""
+    assert resolve_cluster(spec(), {"MA_NUM_GPUS": "0"}, parallel_world=1).cards_per_node == 1
+    for env, world in (({"MA_NUM_GPUS": "0"}, 4), ({"MA_NUM_GPUS": " 0", "MA_NUM_HOSTS": "2", "VC_TASK_INDEX": "1"}, 2)):
+        with pytest.raises(EntryError, match=r"^MA_NUM_GPUS=0: this node has no accelerator, but the job is "
+                                             r"distributed over \d+ ranks"):
+            resolve_cluster(spec(), env, parallel_world=world)
 
 
 @pytest.mark.parametrize("launch_cmd", [

@@ -241,3 +241,57 @@ def test_strategy_pass_switches_to_the_legacy_format(base):
     job = config_mod.resolve(JobSpec(), out)            # what MindFormers accepts: no EntryError
     assert job.only_save_strategy is True and job.load_checkpoint == ""
     assert not config_mod.uses_legacy_format(cfg)       # the job's own config is untouched
+
+
+# ---------------------------------------------------------------- hostile configs
+
+def _laughs(levels: int = 9) -> str:
+    """'Billion laughs': each alias lists the previous one ten times, 10**levels values in all."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bombs_deep_nesting_and_oversized_configs_are_refused_in_one_line(tmp_path):
+    cases = {"bomb.yaml": (_laughs(), "YAML aliases expand to more than"),
+             "self.yaml": ("a: &a [1, *a]\n", "refers to a value holding it"),
+             "deep.yaml": ("x: " + "[" * 3000 + "]" * 3000 + "\n", "levels deep"),
+             "huge.yaml": ("k: v\n" * (config_mod.MAX_CONFIG_BYTES // 5 + 1), "more than the")}
+    for name, (text, said) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(EntryError) as info:
+            config_mod.read_base(str(tmp_path / name))
+        assert str(info.value).startswith(f"--config={tmp_path / name}: ") and said in str(info.value), info.value
+        assert "\n" not in str(info.value)
+    # within the bounds: anchors and aliases as people write them still work
+    (tmp_path / "ok.yaml").write_text("common: &c {lr: 0.1, layers: [1, 2]}\nmodel: *c\nother: {<<: *c, lr: 0.2}\n")
+    assert config_mod.read_base(str(tmp_path / "ok.yaml"))["other"] == {"lr": 0.2, "layers": [1, 2]}
+
+
+def test_the_entry_refuses_an_alias_bomb_at_once(tmp_path):
+    """Through the command, as the job runs it: a bomb in --config, in a base_config, and in a
+    dotted override's value end in one line and exit 2 within seconds (it hung in mask_secrets,
+    memory growing, before), with nothing written."""
+    import os
+    import subprocess
+    import sys
+    import time
+    repo = Path(__file__).resolve().parent.parent
+    (tmp_path / "bomb.yaml").write_text(_laughs())
+    (tmp_path / "child.yaml").write_text("base_config: bomb.yaml\nmodel: {}\n")
+    bomb_value = "[" + ", ".join(["&a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"] + [f"&b{i} [{', '.join(['*a' if i == 0 else f'*b{i - 1}'] * 10)}]" for i in range(8)]) + "]"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MA_", "VC_", "RANK_", "CLOUD_ENTRY_"))}
+    env["PYTHONPATH"] = str(repo)
+    for args, culprit in (([f"--config={tmp_path / 'bomb.yaml'}"], "bomb.yaml"),
+                          ([f"--config={tmp_path / 'child.yaml'}"], "bomb.yaml"),
+                          ([f"--model.extra={bomb_value}"], "--model.extra")):
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "cloud_entry", *args, "--", "true", "{config}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and culprit in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+        assert "alias" in lines[0], lines[0]
+        assert elapsed < 60, elapsed
+        assert not (tmp_path / "output").exists()

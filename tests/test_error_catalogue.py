@@ -375,3 +375,35 @@ def test_a_remote_source_is_named_by_its_url_not_our_copy(inputs, bucket, s3_env
     proc = run_tool(tool, args(url, inputs) + extra, tmp_path, {**clean_env(), **s3_env})
     last = check_one_line(proc, url, "corrupt-checkpoint")
     assert str(tmp_path) not in last, last     # no staging folder or cache copy in the user's line
+
+
+@pytest.mark.parametrize("row, args, culprit", [
+    ("corrupt-checkpoint", ["--load_checkpoint={truncated}", "--dst_strategy={s4}"], "truncated.ckpt"),
+    ("strategy-names-nothing", ["--load_checkpoint={complete}", "--dst_strategy={foreign}", "--npu_num_per_node=2",
+                                "--model_parallel=2", "--pipeline_stage=1"], "foreign_strategy.ckpt")])
+def test_cloud_entry_reads_the_source_before_writing_logs_or_markers(inputs, bucket, s3_env, tmp_path, row, args,
+                                                                     culprit):
+    """A truncated source or another model's strategy is found with the plan, before the log
+    file, the claims, the write probes or a failure marker: nothing at all is written, locally
+    or under remote_save_url."""
+    import obs_io
+    job = tmp_path / "job"
+    job.mkdir()
+    argv = [a.format(**inputs) for a in args] + [f"--remote_save_url=s3://{bucket}/out"]
+    proc = run_tool("cloud-entry", argv, job, {**clean_env(), **s3_env})
+    check_one_line(proc, culprit, row)
+    assert os.listdir(job) == []
+    assert not obs_io.file.exists(f"s3://{bucket}/out")
+
+
+def test_transform_by_rank_and_zero_gpus_are_checked(inputs, tmp_path):
+    """MindFormers' boolean flag takes a boolean; a flavour without accelerators cannot run a
+    distributed job."""
+    proc = run_tool("transform-checkpoint", [f"--src_checkpoint={inputs['complete']}", f"--dst_strategy={inputs['s4']}",
+                                             f"--dst_checkpoint={tmp_path / 'out'}", "--transform_by_rank=maybe"], tmp_path)
+    assert proc.returncode == 2 and "--transform_by_rank: 'maybe' is not True or False" in proc.stderr, proc.stderr
+    proc = run_tool("cloud-entry", [f"--load_checkpoint={inputs['complete']}", f"--dst_strategy={inputs['s4']}",
+                                    f"--output_dir={tmp_path / 'job'}"], tmp_path, {**clean_env(), "MA_NUM_GPUS": "0"})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "cloud-entry: error: MA_NUM_GPUS=0: this node has no accelerator"), proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "job").exists()

@@ -5,6 +5,7 @@ URL and the endpoint, within the bound the configuration sets (S3Config.worst_ca
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -218,6 +219,7 @@ def test_a_stalled_server_fails_within_the_configured_bound(tmp_path, bucket, pr
     proxy.stall = lambda method, path: "/stall/" in path and "prefix=" not in path
     for what, call, in_flight in stalled_calls(bucket, tmp_path):
         proxy.records.clear()
+        mox.reset_config()   # each call as a command of its own: its own stall clock
         start = time.monotonic()
         with pytest.raises(ConnectionError) as info:
             call()
@@ -227,4 +229,62 @@ def test_a_stalled_server_fails_within_the_configured_bound(tmp_path, bucket, pr
         # each request is tried max_attempts times, never max_attempts x s3transfer's re-reads
         tries = Counter((r.method, r.path, r.range) for r in proxy.records if r.status == -1)
         assert tries and set(tries.values()) == {cfg.max_attempts} and len(tries) <= in_flight, (what, tries)
+    # within one command, a request given up on leaves the later ones one try each until the
+    # store answers something well (here nothing does): the command ends about when its first
+    # request does, not once per request
+    proxy.records.clear()
+    mox.reset_config()
+    calls = {what: call for what, call, _ in stalled_calls(bucket, tmp_path)}
+    for what in ("HEAD (read)", "PutObject (upload)"):
+        with pytest.raises(ConnectionError):
+            calls[what]()
+    tries = Counter((r.method, r.path.split("/")[-1]) for r in proxy.records if r.status == -1)
+    assert tries == {("HEAD", "small.txt"): cfg.max_attempts, ("PUT", "up.txt"): 1}, tries
     assert not [p for p in tmp_path.rglob(".*obsio*")]
+
+
+# -- throttling: retried apart from the attempts, for as long as the bound allows ----------------
+
+def test_a_throttling_burst_is_outlasted_and_counted(tmp_path, bucket, proxy, monkeypatch, caplog):
+    """6 s of nothing but 503 SlowDown and 429 answers, with 2 attempts per request: throttled
+    tries do not count against the attempts (each request is throttled many times over), every
+    byte arrives, and the log counts what was throttled."""
+    import logging
+    monkeypatch.setenv("S3_MAX_ATTEMPTS", "2")
+    mox.reset_config()
+    caplog.set_level(logging.INFO, logger="obs_io.retry")
+    data = make_files(tmp_path / "src")
+    proxy.burst(6.0)
+    start = time.monotonic()
+    mox.file.copy_parallel(str(tmp_path / "src"), f"s3://{bucket}/up", is_processing=False)
+    mox.file.copy_parallel(f"s3://{bucket}/up", str(tmp_path / "down"), is_processing=False)
+    elapsed = time.monotonic() - start
+    for name, body in data.items():
+        assert (tmp_path / "down" / name).read_bytes() == body, name
+    statuses = Counter(r.status for r in settled(proxy))
+    assert statuses[503] and statuses[429], statuses
+    per_request = Counter((r.method, r.path) for r in proxy.records if r.status in (429, 503))
+    assert max(per_request.values()) > 2, per_request        # more throttled tries than attempts
+    assert elapsed >= 6.0, elapsed                          # it waited the burst out
+    assert "is throttling requests" in caplog.text
+    counted = [int(m) for m in re.findall(r"object storage throttled (\d+) request", caplog.text)]
+    assert sum(counted) == statuses[503] + statuses[429], (counted, statuses)
+
+
+def test_throttling_past_the_stall_deadline_is_one_line_naming_it(tmp_path, bucket, proxy, monkeypatch):
+    """A store that does nothing but throttle: the request ends when S3_STALL_DEADLINE says
+    (3 s here), in one line naming it; neither sooner (the attempts do not end it) nor much
+    later."""
+    monkeypatch.setenv("S3_STALL_DEADLINE", "3")
+    monkeypatch.setenv("S3_MAX_ATTEMPTS", "2")
+    mox.reset_config()
+    (tmp_path / "f.txt").write_bytes(b"x")
+    proxy.burst(600.0)
+    start = time.monotonic()
+    with pytest.raises(OSError) as info:
+        mox.file.copy(str(tmp_path / "f.txt"), f"s3://{bucket}/f.txt")
+    elapsed = time.monotonic() - start
+    text = assert_one_line(info.value, f"s3://{bucket}/f.txt", proxy.endpoint, "S3_STALL_DEADLINE=3s ended the retries")
+    assert "throttled" in text
+    assert 3.0 * 0.9 <= elapsed < 3.0 + 15, elapsed
+    assert sum(1 for r in settled(proxy) if r.status in (429, 503)) > 2

@@ -135,3 +135,55 @@ def test_endpoint_with_user_info_is_refused_without_showing_it(s3_server, s3_env
     with pytest.raises(ValueError, match=r"set_auth\(server=...\)") as info:
         mox.current_config()
     assert "SK2USERINFO" not in str(info.value) and "AK2USERINFO" not in str(info.value)
+
+
+def test_secrets_in_arguments_and_urls_never_reach_a_line_a_dump_or_an_uploaded_log(s3_server, s3_env, tmp_path, models):
+    """A job given secrets the ways users give them: in a URL's user info and a presigned query
+    (passed on to the training command), as the training's own --api_key, and as a dotted config
+    override: none of them in the console, the log files, the logs uploaded to remote_save_url
+    or the effective config; the training command still gets the real values. A failing job's
+    one line and transform-checkpoint's mask a URL's user info too."""
+    import json
+    import obs_io
+    from platform_harness import upload
+    from test_cloud_entry_jobs import LAUNCH, PARALLEL4, entry_env, run_entry
+    bucket = "secrets-bucket"
+    s3_server.client().create_bucket(Bucket=bucket)
+    secrets = {"userinfo AK": "AKUSERINFO7788", "userinfo SK": "SKUSERINFO9900", "presigned key": "AKIDPRESIGN1122",
+               "presigned token": "TOKPRESIGN3344", "presigned signature": "SIGPRESIGN5566",
+               "api key": "APIKEYSECRET1234", "obs token": "OBSTOKENSECRET5678"}
+    passed_on = [f"--data_url=obs://{secrets['userinfo AK']}:{secrets['userinfo SK']}@data-bucket/set",
+                 f"--presigned=https://host/x?X-Amz-Credential={secrets['presigned key']}%2F20250101"
+                 f"&X-Amz-Security-Token={secrets['presigned token']}&X-Amz-Signature={secrets['presigned signature']}",
+                 f"--api_key={secrets['api key']}"]
+    src = upload(models["complete"], f"s3://{bucket}/models/llama.ckpt")
+    env = entry_env(s3_env, ENTRY_CHECK_REFERENCE=models["ref4"], ENTRY_CHECK_RESULT=tmp_path / "check.json")
+    job = tmp_path / "job"
+    code, out = run_entry([f"--load_checkpoint={src}", f"--dst_strategy={models['s4']}", "--auto_trans_ckpt=True",
+                           "--npu_num_per_node=4", f"--remote_save_url=s3://{bucket}/out",
+                           f"--model.obs_token={secrets['obs token']}", *PARALLEL4, *LAUNCH, *passed_on], env, job)
+    assert code == 0, out
+    assert json.loads((tmp_path / "check.json").read_text())["argv"] == passed_on   # the real values
+    assert "running launch command" in out and "--api_key=***" in out and "obs://***@data-bucket/set" in out
+    assert "model.obs_token" in out
+    obs_io.file.copy_parallel(f"s3://{bucket}/out/logs", str(tmp_path / "uploaded"))
+    uploaded = [p for p in (tmp_path / "uploaded").rglob("*.log")]
+    assert uploaded
+    texts = {"console": out, **{str(p): p.read_text(errors="replace") for p in [*job.rglob("*"), *uploaded]
+                                if p.is_file() and p.suffix in (".log", ".yaml", ".txt", ".json")}}
+    assert any("effective_config.yaml" in name for name in texts)
+    for where, text in texts.items():
+        for what, secret in secrets.items():
+            assert secret not in text, (what, where)
+    # a failing job's one line, and transform-checkpoint's
+    code, out = run_entry([f"--load_checkpoint=s3://{secrets['userinfo AK']}:{secrets['userinfo SK']}@{bucket}/nope",
+                           f"--dst_strategy={models['s4']}", "--auto_trans_ckpt=True", "--npu_num_per_node=4",
+                           *PARALLEL4, *LAUNCH], env, tmp_path / "job2")
+    assert code == 2 and "cloud-entry: error" in out, out
+    r = subprocess.run([sys.executable, "-m", "reshard",
+                        f"--src_checkpoint=s3://{secrets['userinfo AK']}:{secrets['userinfo SK']}@{bucket}/nope",
+                        f"--dst_strategy={models['s4']}", f"--dst_checkpoint={tmp_path / 'out'}"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    for text in (out, r.stdout + r.stderr):
+        assert secrets["userinfo AK"] not in text and secrets["userinfo SK"] not in text, text

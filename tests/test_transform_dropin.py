@@ -5,10 +5,12 @@ same command resumes, --help and --version. Conversions are compared bit for bit
 MindSpore's own transform_checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import glob
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -309,6 +311,17 @@ def _finals(out: str) -> list[str]:
     return sorted(glob.glob(os.path.join(out, "rank_*", "checkpoint_*.ckpt")))
 
 
+@contextlib.contextmanager
+def _group_killed_after(p: subprocess.Popen):
+    """`p`, whose process group is SIGKILLed on the way out if it still runs (a failed check)."""
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 @pytest.mark.parametrize("process_num", [2, 1])
 def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_num):
     """SIGINT to the process group (what a terminal's Ctrl-C does) once the first rank is
@@ -318,9 +331,8 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
     out = str(in_tmp / "out")
     argv = [sys.executable, "-c", RUN_TOOL, f"--src_checkpoint={big['full']}", f"--dst_checkpoint={out}",
             f"--dst_strategy={big['s8']}", f"--transform_process_num={process_num}", "--log_dir=log"]
-    p = subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
-    try:
+    with _group_killed_after(subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True)) as p:
         deadline = time.monotonic() + 300
         while not _finals(out) and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -330,10 +342,6 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
         os.killpg(p.pid, signal.SIGINT)
         os.killpg(p.pid, signal.SIGCONT)
         stdout, stderr = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
     assert p.returncode == 130, stdout + stderr
     assert errors_only(stderr) == f"transform-checkpoint: {INTERRUPTED}", stderr
     logs = "".join(open(f).read() for f in glob.glob(str(in_tmp / "log" / "*.log")))
@@ -358,6 +366,39 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
     if vouched:
         assert f"kept ranks {ranks_text(vouched)}" in rerun.stdout, (vouched, rerun.stdout)
     assert _files(out) == _files(ref)
+    for name in _files(ref):
+        assert filecmp.cmp(os.path.join(out, name), os.path.join(ref, name), shallow=False), name
+
+
+def test_a_killed_worker_is_one_line_and_the_rerun_converts_the_rest(big, in_tmp):
+    """A conversion worker SIGKILLed mid-rank (as the kernel's OOM killer does): one line
+    naming it and the signal, exit 2, no traceback, its temporary file removed; the same
+    command then converts the rest, equal to an uninterrupted run."""
+    out = in_tmp / "out"
+    argv = [sys.executable, "-c", RUN_TOOL, f"--src_checkpoint={big['full']}", f"--dst_checkpoint={out}",
+            f"--dst_strategy={big['s8']}", "--transform_process_num=2"]
+    with _group_killed_after(subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True)) as p:
+        deadline = time.monotonic() + 300
+        temps: list[str] = []
+        while not temps and p.poll() is None and time.monotonic() < deadline:
+            temps = glob.glob(str(out / "rank_*" / ".*.obsio-*.tmp"))
+            time.sleep(0.005)
+        assert temps, p.communicate(timeout=60)
+        worker = int(re.search(r"\.obsio-(\d+)-", temps[0]).group(1))   # a worker's file names it
+        os.kill(worker, signal.SIGKILL)
+        stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 2, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stdout + stderr, stderr
+    assert f"a conversion worker (pid {worker}) was killed by SIGKILL while converting rank(s)" in lines[0], lines[0]
+    assert not [f for _, _, fs in os.walk(out) for f in fs if f.endswith(".tmp")]
+    ref = str(in_tmp / "ref")
+    assert subprocess.run([*argv[:4], f"--dst_checkpoint={ref}", *argv[5:]], cwd=in_tmp, env=_env(),
+                          capture_output=True, timeout=600).returncode == 0
+    rerun = subprocess.run(argv, cwd=in_tmp, env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert _files(str(out)) == _files(ref)
     for name in _files(ref):
         assert filecmp.cmp(os.path.join(out, name), os.path.join(ref, name), shallow=False), name
 

@@ -325,7 +325,9 @@ class CheckpointWriter:
         # obs_io's temporary names (hidden, naming this process): a rerun's sweep removes what a
         # killed run left, and never the file of a writer still running
         self.temp_path = temp_name(os.path.abspath(self.path))
-        self._file = _Checksummed(open(self.temp_path, "wb"), self.path)
+        # "x": a new file, never one (or a link) already under the temporary name; the final
+        # name is replaced by the rename, link or not, never written through
+        self._file = _Checksummed(open(self.temp_path, "xb"), self.path)
         self._pos = 0            # index into metas of the value being written
         self._left: int | None = None  # bytes still due for metas[_pos]; None = not begun
         self._rows = 0           # axis-0 rows received for metas[_pos]

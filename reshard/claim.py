@@ -1,0 +1,284 @@
+"""One run per output: a claim on an output location, held while a run writes there.
+
+Two runs writing into one output (two transform-checkpoint commands into one folder, two jobs
+sharing a remote_save_url) would each end "done" while the output holds one result, or a mix.
+So a run claims its output before its first write there and checks the claim again before it
+publishes (a manifest, markers): a run of other inputs that finds a live claim is refused at
+once, in one line naming the other run. The processes of one run share it (the nodes and
+cards of a job, MindFormers' parallel --rank_id processes, a rerun after a kill): a run is
+known by its id, a digest of what defines its result.
+
+The records are small files under `<output>/.claims/` (a local folder, or objects under an
+obs:// / s3:// prefix), named by a digest of the run id:
+
+    <run>.claim             written when the run claims the output: run id, tool, host, pid
+    <run>.<owner>.alive     rewritten every HEARTBEAT_SECONDS by each process of the run
+
+A run is live while one of its processes is: one of this machine that still runs (its pid with
+the same start time; killed, reaped or not, it is dead at once), or another machine's whose
+record was rewritten within STALE_SECONDS, by the store's own clock. A dead run's records are
+removed by the next run that claims the output: a killed run never blocks its output for long.
+
+Who holds the output: on a local disk a lock of the claims folder (flock) makes reading the
+claims and writing one a single step, so the second of two runs always finds the first. Object
+storage has no lock: a run writes its claim, waits SETTLE_SECONDS and lists the claims again;
+of the live runs, the one whose claim the store stamped first (then the smaller run id) holds
+the output, and every contender computes the same answer from the same listing. The check
+before publishing catches what the settle cannot (a claim that took longer than it to appear).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from obs_io.atomic import owner_alive, owner_tag
+
+from .errors import ReshardError
+from .sources import is_url
+
+log = logging.getLogger("reshard")
+
+CLAIMS = ".claims"
+HEARTBEAT_SECONDS = 15.0
+STALE_SECONDS = 120.0     # another machine's process silent this long is gone
+SETTLE_SECONDS = 2.0      # object storage: from writing a claim to reading the others
+LOCK_SECONDS = 30.0       # the local lock is held for a few file operations: a bound for waiting
+
+
+@dataclass
+class _Run:
+    """What the claims folder says of one run: its claim (store time in ns, the record), and
+    each of its processes' last heartbeat (owner tag -> store time in ns)."""
+    key: str
+    claimed_ns: int | None = None
+    alive: dict[str, int] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+
+
+class OutputClaim:
+    """The claim of run `run_id` on `root` (a local folder or an obs:// / s3:// prefix); `shown`:
+    how the user named the output, for messages (`--dst_checkpoint out`); `tool`: who claims
+    (`transform-checkpoint`, `cloud-entry node 1`). acquire() before the first write there,
+    check() before publishing, release() at the end (also as a context manager)."""
+
+    def __init__(self, root: str, run_id: str, tool: str, shown: str):
+        self.root, self.run_id, self.tool, self.shown = root.rstrip("/") or root, run_id, tool, shown
+        self.folder = _join(self.root, CLAIMS)
+        self.key = hashlib.sha256(run_id.encode()).hexdigest()[:16]
+        self.owner = owner_tag()
+        self._stop = threading.Event()
+        self._beating: threading.Thread | None = None
+        self._held = False
+
+    # -- the three steps ----------------------------------------------------------------------
+    def acquire(self) -> "OutputClaim":
+        """Claim the output, or join this run's live claim; ReshardError (one line naming the
+        other run) when a live run of other inputs holds it."""
+        self._beat()   # first: from now on this process counts as live
+        wrote = False
+        try:
+            with self._lock() as locked:
+                runs = self._scan()
+                holder = self._holder(runs, exclude_self=True)
+                if holder is not None and holder.key != self.key:
+                    raise self._refused(holder, "in use by another run")
+                for run in runs.values():   # a killed run's leftovers: taken over
+                    if run.key != self.key and not self._live(run, runs):
+                        self._remove_run(run)
+                    elif run.key == self.key:   # this run's killed processes (a rerun)
+                        for owner in [o for o in run.alive if o != self.owner and owner_alive(o) is False]:
+                            _remove(_join(self.folder, f"{run.key}.{owner}.alive"))
+                mine = runs.get(self.key)
+                if mine is None or mine.claimed_ns is None or not self._live(mine, runs, exclude_self=True):
+                    self._write_claim()
+                    wrote = True
+            if wrote and not locked:   # no lock here: the store's order decides, once settled
+                time.sleep(SETTLE_SECONDS)
+                runs = self._scan()
+                holder = self._holder(runs)
+                if holder is not None and holder.key != self.key:
+                    raise self._refused(holder, "in use by another run")
+        except BaseException:
+            with contextlib.suppress(OSError, ValueError):   # the error being raised is the user's
+                self._give_up(wrote)
+            raise
+        self._held = True
+        self._beating = threading.Thread(target=self._heartbeat, name="output-claim", daemon=True)
+        self._beating.start()
+        return self
+
+    def check(self) -> None:
+        """Before publishing: this run still holds the output (ReshardError naming the run that
+        took it, e.g. after this one looked dead through a long stall of the store)."""
+        runs = self._scan()
+        holder = self._holder(runs)
+        if holder is not None and holder.key != self.key:
+            raise self._refused(holder, "taken over by another run meanwhile; not publishing")
+        if self.key not in runs or runs[self.key].claimed_ns is None:
+            self._write_claim()   # swept as stale by nobody who then claimed it: ours again
+
+    def release(self) -> None:
+        """The end of this process's part: its heartbeat stops and goes; the claim goes with the
+        run's last live process. Best effort: a record left behind is a dead run's, removed by
+        the next run."""
+        if not self._held:
+            return
+        self._held = False
+        self._stop.set()
+        if self._beating is not None:
+            self._beating.join(timeout=HEARTBEAT_SECONDS)
+        try:
+            self._give_up(wrote=True)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: could not remove this run's claim (%s); the next run takes it over",
+                        self.shown, exc)
+
+    def __enter__(self) -> "OutputClaim":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    # -- records ------------------------------------------------------------------------------
+    def _alive_name(self) -> str:
+        return f"{self.key}.{self.owner}.alive"
+
+    def _beat(self) -> None:
+        _write(_join(self.folder, self._alive_name()), self.owner)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self._beat()
+            except (OSError, ValueError) as exc:   # the store's trouble is the run's to meet
+                log.debug("claim heartbeat of %s failed: %s", self.shown, exc)
+
+    def _write_claim(self) -> None:
+        record = {"run": self.run_id, "tool": self.tool, "host": socket.gethostname(),
+                  "pid": os.getpid(), "owner": self.owner, "started": time.time()}
+        _write(_join(self.folder, f"{self.key}.claim"), json.dumps(record))
+
+    def _scan(self) -> dict[str, _Run]:
+        import obs_io
+        try:
+            entries = obs_io.file.list_entries(self.folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        runs: dict[str, _Run] = {}
+        self._now_ns = max((e.mtime_nsec for e in entries), default=0)
+        for e in entries:
+            parts = e.name.split(".")
+            if len(parts) == 2 and parts[1] == "claim":
+                runs.setdefault(parts[0], _Run(parts[0])).claimed_ns = e.mtime_nsec
+            elif len(parts) == 3 and parts[2] == "alive":
+                runs.setdefault(parts[0], _Run(parts[0])).alive[parts[1]] = e.mtime_nsec
+        return runs
+
+    def _live(self, run: _Run, runs: dict[str, _Run], exclude_self: bool = False) -> bool:
+        """One of the run's processes still runs (see the module's docstring)."""
+        for owner, stamp in run.alive.items():
+            if exclude_self and run.key == self.key and owner == self.owner:
+                continue
+            alive = owner_alive(owner)
+            if alive or (alive is None and self._now_ns - stamp < STALE_SECONDS * 1e9):
+                return True
+        return False
+
+    def _holder(self, runs: dict[str, _Run], exclude_self: bool = False) -> _Run | None:
+        """Of the live runs with a claim, the one the store stamped first (then the smaller key)."""
+        live = [r for r in runs.values() if r.claimed_ns is not None and self._live(r, runs, exclude_self)]
+        return min(live, key=lambda r: (r.claimed_ns, r.key), default=None)
+
+    def _refused(self, holder: _Run, why: str) -> ReshardError:
+        import obs_io
+        try:
+            record = json.loads(obs_io.file.read(_join(self.folder, f"{holder.key}.claim")))
+        except (OSError, ValueError):
+            record = {}
+        age = max(0.0, (self._now_ns - (holder.claimed_ns or 0)) / 1e9)
+        who = (f"run {record.get('run', holder.key)}, {record.get('tool', 'another tool')} on host "
+               f"{record.get('host', '?')} pid {record.get('pid', '?')}, claimed {age:.0f}s ago")
+        return ReshardError(f"{self.shown}: {why} ({who}): one output takes one run at a time; wait "
+                            "for it to end, or choose another output")
+
+    def _remove_run(self, run: _Run) -> None:
+        names = [f"{run.key}.{o}.alive" for o in run.alive]
+        if run.claimed_ns is not None:
+            names.append(f"{run.key}.claim")
+            log.info("%s: taking over from a run that ended without releasing it (%s)", self.shown, run.key)
+        for name in names:
+            _remove(_join(self.folder, name))
+
+    def _give_up(self, wrote: bool) -> None:
+        """This process's heartbeat goes; the run's claim too when this process wrote or held
+        it and no other process of the run is live."""
+        _remove(_join(self.folder, self._alive_name()))
+        if wrote:
+            runs = self._scan()
+            mine = runs.get(self.key)
+            if mine is not None and not self._live(mine, runs, exclude_self=True):
+                for owner in mine.alive:   # its killed processes' records go with it
+                    if owner != self.owner:
+                        _remove(_join(self.folder, f"{self.key}.{owner}.alive"))
+                _remove(_join(self.folder, f"{self.key}.claim"))
+            if not runs.keys() - {self.key} and not is_url(self.folder):
+                with contextlib.suppress(OSError):   # not empty: another run came meanwhile
+                    os.rmdir(self.folder)
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """Locally, the claims folder locked (flock) for reading and writing claims as one step;
+        yields whether it is. Object storage, or a file system without flock: no lock."""
+        if is_url(self.folder):
+            yield False
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            yield self._flock(fd)
+        finally:
+            os.close(fd)   # the lock goes with it
+
+    def _flock(self, fd: int) -> bool:
+        """Lock `fd` exclusively, waiting at most LOCK_SECONDS; False where flock is not
+        supported (some network file systems)."""
+        import fcntl
+        deadline = time.monotonic() + LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ReshardError(f"{self.shown}: {self.folder} stayed locked for "
+                                       f"{LOCK_SECONDS:g}s by another run") from None
+                time.sleep(0.05)
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                    return False
+                raise
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if is_url(base) else os.path.join(base, name)
+
+
+def _write(path: str, text: str) -> None:
+    import obs_io
+    obs_io.file.write(path, text)
+
+
+def _remove(path: str) -> None:
+    import obs_io
+    try:
+        obs_io.file.remove(path)
+    except FileNotFoundError:
+        pass
