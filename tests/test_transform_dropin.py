@@ -389,7 +389,7 @@ def test_a_killed_worker_is_one_line_and_the_rerun_converts_the_rest(big, in_tmp
         os.kill(worker, signal.SIGKILL)
         stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == 2, stdout + stderr
-    lines = stderr.strip().splitlines()
+    lines = errors_only(stderr).splitlines()
     assert len(lines) == 1 and "Traceback" not in stdout + stderr, stderr
     assert f"a conversion worker (pid {worker}) was killed by SIGKILL while converting rank(s)" in lines[0], lines[0]
     assert not [f for _, _, fs in os.walk(out) for f in fs if f.endswith(".tmp")]
