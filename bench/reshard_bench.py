@@ -8,7 +8,10 @@ bytes the step produced. Goals: >= 5x faster than MindSpore, <= 1/5 of its peak 
 of the copy floor. Each engine runs --repeat times per step (alternating which goes first) and
 keeps its best time and its highest peak RSS. `--engines stream` leaves MindSpore out (a quick
 look at this engine against the copy floor; MindSpore also refuses to load the 1.3 GB file when
-the machine's free memory, page cache not counted, is below that). Usage:
+the machine's free memory, page cache not counted, is below that: the bench gives it
+MemAvailable, memory_guard_on_available). Everything written is removed at the end, failed or
+interrupted (`--keep` keeps the outputs); the built inputs stay in bench/_work as a cache
+(job_bench reads them too). Usage:
 python bench/reshard_bench.py [--process_num N] [--repeat N] [--engines stream,mindspore] [--keep]
 """
 from __future__ import annotations
@@ -44,11 +47,31 @@ def build(work: str) -> dict:
     if not os.path.exists(full):
         params = _params()
         synth.write_complete_checkpoint(full, params)
-    if not os.path.isdir(paths["s8"]) or not os.path.isdir(paths["s4"]):
-        params = params or _params()
-        synth.write_strategy(paths["s8"], dp=2, mp=2, pp=2, params=params)
-        synth.write_strategy(paths["s4"], dp=1, mp=2, pp=2, params=params)
+    layouts = {"s8": dict(dp=2, mp=2, pp=2), "s4": dict(dp=1, mp=2, pp=2)}
+    for key, layout in layouts.items():
+        if not os.path.isdir(paths[key]):
+            params = params or _params()
+            synth.write_strategy(paths[key], params=params, **layout)
     return paths
+
+
+def memory_guard_on_available() -> None:
+    """MindSpore (2.10) refuses to load a .ckpt larger than the free memory, which it reads as
+    MemFree (os.sysconf SC_AVPHYS_PAGES): on this machine, with tmpfs folders and the page cache
+    holding most of the RAM, MemFree can be a few hundred MB while GBs are available, and the
+    full-size checkpoint was refused before anything was converted. The guard is given
+    MemAvailable (what the kernel can hand out without swapping), as on a node whose memory is
+    not taken by cache; the conversion itself is untouched. Should memory then run out, this
+    process (MindSpore holds the whole checkpoint and more) is the one the kernel ends, not a
+    neighbour's."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    from mindspore.train import serialization
+    if hasattr(serialization, "_get_available_memory"):
+        serialization._get_available_memory = lambda: psutil.virtual_memory().available
 
 
 def measure(cmd: list[str], limit: float = 1800.0) -> tuple[float, int]:
@@ -60,24 +83,31 @@ def measure(cmd: list[str], limit: float = 1800.0) -> tuple[float, int]:
         t0 = time.monotonic()
         proc = psutil.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                             stdout=subprocess.DEVNULL, stderr=errors)
-        peak = 0
-        while proc.poll() is None:
-            try:
-                procs = [proc] + proc.children(recursive=True)
-            except psutil.NoSuchProcess:
-                procs = []
-            if time.monotonic() - t0 > limit:
-                for p in reversed(procs):
-                    p.kill()
-                raise SystemExit(f"killed after {limit:.0f}s: {' '.join(cmd)}")
-            rss = 0
-            for p in procs:
+        peak, procs = 0, [proc]
+        try:
+            while proc.poll() is None:
                 try:
-                    rss += p.memory_info().rss
+                    procs = [proc] + proc.children(recursive=True)
+                except psutil.NoSuchProcess:
+                    procs = []
+                if time.monotonic() - t0 > limit:
+                    raise SystemExit(f"killed after {limit:.0f}s: {' '.join(cmd)}")
+                rss = 0
+                for p in procs:
+                    try:
+                        rss += p.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
+                peak = max(peak, rss)
+                time.sleep(0.02)
+        except BaseException:   # over the limit, or interrupted: no child outlives the bench
+            for p in reversed(procs):
+                try:
+                    p.kill()
                 except psutil.NoSuchProcess:
                     pass
-            peak = max(peak, rss)
-            time.sleep(0.02)
+            proc.wait()
+            raise
         wall = time.monotonic() - t0
         if proc.returncode != 0:
             errors.seek(0)
@@ -87,17 +117,25 @@ def measure(cmd: list[str], limit: float = 1800.0) -> tuple[float, int]:
 
 
 def copy_floor(produced: str, scratch: str) -> float:
-    """Seconds to plainly copy the bytes a step produced (read + write, fsync like the writer)."""
+    """Seconds to plainly copy the bytes a step produced (read + write, fsync like the writer);
+    a file that is another name of one copied already (the engine hard-links data-parallel
+    replicas) is linked, as `cp -a` does: the floor writes the distinct bytes once too."""
     shutil.rmtree(scratch, ignore_errors=True)
     t0 = time.monotonic()
+    copied: dict[tuple[int, int], str] = {}
     for dirpath, _, files in os.walk(produced):
         if ".reshard" in dirpath:
             continue
         rel = os.path.relpath(dirpath, produced)
         os.makedirs(os.path.join(scratch, rel), exist_ok=True)
         for f in files:
-            dst = os.path.join(scratch, rel, f)
-            shutil.copyfile(os.path.join(dirpath, f), dst)
+            src, dst = os.path.join(dirpath, f), os.path.join(scratch, rel, f)
+            st = os.stat(src)
+            if (st.st_dev, st.st_ino) in copied:
+                os.link(copied[st.st_dev, st.st_ino], dst)
+                continue
+            shutil.copyfile(src, dst)
+            copied[st.st_dev, st.st_ino] = dst
             with open(dst, "rb+") as fh:
                 os.fsync(fh.fileno())
     secs = time.monotonic() - t0
@@ -106,8 +144,11 @@ def copy_floor(produced: str, scratch: str) -> float:
 
 
 def cli(engine, src, dst, src_s, dst_s, process_num):
-    cmd = [sys.executable, "-m", "reshard", "--engine", engine, "--src_checkpoint", src,
-           "--dst_checkpoint", dst, "--process_num", str(process_num)]
+    """transform-checkpoint as the user runs it (`python -m reshard`); MindSpore's engine through
+    this file's `_mindspore` child, which gives MindSpore's memory guard MemAvailable first."""
+    head = [sys.executable, "-m", "reshard"] if engine == "stream" else [sys.executable, __file__, "_mindspore"]
+    cmd = head + ["--engine", engine, "--src_checkpoint", src,
+                  "--dst_checkpoint", dst, "--process_num", str(process_num)]
     if src_s:
         cmd += ["--src_strategy", src_s]
     if dst_s:
@@ -116,6 +157,10 @@ def cli(engine, src, dst, src_s, dst_s, process_num):
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["_mindspore"]:
+        memory_guard_on_available()
+        from reshard.cli import main as transform_checkpoint
+        sys.exit(transform_checkpoint(sys.argv[2:]))
     ap = argparse.ArgumentParser()
     ap.add_argument("--process_num", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the outputs in bench/_work")
@@ -133,6 +178,18 @@ def main() -> None:
     size = os.path.getsize(p["full"])
     print(f"checkpoint: {p['full']} ({size / 1e9:.2f} GB), process_num={args.process_num}")
     out = {e: os.path.join(WORK, f"out_{e}") for e in ("stream", "mindspore")}
+    scratch = os.path.join(WORK, "copy_scratch")
+    try:
+        rows = run_steps(args, engines, p, out, scratch)
+    finally:   # nothing of this run stays behind, failed or not (the inputs are a cache)
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not args.keep:
+            for d in out.values():
+                shutil.rmtree(d, ignore_errors=True)
+    report(rows, engines)
+
+
+def run_steps(args, engines, p, out, scratch) -> list:
     for d in out.values():
         shutil.rmtree(d, ignore_errors=True)
     steps = [("complete -> 8", lambda e: (p["full"], None, p["s8"]), "8"),
@@ -148,11 +205,15 @@ def main() -> None:
                 dst = os.path.join(out[engine], tag)
                 shutil.rmtree(dst, ignore_errors=True)
                 runs[engine].append(measure(cli(engine, src, dst, src_s, dst_s, args.process_num)))
-            floors.append(copy_floor(os.path.join(out["stream"], tag), os.path.join(WORK, "copy_scratch")))
+            floors.append(copy_floor(os.path.join(out["stream"], tag), scratch))
         times = [f"{e} {[round(t, 2) for t, _ in runs[e]]} s" for e in engines]
         print(f"{title}: {', '.join(times)}, copy {[round(f, 2) for f in floors]} s", flush=True)
         best = {e: (min(t for t, _ in r), max(m for _, m in r)) for e, r in runs.items()}
         rows.append((title, best["stream"], best.get("mindspore"), min(floors)))
+    return rows
+
+
+def report(rows, engines) -> None:
     print(f"{'step':<14}{'stream s':>9}{'ms s':>8}{'speedup':>9}{'stream RSS':>12}"
           f"{'ms RSS':>9}{'RSS ratio':>10}{'copy s':>8}{'vs copy':>9}")
     for title, (ts, rs), ms, floor in rows:
@@ -164,9 +225,6 @@ def main() -> None:
              for _, (ts, rs), ms, floor in rows)
     print("goals (>=5x faster, <=1/5 RSS, <=2x copy floor):", "met" if ok else "MISSED",
           "" if "mindspore" in engines else "(MindSpore not run)")
-    if not args.keep:
-        for d in out.values():
-            shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

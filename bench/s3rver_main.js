@@ -20,6 +20,10 @@
  *   stream, not once it was written: a GET right after a PUT, or the completion of an upload
  *   right after its last part, could read a short file. They are answered here once the file is
  *   written and renamed into place (a reader sees the old object or the new one, never a part).
+ * - UploadPartCopy (PUT /bucket/key?partNumber=N&uploadId=ID with x-amz-copy-source and
+ *   x-amz-copy-source-range) answered 501: s3transfer copies an object above the multipart
+ *   threshold in such parts, as the engine does for a data-parallel replica of a rank it
+ *   uploaded. Each part is read from the source object's file here, server side.
  */
 
 const crypto = require('crypto');
@@ -177,7 +181,45 @@ async function multipartUploads(ctx, next) {
   };
 }
 
-app.middleware.splice(app.middleware.length - 1, 0, multipartUploads);
+/** UploadPartCopy, before s3rver's router (which refuses x-amz-copy-source with an uploadId). */
+async function uploadPartCopy(ctx, next) {
+  const source = ctx.headers['x-amz-copy-source'];
+  if (ctx.method !== 'PUT' || !source || !ctx.query.uploadId || !ctx.query.partNumber) return next();
+  const [bucket, ...rest] = ctx.path.replace(/^\//, '').split('/');
+  const key = rest.map(decodeURIComponent).join('/');
+  const dir = path.join(uploadsDir(bucket), ctx.query.uploadId);
+  const owner = await fs.promises.readFile(path.join(dir, 'key')).catch(() => null);
+  if (owner === null || owner.toString() !== key) {
+    throw new S3Error('NoSuchUpload', 'The specified upload does not exist.', { UploadId: ctx.query.uploadId });
+  }
+  const [srcBucket, ...srcRest] = decodeURIComponent(source.split('?')[0]).replace(/^\//, '').split('/');
+  const srcKey = srcRest.join('/');
+  if (!(await store.existsObject(srcBucket, srcKey))) {
+    throw new S3Error('NoSuchKey', 'The specified key does not exist.', { Key: srcKey });
+  }
+  const srcPath = store.getResourcePath(srcBucket, srcKey, 'object');
+  const { size } = await fs.promises.stat(srcPath);
+  let [start, end] = [0, size - 1];
+  const range = ctx.headers['x-amz-copy-source-range'];
+  if (range) {
+    const m = /^bytes=(\d+)-(\d+)$/.exec(range);
+    if (!m || Number(m[1]) > Number(m[2]) || Number(m[2]) >= size) {
+      throw new S3Error('InvalidRange', 'The requested range is not satisfiable');
+    }
+    [start, end] = [Number(m[1]), Number(m[2])];
+  }
+  const written = await store.putPart(bucket, ctx.query.uploadId, ctx.query.partNumber,
+    fs.createReadStream(srcPath, { start, end }));
+  ctx.body = {
+    CopyPartResult: {
+      '@': { xmlns: 'http://s3.amazonaws.com/doc/2006-03-01/' },
+      LastModified: new Date().toISOString(),
+      ETag: JSON.stringify(written.md5),
+    },
+  };
+}
+
+app.middleware.splice(app.middleware.length - 1, 0, multipartUploads, uploadPartCopy);
 app.run().catch(err => {
   console.error(`s3rver: ${err.message}`);
   process.exit(1);

@@ -8,9 +8,9 @@
   use with npm into bench/_work/node and run by bench/s3rver_main.js, which fills in what obs_io
   meets on OBS and s3rver lacks (ListMultipartUploads and AbortMultipartUpload, without which
   every multipart upload of obs_io failed; S3's `-<parts>` ETag for a multipart object; a PUT
-  answered only once its file is in place). Still unlike S3/OBS: it ignores If-Match and
-  If-None-Match on PUT, answers `Range: bytes=0-0` with the whole object, and has no
-  UploadPartCopy; nothing the benchmarks' jobs depend on.
+  answered only once its file is in place; UploadPartCopy). Still unlike S3/OBS: it ignores
+  If-Match and If-None-Match on PUT and answers `Range: bytes=0-0` with the whole object;
+  nothing the benchmarks' jobs depend on.
 
 Both have the interface of tests/s3server.S3Server: endpoint, env(), client(), stop().
 """

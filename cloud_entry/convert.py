@@ -34,6 +34,16 @@ def skeleton(source: reshard.SourceSet, src: reshard.Strategy | None, dst: resha
                                 policy=policy)
 
 
+def replicas(source: reshard.SourceSet, src: reshard.Strategy | None, dst: reshard.Strategy | None,
+             ranks: list[int], prefix: str, fmt: str,
+             policy: reshard.PlanPolicy = reshard.PlanPolicy()) -> dict[str, str]:
+    """Output name -> the output name, among `ranks`, of the rank whose file has the same bytes
+    (data-parallel replicas: Plan.same_as of the plan from strategies)."""
+    plan = plan_from_strategies(source, src, dst, dst_ranks=ranks, prefix=prefix, fmt=fmt, policy=policy)
+    path = {rp.rank: rp.path for rp in plan.ranks}
+    return {path[r]: path[first] for r, first in plan.same_as.items()}
+
+
 def complete(plan: Plan, local_root: str) -> Plan:
     """The skeleton completed with the headers of the files it reads. A remote source: read in
     place by ranged GETs (a bad source fails here, before any transfer), and per file the

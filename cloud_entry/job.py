@@ -477,7 +477,14 @@ def transform(p: JobPlan, env: dict[str, str],
     if elsewhere and not layout.shared_dir and layout.remote_save_url:
         names = [output_name(r, job.prefix, fmt) for r in elsewhere]
         recorded = {n: (r.size, r.crc32) for n, r in manifest.files.items()}
-        fetched = sync.download_ranks(layout.remote_transformed, layout.transformed, names, recorded.get)
+        same = {}
+        if dst is not None:   # replicas (the same bytes) come down once, linked here
+            try:
+                same = convert.replicas(p.source.files, p.src_strategy, dst, elsewhere, job.prefix, fmt,
+                                        _policy(job))
+            except reshard.ReshardError as exc:   # only a saving lost: each file comes down
+                log.debug("replicas not known: %s", exc)
+        fetched = sync.download_ranks(layout.remote_transformed, layout.transformed, names, recorded.get, same)
         _check_downloaded(layout.transformed, fetched, manifest)
     # The folder the training loads holds this run's files only (no older prefix, no rank of a
     # larger world): locally, and under remote_save_url (node 0; every block is in by now).

@@ -329,10 +329,15 @@ def upload_ranks(local_root: str, remote_root: str, checksums: dict[str, tuple[i
 
 
 def download_ranks(remote_root: str, local_root: str, names: list[str],
-                   expected: Callable[[str], tuple[int, str] | None]) -> list[str]:
-    """Ranks converted on other nodes, down; one already here with the size and CRC32 its block
-    recorded (`expected`) is not downloaded again. Returns the names downloaded."""
+                   expected: Callable[[str], tuple[int, str] | None],
+                   same: dict[str, str] | None = None) -> list[str]:
+    """Ranks converted on other nodes (or before, on another node), down; one already here with
+    the size and CRC32 its block recorded (`expected`) is not downloaded again. same: name ->
+    the name of a rank with the same bytes (convert.replicas: from the plan); such a rank whose
+    twin is among `names` with the same recorded checksum is another name of the twin's file
+    here (a hard link), not a second download. Returns the names downloaded or linked."""
     from reshard import integrity
+    from reshard.execute import link_file
     todo = []
     for name in names:
         want, path = expected(name), join(local_root, name)
@@ -344,11 +349,18 @@ def download_ranks(remote_root: str, local_root: str, names: list[str],
             todo.append(name)
     if len(todo) < len(names):
         log.info("%d rank file(s) converted elsewhere are here already, unchanged", len(names) - len(todo))
-    if todo:
-        log.info("downloading %d rank file(s) converted on other nodes from %s", len(todo), remote_root)
-        # a rank_<r> link in our folder is replaced, never downloaded through
+    twins = {n: f for n, f in (same or {}).items()
+             if n in todo and f in names and f != n and expected(n) is not None and expected(n) == expected(f)}
+    fetch = [n for n in todo if n not in twins]
+    if todo:   # a rank_<r> link in our folder is replaced, never downloaded through
         own_folders(local_root, sorted({os.path.dirname(join(local_root, n)) for n in todo}))
-        obs_io.file.copy_parallel(remote_root, local_root, file_list=todo)
+    if fetch:
+        log.info("downloading %d rank file(s) converted on other nodes from %s%s", len(fetch), remote_root,
+                 f" ({len(twins)} more are the same bytes, linked here)" if twins else "")
+        obs_io.file.copy_parallel(remote_root, local_root, file_list=fetch)
+    for name, first in sorted(twins.items()):
+        os.makedirs(os.path.dirname(join(local_root, name)), exist_ok=True)
+        link_file(join(local_root, first), join(local_root, name), durable=False)
     return todo
 
 

@@ -36,6 +36,7 @@ DEFAULT_MAX_ATTEMPTS = 5
 # the first failure since it last answered well (retry.py). With the try in flight and one to
 # publish the failure, a command ends within about 3 minutes of the store's last good answer.
 DEFAULT_STALL_DEADLINE = 120.0
+DEFAULT_READ_PART_MIB = 16
 # botocore's standard retry mode: before retry i (1-based) it sleeps rand(0, 1) x min(2**(i-1),
 # 20) s for throttling (1 s base scale; 50 ms for other errors), plus up to 5 s more when the
 # answer carries x-amz-retry-after. The bound assumes the worst of both.
@@ -67,7 +68,12 @@ class S3Config:
     multipart_threshold: int = 64 * MiB  # below this a file goes in one request
     min_part_size: int = 8 * MiB         # S3 needs >= 5 MiB parts (OBS 100 KB); s3transfer enforces 5 MiB
     max_parts: int = 10_000
-    max_range_size: int = 64 * MiB       # downloads: ranged GETs grow up to this (see range_size)
+    # S3_READ_PART_MIB: the size of every ranged GET a large read is cut into, whichever reads:
+    # obs_io's downloads (range_size), a source file fetched while the conversion reads it,
+    # a source read in place. Larger: fewer requests (billed per request on OBS; a store whose
+    # GETs cost more for a bigger object, such as moto, reads it whole for each); smaller: a
+    # file fetched in order grows in finer steps, and less memory holds the bodies in flight.
+    read_part_bytes: int = DEFAULT_READ_PART_MIB * MiB
     verify_md5: bool = True              # off for a server whose ETags are not MD5s and that does not say
                                          # so (SSE-KMS/SSE-C headers are: transfer.etag_is_md5)
     sign_payload: bool | None = None     # SHA256 of upload bodies in the signature; None: only over plain http
@@ -88,13 +94,13 @@ class S3Config:
 
     def range_size(self, size: int, threads: int) -> int:
         """Ranged-GET size for downloading `size` bytes on `threads` threads: about one range
-        per thread, within [part_size, max_range_size]. Fewer, larger GETs keep every thread
-        busy all the same, and cost fewer requests (billed per request on OBS) and less server
-        time where each request has a fixed cost. Uploads keep part_size: s3transfer holds
-        each part being uploaded in memory."""
+        per thread, at least part_size, at most read_part_bytes (the one setting of every
+        ranged read). Fewer, larger GETs keep every thread busy all the same, and cost fewer
+        requests (billed per request on OBS) and less server time where each request has a
+        fixed cost. Uploads keep part_size: s3transfer holds each part being uploaded in
+        memory."""
         per_thread = -(-size // max(1, threads))
-        ranged = min(self.max_range_size, -(-per_thread // MiB) * MiB)
-        return max(self.part_size(size), ranged)
+        return min(self.read_part_bytes, max(self.part_size(size), -(-per_thread // MiB) * MiB))
 
     def part_size(self, size: int) -> int:
         """Part size for a file of `size` bytes: the minimum, grown so the file fits in max_parts."""
@@ -267,6 +273,7 @@ def current() -> S3Config:
         read_timeout=_positive("S3_READ_TIMEOUT", float, DEFAULT_READ_TIMEOUT),
         max_attempts=int(_positive("S3_MAX_ATTEMPTS", int, DEFAULT_MAX_ATTEMPTS)),
         stall_deadline=_positive("S3_STALL_DEADLINE", float, DEFAULT_STALL_DEADLINE),
+        read_part_bytes=int(_positive("S3_READ_PART_MIB", int, DEFAULT_READ_PART_MIB)) * MiB,
     )
     if o.get("client_timeout") is not None:
         values["connect_timeout"] = values["read_timeout"] = float(o["client_timeout"])

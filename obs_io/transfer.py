@@ -20,7 +20,6 @@ import posixpath
 import re
 import shutil
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from . import config as _config
 from .atomic import Landing, write_atomic
+from .crc import crc32
 from .client import MAX_THREADS, get_client, read_object, transfer_config
 from .errors import translating
 from .progress import Progress
@@ -65,13 +65,13 @@ class CopyTask:
 
 
 class _CRC32:
-    """zlib's CRC32 behind hashlib's update()/digest(), as S3 encodes it (4 bytes, big-endian)."""
+    """CRC32 (obs_io.crc) behind hashlib's update()/digest(), as S3 encodes it (4 bytes, big-endian)."""
 
     def __init__(self) -> None:
         self.value = 0
 
     def update(self, data: bytes) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = crc32(data, self.value)
 
     def digest(self) -> bytes:
         return self.value.to_bytes(4, "big")
@@ -402,6 +402,11 @@ class GrowingUpload:
         self._error: BaseException | None = None
         tconfig = transfer_config(self._cfg, size_hint, MAX_THREADS)
         tconfig.max_in_memory_upload_chunks = max(1, chunks)
+        # s3transfer reads a stream of unknown size up to the multipart threshold before its
+        # first request (to choose one PUT or parts): with the threshold at one part the first
+        # part leaves as soon as it is written, not 64 MiB later (measured through a 12 MB/s
+        # link: a file written at 11 MB/s went up at 6.3 MB/s, at link speed with this)
+        tconfig.multipart_threshold = tconfig.multipart_chunksize
         self._thread = Thread(target=self._run, args=(tconfig,), daemon=True, name="obs-io-growing-upload")
         self._thread.start()
 
@@ -424,8 +429,13 @@ class GrowingUpload:
 
     def abort(self) -> None:
         """The file was abandoned: end the upload, leaving nothing under the key."""
-        self._tail.cancel(_UploadCancelled(self.url))
+        self.cancel()
         self._thread.join()
+
+    def cancel(self) -> None:
+        """abort() without waiting (safe from a signal handler): the upload ends at its next
+        read, and finish() raises."""
+        self._tail.cancel(_UploadCancelled(self.url))
 
 
 def abort_stale_uploads(tasks: list[CopyTask], started: datetime.datetime) -> int:

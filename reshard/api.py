@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 from .errors import ReshardError
 from .formats import FormatError, open_reader
-from .fetch import FETCH_BYTES, SourceFetcher, horizon
+from .fetch import SourceFetcher, fetch_bytes, horizon
 from .formats.growing import Growing
 from .execute import (PROCESS_BASE_BYTES, RunResult, SourceFiles, UploadTo, expected_peak,
                       pending_ranks, rank_cost, rank_checksum, run_plan, settle_manifests)
@@ -218,7 +218,11 @@ def memory_budget(plan: Plan, process_num: int, max_memory: int | None) -> tuple
     """(budget, expected peak) in bytes; ReshardError when one rank alone exceeds the budget."""
     budget = max_memory if max_memory is not None else default_max_memory()
     remote = frozenset(plan.files_in_mode("remote")) if plan.with_headers else frozenset()
-    costs = [rank_cost(rp, remote) for rp in plan.ranks]
+    part = 0
+    if remote:
+        import obs_io
+        part = obs_io.current_config().read_part_bytes
+    costs = [rank_cost(rp, remote, part) for rp in plan.ranks]
     if plan.with_headers:
         for rp, cost in zip(plan.ranks, costs):
             if cost + PROCESS_BASE_BYTES > budget:
@@ -235,7 +239,8 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
             max_memory: int | None = None, log_dir: str | None = None,
             on_file: Callable[[str, tuple[int, str]], None] | None = None,
             download: Iterable[str] = (), release: bool = False,
-            upload_to: str | None = None, upload_skip: Iterable[str] = ()) -> TransformReport:
+            upload_to: str | None = None, upload_skip: Iterable[str] = (),
+            durable: bool = True) -> TransformReport:
     """Write the destination files of a full plan: <dst_root>/<output_name(rank, prefix, fmt)>
     for each rank (a rank whose file is already complete and verified is skipped), reading the
     source files under local_root. At most process_num ranks at once, within max_memory bytes
@@ -257,6 +262,13 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
     unchanged there). on_file is then told only of the files not uploaded so: those kept from
     before and those in upload_skip.
 
+    A rank whose file has the same bytes as an earlier rank's (plan.same_as: data-parallel
+    replicas) is not converted: it is another name of that file (a hard link) and, uploaded,
+    the store's copy of that object; its checksum is recorded like any other's.
+
+    durable: each output is fsynced before its rename (local outputs: the documented policy);
+    False where the local files only stage upload_to (the store holds the ranks).
+
     Raises ReshardError before writing anything: a skeleton plan, process_num < 1, a budget
     below what one rank needs, dst_root overlapping the source or a strategy. A download that
     fails (or a fetched .ckpt whose CRC trailer does not match) stops the conversion with a
@@ -276,33 +288,37 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
     budget, peak = memory_budget(plan, process_num, max_memory)
     files = source_files(plan, local_root)
     pending = {rp.rank for rp in pending_ranks(plan, files, dst_root)}
-    # what the ranks still to convert read (a rerun may need none of the source)
-    needed_now = {f for rp in plan.ranks if rp.rank in pending for f in rp.source_files}
+    # what the ranks still to convert read (a rerun may need none of the source; a copy reads
+    # nothing: its first rank is pending too, or kept)
+    converting = pending - set(plan.same_as)
+    needed_now = {f for rp in plan.ranks if rp.rank in converting for f in rp.source_files}
     download &= needed_now
     check_fetched(plan, local_root, needed_now - download)
     upload = None
     if upload_to is not None:
         import obs_io
         upload = UploadTo(upload_to, obs_io.current_config(), frozenset(upload_skip))
-        streams = [upload.CHUNKS * upload.part_bytes(rp) for rp in plan.ranks if rp.rank in pending]
-        extra = sum(sorted(streams, reverse=True)[:process_num])
+        streams = [upload.CHUNKS * upload.part_bytes(rp) for rp in plan.ranks if rp.rank in converting]
+        # per converting process: the rank being written and the one whose upload is ending
+        extra = sum(sorted(streams, reverse=True)[:2 * process_num])
         budget, peak = budget - extra, peak + extra
     if download:
-        budget, peak = budget - FETCH_BYTES, peak + FETCH_BYTES
+        fetching = fetch_bytes()
+        budget, peak = budget - fetching, peak + fetching
     check_source_crcs(plan, local_root, only=needed_now - download)
     log.info("plan: %d destination ranks, %d processes, expected peak %.1f MiB "
              "(budget %.1f MiB)", len(plan.ranks), process_num, peak / 2**20, budget / 2**20)
-    def on_rank(rp) -> None:   # the caller's part: files not uploaded while written
-        if on_file is not None and (upload is None or rp.rank not in pending or not upload.wants(rp)):
+    def on_rank(rp, uploaded: bool) -> None:   # the caller's part: files not uploaded now
+        if on_file is not None and not uploaded:
             on_file(rp.path, rank_checksum(dst_root, rp))
     if download:
         res = _run_downloading(plan, files, dst_root, sorted(download), pending, process_num=process_num,
                                budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir, on_rank=on_rank,
-                               release=release, upload=upload)
+                               release=release, upload=upload, durable=durable)
     else:
         res = run_plan(plan, files, dst_root, process_num=process_num,
                        budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir, on_rank=on_rank,
-                       upload=upload)
+                       upload=upload, durable=durable)
     by_rank = {rp.rank: rp.path for rp in plan.ranks}
     checksums = {}
     for rp in plan.ranks:
@@ -344,26 +360,29 @@ def source_files(plan: Plan, local_root: str) -> SourceFiles:
 def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[str],
                      pending: set[int], *,
                      process_num: int, budget: int, log_dir: str | None,
-                     on_rank: Callable | None, release: bool, upload: UploadTo | None) -> RunResult:
+                     on_rank: Callable | None, release: bool, upload: UploadTo | None,
+                     durable: bool) -> RunResult:
     """run_plan while `names` download (reshard.fetch; `pending`: the ranks not already done):
     ranks in the order their bytes arrive;
     a failed download stops the conversion with its own error, and the ranks made from the
     files it could not check are removed; after success their records are settled. release:
     a downloaded file is removed once every rank of the plan that reads it is done."""
     fetcher = SourceFetcher(plan, files.local_root, names, files.indexes,
-                            lambda n: plan.location_of(n, files.local_root))
+                            lambda n: plan.location_of(n, files.local_root), files.s3)
     preload = fetcher.preload(plan, files.s3)
     files = replace(files, growing={n: Growing(temp, tuple(preload.get(n, ())))
                                     for n, temp in fetcher.start().items()})
     order = fetcher.order
     readers = [rp for rp in plan.ranks if rp.rank in pending and files.unverified(rp)]
     downloading = set(names)
-    left = {n: sum(n in rp.source_files for rp in plan.ranks) for n in names}
+    # the ranks reading each file (a copy of another rank's file reads nothing)
+    left = {n: sum(n in rp.source_files for rp in plan.ranks if rp.rank not in plan.same_as)
+            for n in names}
 
-    def done(rp) -> None:   # each rank once, written or kept (run_plan's on_rank)
+    def done(rp, uploaded: bool) -> None:   # each rank once, written, copied or kept (on_rank)
         if on_rank is not None:
-            on_rank(rp)
-        for f in rp.source_files if release else ():
+            on_rank(rp, uploaded)
+        for f in rp.source_files if release and rp.rank not in plan.same_as else ():
             if f in left:
                 left[f] -= 1
                 if left[f] == 0:
@@ -375,7 +394,7 @@ def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[
             raise error
     try:
         res = run_plan(plan, files, dst_root, process_num=process_num, budget=budget,
-                       log_dir=log_dir, on_rank=done, upload=upload,
+                       log_dir=log_dir, on_rank=done, upload=upload, durable=durable,
                        arrival=lambda rp: horizon(rp, order, files.indexes, preload), check=check)
         fetcher.finish()
     except BaseException:

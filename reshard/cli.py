@@ -633,7 +633,8 @@ def _write(args, stage: _Stage, source: SourceSet, plan, local_root: str, upload
     report = execute(plan, local_root, dst_local, process_num=process_num,
                      max_memory=args.max_memory, log_dir=args.log_dir, download=fetched,
                      release=True,   # the stage goes at the end: a file goes once read
-                     upload_to=upload)   # a remote output: each rank uploaded while written
+                     upload_to=upload,   # a remote output: each rank uploaded while written,
+                     durable=not upload)   # its local copy only stages the upload: no fsync
     claim.check()   # still this run's output: publish
     manifest = None
     if args.rank_id is None:   # one block is not a set: its manifest would claim the set complete

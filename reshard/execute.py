@@ -7,6 +7,12 @@ threads CRC-sum and write the other half; the writer renames its temporary file 
 complete. Memory is therefore bounded by the largest slice being assembled (of which only two
 chunks are touched), not by the model. Workers are started with 'spawn' and import only this
 package (never MindSpore).
+
+A rank whose file has the same bytes as an earlier rank's (Plan.same_as: data-parallel
+replicas without optimizer sharding) is not converted: once that rank is committed, the process
+that wrote it gives the same file another name (a hard link) and, where it was uploaded, has
+the store copy its object (make_copies). Each rank, converted or copied, has a record beside the output (its plan
+digest, size, time and CRC32) that tells a rerun it is done.
 """
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
+import queue
+import shutil
 import signal
 import threading
 import time
@@ -33,7 +42,8 @@ from .formats import FileIndex, FormatError, TensorMeta, open_reader, open_write
 from .formats import remote as remote_source
 from .formats.growing import Growing
 from obs_io import redact
-from obs_io.atomic import sweep, write_atomic
+from obs_io.atomic import sweep, temp_name, write_atomic
+from . import integrity
 from .plan import Plan, RankPlan
 
 log = logging.getLogger("reshard")
@@ -47,15 +57,16 @@ POLL_SECONDS = 0.5   # how often the scheduler asks a running download whether i
 STOP_GRACE = 10.0    # seconds a stopped worker has to abort its rank before it is killed
 
 
-# Per source file read in place (remote): besides that, its window and GETs in flight.
-REMOTE_READER_BYTES = READER_BYTES + remote_source.WINDOW + remote_source.THREADS * remote_source.PART
-
-
-def rank_cost(rp: RankPlan, remote: frozenset[str] | set[str] = frozenset()) -> int:
+def rank_cost(rp: RankPlan, remote: frozenset[str] | set[str] = frozenset(),
+              part_bytes: int = 0) -> int:
     """Bytes one destination rank needs while converting (on top of its process); `remote`:
-    the source files read in place, whose readers hold more."""
-    return rp.buffer_bytes + sum(REMOTE_READER_BYTES if f in remote else READER_BYTES
-                                 for f in rp.source_files)
+    the source files read in place, whose readers hold more: each its window, and the one
+    reading (a rank reads one piece at a time) its GETs in flight, of part_bytes each (obs_io's
+    read_part_bytes)."""
+    files = rp.source_files
+    remote_files = sum(f in remote for f in files)
+    return (rp.buffer_bytes + READER_BYTES * len(files) + remote_files * remote_source.OPEN_BYTES
+            + (remote_source.THREADS * part_bytes if remote_files else 0))
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,9 @@ def own_folders(root: str, folders) -> None:
 def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) -> bool:
     """The output exists with the size/mtime recorded when this same plan wrote it, from
     source files that were all checked whole (none still 'unverified': see reshard.fetch),
-    and neither it nor its record is reached through a link out of the output."""
+    and neither it nor its record is reached through a link out of the output. An output that
+    was not fsynced (a staged upload) is read once more and must have the recorded CRC32:
+    after a crash of the machine its bytes could be zeros of the right size."""
     out = os.path.join(dst_root, rp.path)
     if not (inside(dst_root, out) and inside(dst_root, _manifest_path(dst_root, rp))):
         return False
@@ -187,20 +200,34 @@ def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) 
         st = os.stat(out)
     except (OSError, ValueError):
         return False
-    return m.get("digest") == rank_digest(rp, fmt, src_root) and m.get("size") == st.st_size \
+    done = m.get("digest") == rank_digest(rp, fmt, src_root) and m.get("size") == st.st_size \
         and m.get("mtime_ns") == st.st_mtime_ns and "crc32" in m and not m.get("unverified")
+    if done and m.get("fsynced") is False:
+        try:
+            done = integrity.file_checksum(out).crc32 == m["crc32"]
+        except OSError:
+            return False
+    return done
 
 
 def _write_manifest(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str,
-                    crc32: str) -> None:
+                    crc32: str, fsynced: bool = True) -> None:
+    """The rank's record, written after its output is complete under its final name. Not
+    fsynced (a flush per rank cost most of the slowdown at 128 destination ranks): when the
+    output was fsynced (with its folder) before, a record that a crash of the machine leaves
+    empty, zeroed or missing only makes a rerun convert that rank again, and one that survives
+    describes an output that survived too. fsynced False: the output was not (a staged upload),
+    and is_done checks its CRC32 before trusting it."""
     out = os.path.join(dst_root, rp.path)
     st = os.stat(out)
     record = {"digest": rank_digest(rp, fmt, src_root), "size": st.st_size,
               "mtime_ns": st.st_mtime_ns, "file": rp.path, "crc32": crc32}
+    if not fsynced:
+        record["fsynced"] = False
     unverified = SourceFiles.of(src_root).unverified(rp)
     if unverified:   # read while downloading: vouched for once those files are checked whole
         record["unverified"] = unverified
-    write_atomic(_manifest_path(dst_root, rp), json.dumps(record).encode(), durable=True)
+    write_atomic(_manifest_path(dst_root, rp), json.dumps(record).encode(), durable=False)
 
 
 def settle_manifests(dst_root: str, ranks: list[RankPlan], verified: bool) -> None:
@@ -228,8 +255,8 @@ def settle_manifests(dst_root: str, ranks: list[RankPlan], verified: bool) -> No
                 m = json.load(f)
         except (OSError, ValueError):
             continue
-        if m.pop("unverified", None):
-            write_atomic(path, json.dumps(m).encode(), durable=True)
+        if m.pop("unverified", None):   # not fsynced: see _write_manifest
+            write_atomic(path, json.dumps(m).encode(), durable=False)
 
 
 def rank_checksum(dst_root: str, rp: RankPlan) -> tuple[int, str] | None:
@@ -290,12 +317,16 @@ def _size_hint(rp: RankPlan) -> int:
 
 
 def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
-                 publish=None, upload: UploadTo | None = None) -> None:
+                 publish=None, upload: UploadTo | None = None, durable: bool = True,
+                 copies: tuple[RankPlan, ...] = ()):
     """Write one destination file (source files are relative to src_root, or where a
     SourceFiles says: some read in place by ranged GETs). Its commit (fsync, rename, manifest)
-    is handed to `publish` (a single-thread executor's submit) so the disk flush overlaps the
-    next rank's reads; without one it is done here. upload: the file is also uploaded while
-    it is written (UploadTo), and the commit waits for the upload's end."""
+    is handed to `publish` (a single-thread executor's submit, whose future is returned) so
+    the disk flush overlaps the next rank's reads; without one it is done here. upload: the
+    file is also uploaded while it is written (UploadTo), and the commit waits for the
+    upload's end. durable False: no fsync (a copy that only stages the upload;
+    CheckpointWriter.commit). copies: ranks with the same bytes (Plan.same_as), made from this
+    file once it is committed (make_copies). The commit returns make_copies' list."""
     t0 = time.monotonic()
     out_path = os.path.join(dst_root, rp.path)
     folder = os.path.dirname(out_path)
@@ -341,12 +372,12 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
 
     def commit() -> None:
         try:
-            writer.commit()
+            writer.commit(durable)
         except BaseException:
             if streaming is not None:
                 streaming.abort()
             raise
-        _write_manifest(src_root, dst_root, rp, fmt, writer.checksum[1])
+        _write_manifest(src_root, dst_root, rp, fmt, writer.checksum[1], fsynced=durable)
         log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank,
                  out_path, len(rp.tensors), os.path.getsize(out_path), sorted(rp.source_ranks),
                  time.monotonic() - t0)
@@ -359,12 +390,14 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
                                    f"{one_line(exc, (OSError, ValueError))}") from None
             log.info("rank %d: uploaded %s while writing it (%.2fs in all)", rp.rank, streaming.url,
                      time.monotonic() - t0)
+        return make_copies(rp, copies, src_root, dst_root, fmt, upload, durable,
+                           streaming is not None)
 
     if publish is None:
-        commit()
-        return
+        return commit()
+    commit.upload = streaming   # what a stopped worker cancels (_stop)
     try:
-        publish(commit)
+        return publish(commit)
     except BaseException:   # the previous rank's commit failed: this one is not published
         if streaming is not None:
             streaming.abort()
@@ -419,15 +452,20 @@ def _stop(signum: int, frame) -> None:
         threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
         return
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _commit_upload is not None:   # the commit running behind ends soon, not with its upload
+        _commit_upload.cancel()
     raise _Stopped()
 
 
-def _worker_init(log_dir: str | None, counter) -> None:
+def _worker_init(log_dir: str | None, counter, committed=None) -> None:
     """Each worker takes the next log index; SIGINT stays ignored (inherited: see
-    _spawning_ignores_sigint), so a Ctrl-C reaches the parent alone, which stops the workers."""
+    _spawning_ignores_sigint), so a Ctrl-C reaches the parent alone, which stops the workers.
+    committed: the queue where the worker's commits report their end (_commit_behind)."""
+    global _committed
     with counter.get_lock():
         index = counter.value
         counter.value += 1
+    _committed = committed
     redact.protect_logs()   # its log file is uploaded with the job's: scrubbed as the parent's
     _process_log(log_dir, index)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -476,39 +514,183 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+_committed = None        # a worker's queue to the parent: (rank, copies made, error) per commit
+_committer: ThreadPoolExecutor | None = None
+_commit_pending = None   # the future of the worker's commit still running, if any
+_commit_upload = None    # and the upload it ends (obs_io GrowingUpload), cancelled on a stop
+
+
 def _worker_convert(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
-                    upload: UploadTo | None = None) -> None:
-    """In the pool the scheduler counts a rank's buffer only while it runs: free it after."""
-    global _buffer
+                    upload: UploadTo | None = None, durable: bool = True,
+                    copies: tuple[RankPlan, ...] = ()) -> None:
+    """Convert one rank in a pool worker and return once its bytes are written: its commit (the
+    end of its upload, the store's copies of its replicas) goes on behind, on the worker's
+    committer thread, while the worker takes its next rank (the node's link stays busy instead
+    of waiting for an upload's last parts or a server-side copy); one commit in flight per
+    worker. The end of each commit goes to the parent through the `committed` queue
+    (_commit_behind). In the pool the scheduler counts a rank's buffer only while it is
+    written: free it after."""
+    global _buffer, _committer
     try:
-        convert_rank(rp, src_root, dst_root, fmt, upload=upload)
+        if _committer is None:
+            _committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-commit")
+
+        def publish(commit):
+            global _commit_pending, _commit_upload
+            if _commit_pending is not None:   # bounded: one rank's upload ending, one written
+                _commit_pending.result()
+            _commit_upload = getattr(commit, "upload", None)
+            _commit_pending = _committer.submit(_commit_behind, rp.rank, commit)
+            return _commit_pending
+        convert_rank(rp, src_root, dst_root, fmt, publish=publish, upload=upload,
+                     durable=durable, copies=copies)
     except _Stopped:
-        os._exit(128 + signal.SIGTERM)   # the rank was aborted; the parent wants no result
+        # the rank was aborted; the commit behind it ends first (its temporary file renamed
+        # or removed: os._exit would leave it), its upload cancelled (_stop); then no result
+        if _commit_pending is not None:
+            wait([_commit_pending], timeout=STOP_GRACE / 2)
+        os._exit(128 + signal.SIGTERM)
     finally:
         _buffer = np.empty(0, np.uint8)
 
 
+def _commit_behind(rank: int, commit) -> None:
+    """Run a rank's commit on the worker's committer; tell the parent how it ended."""
+    try:
+        made = commit()
+    except BaseException as exc:
+        try:
+            pickle.dumps(exc)
+        except Exception:   # the parent must get it: as one line
+            exc = ReshardError(f"rank {rank}: {exc!r}")
+        _committed.put((rank, None, exc))
+        raise
+    _committed.put((rank, made, None))
+
+
 def _run_pipelined(todo: list[RankPlan], src_root: SourceFiles | str, dst_root: str, fmt: str,
-                   on_rank: Callable[[RankPlan], None] | None = None,
-                   upload: UploadTo | None = None) -> None:
+                   done: Callable[[RankPlan, bool], None], upload: UploadTo | None = None,
+                   durable: bool = True, copies: dict[int, tuple[RankPlan, ...]] | None = None
+                   ) -> list[int]:
     """One rank after another, each rank's commit (its fsync waits for the disk) running while
     the next rank is read and written; at most one commit in flight, so written-but-unflushed
-    data stays bounded by one file."""
+    data stays bounded by one file. done(rp, uploaded): in the committer's order, once the
+    rank's file is committed (and its copies, `copies`: first rank -> its replicas, made).
+    Returns the ranks written, copies included."""
+    written: list[int] = []
+    by_rank = {c.rank: c for cs in (copies or {}).values() for c in cs}
+
+    def tell(rp: RankPlan, committed) -> None:   # on the committer, after rp's commit
+        made = committed.result()
+        done(rp, upload is not None and upload.wants(rp))
+        written.append(rp.rank)
+        for rank, uploaded in made:
+            done(by_rank[rank], uploaded)
+            written.append(rank)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-commit") as committer:
         pending = None
 
-        def publish(commit) -> None:
+        def publish(commit):
             nonlocal pending
             if pending is not None:
                 pending.result()
             pending = committer.submit(commit)
+            return pending
 
         for rp in todo:
-            convert_rank(rp, src_root, dst_root, fmt, publish, upload)
-            if on_rank is not None:   # told once its file is committed, in the committer's order
-                committer.submit(on_rank, rp)
+            committed = convert_rank(rp, src_root, dst_root, fmt, publish, upload, durable,
+                                     (copies or {}).get(rp.rank, ()))
+            committer.submit(tell, rp, committed)
         if pending is not None:
             pending.result()
+    return written
+
+
+def link_file(src: str, dst: str, durable: bool) -> str:
+    """`dst` as another name of the file `src` (a hard link: no byte written, no disk taken), or
+    a copy where the file system has no hard links; published by rename, so nothing partial is
+    ever under `dst`. durable: the copy's bytes and the folder are fsynced. Returns how."""
+    temp = temp_name(os.path.abspath(dst))
+    try:
+        try:
+            os.link(src, temp)
+            how = "linked"
+        except OSError:   # EPERM, EXDEV, ENOTSUP, EMLINK: no hard link here
+            shutil.copyfile(src, temp)
+            if durable:
+                with open(temp, "rb") as f:
+                    os.fsync(f.fileno())
+            how = "copied"
+        os.replace(temp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        raise
+    if durable:
+        _fsync_folder(os.path.dirname(os.path.abspath(dst)))
+    return how
+
+
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:   # a file system that cannot (some FUSE mounts): nothing more to do
+        pass
+    finally:
+        os.close(fd)
+
+
+def make_copies(first: RankPlan, copies: tuple[RankPlan, ...] | list[RankPlan],
+                src_root: SourceFiles | str, dst_root: str, fmt: str, upload: UploadTo | None,
+                durable: bool, first_uploaded: bool) -> list[tuple[int, bool]]:
+    """The ranks whose file has the same bytes as `first`'s (Plan.same_as), made from its
+    committed file by the process that wrote it: another name of the same file (link_file) with a
+    record of its own (the same size and CRC32), and, where `first` was uploaded now, the
+    store's own copy of its object (CopyObject, or UploadPartCopy parts for a large one: no
+    byte over the node's link; a plain upload of the file where the store refuses). Returns
+    (rank, uploaded) of each."""
+    made = []
+    if not copies:
+        return made
+    checksum = rank_checksum(dst_root, first)
+    if checksum is None:   # committed with its record just before
+        raise ReshardError(f"rank {first.rank}: {first.path} has no checksum record")
+    src = os.path.join(dst_root, first.path)
+    for rp in copies:
+        t0 = time.monotonic()
+        dst = os.path.join(dst_root, rp.path)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        how = link_file(src, dst, durable)
+        _write_manifest(src_root, dst_root, rp, fmt, checksum[1], fsynced=durable)
+        uploaded = first_uploaded and upload is not None and upload.wants(rp)
+        remote = f"; {upload.url(rp)} {_copy_object(upload.url(first), upload.url(rp), dst, rp.rank)}" \
+            if uploaded else ""
+        log.info("rank %d: wrote %s (%s from rank %d's file: the same slices from the same "
+                 "source pieces)%s in %.2fs", rp.rank, dst, how, first.rank, remote,
+                 time.monotonic() - t0)
+        made.append((rp.rank, uploaded))
+    return made
+
+
+def _copy_object(src: str, dst: str, local: str, rank: int) -> str:
+    """The object at `src` copied to `dst` by the store; if it refuses, `local` uploaded.
+    Returns which, for the log."""
+    import obs_io
+    from obs_io.oneline import one_line
+    try:
+        obs_io.file.copy(src, dst)
+        return "copied on the store"
+    except (OSError, ValueError) as exc:
+        log.warning("rank %d: the store did not copy %s to %s (%s): uploading the file instead",
+                    rank, src, dst, one_line(exc, (OSError, ValueError)))
+    try:
+        obs_io.file.copy(local, dst)
+    except (OSError, ValueError) as exc:
+        raise ReshardError(f"rank {rank}: uploading {dst}: "
+                           f"{one_line(exc, (OSError, ValueError))}") from None
+    return "uploaded"
 
 
 @dataclass
@@ -524,88 +706,138 @@ def pending_ranks(plan: Plan, src_root: SourceFiles | str, dst_root: str) -> lis
 
 def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_num: int,
              budget: int, log_dir: str | None = None,
-             on_rank: Callable[[RankPlan], None] | None = None,
+             on_rank: Callable[[RankPlan, bool], None] | None = None,
              arrival: Callable[[RankPlan], int] | None = None,
              check: Callable[[], None] | None = None,
-             upload: UploadTo | None = None) -> RunResult:
+             upload: UploadTo | None = None, durable: bool = True) -> RunResult:
     """Convert every rank of a full plan not already done (source files under src_root, or
-    where a SourceFiles says); at
-    most process_num at once and never more than `budget` bytes of rank costs in flight.
-    on_rank(rp): called in this process as soon as a rank's file is complete under its final
-    name (or found complete and kept), e.g. to upload it while the next ranks convert.
+    where a SourceFiles says); at most process_num at once and never more than `budget` bytes
+    of rank costs in flight. A rank with the same bytes as an earlier one (plan.same_as) is
+    not converted: the process that writes that rank makes it from its file (make_copies).
+    on_rank(rp, uploaded): called in this process, one call at a time, as soon as a rank's file
+    is complete under its final name (converted, copied, or found complete and kept), e.g. to
+    upload it while the next ranks convert; uploaded: it is under upload.url(rp) already.
     While source files are still downloading (SourceFiles.growing): arrival(rp) orders the
     ranks (the one whose bytes are all here soonest first: fetch.horizon), and check() raises
     the download's failure (asked every POLL_SECONDS while ranks run). upload: each rank
-    written is also uploaded while written (UploadTo); on_rank follows its upload."""
+    written is also uploaded while written (UploadTo); on_rank follows its upload. durable:
+    outputs fsynced (CheckpointWriter.commit)."""
     fmt = plan.fmt
     folders = sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
                      | {os.path.join(dst_root, MANIFEST_DIR)})
     own_folders(dst_root, folders)
     for folder in folders:
         sweep(folder)   # what a killed run of this plan left half-written
-    todo, skipped = [], []
-    for rp in plan.ranks:
-        if is_done(src_root, dst_root, rp, fmt):
-            log.info("rank %d: %s already complete and verified, skipped", rp.rank, rp.path)
-            skipped.append(rp.rank)
-            if on_rank is not None:
-                on_rank(rp)
-        else:
-            todo.append(rp)
+    done = on_rank or (lambda rp, uploaded: None)
+    kept = [rp for rp in plan.ranks if is_done(src_root, dst_root, rp, fmt)]
+    skipped = {rp.rank for rp in kept}
+    by_rank = {rp.rank: rp for rp in plan.ranks}
+    copies: dict[int, tuple[RankPlan, ...]] = {}   # first rank -> its replicas still to make
+    for rank, first in sorted(plan.same_as.items()):
+        if rank not in skipped:
+            copies[first] = copies.get(first, ()) + (by_rank[rank],)
+    copied = {c.rank for cs in copies.values() for c in cs}
+    todo = [rp for rp in plan.ranks if rp.rank not in skipped and rp.rank not in copied]
+    made = []
+    for rp in kept:
+        log.info("rank %d: %s already complete and verified, skipped", rp.rank, rp.path)
+        done(rp, False)
+        for rank, uploaded in make_copies(rp, copies.pop(rp.rank, ()), src_root, dst_root, fmt,
+                                          upload, durable, False):
+            done(by_rank[rank], uploaded)
+            made.append(rank)
     if arrival is not None:
         todo.sort(key=arrival)   # stable: plan order among equals
     if process_num <= 1 or len(todo) <= 1:   # this process converts: its log is transform_0
         handler = _process_log(log_dir, 0) if todo else None
         try:
-            _run_pipelined(todo, src_root, dst_root, fmt, on_rank, upload)
+            written = _run_pipelined(todo, src_root, dst_root, fmt, done, upload, durable, copies)
         finally:
             if handler is not None:
                 log.removeHandler(handler)
                 handler.close()
-        return RunResult(sorted(rp.rank for rp in todo), skipped)
+    else:
+        written = _run_pool(todo, src_root, dst_root, fmt, process_num=process_num,
+                            budget=budget, log_dir=log_dir, done=done, arrival=arrival,
+                            check=check, upload=upload, durable=durable, copies=copies,
+                            folders=folders)
+    return RunResult(sorted(written + made), sorted(skipped))
 
-    remote = SourceFiles.of(src_root).remote
-    pending = todo if arrival is not None else \
-        sorted(todo, key=lambda rp: rank_cost(rp, remote), reverse=True)
+
+def _run_pool(todo: list[RankPlan], src_root: SourceFiles | str, dst_root: str, fmt: str, *,
+              process_num: int, budget: int, log_dir: str | None,
+              done: Callable[[RankPlan, bool], None], arrival, check, upload: UploadTo | None,
+              durable: bool, copies: dict[int, tuple[RankPlan, ...]], folders: list[str]) -> list[int]:
+    """run_plan's ranks in worker processes; returns the ranks written, copies included. A
+    rank's cost counts while it is written; its commit goes on in its worker behind the next
+    rank (_worker_convert) and ends with a message on the `committed` queue, after which
+    done() hears of it and its copies. A worker killed (the OOM killer), even one with only a
+    commit of ours pending (found by polling), stops the others: what they left in `folders`
+    is swept and one line names it (_killed_worker), not a wait without end."""
+    files = SourceFiles.of(src_root)
+    remote, part = files.remote, files.s3.read_part_bytes if files.s3 is not None else 0
+    pending = list(todo) if arrival is not None else \
+        sorted(todo, key=lambda rp: rank_cost(rp, remote, part), reverse=True)
+    by_rank = {rp.rank: rp for rp in todo} | {c.rank: c for cs in copies.values() for c in cs}
     ctx = multiprocessing.get_context("spawn")
+    committed = ctx.Queue()
     running: dict = {}
+    committing: set[int] = set()
     in_flight = 0
     written = []
     workers: dict = {}   # pid -> process, every worker the pool started
     killed: list[int] | None = None
     with ProcessPoolExecutor(max_workers=min(process_num, len(todo)), mp_context=ctx,
-                             initializer=_worker_init, initargs=(log_dir, ctx.Value("i", 0))) as pool:
+                             initializer=_worker_init,
+                             initargs=(log_dir, ctx.Value("i", 0), committed)) as pool:
         try:
-            while pending or running:
+            while pending or running or committing:
                 started = True
                 while pending and len(running) < process_num and started:
                     started = False
                     for i, rp in enumerate(pending):
-                        cost = rank_cost(rp, remote)
+                        cost = rank_cost(rp, remote, part)
                         if in_flight + cost <= budget or not running:
                             with _spawning_ignores_sigint():
-                                fut = pool.submit(_worker_convert, rp,
-                                                  SourceFiles.of(src_root).for_rank(rp),
-                                                  dst_root, fmt, upload)
+                                fut = pool.submit(_worker_convert, rp, files.for_rank(rp),
+                                                  dst_root, fmt, upload, durable,
+                                                  copies.get(rp.rank, ()))
                             running[fut] = (rp, cost)
                             workers.update(getattr(pool, "_processes", None) or {})
                             in_flight += cost
                             pending.pop(i)
                             started = True
                             break
-                done, _ = wait(list(running), timeout=POLL_SECONDS if check else None,
-                               return_when=FIRST_COMPLETED)
+                if running:
+                    finished, _ = wait(list(running), timeout=POLL_SECONDS if check or committing else None,
+                                       return_when=FIRST_COMPLETED)
+                else:
+                    finished = ()
                 if check is not None:
                     check()
-                for fut in done:
+                for fut in finished:
                     rp, cost = running.pop(fut)
                     in_flight -= cost
                     fut.result()
-                    written.append(rp.rank)
-                    if on_rank is not None:
-                        on_rank(rp)
+                    committing.add(rp.rank)
+                if not finished:
+                    _check_workers_alive(pool, committing)
+                while committing:
+                    try:
+                        rank, made, error = committed.get(timeout=0 if running else POLL_SECONDS)
+                    except queue.Empty:
+                        break
+                    committing.discard(rank)
+                    if error is not None:
+                        raise error
+                    rp = by_rank[rank]
+                    written.append(rank)
+                    done(rp, upload is not None and upload.wants(rp))
+                    for copy, uploaded in made:
+                        written.append(copy)
+                        done(by_rank[copy], uploaded)
         except BrokenProcessPool:   # a worker killed (SIGKILL: the OOM killer): the others are stopped
-            killed = sorted(rp.rank for rp, _ in running.values())
+            killed = sorted([rp.rank for rp, _ in running.values()] + list(committing))
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) or (check is not None and _raises(check)):
                 _stop_workers(pool)   # a download that failed: the ranks reading it cannot end
@@ -614,7 +846,15 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
         for folder in folders:
             sweep(folder)
         raise ReshardError(_killed_worker(workers, killed))
-    return RunResult(sorted(written), skipped)
+    return written
+
+
+def _check_workers_alive(pool: ProcessPoolExecutor, committing: set[int]) -> None:
+    """A commit can only end in its worker: one that is gone (killed) never reports, and with
+    no rank of ours running the pool's own breakage reaches no future of ours."""
+    procs = (getattr(pool, "_processes", None) or {}).values()
+    if committing and any(not p.is_alive() for p in procs):
+        raise BrokenProcessPool("a conversion worker ended with commits pending")
 
 
 def _killed_worker(workers: dict, ranks: list[int]) -> str:

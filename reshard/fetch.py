@@ -2,7 +2,8 @@
 
 A remote source file the plan fetches ('fetch' in plan.source_use: its ranks would read more
 bytes of it in place than it has) is downloaded into the local root in file order (obs_io's
-download_in_order: ranged GETs in parallel, written in order), one file after the
+download_in_order: ranged GETs of obs_io's read_part_bytes, THREADS in flight, written in
+order: the file grows a part at a time), one file after the
 other in the order the ranks need them, under a temporary name beside its final one. Workers
 open the growing file (formats.growing) and each read waits for its bytes, so a destination
 rank starts converting as soon as the bytes it reads first are local, not after the whole
@@ -19,17 +20,17 @@ end of a MindSpore checkpoint; read in file order they would hold every rank unt
 byte. Those that are small (SMALL each, PRELOAD_CAP in all) are read first by ranged GETs and
 go to the workers with the plan (preload), so a rank waits only for the bytes of its slices.
 
-Memory: the parts in flight and queued for in-order writing (FETCH_BYTES), in the parent.
+Memory: the parts in flight and queued for in-order writing (fetch_bytes), in the parent.
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
-import zlib
 from typing import Callable
 
 from obs_io.atomic import Landing
+from obs_io.crc import crc32
 
 from .errors import ReshardError
 from .formats.base import FileIndex
@@ -39,13 +40,19 @@ from .plan import Plan, RankPlan
 
 log = logging.getLogger("reshard")
 
-PART = 4 << 20      # one ranged GET: the file grows by THREADS x PART at a time
-THREADS = 8         # GETs in flight
-CHUNKS = 16         # parts fetched or being fetched, not yet written (in order)
-FETCH_BYTES = CHUNKS * PART
+THREADS = 4         # GETs in flight (of obs_io's read_part_bytes each)
+CHUNKS = 6          # parts fetched or being fetched, not yet written (in order)
 SMALL = 64 << 10        # a carried value up to this is preloaded
 PRELOAD_CAP = 4 << 20   # preloaded bytes per file at most
 GAP = 64 << 10          # preloaded runs this close are one GET
+
+
+def fetch_bytes(s3_config=None) -> int:
+    """Memory of a download while converting: CHUNKS parts of read_part_bytes."""
+    if s3_config is None:
+        import obs_io
+        s3_config = obs_io.current_config()
+    return CHUNKS * s3_config.read_part_bytes
 
 
 class _Cancelled(Exception):
@@ -118,8 +125,12 @@ class SourceFetcher:
     process's (current at start())."""
 
     def __init__(self, plan: Plan, local_root: str, names: list[str], indexes: dict[str, FileIndex],
-                 location: Callable[[str], str]):
+                 location: Callable[[str], str], s3_config=None):
         assert plan.source is not None
+        if s3_config is None:
+            import obs_io
+            s3_config = obs_io.current_config()
+        self.part = s3_config.read_part_bytes
         self.order = fetch_order(plan, names)
         self.indexes = indexes
         self._url = plan.source.path_of
@@ -198,11 +209,11 @@ class SourceFetcher:
                 f.flush()   # visible to the workers now: the size they wait on
                 at = state["written"]
                 if checked and at < covered:
-                    state["crc"] = zlib.crc32(memoryview(data)[:covered - at], state["crc"])
+                    state["crc"] = crc32(memoryview(data)[:covered - at], state["crc"])
                 state["written"] = at + len(data)
                 progress.add_bytes(len(data))
             try:
-                download_in_order(url, write, index.size, index.version, part=PART,
+                download_in_order(url, write, index.size, index.version, part=self.part,
                                   threads=THREADS, chunks=CHUNKS)
             except _Cancelled:
                 raise

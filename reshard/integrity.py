@@ -15,12 +15,12 @@ what is missing, extra or different.
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from reshard.errors import ReshardError
 from obs_io.atomic import write_atomic
+from obs_io.crc import crc32
 from reshard.sources import _join, is_url
 
 MANIFEST_NAME = "conversion_manifest.json"
@@ -32,7 +32,7 @@ _CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
 @dataclass(frozen=True)
 class FileRecord:
     size: int        # bytes
-    crc32: str       # 8 hex digits (zlib.crc32 of the whole file)
+    crc32: str       # 8 hex digits (CRC32 as zlib computes it, of the whole file)
 
 
 @dataclass(frozen=True)
@@ -89,15 +89,20 @@ def read(location: str) -> SetManifest:
 
 
 def file_checksum(path: str) -> FileRecord:
-    """Size and CRC32 of a file or object, read once in READ_BYTES pieces."""
-    import obs_io
+    """Size and CRC32 of a file or object, read once in READ_BYTES pieces (a local file without
+    obs_io.file, which imports boto3: the engine's workers use this)."""
     crc, size = 0, 0
-    with obs_io.file.File(path, "rb") as f:
+    if is_url(path):
+        import obs_io
+        opened = obs_io.file.File(path, "rb")
+    else:
+        opened = open(path, "rb")
+    with opened as f:
         while True:
             block = f.read(READ_BYTES)
             if not block:
                 break
-            crc = zlib.crc32(block, crc)
+            crc = crc32(block, crc)
             size += len(block)
     return FileRecord(size, f"{crc:08x}")
 

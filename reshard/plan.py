@@ -197,6 +197,10 @@ class Plan:
     # relative name -> how the conversion reads that source file (complete_plan decides: see
     # choose_mode); a file not listed is read under the local root ("local")
     source_use: dict[str, SourceUse] = field(default_factory=dict)
+    # rank -> an earlier rank of this plan whose file has the same bytes: it holds the same
+    # slices, read from the same source pieces (data-parallel replicas without optimizer
+    # sharding), so it is written once and copied (execute); known from the plan, not the bytes
+    same_as: dict[int, int] = field(default_factory=dict)
 
     def mode_of(self, name: str) -> str:
         """'local', 'fetch' (downloaded before converting) or 'remote' (ranged GETs)."""
@@ -265,8 +269,11 @@ class Plan:
         for rp in self.ranks:
             size = (f", {human_size(rp.nbytes)}, assembly buffer {human_size(rp.buffer_bytes)}"
                     if self.with_headers else "")
+            twin = self.same_as.get(rp.rank)
             lines.append(f"rank {rp.rank} -> {rp.path}: {len(rp.tensors)} tensors{size}, "
-                         f"from source ranks {ranks_text(sorted(rp.source_ranks))}")
+                         f"from source ranks {ranks_text(sorted(rp.source_ranks))}"
+                         + (f"; the same bytes as rank {twin} (copied, not converted again)"
+                            if twin is not None else ""))
             lines += [f"  {self._tensor_text(t)}" for t in rp.tensors]
         return "\n".join(lines)
 
@@ -617,6 +624,12 @@ class _Planner:
         self.piece_objects: dict[tuple, Piece] = {}
         self.tuples: dict[tuple, tuple] = {}       # regions and shapes
         self.checked: set[tuple[str, int]] = set()  # (name, rank) slices compared with the first
+        # (stage, the cuts of its ranks' slices) -> the laid-out tensors planned for the first
+        # rank holding those slices, and the source stages they read: every later rank holding
+        # the same slices reads the same pieces, so their files are the same bytes (same_as)
+        self.laid_of: dict[tuple, tuple[tuple[TensorPlan, ...], frozenset[int]]] = {}
+        self.holding_same: dict[tuple, int] = {}   # (that key, carried values) -> first rank
+        self.same_as: dict[int, int] = {}
 
     # -- the steps ------------------------------------------------------------------------
     def plan(self) -> Plan:
@@ -640,7 +653,7 @@ class _Planner:
                     self.headers is not None, tuple(self.notes), self.source, self.src, self.dst,
                     self.asked, self.prefix, self.fmt,
                     self.headers.local_root if self.headers is not None else None,
-                    policy=self.policy)
+                    policy=self.policy, same_as=dict(self.same_as))
 
     def check_pairing(self) -> None:
         """A source strategy goes with rank folders, none with a complete checkpoint; device
@@ -962,26 +975,41 @@ class _Planner:
     def plan_rank(self, d: int) -> RankPlan:
         """Destination rank d: its slice of every laid-out tensor, then the carried values.
         The per-parameter work (layouts, checks, geometry) is done once per destination stage
-        and grid (stage_entries, cut); per rank only the replicas are picked."""
+        and grid (stage_entries, cut); per rank only the replicas are picked, and only for the
+        first rank holding its slices: a rank holding the same slices as an earlier one (a
+        data-parallel replica) gets the same pieces, so the two files are the same bytes when
+        their carried values come from the same place too (same_as)."""
         d_stage = self.dst.stage_of(d) if self.dst else 0
         d_local = d % self.d_dev
         laid, carried = self.stage_entries(d_stage)
-        tensors: list[TensorPlan] = []
-        used: set[int] = set()
-        for e in laid:
-            if e.error is not None:
-                raise ReshardError(e.error)
-            cut = e.grid.by_local.get(d_local) or self.cut(e.grid, d_local)
-            pieces, stages = self.pieces(e, cut)
-            used |= stages
-            tensors.append(TensorPlan(e.name, e.dtype, cut.shape, pieces))
+        # the cuts are shared per destination block: equal slices, identical cut objects (an
+        # entry in error has none: the first rank reaching it raises below)
+        key = (d_stage, tuple(None if e.error is not None else
+                              e.grid.by_local.get(d_local) or self.cut(e.grid, d_local)
+                              for e in laid))
+        got = self.laid_of.get(key)
+        if got is None:
+            tensors: list[TensorPlan] = []
+            used: set[int] = set()
+            for e, cut in zip(laid, key[1]):
+                if e.error is not None:
+                    raise ReshardError(e.error)
+                pieces, stages = self.pieces(e, cut)
+                used |= stages
+                tensors.append(TensorPlan(e.name, e.dtype, cut.shape, pieces))
+            got = self.laid_of[key] = tuple(tensors), frozenset(used)
+        laid_tensors, used = got
         used_stages = sorted(used) or [0]
         carry_rank = None
         if self.headers is None:
             carry_rank = used_stages[0] * self.s_dev + d_local % self.s_dev if self.src else 0
-        for name in carried:
-            tensors.append(self.carried(name, d_local % self.s_dev, used_stages))
-        return RankPlan(d, output_name(d, self.prefix, self.fmt), tuple(tensors), carry_rank)
+        carried_tensors = tuple(self.carried(name, d_local % self.s_dev, used_stages)
+                                for name in carried)
+        first = self.holding_same.setdefault((key, carried_tensors, carry_rank), d)
+        if first != d:
+            self.same_as[d] = first
+        return RankPlan(d, output_name(d, self.prefix, self.fmt), laid_tensors + carried_tensors,
+                        carry_rank)
 
     def stage_entries(self, stage: int) -> tuple[list[_Entry], list[str]]:
         """The parameters of one destination stage, in holders order: those laid out (with their

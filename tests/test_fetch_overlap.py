@@ -17,6 +17,7 @@ import synth
 from faultproxy import FaultProxy
 from reshard import execute as execute_mod
 from reshard import fetch
+from reshard.formats import FormatError
 from reshard.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,8 +58,8 @@ def test_ranks_convert_while_the_source_downloads(data, s3_server, bucket, monke
     ends; the ranks start in the order their bytes arrive; MindSpore's result, bit for bit."""
     url = _upload(s3_server, data["full"], bucket, "src/full.ckpt")
     size = os.path.getsize(data["full"])
-    monkeypatch.setattr(fetch, "PART", 256 << 10)   # the file grows 2 x 256 KiB at a time
-    monkeypatch.setattr(fetch, "THREADS", 2)
+    monkeypatch.setenv("S3_READ_PART_MIB", "1")     # every ranged read 1 MiB: the file grows
+    monkeypatch.setattr(fetch, "THREADS", 2)         # 2 x 1 MiB at a time
     with LinkProxy(s3_server.endpoint, down_bps=1 * MB) as link:
         monkeypatch.setenv("S3_ENDPOINT", link.endpoint)
         out, work = tmp_path / "out", tmp_path / "work"
@@ -182,3 +183,58 @@ def test_a_downloaded_file_goes_once_its_ranks_are_written(data, s3_server, buck
     synth.assert_same_checkpoint_dirs(str(out), ref)
     left = [f for f in (_files(cache) if cache.exists() else []) if f.endswith(".ckpt")]
     assert left == ([] if release else sorted(fetched))
+
+
+@pytest.mark.parametrize("then", ["committed", "committed and removed", "discarded"])
+def test_a_worker_never_takes_a_download_that_ends_between_its_looks_for_a_short_file(tmp_path, monkeypatch,
+                                                                                        then):
+    """The fetcher completes (renames the file to its final name, maybe removes it at once, as a
+    released cache does) or fails (removes its temporary file) right after a waiting worker read
+    the file's size and before it looked at the names: forced here by a hook on the worker's
+    size look, no timing. A completed download is read whole, never taken for a short or empty
+    file ("0 bytes, not the 121611 its headers were read from", seen under load); a failed one
+    is one line saying where it stopped."""
+    from reshard.formats.growing import GrowingSource
+    data = os.urandom(121611)
+    final, temp = tmp_path / "full.ckpt", tmp_path / ".full.ckpt.part"
+    temp.write_bytes(b"")
+    src = GrowingSource(str(final), str(temp), len(data))
+    look, looks = GrowingSource._look, []
+
+    def download_ends_after_the_look(self):
+        have = look(self)
+        looks.append(have)
+        if len(looks) == 1:        # the worker has seen 0 bytes; now the fetcher finishes
+            if then == "discarded":
+                os.remove(temp)
+            else:
+                with open(temp, "ab") as f:
+                    f.write(data)
+                os.replace(temp, final)
+                if then == "committed and removed":
+                    os.remove(final)
+        return have
+    monkeypatch.setattr(GrowingSource, "_look", download_ends_after_the_look)
+    try:
+        if then == "discarded":
+            with pytest.raises(FormatError, match="its download stopped at byte 0 of 121611"):
+                src.read_at(0, len(data))
+        else:
+            assert src.read_at(0, len(data)) == data
+    finally:
+        src.close()
+    assert looks[0] == 0
+
+
+def test_a_worker_opening_a_file_renamed_or_removed_meanwhile(tmp_path):
+    """A worker opens the temporary name first: a download committed before the open is found
+    under its final name; one that stopped (neither name) is one line."""
+    from reshard.formats.growing import GrowingSource
+    final, temp = tmp_path / "full.ckpt", tmp_path / ".full.ckpt.part"
+    final.write_bytes(b"x" * 100)                       # committed: the temporary name is gone
+    src = GrowingSource(str(final), str(temp), 100)
+    assert src.read_at(0, 100) == b"x" * 100
+    src.close()
+    final.unlink()
+    with pytest.raises(FormatError, match="its download stopped before this read"):
+        GrowingSource(str(final), str(temp), 100)

@@ -53,6 +53,32 @@ def test_parts_go_up_while_the_file_is_written(bucket, proxy, tmp_path):
     assert obs_io.file.read(url, binary=True) == b"".join(blocks)
 
 
+def test_the_first_part_leaves_once_written_whatever_the_multipart_threshold(bucket, proxy, tmp_path):
+    """A file still growing has no size yet: s3transfer would read it up to the multipart
+    threshold (64 MiB by default) before its first request, so the first 64 MiB of every file
+    waited. The first part goes as soon as it is written: here with 12 MiB of a file whose
+    threshold is 64 MiB, before the file is complete."""
+    obs_io.configure(multipart_threshold=64 * MiB)
+    path = str(tmp_path / "early.bin")
+    head, tail = os.urandom(12 * MiB), os.urandom(3 * MiB)
+    with open(path, "wb") as f:
+        f.write(head)
+    url = f"s3://{bucket}/up/early.bin"
+    upload = GrowingUpload(path, url, size_hint=100 * MiB)
+    try:
+        deadline = time.monotonic() + 30
+        while not _parts(proxy) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _parts(proxy)             # before the file is complete, below the threshold
+    except BaseException:
+        upload.abort()
+        raise
+    with open(path, "ab") as f:
+        f.write(tail)
+    upload.finish(15 * MiB)
+    assert obs_io.file.read(url, binary=True) == head + tail
+
+
 def test_an_abandoned_file_leaves_no_object_and_no_upload(bucket, proxy, tmp_path, s3_server):
     path = str(tmp_path / "abandoned.bin")
     with open(path, "wb") as f:
@@ -122,3 +148,62 @@ def test_a_download_in_order_has_many_more_parts_than_its_window(bucket, proxy, 
     assert len(gets) == 41 and all(r.range for r in gets)
     with pytest.raises(OSError):
         download_in_order(url, write, len(blob), '"0123456789abcdef0123456789abcdef"', part=256 * 1024)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """complete -> 8 (dp2 mp2 pp2) without optimizer sharding: ranks 2, 3, 6, 7 hold the slices
+    of ranks 0, 1, 4, 5 (data-parallel replicas)."""
+    return synth.world_8_4(tmp_path_factory.mktemp("replicas"), vocab=64, hidden=32, ffn=64)
+
+
+def test_replicas_are_written_and_uploaded_once_then_copied(world, bucket, proxy, tmp_path):
+    """Each distinct file is converted, written, summed and uploaded once; a data-parallel
+    replica is another name of it locally (a hard link) and the store's own copy of its object
+    (no body over the link); every rank, on disk and on the store, is MindSpore's, and the
+    report lists each with its own checksum. The set's manifest then verifies all 8."""
+    from reshard import integrity, load_strategy, make_plan
+    from reshard.api import execute
+    from reshard.cli import main
+    plan = make_plan(world["full"], dst_strategy=load_strategy(world["s8"]))
+    assert plan.same_as == {2: 0, 3: 1, 6: 4, 7: 5}
+    out, remote = tmp_path / "out", f"s3://{bucket}/replicas"
+    told = []
+    report = execute(plan, os.path.dirname(world["full"]), str(out), process_num=2, upload_to=remote,
+                     on_file=lambda name, checksum: told.append(name))
+    assert report.ranks_written == list(range(8)) and told == []
+    synth.assert_same_checkpoint_dirs(world["ms8"], str(out))
+    back = tmp_path / "back"
+    obs_io.file.copy_parallel(remote, str(back))
+    synth.assert_same_checkpoint_dirs(world["ms8"], str(back))
+    name = lambda r: f"rank_{r}/checkpoint_{r}.ckpt"  # noqa: E731
+    puts = [r for r in proxy.records if r.method == "PUT" and r.status < 300]
+    copied = sorted(r.path.split("?")[0].split("/replicas/")[1] for r in puts if "x-amz-copy-source" in r.headers)
+    assert copied == [name(r) for r in (2, 3, 6, 7)]
+    sent = sum(int(r.headers.get("content-length", 0)) for r in puts if "x-amz-copy-source" not in r.headers)
+    assert sent == sum((out / name(r)).stat().st_size for r in (0, 1, 4, 5))
+    for r, first in plan.same_as.items():
+        assert os.path.samefile(out / name(r), out / name(first))
+    for r in range(8):
+        got = integrity.file_checksum(str(out / name(r)))
+        assert report.checksums[name(r)] == (got.size, got.crc32)
+    integrity.write(remote, integrity.SetManifest(integrity.records(report.checksums)))
+    assert main(["--verify", remote]) == 0
+    obs_io.file.write(f"{remote}/{name(6)}", b"not the same", binary=True)   # one copy damaged
+    assert main(["--verify", remote]) == 2
+
+
+def test_an_upload_failing_behind_the_next_rank_stops_the_conversion(world, bucket, proxy, tmp_path):
+    """In the pool a rank's upload ends behind the worker's next rank: a failure there (the
+    store refuses rank 4's object) still ends the conversion with one error naming the rank and
+    URL, and no object is left under that key."""
+    from reshard import load_strategy, make_plan
+    from reshard.api import execute
+    from reshard.errors import ReshardError
+    proxy.rules.append(lambda method, path: (403, "AccessDenied")
+                       if method in ("PUT", "POST") and "/refused/rank_4/" in path else None)
+    plan = make_plan(world["full"], dst_strategy=load_strategy(world["s8"]))
+    remote = f"s3://{bucket}/refused"
+    with pytest.raises(ReshardError, match=r"rank 4: uploading s3://.*/refused/rank_4/checkpoint_4\.ckpt"):
+        execute(plan, os.path.dirname(world["full"]), str(tmp_path / "out"), process_num=2, upload_to=remote)
+    assert not obs_io.file.exists(f"{remote}/rank_4/checkpoint_4.ckpt")

@@ -57,7 +57,8 @@ def test_verify_names_missing_extra_and_different_files(data, tmp_path, capsys):
     (out / "rank_1" / "old_0.ckpt").write_bytes(b"stale")
     flipped = bytearray((out / "rank_5" / "checkpoint_5.ckpt").read_bytes())
     flipped[-100] ^= 0xFF                                 # same size, other bytes
-    (out / "rank_5" / "checkpoint_5.ckpt").write_bytes(bytes(flipped))
+    (out / "rank_5" / "checkpoint_5.ckpt").unlink()       # a new file: rank 7 is another name of
+    (out / "rank_5" / "checkpoint_5.ckpt").write_bytes(bytes(flipped))   # rank 5's (a replica)
     assert main([f"--verify={out}"]) == 2
     cap = capsys.readouterr()
     assert "missing: rank_3/checkpoint_3.ckpt" in cap.out

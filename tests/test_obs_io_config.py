@@ -33,7 +33,7 @@ def clean_env(monkeypatch):
     for name in ("S3_ENDPOINT", "OBS_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "ACCESS_KEY_ID",
                  "SECRET_ACCESS_KEY", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "SESSION_TOKEN", "SECURITY_TOKEN",
-                 "S3_USE_HTTPS", "S3_ADDRESSING_STYLE", "S3_LIST_OBJECTS_V1"):
+                 "S3_USE_HTTPS", "S3_ADDRESSING_STYLE", "S3_LIST_OBJECTS_V1", "S3_READ_PART_MIB"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKFAKE")  # presigning needs some credentials
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SKFAKE")
@@ -107,10 +107,18 @@ def test_environment_names(clean_env):
     assert mox.current_config().list_objects_v1
     assert mox.S3Config().part_size(10 ** 12) >= 10 ** 12 / 10_000  # 1 TB fits in 10,000 parts
     assert mox.S3Config().part_size(1) == 8 * 2 ** 20
-    MiB = 2 ** 20   # downloads: about a range per thread, within [part size, 64 MiB]
-    assert mox.S3Config().range_size(512 * MiB, 16) == 32 * MiB
+    MiB = 2 ** 20   # downloads: about a range per thread, at least a part, at most S3_READ_PART_MIB
+    assert mox.S3Config().range_size(512 * MiB, 16) == 16 * MiB
     assert mox.S3Config().range_size(10 * MiB, 16) == 8 * MiB
-    assert mox.S3Config().range_size(10 ** 12, 16) == max(64 * MiB, mox.S3Config().part_size(10 ** 12))
+    assert mox.S3Config().range_size(10 ** 12, 16) == 16 * MiB
+    assert mox.S3Config(read_part_bytes=64 * MiB).range_size(512 * MiB, 16) == 32 * MiB
+    assert mox.S3Config(read_part_bytes=MiB).range_size(10 * MiB, 16) == MiB
+    clean_env.setenv("S3_READ_PART_MIB", "64")
+    assert mox.current_config().read_part_bytes == 64 * MiB
+    clean_env.setenv("S3_READ_PART_MIB", "0")
+    with pytest.raises(ValueError, match="S3_READ_PART_MIB"):
+        mox.current_config()
+    clean_env.delenv("S3_READ_PART_MIB")
     with pytest.raises(ValueError, match="bogus"):
         mox.configure(bogus=1)
 

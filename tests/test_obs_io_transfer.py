@@ -343,3 +343,23 @@ def test_sign_payload_can_be_forced(s3_env, monkeypatch):
     monkeypatch.setenv("S3_ENDPOINT", "http://10.0.0.5:9000")
     mox.configure(sign_payload=False)
     assert not signs_payload(mox.current_config())
+
+
+def test_a_remote_copy_is_the_stores_own(bucket, proxy):
+    """Object to object is copied by the store: CopyObject below the multipart threshold,
+    UploadPartCopy parts above it; no body crosses the client's link either way."""
+    big, small = os.urandom(12 * MiB + 5), os.urandom(3 * MiB)
+    mox.file.write(f"s3://{bucket}/cp/big.bin", big, binary=True)
+    mox.file.write(f"s3://{bucket}/cp/small.bin", small, binary=True)
+    proxy.records.clear()
+    mox.file.copy(f"s3://{bucket}/cp/big.bin", f"s3://{bucket}/cp2/big.bin")
+    mox.file.copy(f"s3://{bucket}/cp/small.bin", f"s3://{bucket}/cp2/small.bin")
+    puts = [r for r in proxy.records if r.method == "PUT"]
+    assert all("x-amz-copy-source" in r.headers for r in puts)
+    parts = [r for r in puts if "/cp2/big.bin" in r.path]
+    assert len(parts) == 3 and all("partNumber=" in r.path for r in parts)       # UploadPartCopy
+    assert [r for r in puts if "/cp2/small.bin" in r.path and "partNumber=" not in r.path]  # CopyObject
+    assert sum(int(r.headers.get("content-length", 0)) for r in puts) == 0
+    assert sum(r.body_bytes for r in proxy.records if r.method == "GET") < 64 * 1024   # nothing read back
+    assert mox.file.read(f"s3://{bucket}/cp2/big.bin", binary=True) == big
+    assert mox.file.read(f"s3://{bucket}/cp2/small.bin", binary=True) == small

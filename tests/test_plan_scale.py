@@ -42,10 +42,13 @@ class _ReferencePlanner(_Planner):
         return min(cands, key=lambda r: (self.loads.get(r, 0), r))
 
     def plan_rank(self, d: int) -> RankPlan:
+        """Every name walked per rank; a rank holding the same slices (same stage, same region
+        of every laid-out tensor) as an earlier one reads the same pieces, and the two are the
+        same bytes when their carried values are the same too."""
         src, dst = self.src, self.dst
         d_stage = dst.stage_of(d) if dst else 0
         d_local = d % self.d_dev
-        tensors, carried = [], []
+        laid, carried = [], []
         for name in list(self.holders):
             full = self.full[name]
             dlay = dst.layout_in_stage(name, d_stage) if dst else complete_layout(len(full))
@@ -58,17 +61,33 @@ class _ReferencePlanner(_Planner):
             slays = [sl for sl in slays if sl.same_blocks(slays[0])]
             assert not (dlay.devices % slays[0].devices and slays[0].devices % dlay.devices)
             dlay.check_divides(full)
-            dst_region = dlay.region(dlay.block_of(d_local), full)
-            shape = tuple(b - a for a, b in dst_region)
-            tensors.append(TensorPlan(name, self.dtypes[name], shape,
-                                      tuple(self._pieces(name, dst_region, slays))))
+            laid.append((name, slays, dlay.region(dlay.block_of(d_local), full)))
+        key = (d_stage, tuple(region for _, _, region in laid))
+        tensors = self.laid_of.get(key)
+        if tensors is None:
+            tensors = self.laid_of[key] = [
+                TensorPlan(name, self.dtypes[name], tuple(b - a for a, b in region),
+                           tuple(self._pieces(name, region, slays))) for name, slays, region in laid]
+        tensors = list(tensors)
         used = sorted({p.src_rank // self.s_dev for t in tensors for p in t.pieces}) or [0]
         carry_rank = None
         if self.headers is None:
             carry_rank = used[0] * self.s_dev + d_local % self.s_dev if src else 0
         for name in carried:
             tensors.append(self.carried(name, d_local % self.s_dev, used))
-        return RankPlan(d, output_name(d, self.prefix, self.fmt), tuple(tensors), carry_rank)
+        rp = RankPlan(d, output_name(d, self.prefix, self.fmt), tuple(tensors), carry_rank)
+        twin = next((r for r, (k, o) in self.seen.items() if k == key and o.tensors == rp.tensors
+                     and o.carry_rank == carry_rank and r not in self.same_as), None)
+        if twin is not None:
+            self.same_as[d] = twin
+        self.seen[d] = (key, rp)
+        return rp
+
+    @property
+    def seen(self) -> dict:
+        if not hasattr(self, "_seen"):
+            self._seen = {}
+        return self._seen
 
     def _pieces(self, name, dst_region, src_lays):
         full = self.full[name]

@@ -173,6 +173,8 @@ def test_strategy_forms_give_the_same_result(world, tmp_path):
 
 
 def test_process_num_2_with_logs(world, tmp_path):
+    """The workers' logs name every rank they wrote: converted, or a data-parallel replica (the
+    same bytes) linked to the file the same worker converted; every rank is MindSpore's."""
     out, logs = str(tmp_path / "out"), str(tmp_path / "logs")
     rep = api.transform(world["full"], out, dst_strategy=world["s8"], process_num=2,
                         log_dir=logs)
@@ -182,6 +184,12 @@ def test_process_num_2_with_logs(world, tmp_path):
     assert 1 <= len(worker_logs) <= 2
     text = "".join(open(os.path.join(logs, f)).read() for f in worker_logs)
     assert all(f"rank {r}: wrote" in text for r in range(8))
+    copies = rep.plan.same_as
+    assert copies == {2: 0, 3: 1, 6: 4, 7: 5}
+    for r, first in copies.items():
+        assert f"(linked from rank {first}'s file" in text
+        assert os.path.samefile(os.path.join(out, f"rank_{r}", f"checkpoint_{r}.ckpt"),
+                                os.path.join(out, f"rank_{first}", f"checkpoint_{first}.ckpt"))
 
 
 def test_rerun_skips_complete_files_and_redoes_changed(world, tmp_path):
@@ -189,17 +197,48 @@ def test_rerun_skips_complete_files_and_redoes_changed(world, tmp_path):
     api.transform(world["full"], out, dst_strategy=world["s8"])
     rep = api.transform(world["full"], out, dst_strategy=world["s8"])
     assert rep.ranks_written == [] and rep.ranks_skipped == list(range(8))
-    # a damaged output (other size) and a changed source are converted again
+    # a damaged output (other size) and a changed source are converted again; rank 2 is the
+    # same file as rank 0 (a data-parallel replica, hard-linked), so appending to it changes both
     victim = os.path.join(out, "rank_2", "checkpoint_2.ckpt")
     with open(victim, "ab") as f:
         f.write(b"junk")
     rep = api.transform(world["full"], out, dst_strategy=world["s8"])
-    assert rep.ranks_written == [2]
+    assert rep.ranks_written == [0, 2]
+    synth.assert_same_checkpoint_dirs(world["ms8"], out)
+    replaced = os.path.join(out, "rank_3", "checkpoint_3.ckpt")   # a new file under its name
+    os.remove(replaced)
+    shutil.copyfile(os.path.join(out, "rank_0", "checkpoint_0.ckpt"), replaced)
+    rep = api.transform(world["full"], out, dst_strategy=world["s8"])
+    assert rep.ranks_written == [3]            # made again from rank 1, which is intact
     synth.assert_same_checkpoint_dirs(world["ms8"], out)
     src = str(tmp_path / "src.ckpt")
     shutil.copy(world["full"], src)
     rep = api.transform(src, out, dst_strategy=world["s8"])
     assert rep.ranks_written == list(range(8))
+
+
+def test_an_output_not_fsynced_is_checked_before_a_rerun_trusts_it(world, tmp_path):
+    """durable=False (a local copy that only stages an upload): no fsync, and its record says so;
+    a rerun reads such a file once and keeps it only with its recorded CRC32, so bytes a crash of
+    the machine left zeroed (same size, same time) are converted again, not trusted."""
+    import json
+    from reshard.api import execute
+    plan = api.make_plan(world["full"], dst_strategy=world["s8"])
+    out = tmp_path / "out"
+    execute(plan, os.path.dirname(world["full"]), str(out), durable=False)
+    record = json.loads((out / ".reshard" / "rank_1.json").read_text())
+    assert record["fsynced"] is False
+    rep = execute(plan, os.path.dirname(world["full"]), str(out), durable=False)
+    assert rep.ranks_written == [] and rep.ranks_skipped == list(range(8))
+    victim = out / "rank_1" / "checkpoint_1.ckpt"           # rank 3 is another name of it
+    st = victim.stat()
+    with open(victim, "r+b") as f:
+        f.seek(st.st_size // 2)
+        f.write(bytes(4096))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rep = execute(plan, os.path.dirname(world["full"]), str(out), durable=False)
+    assert rep.ranks_written == [1, 3]
+    synth.assert_same_checkpoint_dirs(world["ms8"], str(out))
 
 
 def test_rank_block_needs_only_its_source_ranks(world, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -13,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from obs_io.atomic import temp_name
+from obs_io.crc import crc32
 from reshard.formats.meta import FormatError, TensorMeta, storage_view
 from reshard.formats.regions import (ByteSource, Extent, LocalSource, Region, normalize_region,
                                      read_region)
@@ -166,7 +166,7 @@ class _Checksummed:
 
     The summing and the writing each run on a thread of their own, taking the blocks in order,
     so that the caller (the engine assembling its next chunk), the CRC and the write each have
-    a core: zlib.crc32, the write and the engine's reads all release the GIL. write() queues a
+    a core: the CRC32 (obs_io.crc), the write and the engine's reads all release the GIL. write() queues a
     block and returns: the block must stay unchanged until wait() says it is consumed. A small
     block with nothing queued is done inline (a hand-off costs more than it does).
 
@@ -290,7 +290,7 @@ class _Checksummed:
                 self._cond.notify_all()
 
     def _sum(self, data) -> None:
-        self.crc32 = zlib.crc32(data, self.crc32)
+        self.crc32 = crc32(data, self.crc32)
 
     def _write(self, data) -> None:
         try:
@@ -377,7 +377,11 @@ class CheckpointWriter:
         a failure is raised by this writer's next write, send or commit."""
         self._file.wait(ticket)
 
-    def commit(self) -> None:
+    def commit(self, durable: bool = True) -> None:
+        """Rename the complete temporary file to the final name. durable: its bytes are fsynced
+        before the rename and the folder after it (a local output: a restarted job trusts what
+        it finds); False for a copy that only stages an upload (the object store holds the
+        rank once its upload completes), where the disk's flush would only cost time."""
         self._check_open()
         try:
             self._complete_empty_values(until=None)
@@ -386,10 +390,12 @@ class CheckpointWriter:
                 raise FormatError(f"{self.path}: parameter {missing!r} incomplete at commit")
             self._finish()
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if durable:
+                os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self.temp_path, self.path)
-            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+            if durable:
+                _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         except BaseException:
             self.abort()
             raise

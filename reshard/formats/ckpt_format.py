@@ -20,9 +20,9 @@ buffers.
 """
 from __future__ import annotations
 
-import zlib
 from typing import Sequence
 
+from obs_io.crc import crc32
 from reshard.formats.base import CheckpointReader, CheckpointWriter
 from reshard.formats.meta import KNOWN_DTYPES, RAW_DTYPES, FormatError, TensorMeta
 from reshard.formats.regions import Extent
@@ -169,7 +169,7 @@ class CkptReader(CheckpointReader):
             block = self._src.read_at(pos, min(8 << 20, end - pos))
             if not block:
                 break
-            crc = zlib.crc32(block, crc)
+            crc = crc32(block, crc)
             pos += len(block)
         if crc != self.crc_trailer:
             raise FormatError(crc_mismatch(self.path, self.crc_trailer, crc))

@@ -42,16 +42,19 @@ class GrowingSource(LocalSource):
 
     def __init__(self, final: str, temp: str, size: int, preload: list | tuple = ()):
         self.final, self.temp, self.preload = final, temp, tuple(preload)
-        path = final if os.path.exists(final) else temp
+        # The temporary name first: the fetcher renames it to the final one (atomically), so
+        # when it is gone the final name is there, unless the download stopped. Looking at the
+        # final name first could miss both (renamed between the two looks).
         try:
-            super().__init__(path)
+            super().__init__(temp)
         except FormatError:
-            if not os.path.exists(final):   # neither: the fetch failed before we opened
+            try:
+                super().__init__(final)
+            except FormatError:
                 raise FormatError(f"{final}: its download stopped before this read") from None
-            super().__init__(final)            # renamed between our two looks
         self.location = final
         self.size = size
-        self._have = os.fstat(self.fd).st_size
+        self._have = self._look()
         self.readv = self._readv   # LocalSource binds os.preadv per instance: wait first
 
     def _readv(self, buffers: list, offset: int) -> int:
@@ -83,18 +86,30 @@ class GrowingSource(LocalSource):
                 return memoryview(data)[offset - a:end - a]
         return None
 
+    def _look(self) -> int:
+        """The bytes the file holds now (through our descriptor: the same file whether it is
+        still under its temporary name, renamed or already removed)."""
+        return os.fstat(self.fd).st_size
+
     def _wait(self, need: int) -> None:
+        """Until the file holds `need` bytes. The names are looked at before the size: a rename
+        (the download complete) or a removal seen there happened before the size is read, so
+        the size read after it is the whole file's; the other order could take a file
+        committed between the two looks for a short one (seen under load: "0 bytes, not the
+        121611 its headers were read from" for a download that had just completed)."""
         last, since = self._have, time.monotonic()
         while True:
-            self._have = os.fstat(self.fd).st_size
+            renamed = os.path.exists(self.final)
+            stopped = not renamed and not os.path.exists(self.temp)
+            self._have = self._look()
             if self._have >= need:
                 return
             if self._have != last:
                 last, since = self._have, time.monotonic()
-            elif not os.path.exists(self.temp) and not os.path.exists(self.final):
+            elif stopped:
                 raise FormatError(f"{self.final}: its download stopped at byte {self._have} of "
                                   f"{self.size}")
-            elif os.path.exists(self.final) and self._have < self.size:
+            elif renamed:
                 # renamed, so complete: a shorter file is not the object the plan read
                 raise FormatError(f"{self.final}: {self._have} bytes, not the {self.size} its "
                                   "headers were read from")

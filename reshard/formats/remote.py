@@ -12,10 +12,11 @@ A GET costs tens of milliseconds whatever its size up to a few MiB, so reads are
   another GET), up to WINDOW bytes and never past the region's last run: the runs of a slice
   cost a few GETs, not one per run;
 - a read with nothing to read ahead (a whole value, a long run) goes straight into the caller's
-  buffer, in PART-sized GETs, THREADS at a time (one connection rarely fills the link);
+  buffer, in GETs of obs_io's read_part_bytes (the one part size of every ranged read, its
+  S3Config), THREADS at a time (one connection rarely fills the link);
 - a .ckpt's record headers are scanned through a header_window read-ahead: small records cost
   one GET per window, not one per record.
-Memory: the window plus the parts in flight, bounded (READER_BYTES).
+Memory: the window plus, while it reads, the parts in flight (OPEN_BYTES + THREADS parts).
 """
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ from reshard.formats.regions import SCRATCH_BYTES, ByteSource, Extent
 
 WINDOW = 8 << 20      # read-ahead of one region's runs per miss
 GAP = 2 << 20         # a gap up to this is read through (about what one more GET costs at ~100 MB/s)
-PART = 2 << 20        # one GET of a large read
 THREADS = 4           # GETs of one large read in flight
-# What one open remote reader may hold: its window, the GET bodies in flight, its scratch.
-READER_BYTES = WINDOW + THREADS * PART + SCRATCH_BYTES
+
+# What one open remote reader holds: its window and scratch; while it reads, also up to THREADS
+# GET bodies of read_part_bytes each.
+OPEN_BYTES = WINDOW + SCRATCH_BYTES
 
 
 def head(url: str, config) -> tuple[int, str | None]:
@@ -75,6 +77,7 @@ class RemoteSource(ByteSource):
         except (OSError, ValueError) as err:
             raise FormatError(f"{url}: cannot open checkpoint: {_storage_text(url, err)}") from None
         self.size, self.etag = known
+        self.part = self._cfg.read_part_bytes   # one GET of a large read
         self._window = bytearray()
         self._lo = self._hi = 0      # file bytes [_lo, _hi) are in _window
         self._runs: tuple[Extent, int, int, int, int] | None = None   # from expect()
@@ -120,7 +123,7 @@ class RemoteSource(ByteSource):
                 return
             off, buf, n = off + k, buf[k:], n - k
         end = self._ahead(off, n)
-        if end == off + n and n >= PART or n > WINDOW:   # nothing worth keeping: straight in
+        if end == off + n and n >= self.part or n > WINDOW:   # nothing worth keeping: straight in
             self._get_into(off, buf)
             return
         if len(self._window) < end - off:
@@ -152,9 +155,11 @@ class RemoteSource(ByteSource):
         return min(self.size, max(stop, _file_end(extent, want)))
 
     def _get_into(self, off: int, buf: memoryview) -> None:
-        """buf <- [off, off + len(buf)) by ranged GETs of at most PART bytes, THREADS at once."""
-        parts = [(o, buf[o - off:min(o - off + PART, len(buf))])
-                 for o in range(off, off + len(buf), PART)]
+        """buf <- [off, off + len(buf)) by ranged GETs of at most read_part_bytes, THREADS at
+        once."""
+        part = self.part
+        parts = [(o, buf[o - off:min(o - off + part, len(buf))])
+                 for o in range(off, off + len(buf), part)]
         if len(parts) == 1:
             self._get(*parts[0])
             return
