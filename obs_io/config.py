@@ -65,7 +65,7 @@ class S3Config:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # S3_CONNECT_TIMEOUT: seconds to open a connection
     read_timeout: float = DEFAULT_READ_TIMEOUT    # S3_READ_TIMEOUT: seconds the server may stay silent
     stall_deadline: float = DEFAULT_STALL_DEADLINE  # S3_STALL_DEADLINE: seconds a command keeps retrying (retry.py)
-    multipart_threshold: int = 64 * MiB  # below this a file goes in one request
+    multipart_threshold: int = 64 * MiB  # S3_MULTIPART_THRESHOLD, bytes: below this a file goes in one request
     min_part_size: int = 8 * MiB         # S3 needs >= 5 MiB parts (OBS 100 KB); s3transfer enforces 5 MiB
     max_parts: int = 10_000
     # S3_READ_PART_MIB: the size of every ranged GET a large read is cut into, whichever reads:
@@ -274,6 +274,7 @@ def current() -> S3Config:
         max_attempts=int(_positive("S3_MAX_ATTEMPTS", int, DEFAULT_MAX_ATTEMPTS)),
         stall_deadline=_positive("S3_STALL_DEADLINE", float, DEFAULT_STALL_DEADLINE),
         read_part_bytes=int(_positive("S3_READ_PART_MIB", int, DEFAULT_READ_PART_MIB)) * MiB,
+        multipart_threshold=int(_positive("S3_MULTIPART_THRESHOLD", int, S3Config.multipart_threshold)),
     )
     if o.get("client_timeout") is not None:
         values["connect_timeout"] = values["read_timeout"] = float(o["client_timeout"])

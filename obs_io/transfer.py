@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime
 import errno
 import hashlib
@@ -151,6 +152,57 @@ def verify(task: CopyTask, data: bytes | str, response: dict | None = None) -> N
                           f"nothing was written")
 
 
+# User metadata every upload carries (x-amz-meta-obs-io-upload): a token of that one upload, by
+# which a failed upload tells its own object from any other (settle_failed_upload).
+UPLOAD_TOKEN = "obs-io-upload"
+
+
+def upload_token() -> tuple[str, dict]:
+    """(a fresh token, the ExtraArgs that make an upload carry it) for one upload."""
+    token = os.urandom(12).hex()
+    return token, {"Metadata": {UPLOAD_TOKEN: token}}
+
+
+def settle_failed_upload(url: str, token: str, size: int | None, error: BaseException,
+                         cfg: _config.S3Config | None = None) -> None:
+    """After an upload to `url` that raised `error`: return (success after all) when the
+    object there is the one this upload sent, else raise `error`.
+
+    A store may complete an upload and lose its answer (CompleteMultipartUpload or a PUT that
+    timed out, retries answered 500 or NoSuchUpload): the object is then there, complete, and a
+    failure reported now would be a lie the other way. One HEAD tells, in one try (a store that
+    never answers costs one more connect + read timeout, not another series of tries): the
+    object carries this upload's token (upload_token) and `size` bytes (None: any). An object
+    with this token and another size cannot come from a complete upload: it is removed. No
+    object, another object (an older version, someone else's: left alone) or a HEAD that fails
+    too: `error` stands."""
+    u = ObjectURL.parse(url)
+    client = get_client(dataclasses.replace(cfg or _config.current(), max_attempts=1))
+    try:
+        head = client.head_object(Bucket=u.bucket, Key=u.key)
+    except Exception:   # noqa: BLE001 - missing, or the store still failing: the upload's error tells
+        raise error from None
+    if head.get("Metadata", {}).get(UPLOAD_TOKEN) != token:
+        raise error
+    if size is not None and head.get("ContentLength") != size:
+        with contextlib.suppress(Exception):
+            client.delete_object(Bucket=u.bucket, Key=u.key)
+        raise error
+    log.warning("%s: the store did not confirm the upload (%s), but the object is there as sent "
+                "(%s bytes): kept", url, str(error).splitlines()[0] if str(error) else type(error).__name__,
+                head.get("ContentLength"))
+
+
+@contextlib.contextmanager
+def settling(url: str, token: str, size: int | None, cfg: _config.S3Config | None = None) -> Iterator[None]:
+    """A block that uploads `url` with `token`: a failure is settle_failed_upload's to judge.
+    A stop request (KeyboardInterrupt, SystemExit) is not judged: it stops."""
+    try:
+        yield
+    except Exception as error:
+        settle_failed_upload(url, token, size, error, cfg)
+
+
 def _head(task: CopyTask) -> dict:
     """HeadObject of the version that was downloaded (If-Match its ETag)."""
     u = ObjectURL.parse(task.src)
@@ -191,15 +243,17 @@ def copy_local(task: CopyTask, progress: Progress | None) -> None:
     _done(task, progress)
 
 
-def _submit(manager: TransferManager, task: CopyTask, progress) -> tuple[Landing | None, object]:
-    """Start one transfer; returns (where a download lands, or None; s3transfer future)."""
+def _submit(manager: TransferManager, task: CopyTask, progress) -> tuple[Landing | str | None, object]:
+    """Start one transfer; returns (where a download lands, or an upload's token, or None for a
+    copy between objects; s3transfer future)."""
     hooks = [_Hooks(task, progress)]
     if is_remote(task.dst):
         d = ObjectURL.parse(task.dst)
         if is_remote(task.src):
             s = ObjectURL.parse(task.src)
             return None, manager.copy({"Bucket": s.bucket, "Key": s.key}, d.bucket, d.key, subscribers=hooks)
-        return None, manager.upload(task.src, d.bucket, d.key, subscribers=hooks)
+        token, extra = upload_token()
+        return token, manager.upload(task.src, d.bucket, d.key, extra_args=extra, subscribers=hooks)
     s = ObjectURL.parse(task.src)
     landing = Landing(task.dst, durable=False)  # bulk data: see atomic.py's durability policy
     return landing, manager.download(s.bucket, s.key, landing.temp, subscribers=hooks)
@@ -224,7 +278,7 @@ def execute_remote(tasks: list[CopyTask], threads: int, progress: Progress | Non
         finally:
             pool.shutdown(cancel_futures=True)
             for _, landing, _ in submitted:  # after the manager cancelled and joined what was in flight
-                if landing is not None:
+                if isinstance(landing, Landing):
                     landing.discard()
 
 
@@ -260,9 +314,11 @@ def _execute_managed(tasks: list[CopyTask], threads: int, progress: Progress | N
     with TransferManager(get_client(cfg), tconfig) as manager:
         submitted.extend((t, *_submit(manager, t, progress)) for t in tasks)
         for task, landing, fut in submitted:
-            with writing(task.dst), translating(task.src if is_remote(task.src) else task.dst):
+            uploaded = settling(task.dst, landing, task.size, cfg) if isinstance(landing, str) \
+                else contextlib.nullcontext()
+            with uploaded, writing(task.dst), translating(task.src if is_remote(task.src) else task.dst):
                 fut.result()
-            if landing is not None:
+            if isinstance(landing, Landing):
                 verify(task, landing.temp)
                 landing.commit()
             if progress is not None:
@@ -273,8 +329,10 @@ def upload_fileobj(fileobj, url: str, size: int, threads: int = 8) -> None:
     """Publish a seekable file object as one object (write(), File(..., "w") on close)."""
     u = ObjectURL.parse(url)
     cfg = _config.current()
-    with translating(url), TransferManager(get_client(cfg), transfer_config(cfg, size, threads)) as manager:
-        manager.upload(fileobj, u.bucket, u.key).result()
+    token, extra = upload_token()
+    with settling(url, token, size, cfg), translating(url), \
+            TransferManager(get_client(cfg), transfer_config(cfg, size, threads)) as manager:
+        manager.upload(fileobj, u.bucket, u.key, extra_args=extra).result()
 
 
 def download_fileobj(url: str, fileobj, size: int, threads: int = 8) -> None:
@@ -405,8 +463,10 @@ class GrowingUpload:
         # s3transfer reads a stream of unknown size up to the multipart threshold before its
         # first request (to choose one PUT or parts): with the threshold at one part the first
         # part leaves as soon as it is written, not 64 MiB later (measured through a 12 MB/s
-        # link: a file written at 11 MB/s went up at 6.3 MB/s, at link speed with this)
-        tconfig.multipart_threshold = tconfig.multipart_chunksize
+        # link: a file written at 11 MB/s went up at 6.3 MB/s, at link speed with this); a
+        # lower S3_MULTIPART_THRESHOLD still holds
+        tconfig.multipart_threshold = min(tconfig.multipart_threshold, tconfig.multipart_chunksize)
+        self.token, self._extra = upload_token()
         self._thread = Thread(target=self._run, args=(tconfig,), daemon=True, name="obs-io-growing-upload")
         self._thread.start()
 
@@ -414,17 +474,21 @@ class GrowingUpload:
         u = ObjectURL.parse(self.url)
         try:
             with translating(self.url), TransferManager(get_client(self._cfg), tconfig) as manager:
-                manager.upload(self._tail, u.bucket, u.key).result()
+                manager.upload(self._tail, u.bucket, u.key, extra_args=self._extra).result()
         except BaseException as exc:
             self._error = exc
         finally:
             self._tail.close()
 
     def finish(self, size: int) -> None:
-        """The file is complete at `size` bytes: wait for the upload's end; raise its error."""
+        """The file is complete at `size` bytes: wait for the upload's end; raise its error
+        (unless the object is there as sent all the same: settle_failed_upload). The object
+        carries `token` (upload_token) in its metadata."""
         self._tail.finish(size)
         self._thread.join()
-        if self._error is not None:
+        if isinstance(self._error, Exception):
+            settle_failed_upload(self.url, self.token, size, self._error, self._cfg)
+        elif self._error is not None:
             raise self._error
 
     def abort(self) -> None:

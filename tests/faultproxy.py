@@ -5,10 +5,11 @@ what was fetched, and injects faults: 503 SlowDown answers and dropped connectio
 of requests, 500 InternalError for a share (error500), and, for a test of timeouts, a stall:
 requests that are read and never answered (stall); requests held until the test lets them go
 (hold, release), to keep one of two runs at a known point without timing; a burst of throttling
-(503 SlowDown and 429 in turn) for a given time (burst). The choice is a hash of (seed, request, how
-often this request was seen), so a run is reproducible whatever the thread interleaving, and a
-request is faulted at most `max_faults` times in a row, so a client with retries always gets
-through.
+(503 SlowDown and 429 in turn) for a given time (burst); a store that does the work and loses its
+answer (lost_answer: forwarded, then answered with an error or a dropped connection). The choice
+is a hash of (seed, request, how often this request was seen), so a run is reproducible whatever
+the thread interleaving, and a request is faulted at most `max_faults` times in a row, so a
+client with retries always gets through.
 """
 from __future__ import annotations
 
@@ -96,6 +97,9 @@ class FaultProxy:
         self.rules: list = []
         self.corrupt = None  # callable (method, path) -> bool: flip the first body byte if true
         self.truncate = None  # callable (method, path) -> bool: send half the body, then hang up
+        # callable (method, path) -> (status, error code) | "drop" | None: the request is forwarded
+        # (the store does the work), then this is answered instead: a store that lost its answer
+        self.lost_answer = None
         self._seen: Counter = Counter()
         self._connections: set = set()  # open client sockets, closed on exit
         self._lock = threading.Lock()
@@ -262,6 +266,19 @@ class FaultProxy:
                     out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
                 finally:
                     conn.close()
+                lost = proxy.lost_answer(self.command, self.path) if proxy.lost_answer is not None else None
+                if lost == "drop":
+                    self._record(0, 0)
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                if lost:
+                    status, code = lost
+                    self._send(status, error_xml(code), [("Content-Type", "application/xml")])
+                    return
                 if self.command == "HEAD":
                     self.send_response(resp.status)
                     for k, v in resp.getheaders():

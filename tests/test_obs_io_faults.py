@@ -191,15 +191,18 @@ def test_cli_exit_2_and_one_line_for_each_storage_failure(tmp_path, bucket, prox
 
 # -- a server that accepts connections and never answers ------------------------------------
 
-def stalled_calls(bucket: str, tmp_path: Path) -> list[tuple[str, object, int]]:
-    """(what, call, requests in flight at once): each must fail against a stalled server."""
+def stalled_calls(bucket: str, tmp_path: Path) -> list[tuple[str, object, int, bool]]:
+    """(what, call, requests in flight at once, an upload): each must fail against a stalled
+    server. A failed upload asks once more, in one try, whether the store has its object after
+    all (transfer.settle_failed_upload)."""
     (tmp_path / "up.txt").write_bytes(b"up")
-    return [("HEAD (read)", lambda: mox.file.read(f"s3://{bucket}/stall/small.txt"), 1),
+    return [("HEAD (read)", lambda: mox.file.read(f"s3://{bucket}/stall/small.txt"), 1, False),
             ("GetObject (small download)", lambda: mox.file.copy_parallel(
-                f"s3://{bucket}/stall", str(tmp_path / "small"), file_list=["small.txt"]), 1),
+                f"s3://{bucket}/stall", str(tmp_path / "small"), file_list=["small.txt"]), 1, False),
             ("ranged GetObjects (s3transfer)", lambda: mox.file.copy_parallel(
-                f"s3://{bucket}/stall", str(tmp_path / "big"), file_list=["big.bin"]), 3),
-            ("PutObject (upload)", lambda: mox.file.copy(str(tmp_path / "up.txt"), f"s3://{bucket}/stall/up.txt"), 1)]
+                f"s3://{bucket}/stall", str(tmp_path / "big"), file_list=["big.bin"]), 3, False),
+            ("PutObject (upload)", lambda: mox.file.copy(str(tmp_path / "up.txt"), f"s3://{bucket}/stall/up.txt"),
+             1, True)]
 
 
 def test_a_stalled_server_fails_within_the_configured_bound(tmp_path, bucket, proxy, s3_server, monkeypatch):
@@ -217,7 +220,7 @@ def test_a_stalled_server_fails_within_the_configured_bound(tmp_path, bucket, pr
     assert bound == 9.0
     # listings answer (so plans are made), everything else under stall/ never does
     proxy.stall = lambda method, path: "/stall/" in path and "prefix=" not in path
-    for what, call, in_flight in stalled_calls(bucket, tmp_path):
+    for what, call, in_flight, upload in stalled_calls(bucket, tmp_path):
         proxy.records.clear()
         mox.reset_config()   # each call as a command of its own: its own stall clock
         start = time.monotonic()
@@ -225,21 +228,24 @@ def test_a_stalled_server_fails_within_the_configured_bound(tmp_path, bucket, pr
             call()
         elapsed = time.monotonic() - start
         assert_one_line(info.value, f"s3://{bucket}/stall/", proxy.endpoint, "did not answer", "S3_READ_TIMEOUT")
-        assert cfg.max_attempts * cfg.read_timeout * 0.9 <= elapsed < bound + 3, (what, elapsed)
+        settle = cfg.connect_timeout + cfg.read_timeout if upload else 0.0
+        assert cfg.max_attempts * cfg.read_timeout * 0.9 <= elapsed < bound + settle + 3, (what, elapsed)
         # each request is tried max_attempts times, never max_attempts x s3transfer's re-reads
         tries = Counter((r.method, r.path, r.range) for r in proxy.records if r.status == -1)
+        settled_by = [k for k in tries if upload and k[0] == "HEAD"]
+        assert [tries.pop(k) for k in settled_by] == ([1] if upload else []), (what, settled_by)
         assert tries and set(tries.values()) == {cfg.max_attempts} and len(tries) <= in_flight, (what, tries)
     # within one command, a request given up on leaves the later ones one try each until the
     # store answers something well (here nothing does): the command ends about when its first
     # request does, not once per request
     proxy.records.clear()
     mox.reset_config()
-    calls = {what: call for what, call, _ in stalled_calls(bucket, tmp_path)}
+    calls = {what: call for what, call, _, _ in stalled_calls(bucket, tmp_path)}
     for what in ("HEAD (read)", "PutObject (upload)"):
         with pytest.raises(ConnectionError):
             calls[what]()
     tries = Counter((r.method, r.path.split("/")[-1]) for r in proxy.records if r.status == -1)
-    assert tries == {("HEAD", "small.txt"): cfg.max_attempts, ("PUT", "up.txt"): 1}, tries
+    assert tries == {("HEAD", "small.txt"): cfg.max_attempts, ("PUT", "up.txt"): 1, ("HEAD", "up.txt"): 1}, tries
     assert not [p for p in tmp_path.rglob(".*obsio*")]
 
 
@@ -288,3 +294,120 @@ def test_throttling_past_the_stall_deadline_is_one_line_naming_it(tmp_path, buck
     assert "throttled" in text
     assert 3.0 * 0.9 <= elapsed < 3.0 + 15, elapsed
     assert sum(1 for r in settled(proxy) if r.status in (429, 503)) > 2
+
+
+# -- a store that does the work and loses its answer -----------------------------------------
+
+def _complete(method: str, path: str) -> bool:
+    """CompleteMultipartUpload: POST /<bucket>/<key>?uploadId=..."""
+    return method == "POST" and "uploadId=" in path
+
+
+def _put(method: str, path: str) -> bool:
+    """A single-request upload: PUT /<bucket>/<key>, no part number."""
+    return method == "PUT" and "partNumber=" not in path and "uploadId=" not in path
+
+
+def incomplete_uploads(client, bucket: str) -> list[str]:
+    return [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+LOST = {"multipart, every answer 500": (_complete, (500, "InternalError")),
+        "multipart, every answer dropped": (_complete, "drop"),
+        "single PUT, every answer 500": (_put, (500, "InternalError"))}
+
+
+@pytest.mark.parametrize("how", sorted(LOST))
+def test_an_upload_whose_answer_was_lost_is_a_success(how, tmp_path, bucket, proxy, s3_server, monkeypatch):
+    """The store completed the upload, then its answer was lost (500 or a dropped connection to
+    every try, the first one included): the object is there, as sent, so copy(),
+    write() and an upload while written (GrowingUpload) succeed; before, they raised with the
+    object in place. Nothing incomplete is left."""
+    from obs_io.transfer import GrowingUpload
+    monkeypatch.setenv("S3_MAX_ATTEMPTS", "3")
+    which, answer = LOST[how]
+    lost: list[str] = []
+
+    def lose(method: str, path: str):
+        if which(method, path) and "/lost/" in path:
+            lost.append(path)
+            return answer
+        return None
+    proxy.lost_answer = lose
+    size = 12 * MiB if "multipart" in how else MiB
+    body = os.urandom(size)
+    (tmp_path / "big.bin").write_bytes(body)
+    mox.file.copy(str(tmp_path / "big.bin"), f"s3://{bucket}/lost/copied.bin")
+    mox.file.write(f"s3://{bucket}/lost/written.bin", body, binary=True)
+    growing = tmp_path / "growing.bin"
+    growing.write_bytes(body)
+    upload = GrowingUpload(str(growing), f"s3://{bucket}/lost/growing.bin", size_hint=size)
+    upload.finish(size)
+    assert len(lost) >= 3, lost   # each of the three lost its answer at least once
+    client = s3_server.client()
+    for name in ("copied", "written", "growing"):
+        assert client.get_object(Bucket=bucket, Key=f"lost/{name}.bin")["Body"].read() == body, name
+    assert incomplete_uploads(client, bucket) == []
+
+
+def test_the_cli_reports_an_upload_whose_answer_was_lost_as_done(tmp_path, bucket, proxy, s3_env, s3_server):
+    """The issue's case: `python -m obs_io cp big.bin s3://.../big.bin` exited 2 ("answered
+    500 ... attempts") with the complete object on the server; now 0, with the object."""
+    proxy.lost_answer = lambda method, path: (500, "InternalError") if _complete(method, path) else None
+    body = os.urandom(12 * MiB)
+    (tmp_path / "big.bin").write_bytes(body)
+    r, _ = run_cli("cp", str(tmp_path / "big.bin"), f"s3://{bucket}/big2/big.bin",
+                   env={**s3_env, "S3_ENDPOINT": proxy.endpoint, "S3_MAX_ATTEMPTS": "2",
+                        "S3_MULTIPART_THRESHOLD": str(5 * MiB)})
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "the store did not confirm the upload" in r.stderr, r.stderr
+    assert any(_complete(x.method, x.path) and x.status == 500 for x in proxy.records)
+    client = s3_server.client()
+    assert client.get_object(Bucket=bucket, Key="big2/big.bin")["Body"].read() == body
+    assert incomplete_uploads(client, bucket) == []
+
+
+def test_an_upload_the_store_refused_leaves_no_object_and_an_older_one_alone(tmp_path, bucket, proxy, s3_server,
+                                                                             monkeypatch):
+    """The completion (or the PUT) refused before the store did it: one line, exit 2, no object
+    (the multipart upload aborted); an object an earlier upload left under that key is not this
+    upload's and stays as it was."""
+    monkeypatch.setenv("S3_MAX_ATTEMPTS", "2")
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="refused/older.bin", Body=b"an older version")
+    proxy.rules.append(lambda method, path: (500, "InternalError")
+                       if "/refused/" in path and (_complete(method, path) or _put(method, path)) else None)
+    (tmp_path / "big.bin").write_bytes(os.urandom(12 * MiB))
+    (tmp_path / "small.bin").write_bytes(b"small")
+    for src, key in (("big.bin", "refused/new.bin"), ("big.bin", "refused/older.bin"),
+                     ("small.bin", "refused/small.bin")):
+        with pytest.raises(OSError) as info:
+            mox.file.copy(str(tmp_path / src), f"s3://{bucket}/{key}")
+        assert_one_line(info.value, f"s3://{bucket}/{key}", "500")
+    assert sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]) == ["refused/older.bin"]
+    assert client.get_object(Bucket=bucket, Key="refused/older.bin")["Body"].read() == b"an older version"
+    assert incomplete_uploads(client, bucket) == []
+    r, _ = run_cli("cp", str(tmp_path / "big.bin"), f"s3://{bucket}/refused/cli.bin",
+                   env={**os.environ, "S3_ENDPOINT": proxy.endpoint, "S3_MAX_ATTEMPTS": "2",
+                        "S3_MULTIPART_THRESHOLD": str(5 * MiB)})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]] == ["refused/older.bin"]
+
+
+def test_a_failed_upload_settles_by_its_own_token_and_size(bucket, s3_server):
+    """settle_failed_upload's judgement, object by object: this upload's token and size: a
+    success; its token and another size (no complete upload of ours makes that): removed, the
+    error stands; another token, or none: left alone, the error stands."""
+    from obs_io.transfer import UPLOAD_TOKEN, settle_failed_upload
+    client = s3_server.client()
+    error = OSError("answered 500")
+    client.put_object(Bucket=bucket, Key="s/ours.bin", Body=b"12345", Metadata={UPLOAD_TOKEN: "t1"})
+    settle_failed_upload(f"s3://{bucket}/s/ours.bin", "t1", 5, error)          # no exception: done
+    client.put_object(Bucket=bucket, Key="s/short.bin", Body=b"123", Metadata={UPLOAD_TOKEN: "t2"})
+    client.put_object(Bucket=bucket, Key="s/other.bin", Body=b"12345", Metadata={UPLOAD_TOKEN: "t0"})
+    client.put_object(Bucket=bucket, Key="s/plain.bin", Body=b"12345")
+    for key, token in (("short", "t2"), ("other", "t3"), ("plain", "t4"), ("missing", "t5")):
+        with pytest.raises(OSError, match="answered 500"):
+            settle_failed_upload(f"s3://{bucket}/s/{key}.bin", token, 5, error)
+    left = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert left == ["s/other.bin", "s/ours.bin", "s/plain.bin"]
