@@ -493,6 +493,8 @@ def transform(p: JobPlan, env: dict[str, str],
         sync.prune_outputs(layout.transformed, keep, job.prefix, fmt)
     if layout.remote_save_url and p.cluster.node_index == 0:   # every node holds the same files
         still_ours()   # the prune removes, the manifest publishes: both only into our own output
+        # every block is in: nobody uploads there any more; what killed runs left incomplete goes
+        sync.abort_left_uploads(layout.remote_transformed, layout.remote_strategy)
         sync.prune_outputs(layout.remote_transformed, list(range(world)), job.prefix, fmt)
         files = strategy_pass.local_strategy_files(layout.local_strategy)
         if files:
@@ -693,4 +695,4 @@ def _run(p: JobPlan, env: dict[str, str], claims: list[OutputClaim]) -> int:
         return code
     finally:
         if layout.remote_save_url:
-            logs.upload(layout.log_dir, join(layout.remote_save_url, "logs", f"node_{cluster.node_index}"))
+            logs.upload(layout.log_dir, join(layout.remote_save_url, "logs", f"node_{cluster.node_index}"), p.started)

@@ -18,9 +18,19 @@ from obs_io.errors import scrub
 log = logging.getLogger(__name__)
 
 UPLOAD_TIMEOUT = 120.0   # a few MB of logs take seconds; a dead store must not hold the job
-# The copy's own interpreter: settings (credentials included) and file list come on stdin.
-_UPLOAD = ("import json, sys, obs_io; plan = json.load(sys.stdin); obs_io.configure(**plan['config']); "
-           "obs_io.file.copy_parallel(plan['src'], plan['dst'], file_list=plan['files'])")
+# The copy's own interpreter: settings (credentials included) and file list come on stdin. What
+# an earlier entry of this node killed while uploading its logs left (its own keys, a pid in each
+# name, are not ours to write again) goes first: uploads there begun before this entry started.
+_UPLOAD = """
+import datetime, json, sys, obs_io
+plan = json.load(sys.stdin)
+obs_io.configure(**plan['config'])
+try:
+    obs_io.file.abort_uploads(plan['dst'], datetime.datetime.fromtimestamp(plan['before'], datetime.timezone.utc))
+except PermissionError:
+    pass
+obs_io.file.copy_parallel(plan['src'], plan['dst'], file_list=plan['files'])
+"""
 
 FORMAT_FILE = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
@@ -69,8 +79,10 @@ def to_file(log_dir: str, node_index: int) -> str:
     return path
 
 
-def upload(log_dir: str, remote_url: str, timeout: float = UPLOAD_TIMEOUT) -> None:
-    """Copy every file below log_dir (ours and the engine's) to `<remote_url>/`.
+def upload(log_dir: str, remote_url: str, started: float, timeout: float = UPLOAD_TIMEOUT) -> None:
+    """Copy every file below log_dir (ours and the engine's) to `<remote_url>/`; multipart
+    uploads there that began before `started` (this entry's start, seconds since the epoch)
+    are aborted first.
 
     Never raises an error: logs that could not be uploaded are a WARNING, and the job's
     result and exit code stay what they were. Bounded by `timeout`, and after this command's
@@ -92,7 +104,8 @@ def upload(log_dir: str, remote_url: str, timeout: float = UPLOAD_TIMEOUT) -> No
         if retry.stalled():   # the store stopped answering this command: one try, not a new stall
             cfg = dataclasses.replace(cfg, max_attempts=1, stall_deadline=cfg.connect_timeout + cfg.read_timeout)
             timeout = min(timeout, cfg.connect_timeout + cfg.read_timeout + 15)
-        plan = json.dumps({"config": dataclasses.asdict(cfg), "src": log_dir, "dst": dst, "files": files})
+        plan = json.dumps({"config": dataclasses.asdict(cfg), "src": log_dir, "dst": dst, "files": files,
+                           "before": started})
         obs_io_parent = os.path.dirname(os.path.dirname(os.path.abspath(obs_io.__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [obs_io_parent,
                                                                        os.environ.get("PYTHONPATH")])))

@@ -428,6 +428,19 @@ def prune_outputs(root: str, keep_ranks: list[int], prefix: str, fmt: str) -> li
     return stale
 
 
+def abort_left_uploads(*folders: str) -> None:
+    """Abort the multipart uploads left incomplete below these folders of ours on object storage
+    (by writers killed in earlier runs, whichever node they were: OBS bills their parts until
+    they are aborted, and no listing shows them). Only once nobody uploads there any more. A
+    store that will not list them (no permission) is a warning, not a failed job."""
+    for folder in folders:
+        if obs_io.is_remote(folder):
+            try:
+                obs_io.file.abort_uploads(folder)
+            except PermissionError as exc:
+                log.warning("could not look for incomplete multipart uploads under %s: %s", folder, exc)
+
+
 def prune_strategies(folder: str, keep: list[str]) -> list[str]:
     """Remove strategy files (*.ckpt, *.json) of earlier runs from our strategy output folder
     (remote_save_url/strategy): used as a source strategy folder later, every file there is

@@ -7,7 +7,8 @@ and so are moxing's exception classes and shift('os', 'mox'). A keyword that mea
 here is accepted and says so in its function's docstring; none changes a result silently.
 Differences from moxing, on purpose: writers publish on a clean close only; remove() of a
 folder without recursive=True is an error, not a silent no-op; list_entries (a listing with
-sizes and ETags) is an addition, and copy_parallel takes its entries as file_list.
+sizes and ETags) and abort_uploads (what killed writers left below a folder) are additions, and
+copy_parallel takes its entries as file_list.
 """
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ from .errors import (MoxFileNameDuplicateException, MoxFileNotExistsException, M
 from .fs import backend, list_entries
 from .remote_file import File
 from .shifting import shift
+from .transfer import abort_uploads
 from .urls import ObjectURL, check, is_remote, join
 
 __all__ = ["copy", "copy_parallel", "exists", "is_directory", "list_directory", "glob", "walk",
            "scan_dir", "list_entries", "stat", "get_size", "make_dirs", "mk_dir", "remove", "rename", "read",
+           "abort_uploads",
            "write", "append", "append_remote", "File", "set_auth", "shift", "MoxFileNotExistsException",
            "MoxFileRespException", "MoxFileReadException", "MoxFileNameDuplicateException"]
 

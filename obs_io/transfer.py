@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import datetime
 import errno
 import hashlib
@@ -24,8 +23,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from botocore.exceptions import ClientError
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
@@ -177,7 +177,7 @@ def settle_failed_upload(url: str, token: str, size: int | None, error: BaseExce
     object, another object (an older version, someone else's: left alone) or a HEAD that fails
     too: `error` stands."""
     u = ObjectURL.parse(url)
-    client = get_client(dataclasses.replace(cfg or _config.current(), max_attempts=1))
+    client = get_client(replace(cfg or _config.current(), max_attempts=1))
     try:
         head = client.head_object(Bucket=u.bucket, Key=u.key)
     except Exception:   # noqa: BLE001 - missing, or the store still failing: the upload's error tells
@@ -514,17 +514,41 @@ def abort_stale_uploads(tasks: list[CopyTask], started: datetime.datetime) -> in
         if is_remote(t.dst) and t.size >= cfg.multipart_threshold:
             u = ObjectURL.parse(t.dst)
             wanted.setdefault(u.bucket, set()).add(u.key)
-    aborted = 0
-    for bucket, keys in wanted.items():
-        prefix = posixpath.commonprefix(sorted(keys))
-        client = get_client(cfg)
-        with translating(f"s3://{bucket}/{prefix}"):
-            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
-            for page in pages:
-                for upload in page.get("Uploads", []):
-                    if upload["Key"] in keys and upload["Initiated"] < started:
-                        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-                        aborted += 1
+    aborted = sum(_abort(cfg, bucket, posixpath.commonprefix(sorted(keys)), started, keys)
+                  for bucket, keys in wanted.items())
     if aborted:
         log.info("aborted %d multipart upload(s) left by an interrupted copy", aborted)
+    return aborted
+
+
+def abort_uploads(folder: str, before: datetime.datetime | None = None) -> int:
+    """Abort the incomplete multipart uploads of every key below the folder `folder` (an
+    obs:// or s3:// URL), initiated before `before` (None: whenever): what killed writers left
+    there, whoever they were. For a folder that one writer owns, once nobody else uploads into
+    it (e.g. a job's output once all its blocks are in). Returns how many were aborted."""
+    u = ObjectURL.parse(folder.rstrip("/") + "/")
+    aborted = _abort(_config.current(), u.bucket, u.key, before, None)
+    if aborted:
+        log.info("aborted %d incomplete multipart upload(s) under %s left by killed writers", aborted, folder)
+    return aborted
+
+
+def _abort(cfg: _config.S3Config, bucket: str, prefix: str, before: datetime.datetime | None,
+           keys: set[str] | None) -> int:
+    """Abort the multipart uploads under `prefix` in `bucket` initiated before `before` (None:
+    all), of `keys` only when given; one ListMultipartUploads series."""
+    client = get_client(cfg)
+    aborted = 0
+    with translating(f"s3://{bucket}/{prefix}"):
+        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if (keys is None or upload["Key"] in keys) and (before is None or upload["Initiated"] < before):
+                    try:
+                        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    except ClientError as err:   # aborted meanwhile (by another rerun, or completed)
+                        if err.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                            raise
+                        continue
+                    aborted += 1
     return aborted

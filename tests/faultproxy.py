@@ -6,10 +6,10 @@ of requests, 500 InternalError for a share (error500), and, for a test of timeou
 requests that are read and never answered (stall); requests held until the test lets them go
 (hold, release), to keep one of two runs at a known point without timing; a burst of throttling
 (503 SlowDown and 429 in turn) for a given time (burst); a store that does the work and loses its
-answer (lost_answer: forwarded, then answered with an error or a dropped connection). The choice
-is a hash of (seed, request, how often this request was seen), so a run is reproducible whatever
-the thread interleaving, and a request is faulted at most `max_faults` times in a row, so a
-client with retries always gets through.
+answer (lost_answer: forwarded, then answered with an error or a dropped connection; hold_answer:
+forwarded, the answer never sent). The choice is a hash of (seed, request, how often this
+request was seen), so a run is reproducible whatever the thread interleaving, and a request is
+faulted at most `max_faults` times in a row, so a client with retries always gets through.
 """
 from __future__ import annotations
 
@@ -100,6 +100,9 @@ class FaultProxy:
         # callable (method, path) -> (status, error code) | "drop" | None: the request is forwarded
         # (the store does the work), then this is answered instead: a store that lost its answer
         self.lost_answer = None
+        # callable (method, path) -> bool: forwarded (the store does the work), the answer held
+        # until exit, as `stall` holds requests that are never forwarded
+        self.hold_answer = None
         self._seen: Counter = Counter()
         self._connections: set = set()  # open client sockets, closed on exit
         self._lock = threading.Lock()
@@ -266,6 +269,11 @@ class FaultProxy:
                     out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
                 finally:
                     conn.close()
+                if proxy.hold_answer is not None and proxy.hold_answer(self.command, self.path):
+                    self._record(-1, 0)
+                    proxy._closing.wait()
+                    self.close_connection = True
+                    return
                 lost = proxy.lost_answer(self.command, self.path) if proxy.lost_answer is not None else None
                 if lost == "drop":
                     self._record(0, 0)

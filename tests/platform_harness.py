@@ -16,6 +16,7 @@ What ModelArts (and a per-card launcher, msrun or a plain S3 cloud) does, and so
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -135,6 +136,30 @@ class ModelArtsJob:
         for _, _, proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """As nodes that die (their containers gone): every process of the job, the boot
+        processes and all they started (conversion workers, upload helpers), is stopped first
+        (none sees another die and acts on it), then SIGKILLed."""
+        import psutil
+        frozen: dict[int, psutil.Process] = {}
+        while True:   # a process may start a child until it is stopped itself
+            found = {}
+            for _, _, proc in self.procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    boot = psutil.Process(proc.pid)
+                    found.update({p.pid: p for p in [boot, *boot.children(recursive=True)]})
+            new = [p for pid, p in found.items() if pid not in frozen]
+            if not new:
+                break
+            for p in new:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.suspend()
+                frozen[p.pid] = p
+        for p in frozen.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(list(frozen.values()), timeout=30)
 
     def _output(self, node: int, card: int | None) -> Path:
         return self.root / f"boot_node{node}" f"{'' if card is None else f'_card{card}'}.out"

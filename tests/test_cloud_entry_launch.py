@@ -212,20 +212,27 @@ def fresh_config():
     obs_io.reset_config()
 
 
-def test_upload_copies_the_whole_folder(bucket, log_dir, fresh_config, caplog):
+def test_upload_copies_the_whole_folder(bucket, log_dir, fresh_config, caplog, s3_server):
+    """...and aborts the multipart upload an entry killed while uploading its logs left there
+    (another pid's key: no later upload writes it again); one elsewhere is not ours."""
     caplog.set_level(logging.INFO)
     url = f"obs://{bucket}/run/logs/node_0"
-    logs.upload(str(log_dir), url)
+    client = s3_server.client()
+    client.create_multipart_upload(Bucket=bucket, Key="run/logs/node_0/cloud_entry_node0_pid7.log")
+    client.create_multipart_upload(Bucket=bucket, Key="run/logs/node_1/cloud_entry_node1_pid8.log")
+    logs.upload(str(log_dir), url, time.time() + 5)   # (moto dates every upload in 2010)
     assert sorted(obs_io.file.list_directory(url, recursive=True)) == [
         "cloud_entry_node0_pid1.log", "engine", "engine/worker_1.log", "transform_main.log"]
     assert obs_io.file.read(f"{url}/engine/worker_1.log") == "engine worker\n"
     assert "logs uploaded: 3 file(s)" in caplog.text
+    left = [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert left == ["run/logs/node_1/cloud_entry_node1_pid8.log"]
 
 
 def test_upload_to_a_refused_endpoint_only_warns(s3_env, log_dir, fresh_config, monkeypatch, caplog):
     monkeypatch.setenv("S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     obs_io.configure(max_attempts=1)
-    logs.upload(str(log_dir), "obs://bucket/logs/node_0")
+    logs.upload(str(log_dir), "obs://bucket/logs/node_0", time.time())
     assert "logs not uploaded to obs://bucket/logs/node_0/" in caplog.text
     assert s3_env["SECRET_ACCESS_KEY"] not in caplog.text
 
@@ -236,11 +243,11 @@ def test_upload_to_a_silent_endpoint_is_bounded(s3_env, log_dir, fresh_config, m
         silent.listen(64)
         monkeypatch.setenv("S3_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
         start = time.monotonic()
-        logs.upload(str(log_dir), "obs://bucket/logs/node_0", timeout=2)
+        logs.upload(str(log_dir), "obs://bucket/logs/node_0", time.time(), timeout=2)
         assert time.monotonic() - start < STOPPED_WITHIN
     assert "not done within 2s" in caplog.text
 
 
 def test_upload_of_a_missing_folder_does_nothing(tmp_path, caplog):
-    logs.upload(str(tmp_path / "never_written"), "obs://bucket/logs")
+    logs.upload(str(tmp_path / "never_written"), "obs://bucket/logs", time.time())
     assert "logs" not in caplog.text
