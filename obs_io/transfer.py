@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -163,6 +163,24 @@ def upload_token() -> tuple[str, dict]:
     return token, {"Metadata": {UPLOAD_TOKEN: token}}
 
 
+def upload_size(url: str, token: str, cfg: _config.S3Config | None = None, attempts: int | None = None
+                ) -> int | None:
+    """The size in bytes of the object at `url` when the upload that carried `token`
+    (upload_token) made it, else None (no object, or another one). One HEAD, with `attempts`
+    tries (default: the configuration's); errors: obs_io's."""
+    cfg = cfg or _config.current()
+    u = ObjectURL.parse(url)
+    with translating(url):
+        try:
+            head = get_client(replace(cfg, max_attempts=attempts or cfg.max_attempts)).head_object(
+                Bucket=u.bucket, Key=u.key)
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise
+    return head.get("ContentLength") if head.get("Metadata", {}).get(UPLOAD_TOKEN) == token else None
+
+
 def settle_failed_upload(url: str, token: str, size: int | None, error: BaseException,
                          cfg: _config.S3Config | None = None) -> None:
     """After an upload to `url` that raised `error`: return (success after all) when the
@@ -176,21 +194,19 @@ def settle_failed_upload(url: str, token: str, size: int | None, error: BaseExce
     with this token and another size cannot come from a complete upload: it is removed. No
     object, another object (an older version, someone else's: left alone) or a HEAD that fails
     too: `error` stands."""
-    u = ObjectURL.parse(url)
-    client = get_client(replace(cfg or _config.current(), max_attempts=1))
     try:
-        head = client.head_object(Bucket=u.bucket, Key=u.key)
-    except Exception:   # noqa: BLE001 - missing, or the store still failing: the upload's error tells
+        got = upload_size(url, token, cfg, attempts=1)
+    except Exception:   # noqa: BLE001 - the store still failing: the upload's error tells
         raise error from None
-    if head.get("Metadata", {}).get(UPLOAD_TOKEN) != token:
+    if got is None:
         raise error
-    if size is not None and head.get("ContentLength") != size:
+    if size is not None and got != size:
         with contextlib.suppress(Exception):
-            client.delete_object(Bucket=u.bucket, Key=u.key)
+            u = ObjectURL.parse(url)
+            get_client(cfg or _config.current()).delete_object(Bucket=u.bucket, Key=u.key)
         raise error
     log.warning("%s: the store did not confirm the upload (%s), but the object is there as sent "
-                "(%s bytes): kept", url, str(error).splitlines()[0] if str(error) else type(error).__name__,
-                head.get("ContentLength"))
+                "(%d bytes): kept", url, str(error).splitlines()[0] if str(error) else type(error).__name__, got)
 
 
 @contextlib.contextmanager
@@ -325,10 +341,11 @@ def _execute_managed(tasks: list[CopyTask], threads: int, progress: Progress | N
                 progress.file_done()
 
 
-def upload_fileobj(fileobj, url: str, size: int, threads: int = 8) -> None:
-    """Publish a seekable file object as one object (write(), File(..., "w") on close)."""
+def upload_fileobj(fileobj, url: str, size: int, threads: int = 8, cfg: _config.S3Config | None = None) -> None:
+    """Publish a seekable file object as one object (write(), File(..., "w") on close); cfg:
+    obs_io's configuration (default: the current one)."""
     u = ObjectURL.parse(url)
-    cfg = _config.current()
+    cfg = cfg or _config.current()
     token, extra = upload_token()
     with settling(url, token, size, cfg), translating(url), \
             TransferManager(get_client(cfg), transfer_config(cfg, size, threads)) as manager:
@@ -521,13 +538,16 @@ def abort_stale_uploads(tasks: list[CopyTask], started: datetime.datetime) -> in
     return aborted
 
 
-def abort_uploads(folder: str, before: datetime.datetime | None = None) -> int:
-    """Abort the incomplete multipart uploads of every key below the folder `folder` (an
-    obs:// or s3:// URL), initiated before `before` (None: whenever): what killed writers left
-    there, whoever they were. For a folder that one writer owns, once nobody else uploads into
-    it (e.g. a job's output once all its blocks are in). Returns how many were aborted."""
+def abort_uploads(folder: str, before: datetime.datetime | None = None, names: Iterable[str] | None = None) -> int:
+    """Abort the incomplete multipart uploads below the folder `folder` (an obs:// or s3://
+    URL) initiated before `before` (None: whenever), of the keys `names` (relative to the
+    folder) only when given: what killed writers left there, whoever they were. Without
+    `names`, for a folder that one writer owns, once nobody else uploads into it (e.g. a job's
+    output once all its blocks are in). One ListMultipartUploads series. Returns how many were
+    aborted."""
     u = ObjectURL.parse(folder.rstrip("/") + "/")
-    aborted = _abort(_config.current(), u.bucket, u.key, before, None)
+    keys = None if names is None else {u.key + n for n in names}
+    aborted = _abort(_config.current(), u.bucket, u.key, before, keys)
     if aborted:
         log.info("aborted %d incomplete multipart upload(s) under %s left by killed writers", aborted, folder)
     return aborted

@@ -29,7 +29,8 @@ from .formats import FormatError, open_reader
 from .fetch import SourceFetcher, fetch_bytes, horizon
 from .formats.growing import Growing
 from .execute import (PROCESS_BASE_BYTES, RunResult, SourceFiles, UploadTo, expected_peak,
-                      pending_ranks, rank_cost, rank_checksum, run_plan, settle_manifests)
+                      pending_ranks, rank_cost, rank_checksum, run_plan, same_as, settle_manifests,
+                      uploaded_ranks)
 from obs_io.atomic import write_atomic
 from .plan import Fetch, Headers, Plan, PlanPolicy, build_plan, choose_mode, human_size, source_uses
 from .sources import (FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
@@ -240,7 +241,7 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
             on_file: Callable[[str, tuple[int, str]], None] | None = None,
             download: Iterable[str] = (), release: bool = False,
             upload_to: str | None = None, upload_skip: Iterable[str] = (),
-            durable: bool = True) -> TransformReport:
+            durable: bool = True, upload_records: bool = False) -> TransformReport:
     """Write the destination files of a full plan: <dst_root>/<output_name(rank, prefix, fmt)>
     for each rank (a rank whose file is already complete and verified is skipped), reading the
     source files under local_root. At most process_num ranks at once, within max_memory bytes
@@ -260,7 +261,11 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
     is written (<upload_to>/<name>; obs_io's GrowingUpload: nothing under the key before the
     file is complete), except the names in upload_skip (e.g. those the caller may find
     unchanged there). on_file is then told only of the files not uploaded so: those kept from
-    before and those in upload_skip.
+    before and those in upload_skip. upload_records: each rank uploaded so is recorded there
+    (<upload_to>/.reshard/rank_<r>.json, once its object is complete and its sources checked:
+    execute.record_upload), and a rank an earlier run of this plan recorded, with its object
+    there as recorded, is kept: neither converted nor uploaded again (a rerun after Ctrl-C or
+    a kill); its checksum comes from its record.
 
     A rank whose file has the same bytes as an earlier rank's (plan.same_as: data-parallel
     replicas) is not converted: it is another name of that file (a hard link) and, uploaded,
@@ -287,17 +292,20 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
     download = set(download)
     budget, peak = memory_budget(plan, process_num, max_memory)
     files = source_files(plan, local_root)
-    pending = {rp.rank for rp in pending_ranks(plan, files, dst_root)}
+    upload, stored = None, {}
+    if upload_to is not None:
+        import obs_io
+        upload = UploadTo(upload_to, obs_io.current_config(), frozenset(upload_skip), upload_records)
+        if upload_records:
+            stored = uploaded_ranks(plan, files, upload)
+    pending = {rp.rank for rp in pending_ranks(plan, files, dst_root)} - set(stored)
     # what the ranks still to convert read (a rerun may need none of the source; a copy reads
     # nothing: its first rank is pending too, or kept)
-    converting = pending - set(plan.same_as)
+    converting = pending - set(same_as(plan, stored))
     needed_now = {f for rp in plan.ranks if rp.rank in converting for f in rp.source_files}
     download &= needed_now
     check_fetched(plan, local_root, needed_now - download)
-    upload = None
-    if upload_to is not None:
-        import obs_io
-        upload = UploadTo(upload_to, obs_io.current_config(), frozenset(upload_skip))
+    if upload is not None:
         streams = [upload.CHUNKS * upload.part_bytes(rp) for rp in plan.ranks if rp.rank in converting]
         # per converting process: the rank being written and the one whose upload is ending
         extra = sum(sorted(streams, reverse=True)[:2 * process_num])
@@ -314,15 +322,15 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
     if download:
         res = _run_downloading(plan, files, dst_root, sorted(download), pending, process_num=process_num,
                                budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir, on_rank=on_rank,
-                               release=release, upload=upload, durable=durable)
+                               release=release, upload=upload, durable=durable, stored=set(stored))
     else:
         res = run_plan(plan, files, dst_root, process_num=process_num,
                        budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir, on_rank=on_rank,
-                       upload=upload, durable=durable)
+                       upload=upload, durable=durable, stored=set(stored))
     by_rank = {rp.rank: rp.path for rp in plan.ranks}
     checksums = {}
     for rp in plan.ranks:
-        record = rank_checksum(dst_root, rp)
+        record = stored.get(rp.rank) or rank_checksum(dst_root, rp)
         if record is None:   # run_plan returned, so every rank was committed with its record
             raise ReshardError(f"rank {rp.rank}: {rp.path} has no checksum record in {dst_root}")
         checksums[rp.path] = record
@@ -361,7 +369,7 @@ def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[
                      pending: set[int], *,
                      process_num: int, budget: int, log_dir: str | None,
                      on_rank: Callable | None, release: bool, upload: UploadTo | None,
-                     durable: bool) -> RunResult:
+                     durable: bool, stored: set[int] = frozenset()) -> RunResult:
     """run_plan while `names` download (reshard.fetch; `pending`: the ranks not already done):
     ranks in the order their bytes arrive;
     a failed download stops the conversion with its own error, and the ranks made from the
@@ -376,13 +384,14 @@ def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[
     readers = [rp for rp in plan.ranks if rp.rank in pending and files.unverified(rp)]
     downloading = set(names)
     # the ranks reading each file (a copy of another rank's file reads nothing)
-    left = {n: sum(n in rp.source_files for rp in plan.ranks if rp.rank not in plan.same_as)
+    copied = same_as(plan, stored)
+    left = {n: sum(n in rp.source_files for rp in plan.ranks if rp.rank not in copied)
             for n in names}
 
     def done(rp, uploaded: bool) -> None:   # each rank once, written, copied or kept (on_rank)
         if on_rank is not None:
             on_rank(rp, uploaded)
-        for f in rp.source_files if release and rp.rank not in plan.same_as else ():
+        for f in rp.source_files if release and rp.rank not in copied else ():
             if f in left:
                 left[f] -= 1
                 if left[f] == 0:
@@ -394,7 +403,7 @@ def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[
             raise error
     try:
         res = run_plan(plan, files, dst_root, process_num=process_num, budget=budget,
-                       log_dir=log_dir, on_rank=done, upload=upload, durable=durable,
+                       log_dir=log_dir, on_rank=done, upload=upload, durable=durable, stored=stored,
                        arrival=lambda rp: horizon(rp, order, files.indexes, preload), check=check)
         fetcher.finish()
     except BaseException:
@@ -405,14 +414,14 @@ def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[
         checked = set(fetcher.published)
         ok = [rp for rp in readers if downloading & set(rp.source_files) <= checked]
         bad = [rp for rp in readers if not downloading & set(rp.source_files) <= checked]
-        settle_manifests(dst_root, ok, verified=True)
+        settle_manifests(dst_root, ok, verified=True, upload=upload)
         settle_manifests(dst_root, bad, verified=False)
         if upload is not None and error is not None:   # nor a copy uploaded while written
             _remove_uploaded([upload.url(rp) for rp in bad if upload.wants(rp)])
         if error is not None:   # the cause, not a worker's "download stopped"
             raise error from None
         raise
-    settle_manifests(dst_root, readers, verified=True)
+    settle_manifests(dst_root, readers, verified=True, upload=upload)
     return res
 
 

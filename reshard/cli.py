@@ -28,13 +28,12 @@ import sys
 import threading
 from dataclasses import replace
 
-from .execute import rank_digest
 from .api import (ReshardError, complete_plan, execute, find_sources, load_strategy,
                   memory_budget, plan_from_strategies, source_files, write_merged_strategy)
 from . import integrity
 from .blocks import plan_blocks
 from .claim import OutputClaim
-from .execute import LOG_NAME
+from .execute import LOG_NAME, MANIFEST_DIR, forget_uploads, rank_digest
 from .plan import SOURCE_MODES, PlanPolicy, human_size, ranks_text
 from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
                       is_url, probe_writable,
@@ -526,6 +525,20 @@ def _converted_already(location: str, plan, local_root: str) -> bool:
         {rp.path for rp in plan.ranks} <= set(manifest.files)
 
 
+def _abort_left_uploads(location: str, plan) -> None:
+    """The multipart uploads a killed run left incomplete under the keys this run writes at
+    `location` (rank files, their records, the manifest), begun before now: aborted (OBS bills
+    their parts until then). Only these keys: other blocks (--rank_id) may be uploading beside."""
+    import datetime
+    import obs_io
+    names = [rp.path for rp in plan.ranks] + [f"{MANIFEST_DIR}/rank_{rp.rank}.json" for rp in plan.ranks]
+    try:
+        obs_io.file.abort_uploads(location, datetime.datetime.now(datetime.timezone.utc),
+                                  names + [integrity.MANIFEST_NAME])
+    except PermissionError as exc:
+        log.warning("could not look for incomplete multipart uploads under %s: %s", location, exc)
+
+
 def verify_set(location: str) -> int:
     """--verify: a line per problem on stdout, then 0 (intact) or the one-line error (exit 2)."""
     try:
@@ -609,6 +622,7 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
     if upload and args.rank_id is None:
         with _storage("--dst_checkpoint", upload):
             if _converted_already(upload, plan, local_root):
+                forget_uploads(upload)   # a run stopped between its manifest and this
                 print(f"done: {upload} already holds this conversion (its {integrity.MANIFEST_NAME} "
                       "matches the plan and the source's versions); nothing converted or uploaded")
                 return 0
@@ -620,6 +634,9 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
 def _write(args, stage: _Stage, source: SourceSet, plan, local_root: str, upload: str | None,
            process_num: int, world: int, claim: OutputClaim) -> int:
     """The conversion proper, with the output claimed: convert, then (claim checked) publish."""
+    if upload:   # before anything goes up: what a killed run left incomplete under our keys
+        with _storage("--dst_checkpoint", upload):
+            _abort_left_uploads(upload, plan)
     fetched = plan.files_in_mode("fetch")
     if fetched:   # the engine downloads them there while it converts (reshard.fetch)
         stage.dir(SOURCE_STAGE)
@@ -634,7 +651,9 @@ def _write(args, stage: _Stage, source: SourceSet, plan, local_root: str, upload
                      max_memory=args.max_memory, log_dir=args.log_dir, download=fetched,
                      release=True,   # the stage goes at the end: a file goes once read
                      upload_to=upload,   # a remote output: each rank uploaded while written,
-                     durable=not upload)   # its local copy only stages the upload: no fsync
+                     durable=not upload,   # its local copy only stages the upload: no fsync,
+                     # and recorded there, so that a rerun after Ctrl-C or a kill keeps it
+                     upload_records=bool(upload))
     claim.check()   # still this run's output: publish
     manifest = None
     if args.rank_id is None:   # one block is not a set: its manifest would claim the set complete
@@ -646,6 +665,7 @@ def _write(args, stage: _Stage, source: SourceSet, plan, local_root: str, upload
     if upload and manifest is not None:   # last: its presence says the set is complete
         with _storage("--dst_checkpoint", upload):
             integrity.write(upload, manifest)
+            forget_uploads(upload)   # the manifest vouches for every rank now
     print(f"done: wrote ranks {ranks_text(report.ranks_written)} to {args.dst_checkpoint}, "
           f"kept ranks {ranks_text(report.ranks_skipped)} (already complete and verified), "
           f"in {report.seconds:.2f}s; expected peak memory {human_size(report.expected_peak_bytes)}")

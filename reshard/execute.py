@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolE
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -211,31 +211,37 @@ def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) 
 
 
 def _write_manifest(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str,
-                    crc32: str, fsynced: bool = True) -> None:
-    """The rank's record, written after its output is complete under its final name. Not
-    fsynced (a flush per rank cost most of the slowdown at 128 destination ranks): when the
-    output was fsynced (with its folder) before, a record that a crash of the machine leaves
-    empty, zeroed or missing only makes a rerun convert that rank again, and one that survives
-    describes an output that survived too. fsynced False: the output was not (a staged upload),
-    and is_done checks its CRC32 before trusting it."""
+                    crc32: str, fsynced: bool = True, token: str | None = None) -> dict:
+    """The rank's record (returned too), written after its output is complete under its final
+    name. Not fsynced (a flush per rank cost most of the slowdown at 128 destination ranks):
+    when the output was fsynced (with its folder) before, a record that a crash of the machine
+    leaves empty, zeroed or missing only makes a rerun convert that rank again, and one that
+    survives describes an output that survived too. fsynced False: the output was not (a staged
+    upload), and is_done checks its CRC32 before trusting it. token: the upload token of its
+    object (obs_io.transfer.upload_token), for its remote record (record_upload)."""
     out = os.path.join(dst_root, rp.path)
     st = os.stat(out)
     record = {"digest": rank_digest(rp, fmt, src_root), "size": st.st_size,
               "mtime_ns": st.st_mtime_ns, "file": rp.path, "crc32": crc32}
     if not fsynced:
         record["fsynced"] = False
+    if token is not None:
+        record["token"] = token
     unverified = SourceFiles.of(src_root).unverified(rp)
     if unverified:   # read while downloading: vouched for once those files are checked whole
         record["unverified"] = unverified
     write_atomic(_manifest_path(dst_root, rp), json.dumps(record).encode(), durable=False)
+    return record
 
 
-def settle_manifests(dst_root: str, ranks: list[RankPlan], verified: bool) -> None:
+def settle_manifests(dst_root: str, ranks: list[RankPlan], verified: bool,
+                     upload: "UploadTo | None" = None) -> None:
     """After the download of the files these ranks read while it ran (ranks this run
     converted): verified, their records lose the 'unverified' list (is_done accepts them from
-    now on); not (a file failed its check, or the download stopped), their outputs and records
-    are removed, written or not (a worker stopped between the output's rename and its record
-    leaves no record), so nothing made from it stays."""
+    now on) and, with upload records on, a rank whose object went up now gets its remote
+    record (record_upload); not (a file failed its check, or the download stopped), their
+    outputs and records are removed, written or not (a worker stopped between the output's
+    rename and its record leaves no record), so nothing made from it stays."""
     for rp in ranks:
         path = _manifest_path(dst_root, rp)
         if not verified:
@@ -257,6 +263,8 @@ def settle_manifests(dst_root: str, ranks: list[RankPlan], verified: bool) -> No
             continue
         if m.pop("unverified", None):   # not fsynced: see _write_manifest
             write_atomic(path, json.dumps(m).encode(), durable=False)
+            if upload is not None and upload.records and "token" in m:
+                record_upload(upload, rp, m)
 
 
 def rank_checksum(dst_root: str, rp: RankPlan) -> tuple[int, str] | None:
@@ -290,10 +298,13 @@ class UploadTo:
     """Where each rank written now is also uploaded while it is written (obs_io's
     GrowingUpload: the parts go as the bytes are written; the object is complete once the file
     is committed), except the names in `skip`; s3: obs_io's configuration (the parent's, for
-    the worker processes). Memory: CHUNKS parts per rank being written."""
+    the worker processes). Memory: CHUNKS parts per rank being written. records: each rank
+    uploaded gets a remote record once its object is complete (record_upload), and a rank an
+    earlier run so recorded is kept (uploaded_ranks)."""
     root: str
     s3: object = None
     skip: frozenset[str] = frozenset()
+    records: bool = False
 
     CHUNKS = 4
 
@@ -309,6 +320,85 @@ class UploadTo:
     def start(self, rp: RankPlan, temp_path: str):
         from obs_io.transfer import GrowingUpload
         return GrowingUpload(temp_path, self.url(rp), _size_hint(rp), self.s3, chunks=self.CHUNKS)
+
+
+def _remote_record(root: str, rank: int) -> str:
+    return f"{root.rstrip('/')}/{MANIFEST_DIR}/rank_{rank}.json"
+
+
+def record_upload(upload: UploadTo, rp: RankPlan, record: dict) -> None:
+    """A rank's remote record, <upload.root>/.reshard/rank_<r>.json: its digest (the plan and
+    the source versions, as rank_digest), size, CRC32 (the writer's) and the upload token its
+    object carries (a store's copy of an object carries the original's). Written only once
+    that object is complete and every source file the rank read was checked whole, so a record
+    vouches for the object it names (uploaded_ranks). One that cannot be written is a warning:
+    the set does not need it, a rerun converts that rank again."""
+    import io
+    from obs_io.transfer import upload_fileobj
+    body = json.dumps({k: record[k] for k in ("digest", "file", "size", "crc32", "token")}).encode()
+    url = _remote_record(upload.root, rp.rank)
+    try:
+        upload_fileobj(io.BytesIO(body), url, len(body), cfg=upload.s3)
+    except OSError as exc:
+        log.warning("rank %d: no record of its upload written to %s (a rerun converts it again): %s",
+                    rp.rank, url, exc)
+
+
+def uploaded_ranks(plan: Plan, src_root: SourceFiles | str, upload: UploadTo) -> dict[int, tuple[int, str]]:
+    """The ranks of `plan` an earlier run uploaded to upload.root and recorded there
+    (record_upload), checked before they are trusted: the record holds this rank's digest (the
+    same plan from the same source versions) and the object is there with the recorded size,
+    made by the recorded upload (its token: not replaced since). rank -> (size, CRC32), from
+    the record. One listing of the records, then a GET of each and a HEAD of its object, 16
+    ranks at a time."""
+    import obs_io
+    from obs_io.transfer import upload_size
+    folder = f"{upload.root.rstrip('/')}/{MANIFEST_DIR}"
+    try:
+        names = {e.name for e in obs_io.file.list_entries(folder) if e.is_file()}
+    except FileNotFoundError:
+        return {}
+    candidates = [rp for rp in plan.ranks if f"rank_{rp.rank}.json" in names and upload.wants(rp)]
+
+    def check(rp: RankPlan) -> tuple[int, str] | None:
+        try:
+            m = json.loads(obs_io.file.read(_remote_record(upload.root, rp.rank), binary=True))
+            size, crc32, token = int(m["size"]), str(m["crc32"]), str(m["token"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        if m.get("digest") != rank_digest(rp, plan.fmt, src_root) or m.get("file") != rp.path:
+            return None
+        return (size, crc32) if upload_size(upload.url(rp), token, upload.s3) == size else None
+
+    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="reshard-uploaded") as pool:
+        found = list(pool.map(check, candidates))
+    return {rp.rank: got for rp, got in zip(candidates, found) if got is not None}
+
+
+def forget_uploads(root: str) -> None:
+    """Remove the remote records below `root` (record_upload): once the set's manifest is
+    written there, it vouches for every rank, and the records would only be left behind."""
+    import obs_io
+    try:
+        obs_io.file.remove(f"{root.rstrip('/')}/{MANIFEST_DIR}", recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def same_as(plan: Plan, stored: Collection[int] = ()) -> dict[int, int]:
+    """rank -> the rank whose file it is made from (Plan.same_as), where a first rank kept on
+    the store only (`stored`: uploaded_ranks; no local file to make copies from) hands its
+    replicas to the lowest of them not stored, converted in its place."""
+    groups: dict[int, list[int]] = {}
+    for rank, first in sorted(plan.same_as.items()):
+        groups.setdefault(first, []).append(rank)
+    out = {}
+    for first, ranks in groups.items():
+        if first in stored:
+            rest = [r for r in ranks if r not in stored]
+            first, ranks = (rest[0], rest[1:]) if rest else (first, [])
+        out.update((r, first) for r in ranks)
+    return out
 
 
 def _size_hint(rp: RankPlan) -> int:
@@ -377,13 +467,17 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
             if streaming is not None:
                 streaming.abort()
             raise
-        _write_manifest(src_root, dst_root, rp, fmt, writer.checksum[1], fsynced=durable)
+        token = streaming.token if streaming is not None else None
+        record = _write_manifest(src_root, dst_root, rp, fmt, writer.checksum[1], fsynced=durable,
+                                 token=token)
         log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank,
                  out_path, len(rp.tensors), os.path.getsize(out_path), sorted(rp.source_ranks),
                  time.monotonic() - t0)
         if streaming is not None:   # the last parts; the object is complete after this
             try:
                 streaming.finish(writer.checksum[0])
+                if upload.records and "unverified" not in record:   # else once its sources are checked
+                    record_upload(upload, rp, record)
             except (OSError, ValueError) as exc:
                 from obs_io.oneline import one_line
                 raise ReshardError(f"rank {rp.rank}: uploading {streaming.url}: "
@@ -391,7 +485,7 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
             log.info("rank %d: uploaded %s while writing it (%.2fs in all)", rp.rank, streaming.url,
                      time.monotonic() - t0)
         return make_copies(rp, copies, src_root, dst_root, fmt, upload, durable,
-                           streaming is not None)
+                           streaming is not None, token)
 
     if publish is None:
         return commit()
@@ -644,13 +738,15 @@ def _fsync_folder(folder: str) -> None:
 
 def make_copies(first: RankPlan, copies: tuple[RankPlan, ...] | list[RankPlan],
                 src_root: SourceFiles | str, dst_root: str, fmt: str, upload: UploadTo | None,
-                durable: bool, first_uploaded: bool) -> list[tuple[int, bool]]:
+                durable: bool, first_uploaded: bool, first_token: str | None = None
+                ) -> list[tuple[int, bool]]:
     """The ranks whose file has the same bytes as `first`'s (Plan.same_as), made from its
     committed file by the process that wrote it: another name of the same file (link_file) with a
     record of its own (the same size and CRC32), and, where `first` was uploaded now, the
     store's own copy of its object (CopyObject, or UploadPartCopy parts for a large one: no
-    byte over the node's link; a plain upload of the file where the store refuses). Returns
-    (rank, uploaded) of each."""
+    byte over the node's link; a plain upload of the file where the store refuses). A store's
+    copy carries the original's metadata, so its upload token (`first_token`): with upload
+    records on, it is recorded like an upload (record_upload). Returns (rank, uploaded) of each."""
     made = []
     if not copies:
         return made
@@ -663,15 +759,21 @@ def make_copies(first: RankPlan, copies: tuple[RankPlan, ...] | list[RankPlan],
         dst = os.path.join(dst_root, rp.path)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         how = link_file(src, dst, durable)
-        _write_manifest(src_root, dst_root, rp, fmt, checksum[1], fsynced=durable)
         uploaded = first_uploaded and upload is not None and upload.wants(rp)
-        remote = f"; {upload.url(rp)} {_copy_object(upload.url(first), upload.url(rp), dst, rp.rank)}" \
-            if uploaded else ""
+        moved = _copy_object(upload.url(first), upload.url(rp), dst, rp.rank) if uploaded else ""
+        token = first_token if moved == COPIED_ON_THE_STORE else None
+        record = _write_manifest(src_root, dst_root, rp, fmt, checksum[1], fsynced=durable, token=token)
+        if token is not None and upload.records and "unverified" not in record:
+            record_upload(upload, rp, record)
+        remote = f"; {upload.url(rp)} {moved}" if uploaded else ""
         log.info("rank %d: wrote %s (%s from rank %d's file: the same slices from the same "
                  "source pieces)%s in %.2fs", rp.rank, dst, how, first.rank, remote,
                  time.monotonic() - t0)
         made.append((rp.rank, uploaded))
     return made
+
+
+COPIED_ON_THE_STORE = "copied on the store"
 
 
 def _copy_object(src: str, dst: str, local: str, rank: int) -> str:
@@ -681,7 +783,7 @@ def _copy_object(src: str, dst: str, local: str, rank: int) -> str:
     from obs_io.oneline import one_line
     try:
         obs_io.file.copy(src, dst)
-        return "copied on the store"
+        return COPIED_ON_THE_STORE
     except (OSError, ValueError) as exc:
         log.warning("rank %d: the store did not copy %s to %s (%s): uploading the file instead",
                     rank, src, dst, one_line(exc, (OSError, ValueError)))
@@ -709,7 +811,8 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
              on_rank: Callable[[RankPlan, bool], None] | None = None,
              arrival: Callable[[RankPlan], int] | None = None,
              check: Callable[[], None] | None = None,
-             upload: UploadTo | None = None, durable: bool = True) -> RunResult:
+             upload: UploadTo | None = None, durable: bool = True,
+             stored: Collection[int] = ()) -> RunResult:
     """Convert every rank of a full plan not already done (source files under src_root, or
     where a SourceFiles says); at most process_num at once and never more than `budget` bytes
     of rank costs in flight. A rank with the same bytes as an earlier one (plan.same_as) is
@@ -721,7 +824,9 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
     ranks (the one whose bytes are all here soonest first: fetch.horizon), and check() raises
     the download's failure (asked every POLL_SECONDS while ranks run). upload: each rank
     written is also uploaded while written (UploadTo); on_rank follows its upload. durable:
-    outputs fsynced (CheckpointWriter.commit)."""
+    outputs fsynced (CheckpointWriter.commit). stored: ranks complete on the upload's store
+    already (uploaded_ranks): kept there, as uploaded; a replica whose first rank is one of
+    them is made from another (same_as)."""
     fmt = plan.fmt
     folders = sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
                      | {os.path.join(dst_root, MANIFEST_DIR)})
@@ -729,11 +834,16 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
     for folder in folders:
         sweep(folder)   # what a killed run of this plan left half-written
     done = on_rank or (lambda rp, uploaded: None)
-    kept = [rp for rp in plan.ranks if is_done(src_root, dst_root, rp, fmt)]
-    skipped = {rp.rank for rp in kept}
+    stored = set(stored)
+    for rp in plan.ranks:
+        if rp.rank in stored:
+            log.info("rank %d: %s already uploaded and verified, kept", rp.rank, upload.url(rp))
+            done(rp, True)
+    kept = [rp for rp in plan.ranks if rp.rank not in stored and is_done(src_root, dst_root, rp, fmt)]
+    skipped = {rp.rank for rp in kept} | stored
     by_rank = {rp.rank: rp for rp in plan.ranks}
     copies: dict[int, tuple[RankPlan, ...]] = {}   # first rank -> its replicas still to make
-    for rank, first in sorted(plan.same_as.items()):
+    for rank, first in sorted(same_as(plan, stored).items()):
         if rank not in skipped:
             copies[first] = copies.get(first, ()) + (by_rank[rank],)
     copied = {c.rank for cs in copies.values() for c in cs}

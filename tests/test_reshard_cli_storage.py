@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from reshard.cli import main
 from tests import synth
 from conftest import errors_only
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +199,104 @@ def test_a_local_source_changed_in_place_is_converted_again_to_a_remote_output(d
     os.utime(src, ns=(1, 1))                               # even with an old modification time
     assert main(argv) == 0
     assert "nothing converted" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stop", ["kill", "ctrl-c"])
+def test_a_remote_output_keeps_the_ranks_uploaded_before_a_stop(stop, data, tmp_path, bucket, s3_env, s3_server):
+    """transform-checkpoint to an s3:// output, stopped mid-way (SIGKILL to its process group,
+    or Ctrl-C) while rank 3 goes up: the same command again keeps the ranks whose upload the
+    stopped run recorded (each record checked: this plan's rank, its object there as uploaded),
+    converts and uploads only the others (counted on the server), aborts what the kill left
+    incomplete, removes the records once the manifest is written, and equals MindSpore's
+    conversion."""
+    import signal
+    import subprocess
+    import sys
+    from faultproxy import FaultProxy
+    import obs_io
+    from reshard import integrity
+    from reshard.plan import ranks_text
+    client = s3_server.client()
+    started, frozen = threading.Event(), threading.Event()
+    procs: list[subprocess.Popen] = []
+
+    def freeze(method: str, path: str):   # the run's process group held still as rank 3 goes up
+        if "/out8/rank_3/" in path and not frozen.is_set():
+            started.wait(30)
+            os.killpg(procs[0].pid, signal.SIGSTOP)
+            frozen.set()
+        return None
+
+    def uploads(records) -> set[int]:   # ranks whose file a run began to upload
+        return {int(r.path.split("/out8/rank_")[1].split("/")[0]) for r in records
+                if "/out8/rank_" in r.path and "?" not in r.path.replace("?uploads", "")
+                and r.method in ("PUT", "POST")}
+
+    with FaultProxy(s3_server.endpoint) as proxy:
+        env = {**os.environ, **s3_env, "S3_ENDPOINT": proxy.endpoint, "S3_MULTIPART_THRESHOLD": "1000",
+               "PYTHONPATH": str(REPO)}
+        argv = [sys.executable, "-m", "reshard", "--src_checkpoint", data["full"], "--dst_strategy", data["s8"],
+                "--dst_checkpoint", f"s3://{bucket}/out8", "--work_dir", str(tmp_path / "w")]
+        proxy.rules.append(freeze)
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))
+        started.set()
+        p = procs[0]
+        try:
+            deadline = time.monotonic() + 240
+            while not frozen.is_set() and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert frozen.is_set(), p.communicate(timeout=60)
+            if stop == "kill":
+                os.killpg(p.pid, signal.SIGKILL)
+            else:
+                os.killpg(p.pid, signal.SIGINT)
+                os.killpg(p.pid, signal.SIGCONT)
+            out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        if stop == "ctrl-c":
+            assert p.returncode == 130 and err.strip() == "transform-checkpoint: interrupted; rerun the same " \
+                "command to resume", out + err
+        recorded = {int(o["Key"].split("rank_")[1].split(".")[0])
+                    for o in client.list_objects_v2(Bucket=bucket, Prefix="out8/.reshard/").get("Contents", [])}
+        assert {0, 1} <= recorded and 3 not in recorded, recorded      # mid-way: some up, not all
+        proxy.rules.clear()
+        mark = len(proxy.records)
+        rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert f"kept ranks {ranks_text(sorted(recorded))}" in rerun.stdout, rerun.stdout
+        assert uploads(proxy.records[mark:]) == set(range(8)) - recorded
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert client.list_objects_v2(Bucket=bucket, Prefix="out8/.reshard/").get("KeyCount") == 0
+    assert integrity.verify(f"s3://{bucket}/out8").ok
+    obs_io.file.copy_parallel(f"s3://{bucket}/out8", str(tmp_path / "back"))
+    synth.assert_same_checkpoint_dirs(data["ms8"], str(tmp_path / "back"))
+
+
+def test_a_block_converted_to_a_remote_output_is_kept_by_the_whole_run(data, tmp_path, bucket, s3_server, capsys):
+    """--rank_id 4 of 2 blocks, the source downloaded while converting (its ranks recorded only
+    once the download was checked whole), to an s3:// output: ranks 4-7 go up with their
+    records (a block writes no manifest); the whole conversion then keeps them, converts ranks
+    0-3, writes the manifest and removes the records."""
+    import obs_io
+    from reshard import integrity
+    base = f"s3://{bucket}"
+    obs_io.file.copy(data["full"], f"{base}/src/full.ckpt")
+    argv = ["--src_checkpoint", f"{base}/src/full.ckpt", "--dst_strategy", data["s8"], "--dst_checkpoint",
+            f"{base}/out8", "--work_dir", str(tmp_path / "w"), "--source_mode", "fetch"]
+    assert main([*argv, "--rank_id", "4", "--transform_process_num", "2"]) == 0
+    client = s3_server.client()
+    listed = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out8/")["Contents"]}
+    assert listed == {f"out8/{d}/{n}" for r in range(4, 8)
+                      for d, n in ((f"rank_{r}", f"checkpoint_{r}.ckpt"), (".reshard", f"rank_{r}.json"))}
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "wrote ranks 0-3" in out and "kept ranks 4-7" in out, out
+    assert client.list_objects_v2(Bucket=bucket, Prefix="out8/.reshard/").get("KeyCount") == 0
+    assert integrity.verify(f"{base}/out8").ok
+    obs_io.file.copy_parallel(f"{base}/out8", str(tmp_path / "back"))
+    synth.assert_same_checkpoint_dirs(data["ms8"], str(tmp_path / "back"))
