@@ -6,4 +6,4 @@ from reshard.console import run_console
 
 
 def cloud_entry() -> int:
-    return run_console("cloud-entry", "cloud_entry.__main__:main")
+    return run_console("cloud-entry", "cloud_entry.__main__:main", script=True)

@@ -8,7 +8,10 @@ executor module. Use `from reshard.api import execute`.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing: console scripts start here
+if TYPE_CHECKING:
+    from typing import Any
 
 _EXPORTS = {
     "reshard.api": ("ReshardError", "TransformReport", "complete_plan", "find_sources", "load_strategy",

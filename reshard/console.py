@@ -1,46 +1,71 @@
 """Console scripts (pyproject.toml [project.scripts]): each imports its tool inside run_console,
 so a Ctrl-C while Python is still importing it (numpy, MindSpore, botocore: up to a second) is
 one line and exit 130, as it is later, not a traceback of the import machinery. This module
-imports nothing but the standard library, and `reshard` itself loads its names lazily, so the
-script's own import is over in about a millisecond."""
+imports nothing that reads a file (`_signal` is the builtin behind `signal`, set up when the
+interpreter starts), and `reshard` itself loads its names lazily, so from the console script's
+first line to run_console's handler there are only the lookups of two small modules."""
 from __future__ import annotations
 
+import _signal
 import importlib
-import signal
 import sys
 
+INTERRUPTED = 128 + _signal.SIGINT
 
-def run_console(prog: str, target: str) -> int:
-    """Import `target` ("module:function") and call it; a Ctrl-C during the import: one line, 130.
+
+def _once(signum: int, frame: object) -> None:
+    """Between the tool's own handlers (before it sets one, after it restores ours): the first
+    Ctrl-C stops the tool as a KeyboardInterrupt, further ones are ignored while it cleans up."""
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def run_console(prog: str, target: str, *, script: bool = False) -> int:
+    """Import `target` ("module:function") and call it; a Ctrl-C wherever it lands from here on
+    (the import, the tool, the moments between the tool's own handlers): one line, 130.
 
     During the import (about a second) a Ctrl-C is only noted, and acted on once the import is
     over: raised where it lands, it could turn into an ImportError (numpy's C core reports an
     interrupted import as "Importing the numpy C-extensions failed") or be lost in a callback
-    of the import machinery ("Exception ignored in ... _get_module_lock")."""
-    interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    of the import machinery ("Exception ignored in ... _get_module_lock"). Then _once is the
+    handler while the tool runs (the tool may set its own and restore this one). script: this
+    is a console script's process, which ends with the returned code: a Ctrl-C after the tool
+    is done is ignored; otherwise (a caller in-process) the caller's handler comes back."""
+    interrupted: list[int] = []
+    previous = _signal.signal(_signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
-        module, _, function = target.partition(":")
-        main = getattr(importlib.import_module(module), function)
-    except ImportError:
-        if not interrupted:
-            raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if interrupted:
+        try:
+            module, _, function = target.partition(":")
+            main = getattr(importlib.import_module(module), function)
+        except ImportError:
+            if not interrupted:
+                raise
+        if interrupted:
+            _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return INTERRUPTED
+        _signal.signal(_signal.SIGINT, _once)
+        try:
+            return main()
+        finally:   # also when main exits (argparse's --version, --help)
+            if script:
+                _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    except KeyboardInterrupt:   # from _once, or the tool's own: further Ctrl-Cs are ignored by now
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    return main()
+        return INTERRUPTED
+    finally:
+        if not script:
+            _signal.signal(_signal.SIGINT, previous)
 
 
 def transform_checkpoint() -> int:
-    return run_console("transform-checkpoint", "reshard.cli:main")
+    return run_console("transform-checkpoint", "reshard.cli:main", script=True)
 
 
 def transform_checkpoint_sh() -> int:
-    return run_console("transform_checkpoint.sh", "reshard.mindformers_cli:main_sh")
+    return run_console("transform_checkpoint.sh", "reshard.mindformers_cli:main_sh", script=True)
 
 
 def obs_io() -> int:
     """The `obs_io` console script and `python -m obs_io`."""
-    return run_console("obs_io", "obs_io.cli:main")
+    return run_console("obs_io", "obs_io.cli:main", script=True)
