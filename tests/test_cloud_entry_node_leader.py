@@ -62,7 +62,9 @@ def test_a_reused_pid_or_a_zombie_is_not_taken_for_the_leader(tmp_path, other):
     assert elect("job-a", per_card=True).leader
     record(tmp_path, other.pid)
     other.kill()                                           # killed, not yet reaped: a zombie
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while psutil.Process(other.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert psutil.Process(other.pid).status() == psutil.STATUS_ZOMBIE
     assert elect("job-a", per_card=True).leader
 

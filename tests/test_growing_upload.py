@@ -44,8 +44,10 @@ def test_parts_go_up_while_the_file_is_written(bucket, proxy, tmp_path):
     upload = GrowingUpload(path, url, size_hint=24 * MiB)
     done = threading.Event()
     _writer(path, blocks, 0.05, done).start()
-    done.wait(30)
-    time.sleep(0.5)
+    assert done.wait(60)
+    deadline = time.monotonic() + 60     # the 4 whole 5 MiB parts of 24 MiB can go before finish()
+    while len(_parts(proxy)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     before = len(_parts(proxy))          # uploaded before the writer said it was complete
     assert not obs_io.file.exists(url)   # nothing under the key yet
     upload.finish(24 * MiB)
