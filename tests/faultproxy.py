@@ -216,6 +216,21 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(body)
 
+            def _hang_up(self) -> None:
+                """Close the connection without an answer (recorded with status 0)."""
+                self._record(0, 0)
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+            def _never_answer(self) -> None:
+                """Never answer (recorded with status -1): the client gives up, or the proxy exits."""
+                self._record(-1, 0)
+                proxy._closing.wait()
+                self.close_connection = True
+
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -229,9 +244,7 @@ class FaultProxy:
                     while not (proxy._released.wait(0.1) or proxy._closing.is_set()):
                         pass
                 if proxy.stall is not None and proxy.stall(self.command, self.path):
-                    self._record(-1, 0)       # -1: stalled; the client gives up, or we exit
-                    proxy._closing.wait()
-                    self.close_connection = True
+                    self._never_answer()
                     return
                 throttled = proxy._bursting(self.command, self.path)
                 if throttled == 503:
@@ -250,12 +263,7 @@ class FaultProxy:
                     self._send(503, SLOWDOWN_XML, [("Content-Type", "application/xml")])
                     return
                 if fault == "drop":
-                    self._record(0, 0)
-                    self.close_connection = True
-                    try:
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                    self._hang_up()
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 headers["Host"] = proxy.upstream.netloc
@@ -270,18 +278,11 @@ class FaultProxy:
                 finally:
                     conn.close()
                 if proxy.hold_answer is not None and proxy.hold_answer(self.command, self.path):
-                    self._record(-1, 0)
-                    proxy._closing.wait()
-                    self.close_connection = True
+                    self._never_answer()
                     return
                 lost = proxy.lost_answer(self.command, self.path) if proxy.lost_answer is not None else None
                 if lost == "drop":
-                    self._record(0, 0)
-                    self.close_connection = True
-                    try:
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                    self._hang_up()
                     return
                 if lost:
                     status, code = lost

@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +180,19 @@ class ModelArtsJob:
 
     def run(self, timeout: float = 240) -> list[Result]:
         return self.start().wait(timeout)
+
+
+@contextlib.contextmanager
+def group_killed_after(p: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """`p` (started with start_new_session=True: signals to its group reach its children, as a
+    terminal's Ctrl-C does), whose process group is SIGKILLed on the way out if it still runs
+    (a failed check)."""
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def upload(local: str, url: str) -> str:

@@ -213,6 +213,7 @@ def test_a_remote_output_keeps_the_ranks_uploaded_before_a_stop(stop, data, tmp_
     import subprocess
     import sys
     from faultproxy import FaultProxy
+    from platform_harness import group_killed_after
     import obs_io
     from reshard import integrity
     from reshard.plan import ranks_text
@@ -238,25 +239,17 @@ def test_a_remote_output_keeps_the_ranks_uploaded_before_a_stop(stop, data, tmp_
         argv = [sys.executable, "-m", "reshard", "--src_checkpoint", data["full"], "--dst_strategy", data["s8"],
                 "--dst_checkpoint", f"s3://{bucket}/out8", "--work_dir", str(tmp_path / "w")]
         proxy.rules.append(freeze)
-        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True))
-        started.set()
-        p = procs[0]
-        try:
+        with group_killed_after(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                 text=True, start_new_session=True)) as p:
+            procs.append(p)
+            started.set()
             deadline = time.monotonic() + 240
             while not frozen.is_set() and p.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert frozen.is_set(), p.communicate(timeout=60)
-            if stop == "kill":
-                os.killpg(p.pid, signal.SIGKILL)
-            else:
-                os.killpg(p.pid, signal.SIGINT)
-                os.killpg(p.pid, signal.SIGCONT)
+            for sig in (signal.SIGKILL,) if stop == "kill" else (signal.SIGINT, signal.SIGCONT):
+                os.killpg(p.pid, sig)
             out, err = p.communicate(timeout=120)
-        finally:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
         if stop == "ctrl-c":
             assert p.returncode == 130 and err.strip() == "transform-checkpoint: interrupted; rerun the same " \
                 "command to resume", out + err

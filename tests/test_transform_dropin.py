@@ -5,7 +5,6 @@ same command resumes, --help and --version. Conversions are compared bit for bit
 MindSpore's own transform_checkpoints."""
 from __future__ import annotations
 
-import contextlib
 import filecmp
 import glob
 import logging
@@ -20,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from platform_harness import group_killed_after
 
 from reshard.cli import INTERRUPTED, build_parser, main
 from reshard.plan import ranks_text
@@ -311,17 +311,6 @@ def _finals(out: str) -> list[str]:
     return sorted(glob.glob(os.path.join(out, "rank_*", "checkpoint_*.ckpt")))
 
 
-@contextlib.contextmanager
-def _group_killed_after(p: subprocess.Popen):
-    """`p`, whose process group is SIGKILLed on the way out if it still runs (a failed check)."""
-    try:
-        yield p
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
 @pytest.mark.parametrize("process_num", [2, 1])
 def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_num):
     """SIGINT to the process group (what a terminal's Ctrl-C does) once the first rank is
@@ -331,7 +320,7 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(big, in_tmp, process_nu
     out = str(in_tmp / "out")
     argv = [sys.executable, "-c", RUN_TOOL, f"--src_checkpoint={big['full']}", f"--dst_checkpoint={out}",
             f"--dst_strategy={big['s8']}", f"--transform_process_num={process_num}", "--log_dir=log"]
-    with _group_killed_after(subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE,
+    with group_killed_after(subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE,
                                               stderr=subprocess.PIPE, text=True, start_new_session=True)) as p:
         deadline = time.monotonic() + 300
         while not _finals(out) and p.poll() is None and time.monotonic() < deadline:
@@ -377,7 +366,7 @@ def test_a_killed_worker_is_one_line_and_the_rerun_converts_the_rest(big, in_tmp
     out = in_tmp / "out"
     argv = [sys.executable, "-c", RUN_TOOL, f"--src_checkpoint={big['full']}", f"--dst_checkpoint={out}",
             f"--dst_strategy={big['s8']}", "--transform_process_num=2"]
-    with _group_killed_after(subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE,
+    with group_killed_after(subprocess.Popen(argv, cwd=in_tmp, env=_env(), stdout=subprocess.PIPE,
                                               stderr=subprocess.PIPE, text=True, start_new_session=True)) as p:
         deadline = time.monotonic() + 300
         temps: list[str] = []
