@@ -527,14 +527,13 @@ def _converted_already(location: str, plan, local_root: str) -> bool:
 
 def _abort_left_uploads(location: str, plan) -> None:
     """The multipart uploads a killed run left incomplete under the keys this run writes at
-    `location` (rank files, their records, the manifest), begun before now: aborted (OBS bills
-    their parts until then). Only these keys: other blocks (--rank_id) may be uploading beside."""
-    import datetime
+    `location` (rank files, their records, the manifest): aborted (OBS bills their parts until
+    then), whenever they began (no clock to trust: this run has begun none yet). Only these
+    keys: other blocks (--rank_id) may be uploading beside."""
     import obs_io
     names = [rp.path for rp in plan.ranks] + [f"{MANIFEST_DIR}/rank_{rp.rank}.json" for rp in plan.ranks]
     try:
-        obs_io.file.abort_uploads(location, datetime.datetime.now(datetime.timezone.utc),
-                                  names + [integrity.MANIFEST_NAME])
+        obs_io.file.abort_uploads(location, names=names + [integrity.MANIFEST_NAME])
     except PermissionError as exc:
         log.warning("could not look for incomplete multipart uploads under %s: %s", location, exc)
 
