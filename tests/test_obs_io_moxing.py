@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from test_obs_io_api import _fresh_config, j, make_tree, root  # noqa: F401 - fi
 
 import obs_io as mox
 from cloud_entry import launch
+from obs_io.client import get_client
 from obs_io.errors import ObjectNotFound
 from obs_io.workers import _ERRORS
 
@@ -153,25 +153,41 @@ def test_exclusive_create_mode(bucket, s3_env, tmp_path):
 # -- set_auth: ssl_verify, client_timeout, list_max_keys (real server, real proxy) ------------
 
 def test_client_timeout_reaches_the_client(bucket, s3_server, s3_env, monkeypatch):
-    """A server that stalls 3 s per request: with client_timeout=0.5 (one attempt) a read
-    fails in well under the stall; without it, the same read waits and succeeds."""
+    """A server that holds every request until the test lets it go: with client_timeout=0.5
+    (one attempt) a read fails while the server still holds it; without it, the same read is
+    still waiting when the server has it, and succeeds once it answers. Conditions, not a
+    clock: a busy machine may take seconds to build a client."""
+    import threading
     url = f"obs://{bucket}/slow.txt"
     mox.file.write(url, "slow")
+    release, arrived = threading.Event(), threading.Event()
+
+    def hold(method: str, path: str):
+        if "slow.txt" in path:
+            arrived.set()
+            release.wait(120)
+        return None
     with FaultProxy(s3_server.endpoint) as proxy:
         monkeypatch.setenv("S3_ENDPOINT", proxy.endpoint)
-        proxy.rules.append(lambda method, path: time.sleep(3) if "slow.txt" in path else None)
+        proxy.rules.append(hold)
         mox.file.set_auth(client_timeout=0.5, retry=1)
         cfg = mox.current_config()
-        assert (cfg.connect_timeout, cfg.read_timeout) == (0.5, 0.5)
-        start = time.monotonic()
+        conf = get_client(cfg).meta.config                  # the client the read uses
+        assert (cfg.connect_timeout, cfg.read_timeout) == (conf.connect_timeout, conf.read_timeout) == (0.5, 0.5)
         with pytest.raises(ConnectionError, match="slow.txt"):
             mox.file.read(url)
-        assert time.monotonic() - start < 2.5
+        assert arrived.is_set() and not release.is_set()    # given up while the server held it
         mox.reset_config()
         mox.file.set_auth(retry=1)
-        start = time.monotonic()
-        assert mox.file.read(url) == "slow"
-        assert time.monotonic() - start >= 3
+        arrived.clear()
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(mox.file.read(url)))
+        reader.start()
+        assert arrived.wait(120)
+        assert reader.is_alive() and got == []              # waiting for the server's answer
+        release.set()
+        reader.join(120)
+        assert got == ["slow"]
     with pytest.raises(ValueError, match="client_timeout=0"):
         mox.file.set_auth(client_timeout=0)
 
