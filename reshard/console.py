@@ -20,6 +20,23 @@ def _once(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _again(hook):
+    """sys.unraisablehook for the tool's run: a KeyboardInterrupt raised where Python cannot
+    raise it (a finalizer, a weakref or import-lock callback: "Exception ignored in ...", and
+    the Ctrl-C lost) is delivered again, a moment later, where it can be; anything else goes to
+    `hook`."""
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            import threading   # loaded long before a tool can be finalizing anything
+            _signal.signal(_signal.SIGINT, _once)
+            # from another thread, after the callback: the main thread acts on it at its next
+            # check, out of here (raised now, it would be raised in this hook and lost again)
+            threading.Timer(0.05, _signal.raise_signal, (_signal.SIGINT,)).start()
+            return
+        hook(info)
+    return unraisable
+
+
 def run_console(prog: str, target: str, *, script: bool = False) -> int:
     """Import `target` ("module:function") and call it; a Ctrl-C wherever it lands from here on
     (the import, the tool, the moments between the tool's own handlers): one line, 130.
@@ -28,11 +45,13 @@ def run_console(prog: str, target: str, *, script: bool = False) -> int:
     over: raised where it lands, it could turn into an ImportError (numpy's C core reports an
     interrupted import as "Importing the numpy C-extensions failed") or be lost in a callback
     of the import machinery ("Exception ignored in ... _get_module_lock"). Then _once is the
-    handler while the tool runs (the tool may set its own and restore this one). script: this
+    handler while the tool runs (the tool may set its own and restore this one), and one that
+    lands in a finalizer or callback is delivered again (_again). script: this
     is a console script's process, which ends with the returned code: a Ctrl-C after the tool
     is done is ignored; otherwise (a caller in-process) the caller's handler comes back."""
     interrupted: list[int] = []
     previous = _signal.signal(_signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    hook, sys.unraisablehook = sys.unraisablehook, _again(sys.unraisablehook)
     try:
         try:
             module, _, function = target.partition(":")
@@ -56,6 +75,7 @@ def run_console(prog: str, target: str, *, script: bool = False) -> int:
     finally:
         if not script:
             _signal.signal(_signal.SIGINT, previous)
+            sys.unraisablehook = hook
 
 
 def transform_checkpoint() -> int:

@@ -108,3 +108,28 @@ def test_an_interrupt_an_extension_turned_into_an_import_error_is_still_one_line
         assert capsys.readouterr().err.strip() == "tool: interrupted"
     with pytest.raises(ImportError, match="no such library"):
         run_console("tool", "broken_ext:main")
+
+
+def test_a_ctrl_c_that_lands_in_a_callback_is_delivered_again(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C handled inside a weakref callback (or a finalizer) cannot be raised there:
+    Python prints "Exception ignored ..." and the interrupt is lost, and the tool would go on.
+    run_console delivers it again, out of the callback: one line, 130; its hook is the
+    caller's again afterwards."""
+    from reshard.console import run_console
+    (tmp_path / "lost_in_callback.py").write_text(
+        "import os, signal, time, weakref\n"
+        "def main():\n"
+        "    class Held: pass\n"
+        "    def callback(ref):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        for _ in range(1000): pass   # the handler runs here, inside the callback\n"
+        "    held = Held(); ref = weakref.ref(held, callback); del held\n"
+        "    deadline = time.monotonic() + 60\n"
+        "    while time.monotonic() < deadline:\n"
+        "        time.sleep(0.01)\n"
+        "    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hook = sys.unraisablehook
+    assert run_console("tool", "lost_in_callback:main") == 130
+    assert capsys.readouterr().err.strip() == "tool: interrupted"
+    assert sys.unraisablehook is hook
