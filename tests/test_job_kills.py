@@ -45,16 +45,18 @@ class Phase:
         self.stall, self.hold, self.leaves_uploads = stall, hold, leaves_uploads
 
 
-def _after_the_probe(proxy: FaultProxy, predicate):
-    """The predicate, once the job wrote (and removed) its write probe: reads of the source
-    before it are the plan's, after it the conversion's."""
+def _after_the_claim(proxy: FaultProxy, predicate):
+    """The predicate, once the job's claim of its output is on the store (reshard.claim: a
+    small object under <output>/.claims/, stored whole before the job reads the source for
+    the conversion)."""
     return lambda method, path: predicate(method, path) and any(
-        r.method == "DELETE" and ".write_probe" in r.path for r in list(proxy.records))
+        r.method in ("PUT", "POST") and r.status == 200 and "/.claims/" in r.path
+        and "?uploads" not in r.path and "partNumber=" not in r.path for r in list(proxy.records))
 
 
 PHASES = {
     # the source being read: nothing uploaded yet
-    "download": lambda proxy: Phase(stall=_after_the_probe(proxy, _get_source), leaves_uploads=False),
+    "download": lambda proxy: Phase(stall=_after_the_claim(proxy, _get_source), leaves_uploads=False),
     # a rank converting: its multipart upload begun (the store made it; its answer held)
     "conversion": lambda proxy: Phase(hold=lambda m, p: m == "POST" and _rank_file(p) and p.endswith("?uploads")),
     # a rank written and uploaded while written: its completion never reaches the store
