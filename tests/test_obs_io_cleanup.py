@@ -23,6 +23,7 @@ MiB = 1024 * 1024
 
 
 _small_parts = transfer_tests._small_parts   # multipart from 5 MiB, autouse
+proxy = transfer_tests.proxy                  # a recording proxy in front of the S3 server
 
 
 def temp_names_of_a_process(folder: Path, names: list[str], wait: bool) -> subprocess.Popen:
@@ -146,20 +147,45 @@ def test_full_disk_is_one_line_and_leaves_nothing(tiny_disk, bucket, s3_server):
     assert "no space left on device writing" in r.stderr and os.listdir(tiny_disk / "cli") == []
 
 
-def test_listing_removal_and_copy_go_past_1000_keys(tmp_path, bucket, s3_server):
+def test_listing_removal_and_copy_go_past_1000_keys(tmp_path, bucket, s3_server, proxy):
     """1,001 keys: two listing pages, two DeleteObjects (at most 1,000 keys each), a copy plan
-    from both pages. The bound is on obs_io's calls (the set-up PUTs are moto's pace)."""
+    from both pages, one GET per object and no HEAD: obs_io's requests counted at the proxy
+    (the set-up PUTs go to the server directly)."""
     client = s3_server.client()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"many/d{i % 3}/k{i:04d}", Body=b"%d" % i),
                       range(1001)))
     url = f"s3://{bucket}/many"
-    start = time.monotonic()
     names = mox.file.list_directory(url, recursive=True)
     assert len(names) == 1001 + 3 and "d1/k1000" in names
+    assert _requests(proxy, {"LIST": 2})
+    proxy.records.clear()
     mox.file.copy_parallel(url, str(tmp_path / "down"), threads=16)
     got = sorted(p for p in (tmp_path / "down").rglob("k*"))
     assert len(got) == 1001 and (tmp_path / "down" / "d1" / "k1000").read_bytes() == b"1000"
+    assert _requests(proxy, {"LIST": 2, "GET": 1001})
+    proxy.records.clear()
     mox.file.remove(url, recursive=True)
+    assert _requests(proxy, {"HEAD": 2, "LIST": 2, "DELETE-MANY": 2})
     assert not mox.file.exists(url)
-    assert time.monotonic() - start < 30
+
+
+def _requests(proxy, expected: dict[str, int]) -> bool:
+    """True when the proxy's records, by kind, are `expected`: waits (up to 60 s) until as many
+    have arrived, since the proxy records a request after answering it."""
+    deadline = time.monotonic() + 60
+    while len(proxy.records) < sum(expected.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = _kinds(list(proxy.records))
+    assert got == expected, got
+    return True
+
+
+def _kinds(records: list) -> dict[str, int]:
+    """Requests by kind: LIST (GET with a prefix), DELETE-MANY (POST ?delete), else the method."""
+    out: dict[str, int] = {}
+    for r in records:
+        kind = ("LIST" if r.method == "GET" and "prefix=" in r.path
+                else "DELETE-MANY" if r.method == "POST" and "?delete" in r.path else r.method)
+        out[kind] = out.get(kind, 0) + 1
+    return out
