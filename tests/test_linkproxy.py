@@ -3,6 +3,8 @@ directions independent, a latency per request, and counts bodies and operations 
 
 A plain threaded HTTP server on loopback is the upstream (fast, no moto), so the proxy's own
 shaping is what the timings show. Each case moves a few MiB at a few MB/s: seconds, not minutes.
+A cap is a floor on the time (nothing on a busy machine makes a capped transfer faster); what must
+not be slower is shown by a ratio to a run in the same test, never by a fixed number of seconds.
 """
 from __future__ import annotations
 
@@ -101,24 +103,26 @@ def test_download_cap_is_shared_by_all_connections(upstream):
         one = _timed((_get, proxy, 4 * MB))                              # 0.5 s at 8 MB/s
         two = _timed((_get, proxy, 4 * MB), (_get, proxy, 4 * MB))       # 8 MB over one link: 1 s
         totals = proxy.totals()
-    assert 0.4 <= one <= 0.9, one
-    assert 0.9 <= two <= 1.6, two
+    assert one >= 0.45, one          # the cap holds for one connection
+    assert two >= 0.9, two           # and for two together (not 8 MB/s each)
+    assert two <= 3 * one, (one, two)  # shared, not serialized behind a stall
     assert totals.down_bytes == 12 * MB and totals.up_bytes == 0
     assert totals.requests == {"GET": 3}
 
 
 def test_directions_are_capped_independently(upstream):
-    """Upload at 2 MB/s beside a download at 8 MB/s: neither waits for the other."""
+    """Upload at 2 MB/s beside a download at 8 MB/s: neither waits for the other (2 MB up and
+    8 MB down take 1 s each: together 1 s, serialized 2 s)."""
     with LinkProxy(upstream, down_bps=8 * MB, up_bps=2 * MB) as proxy:
         up_alone = _timed((_put, proxy, 2 * MB))                          # 1 s
-        both = _timed((_put, proxy, 2 * MB), (_get, proxy, 4 * MB))      # still 1 s, not 1.5
-        down_alone = _timed((_get, proxy, 4 * MB))                       # 0.5 s
+        down_alone = _timed((_get, proxy, 4 * MB, 2))                    # 1 s
+        both = _timed((_put, proxy, 2 * MB), (_get, proxy, 4 * MB, 2))   # still 1 s, not 2
         totals = proxy.totals()
-    assert 0.85 <= up_alone <= 1.5, up_alone
-    assert 0.85 <= both <= 1.5, both
-    assert 0.4 <= down_alone <= 0.9, down_alone
-    assert totals.up_bytes == 4 * MB and totals.down_bytes == 8 * MB + 2 * len(str(2 * MB))
-    assert totals.requests == {"PUT": 2, "GET": 2}
+    # a cap lets a first burst through (the proxy's bucket), hence 0.8 s for 1 s of bytes
+    assert min(up_alone, down_alone, both) >= 0.8, (up_alone, down_alone, both)
+    assert both <= 0.75 * (up_alone + down_alone), (up_alone, down_alone, both)
+    assert totals.up_bytes == 4 * MB and totals.down_bytes == 16 * MB + 2 * len(str(2 * MB))
+    assert totals.requests == {"PUT": 2, "GET": 4}
 
 
 def test_latency_per_request_and_operations_counted(upstream):
@@ -134,11 +138,12 @@ def test_latency_per_request_and_operations_counted(upstream):
         conn.close()
         _put(proxy, 300_000, expect=True)   # the proxy answers 100 Continue itself
         totals = proxy.totals()
-    assert 0.5 <= t <= 1.0, t
+    assert t >= 0.5, t
     assert totals.requests == {"GET": 10, "HEAD": 1, "LIST": 1, "PUT": 1}
     assert totals.down_bytes == 10 * 1000 + len(b"300000") and totals.up_bytes == 300_000
-    with LinkProxy(upstream) as fast:   # no latency, no cap: the same ten in well under 0.5 s
-        assert _timed((_get, fast, 1000, 10)) < 0.3
+    with LinkProxy(upstream) as fast:   # no latency, no cap: the same ten in well under that
+        quick = _timed((_get, fast, 1000, 10))
+    assert quick <= 0.6 * t, (quick, t)
 
 
 def test_s3_operation():
