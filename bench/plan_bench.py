@@ -21,7 +21,8 @@ bytes); written once and kept (not timed). Then, for each size, two FRESH child 
        many distinct Piece objects hold them (the planner shares equal pieces);
   cli  the real command, `transform-checkpoint --src_strategy SRC --dst_strategy DST --dry_run`
        (the plan printed to a file, as `> plan.txt` would): its wall time from start to exit
-       (interpreter and imports included) and its peak RSS (ru_maxrss of the child).
+       (interpreter and imports included), its CPU time (user + system: what the wall time is
+       on an idle core) and its peak RSS (ru_maxrss of the child).
 
 Each child is bounded by --timeout seconds. Growth: time per rank against the REFERENCE size
 (1024 ranks, measured in the same run), 1.00x = linear. Goal (issue 22): 8192 ranks through
@@ -175,8 +176,9 @@ def profile_child(stats_file: str, argv: list[str]) -> int:
 # -- the parent ----------------------------------------------------------------------------------
 
 def spawn(cmd: list[str], timeout: float, stdout_path: str) -> dict:
-    """Run one child (stdout to stdout_path): its wall time, peak RSS (its own rusage, from
-    wait4), exit code and stderr; killed after `timeout` seconds."""
+    """Run one child (stdout to stdout_path): its wall time, CPU time (user + system) and peak
+    RSS (its own rusage, from wait4); an error (exit code and the last line of its stderr, or
+    the timeout) instead when it fails; killed after `timeout` seconds."""
     err_path = stdout_path + ".stderr"
     with open(stdout_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
@@ -199,13 +201,13 @@ def spawn(cmd: list[str], timeout: float, stdout_path: str) -> dict:
         stderr = f.read()
     if p.returncode != 0:
         return {"error": f"exit {p.returncode}: {stderr.strip().splitlines()[-1:]}"}
-    return {"wall": wall, "maxrss": usage.ru_maxrss * 1024}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss": usage.ru_maxrss * 1024}
 
 
 def folders(n: int, opt_shard: int) -> tuple[str, str, dict]:
     """The size's two strategy folders (written if needed) and their description."""
     (sdp, spp), (ddp, dpp) = SIZES[n]
-    src_dir, dst_dir = os.path.join(WORK, str(n), "src"), os.path.join(WORK, str(n), "dst")
+    src_dir, dst_dir = os.path.join(work(n, opt_shard), "src"), os.path.join(work(n, opt_shard), "dst")
     t0 = time.perf_counter()
     sb = write_strategy_folder(src_dir, sdp, MP, spp, opt_shard)
     db = write_strategy_folder(dst_dir, ddp, MP, dpp, opt_shard)
@@ -213,12 +215,17 @@ def folders(n: int, opt_shard: int) -> tuple[str, str, dict]:
                               "gen_s": time.perf_counter() - t0, "strategy_bytes": sb + db}
 
 
+def work(n: int, opt_shard: int) -> str:
+    """The size's folder under WORK (one per optimizer shard setting)."""
+    return os.path.join(WORK, str(n) if opt_shard == -1 else f"{n}-opt_shard{opt_shard}")
+
+
 def cli_args(src_dir: str, dst_dir: str) -> list[str]:
     return ["--src_strategy", src_dir, "--dst_strategy", dst_dir, "--dry_run"]
 
 
-def run_api(n: int, src_dir: str, dst_dir: str, timeout: float) -> dict:
-    out = os.path.join(WORK, str(n), "api.json")
+def run_api(src_dir: str, dst_dir: str, timeout: float) -> dict:
+    out = os.path.join(os.path.dirname(src_dir), "api.json")
     got = spawn([sys.executable, os.path.abspath(__file__), "--api_child", src_dir, dst_dir],
                 timeout, out)
     if "error" in got:
@@ -228,8 +235,8 @@ def run_api(n: int, src_dir: str, dst_dir: str, timeout: float) -> dict:
     return got
 
 
-def run_cli(n: int, src_dir: str, dst_dir: str, timeout: float) -> dict:
-    out = os.path.join(WORK, str(n), "dry_run.txt")
+def run_cli(src_dir: str, dst_dir: str, timeout: float) -> dict:
+    out = os.path.join(os.path.dirname(src_dir), "dry_run.txt")
     got = spawn([sys.executable, "-c", CLI, *cli_args(src_dir, dst_dir)], timeout, out)
     if "error" not in got:
         with open(out, "rb") as f:
@@ -300,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         src_dir, dst_dir, r = folders(n, args.opt_shard)
         rows.append(r)
         if "api" in modes:
-            got = run_api(n, src_dir, dst_dir, args.timeout)
+            got = run_api(src_dir, dst_dir, args.timeout)
             if "error" in got:
                 r["api_error"], failed = got["error"], True
             else:
@@ -308,17 +315,18 @@ def main(argv: list[str] | None = None) -> int:
                          **{k: got[k] for k in ("load_s", "plan_s", "params", "tensors",
                                                 "pieces", "distinct_pieces")})
         if "cli" in modes:
-            got = run_cli(n, src_dir, dst_dir, args.timeout)
+            got = run_cli(src_dir, dst_dir, args.timeout)
             if "error" in got:
                 r["cli_error"], failed = got["error"], True
             else:
-                r.update(cli_wall=got["wall"], cli_rss=got["maxrss"],
+                r.update(cli_wall=got["wall"], cli_cpu=got["cpu"], cli_rss=got["maxrss"],
                          out_bytes=got["out_bytes"], out_lines=got["out_lines"])
         done = ", ".join(f"{m} {r[m + '_wall']:.1f} s" if m + "_wall" in r else
                          f"{m} {r.get(m + '_error')}" for m in modes)
         print(f"  {n}: {r['case']}: {done} ({_load()})", flush=True)
     _growth(rows, "api_wall")
     _growth(rows, "cli_wall")
+    _growth(rows, "cli_cpu")
     print()
     if "api" in modes:
         print("api: load_strategy x2 + plan_from_strategies (a fresh process; import excluded)")
@@ -340,15 +348,16 @@ def main(argv: list[str] | None = None) -> int:
               "start to exit (interpreter and imports included), the plan printed to a file")
         print()
         print(f"| dst ranks | case | strategy files read | wall | per rank vs {REFERENCE} | "
-              "peak RSS | plan printed |")
-        print("|---|---|---|---|---|---|---|")
+              f"CPU (user+sys) | per rank vs {REFERENCE} | peak RSS | plan printed |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             files = f"{2 * r['n']:,} ({_mb(r['strategy_bytes'])})"
             if "cli_error" in r:
-                print(f"| {r['n']} | {r['case']} | {files} | {r['cli_error']} | | | |")
+                print(f"| {r['n']} | {r['case']} | {files} | {r['cli_error']} | | | | | |")
             elif "cli_wall" in r:
                 print(f"| {r['n']} | {r['case']} | {files} | {r['cli_wall']:.2f} s | "
-                      f"{_ratio(r['cli_wall_per_rank'])} | {_mb(r['cli_rss'])} | "
+                      f"{_ratio(r['cli_wall_per_rank'])} | {r['cli_cpu']:.2f} s | "
+                      f"{_ratio(r['cli_cpu_per_rank'])} | {_mb(r['cli_rss'])} | "
                       f"{r['out_lines']:,} lines, {_mb(r['out_bytes'])} |")
         print()
     goal = next((r for r in rows if r["n"] == GOAL_RANKS), None)
@@ -358,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f"NOT MET ({goal['cli_error']})"
         else:
             ok = goal["cli_wall"] < GOAL_SECONDS and goal["cli_rss"] < GOAL_BYTES
-            verdict = (f"{'MET' if ok else 'NOT MET'} ({goal['cli_wall']:.2f} s, "
-                       f"{_mb(goal['cli_rss'])})")
+            verdict = (f"{'MET' if ok else 'NOT MET'} ({goal['cli_wall']:.2f} s wall, "
+                       f"{goal['cli_cpu']:.2f} s CPU, {_mb(goal['cli_rss'])})")
     print(f"goal: transform-checkpoint --dry_run of {GOAL_RANKS} destination ranks in under "
           f"{GOAL_SECONDS:.0f} s and under {GOAL_BYTES >> 30} GB peak RSS: {verdict}; growth "
           f"linear in ranks (time per rank near 1.00x of the {REFERENCE}-rank reference's)")
@@ -367,10 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         import pstats
         src_dir, dst_dir, _ = folders(args.profile, args.opt_shard)
-        stats = os.path.join(WORK, str(args.profile), "profile.stats")
+        stats = os.path.join(work(args.profile, args.opt_shard), "profile.stats")
         got = spawn([sys.executable, os.path.abspath(__file__), "--profile_child", stats,
                      src_dir, dst_dir], args.timeout,
-                    os.path.join(WORK, str(args.profile), "dry_run.profiled.txt"))
+                    os.path.join(work(args.profile, args.opt_shard), "dry_run.profiled.txt"))
         print(f"\ncProfile of transform-checkpoint --dry_run at {args.profile} ranks:")
         if "error" in got:
             print(got["error"])
