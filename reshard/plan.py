@@ -252,6 +252,13 @@ class Plan:
         a staging folder), in which unit the shapes are, and per destination rank its file, size
         and every tensor with the source pieces filling it. destination: the output location to
         name (None: not given)."""
+        return "\n".join(self.dump_parts(destination))
+
+    def dump_parts(self, destination: str | None = None) -> Iterator[str]:
+        """dump()'s text in parts, to write as they come ('\\n'.join of them is dump()): the
+        head, then one part per destination rank (its lines). A plan of thousands of ranks
+        prints millions of lines: each distinct shape and list of pieces is formatted once
+        (_DumpText), and no more than one rank's text is held at a time."""
         if self.with_headers:
             unit = "in elements, as dtype[shape], read from the checkpoint's headers"
         else:
@@ -266,16 +273,18 @@ class Plan:
                  f"{ranks_text(self.needed_source_ranks())}"]
         lines += [f"note: {n}" for n in self.notes]
         lines += self._source_use_text()
+        yield "\n".join(lines)
+        text = _DumpText(self)
         for rp in self.ranks:
             size = (f", {human_size(rp.nbytes)}, assembly buffer {human_size(rp.buffer_bytes)}"
                     if self.with_headers else "")
             twin = self.same_as.get(rp.rank)
-            lines.append(f"rank {rp.rank} -> {rp.path}: {len(rp.tensors)} tensors{size}, "
-                         f"from source ranks {ranks_text(sorted(rp.source_ranks))}"
-                         + (f"; the same bytes as rank {twin} (copied, not converted again)"
-                            if twin is not None else ""))
-            lines += [f"  {self._tensor_text(t)}" for t in rp.tensors]
-        return "\n".join(lines)
+            lines = [f"rank {rp.rank} -> {rp.path}: {len(rp.tensors)} tensors{size}, "
+                     f"from source ranks {ranks_text(sorted(rp.source_ranks))}"
+                     + (f"; the same bytes as rank {twin} (copied, not converted again)"
+                        if twin is not None else "")]
+            lines += [text.tensor(t) for t in rp.tensors]
+            yield "\n".join(lines)
 
     def __str__(self) -> str:
         return self.dump()
@@ -295,21 +304,47 @@ class Plan:
                          f"{u.ranks} destination rank(s) read {human_size(u.needed)} of it")
         return lines
 
-    def _tensor_text(self, t: TensorPlan) -> str:
-        """One tensor: its shape (elements, or blocks of its full grid) and its pieces."""
-        if self.with_headers:
-            shape = f"{t.dtype}{list(t.shape)}"
-        else:
-            grid = _block_grid(self.src_strategy, self.dst_strategy, t.name)
-            shape = f"{list(t.shape)} of {list(grid)} blocks" if grid else f"{list(t.shape)} blocks"
+
+class _DumpText:
+    """The lines of Plan.dump for tensors, each distinct part formatted once: the name with its
+    shape (per name, dtype and shape) and the pieces (per pieces tuple and shape: the planner
+    shares one tuple between the tensors and ranks reading the same pieces)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.heads: dict[tuple, str] = {}
+        # id(pieces) -> (pieces, shape, text): the tuple is kept, so its id stays its own
+        self.pieces: dict[int, tuple[tuple[Piece, ...], tuple[int, ...], str]] = {}
+
+    def tensor(self, t: TensorPlan) -> str:
+        """`  <name> <shape> <- <pieces>`, or `carried from rank <r> as is`."""
+        key = (t.name, t.dtype, t.shape)
+        head = self.heads.get(key)
+        if head is None:
+            head = self.heads[key] = f"  {t.name} {self.shape(t)}"
         if t.carried:
-            return f"{t.name} {shape} carried from rank {t.pieces[0].src_rank} as is"
-        whole = tuple((0, n) for n in t.shape)
-        pieces = []
-        for p in t.pieces:
-            into = "" if p.dst_region == whole else f" into {_fmt_region(p.dst_region)}"
-            pieces.append(f"rank {p.src_rank} {_fmt_region(p.src_region)}{into}")
-        return f"{t.name} {shape} <- {'; '.join(pieces)}"
+            return f"{head} carried from rank {t.pieces[0].src_rank} as is"
+        got = self.pieces.get(id(t.pieces))
+        if got is None or got[0] is not t.pieces or got[1] != t.shape:
+            got = self.pieces[id(t.pieces)] = (t.pieces, t.shape, _pieces_text(t))
+        return f"{head} <- {got[2]}"
+
+    def shape(self, t: TensorPlan) -> str:
+        """Its shape: in elements with the dtype, or in blocks of its full grid."""
+        if self.plan.with_headers:
+            return f"{t.dtype}{list(t.shape)}"
+        grid = _block_grid(self.plan.src_strategy, self.plan.dst_strategy, t.name)
+        return f"{list(t.shape)} of {list(grid)} blocks" if grid else f"{list(t.shape)} blocks"
+
+
+def _pieces_text(t: TensorPlan) -> str:
+    """Each piece: the source rank, its region and, unless it fills the tensor, where to."""
+    whole = tuple((0, n) for n in t.shape)
+    pieces = []
+    for p in t.pieces:
+        into = "" if p.dst_region == whole else f" into {_fmt_region(p.dst_region)}"
+        pieces.append(f"rank {p.src_rank} {_fmt_region(p.src_region)}{into}")
+    return "; ".join(pieces)
 
 
 SOURCE_MODES = ("auto", "fetch", "remote")
