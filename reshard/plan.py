@@ -151,8 +151,11 @@ class RankPlan:
 
     @property
     def buffer_bytes(self) -> int:
-        """Bytes of the one assembly buffer this rank needs (its largest tensor or chunk)."""
-        return max((t.buffer_bytes for t in self.tensors), default=0)
+        """Bytes of the one assembly buffer this rank needs (its largest tensor or chunk);
+        worked out once per distinct shape and dtype (a rank holds hundreds of tensors of a
+        few shapes)."""
+        distinct = {(t.shape, t.dtype): t for t in self.tensors}
+        return max((t.buffer_bytes for t in distinct.values()), default=0)
 
     @property
     def source_ranks(self) -> set[int]:
