@@ -17,6 +17,8 @@ one shared (immutable) object, so the plan's memory grows with its tensors, not 
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import math
 import os
@@ -539,6 +541,21 @@ def _product(ranges: Sequence[range]) -> Iterator[tuple[int, ...]]:
             yield (i,) + rest
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the ranks are planned, back as it was after.
+    Thousands of ranks are millions of small objects (tensors, tuples) kept, none in a cycle;
+    each full collection would walk all of them again (a third of the planning time at 8192
+    ranks), and only cycles, which planning does not make, are left to it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def build_plan(src: Strategy | None, dst: Strategy | None, source: SourceSet | None, *,
                headers: Headers | None = None, read: Sequence[str] = (),
                dst_ranks: Iterable[int] | None = None, prefix: str = "checkpoint_",
@@ -616,6 +633,42 @@ class _Sources:
         return got
 
 
+class _Class:
+    """The parameters of a destination stage that share their geometry and their sources
+    (grid, source replicas, file, bytes per element): every rank cuts them the same way and,
+    where each source block has one replica, reads them from the same pieces."""
+    __slots__ = ("grid", "sources", "file", "itemsize", "members")
+
+    def __init__(self, grid: _Grid, sources: _Sources, file: str | None, itemsize: int):
+        self.grid, self.sources, self.file, self.itemsize = grid, sources, file, itemsize
+        self.members = 0
+
+
+class _StageEntries:
+    """One destination stage, prepared once for all its ranks: its laid-out parameters
+    (entries, in holders order) grouped in classes (of_entry[i]: the class of entries[i]; -1
+    for an entry in error), and the names carried as is."""
+    __slots__ = ("entries", "carried", "classes", "of_entry", "error")
+
+    def __init__(self, entries: list[_Entry], carried: list[str]):
+        self.entries, self.carried = entries, carried
+        self.classes: list[_Class] = []
+        self.of_entry: list[int] = []
+        self.error = any(e.error is not None for e in entries)
+        index: dict[tuple, int] = {}
+        for e in entries:
+            if e.error is not None:
+                self.of_entry.append(-1)
+                continue
+            key = (e.grid, e.sources, e.file, e.itemsize)
+            i = index.get(key)
+            if i is None:
+                i = index[key] = len(self.classes)
+                self.classes.append(_Class(e.grid, e.sources, e.file, e.itemsize))
+            self.classes[i].members += 1
+            self.of_entry.append(i)
+
+
 @dataclass(frozen=True, **_SLOTS)
 class _Entry:
     """One laid-out parameter of one destination stage, prepared once for all its ranks.
@@ -655,10 +708,14 @@ class _Planner:
         self.dst_stages: set[int] = set()          # destination stages of the ranks planned
         # Built once and shared, so planning grows with the ranks planned, not ranks x
         # parameters x source devices, and the plan holds each distinct piece once:
-        self.stages: dict[int, tuple[list[_Entry], list[str]]] = {}   # destination stage ->
+        self.stages: dict[int, _StageEntries] = {}   # destination stage ->
         self.grids: dict[tuple, _Grid] = {}        # (full shape, destination grid, source grid)
         self.sources_of: dict[tuple[TensorLayout, ...], _Sources] = {}  # source layouts ->
         self.piece_tuples: dict[tuple, tuple[tuple[Piece, ...], frozenset[int]]] = {}
+        # (cut, sources, file) -> its pieces, their source stages and (rank, elements) read,
+        # where every source block has one replica (no choice by load); None where one has more
+        self.fixed: dict[tuple, tuple[tuple[Piece, ...], frozenset[int],
+                                      tuple[tuple[int, int], ...]] | None] = {}
         self.piece_objects: dict[tuple, Piece] = {}
         self.tuples: dict[tuple, tuple] = {}       # regions and shapes
         self.checked: set[tuple[str, int]] = set()  # (name, rank) slices compared with the first
@@ -686,7 +743,8 @@ class _Planner:
             self.check_unnamed()
             if not self.complete:
                 self.check_copies()
-        rank_plans = tuple(self.plan_rank(d) for d in ranks)
+        with _gc_paused():
+            rank_plans = tuple(self.plan_rank(d) for d in ranks)
         return Plan(rank_plans, _describe(self.src), _describe(self.dst),
                     self.headers is not None, tuple(self.notes), self.source, self.src, self.dst,
                     self.asked, self.prefix, self.fmt,
@@ -1013,43 +1071,82 @@ class _Planner:
     def plan_rank(self, d: int) -> RankPlan:
         """Destination rank d: its slice of every laid-out tensor, then the carried values.
         The per-parameter work (layouts, checks, geometry) is done once per destination stage
-        and grid (stage_entries, cut); per rank only the replicas are picked, and only for the
-        first rank holding its slices: a rank holding the same slices as an earlier one (a
-        data-parallel replica) gets the same pieces, so the two files are the same bytes when
-        their carried values come from the same place too (same_as)."""
+        (stage_entries), the cuts once per class of parameters sharing geometry and sources,
+        and per rank only the replicas are picked, and only for the first rank holding its
+        slices: a rank holding the same slices as an earlier one (a data-parallel replica)
+        gets the same pieces, so the two files are the same bytes when their carried values
+        come from the same place too (same_as)."""
         d_stage = self.dst.stage_of(d) if self.dst else 0
         d_local = d % self.d_dev
-        laid, carried = self.stage_entries(d_stage)
+        stage = self.stage_entries(d_stage)
         # the cuts are shared per destination block: equal slices, identical cut objects (an
-        # entry in error has none: the first rank reaching it raises below)
-        key = (d_stage, tuple(None if e.error is not None else
-                              e.grid.by_local.get(d_local) or self.cut(e.grid, d_local)
-                              for e in laid))
+        # entry in error has no class: the first rank reaching it raises in laid_tensors)
+        key = (d_stage, tuple(c.grid.by_local.get(d_local) or self.cut(c.grid, d_local)
+                              for c in stage.classes))
         got = self.laid_of.get(key)
         if got is None:
-            tensors: list[TensorPlan] = []
-            used: set[int] = set()
-            for e, cut in zip(laid, key[1]):
-                if e.error is not None:
-                    raise ReshardError(e.error)
-                pieces, stages = self.pieces(e, cut)
-                used |= stages
-                tensors.append(TensorPlan(e.name, e.dtype, cut.shape, pieces))
-            got = self.laid_of[key] = tuple(tensors), frozenset(used)
+            got = self.laid_of[key] = self.laid_tensors(stage, key[1])
         laid_tensors, used = got
         used_stages = sorted(used) or [0]
         carry_rank = None
         if self.headers is None:
             carry_rank = used_stages[0] * self.s_dev + d_local % self.s_dev if self.src else 0
         carried_tensors = tuple(self.carried(name, d_local % self.s_dev, used_stages)
-                                for name in carried)
+                                for name in stage.carried)
         first = self.holding_same.setdefault((key, carried_tensors, carry_rank), d)
         if first != d:
             self.same_as[d] = first
         return RankPlan(d, output_name(d, self.prefix, self.fmt), laid_tensors + carried_tensors,
                         carry_rank)
 
-    def stage_entries(self, stage: int) -> tuple[list[_Entry], list[str]]:
+    def laid_tensors(self, stage: _StageEntries, cuts: tuple[_Cut, ...]
+                     ) -> tuple[tuple[TensorPlan, ...], frozenset[int]]:
+        """The laid-out tensors of a rank holding these cuts (one per class), and the source
+        stages they read. A class whose source blocks have one replica each reads fixed pieces,
+        looked up once for all its tensors; the other tensors pick, in order, the least loaded
+        replica, the bytes of the fixed ones before them counted first: the picks of a
+        tensor-by-tensor walk."""
+        fixed = [self.fixed_pieces(c, cut) if self.headers is None else None
+                 for c, cut in zip(stage.classes, cuts)]
+        used: set[int] = set()
+        for f in fixed:
+            if f is not None:
+                used |= f[1]
+        if not stage.error and None not in fixed:
+            tensors = [TensorPlan(e.name, e.dtype, cuts[i].shape, fixed[i][0])
+                       for e, i in zip(stage.entries, stage.of_entry)]
+            for c, f in zip(stage.classes, fixed):
+                self.count_loads(f[2], c.itemsize * c.members)
+            return tuple(tensors), frozenset(used)
+        tensors = []
+        waiting = [0] * len(fixed)      # per class: fixed tensors whose bytes are not counted
+        for e, i in zip(stage.entries, stage.of_entry):
+            if e.error is not None:
+                raise ReshardError(e.error)
+            f = fixed[i]
+            if f is None:
+                for j, n in enumerate(waiting):
+                    if n:
+                        self.count_loads(fixed[j][2], stage.classes[j].itemsize * n)
+                        waiting[j] = 0
+                pieces, stages = self.pieces(e, cuts[i])
+                used |= stages
+            else:
+                waiting[i] += 1
+                pieces = f[0]
+            tensors.append(TensorPlan(e.name, e.dtype, cuts[i].shape, pieces))
+        for j, n in enumerate(waiting):
+            if n:
+                self.count_loads(fixed[j][2], stage.classes[j].itemsize * n)
+        return tuple(tensors), frozenset(used)
+
+    def count_loads(self, reads: tuple[tuple[int, int], ...], times: int) -> None:
+        """Add (rank, elements) reads, `times` bytes per element, to the source ranks' loads."""
+        loads = self.loads
+        for rank, nelems in reads:
+            loads[rank] = loads.get(rank, 0) + nelems * times
+
+    def stage_entries(self, stage: int) -> _StageEntries:
         """The parameters of one destination stage, in holders order: those laid out (with their
         layouts, geometry and any error, raised when a rank reaches it, so errors come in the
         order a rank-by-rank walk finds them) and the names carried as is."""
@@ -1072,8 +1169,8 @@ class _Planner:
                 continue
             laid.append(self.entry(name, full, dlay, [sl for sl in slays
                                                       if sl.same_blocks(slays[0])]))
-        self.stages[stage] = laid, carried
-        return laid, carried
+        got = self.stages[stage] = _StageEntries(laid, carried)
+        return got
 
     def entry(self, name: str, full: tuple[int, ...], dlay: TensorLayout,
               slays: list[TensorLayout]) -> _Entry:
@@ -1156,10 +1253,36 @@ class _Planner:
                 rank = self.pick(self.holding(e.name, e.sources.replicas[sblock], sblock))
             loads[rank] = loads.get(rank, 0) + nelems * e.itemsize
             ranks.append(rank)
-        key = (cut, tuple(ranks), e.file)
+        return self.piece_tuple(cut, tuple(ranks), e.file)
+
+    def fixed_pieces(self, c: _Class, cut: _Cut) -> tuple[tuple[Piece, ...], frozenset[int],
+                                                           tuple[tuple[int, int], ...]] | None:
+        """Without headers: the pieces of a class's tensors on this cut where each source
+        block has one replica (present), with their source stages and (rank, elements) read;
+        None where a block has several (each tensor picks the least loaded)."""
+        key = (cut, c.sources, c.file)
+        if key in self.fixed:
+            return self.fixed[key]
+        ranks = []
+        for sblock, _, _, _ in cut.parts:
+            cands = c.sources.candidates(sblock, self).cands
+            if len(cands) > 1:
+                self.fixed[key] = None
+                return None
+            ranks.append(cands[0])
+        pieces, stages = self.piece_tuple(cut, tuple(ranks), c.file)
+        got = self.fixed[key] = pieces, stages, tuple(
+            (rank, nelems) for rank, (_, _, _, nelems) in zip(ranks, cut.parts))
+        return got
+
+    def piece_tuple(self, cut: _Cut, ranks: tuple[int, ...], file: str | None
+                    ) -> tuple[tuple[Piece, ...], frozenset[int]]:
+        """The pieces reading each source block of the cut from these ranks, and their source
+        stages: one shared tuple per (cut, ranks, file)."""
+        key = (cut, ranks, file)
         hit = self.piece_tuples.get(key)
         if hit is None:
-            pieces = tuple(self.piece(rank, e.file, src_rel, dst_rel)
+            pieces = tuple(self.piece(rank, file, src_rel, dst_rel)
                            for rank, (_, src_rel, dst_rel, _) in zip(ranks, cut.parts))
             hit = self.piece_tuples[key] = pieces, frozenset(r // self.s_dev for r in ranks)
         return hit
