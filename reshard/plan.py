@@ -545,14 +545,19 @@ def _product(ranges: Sequence[range]) -> Iterator[tuple[int, ...]]:
 def _gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while the ranks are planned, back as it was after.
     Thousands of ranks are millions of small objects (tensors, tuples) kept, none in a cycle;
-    each full collection would walk all of them again (a third of the planning time at 8192
-    ranks), and only cycles, which planning does not make, are left to it."""
+    each collection would walk all of them again (a third of the planning time at 8192 ranks),
+    and only cycles, which planning does not make, are left to it. After, the objects made go
+    straight to the oldest generation (gc.freeze then gc.unfreeze: moved, not examined), as
+    long-lived objects, rather than all through the young ones (a second more: printing the
+    plan made the first collections after planning walk them all)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            gc.freeze()      # every tracked object to the oldest generation, none examined
+            gc.unfreeze()    # now (the documented pair): the plan's objects are long-lived
             gc.enable()
 
 
