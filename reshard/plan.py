@@ -288,7 +288,7 @@ class Plan:
                      f"from source ranks {ranks_text(sorted(rp.source_ranks))}"
                      + (f"; the same bytes as rank {twin} (copied, not converted again)"
                         if twin is not None else "")]
-            lines += [text.tensor(t) for t in rp.tensors]
+            lines += text.tensors(rp.tensors)
             yield "\n".join(lines)
 
     def __str__(self) -> str:
@@ -321,18 +321,21 @@ class _DumpText:
         # id(pieces) -> (pieces, shape, text): the tuple is kept, so its id stays its own
         self.pieces: dict[int, tuple[tuple[Piece, ...], tuple[int, ...], str]] = {}
 
-    def tensor(self, t: TensorPlan) -> str:
-        """`  <name> <shape> <- <pieces>`, or `carried from rank <r> as is`."""
-        key = (t.name, t.dtype, t.shape)
-        head = self.heads.get(key)
-        if head is None:
-            head = self.heads[key] = f"  {t.name} {self.shape(t)}"
-        if t.carried:
-            return f"{head} carried from rank {t.pieces[0].src_rank} as is"
-        got = self.pieces.get(id(t.pieces))
-        if got is None or got[0] is not t.pieces or got[1] != t.shape:
-            got = self.pieces[id(t.pieces)] = (t.pieces, t.shape, _pieces_text(t))
-        return f"{head} <- {got[2]}"
+    def tensors(self, tensors: Iterable[TensorPlan]) -> list[str]:
+        """Per tensor `  <name> <shape> <- <pieces>`, or `... carried from rank <r> as is`."""
+        heads, texts, out = self.heads, self.pieces, []
+        for t in tensors:
+            head = heads.get((t.name, t.dtype, t.shape))
+            if head is None:
+                head = heads[t.name, t.dtype, t.shape] = f"  {t.name} {self.shape(t)}"
+            if t.carried:
+                out.append(f"{head} carried from rank {t.pieces[0].src_rank} as is")
+                continue
+            got = texts.get(id(t.pieces))
+            if got is None or got[0] is not t.pieces or got[1] != t.shape:
+                got = texts[id(t.pieces)] = (t.pieces, t.shape, _pieces_text(t))
+            out.append(f"{head} <- {got[2]}")
+        return out
 
     def shape(self, t: TensorPlan) -> str:
         """Its shape: in elements with the dtype, or in blocks of its full grid."""
