@@ -1154,25 +1154,32 @@ class _Planner:
             return tuple(tensors), frozenset(used)
         tensors = []
         waiting = [0] * len(fixed)      # per class: fixed tensors whose bytes are not counted
+        behind = False                  # some are
         for e, i in zip(stage.entries, stage.of_entry):
             if e.error is not None:
                 raise ReshardError(e.error)
             f = fixed[i]
             if f is None:
-                for j, n in enumerate(waiting):
-                    if n:
-                        self.count_loads(fixed[j][2], stage.classes[j].itemsize * n)
-                        waiting[j] = 0
+                if behind:
+                    self.count_waiting(stage, fixed, waiting)
+                    behind = False
                 pieces, stages = self.pieces(e, cuts[i])
                 used |= stages
             else:
                 waiting[i] += 1
+                behind = True
                 pieces = f[0]
             tensors.append(_tensor_plan(e.name, e.dtype, cuts[i].shape, pieces))
+        if behind:
+            self.count_waiting(stage, fixed, waiting)
+        return tuple(tensors), frozenset(used)
+
+    def count_waiting(self, stage: _StageEntries, fixed: list, waiting: list[int]) -> None:
+        """Count the bytes of the fixed tensors not counted yet (waiting: per class)."""
         for j, n in enumerate(waiting):
             if n:
                 self.count_loads(fixed[j][2], stage.classes[j].itemsize * n)
-        return tuple(tensors), frozenset(used)
+                waiting[j] = 0
 
     def count_loads(self, reads: tuple[tuple[int, int], ...], times: int) -> None:
         """Add (rank, elements) reads, `times` bytes per element, to the source ranks' loads."""
