@@ -17,6 +17,7 @@ one shared (immutable) object, so the plan's memory grows with its tensors, not 
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import heapq
@@ -670,36 +671,38 @@ class _Sources:
 class _Class:
     """The parameters of a destination stage that share their geometry and their sources
     (grid, source replicas, file, bytes per element): every rank cuts them the same way and,
-    where each source block has one replica, reads them from the same pieces."""
-    __slots__ = ("grid", "sources", "file", "itemsize", "members")
+    where each source block has one replica, reads them from the same pieces. positions: the
+    indexes of its parameters among the stage's entries."""
+    __slots__ = ("grid", "sources", "file", "itemsize", "positions")
 
     def __init__(self, grid: _Grid, sources: _Sources, file: str | None, itemsize: int):
         self.grid, self.sources, self.file, self.itemsize = grid, sources, file, itemsize
-        self.members = 0
+        self.positions: list[int] = []
 
 
 class _StageEntries:
     """One destination stage, prepared once for all its ranks: its laid-out parameters
     (entries, in holders order) grouped in classes (of_entry[i]: the class of entries[i]; -1
-    for an entry in error), and the names carried as is."""
-    __slots__ = ("entries", "carried", "classes", "of_entry", "error")
+    for an entry in error: `errors`, their indexes), and the names carried as is."""
+    __slots__ = ("entries", "carried", "classes", "of_entry", "errors")
 
     def __init__(self, entries: list[_Entry], carried: list[str]):
         self.entries, self.carried = entries, carried
         self.classes: list[_Class] = []
         self.of_entry: list[int] = []
-        self.error = any(e.error is not None for e in entries)
+        self.errors: list[int] = []
         index: dict[tuple, int] = {}
-        for e in entries:
+        for n, e in enumerate(entries):
             if e.error is not None:
                 self.of_entry.append(-1)
+                self.errors.append(n)
                 continue
             key = (e.grid, e.sources, e.file, e.itemsize)
             i = index.get(key)
             if i is None:
                 i = index[key] = len(self.classes)
                 self.classes.append(_Class(e.grid, e.sources, e.file, e.itemsize))
-            self.classes[i].members += 1
+            self.classes[i].positions.append(n)
             self.of_entry.append(i)
 
 
@@ -1137,49 +1140,42 @@ class _Planner:
                      ) -> tuple[tuple[TensorPlan, ...], frozenset[int]]:
         """The laid-out tensors of a rank holding these cuts (one per class), and the source
         stages they read. A class whose source blocks have one replica each reads fixed pieces,
-        looked up once for all its tensors; the other tensors pick, in order, the least loaded
-        replica, the bytes of the fixed ones before them counted first: the picks of a
-        tensor-by-tensor walk."""
+        looked up once for all its tensors; the other tensors (all, with headers) pick, in
+        order, the least loaded replica, the bytes of the fixed tensors before them counted
+        first: the picks of a tensor-by-tensor walk, which raises the first error it meets."""
         fixed = [self.fixed_pieces(c, cut) if self.headers is None else None
                  for c, cut in zip(stage.classes, cuts)]
         used: set[int] = set()
         for f in fixed:
             if f is not None:
                 used |= f[1]
-        if not stage.error and None not in fixed:
-            tensors = [_tensor_plan(e.name, e.dtype, cuts[i].shape, fixed[i][0])
-                       for e, i in zip(stage.entries, stage.of_entry)]
-            for c, f in zip(stage.classes, fixed):
-                self.count_loads(f[2], c.itemsize * c.members)
-            return tuple(tensors), frozenset(used)
-        tensors = []
-        waiting = [0] * len(fixed)      # per class: fixed tensors whose bytes are not counted
-        behind = False                  # some are
-        for e, i in zip(stage.entries, stage.of_entry):
+        fixed_pieces = [() if f is None else f[0] for f in fixed]
+        tensors = [_tensor_plan(e.name, e.dtype, cuts[i].shape, fixed_pieces[i]) if i >= 0
+                   else None for e, i in zip(stage.entries, stage.of_entry)]   # None: raised
+        picked = sorted(stage.errors + [n for c, f in zip(stage.classes, fixed) if f is None
+                                        for n in c.positions])
+        counted = [0] * len(fixed)      # per class: its fixed tensors whose bytes are counted
+        for n in picked:
+            e, i = stage.entries[n], stage.of_entry[n]
             if e.error is not None:
                 raise ReshardError(e.error)
-            f = fixed[i]
-            if f is None:
-                if behind:
-                    self.count_waiting(stage, fixed, waiting)
-                    behind = False
-                pieces, stages = self.pieces(e, cuts[i])
-                used |= stages
-            else:
-                waiting[i] += 1
-                behind = True
-                pieces = f[0]
-            tensors.append(_tensor_plan(e.name, e.dtype, cuts[i].shape, pieces))
-        if behind:
-            self.count_waiting(stage, fixed, waiting)
+            self.count_fixed(stage, fixed, counted, n)
+            pieces, stages = self.pieces(e, cuts[i])
+            used |= stages
+            tensors[n] = _tensor_plan(e.name, e.dtype, cuts[i].shape, pieces)
+        self.count_fixed(stage, fixed, counted, len(stage.entries))
         return tuple(tensors), frozenset(used)
 
-    def count_waiting(self, stage: _StageEntries, fixed: list, waiting: list[int]) -> None:
-        """Count the bytes of the fixed tensors not counted yet (waiting: per class)."""
-        for j, n in enumerate(waiting):
-            if n:
-                self.count_loads(fixed[j][2], stage.classes[j].itemsize * n)
-                waiting[j] = 0
+    def count_fixed(self, stage: _StageEntries, fixed: list, counted: list[int],
+                    before: int) -> None:
+        """Count the bytes of the fixed tensors among the stage's entries[:before] not counted
+        yet (counted: per class, how many are)."""
+        for j, f in enumerate(fixed):
+            if f is not None:
+                upto = bisect.bisect_left(stage.classes[j].positions, before)
+                if upto > counted[j]:
+                    self.count_loads(f[2], stage.classes[j].itemsize * (upto - counted[j]))
+                    counted[j] = upto
 
     def count_loads(self, reads: tuple[tuple[int, int], ...], times: int) -> None:
         """Add (rank, elements) reads, `times` bytes per element, to the source ranks' loads."""
