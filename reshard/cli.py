@@ -611,8 +611,8 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
         for note in plan.notes:
             log.info("%s", note)
     if args.dry_run:
-        for part in plan.dump_parts(destination=args.dst_checkpoint):   # as it comes: no
-            print(part)                                              # whole text in memory
+        for part in plan.dump_parts(destination=args.dst_checkpoint):   # rank by rank
+            print(part)
         budget, peak = memory_budget(plan, process_num, args.max_memory)
         print(f"expected peak memory: {human_size(peak)} with {process_num} process(es) "
               f"(budget {human_size(budget)})"
