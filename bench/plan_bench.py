@@ -1,28 +1,38 @@
-"""Planning alone, from strategies (no checkpoint files), for a 70B-shaped model at scale.
+"""Planning at cluster scale, from strategies (no checkpoint files), for a 70B-shaped model.
 
 Llama 70B shape (80 layers, hidden 8192, ffn 28672, vocab 32000), parameter names as
 tests/synth.py writes them, plus optimizer moments (adam_m. / adam_v.) for every parameter that
 has a layout; parallel optimizer on (MindFormers' enable_parallel_optimizer, shard size = all
 replicas; --opt_shard 0 turns it off). For each size, the source and destination strategies
-(mp 8 throughout, dp halves and pp doubles):
+(mp 8 throughout; dp doubles and pp halves, as in issue 22's case):
 
-       64:  dp2·mp8·pp4   -> dp1·mp8·pp8
-      256:  dp4·mp8·pp8   -> dp2·mp8·pp16
-     1024:  dp16·mp8·pp8  -> dp8·mp8·pp16
-     4096:  dp64·mp8·pp8  -> dp32·mp8·pp16
+       64:  dp1·mp8·pp8    -> dp2·mp8·pp4
+      256:  dp2·mp8·pp16   -> dp4·mp8·pp8
+     1024:  dp8·mp8·pp16   -> dp16·mp8·pp8
+     4096:  dp32·mp8·pp16  -> dp64·mp8·pp8
+     8192:  dp64·mp8·pp16  -> dp128·mp8·pp8
 
-are written as protobuf strategy folders in bench/_work/plan_bench/ (one file per pipeline
-stage: the ranks of a stage write identical files, which load_strategy reads once anyway; not
-timed). Then a FRESH child process per size (so its peak RSS is that of planning alone) runs
-`load_strategy` of both and `plan_from_strategies(None, src, dst)` for every destination rank,
-and reports the wall time of those two steps and its peak RSS (ru_maxrss, interpreter and
-imports included), the tensors and pieces planned and how many distinct Piece objects hold
-them (the planner shares equal pieces between tensors and ranks). Each child is bounded by
---timeout seconds. Goal: 4096 ranks in under 10 s and under 2 GB; growth should be about
-linear in ranks. Usage:
+are written as strategy folders in bench/_work/plan_bench/ the way a training job leaves them:
+one protobuf file per rank, ckpt_strategy_rank_<r>.ckpt (the ranks of a stage write identical
+bytes); written once and kept (not timed). Then, for each size, two FRESH child processes:
 
-    python3.11 dev.py bench plan_bench [--sizes 64,256] [--timeout 300] [--opt_shard -1|0]
-                                       [--profile SIZE]   # cProfile the child of one size
+  api  `load_strategy` of both folders and `plan_from_strategies(None, src, dst)` for every
+       destination rank: the time of those two steps, the tensors and pieces planned and how
+       many distinct Piece objects hold them (the planner shares equal pieces);
+  cli  the real command, `transform-checkpoint --src_strategy SRC --dst_strategy DST --dry_run`
+       (the plan printed to a file, as `> plan.txt` would): its wall time from start to exit
+       (interpreter and imports included), its CPU time (user + system: what the wall time is
+       on an idle core) and its peak RSS (ru_maxrss of the child).
+
+Each child is bounded by --timeout seconds. Growth: time per rank against the REFERENCE size
+(1024 ranks, measured in the same run), 1.00x = linear. Goal (issue 22): 8192 ranks through
+`transform-checkpoint --dry_run` in under 10 s and under 1 GB peak RSS, growing linearly. The
+machine's load average is printed with the figures: on a loaded machine compare the ratios.
+Usage:
+
+    python3.11 dev.py bench plan_bench [--sizes 64,1024] [--modes api,cli] [--timeout 300]
+                                       [--opt_shard -1|0]
+                                       [--profile SIZE]   # cProfile the command at one size
 """
 from __future__ import annotations
 
@@ -41,9 +51,13 @@ sys.path.insert(0, ROOT)
 
 LAYERS, HIDDEN, FFN, VOCAB, MP = 80, 8192, 28672, 32000, 8
 # destination ranks -> ((src dp, src pp), (dst dp, dst pp)); mp is MP everywhere.
-SIZES = {64: ((2, 4), (1, 8)), 256: ((4, 8), (2, 16)), 1024: ((16, 8), (8, 16)),
-         4096: ((64, 8), (32, 16))}
-GOAL_RANKS, GOAL_SECONDS, GOAL_BYTES = 4096, 10.0, 2 << 30
+SIZES = {64: ((1, 8), (2, 4)), 256: ((2, 16), (4, 8)), 1024: ((8, 16), (16, 8)),
+         4096: ((32, 16), (64, 8)), 8192: ((64, 16), (128, 8))}
+REFERENCE = 1024
+GOAL_RANKS, GOAL_SECONDS, GOAL_BYTES = 8192, 10.0, 1 << 30
+MODES = ("api", "cli")
+# The command as its console script runs it (reshard.console), arguments after it.
+CLI = "import sys; from reshard.console import transform_checkpoint; sys.exit(transform_checkpoint())"
 
 
 # -- strategy files (not timed) ---------------------------------------------------------------
@@ -100,37 +114,42 @@ def stage_bytes(stage: int, layouts: dict[str, dict]) -> bytes:
 
 
 def write_strategy_folder(folder: str, dp: int, mp: int, pp: int, opt_shard: int) -> int:
-    """ckpt_strategy_rank_<first rank of the stage>.ckpt for every stage (the other ranks of a
-    stage would write the same bytes). Returns the bytes written."""
+    """ckpt_strategy_rank_<r>.ckpt for every rank r, as a job leaves them (the ranks of a stage
+    write the same bytes). Kept between runs: rewritten only when its parameters change (a
+    marker file records them). Returns the bytes of the folder."""
+    marker = os.path.join(folder, ".written")
+    want = json.dumps({"dp": dp, "mp": mp, "pp": pp, "opt_shard": opt_shard,
+                       "layers": LAYERS, "files": "per rank"})
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            if f.read() == want:
+                return sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
+                           if n.endswith(".ckpt"))
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     total = 0
     for s, lays in stage_layouts(dp, mp, pp, opt_shard).items():
         data = stage_bytes(s, lays)
-        with open(os.path.join(folder, f"ckpt_strategy_rank_{s * dp * mp}.ckpt"), "wb") as f:
-            f.write(data)
-        total += len(data)
+        for r in range(s * dp * mp, (s + 1) * dp * mp):
+            with open(os.path.join(folder, f"ckpt_strategy_rank_{r}.ckpt"), "wb") as f:
+                f.write(data)
+            total += len(data)
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write(want)
     return total
 
 
-# -- the child: planning alone ------------------------------------------------------------------
+# -- the children -------------------------------------------------------------------------------
 
-def child(src_dir: str, dst_dir: str, profile: bool) -> None:
+def api_child(src_dir: str, dst_dir: str) -> None:
     """Load both strategies, plan every destination rank; one JSON line on stdout."""
     t0 = time.perf_counter()
     from reshard.api import load_strategy, plan_from_strategies
     t1 = time.perf_counter()
-    prof = None
-    if profile:
-        import cProfile
-        prof = cProfile.Profile()
-        prof.enable()
     src, dst = load_strategy(src_dir), load_strategy(dst_dir)
     t2 = time.perf_counter()
     plan = plan_from_strategies(None, src, dst)
     t3 = time.perf_counter()
-    if prof is not None:
-        prof.disable()
     tensors = sum(len(rp.tensors) for rp in plan.ranks)
     pieces = sum(len(t.pieces) for rp in plan.ranks for t in rp.tensors)
     distinct = len({id(p) for rp in plan.ranks for t in rp.tensors for p in t.pieces})
@@ -139,121 +158,234 @@ def child(src_dir: str, dst_dir: str, profile: bool) -> None:
            "ranks": len(plan.ranks), "params": len(src.layouts), "tensors": tensors,
            "pieces": pieces, "distinct_pieces": distinct,
            "src_ranks_read": len(plan.needed_source_ranks())}
-    if prof is not None:
-        import io
-        import pstats
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(12)
-        out["profile"] = buf.getvalue()
     print(json.dumps(out), flush=True)
+
+
+def profile_child(stats_file: str, argv: list[str]) -> int:
+    """The command under cProfile (its stats written to stats_file)."""
+    import cProfile
+    from reshard.console import transform_checkpoint
+    sys.argv = ["transform-checkpoint", *argv]
+    prof = cProfile.Profile()
+    try:
+        return prof.runcall(transform_checkpoint)
+    finally:
+        prof.dump_stats(stats_file)
 
 
 # -- the parent ----------------------------------------------------------------------------------
 
-def run_size(n: int, opt_shard: int, timeout: float, profile: bool) -> dict:
+def spawn(cmd: list[str], timeout: float, stdout_path: str) -> dict:
+    """Run one child (stdout to stdout_path): its wall time, CPU time (user + system) and peak
+    RSS (its own rusage, from wait4); an error (exit code and the last line of its stderr, or
+    the timeout) instead when it fails; killed after `timeout` seconds."""
+    err_path = stdout_path + ".stderr"
+    with open(stdout_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                             stdout=out, stderr=err)
+        deadline = t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                wall = time.perf_counter() - t0
+                break
+            if time.perf_counter() > deadline:
+                p.kill()
+                os.wait4(p.pid, 0)
+                p.returncode = -9
+                return {"error": f"timeout after {timeout:.0f} s (killed)"}
+            time.sleep(0.005)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    with open(err_path, encoding="utf-8", errors="replace") as f:
+        stderr = f.read()
+    if p.returncode != 0:
+        return {"error": f"exit {p.returncode}: {stderr.strip().splitlines()[-1:]}"}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss": usage.ru_maxrss * 1024}
+
+
+def folders(n: int, opt_shard: int) -> tuple[str, str, dict]:
+    """The size's two strategy folders (written if needed) and their description."""
     (sdp, spp), (ddp, dpp) = SIZES[n]
-    src_dir, dst_dir = os.path.join(WORK, str(n), "src"), os.path.join(WORK, str(n), "dst")
+    src_dir, dst_dir = os.path.join(work(n, opt_shard), "src"), os.path.join(work(n, opt_shard), "dst")
     t0 = time.perf_counter()
     sb = write_strategy_folder(src_dir, sdp, MP, spp, opt_shard)
     db = write_strategy_folder(dst_dir, ddp, MP, dpp, opt_shard)
-    gen = time.perf_counter() - t0
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", src_dir, dst_dir]
-    if profile:
-        cmd.append("--child_profile")
-    res = {"n": n, "case": f"dp{sdp}·mp{MP}·pp{spp} -> dp{ddp}·mp{MP}·pp{dpp}",
-           "gen_s": gen, "strategy_bytes": sb + db}
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                           capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:          # subprocess.run kills the child
-        res.update(error=f"timeout after {timeout:.0f} s (killed)")
-        return res
-    res["child_s"] = time.perf_counter() - t0
-    if p.returncode != 0:
-        res.update(error=f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
-        return res
-    res.update(json.loads(p.stdout.strip().splitlines()[-1]))
-    return res
+    return src_dir, dst_dir, {"n": n, "case": f"dp{sdp}·mp{MP}·pp{spp} -> dp{ddp}·mp{MP}·pp{dpp}",
+                              "gen_s": time.perf_counter() - t0, "strategy_bytes": sb + db}
+
+
+def work(n: int, opt_shard: int) -> str:
+    """The size's folder under WORK (one per optimizer shard setting)."""
+    return os.path.join(WORK, str(n) if opt_shard == -1 else f"{n}-opt_shard{opt_shard}")
+
+
+def cli_args(src_dir: str, dst_dir: str) -> list[str]:
+    return ["--src_strategy", src_dir, "--dst_strategy", dst_dir, "--dry_run"]
+
+
+def run_api(src_dir: str, dst_dir: str, timeout: float) -> dict:
+    out = os.path.join(os.path.dirname(src_dir), "api.json")
+    got = spawn([sys.executable, os.path.abspath(__file__), "--api_child", src_dir, dst_dir],
+                timeout, out)
+    if "error" in got:
+        return got
+    with open(out, encoding="utf-8") as f:
+        got.update(json.loads(f.read().strip().splitlines()[-1]))
+    return got
+
+
+def run_cli(src_dir: str, dst_dir: str, timeout: float) -> dict:
+    out = os.path.join(os.path.dirname(src_dir), "dry_run.txt")
+    got = spawn([sys.executable, "-c", CLI, *cli_args(src_dir, dst_dir)], timeout, out)
+    if "error" not in got:
+        with open(out, "rb") as f:
+            data = f.read()
+        got.update(out_bytes=len(data), out_lines=data.count(b"\n"))
+    return got
 
 
 def _mb(b: float) -> str:
     return f"{b / 1e6:.0f} MB"
 
 
+def _load() -> str:
+    return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + \
+        f" on {os.cpu_count()} cores"
+
+
+def _growth(rows: list[dict], key: str) -> None:
+    """r[key + '_per_rank']: time per rank against REFERENCE's (None without it)."""
+    ref = next((r for r in rows if r["n"] == REFERENCE and key in r), None)
+    for r in rows:
+        r[key + "_per_rank"] = ((r[key] / r["n"]) / (ref[key] / ref["n"])
+                                if ref is not None and key in r else None)
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
                     help=f"destination rank counts, a subset of {sorted(SIZES)}")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="api (load_strategy + plan_from_strategies), cli (transform-checkpoint "
+                         "--dry_run), or both (default)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per child")
     ap.add_argument("--opt_shard", type=int, default=-1,
                     help="optimizer shard size (-1: all replicas, 0: no parallel optimizer)")
     ap.add_argument("--profile", type=int, default=None, metavar="SIZE",
-                    help="also cProfile the child of this size (a separate run, not timed)")
-    ap.add_argument("--child", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
-    ap.add_argument("--child_profile", action="store_true", help=argparse.SUPPRESS)
+                    help="also cProfile transform-checkpoint --dry_run at this size (a separate "
+                         "run, not timed)")
+    ap.add_argument("--api_child", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
+    ap.add_argument("--profile_child", nargs=3, metavar=("STATS", "SRC", "DST"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child:
-        child(*args.child, args.child_profile)
+    if args.api_child:
+        api_child(*args.api_child)
         return 0
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.profile_child:
+        stats, src_dir, dst_dir = args.profile_child
+        return profile_child(stats, cli_args(src_dir, dst_dir))
+    sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
     bad = [s for s in sizes if s not in SIZES]
     if bad:
         ap.error(f"--sizes: {bad} not among {sorted(SIZES)}")
-    sizes = sorted(sizes)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        ap.error(f"--modes: {args.modes!r}: a subset of {','.join(MODES)}")
+    if args.profile is not None and args.profile not in SIZES:
+        ap.error(f"--profile: {args.profile} not among {sorted(SIZES)}")
     print(f"plan_bench: 70B-shaped model ({LAYERS} layers, hidden {HIDDEN}, ffn {FFN}, vocab "
           f"{VOCAB}, adam_m/adam_v for every parameter, opt_shard {args.opt_shard}); strategies "
-          f"only, load_strategy x2 + plan_from_strategies(None, src, dst) for all destination "
-          f"ranks, each size in a fresh process (timeout {args.timeout:.0f} s)", flush=True)
-    rows, prev, failed = [], None, False
+          f"only, one file per rank; each size and mode in a fresh process (timeout "
+          f"{args.timeout:.0f} s); {_load()}", flush=True)
+    rows, failed = [], False
     for n in sizes:
-        r = run_size(n, args.opt_shard, args.timeout, profile=False)
+        src_dir, dst_dir, r = folders(n, args.opt_shard)
         rows.append(r)
-        if "error" in r:
-            print(f"  {n}: {r['case']}: {r['error']}", flush=True)
-            failed = True
-            prev = None
-            continue
-        r["wall"] = r["load_s"] + r["plan_s"]
-        r["ratio_t"] = r["wall"] / prev["wall"] if prev else None
-        r["ratio_m"] = r["maxrss"] / prev["maxrss"] if prev else None
-        r["ratio_n"] = n / prev["n"] if prev else None
-        print(f"  {n}: done in {r['child_s']:.1f} s (child process)", flush=True)
-        prev = r
+        if "api" in modes:
+            got = run_api(src_dir, dst_dir, args.timeout)
+            if "error" in got:
+                r["api_error"], failed = got["error"], True
+            else:
+                r.update(api_wall=got["load_s"] + got["plan_s"], api_rss=got["maxrss"],
+                         **{k: got[k] for k in ("load_s", "plan_s", "params", "tensors",
+                                                "pieces", "distinct_pieces")})
+        if "cli" in modes:
+            got = run_cli(src_dir, dst_dir, args.timeout)
+            if "error" in got:
+                r["cli_error"], failed = got["error"], True
+            else:
+                r.update(cli_wall=got["wall"], cli_cpu=got["cpu"], cli_rss=got["maxrss"],
+                         out_bytes=got["out_bytes"], out_lines=got["out_lines"])
+        done = ", ".join(f"{m} {r[m + '_wall']:.1f} s" if m + "_wall" in r else
+                         f"{m} {r.get(m + '_error')}" for m in modes)
+        print(f"  {n}: {r['case']}: {done} ({_load()})", flush=True)
+    _growth(rows, "api_wall")
+    _growth(rows, "cli_wall")
+    _growth(rows, "cli_cpu")
     print()
-    print("| dst ranks | case | params | tensors / pieces planned (distinct pieces) | "
-          "load_strategy x2 | plan | "
-          "wall (load+plan) | peak RSS | vs previous: ranks, wall, RSS |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['n']} | {r['case']} | | | | | {r['error']} | | |")
-            continue
-        ratio = (f"{r['ratio_n']:.0f}x, {r['ratio_t']:.2f}x, {r['ratio_m']:.2f}x"
-                 if r["ratio_t"] else "-")
-        print(f"| {r['n']} | {r['case']} | {r['params']} | {r['tensors']:,} / {r['pieces']:,} "
-              f"({r['distinct_pieces']:,}) | "
-              f"{r['load_s']:.2f} s | {r['plan_s']:.2f} s | {r['wall']:.2f} s | "
-              f"{_mb(r['maxrss'])} | {ratio} |")
-    print()
+    if "api" in modes:
+        print("api: load_strategy x2 + plan_from_strategies (a fresh process; import excluded)")
+        print()
+        print("| dst ranks | case | params | tensors / pieces planned (distinct pieces) | "
+              f"load_strategy x2 | plan | wall (load+plan) | per rank vs {REFERENCE} | peak RSS |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            if "api_error" in r:
+                print(f"| {r['n']} | {r['case']} | | | | | {r['api_error']} | | |")
+            elif "api_wall" in r:
+                print(f"| {r['n']} | {r['case']} | {r['params']} | {r['tensors']:,} / "
+                      f"{r['pieces']:,} ({r['distinct_pieces']:,}) | {r['load_s']:.2f} s | "
+                      f"{r['plan_s']:.2f} s | {r['api_wall']:.2f} s | "
+                      f"{_ratio(r['api_wall_per_rank'])} | {_mb(r['api_rss'])} |")
+        print()
+    if "cli" in modes:
+        print("cli: transform-checkpoint --src_strategy SRC --dst_strategy DST --dry_run, from "
+              "start to exit (interpreter and imports included), the plan printed to a file")
+        print()
+        print(f"| dst ranks | case | strategy files read | wall | per rank vs {REFERENCE} | "
+              f"CPU (user+sys) | per rank vs {REFERENCE} | peak RSS | plan printed |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            files = f"{2 * r['n']:,} ({_mb(r['strategy_bytes'])})"
+            if "cli_error" in r:
+                print(f"| {r['n']} | {r['case']} | {files} | {r['cli_error']} | | | | | |")
+            elif "cli_wall" in r:
+                print(f"| {r['n']} | {r['case']} | {files} | {r['cli_wall']:.2f} s | "
+                      f"{_ratio(r['cli_wall_per_rank'])} | {r['cli_cpu']:.2f} s | "
+                      f"{_ratio(r['cli_cpu_per_rank'])} | {_mb(r['cli_rss'])} | "
+                      f"{r['out_lines']:,} lines, {_mb(r['out_bytes'])} |")
+        print()
     goal = next((r for r in rows if r["n"] == GOAL_RANKS), None)
     verdict = "not run"
-    if goal is not None:
-        if "error" in goal:
-            verdict = f"NOT MET ({goal['error']})"
+    if goal is not None and "cli" in modes:
+        if "cli_error" in goal:
+            verdict = f"NOT MET ({goal['cli_error']})"
         else:
-            ok = goal["wall"] < GOAL_SECONDS and goal["maxrss"] < GOAL_BYTES
-            verdict = (f"{'MET' if ok else 'NOT MET'} ({goal['wall']:.2f} s, "
-                       f"{_mb(goal['maxrss'])})")
-    print(f"goal: {GOAL_RANKS} destination ranks planned in under {GOAL_SECONDS:.0f} s and "
-          f"under {GOAL_BYTES >> 30} GB peak RSS: {verdict}; growth about linear in ranks "
-          f"(wall and RSS ratios near 1x per 1x of ranks, 4x per 4x)")
+            ok = goal["cli_wall"] < GOAL_SECONDS and goal["cli_rss"] < GOAL_BYTES
+            verdict = (f"{'MET' if ok else 'NOT MET'} ({goal['cli_wall']:.2f} s wall, "
+                       f"{goal['cli_cpu']:.2f} s CPU, {_mb(goal['cli_rss'])})")
+    print(f"goal: transform-checkpoint --dry_run of {GOAL_RANKS} destination ranks in under "
+          f"{GOAL_SECONDS:.0f} s and under {GOAL_BYTES >> 30} GB peak RSS: {verdict}; growth "
+          f"linear in ranks (time per rank near 1.00x of the {REFERENCE}-rank reference's)")
+    print(f"measured with {_load()}")
     if args.profile is not None:
-        if args.profile not in SIZES:
-            ap.error(f"--profile: {args.profile} not among {sorted(SIZES)}")
-        r = run_size(args.profile, args.opt_shard, args.timeout, profile=True)
-        print(f"\ncProfile of {args.profile} ranks (load + plan, cumulative):")
-        print(r.get("profile") or r.get("error"))
+        import pstats
+        src_dir, dst_dir, _ = folders(args.profile, args.opt_shard)
+        stats = os.path.join(work(args.profile, args.opt_shard), "profile.stats")
+        got = spawn([sys.executable, os.path.abspath(__file__), "--profile_child", stats,
+                     src_dir, dst_dir], args.timeout,
+                    os.path.join(work(args.profile, args.opt_shard), "dry_run.profiled.txt"))
+        print(f"\ncProfile of transform-checkpoint --dry_run at {args.profile} ranks:")
+        if "error" in got:
+            print(got["error"])
+            return 1
+        for order in ("cumulative", "tottime"):
+            pstats.Stats(stats, stream=sys.stdout).sort_stats(order).print_stats(20)
     return 1 if failed else 0
 
 

@@ -611,7 +611,8 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
         for note in plan.notes:
             log.info("%s", note)
     if args.dry_run:
-        print(plan.dump(destination=args.dst_checkpoint))
+        for part in plan.dump_parts(destination=args.dst_checkpoint):   # rank by rank
+            print(part)
         budget, peak = memory_budget(plan, process_num, args.max_memory)
         print(f"expected peak memory: {human_size(peak)} with {process_num} process(es) "
               f"(budget {human_size(budget)})"

@@ -17,13 +17,16 @@ one shared (immutable) object, so the plan's memory grows with its tensors, not 
 """
 from __future__ import annotations
 
+import bisect
+import contextlib
+import gc
 import heapq
 import math
 import os
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Iterator, Sequence
 
 from . import compare
@@ -135,6 +138,32 @@ class TensorPlan:
         return self.chunk_rows() * (self.nbytes // max(1, self.shape[0]))
 
 
+def _tensor_plans() -> Callable[[str, str | None, tuple[int, ...], tuple[Piece, ...]], TensorPlan]:
+    """TensorPlan(name, dtype, shape, pieces) for the planner's loop over every tensor of
+    every rank: a frozen dataclass's __init__ sets each field through object.__setattr__,
+    which took 1.5 s of the 2.2 million tensors of an 8192-rank plan; this sets the slots
+    directly (the same object, half the time). The class itself where it has no slots."""
+    if not _SLOTS or hasattr(TensorPlan, "__post_init__"):
+        return TensorPlan
+    new = object.__new__
+    name_, dtype_, shape_, pieces_, carried_ = (TensorPlan.__dict__[f.name].__set__
+                                                for f in fields(TensorPlan))
+
+    def make(name: str, dtype: str | None, shape: tuple[int, ...],
+             pieces: tuple[Piece, ...]) -> TensorPlan:
+        t = new(TensorPlan)
+        name_(t, name)
+        dtype_(t, dtype)
+        shape_(t, shape)
+        pieces_(t, pieces)
+        carried_(t, False)
+        return t
+    return make
+
+
+_tensor_plan = _tensor_plans()
+
+
 @dataclass(frozen=True, **_SLOTS)
 class RankPlan:
     """One destination file: `path` relative to the destination folder (sources.output_name),
@@ -151,8 +180,11 @@ class RankPlan:
 
     @property
     def buffer_bytes(self) -> int:
-        """Bytes of the one assembly buffer this rank needs (its largest tensor or chunk)."""
-        return max((t.buffer_bytes for t in self.tensors), default=0)
+        """Bytes of the one assembly buffer this rank needs (its largest tensor or chunk);
+        worked out once per distinct shape and dtype (a rank holds hundreds of tensors of a
+        few shapes)."""
+        distinct = {(t.shape, t.dtype): t for t in self.tensors}
+        return max((t.buffer_bytes for t in distinct.values()), default=0)
 
     @property
     def source_ranks(self) -> set[int]:
@@ -252,6 +284,13 @@ class Plan:
         a staging folder), in which unit the shapes are, and per destination rank its file, size
         and every tensor with the source pieces filling it. destination: the output location to
         name (None: not given)."""
+        return "\n".join(self.dump_parts(destination))
+
+    def dump_parts(self, destination: str | None = None) -> Iterator[str]:
+        """dump()'s text in parts, to write as they come ('\\n'.join of them is dump()): the
+        head, then one part per destination rank (its lines). A plan of thousands of ranks
+        prints millions of lines: each distinct shape and list of pieces is formatted once
+        (_DumpText), and no more than one rank's text is held at a time."""
         if self.with_headers:
             unit = "in elements, as dtype[shape], read from the checkpoint's headers"
         else:
@@ -266,16 +305,18 @@ class Plan:
                  f"{ranks_text(self.needed_source_ranks())}"]
         lines += [f"note: {n}" for n in self.notes]
         lines += self._source_use_text()
+        yield "\n".join(lines)
+        text = _DumpText(self)
         for rp in self.ranks:
             size = (f", {human_size(rp.nbytes)}, assembly buffer {human_size(rp.buffer_bytes)}"
                     if self.with_headers else "")
             twin = self.same_as.get(rp.rank)
-            lines.append(f"rank {rp.rank} -> {rp.path}: {len(rp.tensors)} tensors{size}, "
-                         f"from source ranks {ranks_text(sorted(rp.source_ranks))}"
-                         + (f"; the same bytes as rank {twin} (copied, not converted again)"
-                            if twin is not None else ""))
-            lines += [f"  {self._tensor_text(t)}" for t in rp.tensors]
-        return "\n".join(lines)
+            lines = [f"rank {rp.rank} -> {rp.path}: {len(rp.tensors)} tensors{size}, "
+                     f"from source ranks {ranks_text(sorted(rp.source_ranks))}"
+                     + (f"; the same bytes as rank {twin} (copied, not converted again)"
+                        if twin is not None else "")]
+            lines += text.tensors(rp.tensors)
+            yield "\n".join(lines)
 
     def __str__(self) -> str:
         return self.dump()
@@ -295,21 +336,50 @@ class Plan:
                          f"{u.ranks} destination rank(s) read {human_size(u.needed)} of it")
         return lines
 
-    def _tensor_text(self, t: TensorPlan) -> str:
-        """One tensor: its shape (elements, or blocks of its full grid) and its pieces."""
-        if self.with_headers:
-            shape = f"{t.dtype}{list(t.shape)}"
-        else:
-            grid = _block_grid(self.src_strategy, self.dst_strategy, t.name)
-            shape = f"{list(t.shape)} of {list(grid)} blocks" if grid else f"{list(t.shape)} blocks"
-        if t.carried:
-            return f"{t.name} {shape} carried from rank {t.pieces[0].src_rank} as is"
-        whole = tuple((0, n) for n in t.shape)
-        pieces = []
-        for p in t.pieces:
-            into = "" if p.dst_region == whole else f" into {_fmt_region(p.dst_region)}"
-            pieces.append(f"rank {p.src_rank} {_fmt_region(p.src_region)}{into}")
-        return f"{t.name} {shape} <- {'; '.join(pieces)}"
+
+class _DumpText:
+    """The lines of Plan.dump for tensors, each distinct part formatted once: the name with its
+    shape (per name, dtype and shape) and the pieces (per pieces tuple and shape: the planner
+    shares one tuple between the tensors and ranks reading the same pieces)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.heads: dict[tuple, str] = {}
+        # id(pieces) -> (pieces, shape, text): the tuple is kept, so its id stays its own
+        self.pieces: dict[int, tuple[tuple[Piece, ...], tuple[int, ...], str]] = {}
+
+    def tensors(self, tensors: Iterable[TensorPlan]) -> list[str]:
+        """Per tensor `  <name> <shape> <- <pieces>`, or `... carried from rank <r> as is`."""
+        heads, texts, out = self.heads, self.pieces, []
+        for t in tensors:
+            head = heads.get((t.name, t.dtype, t.shape))
+            if head is None:
+                head = heads[t.name, t.dtype, t.shape] = f"  {t.name} {self.shape(t)}"
+            if t.carried:
+                out.append(f"{head} carried from rank {t.pieces[0].src_rank} as is")
+                continue
+            got = texts.get(id(t.pieces))
+            if got is None or got[0] is not t.pieces or got[1] != t.shape:
+                got = texts[id(t.pieces)] = (t.pieces, t.shape, _pieces_text(t))
+            out.append(f"{head} <- {got[2]}")
+        return out
+
+    def shape(self, t: TensorPlan) -> str:
+        """Its shape: in elements with the dtype, or in blocks of its full grid."""
+        if self.plan.with_headers:
+            return f"{t.dtype}{list(t.shape)}"
+        grid = _block_grid(self.plan.src_strategy, self.plan.dst_strategy, t.name)
+        return f"{list(t.shape)} of {list(grid)} blocks" if grid else f"{list(t.shape)} blocks"
+
+
+def _pieces_text(t: TensorPlan) -> str:
+    """Each piece: the source rank, its region and, unless it fills the tensor, where to."""
+    whole = tuple((0, n) for n in t.shape)
+    pieces = []
+    for p in t.pieces:
+        into = "" if p.dst_region == whole else f" into {_fmt_region(p.dst_region)}"
+        pieces.append(f"rank {p.src_rank} {_fmt_region(p.src_region)}{into}")
+    return "; ".join(pieces)
 
 
 SOURCE_MODES = ("auto", "fetch", "remote")
@@ -501,6 +571,26 @@ def _product(ranges: Sequence[range]) -> Iterator[tuple[int, ...]]:
             yield (i,) + rest
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the ranks are planned, back as it was after.
+    Thousands of ranks are millions of small objects (tensors, tuples) kept, none in a cycle;
+    each collection would walk all of them again (a third of the planning time at 8192 ranks),
+    and only cycles, which planning does not make, are left to it. After, the objects made go
+    straight to the oldest generation (gc.freeze then gc.unfreeze: moved, not examined), as
+    long-lived objects, rather than all through the young ones (a second more: printing the
+    plan made the first collections after planning walk them all)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.freeze()      # every tracked object to the oldest generation, none examined
+            gc.unfreeze()    # now (the documented pair): the plan's objects are long-lived
+            gc.enable()
+
+
 def build_plan(src: Strategy | None, dst: Strategy | None, source: SourceSet | None, *,
                headers: Headers | None = None, read: Sequence[str] = (),
                dst_ranks: Iterable[int] | None = None, prefix: str = "checkpoint_",
@@ -578,6 +668,44 @@ class _Sources:
         return got
 
 
+class _Class:
+    """The parameters of a destination stage that share their geometry and their sources
+    (grid, source replicas, file, bytes per element): every rank cuts them the same way and,
+    where each source block has one replica, reads them from the same pieces. positions: the
+    indexes of its parameters among the stage's entries."""
+    __slots__ = ("grid", "sources", "file", "itemsize", "positions")
+
+    def __init__(self, grid: _Grid, sources: _Sources, file: str | None, itemsize: int):
+        self.grid, self.sources, self.file, self.itemsize = grid, sources, file, itemsize
+        self.positions: list[int] = []
+
+
+class _StageEntries:
+    """One destination stage, prepared once for all its ranks: its laid-out parameters
+    (entries, in holders order) grouped in classes (of_entry[i]: the class of entries[i]; -1
+    for an entry in error: `errors`, their indexes), and the names carried as is."""
+    __slots__ = ("entries", "carried", "classes", "of_entry", "errors")
+
+    def __init__(self, entries: list[_Entry], carried: list[str]):
+        self.entries, self.carried = entries, carried
+        self.classes: list[_Class] = []
+        self.of_entry: list[int] = []
+        self.errors: list[int] = []
+        index: dict[tuple, int] = {}
+        for n, e in enumerate(entries):
+            if e.error is not None:
+                self.of_entry.append(-1)
+                self.errors.append(n)
+                continue
+            key = (e.grid, e.sources, e.file, e.itemsize)
+            i = index.get(key)
+            if i is None:
+                i = index[key] = len(self.classes)
+                self.classes.append(_Class(e.grid, e.sources, e.file, e.itemsize))
+            self.classes[i].positions.append(n)
+            self.of_entry.append(i)
+
+
 @dataclass(frozen=True, **_SLOTS)
 class _Entry:
     """One laid-out parameter of one destination stage, prepared once for all its ranks.
@@ -617,10 +745,14 @@ class _Planner:
         self.dst_stages: set[int] = set()          # destination stages of the ranks planned
         # Built once and shared, so planning grows with the ranks planned, not ranks x
         # parameters x source devices, and the plan holds each distinct piece once:
-        self.stages: dict[int, tuple[list[_Entry], list[str]]] = {}   # destination stage ->
+        self.stages: dict[int, _StageEntries] = {}   # destination stage ->
         self.grids: dict[tuple, _Grid] = {}        # (full shape, destination grid, source grid)
         self.sources_of: dict[tuple[TensorLayout, ...], _Sources] = {}  # source layouts ->
         self.piece_tuples: dict[tuple, tuple[tuple[Piece, ...], frozenset[int]]] = {}
+        # (cut, sources, file) -> its pieces, their source stages and (rank, elements) read,
+        # where every source block has one replica (no choice by load); None where one has more
+        self.fixed: dict[tuple, tuple[tuple[Piece, ...], frozenset[int],
+                                      tuple[tuple[int, int], ...]] | None] = {}
         self.piece_objects: dict[tuple, Piece] = {}
         self.tuples: dict[tuple, tuple] = {}       # regions and shapes
         self.checked: set[tuple[str, int]] = set()  # (name, rank) slices compared with the first
@@ -648,7 +780,8 @@ class _Planner:
             self.check_unnamed()
             if not self.complete:
                 self.check_copies()
-        rank_plans = tuple(self.plan_rank(d) for d in ranks)
+        with _gc_paused():
+            rank_plans = tuple(self.plan_rank(d) for d in ranks)
         return Plan(rank_plans, _describe(self.src), _describe(self.dst),
                     self.headers is not None, tuple(self.notes), self.source, self.src, self.dst,
                     self.asked, self.prefix, self.fmt,
@@ -975,43 +1108,82 @@ class _Planner:
     def plan_rank(self, d: int) -> RankPlan:
         """Destination rank d: its slice of every laid-out tensor, then the carried values.
         The per-parameter work (layouts, checks, geometry) is done once per destination stage
-        and grid (stage_entries, cut); per rank only the replicas are picked, and only for the
-        first rank holding its slices: a rank holding the same slices as an earlier one (a
-        data-parallel replica) gets the same pieces, so the two files are the same bytes when
-        their carried values come from the same place too (same_as)."""
+        (stage_entries), the cuts once per class of parameters sharing geometry and sources,
+        and per rank only the replicas are picked, and only for the first rank holding its
+        slices: a rank holding the same slices as an earlier one (a data-parallel replica)
+        gets the same pieces, so the two files are the same bytes when their carried values
+        come from the same place too (same_as)."""
         d_stage = self.dst.stage_of(d) if self.dst else 0
         d_local = d % self.d_dev
-        laid, carried = self.stage_entries(d_stage)
+        stage = self.stage_entries(d_stage)
         # the cuts are shared per destination block: equal slices, identical cut objects (an
-        # entry in error has none: the first rank reaching it raises below)
-        key = (d_stage, tuple(None if e.error is not None else
-                              e.grid.by_local.get(d_local) or self.cut(e.grid, d_local)
-                              for e in laid))
+        # entry in error has no class: the first rank reaching it raises in laid_tensors)
+        key = (d_stage, tuple(c.grid.by_local.get(d_local) or self.cut(c.grid, d_local)
+                              for c in stage.classes))
         got = self.laid_of.get(key)
         if got is None:
-            tensors: list[TensorPlan] = []
-            used: set[int] = set()
-            for e, cut in zip(laid, key[1]):
-                if e.error is not None:
-                    raise ReshardError(e.error)
-                pieces, stages = self.pieces(e, cut)
-                used |= stages
-                tensors.append(TensorPlan(e.name, e.dtype, cut.shape, pieces))
-            got = self.laid_of[key] = tuple(tensors), frozenset(used)
+            got = self.laid_of[key] = self.laid_tensors(stage, key[1])
         laid_tensors, used = got
         used_stages = sorted(used) or [0]
         carry_rank = None
         if self.headers is None:
             carry_rank = used_stages[0] * self.s_dev + d_local % self.s_dev if self.src else 0
         carried_tensors = tuple(self.carried(name, d_local % self.s_dev, used_stages)
-                                for name in carried)
+                                for name in stage.carried)
         first = self.holding_same.setdefault((key, carried_tensors, carry_rank), d)
         if first != d:
             self.same_as[d] = first
         return RankPlan(d, output_name(d, self.prefix, self.fmt), laid_tensors + carried_tensors,
                         carry_rank)
 
-    def stage_entries(self, stage: int) -> tuple[list[_Entry], list[str]]:
+    def laid_tensors(self, stage: _StageEntries, cuts: tuple[_Cut, ...]
+                     ) -> tuple[tuple[TensorPlan, ...], frozenset[int]]:
+        """The laid-out tensors of a rank holding these cuts (one per class), and the source
+        stages they read. A class whose source blocks have one replica each reads fixed pieces,
+        looked up once for all its tensors; the other tensors (all, with headers) pick, in
+        order, the least loaded replica, the bytes of the fixed tensors before them counted
+        first: the picks of a tensor-by-tensor walk, which raises the first error it meets."""
+        fixed = [self.fixed_pieces(c, cut) if self.headers is None else None
+                 for c, cut in zip(stage.classes, cuts)]
+        used: set[int] = set()
+        for f in fixed:
+            if f is not None:
+                used |= f[1]
+        fixed_pieces = [() if f is None else f[0] for f in fixed]
+        tensors = [_tensor_plan(e.name, e.dtype, cuts[i].shape, fixed_pieces[i]) if i >= 0
+                   else None for e, i in zip(stage.entries, stage.of_entry)]   # None: raised
+        picked = sorted(stage.errors + [n for c, f in zip(stage.classes, fixed) if f is None
+                                        for n in c.positions])
+        counted = [0] * len(fixed)      # per class: its fixed tensors whose bytes are counted
+        for n in picked:
+            e, i = stage.entries[n], stage.of_entry[n]
+            if e.error is not None:
+                raise ReshardError(e.error)
+            self.count_fixed(stage, fixed, counted, n)
+            pieces, stages = self.pieces(e, cuts[i])
+            used |= stages
+            tensors[n] = _tensor_plan(e.name, e.dtype, cuts[i].shape, pieces)
+        self.count_fixed(stage, fixed, counted, len(stage.entries))
+        return tuple(tensors), frozenset(used)
+
+    def count_fixed(self, stage: _StageEntries, fixed: list, counted: list[int],
+                    before: int) -> None:
+        """Count the bytes of the fixed tensors among the stage's entries[:before] not counted
+        yet (counted: per class, how many are)."""
+        for j, f in enumerate(fixed):
+            if f is not None:
+                upto = bisect.bisect_left(stage.classes[j].positions, before)
+                if upto > counted[j]:
+                    self.count_loads(f[2], stage.classes[j].itemsize * (upto - counted[j]))
+                    counted[j] = upto
+
+    def count_loads(self, reads: tuple[tuple[int, int], ...], times: int) -> None:
+        """Add (rank, elements) reads, `times` bytes per element, to the source ranks' loads."""
+        loads = self.loads
+        for rank, nelems in reads:
+            loads[rank] = loads.get(rank, 0) + nelems * times
+
+    def stage_entries(self, stage: int) -> _StageEntries:
         """The parameters of one destination stage, in holders order: those laid out (with their
         layouts, geometry and any error, raised when a rank reaches it, so errors come in the
         order a rank-by-rank walk finds them) and the names carried as is."""
@@ -1034,8 +1206,8 @@ class _Planner:
                 continue
             laid.append(self.entry(name, full, dlay, [sl for sl in slays
                                                       if sl.same_blocks(slays[0])]))
-        self.stages[stage] = laid, carried
-        return laid, carried
+        got = self.stages[stage] = _StageEntries(laid, carried)
+        return got
 
     def entry(self, name: str, full: tuple[int, ...], dlay: TensorLayout,
               slays: list[TensorLayout]) -> _Entry:
@@ -1118,10 +1290,36 @@ class _Planner:
                 rank = self.pick(self.holding(e.name, e.sources.replicas[sblock], sblock))
             loads[rank] = loads.get(rank, 0) + nelems * e.itemsize
             ranks.append(rank)
-        key = (cut, tuple(ranks), e.file)
+        return self.piece_tuple(cut, tuple(ranks), e.file)
+
+    def fixed_pieces(self, c: _Class, cut: _Cut) -> tuple[tuple[Piece, ...], frozenset[int],
+                                                           tuple[tuple[int, int], ...]] | None:
+        """Without headers: the pieces of a class's tensors on this cut where each source
+        block has one replica (present), with their source stages and (rank, elements) read;
+        None where a block has several (each tensor picks the least loaded)."""
+        key = (cut, c.sources, c.file)
+        if key in self.fixed:
+            return self.fixed[key]
+        ranks = []
+        for sblock, _, _, _ in cut.parts:
+            cands = c.sources.candidates(sblock, self).cands
+            if len(cands) > 1:
+                self.fixed[key] = None
+                return None
+            ranks.append(cands[0])
+        pieces, stages = self.piece_tuple(cut, tuple(ranks), c.file)
+        got = self.fixed[key] = pieces, stages, tuple(
+            (rank, nelems) for rank, (_, _, _, nelems) in zip(ranks, cut.parts))
+        return got
+
+    def piece_tuple(self, cut: _Cut, ranks: tuple[int, ...], file: str | None
+                    ) -> tuple[tuple[Piece, ...], frozenset[int]]:
+        """The pieces reading each source block of the cut from these ranks, and their source
+        stages: one shared tuple per (cut, ranks, file)."""
+        key = (cut, ranks, file)
         hit = self.piece_tuples.get(key)
         if hit is None:
-            pieces = tuple(self.piece(rank, e.file, src_rel, dst_rel)
+            pieces = tuple(self.piece(rank, file, src_rel, dst_rel)
                            for rank, (_, src_rel, dst_rel, _) in zip(ranks, cut.parts))
             hit = self.piece_tuples[key] = pieces, frozenset(r // self.s_dev for r in ranks)
         return hit

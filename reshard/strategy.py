@@ -112,7 +112,8 @@ def strategy_paths(path: str) -> list[str]:
         return [path]
     if not os.path.isdir(path):
         raise ReshardError(f"strategy {path} does not exist")
-    names = [n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))]
+    with os.scandir(path) as entries:     # file or not from the listing: no stat per file
+        names = [e.name for e in entries if e.is_file()]
     return [os.path.join(path, n) for n in strategy_files(names, path)]
 
 
@@ -124,15 +125,18 @@ def load_strategy(path: str | None) -> Strategy | None:
         return None
     stages: dict[int, dict[str, TensorLayout]] = {}
     stage_origin: dict[int, str] = {}
-    seen: set[bytes] = set()
+    # size -> the distinct files of that size: a job's folder is thousands of copies of a few
+    # files (one per stage), compared byte for byte (faster than hashing each)
+    seen: dict[int, list[bytes]] = {}
     for f in strategy_paths(path):
         with open(f, "rb") as fh:
             data = fh.read()
         if not data:
             raise ReshardError(f"{f}: strategy file is empty")
-        if data in seen:
+        same_size = seen.setdefault(len(data), [])
+        if data in same_size:
             continue
-        seen.add(data)
+        same_size.append(data)
         for s, lays in _read_file(f, data).items():
             if s in stages:
                 if stages[s] != lays:

@@ -148,6 +148,34 @@ def test_skeleton_equals_the_reference(tmp_path_factory, a, b, shared, some):
                           _reference(s, d, None, dst_ranks=r))
 
 
+def test_fixed_pieces_and_picks_by_load_equal_the_reference(tmp_path):
+    """Parameters with one source replica per block (optimizer-sharded: fixed pieces, looked
+    up once per class) beside parameters with several (picked by load, after the bytes of the
+    fixed pieces before them): within one destination stage, in both orders, and a stage of
+    fixed pieces only whose bytes weigh on the picks of a later one; every rank and some."""
+    params = synth.llama_params(num_layers=4, vocab=60, hidden=16, ffn=32)
+    for name, kw in (("a", dict(dp=4, mp=2, pp=2)), ("b", dict(dp=2, mp=2, pp=2)),
+                     ("c", dict(dp=8, mp=1, pp=1))):
+        synth.write_strategy(str(tmp_path / name), opt_shard=-1, num_layers=4, params=params,
+                             **kw)
+    # d: every parameter optimizer-sharded (one replica per block) but lm_head (8 replicas)
+    stages = synth.strategy_stages(8, 1, 1, synth.llama_params(num_layers=4, vocab=64, hidden=16,
+                                                               ffn=32), opt_shard=-1, num_layers=4)
+    stages[0]["lm_head.weight"].update(opt_weight_shard_size=0, opt_weight_shard_step=0)
+    synth.write_layouts(str(tmp_path / "d"), stages, 8)
+    a, b, c, d = (api.load_strategy(str(tmp_path / n)) for n in "abcd")
+    emb = "model.tok_embeddings.embedding_weight"
+    assert len(a.layouts[emb][0].replicas[(0, 0)]) > 1          # picked by load
+    assert len(a.layouts["model.layers.0.attention.wq.weight"][0].replicas[(0, 0)]) == 1
+    assert len(d.layouts[emb][0].replicas[(0, 0)]) == 1
+    assert len(d.layouts["lm_head.weight"][0].replicas[(0, 0)]) == 8
+    for src, dst, ranks in ((a, b, None), (a, c, None), (c, b, None), (a, b, [1, 2, 6]),
+                            (b, a, None), (d, b, None), (d, b, [0, 6]), (d, b, [3, 4]),
+                            (d, a, [4, 8])):
+        plan = api.plan_from_strategies(None, src, dst, dst_ranks=ranks)
+        _assert_same_plan(plan, _reference(src, dst, None, dst_ranks=ranks))
+
+
 def test_full_plans_equal_the_reference(tmp_path):
     """With headers: a rank-folder source (all of it, and a partial copy), a redundancy-removed
     one (the planner reads other replicas' files) and a complete one."""
