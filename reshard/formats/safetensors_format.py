@@ -12,6 +12,7 @@ import json
 from typing import Sequence
 
 from reshard.formats.base import CheckpointReader, CheckpointWriter
+from reshard.formats.interface import CheckpointFormat
 from reshard.formats.meta import STORAGE_DTYPES, FormatError, TensorMeta
 from reshard.formats.regions import Extent
 
@@ -21,6 +22,15 @@ TO_CODE = {"Float64": "F64", "Float32": "F32", "Float16": "F16", "BFloat16": "BF
 FROM_CODE = {code: name for name, code in TO_CODE.items()}
 _MAX_HEADER = 100 * 1024 * 1024   # the safetensors library's own limit
 DEFAULT_METADATA = {"format": "ms"}
+# A sharded safetensors folder's index: Hugging Face's model.safetensors.index.json
+# ({"weight_map": {name: file}}) or MindFormers' param_name_map.json (the same map, with or
+# without the "weight_map" level).
+INDEX_SUFFIX = "index.json"
+MINDFORMERS_INDEX = "param_name_map.json"
+# Beside a folder mindspore.unified_safetensors wrote (part<k>.safetensors and
+# param_name_map.json): the values no strategy describes (global_step, epoch_num, step_num,
+# loss_scale, ...), which its index does not name and MindSpore's loader gives every rank.
+HYPER_PARAM_FILE = "hyper_param.safetensors"
 
 
 class SafetensorsReader(CheckpointReader):
@@ -114,3 +124,26 @@ def header_bytes(metas: Sequence[TensorMeta], metadata: dict[str, str] | None,
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text
+
+
+class SafetensorsFormat(CheckpointFormat):
+    """safetensors as MindSpore saves it: the dtypes of TO_CODE only (no 'str' or Int4 value);
+    a folder of shards may have an index (Hugging Face's or MindFormers'), and a
+    unified_safetensors folder its training state in HYPER_PARAM_FILE."""
+    name = "safetensors"
+    extensions = (".safetensors",)
+    reader = SafetensorsReader
+    writer = SafetensorsWriter
+    mindspore_name = "safetensors"
+    unindexed = (HYPER_PARAM_FILE,)
+
+    def refusal(self, dtype: str, shape=None) -> str | None:
+        if dtype is not None and dtype not in TO_CODE:
+            return f"a {dtype} value cannot be stored in safetensors"
+        return None
+
+    def is_index(self, file_name: str) -> bool:
+        return file_name.endswith(INDEX_SUFFIX) or file_name == MINDFORMERS_INDEX
+
+
+FORMAT = SafetensorsFormat()
