@@ -360,9 +360,6 @@ def _run_mindspore(a, source: SourceSet, src: Strategy | None, dst: Strategy | N
     except ImportError as exc:
         raise ReshardError(f"--engine mindspore needs MindSpore ({exc}): install it "
                            "(pip install 'cloud-ckpt-transform[mindspore]') or use --engine stream") from None
-    output_format = registry.get(a.fmt, "--format").mindspore_name
-    if output_format is None:
-        raise ReshardError(f"--engine mindspore: MindSpore cannot write --format {a.fmt}; use --engine stream")
     dst_dir = stage.dir("dst_checkpoint") if is_url(a.dst_checkpoint) else a.dst_checkpoint
     base = source.base
     if is_url(base):
@@ -389,7 +386,7 @@ def _run_mindspore(a, source: SourceSet, src: Strategy | None, dst: Strategy | N
                 write_merged_strategy(s, path)
         strategies.append(path)
     ms.transform_checkpoints(src_dir, dst_dir, a.prefix, strategies[0], strategies[1],
-                             process_num=a.process_num, output_format=output_format)
+                             process_num=a.process_num, output_format=registry.get(a.fmt).mindspore_name)
     if dst_dir != a.dst_checkpoint:
         import obs_io
         with _storage("--dst_checkpoint", a.dst_checkpoint):
@@ -437,6 +434,8 @@ def convert_from_args(argv=None) -> int:
     if args.rank_id is not None and args.engine == "mindspore":
         raise ReshardError("--rank_id converts one block with this engine: it does not go with "
                            "--engine mindspore")
+    if args.engine == "mindspore" and registry.get(args.fmt).mindspore_name is None:
+        raise ReshardError(f"--engine mindspore: MindSpore cannot write --format {args.fmt}; use --engine stream")
     if args.dst_checkpoint and args.dst_checkpoint_dir:
         raise ReshardError("--dst_checkpoint and --dst_checkpoint_dir: give one (the latter adds "
                            "the checkpoint's name, as MindFormers does)")

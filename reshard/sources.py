@@ -230,7 +230,7 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
         return SourceSet(root, True, {0: name}, is_file=True)
 
     for candidate in candidates:
-        owned = candidate.folder_source(root, entries, step)
+        owned = candidate.folder_source(root, entries, step=step, partial=partial)
         if owned is not None:
             return owned
     top: list[SourceEntry] = []

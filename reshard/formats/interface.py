@@ -12,7 +12,7 @@ this order:
 
 1. which format: registry.get(name) for `--format` / `load_ckpt_format` (registry.names() are
    the choices); registry.by_file(name) for a file found in a source.
-2. the source: sources.classify asks every format `folder_source(root, entries, step)` first (a
+2. the source: sources.classify asks every format `folder_source(root, entries, ...)` first (a
    format that owns its folder layout, e.g. one with a metadata file naming its shards, answers
    with the SourceSet itself); else the rank-folder layout applies (rank_<r>/ folders or a
    folder of complete files) with the files `owns()` accepts, the index files `is_index()`
@@ -95,9 +95,10 @@ class CheckpointFormat:
         """The one line for a file whose bytes do not sum to its own checksum."""
         return f"{location}: corrupt checkpoint: it records CRC32 {expected:08x}, its bytes sum to {found:08x}"
 
-    def folder_source(self, root: str, entries: list[SourceEntry],
-                      step: Step | None = None) -> SourceSet | None:
-        """A format that owns its folder layout recognises a source folder here (entries as
-        sources.classify takes them) and returns what it is; None: not such a folder (the
-        rank-folder layout applies)."""
+    def folder_source(self, root: str, entries: list[SourceEntry], *, step: Step | None = None,
+                      partial: bool = False) -> SourceSet | None:
+        """A format that owns its folder layout recognises a source folder here and returns what
+        it is (which file holds each source rank); None: not such a folder (the rank-folder
+        layout applies). Arguments as sources.classify takes them (pure: names and sizes, no
+        I/O); ReshardError, one line naming the folder, for such a folder that is incomplete."""
         return None
