@@ -511,9 +511,9 @@ def transform(src_checkpoint: str, dst_checkpoint: str, *,
     src_checkpoint: a complete .ckpt/.safetensors file, a folder of complete files (their union;
     a safetensors index decides which file holds each tensor), or a folder of rank_<r>/ folders
     (the last checkpoint in name order in each). Strategies: strategy file or folder paths, or
-    loaded Strategy objects (parsed once); None for a complete checkpoint. fmt: the output
-    format's name (formats.registry: 'ckpt', 'safetensors', ...; dtypes are never converted).
-    process_num: destination ranks converted at once (worker processes). max_memory: host-memory budget in bytes
+    loaded Strategy objects (parsed once); None for a complete checkpoint. fmt: a registered
+    format (formats.registry; the output format; dtypes are never converted). process_num: destination
+    ranks converted at once (worker processes). max_memory: host-memory budget in bytes
     (default half of the available memory). dst_ranks: the ranks to convert (the source may
     then hold only the rank folders they need). dry_run: plan only (report.plan), write nothing.
     log_dir: one log file per converting process. step: the training step to read where the
