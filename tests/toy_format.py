@@ -30,8 +30,6 @@ TAIL = 8 + len(MAGIC)
 
 
 class ToyReader(CheckpointReader):
-    fmt = "toy"
-
     def _index(self) -> None:
         tail = self._src.read_at(max(0, self.size - TAIL), TAIL)
         if len(tail) != TAIL or tail[8:] != MAGIC:
@@ -50,8 +48,6 @@ class ToyReader(CheckpointReader):
 
 
 class ToyWriter(CheckpointWriter):
-    fmt = "toy"
-
     def __init__(self, path, metas, **options):
         super().__init__(path, metas)
         self._entries: list[list] = []

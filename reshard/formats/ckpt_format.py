@@ -157,8 +157,6 @@ def crc_mismatch(location: str, trailer: int, crc: int) -> str:
 
 
 class CkptReader(CheckpointReader):
-    fmt = "ckpt"
-
     def check_crc(self) -> None:
         """Compare MindSpore's CRC trailer (save_checkpoint(crc_check=True)) with the records'
         bytes, read once from start to trailer: a corrupt source is refused before anything is
@@ -292,7 +290,6 @@ class CkptWriter(CheckpointWriter):
     """Streams records; with crc_check=True appends MindSpore's CRC32 trailer: the CRC32 of
     every record byte, which is the file's own running checksum (records start the file), so
     it is taken from the writer's summing rather than summed twice."""
-    fmt = "ckpt"
 
     def __init__(self, path, metas: Sequence[TensorMeta], crc_check: bool = False):
         super().__init__(path, metas)

@@ -34,8 +34,6 @@ HYPER_PARAM_FILE = "hyper_param.safetensors"
 
 
 class SafetensorsReader(CheckpointReader):
-    fmt = "safetensors"
-
     def _index(self) -> None:
         first = self._src.read_at(0, self._src.header_window)   # the header too, when small
         head = first[:8]
@@ -88,8 +86,6 @@ class SafetensorsReader(CheckpointReader):
 
 
 class SafetensorsWriter(CheckpointWriter):
-    fmt = "safetensors"
-
     def __init__(self, path, metas: Sequence[TensorMeta],
                  metadata: dict[str, str] | None = None):
         super().__init__(path, metas)
