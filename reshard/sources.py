@@ -16,12 +16,11 @@ Every error is a ReshardError whose text is one line naming the culprit.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from .errors import ReshardError
@@ -75,8 +74,10 @@ class SourceSet:
         several; WARNING: the others are newer by modification time; files an index leaves out).
     step: the step read when the files are named by step (`<prefix>-<epoch>_<step>.ckpt`).
     unindexed: files of an indexed folder whose every value counts though the index does not
-        name them (the format's `unindexed`: safetensors' hyper_param.safetensors, the
-        training state of a unified_safetensors folder).
+        name them (safetensors' hyper_param.safetensors, the training state of a
+        unified_safetensors folder).
+    format: the name of the format whose layout this is, where one decides it (a folder it
+        owns, an index it reads: with_index asks it); None for the rank-folder layout.
     """
     root: str
     complete: bool
@@ -87,6 +88,7 @@ class SourceSet:
     notes: tuple[Note, ...] = field(default=())
     step: Step | None = None     # the training step read (step-named files, reshard.steps)
     unindexed: tuple[str, ...] = ()
+    format: str | None = None
 
     @property
     def name(self) -> str:
@@ -118,30 +120,12 @@ class SourceSet:
         return self.index_name is not None and self.index is None
 
     def with_index(self, data: bytes | str) -> "SourceSet":
-        """This set with its index applied (data: the bytes of `index_name`): the index decides
-        which file holds each tensor; files it does not name are left out (with a note)."""
-        if self.index_name is None:
+        """This set with its index applied (data: the bytes of `index_name`), by the format that
+        reads it (CheckpointFormat.apply_index: for safetensors, the index decides which file
+        holds each tensor; files it does not name are left out, with a note)."""
+        if self.index_name is None or self.format is None:
             raise ReshardError(f"{self.root}: has no index")
-        present = set(self.files.values())
-        fmt = _indexed_format(self.index_name, present)
-        index = _parse_index(data, self.path_of(self.index_name), fmt.name)
-        for name, file in index.items():
-            if file not in present:
-                raise ReshardError(f"{self.path_of(self.index_name)}: parameter {name} is in "
-                                   f"{file}, which is not a {fmt.extensions[0]} file of {self.root}")
-        named = sorted(set(index.values()))
-        unindexed = tuple(n for n in fmt.unindexed if n in present - set(named))
-        notes = list(self.notes)
-        left_out = sorted(present - set(named) - set(unindexed))
-        if left_out:
-            notes.append(Note(logging.INFO, f"{self.root}: {self.index_name} names {len(named)} "
-                                            f"of {len(present)} files; ignoring "
-                                            f"{', '.join(left_out)}"))
-        for name in unindexed:
-            notes.append(Note(logging.INFO, f"{self.root}: {name} (values no strategy describes, "
-                                            f"such as global_step) goes into every destination rank"))
-        return replace(self, files=dict(enumerate(named + list(unindexed))), index=index,
-                       notes=tuple(notes), unindexed=unindexed)
+        return _registry().get(self.format).apply_index(self, data)
 
 
 def output_name(rank: int, prefix: str, fmt: str) -> str:
@@ -170,10 +154,6 @@ def _candidates(fmt: str | None) -> tuple:
     return (registry.get(fmt),) if fmt is not None else registry.formats()
 
 
-def _indexed_format(index_name: str, files: Iterable[str]):
-    """The format whose index `index_name` is, among those of `files`."""
-    return next(f for f in _registry().formats()
-                if f.is_index(index_name) and any(f.owns(n) for n in files))
 
 
 def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, *,
@@ -268,14 +248,14 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
     elif step is not None:
         raise ReshardError(f"--step {step}: {root} is a sharded checkpoint with an index, not a "
                            f"series of saves")
-    index_name = None
-    if index_names and any(f.is_index(i) and f.owns(n) for f in candidates for i in index_names
-                           for n in names):
-        if len(index_names) > 1:
-            raise ReshardError(f"source checkpoint folder {root} holds several indexes "
-                               f"({', '.join(sorted(index_names))}): keep one")
-        index_name = index_names[0]
-    return SourceSet(root, True, dict(enumerate(names)), index_name=index_name)
+    indexed = next((f for f in candidates if any(f.is_index(i) for i in index_names)
+                    and any(f.owns(n) for n in names)), None)
+    if indexed is None:
+        return SourceSet(root, True, dict(enumerate(names)))
+    if len(index_names) > 1:
+        raise ReshardError(f"source checkpoint folder {root} holds several indexes "
+                           f"({', '.join(sorted(index_names))}): keep one")
+    return SourceSet(root, True, dict(enumerate(names)), index_name=index_names[0], format=indexed.name)
 
 
 def _classify_ranks(root, rank_dirs, in_rank, top, fmt, candidates, partial, kinds, step) -> SourceSet:
@@ -340,20 +320,6 @@ def check_source_strategy(source: SourceSet, strategy_world: int | None) -> Note
                            f"strategy has {strategy_world} ranks)")
     return Note(logging.WARNING, f"the source strategy is ignored: of one rank, it describes a "
                                  f"complete checkpoint, which {source.root} is (one rank_0 folder)")
-
-
-def _parse_index(data: bytes | str, where: str, kind: str) -> dict[str, str]:
-    try:
-        content = json.loads(data)
-        if isinstance(content, dict) and isinstance(content.get("weight_map"), dict):
-            content = content["weight_map"]
-        if not isinstance(content, dict) or not content or \
-                not all(isinstance(k, str) and isinstance(v, str) for k, v in content.items()):
-            raise ValueError("expected a map of parameter names to file names")
-    except ValueError as e:
-        raise ReshardError(f"{where}: not a {kind} index ({' '.join(str(e).split())})") \
-            from None
-    return dict(content)
 
 
 # -- strategy folders ---------------------------------------------------------------------

@@ -15,8 +15,10 @@ this order:
 2. the source: sources.classify asks every format `folder_source(root, entries, ...)` first (a
    format that owns its folder layout, e.g. one with a metadata file naming its shards, answers
    with the SourceSet itself); else the rank-folder layout applies (rank_<r>/ folders or a
-   folder of complete files) with the files `owns()` accepts, the index files `is_index()`
-   accepts, and the `unindexed` files an index leaves out but that still count.
+   folder of complete files) with the files `owns()` accepts; an index file beside complete
+   files that `is_index()` accepts is read by `apply_index(source, bytes)` (SourceSet.with_index),
+   which says which file holds each parameter. A format that owns its folder layout may name a
+   set-level file of its own (a metadata file) as the SourceSet's index_name the same way.
 3. the plan: `refusal(dtype, shape)` for every value to write (the conversion is refused before
    anything is written, naming the parameter and a format that can store it).
 4. reading: `reader(location, ...)` per source file; `embedded_crc(index)` says what a file's own
@@ -28,6 +30,8 @@ this order:
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
+
+from reshard.errors import ReshardError
 
 if TYPE_CHECKING:
     from reshard.formats.base import CheckpointReader, CheckpointWriter, FileIndex
@@ -49,8 +53,6 @@ class CheckpointFormat:
         MindSpore cannot write it.
     resume_loads_folder: MindFormers resumes a single-card training of it from the converted
         set's folder (rank_0/ holding the file), not from the file itself.
-    unindexed: files of an indexed source folder that its index does not name but whose values
-        count (they go into every destination rank).
     """
     name: str = ""
     extensions: tuple[str, ...] = ()
@@ -59,7 +61,6 @@ class CheckpointFormat:
     has_checksum: bool = False
     mindspore_name: str | None = None
     resume_loads_folder: bool = False
-    unindexed: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<checkpoint format {self.name}>"
@@ -78,9 +79,15 @@ class CheckpointFormat:
         return file_name.endswith(self.extensions)
 
     def is_index(self, file_name: str) -> bool:
-        """Whether a file beside complete files of this format is an index naming which file
-        holds each parameter (sources.SourceSet.with_index reads it)."""
+        """Whether a file beside complete files of this format is its index (apply_index reads
+        it)."""
         return False
+
+    def apply_index(self, source: SourceSet, data: bytes | str) -> SourceSet:
+        """`source` (classified with its index_name and this format) completed by the bytes of
+        its index: which file holds each parameter (SourceSet.index), the files that count.
+        ReshardError naming the index for one that cannot be used."""
+        raise ReshardError(f"{source.path_of(source.index_name)}: format {self.name} reads no index")
 
     def output_name(self, rank: int, prefix: str) -> str:
         """THE name of a destination rank's file, relative to the destination folder."""
@@ -98,7 +105,8 @@ class CheckpointFormat:
     def folder_source(self, root: str, entries: list[SourceEntry], *, step: Step | None = None,
                       partial: bool = False) -> SourceSet | None:
         """A format that owns its folder layout recognises a source folder here and returns what
-        it is (which file holds each source rank); None: not such a folder (the rank-folder
+        it is (which file holds each source rank; with index_name and format set, a set-level
+        file the callers read and give to apply_index); None: not such a folder (the rank-folder
         layout applies). Arguments as sources.classify takes them (pure: names and sizes, no
         I/O); ReshardError, one line naming the folder, for such a folder that is incomplete."""
         return None
