@@ -32,6 +32,7 @@ from obs_io.urls import check as check_url
 from obs_io.version import package_version
 from reshard.cli import parse_size as reshard_parse_size
 from reshard.errors import ReshardError
+from reshard.formats import registry as formats
 from reshard.sources import check_prefix
 from reshard.steps import Step, parse_step
 from cloud_entry.jobspec import JobSpec
@@ -39,7 +40,7 @@ from cloud_entry.jobspec import JobSpec
 log = logging.getLogger(__name__)
 
 RUN_MODES = ("train", "finetune", "eval", "predict")
-CKPT_FORMATS = ("ckpt", "safetensors")
+CKPT_FORMATS = formats.names()   # the registered checkpoint formats (RESHARD_FORMATS adds more)
 # Shortcuts for parallel_config.<key>; `--parallel_config.<key>=v` works for any key.
 PARALLEL_KEYS = ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num",
                  "context_parallel", "expert_parallel", "vocab_emb_dp", "use_seq_parallel",
@@ -203,7 +204,7 @@ FLAGS: dict[str, Flag] = {
     "only_save_strategy": Flag("only_save_strategy", parse_bool, "MindFormers: compile, save strategy, exit",
                                "the config's"),
     "load_ckpt_format": Flag("load_ckpt_format", parse_choice(CKPT_FORMATS), "format of the checkpoint files",
-                             "the config's, else ckpt"),
+                             f"the config's, else {formats.DEFAULT}"),
     "use_parallel": Flag("use_parallel", parse_bool, "False: single-card (complete checkpoint)", "the config's"),
     "run_mode": Flag("run_mode", parse_choice(RUN_MODES), "MindFormers' run mode", "the config's"),
     "output_dir": Flag("output_dir", _text, "local output folder", "the config's, else ./output", "PATH"),

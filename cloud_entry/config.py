@@ -31,6 +31,7 @@ from obs_io import redact
 from cloud_entry.errors import EntryError
 from cloud_entry.jobspec import JobSpec
 from obs_io.urls import ObjectURL
+from reshard.formats import registry as formats
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ CONFIG_KEYS = {
     "remote_save_url": "remote_save_url",
 }
 DEFAULTS = {"load_checkpoint": "", "src_strategy_path_or_dir": "", "auto_trans_ckpt": False,
-            "transform_process_num": 1, "only_save_strategy": False, "load_ckpt_format": "ckpt",
+            "transform_process_num": 1, "only_save_strategy": False, "load_ckpt_format": formats.DEFAULT,
             "use_parallel": True, "run_mode": "train", "output_dir": "./output",
             "remote_save_url": ""}
 BASE_CONFIG = "base_config"

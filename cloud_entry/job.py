@@ -35,6 +35,7 @@ from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_d
 from reshard import integrity
 from reshard.claim import OutputClaim
 from reshard.plan import Plan
+from reshard.formats import registry as formats
 from reshard.sources import check_writable, output_name, overlap, overlap_text, probe_writable
 
 log = logging.getLogger("cloud_entry")
@@ -182,7 +183,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     launch.check_command(job.launch_cmd, env)   # found now, not after the conversion and upload
     for key, old, new in config_mod.diff(config_mod.mask_secrets(base), config_mod.mask_secrets(cfg)):
         log.info("config %s: %r -> %r", key, old, new)
-    fmt = job.load_ckpt_format or "ckpt"
+    fmt = job.load_ckpt_format or formats.DEFAULT
     source = (sync.inspect_source(job.load_checkpoint, fmt, step=job.load_checkpoint_step)
               if job.load_checkpoint else None)
     if not converting and (job.dst_strategy or job.src_strategy):
@@ -273,7 +274,7 @@ def _strategies(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], source: syn
     mine = blocks.led_by(convert_ranks)
     if not mine or not plan_now or (dst is None and job.use_parallel):   # or a strategy pass first
         return src, dst, None
-    skeleton = convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or "ckpt",
+    skeleton = convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or formats.DEFAULT,
                                 _policy(job))
     try:   # headers by ranged GETs (a bad source fails before any transfer)
         return src, dst, convert.complete(skeleton, source_root(layout, source))
@@ -396,7 +397,7 @@ def transform(p: JobPlan, env: dict[str, str],
     leaders = [b.leader for b in my_blocks]
     log.info("%s; this node converts %s", ", ".join(map(str, p.blocks.blocks)),
              ", ".join(map(str, my_blocks)) or "nothing")
-    fmt = job.load_ckpt_format or "ckpt"
+    fmt = job.load_ckpt_format or formats.DEFAULT
     written: dict[str, tuple[int, str]] = {}
     shown: dict[str, str] = {}   # local copy -> the location the user gave
     previous = p.previous
@@ -510,7 +511,7 @@ def transform(p: JobPlan, env: dict[str, str],
     # (convert_checkpoint_config -> is_hf_checkpoint: "checkpoint_path is not a directory"), and
     # every release (1.8-2.1) resumes from the set's folder, rank_0/ holding the file
     # (scripts/mindformers_compat.py, the resume column).
-    resume = fmt == "ckpt" and _resumes(p.config, job.launch_cmd)
+    resume = formats.get(fmt).resume_loads_folder and _resumes(p.config, job.launch_cmd)
     loaded = layout.transformed if job.use_parallel or resume else \
         join(layout.transformed, output_name(0, job.prefix, fmt))
     log.info("checkpoint ready: %s", loaded)
@@ -558,7 +559,7 @@ def _set_manifest(p: JobPlan, succeeded: list[markers.Marker], src_s: str | None
         files.update(markers.block_files(marker, p.layout.marker_dir))
     assert p.source is not None
     world = p.cluster.world_size if p.job.use_parallel else 1
-    fmt = p.job.load_ckpt_format or "ckpt"
+    fmt = p.job.load_ckpt_format or formats.DEFAULT
     unlisted = [r for r in range(world) if output_name(r, p.job.prefix, fmt) not in files]
     if unlisted:
         raise EntryError(f"{p.layout.marker_dir}: the blocks' success markers list no file for "

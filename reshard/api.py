@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from .errors import ReshardError
-from .formats import FormatError, open_reader
+from .formats import FormatError, open_reader, registry
 from .fetch import SourceFetcher, fetch_bytes, horizon
 from .formats.growing import Growing
 from .execute import (PROCESS_BASE_BYTES, RunResult, SourceFiles, UploadTo, expected_peak,
@@ -33,7 +33,7 @@ from .execute import (PROCESS_BASE_BYTES, RunResult, SourceFiles, UploadTo, expe
                       uploaded_ranks)
 from obs_io.atomic import write_atomic
 from .plan import Fetch, Headers, Plan, PlanPolicy, build_plan, choose_mode, human_size, source_uses
-from .sources import (FORMATS, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
+from .sources import (RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
                       check_source_strategy, classify, is_url)
 from .steps import Step
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
@@ -74,8 +74,7 @@ def _strategy(value: Strategy | str | None) -> Strategy | None:
 
 
 def _check_fmt(fmt: str, prefix: str = "checkpoint_") -> None:
-    if fmt not in FORMATS:
-        raise ReshardError(f"--format {fmt!r}: must be ckpt or safetensors")
+    registry.get(fmt, "--format")
     check_prefix(prefix)
 
 
@@ -124,7 +123,7 @@ def find_sources(src_checkpoint: str, fmt: str | None = None, *,
 
 def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None,
                          dst_strategy: Strategy | None, *, dst_ranks: Iterable[int] | None = None,
-                         prefix: str = "checkpoint_", fmt: str = "ckpt",
+                         prefix: str = "checkpoint_", fmt: str = registry.DEFAULT,
                          policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The skeleton plan, from strategies and the source's file list alone (no file is read):
     which source files the destination ranks read (Plan.needed_files). source None: a plan from
@@ -450,7 +449,8 @@ def check_source_crcs(plan: Plan, local_root: str, only: set[str] | None = None)
         if plan.mode_of(name) == "remote" or (only is not None and name not in only):
             continue
         path = source.path_of(name, local_root)
-        if not path.endswith(".ckpt"):
+        fmt = registry.by_file(path)
+        if fmt is None or not fmt.has_checksum:
             continue
         try:
             with open_reader(path) as reader:
@@ -463,7 +463,7 @@ def check_source_crcs(plan: Plan, local_root: str, only: set[str] | None = None)
 
 def make_plan(src_checkpoint: str | None, *, src_strategy: Strategy | str | None = None,
               dst_strategy: Strategy | str | None = None, prefix: str = "checkpoint_",
-              fmt: str = "ckpt", dst_ranks: Iterable[int] | None = None,
+              fmt: str = registry.DEFAULT, dst_ranks: Iterable[int] | None = None,
               step: Step | None = None, policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The full plan of a local checkpoint; or the skeleton from strategies alone when
     src_checkpoint is None or does not exist. Strategies: paths or loaded Strategy objects;
@@ -501,7 +501,7 @@ def write_merged_strategy(strategy: Strategy | str, out_file: str) -> None:
 def transform(src_checkpoint: str, dst_checkpoint: str, *,
               src_strategy: Strategy | str | None = None,
               dst_strategy: Strategy | str | None = None, prefix: str = "checkpoint_",
-              fmt: str = "ckpt", process_num: int = 1, max_memory: int | None = None,
+              fmt: str = registry.DEFAULT, process_num: int = 1, max_memory: int | None = None,
               dst_ranks: Iterable[int] | None = None, dry_run: bool = False,
               log_dir: str | None = None, step: Step | None = None,
               policy: PlanPolicy = PlanPolicy()) -> TransformReport:
@@ -511,8 +511,8 @@ def transform(src_checkpoint: str, dst_checkpoint: str, *,
     src_checkpoint: a complete .ckpt/.safetensors file, a folder of complete files (their union;
     a safetensors index decides which file holds each tensor), or a folder of rank_<r>/ folders
     (the last checkpoint in name order in each). Strategies: strategy file or folder paths, or
-    loaded Strategy objects (parsed once); None for a complete checkpoint. fmt: 'ckpt' or
-    'safetensors' (the output format; dtypes are never converted). process_num: destination
+    loaded Strategy objects (parsed once); None for a complete checkpoint. fmt: a registered
+    format (formats.registry; the output format; dtypes are never converted). process_num: destination
     ranks converted at once (worker processes). max_memory: host-memory budget in bytes
     (default half of the available memory). dst_ranks: the ranks to convert (the source may
     then hold only the rank folders they need). dry_run: plan only (report.plan), write nothing.

@@ -34,6 +34,7 @@ from . import integrity
 from .blocks import plan_blocks
 from .claim import OutputClaim
 from .execute import LOG_NAME, MANIFEST_DIR, forget_uploads, rank_digest
+from .formats import registry
 from .plan import SOURCE_MODES, PlanPolicy, human_size, ranks_text
 from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
                       is_url, probe_writable,
@@ -165,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write parameters the destination strategy does not name whole into "
                         "every rank; without it they are an error (a strategy of another model, or "
                         "saved with only_trainable_params=True)")
-    p.add_argument("--format", dest="fmt", choices=("ckpt", "safetensors"), default="ckpt",
-                   help="output format (default ckpt); dtypes are never converted")
+    p.add_argument("--format", dest="fmt", choices=registry.names(), default=registry.DEFAULT,
+                   help=f"output format (default {registry.DEFAULT}); dtypes are never converted")
     p.add_argument("--engine", choices=("stream", "mindspore"), default="stream",
                    help="stream: this engine (default); mindspore: MindSpore's own "
                         "transform_checkpoints on the same input, for comparison")
@@ -385,7 +386,7 @@ def _run_mindspore(a, source: SourceSet, src: Strategy | None, dst: Strategy | N
                 write_merged_strategy(s, path)
         strategies.append(path)
     ms.transform_checkpoints(src_dir, dst_dir, a.prefix, strategies[0], strategies[1],
-                             process_num=a.process_num, output_format=a.fmt)
+                             process_num=a.process_num, output_format=registry.get(a.fmt).mindspore_name)
     if dst_dir != a.dst_checkpoint:
         import obs_io
         with _storage("--dst_checkpoint", a.dst_checkpoint):
@@ -433,6 +434,8 @@ def convert_from_args(argv=None) -> int:
     if args.rank_id is not None and args.engine == "mindspore":
         raise ReshardError("--rank_id converts one block with this engine: it does not go with "
                            "--engine mindspore")
+    if args.engine == "mindspore" and registry.get(args.fmt).mindspore_name is None:
+        raise ReshardError(f"--engine mindspore: MindSpore cannot write --format {args.fmt}; use --engine stream")
     if args.dst_checkpoint and args.dst_checkpoint_dir:
         raise ReshardError("--dst_checkpoint and --dst_checkpoint_dir: give one (the latter adds "
                            "the checkpoint's name, as MindFormers does)")

@@ -9,11 +9,12 @@ open the growing file (formats.growing) and each read waits for its bytes, so a 
 rank starts converting as soon as the bytes it reads first are local, not after the whole
 download; execute starts the ranks in the order their bytes arrive (horizon()).
 
-A file is published under its final name once all its bytes are there and, for a .ckpt saved
-with MindSpore's CRC trailer, once the CRC32 computed while writing matches the trailer: no
-second read. Ranks converted from a file before that are recorded as unverified (execute) until
-every file they read is published; a corrupt source fails the conversion, naming the user's
-URL, and the ranks made from it are removed.
+A file is published under its final name once all its bytes are there and, for a file that
+carries its own checksum (its format's embedded_crc: a .ckpt saved with MindSpore's CRC
+trailer), once the CRC32 computed while writing matches it: no second read. Ranks converted
+from a file before that are recorded as unverified (execute) until every file they read is
+published; a corrupt source fails the conversion, naming the user's URL, and the ranks made
+from it are removed.
 
 Values every rank carries as they are (global_step, learning_rate, ... : no layout) sit at the
 end of a MindSpore checkpoint; read in file order they would hold every rank until the last
@@ -33,9 +34,9 @@ from obs_io.atomic import Landing
 from obs_io.crc import crc32
 
 from .errors import ReshardError
+from .formats import registry
 from .formats.base import FileIndex
 from .formats.meta import FormatError
-from .formats.ckpt_format import CRC_TRAILER_LEN, crc_mismatch
 from .plan import Plan, RankPlan
 
 log = logging.getLogger("reshard")
@@ -198,8 +199,10 @@ class SourceFetcher:
         from obs_io.oneline import one_line
         from obs_io.transfer import download_in_order
         index, landing, url = self.indexes[name], self._landings[name], self._url(name)
-        checked = index.crc_trailer is not None and name.endswith(".ckpt")
-        covered = index.size - CRC_TRAILER_LEN if checked else 0
+        fmt = registry.by_file(name)
+        embedded = fmt.embedded_crc(index) if fmt is not None else None
+        checked = embedded is not None
+        covered, expected = embedded if checked else (0, 0)
         state = {"written": 0, "crc": 0}
         with open(landing.temp, "r+b") as f:
             def write(data: bytes) -> None:
@@ -223,8 +226,8 @@ class SourceFetcher:
         if state["written"] != index.size:
             raise ReshardError(f"{url}: downloaded {state['written']} bytes, not the {index.size} "
                                "its headers were read from")
-        if checked and state["crc"] != index.crc_trailer:
-            raise ReshardError(crc_mismatch(url, index.crc_trailer, state["crc"]))
+        if checked and state["crc"] != expected:
+            raise ReshardError(fmt.crc_mismatch(url, expected, state["crc"]))
         with self._lock:
             landing.commit()
             self.published.append(name)

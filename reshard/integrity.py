@@ -26,7 +26,6 @@ from reshard.sources import _join, is_url
 MANIFEST_NAME = "conversion_manifest.json"
 FORMAT = 1
 READ_BYTES = 8 << 20
-_CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
 
 
 @dataclass(frozen=True)
@@ -135,11 +134,13 @@ class Verdict:
 
 
 def _listed(location: str) -> list[tuple[str, int]]:
-    """(relative name, size) of every checkpoint file in the set's rank_<r>/ folders."""
+    """(relative name, size) of every checkpoint file (of any registered format) in the set's
+    rank_<r>/ folders."""
     import obs_io
+    from reshard.formats import registry
     entries = obs_io.file.list_entries(location, recursive=True)
     return [(e.name, e.length) for e in entries if e.is_file() and e.name.startswith("rank_")
-            and "/" in e.name and e.name.endswith(_CHECKPOINT_SUFFIXES)]
+            and "/" in e.name and any(f.owns(e.name) for f in registry.formats())]
 
 
 def verify(location: str, manifest: SetManifest | None = None) -> Verdict:

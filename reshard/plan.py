@@ -31,11 +31,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from . import compare
 from .errors import ReshardError
-from .formats import CheckpointReader, FileIndex, FormatError, TensorMeta, open_reader
+from .formats import CheckpointReader, FileIndex, FormatError, TensorMeta, open_reader, registry
 from .formats.meta import STORAGE_DTYPES
-from .formats.safetensors_format import TO_CODE as SAFETENSORS_DTYPES
 from .layout import LayoutError, TensorLayout, complete_layout
-from .sources import FORMATS, SourceSet, output_name
+from .sources import SourceSet, output_name
 from .strategy import Strategy
 
 Region = tuple[tuple[int, int], ...]
@@ -223,7 +222,7 @@ class Plan:
     dst_strategy: Strategy | None = None
     dst_ranks: tuple[int, ...] | None = None      # as asked; None = every destination rank
     prefix: str = "checkpoint_"
-    fmt: str = "ckpt"
+    fmt: str = registry.DEFAULT
     local_root: str | None = None
     policy: PlanPolicy = field(default_factory=PlanPolicy)
     # relative name -> how the conversion reads that source file (complete_plan decides: see
@@ -594,7 +593,7 @@ def _gc_paused() -> Iterator[None]:
 def build_plan(src: Strategy | None, dst: Strategy | None, source: SourceSet | None, *,
                headers: Headers | None = None, read: Sequence[str] = (),
                dst_ranks: Iterable[int] | None = None, prefix: str = "checkpoint_",
-               fmt: str = "ckpt", policy: PlanPolicy = PlanPolicy()) -> Plan:
+               fmt: str = registry.DEFAULT, policy: PlanPolicy = PlanPolicy()) -> Plan:
     """A skeleton (headers None: from strategies alone) or a full plan (the headers of the files
     `read`, and of other replicas' files where a chosen file lacks a parameter, or where
     check_copies compares a value with another rank's). Raises ReshardError (naming the
@@ -726,8 +725,7 @@ class _Planner:
     def __init__(self, src: Strategy | None, dst: Strategy | None, source: SourceSet | None,
                  headers: Headers | None, read: tuple[str, ...], dst_ranks, prefix: str,
                  fmt: str, policy: PlanPolicy):
-        if fmt not in FORMATS:
-            raise ReshardError(f"--format {fmt!r}: must be ckpt or safetensors")
+        self.format = registry.get(fmt, "--format")
         self.src, self.dst, self.source, self.headers = src, dst, source, headers
         self.read_names, self.prefix, self.fmt, self.policy = read, prefix, fmt, policy
         self.kept_whole: set[str] = set()          # unnamed by dst, kept whole (policy)
@@ -888,9 +886,7 @@ class _Planner:
             m0 = self.meta(keys[0], name)
             self.metas0[name] = m0
             self.dtypes[name] = m0.dtype
-            if self.fmt == "safetensors" and m0.dtype not in SAFETENSORS_DTYPES:
-                raise ReshardError(f"parameter {name}: a {m0.dtype} value cannot be stored in "
-                                   f"safetensors (use --format ckpt)")
+            self.check_storable(name, m0.dtype)
             laid_out = slay is not None or (dst is not None and name in dst.layouts)
             if not m0.sliceable and laid_out:
                 raise ReshardError(f"parameter {name}: a {m0.dtype} value cannot be resharded")
@@ -1461,12 +1457,13 @@ class _Planner:
             raise ReshardError(f"parameter {name}: rank {key} holds {m.dtype}{list(m.shape)}, "
                                f"rank {k0} {m0.dtype}{list(m0.shape)}")
 
-    def check_storable(self, name: str, dtype: str | None, shape: tuple[int, ...]) -> None:
-        """MindSpore reads a .ckpt tensor with dims [0] back as a scalar: refuse to write one."""
-        if self.fmt == "ckpt" and dtype in STORAGE_DTYPES and tuple(shape) == (0,):
-            raise ReshardError(f"parameter {name}: a tensor of shape [0] cannot be stored in "
-                               f".ckpt (MindSpore reads dims [0] back as a scalar); use "
-                               f"--format safetensors")
+    def check_storable(self, name: str, dtype: str | None, shape: tuple[int, ...] | None = None) -> None:
+        """The output format must store the value (its dtype; its shape when given: .ckpt cannot
+        hold dims [0]); else the one line names the parameter and a format that can."""
+        why = self.format.refusal(dtype, shape)
+        if why is not None:
+            can = [f.name for f in registry.formats() if f.can_store(dtype, shape)]
+            raise ReshardError(f"parameter {name}: {why}" + (f"; use --format {can[0]}" if can else ""))
 
     def same_bytes(self, file_a: str, file_b: str, meta: TensorMeta) -> bool:
         """Whether two files of the source hold the same bytes for one tensor (all of them)."""

@@ -5,8 +5,8 @@ and for the job (cloud_entry builds them from an object-store listing): no I/O h
 and obs_io is never imported.
 
     classify(root, entries, fmt=None)      -> SourceSet   which files a checkpoint source uses
-    SourceSet.with_index(data)              -> SourceSet   a sharded safetensors folder's index applied
-    output_name(rank, prefix, fmt)          -> str         rank_<r>/<prefix><r>.<fmt>
+    SourceSet.with_index(data)              -> SourceSet   a sharded folder's index applied
+    output_name(rank, prefix, fmt)          -> str         the format's name of a rank's file
     strategy_files(folder_names, where)     -> list[str]   the files a strategy folder stands for
     overlap(a, b) / overlaps(a, b)                        one location is, holds or is inside the other,
                                                            every part of it resolved (links followed)
@@ -16,33 +16,21 @@ Every error is a ReshardError whose text is one line naming the culprit.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from .errors import ReshardError
 from .steps import Step, choose, chosen_line
 
 __all__ = ["SourceEntry", "SourceSet", "Note", "classify", "check_source_strategy", "output_name",
-           "check_prefix", "strategy_files", "overlap", "overlaps", "resolved_parts", "check_output", "CHECKPOINT_EXTS", "STRATEGY_EXTS", "FORMATS"]
+           "check_prefix", "strategy_files", "overlap", "overlaps", "resolved_parts", "check_output", "STRATEGY_EXTS"]
 
-FORMATS = ("ckpt", "safetensors")
-CHECKPOINT_EXTS = (".ckpt", ".safetensors")
 STRATEGY_EXTS = (".ckpt", ".json")
 RANK_DIR = re.compile(r"^rank_(\d+)$")
-# A sharded safetensors folder's index: Hugging Face's model.safetensors.index.json
-# ({"weight_map": {name: file}}) or MindFormers' param_name_map.json (the same map, with or
-# without the "weight_map" level).
-INDEX_SUFFIX = "index.json"
-MINDFORMERS_INDEX = "param_name_map.json"
-# Beside a folder mindspore.unified_safetensors wrote (part<k>.safetensors and
-# param_name_map.json): the values no strategy describes (global_step, epoch_num, step_num,
-# loss_scale, ...), which its index does not name and MindSpore's loader gives every rank.
-HYPER_PARAM_FILE = "hyper_param.safetensors"
 _SCHEMES = ("obs://", "s3://")
 
 
@@ -77,15 +65,19 @@ class SourceSet:
         model); False for rank_<r>/ folders.
     files: rank (distributed) or shard index (complete, 0..n-1 in name order) -> relative name
         ('/'-separated, relative to `base`).
-    index: parameter name -> relative name of the file holding it, for a sharded safetensors
-        folder with an index (None otherwise, or until with_index() applied it).
+    index: parameter name -> relative name of the file holding it, for a sharded folder with
+        an index (a format's is_index: safetensors' model.safetensors.index.json,
+        param_name_map.json) (None otherwise, or until with_index() applied it).
     index_name: relative name of that index file, when the folder has one.
     is_file: root is the checkpoint file itself; then base is its folder.
     notes: lines for the user (INFO: which step or file was chosen where a folder holds
         several; WARNING: the others are newer by modification time; files an index leaves out).
     step: the step read when the files are named by step (`<prefix>-<epoch>_<step>.ckpt`).
     unindexed: files of an indexed folder whose every value counts though the index does not
-        name them (HYPER_PARAM_FILE: the training state of a unified_safetensors folder).
+        name them (safetensors' hyper_param.safetensors, the training state of a
+        unified_safetensors folder).
+    format: the name of the format whose layout this is, where one decides it (a folder it
+        owns, an index it reads: with_index asks it); None for the rank-folder layout.
     """
     root: str
     complete: bool
@@ -96,6 +88,7 @@ class SourceSet:
     notes: tuple[Note, ...] = field(default=())
     step: Step | None = None     # the training step read (step-named files, reshard.steps)
     unindexed: tuple[str, ...] = ()
+    format: str | None = None
 
     @property
     def name(self) -> str:
@@ -127,34 +120,18 @@ class SourceSet:
         return self.index_name is not None and self.index is None
 
     def with_index(self, data: bytes | str) -> "SourceSet":
-        """This set with its index applied (data: the bytes of `index_name`): the index decides
-        which file holds each tensor; files it does not name are left out (with a note)."""
-        if self.index_name is None:
-            raise ReshardError(f"{self.root}: has no safetensors index")
-        index = _parse_index(data, self.path_of(self.index_name))
-        present = set(self.files.values())
-        for name, file in index.items():
-            if file not in present:
-                raise ReshardError(f"{self.path_of(self.index_name)}: parameter {name} is in "
-                                   f"{file}, which is not a .safetensors file of {self.root}")
-        named = sorted(set(index.values()))
-        unindexed = (HYPER_PARAM_FILE,) if HYPER_PARAM_FILE in present - set(named) else ()
-        notes = list(self.notes)
-        left_out = sorted(present - set(named) - set(unindexed))
-        if left_out:
-            notes.append(Note(logging.INFO, f"{self.root}: {self.index_name} names {len(named)} "
-                                            f"of {len(present)} files; ignoring "
-                                            f"{', '.join(left_out)}"))
-        if unindexed:
-            notes.append(Note(logging.INFO, f"{self.root}: {HYPER_PARAM_FILE} (values no strategy describes, "
-                                            f"such as global_step) goes into every destination rank"))
-        return replace(self, files=dict(enumerate(named + list(unindexed))), index=index,
-                       notes=tuple(notes), unindexed=unindexed)
+        """This set with its index applied (data: the bytes of `index_name`), by the format that
+        reads it (CheckpointFormat.apply_index: for safetensors, the index decides which file
+        holds each tensor; files it does not name are left out, with a note)."""
+        if self.index_name is None or self.format is None:
+            raise ReshardError(f"{self.root}: has no index")
+        return _registry().get(self.format).apply_index(self, data)
 
 
 def output_name(rank: int, prefix: str, fmt: str) -> str:
-    """THE name of a destination rank's file, relative to the destination folder."""
-    return f"rank_{rank}/{prefix}{rank}.{fmt}"
+    """THE name of a destination rank's file, relative to the destination folder, as format
+    `fmt` names it (rank_<r>/<prefix><r>.ckpt)."""
+    return _registry().get(fmt).output_name(rank, prefix)
 
 
 def check_prefix(prefix: str, flag: str = "--prefix") -> None:
@@ -164,16 +141,19 @@ def check_prefix(prefix: str, flag: str = "--prefix") -> None:
         raise ReshardError(f"{flag}={prefix!r}: must be a non-empty file-name prefix without a path")
 
 
-def _checkpoint_exts(fmt: str | None) -> tuple[str, ...]:
-    if fmt is None:
-        return CHECKPOINT_EXTS
-    if fmt not in FORMATS:
-        raise ReshardError(f"format {fmt!r}: must be ckpt or safetensors")
-    return (f".{fmt}",)
+def _registry():
+    """reshard.formats.registry, imported when first needed: the formats' modules import this
+    one (is_url), so this one cannot import them at its top."""
+    from .formats import registry
+    return registry
 
 
-def _is_index(name: str) -> bool:
-    return name.endswith(INDEX_SUFFIX) or name == MINDFORMERS_INDEX
+def _candidates(fmt: str | None) -> tuple:
+    """The formats a source may be in: `fmt`, or every registered one (None)."""
+    registry = _registry()
+    return (registry.get(fmt),) if fmt is not None else registry.formats()
+
+
 
 
 def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, *,
@@ -187,9 +167,11 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
     known; None infers a file when there is exactly one entry and it is named like root's last
     component (a folder named x.ckpt holding only x.ckpt is then taken as the file: say so).
 
-    fmt: 'ckpt' / 'safetensors' keeps only files of that format; None keeps both (then a rank
-    folder holding both is an error). Hidden names (a component starting with '.') never count.
+    fmt: a format's name (reshard.formats.registry) keeps only files of that format; None keeps
+    every format's (then a rank folder holding two is an error). Hidden names (a component
+    starting with '.') never count.
 
+    - a folder a format owns the layout of (CheckpointFormat.folder_source): what it says;
     - a file: a complete checkpoint (it must be .ckpt / .safetensors, of `fmt` when given);
     - a folder whose only rank folder is rank_0/ (and not `partial`): a complete checkpoint,
       as MindSpore and MindFormers take it (a conversion's complete output is <dst>/rank_0/);
@@ -202,13 +184,14 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
       gaps, unless `partial` (a local copy holding only the ranks a block needs); checkpoint
       files beside the rank folders are ignored (with a note);
     - a folder of checkpoint files: complete, their union is the model; unless they are named
-      by step (several saves of one complete checkpoint): then one step, by the same rule. A
-      safetensors index (*index.json / param_name_map.json) beside them sets index_name; apply
-      it with with_index(bytes) before planning;
+      by step (several saves of one complete checkpoint): then one step, by the same rule. An
+      index beside them (the format's is_index: safetensors' *index.json / param_name_map.json)
+      sets index_name; apply it with with_index(bytes) before planning;
     - anything else (an empty folder, no checkpoint file) is an error.
     step: the step asked for (`--step`); ReshardError when the source is one file.
     """
-    exts = _checkpoint_exts(fmt)
+    candidates = _candidates(fmt)
+    exts = tuple(e for f in candidates for e in f.extensions)
     entries = list(entries)
     kinds = " or ".join(exts)
     if is_file is None:
@@ -226,6 +209,10 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
                                f"checkpoint {root} is one file")
         return SourceSet(root, True, {0: name}, is_file=True)
 
+    for candidate in candidates:
+        owned = candidate.folder_source(root, entries, step=step, partial=partial)
+        if owned is not None:
+            return owned
     top: list[SourceEntry] = []
     index_names: list[str] = []
     rank_dirs: set[int] = set()
@@ -245,10 +232,10 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
         elif len(parts) == 1 and not is_dir:
             if parts[0].endswith(exts):
                 top.append(e)
-            elif _is_index(parts[0]):
+            elif any(f.is_index(parts[0]) for f in candidates):
                 index_names.append(parts[0])
     if rank_dirs:
-        return _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds, step)
+        return _classify_ranks(root, rank_dirs, in_rank, top, fmt, candidates, partial, kinds, step)
     if not top:
         raise ReshardError(f"source checkpoint folder {root} holds no {kinds} file and no "
                            f"rank_<r> folder")
@@ -261,24 +248,26 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
     elif step is not None:
         raise ReshardError(f"--step {step}: {root} is a sharded checkpoint with an index, not a "
                            f"series of saves")
-    index_name = None
-    if index_names and any(n.endswith(".safetensors") for n in names):
-        if len(index_names) > 1:
-            raise ReshardError(f"source checkpoint folder {root} holds several indexes "
-                               f"({', '.join(sorted(index_names))}): keep one")
-        index_name = index_names[0]
-    return SourceSet(root, True, dict(enumerate(names)), index_name=index_name)
+    indexed = next((f for f in candidates if any(f.is_index(i) for i in index_names)
+                    and any(f.owns(n) for n in names)), None)
+    if indexed is None:
+        return SourceSet(root, True, dict(enumerate(names)))
+    if len(index_names) > 1:
+        raise ReshardError(f"source checkpoint folder {root} holds several indexes "
+                           f"({', '.join(sorted(index_names))}): keep one")
+    return SourceSet(root, True, dict(enumerate(names)), index_name=index_names[0], format=indexed.name)
 
 
-def _classify_ranks(root, rank_dirs, in_rank, top, fmt, partial, kinds, step) -> SourceSet:
+def _classify_ranks(root, rank_dirs, in_rank, top, fmt, candidates, partial, kinds, step) -> SourceSet:
     notes: list[Note] = []
     cands_of: dict[int, list[SourceEntry]] = {}
     for r in sorted(rank_dirs):
         cands = sorted(in_rank.get(r, ()), key=lambda e: e.name)
         if not cands:
             continue        # an empty rank folder: a gap
-        if fmt is None and len({os.path.splitext(c.name)[1] for c in cands}) > 1:
-            raise ReshardError(f"{_join(root, f'rank_{r}')} mixes .ckpt and .safetensors files")
+        kinds_here = sorted({f.extensions[0] for c in cands for f in candidates if f.owns(c.name)})
+        if fmt is None and len(kinds_here) > 1:
+            raise ReshardError(f"{_join(root, f'rank_{r}')} mixes {' and '.join(kinds_here)} files")
         cands_of[r] = cands
     if not cands_of:
         raise ReshardError(f"source checkpoint folder {root}: its rank_<r> folders hold no "
@@ -331,20 +320,6 @@ def check_source_strategy(source: SourceSet, strategy_world: int | None) -> Note
                            f"strategy has {strategy_world} ranks)")
     return Note(logging.WARNING, f"the source strategy is ignored: of one rank, it describes a "
                                  f"complete checkpoint, which {source.root} is (one rank_0 folder)")
-
-
-def _parse_index(data: bytes | str, where: str) -> dict[str, str]:
-    try:
-        content = json.loads(data)
-        if isinstance(content, dict) and isinstance(content.get("weight_map"), dict):
-            content = content["weight_map"]
-        if not isinstance(content, dict) or not content or \
-                not all(isinstance(k, str) and isinstance(v, str) for k, v in content.items()):
-            raise ValueError("expected a map of parameter names to file names")
-    except ValueError as e:
-        raise ReshardError(f"{where}: not a safetensors index ({' '.join(str(e).split())})") \
-            from None
-    return dict(content)
 
 
 # -- strategy folders ---------------------------------------------------------------------

@@ -32,7 +32,8 @@ from typing import Mapping, Sequence
 
 from .errors import ReshardError
 
-_STEP_NAME = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.(?:ckpt|safetensors)$")
+# the name without its format's extension (sources.classify passes checkpoint files only)
+_STEP_NAME = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.[^.]+$")
 _STEP_TEXT = re.compile(r"^\s*(\d+)[_-](\d+)\s*$")
 _RUN_SUFFIX = re.compile(r"^_(\d+)$")
 

@@ -24,6 +24,7 @@ import pytest
 
 import obs_io
 import synth
+from reshard.formats import registry
 from platform_harness import BOOT, ModelArtsJob, upload
 
 TOOLS = ("transform-checkpoint", "cloud-entry")
@@ -146,7 +147,7 @@ def _fetched(url: str, local: Path) -> str | None:
         names = obs_io.file.list_directory(url, recursive=True)
     except FileNotFoundError:
         return None
-    if not any(n.endswith((".ckpt", ".safetensors")) for n in names):
+    if not any(registry.by_file(n) for n in names):   # a checkpoint file of any registered format
         return None
     obs_io.file.copy_parallel(url, str(local))
     return str(local)

@@ -1,10 +1,12 @@
-"""Checkpoint storage behind reader/writer interfaces (.ckpt and .safetensors).
+"""Checkpoint storage behind reader/writer interfaces, one format per module (.ckpt and
+.safetensors built in; formats.registry lists them and takes more, formats.interface says what a
+format declares).
 
 TensorMeta.dtype is MindSpore's tensor_type name ("Float32", "Float16", "BFloat16", "Int64",
 "Bool", "str", ...). Arrays travel in a *storage* numpy dtype of the same item size (BFloat16 ->
 np.uint16) so no value is ever converted.
 
-    open_reader(location) -> CheckpointReader       # by suffix: .ckpt / .safetensors; a local
+    open_reader(location) -> CheckpointReader       # by suffix (registry.by_file); a local
                                                     # path, or a URL read by ranged GETs
         reader.metas: dict[str, TensorMeta]         # in file order
         reader.read(name, region=None, out=None) -> np.ndarray
@@ -26,24 +28,21 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from reshard.formats import registry
 from reshard.formats.base import CheckpointReader, CheckpointWriter, FileIndex
-from reshard.formats.ckpt_format import CkptReader, CkptWriter
+from reshard.formats.interface import CheckpointFormat
 from reshard.formats.meta import FormatError, TensorMeta
-from reshard.formats.safetensors_format import SafetensorsReader, SafetensorsWriter
 
-__all__ = ["CheckpointReader", "CheckpointWriter", "FileIndex", "FormatError", "TensorMeta", "format_of",
-           "open_reader", "open_writer"]
-
-_READERS = {"ckpt": CkptReader, "safetensors": SafetensorsReader}
-_WRITERS = {"ckpt": CkptWriter, "safetensors": SafetensorsWriter}
+__all__ = ["CheckpointFormat", "CheckpointReader", "CheckpointWriter", "FileIndex", "FormatError", "TensorMeta",
+           "format_of", "open_reader", "open_writer", "registry"]
 
 
 def format_of(path: str | os.PathLike) -> str:
-    """'ckpt' or 'safetensors' from the file name's suffix."""
-    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
-    if suffix not in _READERS:
-        raise FormatError(f"{os.fspath(path)}: not a .ckpt or .safetensors file name")
-    return suffix
+    """The name of the format of a file, from the ending of its name (registry.by_file)."""
+    fmt = registry.by_file(os.fspath(path))
+    if fmt is None:
+        raise FormatError(f"{os.fspath(path)}: not a {' or '.join(registry.extensions())} file name")
+    return fmt.name
 
 
 def open_reader(location: str | os.PathLike, *, s3_config=None,
@@ -53,12 +52,13 @@ def open_reader(location: str | os.PathLike, *, s3_config=None,
     earlier reader of the same file found (reader.index()): its headers are not read again.
     growing: a formats.growing.Growing for a local file still being downloaded (reshard.fetch;
     index required): reads wait for their bytes."""
-    return _READERS[format_of(location)](location, s3_config=s3_config, index=index, growing=growing)
+    reader = registry.get(format_of(location)).reader
+    return reader(location, s3_config=s3_config, index=index, growing=growing)
 
 
 def open_writer(path: str | os.PathLike, metas: Sequence[TensorMeta], fmt: str | None = None,
                 **options) -> CheckpointWriter:
     fmt = fmt or format_of(path)
-    if fmt not in _WRITERS:
+    if fmt not in registry.names():
         raise FormatError(f"{os.fspath(path)}: unknown checkpoint format {fmt!r}")
-    return _WRITERS[fmt](path, metas, **options)
+    return registry.get(fmt).writer(path, metas, **options)

@@ -65,7 +65,6 @@ class CheckpointReader:
     worker's parent's; None: the current one). Not thread-safe (one scratch buffer per
     reader): open one reader per thread.
     """
-    fmt: str = ""
     crc_trailer: int | None = None   # .ckpt: MindSpore's CRC32 of every record byte, if saved
 
     def __init__(self, location: str | os.PathLike, *, s3_config=None,
@@ -312,7 +311,6 @@ class CheckpointWriter:
     it commits on a clean exit (when not committed or aborted already) and aborts on an
     exception. Subclasses encode: _begin_value / _write_content / _end_value / _finish.
     """
-    fmt: str = ""
 
     def __init__(self, path: str | os.PathLike, metas: Sequence[TensorMeta]):
         self.path = os.fspath(path)

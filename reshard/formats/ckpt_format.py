@@ -23,8 +23,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from obs_io.crc import crc32
-from reshard.formats.base import CheckpointReader, CheckpointWriter
-from reshard.formats.meta import KNOWN_DTYPES, RAW_DTYPES, FormatError, TensorMeta
+from reshard.formats.base import CheckpointReader, CheckpointWriter, FileIndex
+from reshard.formats.interface import CheckpointFormat
+from reshard.formats.meta import KNOWN_DTYPES, RAW_DTYPES, STORAGE_DTYPES, FormatError, TensorMeta
 from reshard.formats.regions import Extent
 
 # save_checkpoint(Tensor) writes a value larger than this as several records of exactly this
@@ -156,8 +157,6 @@ def crc_mismatch(location: str, trailer: int, crc: int) -> str:
 
 
 class CkptReader(CheckpointReader):
-    fmt = "ckpt"
-
     def check_crc(self) -> None:
         """Compare MindSpore's CRC trailer (save_checkpoint(crc_check=True)) with the records'
         bytes, read once from start to trailer: a corrupt source is refused before anything is
@@ -291,7 +290,6 @@ class CkptWriter(CheckpointWriter):
     """Streams records; with crc_check=True appends MindSpore's CRC32 trailer: the CRC32 of
     every record byte, which is the file's own running checksum (records start the file), so
     it is taken from the writer's summing rather than summed twice."""
-    fmt = "ckpt"
 
     def __init__(self, path, metas: Sequence[TensorMeta], crc_check: bool = False):
         super().__init__(path, metas)
@@ -322,3 +320,32 @@ class CkptWriter(CheckpointWriter):
         if self._crc_check:
             self._file.drain()   # every record byte summed
             self._file.write(CRC_TRAILER + self._file.crc32.to_bytes(10, "big"))
+
+
+class CkptFormat(CheckpointFormat):
+    """MindSpore's .ckpt: every dtype and 'str' values; no tensor of dims [0] (MindSpore reads
+    it back as a scalar); an optional CRC32 trailer; MindFormers resumes from the set's folder."""
+    name = "ckpt"
+    extensions = (".ckpt",)
+    reader = CkptReader
+    writer = CkptWriter
+    has_checksum = True
+    mindspore_name = "ckpt"
+    resume_loads_folder = True
+
+    def refusal(self, dtype: str, shape=None) -> str | None:
+        if shape is not None and dtype in STORAGE_DTYPES and tuple(shape) == (0,):
+            return ("a tensor of shape [0] cannot be stored in .ckpt (MindSpore reads dims [0] "
+                    "back as a scalar)")
+        return None
+
+    def embedded_crc(self, index: FileIndex) -> tuple[int, int] | None:
+        if index.crc_trailer is None:
+            return None
+        return index.size - CRC_TRAILER_LEN, index.crc_trailer
+
+    def crc_mismatch(self, location: str, expected: int, found: int) -> str:
+        return crc_mismatch(location, expected, found)
+
+
+FORMAT = CkptFormat()

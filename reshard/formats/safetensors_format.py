@@ -9,11 +9,16 @@ metadata entry "Int4") are read as raw bytes but not written.
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import replace
 from typing import Sequence
 
 from reshard.formats.base import CheckpointReader, CheckpointWriter
+from reshard.formats.interface import CheckpointFormat
 from reshard.formats.meta import STORAGE_DTYPES, FormatError, TensorMeta
 from reshard.formats.regions import Extent
+from reshard.errors import ReshardError
+from reshard.sources import Note, SourceSet
 
 TO_CODE = {"Float64": "F64", "Float32": "F32", "Float16": "F16", "BFloat16": "BF16",
            "Int64": "I64", "Int32": "I32", "Int16": "I16", "Int8": "I8",
@@ -21,11 +26,18 @@ TO_CODE = {"Float64": "F64", "Float32": "F32", "Float16": "F16", "BFloat16": "BF
 FROM_CODE = {code: name for name, code in TO_CODE.items()}
 _MAX_HEADER = 100 * 1024 * 1024   # the safetensors library's own limit
 DEFAULT_METADATA = {"format": "ms"}
+# A sharded safetensors folder's index: Hugging Face's model.safetensors.index.json
+# ({"weight_map": {name: file}}) or MindFormers' param_name_map.json (the same map, with or
+# without the "weight_map" level).
+INDEX_SUFFIX = "index.json"
+MINDFORMERS_INDEX = "param_name_map.json"
+# Beside a folder mindspore.unified_safetensors wrote (part<k>.safetensors and
+# param_name_map.json): the values no strategy describes (global_step, epoch_num, step_num,
+# loss_scale, ...), which its index does not name and MindSpore's loader gives every rank.
+HYPER_PARAM_FILE = "hyper_param.safetensors"
 
 
 class SafetensorsReader(CheckpointReader):
-    fmt = "safetensors"
-
     def _index(self) -> None:
         first = self._src.read_at(0, self._src.header_window)   # the header too, when small
         head = first[:8]
@@ -78,8 +90,6 @@ class SafetensorsReader(CheckpointReader):
 
 
 class SafetensorsWriter(CheckpointWriter):
-    fmt = "safetensors"
-
     def __init__(self, path, metas: Sequence[TensorMeta],
                  metadata: dict[str, str] | None = None):
         super().__init__(path, metas)
@@ -114,3 +124,64 @@ def header_bytes(metas: Sequence[TensorMeta], metadata: dict[str, str] | None,
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text
+
+
+class SafetensorsFormat(CheckpointFormat):
+    """safetensors as MindSpore saves it: the dtypes of TO_CODE only (no 'str' or Int4 value);
+    a folder of shards may have an index (Hugging Face's or MindFormers'), and a
+    unified_safetensors folder its training state in HYPER_PARAM_FILE."""
+    name = "safetensors"
+    extensions = (".safetensors",)
+    reader = SafetensorsReader
+    writer = SafetensorsWriter
+    mindspore_name = "safetensors"
+
+    def refusal(self, dtype: str, shape=None) -> str | None:
+        if dtype is not None and dtype not in TO_CODE:
+            return f"a {dtype} value cannot be stored in safetensors"
+        return None
+
+    def is_index(self, file_name: str) -> bool:
+        return file_name.endswith(INDEX_SUFFIX) or file_name == MINDFORMERS_INDEX
+
+    def apply_index(self, source: SourceSet, data: bytes | str) -> SourceSet:
+        """The index decides which file holds each tensor; files it does not name are left out
+        (with a note), except HYPER_PARAM_FILE, whose values go into every destination rank."""
+        where = source.path_of(source.index_name)
+        index = _parse_index(data, where)
+        present = set(source.files.values())
+        for name, file in index.items():
+            if file not in present:
+                raise ReshardError(f"{where}: parameter {name} is in {file}, which is not a "
+                                   f".safetensors file of {source.root}")
+        named = sorted(set(index.values()))
+        unindexed = (HYPER_PARAM_FILE,) if HYPER_PARAM_FILE in present - set(named) else ()
+        notes = list(source.notes)
+        left_out = sorted(present - set(named) - set(unindexed))
+        if left_out:
+            notes.append(Note(logging.INFO, f"{source.root}: {source.index_name} names {len(named)} "
+                                            f"of {len(present)} files; ignoring "
+                                            f"{', '.join(left_out)}"))
+        if unindexed:
+            notes.append(Note(logging.INFO, f"{source.root}: {HYPER_PARAM_FILE} (values no strategy "
+                                            f"describes, such as global_step) goes into every "
+                                            f"destination rank"))
+        return replace(source, files=dict(enumerate(named + list(unindexed))), index=index,
+                       notes=tuple(notes), unindexed=unindexed)
+
+
+FORMAT = SafetensorsFormat()
+
+
+def _parse_index(data: bytes | str, where: str) -> dict[str, str]:
+    try:
+        content = json.loads(data)
+        if isinstance(content, dict) and isinstance(content.get("weight_map"), dict):
+            content = content["weight_map"]
+        if not isinstance(content, dict) or not content or \
+                not all(isinstance(k, str) and isinstance(v, str) for k, v in content.items()):
+            raise ValueError("expected a map of parameter names to file names")
+    except ValueError as e:
+        raise ReshardError(f"{where}: not a safetensors index ({' '.join(str(e).split())})") \
+            from None
+    return dict(content)
