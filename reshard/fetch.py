@@ -196,7 +196,7 @@ class SourceFetcher:
 
     def _fetch(self, name: str, progress) -> None:
         from obs_io.oneline import one_line
-        from obs_io.transfer import download_in_order
+        from obs_io.streams import download_in_order
         index, landing, url = self.indexes[name], self._landings[name], self._url(name)
         checked = index.crc_trailer is not None and name.endswith(".ckpt")
         covered = index.size - CRC_TRAILER_LEN if checked else 0
