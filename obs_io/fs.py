@@ -66,7 +66,10 @@ class LocalFS(ObjectStore):
         return _LocalWriter(url)
 
     def delete(self, url: str) -> None:
-        os.remove(url)
+        try:
+            os.remove(url)
+        except FileNotFoundError:
+            pass
 
     def exists(self, url: str) -> bool:
         return os.path.exists(url)

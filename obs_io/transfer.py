@@ -321,7 +321,8 @@ class GrowingUpload:
         # lower S3_MULTIPART_THRESHOLD still holds
         tconfig.multipart_threshold = min(tconfig.multipart_threshold, tconfig.multipart_chunksize)
         self.token, self._extra = upload_token()
-        self._extra["Metadata"] = {**(metadata or {}), **self._extra["Metadata"]}
+        self._extra["Metadata"] = {**self._extra["Metadata"], **(metadata or {})}
+        self.token = self._extra["Metadata"][UPLOAD_TOKEN]
         self._thread = Thread(target=self._run, args=(tconfig,), daemon=True, name="obs-io-growing-upload")
         self._thread.start()
 
