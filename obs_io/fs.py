@@ -256,15 +256,6 @@ class S3FS(ObjectStore):
         return any(page.get("Contents") or page.get("CommonPrefixes")
                    for page in self.pages(url, prefix, max_keys=1))
 
-    def exists(self, url: str) -> bool:
-        try:
-            if not ObjectURL.parse(url).key.strip("/"):
-                self.check_bucket(url)
-                return True
-            return self.head(url) is not None or self._has_children(url)
-        except FileNotFoundError:
-            return False
-
     def isdir(self, url: str) -> bool:
         try:
             if not ObjectURL.parse(url).key.strip("/"):
@@ -273,14 +264,6 @@ class S3FS(ObjectStore):
             return self._has_children(url)
         except FileNotFoundError:
             return False
-
-    def stat(self, url: str) -> StatResult:
-        info = self.head(url)
-        if info is not None:
-            return StatResult(info.size, info.mtime_ns, False, url)
-        if self.isdir(url):
-            return StatResult(0, 0, True, url)
-        raise ObjectNotFound(f"{url}: no such object or folder")
 
     def ls(self, url: str) -> list[DirEntry]:
         u = ObjectURL.parse(url)

@@ -318,17 +318,47 @@ class UploadCancelled(Exception):
     """Raised in a growing upload's read when its file was abandoned."""
 
 
-class StreamUpload:
+class BackgroundUpload:
+    """An upload running on its own thread from a stream (Tail, Pipe) that another thread
+    feeds: finish(size) waits for its end, abort() ends it leaving nothing under the key,
+    cancel() is abort() without waiting (safe from a signal handler). A subclass sets url,
+    token (the object's upload token), _tail (the stream), _cfg, and runs _run on _thread,
+    keeping the first failure in _error."""
+
+    url: str
+    token: str
+    _error: BaseException | None = None
+
+    def finish(self, size: int) -> None:
+        """The stream is complete at `size` bytes: wait for the upload's end; raise its error
+        (unless the object is there as sent all the same: settle_failed_upload)."""
+        self._tail.finish(size)
+        self._thread.join()
+        if isinstance(self._error, Exception):
+            settle_failed_upload(self.url, self.token, size, self._error, self._cfg)
+        elif self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """The file was abandoned: end the upload, leaving nothing under the key."""
+        self.cancel()
+        self._thread.join()
+
+    def cancel(self) -> None:
+        """abort() without waiting: the upload ends at its next read, and finish() raises."""
+        self._tail.cancel(UploadCancelled(self.url))
+
+
+class StreamUpload(BackgroundUpload):
     """GrowingUpload's contract over any store's writer: the local file `path`, still being
     appended to, read as it grows (Tail) into store.open_writer(url), committed once finish()
     told the final size; abort() leaves nothing under the key. Errors: from finish()."""
 
     def __init__(self, store, path: str, url: str, size_hint: int, cfg=None, stall: float = 900.0):
-        self.url = url
+        self.url, self._cfg = url, cfg
         self._tail = Tail(path, stall)
         self.token, extra = upload_token()
         self._writer = store.open_writer(url, size_hint, extra["Metadata"], cfg)
-        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="obs-io-stream-upload")
         self._thread.start()
 
@@ -342,16 +372,3 @@ class StreamUpload:
             self._writer.abort()
         finally:
             self._tail.close()
-
-    def finish(self, size: int) -> None:
-        self._tail.finish(size)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        self.cancel()
-        self._thread.join()
-
-    def cancel(self) -> None:
-        self._tail.cancel(UploadCancelled(self.url))

@@ -33,7 +33,7 @@ from .client import MAX_THREADS, get_client, read_object, transfer_config
 from .errors import translating
 from .progress import Progress
 from .store import ObjectWriter
-from .streams import (UPLOAD_TOKEN, Pipe, Tail, UploadCancelled, settle_failed_upload,  # noqa: F401
+from .streams import (UPLOAD_TOKEN, BackgroundUpload, Pipe, Tail, settle_failed_upload,  # noqa: F401
                       settling, upload_token)
 from .urls import ObjectURL, is_remote
 
@@ -293,7 +293,7 @@ def download_fileobj(url: str, fileobj, size: int, threads: int = 8) -> None:
         manager.download(u.bucket, u.key, fileobj).result()
 
 
-class GrowingUpload:
+class GrowingUpload(BackgroundUpload):
     """Upload a local file to `url` while it is still being written, in order, by someone else
     in this process (e.g. a checkpoint writer's temporary file): s3transfer reads it as a
     non-seekable stream, one part at a time as the bytes arrive (its multipart upload, retries
@@ -335,27 +335,6 @@ class GrowingUpload:
             self._error = exc
         finally:
             self._tail.close()
-
-    def finish(self, size: int) -> None:
-        """The file is complete at `size` bytes: wait for the upload's end; raise its error
-        (unless the object is there as sent all the same: settle_failed_upload). The object
-        carries `token` (upload_token) in its metadata."""
-        self._tail.finish(size)
-        self._thread.join()
-        if isinstance(self._error, Exception):
-            settle_failed_upload(self.url, self.token, size, self._error, self._cfg)
-        elif self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        """The file was abandoned: end the upload, leaving nothing under the key."""
-        self.cancel()
-        self._thread.join()
-
-    def cancel(self) -> None:
-        """abort() without waiting (safe from a signal handler): the upload ends at its next
-        read, and finish() raises."""
-        self._tail.cancel(UploadCancelled(self.url))
 
 
 class S3Writer(ObjectWriter):
