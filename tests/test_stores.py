@@ -77,6 +77,19 @@ def test_the_registry_serves_each_scheme_by_its_store(toy, monkeypatch):
         obs_io.registry.unregister("toy")
 
 
+def test_an_installed_package_registers_a_store_by_entry_point(tmp_path, monkeypatch):
+    """An entry point in the group obs_io.stores (name: the scheme) is a registration too."""
+    dist = tmp_path / "toy_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[obs_io.stores]\ntoy = toy_store:ToyStore\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("OBS_IO_STORES", raising=False)
+    monkeypatch.setattr(obs_io.registry, "_entry_points", None)   # read again, with this package
+    assert obs_io.is_remote("toy://bucket/k")
+    assert type(obs_io.store_for("toy://bucket/k")).__name__ == "ToyStore"
+
+
 def test_obs_io_alone_imports_boto3_and_botocore():
     """No module outside obs_io imports boto3, botocore or s3transfer."""
     repo = Path(__file__).resolve().parent.parent
