@@ -19,7 +19,7 @@ import pytest
 import obs_io
 from obs_io.errors import ObjectChanged
 from obs_io.store import ObjectStore
-from obs_io.streams import UPLOAD_TOKEN, download_in_order, upload_size
+from obs_io.streams import UPLOAD_TOKEN, UploadCancelled, download_in_order, upload_size
 from obs_io.urls import join
 
 MiB = 1 << 20
@@ -117,6 +117,27 @@ class StoreContract:
         writer.write(b"new and half")
         writer.abort()
         assert store.read_range(url, 0, 10) == b"old"
+
+    def test_a_file_uploaded_while_it_grows_and_one_abandoned(self, store, root, tmp_path):
+        path = tmp_path / "growing.bin"
+        data = os.urandom(3 * MiB)
+        with open(path, "wb") as f:
+            upload = store.growing_upload(str(path), join(root, "grown.bin"), len(data))
+            for i in range(0, len(data), MiB):
+                f.write(data[i:i + MiB])
+                f.flush()
+        upload.finish(len(data))
+        assert store.read_range(join(root, "grown.bin"), 0, len(data)) == data
+        got = io.BytesIO()
+        store.download_fileobj(join(root, "grown.bin"), got, len(data))
+        assert got.getvalue() == data
+        path.write_bytes(b"half")
+        abandoned = store.growing_upload(str(path), join(root, "abandoned.bin"), MiB)
+        abandoned.abort()
+        assert store.head(join(root, "abandoned.bin")) is None
+        with pytest.raises(UploadCancelled):   # finish() after abort(): the upload did not happen
+            abandoned.finish(4)
+        assert store.abort_uploads(root) == 0
 
     # -- listing, delete, folders -------------------------------------------------------------
     def test_list_gives_children_or_descendants_with_sizes(self, store, root):
