@@ -25,8 +25,8 @@ from .entries import DirEntry, StatResult
 from .registry import register, store_for
 from .urls import is_remote
 
-__all__ = ["file", "is_remote", "store_for", "register", "install_as_moxing", "set_auth", "configure", "reset_config",
-           "current_config", "S3Config", "StatResult", "DirEntry", "quiet_client_logs"]
+__all__ = ["file", "is_remote", "store_for", "register", "install_as_moxing", "set_auth", "configure",
+           "reset_config", "current_config", "S3Config", "StatResult", "DirEntry", "quiet_client_logs"]
 
 
 def __getattr__(name: str) -> ModuleType:
