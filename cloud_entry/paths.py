@@ -21,8 +21,6 @@ TRANSFORMED = "transformed_checkpoint"
 STRATEGY = "strategy"
 
 
-
-
 def rank_dir(root: str, rank: int) -> str:
     return join(root, f"rank_{rank}")
 
