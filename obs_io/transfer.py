@@ -33,8 +33,7 @@ from .client import MAX_THREADS, get_client, read_object, transfer_config
 from .errors import translating
 from .progress import Progress
 from .store import ObjectWriter
-from .streams import (UPLOAD_TOKEN, BackgroundUpload, Pipe, Tail, settle_failed_upload,  # noqa: F401
-                      settling, upload_token)
+from .streams import UPLOAD_TOKEN, BackgroundUpload, Pipe, Tail, settling, upload_token
 from .urls import ObjectURL, is_remote
 
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
