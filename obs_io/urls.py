@@ -48,9 +48,6 @@ class ObjectURL:
         """The key prefix of everything 'inside' this URL seen as a folder."""
         return self.key.rstrip("/") + "/" if self.key.strip("/") else ""
 
-    def child(self, relative: str) -> "ObjectURL":
-        return ObjectURL(self.scheme, self.bucket, self.dir_prefix + relative.lstrip("/"))
-
     def __str__(self) -> str:
         return f"{self.scheme}://{self.bucket}/{self.key}"
 
@@ -68,12 +65,13 @@ def check(*urls: str) -> None:
 
 def join(url: str, *relative: str) -> str:
     """url + '/' + each relative name, for URLs and local paths alike, without doubling
-    slashes (names are '/'-separated; locally they become os.sep-separated)."""
+    slashes (names are '/'-separated; locally they become os.sep-separated). A string rule:
+    URLs are checked where they come in (check), not here."""
     for name in relative:
         if not name:
             continue
         if is_remote(url):
-            url = str(ObjectURL.parse(url).child(name))
+            url = f"{url.rstrip('/')}/{name.lstrip('/')}"
         else:
             url = os.path.join(url, *name.split("/"))
     return url
