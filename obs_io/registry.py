@@ -90,23 +90,34 @@ def is_remote(url: str) -> bool:
 
 
 def _load(spec: str):
-    """The class "module:Class" or "/path/to/file.py:Class" names."""
+    """The class "module:Class" or "/path/to/file.py:Class" names; ValueError naming the spec
+    when it cannot be loaded."""
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name:
         raise ValueError(f"{ENV}: {spec!r} is not module:Class")
+    try:
+        return getattr(_module(where), name)
+    except (ImportError, AttributeError, OSError) as err:
+        raise ValueError(f"cannot load the object store {spec!r}: {err}") from None
+
+
+def _module(where: str):
     if where.endswith(".py"):
         module_name = f"obs_io_store_{abs(hash(os.path.abspath(where)))}"
         module = sys.modules.get(module_name)
         if module is None:
             file_spec = importlib.util.spec_from_file_location(module_name, where)
             if file_spec is None or file_spec.loader is None:
-                raise ValueError(f"{ENV}: cannot load {where}")
+                raise ImportError(f"no Python file at {where}")
             module = importlib.util.module_from_spec(file_spec)
             sys.modules[module_name] = module
-            file_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
-    return getattr(module, name)
+            try:
+                file_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+        return module
+    return importlib.import_module(where)
 
 
 def _instance(found):

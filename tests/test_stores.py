@@ -77,6 +77,13 @@ def test_the_registry_serves_each_scheme_by_its_store(toy, monkeypatch):
         obs_io.registry.unregister("toy")
 
 
+def test_a_store_that_cannot_be_loaded_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("OBS_IO_STORES", f"nope={tmp_path}/missing.py:Store,bad=no_such_module:Store")
+    for url, culprit in (("nope://b/k", "missing.py:Store"), ("bad://b/k", "no_such_module:Store")):
+        with pytest.raises(ValueError, match=f"cannot load the object store .*{culprit}"):
+            obs_io.store_for(url)
+
+
 def test_an_installed_package_registers_a_store_by_entry_point(tmp_path, monkeypatch):
     """An entry point in the group obs_io.stores (name: the scheme) is a registration too."""
     dist = tmp_path / "toy_plugin-1.0.dist-info"
