@@ -62,8 +62,7 @@ def console(node_index: int | None = None, level: int | None = None) -> None:
     handler.setFormatter(logging.Formatter(f"{tag} %(levelname)s: %(message)s"))
     handler._cloud_entry = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    obs_io.quiet_client_logs()
 
 
 def to_file(log_dir: str, node_index: int) -> str:

@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import shutil
 from dataclasses import dataclass
 
 import obs_io
+from obs_io.urls import join  # noqa: F401 - for local paths and URLs alike: obs_io's one rule
 from reshard.sources import overlaps
 
 log = logging.getLogger(__name__)
 
 TRANSFORMED = "transformed_checkpoint"
 STRATEGY = "strategy"
-
-
-def join(base: str, *parts: str) -> str:
-    """Join for local paths and URLs alike (object stores always use '/')."""
-    if obs_io.is_remote(base):
-        return posixpath.join(base.rstrip("/"), *parts)
-    return os.path.join(base, *parts)
 
 
 def rank_dir(root: str, rank: int) -> str:

@@ -1,4 +1,6 @@
-"""Object storage behind Huawei moxing's `mox.file` API: local paths, obs:// and s3:// URLs.
+"""Object storage behind Huawei moxing's `mox.file` API: local paths, obs:// and s3:// URLs, and
+the URLs of any store added as a plug-in (obs_io.store: the interface; obs_io.registry: which
+store serves which scheme).
 
     import obs_io as mox
     mox.file.copy_parallel("obs://bucket/ckpt", "/cache/ckpt")
@@ -13,16 +15,18 @@ processes costs milliseconds, not botocore's import.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from types import ModuleType
 
 from . import config as _config
 from .config import S3Config, configure, current as current_config, set_auth
 from .entries import DirEntry, StatResult
+from .registry import register, store_for
 from .urls import is_remote
 
-__all__ = ["file", "is_remote", "install_as_moxing", "set_auth", "configure", "reset_config",
-           "current_config", "S3Config", "StatResult", "DirEntry"]
+__all__ = ["file", "is_remote", "store_for", "register", "install_as_moxing", "set_auth", "configure",
+           "reset_config", "current_config", "S3Config", "StatResult", "DirEntry", "quiet_client_logs"]
 
 
 def __getattr__(name: str) -> ModuleType:
@@ -31,6 +35,14 @@ def __getattr__(name: str) -> ModuleType:
     if name == "file":
         return importlib.import_module(".file", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def quiet_client_logs(level: int = logging.WARNING) -> None:
+    """Show the store client libraries' log records from `level` up only (a program's verbose
+    log is about its own work, not each HTTP request)."""
+    from .redact import WIRE_LOGGERS
+    for name in WIRE_LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 def reset_config() -> None:

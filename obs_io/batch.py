@@ -20,8 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from . import config as _config
 from .entries import DirEntry
 from .errors import MoxFileNameDuplicateException, ObjectNotFound
-from .fs import S3, backend, list_entries
+from .fs import backend, list_entries
 from .progress import Progress
+from .store import ObjectStore
+from .streams import copy_tasks
 from .atomic import sweep
 from .transfer import CopyTask, abort_stale_uploads, copy_local, execute_remote
 from .urls import check, is_remote, join, safe_relative
@@ -34,12 +36,13 @@ def plan_file(src: str, dst: str) -> CopyTask:
     """One file: moxing's copy(). A folder as source is an error (use copy_parallel)."""
     check(src, dst)
     if is_remote(src):
-        head = S3.head(src)
-        if head is None:
-            if S3.isdir(src):
+        store = backend(src)
+        info = store.head(src)
+        if info is None:
+            if store.isdir(src):
                 raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
             raise ObjectNotFound(f"{src}: no such object")
-        return CopyTask(src, dst, head["ContentLength"], head.get("ETag"))
+        return CopyTask(src, dst, info.size, info.etag)
     if os.path.isdir(src):
         raise IsADirectoryError(f"{src} is a folder: use copy_parallel to copy folders")
     return CopyTask(src, dst, os.path.getsize(src))
@@ -125,7 +128,6 @@ def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_p
     transfers in flight are cancelled, and no partial file is left under a final name."""
     clean_leftovers(tasks)
     progress = Progress(desc, sum(t.size for t in tasks), len(tasks)) if show_progress else None
-    remote = [t for t in tasks if is_remote(t.src) or is_remote(t.dst)]
     local = [t for t in tasks if not (is_remote(t.src) or is_remote(t.dst))]
     try:
         for d in dirs:
@@ -134,8 +136,11 @@ def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_p
             with ThreadPoolExecutor(max(1, min(threads, len(local)))) as pool:
                 for fut in [pool.submit(copy_local, t, progress) for t in local]:
                     fut.result()
-        if remote:
-            _execute_remote_batch(remote, threads, progress, is_processing)
+        for store, group in _by_store(tasks):
+            if store is None:
+                copy_tasks(group, threads, progress)
+            else:
+                store.transfer(group, threads, progress, is_processing)
     except BaseException:
         if progress is not None:
             progress.close(done=False)  # the error is the one line to read, not a "done" line
@@ -144,24 +149,36 @@ def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_p
         progress.close()
 
 
+def _by_store(tasks: list[CopyTask]) -> list[tuple[ObjectStore | None, list[CopyTask]]]:
+    """The tasks with a remote side, grouped by the store that moves them: the one store of
+    their remote side(s); None for copies between two stores (streams.copy_tasks)."""
+    groups: dict[int, tuple[ObjectStore | None, list[CopyTask]]] = {}
+    for t in tasks:
+        stores = {id(s): s for s in (backend(u) for u in (t.src, t.dst) if is_remote(u))}
+        if stores:
+            store = next(iter(stores.values())) if len(stores) == 1 else None
+            groups.setdefault(id(store), (store, []))[1].append(t)
+    return list(groups.values())
+
+
 def clean_leftovers(tasks: list[CopyTask]) -> None:
-    """What a killed run of this copy left, before this one writes: temporary files of dead
-    writers in the local folders being written (atomic.sweep, which never touches a running
-    copy's), and multipart uploads of the keys being uploaded that began before now
-    (abort_stale_uploads). Being unable to list uploads (no permission) is not a reason to
-    fail the copy: it is logged."""
+    """What a killed run of this copy left in the local folders being written: temporary files
+    of dead writers (atomic.sweep, which never touches a running copy's). The S3 store aborts
+    its own (execute_s3)."""
     for folder in sorted({os.path.dirname(os.path.abspath(t.dst)) for t in tasks if not is_remote(t.dst)}):
         sweep(folder)
+
+
+def execute_s3(tasks: list[CopyTask], threads: int, progress: Progress | None, is_processing: bool) -> None:
+    """The S3 store's transfer (S3FS.transfer): first the multipart uploads of these keys that
+    began before now (abort_stale_uploads: a killed run's; being unable to list them, no
+    permission, is logged, not a reason to fail the copy); then, with is_processing and
+    enough small files, those go to worker processes (workers.py) while this process moves
+    the big ones."""
     try:
         abort_stale_uploads(tasks, datetime.datetime.now(datetime.timezone.utc))
     except PermissionError as err:
         log.warning("could not look for multipart uploads left by an interrupted copy: %s", err)
-
-
-def _execute_remote_batch(tasks: list[CopyTask], threads: int, progress: Progress | None,
-                          is_processing: bool) -> None:
-    """With is_processing and enough small files, those go to worker processes (workers.py)
-    while this process moves the big ones."""
     threshold = _config.current().multipart_threshold
     small = [t for t in tasks if t.size < threshold]
     processes = worker_count(is_processing, threads, len(small))

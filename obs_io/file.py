@@ -12,6 +12,7 @@ copy_parallel takes its entries as file_list.
 """
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import glob as _glob
 import os
@@ -26,7 +27,6 @@ from .errors import (MoxFileNameDuplicateException, MoxFileNotExistsException, M
 from .fs import backend, list_entries
 from .remote_file import File
 from .shifting import shift
-from .transfer import abort_uploads
 from .urls import ObjectURL, check, is_remote, join
 
 __all__ = ["copy", "copy_parallel", "exists", "is_directory", "list_directory", "glob", "walk",
@@ -207,6 +207,15 @@ def remove(url: str, recursive: bool = False) -> None:
     A folder without recursive=True is IsADirectoryError (moxing silently does nothing), and a
     missing path is FileNotFoundError: a cleanup that removed nothing must not pass for done."""
     backend(url).rm(url, recursive)
+
+
+def abort_uploads(folder: str, before: datetime.datetime | None = None, names: Iterable[str] | None = None) -> int:
+    """Abort the incomplete multipart uploads below the folder `folder` (a URL) initiated
+    before `before` (None: whenever), of the keys `names` (relative to the folder) only when
+    given: what killed writers left there, whoever they were. Without `names`, for a folder
+    that one writer owns, once nobody else uploads into it (e.g. a job's output once all its
+    blocks are in). Returns how many were aborted (0 on a store whose writers leave nothing)."""
+    return backend(folder).abort_uploads(folder, before, names)
 
 
 def rename(src_url: str, dst_url: str) -> None:

@@ -1,5 +1,5 @@
-"""One file-system interface, two back ends (the fsspec idea): local disk and S3/OBS, and
-backend(), which picks one for a path or URL.
+"""The two stores obs_io ships (obs_io.store's interface): local disk and S3/OBS; the registry
+(obs_io.registry) says which serves a URL, backend() asks it.
 
 Folders on S3 are key prefixes: a folder exists when any object lives under `prefix/` (an empty
 `prefix/` marker object, as moxing's make_dirs writes, counts).
@@ -10,31 +10,67 @@ request per 1,000 keys, never a HEAD per object.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
-from typing import Protocol
 
 from botocore.exceptions import ClientError
 
 from . import config as _config
-from .client import get_client
+from .atomic import Landing
+from .client import get_client, read_object
 from .entries import DirEntry, StatResult
 from .errors import AccessDenied, ObjectNotFound, endpoint_shown, translate, translating
-from .urls import ObjectURL, is_remote, join
+from .registry import store_for
+from .store import ObjectInfo, ObjectStore, ObjectWriter
+from .urls import ObjectURL, join
 
 
-class FileSystem(Protocol):
-    def exists(self, url: str) -> bool: ...
-    def isdir(self, url: str) -> bool: ...
-    def stat(self, url: str) -> StatResult: ...
-    def ls(self, url: str) -> list[DirEntry]: ...
-    def find(self, url: str) -> list[DirEntry]: ...
-    def rm(self, url: str, recursive: bool) -> None: ...
-    def makedirs(self, url: str) -> None: ...
-    def mkdir(self, url: str) -> None: ...
+class _LocalWriter(ObjectWriter):
+    """A local file written under a temporary name, renamed into place by commit()."""
+
+    def __init__(self, path: str):
+        self._landing = Landing(path, durable=False)
+        self._f = open(self._landing.temp, "wb")
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+
+    def commit(self) -> None:
+        self._f.close()
+        self._landing.commit()
+
+    def abort(self) -> None:
+        self._f.close()
+        self._landing.discard()
 
 
-class LocalFS:
+class LocalFS(ObjectStore):
+    """Local disk: paths, no buckets; no ETags (None), mtimes from the file system."""
+
+    def list(self, url: str, recursive: bool = False) -> list[DirEntry]:
+        return self.find(url) if recursive else self.ls(url)
+
+    def head(self, url: str, cfg=None) -> ObjectInfo | None:
+        if not os.path.isfile(url):
+            return None
+        st = os.stat(url)
+        return ObjectInfo(st.st_size, None, st.st_mtime_ns)
+
+    def read_range(self, url: str, offset: int, length: int, etag: str | None = None,
+                   cfg=None) -> bytes:
+        with open(url, "rb") as f:
+            return os.pread(f.fileno(), length, offset)
+
+    def open_writer(self, url: str, size_hint: int = 0, metadata=None, cfg=None) -> ObjectWriter:
+        return _LocalWriter(url)
+
+    def delete(self, url: str) -> None:
+        try:
+            os.remove(url)
+        except FileNotFoundError:
+            pass
+
     def exists(self, url: str) -> bool:
         return os.path.exists(url)
 
@@ -82,26 +118,91 @@ class LocalFS:
         os.mkdir(url)
 
 
-class S3FS:
-    @staticmethod
-    def client():
-        return get_client(_config.current())
+class S3FS(ObjectStore):
+    """S3 and OBS through boto3 (obs_io.client: timeouts, retries) and s3transfer."""
 
-    def head(self, url: str) -> dict | None:
-        """HeadObject, or None when no object has that key. A missing bucket raises."""
+    server_side_copy = True
+
+    @staticmethod
+    def client(cfg: _config.S3Config | None = None):
+        return get_client(cfg or _config.current())
+
+    def head(self, url: str, cfg: _config.S3Config | None = None) -> ObjectInfo | None:
+        """HeadObject (with cfg's client: its tries), or None when no object has that key. A
+        missing bucket raises."""
         u = ObjectURL.parse(url)
         if not u.key or u.key.endswith("/"):
             return None
         try:
             with translating(url, keep=ClientError):
-                return self.client().head_object(Bucket=u.bucket, Key=u.key)
+                answer = self.client(cfg).head_object(Bucket=u.bucket, Key=u.key)
         except ClientError as err:
             error = translate(err, url)
             if not isinstance(error, FileNotFoundError):
                 raise self._explained(error, url, lambda: self.client().get_object(
                     Bucket=u.bucket, Key=u.key, Range="bytes=0-0")["Body"].close()) from None
+        else:
+            return ObjectInfo(answer["ContentLength"], answer.get("ETag"),
+                              int(answer["LastModified"].timestamp() * 1e9), answer.get("Metadata", {}))
         self.check_bucket(url)
         return None
+
+    def list(self, url: str, recursive: bool = False) -> list[DirEntry]:
+        return self.find(url) if recursive else self.ls(url)
+
+    def read_range(self, url: str, offset: int, length: int, etag: str | None = None,
+                   cfg: _config.S3Config | None = None) -> bytes:
+        """One ranged GetObject (IfMatch the ETag: never two versions spliced), read whole;
+        a body that breaks off is fetched again (client.read_object)."""
+        if length <= 0:
+            return b""
+        u = ObjectURL.parse(url)
+        pinned = {"IfMatch": etag} if etag else {}
+        with translating(url):
+            body, _ = read_object(cfg or _config.current(), u.bucket, u.key,
+                                  Range=f"bytes={offset}-{offset + length - 1}", **pinned)
+        return body
+
+    def open_writer(self, url: str, size_hint: int = 0, metadata=None,
+                    cfg: _config.S3Config | None = None) -> ObjectWriter:
+        from .transfer import S3Writer
+        self.check_bucket(url)
+        return S3Writer(url, size_hint, metadata, cfg)
+
+    def delete(self, url: str) -> None:
+        u = ObjectURL.parse(url)
+        with translating(url):
+            self.client().delete_object(Bucket=u.bucket, Key=u.key)
+
+    def copy(self, src: str, dst: str) -> None:
+        from .transfer import CopyTask, execute_remote
+        info = self.head(src)
+        if info is None:
+            raise ObjectNotFound(f"{src}: no such object")
+        execute_remote([CopyTask(src, dst, info.size, info.etag)], 1, None)
+
+    def abort_uploads(self, folder: str, before: datetime.datetime | None = None, names=None) -> int:
+        from .transfer import abort_uploads
+        return abort_uploads(folder, before, names)
+
+    def transfer(self, tasks: list, threads: int, progress, is_processing: bool) -> None:
+        """s3transfer's managed transfers (multipart, ranged downloads, retries), small files
+        over worker processes with is_processing (batch.py); first the multipart uploads a
+        killed run of these tasks left are aborted."""
+        from .batch import execute_s3
+        execute_s3(tasks, threads, progress, is_processing)
+
+    def upload_fileobj(self, fileobj, url: str, size: int, threads: int = 8, cfg=None) -> None:
+        from .transfer import upload_fileobj
+        upload_fileobj(fileobj, url, size, threads, cfg)
+
+    def download_fileobj(self, url: str, fileobj, size: int, threads: int = 8) -> None:
+        from .transfer import download_fileobj
+        download_fileobj(url, fileobj, size, threads)
+
+    def growing_upload(self, path: str, url: str, size_hint: int, cfg=None, chunks: int = 4):
+        from .transfer import GrowingUpload
+        return GrowingUpload(path, url, size_hint, cfg, chunks=chunks)
 
     @staticmethod
     def _explained(error: BaseException, url: str, probe) -> BaseException:
@@ -155,15 +256,6 @@ class S3FS:
         return any(page.get("Contents") or page.get("CommonPrefixes")
                    for page in self.pages(url, prefix, max_keys=1))
 
-    def exists(self, url: str) -> bool:
-        try:
-            if not ObjectURL.parse(url).key.strip("/"):
-                self.check_bucket(url)
-                return True
-            return self.head(url) is not None or self._has_children(url)
-        except FileNotFoundError:
-            return False
-
     def isdir(self, url: str) -> bool:
         try:
             if not ObjectURL.parse(url).key.strip("/"):
@@ -172,14 +264,6 @@ class S3FS:
             return self._has_children(url)
         except FileNotFoundError:
             return False
-
-    def stat(self, url: str) -> StatResult:
-        head = self.head(url)
-        if head is not None:
-            return StatResult(head["ContentLength"], int(head["LastModified"].timestamp() * 1e9), False, url)
-        if self.isdir(url):
-            return StatResult(0, 0, True, url)
-        raise ObjectNotFound(f"{url}: no such object or folder")
 
     def ls(self, url: str) -> list[DirEntry]:
         u = ObjectURL.parse(url)
@@ -265,13 +349,10 @@ class S3FS:
     mkdir = makedirs
 
 
-LOCAL = LocalFS()
-S3 = S3FS()
-
-
-def backend(url: str) -> FileSystem:
-    """The file system behind a path or URL: object storage for obs:// and s3://, else local."""
-    return S3 if is_remote(url) else LOCAL
+def backend(url: str) -> ObjectStore:
+    """The store behind a path or URL (obs_io.registry): S3 for obs:// and s3://, a plug-in's
+    for its scheme, else the local disk."""
+    return store_for(url)
 
 
 def list_entries(url: str, recursive: bool = False) -> list[DirEntry]:

@@ -19,13 +19,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-from . import config as _config
 from .atomic import Landing
-from .client import read_object
-from .errors import ObjectNotFound, translating
-from .fs import S3
-from .transfer import download_fileobj, upload_fileobj
-from .urls import ObjectURL, is_remote
+from .errors import ObjectNotFound
+from .fs import backend
+from .urls import is_remote
 
 READ_BLOCK = 256 * 1024  # read-ahead per GET for small reads; large reads go straight through
 
@@ -66,7 +63,7 @@ class _RangedReader(io.RawIOBase):
 
     def __init__(self, url: str, size: int, etag: str | None):
         self.url, self.size, self.etag, self.pos = url, size, etag, 0
-        self._u = ObjectURL.parse(url)
+        self._store = backend(url)
 
     def readable(self) -> bool:
         return True
@@ -85,12 +82,8 @@ class _RangedReader(io.RawIOBase):
         return self.pos
 
     def _get(self, start: int, end: int) -> bytes:
-        """Bytes [start, end] (inclusive); a body that breaks off is fetched again (read_object)."""
-        pinned = {"IfMatch": self.etag} if self.etag else {}  # never splice two versions together
-        with translating(self.url):
-            body, _ = read_object(_config.current(), self._u.bucket, self._u.key,
-                                  Range=f"bytes={start}-{end}", **pinned)
-        return body
+        """Bytes [start, end] (inclusive) of the version opened: never two versions spliced."""
+        return self._store.read_range(self.url, start, end - start + 1, self.etag)
 
     def readinto(self, b) -> int:
         if self.pos >= self.size or len(b) == 0:
@@ -152,18 +145,19 @@ class File:
         if m.kind == "x":
             raise ValueError(f"mode {self.mode!r} (create only if absent) is not possible for {url}: "
                              f"object storage has no exclusive create; use 'w'")
-        head = S3.head(url) if m.kind in "ra" else None   # "w" replaces whatever is there
+        store = backend(url)
+        head = store.head(url) if m.kind in "ra" else None   # "w" replaces whatever is there
         if m.kind == "r" and head is None:
-            if S3.isdir(url):
+            if store.isdir(url):
                 raise IsADirectoryError(f"{url} is a folder, not an object")
             raise ObjectNotFound(f"{url}: no such object")
         if m.kind == "r" and not m.plus:
-            self._reader = _RangedReader(url, head["ContentLength"], head.get("ETag"))
+            self._reader = _RangedReader(url, head.size, head.etag)
             return io.BufferedReader(self._reader, buffer_size=READ_BLOCK)
-        S3.check_bucket(url)  # fail at open, not after the caller wrote gigabytes
+        store.check_bucket(url)  # fail at open, not after the caller wrote gigabytes
         buf = tempfile.TemporaryFile("w+b")
         if head is not None:   # r+, a, a+: the object's bytes, to change or to append to
-            download_fileobj(url, buf, head["ContentLength"])
+            store.download_fileobj(url, buf, head.size)
             buf.seek(0, io.SEEK_END if m.kind == "a" else io.SEEK_SET)
         if m.kind == "a":      # every write at the end, wherever the position is (as open's "a")
             flags = fcntl.fcntl(buf.fileno(), fcntl.F_GETFL)
@@ -174,7 +168,7 @@ class File:
                 return
             size = buf.seek(0, io.SEEK_END)
             buf.seek(0)
-            upload_fileobj(buf, url, size)
+            store.upload_fileobj(buf, url, size)
 
         self._publish = publish
         self._discard = lambda: None

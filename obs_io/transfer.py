@@ -13,17 +13,14 @@ import contextlib
 import datetime
 import errno
 import hashlib
-import itertools
 import logging
 import os
 import posixpath
 import re
 import shutil
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 from s3transfer.manager import TransferManager
@@ -35,6 +32,8 @@ from .crc import crc32
 from .client import MAX_THREADS, get_client, read_object, transfer_config
 from .errors import translating
 from .progress import Progress
+from .store import ObjectWriter
+from .streams import UPLOAD_TOKEN, BackgroundUpload, Pipe, Tail, settling, upload_token
 from .urls import ObjectURL, is_remote
 
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
@@ -150,73 +149,6 @@ def verify(task: CopyTask, data: bytes | str, response: dict | None = None) -> N
         if _digest(new, data) != expected:
             raise OSError(f"{task.src}: downloaded bytes do not match the object's {name} checksum; "
                           f"nothing was written")
-
-
-# User metadata every upload carries (x-amz-meta-obs-io-upload): a token of that one upload, by
-# which a failed upload tells its own object from any other (settle_failed_upload).
-UPLOAD_TOKEN = "obs-io-upload"
-
-
-def upload_token() -> tuple[str, dict]:
-    """(a fresh token, the ExtraArgs that make an upload carry it) for one upload."""
-    token = os.urandom(12).hex()
-    return token, {"Metadata": {UPLOAD_TOKEN: token}}
-
-
-def upload_size(url: str, token: str, cfg: _config.S3Config | None = None, attempts: int | None = None
-                ) -> int | None:
-    """The size in bytes of the object at `url` when the upload that carried `token`
-    (upload_token) made it, else None (no object, or another one). One HEAD, with `attempts`
-    tries (default: the configuration's); errors: obs_io's."""
-    cfg = cfg or _config.current()
-    u = ObjectURL.parse(url)
-    with translating(url):
-        try:
-            head = get_client(replace(cfg, max_attempts=attempts or cfg.max_attempts)).head_object(
-                Bucket=u.bucket, Key=u.key)
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return None
-            raise
-    return head.get("ContentLength") if head.get("Metadata", {}).get(UPLOAD_TOKEN) == token else None
-
-
-def settle_failed_upload(url: str, token: str, size: int | None, error: BaseException,
-                         cfg: _config.S3Config | None = None) -> None:
-    """After an upload to `url` that raised `error`: return (success after all) when the
-    object there is the one this upload sent, else raise `error`.
-
-    A store may complete an upload and lose its answer (CompleteMultipartUpload or a PUT that
-    timed out, retries answered 500 or NoSuchUpload): the object is then there, complete, and a
-    failure reported now would be a lie the other way. One HEAD tells, in one try (a store that
-    never answers costs one more connect + read timeout, not another series of tries): the
-    object carries this upload's token (upload_token) and `size` bytes (None: any). An object
-    with this token and another size cannot come from a complete upload: it is removed. No
-    object, another object (an older version, someone else's: left alone) or a HEAD that fails
-    too: `error` stands."""
-    try:
-        got = upload_size(url, token, cfg, attempts=1)
-    except Exception:   # noqa: BLE001 - the store still failing: the upload's error tells
-        raise error from None
-    if got is None:
-        raise error
-    if size is not None and got != size:
-        with contextlib.suppress(Exception):
-            u = ObjectURL.parse(url)
-            get_client(cfg or _config.current()).delete_object(Bucket=u.bucket, Key=u.key)
-        raise error
-    log.warning("%s: the store did not confirm the upload (%s), but the object is there as sent "
-                "(%d bytes): kept", url, str(error).splitlines()[0] if str(error) else type(error).__name__, got)
-
-
-@contextlib.contextmanager
-def settling(url: str, token: str, size: int | None, cfg: _config.S3Config | None = None) -> Iterator[None]:
-    """A block that uploads `url` with `token`: a failure is settle_failed_upload's to judge.
-    A stop request (KeyboardInterrupt, SystemExit) is not judged: it stops."""
-    try:
-        yield
-    except Exception as error:
-        settle_failed_upload(url, token, size, error, cfg)
 
 
 def _head(task: CopyTask) -> dict:
@@ -360,105 +292,7 @@ def download_fileobj(url: str, fileobj, size: int, threads: int = 8) -> None:
         manager.download(u.bucket, u.key, fileobj).result()
 
 
-def download_in_order(url: str, write: Callable[[bytes], object], size: int, etag: str | None, *,
-                      part: int = 8 << 20, threads: int = 8, chunks: int = 12) -> None:
-    """Fetch one object version (`etag`, when known: every GET is pinned to it with If-Match)
-    as consecutive write(data) calls from byte 0 to `size`, while `threads` ranged GETs of
-    `part` bytes are in flight. For a reader that consumes a file while it is still being
-    downloaded: the bytes before the last write are final. Memory: at most `chunks` parts
-    fetched or being fetched. Each GET is read_object's (botocore's retries, a body that breaks
-    off fetched again); a write that raises ends the download and the exception propagates.
-    Errors: obs_io's (translating).
-
-    Not s3transfer: its in-order (non-seekable) download deadlocks once an object has more
-    parts than its in-memory window while response checksums are 'when_required' (as obs_io's
-    client has them for OBS): the task scheduling the later parts holds the window's first slot
-    (s3transfer 0.19, GetObjectFirstChunkOnDoneCallback)."""
-    u = ObjectURL.parse(url)
-    cfg = _config.current()
-    pinned = {"IfMatch": etag} if etag else {}
-
-    def get(offset: int) -> bytes:
-        n = min(part, size - offset)
-        with translating(url):
-            body, _ = read_object(cfg, u.bucket, u.key, Range=f"bytes={offset}-{offset + n - 1}", **pinned)
-        if len(body) != n:
-            raise OSError(errno.EIO, f"{len(body)} bytes at offset {offset}, expected {n}", url)
-        return body
-
-    offsets = iter(range(0, size, part))
-    with ThreadPoolExecutor(max(1, min(threads, MAX_THREADS)), thread_name_prefix="obs-io-in-order") as pool:
-        queued = deque(pool.submit(get, o) for o in itertools.islice(offsets, max(1, chunks)))
-        try:
-            while queued:
-                data = queued.popleft().result()
-                following = next(offsets, None)
-                if following is not None:
-                    queued.append(pool.submit(get, following))
-                write(data)
-        finally:
-            for future in queued:
-                future.cancel()
-
-
-class _Tail:
-    """A non-seekable reader of a local file that another thread is still appending to: read(n)
-    waits until n more bytes are there, or until finish() says how long the file ends up
-    (then the rest, then b""). cancel() makes the waiting read raise, which ends the upload
-    reading it (s3transfer aborts its multipart upload). Every wait is bounded by `stall`
-    seconds without growth."""
-
-    POLL = 0.01
-
-    def __init__(self, path: str, stall: float):
-        self._fd = os.open(path, os.O_RDONLY)
-        self._pos = 0
-        self._end: int | None = None
-        self._cancelled: BaseException | None = None
-        self._stall = stall
-        self.path = path
-
-    def seekable(self) -> bool:
-        return False
-
-    def read(self, n: int = -1) -> bytes:
-        last, since = -1, time.monotonic()
-        while True:
-            if self._cancelled is not None:
-                raise self._cancelled
-            end = self._end
-            have = os.fstat(self._fd).st_size
-            if end is not None and have < end:
-                raise OSError(errno.EIO, f"ends at {have} bytes, not {end}", self.path)
-            limit = end if end is not None else have
-            if n < 0 and end is not None or n >= 0 and (limit - self._pos >= n or end is not None):
-                want = (limit - self._pos) if n < 0 else min(n, limit - self._pos)
-                data = os.pread(self._fd, want, self._pos)
-                self._pos += len(data)
-                return data
-            if have != last:
-                last, since = have, time.monotonic()
-            elif time.monotonic() - since > self._stall:
-                raise OSError(errno.ETIMEDOUT, f"no new bytes for {self._stall:.0f}s", self.path)
-            time.sleep(self.POLL)
-
-    def finish(self, size: int) -> None:
-        self._end = size
-
-    def cancel(self, exc: BaseException) -> None:
-        self._cancelled = exc
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-class _UploadCancelled(Exception):
-    """Raised in a growing upload's read when its file was abandoned."""
-
-
-class GrowingUpload:
+class GrowingUpload(BackgroundUpload):
     """Upload a local file to `url` while it is still being written, in order, by someone else
     in this process (e.g. a checkpoint writer's temporary file): s3transfer reads it as a
     non-seekable stream, one part at a time as the bytes arrive (its multipart upload, retries
@@ -468,11 +302,13 @@ class GrowingUpload:
     multipart upload is aborted). `size_hint`: about how big the file gets (part size).
     Memory: `chunks` parts. Errors: obs_io's, from finish()."""
 
-    def __init__(self, path: str, url: str, size_hint: int, cfg: _config.S3Config | None = None,
-                 chunks: int = 4, stall: float = 900.0):
+    def __init__(self, path: str | None, url: str, size_hint: int, cfg: _config.S3Config | None = None,
+                 chunks: int = 4, stall: float = 900.0, stream=None, metadata: dict | None = None):
+        """stream: what to upload instead of the file `path` (a Pipe: S3Writer); metadata:
+        the object's user metadata, with the upload token added."""
         from threading import Thread
         self.url = url
-        self._tail = _Tail(path, stall)
+        self._tail = stream if stream is not None else Tail(path, stall)
         self._cfg = cfg or _config.current()
         self._error: BaseException | None = None
         tconfig = transfer_config(self._cfg, size_hint, MAX_THREADS)
@@ -484,6 +320,8 @@ class GrowingUpload:
         # lower S3_MULTIPART_THRESHOLD still holds
         tconfig.multipart_threshold = min(tconfig.multipart_threshold, tconfig.multipart_chunksize)
         self.token, self._extra = upload_token()
+        self._extra["Metadata"] = {**self._extra["Metadata"], **(metadata or {})}
+        self.token = self._extra["Metadata"][UPLOAD_TOKEN]
         self._thread = Thread(target=self._run, args=(tconfig,), daemon=True, name="obs-io-growing-upload")
         self._thread.start()
 
@@ -497,26 +335,34 @@ class GrowingUpload:
         finally:
             self._tail.close()
 
-    def finish(self, size: int) -> None:
-        """The file is complete at `size` bytes: wait for the upload's end; raise its error
-        (unless the object is there as sent all the same: settle_failed_upload). The object
-        carries `token` (upload_token) in its metadata."""
-        self._tail.finish(size)
-        self._thread.join()
-        if isinstance(self._error, Exception):
-            settle_failed_upload(self.url, self.token, size, self._error, self._cfg)
-        elif self._error is not None:
-            raise self._error
+
+class S3Writer(ObjectWriter):
+    """The S3 store's streaming write (ObjectStore.open_writer): write() feeds a Pipe that
+    s3transfer uploads from (GrowingUpload: parts as the bytes come, its retries, the multipart
+    upload aborted on failure); commit() ends the stream and waits for the object."""
+
+    def __init__(self, url: str, size_hint: int, metadata, cfg: _config.S3Config | None = None):
+        cfg = cfg or _config.current()
+        self._pipe = Pipe(cfg.part_size(max(size_hint, 1)))
+        self._upload = GrowingUpload(None, url, size_hint, cfg, stream=self._pipe, metadata=metadata)
+        self._size, self._done = 0, False
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._pipe.write(data)
+        except BrokenPipeError:      # the upload ended early: its own error tells why
+            self._upload.finish(self._size + len(data))
+            raise
+        self._size += len(data)
+
+    def commit(self) -> None:
+        self._done = True
+        self._upload.finish(self._size)
 
     def abort(self) -> None:
-        """The file was abandoned: end the upload, leaving nothing under the key."""
-        self.cancel()
-        self._thread.join()
-
-    def cancel(self) -> None:
-        """abort() without waiting (safe from a signal handler): the upload ends at its next
-        read, and finish() raises."""
-        self._tail.cancel(_UploadCancelled(self.url))
+        if not self._done:
+            self._done = True
+            self._upload.abort()
 
 
 def abort_stale_uploads(tasks: list[CopyTask], started: datetime.datetime) -> int:

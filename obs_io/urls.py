@@ -1,11 +1,16 @@
-"""URLs are the user's language: `obs://bucket/key`, `s3://bucket/key` or a local path."""
+"""URLs are the user's language: `obs://bucket/key`, `s3://bucket/key` (or the scheme of any
+store in obs_io.registry) or a local path. The one place that says what a URL is (is_remote)
+and how a name is joined to one (join)."""
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
 
-SCHEMES = ("obs://", "s3://")
+from .registry import is_remote
+
+__all__ = ["is_remote", "ObjectURL", "check", "join", "safe_relative"]
+
 # S3/OBS bucket naming rules, loosely: what a user could have meant as a bucket.
 _BUCKET = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$")
 # `obs:/job/x`, `s3:job/x`, `OBS:`: a scheme without its `//`. Taken as a local path it would
@@ -13,9 +18,6 @@ _BUCKET = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$")
 _MISTYPED = re.compile(r"^(obs|s3):(?!//)", re.IGNORECASE)
 
 
-def is_remote(url: str) -> bool:
-    """True for obs:// and s3:// URLs (any case), False for local paths."""
-    return isinstance(url, str) and url[:6].lower().startswith(SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class ObjectURL:
     @classmethod
     def parse(cls, url: str) -> "ObjectURL":
         if not is_remote(url):
-            raise ValueError(f"not an obs:// or s3:// URL: {url!r}")
+            raise ValueError(f"not an obs://, s3:// or other object-store URL: {url!r}")
         scheme, rest = url.split("://", 1)
         bucket, _, key = rest.partition("/")
         if not bucket:
@@ -46,9 +48,6 @@ class ObjectURL:
         """The key prefix of everything 'inside' this URL seen as a folder."""
         return self.key.rstrip("/") + "/" if self.key.strip("/") else ""
 
-    def child(self, relative: str) -> "ObjectURL":
-        return ObjectURL(self.scheme, self.bucket, self.dir_prefix + relative.lstrip("/"))
-
     def __str__(self) -> str:
         return f"{self.scheme}://{self.bucket}/{self.key}"
 
@@ -64,13 +63,18 @@ def check(*urls: str) -> None:
             ObjectURL.parse(url)
 
 
-def join(url: str, relative: str) -> str:
-    """url + '/' + relative for both kinds, without doubling slashes."""
-    if not relative:
-        return url
-    if is_remote(url):
-        return str(ObjectURL.parse(url).child(relative))
-    return os.path.join(url, *relative.split("/"))
+def join(url: str, *relative: str) -> str:
+    """url + '/' + each relative name, for URLs and local paths alike, without doubling
+    slashes (names are '/'-separated; locally they become os.sep-separated). A string rule:
+    URLs are checked where they come in (check), not here."""
+    for name in relative:
+        if not name:
+            continue
+        if is_remote(url):
+            url = f"{url.rstrip('/')}/{name.lstrip('/')}"
+        else:
+            url = os.path.join(url, *name.split("/"))
+    return url
 
 
 def safe_relative(relative: str, what: str) -> str:

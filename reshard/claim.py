@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from obs_io.atomic import owner_alive, owner_tag
 
 from .errors import ReshardError
-from .sources import is_url
+from .sources import _join, is_url
 
 log = logging.getLogger("reshard")
 
@@ -265,10 +265,6 @@ class OutputClaim:
                 if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
                     return False
                 raise
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if is_url(base) else os.path.join(base, name)
 
 
 def _write(path: str, text: str) -> None:

@@ -45,7 +45,7 @@ from .strategy import Strategy
 from obs_io import redact
 from obs_io.atomic import owner_running, owner_tag, write_atomic
 from obs_io.oneline import OneLineParser, one_line
-from obs_io.urls import check as check_url
+from obs_io.urls import check as check_url, join as _join
 from obs_io.version import package_version
 
 log = logging.getLogger("reshard")
@@ -410,10 +410,6 @@ def _check_urls(args) -> None:
                 check_url(value)
         except (ReshardError, ValueError) as e:
             raise ReshardError(f"--{flag} {e}") from None
-
-
-def _join(folder: str, name: str) -> str:
-    return f"{folder.rstrip('/')}/{name}" if is_url(folder) else os.path.join(folder, name)
 
 
 def convert_from_args(argv=None) -> int:

@@ -218,7 +218,7 @@ def _write_manifest(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fm
     leaves empty, zeroed or missing only makes a rerun convert that rank again, and one that
     survives describes an output that survived too. fsynced False: the output was not (a staged
     upload), and is_done checks its CRC32 before trusting it. token: the upload token of its
-    object (obs_io.transfer.upload_token), for its remote record (record_upload)."""
+    object (obs_io.streams.upload_token), for its remote record (record_upload)."""
     out = os.path.join(dst_root, rp.path)
     st = os.stat(out)
     record = {"digest": rank_digest(rp, fmt, src_root), "size": st.st_size,
@@ -318,8 +318,9 @@ class UploadTo:
         return self.s3.part_size(_size_hint(rp)) if self.s3 is not None else 8 << 20
 
     def start(self, rp: RankPlan, temp_path: str):
-        from obs_io.transfer import GrowingUpload
-        return GrowingUpload(temp_path, self.url(rp), _size_hint(rp), self.s3, chunks=self.CHUNKS)
+        from obs_io import store_for
+        url = self.url(rp)
+        return store_for(url).growing_upload(temp_path, url, _size_hint(rp), self.s3, chunks=self.CHUNKS)
 
 
 def _remote_record(root: str, rank: int) -> str:
@@ -334,11 +335,11 @@ def record_upload(upload: UploadTo, rp: RankPlan, record: dict) -> None:
     vouches for the object it names (uploaded_ranks). One that cannot be written is a warning:
     the set does not need it, a rerun converts that rank again."""
     import io
-    from obs_io.transfer import upload_fileobj
+    from obs_io import store_for
     body = json.dumps({k: record[k] for k in ("digest", "file", "size", "crc32", "token")}).encode()
     url = _remote_record(upload.root, rp.rank)
     try:
-        upload_fileobj(io.BytesIO(body), url, len(body), cfg=upload.s3)
+        store_for(url).upload_fileobj(io.BytesIO(body), url, len(body), cfg=upload.s3)
     except OSError as exc:
         log.warning("rank %d: no record of its upload written to %s (a rerun converts it again): %s",
                     rp.rank, url, exc)
@@ -352,7 +353,7 @@ def uploaded_ranks(plan: Plan, src_root: SourceFiles | str, upload: UploadTo) ->
     the record. One listing of the records, then a GET of each and a HEAD of its object, 16
     ranks at a time."""
     import obs_io
-    from obs_io.transfer import upload_size
+    from obs_io.streams import upload_size
     folder = f"{upload.root.rstrip('/')}/{MANIFEST_DIR}"
     try:
         names = {e.name for e in obs_io.file.list_entries(folder) if e.is_file()}

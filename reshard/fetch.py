@@ -197,7 +197,7 @@ class SourceFetcher:
 
     def _fetch(self, name: str, progress) -> None:
         from obs_io.oneline import one_line
-        from obs_io.transfer import download_in_order
+        from obs_io.streams import download_in_order
         index, landing, url = self.indexes[name], self._landings[name], self._url(name)
         fmt = registry.by_file(name)
         embedded = fmt.embedded_crc(index) if fmt is not None else None

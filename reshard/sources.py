@@ -1,8 +1,8 @@
 """The rules for what a checkpoint source, a strategy folder and an output are, as pure functions.
 
 One source of truth for the engine (reshard.api walks a local folder into SourceEntry objects)
-and for the job (cloud_entry builds them from an object-store listing): no I/O happens here,
-and obs_io is never imported.
+and for the job (cloud_entry builds them from an object-store listing): no I/O happens here;
+of obs_io only its URL rules (obs_io.urls: what a URL is, how names join it) are used.
 
     classify(root, entries, fmt=None)      -> SourceSet   which files a checkpoint source uses
     SourceSet.with_index(data)              -> SourceSet   a sharded folder's index applied
@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from obs_io.urls import is_remote as is_url, join as _join
+
 from .errors import ReshardError
 from .steps import Step, choose, chosen_line
 
@@ -31,7 +33,6 @@ __all__ = ["SourceEntry", "SourceSet", "Note", "classify", "check_source_strateg
 
 STRATEGY_EXTS = (".ckpt", ".json")
 RANK_DIR = re.compile(r"^rank_(\d+)$")
-_SCHEMES = ("obs://", "s3://")
 
 
 @dataclass(frozen=True)
@@ -341,10 +342,6 @@ def strategy_files(folder_names: Iterable[str], where: str) -> list[str]:
 
 # -- locations ----------------------------------------------------------------------------
 
-def is_url(location: str) -> bool:
-    return isinstance(location, str) and location[:6].lower().startswith(_SCHEMES)
-
-
 def split_url(url: str) -> tuple[str, str]:
     """(bucket, key without surrounding '/') of an obs:// or s3:// URL; ReshardError when the
     bucket is missing. obs:// and s3:// with the same bucket name the same object."""
@@ -482,7 +479,3 @@ def _parent(location: str) -> str:
     return os.path.dirname(location) or "."
 
 
-def _join(base: str, name: str) -> str:
-    if is_url(base):
-        return base.rstrip("/") + "/" + name
-    return os.path.join(base, *name.split("/"))

@@ -131,9 +131,9 @@ def test_the_engine_uploads_each_rank_while_writing_it(models, bucket, proxy, tm
 
 
 def test_a_download_in_order_has_many_more_parts_than_its_window(bucket, proxy, tmp_path):
-    """obs_io.transfer.download_in_order: 40 parts through a window of 3, written in order,
+    """obs_io.streams.download_in_order: 40 parts through a window of 3, written in order,
     every GET ranged and pinned to the ETag (a replaced object fails, never splices)."""
-    from obs_io.transfer import download_in_order
+    from obs_io.streams import download_in_order
     blob = os.urandom(40 * 256 * 1024 + 123)
     url = f"s3://{bucket}/in_order/blob.bin"
     obs_io.file.write(url, blob, binary=True)

@@ -194,7 +194,7 @@ def test_cli_exit_2_and_one_line_for_each_storage_failure(tmp_path, bucket, prox
 def stalled_calls(bucket: str, tmp_path: Path) -> list[tuple[str, object, int, bool]]:
     """(what, call, requests in flight at once, an upload): each must fail against a stalled
     server. A failed upload asks once more, in one try, whether the store has its object after
-    all (transfer.settle_failed_upload)."""
+    all (streams.settle_failed_upload)."""
     (tmp_path / "up.txt").write_bytes(b"up")
     return [("HEAD (read)", lambda: mox.file.read(f"s3://{bucket}/stall/small.txt"), 1, False),
             ("GetObject (small download)", lambda: mox.file.copy_parallel(
@@ -398,7 +398,7 @@ def test_a_failed_upload_settles_by_its_own_token_and_size(bucket, s3_server):
     """settle_failed_upload's judgement, object by object: this upload's token and size: a
     success; its token and another size (no complete upload of ours makes that): removed, the
     error stands; another token, or none: left alone, the error stands."""
-    from obs_io.transfer import UPLOAD_TOKEN, settle_failed_upload
+    from obs_io.streams import UPLOAD_TOKEN, settle_failed_upload
     client = s3_server.client()
     error = OSError("answered 500")
     client.put_object(Bucket=bucket, Key="s/ours.bin", Body=b"12345", Metadata={UPLOAD_TOKEN: "t1"})

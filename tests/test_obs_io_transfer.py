@@ -11,7 +11,7 @@ import pytest
 from faultproxy import FaultProxy
 
 import obs_io as mox
-from obs_io.fs import S3
+from obs_io.fs import S3FS
 
 MiB = 1024 * 1024
 
@@ -99,7 +99,7 @@ def test_copy_parallel_file_list(tmp_path, bucket):
 
 @pytest.mark.parametrize("v1", [False, True], ids=["ListObjectsV2", "ListObjectsV1"])
 def test_listing_and_glob_paginate_past_1000_keys(tmp_path, bucket, proxy, monkeypatch, v1):
-    client = S3.client()
+    client = S3FS.client()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"many/k{i:04d}.txt", Body=b"x"),
                       range(1005)))

@@ -52,12 +52,12 @@ def test_remote_source_downloads_only_what_the_plan_reads(data, tmp_path, bucket
 
     monkeypatch.setattr(mox, "copy_parallel", recording)
     fetched = []   # source files: downloaded while the conversion reads them (reshard.fetch)
-    real_in_order = obs_io.transfer.download_in_order
+    real_in_order = obs_io.streams.download_in_order
 
     def in_order(url, *args, **kw):
         fetched.append(url)
         return real_in_order(url, *args, **kw)
-    monkeypatch.setattr(obs_io.transfer, "download_in_order", in_order)
+    monkeypatch.setattr(obs_io.streams, "download_in_order", in_order)
     out = str(tmp_path / "out")
     assert main(["--src_checkpoint", f"obs://{bucket}/ms4", "--src_strategy", f"{base}/s4",
                  "--dst_checkpoint", out, "--source_mode", "fetch"]) == 0

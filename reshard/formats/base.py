@@ -41,9 +41,10 @@ class FileIndex:
 
 def open_source(location: str, s3_config=None, index: FileIndex | None = None,
                 growing=None) -> ByteSource:
-    """The ByteSource of a local path, or of an obs:// / s3:// URL (read in place: obs_io,
-    and with it boto3, is imported only then; with an index, the object version it describes,
-    without a HEAD request); growing: a formats.growing.Growing, for a local path still being
+    """The ByteSource of a local path, or of an object-store URL (obs://, s3://, any store of
+    obs_io.registry: read in place through the store's read_range; the store's client is
+    imported only then; with an index, the object version it describes, without a head()
+    request); growing: a formats.growing.Growing, for a local path still being
     downloaded in order (reads wait for their bytes; index required)."""
     if growing is not None:
         from reshard.formats.growing import GrowingSource

@@ -1,10 +1,11 @@
-"""A checkpoint object read in place: the ByteSource of an obs:// or s3:// URL, by ranged GETs.
+"""A checkpoint object read in place: the ByteSource of an object-store URL (obs://, s3://, any
+store of obs_io.registry), by ranged reads.
 
-Nothing of the object is written to local disk. Every GET goes through obs_io's client
-(obs_io.client.read_object: botocore's retries of a failed request, a body that breaks off
-fetched again, the configured timeouts), pinned to the ETag the object had when it was opened
-(IfMatch): bytes of two versions are never spliced, a replaced object fails the read
-(obs_io's ObjectChanged) instead.
+Nothing of the object is written to local disk. Every read is the store's read_range
+(obs_io.store; for S3 a ranged GET with botocore's retries of a failed request, a body that
+breaks off fetched again, the configured timeouts), pinned to the ETag the object had when it
+was opened: bytes of two versions are never spliced, a replaced object fails the read (obs_io's
+ObjectChanged) instead.
 
 A GET costs tens of milliseconds whatever its size up to a few MiB, so reads are shaped for it:
 - the region reader announces the runs it is about to read (ByteSource.expect); a miss fetches
@@ -36,14 +37,13 @@ OPEN_BYTES = WINDOW + SCRATCH_BYTES
 
 
 def head(url: str, config) -> tuple[int, str | None]:
-    """(size, ETag) of the object at url, by one HEAD request (obs_io's errors, translated)."""
-    from obs_io.client import get_client
-    from obs_io.errors import translating
-    from obs_io.urls import ObjectURL
-    u = ObjectURL.parse(url)
-    with translating(url):
-        answer = get_client(config).head_object(Bucket=u.bucket, Key=u.key)
-    return int(answer["ContentLength"]), answer.get("ETag")
+    """(size, ETag) of the object at url, by the store's head() (obs_io's errors)."""
+    from obs_io import store_for
+    from obs_io.errors import ObjectNotFound
+    info = store_for(url).head(url, config)
+    if info is None:
+        raise ObjectNotFound(f"{url}: no such object")
+    return info.size, info.etag
 
 
 def _storage_text(url: str, err: BaseException) -> str:
@@ -54,7 +54,7 @@ def _storage_text(url: str, err: BaseException) -> str:
 
 
 class RemoteSource(ByteSource):
-    """One object version, read by ranged GETs. config: obs_io's S3Config to use (a worker
+    """One object version, read by ranged reads (the store's read_range). config: obs_io's S3Config to use (a worker
     process gets its parent's, set_auth included); None: obs_io's current one. known: (size,
     ETag) of the version to read, as an earlier HEAD found them (no HEAD request then)."""
 
@@ -64,14 +64,14 @@ class RemoteSource(ByteSource):
 
     def __init__(self, url: str, config=None, known: tuple[int, str | None] | None = None):
         super().__init__()
-        from obs_io import current_config
-        from obs_io.urls import ObjectURL
+        from obs_io import current_config, store_for
+        from obs_io.urls import check
         self.location = url
         self._pool: ThreadPoolExecutor | None = None
         try:
             self._cfg = config or current_config()
-            u = ObjectURL.parse(url)
-            self._bucket, self._key = u.bucket, u.key
+            check(url)
+            self._store = store_for(url)
             if known is None:
                 known = head(url, self._cfg)
         except (OSError, ValueError) as err:
@@ -169,12 +169,7 @@ class RemoteSource(ByteSource):
             future.result()
 
     def _get(self, off: int, view: memoryview) -> None:
-        from obs_io.client import read_object
-        from obs_io.errors import translating
-        pinned = {"IfMatch": self.etag} if self.etag else {}
-        with translating(self.location):
-            body, _ = read_object(self._cfg, self._bucket, self._key,
-                                  Range=f"bytes={off}-{off + len(view) - 1}", **pinned)
+        body = self._store.read_range(self.location, off, len(view), self.etag, self._cfg)
         if len(body) != len(view):
             raise FormatError(f"{self.location}: the store answered {len(body)} bytes for a "
                               f"range of {len(view)} at byte {off}")
