@@ -69,3 +69,20 @@ def errors_only(stderr: str) -> str:
     to stderr, as cloud-entry does): what is left is the one-line error, if any."""
     return "\n".join(line for line in stderr.strip().splitlines()
                      if not line.startswith(("INFO ", "DEBUG ")))
+
+
+# The slow part of the suite is what starts the S3 server or builds MindSpore's references (the
+# closure of a test's fixtures names one) and the modules that start tools, images or venvs as
+# processes: those tests are marked `slow` here, the one place that says so, and
+# `pytest -m "not slow"` is the quick subset (under a minute) while `.ci/run` runs them all.
+_SLOW_FIXTURES = {"s3_server", "models"}
+_SLOW_MODULES = {"test_mindformers_compat_script", "test_install_compat_script", "test_transform_dropin",
+                 "test_cloud_entry_launch", "test_assemble", "test_packaging", "test_cli_conventions",
+                 "test_linkproxy", "test_reshard_property"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if (_SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or item.path.stem in _SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)
