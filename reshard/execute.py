@@ -17,6 +17,7 @@ digest, size, time and CRC32) that tells a rerun it is done.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -552,20 +553,37 @@ def _stop(signum: int, frame) -> None:
     raise _Stopped()
 
 
-def _worker_init(log_dir: str | None, counter, committed=None) -> None:
+def _worker_init(log_dir: str | None, counter, committed=None, parent: int | None = None) -> None:
     """Each worker takes the next log index; SIGINT stays ignored (inherited: see
     _spawning_ignores_sigint), so a Ctrl-C reaches the parent alone, which stops the workers.
-    committed: the queue where the worker's commits report their end (_commit_behind)."""
+    committed: the queue where the worker's commits report their end (_commit_behind);
+    parent: the pid of the process that started the pool (a worker started just as it was
+    killed must not take init, its new parent, for it)."""
     global _committed
+    parent = os.getppid() if parent is None else parent
+    _die_with_parent(parent)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
     _committed = committed
     redact.protect_logs()   # its log file is uploaded with the job's: scrubbed as the parent's
     _process_log(log_dir, index)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel sends this worker SIGKILL the moment its parent ends (prctl
+    PR_SET_PDEATHSIG), so a killed run's workers write nothing more; a parent already gone
+    before that was set is seen here. Elsewhere _exit_with_parent's polling alone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -900,7 +918,7 @@ def _run_pool(todo: list[RankPlan], src_root: SourceFiles | str, dst_root: str, 
     killed: list[int] | None = None
     with ProcessPoolExecutor(max_workers=min(process_num, len(todo)), mp_context=ctx,
                              initializer=_worker_init,
-                             initargs=(log_dir, ctx.Value("i", 0), committed)) as pool:
+                             initargs=(log_dir, ctx.Value("i", 0), committed, os.getpid())) as pool:
         try:
             while pending or running or committing:
                 started = True
