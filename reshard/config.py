@@ -25,6 +25,10 @@ class ReshardConfig:
     stop_grace_seconds: what a stopped worker has to abort its rank before it is killed.
     upload_chunks: parts in memory per rank being uploaded while it is written
         (the store's growing_upload, obs_io.streams.GrowingUpload).
+    fetch_threads: GETs in flight (of obs_io's read_part_bytes each) of a source file
+        downloaded while converting (reshard.fetch).
+    fetch_chunks: its parts fetched or being fetched, not yet written (in order): the
+        download's memory.
     durable: each output fsynced before its rename (False where the local files only stage an
         upload: the store holds the ranks).
     release_downloads: a source file downloaded by this run is removed as soon as every rank
@@ -38,6 +42,8 @@ class ReshardConfig:
     poll_seconds: float = 0.5
     stop_grace_seconds: float = 10.0
     upload_chunks: int = 4
+    fetch_threads: int = 4
+    fetch_chunks: int = 6
     durable: bool = True
     release_downloads: bool = False
     log_dir: str | None = None

@@ -54,9 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("reshard")
 
 MANIFEST_DIR = ".reshard"   # the engine's state files below an output: private to it
-# seconds a stopped worker has to abort its rank before it is killed (a worker's signal
-# handler has no config: the default's)
-STOP_GRACE = DEFAULT.stop_grace_seconds
+# ReshardConfig.stop_grace_seconds of this worker's run (_worker_init)
+_stop_grace = DEFAULT.stop_grace_seconds
 
 
 def rank_cost(rp: RankPlan, remote: frozenset[str] | set[str] = frozenset(),
@@ -410,6 +409,35 @@ def _size_hint(rp: RankPlan) -> int:
     return rp.nbytes + 4096 * len(rp.tensors) + (1 << 20)
 
 
+class _RankOutput:
+    """One destination rank's output while it is made, owning its cleanup (as s3transfer's
+    futures own theirs): the writer's temporary file, the upload streaming it, the folder made
+    for it. stage() wraps each step (writing, committing, handing the commit off): whatever
+    the step raises, what it leaves is aborted there, in one place."""
+
+    def __init__(self, rp: RankPlan, dst_root: str):
+        self.path = os.path.join(dst_root, rp.path)
+        self.folder = os.path.dirname(self.path)
+        self.made_folder = not os.path.isdir(self.folder)
+        self.writer = None
+        self.streaming = None   # obs_io GrowingUpload of the writer's temporary file
+
+    @contextlib.contextmanager
+    def stage(self, file: bool = True, folder: bool = False):
+        """On any exception (a stop request too): the upload aborted, and with `file` the
+        writer's temporary file, with `folder` the folder made for it if left empty."""
+        try:
+            yield self
+        except BaseException:
+            if self.streaming is not None:
+                self.streaming.abort()
+            if file and self.writer is not None:
+                self.writer.abort()
+            if folder and self.made_folder and os.path.isdir(self.folder) and not os.listdir(self.folder):
+                os.rmdir(self.folder)
+            raise
+
+
 def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
                  publish=None, upload: UploadTo | None = None, durable: bool = True,
                  copies: tuple[RankPlan, ...] = ()):
@@ -420,62 +448,26 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
     file is also uploaded while it is written (UploadTo), and the commit waits for the
     upload's end. durable False: no fsync (a copy that only stages the upload;
     CheckpointWriter.commit). copies: ranks with the same bytes (Plan.same_as), made from this
-    file once it is committed (make_copies). The commit returns make_copies' list."""
+    file once it is committed (make_copies). The commit returns make_copies' list. What a
+    failed step leaves is aborted by the rank's _RankOutput."""
     t0 = time.monotonic()
-    out_path = os.path.join(dst_root, rp.path)
-    folder = os.path.dirname(out_path)
-    made_folder = not os.path.isdir(folder)
-    readers = {}
-    writer = None
-    streaming = None
+    out = _RankOutput(rp, dst_root)
     try:
-        for f in rp.source_files:
-            readers[f] = SourceFiles.of(src_root).open(f)
-        metas = []
-        for t in rp.tensors:
-            if t.carried:
-                metas.append(readers[t.pieces[0].src_file].metas[t.name])
-            else:
-                metas.append(TensorMeta(t.name, t.dtype, t.shape))
-        buf = _assembly_buffer(rp.buffer_bytes)
-        os.makedirs(folder, exist_ok=True)
-        if not inside(dst_root, folder):   # a link made since run_plan owned the folders
-            raise ReshardError(f"rank {rp.rank}: {folder} leads out of the output {dst_root} "
-                               f"(to {os.path.realpath(folder)}): not writing there")
-        writer = open_writer(out_path, metas, fmt)
-        if upload is not None and upload.wants(rp):
-            streaming = upload.start(rp, writer.temp_path)
-        for t, meta in zip(rp.tensors, metas):
-            if not meta.sliceable:
-                writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
-                continue
-            assemble_and_write(t, meta, buf, readers, writer)
-    except BaseException as e:
-        if streaming is not None:
-            streaming.abort()
-        if writer is not None:
-            writer.abort()
-        if made_folder and os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
-        if isinstance(e, FormatError):   # a bad source file: the user's one-line error
-            raise ReshardError(f"rank {rp.rank}: {e}") from None
-        raise
-    finally:
-        for r in readers.values():
-            r.close()
+        with out.stage(folder=True), contextlib.ExitStack() as opened:
+            readers = {f: opened.enter_context(SourceFiles.of(src_root).open(f)) for f in rp.source_files}
+            _write_rank(rp, readers, out, dst_root, fmt, upload)
+    except FormatError as e:   # a bad source file: the user's one-line error
+        raise ReshardError(f"rank {rp.rank}: {e}") from None
+    writer, streaming = out.writer, out.streaming
 
     def commit() -> None:
-        try:
+        with out.stage(file=False):
             writer.commit(durable)
-        except BaseException:
-            if streaming is not None:
-                streaming.abort()
-            raise
         token = streaming.token if streaming is not None else None
         record = _write_manifest(src_root, dst_root, rp, fmt, writer.checksum[1], fsynced=durable,
                                  token=token)
         log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank,
-                 out_path, len(rp.tensors), os.path.getsize(out_path), sorted(rp.source_ranks),
+                 out.path, len(rp.tensors), os.path.getsize(out.path), sorted(rp.source_ranks),
                  time.monotonic() - t0)
         if streaming is not None:   # the last parts; the object is complete after this
             try:
@@ -494,13 +486,33 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
     if publish is None:
         return commit()
     commit.upload = streaming   # what a stopped worker cancels (_stop)
-    try:
+    with out.stage():   # the previous rank's commit failed: this one is not published
         return publish(commit)
-    except BaseException:   # the previous rank's commit failed: this one is not published
-        if streaming is not None:
-            streaming.abort()
-        writer.abort()
-        raise
+
+
+def _write_rank(rp: RankPlan, readers: dict, out: _RankOutput, dst_root: str, fmt: str,
+                upload: UploadTo | None) -> None:
+    """The rank's file written under its writer's temporary name (out.writer), uploaded while
+    written where `upload` wants it (out.streaming)."""
+    metas = []
+    for t in rp.tensors:
+        if t.carried:
+            metas.append(readers[t.pieces[0].src_file].metas[t.name])
+        else:
+            metas.append(TensorMeta(t.name, t.dtype, t.shape))
+    buf = _assembly_buffer(rp.buffer_bytes)
+    os.makedirs(out.folder, exist_ok=True)
+    if not inside(dst_root, out.folder):   # a link made since run_plan owned the folders
+        raise ReshardError(f"rank {rp.rank}: {out.folder} leads out of the output {dst_root} "
+                           f"(to {os.path.realpath(out.folder)}): not writing there")
+    out.writer = open_writer(out.path, metas, fmt)
+    if upload is not None and upload.wants(rp):
+        out.streaming = upload.start(rp, out.writer.temp_path)
+    for t, meta in zip(rp.tensors, metas):
+        if not meta.sliceable:
+            out.writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
+            continue
+        assemble_and_write(t, meta, buf, readers, out.writer)
 
 
 # -- many destination ranks -----------------------------------------------------------------
@@ -555,11 +567,14 @@ def _stop(signum: int, frame) -> None:
     raise _Stopped()
 
 
-def _worker_init(log_dir: str | None, counter, committed=None) -> None:
+def _worker_init(log_dir: str | None, counter, committed=None,
+                 stop_grace: float = DEFAULT.stop_grace_seconds) -> None:
     """Each worker takes the next log index; SIGINT stays ignored (inherited: see
     _spawning_ignores_sigint), so a Ctrl-C reaches the parent alone, which stops the workers.
-    committed: the queue where the worker's commits report their end (_commit_behind)."""
-    global _committed
+    committed: the queue where the worker's commits report their end (_commit_behind);
+    stop_grace: ReshardConfig.stop_grace_seconds."""
+    global _committed, _stop_grace
+    _stop_grace = stop_grace
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -594,9 +609,9 @@ def _spawning_ignores_sigint():
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
+def _stop_workers(pool: ProcessPoolExecutor, stop_grace: float) -> None:
     """Interrupted: each worker aborts its rank (its temporary file removed, nothing under a
-    final name) and exits; queued ranks are dropped. A worker still alive STOP_GRACE seconds
+    final name) and exits; queued ranks are dropped. A worker still alive stop_grace seconds
     later is killed: one stopped while sending its result back can leave the pool's result
     queue locked, and another then waits on that lock for ever, deaf to a second SIGTERM (the
     pool's own shutdown would wait for it without a bound)."""
@@ -604,7 +619,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
-    deadline = time.monotonic() + STOP_GRACE
+    deadline = time.monotonic() + stop_grace
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
         if proc.is_alive():
@@ -646,7 +661,7 @@ def _worker_convert(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fm
         # the rank was aborted; the commit behind it ends first (its temporary file renamed
         # or removed: os._exit would leave it), its upload cancelled (_stop); then no result
         if _commit_pending is not None:
-            wait([_commit_pending], timeout=STOP_GRACE / 2)
+            wait([_commit_pending], timeout=_stop_grace / 2)
         os._exit(128 + signal.SIGTERM)
     finally:
         _buffer = np.empty(0, np.uint8)
@@ -912,7 +927,8 @@ class _Pool:
         killed: list[int] | None = None
         with ProcessPoolExecutor(max_workers=min(self.config.process_count, self.todo_count),
                                  mp_context=ctx, initializer=_worker_init,
-                                 initargs=(self.config.log_dir, ctx.Value("i", 0), self.committed)) as pool:
+                                 initargs=(self.config.log_dir, ctx.Value("i", 0), self.committed,
+                                           self.config.stop_grace_seconds)) as pool:
             try:
                 while self.pending or self.running or self.committing:
                     self._start(pool)
@@ -921,7 +937,7 @@ class _Pool:
                 killed = sorted([rp.rank for rp, _ in self.running.values()] + list(self.committing))
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt) or (self.feed is not None and _raises(self.feed.check)):
-                    _stop_workers(pool)   # a download that failed: the ranks reading it cannot end
+                    _stop_workers(pool, self.config.stop_grace_seconds)   # a download that failed: the ranks reading it cannot end
                 raise
         if killed is not None:   # the pool is down, every worker reaped: what they left goes
             for folder in self.folders:
