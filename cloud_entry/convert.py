@@ -9,6 +9,7 @@ of them.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 
@@ -57,7 +58,9 @@ def request(source: sync.Source, src: reshard.Strategy | None, dst: reshard.Stra
     """The engine's request for this node's blocks: the source read in place or fetched into
     `cache` by the engine's rule (reshard.plan.choose_mode), the ranks written to dst_root;
     policy: what the plan does with parameters the strategies and checkpoint disagree on."""
-    return Request(source.files, src, dst, dst_root, CacheStage(source, cache, keep_cache),
+    # its notes (the step or file chosen) were logged when the job classified it (sync.inspect_source)
+    files = dataclasses.replace(source.files, notes=())
+    return Request(files, src, dst, dst_root, CacheStage(source, cache, keep_cache),
                    tuple(block_ranks(blocks)), prefix, fmt, policy, "auto")
 
 
