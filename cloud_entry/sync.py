@@ -374,17 +374,8 @@ def download_ranks(remote_root: str, local_root: str, names: list[str],
     the name of a rank with the same bytes (convert.replicas: from the plan); such a rank whose
     twin is among `names` with the same recorded checksum is another name of the twin's file
     here (a hard link), not a second download. Returns the names downloaded or linked."""
-    from reshard import integrity
     from reshard.execute import link_file
-    todo = []
-    for name in names:
-        want, path = expected(name), join(local_root, name)
-        if want is None or not os.path.isfile(path) or os.path.getsize(path) != want[0]:
-            todo.append(name)
-            continue
-        got = integrity.file_checksum(path)
-        if (got.size, got.crc32) != tuple(want):
-            todo.append(name)
+    todo = [name for name in names if not _here_unchanged(join(local_root, name), expected(name))]
     if len(todo) < len(names):
         log.info("%d rank file(s) converted elsewhere are here already, unchanged", len(names) - len(todo))
     twins = {n: f for n, f in (same or {}).items()
@@ -400,6 +391,15 @@ def download_ranks(remote_root: str, local_root: str, names: list[str],
         os.makedirs(os.path.dirname(join(local_root, name)), exist_ok=True)
         link_file(join(local_root, first), join(local_root, name), durable=False)
     return todo
+
+
+def _here_unchanged(path: str, want: tuple[int, str] | None) -> bool:
+    """The local file is there with the recorded (size, CRC32)."""
+    from reshard import integrity
+    if want is None or not os.path.isfile(path) or os.path.getsize(path) != want[0]:
+        return False
+    got = integrity.file_checksum(path)
+    return (got.size, got.crc32) == tuple(want)
 
 
 def ranges(ranks: list[int]) -> str:

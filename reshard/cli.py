@@ -432,6 +432,19 @@ def convert_from_args(argv=None) -> int:
 def _check_flags(args) -> None:
     """Every flag on its own and against the others, before anything is read (one line
     naming the culprit); no destination flag: MindFormers' default, with a warning."""
+    _check_run_flags(args)
+    _check_destination_flags(args)
+    check_prefix(args.prefix)
+    _check_urls(args)
+    for flag in ("log_dir", "work_dir"):
+        if getattr(args, flag):
+            check_writable(getattr(args, flag), f"--{flag} {getattr(args, flag)}")
+    if args.step is not None and not args.src_checkpoint:
+        raise ReshardError("--step chooses a file of --src_checkpoint, which is not given")
+
+
+def _check_run_flags(args) -> None:
+    """_check_flags: what to convert, how many processes, which engine."""
     if not args.src_checkpoint and not args.dry_run:
         raise ReshardError("--src_checkpoint is required")
     if args.dry_run and args.engine == "mindspore":
@@ -445,6 +458,10 @@ def _check_flags(args) -> None:
                            "--engine mindspore")
     if args.engine == "mindspore" and registry.get(args.fmt).mindspore_name is None:
         raise ReshardError(f"--engine mindspore: MindSpore cannot write --format {args.fmt}; use --engine stream")
+
+
+def _check_destination_flags(args) -> None:
+    """_check_flags: one destination flag at most; none: MindFormers' default, with a warning."""
     if args.dst_checkpoint and args.dst_checkpoint_dir:
         raise ReshardError("--dst_checkpoint and --dst_checkpoint_dir: give one (the latter adds "
                            "the checkpoint's name, as MindFormers does)")
@@ -452,13 +469,6 @@ def _check_flags(args) -> None:
         args.dst_checkpoint_dir = DEFAULT_DST
         log.warning("--dst_checkpoint_dir not given: writing under %s (MindFormers' default)",
                     os.path.abspath(DEFAULT_DST))
-    check_prefix(args.prefix)
-    _check_urls(args)
-    for flag in ("log_dir", "work_dir"):
-        if getattr(args, flag):
-            check_writable(getattr(args, flag), f"--{flag} {getattr(args, flag)}")
-    if args.step is not None and not args.src_checkpoint:
-        raise ReshardError("--step chooses a file of --src_checkpoint, which is not given")
 
 
 def _destination(args, source: SourceSet | None) -> None:
