@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "names, with its meaning). Output: <dst_checkpoint>/rank_<r>/<prefix><r>.ckpt;\n"
                     "a complete destination is rank_0. Paths may be local, obs:// or s3://.\n"
                     "Ctrl-C stops cleanly (exit 130); the same command again resumes.")
+    _add_layout_flags(p)
+    _add_run_flags(p)
+    return p
+
+
+def _add_layout_flags(p: argparse.ArgumentParser) -> None:
+    """build_parser: what is converted into what (source, strategies, output, ranks)."""
     p.add_argument("--src_checkpoint", default=None, metavar="PATH",
                    help="[MindFormers] the source: a complete .ckpt/.safetensors file, a folder "
                         "of complete files, a folder with one rank_0/ (a complete checkpoint, "
@@ -155,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ranks converted at once, in P worker processes, within --max_memory; "
                         "--transform_process_num is MindFormers' name for it; with --rank_id the "
                         "number of blocks (default 1)")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """build_parser: how it is converted, checked, shown (in --help after _add_layout_flags)."""
     p.add_argument("--transform_by_rank", nargs="?", const=True, default=None, type=_bool, metavar="BOOL",
                    help="[MindFormers] accepted and ignored: this engine always converts rank by "
                         "rank, reading only the slices each rank needs")
@@ -200,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true",
                            help="warnings and errors only on stderr (the result line stays on stdout)")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug lines too")
-    return p
 
 
 def _step(text: str):
