@@ -61,14 +61,27 @@ def _run(tool: str, args: list[str], env: dict[str, str], tmp_path: Path) -> tup
     return counts.read_text().split(), proc.stdout + proc.stderr
 
 
-def _strategy_gets(proxy: FaultProxy, bucket: str, folders: list[str]) -> dict[str, int]:
-    """Object key -> successful GETs of it, for the objects under the strategy folders."""
-    gets: dict[str, int] = {}
+def _inputs(models, bucket: str) -> str:
+    """The 8-rank source and both strategy folders on the store; the source's URL."""
+    upload(models["s8"], f"s3://{bucket}/src_s")
+    upload(models["s4"], f"s3://{bucket}/dst_s")
+    return upload(models["ref8"], f"s3://{bucket}/models/llama8")
+
+
+def _run_counted(tool: str, args: list[str], models, bucket: str, s3_env, s3_server, tmp_path: Path) -> None:
+    """Runs `tool` through the recording proxy; each strategy object GET once, and the full
+    plan and its skeleton built once."""
+    with FaultProxy(s3_server.endpoint) as proxy:
+        steps, out = _run(tool, args, _env(s3_env, proxy.endpoint), tmp_path)
+    gets: dict[str, int] = {}   # object key -> successful GETs of it, under the strategy folders
     for r in proxy.records:
         key = r.path.split("?")[0].removeprefix(f"/{bucket}/")
-        if r.method == "GET" and r.status < 300 and any(key.startswith(f + "/") for f in folders):
+        if r.method == "GET" and r.status < 300 and key.startswith(("src_s/", "dst_s/")):
             gets[key] = gets.get(key, 0) + 1
-    return gets
+    expected = {f"src_s/{n}" for n in os.listdir(models["s8"])} | {f"dst_s/{n}" for n in os.listdir(models["s4"])}
+    assert set(gets) == expected, out
+    assert all(n == 1 for n in gets.values()), gets
+    assert steps.count("prepare") == 1 and steps.count("skeleton") == 1, steps
 
 
 def test_cloud_entry_fetches_each_strategy_once_and_plans_once(models, bucket, s3_env, s3_server, tmp_path):
@@ -76,20 +89,12 @@ def test_cloud_entry_fetches_each_strategy_once_and_plans_once(models, bucket, s
     their objects is read once (parsed in the job's plan, the same copy placed in output/ and
     used by the conversion), the full plan is made once (in the job's plan, before anything is
     written) and so is its skeleton; every rank is MindSpore's."""
-    src = upload(models["ref8"], f"s3://{bucket}/models/llama8")
-    upload(models["s8"], f"s3://{bucket}/src_s")
-    upload(models["s4"], f"s3://{bucket}/dst_s")
+    src = _inputs(models, bucket)
     args = [f"--load_checkpoint={src}", f"--src_strategy_path_or_dir=s3://{bucket}/src_s",
             f"--dst_strategy=s3://{bucket}/dst_s", "--auto_trans_ckpt=True", "--transform_process_num=2",
             "--npu_num_per_node=4", f"--remote_save_url=s3://{bucket}/out", "--transform_only=True",
             *PARALLEL4]
-    with FaultProxy(s3_server.endpoint) as proxy:
-        steps, out = _run("cloud_entry", args, _env(s3_env, proxy.endpoint), tmp_path)
-    gets = _strategy_gets(proxy, bucket, ["src_s", "dst_s"])
-    expected = {f"src_s/{n}" for n in os.listdir(models["s8"])} | {f"dst_s/{n}" for n in os.listdir(models["s4"])}
-    assert set(gets) == expected, out
-    assert all(n == 1 for n in gets.values()), gets
-    assert steps.count("prepare") == 1 and steps.count("skeleton") == 1, steps
+    _run_counted("cloud_entry", args, models, bucket, s3_env, s3_server, tmp_path)
     synth.assert_same_checkpoint_dirs(str(tmp_path / "cwd_cloud_entry" / "output" / "transformed_checkpoint"
                                           / "llama8"), models["ref4"])
 
@@ -98,17 +103,9 @@ def test_transform_checkpoint_fetches_each_strategy_once_and_plans_once(models, 
                                                                         tmp_path):
     """The offline tool, the same source and strategies on the store: each strategy object
     read once, the plan made once (the command's checks, then its execution by reshard.run)."""
-    src = upload(models["ref8"], f"s3://{bucket}/models/llama8")
-    upload(models["s8"], f"s3://{bucket}/src_s")
-    upload(models["s4"], f"s3://{bucket}/dst_s")
+    src = _inputs(models, bucket)
     out = tmp_path / "out4"
     args = ["--src_checkpoint", src, "--src_strategy", f"s3://{bucket}/src_s", "--dst_strategy",
             f"s3://{bucket}/dst_s", "--dst_checkpoint", str(out), "--process_num", "2"]
-    with FaultProxy(s3_server.endpoint) as proxy:
-        steps, text = _run("reshard", args, _env(s3_env, proxy.endpoint), tmp_path)
-    gets = _strategy_gets(proxy, bucket, ["src_s", "dst_s"])
-    expected = {f"src_s/{n}" for n in os.listdir(models["s8"])} | {f"dst_s/{n}" for n in os.listdir(models["s4"])}
-    assert set(gets) == expected, text
-    assert all(n == 1 for n in gets.values()), gets
-    assert steps.count("prepare") == 1 and steps.count("skeleton") == 1, steps
+    _run_counted("reshard", args, models, bucket, s3_env, s3_server, tmp_path)
     synth.assert_same_checkpoint_dirs(str(out), models["ref4"])
