@@ -346,6 +346,14 @@ def _name(token: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _is_ours(name: str | None, value: str | None) -> bool:
+    """take_from_launch: one of our hyperparameters (a switch only with a value: a bare --quiet
+    is the command's own, as is a bare --config), or a dotted config override with a value."""
+    if name is None or name == "config" or (name in SWITCHES and value is None):
+        return False
+    return name in OWN_NAMES or (_DOTTED.match(name) is not None and value is not None)
+
+
 def take_from_launch(launch: Sequence[str]) -> tuple[list[str], list[str], str | None]:
     """Split the training command into (its own arguments, our hyperparameters, its --config value).
 
@@ -364,11 +372,7 @@ def take_from_launch(launch: Sequence[str]) -> tuple[list[str], list[str], str |
         m = _ARG.match(token)
         name, value = (m.group(1), m.group(2)) if m else (None, None)
         spaced = value is None and i + 1 < len(launch) and not launch[i + 1].startswith("--")
-        if name == "config":
-            if value is None and not spaced:
-                kept.append(token)
-                i += 1
-                continue
+        if name == "config" and (value is not None or spaced):
             width = 1 if value is not None else 2
             value = value if value is not None else launch[i + 1]
             if CONFIG_PLACEHOLDER in value:
@@ -379,13 +383,10 @@ def take_from_launch(launch: Sequence[str]) -> tuple[list[str], list[str], str |
                     kept.append(f"--config={CONFIG_PLACEHOLDER}")
                     has_placeholder = True
             i += width
-        elif name in SWITCHES and value is None:      # the command's own bare --quiet
-            kept.append(token)
-            i += 1
-        elif name is not None and (name in OWN_NAMES or (_DOTTED.match(name) and value is not None)):
-            ours.append(token if value is not None else f"--{name}={launch[i + 1]}" if spaced else token)
+        elif _is_ours(name, value):
+            ours.append(token if value is not None or not spaced else f"--{name}={launch[i + 1]}")
             i += 1 if (value is not None or not spaced) else 2
-        else:
+        else:   # the command's own, a bare --config and a bare switch (--quiet) too
             kept.append(token)
             i += 1
     return kept, ours, config
@@ -431,19 +432,8 @@ def parse_args(argv: Sequence[str]) -> JobSpec:
     launch, appended, launch_config = take_from_launch(launch)
     parser = build_parser()
     ns, unknown = parser.parse_known_args(own + appended)
-    overrides: dict[str, Any] = {}
-    passthrough: list[str] = []
-    for item in unknown:
-        m = _ARG.match(item)
-        if m and _DOTTED.match(m.group(1)) and m.group(2) is not None:
-            overrides[m.group(1)] = parse_scalar(m.group(1), m.group(2))
-        else:
-            passthrough.append(item)
-    values: dict[str, Any] = {}
-    for flag, spec in FLAGS.items():
-        text = getattr(ns, flag)
-        if text is not None:
-            values[spec.field] = spec.convert(flag, text)
+    overrides, passthrough = _dotted_overrides(unknown)
+    values = _flag_values(ns)
     if values.get("launch_cmd"):   # --launch_cmd="...": its hyperparameters are ours the same way
         launch_cmd, inner, inner_config = take_from_launch(values["launch_cmd"])
         if inner:   # again, as if the command had been written after `--`
@@ -462,18 +452,8 @@ def parse_args(argv: Sequence[str]) -> JobSpec:
             overrides[key] = parse_scalar(key, getattr(ns, key))
     others = [*launch, *(values.get("launch_cmd") or ()), *passthrough]
     _check_typos([n for n in map(_name, others) if n], values.get("pass_args", ()))
-    platform = {}
-    for item in others:
-        m = _ARG.match(item)
-        if m and m.group(1) in PLATFORM_ARGS and m.group(2) is not None:
-            platform[m.group(1)] = m.group(2)
-    if launch:
-        values["launch_cmd"] = tuple(launch)
-    if values.get("launch_cmd"):
-        values["launch_cmd"] = tuple(values["launch_cmd"]) + tuple(passthrough)
-    elif passthrough:
-        for item in passthrough:
-            log.warning("no training command to pass %s on to: ignored", item.split("=", 1)[0])
+    platform = _platform_args(others)
+    _launch_cmd(values, launch, passthrough)
     if "remote_save_url" not in values and obs_io.is_remote(platform.get("train_url", "")):
         values["remote_save_url"] = platform["train_url"]
         log.info("remote_save_url from --train_url")
@@ -481,6 +461,52 @@ def parse_args(argv: Sequence[str]) -> JobSpec:
                    platform=platform)
     validate(spec)
     return spec
+
+
+def _dotted_overrides(unknown: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """parse_args: of the arguments argparse does not know, (the dotted config overrides
+    `--a.b=v`, parsed; the others, passed on to the training command)."""
+    overrides: dict[str, Any] = {}
+    passthrough: list[str] = []
+    for item in unknown:
+        m = _ARG.match(item)
+        if m and _DOTTED.match(m.group(1)) and m.group(2) is not None:
+            overrides[m.group(1)] = parse_scalar(m.group(1), m.group(2))
+        else:
+            passthrough.append(item)
+    return overrides, passthrough
+
+
+def _flag_values(ns: argparse.Namespace) -> dict[str, Any]:
+    """parse_args: JobSpec field -> value of each of our flags given (FLAGS' conversions)."""
+    values: dict[str, Any] = {}
+    for flag, spec in FLAGS.items():
+        text = getattr(ns, flag)
+        if text is not None:
+            values[spec.field] = spec.convert(flag, text)
+    return values
+
+
+def _platform_args(others: Sequence[str]) -> dict[str, str]:
+    """parse_args: the platform's arguments with a value (PLATFORM_ARGS: --train_url, ...)."""
+    platform = {}
+    for item in others:
+        m = _ARG.match(item)
+        if m and m.group(1) in PLATFORM_ARGS and m.group(2) is not None:
+            platform[m.group(1)] = m.group(2)
+    return platform
+
+
+def _launch_cmd(values: dict[str, Any], launch: list[str], passthrough: list[str]) -> None:
+    """parse_args: the training command (after `--`, else --launch_cmd), the arguments none of
+    ours passed on to it; without a command those are ignored with a warning."""
+    if launch:
+        values["launch_cmd"] = tuple(launch)
+    if values.get("launch_cmd"):
+        values["launch_cmd"] = tuple(values["launch_cmd"]) + tuple(passthrough)
+    elif passthrough:
+        for item in passthrough:
+            log.warning("no training command to pass %s on to: ignored", item.split("=", 1)[0])
 
 
 def locations(spec: JobSpec) -> list[tuple[str, str | None]]:

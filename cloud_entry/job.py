@@ -10,11 +10,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -27,11 +25,12 @@ from obs_io.oneline import one_line
 from cloud_entry import config as config_mod
 from obs_io.typos import closest
 from cloud_entry import convert, launch, logs, markers, node_leader, strategy_pass, sync
-from reshard.blocks import BlockPlan, plan_blocks
+from reshard import run as reshard_run
+from reshard.blocks import Block, BlockPlan, plan_blocks
 from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.jobspec import JobSpec
-from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join, rank_dir
+from cloud_entry.paths import JobPaths, clear_reason, clear_safely, join
 from reshard import integrity
 from reshard.claim import OutputClaim
 from reshard.plan import Plan
@@ -61,6 +60,8 @@ class JobPlan:
     started: float                    # seconds since the epoch: older failure markers are stale
     conversion: Plan | None = None    # this node's blocks, headers read (None: a strategy pass first)
     previous: integrity.SetManifest | None = None   # the set these inputs already made, if complete
+    # URL -> a remote strategy's bytes as downloaded to parse it: placed locally from these later
+    fetched: Mapping[str, sync.StrategyCopy] = dataclasses.field(default_factory=dict)
 
 
 def parallel_world(cfg: dict[str, Any]) -> int:
@@ -171,6 +172,8 @@ def _check_overrides(spec: JobSpec, base: dict[str, Any]) -> None:
 
 
 def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
+    """Everything decided, and every input checked, before the first write: the config, the
+    cluster, the source, the blocks, the strategies and this node's full conversion plan."""
     base = config_mod.with_defaults(config_mod.read_base(spec.config))
     _check_overrides(spec, base)
     cfg = config_mod.build(spec, base)
@@ -189,31 +192,8 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     if not converting and (job.dst_strategy or job.src_strategy):
         log.warning("auto_trans_ckpt is %s: the strategies given are not used, nothing is converted",
                     job.auto_trans_ckpt)
-    blocks, convert_ranks = None, ()
-    identities: dict[str, Any] = {}
-    if converting:
-        assert source is not None
-        if job.src_strategy:
-            identities["src_strategy"] = sync.check_strategy(job.src_strategy, "src_strategy_path_or_dir")
-        elif len(source.rank_files) > 1:   # one rank folder alone is a complete checkpoint
-            raise EntryError(f"load_checkpoint={job.load_checkpoint}: {len(source.rank_files)} rank "
-                             "folders need src_strategy_path_or_dir")
-        if job.dst_strategy and job.use_parallel:
-            identities["dst_strategy"] = sync.check_strategy(job.dst_strategy, "--dst_strategy")
-        elif job.use_parallel:
-            if not job.launch_cmd:
-                raise EntryError("no --dst_strategy and no launch command to run the strategy pass with")
-            identities["strategy_pass"] = [cfg.get("parallel_config"), cfg.get("model"), job.launch_cmd]
-        world = cluster.world_size if job.use_parallel else 1
-        blocks = plan_blocks(world, job.transform_process_num or 1, cluster.num_nodes,
-                             shared_disk=bool(job.shared_dir) or cluster.num_nodes == 1)
-        convert_ranks = (cluster.node_ranks if job.use_parallel
-                         else ((0,) if cluster.node_index == 0 else ()))
-    output_dir = os.path.abspath(job.output_dir or "./output")
-    work_dir = os.path.abspath(job.work_dir or os.path.join(output_dir, "cloud_entry"))
-    layout = JobPaths(output_dir, work_dir, os.path.join(work_dir, "log"),
-                    source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
-                    job.remote_save_url.rstrip("/"))
+    blocks, convert_ranks, identities = _blocks(job, cfg, cluster, source) if converting else (None, (), {})
+    layout = _layout(job, source)
     _check_locations(job, layout, cluster, converting)
     check_writable(layout.output_dir, f"--output_dir={job.output_dir}" if job.output_dir
                    else f"output folder {layout.output_dir}")
@@ -228,30 +208,78 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
     launch.stop_grace(env)    # a bad CLOUD_ENTRY_STOP_GRACE is bad input: now, not after converting
     src = dst = full = previous = None
+    fetched: dict[str, sync.StrategyCopy] = {}
     if converting:
         previous = _previous_set(layout, job, cluster, run_id, fmt)
-        try:
-            src, dst, full = _strategies(job, cluster, cfg, source, blocks, convert_ranks, layout,
-                                         plan_now=previous is None)
-        except (EntryError, reshard.ReshardError) as exc:   # this node's blocks: the others must hear
-            # the other nodes wait for this node's blocks: tell them, or they wait out the bound
-            leaders = [b.leader for b in blocks.led_by(convert_ranks)]
-            if cluster.num_nodes > 1 and leaders:
-                for leader in leaders:
-                    markers.publish_failure(layout.marker_dir, markers.Marker(markers.FAILED, leader, run_id,
-                                                                      _one_line(exc)))
-                raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from None
-            raise
+        src, dst, full = _planned_strategies(job, cluster, cfg, source, blocks, tuple(convert_ranks), layout,
+                                             run_id, previous is None, fetched)
     return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), src, dst, run_id,
-                   node_key, time.time(), full, previous)
+                   node_key, time.time(), full, previous, fetched)
 
 
-def _load(url: str, flag: str) -> reshard.Strategy:
+def _blocks(job: JobSpec, cfg: dict[str, Any], cluster: Cluster, source: sync.Source | None
+            ) -> tuple[BlockPlan, tuple[int, ...], dict[str, Any]]:
+    """(the blocks of the conversion, this node's ranks of the destination layout, the
+    identities of the strategies: part of what defines the result). Strategies are checked
+    to exist, not parsed yet."""
+    assert source is not None
+    identities: dict[str, Any] = {}
+    if job.src_strategy:
+        identities["src_strategy"] = sync.check_strategy(job.src_strategy, "src_strategy_path_or_dir")
+    elif len(source.rank_files) > 1:   # one rank folder alone is a complete checkpoint
+        raise EntryError(f"load_checkpoint={job.load_checkpoint}: {len(source.rank_files)} rank "
+                         "folders need src_strategy_path_or_dir")
+    if job.dst_strategy and job.use_parallel:
+        identities["dst_strategy"] = sync.check_strategy(job.dst_strategy, "--dst_strategy")
+    elif job.use_parallel:
+        if not job.launch_cmd:
+            raise EntryError("no --dst_strategy and no launch command to run the strategy pass with")
+        identities["strategy_pass"] = [cfg.get("parallel_config"), cfg.get("model"), job.launch_cmd]
+    world = cluster.world_size if job.use_parallel else 1
+    blocks = plan_blocks(world, job.transform_process_num or 1, cluster.num_nodes,
+                         shared_disk=bool(job.shared_dir) or cluster.num_nodes == 1)
+    convert_ranks = (cluster.node_ranks if job.use_parallel
+                     else ((0,) if cluster.node_index == 0 else ()))
+    return blocks, tuple(convert_ranks), identities
+
+
+def _layout(job: JobSpec, source: sync.Source | None) -> JobPaths:
+    output_dir = os.path.abspath(job.output_dir or "./output")
+    work_dir = os.path.abspath(job.work_dir or os.path.join(output_dir, "cloud_entry"))
+    return JobPaths(output_dir, work_dir, os.path.join(work_dir, "log"),
+                    source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
+                    job.remote_save_url.rstrip("/"))
+
+
+def _planned_strategies(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], source: sync.Source,
+                        blocks: BlockPlan, convert_ranks: tuple[int, ...], layout: JobPaths, run_id: str,
+                        plan_now: bool, fetched: dict[str, sync.StrategyCopy]) -> tuple:
+    """_strategies, where a failure is this node's blocks' failure: with several nodes, the
+    others wait for this node's blocks, so they are told (failure markers), or they would wait
+    out the bound."""
+    try:
+        return _strategies(job, cluster, cfg, source, blocks, convert_ranks, layout, plan_now=plan_now,
+                           fetched=fetched)
+    except (EntryError, reshard.ReshardError) as exc:
+        leaders = [b.leader for b in blocks.led_by(convert_ranks)]
+        if cluster.num_nodes > 1 and leaders:
+            for leader in leaders:
+                markers.publish_failure(layout.marker_dir, markers.Marker(markers.FAILED, leader, run_id,
+                                                                          _one_line(exc)))
+            raise BlockFailed(f"block led by rank {leaders[0]} failed: {_one_line(exc)}") from None
+        raise
+
+
+def _load(url: str, flag: str, fetched: dict[str, sync.StrategyCopy]) -> reshard.Strategy:
     """A strategy parsed now, from a temporary copy when on object storage (gone after the
-    parse: nothing of ours is written before the plan is accepted); errors name the user's URL."""
+    parse: nothing of ours is written before the plan is accepted; its bytes are kept in
+    `fetched`, so the job downloads it once); errors name the user's URL."""
     try:
         with tempfile.TemporaryDirectory(prefix="cloud-entry-strategy-") as tmp:
-            strategy = reshard.load_strategy(sync.fetch_strategy(url, tmp))
+            path = sync.fetch_strategy(url, tmp)
+            strategy = reshard.load_strategy(path)
+            if obs_io.is_remote(url):
+                fetched[url] = sync.StrategyCopy.of(url, path)
     except (OSError, ValueError) as exc:   # unreadable (refused, missing) or not a strategy
         raise EntryError(f"{flag}={url}: {one_line(exc, (OSError, ValueError))}") from None
     return dataclasses.replace(strategy, source=url)
@@ -259,7 +287,7 @@ def _load(url: str, flag: str) -> reshard.Strategy:
 
 def _strategies(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], source: sync.Source,
                 blocks: BlockPlan, convert_ranks: tuple[int, ...], layout: JobPaths,
-                plan_now: bool = True) -> tuple:
+                plan_now: bool = True, fetched: dict[str, sync.StrategyCopy] | None = None) -> tuple:
     """Both strategies parsed and checked against the job and the source, and, when the
     destination is known (given, or complete), this node's full plan made with the source's
     headers read, before anything is written: a destination of another world size or stage
@@ -267,17 +295,17 @@ def _strategies(job: JobSpec, cluster: Cluster, cfg: dict[str, Any], source: syn
     corrupt source, a strategy of another model end the job here, not after logs, markers and
     downloads. Returns (src, dst, the full plan or None); plan_now False (the set is complete
     already: _previous_set): no plan, no byte of the source read."""
-    src = _load(job.src_strategy, "src_strategy_path_or_dir") if job.src_strategy else None
-    dst = _load(job.dst_strategy, "--dst_strategy") if job.dst_strategy and job.use_parallel else None
+    fetched = {} if fetched is None else fetched
+    src = _load(job.src_strategy, "src_strategy_path_or_dir", fetched) if job.src_strategy else None
+    dst = _load(job.dst_strategy, "--dst_strategy", fetched) if job.dst_strategy and job.use_parallel else None
     if dst is not None:
         _check_destination(job, cluster, cfg, dst)
     mine = blocks.led_by(convert_ranks)
     if not mine or not plan_now or (dst is None and job.use_parallel):   # or a strategy pass first
         return src, dst, None
-    skeleton = convert.skeleton(source.files, src, dst, mine, job.prefix, job.load_ckpt_format or formats.DEFAULT,
-                                _policy(job))
     try:   # headers by ranged GETs (a bad source fails before any transfer)
-        return src, dst, convert.complete(skeleton, source_root(layout, source))
+        return src, dst, reshard_run.prepare(_request(job, layout, source, src, dst, mine),
+                                             subscriber=convert.JobSubscriber(layout.transformed, None, False))
     except OSError as exc:   # the store, not the input: this node's failure to tell the others
         raise EntryError(f"load_checkpoint={job.load_checkpoint}: {one_line(exc, (OSError,))}") from None
 
@@ -288,9 +316,15 @@ def source_root(layout: JobPaths, source: sync.Source) -> str:
     return join(layout.work_dir, "source", layout.ckpt_name) if source.remote else source.files.base
 
 
-def _policy(job: JobSpec) -> reshard.PlanPolicy:
-    """What the engine does with parameters the strategies and the checkpoint disagree on."""
-    return reshard.PlanPolicy(job.allow_missing_params, job.keep_unnamed_params)
+def _request(job: JobSpec, layout: JobPaths, source: sync.Source, src: reshard.Strategy | None,
+             dst: reshard.Strategy | None, blocks: tuple[Block, ...]) -> reshard.Request:
+    """The engine's request for this node's blocks (the same when planned in plan() and when
+    run in transform()); policy: what the engine does with parameters the strategies and the
+    checkpoint disagree on."""
+    return convert.request(source, src, dst, blocks, job.prefix, job.load_ckpt_format or formats.DEFAULT,
+                           source_root(layout, source), dst_root=layout.transformed,
+                           policy=reshard.PlanPolicy(job.allow_missing_params, job.keep_unnamed_params),
+                           keep_cache=job.keep_source_cache)
 
 
 def _digest(path: str | None) -> str:
@@ -305,29 +339,6 @@ def _digest(path: str | None) -> str:
         with open(f, "rb") as fh:
             h.update(fh.read())
     return h.hexdigest()
-
-
-def _forget_stale_ranks(p: JobPlan, inputs: dict[str, Any], ranks: list[int]) -> None:
-    """Converted ranks are reused (the engine skips complete, verified ones) only if they came
-    from the same inputs; else this node's own rank folders are removed first."""
-    inputs = json.loads(json.dumps(inputs, sort_keys=True))   # as it reads back (str keys)
-    manifest = join(p.layout.work_dir, f"transform_inputs_{p.layout.ckpt_name}.json")
-    old = None
-    if os.path.isfile(manifest):
-        with open(manifest, encoding="utf-8") as f:
-            old = json.load(f)
-    if old != inputs:
-        base = p.layout.shared_dir or p.layout.output_dir
-        for r in ranks:
-            folder = rank_dir(p.layout.transformed, r)
-            if os.path.islink(folder):   # never removed through: the link alone goes
-                log.info("removing the link %s (to %s): converted from other inputs", folder,
-                         os.path.realpath(folder))
-                os.unlink(folder)
-            elif os.path.isdir(folder) and not clear_reason(folder, base, p.job.inputs):
-                log.info("removing %s: converted from other inputs", folder)
-                shutil.rmtree(folder)
-    markers.write_atomic(manifest, json.dumps(inputs, sort_keys=True))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -345,7 +356,8 @@ def destination_strategy(p: JobPlan, env: dict[str, str]) -> str | None:
             dst = job.dst_strategy
         else:
             clear_safely(layout.local_strategy, layout.output_dir, job.inputs)
-            dst = sync.fetch_strategy(job.dst_strategy, layout.local_strategy, copy_local=True)
+            dst = sync.fetch_strategy(job.dst_strategy, layout.local_strategy, copy_local=True,
+                                      fetched=p.fetched.get(job.dst_strategy))
     else:
         clear_safely(layout.local_strategy, layout.output_dir, job.inputs)
         strategy_pass.clear_own_markers(layout, p.cluster.node_index)
@@ -390,91 +402,102 @@ def transform(p: JobPlan, env: dict[str, str],
     and this node's ranks converted elsewhere down. Returns the local folder to load and the
     local source strategy (None for a complete source). still_ours(): raises when the outputs
     are no longer this run's; asked before the success markers and the manifest go out."""
-    job, layout = p.job, p.layout
     assert p.source is not None and p.blocks is not None
     my_blocks = p.blocks.led_by(p.convert_ranks)
-    mine = convert.block_ranks(my_blocks)
-    leaders = [b.leader for b in my_blocks]
     log.info("%s; this node converts %s", ", ".join(map(str, p.blocks.blocks)),
              ", ".join(map(str, my_blocks)) or "nothing")
-    fmt = job.load_ckpt_format or formats.DEFAULT
-    written: dict[str, tuple[int, str]] = {}
-    shown: dict[str, str] = {}   # local copy -> the location the user gave
-    previous = p.previous
-    if mine:   # first of all: nobody may take an old marker of our blocks for this run's
-        markers.clear_own(layout.marker_dir, leaders)
-    src_s = None
+    if my_blocks:   # first of all: nobody may take an old marker of our blocks for this run's
+        markers.clear_own(p.layout.marker_dir, [b.leader for b in my_blocks])
     try:   # from here on a failure is this node's blocks' failure: every node learns it
-        dst_s = destination_strategy(p, env)
-        dst = p.dst_strategy
-        if dst is None and dst_s:   # written by the strategy pass just now
-            dst = reshard.load_strategy(dst_s)
-            _check_destination(job, p.cluster, p.config, dst)
-        if job.src_strategy:
-            src_s = sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"))
-        if mine and previous is not None:   # a rerun of a finished job: nothing to convert or move up
-            names = {output_name(r, job.prefix, fmt) for r in mine}
-            written = {n: (r.size, r.crc32) for n, r in previous.files.items() if n in names}
-        elif mine:
-            cache = source_root(layout, p.source)
-            if p.source.remote:   # errors name the user's URL, not our local copy
-                shown[cache.rstrip("/")] = p.source.files.base.rstrip("/")
-            # the plan (made in plan() unless a strategy pass made the destination): headers by
-            # ranged GETs; the files it reads from a local copy are downloaded while the
-            # conversion already reads them (each rank starts once its first bytes are here), the
-            # others read in place
-            plan = p.conversion or convert.complete(
-                convert.skeleton(p.source.files, p.src_strategy, dst, my_blocks, job.prefix, fmt, _policy(job)), cache)
-            fetched = plan.files_in_mode("fetch")
-            local_root, download = sync.cache_source(p.source, fetched, cache)
-            inputs = {"source": p.source.url, "identity": p.source.identity, "src_strategy": _digest(src_s),
-                      "dst_strategy": _digest(dst_s), "prefix": job.prefix, "fmt": fmt}
-            _forget_stale_ranks(p, inputs, mine)
-            uploader = (sync.RankUploader(layout.transformed, layout.remote_transformed)
-                        if layout.remote_save_url and job.overlap else None)
-            try:   # each rank goes up while it is written (or once written), while the next converts
-                report = convert.convert_blocks(
-                    plan, local_root, layout.transformed, my_blocks, job.max_memory, layout.log_dir,
-                    on_file=uploader.submit if uploader else None, download=download,
-                    release=not job.keep_source_cache,
-                    # each rank goes up while it is written; one the remote manifest already
-                    # records is written first, then uploaded only if it changed
-                    upload_to=layout.remote_transformed if uploader else None,
-                    upload_skip=uploader.recorded if uploader else frozenset())
-            finally:
-                if uploader is not None:
-                    uploader.finish()
-                sync.record_cached(p.source, fetched, cache)   # what did arrive is reused
-            if layout.remote_save_url and not job.overlap:   # after the whole conversion
-                sync.upload_ranks(layout.transformed, layout.remote_transformed, report.checksums)
-            written = report.checksums
-            if p.source.remote and not job.keep_source_cache:   # hundreds of GB on a 70B source
-                shutil.rmtree(cache, ignore_errors=True)
-                log.info("removed the local copy of the source (%s); --keep_source_cache=True keeps it", cache)
+        dst, src_s, written = _convert_mine(p, env, my_blocks)
     except BaseException as exc:
-        log.debug("conversion failed", exc_info=True)
-        text = _one_line(exc)
-        for local, url in shown.items():
-            text = text.replace(local, url)
-        for leader in leaders:
-            markers.publish_failure(layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id, text))
-        if not isinstance(exc, Exception) or isinstance(exc, BlockFailed) or not leaders:
-            raise   # a stop request, another node's failure (already named), or no block of ours
-        raise BlockFailed(f"block led by rank {leaders[0]} failed: {text}") from exc
+        _publish_failure(p, my_blocks, exc)
+        raise
     if my_blocks:
         still_ours()
+    fmt = p.job.load_ckpt_format or formats.DEFAULT
     for block in my_blocks:   # each marker lists its block's files with their checksums
-        names = {output_name(r, job.prefix, fmt) for r in block.ranks}
-        markers.publish(layout.marker_dir, markers.Marker(
+        names = {output_name(r, p.job.prefix, fmt) for r in block.ranks}
+        markers.publish(p.layout.marker_dir, markers.Marker(
             markers.SUCCEED, block.leader, p.run_id,
             markers.succeed_message({n: c for n, c in written.items() if n in names})))
     all_leaders = [b.leader for b in p.blocks.blocks]
-    log.info("waiting (up to %gs) for the blocks led by ranks %s", job.transform_timeout, all_leaders)
-    succeeded = markers.wait_for_blocks(layout.marker_dir, all_leaders, p.run_id, job.transform_timeout,
+    log.info("waiting (up to %gs) for the blocks led by ranks %s", p.job.transform_timeout, all_leaders)
+    succeeded = markers.wait_for_blocks(p.layout.marker_dir, all_leaders, p.run_id, p.job.transform_timeout,
                                         not_before=p.started - CLOCK_SLACK)
     manifest = _set_manifest(p, succeeded, src_s)
+    keep = _gather(p, convert.block_ranks(my_blocks), manifest, dst)
+    _publish_set(p, manifest, keep, still_ours)
+    # Single card: the file itself. MindFormers takes a folder holding rank_* for a distributed
+    # checkpoint and refuses it with use_parallel: False (load_checkpoint_utils._get_checkpoint_mode).
+    # Except to resume from a .ckpt: MindFormers 1.9+ refuses a file as a resume path
+    # (convert_checkpoint_config -> is_hf_checkpoint: "checkpoint_path is not a directory"), and
+    # every release (1.8-2.1) resumes from the set's folder, rank_0/ holding the file
+    # (scripts/mindformers_compat.py, the resume column).
+    resume = formats.get(fmt).resume_loads_folder and _resumes(p.config, p.job.launch_cmd)
+    loaded = p.layout.transformed if p.job.use_parallel or resume else \
+        join(p.layout.transformed, output_name(0, p.job.prefix, fmt))
+    log.info("checkpoint ready: %s", loaded)
+    return loaded, src_s
+
+
+def _convert_mine(p: JobPlan, env: dict[str, str], my_blocks: tuple[Block, ...]
+                  ) -> tuple[reshard.Strategy | None, str | None, dict[str, tuple[int, str]]]:
+    """The destination strategy (given, or made by the strategy pass now), the source strategy
+    down, and this node's blocks converted through the engine (reshard.run): returns (the
+    destination strategy, the local source strategy, output name -> (size, CRC32) of this
+    node's ranks). A rerun of a finished job converts and moves nothing."""
+    job, layout = p.job, p.layout
+    dst_s = destination_strategy(p, env)
+    dst = p.dst_strategy
+    if dst is None and dst_s:   # written by the strategy pass just now
+        dst = reshard.load_strategy(dst_s)
+        _check_destination(job, p.cluster, p.config, dst)
+    src_s = sync.fetch_strategy(job.src_strategy, join(layout.work_dir, "src_strategy"),
+                                fetched=p.fetched.get(job.src_strategy)) if job.src_strategy else None
+    mine = convert.block_ranks(my_blocks)
+    fmt = job.load_ckpt_format or formats.DEFAULT
+    if not mine:
+        return dst, src_s, {}
+    if p.previous is not None:   # a rerun of a finished job: nothing to convert or move up
+        names = {output_name(r, job.prefix, fmt) for r in mine}
+        return dst, src_s, {n: (r.size, r.crc32) for n, r in p.previous.files.items() if n in names}
+    # the plan (made in plan() unless a strategy pass made the destination): headers by ranged
+    # GETs; the files it reads from a local copy are downloaded while the conversion already
+    # reads them (each rank starts once its first bytes are here), the others read in place;
+    # each rank goes up while it is written, while the next converts
+    uploads = convert.JobSubscriber(layout.transformed, layout.remote_transformed if layout.remote_save_url
+                                  else None, job.overlap)
+    request = dataclasses.replace(_request(job, layout, p.source, p.src_strategy, dst, my_blocks),
+                                  upload_to=uploads.upload_to, upload_skip=uploads.upload_skip)
+    report = reshard_run.run(request, convert.config(my_blocks, job.max_memory, layout.log_dir,
+                                                     job.keep_source_cache), uploads, plan=p.conversion)
+    return dst, src_s, report.checksums
+
+
+def _publish_failure(p: JobPlan, my_blocks: tuple[Block, ...], exc: BaseException) -> None:
+    """This node's blocks failed: a failure marker per block, naming the user's URL (not our
+    local copy); then a BlockFailed naming the first block, unless the failure is a stop
+    request, another node's failure (already named) or no block is ours (the caller re-raises)."""
+    log.debug("conversion failed", exc_info=True)
+    text = _one_line(exc)
+    if p.source is not None and p.source.remote:   # errors name the user's URL, not our local copy
+        text = text.replace(source_root(p.layout, p.source).rstrip("/"), p.source.files.base.rstrip("/"))
+    leaders = [b.leader for b in my_blocks]
+    for leader in leaders:
+        markers.publish_failure(p.layout.marker_dir, markers.Marker(markers.FAILED, leader, p.run_id, text))
+    if isinstance(exc, Exception) and not isinstance(exc, BlockFailed) and leaders:
+        raise BlockFailed(f"block led by rank {leaders[0]} failed: {text}") from exc
+
+
+def _gather(p: JobPlan, mine: list[int], manifest: integrity.SetManifest,
+            dst: reshard.Strategy | None) -> list[int]:
+    """This node's ranks converted elsewhere, down from remote_save_url (replicas once, linked
+    here) and checked against the set's manifest; the local folder pruned to this run's files.
+    Returns the ranks this node holds."""
+    job, layout, fmt = p.job, p.layout, p.job.load_ckpt_format or formats.DEFAULT
     world = p.cluster.world_size if job.use_parallel else 1
-    elsewhere = [r for r in p.convert_ranks if r not in set(mine) or previous is not None]
+    elsewhere = [r for r in p.convert_ranks if r not in set(mine) or p.previous is not None]
     if elsewhere and not layout.shared_dir and layout.remote_save_url:
         names = [output_name(r, job.prefix, fmt) for r in elsewhere]
         recorded = {n: (r.size, r.crc32) for n, r in manifest.files.items()}
@@ -482,7 +505,7 @@ def transform(p: JobPlan, env: dict[str, str],
         if dst is not None:   # replicas (the same bytes) come down once, linked here
             try:
                 same = convert.replicas(p.source.files, p.src_strategy, dst, elsewhere, job.prefix, fmt,
-                                        _policy(job))
+                                        reshard.PlanPolicy(job.allow_missing_params, job.keep_unnamed_params))
             except reshard.ReshardError as exc:   # only a saving lost: each file comes down
                 log.debug("replicas not known: %s", exc)
         fetched = sync.download_ranks(layout.remote_transformed, layout.transformed, names, recorded.get, same)
@@ -492,6 +515,16 @@ def transform(p: JobPlan, env: dict[str, str],
     keep = list(range(world)) if layout.shared_dir else sorted(set(p.convert_ranks) | set(mine))
     if not clear_reason(layout.transformed, layout.shared_dir or layout.output_dir, job.inputs):
         sync.prune_outputs(layout.transformed, keep, job.prefix, fmt)
+    return keep
+
+
+def _publish_set(p: JobPlan, manifest: integrity.SetManifest, keep: list[int],
+                 still_ours: Callable[[], None]) -> None:
+    """The set published: under remote_save_url by node 0 (every node holds the same files),
+    pruned to this run's files with this run's strategy, the manifest last; locally; then the
+    files this node's training loads checked against it."""
+    job, layout, fmt = p.job, p.layout, p.job.load_ckpt_format or formats.DEFAULT
+    world = p.cluster.world_size if job.use_parallel else 1
     if layout.remote_save_url and p.cluster.node_index == 0:   # every node holds the same files
         still_ours()   # the prune removes, the manifest publishes: both only into our own output
         # every block is in: nobody uploads there any more; what killed runs left incomplete goes
@@ -505,17 +538,6 @@ def transform(p: JobPlan, env: dict[str, str],
     if not layout.shared_dir or p.cluster.node_index == 0:
         integrity.write(layout.transformed, manifest)
     _check_loaded(layout.transformed, [output_name(r, job.prefix, fmt) for r in keep], manifest)
-    # Single card: the file itself. MindFormers takes a folder holding rank_* for a distributed
-    # checkpoint and refuses it with use_parallel: False (load_checkpoint_utils._get_checkpoint_mode).
-    # Except to resume from a .ckpt: MindFormers 1.9+ refuses a file as a resume path
-    # (convert_checkpoint_config -> is_hf_checkpoint: "checkpoint_path is not a directory"), and
-    # every release (1.8-2.1) resumes from the set's folder, rank_0/ holding the file
-    # (scripts/mindformers_compat.py, the resume column).
-    resume = formats.get(fmt).resume_loads_folder and _resumes(p.config, job.launch_cmd)
-    loaded = layout.transformed if job.use_parallel or resume else \
-        join(layout.transformed, output_name(0, job.prefix, fmt))
-    log.info("checkpoint ready: %s", loaded)
-    return loaded, src_s
 
 
 def _resumes(config: dict[str, Any], launch_cmd: Sequence[str]) -> bool:

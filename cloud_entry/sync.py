@@ -20,6 +20,7 @@ import reshard
 from obs_io import DirEntry
 from reshard.api import local_entries
 from reshard.execute import own_folders
+from reshard.run import state_files
 from reshard.sources import STRATEGY_EXTS, SourceEntry, SourceSet, classify, output_name, strategy_files
 
 from cloud_entry.errors import EntryError
@@ -160,12 +161,39 @@ def check_strategy(url: str, flag: str) -> tuple:
     return _identity([top[n] for n in names])
 
 
-def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
+@dataclass(frozen=True)
+class StrategyCopy:
+    """A remote strategy's files as downloaded once (name -> bytes; a file, or a folder's
+    strategy files), so that the job fetches each strategy once: parsed from one copy, placed
+    where the job keeps it from the same bytes (fetch_strategy)."""
+    url: str
+    folder: bool
+    files: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def of(cls, url: str, path: str) -> "StrategyCopy":
+        """The copy fetch_strategy made at `path` of remote `url`, read back."""
+        folder = os.path.isdir(path)
+        names = [n for n in sorted(os.listdir(path)) if os.path.isfile(os.path.join(path, n))] \
+            if folder else [os.path.basename(path)]
+        files = []
+        for name in names:
+            with open(os.path.join(path, name) if folder else path, "rb") as f:
+                files.append((name, f.read()))
+        return cls(url, folder, tuple(files))
+
+
+def fetch_strategy(url: str, local_dir: str, copy_local: bool = False,
+                   fetched: StrategyCopy | None = None) -> str:
     """A local path to the strategy (file or folder): the user's own when already local
     (read in place, never written to) unless copy_local, else a copy under local_dir (ours:
-    strategy files there that the source no longer has are removed, or they would be merged)."""
+    strategy files there that the source no longer has are removed, or they would be merged).
+    fetched: the bytes of this remote strategy as downloaded before (StrategyCopy): written
+    there, not downloaded again."""
     if not obs_io.is_remote(url) and not copy_local:
         return url
+    if fetched is not None and fetched.url == url:
+        return _place(fetched, local_dir)
     if obs_io.file.is_directory(url):
         names = strategy_names(url)
         _prune(local_dir, set(names), STRATEGY_EXTS)
@@ -174,6 +202,16 @@ def fetch_strategy(url: str, local_dir: str, copy_local: bool = False) -> str:
     dst = os.path.join(local_dir, _basename(url))
     obs_io.file.copy(url, dst)
     return dst
+
+
+def _place(copy: StrategyCopy, local_dir: str) -> str:
+    """fetch_strategy from bytes already downloaded: the same files in the same place."""
+    names = [n for n, _ in copy.files]
+    if copy.folder:
+        _prune(local_dir, set(names), STRATEGY_EXTS)
+    for name, data in copy.files:
+        obs_io.atomic.write_atomic(os.path.join(local_dir, name), data, durable=False)
+    return local_dir if copy.folder else os.path.join(local_dir, names[0])
 
 
 def fetch_source(source: Source, names: list[str], local_root: str) -> str:
@@ -336,17 +374,8 @@ def download_ranks(remote_root: str, local_root: str, names: list[str],
     the name of a rank with the same bytes (convert.replicas: from the plan); such a rank whose
     twin is among `names` with the same recorded checksum is another name of the twin's file
     here (a hard link), not a second download. Returns the names downloaded or linked."""
-    from reshard import integrity
     from reshard.execute import link_file
-    todo = []
-    for name in names:
-        want, path = expected(name), join(local_root, name)
-        if want is None or not os.path.isfile(path) or os.path.getsize(path) != want[0]:
-            todo.append(name)
-            continue
-        got = integrity.file_checksum(path)
-        if (got.size, got.crc32) != tuple(want):
-            todo.append(name)
+    todo = [name for name in names if not _here_unchanged(join(local_root, name), expected(name))]
     if len(todo) < len(names):
         log.info("%d rank file(s) converted elsewhere are here already, unchanged", len(names) - len(todo))
     twins = {n: f for n, f in (same or {}).items()
@@ -364,6 +393,15 @@ def download_ranks(remote_root: str, local_root: str, names: list[str],
     return todo
 
 
+def _here_unchanged(path: str, want: tuple[int, str] | None) -> bool:
+    """The local file is there with the recorded (size, CRC32)."""
+    from reshard import integrity
+    if want is None or not os.path.isfile(path) or os.path.getsize(path) != want[0]:
+        return False
+    got = integrity.file_checksum(path)
+    return (got.size, got.crc32) == tuple(want)
+
+
 def ranges(ranks: list[int]) -> str:
     """'0-3,6' for logs."""
     out, rs = [], sorted(ranks)
@@ -378,7 +416,6 @@ def ranges(ranks: list[int]) -> str:
 
 
 _RANK_PART = re.compile(r"^rank_(\d+)$")
-_MANIFEST = re.compile(r"^\.reshard/rank_(\d+)\.json$")
 
 
 def stale_outputs(names: list[str], keep_ranks: set[int], prefix: str, fmt: str) -> list[str]:
@@ -386,18 +423,12 @@ def stale_outputs(names: list[str], keep_ranks: set[int], prefix: str, fmt: str)
     not this run's: another file in a rank folder (an older prefix's `zz_0.ckpt` sorts after
     `checkpoint_0.ckpt`, and the last file in name order is what gets loaded), any file of a rank
     this run does not hold (rank_4..7 of an 8-rank run in a 4-rank result), the engine's
-    manifest of such a rank. Markers and other files beside the rank folders are left alone."""
+    state files of such a rank (reshard.run.state_files: their names are the engine's).
+    Markers and other files beside the rank folders are left alone."""
     wanted = {output_name(r, prefix, fmt) for r in keep_ranks}
-    stale = []
-    for name in names:
-        first = name.split("/", 1)[0]
-        m = _RANK_PART.match(first)
-        if m and "/" in name and name not in wanted:
-            stale.append(name)
-        m = _MANIFEST.match(name)
-        if m and int(m.group(1)) not in keep_ranks:
-            stale.append(name)
-    return stale
+    state = set(state_files(names, keep_ranks))
+    return [name for name in names if name in state or
+            (_RANK_PART.match(name.split("/", 1)[0]) and "/" in name and name not in wanted)]
 
 
 def prune_outputs(root: str, keep_ranks: list[int], prefix: str, fmt: str) -> list[str]:

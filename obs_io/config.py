@@ -250,15 +250,8 @@ def current() -> S3Config:
         is_secure = _flag("S3_USE_HTTPS", True)
     source, server = ("set_auth(server=...)", o["server"]) if o.get("server") else _first_named(_ENDPOINT_VARS)
     endpoint = _endpoint_url(server, o.get("port"), bool(is_secure), source)
-    if o.get("path_style") is not None:
-        style = "path" if o["path_style"] else "virtual"
-    else:
-        style = (os.environ.get("S3_ADDRESSING_STYLE") or "").strip().lower() or default_addressing_style(endpoint)
-    if style not in ("path", "virtual"):
-        raise ValueError(f"S3_ADDRESSING_STYLE={style!r}: expected 'path' or 'virtual'")
-    match = _HUAWEI_ENDPOINT.search(_host(endpoint))
-    region = (match.group(2) if match else None) or os.environ.get("S3_REGION") \
-        or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    style = _addressing_style(o, endpoint)
+    region = _region(endpoint)
     list_v1 = o.get("list_objects_v1")
     if list_v1 is None:
         list_v1 = _flag("S3_LIST_OBJECTS_V1", False)
@@ -276,6 +269,31 @@ def current() -> S3Config:
         read_part_bytes=int(_positive("S3_READ_PART_MIB", int, DEFAULT_READ_PART_MIB)) * MiB,
         multipart_threshold=int(_positive("S3_MULTIPART_THRESHOLD", int, S3Config.multipart_threshold)),
     )
+    _apply_overrides(values, o)
+    return S3Config(**values)
+
+
+def _addressing_style(o: dict, endpoint: str) -> str:
+    """current(): set_auth(path_style=...), else S3_ADDRESSING_STYLE, else the endpoint's default."""
+    if o.get("path_style") is not None:
+        style = "path" if o["path_style"] else "virtual"
+    else:
+        style = (os.environ.get("S3_ADDRESSING_STYLE") or "").strip().lower() or default_addressing_style(endpoint)
+    if style not in ("path", "virtual"):
+        raise ValueError(f"S3_ADDRESSING_STYLE={style!r}: expected 'path' or 'virtual'")
+    return style
+
+
+def _region(endpoint: str) -> str:
+    """current(): a Huawei endpoint's own region, else S3_REGION / AWS_REGION / AWS_DEFAULT_REGION."""
+    match = _HUAWEI_ENDPOINT.search(_host(endpoint))
+    return (match.group(2) if match else None) or os.environ.get("S3_REGION") \
+        or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def _apply_overrides(values: dict, o: dict) -> None:
+    """current(): the overrides (set_auth and the like: o) over the environment's values, and
+    S3_SIGN_PAYLOAD when set."""
     if o.get("client_timeout") is not None:
         values["connect_timeout"] = values["read_timeout"] = float(o["client_timeout"])
     if o.get("list_max_keys") is not None:
@@ -285,4 +303,3 @@ def current() -> S3Config:
     if o.get("retry") is not None:
         values["max_attempts"] = max(1, int(o["retry"]))
     values.update({k.split(":", 1)[1]: v for k, v in o.items() if k.startswith("field:")})
-    return S3Config(**values)

@@ -2,8 +2,10 @@
 
 Importing the package is cheap: the names below load their module on first use (PEP 562), so
 a console script can catch a Ctrl-C while numpy and the engine are still being imported.
-reshard.api.execute (run a full plan) is not re-exported here: `reshard.execute` is the
-executor module. Use `from reshard.api import execute`.
+The one orchestrator both tools call is reshard.run.run(request, config, subscriber) (the
+module's docstring gives the call order); Request, ReshardConfig and Subscriber are re-exported
+here. reshard.api.execute (run a full plan) is not: `reshard.execute` is the executor module.
+Use `from reshard.api import execute`.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ _EXPORTS = {
     "reshard.api": ("ReshardError", "TransformReport", "complete_plan", "find_sources", "load_strategy",
                     "make_plan", "needed_source_ranks", "plan_from_strategies", "transform",
                     "write_merged_strategy"),
+    "reshard.config": ("ReshardConfig",),
+    "reshard.run": ("Request", "SetRecord", "Stage"),
+    "reshard.subscriber": ("Subscriber",),
     "reshard.plan": ("Plan", "PlanPolicy", "RankPlan", "TensorPlan"),
     "reshard.sources": ("SourceEntry", "SourceSet", "check_output", "classify", "output_name", "overlaps",
                         "strategy_files"),

@@ -1,12 +1,12 @@
-"""Public entry points of the engine (the contract cloud_entry and the CLI code against).
-
-A conversion is four steps, each usable on its own:
+"""The engine's steps, each usable on its own; reshard.run.run is the one orchestrator that
+calls them in their documented order for both tools (transform-checkpoint and cloud-entry).
 
     source   = classify(root, entries) / find_sources(local_path)       which files (sources.py)
     skeleton = plan_from_strategies(source, src, dst, dst_ranks=...)   which of them are read
     plan     = complete_plan(skeleton, local_root, source_mode="auto") headers read, every check
     (download plan.files_in_mode("fetch") under local_root: a remote source only)
     report   = execute(plan, local_root, dst_root)                     the files written
+               (reshard.finish: the plan finished, then executed)
 
 A remote (obs:// / s3://) source's headers are read in place by ranged GETs, and each of its
 files is either read in place by the conversion ('remote') or downloaded first ('fetch'), as
@@ -21,49 +21,26 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable, Iterable
 
+from .config import ReshardConfig
 from .errors import ReshardError
-from .formats import FormatError, open_reader, registry
-from .fetch import SourceFetcher, fetch_bytes, horizon
-from .formats.growing import Growing
-from .execute import (PROCESS_BASE_BYTES, RunResult, SourceFiles, UploadTo, expected_peak,
-                      pending_ranks, rank_cost, rank_checksum, run_plan, same_as, settle_manifests,
-                      uploaded_ranks)
+from .formats import registry
+from .finish import TransformReport, default_max_memory, execute_finished, finish_plan, memory_budget
 from obs_io.atomic import write_atomic
-from .plan import Fetch, Headers, Plan, PlanPolicy, build_plan, choose_mode, human_size, source_uses
+from .plan import Fetch, Headers, Plan, PlanPolicy, build_plan, choose_mode, source_uses
 from .sources import (RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
                       check_source_strategy, classify, is_url)
 from .steps import Step
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
+from .subscriber import FileSubscriber, Subscriber
 
 __all__ = ["ReshardError", "TransformReport", "needed_source_ranks", "write_merged_strategy",
            "transform", "load_strategy", "make_plan", "find_sources", "default_max_memory",
            "plan_from_strategies", "complete_plan", "execute", "local_entries", "memory_budget"]
 
 log = logging.getLogger("reshard")
-
-
-@dataclass
-class TransformReport:
-    """What a conversion did. Sizes in bytes, times in seconds."""
-    ranks_written: list[int] = field(default_factory=list)
-    ranks_skipped: list[int] = field(default_factory=list)   # already complete and verified
-    expected_peak_bytes: int = 0
-    seconds: float = 0.0
-    source_ranks: list[int] = field(default_factory=list)    # source ranks the plan reads
-    plan: Plan | None = None
-    files_written: list[str] = field(default_factory=list)   # relative output names
-    # relative output name -> (size, CRC32 hex) of every rank of the plan, written or kept, as
-    # recorded when its file was written (integrity.SetManifest)
-    checksums: dict[str, tuple[int, str]] = field(default_factory=dict)
-
-
-def default_max_memory() -> int:
-    """Half of the memory available now: room for the page cache and the rest of the job."""
-    import psutil
-    return int(psutil.virtual_memory().available * 0.5)
 
 
 def _strategy(value: Strategy | str | None) -> Strategy | None:
@@ -214,25 +191,6 @@ def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None
                                                 headers.indexes))
 
 
-def memory_budget(plan: Plan, process_num: int, max_memory: int | None) -> tuple[int, int]:
-    """(budget, expected peak) in bytes; ReshardError when one rank alone exceeds the budget."""
-    budget = max_memory if max_memory is not None else default_max_memory()
-    remote = frozenset(plan.files_in_mode("remote")) if plan.with_headers else frozenset()
-    part = 0
-    if remote:
-        import obs_io
-        part = obs_io.current_config().read_part_bytes
-    costs = [rank_cost(rp, remote, part) for rp in plan.ranks]
-    if plan.with_headers:
-        for rp, cost in zip(plan.ranks, costs):
-            if cost + PROCESS_BASE_BYTES > budget:
-                big = max(rp.tensors, key=lambda t: t.buffer_bytes)
-                raise ReshardError(f"max_memory {human_size(budget)} is below the "
-                                   f"{human_size(cost + PROCESS_BASE_BYTES)} that destination rank "
-                                   f"{rp.rank} needs (largest tensor {big.name})")
-    return budget, expected_peak(costs, process_num, budget - PROCESS_BASE_BYTES)
-
-
 # -- 4. execution -----------------------------------------------------------------------------
 
 def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
@@ -241,7 +199,11 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
             download: Iterable[str] = (), release: bool = False,
             upload_to: str | None = None, upload_skip: Iterable[str] = (),
             durable: bool = True, upload_records: bool = False) -> TransformReport:
-    """Write the destination files of a full plan: <dst_root>/<output_name(rank, prefix, fmt)>
+    """Steps 7-8 of reshard.run for a full plan the caller holds (finish.finish_plan, then
+    finish.execute_finished, with a ReshardConfig of these arguments and a Subscriber calling
+    on_file).
+
+    Write the destination files of a full plan: <dst_root>/<output_name(rank, prefix, fmt)>
     for each rank (a rank whose file is already complete and verified is skipped), reading the
     source files under local_root. At most process_num ranks at once, within max_memory bytes
     of host memory (default: half of the available memory). on_file(name, (size, crc32)):
@@ -277,186 +239,11 @@ def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
     below what one rank needs, dst_root overlapping the source or a strategy. A download that
     fails (or a fetched .ckpt whose CRC trailer does not match) stops the conversion with a
     ReshardError naming its URL; ranks made from that file are removed."""
-    t0 = time.monotonic()
-    if not plan.with_headers or plan.source is None:
-        raise ReshardError("execute needs a full plan (complete_plan)")
-    if process_num < 1:
-        raise ReshardError(f"process_num {process_num}: must be at least 1")
-    source = plan.source
-    src_path = source.path_of(source.files[0], local_root) if source.is_file else local_root
-    check_output(dst_root, "destination", {
-        "source checkpoint": src_path,
-        "source strategy": plan.src_strategy.source if plan.src_strategy else None,
-        "destination strategy": plan.dst_strategy.source if plan.dst_strategy else None})
-    download = set(download)
-    budget, peak = memory_budget(plan, process_num, max_memory)
-    files = source_files(plan, local_root)
-    upload, stored = None, {}
-    if upload_to is not None:
-        import obs_io
-        upload = UploadTo(upload_to, obs_io.current_config(), frozenset(upload_skip), upload_records)
-        if upload_records:
-            stored = uploaded_ranks(plan, files, upload)
-    pending = {rp.rank for rp in pending_ranks(plan, files, dst_root)} - set(stored)
-    # what the ranks still to convert read (a rerun may need none of the source; a copy reads
-    # nothing: its first rank is pending too, or kept)
-    converting = pending - set(same_as(plan, stored))
-    needed_now = {f for rp in plan.ranks if rp.rank in converting for f in rp.source_files}
-    download &= needed_now
-    check_fetched(plan, local_root, needed_now - download)
-    if upload is not None:
-        streams = [upload.CHUNKS * upload.part_bytes(rp) for rp in plan.ranks if rp.rank in converting]
-        # per converting process: the rank being written and the one whose upload is ending
-        extra = sum(sorted(streams, reverse=True)[:2 * process_num])
-        budget, peak = budget - extra, peak + extra
-    if download:
-        fetching = fetch_bytes()
-        budget, peak = budget - fetching, peak + fetching
-    check_source_crcs(plan, local_root, only=needed_now - download)
-    log.info("plan: %d destination ranks, %d processes, expected peak %.1f MiB "
-             "(budget %.1f MiB)", len(plan.ranks), process_num, peak / 2**20, budget / 2**20)
-    def on_rank(rp, uploaded: bool) -> None:   # the caller's part: files not uploaded now
-        if on_file is not None and not uploaded:
-            on_file(rp.path, rank_checksum(dst_root, rp))
-    if download:
-        res = _run_downloading(plan, files, dst_root, sorted(download), pending, process_num=process_num,
-                               budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir, on_rank=on_rank,
-                               release=release, upload=upload, durable=durable, stored=set(stored))
-    else:
-        res = run_plan(plan, files, dst_root, process_num=process_num,
-                       budget=budget - PROCESS_BASE_BYTES, log_dir=log_dir, on_rank=on_rank,
-                       upload=upload, durable=durable, stored=set(stored))
-    by_rank = {rp.rank: rp.path for rp in plan.ranks}
-    checksums = {}
-    for rp in plan.ranks:
-        record = stored.get(rp.rank) or rank_checksum(dst_root, rp)
-        if record is None:   # run_plan returned, so every rank was committed with its record
-            raise ReshardError(f"rank {rp.rank}: {rp.path} has no checksum record in {dst_root}")
-        checksums[rp.path] = record
-    return TransformReport(res.written, res.skipped, peak, time.monotonic() - t0,
-                           plan.needed_source_ranks(), plan, [by_rank[r] for r in res.written],
-                           checksums)
-
-
-def check_fetched(plan: Plan, local_root: str, names: set[str]) -> None:
-    """The plan's 'fetch' files among `names` must be under local_root by now (ReshardError
-    naming one the caller did not download)."""
-    assert plan.source is not None
-    for name in sorted(set(plan.files_in_mode("fetch")) & names):
-        path = plan.location_of(name, local_root)
-        if not os.path.isfile(path):
-            raise ReshardError(f"{path}: not found (the plan fetches "
-                               f"{plan.source.path_of(name)} there before converting)")
-
-
-def source_files(plan: Plan, local_root: str) -> SourceFiles:
-    """Where execute's workers read each source file: the plan's 'remote' files in place (with
-    this process's obs_io configuration), the others under local_root. The headers the plan
-    read of remote and fetched files go with them: no worker reads them again."""
-    assert plan.source is not None
-    remote = frozenset(plan.files_in_mode("remote"))
-    indexes = {n: u.index for n, u in plan.source_use.items() if u.index is not None}
-    if not remote:
-        return SourceFiles(local_root, plan.source.base if indexes else None, indexes=indexes)
-    import obs_io
-    log.info("reading %d source file(s) in place from %s by ranged GETs: %s", len(remote),
-             plan.source.base, ", ".join(sorted(remote)))
-    return SourceFiles(local_root, plan.source.base, remote, obs_io.current_config(), indexes)
-
-
-def _run_downloading(plan: Plan, files: SourceFiles, dst_root: str, names: list[str],
-                     pending: set[int], *,
-                     process_num: int, budget: int, log_dir: str | None,
-                     on_rank: Callable | None, release: bool, upload: UploadTo | None,
-                     durable: bool, stored: set[int] = frozenset()) -> RunResult:
-    """run_plan while `names` download (reshard.fetch; `pending`: the ranks not already done):
-    ranks in the order their bytes arrive;
-    a failed download stops the conversion with its own error, and the ranks made from the
-    files it could not check are removed; after success their records are settled. release:
-    a downloaded file is removed once every rank of the plan that reads it is done."""
-    fetcher = SourceFetcher(plan, files.local_root, names, files.indexes,
-                            lambda n: plan.location_of(n, files.local_root), files.s3)
-    preload = fetcher.preload(plan, files.s3)
-    files = replace(files, growing={n: Growing(temp, tuple(preload.get(n, ())))
-                                    for n, temp in fetcher.start().items()})
-    order = fetcher.order
-    readers = [rp for rp in plan.ranks if rp.rank in pending and files.unverified(rp)]
-    downloading = set(names)
-    # the ranks reading each file (a copy of another rank's file reads nothing)
-    copied = same_as(plan, stored)
-    left = {n: sum(n in rp.source_files for rp in plan.ranks if rp.rank not in copied)
-            for n in names}
-
-    def done(rp, uploaded: bool) -> None:   # each rank once, written, copied or kept (on_rank)
-        if on_rank is not None:
-            on_rank(rp, uploaded)
-        for f in rp.source_files if release and rp.rank not in copied else ():
-            if f in left:
-                left[f] -= 1
-                if left[f] == 0:
-                    fetcher.release(f)
-
-    def check() -> None:
-        error = fetcher.error()
-        if error is not None:
-            raise error
-    try:
-        res = run_plan(plan, files, dst_root, process_num=process_num, budget=budget,
-                       log_dir=log_dir, on_rank=done, upload=upload, durable=durable, stored=stored,
-                       arrival=lambda rp: horizon(rp, order, files.indexes, preload), check=check)
-        fetcher.finish()
-    except BaseException:
-        fetcher.cancel()
-        error = fetcher.error()
-        # a rank whose downloaded files were all checked whole is kept; one that read a file
-        # that was not (it failed its check, or the run stopped first) goes
-        checked = set(fetcher.published)
-        ok = [rp for rp in readers if downloading & set(rp.source_files) <= checked]
-        bad = [rp for rp in readers if not downloading & set(rp.source_files) <= checked]
-        settle_manifests(dst_root, ok, verified=True, upload=upload)
-        settle_manifests(dst_root, bad, verified=False)
-        if upload is not None and error is not None:   # nor a copy uploaded while written
-            _remove_uploaded([upload.url(rp) for rp in bad if upload.wants(rp)])
-        if error is not None:   # the cause, not a worker's "download stopped"
-            raise error from None
-        raise
-    settle_manifests(dst_root, readers, verified=True, upload=upload)
-    return res
-
-
-def _remove_uploaded(urls: list[str]) -> None:
-    """Best effort (the conversion is failing already): objects uploaded from ranks that are
-    being removed."""
-    import obs_io
-    for url in urls:
-        try:
-            obs_io.file.remove(url)
-        except (OSError, ValueError):
-            pass
-
-
-def check_source_crcs(plan: Plan, local_root: str, only: set[str] | None = None) -> None:
-    """Every source .ckpt the plan reads locally that carries MindSpore's CRC trailer is
-    checked once, here in the parent, before any output is written (the reads that follow come
-    from the page cache). A file read in place (remote) is not: that would read the whole
-    object, which reading in place exists to avoid (its GETs are pinned to one version and
-    length-checked), nor one outside `only` when given (not read by the ranks still to convert,
-    or downloading now: reshard.fetch checks it as it arrives). ReshardError naming the file on
-    a mismatch."""
-    source = plan.source
-    assert source is not None
-    for name in plan.needed_files():
-        if plan.mode_of(name) == "remote" or (only is not None and name not in only):
-            continue
-        path = source.path_of(name, local_root)
-        fmt = registry.by_file(path)
-        if fmt is None or not fmt.has_checksum:
-            continue
-        try:
-            with open_reader(path) as reader:
-                reader.check_crc()
-        except FormatError as exc:
-            raise ReshardError(str(exc)) from None
+    config = ReshardConfig(process_num, max_memory, durable=durable, release_downloads=release,
+                           log_dir=log_dir)
+    fp = finish_plan(plan, local_root, dst_root, config, download=download, upload_to=upload_to,
+                     upload_skip=upload_skip, upload_records=upload_records)
+    return execute_finished(fp, FileSubscriber(dst_root, on_file) if on_file else Subscriber())
 
 
 # -- all at once, local -----------------------------------------------------------------------
@@ -465,20 +252,28 @@ def make_plan(src_checkpoint: str | None, *, src_strategy: Strategy | str | None
               dst_strategy: Strategy | str | None = None, prefix: str = "checkpoint_",
               fmt: str = registry.DEFAULT, dst_ranks: Iterable[int] | None = None,
               step: Step | None = None, policy: PlanPolicy = PlanPolicy()) -> Plan:
-    """The full plan of a local checkpoint; or the skeleton from strategies alone when
-    src_checkpoint is None or does not exist. Strategies: paths or loaded Strategy objects;
-    step: the training step to read (find_sources); policy: plan.PlanPolicy."""
+    """The full plan of a local checkpoint (reshard.run.prepare); or the skeleton from
+    strategies alone when src_checkpoint is None or does not exist. Strategies: paths or
+    loaded Strategy objects; step: the training step to read (find_sources); policy:
+    plan.PlanPolicy."""
+    return _local_request(src_checkpoint, "", src_strategy, dst_strategy, prefix, fmt, dst_ranks,
+                          step, policy)[1]
+
+
+def _local_request(src_checkpoint: str | None, dst_checkpoint: str, src_strategy, dst_strategy,
+                   prefix: str, fmt: str, dst_ranks, step: Step | None, policy: PlanPolicy,
+                   config: ReshardConfig = ReshardConfig()):
+    """(the orchestrator's request, its full plan) for a local conversion."""
+    from . import run   # the orchestrator builds on this module's steps
     src, dst = _strategy(src_strategy), _strategy(dst_strategy)
     _check_fmt(fmt, prefix)
-    if src_checkpoint is None or not os.path.exists(src_checkpoint):
-        return plan_from_strategies(None, src, dst, dst_ranks=dst_ranks, prefix=prefix, fmt=fmt,
-                                    policy=policy)
-    source = find_sources(src_checkpoint, partial=dst_ranks is not None, step=step)
-    for note in source.notes:
-        log.log(note.level, "%s", note.text)
-    skeleton = plan_from_strategies(source, src, dst, dst_ranks=dst_ranks, prefix=prefix,
-                                    fmt=fmt, policy=policy)
-    return complete_plan(skeleton, source.base)
+    source = None
+    if src_checkpoint is not None and os.path.exists(src_checkpoint):
+        source = find_sources(src_checkpoint, partial=dst_ranks is not None, step=step)
+    request = run.Request(source, src, dst, dst_checkpoint,
+                          dst_ranks=tuple(dst_ranks) if dst_ranks is not None else None,
+                          prefix=prefix, fmt=fmt, policy=policy, source_mode=None)
+    return request, run.prepare(request, config)
 
 
 def needed_source_ranks(src_strategy: Strategy | str | None, dst_strategy: Strategy | str | None,
@@ -526,9 +321,9 @@ def transform(src_checkpoint: str, dst_checkpoint: str, *,
     strategy that does not match the checkpoint's names or shapes, device counts that do not
     divide, uneven splits, a value the output format cannot hold, a budget too small, a
     destination overlapping the source or a strategy."""
+    from . import run   # the orchestrator builds on this module's steps
     t0 = time.monotonic()
-    if process_num < 1:
-        raise ReshardError(f"process_num {process_num}: must be at least 1")
+    config = ReshardConfig(process_num, max_memory, log_dir=log_dir)
     src, dst = _strategy(src_strategy), _strategy(dst_strategy)
     if not dry_run:
         if not os.path.exists(src_checkpoint):
@@ -537,15 +332,12 @@ def transform(src_checkpoint: str, dst_checkpoint: str, *,
             "source checkpoint": src_checkpoint,
             "source strategy": src.source if src else None,
             "destination strategy": dst.source if dst else None})
-    plan = make_plan(src_checkpoint, src_strategy=src, dst_strategy=dst, prefix=prefix, fmt=fmt,
-                     dst_ranks=dst_ranks, step=step, policy=policy)
-    for n in plan.notes:
-        log.info("%s", n)
+    request, plan = _local_request(src_checkpoint, dst_checkpoint, src, dst, prefix, fmt, dst_ranks,
+                                   step, policy, config)
     if dry_run or not plan.with_headers:
-        _, peak = memory_budget(plan, process_num, max_memory)
+        _, peak = memory_budget(plan, config)
         return TransformReport(expected_peak_bytes=peak, plan=plan, seconds=time.monotonic() - t0,
                                source_ranks=plan.needed_source_ranks())
-    report = execute(plan, plan.local_root, dst_checkpoint, process_num=process_num,
-                     max_memory=max_memory, log_dir=log_dir)
+    report = run.run(request, config, plan=plan)
     report.seconds = time.monotonic() - t0
     return report

@@ -29,6 +29,7 @@ before publishing catches what the settle cannot (a claim that took longer than 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import hashlib
 import json
@@ -77,11 +78,13 @@ class OutputClaim:
         self._stop = threading.Event()
         self._beating: threading.Thread | None = None
         self._held = False
+        self._since: datetime.datetime | None = None   # when this process began to claim
 
     # -- the three steps ----------------------------------------------------------------------
     def acquire(self) -> "OutputClaim":
         """Claim the output, or join this run's live claim; ReshardError (one line naming the
         other run) when a live run of other inputs holds it."""
+        self._since = datetime.datetime.now(datetime.timezone.utc)
         self._beat()   # first: from now on this process counts as live
         wrote = False
         try:
@@ -229,9 +232,23 @@ class OutputClaim:
                     if owner != self.owner:
                         _remove(_join(self.folder, f"{self.key}.{owner}.alive"))
                 _remove(_join(self.folder, f"{self.key}.claim"))
+                self._abort_left_claims()
             if not runs.keys() - {self.key} and not is_url(self.folder):
                 with contextlib.suppress(OSError):   # not empty: another run came meanwhile
                     os.rmdir(self.folder)
+
+    def _abort_left_claims(self) -> None:
+        """On object storage, with the run's claim gone: the uploads of its claim record that
+        killed processes of this run left incomplete (begun before this process began to
+        claim; no process of the run is live to be writing it) are aborted: the store bills
+        their parts, and no listing shows them."""
+        if not is_url(self.folder) or self._since is None:
+            return
+        import obs_io
+        try:
+            obs_io.file.abort_uploads(self.folder, before=self._since, names=[f"{self.key}.claim"])
+        except PermissionError as exc:
+            log.warning("%s: could not look for incomplete uploads of this run's claim: %s", self.shown, exc)
 
     @contextlib.contextmanager
     def _lock(self):

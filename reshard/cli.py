@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -28,14 +26,16 @@ import sys
 import threading
 from dataclasses import replace
 
-from .api import (ReshardError, complete_plan, execute, find_sources, load_strategy,
-                  memory_budget, plan_from_strategies, source_files, write_merged_strategy)
+from .api import ReshardError, find_sources, load_strategy, memory_budget, write_merged_strategy
 from . import integrity
+from . import run as reshard_run
 from .blocks import plan_blocks
 from .claim import OutputClaim
-from .execute import LOG_NAME, MANIFEST_DIR, forget_uploads, rank_digest
+from .config import ReshardConfig
+from .execute import LOG_NAME
 from .formats import registry
 from .plan import SOURCE_MODES, PlanPolicy, human_size, ranks_text
+from .run import inputs_id
 from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
                       is_url, probe_writable,
                       split_url, strategy_files)
@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "names, with its meaning). Output: <dst_checkpoint>/rank_<r>/<prefix><r>.ckpt;\n"
                     "a complete destination is rank_0. Paths may be local, obs:// or s3://.\n"
                     "Ctrl-C stops cleanly (exit 130); the same command again resumes.")
+    _add_layout_flags(p)
+    _add_run_flags(p)
+    return p
+
+
+def _add_layout_flags(p: argparse.ArgumentParser) -> None:
+    """build_parser: what is converted into what (source, strategies, output, ranks)."""
     p.add_argument("--src_checkpoint", default=None, metavar="PATH",
                    help="[MindFormers] the source: a complete .ckpt/.safetensors file, a folder "
                         "of complete files, a folder with one rank_0/ (a complete checkpoint, "
@@ -155,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ranks converted at once, in P worker processes, within --max_memory; "
                         "--transform_process_num is MindFormers' name for it; with --rank_id the "
                         "number of blocks (default 1)")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """build_parser: how it is converted, checked, shown (in --help after _add_layout_flags)."""
     p.add_argument("--transform_by_rank", nargs="?", const=True, default=None, type=_bool, metavar="BOOL",
                    help="[MindFormers] accepted and ignored: this engine always converts rank by "
                         "rank, reading only the slices each rank needs")
@@ -200,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true",
                            help="warnings and errors only on stderr (the result line stays on stdout)")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug lines too")
-    return p
 
 
 def _step(text: str):
@@ -419,6 +429,32 @@ def convert_from_args(argv=None) -> int:
     if args.verify:
         return verify_set(args.verify)
     args.src_strategy, args.dst_strategy = _none(args.src_strategy), _none(args.dst_strategy)
+    _check_flags(args)
+    source = _source_arg(args.src_checkpoint, args.step) if args.src_checkpoint else None
+    _destination(args, source)
+    stage = _Stage(stage_root(args))
+    try:
+        return _convert(args, stage, source)
+    finally:
+        stage.close()
+
+
+def _check_flags(args) -> None:
+    """Every flag on its own and against the others, before anything is read (one line
+    naming the culprit); no destination flag: MindFormers' default, with a warning."""
+    _check_run_flags(args)
+    _check_destination_flags(args)
+    check_prefix(args.prefix)
+    _check_urls(args)
+    for flag in ("log_dir", "work_dir"):
+        if getattr(args, flag):
+            check_writable(getattr(args, flag), f"--{flag} {getattr(args, flag)}")
+    if args.step is not None and not args.src_checkpoint:
+        raise ReshardError("--step chooses a file of --src_checkpoint, which is not given")
+
+
+def _check_run_flags(args) -> None:
+    """_check_flags: what to convert, how many processes, which engine."""
     if not args.src_checkpoint and not args.dry_run:
         raise ReshardError("--src_checkpoint is required")
     if args.dry_run and args.engine == "mindspore":
@@ -432,6 +468,10 @@ def convert_from_args(argv=None) -> int:
                            "--engine mindspore")
     if args.engine == "mindspore" and registry.get(args.fmt).mindspore_name is None:
         raise ReshardError(f"--engine mindspore: MindSpore cannot write --format {args.fmt}; use --engine stream")
+
+
+def _check_destination_flags(args) -> None:
+    """_check_flags: one destination flag at most; none: MindFormers' default, with a warning."""
     if args.dst_checkpoint and args.dst_checkpoint_dir:
         raise ReshardError("--dst_checkpoint and --dst_checkpoint_dir: give one (the latter adds "
                            "the checkpoint's name, as MindFormers does)")
@@ -439,14 +479,11 @@ def convert_from_args(argv=None) -> int:
         args.dst_checkpoint_dir = DEFAULT_DST
         log.warning("--dst_checkpoint_dir not given: writing under %s (MindFormers' default)",
                     os.path.abspath(DEFAULT_DST))
-    check_prefix(args.prefix)
-    _check_urls(args)
-    for flag in ("log_dir", "work_dir"):
-        if getattr(args, flag):
-            check_writable(getattr(args, flag), f"--{flag} {getattr(args, flag)}")
-    if args.step is not None and not args.src_checkpoint:
-        raise ReshardError("--step chooses a file of --src_checkpoint, which is not given")
-    source = _source_arg(args.src_checkpoint, args.step) if args.src_checkpoint else None
+
+
+def _destination(args, source: SourceSet | None) -> None:
+    """args.dst_checkpoint as the conversion writes it (--dst_checkpoint_dir: MindFormers'
+    layout, the checkpoint's name added), checked: not overlapping an input, writable."""
     if args.dst_checkpoint_dir and source is not None:   # MindFormers' layout
         args.dst_checkpoint = _join(args.dst_checkpoint_dir, source.name)
     if args.dst_checkpoint and not args.dry_run:
@@ -454,29 +491,6 @@ def convert_from_args(argv=None) -> int:
         check_output(args.dst_checkpoint, flag, {f"--{f}": getattr(args, f) for f in _INPUTS})
         if not is_url(args.dst_checkpoint):
             check_writable(args.dst_checkpoint, f"{flag} {args.dst_checkpoint}")
-    stage = _Stage(stage_root(args))
-    try:
-        return _convert(args, stage, source)
-    finally:
-        stage.close()
-
-
-def run_id(args, source: SourceSet | None, src: Strategy | None, dst: Strategy | None) -> str:
-    """What defines this conversion's result, the same for its reruns and for MindFormers'
-    parallel --rank_id processes of one conversion (the ranks chosen are not part of it): the
-    source (where it is, which files, a local file's size and time), the strategies, prefix,
-    format. Runs of other inputs writing one output are refused (reshard.claim)."""
-    files = []
-    if source is not None:
-        for name in source.used_names():
-            path = source.path_of(name)
-            st = None if is_url(path) else os.stat(path)
-            files.append([name, st.st_size if st else None, st.st_mtime_ns if st else None])
-    root = source.root if source is None or is_url(source.root) else os.path.abspath(source.root)
-    strategies = [[s.source if is_url(str(s.source)) else os.path.abspath(str(s.source)), s.world_size,
-                   s.num_stages] if s is not None else None for s in (src, dst)]
-    text = json.dumps([root if source else None, files, strategies, args.prefix, args.fmt])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -488,7 +502,7 @@ def _claimed(args, source: SourceSet | None, src: Strategy | None, dst: Strategy
     shown = f"{flag} {args.dst_checkpoint}"
     if not is_url(args.dst_checkpoint):   # made and tried before the claim is written there
         probe_writable(args.dst_checkpoint, f"--dst_checkpoint {args.dst_checkpoint}")
-    claim = OutputClaim(args.dst_checkpoint, run_id(args, source, src, dst), PROG, shown)
+    claim = OutputClaim(args.dst_checkpoint, inputs_id(source, src, dst, args.prefix, args.fmt), PROG, shown)
     try:
         claim.acquire()
     except ReshardError:
@@ -499,42 +513,6 @@ def _claimed(args, source: SourceSet | None, src: Strategy | None, dst: Strategy
         yield claim
     finally:
         claim.release()
-
-
-def plan_digest(plan, local_root: str) -> str:
-    """What defines the result: each rank's digest as the engine records it (rank_digest: the
-    destination file, the pieces that fill it, and the identity of the source files it reads:
-    an object's size and ETag, a local file's path, size and modification time)."""
-    files = source_files(plan, local_root)
-    return hashlib.sha256(repr([rank_digest(rp, plan.fmt, files) for rp in plan.ranks]).encode()).hexdigest()
-
-
-def _converted_already(location: str, plan, local_root: str) -> bool:
-    """The remote output holds this very conversion: its manifest has this plan's digest and
-    every file it lists is there with the recorded size (a rerun of a finished command moves
-    nothing)."""
-    import obs_io
-    try:
-        manifest = integrity.read(location)
-        present = {e.name: e.length for e in obs_io.file.list_entries(location, recursive=True) if e.is_file()}
-    except (ReshardError, FileNotFoundError):
-        return False
-    return manifest.result_digest == plan_digest(plan, local_root) and \
-        all(present.get(n) == r.size for n, r in manifest.files.items()) and \
-        {rp.path for rp in plan.ranks} <= set(manifest.files)
-
-
-def _abort_left_uploads(location: str, plan) -> None:
-    """The multipart uploads a killed run left incomplete under the keys this run writes at
-    `location` (rank files, their records, the manifest): aborted (OBS bills their parts until
-    then), whenever they began (no clock to trust: this run has begun none yet). Only these
-    keys: other blocks (--rank_id) may be uploading beside."""
-    import obs_io
-    names = [rp.path for rp in plan.ranks] + [f"{MANIFEST_DIR}/rank_{rp.rank}.json" for rp in plan.ranks]
-    try:
-        obs_io.file.abort_uploads(location, names=names + [integrity.MANIFEST_NAME])
-    except PermissionError as exc:
-        log.warning("could not look for incomplete multipart uploads under %s: %s", location, exc)
 
 
 def verify_set(location: str) -> int:
@@ -590,85 +568,93 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
         return 0
     dst_ranks, process_num = None, args.process_num
     if args.rank_id is not None:
-        dst_ranks, process_num = _block(args.rank_id, world, args.process_num), 1
+        dst_ranks, process_num = tuple(_block(args.rank_id, world, args.process_num)), 1
         log.info("--rank_id %d: converting its block, destination ranks %s, in one process",
                  args.rank_id, ranks_text(dst_ranks))
-    for note in source.notes if source else ():
-        log.log(note.level, "%s", note.text)
-    plan = plan_from_strategies(source, src, dst, dst_ranks=dst_ranks, prefix=args.prefix,
-                                fmt=args.fmt, policy=PlanPolicy(args.allow_missing_params,
-                                                                args.keep_unnamed_params))
-    local_root = None
-    if source is not None:
-        local_root, remote = source.base, is_url(source.root)
-        if remote:   # staged only if some file is fetched (plan.source_use)
-            local_root = os.path.join(stage.root, SOURCE_STAGE)
-            _show_as(local_root, source.base)
-        with _storage("--src_checkpoint", source.root) if remote else contextlib.nullcontext():
-            # a remote source's headers: ranged GETs, nothing downloaded yet
-            plan = complete_plan(plan, local_root, source_mode=args.source_mode)
-        for note in plan.notes:
-            log.info("%s", note)
+    upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
+    config = ReshardConfig(process_num, args.max_memory, durable=not upload,   # a remote output's
+                           release_downloads=True, log_dir=args.log_dir)       # local copy only stages it
+    request = _request(args, stage, source, src, dst, dst_ranks, upload)
+    subscriber = _Subscriber(args, source, world)
+    plan = reshard_run.prepare(request, config, subscriber)
     if args.dry_run:
         for part in plan.dump_parts(destination=args.dst_checkpoint):   # rank by rank
             print(part)
-        budget, peak = memory_budget(plan, process_num, args.max_memory)
+        budget, peak = memory_budget(plan, config)
         print(f"expected peak memory: {human_size(peak)} with {process_num} process(es) "
               f"(budget {human_size(budget)})"
               + ("" if plan.with_headers else "; a lower bound: no checkpoint read"))
         return 0
-    upload = args.dst_checkpoint if is_url(args.dst_checkpoint) else None
-    if upload and args.rank_id is None:
-        with _storage("--dst_checkpoint", upload):
-            if _converted_already(upload, plan, local_root):
-                forget_uploads(upload)   # a run stopped between its manifest and this
-                print(f"done: {upload} already holds this conversion (its {integrity.MANIFEST_NAME} "
-                      "matches the plan and the source's versions); nothing converted or uploaded")
-                return 0
-    memory_budget(plan, process_num, args.max_memory)   # first: an error leaves no output behind
-    with _claimed(args, source, src, dst) as claim:   # the output is this run's while it writes
-        return _write(args, stage, source, plan, local_root, upload, process_num, world, claim)
-
-
-def _write(args, stage: _Stage, source: SourceSet, plan, local_root: str, upload: str | None,
-           process_num: int, world: int, claim: OutputClaim) -> int:
-    """The conversion proper, with the output claimed: convert, then (claim checked) publish."""
-    if upload:   # before anything goes up: what a killed run left incomplete under our keys
-        with _storage("--dst_checkpoint", upload):
-            _abort_left_uploads(upload, plan)
-    fetched = plan.files_in_mode("fetch")
-    if fetched:   # the engine downloads them there while it converts (reshard.fetch)
-        stage.dir(SOURCE_STAGE)
-    dst_local = stage.dir("dst_checkpoint") if upload else args.dst_checkpoint
-    if upload:
-        _show_as(dst_local, upload)
-    log.info("converting %s -> %s: destination ranks %s of %d%s", source.root,
-             args.dst_checkpoint, ranks_text(r.rank for r in plan.ranks), world,
-             f"; per-process logs {os.path.join(args.log_dir, LOG_NAME.format(index='<i>'))}"
-             if args.log_dir else "")
-    report = execute(plan, local_root, dst_local, process_num=process_num,
-                     max_memory=args.max_memory, log_dir=args.log_dir, download=fetched,
-                     release=True,   # the stage goes at the end: a file goes once read
-                     upload_to=upload,   # a remote output: each rank uploaded while written,
-                     durable=not upload,   # its local copy only stages the upload: no fsync,
-                     # and recorded there, so that a rerun after Ctrl-C or a kill keeps it
-                     upload_records=bool(upload))
-    claim.check()   # still this run's output: publish
-    manifest = None
-    if args.rank_id is None:   # one block is not a set: its manifest would claim the set complete
-        manifest = integrity.SetManifest(
-            integrity.records(report.checksums), plan_digest(plan, local_root),
-            {"location": args.src_checkpoint, "files": source.used_names()},
-            {"src": args.src_strategy or "", "dst": args.dst_strategy or ""}, integrity.tool_version())
-        integrity.write(dst_local, manifest)
-    if upload and manifest is not None:   # last: its presence says the set is complete
-        with _storage("--dst_checkpoint", upload):
-            integrity.write(upload, manifest)
-            forget_uploads(upload)   # the manifest vouches for every rank now
+    report = reshard_run.run(request, config, subscriber, plan)
+    if report.already:
+        print(f"done: {upload} already holds this conversion (its {integrity.MANIFEST_NAME} "
+              "matches the plan and the source's versions); nothing converted or uploaded")
+        return 0
     print(f"done: wrote ranks {ranks_text(report.ranks_written)} to {args.dst_checkpoint}, "
           f"kept ranks {ranks_text(report.ranks_skipped)} (already complete and verified), "
           f"in {report.seconds:.2f}s; expected peak memory {human_size(report.expected_peak_bytes)}")
     return 0
+
+
+class _CliStage(reshard_run.Stage):
+    """The run's staging (stage_root): fetched source files under <stage>/src_checkpoint, a
+    remote output written under <stage>/dst_checkpoint before (and while) it goes up; both
+    made once the output is claimed, the stage removed at the end (convert_from_args)."""
+
+    def __init__(self, stage: _Stage, source: SourceSet, upload: bool):
+        remote = is_url(source.root)
+        super().__init__(os.path.join(stage.root, SOURCE_STAGE) if remote else source.base)
+        self.stage, self.upload = stage, upload
+
+    def prepare(self, plan) -> list[str]:
+        fetched = plan.files_in_mode("fetch")
+        if fetched:   # the engine downloads them there while it converts (reshard.fetch)
+            self.stage.dir(SOURCE_STAGE)
+        if self.upload:
+            self.stage.dir("dst_checkpoint")
+        return fetched
+
+
+def _request(args, stage: _Stage, source: SourceSet | None, src: Strategy | None,
+             dst: Strategy | None, dst_ranks, upload: str | None) -> reshard_run.Request:
+    """The engine's request for these flags: a remote source staged (only the files the plan
+    fetches), a remote output written in the stage and uploaded while written, with records
+    so that a rerun after Ctrl-C or a kill keeps what went up; one block (--rank_id) is not a
+    set: no manifest, which would claim the set complete."""
+    cli_stage = _CliStage(stage, source, bool(upload)) if source is not None else None
+    dst_local = os.path.join(stage.root, "dst_checkpoint") if upload else args.dst_checkpoint
+    if cli_stage is not None and cli_stage.root != source.base:
+        _show_as(cli_stage.root, source.base)
+    if upload:
+        _show_as(dst_local, upload)
+    record = None
+    if args.rank_id is None and source is not None:
+        record = reshard_run.SetRecord(args.src_checkpoint, {"src": args.src_strategy or "",
+                                                             "dst": args.dst_strategy or ""})
+    return reshard_run.Request(
+        source, src, dst, dst_local or "", cli_stage, dst_ranks, args.prefix, args.fmt,
+        PlanPolicy(args.allow_missing_params, args.keep_unnamed_params), args.source_mode,
+        upload_to=upload, upload_records=bool(upload), record=record,
+        claim=lambda: _claimed(args, source, src, dst))
+
+
+class _Subscriber(reshard_run.Subscriber):
+    """What the command shows of a run, and its store errors as one line naming the flag."""
+
+    def __init__(self, args, source: SourceSet | None, world: int):
+        self.args, self.source, self.world = args, source, world
+
+    def storage(self, location: str):
+        flag = "--src_checkpoint" if self.source is not None and location == self.source.root \
+            else "--dst_checkpoint"
+        return _storage(flag, location)
+
+    def on_start(self, finished) -> None:
+        args = self.args
+        log.info("converting %s -> %s: destination ranks %s of %d%s", self.source.root,
+                 args.dst_checkpoint, ranks_text(r.rank for r in finished.plan.ranks), self.world,
+                 f"; per-process logs {os.path.join(args.log_dir, LOG_NAME.format(index='<i>'))}"
+                 if args.log_dir else "")
 
 
 # Local temporary folders and the location the user named for each: every line printed shows

@@ -33,7 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolE
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 
-from typing import Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection
 
 import numpy as np
 
@@ -46,27 +46,28 @@ from obs_io import redact
 from obs_io.atomic import sweep, temp_name, write_atomic
 from . import integrity
 from .plan import Plan, RankPlan
+from .config import DEFAULT
+
+if TYPE_CHECKING:
+    from .finish import FinishedPlan
+    from .subscriber import Subscriber
 
 log = logging.getLogger("reshard")
 
-# What a converting process costs besides its assembly buffer: interpreter, numpy, the plan.
-PROCESS_BASE_BYTES = 80 << 20
-# Per open source reader: its bounded scratch buffer (formats.regions.SCRATCH_BYTES) + index.
-READER_BYTES = 10 << 20
-MANIFEST_DIR = ".reshard"
-POLL_SECONDS = 0.5   # how often the scheduler asks a running download whether it failed
-STOP_GRACE = 10.0    # seconds a stopped worker has to abort its rank before it is killed
+MANIFEST_DIR = ".reshard"   # the engine's state files below an output: private to it
+# ReshardConfig.stop_grace_seconds of this worker's run (_worker_init)
+_stop_grace = DEFAULT.stop_grace_seconds
 
 
 def rank_cost(rp: RankPlan, remote: frozenset[str] | set[str] = frozenset(),
-              part_bytes: int = 0) -> int:
+              part_bytes: int = 0, reader_bytes: int = DEFAULT.reader_bytes) -> int:
     """Bytes one destination rank needs while converting (on top of its process); `remote`:
     the source files read in place, whose readers hold more: each its window, and the one
     reading (a rank reads one piece at a time) its GETs in flight, of part_bytes each (obs_io's
-    read_part_bytes)."""
+    read_part_bytes); reader_bytes per open reader (ReshardConfig)."""
     files = rp.source_files
     remote_files = sum(f in remote for f in files)
-    return (rp.buffer_bytes + READER_BYTES * len(files) + remote_files * remote_source.OPEN_BYTES
+    return (rp.buffer_bytes + reader_bytes * len(files) + remote_files * remote_source.OPEN_BYTES
             + (remote_source.THREADS * part_bytes if remote_files else 0))
 
 
@@ -128,15 +129,17 @@ class SourceFiles:
         return [os.path.abspath(location), st.st_size, st.st_mtime_ns]
 
 
-def expected_peak(costs: list[int], process_num: int, budget: int) -> int:
-    """What the scheduler below can reach: the largest costs running at once, within budget."""
+def expected_peak(costs: list[int], process_num: int, budget: int,
+                  process_base_bytes: int = DEFAULT.process_base_bytes) -> int:
+    """What the scheduler below can reach: the largest costs running at once, within budget,
+    plus process_base_bytes per process."""
     running, total = 0, 0
     for c in sorted(costs, reverse=True)[:process_num]:
         if total + c > budget and running:
             break
         total += c
         running += 1
-    return total + PROCESS_BASE_BYTES * (1 + (running if process_num > 1 else 0))
+    return total + process_base_bytes * (1 + (running if process_num > 1 else 0))
 
 
 # -- rerun: skip destination files already complete and verified ---------------------------
@@ -299,15 +302,14 @@ class UploadTo:
     """Where each rank written now is also uploaded while it is written (obs_io's
     GrowingUpload: the parts go as the bytes are written; the object is complete once the file
     is committed), except the names in `skip`; s3: obs_io's configuration (the parent's, for
-    the worker processes). Memory: CHUNKS parts per rank being written. records: each rank
+    the worker processes). Memory: `chunks` parts per rank being written. records: each rank
     uploaded gets a remote record once its object is complete (record_upload), and a rank an
     earlier run so recorded is kept (uploaded_ranks)."""
     root: str
     s3: object = None
     skip: frozenset[str] = frozenset()
     records: bool = False
-
-    CHUNKS = 4
+    chunks: int = DEFAULT.upload_chunks   # ReshardConfig.upload_chunks
 
     def wants(self, rp: RankPlan) -> bool:
         return rp.path not in self.skip
@@ -321,7 +323,7 @@ class UploadTo:
     def start(self, rp: RankPlan, temp_path: str):
         from obs_io import store_for
         url = self.url(rp)
-        return store_for(url).growing_upload(temp_path, url, _size_hint(rp), self.s3, chunks=self.CHUNKS)
+        return store_for(url).growing_upload(temp_path, url, _size_hint(rp), self.s3, chunks=self.chunks)
 
 
 def _remote_record(root: str, rank: int) -> str:
@@ -408,6 +410,35 @@ def _size_hint(rp: RankPlan) -> int:
     return rp.nbytes + 4096 * len(rp.tensors) + (1 << 20)
 
 
+class _RankOutput:
+    """One destination rank's output while it is made, owning its cleanup (as s3transfer's
+    futures own theirs): the writer's temporary file, the upload streaming it, the folder made
+    for it. stage() wraps each step (writing, committing, handing the commit off): whatever
+    the step raises, what it leaves is aborted there, in one place."""
+
+    def __init__(self, rp: RankPlan, dst_root: str):
+        self.path = os.path.join(dst_root, rp.path)
+        self.folder = os.path.dirname(self.path)
+        self.made_folder = not os.path.isdir(self.folder)
+        self.writer = None
+        self.streaming = None   # obs_io GrowingUpload of the writer's temporary file
+
+    @contextlib.contextmanager
+    def stage(self, file: bool = True, folder: bool = False):
+        """On any exception (a stop request too): the upload aborted, and with `file` the
+        writer's temporary file, with `folder` the folder made for it if left empty."""
+        try:
+            yield self
+        except BaseException:
+            if self.streaming is not None:
+                self.streaming.abort()
+            if file and self.writer is not None:
+                self.writer.abort()
+            if folder and self.made_folder and os.path.isdir(self.folder) and not os.listdir(self.folder):
+                os.rmdir(self.folder)
+            raise
+
+
 def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
                  publish=None, upload: UploadTo | None = None, durable: bool = True,
                  copies: tuple[RankPlan, ...] = ()):
@@ -418,62 +449,26 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
     file is also uploaded while it is written (UploadTo), and the commit waits for the
     upload's end. durable False: no fsync (a copy that only stages the upload;
     CheckpointWriter.commit). copies: ranks with the same bytes (Plan.same_as), made from this
-    file once it is committed (make_copies). The commit returns make_copies' list."""
+    file once it is committed (make_copies). The commit returns make_copies' list. What a
+    failed step leaves is aborted by the rank's _RankOutput."""
     t0 = time.monotonic()
-    out_path = os.path.join(dst_root, rp.path)
-    folder = os.path.dirname(out_path)
-    made_folder = not os.path.isdir(folder)
-    readers = {}
-    writer = None
-    streaming = None
+    out = _RankOutput(rp, dst_root)
     try:
-        for f in rp.source_files:
-            readers[f] = SourceFiles.of(src_root).open(f)
-        metas = []
-        for t in rp.tensors:
-            if t.carried:
-                metas.append(readers[t.pieces[0].src_file].metas[t.name])
-            else:
-                metas.append(TensorMeta(t.name, t.dtype, t.shape))
-        buf = _assembly_buffer(rp.buffer_bytes)
-        os.makedirs(folder, exist_ok=True)
-        if not inside(dst_root, folder):   # a link made since run_plan owned the folders
-            raise ReshardError(f"rank {rp.rank}: {folder} leads out of the output {dst_root} "
-                               f"(to {os.path.realpath(folder)}): not writing there")
-        writer = open_writer(out_path, metas, fmt)
-        if upload is not None and upload.wants(rp):
-            streaming = upload.start(rp, writer.temp_path)
-        for t, meta in zip(rp.tensors, metas):
-            if not meta.sliceable:
-                writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
-                continue
-            assemble_and_write(t, meta, buf, readers, writer)
-    except BaseException as e:
-        if streaming is not None:
-            streaming.abort()
-        if writer is not None:
-            writer.abort()
-        if made_folder and os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
-        if isinstance(e, FormatError):   # a bad source file: the user's one-line error
-            raise ReshardError(f"rank {rp.rank}: {e}") from None
-        raise
-    finally:
-        for r in readers.values():
-            r.close()
+        with out.stage(folder=True), contextlib.ExitStack() as opened:
+            readers = {f: opened.enter_context(SourceFiles.of(src_root).open(f)) for f in rp.source_files}
+            _write_rank(rp, readers, out, dst_root, fmt, upload)
+    except FormatError as e:   # a bad source file: the user's one-line error
+        raise ReshardError(f"rank {rp.rank}: {e}") from None
+    writer, streaming = out.writer, out.streaming
 
     def commit() -> None:
-        try:
+        with out.stage(file=False):
             writer.commit(durable)
-        except BaseException:
-            if streaming is not None:
-                streaming.abort()
-            raise
         token = streaming.token if streaming is not None else None
         record = _write_manifest(src_root, dst_root, rp, fmt, writer.checksum[1], fsynced=durable,
                                  token=token)
         log.info("rank %d: wrote %s (%d tensors, %d bytes, sources %s) in %.2fs", rp.rank,
-                 out_path, len(rp.tensors), os.path.getsize(out_path), sorted(rp.source_ranks),
+                 out.path, len(rp.tensors), os.path.getsize(out.path), sorted(rp.source_ranks),
                  time.monotonic() - t0)
         if streaming is not None:   # the last parts; the object is complete after this
             try:
@@ -492,13 +487,33 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
     if publish is None:
         return commit()
     commit.upload = streaming   # what a stopped worker cancels (_stop)
-    try:
+    with out.stage():   # the previous rank's commit failed: this one is not published
         return publish(commit)
-    except BaseException:   # the previous rank's commit failed: this one is not published
-        if streaming is not None:
-            streaming.abort()
-        writer.abort()
-        raise
+
+
+def _write_rank(rp: RankPlan, readers: dict, out: _RankOutput, dst_root: str, fmt: str,
+                upload: UploadTo | None) -> None:
+    """The rank's file written under its writer's temporary name (out.writer), uploaded while
+    written where `upload` wants it (out.streaming)."""
+    metas = []
+    for t in rp.tensors:
+        if t.carried:
+            metas.append(readers[t.pieces[0].src_file].metas[t.name])
+        else:
+            metas.append(TensorMeta(t.name, t.dtype, t.shape))
+    buf = _assembly_buffer(rp.buffer_bytes)
+    os.makedirs(out.folder, exist_ok=True)
+    if not inside(dst_root, out.folder):   # a link made since run_plan owned the folders
+        raise ReshardError(f"rank {rp.rank}: {out.folder} leads out of the output {dst_root} "
+                           f"(to {os.path.realpath(out.folder)}): not writing there")
+    out.writer = open_writer(out.path, metas, fmt)
+    if upload is not None and upload.wants(rp):
+        out.streaming = upload.start(rp, out.writer.temp_path)
+    for t, meta in zip(rp.tensors, metas):
+        if not meta.sliceable:
+            out.writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
+            continue
+        assemble_and_write(t, meta, buf, readers, out.writer)
 
 
 # -- many destination ranks -----------------------------------------------------------------
@@ -553,15 +568,17 @@ def _stop(signum: int, frame) -> None:
     raise _Stopped()
 
 
-def _worker_init(log_dir: str | None, counter, committed=None, parent: int | None = None) -> None:
+def _worker_init(log_dir: str | None, counter, committed=None,
+                 stop_grace: float = DEFAULT.stop_grace_seconds, parent: int | None = None) -> None:
     """Each worker takes the next log index; SIGINT stays ignored (inherited: see
     _spawning_ignores_sigint), so a Ctrl-C reaches the parent alone, which stops the workers.
     committed: the queue where the worker's commits report their end (_commit_behind);
-    parent: the pid of the process that started the pool (a worker started just as it was
-    killed must not take init, its new parent, for it)."""
-    global _committed
+    stop_grace: ReshardConfig.stop_grace_seconds; parent: the pid of the process that started
+    the pool (a worker started just as it was killed must not take init, its new parent, for it)."""
+    global _committed, _stop_grace
     parent = os.getppid() if parent is None else parent
     _die_with_parent(parent)
+    _stop_grace = stop_grace
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -609,9 +626,9 @@ def _spawning_ignores_sigint():
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
+def _stop_workers(pool: ProcessPoolExecutor, stop_grace: float) -> None:
     """Interrupted: each worker aborts its rank (its temporary file removed, nothing under a
-    final name) and exits; queued ranks are dropped. A worker still alive STOP_GRACE seconds
+    final name) and exits; queued ranks are dropped. A worker still alive stop_grace seconds
     later is killed: one stopped while sending its result back can leave the pool's result
     queue locked, and another then waits on that lock for ever, deaf to a second SIGTERM (the
     pool's own shutdown would wait for it without a bound)."""
@@ -619,7 +636,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
-    deadline = time.monotonic() + STOP_GRACE
+    deadline = time.monotonic() + stop_grace
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
         if proc.is_alive():
@@ -661,7 +678,7 @@ def _worker_convert(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fm
         # the rank was aborted; the commit behind it ends first (its temporary file renamed
         # or removed: os._exit would leave it), its upload cancelled (_stop); then no result
         if _commit_pending is not None:
-            wait([_commit_pending], timeout=STOP_GRACE / 2)
+            wait([_commit_pending], timeout=_stop_grace / 2)
         os._exit(128 + signal.SIGTERM)
     finally:
         _buffer = np.empty(0, np.uint8)
@@ -825,40 +842,54 @@ def pending_ranks(plan: Plan, src_root: SourceFiles | str, dst_root: str) -> lis
     return [rp for rp in plan.ranks if not is_done(src_root, dst_root, rp, plan.fmt)]
 
 
-def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_num: int,
-             budget: int, log_dir: str | None = None,
-             on_rank: Callable[[RankPlan, bool], None] | None = None,
-             arrival: Callable[[RankPlan], int] | None = None,
-             check: Callable[[], None] | None = None,
-             upload: UploadTo | None = None, durable: bool = True,
-             stored: Collection[int] = ()) -> RunResult:
-    """Convert every rank of a full plan not already done (source files under src_root, or
-    where a SourceFiles says); at most process_num at once and never more than `budget` bytes
-    of rank costs in flight. A rank with the same bytes as an earlier one (plan.same_as) is
-    not converted: the process that writes that rank makes it from its file (make_copies).
-    on_rank(rp, uploaded): called in this process, one call at a time, as soon as a rank's file
-    is complete under its final name (converted, copied, or found complete and kept), e.g. to
-    upload it while the next ranks convert; uploaded: it is under upload.url(rp) already.
-    While source files are still downloading (SourceFiles.growing): arrival(rp) orders the
-    ranks (the one whose bytes are all here soonest first: fetch.horizon), and check() raises
-    the download's failure (asked every POLL_SECONDS while ranks run). upload: each rank
-    written is also uploaded while written (UploadTo); on_rank follows its upload. durable:
-    outputs fsynced (CheckpointWriter.commit). stored: ranks complete on the upload's store
-    already (uploaded_ranks): kept there, as uploaded; a replica whose first rank is one of
-    them is made from another (same_as)."""
-    fmt = plan.fmt
+def run_plan(fp: "FinishedPlan", files: SourceFiles, subscriber: "Subscriber", feed=None) -> RunResult:
+    """Convert every rank of a finished plan (reshard.finish) not already done, reading the
+    source files where `files` says; at most config.process_count at once and never more than
+    fp.budget_bytes of rank costs in flight. A rank with the same bytes as an earlier one
+    (plan.same_as) is not converted: the process that writes that rank makes it from its file
+    (make_copies). subscriber.on_rank_done(rp, uploaded): called in this process, one call at
+    a time, as soon as a rank's file is complete under its final name (converted, copied, or
+    found complete and kept); uploaded: it is under fp.upload.url(rp) already (each rank
+    written is uploaded while written where fp.upload says; the call follows its upload).
+    feed: the downloads under way (finish.DownloadingRun): feed.horizon(rp) orders the ranks
+    (the one whose bytes are all here soonest first), feed.check() raises the download's
+    failure (asked every config.poll_seconds while ranks run). Ranks kept on the upload's
+    store (fp.stored) are kept there, as uploaded; a replica whose first rank is one of them is
+    made from another (same_as)."""
+    plan, dst_root, config = fp.plan, fp.dst_root, fp.config
     folders = sorted({os.path.dirname(os.path.join(dst_root, rp.path)) for rp in plan.ranks}
                      | {os.path.join(dst_root, MANIFEST_DIR)})
     own_folders(dst_root, folders)
     for folder in folders:
         sweep(folder)   # what a killed run of this plan left half-written
-    done = on_rank or (lambda rp, uploaded: None)
-    stored = set(stored)
+    done = subscriber.on_rank_done
+    todo, copies, skipped, made = _keep_done(fp, files, done)
+    if feed is not None:
+        todo.sort(key=feed.horizon)   # stable: plan order among equals
+    if config.process_count <= 1 or len(todo) <= 1:   # this process converts: its log is transform_0
+        handler = _process_log(config.log_dir, 0) if todo else None
+        try:
+            written = _run_pipelined(todo, files, dst_root, plan.fmt, done, fp.upload, config.durable, copies)
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+    else:
+        written = _Pool(fp, files, todo, done, feed, copies, folders).run()
+    return RunResult(sorted(written + made), sorted(skipped))
+
+
+def _keep_done(fp: "FinishedPlan", files: SourceFiles, done: Callable[[RankPlan, bool], None]):
+    """The ranks already complete, on the store (fp.stored) or here (is_done), told to done()
+    and kept, with the replicas made from a kept one; returns (the ranks to convert, first
+    rank -> its replicas still to make, the ranks kept, the replicas made)."""
+    plan, dst_root, upload = fp.plan, fp.dst_root, fp.upload
+    stored = set(fp.stored)
     for rp in plan.ranks:
         if rp.rank in stored:
             log.info("rank %d: %s already uploaded and verified, kept", rp.rank, upload.url(rp))
             done(rp, True)
-    kept = [rp for rp in plan.ranks if rp.rank not in stored and is_done(src_root, dst_root, rp, fmt)]
+    kept = [rp for rp in plan.ranks if rp.rank not in stored and is_done(files, dst_root, rp, plan.fmt)]
     skipped = {rp.rank for rp in kept} | stored
     by_rank = {rp.rank: rp for rp in plan.ranks}
     copies: dict[int, tuple[RankPlan, ...]] = {}   # first rank -> its replicas still to make
@@ -871,111 +902,119 @@ def run_plan(plan: Plan, src_root: SourceFiles | str, dst_root: str, *, process_
     for rp in kept:
         log.info("rank %d: %s already complete and verified, skipped", rp.rank, rp.path)
         done(rp, False)
-        for rank, uploaded in make_copies(rp, copies.pop(rp.rank, ()), src_root, dst_root, fmt,
-                                          upload, durable, False):
+        for rank, uploaded in make_copies(rp, copies.pop(rp.rank, ()), files, dst_root, plan.fmt,
+                                          upload, fp.config.durable, False):
             done(by_rank[rank], uploaded)
             made.append(rank)
-    if arrival is not None:
-        todo.sort(key=arrival)   # stable: plan order among equals
-    if process_num <= 1 or len(todo) <= 1:   # this process converts: its log is transform_0
-        handler = _process_log(log_dir, 0) if todo else None
-        try:
-            written = _run_pipelined(todo, src_root, dst_root, fmt, done, upload, durable, copies)
-        finally:
-            if handler is not None:
-                log.removeHandler(handler)
-                handler.close()
-    else:
-        written = _run_pool(todo, src_root, dst_root, fmt, process_num=process_num,
-                            budget=budget, log_dir=log_dir, done=done, arrival=arrival,
-                            check=check, upload=upload, durable=durable, copies=copies,
-                            folders=folders)
-    return RunResult(sorted(written + made), sorted(skipped))
+    return todo, copies, skipped, made
 
 
-def _run_pool(todo: list[RankPlan], src_root: SourceFiles | str, dst_root: str, fmt: str, *,
-              process_num: int, budget: int, log_dir: str | None,
-              done: Callable[[RankPlan, bool], None], arrival, check, upload: UploadTo | None,
-              durable: bool, copies: dict[int, tuple[RankPlan, ...]], folders: list[str]) -> list[int]:
-    """run_plan's ranks in worker processes; returns the ranks written, copies included. A
-    rank's cost counts while it is written; its commit goes on in its worker behind the next
+class _Pool:
+    """run_plan's ranks in worker processes; run() returns the ranks written, copies included.
+    A rank's cost counts while it is written; its commit goes on in its worker behind the next
     rank (_worker_convert) and ends with a message on the `committed` queue, after which
     done() hears of it and its copies. A worker killed (the OOM killer), even one with only a
     commit of ours pending (found by polling), stops the others: what they left in `folders`
     is swept and one line names it (_killed_worker), not a wait without end."""
-    files = SourceFiles.of(src_root)
-    remote, part = files.remote, files.s3.read_part_bytes if files.s3 is not None else 0
-    pending = list(todo) if arrival is not None else \
-        sorted(todo, key=lambda rp: rank_cost(rp, remote, part), reverse=True)
-    by_rank = {rp.rank: rp for rp in todo} | {c.rank: c for cs in copies.values() for c in cs}
-    ctx = multiprocessing.get_context("spawn")
-    committed = ctx.Queue()
-    running: dict = {}
-    committing: set[int] = set()
-    in_flight = 0
-    written = []
-    workers: dict = {}   # pid -> process, every worker the pool started
-    killed: list[int] | None = None
-    with ProcessPoolExecutor(max_workers=min(process_num, len(todo)), mp_context=ctx,
-                             initializer=_worker_init,
-                             initargs=(log_dir, ctx.Value("i", 0), committed, os.getpid())) as pool:
-        try:
-            while pending or running or committing:
-                started = True
-                while pending and len(running) < process_num and started:
-                    started = False
-                    for i, rp in enumerate(pending):
-                        cost = rank_cost(rp, remote, part)
-                        if in_flight + cost <= budget or not running:
-                            with _spawning_ignores_sigint():
-                                fut = pool.submit(_worker_convert, rp, files.for_rank(rp),
-                                                  dst_root, fmt, upload, durable,
-                                                  copies.get(rp.rank, ()))
-                            running[fut] = (rp, cost)
-                            workers.update(getattr(pool, "_processes", None) or {})
-                            in_flight += cost
-                            pending.pop(i)
-                            started = True
-                            break
-                if running:
-                    finished, _ = wait(list(running), timeout=POLL_SECONDS if check or committing else None,
-                                       return_when=FIRST_COMPLETED)
-                else:
-                    finished = ()
-                if check is not None:
-                    check()
-                for fut in finished:
-                    rp, cost = running.pop(fut)
-                    in_flight -= cost
-                    fut.result()
-                    committing.add(rp.rank)
-                if not finished:
-                    _check_workers_alive(pool, committing)
-                while committing:
-                    try:
-                        rank, made, error = committed.get(timeout=0 if running else POLL_SECONDS)
-                    except queue.Empty:
-                        break
-                    committing.discard(rank)
-                    if error is not None:
-                        raise error
-                    rp = by_rank[rank]
-                    written.append(rank)
-                    done(rp, upload is not None and upload.wants(rp))
-                    for copy, uploaded in made:
-                        written.append(copy)
-                        done(by_rank[copy], uploaded)
-        except BrokenProcessPool:   # a worker killed (SIGKILL: the OOM killer): the others are stopped
-            killed = sorted([rp.rank for rp, _ in running.values()] + list(committing))
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt) or (check is not None and _raises(check)):
-                _stop_workers(pool)   # a download that failed: the ranks reading it cannot end
-            raise
-    if killed is not None:   # the pool is down, every worker reaped: what they left goes
-        for folder in folders:
-            sweep(folder)
-        raise ReshardError(_killed_worker(workers, killed))
-    return written
+
+    def __init__(self, fp: "FinishedPlan", files: SourceFiles, todo: list[RankPlan],
+                 done: Callable[[RankPlan, bool], None], feed, copies: dict[int, tuple[RankPlan, ...]],
+                 folders: list[str]):
+        self.fp, self.files, self.done, self.feed = fp, files, done, feed
+        self.copies, self.folders = copies, folders
+        self.config = fp.config
+        self.remote = files.remote
+        self.part = files.s3.read_part_bytes if files.s3 is not None else 0
+        self.pending = list(todo) if feed is not None else \
+            sorted(todo, key=self.cost, reverse=True)
+        self.by_rank = {rp.rank: rp for rp in todo} | {c.rank: c for cs in copies.values() for c in cs}
+        self.todo_count = len(todo)
+        self.running: dict = {}          # future -> (rank plan, cost)
+        self.committing: set[int] = set()
+        self.in_flight = 0
+        self.written: list[int] = []
+        self.workers: dict = {}          # pid -> process, every worker the pool started
+
+    def cost(self, rp: RankPlan) -> int:
+        return rank_cost(rp, self.remote, self.part, self.config.reader_bytes)
+
+    def run(self) -> list[int]:
+        ctx = multiprocessing.get_context("spawn")
+        self.committed = ctx.Queue()
+        killed: list[int] | None = None
+        with ProcessPoolExecutor(max_workers=min(self.config.process_count, self.todo_count),
+                                 mp_context=ctx, initializer=_worker_init,
+                                 initargs=(self.config.log_dir, ctx.Value("i", 0), self.committed,
+                                           self.config.stop_grace_seconds, os.getpid())) as pool:
+            try:
+                while self.pending or self.running or self.committing:
+                    self._start(pool)
+                    self._step(pool)
+            except BrokenProcessPool:   # a worker killed (SIGKILL: the OOM killer): the others are stopped
+                killed = sorted([rp.rank for rp, _ in self.running.values()] + list(self.committing))
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt) or (self.feed is not None and _raises(self.feed.check)):
+                    _stop_workers(pool, self.config.stop_grace_seconds)   # a download that failed: the ranks reading it cannot end
+                raise
+        if killed is not None:   # the pool is down, every worker reaped: what they left goes
+            for folder in self.folders:
+                sweep(folder)
+            raise ReshardError(_killed_worker(self.workers, killed))
+        return self.written
+
+    def _start(self, pool: ProcessPoolExecutor) -> None:
+        """Start ranks while processes are free and their costs fit the budget (one at least)."""
+        started = True
+        while self.pending and len(self.running) < self.config.process_count and started:
+            started = False
+            for i, rp in enumerate(self.pending):
+                cost = self.cost(rp)
+                if self.in_flight + cost <= self.fp.budget_bytes or not self.running:
+                    with _spawning_ignores_sigint():
+                        fut = pool.submit(_worker_convert, rp, self.files.for_rank(rp), self.fp.dst_root,
+                                          self.fp.plan.fmt, self.fp.upload, self.config.durable,
+                                          self.copies.get(rp.rank, ()))
+                    self.running[fut] = (rp, cost)
+                    self.workers.update(getattr(pool, "_processes", None) or {})
+                    self.in_flight += cost
+                    self.pending.pop(i)
+                    started = True
+                    break
+
+    def _step(self, pool: ProcessPoolExecutor) -> None:
+        """Wait for a rank's bytes (or poll), then take the commits that ended."""
+        finished = ()
+        if self.running:
+            polling = self.feed is not None or self.committing
+            finished, _ = wait(list(self.running), timeout=self.config.poll_seconds if polling else None,
+                               return_when=FIRST_COMPLETED)
+        if self.feed is not None:
+            self.feed.check()
+        for fut in finished:
+            rp, cost = self.running.pop(fut)
+            self.in_flight -= cost
+            fut.result()
+            self.committing.add(rp.rank)
+        if not finished:
+            _check_workers_alive(pool, self.committing)
+        self._take_commits()
+
+    def _take_commits(self) -> None:
+        upload = self.fp.upload
+        while self.committing:
+            try:
+                rank, made, error = self.committed.get(timeout=0 if self.running else self.config.poll_seconds)
+            except queue.Empty:
+                break
+            self.committing.discard(rank)
+            if error is not None:
+                raise error
+            rp = self.by_rank[rank]
+            self.written.append(rank)
+            self.done(rp, upload is not None and upload.wants(rp))
+            for copy, uploaded in made:
+                self.written.append(copy)
+                self.done(self.by_rank[copy], uploaded)
 
 
 def _check_workers_alive(pool: ProcessPoolExecutor, committing: set[int]) -> None:

@@ -2,8 +2,8 @@
 
 A remote source file the plan fetches ('fetch' in plan.source_use: its ranks would read more
 bytes of it in place than it has) is downloaded into the local root in file order (obs_io's
-download_in_order: ranged GETs of obs_io's read_part_bytes, THREADS in flight, written in
-order: the file grows a part at a time), one file after the
+download_in_order: ranged GETs of obs_io's read_part_bytes, ReshardConfig.fetch_threads in
+flight, written in order: the file grows a part at a time), one file after the
 other in the order the ranks need them, under a temporary name beside its final one. Workers
 open the growing file (formats.growing) and each read waits for its bytes, so a destination
 rank starts converting as soon as the bytes it reads first are local, not after the whole
@@ -33,6 +33,7 @@ from typing import Callable
 from obs_io.atomic import Landing
 from obs_io.crc import crc32
 
+from .config import DEFAULT
 from .errors import ReshardError
 from .formats import registry
 from .formats.base import FileIndex
@@ -41,19 +42,18 @@ from .plan import Plan, RankPlan
 
 log = logging.getLogger("reshard")
 
-THREADS = 4         # GETs in flight (of obs_io's read_part_bytes each)
-CHUNKS = 6          # parts fetched or being fetched, not yet written (in order)
 SMALL = 64 << 10        # a carried value up to this is preloaded
 PRELOAD_CAP = 4 << 20   # preloaded bytes per file at most
 GAP = 64 << 10          # preloaded runs this close are one GET
 
 
-def fetch_bytes(s3_config=None) -> int:
-    """Memory of a download while converting: CHUNKS parts of read_part_bytes."""
+def fetch_bytes(s3_config=None, chunks: int = DEFAULT.fetch_chunks) -> int:
+    """Memory of a download while converting: `chunks` parts of read_part_bytes
+    (ReshardConfig.fetch_chunks)."""
     if s3_config is None:
         import obs_io
         s3_config = obs_io.current_config()
-    return CHUNKS * s3_config.read_part_bytes
+    return chunks * s3_config.read_part_bytes
 
 
 class _Cancelled(Exception):
@@ -126,8 +126,10 @@ class SourceFetcher:
     process's (current at start())."""
 
     def __init__(self, plan: Plan, local_root: str, names: list[str], indexes: dict[str, FileIndex],
-                 location: Callable[[str], str], s3_config=None):
+                 location: Callable[[str], str], s3_config=None, threads: int = DEFAULT.fetch_threads,
+                 chunks: int = DEFAULT.fetch_chunks):
         assert plan.source is not None
+        self.threads, self.chunks = threads, chunks   # ReshardConfig.fetch_threads / fetch_chunks
         if s3_config is None:
             import obs_io
             s3_config = obs_io.current_config()
@@ -217,7 +219,7 @@ class SourceFetcher:
                 progress.add_bytes(len(data))
             try:
                 download_in_order(url, write, index.size, index.version, part=self.part,
-                                  threads=THREADS, chunks=CHUNKS)
+                                  threads=self.threads, chunks=self.chunks)
             except _Cancelled:
                 raise
             except (OSError, ValueError) as exc:

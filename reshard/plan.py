@@ -719,6 +719,18 @@ class _Entry:
     error: str | None
 
 
+def _member_pairs(name: str, opt_shard_size: int, by_block: dict[tuple[int, ...], list[int]]
+                  ) -> list[tuple[str, int, int]]:
+    """_Planner.layout_pairs: (name, first member, other member) of the first optimizer-shard
+    group whose first SHARD_MEMBERS members' files hold `name` (by_block: block -> its holders)."""
+    for block, rs in by_block.items():   # the group's first member and the others
+        others = [by_block.get((block[0] + k,) + block[1:]) for k in
+                  range(1, min(opt_shard_size, SHARD_MEMBERS))]
+        if block[0] % opt_shard_size == 0 and rs and all(others):
+            return [(name, rs[0], o[0]) for o in others]
+    return []
+
+
 class _Planner:
     """The steps of one build; the state they share."""
 
@@ -997,12 +1009,7 @@ class _Planner:
                     if pair:
                         replicas.append((name, pair[0], pair[1]))
                 if lay.opt_shard_size > 1 and len({n for n, _, _ in members}) < CHECKED_LAYOUTS:
-                    for block, rs in by_block.items():   # the group's first member and the others
-                        others = [by_block.get((block[0] + k,) + block[1:]) for k in
-                                  range(1, min(lay.opt_shard_size, SHARD_MEMBERS))]
-                        if block[0] % lay.opt_shard_size == 0 and rs and all(others):
-                            members += [(name, rs[0], o[0]) for o in others]
-                            break
+                    members += _member_pairs(name, lay.opt_shard_size, by_block)
         return replicas, members
 
     def compare_pairs(self, pairs: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], tuple[bool, bool]]:
@@ -1042,6 +1049,11 @@ class _Planner:
         if not set(dst.layouts) & set(self.holders):
             raise ReshardError(f"destination strategy {dst.source} names none of the "
                                f"checkpoint's parameters")
+        self.check_missing(dst)
+
+    def check_missing(self, dst: Strategy) -> None:
+        """check_names: the destination's parameters (in the stages converted) the checkpoint
+        lacks: optimizer states and adapters noted, any other an error unless allowed."""
         stages = self.dst_stages
         missing = [n for n, lays in dst.layouts.items() if n not in self.holders and
                    any(lay.stage in stages for lay in lays)]
@@ -1419,21 +1431,25 @@ class _Planner:
         if self.complete:
             return replicas
         cands = [r for r in replicas if name in (self.headers.known(self.files.get(r, "")) or ())]
+        return cands or self.holding_read_more(name, replicas, block)
+
+    def holding_read_more(self, name: str, replicas: list[int], block: tuple[int, ...]) -> list[int]:
+        """holding() when none of the files read holds `name`: more replicas' files read, those
+        holding it checked against the first slice; ReshardError naming the files when none does."""
+        absent = self.read_more(replicas, name, new_names=False)
+        cands = [r for r in replicas if name in (self.headers.known(self.files.get(r, "")) or ())]
         if not cands:
-            absent = self.read_more(replicas, name, new_names=False)
-            cands = [r for r in replicas if name in (self.headers.known(self.files.get(r, "")) or ())]
-            if not cands:
-                lacking = [self.source.path_of(self.files[r]) for r in replicas
-                           if r in self.files and r not in absent]
-                gone = [f"rank_{r}" for r in replicas if r not in self.files or r in absent]
-                parts = [f"{', '.join(lacking)} lack it"] if lacking else []
-                parts += [f"the files of replicas {', '.join(gone)} are not here"] if gone else []
-                raise ReshardError(f"parameter {name}: no source file holds its block "
-                                   f"{list(block)} ({'; '.join(parts)})")
-            for r in cands:
-                if name in self.metas0 and (name, r) not in self.checked:
-                    self.check_same_slice(name, r)
-                    self.checked.add((name, r))
+            lacking = [self.source.path_of(self.files[r]) for r in replicas
+                       if r in self.files and r not in absent]
+            gone = [f"rank_{r}" for r in replicas if r not in self.files or r in absent]
+            parts = [f"{', '.join(lacking)} lack it"] if lacking else []
+            parts += [f"the files of replicas {', '.join(gone)} are not here"] if gone else []
+            raise ReshardError(f"parameter {name}: no source file holds its block "
+                               f"{list(block)} ({'; '.join(parts)})")
+        for r in cands:
+            if name in self.metas0 and (name, r) not in self.checked:
+                self.check_same_slice(name, r)
+                self.checked.add((name, r))
         return cands
 
     def present(self, replicas: list[int]) -> list[int]:

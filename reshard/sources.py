@@ -199,48 +199,73 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
         last = root.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
         is_file = len(entries) == 1 and entries[0].name == last and not root.endswith("/")
     if is_file:
-        if len(entries) != 1 or "/" in entries[0].name:
-            raise ReshardError(f"source checkpoint {root}: a file source is one entry named by "
-                               f"its file name")
-        name = entries[0].name
-        if not name.endswith(exts):
-            raise ReshardError(f"source checkpoint {root} is not a {kinds} file")
-        if step is not None:
-            raise ReshardError(f"--step {step} chooses a file in a checkpoint folder, but the source "
-                               f"checkpoint {root} is one file")
-        return SourceSet(root, True, {0: name}, is_file=True)
-
+        return _classify_file(root, entries, exts, kinds, step)
     for candidate in candidates:
         owned = candidate.folder_source(root, entries, step=step, partial=partial)
         if owned is not None:
             return owned
-    top: list[SourceEntry] = []
-    index_names: list[str] = []
-    rank_dirs: set[int] = set()
-    in_rank: dict[int, list[SourceEntry]] = {}
-    for e in entries:
-        parts = e.name.split("/")
-        is_dir = parts[-1] == ""
-        if is_dir:
-            parts = parts[:-1]
-        if not parts or any(p.startswith(".") or p == "" for p in parts):
-            continue
-        m = RANK_DIR.match(parts[0])
-        if m and (len(parts) > 1 or is_dir):
-            rank_dirs.add(int(m.group(1)))
-            if len(parts) == 2 and not is_dir and parts[1].endswith(exts):
-                in_rank.setdefault(int(m.group(1)), []).append(e)
-        elif len(parts) == 1 and not is_dir:
-            if parts[0].endswith(exts):
-                top.append(e)
-            elif any(f.is_index(parts[0]) for f in candidates):
-                index_names.append(parts[0])
-    if rank_dirs:
-        return _classify_ranks(root, rank_dirs, in_rank, top, fmt, candidates, partial, kinds, step)
-    if not top:
+    found = _Found.of(entries, exts, candidates)
+    if found.rank_dirs:
+        return _classify_ranks(root, found, fmt, candidates, partial, kinds, step)
+    return _classify_files(root, found, candidates, kinds, step)
+
+
+def _classify_file(root: str, entries: list[SourceEntry], exts: tuple[str, ...], kinds: str,
+                   step: Step | None) -> SourceSet:
+    """classify() of a file source: one entry, named by its file name, of a format asked for."""
+    if len(entries) != 1 or "/" in entries[0].name:
+        raise ReshardError(f"source checkpoint {root}: a file source is one entry named by "
+                           f"its file name")
+    name = entries[0].name
+    if not name.endswith(exts):
+        raise ReshardError(f"source checkpoint {root} is not a {kinds} file")
+    if step is not None:
+        raise ReshardError(f"--step {step} chooses a file in a checkpoint folder, but the source "
+                           f"checkpoint {root} is one file")
+    return SourceSet(root, True, {0: name}, is_file=True)
+
+
+@dataclass
+class _Found:
+    """What classify() sees in a folder's entries (hidden names skipped): checkpoint files at
+    the top, index files at the top, rank_<r> folders, and each rank folder's checkpoint files."""
+    top: list[SourceEntry] = field(default_factory=list)
+    index_names: list[str] = field(default_factory=list)
+    rank_dirs: set[int] = field(default_factory=set)
+    in_rank: dict[int, list[SourceEntry]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, entries: list[SourceEntry], exts: tuple[str, ...], candidates: tuple) -> "_Found":
+        found = cls()
+        for e in entries:
+            parts = e.name.split("/")
+            is_dir = parts[-1] == ""
+            if is_dir:
+                parts = parts[:-1]
+            if not parts or any(p.startswith(".") or p == "" for p in parts):
+                continue
+            m = RANK_DIR.match(parts[0])
+            if m and (len(parts) > 1 or is_dir):
+                found.rank_dirs.add(int(m.group(1)))
+                if len(parts) == 2 and not is_dir and parts[1].endswith(exts):
+                    found.in_rank.setdefault(int(m.group(1)), []).append(e)
+            elif len(parts) == 1 and not is_dir:
+                if parts[0].endswith(exts):
+                    found.top.append(e)
+                elif any(f.is_index(parts[0]) for f in candidates):
+                    found.index_names.append(parts[0])
+        return found
+
+
+def _classify_files(root: str, found: _Found, candidates: tuple, kinds: str,
+                    step: Step | None) -> SourceSet:
+    """classify() of a folder of checkpoint files (no rank folder): one step of several saves,
+    or the union of the files (with its index, if any)."""
+    if not found.top:
         raise ReshardError(f"source checkpoint folder {root} holds no {kinds} file and no "
                            f"rank_<r> folder")
-    names = sorted(e.name for e in top)
+    names = sorted(e.name for e in found.top)
+    index_names = found.index_names
     if not index_names:   # several saves of one complete checkpoint: one step, by the rule
         choice = choose({0: names}, {0: root}, step, label="folder", root=root)
         if choice.step is not None:
@@ -259,11 +284,13 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
     return SourceSet(root, True, dict(enumerate(names)), index_name=index_names[0], format=indexed.name)
 
 
-def _classify_ranks(root, rank_dirs, in_rank, top, fmt, candidates, partial, kinds, step) -> SourceSet:
-    notes: list[Note] = []
+def _rank_candidates(root: str, found: _Found, fmt: str | None, candidates: tuple,
+                     kinds: str) -> dict[int, list[SourceEntry]]:
+    """Rank -> its checkpoint files in name order (empty rank folders left out: gaps); a rank
+    folder of two formats is an error when no format was asked for."""
     cands_of: dict[int, list[SourceEntry]] = {}
-    for r in sorted(rank_dirs):
-        cands = sorted(in_rank.get(r, ()), key=lambda e: e.name)
+    for r in sorted(found.rank_dirs):
+        cands = sorted(found.in_rank.get(r, ()), key=lambda e: e.name)
         if not cands:
             continue        # an empty rank folder: a gap
         kinds_here = sorted({f.extensions[0] for c in cands for f in candidates if f.owns(c.name)})
@@ -273,14 +300,16 @@ def _classify_ranks(root, rank_dirs, in_rank, top, fmt, candidates, partial, kin
     if not cands_of:
         raise ReshardError(f"source checkpoint folder {root}: its rank_<r> folders hold no "
                            f"{kinds} file")
-    choice = choose({r: [c.name for c in cands] for r, cands in cands_of.items()},
-                    {r: _join(root, f"rank_{r}") for r in cands_of}, step, root=root)
-    files: dict[int, str] = dict(choice.files)
-    if choice.step is not None and files:
-        notes.append(Note(logging.INFO, chosen_line(choice, len(files), root)))
+    return cands_of
+
+
+def _last_in_name_order_notes(cands_of: dict[int, list[SourceEntry]], files: dict[int, str]) -> list[Note]:
+    """The notes on ranks whose checkpoint was the last in name order of several (no step):
+    which, and a warning when one of the others is newer."""
+    notes = []
     for r, cands in cands_of.items():
         chosen = next(c for c in cands if c.name == files[r])
-        if len(cands) > 1 and choice.step is None:
+        if len(cands) > 1:
             notes.append(Note(logging.INFO, f"source rank {r}: {len(cands)} checkpoints in "
                                             f"rank_{r}/, using the last in name order: "
                                             f"{chosen.name}"))
@@ -289,15 +318,31 @@ def _classify_ranks(root, rank_dirs, in_rank, top, fmt, candidates, partial, kin
                 notes.append(Note(logging.WARNING, f"source rank {r}: {newer[-1].name} is newer "
                                                    f"than the chosen {chosen.name} (the last in "
                                                    f"name order is used, as MindSpore does)"))
+    return notes
+
+
+def _classify_ranks(root: str, found: _Found, fmt: str | None, candidates: tuple, partial: bool,
+                    kinds: str, step: Step | None) -> SourceSet:
+    """classify() of a folder of rank_<r> folders: each rank's checkpoint chosen (reshard.steps),
+    gaps refused unless partial; one rank_0 folder is a complete checkpoint."""
+    cands_of = _rank_candidates(root, found, fmt, candidates, kinds)
+    choice = choose({r: [c.name for c in cands] for r, cands in cands_of.items()},
+                    {r: _join(root, f"rank_{r}") for r in cands_of}, step, root=root)
+    files: dict[int, str] = dict(choice.files)
+    notes: list[Note] = []
+    if choice.step is not None and files:
+        notes.append(Note(logging.INFO, chosen_line(choice, len(files), root)))
+    if choice.step is None:
+        notes += _last_in_name_order_notes(cands_of, files)
     if not partial:
         gaps = [r for r in range(max(files) + 1) if r not in files]
         if gaps:
             raise ReshardError(f"{_join(root, f'rank_{gaps[0]}')}: missing or empty (rank "
                                f"folders are numbered from 0 without gaps)")
-    if top:
-        notes.append(Note(logging.INFO, f"{root}: ignoring {len(top)} checkpoint file(s) beside "
-                                        f"the rank_<r> folders (e.g. {sorted(e.name for e in top)[0]})"))
-    if not partial and rank_dirs == {0}:
+    if found.top:
+        notes.append(Note(logging.INFO, f"{root}: ignoring {len(found.top)} checkpoint file(s) beside "
+                                        f"the rank_<r> folders (e.g. {sorted(e.name for e in found.top)[0]})"))
+    if not partial and found.rank_dirs == {0}:
         # MindSpore's and MindFormers' rule: one rank folder is a complete checkpoint (what a
         # conversion to a complete checkpoint writes: <dst>/rank_0/<prefix>0.ckpt), read
         # without a source strategy.

@@ -127,15 +127,7 @@ def choose(folders: Mapping[object, Sequence[str]], where: Mapping[object, str],
     messages; want: the step asked for; label: how a key is named ("rank" -> rank_3); root: the
     checkpoint as the user named it, for messages about several folders.
     Raises ReshardError (one line naming the folders and steps) where the rule refuses."""
-    parsed: dict[object, list[tuple[str, str, Step]]] = {}
-    plain: dict[object, list[str]] = {}
-    for key, names in folders.items():
-        for name in names:
-            got = step_of(name.rsplit("/", 1)[-1])
-            if got is None:
-                plain.setdefault(key, []).append(name)
-            else:
-                parsed.setdefault(key, []).append((name, got[0], got[1]))
+    parsed, plain = _parse_names(folders)
     if not parsed:
         if want is not None:
             first = next(iter(folders))
@@ -143,29 +135,12 @@ def choose(folders: Mapping[object, Sequence[str]], where: Mapping[object, str],
                                f"(expected <prefix>-<epoch>_<step>.ckpt, found {sorted(folders[first])[-1]})")
         return Choice({k: sorted(v)[-1] for k, v in folders.items()}, None)
     if want is None:
-        for key in folders:
-            if key in plain:
-                there = "there" if key in parsed else f"in the other {label} folders"
-                other = (parsed[key] if key in parsed else next(iter(parsed.values())))[0][0]
-                raise ReshardError(f"{where[key]} holds {sorted(plain[key])[-1]}, which names no step, while "
-                                   f"step-named checkpoints are {there} ({other}): give --step to read "
-                                   f"one step, or remove the other files")
+        _refuse_mixed(folders, parsed, plain, where, label)
     missing = [k for k in folders if k not in parsed]
     if missing:   # only with a step asked for: the plain files are left aside
         raise ReshardError(f"--step {want}: {_names(missing, where, label)} of {root} hold no step-named "
                            f"checkpoint")
-    step = want
-    if step is None:
-        latest = {k: _latest(v, where[k]) for k, v in parsed.items()}
-        distinct = sorted(set(latest.values()))
-        if len(distinct) > 1:
-            groups = "; ".join(f"{_names([k for k in folders if latest[k] == s], where, label)}: {s}"
-                               for s in reversed(distinct))
-            common = set.intersection(*({s for _, _, s in v} for v in parsed.values()))
-            hint = f" (--step {max(common)} is in every folder)" if common else ""
-            raise ReshardError(f"the latest steps differ between the {label} folders of {root} ({groups}): give --step to "
-                               f"read the same step everywhere{hint}, never a mix of steps")
-        step = distinct[0]
+    step = want if want is not None else _common_latest(folders, parsed, where, label, root)
     files, lacking = {}, []
     for key, named in parsed.items():
         name = _file_of(named, step, where[key])
@@ -179,6 +154,50 @@ def choose(folders: Mapping[object, Sequence[str]], where: Mapping[object, str],
         raise ReshardError(f"step {step} is missing in {_names(lacking, where, label)} of {root} ({have})")
     others = tuple(sorted({s for v in parsed.values() for _, _, s in v} - {step}))
     return Choice(files, step, others)
+
+
+def _parse_names(folders: Mapping[object, Sequence[str]]
+                 ) -> tuple[dict[object, list[tuple[str, str, Step]]], dict[object, list[str]]]:
+    """choose(): (key -> [(name, prefix, step)] of its step-named files, key -> its other files)."""
+    parsed: dict[object, list[tuple[str, str, Step]]] = {}
+    plain: dict[object, list[str]] = {}
+    for key, names in folders.items():
+        for name in names:
+            got = step_of(name.rsplit("/", 1)[-1])
+            if got is None:
+                plain.setdefault(key, []).append(name)
+            else:
+                parsed.setdefault(key, []).append((name, got[0], got[1]))
+    return parsed, plain
+
+
+def _refuse_mixed(folders: Mapping[object, Sequence[str]], parsed: dict, plain: dict,
+                  where: Mapping[object, str], label: str) -> None:
+    """choose() with no step asked for: a file naming no step where step-named ones are (in
+    that folder or the others) is refused: which one would be read is not clear."""
+    for key in folders:
+        if key in plain:
+            there = "there" if key in parsed else f"in the other {label} folders"
+            other = (parsed[key] if key in parsed else next(iter(parsed.values())))[0][0]
+            raise ReshardError(f"{where[key]} holds {sorted(plain[key])[-1]}, which names no step, while "
+                               f"step-named checkpoints are {there} ({other}): give --step to read "
+                               f"one step, or remove the other files")
+
+
+def _common_latest(folders: Mapping[object, Sequence[str]], parsed: dict, where: Mapping[object, str],
+                   label: str, root: str) -> Step:
+    """choose() with no step asked for: the latest step, the same in every folder (ReshardError
+    naming the folders' latest steps, and a step every folder has, when they differ)."""
+    latest = {k: _latest(v, where[k]) for k, v in parsed.items()}
+    distinct = sorted(set(latest.values()))
+    if len(distinct) > 1:
+        groups = "; ".join(f"{_names([k for k in folders if latest[k] == s], where, label)}: {s}"
+                           for s in reversed(distinct))
+        common = set.intersection(*({s for _, _, s in v} for v in parsed.values()))
+        hint = f" (--step {max(common)} is in every folder)" if common else ""
+        raise ReshardError(f"the latest steps differ between the {label} folders of {root} ({groups}): give --step to "
+                           f"read the same step everywhere{hint}, never a mix of steps")
+    return distinct[0]
 
 
 def _names(keys: list, where: Mapping[object, str], label: str) -> str:

@@ -6,6 +6,7 @@ or a fetched .ckpt whose CRC trailer does not match, stops the conversion with o
 the URL, and nothing made from that file stays."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -59,7 +60,9 @@ def test_ranks_convert_while_the_source_downloads(data, s3_server, bucket, monke
     url = _upload(s3_server, data["full"], bucket, "src/full.ckpt")
     size = os.path.getsize(data["full"])
     monkeypatch.setenv("S3_READ_PART_MIB", "1")     # every ranged read 1 MiB: the file grows
-    monkeypatch.setattr(fetch, "THREADS", 2)         # 2 x 1 MiB at a time
+    from reshard import cli
+    # 2 x 1 MiB at a time (ReshardConfig.fetch_threads, in the config the command builds)
+    monkeypatch.setattr(cli, "ReshardConfig", functools.partial(cli.ReshardConfig, fetch_threads=2))
     with LinkProxy(s3_server.endpoint, down_bps=1 * MB) as link:
         monkeypatch.setenv("S3_ENDPOINT", link.endpoint)
         out, work = tmp_path / "out", tmp_path / "work"

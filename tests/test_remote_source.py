@@ -174,19 +174,19 @@ def test_the_job_reads_in_place_or_fetches_by_the_same_rule(data, s3_server, buc
     A block of one rank reads a quarter of the complete file: in place, no local copy; a block
     of all eight ranks reads every byte of it twice (dp2): fetched once into the cache."""
     from cloud_entry import convert, sync
-    from reshard import load_strategy
+    from reshard import load_strategy, run
     from reshard.blocks import plan_blocks
     url = _upload(s3_server, data["full"], bucket, "src/full.ckpt")
     source = sync.inspect_source(url, "ckpt")
     mine = plan_blocks(8, process_num).blocks[:1]
-    skeleton = convert.skeleton(source.files, None, load_strategy(data["s8"]), mine,
-                                "checkpoint_", "ckpt")
     cache, out = tmp_path / "cache", tmp_path / "out"
-    plan = convert.complete(skeleton, str(cache))
+    request = convert.request(source, None, load_strategy(data["s8"]), mine, "checkpoint_", "ckpt",
+                              str(cache), dst_root=str(out))
+    plan = run.prepare(request)
     assert plan.files_in_mode(mode) == ["full.ckpt"]
     assert not cache.exists()                    # headers by ranged GETs only
-    local_root = sync.fetch_source(source, plan.files_in_mode("fetch"), str(cache))
-    report = convert.convert_blocks(plan, local_root, str(out), mine, None, str(tmp_path / "log"))
+    report = run.run(request, convert.config(mine, None, str(tmp_path / "log"), True),
+                     convert.JobSubscriber(str(out), None, False), plan=plan)
     assert report.ranks_written == list(mine[0].ranks)
     for r in mine[0].ranks:
         name = os.path.join(f"rank_{r}", f"checkpoint_{r}.ckpt")

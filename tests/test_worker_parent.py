@@ -22,7 +22,7 @@ RUN = textwrap.dedent("""
     from reshard import execute
 
     def worker(parent, counter, ready):
-        execute._worker_init(None, counter, None, parent)
+        execute._worker_init(None, counter, None, parent=parent)
         open(ready, "w").close()
         while True:
             time.sleep(0.1)

@@ -1,0 +1,63 @@
+"""Subscriber: what a caller hears of a conversion (reshard.run), one interface instead of
+callbacks threaded through the engine's calls. Every method is a no-op here; a caller subclasses
+it and overrides what it needs.
+
+The engine calls them in the parent process, one call at a time. They must not raise (hand
+slow work, an upload, to another thread), except still_ours, whose error stops the run before
+anything is published.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, ContextManager
+
+if TYPE_CHECKING:
+    from .finish import FinishedPlan, TransformReport
+    from .plan import Plan, RankPlan
+
+
+class Subscriber:
+    """The events of a run, in their order (reshard.run): on_plan (the full plan, every check
+    done), on_start (the finished plan), on_rank_done per destination rank as soon as its file
+    is complete under its final name, finish (execution ended), still_ours before the
+    manifest."""
+
+    def on_plan(self, plan: "Plan") -> None:
+        """The completed plan, before anything is written (e.g. to log which files are read
+        in place and which are downloaded)."""
+
+    def on_start(self, finished: "FinishedPlan") -> None:
+        """The finished plan (reshard.finish), about to be executed: the output is claimed."""
+
+    def on_rank_done(self, rank: "RankPlan", uploaded: bool) -> None:
+        """A destination rank's file is complete under its final name: converted now, made
+        from a replica, or kept from an earlier run. uploaded: the engine uploaded it while
+        writing it (or it is kept on the store)."""
+
+    def finish(self, report: "TransformReport | None") -> None:
+        """Execution ended: with its report, or None when it failed (the failure is raised
+        after this). Wait here for work handed off (uploads); an error raised here fails the
+        run."""
+
+    def still_ours(self) -> None:
+        """Raise when the output is no longer this run's (reshard.claim): asked before the
+        manifest is published."""
+
+    def storage(self, location: str) -> ContextManager:
+        """The context the engine's calls on object storage at `location` (a remote source,
+        the remote output) run in: a caller turns the store's errors into its own one-line
+        errors naming its flag."""
+        return contextlib.nullcontext()
+
+
+class FileSubscriber(Subscriber):
+    """Tells on_file(name, (size, CRC32 hex)) of each output the engine did not upload itself:
+    e.g. to upload it while the next ranks convert. dst_root: the folder written."""
+
+    def __init__(self, dst_root: str, on_file):
+        self.dst_root, self.on_file = dst_root, on_file
+
+    def on_rank_done(self, rank: "RankPlan", uploaded: bool) -> None:
+        from .execute import rank_checksum
+        if not uploaded:
+            self.on_file(rank.path, rank_checksum(self.dst_root, rank))
