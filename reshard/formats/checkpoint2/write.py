@@ -1,0 +1,290 @@
+"""Write a MindFormers "Checkpoint 2.0" iteration for a destination layout.
+
+Input: the destination Strategy (None: one rank holding complete tensors) and, per destination
+rank, the safetensors file the engine wrote for it (rank_<r>/<prefix><r>.safetensors: that
+rank's slice of every laid-out parameter and the values carried as they are). Output, as
+MindFormers' save_checkpoint lays it out (research/CHECKPOINT2.md):
+
+    <root>/iteration_%08d/<prefix>-model-%07d-%07d.safetensors   (index = rank, total = world)
+    <root>/iteration_%08d/<prefix>-opt-%07d-%07d.safetensors     (ranks holding optimizer values)
+    <root>/iteration_%08d/metadata.json     layouts in mindspore.parallel.Layout.to_dict() key
+                                            order, optimizer sharding folded into the device
+                                            matrix and tensor map, global_offset = slice index,
+                                            a storage record per holder with rank_group
+    <root>/iteration_%08d/common.json       exactly the CommonInfo fields of the release
+    <root>/latest_checkpointed_iteration.txt  written last: str(iteration), no newline
+
+Each file lands under its final name complete (temporary name, then rename); the tracker last,
+so an interrupted write leaves no tracker naming a partial iteration.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+from obs_io.atomic import write_atomic
+
+from ...errors import ReshardError
+from ...layout import TensorLayout, make_layout
+from ...strategy import Strategy
+from .. import FormatError, open_reader, open_writer
+from .folder import COMMON, METADATA, TRACKER, iteration_dir, shard_name
+
+log = logging.getLogger("reshard")
+
+RELEASES = ("1.7", "1.8", "1.9", "2.0", "2.1")
+DEFAULT_RELEASE = "2.1"
+# CommonInfo's fields per release, in declaration order (MindFormers reads common.json with
+# CommonInfo(**json): a key the release does not know raises TypeError at resume).
+_BASE_FIELDS = ("epoch_num", "step_num", "global_step", "loss_scale", "global_batch_size")
+COMMON_FIELDS = {
+    "1.7": _BASE_FIELDS, "1.8": _BASE_FIELDS,
+    "1.9": _BASE_FIELDS + ("ckpt_status",), "2.0": _BASE_FIELDS + ("ckpt_status",),
+    "2.1": _BASE_FIELDS + ("consumed_samples", "ckpt_status"),
+}
+# Optimizer values MindFormers stores in the opt files without describing them in metadata.json
+# (its strategy has no layout for them): they are written, not described, as it does.
+UNDESCRIBED = ("global_step", "learning_rate", "scale_sense", "current_iterator_step",
+               "last_overflow_iterator_step", "epoch_num", "step_num", "loss_scale")
+# Names that go to the opt files when the source does not say (a legacy checkpoint): the
+# optimizer states of MindSpore's and MindFormers' optimizers.
+OPT_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "moments.", "lamb_m.", "lamb_v.",
+                "accu_grads.", "exp_avg.", "exp_avg_sq.") + UNDESCRIBED
+COPY_BYTES = 64 << 20
+
+
+def check_release(release: str) -> str:
+    if release not in RELEASES:
+        raise ReshardError(f"--mindformers_release {release!r}: must be one of {', '.join(RELEASES)}")
+    return release
+
+
+def release_of_common(common: dict | None) -> str | None:
+    """The oldest release whose CommonInfo has exactly these fields (None: no common.json)."""
+    if common is None:
+        return None
+    keys = tuple(common)
+    for release in ("2.1", "1.9", "1.7"):
+        if set(keys) == set(COMMON_FIELDS[release]):
+            return release
+    return None
+
+
+def common_for(release: str, common: dict | None, iteration: int) -> tuple[dict, list[str]]:
+    """common.json for `release`: the source's values for the fields it has (step_num defaults
+    to the iteration, others to null, as CommonInfo's defaults); returns the dropped keys too."""
+    common = dict(common or {})
+    out = {k: common.get(k) for k in COMMON_FIELDS[release]}
+    if out["step_num"] is None:
+        out["step_num"] = iteration
+    return out, sorted(set(common) - set(out))
+
+
+def default_kind(name: str) -> str:
+    """'opt' or 'model' for a value whose source does not say (a legacy checkpoint)."""
+    return "opt" if name.startswith(OPT_PREFIXES) else "model"
+
+
+@lru_cache(maxsize=1024)
+def folded(lay: TensorLayout) -> tuple[tuple[int, ...], tuple]:
+    """(device_matrix, tensor_map) of a layout as MindSpore's Layout.to_dict() records it: the
+    optimizer shard folded in as extra device axes of dimension 0 (a replica axis used only in
+    its inner part is split in two), tensor_map entries counted from the right, -1 = not split,
+    a list = several axes, outermost first. Checked: the folded layout gives every rank the
+    same block."""
+    dev = list(lay.dev_matrix)
+    opt = dict(lay._opt_axes)                          # dev index -> size used (inner part)
+    new_dev: list[int] = []
+    where: dict[int, int] = {}                         # dev index -> new index (its inner part)
+    for i, size in enumerate(dev):
+        used = opt.get(i)
+        new_dev += [size // used, used] if used is not None and used < size else [size]
+        where[i] = len(new_dev) - 1
+    n = len(dev)
+    dims: list[list[int]] = [[where[n - 1 - k] for k in axes] for axes in lay.tensor_map]
+    if lay.opt_shard_size > 1 and dims:
+        dims[0] += [where[i] for i, _ in reversed(lay._opt_axes)]   # most significant first
+    m = len(new_dev)
+    tmap = []
+    for axes in dims:
+        right = [m - 1 - j for j in axes]
+        tmap.append(-1 if not right else right[0] if len(right) == 1 else right)
+    check = make_layout(new_dev, tmap, 0, 0)
+    if check.splits != lay.splits or check.replicas != lay.replicas:
+        raise ReshardError(f"cannot express layout {lay} as a MindSpore Layout")
+    return tuple(new_dev), tuple(tmap)
+
+
+def layout_dict(lay: TensorLayout, stage_devices: int) -> dict:
+    """mindspore.parallel.Layout.to_dict() of a stage's layout, keys in its order."""
+    dev, tmap = folded(lay)
+    return {"device_matrix": list(dev), "tensor_map": [t if isinstance(t, int) else list(t) for t in tmap],
+            "interleaved_parallel": False,
+            "alias_name": [_alias(i) for i in range(len(dev))],
+            "rank_list": list(range(lay.stage * stage_devices, (lay.stage + 1) * stage_devices))}
+
+
+def _alias(i: int) -> str:
+    """The graph compiler's device-axis names: a, b, ..., z, then aa, ab, ..."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return letters[i] if i < 26 else _alias(i // 26 - 1) + letters[i % 26]
+
+
+def _slice_id(block: tuple[int, ...], splits: tuple[int, ...]) -> int:
+    idx = 0
+    for b, s in zip(block, splits):
+        idx = idx * s + b
+    return idx
+
+
+@dataclass
+class _Holding:
+    """What the destination ranks hold of one parameter."""
+    dtype: str
+    kind: str
+    local_shape: tuple[int, ...]
+    layout: TensorLayout | None                      # the first holder's stage layout
+    slices: dict[int, list[int]]                     # slice id -> ranks, first-seen order
+    rank_slice: dict[int, int]
+
+
+def write_checkpoint2(root: str, dst: Strategy | None, rank_files: dict[int, str], *,
+                      iteration: int, common: dict | None = None, release: str = DEFAULT_RELEASE,
+                      prefix: str | None = "CKP", kind_of=None, durable: bool = True) -> list[str]:
+    """Write the iteration folder and tracker under `root` from the engine's per-rank
+    safetensors files (rank -> path; every rank of dst's world). kind_of(name) -> 'model' /
+    'opt' / None (None: default_kind). Returns the written names relative to root.
+    ReshardError: the iteration folder exists already, a value carried (no layout) that
+    differs between ranks, a rank file missing."""
+    check_release(release)
+    world = dst.world_size if dst is not None else 1
+    missing = [r for r in range(world) if r not in rank_files]
+    if missing:
+        raise ReshardError(f"rank {missing[0]}: no converted file to write into the Checkpoint 2.0 folder")
+    folder = iteration_dir(iteration)
+    out_dir = os.path.join(root, folder)
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise ReshardError(f"{out_dir}: exists already (refusing to mix two saves in one iteration folder)")
+    os.makedirs(out_dir, exist_ok=True)
+    stage_devices = dst.stage_devices if dst is not None else 1
+
+    holdings: dict[str, _Holding] = {}
+    carried_digest: dict[str, tuple[str, int]] = {}
+    rank_metas: dict[int, list] = {}
+    for r in range(world):
+        with _reader(rank_files[r]) as reader:
+            metas = list(reader.metas.values())
+            rank_metas[r] = metas
+            for m in metas:
+                kind = (kind_of(m.name) if kind_of else None) or default_kind(m.name)
+                lay = dst.layout_in_stage(m.name, dst.stage_of(r)) if dst is not None else None
+                h = holdings.get(m.name)
+                if lay is None:           # carried as it is: the same value on every rank
+                    digest = _digest(reader, m)
+                    first = carried_digest.setdefault(m.name, (digest, r))
+                    if first[0] != digest and not (kind == "opt" and m.name.startswith(UNDESCRIBED)):
+                        raise ReshardError(f"parameter {m.name}: ranks {first[1]} and {r} hold different "
+                                           f"values and no destination layout says how it is split")
+                    slice_id = 0
+                else:
+                    slice_id = _slice_id(lay.block_of(r % stage_devices), lay.splits)
+                if h is None:
+                    h = holdings[m.name] = _Holding(m.dtype, kind, tuple(m.shape), lay, {}, {})
+                elif tuple(m.shape) != h.local_shape or m.dtype != h.dtype:
+                    raise ReshardError(f"parameter {m.name}: rank {r} holds {m.dtype}{list(m.shape)}, "
+                                       f"an earlier rank {h.dtype}{list(h.local_shape)}")
+                h.slices.setdefault(slice_id, []).append(r)
+                h.rank_slice[r] = slice_id
+
+    written: list[str] = []
+    file_of: dict[tuple[int, str], str] = {}
+    for r in range(world):
+        by_kind = {"model": [], "opt": []}
+        for m in rank_metas[r]:
+            by_kind[holdings[m.name].kind].append(m)
+        for kind, metas in by_kind.items():
+            if not metas:
+                continue
+            name = shard_name(prefix, kind, r, world)
+            _copy(rank_files[r], os.path.join(out_dir, name), metas, durable)
+            file_of[(r, kind)] = name
+            written.append(f"{folder}/{name}")
+
+    metadata = {"state_dict_metadata": {}, "storage_data": {}}
+    sdm, storage = metadata["state_dict_metadata"], metadata["storage_data"]
+    for name, h in holdings.items():
+        lay = h.layout
+        if lay is None and h.kind == "opt" and name.startswith(UNDESCRIBED):
+            continue                 # MindFormers stores these without describing them
+        first = min(h.rank_slice)
+        stage = first // stage_devices
+        if lay is None:              # a value without layout: replicated over its stage
+            lay = make_layout([stage_devices], [-1] * len(h.local_shape), 0, 0, stage)
+        splits = lay.splits
+        rank_list = range(stage * stage_devices, (stage + 1) * stage_devices)
+        replica_id = []
+        for r in rank_list:
+            holders = h.slices.get(h.rank_slice.get(r, -1), [])
+            replica_id.append(holders.index(r) if r in holders else 0)
+        sdm[name] = {
+            "properties": {"dtype": h.dtype, "replica_id": replica_id,
+                           "allow_shape_mismatch": False, "allow_to_save": True},
+            "global_shape": [n * s for n, s in zip(h.local_shape, splits)],
+            "axis_fragmentations": list(splits),
+            "layout": layout_dict(lay, stage_devices),
+            "chunk": [{"global_offset": [sid], "local_shape": list(h.local_shape)} for sid in h.slices]}
+        for sid, ranks in h.slices.items():
+            records = []
+            for r in ranks:
+                rec = {"file_name": file_of[(r, h.kind)], "storage_rank": r}
+                if RELEASES.index(release) >= RELEASES.index("1.9"):
+                    rec["rank_group"] = list(ranks)
+                records.append(rec)
+            storage[str((name, (sid,)))] = records
+
+    text = (json.dumps(metadata, separators=(",", ":"), ensure_ascii=False) if release == "2.1"
+            else json.dumps(metadata, indent=4, ensure_ascii=False))
+    write_atomic(os.path.join(out_dir, METADATA), text, durable=durable)
+    written.append(f"{folder}/{METADATA}")
+    info, dropped = common_for(release, common, iteration)
+    if dropped:
+        log.warning("common.json: MindFormers %s does not know %s (dropped: its CommonInfo(**) "
+                    "would raise on them)", release, ", ".join(dropped))
+    write_atomic(os.path.join(out_dir, COMMON), json.dumps(info, indent=4, ensure_ascii=False),
+                 durable=durable)
+    written.append(f"{folder}/{COMMON}")
+    write_atomic(os.path.join(root, TRACKER), str(iteration), durable=durable)
+    written.append(TRACKER)
+    return written
+
+
+def _reader(path: str):
+    try:
+        return open_reader(path)
+    except FormatError as e:
+        raise ReshardError(str(e)) from None
+
+
+def _digest(reader, meta) -> str:
+    return hashlib.sha256(bytes(reader.read_raw(meta.name))).hexdigest()
+
+
+def _copy(src: str, dst: str, metas: list, durable: bool) -> None:
+    """The named tensors of one engine file into a shard (axis-0 chunks of about COPY_BYTES)."""
+    with _reader(src) as reader, open_writer(dst, metas, "safetensors", metadata={"format": "ms"}) as w:
+        for m in metas:
+            rows = m.shape[0] if m.shape else 0
+            row_bytes = m.nbytes // rows if rows else m.nbytes
+            step = max(1, COPY_BYTES // max(1, row_bytes))
+            if rows <= step:
+                w.write(m.name, reader.read(m.name))
+                continue
+            for a in range(0, rows, step):
+                region = ((a, min(rows, a + step)),) + tuple((0, n) for n in m.shape[1:])
+                w.write(m.name, reader.read(m.name, region))
+        w.commit(durable=durable)
