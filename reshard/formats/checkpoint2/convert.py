@@ -96,7 +96,7 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
     Checkpoint 2.0 iteration ('checkpoint2': dst_iteration default the source's iteration,
     else common.json's step_num / the global_step value; release: the MindFormers release whose
     common.json fields and metadata.json formatting to write, default the source's, else
-    DEFAULT_RELEASE; prefix: the shards' prefix, default the source's, else 'CKP').
+    DEFAULT_RELEASE; prefix: the shards' prefix ('' none), default the source's, else 'CKP').
     Returns the written names relative to dst_root. ReshardError, one line, before writing."""
     if fmt not in OUTPUT_FORMATS:
         raise ReshardError(f"--format {fmt!r}: must be one of {', '.join(OUTPUT_FORMATS)}")

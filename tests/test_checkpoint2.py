@@ -1,0 +1,260 @@
+"""MindFormers Checkpoint 2.0: read, convert, write (reshard.formats.checkpoint2).
+
+The fixtures under tests/data/checkpoint2/ were written by MindFormers' own save_checkpoint
+(scripts/ckpt2_oracle.py write --small, MindFormers 1.9.0 and 2.1.0 on CPU), and each
+<fixture>.full.safetensors holds the complete tensors MindFormers' own load_checkpoint gives for
+it (ckpt2_oracle.py check --dump-full): conversions are compared with those bit for bit.
+MindFormers' loader reading what we write runs in scripts/ckpt2_oracle.py (its venvs are not
+part of the suite; README, "Checkpoint 2.0").
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import synth
+from reshard import api
+from reshard.errors import ReshardError
+from reshard.formats import open_reader
+from reshard.formats.checkpoint2 import TRACKER, read_checkpoint2
+from reshard.formats.checkpoint2.convert import check_source_strategy, open_source, transform
+from reshard.formats.checkpoint2.write import COMMON_FIELDS, folded, layout_dict
+from reshard.layout import make_layout
+from reshard.strategy import load_strategy
+
+DATA = Path(__file__).resolve().parent / "data" / "checkpoint2"
+FIXTURES = ["1.9.0-dp2mp2pp2-optshard", "1.9.0-dp2mp2pp2-rr", "2.1.0-dp2mp2pp2"]
+SMALL = dict(num_layers=2, vocab=16, hidden=8, ffn=16)
+
+
+def tensors(path) -> dict[str, tuple[str, tuple, bytes]]:
+    with open_reader(str(path)) as r:
+        return {n: (m.dtype, m.shape, r.read(n).tobytes()) for n, m in r.metas.items()}
+
+
+def mindformers_full(fixture: str) -> dict:
+    return tensors(DATA / f"{fixture}.full.safetensors")
+
+
+def only_file(folder: Path) -> Path:
+    (f,) = [p for p in folder.rglob("*") if p.is_file() and ".reshard" not in p.parts
+            and p.suffix in (".ckpt", ".safetensors")]
+    return f
+
+
+def strategy(tmp_path: Path, dp: int, mp: int, pp: int, opt_shard: int = 0):
+    params = synth.llama_params(**SMALL, optimizer=True)
+    folder = tmp_path / f"strategy-{dp}-{mp}-{pp}-{opt_shard}"
+    synth.write_strategy(str(folder), dp=dp, mp=mp, pp=pp, opt_shard=opt_shard, params=params)
+    return load_strategy(str(folder))
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_to_complete_is_what_mindformers_loads(tmp_path, fixture):
+    """Checkpoint 2.0 -> one complete file: every tensor MindFormers' loader gives, bit for bit;
+    and the optimizer's undescribed values (global_step, learning_rate) carried from the opt
+    files, where MindFormers saved them."""
+    out = tmp_path / "out"
+    transform(str(DATA / fixture), str(out), fmt="safetensors")
+    got, want = tensors(only_file(out)), mindformers_full(fixture)
+    assert {n: got[n] for n in want} == want
+    extra = set(got) - set(want)
+    if fixture.endswith("-rr"):   # MindFormers saves only what metadata.json describes then
+        assert extra == set()
+    else:
+        assert extra == {"global_step", "learning_rate"}
+        assert got["global_step"][0] == "Int32"
+
+
+@pytest.mark.parametrize("fixture", ["1.9.0-dp2mp2pp2-optshard", "1.9.0-dp2mp2pp2-rr"])
+@pytest.mark.parametrize("layout", [(1, 4, 1, 0), (2, 2, 2, -1), (4, 1, 2, 2)])
+def test_to_rank_folders_equals_converting_the_complete_tensors(tmp_path, fixture, layout):
+    """Checkpoint 2.0 -> rank folders of a destination strategy: the same bytes as the engine's
+    conversion of the complete tensors MindFormers loads (that path is checked against
+    MindSpore's own conversion in test_reshard)."""
+    dst = strategy(tmp_path, *layout)
+    ours, ref = tmp_path / "ours", tmp_path / "ref"
+    transform(str(DATA / fixture), str(ours), dst_strategy=dst, fmt="safetensors")
+    api.transform(str(DATA / f"{fixture}.full.safetensors"), str(ref), dst_strategy=dst,
+                  fmt="safetensors")
+    for r in range(dst.world_size):
+        a = tensors(ours / f"rank_{r}" / f"checkpoint_{r}.safetensors")
+        b = tensors(ref / f"rank_{r}" / f"checkpoint_{r}.safetensors")
+        assert {n: a[n] for n in b} == b, r
+        assert set(a) - set(b) <= {"global_step", "learning_rate"}
+
+
+@pytest.mark.parametrize("release", ["1.9", "2.0", "2.1"])
+def test_written_checkpoint2_reads_back_and_is_laid_out_as_mindformers_writes(tmp_path, release):
+    """Checkpoint 2.0 -> Checkpoint 2.0 of another layout (optimizer sharding folded in): the
+    files, tracker, common.json fields and metadata.json of MindFormers' save, and it reads back
+    to the same complete tensors."""
+    fixture = "1.9.0-dp2mp2pp2-optshard"
+    dst = strategy(tmp_path, 2, 2, 2, -1)
+    out = tmp_path / "ck2"
+    transform(str(DATA / fixture), str(out), dst_strategy=dst, fmt="checkpoint2", release=release)
+    assert (out / TRACKER).read_bytes() == b"1234"
+    it = out / "iteration_00001234"
+    names = sorted(p.name for p in it.iterdir())
+    assert names == sorted([f"CKP-{k}-{r:07d}-0000008.safetensors" for k in ("model", "opt")
+                            for r in range(8)] + ["common.json", "metadata.json"])
+    common = json.loads((it / "common.json").read_text())
+    assert tuple(common) == COMMON_FIELDS[release] and common["step_num"] == 1234
+    text = (it / "metadata.json").read_text()
+    assert ("\n" in text) == (release != "2.1")
+    meta = json.loads(text)
+    # the same metadata MindFormers 1.9 saved for this very layout (parameter order aside)
+    theirs = json.loads((DATA / fixture / "iteration_00001234" / "metadata.json").read_text())
+    assert meta["state_dict_metadata"] == theirs["state_dict_metadata"]
+    assert meta["storage_data"] == theirs["storage_data"]
+    back = tmp_path / "back"
+    transform(str(out), str(back), fmt="safetensors")
+    got, want = tensors(only_file(back)), mindformers_full(fixture)
+    assert {n: got[n] for n in want} == want
+
+
+def test_legacy_rank_folders_to_checkpoint2(tmp_path):
+    """Rank folders + source strategy -> Checkpoint 2.0 (moments to the opt files, iteration
+    named), reading back to the complete tensors."""
+    fixture = "2.1.0-dp2mp2pp2"
+    src_strategy = strategy(tmp_path, 1, 4, 1)
+    legacy = tmp_path / "legacy"
+    api.transform(str(DATA / f"{fixture}.full.safetensors"), str(legacy),
+                  dst_strategy=src_strategy, fmt="safetensors")
+    out = tmp_path / "ck2"
+    transform(str(legacy), str(out), src_strategy=src_strategy, dst_strategy=strategy(tmp_path, 2, 2, 1),
+              fmt="checkpoint2", dst_iteration=7, prefix="")
+    it = out / "iteration_00000007"
+    assert (it / "model-0000003-0000004.safetensors").is_file()
+    with open_reader(str(it / "opt-0000000-0000004.safetensors")) as r:
+        assert r.metas and all(n.startswith("adam_") for n in r.metas)
+    assert tuple(json.loads((it / "common.json").read_text())) == COMMON_FIELDS["2.1"]
+    back = tmp_path / "back"
+    transform(str(out), str(back), fmt="safetensors")
+    got, want = tensors(only_file(back)), mindformers_full(fixture)
+    assert {n: got[n] for n in want} == want
+
+
+@pytest.mark.parametrize("dev,tmap,size,folded_dev", [
+    ([2, 2], [0, -1], 2, [2, 2]), ([4, 2], [0, -1], 2, [2, 2, 2]),
+    ([2, 4, 1], [-1, -1], 4, [2, 4, 1]), ([2, 2], [-1, 1], 2, [2, 2])])
+def test_folded_optimizer_shard_gives_every_rank_the_same_block(dev, tmap, size, folded_dev):
+    """A strategy's opt_weight_shard_size folded into the layout (a replica axis used in part is
+    split): read back by the Checkpoint 2.0 reader's rule it is the same block per rank."""
+    lay = make_layout(dev, tmap, size, 1)
+    d = layout_dict(lay, lay.devices)
+    assert list(d) == ["device_matrix", "tensor_map", "interleaved_parallel", "alias_name", "rank_list"]
+    back = make_layout(d["device_matrix"], d["tensor_map"], 0, 0)
+    assert back.replicas == lay.replicas and back.splits == lay.splits
+    assert d["device_matrix"] == folded_dev and folded(lay)[0] == tuple(folded_dev)
+
+
+# -- errors: one line naming the file and parameter, nothing written -------------------------
+
+def copy_fixture(tmp_path: Path, fixture="1.9.0-dp2mp2pp2-optshard") -> Path:
+    dst = tmp_path / "src"
+    shutil.copytree(DATA / fixture, dst)
+    return dst
+
+
+def edit_metadata(src: Path, edit) -> None:
+    path = src / "iteration_00001234" / "metadata.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta, indent=4))
+
+
+def fails(src, match, tmp_path, **kw):
+    out = tmp_path / "out"
+    with pytest.raises(ReshardError, match=match) as e:
+        transform(str(src), str(out), fmt="safetensors", **kw)
+    assert "\n" not in str(e.value)
+    assert not out.exists() or not any(out.rglob("*.safetensors"))
+
+
+def test_missing_tracker_and_iteration(tmp_path):
+    src = copy_fixture(tmp_path)
+    (src / TRACKER).write_text("99")
+    fails(src, r"iteration_00000099: missing \(iteration 99, named by latest_checkpointed", tmp_path)
+    fails(src, r"iteration_00000005: missing \(iteration 5, asked for\)", tmp_path, iteration=5)
+    (src / TRACKER).unlink()
+    with pytest.raises(ReshardError, match="latest_checkpointed_iteration.txt: missing"):
+        read_checkpoint2(str(src), None)
+    # an iteration folder given directly needs no tracker
+    assert read_checkpoint2(str(src / "iteration_00001234")).iteration == 1234
+
+
+def test_metadata_naming_a_missing_file(tmp_path):
+    src = copy_fixture(tmp_path)
+    (src / "iteration_00001234" / "CKP-opt-0000005-0000008.safetensors").unlink()
+    fails(src, r"CKP-opt-0000005-0000008.safetensors: missing \(metadata.json stores parameter "
+               r"adam_\S+ slice \d+ there\)", tmp_path)
+
+
+def test_metadata_contradicting_its_files(tmp_path):
+    src = copy_fixture(tmp_path)
+
+    def shape(meta):
+        entry = meta["state_dict_metadata"]["model.layers.0.feed_forward.w2.weight"]
+        entry["global_shape"] = [16, 32]
+        for c in entry["chunk"]:
+            c["local_shape"] = [8, 16]
+    edit_metadata(src, shape)
+    fails(src, r"CKP-model-0000000-0000008.safetensors: parameter model.layers.0.feed_forward.w2.weight "
+               r"has shape \[4, 8\], metadata.json says \[8, 16\]", tmp_path)
+
+    src2 = copy_fixture(tmp_path / "b")
+
+    def dtype(meta):
+        meta["state_dict_metadata"]["model.layers.0.feed_forward.w2.weight"]["properties"]["dtype"] = "Float16"
+    edit_metadata(src2, dtype)
+    fails(src2, r"parameter model.layers.0.feed_forward.w2.weight is \w+, metadata.json says Float16",
+          tmp_path)
+
+
+def test_metadata_missing_a_chunk_or_misplacing_one(tmp_path):
+    src = copy_fixture(tmp_path)
+    name = "model.layers.0.attention.wq.weight"
+    edit_metadata(src, lambda m: m["state_dict_metadata"][name]["chunk"].pop())
+    fails(src, rf"metadata.json: parameter {name}: storage_data has slice \d, which its chunks", tmp_path)
+
+    src2 = copy_fixture(tmp_path / "b")
+
+    def swap(meta):
+        sd = meta["storage_data"]
+        a, b = f"('{name}', (0,))", f"('{name}', (1,))"
+        sd[a], sd[b] = sd[b], sd[a]
+    edit_metadata(src2, swap)
+    fails(src2, rf"parameter {name}: CKP-model-\d+-0000008.safetensors is said to hold slice \d, but "
+                rf"its storage rank \d holds slice \d by the layout", tmp_path)
+
+
+def test_mixed_folder(tmp_path):
+    src = copy_fixture(tmp_path)
+    shutil.copy(src / "iteration_00001234" / "CKP-model-0000000-0000008.safetensors",
+                src / "iteration_00001234" / "CKP-model-0000000-0000004.safetensors")
+    fails(src, r"CKP-model-0000000-0000004.safetensors: a shard metadata.json does not name", tmp_path)
+
+
+def test_given_source_strategy_is_checked_against_metadata(tmp_path):
+    ck = read_checkpoint2(str(DATA / "1.9.0-dp2mp2pp2-optshard"))
+    check_source_strategy(ck, strategy(tmp_path, 2, 2, 2, -1))     # the same layouts: accepted
+    with pytest.raises(ReshardError, match=r"parameter \S+: source strategy \S+ lays it out "
+                                           r"otherwise than \S+metadata.json \(stage 0\)"):
+        check_source_strategy(ck, strategy(tmp_path, 2, 2, 2, 0))
+    with pytest.raises(ReshardError, match="has 1 stage"):
+        open_source(str(DATA / "1.9.0-dp2mp2pp2-optshard"), strategy(tmp_path, 1, 4, 1))
+
+
+def test_existing_iteration_is_not_overwritten(tmp_path):
+    out = tmp_path / "ck2"
+    transform(str(DATA / "2.1.0-dp2mp2pp2"), str(out), fmt="checkpoint2")
+    before = sorted(p.name for p in (out / "iteration_00001234").iterdir())
+    with pytest.raises(ReshardError, match="iteration_00001234: exists already"):
+        transform(str(DATA / "2.1.0-dp2mp2pp2"), str(out), fmt="checkpoint2")
+    assert sorted(p.name for p in (out / "iteration_00001234").iterdir()) == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".reshard-staging")]
