@@ -258,3 +258,30 @@ def test_existing_iteration_is_not_overwritten(tmp_path):
         transform(str(DATA / "2.1.0-dp2mp2pp2"), str(out), fmt="checkpoint2")
     assert sorted(p.name for p in (out / "iteration_00001234").iterdir()) == before
     assert not [p for p in out.iterdir() if p.name.startswith(".reshard-staging")]
+
+
+# -- transform-checkpoint ----------------------------------------------------------------------
+
+def test_transform_checkpoint_reads_and_writes_checkpoint2(tmp_path, capsys):
+    """A Checkpoint 2.0 source folder is detected (no --src_strategy); --format checkpoint2
+    writes one; a contradicting or unsupported request is one line and exit 2."""
+    from reshard import cli
+    fixture = str(DATA / "2.1.0-dp2mp2pp2")
+    dst = strategy(tmp_path, 1, 4, 1)
+    assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(tmp_path / "complete"),
+                     "--format", "safetensors"]) == 0
+    got = tensors(tmp_path / "complete" / "rank_0" / "checkpoint_0.safetensors")
+    want = mindformers_full("2.1.0-dp2mp2pp2")
+    assert {n: got[n] for n in want} == want
+    assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(tmp_path / "ck2"),
+                     "--dst_strategy", dst.source, "--format", "checkpoint2", "--iteration", "1234",
+                     "--mindformers_release", "1.9"]) == 0
+    it = tmp_path / "ck2" / "iteration_00001234"
+    assert (it / "CKP-opt-0000003-0000004.safetensors").is_file()
+    assert tuple(json.loads((it / "common.json").read_text())) == COMMON_FIELDS["1.9"]
+    capsys.readouterr()
+    assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(tmp_path / "x"),
+                     "--iteration", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "iteration_00000005: missing (iteration 5, asked for)" in err and "\n" not in err
+    assert not (tmp_path / "x").exists()

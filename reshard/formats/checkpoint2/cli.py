@@ -1,0 +1,75 @@
+"""transform-checkpoint with a Checkpoint 2.0 source or output (local paths).
+
+Kept apart from reshard/cli.py (which the format registry and the orchestrator rewrite) so the
+wiring there is two lines: add_arguments(parser) and, before a source is classified,
+`if wants(args): return run(args)`. What this path does not do yet is refused in one line:
+obs:// / s3:// locations, --rank_id blocks, --engine mindspore, --dry_run, --step.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ...errors import ReshardError
+from ...sources import check_output, is_url
+from ...strategy import load_strategy
+from .convert import transform
+from .folder import is_checkpoint2
+from .write import RELEASES
+
+FORMAT = "checkpoint2"
+LEGACY_PREFIX = "checkpoint_"   # transform-checkpoint's --prefix default (rank file names)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--iteration", type=int, default=None, metavar="N",
+                   help="Checkpoint 2.0: the iteration of a Checkpoint 2.0 source to read "
+                        "(default: the one latest_checkpointed_iteration.txt names); with another "
+                        "source and --format checkpoint2, the iteration written (a Checkpoint 2.0 "
+                        "source's is kept)")
+    p.add_argument("--mindformers_release", choices=RELEASES, default=None,
+                   help="--format checkpoint2: the MindFormers release that loads the output "
+                        "(common.json's fields, metadata.json's form; default: the source's, else "
+                        "2.1)")
+
+
+def wants(args) -> bool:
+    """Whether this run reads or writes Checkpoint 2.0: --format checkpoint2, --iteration, or a
+    local source folder holding latest_checkpointed_iteration.txt (or an iteration folder)."""
+    src = args.src_checkpoint
+    return args.fmt == FORMAT or getattr(args, "iteration", None) is not None or bool(
+        src and not is_url(src) and os.path.isdir(src) and is_checkpoint2(src))
+
+
+def run(args) -> int:
+    """The conversion (flags already checked by the caller); prints the result line."""
+    for flag, value in (("--rank_id", args.rank_id), ("--step", args.step)):
+        if value is not None:
+            raise ReshardError(f"{flag} does not go with a Checkpoint 2.0 source or output yet")
+    if args.engine != "stream" or args.dry_run:
+        raise ReshardError("--engine mindspore / --dry_run do not go with a Checkpoint 2.0 source "
+                           "or output yet")
+    dst_root = args.dst_checkpoint or args.dst_checkpoint_dir
+    if args.dst_checkpoint_dir:
+        dst_root = os.path.join(args.dst_checkpoint_dir,
+                                os.path.basename(os.path.normpath(args.src_checkpoint)))
+    for flag, value in (("--src_checkpoint", args.src_checkpoint), ("--dst_checkpoint", dst_root),
+                        ("--src_strategy", args.src_strategy), ("--dst_strategy", args.dst_strategy)):
+        if value and is_url(value):
+            raise ReshardError(f"{flag} {value}: Checkpoint 2.0 conversions take local paths yet")
+    check_output(dst_root, "--dst_checkpoint", {"--src_checkpoint": args.src_checkpoint,
+                                                "--src_strategy": args.src_strategy,
+                                                "--dst_strategy": args.dst_strategy})
+    to_ckpt2 = args.fmt == FORMAT
+    from_ckpt2 = os.path.isdir(args.src_checkpoint) and is_checkpoint2(args.src_checkpoint)
+    written = transform(args.src_checkpoint, dst_root,
+                        dst_strategy=load_strategy(args.dst_strategy),
+                        src_strategy=load_strategy(args.src_strategy), fmt=args.fmt,
+                        iteration=args.iteration if from_ckpt2 or not to_ckpt2 else None,
+                        dst_iteration=None if from_ckpt2 else args.iteration,
+                        release=args.mindformers_release,
+                        prefix=None if to_ckpt2 and args.prefix == LEGACY_PREFIX else args.prefix,
+                        process_num=args.process_num, max_memory=args.max_memory)
+    print(f"done: wrote {len(written)} file(s) to {dst_root}"
+          + (" (Checkpoint 2.0)" if to_ckpt2 else ""))
+    return 0

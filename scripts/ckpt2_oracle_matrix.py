@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""MindFormers' own loader on the Checkpoint 2.0 folders this tool writes (issue 18's oracle).
+
+For each MindFormers release with a venv (scripts/install_compat.py's, or --venvs) and each
+destination layout: convert tests/data/checkpoint2/<source> with reshard (this venv) into a
+Checkpoint 2.0 folder for that release, then run scripts/ckpt2_oracle.py check in the release's
+venv: MindFormers' load_checkpoint into complete tensors (compared bit for bit with the complete
+tensors MindFormers loaded from the source fixture) and as every rank of the written layout
+(MindFormers' loader with the saved layout = the live one). One JSON line per run; exit 1 if any
+failed.
+
+    .venv/bin/python scripts/ckpt2_oracle_matrix.py [--venvs DIR] [--releases 1.9.0,2.1.0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+DATA = os.path.join(ROOT, "tests", "data", "checkpoint2")
+# oracle layout name -> (dp, mp, pp, opt_shard) of the destination strategy (ckpt2_oracle.LAYOUTS)
+LAYOUTS = {"mp4": (1, 4, 1, 0), "dp2mp2pp2": (2, 2, 2, 0), "dp2mp2pp2-optshard": (2, 2, 2, -1)}
+SOURCES = ("1.9.0-dp2mp2pp2-optshard", "2.1.0-dp2mp2pp2")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--venvs", default=os.environ.get("MF_COMPAT_VENVS", "/work/wt/issue-19/.mf-compat"))
+    ap.add_argument("--releases", default="1.9.0,2.0.0,2.1.0")
+    args = ap.parse_args()
+    import synth
+    from reshard.formats.checkpoint2.convert import transform
+    from reshard.strategy import load_strategy
+    params = synth.llama_params(num_layers=2, vocab=16, hidden=8, ffn=16, optimizer=True)
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="ckpt2-oracle-") as tmp:
+        for release in args.releases.split(","):
+            py = os.path.join(args.venvs, release, "venv", "bin", "python")
+            short = ".".join(release.split(".")[:2])
+            for source in SOURCES:
+                for layout, (dp, mp, pp, opt) in LAYOUTS.items():
+                    strat = os.path.join(tmp, f"strategy-{layout}")
+                    if not os.path.isdir(strat):
+                        synth.write_strategy(strat, dp=dp, mp=mp, pp=pp, opt_shard=opt, params=params)
+                    out = os.path.join(tmp, f"{release}-{source}-{layout}")
+                    t = time.time()
+                    transform(os.path.join(DATA, source), out, dst_strategy=load_strategy(strat),
+                              fmt="checkpoint2", release=short)
+                    seconds_write = round(time.time() - t, 2)
+                    proc = subprocess.run(
+                        [py, os.path.join(HERE, "ckpt2_oracle.py"), "check", out, "--expect-safetensors",
+                         os.path.join(DATA, f"{source}.full.safetensors"), "--reshard-to", layout],
+                        cwd=tmp, capture_output=True, text=True, timeout=900)
+                    lines = proc.stdout.strip().splitlines()
+                    try:
+                        rep = json.loads(lines[-1])
+                    except (IndexError, ValueError):
+                        rep = {"error": proc.stderr.strip().splitlines()[-1:]}
+                    ok = proc.returncode == 0
+                    failed += not ok
+                    print(json.dumps({"release": release, "source": source, "written_as": layout,
+                                      "ok": ok, "write_s": seconds_write,
+                                      "params": rep.get("params"), "slices_checked": rep.get("reshard_checked"),
+                                      "mismatch": rep.get("mismatch"), "missing": rep.get("missing"),
+                                      "error": rep.get("error")}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
