@@ -7,7 +7,8 @@
 
 The planner is unchanged: a Checkpoint 2.0 source is handed to it as a source strategy and rank
 files (Checkpoint2.source_strategy / source_set); a Checkpoint 2.0 output is written from the
-rank files the engine writes into a staging folder beside it (write.write_checkpoint2).
+rank files the engine writes into a staging folder inside it, one plan per shard kind
+(split_by_kind), each file then moved into the iteration folder (write.write_checkpoint2).
 """
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ... import api
 from ...errors import ReshardError
 from ...plan import Headers, Plan
 from ...sources import check_output
 from ...strategy import Strategy
-from .folder import Checkpoint2, is_checkpoint2, read_checkpoint2
-from .write import DEFAULT_RELEASE, check_release, release_of_common, write_checkpoint2
+from .folder import KINDS, Checkpoint2, is_checkpoint2, read_checkpoint2
+from .write import (DEFAULT_RELEASE, check_iteration_free, check_release, default_kind, release_of_common,
+                    write_checkpoint2)
 
 log = logging.getLogger("reshard")
 
@@ -121,25 +123,43 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
         dst_iteration = ck.iteration if ck is not None else (common or {}).get("step_num")
     if dst_iteration is None:
         raise ReshardError("the source has no iteration: name the destination iteration (--iteration)")
+    check_iteration_free(dst_root, int(dst_iteration))
     kinds = {n: p.kind for n, p in ck.params.items()} if ck is not None else {}
-    opt_files = set(ck.files["opt"]) if ck is not None else set()
     if ck is not None:
         # values no metadata describes are in the files of one kind: global_step, learning_rate
         # in the opt files (kept there)
         headers = Headers(ck.base)
-        for r in opt_files:
-            for name in headers.read(ck.rel(ck.files["opt"][r])):
+        for rel in ck.files["opt"].values():
+            for name in headers.read(ck.rel(rel)):
                 kinds.setdefault(name, "opt")
     p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_")
+    parts = split_by_kind(p, lambda name: kinds.get(name) or default_kind(name))
     os.makedirs(dst_root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".reshard-staging-", dir=dst_root)
     try:
-        api.execute(p, src.source.base, staging, process_num=process_num, max_memory=max_memory,
-                    durable=False)
-        files = {rp.rank: os.path.join(staging, rp.path) for rp in p.ranks}
+        files: dict[int, dict[str, str]] = {}
+        for kind, part in parts.items():
+            api.execute(part, src.source.base, os.path.join(staging, kind), process_num=process_num,
+                        max_memory=max_memory, durable=False)
+            for rp in part.ranks:
+                files.setdefault(rp.rank, {})[kind] = os.path.join(staging, kind, rp.path)
         return write_checkpoint2(dst_root, dst_strategy, files, iteration=int(dst_iteration),
                                  common=common, release=release,
-                                 prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"),
-                                 kind_of=kinds.get)
+                                 prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def split_by_kind(p: Plan, kind_of) -> dict[str, Plan]:
+    """The plan as one plan per shard kind ('model', 'opt': kind_of(name)), each rank keeping
+    the tensors of that kind (ranks holding none are left out): executed apart, each rank file
+    is one of MindFormers' shards as it is. Ranks with the same bytes stay so (same_as)."""
+    out = {}
+    for kind in KINDS:
+        ranks = tuple(r for r in (replace(rp, tensors=tuple(t for t in rp.tensors if kind_of(t.name) == kind))
+                                  for rp in p.ranks) if r.tensors)
+        if ranks:
+            kept = {r.rank for r in ranks}
+            out[kind] = replace(p, ranks=ranks, same_as={d: f for d, f in p.same_as.items()
+                                                         if d in kept and f in kept})
+    return out

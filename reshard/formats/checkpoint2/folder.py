@@ -142,11 +142,6 @@ class Checkpoint2:
             return None
         return json.loads(self.common)
 
-    def kind_of(self, name: str) -> str | None:
-        """'model' / 'opt' for a parameter metadata.json describes, else None."""
-        meta = self.params.get(name)
-        return meta.kind if meta is not None else None
-
     def source_strategy(self) -> Strategy:
         """The saved layouts as the planner takes a source strategy: model parameters in stages
         0..S-1, optimizer-file parameters in stages S..2S-1 (ranks W..2W-1 = the opt files of

@@ -32,7 +32,7 @@ from obs_io.atomic import write_atomic
 from ...errors import ReshardError
 from ...layout import TensorLayout, make_layout
 from ...strategy import Strategy
-from .. import FormatError, open_reader, open_writer
+from .. import FormatError, open_reader
 from .folder import COMMON, METADATA, TRACKER, iteration_dir, shard_name
 
 log = logging.getLogger("reshard")
@@ -55,7 +55,6 @@ UNDESCRIBED = ("global_step", "learning_rate", "scale_sense", "current_iterator_
 # optimizer states of MindSpore's and MindFormers' optimizers.
 OPT_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "moments.", "lamb_m.", "lamb_v.",
                 "accu_grads.", "exp_avg.", "exp_avg_sq.") + UNDESCRIBED
-COPY_BYTES = 64 << 20
 
 
 def check_release(release: str) -> str:
@@ -83,6 +82,15 @@ def common_for(release: str, common: dict | None, iteration: int) -> tuple[dict,
     if out["step_num"] is None:
         out["step_num"] = iteration
     return out, sorted(set(common) - set(out))
+
+
+def check_iteration_free(root: str, iteration: int) -> str:
+    """The iteration folder to write under root; ReshardError if it exists and is not empty
+    (two saves in one folder would mix)."""
+    out_dir = os.path.join(root, iteration_dir(iteration))
+    if os.path.isdir(out_dir) and os.listdir(out_dir) or os.path.isfile(out_dir):
+        raise ReshardError(f"{out_dir}: exists already (refusing to mix two saves in one iteration folder)")
+    return out_dir
 
 
 def default_kind(name: str) -> str:
@@ -153,65 +161,39 @@ class _Holding:
     rank_slice: dict[int, int]
 
 
-def write_checkpoint2(root: str, dst: Strategy | None, rank_files: dict[int, str], *,
+def write_checkpoint2(root: str, dst: Strategy | None, rank_files: dict[int, dict[str, str]], *,
                       iteration: int, common: dict | None = None, release: str = DEFAULT_RELEASE,
-                      prefix: str | None = "CKP", kind_of=None, durable: bool = True) -> list[str]:
-    """Write the iteration folder and tracker under `root` from the engine's per-rank
-    safetensors files (rank -> path; every rank of dst's world). kind_of(name) -> 'model' /
-    'opt' / None (None: default_kind). Returns the written names relative to root.
-    ReshardError: the iteration folder exists already, a value carried (no layout) that
-    differs between ranks, a rank file missing."""
+                      prefix: str | None = "CKP", durable: bool = True) -> list[str]:
+    """Write the iteration folder and tracker under `root` from the engine's safetensors files:
+    rank -> {'model' | 'opt': the file holding that rank's values of that kind} for every rank
+    of dst's world. The files are moved into the iteration folder under MindFormers' names
+    (keep them on the same file system: a rename, not a copy). Returns the written names
+    relative to root. ReshardError before anything is moved: the iteration folder exists
+    already, a rank file missing, a value without layout that differs between ranks."""
     check_release(release)
     world = dst.world_size if dst is not None else 1
-    missing = [r for r in range(world) if r not in rank_files]
+    missing = [r for r in range(world) if not rank_files.get(r)]
     if missing:
         raise ReshardError(f"rank {missing[0]}: no converted file to write into the Checkpoint 2.0 folder")
     folder = iteration_dir(iteration)
-    out_dir = os.path.join(root, folder)
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise ReshardError(f"{out_dir}: exists already (refusing to mix two saves in one iteration folder)")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = check_iteration_free(root, iteration)
     stage_devices = dst.stage_devices if dst is not None else 1
 
     holdings: dict[str, _Holding] = {}
     carried_digest: dict[str, tuple[str, int]] = {}
-    rank_metas: dict[int, list] = {}
     for r in range(world):
-        with _reader(rank_files[r]) as reader:
-            metas = list(reader.metas.values())
-            rank_metas[r] = metas
-            for m in metas:
-                kind = (kind_of(m.name) if kind_of else None) or default_kind(m.name)
-                lay = dst.layout_in_stage(m.name, dst.stage_of(r)) if dst is not None else None
-                h = holdings.get(m.name)
-                if lay is None:           # carried as it is: the same value on every rank
-                    digest = _digest(reader, m)
-                    first = carried_digest.setdefault(m.name, (digest, r))
-                    if first[0] != digest and not (kind == "opt" and m.name.startswith(UNDESCRIBED)):
-                        raise ReshardError(f"parameter {m.name}: ranks {first[1]} and {r} hold different "
-                                           f"values and no destination layout says how it is split")
-                    slice_id = 0
-                else:
-                    slice_id = _slice_id(lay.block_of(r % stage_devices), lay.splits)
-                if h is None:
-                    h = holdings[m.name] = _Holding(m.dtype, kind, tuple(m.shape), lay, {}, {})
-                elif tuple(m.shape) != h.local_shape or m.dtype != h.dtype:
-                    raise ReshardError(f"parameter {m.name}: rank {r} holds {m.dtype}{list(m.shape)}, "
-                                       f"an earlier rank {h.dtype}{list(h.local_shape)}")
-                h.slices.setdefault(slice_id, []).append(r)
-                h.rank_slice[r] = slice_id
+        for kind, path in sorted(rank_files[r].items()):
+            with _reader(path) as reader:
+                for m in reader.metas.values():
+                    _hold(holdings, carried_digest, dst, stage_devices, r, kind, reader, m)
 
+    os.makedirs(out_dir, exist_ok=True)
     written: list[str] = []
     file_of: dict[tuple[int, str], str] = {}
     for r in range(world):
-        by_kind = {"model": [], "opt": []}
-        for m in rank_metas[r]:
-            by_kind[holdings[m.name].kind].append(m)
-        for kind, metas in by_kind.items():
-            if not metas:
-                continue
+        for kind, path in sorted(rank_files[r].items()):
             name = shard_name(prefix, kind, r, world)
-            _copy(rank_files[r], os.path.join(out_dir, name), metas, durable)
+            os.replace(path, os.path.join(out_dir, name))
             file_of[(r, kind)] = name
             written.append(f"{folder}/{name}")
 
@@ -263,6 +245,32 @@ def write_checkpoint2(root: str, dst: Strategy | None, rank_files: dict[int, str
     return written
 
 
+def _hold(holdings: dict[str, _Holding], carried_digest: dict, dst: Strategy | None,
+          stage_devices: int, r: int, kind: str, reader, m) -> None:
+    """Record that rank r's `kind` file holds value m: its slice by the destination layout, or
+    (no layout) the whole value, which must then be the same on every rank (except the
+    optimizer's undescribed scalars)."""
+    lay = dst.layout_in_stage(m.name, dst.stage_of(r)) if dst is not None else None
+    if lay is None:
+        slice_id = 0
+        if not (kind == "opt" and m.name.startswith(UNDESCRIBED)):
+            digest = _digest(reader, m)
+            first = carried_digest.setdefault(m.name, (digest, r))
+            if first[0] != digest:
+                raise ReshardError(f"parameter {m.name}: ranks {first[1]} and {r} hold different "
+                                   f"values and no destination layout says how it is split")
+    else:
+        slice_id = _slice_id(lay.block_of(r % stage_devices), lay.splits)
+    h = holdings.get(m.name)
+    if h is None:
+        h = holdings[m.name] = _Holding(m.dtype, kind, tuple(m.shape), lay, {}, {})
+    elif (tuple(m.shape), m.dtype, kind) != (h.local_shape, h.dtype, h.kind):
+        raise ReshardError(f"parameter {m.name}: rank {r} holds {kind} {m.dtype}{list(m.shape)}, "
+                           f"an earlier rank {h.kind} {h.dtype}{list(h.local_shape)}")
+    h.slices.setdefault(slice_id, []).append(r)
+    h.rank_slice[r] = slice_id
+
+
 def _reader(path: str):
     try:
         return open_reader(path)
@@ -272,19 +280,3 @@ def _reader(path: str):
 
 def _digest(reader, meta) -> str:
     return hashlib.sha256(bytes(reader.read_raw(meta.name))).hexdigest()
-
-
-def _copy(src: str, dst: str, metas: list, durable: bool) -> None:
-    """The named tensors of one engine file into a shard (axis-0 chunks of about COPY_BYTES)."""
-    with _reader(src) as reader, open_writer(dst, metas, "safetensors", metadata={"format": "ms"}) as w:
-        for m in metas:
-            rows = m.shape[0] if m.shape else 0
-            row_bytes = m.nbytes // rows if rows else m.nbytes
-            step = max(1, COPY_BYTES // max(1, row_bytes))
-            if rows <= step:
-                w.write(m.name, reader.read(m.name))
-                continue
-            for a in range(0, rows, step):
-                region = ((a, min(rows, a + step)),) + tuple((0, n) for n in m.shape[1:])
-                w.write(m.name, reader.read(m.name, region))
-        w.commit(durable=durable)
