@@ -285,3 +285,18 @@ def test_transform_checkpoint_reads_and_writes_checkpoint2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "iteration_00000005: missing (iteration 5, asked for)" in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_parameter_without_layout_is_carried(tmp_path):
+    """MindFormers 2.0+ records `"layout": null` for a value without layout (replicated): it is
+    carried whole, as the engine carries values no strategy describes."""
+    src = copy_fixture(tmp_path, "2.1.0-dp2mp2pp2")
+    name = "model.layers.0.attention_norm.weight"
+    edit_metadata(src, lambda m: m["state_dict_metadata"][name].update(layout=None))
+    ck = read_checkpoint2(str(src))
+    assert ck.params[name].layouts == () and name not in ck.source_strategy().layouts
+    out = tmp_path / "out"
+    transform(str(src), str(out), dst_strategy=strategy(tmp_path, 1, 4, 1), fmt="safetensors")
+    want = mindformers_full("2.1.0-dp2mp2pp2")[name]
+    for r in range(4):
+        assert tensors(out / f"rank_{r}" / f"checkpoint_{r}.safetensors")[name] == want

@@ -408,7 +408,7 @@ def _param(meta_path: str, name: str, props: dict, layout: dict | None, shape: t
         for slice_id, recs in storage.items():
             for rec in recs:
                 lay = next(lay for lay in layouts if lay.stage == rec.storage_rank // devices)
-                held = _slice_id(lay.block_of(rec.storage_rank % devices), frags)
+                held = slice_id_of(lay.block_of(rec.storage_rank % devices), frags)
                 if held != slice_id:
                     raise bad(f"{rec.file} is said to hold slice {slice_id}, but its storage rank "
                               f"{rec.storage_rank} holds slice {held} by the layout")
@@ -416,7 +416,9 @@ def _param(meta_path: str, name: str, props: dict, layout: dict | None, shape: t
                      tuple(out_chunks), {k: tuple(v) for k, v in storage.items()}, kind, dict(props))
 
 
-def _slice_id(block: tuple[int, ...], frags: tuple[int, ...]) -> int:
+def slice_id_of(block: tuple[int, ...], frags: tuple[int, ...]) -> int:
+    """A block's slice index as metadata.json records it (global_offset): row-major over the
+    splits per dimension (MindFormers' sharded_tensor._rank_id_with_slice_id)."""
     idx = 0
     for b, f in zip(block, frags):
         idx = idx * f + b

@@ -33,7 +33,7 @@ from ...errors import ReshardError
 from ...layout import TensorLayout, make_layout
 from ...strategy import Strategy
 from .. import FormatError, open_reader
-from .folder import COMMON, METADATA, TRACKER, iteration_dir, shard_name
+from .folder import COMMON, METADATA, TRACKER, iteration_dir, shard_name, slice_id_of
 
 log = logging.getLogger("reshard")
 
@@ -141,13 +141,6 @@ def _alias(i: int) -> str:
     """The graph compiler's device-axis names: a, b, ..., z, then aa, ab, ..."""
     letters = "abcdefghijklmnopqrstuvwxyz"
     return letters[i] if i < 26 else _alias(i // 26 - 1) + letters[i % 26]
-
-
-def _slice_id(block: tuple[int, ...], splits: tuple[int, ...]) -> int:
-    idx = 0
-    for b, s in zip(block, splits):
-        idx = idx * s + b
-    return idx
 
 
 @dataclass
@@ -260,7 +253,7 @@ def _hold(holdings: dict[str, _Holding], carried_digest: dict, dst: Strategy | N
                 raise ReshardError(f"parameter {m.name}: ranks {first[1]} and {r} hold different "
                                    f"values and no destination layout says how it is split")
     else:
-        slice_id = _slice_id(lay.block_of(r % stage_devices), lay.splits)
+        slice_id = slice_id_of(lay.block_of(r % stage_devices), lay.splits)
     h = holdings.get(m.name)
     if h is None:
         h = holdings[m.name] = _Holding(m.dtype, kind, tuple(m.shape), lay, {}, {})
