@@ -300,3 +300,33 @@ def test_parameter_without_layout_is_carried(tmp_path):
     want = mindformers_full("2.1.0-dp2mp2pp2")[name]
     for r in range(4):
         assert tensors(out / f"rank_{r}" / f"checkpoint_{r}.safetensors")[name] == want
+
+
+# -- object storage ----------------------------------------------------------------------------
+
+def test_checkpoint2_on_object_storage(tmp_path, s3_server, bucket):
+    """A Checkpoint 2.0 folder on s3:// (the moto server): read in place by ranged GETs (or
+    fetched into a hidden folder beside the output, gone at the end), to complete and to another
+    Checkpoint 2.0, the same tensors as MindFormers loads; a missing iteration is one line."""
+    fixture = "1.9.0-dp2mp2pp2-optshard"
+    client = s3_server.client()
+    for path in (DATA / fixture).rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"ck/{path.relative_to(DATA / fixture).as_posix()}")
+    url = f"s3://{bucket}/ck"
+    out = tmp_path / "out"
+    transform(url, str(out), fmt="safetensors")
+    got, want = tensors(only_file(out)), mindformers_full(fixture)
+    assert {n: got[n] for n in want} == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]    # nothing fetched is left
+    ck2 = tmp_path / "ck2"
+    transform(url, str(ck2), dst_strategy=strategy(tmp_path, 1, 4, 1), fmt="checkpoint2")
+    back = tmp_path / "back"
+    transform(str(ck2), str(back), fmt="safetensors")
+    got = tensors(only_file(back))
+    assert {n: got[n] for n in want} == want
+    with pytest.raises(ReshardError, match=rf"{url}/iteration_00000007: missing \(iteration 7, asked for\)"):
+        transform(url, str(tmp_path / "x"), fmt="safetensors", iteration=7)
+    from reshard import cli      # transform-checkpoint detects it there too
+    assert cli.main(["--src_checkpoint", url, "--dst_checkpoint", str(tmp_path / "cli")]) == 0
+    assert set(tensors(tmp_path / "cli" / "rank_0" / "checkpoint_0.ckpt")) >= set(want)

@@ -2,8 +2,9 @@
 
 Kept apart from reshard/cli.py (which the format registry and the orchestrator rewrite) so the
 wiring there is two lines: add_arguments(parser) and, before a source is classified,
-`if wants(args): return run(args)`. What this path does not do yet is refused in one line:
-obs:// / s3:// locations, --rank_id blocks, --engine mindspore, --dry_run, --step.
+`if wants(args): return run(args)`. A Checkpoint 2.0 source may be local, obs:// or s3://. What
+this path does not do yet is refused in one line: an obs:// / s3:// output or strategy, --rank_id
+blocks, --engine mindspore, --dry_run, --step.
 """
 from __future__ import annotations
 
@@ -35,10 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def wants(args) -> bool:
     """Whether this run reads or writes Checkpoint 2.0: --format checkpoint2, --iteration, or a
-    local source folder holding latest_checkpointed_iteration.txt (or an iteration folder)."""
+    source folder holding latest_checkpointed_iteration.txt (or an iteration folder; on object
+    storage one or two requests tell)."""
     src = args.src_checkpoint
     return args.fmt == FORMAT or getattr(args, "iteration", None) is not None or bool(
-        src and not is_url(src) and os.path.isdir(src) and is_checkpoint2(src))
+        src and (is_url(src) or os.path.isdir(src)) and is_checkpoint2(src))
 
 
 def run(args) -> int:
@@ -53,15 +55,16 @@ def run(args) -> int:
     if args.dst_checkpoint_dir:
         dst_root = os.path.join(args.dst_checkpoint_dir,
                                 os.path.basename(os.path.normpath(args.src_checkpoint)))
-    for flag, value in (("--src_checkpoint", args.src_checkpoint), ("--dst_checkpoint", dst_root),
-                        ("--src_strategy", args.src_strategy), ("--dst_strategy", args.dst_strategy)):
+    for flag, value in (("--dst_checkpoint", dst_root), ("--src_strategy", args.src_strategy),
+                        ("--dst_strategy", args.dst_strategy)):
         if value and is_url(value):
-            raise ReshardError(f"{flag} {value}: Checkpoint 2.0 conversions take local paths yet")
+            raise ReshardError(f"{flag} {value}: Checkpoint 2.0 conversions take local paths here yet "
+                               f"(a Checkpoint 2.0 source may be obs:// or s3://)")
     check_output(dst_root, "--dst_checkpoint", {"--src_checkpoint": args.src_checkpoint,
                                                 "--src_strategy": args.src_strategy,
                                                 "--dst_strategy": args.dst_strategy})
     to_ckpt2 = args.fmt == FORMAT
-    from_ckpt2 = os.path.isdir(args.src_checkpoint) and is_checkpoint2(args.src_checkpoint)
+    from_ckpt2 = is_checkpoint2(args.src_checkpoint)
     written = transform(args.src_checkpoint, dst_root,
                         dst_strategy=load_strategy(args.dst_strategy),
                         src_strategy=load_strategy(args.src_strategy), fmt=args.fmt,

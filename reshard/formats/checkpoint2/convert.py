@@ -21,15 +21,18 @@ from dataclasses import dataclass, replace
 from ... import api
 from ...errors import ReshardError
 from ...plan import Headers, Plan
-from ...sources import check_output
+from ...sources import SourceSet, check_output, is_url
 from ...strategy import Strategy
-from .folder import KINDS, Checkpoint2, is_checkpoint2, read_checkpoint2
+from .folder import KINDS, TRACKER, Checkpoint2, is_checkpoint2, read_checkpoint2
 from .write import (DEFAULT_RELEASE, check_iteration_free, check_release, default_kind, release_of_common,
                     write_checkpoint2)
 
 log = logging.getLogger("reshard")
 
 OUTPUT_FORMATS = ("ckpt", "safetensors", "checkpoint2")
+# A remote source's files that the plan fetches rather than reads in place land in a hidden
+# folder beside the destination (.<name><suffix>), which goes when the conversion ends.
+FETCH_SUFFIX = ".reshard-source"
 
 
 def check_source_strategy(ck: Checkpoint2, given: Strategy) -> None:
@@ -56,36 +59,66 @@ def check_source_strategy(ck: Checkpoint2, given: Strategy) -> None:
 
 @dataclass
 class Source:
-    """What the planner reads: the source set, its strategy, and the Checkpoint 2.0 parsed
-    (None for another kind of source)."""
-    source: object
+    """What the planner reads: the source set, its strategy, the Checkpoint 2.0 parsed (None
+    for another kind of source) and the headers read so far (a Checkpoint 2.0's shards)."""
+    source: SourceSet
     strategy: Strategy | None
     checkpoint2: Checkpoint2 | None
+    headers: Headers | None = None
+
+    @property
+    def remote(self) -> bool:
+        return is_url(self.source.base)
+
+    def kinds(self) -> dict[str, str]:
+        """Parameter name -> 'model' / 'opt' for every value of a Checkpoint 2.0 source: as
+        metadata.json stores it, and the values it does not describe (global_step,
+        learning_rate) by the files holding them."""
+        ck = self.checkpoint2
+        if ck is None:
+            return {}
+        out = {n: p.kind for n, p in ck.params.items()}
+        for kind in ("opt", "model"):
+            for file in ck.files[kind].values():
+                for name in self.headers.read(ck.rel(file)):
+                    out.setdefault(name, kind)
+        return out
 
 
 def open_source(src_checkpoint: str, src_strategy: Strategy | None = None, *,
-                iteration: int | None = None) -> Source:
-    """A local source: a Checkpoint 2.0 folder (auto-detected; its shards' headers checked
-    against metadata.json; a given source strategy checked against it), or what
-    api.find_sources reads."""
-    if os.path.isdir(src_checkpoint) and is_checkpoint2(src_checkpoint) or iteration is not None:
+                iteration: int | None = None, local_root: str | None = None) -> Source:
+    """A Checkpoint 2.0 folder (auto-detected; local, obs:// or s3://; its shards' headers
+    checked against metadata.json, a remote one's by ranged GETs; a given source strategy
+    checked against it), or a local source as api.find_sources reads it. local_root: where a
+    remote source's files would be fetched (nothing is written there by this)."""
+    if iteration is not None or is_checkpoint2(src_checkpoint):
         ck = read_checkpoint2(src_checkpoint, iteration)
         if src_strategy is not None:
             check_source_strategy(ck, src_strategy)
-        headers = Headers(ck.base)
+        if is_url(ck.base):
+            import obs_io
+            headers = Headers(local_root or ".", remote_root=ck.base, s3_config=obs_io.current_config())
+        else:
+            headers = Headers(ck.base)
         ck.check_files(lambda name: headers.read(name))
-        return Source(ck.source_set(), ck.source_strategy(), ck)
+        return Source(ck.source_set(), ck.source_strategy(), ck, headers)
+    if is_url(src_checkpoint):
+        raise ReshardError(f"{src_checkpoint}: not a Checkpoint 2.0 folder (no {TRACKER}); this "
+                           f"path converts other remote sources to rank folders only")
     return Source(api.find_sources(src_checkpoint), src_strategy, None)
 
 
 def plan(src: Source, dst_strategy: Strategy | None, *, fmt: str = "safetensors",
-         prefix: str = "checkpoint_", dst_ranks=None) -> Plan:
-    """The full plan of a local source (skeleton, then headers). Every destination rank is
-    named so a Checkpoint 2.0 saved with redundancy removed (ranks without files) plans."""
+         prefix: str = "checkpoint_", dst_ranks=None, local_root: str | None = None) -> Plan:
+    """The full plan (skeleton, then headers). Every destination rank is named so a Checkpoint
+    2.0 saved with redundancy removed (ranks without files) plans. A remote source's files are
+    read in place or fetched under local_root, as plan.choose_mode decides per file."""
     world = dst_strategy.world_size if dst_strategy is not None else 1
     ranks = list(range(world)) if dst_ranks is None else list(dst_ranks)
     skeleton = api.plan_from_strategies(src.source, src.strategy, dst_strategy, dst_ranks=ranks,
                                         prefix=prefix, fmt=fmt)
+    if src.remote:
+        return api.complete_plan(skeleton, local_root, source_mode="auto")
     return api.complete_plan(skeleton, src.source.base)
 
 
@@ -94,60 +127,66 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
               iteration: int | None = None, dst_iteration: int | None = None,
               release: str | None = None, prefix: str | None = None, process_num: int = 1,
               max_memory: int | None = None) -> list[str]:
-    """Convert a local source into dst_root: rank folders ('ckpt' / 'safetensors') or a
+    """Convert a source into local dst_root: rank folders ('ckpt' / 'safetensors') or a
     Checkpoint 2.0 iteration ('checkpoint2': dst_iteration default the source's iteration,
-    else common.json's step_num / the global_step value; release: the MindFormers release whose
-    common.json fields and metadata.json formatting to write, default the source's, else
-    DEFAULT_RELEASE; prefix: the shards' prefix ('' none), default the source's, else 'CKP').
-    Returns the written names relative to dst_root. ReshardError, one line, before writing."""
+    else common.json's step_num; release: the MindFormers release whose common.json fields and
+    metadata.json formatting to write, default the source's, else DEFAULT_RELEASE; prefix: the
+    shards' prefix ('' none), default the source's, else 'CKP'). The source: a Checkpoint 2.0
+    folder (local, obs://, s3://: read in place by ranged GETs, or fetched into a hidden folder
+    beside dst_root, removed at the end), or a local one of the engine's. Returns the written names
+    relative to dst_root. ReshardError, one line, before anything is written."""
     if fmt not in OUTPUT_FORMATS:
         raise ReshardError(f"--format {fmt!r}: must be one of {', '.join(OUTPUT_FORMATS)}")
-    src = open_source(src_checkpoint, src_strategy, iteration=iteration)
+    parent, name = os.path.split(os.path.abspath(dst_root))
+    fetched = os.path.join(parent, f".{name}{FETCH_SUFFIX}")
+    src = open_source(src_checkpoint, src_strategy, iteration=iteration, local_root=fetched)
     check_output(dst_root, "destination", {
         "source checkpoint": src_checkpoint,
         "destination strategy": dst_strategy.source if dst_strategy else None})
-    if fmt != "checkpoint2":
-        p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_")
-        report = api.execute(p, src.source.base, dst_root, process_num=process_num,
-                             max_memory=max_memory)
-        return sorted(report.checksums)
-
+    local_root = fetched if src.remote else src.source.base
     ck = src.checkpoint2
-    common = ck.common_info() if ck is not None else None
-    if release is None:
-        release = release_of_common(common) or DEFAULT_RELEASE
-        if release == "1.7":
-            release = "1.8"
-    check_release(release)
-    if dst_iteration is None:
-        dst_iteration = ck.iteration if ck is not None else (common or {}).get("step_num")
-    if dst_iteration is None:
-        raise ReshardError("the source has no iteration: name the destination iteration (--iteration)")
-    check_iteration_free(dst_root, int(dst_iteration))
-    kinds = {n: p.kind for n, p in ck.params.items()} if ck is not None else {}
-    if ck is not None:
-        # values no metadata describes are in the files of one kind: global_step, learning_rate
-        # in the opt files (kept there)
-        headers = Headers(ck.base)
-        for rel in ck.files["opt"].values():
-            for name in headers.read(ck.rel(rel)):
-                kinds.setdefault(name, "opt")
-    p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_")
-    parts = split_by_kind(p, lambda name: kinds.get(name) or default_kind(name))
+    if fmt == "checkpoint2":
+        common = ck.common_info() if ck is not None else None
+        if release is None:
+            release = release_of_common(common) or DEFAULT_RELEASE
+            if release == "1.7":
+                release = "1.8"
+        check_release(release)
+        if dst_iteration is None:
+            dst_iteration = ck.iteration if ck is not None else (common or {}).get("step_num")
+        if dst_iteration is None:
+            raise ReshardError("the source has no iteration: name the destination iteration (--iteration)")
+        check_iteration_free(dst_root, int(dst_iteration))
+        kinds = src.kinds()
+        p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched)
+        parts = split_by_kind(p, lambda name: kinds.get(name) or default_kind(name))
+    else:
+        p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched)
     os.makedirs(dst_root, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".reshard-staging-", dir=dst_root)
+    if src.remote:
+        os.makedirs(fetched, exist_ok=True)
+    staging = None
     try:
+        if fmt != "checkpoint2":
+            report = api.execute(p, local_root, dst_root, process_num=process_num,
+                                 max_memory=max_memory, download=p.files_in_mode("fetch"),
+                                 release=True)
+            return sorted(report.checksums)
+        staging = tempfile.mkdtemp(prefix=".reshard-staging-", dir=dst_root)
         files: dict[int, dict[str, str]] = {}
         for kind, part in parts.items():
-            api.execute(part, src.source.base, os.path.join(staging, kind), process_num=process_num,
-                        max_memory=max_memory, durable=False)
+            api.execute(part, local_root, os.path.join(staging, kind), process_num=process_num,
+                        max_memory=max_memory, durable=False, download=part.files_in_mode("fetch"),
+                        release=True)
             for rp in part.ranks:
                 files.setdefault(rp.rank, {})[kind] = os.path.join(staging, kind, rp.path)
         return write_checkpoint2(dst_root, dst_strategy, files, iteration=int(dst_iteration),
                                  common=common, release=release,
                                  prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for folder in (staging, fetched if src.remote else None):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def split_by_kind(p: Plan, kind_of) -> dict[str, Plan]:

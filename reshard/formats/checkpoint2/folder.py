@@ -31,7 +31,7 @@ from typing import Callable, Mapping
 
 from ...errors import ReshardError
 from ...layout import LayoutError, TensorLayout, make_layout
-from ...sources import SourceSet
+from ...sources import SourceSet, is_url
 from ...strategy import Strategy
 from ..meta import TensorMeta
 
@@ -61,11 +61,12 @@ def shard_name(prefix: str | None, kind: str, index: int, total: int) -> str:
 
 
 def is_checkpoint2(path: str) -> bool:
-    """A local folder that is a Checkpoint 2.0 root (it holds the tracker) or an iteration folder
-    (it holds metadata.json): what auto-detection of a source checks."""
-    return os.path.isfile(os.path.join(path, TRACKER)) or (
-        os.path.isfile(os.path.join(path, METADATA)) and
-        os.path.basename(os.path.normpath(path)).startswith(ITERATION_PREFIX))
+    """A folder (local, obs://, s3://) that is a Checkpoint 2.0 root (it holds the tracker) or an
+    iteration folder (it holds metadata.json): what auto-detection of a source checks."""
+    fs = _Where(path)
+    name = path.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    return fs.isfile(fs.join(path, TRACKER)) or (
+        name.startswith(ITERATION_PREFIX) and fs.isfile(fs.join(path, METADATA)))
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,12 @@ class Checkpoint2:
 
     @property
     def metadata_path(self) -> str:
-        return os.path.join(self.base, self.folder, METADATA)
+        return self.path_of(METADATA)
+
+    def path_of(self, file: str) -> str:
+        """Where a file of the iteration folder is (a local path or a URL)."""
+        return _beside(self.base.rstrip("/") + "/" + self.folder + "/", file) if is_url(self.base) \
+            else os.path.join(self.base, self.folder, file)
 
     def rel(self, file: str) -> str:
         """A shard's name relative to base ('/'-separated)."""
@@ -168,7 +174,7 @@ class Checkpoint2:
             for chunk in p.chunks:
                 for rec in p.storage[chunk.slice_id]:
                     metas = metas_of(self.rel(rec.file))
-                    where = os.path.join(self.base, self.folder, rec.file)
+                    where = self.path_of(rec.file)
                     m = metas.get(p.name)
                     if m is None:
                         raise ReshardError(f"{where}: lacks parameter {p.name} (slice {chunk.slice_id}), "
@@ -186,69 +192,114 @@ def _restage(lay: TensorLayout, stage: int) -> TensorLayout:
                                                        lay.opt_shard_size, lay.opt_shard_step, stage)
 
 
+class _Where:
+    """The few file operations reading a Checkpoint 2.0 folder takes, on a local path or (through
+    obs_io, imported only then) an obs:// / s3:// URL."""
+
+    def __init__(self, root: str):
+        self.remote = is_url(root)
+        if self.remote:
+            import obs_io
+            self._mox = obs_io.file
+
+    def join(self, base: str, *names: str) -> str:
+        return "/".join([base.rstrip("/"), *names]) if self.remote else os.path.join(base, *names)
+
+    def parent(self, path: str) -> str:
+        if self.remote:
+            return path.rstrip("/").rsplit("/", 1)[0]
+        return os.path.dirname(os.path.normpath(path)) or "."
+
+    def isfile(self, path: str) -> bool:
+        return self._mox.exists(path) and not self._mox.is_directory(path) if self.remote \
+            else os.path.isfile(path)
+
+    def isdir(self, path: str) -> bool:
+        return self._mox.is_directory(path) if self.remote else os.path.isdir(path)
+
+    def read(self, path: str) -> bytes | None:
+        """The file's bytes; None when it is not there."""
+        if not self.isfile(path):
+            return None
+        if self.remote:
+            return self._mox.read(path, binary=True)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def files(self, folder: str) -> set[str]:
+        """Names of the files directly in a folder."""
+        if self.remote:
+            return {n.rstrip("/") for n in self._mox.list_directory(folder, skip_dir=True)
+                    if "/" not in n.rstrip("/")}
+        return {n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))}
+
+
 def resolve_iteration(root: str, iteration: int | None = None) -> tuple[str, str, int]:
-    """(base, iteration folder name, iteration) of a local root or iteration folder: the one
-    named by `iteration`, else the tracker's (as MindFormers' get_checkpoint_path resolves it)."""
-    name = os.path.basename(os.path.normpath(root))
-    tracker = os.path.join(root, TRACKER)
-    if not os.path.isfile(tracker) and name.startswith(ITERATION_PREFIX) and \
-            os.path.isfile(os.path.join(root, METADATA)):
+    """(base, iteration folder name, iteration) of a root or iteration folder (local, obs://,
+    s3://): the one named by `iteration`, else the tracker's (as MindFormers'
+    get_checkpoint_path resolves it)."""
+    fs = _Where(root)
+    name = root.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    tracker = fs.join(root, TRACKER)
+    text = fs.read(tracker)
+    if text is None and name.startswith(ITERATION_PREFIX) and fs.isfile(fs.join(root, METADATA)):
         try:
             found = int(name[len(ITERATION_PREFIX):])
         except ValueError:
             raise ReshardError(f"{root}: not an iteration_<n> folder") from None
         if iteration is not None and iteration != found:
             raise ReshardError(f"{root}: is iteration {found}, not the iteration {iteration} asked for")
-        return os.path.dirname(os.path.normpath(root)) or ".", name, found
+        return fs.parent(root), name, found
     named = iteration is not None
     if iteration is None:
-        if not os.path.isfile(tracker):
+        if text is None:
             raise ReshardError(f"{tracker}: missing (not a Checkpoint 2.0 folder; name an "
                                f"iteration to read one without it)")
-        with open(tracker, encoding="utf-8") as f:
-            text = f.read()
         try:
-            iteration = int(text.strip())
+            iteration = int(text.decode("utf-8", "replace").strip())
         except ValueError:
             raise ReshardError(f"{tracker}: holds {text.strip()[:40]!r}, not an iteration "
                                f"number") from None
     folder = iteration_dir(iteration)
-    if not os.path.isdir(os.path.join(root, folder)):
-        raise ReshardError(f"{os.path.join(root, folder)}: missing (iteration {iteration}, "
+    if not fs.isdir(fs.join(root, folder)):
+        raise ReshardError(f"{fs.join(root, folder)}: missing (iteration {iteration}, "
                            + ("asked for)" if named else f"named by {TRACKER})"))
     return root, folder, iteration
 
 
 def read_checkpoint2(root: str, iteration: int | None = None) -> Checkpoint2:
-    """Parse and check a local Checkpoint 2.0 folder (a root or an iteration folder): the
-    iteration (named, else the tracker's), metadata.json (layouts, chunks, storage files: every
-    named file present, every chunk the slice its storage rank holds), common.json verbatim.
-    The shards' headers are checked against it by Checkpoint2.check_files. ReshardError, one
-    line naming the file and parameter, for anything malformed."""
+    """Parse and check a Checkpoint 2.0 folder (a root or an iteration folder; local, obs:// or
+    s3://): the iteration (named, else the tracker's), metadata.json (layouts, chunks, storage
+    files: every named file present, every chunk the slice its storage rank holds), common.json
+    verbatim. The shards' headers are checked against it by Checkpoint2.check_files.
+    ReshardError, one line naming the file and parameter, for anything malformed."""
+    fs = _Where(root)
     base, folder, iteration = resolve_iteration(root, iteration)
-    where = os.path.join(base, folder)
-    meta_path = os.path.join(where, METADATA)
-    try:
-        with open(meta_path, "rb") as f:
-            raw = json.loads(f.read())
-    except FileNotFoundError:
+    where = fs.join(base, folder)
+    meta_path = fs.join(where, METADATA)
+    data = fs.read(meta_path)
+    if data is None:
         raise ReshardError(f"{meta_path}: missing (a Checkpoint 2.0 iteration folder holds "
-                           f"metadata.json)") from None
+                           f"metadata.json)")
+    try:
+        raw = json.loads(data)
     except ValueError as e:
         raise ReshardError(f"{meta_path}: not JSON ({e})") from None
-    common = None
-    common_path = os.path.join(where, COMMON)
-    if os.path.isfile(common_path):
-        with open(common_path, "rb") as f:
-            common = f.read()
+    common_path = fs.join(where, COMMON)
+    common = fs.read(common_path)
+    if common is not None:
         try:
             if not isinstance(json.loads(common), dict):
                 raise ValueError("not an object")
         except ValueError as e:
             raise ReshardError(f"{common_path}: not a JSON object ({e})") from None
-    present = {n for n in os.listdir(where) if os.path.isfile(os.path.join(where, n))}
-    return parse_metadata(raw, meta_path, present, root=root, base=base, folder=folder,
+    return parse_metadata(raw, meta_path, fs.files(where), root=root, base=base, folder=folder,
                           iteration=iteration, common=common)
+
+
+def _beside(path: str, name: str) -> str:
+    """`name` in the folder of `path` (a local path or a URL), for messages."""
+    return path.rsplit("/", 1)[0] + "/" + name if is_url(path) else os.path.join(os.path.dirname(path), name)
 
 
 def _ints(value, what: str) -> tuple[int, ...]:
@@ -282,7 +333,7 @@ def parse_metadata(raw, meta_path: str, present: set[str], *, root: str, base: s
                                f"\"('<name>', (<slice>,))\": [{{file_name, storage_rank, ...}}]") from None
         for rec in recs:
             if rec.file not in present:
-                raise ReshardError(f"{os.path.join(os.path.dirname(meta_path), rec.file)}: missing "
+                raise ReshardError(f"{_beside(meta_path, rec.file)}: missing "
                                    f"({METADATA} stores parameter {name} slice {slice_id} there)")
             if not SHARD_NAME.match(rec.file):
                 raise ReshardError(f"{meta_path}: parameter {name}: {rec.file} is not named "
@@ -344,7 +395,7 @@ def parse_metadata(raw, meta_path: str, present: set[str], *, root: str, base: s
                                f"({kind_files[rank]}, {file})")
     others = sorted(n for n in present if SHARD_NAME.match(n) and n not in file_rank)
     if others:
-        raise ReshardError(f"{os.path.join(os.path.dirname(meta_path), others[0])}: a shard "
+        raise ReshardError(f"{_beside(meta_path, others[0])}: a shard "
                            f"{METADATA} does not name (a mixed folder: another save's files?)")
     return Checkpoint2(root, base, folder, iteration, params, common, files, devices, num_stages,
                        sorted(prefixes, key=str)[0] if len(prefixes) == 1 else None)
