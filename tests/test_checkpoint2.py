@@ -270,6 +270,7 @@ def test_transform_checkpoint_reads_and_writes_checkpoint2(tmp_path, capsys):
     dst = strategy(tmp_path, 1, 4, 1)
     assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(tmp_path / "complete"),
                      "--format", "safetensors"]) == 0
+    assert cli.main(["--verify", str(tmp_path / "complete")]) == 0     # its integrity manifest
     got = tensors(tmp_path / "complete" / "rank_0" / "checkpoint_0.safetensors")
     want = mindformers_full("2.1.0-dp2mp2pp2")
     assert {n: got[n] for n in want} == want

@@ -4,7 +4,8 @@ Kept apart from reshard/cli.py (which the format registry and the orchestrator r
 wiring there is two lines: add_arguments(parser) and, before a source is classified,
 `if wants(args): return run(args)`. A Checkpoint 2.0 source may be local, obs:// or s3://. What
 this path does not do yet is refused in one line: an obs:// / s3:// output or strategy, --rank_id
-blocks, --engine mindspore, --dry_run, --step.
+blocks, --engine mindspore, --dry_run, --step. Rank-folder outputs get the integrity manifest
+(`--verify`); a Checkpoint 2.0 output does not yet (integrity.verify lists rank folders only).
 """
 from __future__ import annotations
 
@@ -73,6 +74,15 @@ def run(args) -> int:
                         release=args.mindformers_release,
                         prefix=None if to_ckpt2 and args.prefix == LEGACY_PREFIX else args.prefix,
                         process_num=args.process_num, max_memory=args.max_memory)
-    print(f"done: wrote {len(written)} file(s) to {dst_root}"
+    if not to_ckpt2:   # rank folders: the integrity manifest, last, as the engine's path writes it
+        from ... import integrity
+        from ...cli import plan_digest
+        manifest = integrity.SetManifest(
+            integrity.records(written.checksums), plan_digest(written.plan, written.plan.local_root),
+            {"location": args.src_checkpoint, "files": written.plan.source.used_names()},
+            {"src": args.src_strategy or written.plan.src_strategy.source, "dst": args.dst_strategy or ""},
+            integrity.tool_version())
+        integrity.write(dst_root, manifest)
+    print(f"done: wrote {len(written.files)} file(s) to {dst_root}"
           + (" (Checkpoint 2.0)" if to_ckpt2 else ""))
     return 0

@@ -58,6 +58,16 @@ def check_source_strategy(ck: Checkpoint2, given: Strategy) -> None:
 
 
 @dataclass
+class Written:
+    """What transform wrote: names relative to the destination; for rank folders their
+    (size, CRC32) as written (for the integrity manifest; empty for a Checkpoint 2.0 output);
+    the plan (for Checkpoint 2.0 output, before it was split by shard kind)."""
+    files: list[str]
+    checksums: dict[str, tuple[int, str]]
+    plan: Plan
+
+
+@dataclass
 class Source:
     """What the planner reads: the source set, its strategy, the Checkpoint 2.0 parsed (None
     for another kind of source) and the headers read so far (a Checkpoint 2.0's shards)."""
@@ -126,15 +136,15 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
               src_strategy: Strategy | None = None, fmt: str = "checkpoint2",
               iteration: int | None = None, dst_iteration: int | None = None,
               release: str | None = None, prefix: str | None = None, process_num: int = 1,
-              max_memory: int | None = None) -> list[str]:
+              max_memory: int | None = None) -> Written:
     """Convert a source into local dst_root: rank folders ('ckpt' / 'safetensors') or a
     Checkpoint 2.0 iteration ('checkpoint2': dst_iteration default the source's iteration,
     else common.json's step_num; release: the MindFormers release whose common.json fields and
     metadata.json formatting to write, default the source's, else DEFAULT_RELEASE; prefix: the
     shards' prefix ('' none), default the source's, else 'CKP'). The source: a Checkpoint 2.0
     folder (local, obs://, s3://: read in place by ranged GETs, or fetched into a hidden folder
-    beside dst_root, removed at the end), or a local one of the engine's. Returns the written names
-    relative to dst_root. ReshardError, one line, before anything is written."""
+    beside dst_root, removed at the end), or a local one of the engine's. ReshardError, one
+    line, before anything is written."""
     if fmt not in OUTPUT_FORMATS:
         raise ReshardError(f"--format {fmt!r}: must be one of {', '.join(OUTPUT_FORMATS)}")
     parent, name = os.path.split(os.path.abspath(dst_root))
@@ -171,7 +181,7 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
             report = api.execute(p, local_root, dst_root, process_num=process_num,
                                  max_memory=max_memory, download=p.files_in_mode("fetch"),
                                  release=True)
-            return sorted(report.checksums)
+            return Written(sorted(report.checksums), report.checksums, p)
         staging = tempfile.mkdtemp(prefix=".reshard-staging-", dir=dst_root)
         files: dict[int, dict[str, str]] = {}
         for kind, part in parts.items():
@@ -180,9 +190,10 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
                         release=True)
             for rp in part.ranks:
                 files.setdefault(rp.rank, {})[kind] = os.path.join(staging, kind, rp.path)
-        return write_checkpoint2(dst_root, dst_strategy, files, iteration=int(dst_iteration),
-                                 common=common, release=release,
-                                 prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
+        names = write_checkpoint2(dst_root, dst_strategy, files, iteration=int(dst_iteration),
+                                  common=common, release=release,
+                                  prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
+        return Written(names, {}, p)
     finally:
         for folder in (staging, fetched if src.remote else None):
             if folder is not None:

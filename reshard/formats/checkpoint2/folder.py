@@ -151,13 +151,15 @@ class Checkpoint2:
     def source_strategy(self) -> Strategy:
         """The saved layouts as the planner takes a source strategy: model parameters in stages
         0..S-1, optimizer-file parameters in stages S..2S-1 (ranks W..2W-1 = the opt files of
-        ranks 0..W-1). Parameters without a layout are not in it (carried, as in MindSpore)."""
+        ranks 0..W-1; S stages only when no opt file was saved). Parameters without a layout are
+        not in it (carried, as in MindSpore)."""
         shift = {"model": 0, "opt": self.num_stages}
         layouts = {}
         for name, p in self.params.items():
             if p.layouts:
                 layouts[name] = tuple(_restage(lay, lay.stage + shift[p.kind]) for lay in p.layouts)
-        return Strategy(layouts, self.stage_devices, 2 * self.num_stages, self.metadata_path)
+        stages = self.num_stages * (2 if self.files["opt"] else 1)
+        return Strategy(layouts, self.stage_devices, stages, self.metadata_path)
 
     def source_set(self) -> SourceSet:
         """The shard files as the planner takes rank folders: rank r -> its model file, rank
