@@ -135,8 +135,9 @@ class Checkpoint2:
 
     def path_of(self, file: str) -> str:
         """Where a file of the iteration folder is (a local path or a URL)."""
-        return _beside(self.base.rstrip("/") + "/" + self.folder + "/", file) if is_url(self.base) \
-            else os.path.join(self.base, self.folder, file)
+        if is_url(self.base):
+            return f"{self.base.rstrip('/')}/{self.rel(file)}"
+        return os.path.join(self.base, self.folder, file)
 
     def rel(self, file: str) -> str:
         """A shard's name relative to base ('/'-separated)."""
