@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """MindFormers' own loader on the Checkpoint 2.0 folders this tool writes (issue 18's oracle).
 
-For each MindFormers release with a venv (scripts/install_compat.py's, or --venvs) and each
-destination layout: convert tests/data/checkpoint2/<source> with reshard (this venv) into a
+For each MindFormers release with a venv (scripts/mindformers_compat.py's, or --venvs) and each
+destination layout: convert tests/data/checkpoint2/<source> (1.7/1.8, which cannot assemble
+bfloat16 slices on CPU: a float-only fixture that release saves first) with reshard (this venv) into a
 Checkpoint 2.0 folder for that release, then run scripts/ckpt2_oracle.py check in the release's
 venv: MindFormers' load_checkpoint into complete tensors (compared bit for bit with the complete
 tensors MindFormers loaded from the source fixture) and as every rank of the written layout
 (MindFormers' loader with the saved layout = the live one). One JSON line per run; exit 1 if any
 failed.
 
-    .venv/bin/python scripts/ckpt2_oracle_matrix.py [--venvs DIR] [--releases 1.9.0,2.1.0]
+    .venv/bin/python scripts/ckpt2_oracle_matrix.py [--venvs .mf-compat] [--releases 1.9.0,2.1.0]
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ SOURCES = ("1.9.0-dp2mp2pp2-optshard", "2.1.0-dp2mp2pp2")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--venvs", default=os.environ.get("MF_COMPAT_VENVS", "/work/wt/issue-19/.mf-compat"))
-    ap.add_argument("--releases", default="1.9.0,2.0.0,2.1.0")
+    ap.add_argument("--venvs", default=os.environ.get("MF_COMPAT_VENVS", os.path.join(ROOT, ".mf-compat")),
+                    help="folder of <release>/venv (scripts/mindformers_compat.py makes them)")
+    ap.add_argument("--releases", default="1.8.0,1.9.0,2.0.0,2.1.0")
     args = ap.parse_args()
     import synth
     from reshard.formats.checkpoint2.convert import transform
@@ -44,19 +46,28 @@ def main() -> int:
         for release in args.releases.split(","):
             py = os.path.join(args.venvs, release, "venv", "bin", "python")
             short = ".".join(release.split(".")[:2])
-            for source in SOURCES:
+            sources = {s: os.path.join(DATA, s) for s in SOURCES}
+            if release < "1.9":   # 1.7/1.8 cannot assemble bfloat16 slices on CPU: a float-only
+                # fixture, saved by that release itself
+                made = os.path.join(tmp, f"{release}-dp2mp2pp2-optshard-float")
+                for cmd in (["write", "--small", "--no-bf16", "--layout", "dp2mp2pp2-optshard", "--out", made],
+                            ["check", made, "--dump-full", f"{made}.full.safetensors"]):
+                    subprocess.run([py, os.path.join(HERE, "ckpt2_oracle.py"), *cmd], cwd=tmp,
+                                   capture_output=True, check=True, timeout=900)
+                sources = {os.path.basename(made): made}
+            for source, source_path in sources.items():
                 for layout, (dp, mp, pp, opt) in LAYOUTS.items():
                     strat = os.path.join(tmp, f"strategy-{layout}")
                     if not os.path.isdir(strat):
                         synth.write_strategy(strat, dp=dp, mp=mp, pp=pp, opt_shard=opt, params=params)
                     out = os.path.join(tmp, f"{release}-{source}-{layout}")
                     t = time.time()
-                    transform(os.path.join(DATA, source), out, dst_strategy=load_strategy(strat),
+                    transform(source_path, out, dst_strategy=load_strategy(strat),
                               fmt="checkpoint2", release=short)
                     seconds_write = round(time.time() - t, 2)
                     proc = subprocess.run(
                         [py, os.path.join(HERE, "ckpt2_oracle.py"), "check", out, "--expect-safetensors",
-                         os.path.join(DATA, f"{source}.full.safetensors"), "--reshard-to", layout],
+                         f"{source_path}.full.safetensors", "--reshard-to", layout],
                         cwd=tmp, capture_output=True, text=True, timeout=900)
                     lines = proc.stdout.strip().splitlines()
                     try:

@@ -13,6 +13,7 @@ import argparse
 import os
 
 from ...errors import ReshardError
+from ...plan import PlanPolicy
 from ...sources import check_output, is_url
 from ...strategy import load_strategy
 from .convert import transform
@@ -73,7 +74,8 @@ def run(args) -> int:
                         dst_iteration=None if from_ckpt2 else args.iteration,
                         release=args.mindformers_release,
                         prefix=None if to_ckpt2 and args.prefix == LEGACY_PREFIX else args.prefix,
-                        process_num=args.process_num, max_memory=args.max_memory)
+                        process_num=args.process_num, max_memory=args.max_memory,
+                        policy=PlanPolicy(args.allow_missing_params, args.keep_unnamed_params))
     if not to_ckpt2:   # rank folders: the integrity manifest, last, as the engine's path writes it
         from ... import integrity
         from ...cli import plan_digest

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from ... import api
 from ...errors import ReshardError
-from ...plan import Headers, Plan
+from ...plan import Headers, Plan, PlanPolicy
 from ...sources import SourceSet, check_output, is_url
 from ...strategy import Strategy
 from .folder import KINDS, TRACKER, Checkpoint2, is_checkpoint2, read_checkpoint2
@@ -110,6 +110,7 @@ def open_source(src_checkpoint: str, src_strategy: Strategy | None = None, *,
             headers = Headers(local_root or ".", remote_root=ck.base, s3_config=obs_io.current_config())
         else:
             headers = Headers(ck.base)
+        headers.prefetch(ck.rel(f) for kind in KINDS for f in ck.files[kind].values())
         ck.check_files(lambda name: headers.read(name))
         return Source(ck.source_set(), ck.source_strategy(), ck, headers)
     if is_url(src_checkpoint):
@@ -119,14 +120,15 @@ def open_source(src_checkpoint: str, src_strategy: Strategy | None = None, *,
 
 
 def plan(src: Source, dst_strategy: Strategy | None, *, fmt: str = "safetensors",
-         prefix: str = "checkpoint_", dst_ranks=None, local_root: str | None = None) -> Plan:
+         prefix: str = "checkpoint_", dst_ranks=None, local_root: str | None = None,
+         policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The full plan (skeleton, then headers). Every destination rank is named so a Checkpoint
     2.0 saved with redundancy removed (ranks without files) plans. A remote source's files are
     read in place or fetched under local_root, as plan.choose_mode decides per file."""
     world = dst_strategy.world_size if dst_strategy is not None else 1
     ranks = list(range(world)) if dst_ranks is None else list(dst_ranks)
     skeleton = api.plan_from_strategies(src.source, src.strategy, dst_strategy, dst_ranks=ranks,
-                                        prefix=prefix, fmt=fmt)
+                                        prefix=prefix, fmt=fmt, policy=policy)
     if src.remote:
         return api.complete_plan(skeleton, local_root, source_mode="auto")
     return api.complete_plan(skeleton, src.source.base)
@@ -136,12 +138,12 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
               src_strategy: Strategy | None = None, fmt: str = "checkpoint2",
               iteration: int | None = None, dst_iteration: int | None = None,
               release: str | None = None, prefix: str | None = None, process_num: int = 1,
-              max_memory: int | None = None) -> Written:
+              max_memory: int | None = None, policy: PlanPolicy = PlanPolicy()) -> Written:
     """Convert a source into local dst_root: rank folders ('ckpt' / 'safetensors') or a
     Checkpoint 2.0 iteration ('checkpoint2': dst_iteration default the source's iteration,
     else common.json's step_num; release: the MindFormers release whose common.json fields and
     metadata.json formatting to write, default the source's, else DEFAULT_RELEASE; prefix: the
-    shards' prefix ('' none), default the source's, else 'CKP'). The source: a Checkpoint 2.0
+    shards' prefix ('' none), default the source's, else 'CKP'; policy: plan.PlanPolicy). The source: a Checkpoint 2.0
     folder (local, obs://, s3://: read in place by ranged GETs, or fetched into a hidden folder
     beside dst_root, removed at the end), or a local one of the engine's. ReshardError, one
     line, before anything is written."""
@@ -168,10 +170,12 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
             raise ReshardError("the source has no iteration: name the destination iteration (--iteration)")
         check_iteration_free(dst_root, int(dst_iteration))
         kinds = src.kinds()
-        p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched)
+        p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched,
+                 policy=policy)
         parts = split_by_kind(p, lambda name: kinds.get(name) or default_kind(name))
     else:
-        p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched)
+        p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
+                 policy=policy)
     os.makedirs(dst_root, exist_ok=True)
     if src.remote:
         os.makedirs(fetched, exist_ok=True)
