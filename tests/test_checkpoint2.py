@@ -331,3 +331,23 @@ def test_checkpoint2_on_object_storage(tmp_path, s3_server, bucket):
     from reshard import cli      # transform-checkpoint detects it there too
     assert cli.main(["--src_checkpoint", url, "--dst_checkpoint", str(tmp_path / "cli")]) == 0
     assert set(tensors(tmp_path / "cli" / "rank_0" / "checkpoint_0.ckpt")) >= set(want)
+
+
+def test_parameter_shared_by_pipeline_stages_round_trips(tmp_path):
+    """A destination strategy with the embedding in the first and the last stage: metadata.json
+    describes it once (its first stage's layout) with storage records in both stages, and it
+    reads back to the same tensors."""
+    params = synth.llama_params(**SMALL, optimizer=True)
+    folder = tmp_path / "shared"
+    synth.write_strategy(str(folder), dp=1, mp=2, pp=2, params=params, shared_embedding=True)
+    dst = load_strategy(str(folder))
+    out = tmp_path / "ck2"
+    transform(str(DATA / "2.1.0-dp2mp2pp2"), str(out), dst_strategy=dst, fmt="checkpoint2")
+    ck = read_checkpoint2(str(out))
+    name = "model.tok_embeddings.embedding_weight"
+    assert [lay.stage for lay in ck.params[name].layouts] == [0, 1]
+    assert ck.params[name].layout["rank_list"] == [0, 1]
+    back = tmp_path / "back"
+    transform(str(out), str(back), fmt="safetensors")
+    got, want = tensors(only_file(back)), mindformers_full("2.1.0-dp2mp2pp2")
+    assert {n: got[n] for n in want} == want
