@@ -281,6 +281,11 @@ def test_transform_checkpoint_reads_and_writes_checkpoint2(tmp_path, capsys):
     assert (it / "CKP-opt-0000003-0000004.safetensors").is_file()
     assert tuple(json.loads((it / "common.json").read_text())) == COMMON_FIELDS["1.9"]
     capsys.readouterr()
+    assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(tmp_path / "dry"),
+                     "--dst_strategy", dst.source, "--dry_run"]) == 0
+    shown = capsys.readouterr().out
+    assert "destination ranks: 4; source ranks read" in shown and "adam_m." in shown
+    assert not (tmp_path / "dry").exists()
     assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(tmp_path / "x"),
                      "--iteration", "5"]) == 2
     err = capsys.readouterr().err.strip()

@@ -4,7 +4,7 @@ Kept apart from reshard/cli.py (which the format registry and the orchestrator r
 wiring there is two lines: add_arguments(parser) and, before a source is classified,
 `if wants(args): return run(args)`. A Checkpoint 2.0 source may be local, obs:// or s3://. What
 this path does not do yet is refused in one line: an obs:// / s3:// output or strategy, --rank_id
-blocks, --engine mindspore, --dry_run, --step. Rank-folder outputs get the integrity manifest
+blocks, --engine mindspore, --step. Rank-folder outputs get the integrity manifest
 (`--verify`); a Checkpoint 2.0 output does not yet (integrity.verify lists rank folders only).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ...errors import ReshardError
 from ...plan import PlanPolicy
 from ...sources import check_output, is_url
 from ...strategy import load_strategy
-from .convert import transform
+from .convert import open_source, plan, transform
 from .folder import is_checkpoint2
 from .write import RELEASES
 
@@ -50,9 +50,8 @@ def run(args) -> int:
     for flag, value in (("--rank_id", args.rank_id), ("--step", args.step)):
         if value is not None:
             raise ReshardError(f"{flag} does not go with a Checkpoint 2.0 source or output yet")
-    if args.engine != "stream" or args.dry_run:
-        raise ReshardError("--engine mindspore / --dry_run do not go with a Checkpoint 2.0 source "
-                           "or output yet")
+    if args.engine != "stream":
+        raise ReshardError("--engine mindspore does not go with a Checkpoint 2.0 source or output")
     dst_root = args.dst_checkpoint or args.dst_checkpoint_dir
     if args.dst_checkpoint_dir:
         dst_root = os.path.join(args.dst_checkpoint_dir,
@@ -67,6 +66,17 @@ def run(args) -> int:
                                                 "--dst_strategy": args.dst_strategy})
     to_ckpt2 = args.fmt == FORMAT
     from_ckpt2 = is_checkpoint2(args.src_checkpoint)
+    if args.dry_run:   # the plan (for a Checkpoint 2.0 output: of its shards, model and opt together)
+        src = open_source(args.src_checkpoint, load_strategy(args.src_strategy),
+                          iteration=args.iteration if from_ckpt2 else None,
+                          local_root=os.path.join(dst_root, "<fetched>"))
+        p = plan(src, load_strategy(args.dst_strategy), fmt="safetensors" if to_ckpt2 else args.fmt,
+                 prefix=args.prefix, local_root=os.path.join(dst_root, "<fetched>"))
+        print(p.dump(destination=dst_root))
+        if to_ckpt2:
+            print("output: a Checkpoint 2.0 iteration folder (each rank's model and opt values as "
+                  "MindFormers' shards, metadata.json, common.json, the tracker)")
+        return 0
     written = transform(args.src_checkpoint, dst_root,
                         dst_strategy=load_strategy(args.dst_strategy),
                         src_strategy=load_strategy(args.src_strategy), fmt=args.fmt,
