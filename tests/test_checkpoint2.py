@@ -356,3 +356,31 @@ def test_parameter_shared_by_pipeline_stages_round_trips(tmp_path):
     transform(str(out), str(back), fmt="safetensors")
     got, want = tensors(only_file(back)), mindformers_full("2.1.0-dp2mp2pp2")
     assert {n: got[n] for n in want} == want
+
+
+def test_legacy_training_state_goes_to_common_json(tmp_path):
+    """A legacy checkpoint keeps epoch_num, step_num, global_step and loss_scale as values:
+    written as Checkpoint 2.0 they make common.json (and step_num the iteration), as MindFormers
+    resumes from it."""
+    import numpy as np
+    from reshard.formats import TensorMeta, open_writer
+    src = tmp_path / "legacy.safetensors"
+    extra = {"epoch_num": np.array([3], np.int32), "step_num": np.array([40], np.int32),
+             "loss_scale": np.array([1024.0], np.float32)}
+    with open_reader(str(DATA / "2.1.0-dp2mp2pp2.full.safetensors")) as r:
+        metas = list(r.metas.values()) + [TensorMeta(n, {"int32": "Int32", "float32": "Float32"}[str(a.dtype)], a.shape)
+                                          for n, a in extra.items()]
+        metas.append(TensorMeta("global_step", "Int32", (1,)))
+        with open_writer(str(src), metas, "safetensors") as w:
+            for m in metas[:len(r.metas)]:
+                w.write(m.name, r.read(m.name))
+            for n, a in extra.items():
+                w.write(n, a)
+            w.write("global_step", np.array([40], np.int32))
+    out = tmp_path / "ck2"
+    transform(str(src), str(out), dst_strategy=strategy(tmp_path, 1, 2, 1), fmt="checkpoint2",
+              release="1.9")
+    assert (out / TRACKER).read_text() == "40"
+    common = json.loads((out / "iteration_00000040" / "common.json").read_text())
+    assert common == {"epoch_num": 3, "step_num": 40, "global_step": 40, "loss_scale": 1024.0,
+                      "global_batch_size": None, "ckpt_status": None}

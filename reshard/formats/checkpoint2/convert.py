@@ -12,7 +12,7 @@ rank files the engine writes into a staging folder inside it, one plan per shard
 """
 from __future__ import annotations
 
-import logging
+import math
 import os
 import shutil
 import tempfile
@@ -20,14 +20,13 @@ from dataclasses import dataclass, replace
 
 from ... import api
 from ...errors import ReshardError
+from ...formats import open_reader
 from ...plan import Headers, Plan, PlanPolicy
 from ...sources import SourceSet, check_output, is_url
 from ...strategy import Strategy
 from .folder import KINDS, TRACKER, Checkpoint2, is_checkpoint2, read_checkpoint2
 from .write import (DEFAULT_RELEASE, check_iteration_free, check_release, default_kind, release_of_common,
                     write_checkpoint2)
-
-log = logging.getLogger("reshard")
 
 OUTPUT_FORMATS = ("ckpt", "safetensors", "checkpoint2")
 # A remote source's files that the plan fetches rather than reads in place land in a hidden
@@ -140,8 +139,9 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
               release: str | None = None, prefix: str | None = None, process_num: int = 1,
               max_memory: int | None = None, policy: PlanPolicy = PlanPolicy()) -> Written:
     """Convert a source into local dst_root: rank folders ('ckpt' / 'safetensors') or a
-    Checkpoint 2.0 iteration ('checkpoint2': dst_iteration default the source's iteration,
-    else common.json's step_num; release: the MindFormers release whose common.json fields and
+    Checkpoint 2.0 iteration ('checkpoint2': dst_iteration default the source's iteration, else
+    the legacy source's step_num or global_step value (its epoch_num, step_num, global_step,
+    loss_scale values go to common.json); release: the MindFormers release whose common.json fields and
     metadata.json formatting to write, default the source's, else DEFAULT_RELEASE; prefix: the
     shards' prefix ('' none), default the source's, else 'CKP'; policy: plan.PlanPolicy). The source: a Checkpoint 2.0
     folder (local, obs://, s3://: read in place by ranged GETs, or fetched into a hidden folder
@@ -164,14 +164,17 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
             if release == "1.7":
                 release = "1.8"
         check_release(release)
-        if dst_iteration is None:
-            dst_iteration = ck.iteration if ck is not None else (common or {}).get("step_num")
-        if dst_iteration is None:
-            raise ReshardError("the source has no iteration: name the destination iteration (--iteration)")
-        check_iteration_free(dst_root, int(dst_iteration))
         kinds = src.kinds()
         p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched,
                  policy=policy)
+        if ck is None:     # a legacy checkpoint keeps the training state as values
+            common = training_state(p, local_root)
+        if dst_iteration is None:
+            dst_iteration = ck.iteration if ck is not None else (common.get("step_num") or common.get("global_step"))
+        if dst_iteration is None:
+            raise ReshardError("the source holds no step_num or global_step: name the iteration to "
+                               "write (--iteration)")
+        check_iteration_free(dst_root, int(dst_iteration))
         parts = split_by_kind(p, lambda name: kinds.get(name) or default_kind(name))
     else:
         p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
@@ -202,6 +205,23 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
         for folder in (staging, fetched if src.remote else None):
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+# MindFormers' CommonInfo fields that a legacy checkpoint keeps as values (CheckpointMonitor
+# saves them beside the weights).
+STATE_VALUES = ("epoch_num", "step_num", "global_step", "loss_scale")
+
+
+def training_state(p: Plan, local_root: str) -> dict:
+    """common.json's values from a legacy source: the scalars of STATE_VALUES that the plan
+    carries into its first rank (absent ones left out)."""
+    out = {}
+    for t in p.ranks[0].tensors if p.ranks else ():
+        if t.carried and t.name in STATE_VALUES and math.prod(t.shape) == 1:
+            with open_reader(p.source.path_of(t.pieces[0].src_file, local_root)) as r:
+                value = r.read(t.name).reshape(-1)[0].item()
+            out[t.name] = float(value) if t.name == "loss_scale" else int(value)
+    return out
 
 
 def split_by_kind(p: Plan, kind_of) -> dict[str, Plan]:

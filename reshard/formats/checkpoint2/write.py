@@ -31,6 +31,7 @@ from obs_io.atomic import write_atomic
 
 from ...errors import ReshardError
 from ...layout import TensorLayout, make_layout
+from ...plan import OPTIMIZER_STATE_PREFIXES
 from ...strategy import Strategy
 from .. import FormatError, open_reader
 from .folder import COMMON, METADATA, TRACKER, iteration_dir, shard_name, slice_id_of
@@ -48,13 +49,9 @@ COMMON_FIELDS = {
     "2.1": _BASE_FIELDS + ("consumed_samples", "ckpt_status"),
 }
 # Optimizer values MindFormers stores in the opt files without describing them in metadata.json
-# (its strategy has no layout for them): they are written, not described, as it does.
-UNDESCRIBED = ("global_step", "learning_rate", "scale_sense", "current_iterator_step",
-               "last_overflow_iterator_step", "epoch_num", "step_num", "loss_scale")
-# Names that go to the opt files when the source does not say (a legacy checkpoint): the
-# optimizer states of MindSpore's and MindFormers' optimizers.
-OPT_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "moments.", "lamb_m.", "lamb_v.",
-                "accu_grads.", "exp_avg.", "exp_avg_sq.") + UNDESCRIBED
+# (its strategy has no layout for them): written, not described, as it does. The scalars of the
+# engine's optimizer-state rule (its moment prefixes end in "." or "_").
+UNDESCRIBED = tuple(p for p in OPTIMIZER_STATE_PREFIXES if not p.endswith((".", "_")))
 
 
 def check_release(release: str) -> str:
@@ -95,7 +92,7 @@ def check_iteration_free(root: str, iteration: int) -> str:
 
 def default_kind(name: str) -> str:
     """'opt' or 'model' for a value whose source does not say (a legacy checkpoint)."""
-    return "opt" if name.startswith(OPT_PREFIXES) else "model"
+    return "opt" if name.startswith(OPTIMIZER_STATE_PREFIXES) else "model"
 
 
 @lru_cache(maxsize=1024)
