@@ -181,6 +181,8 @@ def test_missing_tracker_and_iteration(tmp_path):
     (src / TRACKER).write_text("99")
     fails(src, r"iteration_00000099: missing \(iteration 99, named by latest_checkpointed", tmp_path)
     fails(src, r"iteration_00000005: missing \(iteration 5, asked for\)", tmp_path, iteration=5)
+    (src / TRACKER).write_text("last\n")
+    fails(src, r"latest_checkpointed_iteration.txt: holds 'last', not an iteration number", tmp_path)
     (src / TRACKER).unlink()
     with pytest.raises(ReshardError, match="latest_checkpointed_iteration.txt: missing"):
         read_checkpoint2(str(src), None)

@@ -258,11 +258,11 @@ def resolve_iteration(root: str, iteration: int | None = None) -> tuple[str, str
         if text is None:
             raise ReshardError(f"{tracker}: missing (not a Checkpoint 2.0 folder; name an "
                                f"iteration to read one without it)")
+        content = text.decode("utf-8", "replace").strip()
         try:
-            iteration = int(text.decode("utf-8", "replace").strip())
+            iteration = int(content)
         except ValueError:
-            raise ReshardError(f"{tracker}: holds {text.strip()[:40]!r}, not an iteration "
-                               f"number") from None
+            raise ReshardError(f"{tracker}: holds {content[:40]!r}, not an iteration number") from None
     folder = iteration_dir(iteration)
     if not fs.isdir(fs.join(root, folder)):
         raise ReshardError(f"{fs.join(root, folder)}: missing (iteration {iteration}, "
