@@ -288,6 +288,13 @@ def test_transform_checkpoint_reads_and_writes_checkpoint2(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "destination ranks: 4; source ranks read" in shown and "adam_m." in shown
     assert not (tmp_path / "dry").exists()
+    assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(tmp_path / "blk"),
+                     "--dst_strategy", dst.source, "--rank_id", "2", "--transform_process_num", "2",
+                     "--format", "safetensors"]) == 0      # one block: ranks 2-3
+    assert sorted(p.name for p in (tmp_path / "blk").iterdir() if p.name.startswith("rank_")) == \
+        ["rank_2", "rank_3"]
+    assert not (tmp_path / "blk" / "conversion_manifest.json").exists()
+    capsys.readouterr()
     assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(tmp_path / "x"),
                      "--iteration", "5"]) == 2
     err = capsys.readouterr().err.strip()

@@ -4,7 +4,7 @@ Kept apart from reshard/cli.py (which the format registry and the orchestrator r
 wiring there is two lines: add_arguments(parser) and, before a source is classified,
 `if wants(args): return run(args)`. A Checkpoint 2.0 source may be local, obs:// or s3://. What
 this path does not do yet is refused in one line: an obs:// / s3:// output or strategy, --rank_id
-blocks, --engine mindspore, --step. Rank-folder outputs get the integrity manifest
+with a Checkpoint 2.0 output (written whole), --engine mindspore, --step. Rank-folder outputs get the integrity manifest
 (`--verify`); a Checkpoint 2.0 output does not yet (integrity.verify lists rank folders only).
 """
 from __future__ import annotations
@@ -47,9 +47,9 @@ def wants(args) -> bool:
 
 def run(args) -> int:
     """The conversion (flags already checked by the caller); prints the result line."""
-    for flag, value in (("--rank_id", args.rank_id), ("--step", args.step)):
-        if value is not None:
-            raise ReshardError(f"{flag} does not go with a Checkpoint 2.0 source or output yet")
+    if args.step is not None:
+        raise ReshardError("--step does not go with a Checkpoint 2.0 source or output (--iteration "
+                           "names the iteration)")
     if args.engine != "stream":
         raise ReshardError("--engine mindspore does not go with a Checkpoint 2.0 source or output")
     dst_root = args.dst_checkpoint or args.dst_checkpoint_dir
@@ -66,27 +66,38 @@ def run(args) -> int:
                                                 "--dst_strategy": args.dst_strategy})
     to_ckpt2 = args.fmt == FORMAT
     from_ckpt2 = is_checkpoint2(args.src_checkpoint)
+    dst_strategy = load_strategy(args.dst_strategy)
+    world = dst_strategy.world_size if dst_strategy else 1
+    if args.world_size is not None and world != args.world_size:
+        raise ReshardError(f"--world_size {args.world_size} does not match the destination "
+                           f"strategy's {world} ranks")
+    dst_ranks, process_num = None, args.process_num
+    if args.rank_id is not None:   # one block of rank folders, as the engine's path converts it
+        if to_ckpt2:
+            raise ReshardError("--rank_id: a Checkpoint 2.0 folder is written whole, not in blocks")
+        from ...cli import _block
+        dst_ranks, process_num = _block(args.rank_id, world, args.process_num), 1
     if args.dry_run:   # the plan (for a Checkpoint 2.0 output: of its shards, model and opt together)
         src = open_source(args.src_checkpoint, load_strategy(args.src_strategy),
                           iteration=args.iteration if from_ckpt2 else None,
                           local_root=os.path.join(dst_root, "<fetched>"))
-        p = plan(src, load_strategy(args.dst_strategy), fmt="safetensors" if to_ckpt2 else args.fmt,
-                 prefix=args.prefix, local_root=os.path.join(dst_root, "<fetched>"))
+        p = plan(src, dst_strategy, fmt="safetensors" if to_ckpt2 else args.fmt,
+                 prefix=args.prefix, local_root=os.path.join(dst_root, "<fetched>"), dst_ranks=dst_ranks)
         print(p.dump(destination=dst_root))
         if to_ckpt2:
             print("output: a Checkpoint 2.0 iteration folder (each rank's model and opt values as "
                   "MindFormers' shards, metadata.json, common.json, the tracker)")
         return 0
-    written = transform(args.src_checkpoint, dst_root,
-                        dst_strategy=load_strategy(args.dst_strategy),
+    written = transform(args.src_checkpoint, dst_root, dst_strategy=dst_strategy, dst_ranks=dst_ranks,
                         src_strategy=load_strategy(args.src_strategy), fmt=args.fmt,
                         iteration=args.iteration if from_ckpt2 or not to_ckpt2 else None,
                         dst_iteration=None if from_ckpt2 else args.iteration,
                         release=args.mindformers_release,
                         prefix=None if to_ckpt2 and args.prefix == LEGACY_PREFIX else args.prefix,
-                        process_num=args.process_num, max_memory=args.max_memory,
+                        process_num=process_num, max_memory=args.max_memory,
                         policy=PlanPolicy(args.allow_missing_params, args.keep_unnamed_params))
-    if not to_ckpt2:   # rank folders: the integrity manifest, last, as the engine's path writes it
+    if not to_ckpt2 and dst_ranks is None:   # a whole set of rank folders: its integrity
+        # manifest, last, as the engine's path writes it (a block is not a set)
         from ... import integrity
         from ...cli import plan_digest
         manifest = integrity.SetManifest(

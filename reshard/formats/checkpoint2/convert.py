@@ -137,7 +137,8 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
               src_strategy: Strategy | None = None, fmt: str = "checkpoint2",
               iteration: int | None = None, dst_iteration: int | None = None,
               release: str | None = None, prefix: str | None = None, process_num: int = 1,
-              max_memory: int | None = None, policy: PlanPolicy = PlanPolicy()) -> Written:
+              max_memory: int | None = None, policy: PlanPolicy = PlanPolicy(),
+              dst_ranks=None) -> Written:
     """Convert a source into local dst_root: rank folders ('ckpt' / 'safetensors') or a
     Checkpoint 2.0 iteration ('checkpoint2': dst_iteration default the source's iteration, else
     the legacy source's step_num or global_step value (its epoch_num, step_num, global_step,
@@ -145,10 +146,14 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
     metadata.json formatting to write, default the source's, else DEFAULT_RELEASE; prefix: the
     shards' prefix ('' none), default the source's, else 'CKP'; policy: plan.PlanPolicy). The source: a Checkpoint 2.0
     folder (local, obs://, s3://: read in place by ranged GETs, or fetched into a hidden folder
-    beside dst_root, removed at the end), or a local one of the engine's. ReshardError, one
-    line, before anything is written."""
+    beside dst_root, removed at the end), or a local one of the engine's. dst_ranks: the
+    destination ranks to write (rank folders only; None: all). ReshardError, one line, before
+    anything is written."""
     if fmt not in OUTPUT_FORMATS:
         raise ReshardError(f"--format {fmt!r}: must be one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt == "checkpoint2" and dst_ranks is not None:
+        raise ReshardError("a Checkpoint 2.0 folder is written whole: it does not go with a "
+                           "block of destination ranks (--rank_id)")
     parent, name = os.path.split(os.path.abspath(dst_root))
     fetched = os.path.join(parent, f".{name}{FETCH_SUFFIX}")
     src = open_source(src_checkpoint, src_strategy, iteration=iteration, local_root=fetched)
@@ -178,7 +183,7 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
         parts = split_by_kind(p, lambda name: kinds.get(name) or default_kind(name))
     else:
         p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
-                 policy=policy)
+                 policy=policy, dst_ranks=dst_ranks)
     os.makedirs(dst_root, exist_ok=True)
     if src.remote:
         os.makedirs(fetched, exist_ok=True)
