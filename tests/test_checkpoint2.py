@@ -282,6 +282,10 @@ def test_transform_checkpoint_reads_and_writes_checkpoint2(tmp_path, capsys):
     it = tmp_path / "ck2" / "iteration_00001234"
     assert (it / "CKP-opt-0000003-0000004.safetensors").is_file()
     assert tuple(json.loads((it / "common.json").read_text())) == COMMON_FIELDS["1.9"]
+    assert cli.main(["--verify", str(tmp_path / "ck2")]) == 0       # every shard, json, the tracker
+    (it / "common.json").write_text("{}")
+    assert cli.main(["--verify", str(tmp_path / "ck2")]) == 2
+    assert "different: iteration_00001234/common.json" in capsys.readouterr().out
     capsys.readouterr()
     assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(tmp_path / "dry"),
                      "--dst_strategy", dst.source, "--dry_run"]) == 0

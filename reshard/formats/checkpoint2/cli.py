@@ -4,8 +4,8 @@ Kept apart from reshard/cli.py (which the format registry and the orchestrator r
 wiring there is two lines: add_arguments(parser) and, before a source is classified,
 `if wants(args): return run(args)`. A Checkpoint 2.0 source may be local, obs:// or s3://. What
 this path does not do yet is refused in one line: an obs:// / s3:// output or strategy, --rank_id
-with a Checkpoint 2.0 output (written whole), --engine mindspore, --step. Rank-folder outputs get the integrity manifest
-(`--verify`); a Checkpoint 2.0 output does not yet (integrity.verify lists rank folders only).
+with a Checkpoint 2.0 output (written whole), --engine mindspore, --step. Whole outputs get the
+integrity manifest (`--verify`).
 """
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ def run(args) -> int:
                         prefix=None if to_ckpt2 and args.prefix == LEGACY_PREFIX else args.prefix,
                         process_num=process_num, max_memory=args.max_memory,
                         policy=PlanPolicy(args.allow_missing_params, args.keep_unnamed_params))
-    if not to_ckpt2 and dst_ranks is None:   # a whole set of rank folders: its integrity
-        # manifest, last, as the engine's path writes it (a block is not a set)
+    if dst_ranks is None:   # a whole set: its integrity manifest, last, as the engine's path
+        # writes it (a block is not a set)
         from ... import integrity
         from ...cli import plan_digest
         manifest = integrity.SetManifest(

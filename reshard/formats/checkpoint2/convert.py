@@ -58,9 +58,9 @@ def check_source_strategy(ck: Checkpoint2, given: Strategy) -> None:
 
 @dataclass
 class Written:
-    """What transform wrote: names relative to the destination; for rank folders their
-    (size, CRC32) as written (for the integrity manifest; empty for a Checkpoint 2.0 output);
-    the plan (for Checkpoint 2.0 output, before it was split by shard kind)."""
+    """What transform wrote: names relative to the destination and their (size, CRC32 hex) as
+    written (for the integrity manifest); the plan (for a Checkpoint 2.0 output, before it was
+    split by shard kind)."""
     files: list[str]
     checksums: dict[str, tuple[int, str]]
     plan: Plan
@@ -196,16 +196,19 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
             return Written(sorted(report.checksums), report.checksums, p)
         staging = tempfile.mkdtemp(prefix=".reshard-staging-", dir=dst_root)
         files: dict[int, dict[str, str]] = {}
+        sums: dict[str, tuple[int, str]] = {}
         for kind, part in parts.items():
-            api.execute(part, local_root, os.path.join(staging, kind), process_num=process_num,
-                        max_memory=max_memory, durable=False, download=part.files_in_mode("fetch"),
-                        release=True)
+            report = api.execute(part, local_root, os.path.join(staging, kind), process_num=process_num,
+                                 max_memory=max_memory, download=part.files_in_mode("fetch"),
+                                 release=True)
             for rp in part.ranks:
-                files.setdefault(rp.rank, {})[kind] = os.path.join(staging, kind, rp.path)
-        names = write_checkpoint2(dst_root, dst_strategy, files, iteration=int(dst_iteration),
-                                  common=common, release=release,
-                                  prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
-        return Written(names, {}, p)
+                path = os.path.join(staging, kind, rp.path)
+                files.setdefault(rp.rank, {})[kind] = path
+                sums[path] = report.checksums[rp.path]
+        written = write_checkpoint2(dst_root, dst_strategy, files, iteration=int(dst_iteration),
+                                    common=common, release=release, checksums=sums,
+                                    prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
+        return Written(sorted(written), written, p)
     finally:
         for folder in (staging, fetched if src.remote else None):
             if folder is not None:

@@ -26,10 +26,13 @@ import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Mapping
 
 from obs_io.atomic import write_atomic
+from obs_io.crc import crc32
 
 from ...errors import ReshardError
+from ...integrity import file_checksum
 from ...layout import TensorLayout, make_layout
 from ...plan import OPTIMIZER_STATE_PREFIXES
 from ...strategy import Strategy
@@ -153,13 +156,17 @@ class _Holding:
 
 def write_checkpoint2(root: str, dst: Strategy | None, rank_files: dict[int, dict[str, str]], *,
                       iteration: int, common: dict | None = None, release: str = DEFAULT_RELEASE,
-                      prefix: str | None = "CKP", durable: bool = True) -> list[str]:
+                      prefix: str | None = "CKP", durable: bool = True,
+                      checksums: Mapping[str, tuple[int, str]] | None = None) -> dict[str, tuple[int, str]]:
     """Write the iteration folder and tracker under `root` from the engine's safetensors files:
     rank -> {'model' | 'opt': the file holding that rank's values of that kind} for every rank
     of dst's world. The files are moved into the iteration folder under MindFormers' names
-    (keep them on the same file system: a rename, not a copy). Returns the written names
-    relative to root. ReshardError before anything is moved: the iteration folder exists
-    already, a rank file missing, a value without layout that differs between ranks."""
+    (keep them on the same file system: a rename, not a copy; their bytes already durable: the
+    folder is synced with metadata.json). checksums: path -> (size, CRC32 hex) of the rank
+    files as their writer recorded them (a file not there is read for it). Returns every
+    written name relative to root -> (size, CRC32 hex), for the integrity manifest.
+    ReshardError before anything is moved: the iteration folder exists already, a rank file
+    missing, a value without layout that differs between ranks."""
     check_release(release)
     world = dst.world_size if dst is not None else 1
     missing = [r for r in range(world) if not rank_files.get(r)]
@@ -178,14 +185,23 @@ def write_checkpoint2(root: str, dst: Strategy | None, rank_files: dict[int, dic
                     _hold(holdings, carried_digest, dst, stage_devices, r, kind, reader, m)
 
     os.makedirs(out_dir, exist_ok=True)
-    written: list[str] = []
+    written: dict[str, tuple[int, str]] = {}
     file_of: dict[tuple[int, str], str] = {}
     for r in range(world):
         for kind, path in sorted(rank_files[r].items()):
             name = shard_name(prefix, kind, r, world)
+            record = (checksums or {}).get(path)
+            if record is None:
+                got = file_checksum(path)
+                record = (got.size, got.crc32)
             os.replace(path, os.path.join(out_dir, name))
             file_of[(r, kind)] = name
-            written.append(f"{folder}/{name}")
+            written[f"{folder}/{name}"] = record
+
+    def put(rel: str, text: str) -> None:
+        data = text.encode("utf-8")
+        write_atomic(os.path.join(root, rel), data, durable=durable)
+        written[rel] = (len(data), f"{crc32(data):08x}")
 
     metadata = {"state_dict_metadata": {}, "storage_data": {}}
     sdm, storage = metadata["state_dict_metadata"], metadata["storage_data"]
@@ -221,17 +237,13 @@ def write_checkpoint2(root: str, dst: Strategy | None, rank_files: dict[int, dic
 
     text = (json.dumps(metadata, separators=(",", ":"), ensure_ascii=False) if release == "2.1"
             else json.dumps(metadata, indent=4, ensure_ascii=False))
-    write_atomic(os.path.join(out_dir, METADATA), text, durable=durable)
-    written.append(f"{folder}/{METADATA}")
+    put(f"{folder}/{METADATA}", text)      # (its folder synced: the shards' renames too)
     info, dropped = common_for(release, common, iteration)
     if dropped:
         log.warning("common.json: MindFormers %s does not know %s (dropped: its CommonInfo(**) "
                     "would raise on them)", release, ", ".join(dropped))
-    write_atomic(os.path.join(out_dir, COMMON), json.dumps(info, indent=4, ensure_ascii=False),
-                 durable=durable)
-    written.append(f"{folder}/{COMMON}")
-    write_atomic(os.path.join(root, TRACKER), str(iteration), durable=durable)
-    written.append(TRACKER)
+    put(f"{folder}/{COMMON}", json.dumps(info, indent=4, ensure_ascii=False))
+    put(TRACKER, str(iteration))
     return written
 
 
