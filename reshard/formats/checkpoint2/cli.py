@@ -41,8 +41,13 @@ def wants(args) -> bool:
     source folder holding latest_checkpointed_iteration.txt (or an iteration folder; on object
     storage one or two requests tell)."""
     src = args.src_checkpoint
-    return args.fmt == FORMAT or getattr(args, "iteration", None) is not None or bool(
-        src and (is_url(src) or os.path.isdir(src)) and is_checkpoint2(src))
+    if args.fmt == FORMAT or args.iteration is not None:
+        return True
+    if src and is_url(src):
+        from ...cli import _storage      # a storage failure: one line naming the flag
+        with _storage("--src_checkpoint", src):
+            return is_checkpoint2(src)
+    return bool(src and os.path.isdir(src) and is_checkpoint2(src))
 
 
 def run(args) -> int:
