@@ -40,7 +40,8 @@ from cloud_entry.jobspec import JobSpec
 log = logging.getLogger(__name__)
 
 RUN_MODES = ("train", "finetune", "eval", "predict")
-CKPT_FORMATS = formats.names()   # the registered checkpoint formats (RESHARD_FORMATS adds more)
+# the registered checkpoint formats written as rank files (RESHARD_FORMATS adds more)
+CKPT_FORMATS = tuple(n for n in formats.names() if not formats.get(n).own_path)
 # Shortcuts for parallel_config.<key>; `--parallel_config.<key>=v` works for any key.
 PARALLEL_KEYS = ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num",
                  "context_parallel", "expert_parallel", "vocab_emb_dp", "use_seq_parallel",

@@ -32,7 +32,6 @@ from .api import (ReshardError, complete_plan, execute, find_sources, load_strat
                   memory_budget, plan_from_strategies, source_files, write_merged_strategy)
 from . import integrity
 from .blocks import plan_blocks
-from .formats.checkpoint2 import cli as checkpoint2_cli
 from .claim import OutputClaim
 from .execute import LOG_NAME, MANIFEST_DIR, forget_uploads, rank_digest
 from .formats import registry
@@ -167,11 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write parameters the destination strategy does not name whole into "
                         "every rank; without it they are an error (a strategy of another model, or "
                         "saved with only_trainable_params=True)")
-    p.add_argument("--format", dest="fmt", choices=registry.names() + (checkpoint2_cli.FORMAT,),
-                   default=registry.DEFAULT,
+    p.add_argument("--format", dest="fmt", choices=registry.names(), default=registry.DEFAULT,
                    help=f"output format (default {registry.DEFAULT}); dtypes are never converted; "
                         "checkpoint2: MindFormers' Checkpoint 2.0 (iteration folder)")
-    checkpoint2_cli.add_arguments(p)
+    for fmt in registry.formats():
+        fmt.add_arguments(p)
     p.add_argument("--engine", choices=("stream", "mindspore"), default="stream",
                    help="stream: this engine (default); mindspore: MindSpore's own "
                         "transform_checkpoints on the same input, for comparison")
@@ -450,8 +449,9 @@ def convert_from_args(argv=None) -> int:
             check_writable(getattr(args, flag), f"--{flag} {getattr(args, flag)}")
     if args.step is not None and not args.src_checkpoint:
         raise ReshardError("--step chooses a file of --src_checkpoint, which is not given")
-    if args.src_checkpoint and checkpoint2_cli.wants(args):
-        return checkpoint2_cli.run(args)
+    own = next((c for f in registry.formats() if args.src_checkpoint and (c := f.command(args))), None)
+    if own is not None:   # a format that converts through its own path (Checkpoint 2.0)
+        return own(args)
     source = _source_arg(args.src_checkpoint, args.step) if args.src_checkpoint else None
     if args.dst_checkpoint_dir and source is not None:   # MindFormers' layout
         args.dst_checkpoint = _join(args.dst_checkpoint_dir, source.name)

@@ -397,3 +397,27 @@ def test_legacy_training_state_goes_to_common_json(tmp_path):
     common = json.loads((out / "iteration_00000040" / "common.json").read_text())
     assert common == {"epoch_num": 3, "step_num": 40, "global_step": 40, "loss_scale": 1024.0,
                       "global_batch_size": None, "ckpt_status": None}
+
+
+def test_registered_as_a_format_through_the_plugin_interface(tmp_path):
+    """Checkpoint 2.0 is one registry line (reshard.formats.registry.BUILTIN): --format
+    checkpoint2 is a choice; its shards stay safetensors files to every other caller (by_file,
+    rank folders); the integrity manifest covers its tracker and iteration folder; the planner
+    refuses it as a rank-file format; a Checkpoint 2.0 folder met where rank folders are read is
+    refused in one line naming the format (not 'different values of one parameter')."""
+    from reshard.formats import registry
+    from reshard.sources import SourceEntry, classify
+    fmt = registry.get("checkpoint2")
+    assert "checkpoint2" in registry.names() and fmt.own_path
+    assert registry.by_file("iteration_00000001/CKP-model-0000000-0000001.safetensors").name == "safetensors"
+    assert not fmt.owns("rank_0/x.safetensors") and registry.extensions().count(".safetensors") == 1
+    assert fmt.in_set("iteration_00001234/metadata.json") and fmt.in_set(TRACKER)
+    assert not fmt.in_set("rank_0/checkpoint_0.ckpt") and not fmt.in_set("notes.txt")
+    src = DATA / FIXTURES[0]
+    entries = [SourceEntry(p.relative_to(src).as_posix(), p.stat().st_size)
+               for p in src.rglob("*") if p.is_file()]
+    with pytest.raises(ReshardError, match="Checkpoint 2.0 folder") as err:
+        classify(str(src), entries)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ReshardError, match="--format checkpoint2"):
+        api.plan_from_strategies(None, None, None, fmt="checkpoint2")

@@ -1,8 +1,8 @@
 """transform-checkpoint with a Checkpoint 2.0 source or output (local paths).
 
-Kept apart from reshard/cli.py (which the format registry and the orchestrator rewrite) so the
-wiring there is two lines: add_arguments(parser) and, before a source is classified,
-`if wants(args): return run(args)`. A Checkpoint 2.0 source may be local, obs:// or s3://. What
+Reached through the registered format (format.Checkpoint2Format): reshard/cli.py asks every
+format for its flags (add_arguments) and, before a source is classified, whether the run is its
+(command -> wants, run). A Checkpoint 2.0 source may be local, obs:// or s3://. What
 this path does not do yet is refused in one line: an obs:// / s3:// output or strategy, --rank_id
 with a Checkpoint 2.0 output (written whole), --engine mindspore, --step. Whole outputs get the
 integrity manifest (`--verify`).
@@ -20,7 +20,7 @@ from .convert import open_source, plan, transform
 from .folder import is_checkpoint2
 from .write import RELEASES
 
-FORMAT = "checkpoint2"
+FORMAT = "checkpoint2"   # format.FORMAT.name
 LEGACY_PREFIX = "checkpoint_"   # transform-checkpoint's --prefix default (rank file names)
 
 
