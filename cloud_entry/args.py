@@ -230,6 +230,11 @@ FLAGS: dict[str, Flag] = {
                                  "False: an error"),
     "keep_unnamed_params": Flag("keep_unnamed_params", parse_bool, "write parameters the destination "
                                 "strategy does not name whole into every rank", "False: an error"),
+    "checkpoint2_mode": Flag("checkpoint2_mode", parse_choice(("preshard", "online")), "a checkpoint: "
+                             "section on a Checkpoint 2.0 load_checkpoint: preshard converts it to the "
+                             "job's layout (--dst_strategy) before the launch; online gives each node "
+                             "the source files its ranks read, for MindFormers to reshard at load",
+                             "preshard with --dst_strategy, else online"),
     "launch_cmd": Flag("launch_cmd", _launch_cmd, "the training command as one string (or put it after --)",
                        "what follows --", "COMMAND"),
     "pass_args": Flag("pass_args", _names, "comma-separated argument names of the training command that "
