@@ -269,9 +269,12 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and str(a.dtype) == str(b.dtype) and a.tobytes() == b.tobytes()
 
 
-def check(folder: str, expect: dict | None, reshard_to: str | None, dump_full: str | None = None) -> dict:
+def check(folder: str, expect: dict | None, reshard_to: str | None, dump_full: str | None = None,
+          ranks: list[int] | None = None) -> dict:
     """Load `folder` with MindFormers' own load_checkpoint: once as a single rank into full-shape
-    Parameters, and, with `reshard_to`, as every rank of that layout (MindFormers' online reshard)."""
+    Parameters, and, with `reshard_to`, as every rank of that layout (MindFormers' online reshard).
+    ranks: only these ranks of `reshard_to`, and no single-rank load (a node's copy holding the
+    files those ranks read: the full tensors are `expect`)."""
     import mindspore as ms
     from mindspore import Parameter, Tensor
     fake_world(0, 1)
@@ -318,21 +321,25 @@ def check(folder: str, expect: dict | None, reshard_to: str | None, dump_full: s
 
     # 1. one rank, full tensors. MindFormers 1.7 always asks MindSpore for the current strategy
     # (None on a single card, and then fails), so it gets a one-device layout instead.
-    if mf_version() < (1, 8):
+    if ranks is not None:   # a node's copy: its ranks only, against the complete tensors expected
+        loaded = {n: expect[n] for n in metas if n in expect}
+    elif mf_version() < (1, 8):
         fake_world(0, 1, layouts_for("single")[1])
-    network, optimizer = cells(lambda n: global_shape[n], list(metas))
-    ck.load_checkpoint(folder, network, optimizer)
-    if dump_full:           # the complete tensors MindFormers' loader gives, for our tests
+    if ranks is None:
+        network, optimizer = cells(lambda n: global_shape[n], list(metas))
+        ck.load_checkpoint(folder, network, optimizer)
+    if ranks is None and dump_full:   # the complete tensors MindFormers' loader gives, for our tests
         held = list(network.get_parameters()) + (
             [p for p in optimizer.get_parameters() if p.name != "global_step"] if optimizer else [])
         ms.save_checkpoint([{"name": p.name, "data": p} for p in held], dump_full,
                            format="safetensors")
-    loaded = {p.name: p.asnumpy() for p in network.get_parameters()}
-    if optimizer is not None:
-        loaded.update({p.name: p.asnumpy() for p in optimizer.get_parameters()})
-        report["global_step_loaded"] = int(loaded.pop("global_step")[0])
+    if ranks is None:
+        loaded = {p.name: p.asnumpy() for p in network.get_parameters()}
+        if optimizer is not None:
+            loaded.update({p.name: p.asnumpy() for p in optimizer.get_parameters()})
+            report["global_step_loaded"] = int(loaded.pop("global_step")[0])
     report["full"] = loaded
-    if expect is not None:
+    if expect is not None and ranks is None:
         for n, arr in loaded.items():
             if n not in expect:
                 report["missing"].append(f"{n}: not in the expected tensors")
@@ -346,9 +353,12 @@ def check(folder: str, expect: dict | None, reshard_to: str | None, dump_full: s
     if reshard_to:
         world, layouts = layouts_for(reshard_to)
         checked = 0
-        for rank in range(world):
+        for rank in (range(world) if ranks is None else ranks):
             fake_world(rank, world, layouts)
             names = [n for n in layouts[rank] if n in metas]
+            if ranks is not None:
+                missing = [n for n in layouts[rank] if n not in metas and n in expect]
+                report["missing"] += [f"rank {rank} {n}: not in the node's metadata.json" for n in missing]
             network, optimizer = cells(
                 lambda n: local_slice(dummy[n], layouts[rank][n][0], rank).shape, names)
             ck.load_checkpoint(folder, network, optimizer)
@@ -401,6 +411,8 @@ def main(argv=None) -> int:
     c.add_argument("--dump-full", help="save the complete tensors loaded as this safetensors file")
     c.add_argument("--reshard-to", choices=sorted(LAYOUTS),
                    help="also load as every rank of this layout (online reshard)")
+    c.add_argument("--ranks", help="with --reshard-to and an expected set: only these ranks "
+                                   "(comma-separated), no single-rank load (a node's copy)")
     args = ap.parse_args(argv)
     if args.mf_src:
         sys.path.insert(0, os.path.abspath(args.mf_src))
@@ -410,7 +422,8 @@ def main(argv=None) -> int:
         print(json.dumps(write(args.layout, os.path.abspath(args.out), args.prefix,
                                args.remove_redundancy, args.no_bf16)))
         return 0
-    rep = check(os.path.abspath(args.folder), load_expect(args), args.reshard_to, args.dump_full)
+    rep = check(os.path.abspath(args.folder), load_expect(args), args.reshard_to, args.dump_full,
+                [int(r) for r in args.ranks.split(",")] if args.ranks else None)
     rep.pop("full")
     rep["mindformers"] = ".".join(map(str, mf_version()))
     print(json.dumps(rep, default=str))

@@ -7,8 +7,11 @@ bfloat16 slices on CPU: a float-only fixture that release saves first) with resh
 Checkpoint 2.0 folder for that release, then run scripts/ckpt2_oracle.py check in the release's
 venv: MindFormers' load_checkpoint into complete tensors (compared bit for bit with the complete
 tensors MindFormers loaded from the source fixture) and as every rank of the written layout
-(MindFormers' loader with the saved layout = the live one). One JSON line per run; exit 1 if any
-failed.
+(MindFormers' loader with the saved layout = the live one). Then, for 1.9+ (whose loader reshards
+through ReshardLoader), cloud-entry's checkpoint2_mode=online node copies: the source files two
+ranks of an mp4 job read, with metadata.json cut to them (cloud_entry.checkpoint2), loaded by
+MindFormers as those ranks (online reshard) and compared with the complete tensors. One JSON
+line per run; exit 1 if any failed.
 
     .venv/bin/python scripts/ckpt2_oracle_matrix.py [--venvs .mf-compat] [--releases 1.9.0,2.1.0]
 """
@@ -81,7 +84,46 @@ def main() -> int:
                                       "params": rep.get("params"), "slices_checked": rep.get("reshard_checked"),
                                       "mismatch": rep.get("mismatch"), "missing": rep.get("missing"),
                                       "error": rep.get("error")}), flush=True)
+            if release >= "1.9":
+                failed += node_copies(py, release, sources, tmp, params)
     return 1 if failed else 0
+
+
+def node_copies(py: str, release: str, sources: dict, tmp: str, params: dict) -> int:
+    """checkpoint2_mode=online: each node of a 2-node mp4 job (ranks 0,1 and 2,3) gets the source
+    files its ranks read and a pruned metadata.json; MindFormers loads them as those ranks."""
+    import synth
+    from cloud_entry.checkpoint2 import _node_copy
+    from reshard.formats.checkpoint2 import read_checkpoint2
+    from reshard.formats.checkpoint2.select import files_read
+    from reshard.strategy import load_strategy
+    strat = os.path.join(tmp, "strategy-mp4")
+    if not os.path.isdir(strat):
+        synth.write_strategy(strat, dp=1, mp=4, pp=1, opt_shard=0, params=params)
+    failed = 0
+    for source, source_path in sources.items():
+        ck = read_checkpoint2(source_path)
+        for ranks in ("0,1", "2,3"):
+            names = files_read(ck, load_strategy(strat), [int(r) for r in ranks.split(",")])
+            out = os.path.join(tmp, f"{release}-{source}-node-{ranks}")
+            _node_copy(ck, names, out, None)
+            proc = subprocess.run(
+                [py, os.path.join(HERE, "ckpt2_oracle.py"), "check", out, "--expect-safetensors",
+                 f"{source_path}.full.safetensors", "--reshard-to", "mp4", "--ranks", ranks],
+                cwd=tmp, capture_output=True, text=True, timeout=900)
+            lines = proc.stdout.strip().splitlines()
+            try:
+                rep = json.loads(lines[-1])
+            except (IndexError, ValueError):
+                rep = {"error": proc.stderr.strip().splitlines()[-1:]}
+            ok = proc.returncode == 0
+            failed += not ok
+            total = sum(len(f) for f in ck.files.values())
+            print(json.dumps({"release": release, "source": source, "node_copy_of_mp4_ranks": ranks,
+                              "files": f"{len(names)}/{total}", "ok": ok,
+                              "slices_checked": rep.get("reshard_checked"), "mismatch": rep.get("mismatch"),
+                              "missing": rep.get("missing"), "error": rep.get("error")}), flush=True)
+    return failed
 
 
 if __name__ == "__main__":
