@@ -68,16 +68,7 @@ def main() -> int:
                     transform(source_path, out, dst_strategy=load_strategy(strat),
                               fmt="checkpoint2", release=short)
                     seconds_write = round(time.time() - t, 2)
-                    proc = subprocess.run(
-                        [py, os.path.join(HERE, "ckpt2_oracle.py"), "check", out, "--expect-safetensors",
-                         f"{source_path}.full.safetensors", "--reshard-to", layout],
-                        cwd=tmp, capture_output=True, text=True, timeout=900)
-                    lines = proc.stdout.strip().splitlines()
-                    try:
-                        rep = json.loads(lines[-1])
-                    except (IndexError, ValueError):
-                        rep = {"error": proc.stderr.strip().splitlines()[-1:]}
-                    ok = proc.returncode == 0
+                    ok, rep = oracle_check(py, tmp, out, source_path, layout)
                     failed += not ok
                     print(json.dumps({"release": release, "source": source, "written_as": layout,
                                       "ok": ok, "write_s": seconds_write,
@@ -87,6 +78,20 @@ def main() -> int:
             if release >= "1.9":
                 failed += node_copies(py, release, sources, tmp, params)
     return 1 if failed else 0
+
+
+def oracle_check(py: str, tmp: str, folder: str, source_path: str, layout: str, *more: str) -> tuple[bool, dict]:
+    """ckpt2_oracle.py check in the release's venv: (passed, its JSON report or the error)."""
+    proc = subprocess.run(
+        [py, os.path.join(HERE, "ckpt2_oracle.py"), "check", folder, "--expect-safetensors",
+         f"{source_path}.full.safetensors", "--reshard-to", layout, *more],
+        cwd=tmp, capture_output=True, text=True, timeout=900)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        rep = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        rep = {"error": proc.stderr.strip().splitlines()[-1:]}
+    return proc.returncode == 0, rep
 
 
 def node_copies(py: str, release: str, sources: dict, tmp: str, params: dict) -> int:
@@ -102,21 +107,15 @@ def node_copies(py: str, release: str, sources: dict, tmp: str, params: dict) ->
         synth.write_strategy(strat, dp=1, mp=4, pp=1, opt_shard=0, params=params)
     failed = 0
     for source, source_path in sources.items():
+        saved_by = tuple(int(x) for x in source.split("-")[0].split("."))
+        if saved_by > tuple(int(x) for x in release.split(".")):   # an older loader cannot read
+            continue   # a newer release's common.json (CommonInfo(**)), copy or not
         ck = read_checkpoint2(source_path)
         for ranks in ("0,1", "2,3"):
             names = files_read(ck, load_strategy(strat), [int(r) for r in ranks.split(",")])
             out = os.path.join(tmp, f"{release}-{source}-node-{ranks}")
             _node_copy(ck, names, out, None)
-            proc = subprocess.run(
-                [py, os.path.join(HERE, "ckpt2_oracle.py"), "check", out, "--expect-safetensors",
-                 f"{source_path}.full.safetensors", "--reshard-to", "mp4", "--ranks", ranks],
-                cwd=tmp, capture_output=True, text=True, timeout=900)
-            lines = proc.stdout.strip().splitlines()
-            try:
-                rep = json.loads(lines[-1])
-            except (IndexError, ValueError):
-                rep = {"error": proc.stderr.strip().splitlines()[-1:]}
-            ok = proc.returncode == 0
+            ok, rep = oracle_check(py, tmp, out, source_path, "mp4", "--ranks", ranks)
             failed += not ok
             total = sum(len(f) for f in ck.files.values())
             print(json.dumps({"release": release, "source": source, "node_copy_of_mp4_ranks": ranks,
