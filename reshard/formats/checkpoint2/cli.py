@@ -108,7 +108,8 @@ def run(args) -> int:
         manifest = integrity.SetManifest(
             integrity.records(written.checksums), plan_digest(written.plan, written.plan.local_root),
             {"location": args.src_checkpoint, "files": written.plan.source.used_names()},
-            {"src": args.src_strategy or written.plan.src_strategy.source, "dst": args.dst_strategy or ""},
+            {"src": args.src_strategy or (written.plan.src_strategy.source if written.plan.src_strategy
+                                          else ""), "dst": args.dst_strategy or ""},
             integrity.tool_version())
         integrity.write(dst_root, manifest)
     print(f"done: wrote {len(written.files)} file(s) to {dst_root}"
