@@ -17,8 +17,8 @@ MindFormers Checkpoint 2.0 cases (`--cases checkpoint2`), same checkpoint and go
 Checkpoint 2.0 for dp2·mp2·pp2 (destination), that Checkpoint 2.0 -> Checkpoint 2.0 for
 dp1·mp2·pp2 (source and destination) and that -> complete safetensors (source). MindSpore has no
 Checkpoint 2.0 conversion; its nearest equivalent is transform_checkpoints on the same tensors
-as safetensors rank folders (output_format safetensors): complete -> 8, 8 -> 4, 4 -> 1 (its
-safetensors inputs are made by this engine first, untimed, cached in bench/_work). Usage:
+as safetensors (output_format safetensors, which it writes only from safetensors): complete ->
+8, 8 -> 4, 4 -> 1 (its inputs are made by this engine first, untimed, cached in bench/_work). Usage:
 python bench/reshard_bench.py [--process_num N] [--repeat N] [--engines stream,mindspore]
                               [--cases legacy,checkpoint2] [--scale full|medium|small] [--keep]
 """
@@ -238,11 +238,12 @@ def run_steps(args, engines, p, out, scratch) -> list:
 
 
 def safetensors_inputs(p: dict) -> dict:
-    """MindSpore's inputs for the Checkpoint 2.0 cases: the same tensors as safetensors rank
-    folders for 8 and 4 ranks (this engine's conversion, untimed; cached in bench/_work)."""
+    """MindSpore's inputs for the Checkpoint 2.0 cases: the same tensors as safetensors, complete
+    and rank folders for 8 and 4 ranks (MindSpore writes safetensors only from safetensors; this
+    engine's conversion, untimed; cached in bench/_work)."""
     here = os.path.dirname(os.path.dirname(p["full"]))
-    made = {"8": os.path.join(here, "safetensors8"), "4": os.path.join(here, "safetensors4")}
-    for tag, strategy in (("8", p["s8"]), ("4", p["s4"])):
+    made = {t: os.path.join(here, f"safetensors{t}") for t in ("1", "8", "4")}
+    for tag, strategy in (("1", None), ("8", p["s8"]), ("4", p["s4"])):
         if not os.path.isdir(made[tag]):
             subprocess.run(cli("stream", p["full"], made[tag] + ".tmp", None, strategy, 2,
                                ["--format", "safetensors"]), cwd=ROOT, check=True,
@@ -258,7 +259,8 @@ def run_checkpoint2_steps(args, engines, p, out, scratch) -> list:
     st = safetensors_inputs(p) if "mindspore" in engines else {}
     to_ck2 = ["--format", "checkpoint2", "--iteration", "1000"]
     to_st = ["--format", "safetensors"]
-    steps = [("complete -> ck2 8", lambda e: (p["full"], None, p["s8"], to_ck2 if e == "stream" else to_st), "c8"),
+    steps = [("complete -> ck2 8", lambda e: ((p["full"], None, p["s8"], to_ck2) if e == "stream"
+                                              else (st["1"], None, p["s8"], to_st)), "c8"),
              ("ck2 8 -> ck2 4", lambda e: ((os.path.join(out[e], "c8"), None, p["s4"], to_ck2) if e == "stream"
                                            else (st["8"], p["s8"], p["s4"], to_st)), "c4"),
              ("ck2 4 -> 1", lambda e: ((os.path.join(out[e], "c4"), None, None, to_st) if e == "stream"

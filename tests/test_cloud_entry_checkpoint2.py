@@ -142,3 +142,17 @@ def test_preshard_without_destination_layout_is_one_line(tmp_path, s3_env):
         "cloud-entry: error: checkpoint2_mode=preshard needs --dst_strategy (the job's layout; a "
         "strategy pass is not run for a Checkpoint 2.0 source)"], r.output
     assert "Traceback" not in r.output
+
+
+def test_source_contradicting_its_metadata_is_one_line_nothing_written(tmp_path, s3_env, mp4pp2):
+    """A Checkpoint 2.0 source whose metadata.json names a missing shard: exit 2, one line naming
+    the file, before anything is written (no output folder, no download)."""
+    import shutil
+    src = tmp_path / "src" / FIXTURE
+    shutil.copytree(DATA / FIXTURE, src)
+    (src / ITERATION / "CKP-model-0000005-0000008.safetensors").unlink()
+    job = job_for(tmp_path / "job", s3_env, str(src), mp4pp2, mp4pp2, nodes=1, cards=8)
+    (r,) = job.run()
+    assert r.code == 2 and len(r.errors()) == 1, r.output
+    assert "CKP-model-0000005-0000008.safetensors" in r.errors()[0] and "Traceback" not in r.output
+    assert not (job.node_dir(0) / "output").exists()

@@ -181,6 +181,11 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
                                "write (--iteration)")
         check_iteration_free(dst_root, int(dst_iteration))
         parts = split_by_kind(p, lambda name: kinds.get(name) or default_kind(name))
+        if "opt" in parts and all(t.carried for rp in parts["opt"].ranks for t in rp.tensors):
+            # no optimizer state to describe (a legacy checkpoint without moments): its
+            # undescribed values (global_step, learning_rate, ...) stay in the model shards, or
+            # metadata.json would name no opt file and the folder read as a mixed one
+            parts = split_by_kind(p, lambda name: "model")
     else:
         p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
                  policy=policy, dst_ranks=dst_ranks)
