@@ -214,7 +214,8 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     output_dir = os.path.abspath(job.output_dir or "./output")
     work_dir = os.path.abspath(job.work_dir or os.path.join(output_dir, "cloud_entry"))
     layout = JobPaths(output_dir, work_dir, os.path.join(work_dir, "log"),
-                    source.name if source else ckpt2.name if ckpt2 else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
+                    source.name if source else ckpt2.name if ckpt2 else "",
+                    os.path.abspath(job.shared_dir) if job.shared_dir else "",
                     job.remote_save_url.rstrip("/"))
     _check_locations(job, layout, cluster, converting or bool(ckpt2 and ckpt2.mode == checkpoint2.PRESHARD))
     check_writable(layout.output_dir, f"--output_dir={job.output_dir}" if job.output_dir
@@ -225,7 +226,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
               "use_parallel": job.use_parallel, "blocks": blocks.process_num if blocks else 0,
               "prefix": job.prefix, "fmt": fmt, "remote_save_url": job.remote_save_url,
               "converting": converting,
-              "checkpoint2": [ckpt2.mode, ckpt2.identity, ckpt2.dst_identity] if ckpt2 else None}
+              **({"checkpoint2": [ckpt2.mode, ckpt2.identity, ckpt2.dst_identity]} if ckpt2 else {})}
     run_id = markers.run_id(job.run_id or env.get("CLOUD_ENTRY_RUN_ID", ""), result)
     # Every hyperparameter counts here: cards of one node given other ones must not share a leader.
     node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
