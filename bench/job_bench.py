@@ -69,35 +69,21 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from bench import s3servers  # noqa: E402
+from bench.reshard_bench import SCALES  # noqa: E402
 from bench.linkproxy import MB, LinkProxy, Totals  # noqa: E402
 from demo_support import PeakRSS, Sampler, settled  # noqa: E402
 
 BUCKET = "jobbench"
 NAME = "llama_7b"
 MiB = 1 << 20
-SCALES = {"full": {"hidden": 4096, "ffn": 11008}, "medium": {"hidden": 1536, "ffn": 4128},
-          "small": {"hidden": 1024, "ffn": 2752}}
 
 
 # ------------------------------------------------------------------ inputs
 
 def build(scale: str) -> dict[str, str]:
-    """The checkpoint and both strategies: reshard_bench's own files at full size (built once,
-    shared), the same model with smaller hidden/ffn at --scale medium or small."""
+    """The checkpoint and both strategies (reshard_bench.build_scaled)."""
     from bench import reshard_bench
-    if scale == "full":
-        return reshard_bench.build(reshard_bench.WORK)
-    import synth
-    work = os.path.join(reshard_bench.WORK, f"job_bench_{scale}")
-    paths = {"full": os.path.join(work, "llama7b_2layer", f"{NAME}.ckpt"),
-             "s8": os.path.join(work, "strategy8"), "s4": os.path.join(work, "strategy4")}
-    if not all(os.path.exists(p) for p in paths.values()):
-        params = synth.llama_params(num_layers=2, vocab=32000, seed=0, dtypes=("float16", "bfloat16"),
-                                    optimizer=False, **SCALES[scale])
-        synth.write_complete_checkpoint(paths["full"], params)
-        synth.write_strategy(paths["s8"], dp=2, mp=2, pp=2, params=params)
-        synth.write_strategy(paths["s4"], dp=1, mp=2, pp=2, params=params)
-    return paths
+    return reshard_bench.build_scaled(scale)
 
 
 def s3_client(endpoint: str | None = None):

@@ -11,8 +11,16 @@ look at this engine against the copy floor; MindSpore also refuses to load the 1
 the machine's free memory, page cache not counted, is below that: the bench gives it
 MemAvailable, memory_guard_on_available). Everything written is removed at the end, failed or
 interrupted (`--keep` keeps the outputs); the built inputs stay in bench/_work as a cache
-(job_bench reads them too). Usage:
-python bench/reshard_bench.py [--process_num N] [--repeat N] [--engines stream,mindspore] [--keep]
+(job_bench reads them too).
+
+MindFormers Checkpoint 2.0 cases (`--cases checkpoint2`), same checkpoint and goals: complete ->
+Checkpoint 2.0 for dp2·mp2·pp2 (destination), that Checkpoint 2.0 -> Checkpoint 2.0 for
+dp1·mp2·pp2 (source and destination) and that -> complete safetensors (source). MindSpore has no
+Checkpoint 2.0 conversion; its nearest equivalent is transform_checkpoints on the same tensors
+as safetensors (output_format safetensors, which it writes only from safetensors): complete ->
+8, 8 -> 4, 4 -> 1 (its inputs are made by this engine first, untimed, cached in bench/_work). Usage:
+python bench/reshard_bench.py [--process_num N] [--repeat N] [--engines stream,mindspore]
+                              [--cases legacy,checkpoint2] [--scale full|medium|small] [--keep]
 """
 from __future__ import annotations
 
@@ -36,6 +44,29 @@ def _params():
     from tests import synth
     return synth.llama_params(num_layers=2, vocab=32000, hidden=4096, ffn=11008, seed=0,
                               dtypes=("float16", "bfloat16"), optimizer=False)
+
+
+# hidden / ffn of the 2-layer llama-7b-shaped checkpoint: full 1.33 GB, medium 0.31 GB, small 0.18 GB
+SCALES = {"full": {"hidden": 4096, "ffn": 11008}, "medium": {"hidden": 1536, "ffn": 4128},
+          "small": {"hidden": 1024, "ffn": 2752}}
+
+
+def build_scaled(scale: str) -> dict:
+    """The checkpoint and both strategies at `scale`: build(WORK) at full size (built once,
+    shared), the same model with smaller hidden/ffn in WORK/job_bench_<scale> otherwise."""
+    if scale == "full":
+        return build(WORK)
+    from tests import synth
+    work = os.path.join(WORK, f"job_bench_{scale}")
+    paths = {"full": os.path.join(work, "llama7b_2layer", "llama_7b.ckpt"),
+             "s8": os.path.join(work, "strategy8"), "s4": os.path.join(work, "strategy4")}
+    if not all(os.path.exists(p) for p in paths.values()):
+        params = synth.llama_params(num_layers=2, vocab=32000, seed=0, dtypes=("float16", "bfloat16"),
+                                    optimizer=False, **SCALES[scale])
+        synth.write_complete_checkpoint(paths["full"], params)
+        synth.write_strategy(paths["s8"], dp=2, mp=2, pp=2, params=params)
+        synth.write_strategy(paths["s4"], dp=1, mp=2, pp=2, params=params)
+    return paths
 
 
 def build(work: str) -> dict:
@@ -143,12 +174,12 @@ def copy_floor(produced: str, scratch: str) -> float:
     return secs
 
 
-def cli(engine, src, dst, src_s, dst_s, process_num):
+def cli(engine, src, dst, src_s, dst_s, process_num, extra=()):
     """transform-checkpoint as the user runs it (`python -m reshard`); MindSpore's engine through
     this file's `_mindspore` child, which gives MindSpore's memory guard MemAvailable first."""
     head = [sys.executable, "-m", "reshard"] if engine == "stream" else [sys.executable, __file__, "_mindspore"]
     cmd = head + ["--engine", engine, "--src_checkpoint", src,
-                  "--dst_checkpoint", dst, "--process_num", str(process_num)]
+                  "--dst_checkpoint", dst, "--process_num", str(process_num), *extra]
     if src_s:
         cmd += ["--src_strategy", src_s]
     if dst_s:
@@ -169,18 +200,26 @@ def main() -> None:
                          "time of each is kept (this VM's disk throughput varies run to run)")
     ap.add_argument("--engines", default="stream,mindspore",
                     help="comma-separated: stream, mindspore (default both)")
+    ap.add_argument("--cases", default="legacy,checkpoint2",
+                    help="comma-separated: legacy (.ckpt rank folders), checkpoint2 (MindFormers' "
+                         "Checkpoint 2.0 against MindSpore on safetensors rank folders)")
+    ap.add_argument("--scale", choices=sorted(SCALES), default="full",
+                    help="checkpoint size: full 1.33 GB, medium 0.31 GB, small 0.18 GB")
     args = ap.parse_args()
     engines = tuple(e for e in ("stream", "mindspore") if e in args.engines.split(","))
     if "stream" not in engines:
         ap.error("--engines must include stream (the copy floor copies its output)")
     os.makedirs(WORK, exist_ok=True)
-    p = build(WORK)
+    p = build_scaled(args.scale)
     size = os.path.getsize(p["full"])
     print(f"checkpoint: {p['full']} ({size / 1e9:.2f} GB), process_num={args.process_num}")
     out = {e: os.path.join(WORK, f"out_{e}") for e in ("stream", "mindspore")}
     scratch = os.path.join(WORK, "copy_scratch")
+    cases = args.cases.split(",")
     try:
-        rows = run_steps(args, engines, p, out, scratch)
+        rows = run_steps(args, engines, p, out, scratch) if "legacy" in cases else []
+        if "checkpoint2" in cases:
+            rows += run_checkpoint2_steps(args, engines, p, out, scratch)
     finally:   # nothing of this run stays behind, failed or not (the inputs are a cache)
         shutil.rmtree(scratch, ignore_errors=True)
         if not args.keep:
@@ -195,16 +234,54 @@ def run_steps(args, engines, p, out, scratch) -> list:
     steps = [("complete -> 8", lambda e: (p["full"], None, p["s8"]), "8"),
              ("8 -> 4", lambda e: (os.path.join(out[e], "8"), p["s8"], p["s4"]), "4"),
              ("4 -> 1", lambda e: (os.path.join(out[e], "4"), p["s4"], None), "1")]
+    return measure_steps(args, engines, out, scratch, steps)
+
+
+def safetensors_inputs(p: dict) -> dict:
+    """MindSpore's inputs for the Checkpoint 2.0 cases: the same tensors as safetensors, complete
+    and rank folders for 8 and 4 ranks (MindSpore writes safetensors only from safetensors; this
+    engine's conversion, untimed; cached in bench/_work)."""
+    here = os.path.dirname(os.path.dirname(p["full"]))
+    made = {t: os.path.join(here, f"safetensors{t}") for t in ("1", "8", "4")}
+    for tag, strategy in (("1", None), ("8", p["s8"]), ("4", p["s4"])):
+        if not os.path.isdir(made[tag]):
+            subprocess.run(cli("stream", p["full"], made[tag] + ".tmp", None, strategy, 2,
+                               ["--format", "safetensors"]), cwd=ROOT, check=True,
+                           env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL)
+            os.replace(made[tag] + ".tmp", made[tag])
+    return made
+
+
+def run_checkpoint2_steps(args, engines, p, out, scratch) -> list:
+    """Checkpoint 2.0 as destination, source and both, against MindSpore on safetensors."""
+    for d in out.values():
+        shutil.rmtree(d, ignore_errors=True)
+    st = safetensors_inputs(p) if "mindspore" in engines else {}
+    to_ck2 = ["--format", "checkpoint2", "--iteration", "1000"]
+    to_st = ["--format", "safetensors"]
+    steps = [("complete -> ck2 8", lambda e: ((p["full"], None, p["s8"], to_ck2) if e == "stream"
+                                              else (st["1"], None, p["s8"], to_st)), "c8"),
+             ("ck2 8 -> ck2 4", lambda e: ((os.path.join(out[e], "c8"), None, p["s4"], to_ck2) if e == "stream"
+                                           else (st["8"], p["s8"], p["s4"], to_st)), "c4"),
+             ("ck2 4 -> 1", lambda e: ((os.path.join(out[e], "c4"), None, None, to_st) if e == "stream"
+                                       else (st["4"], p["s4"], None, to_st)), "c1")]
+    return measure_steps(args, engines, out, scratch, steps)
+
+
+def measure_steps(args, engines, out, scratch, steps) -> list:
+    """Each step with each engine (--repeat times, alternating which goes first) and the copy
+    floor of this engine's output; rows of (title, best stream (s, RSS), MindSpore's, floor)."""
     rows = []
     for title, inputs, tag in steps:
         runs: dict[str, list[tuple[float, int]]] = {e: [] for e in engines}
         floors = []
         for rep in range(args.repeat):
             for engine in engines[::1 if rep % 2 == 0 else -1]:
-                src, src_s, dst_s = inputs(engine)
+                src, src_s, dst_s, *extra = inputs(engine)
                 dst = os.path.join(out[engine], tag)
                 shutil.rmtree(dst, ignore_errors=True)
-                runs[engine].append(measure(cli(engine, src, dst, src_s, dst_s, args.process_num)))
+                runs[engine].append(measure(cli(engine, src, dst, src_s, dst_s, args.process_num,
+                                                 *extra)))
             floors.append(copy_floor(os.path.join(out["stream"], tag), scratch))
         times = [f"{e} {[round(t, 2) for t, _ in runs[e]]} s" for e in engines]
         print(f"{title}: {', '.join(times)}, copy {[round(f, 2) for f in floors]} s", flush=True)
@@ -214,12 +291,12 @@ def run_steps(args, engines, p, out, scratch) -> list:
 
 
 def report(rows, engines) -> None:
-    print(f"{'step':<14}{'stream s':>9}{'ms s':>8}{'speedup':>9}{'stream RSS':>12}"
+    print(f"{'step':<18}{'stream s':>9}{'ms s':>8}{'speedup':>9}{'stream RSS':>12}"
           f"{'ms RSS':>9}{'RSS ratio':>10}{'copy s':>8}{'vs copy':>9}")
     for title, (ts, rs), ms, floor in rows:
         vs_ms = (f"{ms[0]:>8.2f}{ms[0] / ts:>8.1f}x" if ms else f"{'-':>8}{'-':>9}")
         ms_rss = (f"{ms[1] / 2**20:>8.0f}M{ms[1] / rs:>9.1f}x" if ms else f"{'-':>9}{'-':>10}")
-        print(f"{title:<14}{ts:>9.2f}{vs_ms}{rs / 2**20:>10.0f}M{ms_rss}{floor:>8.2f}"
+        print(f"{title:<18}{ts:>9.2f}{vs_ms}{rs / 2**20:>10.0f}M{ms_rss}{floor:>8.2f}"
               f"{ts / floor:>8.2f}x")
     ok = all((ms is None or (ms[0] / ts >= 5 and ms[1] / rs >= 5)) and ts / floor <= 2
              for _, (ts, rs), ms, floor in rows)

@@ -40,7 +40,8 @@ from cloud_entry.jobspec import JobSpec
 log = logging.getLogger(__name__)
 
 RUN_MODES = ("train", "finetune", "eval", "predict")
-CKPT_FORMATS = formats.names()   # the registered checkpoint formats (RESHARD_FORMATS adds more)
+# the registered checkpoint formats written as rank files (RESHARD_FORMATS adds more)
+CKPT_FORMATS = tuple(n for n in formats.names() if not formats.get(n).own_path)
 # Shortcuts for parallel_config.<key>; `--parallel_config.<key>=v` works for any key.
 PARALLEL_KEYS = ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num",
                  "context_parallel", "expert_parallel", "vocab_emb_dp", "use_seq_parallel",
@@ -229,6 +230,11 @@ FLAGS: dict[str, Flag] = {
                                  "False: an error"),
     "keep_unnamed_params": Flag("keep_unnamed_params", parse_bool, "write parameters the destination "
                                 "strategy does not name whole into every rank", "False: an error"),
+    "checkpoint2_mode": Flag("checkpoint2_mode", parse_choice(("preshard", "online")), "a checkpoint: "
+                             "section on a Checkpoint 2.0 load_checkpoint: preshard converts it to the "
+                             "job's layout (--dst_strategy) before the launch; online gives each node "
+                             "the source files its ranks read, for MindFormers to reshard at load",
+                             "preshard with --dst_strategy, else online"),
     "launch_cmd": Flag("launch_cmd", _launch_cmd, "the training command as one string (or put it after --)",
                        "what follows --", "COMMAND"),
     "pass_args": Flag("pass_args", _names, "comma-separated argument names of the training command that "

@@ -332,7 +332,8 @@ def resolve(spec: JobSpec, config: dict[str, Any]) -> JobSpec:
         if values["auto_trans_ckpt"] and values["run_mode"] in _RESHARDING_MODES:
             log.warning("checkpoint: section with run_mode %s: MindFormers' loader for it cannot "
                         "read a converted rank_x/ layout, so the training command gets the legacy "
-                        "format (use_legacy_format: True, section dropped)", values["run_mode"])
+                        "format (use_legacy_format: True, section dropped), unless load_checkpoint "
+                        "is a Checkpoint 2.0 folder (then kept: checkpoint2_mode)", values["run_mode"])
     resolved = dataclasses.replace(spec, **values)
     if resolved.auto_trans_ckpt and not resolved.load_checkpoint:
         raise EntryError("auto_trans_ckpt=True needs load_checkpoint")

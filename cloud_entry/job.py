@@ -24,7 +24,7 @@ from obs_io.oneline import one_line
 
 from cloud_entry import config as config_mod
 from obs_io.typos import closest
-from cloud_entry import convert, launch, logs, markers, node_leader, strategy_pass, sync
+from cloud_entry import checkpoint2, convert, launch, logs, markers, node_leader, strategy_pass, sync
 from reshard import run as reshard_run
 from reshard.blocks import Block, BlockPlan, plan_blocks
 from cloud_entry.cluster import Cluster, is_modelarts, resolve_cluster
@@ -62,6 +62,7 @@ class JobPlan:
     previous: integrity.SetManifest | None = None   # the set these inputs already made, if complete
     # URL -> a remote strategy's bytes as downloaded to parse it: placed locally from these later
     fetched: Mapping[str, sync.StrategyCopy] = dataclasses.field(default_factory=dict)
+    checkpoint2: checkpoint2.Checkpoint2Job | None = None   # a checkpoint: job on a Checkpoint 2.0 source
 
 
 def parallel_world(cfg: dict[str, Any]) -> int:
@@ -180,7 +181,9 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     job = config_mod.resolve(spec, cfg)
     cluster = resolve_cluster(job, env, parallel_world(cfg) if job.use_parallel else 1)
     logs.console(cluster.node_index)
-    converting = bool(job.auto_trans_ckpt and not job.only_save_strategy)
+    ckpt2 = checkpoint2.inspect(job, cfg, cluster,   # the user's format kept (its own path)
+                                lambda url, flag: _load(url, flag, {}))
+    converting = bool(job.auto_trans_ckpt and not job.only_save_strategy) and ckpt2 is None
     if converting and job.use_parallel:
         _check_parallel_world(cfg, cluster)
     launch.check_command(job.launch_cmd, env)   # found now, not after the conversion and upload
@@ -188,13 +191,13 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
         log.info("config %s: %r -> %r", key, old, new)
     fmt = job.load_ckpt_format or formats.DEFAULT
     source = (sync.inspect_source(job.load_checkpoint, fmt, step=job.load_checkpoint_step)
-              if job.load_checkpoint else None)
-    if not converting and (job.dst_strategy or job.src_strategy):
+              if job.load_checkpoint and ckpt2 is None else None)
+    if not converting and ckpt2 is None and (job.dst_strategy or job.src_strategy):
         log.warning("auto_trans_ckpt is %s: the strategies given are not used, nothing is converted",
                     job.auto_trans_ckpt)
     blocks, convert_ranks, identities = _blocks(job, cfg, cluster, source) if converting else (None, (), {})
-    layout = _layout(job, source)
-    _check_locations(job, layout, cluster, converting)
+    layout = _layout(job, source, ckpt2)
+    _check_locations(job, layout, cluster, converting or bool(ckpt2 and ckpt2.mode == checkpoint2.PRESHARD))
     check_writable(layout.output_dir, f"--output_dir={job.output_dir}" if job.output_dir
                    else f"output folder {layout.output_dir}")
     # What defines the result, and nothing node-local: nodes with different output folders agree.
@@ -202,7 +205,8 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
               "strategies": identities, "world": cluster.world_size, "nodes": cluster.num_nodes,
               "use_parallel": job.use_parallel, "blocks": blocks.process_num if blocks else 0,
               "prefix": job.prefix, "fmt": fmt, "remote_save_url": job.remote_save_url,
-              "converting": converting}
+              "converting": converting,
+              **({"checkpoint2": [ckpt2.mode, ckpt2.identity, ckpt2.dst_identity]} if ckpt2 else {})}
     run_id = markers.run_id(job.run_id or env.get("CLOUD_ENTRY_RUN_ID", ""), result)
     # Every hyperparameter counts here: cards of one node given other ones must not share a leader.
     node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
@@ -214,7 +218,7 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
         src, dst, full = _planned_strategies(job, cluster, cfg, source, blocks, tuple(convert_ranks), layout,
                                              run_id, previous is None, fetched)
     return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), src, dst, run_id,
-                   node_key, time.time(), full, previous, fetched)
+                   node_key, time.time(), full, previous, fetched, ckpt2)
 
 
 def _blocks(job: JobSpec, cfg: dict[str, Any], cluster: Cluster, source: sync.Source | None
@@ -243,11 +247,12 @@ def _blocks(job: JobSpec, cfg: dict[str, Any], cluster: Cluster, source: sync.So
     return blocks, tuple(convert_ranks), identities
 
 
-def _layout(job: JobSpec, source: sync.Source | None) -> JobPaths:
+def _layout(job: JobSpec, source: sync.Source | None, ckpt2: "checkpoint2.Checkpoint2Job | None") -> JobPaths:
     output_dir = os.path.abspath(job.output_dir or "./output")
     work_dir = os.path.abspath(job.work_dir or os.path.join(output_dir, "cloud_entry"))
     return JobPaths(output_dir, work_dir, os.path.join(work_dir, "log"),
-                    source.name if source else "", os.path.abspath(job.shared_dir) if job.shared_dir else "",
+                    source.name if source else ckpt2.name if ckpt2 else "",
+                    os.path.abspath(job.shared_dir) if job.shared_dir else "",
                     job.remote_save_url.rstrip("/"))
 
 
@@ -627,7 +632,9 @@ def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None,
     if shim:
         launch.write_moxing_shim(shim, launch_env)
     effective = copy.deepcopy(p.config)
-    if p.blocks is not None:
+    if p.checkpoint2 is not None:
+        effective = checkpoint2.prepare(p, effective, still_ours)
+    elif p.blocks is not None:
         loaded, src_s = transform(p, launch_env, still_ours)
         effective = config_mod.for_launch(effective, loaded, src_s, converted=True)
     elif p.source is not None:   # no conversion: this node's shards, local, in either config form

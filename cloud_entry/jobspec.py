@@ -40,6 +40,7 @@ class JobSpec:
     load_checkpoint_step: Step | None = None  # the training step to read (reshard.steps); None: latest
     allow_missing_params: bool = False        # reshard.PlanPolicy.allow_missing
     keep_unnamed_params: bool = False         # reshard.PlanPolicy.keep_unnamed
+    checkpoint2_mode: str = ""                # cloud_entry.checkpoint2.MODES; "": by --dst_strategy
     launch_cmd: tuple[str, ...] = ()
     parallel: dict[str, Any] = field(default_factory=dict)     # parallel_config.<key> -> value
     overrides: dict[str, Any] = field(default_factory=dict)    # dotted key -> value

@@ -178,7 +178,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                         "every rank; without it they are an error (a strategy of another model, or "
                         "saved with only_trainable_params=True)")
     p.add_argument("--format", dest="fmt", choices=registry.names(), default=registry.DEFAULT,
-                   help=f"output format (default {registry.DEFAULT}); dtypes are never converted")
+                   help=f"output format (default {registry.DEFAULT}); dtypes are never converted; "
+                        "checkpoint2: MindFormers' Checkpoint 2.0 (iteration folder)")
+    for fmt in registry.formats():
+        fmt.add_arguments(p)
     p.add_argument("--engine", choices=("stream", "mindspore"), default="stream",
                    help="stream: this engine (default); mindspore: MindSpore's own "
                         "transform_checkpoints on the same input, for comparison")
@@ -430,6 +433,9 @@ def convert_from_args(argv=None) -> int:
         return verify_set(args.verify)
     args.src_strategy, args.dst_strategy = _none(args.src_strategy), _none(args.dst_strategy)
     _check_flags(args)
+    own = next((c for f in registry.formats() if args.src_checkpoint and (c := f.command(args))), None)
+    if own is not None:   # a format that converts through its own path (Checkpoint 2.0)
+        return own(args)
     source = _source_arg(args.src_checkpoint, args.step) if args.src_checkpoint else None
     _destination(args, source)
     stage = _Stage(stage_root(args))

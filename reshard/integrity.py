@@ -134,13 +134,13 @@ class Verdict:
 
 
 def _listed(location: str) -> list[tuple[str, int]]:
-    """(relative name, size) of every checkpoint file (of any registered format) in the set's
-    rank_<r>/ folders."""
+    """(relative name, size) of every file of the set, as the registered formats say (in_set):
+    rank_<r>/ folders' checkpoint files, a Checkpoint 2.0 set's tracker and iteration_<n>/ files."""
     import obs_io
     from reshard.formats import registry
     entries = obs_io.file.list_entries(location, recursive=True)
-    return [(e.name, e.length) for e in entries if e.is_file() and e.name.startswith("rank_")
-            and "/" in e.name and any(f.owns(e.name) for f in registry.formats())]
+    return [(e.name, e.length) for e in entries
+            if e.is_file() and any(f.in_set(e.name) for f in registry.formats())]
 
 
 def verify(location: str, manifest: SetManifest | None = None) -> Verdict:

@@ -738,6 +738,9 @@ class _Planner:
                  headers: Headers | None, read: tuple[str, ...], dst_ranks, prefix: str,
                  fmt: str, policy: PlanPolicy):
         self.format = registry.get(fmt, "--format")
+        if self.format.own_path:
+            raise ReshardError(f"--format {fmt}: its sets are not rank files; transform-checkpoint "
+                               f"writes them (--format {fmt})")
         self.src, self.dst, self.source, self.headers = src, dst, source, headers
         self.read_names, self.prefix, self.fmt, self.policy = read, prefix, fmt, policy
         self.kept_whole: set[str] = set()          # unnamed by dst, kept whole (policy)

@@ -192,7 +192,7 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
     step: the step asked for (`--step`); ReshardError when the source is one file.
     """
     candidates = _candidates(fmt)
-    exts = tuple(e for f in candidates for e in f.extensions)
+    exts = tuple(dict.fromkeys(e for f in candidates for e in f.extensions))   # shards_of: repeats
     entries = list(entries)
     kinds = " or ".join(exts)
     if is_file is None:

@@ -13,7 +13,9 @@ Environment: ENTRY_CHECK_REFERENCE (folder to compare with), ENTRY_CHECK_RESULT 
 of what was loaded; `{id}` in it becomes this process's RANK_ID or node), ENTRY_CHECK_EXIT
 (exit code instead of 0), ENTRY_CHECK_PASS_EXIT (the strategy pass fails), ENTRY_CHECK_SLEEP
 (seconds to keep running after the checks; a SIGTERM then ends it with 42 after writing
-`<result>.sigterm`), ENTRY_CHECK_PREFIX (file prefix, default checkpoint_).
+`<result>.sigterm`), ENTRY_CHECK_PREFIX (file prefix, default checkpoint_). A MindFormers Checkpoint 2.0 to load (the
+tracker in it) is checked as MindFormers' loader needs it (check_checkpoint2): with
+ENTRY_CHECK_FULL (the complete tensors) and ENTRY_CHECK_DST_STRATEGY (the job's layout).
 """
 from __future__ import annotations
 
@@ -105,16 +107,19 @@ def main(argv: list[str]) -> int:
     root = load_path(cfg)
     if not os.path.isabs(root) or not os.path.exists(root):
         fail(f"the checkpoint to load {root!r} is not an existing local path")
-    import mindspore as ms
-    import synth
-
     ranks = [int(os.environ["RANK_ID"])] if os.environ.get("RANK_ID") else node_ranks
     if not cfg.get("use_parallel", True):
         ranks = [0]
+    if os.path.isfile(os.path.join(root, "latest_checkpointed_iteration.txt")):
+        loaded = check_checkpoint2(root, ranks)
+        ranks = []
+    import mindspore as ms
+    import synth
+
     reference = os.environ.get("ENTRY_CHECK_REFERENCE")
     prefix = os.environ.get("ENTRY_CHECK_PREFIX", "checkpoint_")
     fmt = cfg.get("load_ckpt_format") or (cfg.get("checkpoint") or {}).get("load_ckpt_format") or "ckpt"
-    loaded = {}
+    loaded = loaded if not ranks else {}
     for r in ranks:
         folder = root if os.path.isfile(root) else os.path.join(root, f"rank_{r}")
         if os.path.isdir(folder):   # MindSpore loads the last checkpoint in name order
@@ -150,6 +155,78 @@ def main(argv: list[str]) -> int:
         print("entry_launch_check: running", flush=True)
         time.sleep(sleep)
     return int(os.environ.get("ENTRY_CHECK_EXIT", "0"))
+
+
+def check_checkpoint2(root: str, ranks: list[int]) -> dict[int, int]:
+    """What MindFormers' Checkpoint 2.0 loader needs of the folder it is given (research
+    CHECKPOINT2.md, section 5), checked independently of the engine's reader: every file
+    storage_data names exists (verify_ckpt_valid), every chunk listed has a storage record; and
+    each of `ranks`' slices of every parameter its stage holds in the job's layout (taken whole
+    over the optimizer shard) is assembled from the chunks the folder lists and equals the
+    complete tensors. Returns rank -> parameters checked."""
+    import ast
+    from reshard.formats import open_reader
+    from reshard.layout import TensorLayout
+    from reshard.strategy import load_strategy
+
+    it = open(os.path.join(root, "latest_checkpointed_iteration.txt")).read()
+    if it != it.strip():
+        fail(f"{root}: the tracker holds {it!r}, MindFormers writes the number alone")
+    folder = os.path.join(root, f"iteration_{int(it):08d}")
+    meta = json.load(open(os.path.join(folder, "metadata.json")))
+    storage = {ast.literal_eval(k): v for k, v in meta["storage_data"].items()}
+    for (name, _), records in storage.items():
+        for rec in records:
+            if not os.path.isfile(os.path.join(folder, rec["file_name"])):
+                fail(f"{folder}: {rec['file_name']} (parameter {name}) missing: verify_ckpt_valid fails")
+    for name, entry in meta["state_dict_metadata"].items():
+        for c in entry["chunk"]:
+            if (name, tuple(c["global_offset"])) not in storage:
+                fail(f"{folder}: no storage record for parameter {name} slice {c['global_offset']}")
+    with open_reader(os.environ["ENTRY_CHECK_FULL"]) as r:
+        full = {n: r.read(n) for n in r.metas}
+    dst = load_strategy(os.environ["ENTRY_CHECK_DST_STRATEGY"])
+    readers: dict[str, dict] = {}
+    checked: dict[int, int] = {}
+    for r in ranks:
+        checked[r] = 0
+        for name, lays in dst.layouts.items():
+            lay = next((x for x in lays if x.stage == dst.stage_of(r)), None)
+            if lay is None or name not in full:
+                continue
+            entry = meta["state_dict_metadata"].get(name)
+            if entry is None:
+                fail(f"rank {r}: parameter {name} is not in {folder}/metadata.json")
+            want = full[name]
+            model = TensorLayout(lay.dev_matrix, lay.tensor_map, 1, 0, lay.stage)
+            box = model.region(model.block_of(r % dst.stage_devices), want.shape)
+            got = want[tuple(slice(a, b) for a, b in box)].copy()
+            got[...] = 0
+            covered = 0
+            frags = entry["axis_fragmentations"]
+            for c in entry["chunk"]:
+                block, rest = [], c["global_offset"][0]
+                for f in reversed(frags):
+                    block.append(rest % f)
+                    rest //= f
+                cbox = [(b * n, (b + 1) * n) for b, n in zip(reversed(block), c["local_shape"])]
+                inter = [(max(a, c0), min(b, c1)) for (a, b), (c0, c1) in zip(box, cbox)]
+                if any(lo >= hi for lo, hi in inter):
+                    continue
+                file = os.path.join(folder, storage[(name, tuple(c["global_offset"]))][0]["file_name"])
+                if file not in readers:
+                    with open_reader(file) as fr:
+                        readers[file] = {n: fr.read(n) for n in fr.metas}
+                part = readers[file][name]
+                got[tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(inter, box))] = \
+                    part[tuple(slice(lo - c0, hi - c0) for (lo, hi), (c0, _) in zip(inter, cbox))]
+                covered += 1
+            if not covered or got.tobytes() != want[tuple(slice(a, b) for a, b in box)].tobytes():
+                fail(f"rank {r}: parameter {name} assembled from {folder} differs from the complete tensor")
+            checked[r] += 1
+        if not checked[r]:
+            fail(f"rank {r}: no parameter of its stage checked")
+    return checked
 
 
 if __name__ == "__main__":

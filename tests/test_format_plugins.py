@@ -76,10 +76,10 @@ def assert_same_as_mindspore(folder: str, reference: str) -> None:
 
 
 def test_one_file_and_one_registration_make_a_format(toy, monkeypatch):
-    assert registry.names() == ("ckpt", "safetensors", "toy")
+    assert registry.names() == ("ckpt", "safetensors", "checkpoint2", "toy")
     assert registry.by_file("out/rank_0/llama_0.TOYCKPT") is toy and registry.by_file("notes.txt") is None
     assert output_name(3, "llama_", "toy") == "rank_3/llama_3.toyckpt"
-    with pytest.raises(ReshardError, match="--format 'npz': must be ckpt or safetensors or toy"):
+    with pytest.raises(ReshardError, match="--format 'npz': must be ckpt or safetensors or checkpoint2 or toy"):
         registry.get("npz", "--format")
     ranks = classify("src", [SourceEntry("rank_0/a.toyckpt", 1), SourceEntry("rank_1/a.toyckpt", 1)])
     assert not ranks.complete and ranks.files == {0: "rank_0/a.toyckpt", 1: "rank_1/a.toyckpt"}
@@ -94,8 +94,8 @@ def test_one_file_and_one_registration_make_a_format(toy, monkeypatch):
         classify("src", [SourceEntry("llama-0-of-2.toyckpt", 1)])
     # without the registration the engine knows nothing of it
     monkeypatch.delenv(registry.ENV)
-    assert registry.names() == ("ckpt", "safetensors")
-    with pytest.raises(ReshardError, match="format 'toy': must be ckpt or safetensors"):
+    assert registry.names() == ("ckpt", "safetensors", "checkpoint2")
+    with pytest.raises(ReshardError, match="format 'toy': must be ckpt or safetensors or checkpoint2"):
         output_name(0, "llama_", "toy")
 
 

@@ -17,7 +17,7 @@ VALUES = {"load_ckpt_format": "ckpt", "run_mode": "train", "max_memory": "8G", "
           "launch_cmd": "python train.py --config {config}", "config": "run_llama_7b.yaml",
           "data_parallel": "2", "model_parallel": "2", "pipeline_stage": "2", "micro_batch_num": "2",
           "gradient_aggregation_group": "4", "context_parallel": "1", "expert_parallel": "1",
-          "load_checkpoint_step": "10_2"}
+          "load_checkpoint_step": "10_2", "checkpoint2_mode": "online"}
 
 
 def test_shipped_form_is_the_generated_one():

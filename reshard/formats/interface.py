@@ -26,6 +26,13 @@ this order:
    before a local one is converted (reshard.api).
 5. writing: `output_name(rank, prefix)` is each destination rank's file, relative to the output
    folder; `writer(path, metas, **options)` writes it.
+6. verifying: `in_set(name)` says which files below a written set's folder the integrity
+   manifest covers.
+
+A format whose sets are not rank files the engine writes one by one (Checkpoint 2.0: an
+iteration folder with metadata.json naming its shards) converts through a path of its own:
+`add_arguments(parser)` adds its flags to transform-checkpoint, `command(args)` returns that
+path for a run that reads or writes it. Its shards may be another format's files (`shards_of`).
 """
 from __future__ import annotations
 
@@ -61,6 +68,14 @@ class CheckpointFormat:
     has_checksum: bool = False
     mindspore_name: str | None = None
     resume_loads_folder: bool = False
+    shards_of: str | None = None
+    own_path: bool = False
+
+    # shards_of: the format whose files hold this one's values (Checkpoint 2.0's shards are
+    #   safetensors files): such a format claims no file by its name (owns and registry.by_file
+    #   give the other format), and its extensions may be that format's.
+    # own_path: it converts through a path of its own (command); the planner refuses it as the
+    #   format of rank files.
 
     def __repr__(self) -> str:
         return f"<checkpoint format {self.name}>"
@@ -76,7 +91,22 @@ class CheckpointFormat:
 
     def owns(self, file_name: str) -> bool:
         """Whether a file of a source folder, by its name, is one of this format's."""
-        return file_name.endswith(self.extensions)
+        return self.shards_of is None and file_name.endswith(self.extensions)
+
+    def in_set(self, name: str) -> bool:
+        """Whether a file below a written set's folder (name relative to it, '/'-separated) is
+        one of the set's, which the integrity manifest records: a rank_<r>/ folder's files of
+        this format."""
+        return name.startswith("rank_") and "/" in name and self.owns(name)
+
+    def add_arguments(self, parser) -> None:
+        """transform-checkpoint flags of this format's own (argparse parser); none by default."""
+
+    def command(self, args):
+        """For a format converted through a path of its own: that path (a callable taking the
+        parsed transform-checkpoint args, returning the exit code) when this run reads or
+        writes this format; None (the default): the engine's path."""
+        return None
 
     def is_index(self, file_name: str) -> bool:
         """Whether a file beside complete files of this format is its index (apply_index reads

@@ -22,6 +22,7 @@ from reshard.formats.interface import CheckpointFormat
 BUILTIN = (
     "reshard.formats.ckpt_format:FORMAT",
     "reshard.formats.safetensors_format:FORMAT",
+    "reshard.formats.checkpoint2.format:FORMAT",
 )
 ENV = "RESHARD_FORMATS"
 DEFAULT = "ckpt"   # what --format and load_ckpt_format mean when not given
@@ -48,8 +49,9 @@ def _load(specs: tuple[str, ...]) -> dict[str, CheckpointFormat]:
             raise ReshardError(f"{ENV}: {spec}: {exc}") from None
         if not isinstance(fmt, CheckpointFormat) or not fmt.name or not fmt.extensions:
             raise ReshardError(f"{ENV}: {spec} is not a named CheckpointFormat with extensions")
-        clash = next((f for f in found.values()
-                      if f.name == fmt.name or set(f.extensions) & set(fmt.extensions)), None)
+        clash = next((f for f in found.values() if f.name == fmt.name or (
+            set(f.extensions) & set(fmt.extensions) and f.name != fmt.shards_of
+            and fmt.name != f.shards_of)), None)
         if clash is not None:
             raise ReshardError(f"{ENV}: {spec}: format {fmt.name!r} ({', '.join(fmt.extensions)}) "
                                f"clashes with {clash.name!r} ({', '.join(clash.extensions)})")
@@ -76,12 +78,12 @@ def get(name: str, flag: str = "format") -> CheckpointFormat:
 def by_file(file_name: str) -> CheckpointFormat | None:
     """The format of a file, by the ending of its name (any case); None for no format's."""
     lowered = os.fspath(file_name).lower()
-    return next((f for f in _formats().values()
-                 if lowered.endswith(tuple(e.lower() for e in f.extensions))), None)
+    return next((f for f in _formats().values() if f.shards_of is None
+                 and lowered.endswith(tuple(e.lower() for e in f.extensions))), None)
 
 
 def extensions(name: str | None = None) -> tuple[str, ...]:
     """The file-name endings of format `name`, or of every format (None)."""
     if name is not None:
         return get(name).extensions
-    return tuple(e for f in _formats().values() for e in f.extensions)
+    return tuple(dict.fromkeys(e for f in _formats().values() for e in f.extensions))

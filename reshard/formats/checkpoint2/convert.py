@@ -1,0 +1,252 @@
+"""Conversions from and to Checkpoint 2.0 through the existing engine (plan, execute).
+
+    source: a Checkpoint 2.0 folder (its layouts from metadata.json, no source strategy), or
+            anything the engine reads (rank folders + source strategy, a complete checkpoint)
+    output: 'ckpt' / 'safetensors' rank folders (or a complete checkpoint: no destination
+            strategy), or 'checkpoint2': an iteration folder for the destination layout
+
+The planner is unchanged: a Checkpoint 2.0 source is handed to it as a source strategy and rank
+files (Checkpoint2.source_strategy / source_set); a Checkpoint 2.0 output is written from the
+rank files the engine writes into a staging folder inside it, one plan per shard kind
+(split_by_kind), each file then moved into the iteration folder (write.write_checkpoint2).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+
+from ... import api
+from ...errors import ReshardError
+from ...formats import open_reader
+from ...plan import Headers, Plan, PlanPolicy
+from ...sources import SourceSet, check_output, is_url
+from ...strategy import Strategy
+from .folder import KINDS, TRACKER, Checkpoint2, is_checkpoint2, read_checkpoint2
+from .write import (DEFAULT_RELEASE, check_iteration_free, check_release, default_kind, release_of_common,
+                    write_checkpoint2)
+
+OUTPUT_FORMATS = ("ckpt", "safetensors", "checkpoint2")
+# A remote source's files that the plan fetches rather than reads in place land in a hidden
+# folder beside the destination (.<name><suffix>), which goes when the conversion ends.
+FETCH_SUFFIX = ".reshard-source"
+
+
+def check_source_strategy(ck: Checkpoint2, given: Strategy) -> None:
+    """A source strategy given with a Checkpoint 2.0 folder must describe the same layouts as its
+    metadata.json (compared as block assignments: an optimizer shard folded into the tensor
+    map equals the same shard recorded as opt_weight_shard_size). ReshardError naming the
+    parameter."""
+    common = [n for n in given.layouts if n in ck.params]
+    if not common:
+        raise ReshardError(f"source strategy {given.source} names none of the parameters of "
+                           f"{ck.metadata_path}")
+    if given.stage_devices != ck.stage_devices or given.num_stages != ck.num_stages:
+        raise ReshardError(f"source strategy {given.source} has {given.num_stages} stage(s) x "
+                           f"{given.stage_devices} devices, {ck.metadata_path} "
+                           f"{ck.num_stages} x {ck.stage_devices}")
+    for name in common:
+        mine = {lay.stage: lay for lay in ck.params[name].layouts}
+        for lay in given.layouts[name]:
+            other = mine.get(lay.stage)
+            if other is None or not other.same_blocks(lay):
+                raise ReshardError(f"parameter {name}: source strategy {given.source} lays it out "
+                                   f"otherwise than {ck.metadata_path} (stage {lay.stage})")
+
+
+@dataclass
+class Written:
+    """What transform wrote: names relative to the destination and their (size, CRC32 hex) as
+    written (for the integrity manifest); the plan (for a Checkpoint 2.0 output, before it was
+    split by shard kind)."""
+    files: list[str]
+    checksums: dict[str, tuple[int, str]]
+    plan: Plan
+
+
+@dataclass
+class Source:
+    """What the planner reads: the source set, its strategy, the Checkpoint 2.0 parsed (None
+    for another kind of source) and the headers read so far (a Checkpoint 2.0's shards)."""
+    source: SourceSet
+    strategy: Strategy | None
+    checkpoint2: Checkpoint2 | None
+    headers: Headers | None = None
+
+    @property
+    def remote(self) -> bool:
+        return is_url(self.source.base)
+
+    def kinds(self) -> dict[str, str]:
+        """Parameter name -> 'model' / 'opt' for every value of a Checkpoint 2.0 source: as
+        metadata.json stores it, and the values it does not describe (global_step,
+        learning_rate) by the files holding them."""
+        ck = self.checkpoint2
+        if ck is None:
+            return {}
+        out = {n: p.kind for n, p in ck.params.items()}
+        for kind in ("opt", "model"):
+            for file in ck.files[kind].values():
+                for name in self.headers.read(ck.rel(file)):
+                    out.setdefault(name, kind)
+        return out
+
+
+def open_source(src_checkpoint: str, src_strategy: Strategy | None = None, *,
+                iteration: int | None = None, local_root: str | None = None) -> Source:
+    """A Checkpoint 2.0 folder (auto-detected; local, obs:// or s3://; its shards' headers
+    checked against metadata.json, a remote one's by ranged GETs; a given source strategy
+    checked against it), or a local source as api.find_sources reads it. local_root: where a
+    remote source's files would be fetched (nothing is written there by this)."""
+    if iteration is not None or is_checkpoint2(src_checkpoint):
+        ck = read_checkpoint2(src_checkpoint, iteration)
+        if src_strategy is not None:
+            check_source_strategy(ck, src_strategy)
+        if is_url(ck.base):
+            import obs_io
+            headers = Headers(local_root or ".", remote_root=ck.base, s3_config=obs_io.current_config())
+        else:
+            headers = Headers(ck.base)
+        headers.prefetch(ck.rel(f) for kind in KINDS for f in ck.files[kind].values())
+        ck.check_files(lambda name: headers.read(name))
+        return Source(ck.source_set(), ck.source_strategy(), ck, headers)
+    if is_url(src_checkpoint):
+        raise ReshardError(f"{src_checkpoint}: not a Checkpoint 2.0 folder (no {TRACKER}); this "
+                           f"path converts other remote sources to rank folders only")
+    return Source(api.find_sources(src_checkpoint), src_strategy, None)
+
+
+def plan(src: Source, dst_strategy: Strategy | None, *, fmt: str = "safetensors",
+         prefix: str = "checkpoint_", dst_ranks=None, local_root: str | None = None,
+         policy: PlanPolicy = PlanPolicy()) -> Plan:
+    """The full plan (skeleton, then headers). Every destination rank is named so a Checkpoint
+    2.0 saved with redundancy removed (ranks without files) plans. A remote source's files are
+    read in place or fetched under local_root, as plan.choose_mode decides per file."""
+    world = dst_strategy.world_size if dst_strategy is not None else 1
+    ranks = list(range(world)) if dst_ranks is None else list(dst_ranks)
+    skeleton = api.plan_from_strategies(src.source, src.strategy, dst_strategy, dst_ranks=ranks,
+                                        prefix=prefix, fmt=fmt, policy=policy)
+    if src.remote:
+        return api.complete_plan(skeleton, local_root, source_mode="auto")
+    return api.complete_plan(skeleton, src.source.base)
+
+
+def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | None = None,
+              src_strategy: Strategy | None = None, fmt: str = "checkpoint2",
+              iteration: int | None = None, dst_iteration: int | None = None,
+              release: str | None = None, prefix: str | None = None, process_num: int = 1,
+              max_memory: int | None = None, policy: PlanPolicy = PlanPolicy(),
+              dst_ranks=None) -> Written:
+    """Convert a source into local dst_root: rank folders ('ckpt' / 'safetensors') or a
+    Checkpoint 2.0 iteration ('checkpoint2': dst_iteration default the source's iteration, else
+    the legacy source's step_num or global_step value (its epoch_num, step_num, global_step,
+    loss_scale values go to common.json); release: the MindFormers release whose common.json fields and
+    metadata.json formatting to write, default the source's, else DEFAULT_RELEASE; prefix: the
+    shards' prefix ('' none), default the source's, else 'CKP'; policy: plan.PlanPolicy). The source: a Checkpoint 2.0
+    folder (local, obs://, s3://: read in place by ranged GETs, or fetched into a hidden folder
+    beside dst_root, removed at the end), or a local one of the engine's. dst_ranks: the
+    destination ranks to write (rank folders only; None: all). ReshardError, one line, before
+    anything is written."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ReshardError(f"--format {fmt!r}: must be one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt == "checkpoint2" and dst_ranks is not None:
+        raise ReshardError("a Checkpoint 2.0 folder is written whole: it does not go with a "
+                           "block of destination ranks (--rank_id)")
+    parent, name = os.path.split(os.path.abspath(dst_root))
+    fetched = os.path.join(parent, f".{name}{FETCH_SUFFIX}")
+    src = open_source(src_checkpoint, src_strategy, iteration=iteration, local_root=fetched)
+    check_output(dst_root, "destination", {
+        "source checkpoint": src_checkpoint,
+        "destination strategy": dst_strategy.source if dst_strategy else None})
+    local_root = fetched if src.remote else src.source.base
+    ck = src.checkpoint2
+    if fmt == "checkpoint2":
+        common = ck.common_info() if ck is not None else None
+        if release is None:
+            release = release_of_common(common) or DEFAULT_RELEASE
+            if release == "1.7":
+                release = "1.8"
+        check_release(release)
+        kinds = src.kinds()
+        p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched,
+                 policy=policy)
+        if ck is None:     # a legacy checkpoint keeps the training state as values
+            common = training_state(p, local_root)
+        if dst_iteration is None:
+            dst_iteration = ck.iteration if ck is not None else (common.get("step_num") or common.get("global_step"))
+        if dst_iteration is None:
+            raise ReshardError("the source holds no step_num or global_step: name the iteration to "
+                               "write (--iteration)")
+        check_iteration_free(dst_root, int(dst_iteration))
+        parts = split_by_kind(p, lambda name: kinds.get(name) or default_kind(name))
+        if "opt" in parts and all(t.carried for rp in parts["opt"].ranks for t in rp.tensors):
+            # no optimizer state to describe (a legacy checkpoint without moments): its
+            # undescribed values (global_step, learning_rate, ...) stay in the model shards, or
+            # metadata.json would name no opt file and the folder read as a mixed one
+            parts = split_by_kind(p, lambda name: "model")
+    else:
+        p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
+                 policy=policy, dst_ranks=dst_ranks)
+    os.makedirs(dst_root, exist_ok=True)
+    if src.remote:
+        os.makedirs(fetched, exist_ok=True)
+    staging = None
+    try:
+        if fmt != "checkpoint2":
+            report = api.execute(p, local_root, dst_root, process_num=process_num,
+                                 max_memory=max_memory, download=p.files_in_mode("fetch"),
+                                 release=True)
+            return Written(sorted(report.checksums), report.checksums, p)
+        staging = tempfile.mkdtemp(prefix=".reshard-staging-", dir=dst_root)
+        files: dict[int, dict[str, str]] = {}
+        sums: dict[str, tuple[int, str]] = {}
+        for kind, part in parts.items():
+            report = api.execute(part, local_root, os.path.join(staging, kind), process_num=process_num,
+                                 max_memory=max_memory, download=part.files_in_mode("fetch"),
+                                 release=True)
+            for rp in part.ranks:
+                path = os.path.join(staging, kind, rp.path)
+                files.setdefault(rp.rank, {})[kind] = path
+                sums[path] = report.checksums[rp.path]
+        written = write_checkpoint2(dst_root, dst_strategy, files, iteration=int(dst_iteration),
+                                    common=common, release=release, checksums=sums,
+                                    prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
+        return Written(sorted(written), written, p)
+    finally:
+        for folder in (staging, fetched if src.remote else None):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+# MindFormers' CommonInfo fields that a legacy checkpoint keeps as values (CheckpointMonitor
+# saves them beside the weights).
+STATE_VALUES = ("epoch_num", "step_num", "global_step", "loss_scale")
+
+
+def training_state(p: Plan, local_root: str) -> dict:
+    """common.json's values from a legacy source: the scalars of STATE_VALUES that the plan
+    carries into its first rank (absent ones left out)."""
+    out = {}
+    for t in p.ranks[0].tensors if p.ranks else ():
+        if t.carried and t.name in STATE_VALUES and math.prod(t.shape) == 1:
+            with open_reader(p.source.path_of(t.pieces[0].src_file, local_root)) as r:
+                value = r.read(t.name).reshape(-1)[0].item()
+            out[t.name] = float(value) if t.name == "loss_scale" else int(value)
+    return out
+
+
+def split_by_kind(p: Plan, kind_of) -> dict[str, Plan]:
+    """The plan as one plan per shard kind ('model', 'opt': kind_of(name)), each rank keeping
+    the tensors of that kind (ranks holding none are left out): executed apart, each rank file
+    is one of MindFormers' shards as it is. Ranks with the same bytes stay so (same_as)."""
+    out = {}
+    for kind in KINDS:
+        ranks = tuple(r for r in (replace(rp, tensors=tuple(t for t in rp.tensors if kind_of(t.name) == kind))
+                                  for rp in p.ranks) if r.tensors)
+        if ranks:
+            kept = {r.rank for r in ranks}
+            out[kind] = replace(p, ranks=ranks, same_as={d: f for d, f in p.same_as.items()
+                                                         if d in kept and f in kept})
+    return out

@@ -1,0 +1,158 @@
+"""The job with a `checkpoint:` section on a MindFormers Checkpoint 2.0 source (cloud_entry/
+checkpoint2.py), started as the platform starts it (tests/platform_harness.py: per-node
+environments and folders, no shared disk), from s3:// (the moto server the tests start) and from
+a local folder. The source is a fixture MindFormers 1.9 saved (dp2 mp2 pp2, parallel optimizer);
+the job's layout is mp4 pp2 on 2 nodes x 4 cards. The launched stand-in (entry_launch_check.py)
+checks the folder it is given as MindFormers' loader needs it and assembles each of its ranks'
+slices from it, compared with the complete tensors MindFormers' own loader gives for the source.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import obs_io
+import synth
+from platform_harness import ModelArtsJob, upload
+from reshard.formats.checkpoint2 import read_checkpoint2
+from reshard.formats.checkpoint2.select import files_read
+from reshard.strategy import load_strategy
+
+DATA = Path(__file__).resolve().parent / "data" / "checkpoint2"
+FIXTURE = "1.9.0-dp2mp2pp2-optshard"
+SMALL = dict(num_layers=2, vocab=16, hidden=8, ffn=16)
+ITERATION = "iteration_00001234"
+
+
+@pytest.fixture(scope="module")
+def mp4pp2(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("strategy") / "mp4pp2"
+    synth.write_strategy(str(folder), dp=1, mp=4, pp=2, opt_shard=0,
+                         params=synth.llama_params(**SMALL, optimizer=True))
+    return str(folder)
+
+
+def job_for(tmp_path, s3_env, src, dst, layout="", nodes=2, cards=4, **form):
+    """The job on the platform; dst: --dst_strategy as given, layout: its local copy."""
+    hyper = {"config": "run_llama_7b.yaml", "load_checkpoint": src, "checkpoint.load_path": src,
+             "data_parallel": "1", "model_parallel": "4", "pipeline_stage": "2",
+             "model.model_config.num_layers": "2", **form}
+    if dst:
+        hyper["dst_strategy"] = dst
+    return ModelArtsJob(tmp_path, s3_env, hyper, nodes=nodes, cards=cards,
+                        env={"ENTRY_CHECK_FULL": str(DATA / f"{FIXTURE}.full.safetensors"),
+                             "ENTRY_CHECK_DST_STRATEGY": layout,
+                             "ENTRY_CHECK_RESULT": str(tmp_path / "check_{id}.json")})
+
+
+def assert_ok(results) -> None:
+    for r in results:
+        assert r.code == 0, f"node {r.node}:\n{r.output}"
+        assert "Traceback" not in r.output, r.output
+
+
+def effective(job: ModelArtsJob, node: int) -> dict:
+    return yaml.safe_load((job.node_dir(node) / "output" / "cloud_entry" / "effective_config.yaml").read_text())
+
+
+def shards(folder: Path) -> set[str]:
+    return {p.name for p in (folder / ITERATION).glob("*.safetensors")}
+
+
+def test_online_each_node_gets_the_files_its_ranks_read(tmp_path, bucket, s3_env, mp4pp2):
+    """checkpoint2_mode=online: nothing converted; each node
+    holds the source files its ranks read and a metadata.json naming only them; MindFormers'
+    checkpoint: section is kept, load_path the node's copy; the stand-in assembles every slice
+    of its ranks from it."""
+    src = upload(str(DATA / FIXTURE), f"s3://{bucket}/ck2/{FIXTURE}")
+    dst = upload(mp4pp2, f"s3://{bucket}/mp4pp2")
+    job = job_for(tmp_path, s3_env, src, dst, mp4pp2, checkpoint2_mode="online")
+    assert_ok(job.run())
+    ck, layout = read_checkpoint2(str(DATA / FIXTURE)), load_strategy(mp4pp2)
+    everything = {f for files in ck.files.values() for f in files.values()}
+    for node, ranks in ((0, range(4)), (1, range(4, 8))):
+        cfg = effective(job, node)
+        copy = Path(cfg["checkpoint"]["load_path"])
+        assert copy == job.node_dir(node) / "output" / "cloud_entry" / "checkpoint" / FIXTURE
+        assert cfg["load_checkpoint"] == str(copy) and cfg.get("use_legacy_format") is not True
+        held = shards(copy)
+        assert held == files_read(ck, layout, ranks) and held < everything   # half: one stage
+        meta = json.loads((copy / ITERATION / "metadata.json").read_text())
+        named = {r["file_name"] for recs in meta["storage_data"].values() for r in recs}
+        assert named == held
+        record = json.loads((tmp_path / f"check_node{ranks[0]}.json").read_text())
+        assert record["ranks"] == list(ranks) and all(n > 0 for n in record["params"].values())
+    # a rerun downloads nothing it holds (same sizes): only the small JSON files are written again
+    before = {p: p.stat().st_mtime_ns for p in (job.node_dir(0) / "output" / "cloud_entry" / "checkpoint")
+              .rglob("*.safetensors")}
+    job2 = job_for(tmp_path, s3_env, src, dst, mp4pp2, checkpoint2_mode="online")
+    assert_ok(job2.run())
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_preshard_on_two_nodes_through_object_storage(tmp_path, bucket, s3_env, mp4pp2):
+    """The default with --dst_strategy: node 0 converts the source (read in place from s3://)
+    into a Checkpoint 2.0 of the job's layout, uploads it with its manifest and marker; node 1
+    downloads the files its ranks read, checked against the manifest; both launch on it. A
+    rerun converts nothing."""
+    src = upload(str(DATA / FIXTURE), f"s3://{bucket}/ck2/{FIXTURE}")
+    dst = upload(mp4pp2, f"s3://{bucket}/mp4pp2")
+    remote = f"s3://{bucket}/out"
+    job = job_for(tmp_path, s3_env, src, dst, mp4pp2, remote_save_url=remote)
+    results = job.run()
+    assert_ok(results)
+    assert "checkpoint2_mode=preshard: converting" in results[0].output
+    set_url = f"{remote}/transformed_checkpoint/{FIXTURE}"
+    names = {e.name for e in obs_io.file.list_entries(set_url, recursive=True) if e.is_file()}
+    assert "conversion_manifest.json" in names and "latest_checkpointed_iteration.txt" in names
+    converted = read_checkpoint2(set_url)
+    assert converted.world_size == 8 and converted.num_stages == 2
+    for node, ranks in ((0, range(4)), (1, range(4, 8))):
+        cfg = effective(job, node)
+        loaded = Path(cfg["checkpoint"]["load_path"])
+        assert loaded == job.node_dir(node) / "output" / "transformed_checkpoint" / FIXTURE
+        assert cfg.get("use_legacy_format") is not True
+        if node == 1:
+            assert shards(loaded) == files_read(converted, load_strategy(mp4pp2), ranks)
+        record = json.loads((tmp_path / f"check_node{ranks[0]}.json").read_text())
+        assert record["ranks"] == list(ranks)
+    again = job_for(tmp_path / "rerun", s3_env, src, dst, mp4pp2, remote_save_url=remote).run()
+    assert_ok(again)
+    assert "nothing converted" in again[0].output and "converting" not in again[0].output
+
+
+@pytest.mark.parametrize("mode", ["preshard", "online"])
+def test_local_source_on_one_node(tmp_path, s3_env, mp4pp2, mode):
+    """A local Checkpoint 2.0 folder, one node of 8 cards, both modes: the stand-in assembles
+    all 8 ranks' slices from what it is given."""
+    job = job_for(tmp_path, s3_env, str(DATA / FIXTURE), mp4pp2, mp4pp2, nodes=1, cards=8, checkpoint2_mode=mode)
+    assert_ok(job.run())
+    record = json.loads((tmp_path / "check_node0.json").read_text())
+    assert record["ranks"] == list(range(8))
+    assert not (DATA / FIXTURE / "conversion_manifest.json").exists()   # the source untouched
+
+
+def test_preshard_without_destination_layout_is_one_line(tmp_path, s3_env):
+    job = job_for(tmp_path, s3_env, str(DATA / FIXTURE), "", nodes=1, cards=8, checkpoint2_mode="preshard")
+    (r,) = job.run()
+    assert r.code == 2 and r.errors() == [
+        "cloud-entry: error: checkpoint2_mode=preshard needs --dst_strategy (the job's layout; a "
+        "strategy pass is not run for a Checkpoint 2.0 source)"], r.output
+    assert "Traceback" not in r.output
+
+
+def test_source_contradicting_its_metadata_is_one_line_nothing_written(tmp_path, s3_env, mp4pp2):
+    """A Checkpoint 2.0 source whose metadata.json names a missing shard: exit 2, one line naming
+    the file, before anything is written (no output folder, no download)."""
+    import shutil
+    src = tmp_path / "src" / FIXTURE
+    shutil.copytree(DATA / FIXTURE, src)
+    (src / ITERATION / "CKP-model-0000005-0000008.safetensors").unlink()
+    job = job_for(tmp_path / "job", s3_env, str(src), mp4pp2, mp4pp2, nodes=1, cards=8)
+    (r,) = job.run()
+    assert r.code == 2 and len(r.errors()) == 1, r.output
+    assert "CKP-model-0000005-0000008.safetensors" in r.errors()[0] and "Traceback" not in r.output
+    assert not (job.node_dir(0) / "output").exists()
