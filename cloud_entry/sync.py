@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -20,8 +19,8 @@ import reshard
 from obs_io import DirEntry
 from reshard.api import local_entries
 from reshard.execute import own_folders
-from reshard.run import state_files
-from reshard.sources import STRATEGY_EXTS, SourceEntry, SourceSet, classify, output_name, strategy_files
+from reshard.run import stale_outputs
+from reshard.sources import RANK_DIR, STRATEGY_EXTS, SourceEntry, SourceSet, classify, strategy_files
 
 from cloud_entry.errors import EntryError
 from cloud_entry.paths import join, rank_dir
@@ -415,22 +414,6 @@ def ranges(ranks: list[int]) -> str:
     return ",".join(out) or "none"
 
 
-_RANK_PART = re.compile(r"^rank_(\d+)$")
-
-
-def stale_outputs(names: list[str], keep_ranks: set[int], prefix: str, fmt: str) -> list[str]:
-    """Of the files below a transformed_checkpoint/<name> folder (relative names), those that are
-    not this run's: another file in a rank folder (an older prefix's `zz_0.ckpt` sorts after
-    `checkpoint_0.ckpt`, and the last file in name order is what gets loaded), any file of a rank
-    this run does not hold (rank_4..7 of an 8-rank run in a 4-rank result), the engine's
-    state files of such a rank (reshard.run.state_files: their names are the engine's).
-    Markers and other files beside the rank folders are left alone."""
-    wanted = {output_name(r, prefix, fmt) for r in keep_ranks}
-    state = set(state_files(names, keep_ranks))
-    return [name for name in names if name in state or
-            (_RANK_PART.match(name.split("/", 1)[0]) and "/" in name and name not in wanted)]
-
-
 def prune_outputs(root: str, keep_ranks: list[int], prefix: str, fmt: str) -> list[str]:
     """Remove stale_outputs() below root (local or object storage). The caller has made sure
     root is our output, never the user's source (JobPlan checks, paths.clear_reason)."""
@@ -449,7 +432,7 @@ def prune_outputs(root: str, keep_ranks: list[int], prefix: str, fmt: str) -> li
                  ", ".join(stale[:8]) + (" ..." if len(stale) > 8 else ""))
     if not obs_io.is_remote(root):   # rank folders left empty, links of ranks not kept
         for entry in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-            path, m = os.path.join(root, entry), _RANK_PART.match(entry)
+            path, m = os.path.join(root, entry), RANK_DIR.match(entry)
             if m and os.path.islink(path):   # never listed through: the link alone goes
                 if int(m.group(1)) not in keep_ranks:
                     log.info("removing the link %s (to %s): not a rank of this run", path, os.path.realpath(path))

@@ -492,11 +492,34 @@ def _destination(args, source: SourceSet | None) -> None:
     layout, the checkpoint's name added), checked: not overlapping an input, writable."""
     if args.dst_checkpoint_dir and source is not None:   # MindFormers' layout
         args.dst_checkpoint = _join(args.dst_checkpoint_dir, source.name)
-    if args.dst_checkpoint and not args.dry_run:
+    if args.dst_checkpoint:   # a --dry_run is refused what the run would be refused
         flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
         check_output(args.dst_checkpoint, flag, {f"--{f}": getattr(args, f) for f in _INPUTS})
-        if not is_url(args.dst_checkpoint):
+        if not is_url(args.dst_checkpoint) and not args.dry_run:
             check_writable(args.dst_checkpoint, f"{flag} {args.dst_checkpoint}")
+
+
+def _check_no_stale_files(args, world: int) -> None:
+    """Refuse an output folder holding checkpoint files this conversion would leave beside its
+    own (reshard.run.stale_outputs: ranks beyond this world, other files in rank folders): a
+    loader would read them with the new set (MindFormers loads the last file in name order).
+    The job prunes its own output folder; a folder the user names is never emptied here."""
+    if not args.dst_checkpoint:
+        return
+    import obs_io
+    with _storage("--dst_checkpoint", args.dst_checkpoint):
+        try:
+            names = [e.name for e in obs_io.file.list_entries(args.dst_checkpoint, recursive=True) if e.is_file()]
+        except FileNotFoundError:   # not there yet
+            return
+    stale = reshard_run.stale_outputs(names, range(world), args.prefix, args.fmt)
+    if stale:
+        flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
+        shown = sorted(stale, key=lambda n: (n.startswith("."), n))   # checkpoint files first
+        raise ReshardError(f"{flag} {args.dst_checkpoint} holds {len(stale)} file(s) this conversion does "
+                           f"not write ({', '.join(shown[:4])}{', ...' if len(shown) > 4 else ''}): "
+                           "a loader would read them with the new ranks; choose an empty folder or "
+                           "remove them")
 
 
 @contextlib.contextmanager
@@ -567,6 +590,7 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
     if args.world_size is not None and world != args.world_size:
         raise ReshardError(f"--world_size {args.world_size} does not match the "
                            f"destination strategy's {world} ranks")
+    _check_no_stale_files(args, world)
     if args.engine == "mindspore":
         with _claimed(args, source, src, dst) as claim:
             _run_mindspore(args, source, src, dst, stage)

@@ -53,7 +53,7 @@ from .execute import MANIFEST_DIR, forget_uploads, rank_digest
 from .formats import registry
 from .finish import TransformReport, execute_finished, finish_plan, memory_budget, source_files
 from .plan import Plan, PlanPolicy
-from .sources import SourceSet, is_url
+from .sources import RANK_DIR, SourceSet, is_url, output_name
 from .strategy import Strategy
 from .subscriber import Subscriber
 
@@ -285,6 +285,20 @@ def state_files(names: Iterable[str], keep_ranks: Iterable[int]) -> list[str]:
         if m and int(m.group(1)) not in keep:
             out.append(name)
     return out
+
+
+def stale_outputs(names: Iterable[str], keep_ranks: Iterable[int], prefix: str, fmt: str) -> list[str]:
+    """Of the files below an output folder (relative names), those a run writing the ranks
+    keep_ranks does not write: another file in a rank folder (an older prefix's `zz_0.ckpt`
+    sorts after `checkpoint_0.ckpt`, and the last file in name order is what MindFormers loads),
+    any file of a rank not kept (rank_4..7 of an 8-rank set in a 4-rank result), the engine's
+    state files of such a rank. Files beside the rank folders (manifest, markers) are not."""
+    keep = set(keep_ranks)
+    names = list(names)
+    wanted = {output_name(r, prefix, fmt) for r in keep}
+    state = set(state_files(names, keep))
+    return [name for name in names if name in state or
+            (RANK_DIR.match(name.split("/", 1)[0]) and "/" in name and name not in wanted)]
 
 
 def abort_left_uploads(location: str, plan: Plan) -> None:

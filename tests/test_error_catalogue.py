@@ -64,6 +64,10 @@ def inputs(models, tmp_path_factory) -> dict[str, str]:
     data = Path(models["complete"]).read_bytes()
     m["truncated"] = str(root / "truncated.ckpt")
     Path(m["truncated"]).write_bytes(data[:100])
+    m["cut"] = str(root / "cut.ckpt")             # cut inside a record, past the first ones
+    Path(m["cut"]).write_bytes(data[:len(data) * 2 // 3])
+    m["emptyckpt"] = str(root / "empty.ckpt")
+    Path(m["emptyckpt"]).write_bytes(b"")
     m["safetensors"] = str(root / "corrupt.safetensors")
     Path(m["safetensors"]).write_bytes(b"\xff" * 8 + b"{not json")
     m["encrypted"] = str(root / "encrypted.ckpt")
@@ -142,6 +146,13 @@ CASES = [
          tc("--src_checkpoint={truncated}", "--dst_strategy={s4}"), said("truncated.ckpt")),
     Case("corrupt-checkpoint", "cloud-entry",
          entry("--load_checkpoint={truncated}", "--dst_strategy={s4}"), said("truncated.ckpt")),
+    Case("corrupt-checkpoint", "transform-checkpoint",
+         tc("--src_checkpoint={cut}", "--dst_strategy={s4}"), said("cut.ckpt: truncated")),
+    Case("output-holds-other-files", "transform-checkpoint",   # gap: 8 ranks' files, 4 written
+         tc("--src_checkpoint={complete}", "--dst_strategy={s4}", "--dst_checkpoint={gap}"),
+         said("rank_4/checkpoint_4.ckpt")),
+    Case("corrupt-checkpoint", "transform-checkpoint",
+         tc("--src_checkpoint={emptyckpt}", "--dst_strategy={s4}"), said("empty.ckpt: empty file")),
     Case("corrupt-checkpoint", "transform-checkpoint",
          tc("--src_checkpoint={safetensors}", "--dst_strategy={s4}", "--format=safetensors"),
          said("corrupt.safetensors")),

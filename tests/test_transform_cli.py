@@ -244,3 +244,44 @@ def test_a_prefix_with_a_path_is_refused_before_anything_is_written(tmp_path, ca
     err = errors_only(capsys.readouterr().err).splitlines()
     assert len(err) == 1 and "--prefix=" in err[0] and "without a path" in err[0]
     assert not out.exists()
+
+
+def _tree(folder: str) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_an_output_holding_files_of_another_set_is_refused(data, tmp_path, capsys):
+    """8 ranks converted, then 4 into the same folder: rank_4..7 would stay beside the new set
+    (and an older file in a rank folder would be what a loader reads): one line, nothing
+    changed. The same conversion again keeps its ranks."""
+    out = str(tmp_path / "out")
+    assert main(["--src_checkpoint", data["full"], "--dst_checkpoint", out, "--dst_strategy", data["s8"]]) == 0
+    assert main(["--src_checkpoint", data["full"], "--dst_checkpoint", out, "--dst_strategy", data["s8"]]) == 0
+    capsys.readouterr()
+    before = _tree(out)
+    for argv in (["--dst_strategy", data["s4"]], ["--dst_strategy", data["s4"], "--dry_run"]):
+        assert main(["--src_checkpoint", data["full"], "--dst_checkpoint", out, *argv]) == 2
+        err = errors_only(capsys.readouterr().err)
+        assert len(err.splitlines()) == 1 and "holds 8 file(s) this conversion does not write" in err, err
+        assert "rank_4/checkpoint_4.ckpt" in err and _tree(out) == before
+    old = tmp_path / "out" / "rank_0" / "zz_old.ckpt"
+    old.write_bytes(b"an older checkpoint")
+    assert main(["--src_checkpoint", data["full"], "--dst_checkpoint", out, "--dst_strategy", data["s8"]]) == 2
+    err = errors_only(capsys.readouterr().err)
+    assert "holds 1 file(s)" in err and "rank_0/zz_old.ckpt" in err, err
+
+
+def test_an_output_on_object_storage_holding_another_set_is_refused(data, tmp_path, bucket, capsys):
+    out = f"s3://{bucket}/out"
+    assert main(["--src_checkpoint", data["full"], "--dst_checkpoint", out, "--dst_strategy", data["s8"]]) == 0
+    capsys.readouterr()
+    assert main(["--src_checkpoint", data["full"], "--dst_checkpoint", out, "--dst_strategy", data["s4"]]) == 2
+    err = errors_only(capsys.readouterr().err)
+    assert len(err.splitlines()) == 1 and "this conversion does not write" in err and out in err, err
+
+
+def test_dry_run_refuses_an_output_inside_the_source(data, tmp_path, capsys):
+    _fails(capsys, ["--src_checkpoint", data["ms8"], "--src_strategy", data["s8"], "--dst_checkpoint",
+                    data["ms8"], "--dst_strategy", data["s4"], "--dry_run"], "refusing to write into an input",
+           str(tmp_path / "none"))

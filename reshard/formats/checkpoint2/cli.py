@@ -104,9 +104,9 @@ def run(args) -> int:
     if dst_ranks is None:   # a whole set: its integrity manifest, last, as the engine's path
         # writes it (a block is not a set)
         from ... import integrity
-        from ...cli import plan_digest
+        from ...run import result_digest
         manifest = integrity.SetManifest(
-            integrity.records(written.checksums), plan_digest(written.plan, written.plan.local_root),
+            integrity.records(written.checksums), result_digest(written.plan, written.plan.local_root),
             {"location": args.src_checkpoint, "files": written.plan.source.used_names()},
             {"src": args.src_strategy or (written.plan.src_strategy.source if written.plan.src_strategy
                                           else ""), "dst": args.dst_strategy or ""},
