@@ -190,23 +190,13 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     for key, old, new in config_mod.diff(config_mod.mask_secrets(base), config_mod.mask_secrets(cfg)):
         log.info("config %s: %r -> %r", key, old, new)
     fmt = job.load_ckpt_format or formats.DEFAULT
-    source = (sync.inspect_source(job.load_checkpoint, fmt, step=job.load_checkpoint_step)
-              if job.load_checkpoint and ckpt2 is None else None)
-    if not converting and ckpt2 is None and (job.dst_strategy or job.src_strategy):
-        log.warning("auto_trans_ckpt is %s: the strategies given are not used, nothing is converted",
-                    job.auto_trans_ckpt)
+    source = _legacy_source(job, fmt, converting, ckpt2)
     blocks, convert_ranks, identities = _blocks(job, cfg, cluster, source) if converting else (None, (), {})
     layout = _layout(job, source, ckpt2)
     _check_locations(job, layout, cluster, converting or bool(ckpt2 and ckpt2.mode == checkpoint2.PRESHARD))
     check_writable(layout.output_dir, f"--output_dir={job.output_dir}" if job.output_dir
                    else f"output folder {layout.output_dir}")
-    # What defines the result, and nothing node-local: nodes with different output folders agree.
-    result = {"source": [job.load_checkpoint, list(source.identity) if source else []],
-              "strategies": identities, "world": cluster.world_size, "nodes": cluster.num_nodes,
-              "use_parallel": job.use_parallel, "blocks": blocks.process_num if blocks else 0,
-              "prefix": job.prefix, "fmt": fmt, "remote_save_url": job.remote_save_url,
-              "converting": converting,
-              **({"checkpoint2": [ckpt2.mode, ckpt2.identity, ckpt2.dst_identity]} if ckpt2 else {})}
+    result = _result(job, cluster, source, identities, blocks, fmt, converting, ckpt2)
     run_id = markers.run_id(job.run_id or env.get("CLOUD_ENTRY_RUN_ID", ""), result)
     # Every hyperparameter counts here: cards of one node given other ones must not share a leader.
     node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
@@ -219,6 +209,30 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
                                              run_id, previous is None, fetched)
     return JobPlan(job, cfg, cluster, layout, source, blocks, tuple(convert_ranks), src, dst, run_id,
                    node_key, time.time(), full, previous, fetched, ckpt2)
+
+
+def _legacy_source(job: JobSpec, fmt: str, converting: bool,
+                   ckpt2: "checkpoint2.Checkpoint2Job | None") -> sync.Source | None:
+    """load_checkpoint inspected as rank folders or a complete file (None: none given, or a
+    Checkpoint 2.0 job, which has its own path)."""
+    source = (sync.inspect_source(job.load_checkpoint, fmt, step=job.load_checkpoint_step)
+              if job.load_checkpoint and ckpt2 is None else None)
+    if not converting and ckpt2 is None and (job.dst_strategy or job.src_strategy):
+        log.warning("auto_trans_ckpt is %s: the strategies given are not used, nothing is converted",
+                    job.auto_trans_ckpt)
+    return source
+
+
+def _result(job: JobSpec, cluster: Cluster, source: sync.Source | None, identities: dict[str, Any],
+            blocks: BlockPlan | None, fmt: str, converting: bool,
+            ckpt2: "checkpoint2.Checkpoint2Job | None") -> dict[str, Any]:
+    """What defines the result, and nothing node-local: nodes with different output folders agree."""
+    return {"source": [job.load_checkpoint, list(source.identity) if source else []],
+            "strategies": identities, "world": cluster.world_size, "nodes": cluster.num_nodes,
+            "use_parallel": job.use_parallel, "blocks": blocks.process_num if blocks else 0,
+            "prefix": job.prefix, "fmt": fmt, "remote_save_url": job.remote_save_url,
+            "converting": converting,
+            **({"checkpoint2": [ckpt2.mode, ckpt2.identity, ckpt2.dst_identity]} if ckpt2 else {})}
 
 
 def _blocks(job: JobSpec, cfg: dict[str, Any], cluster: Cluster, source: sync.Source | None
