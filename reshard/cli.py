@@ -501,9 +501,11 @@ def _destination(args, source: SourceSet | None) -> None:
 
 def _check_no_stale_files(args, world: int) -> None:
     """Refuse an output folder holding checkpoint files this conversion would leave beside its
-    own (reshard.run.stale_outputs: ranks beyond this world, other files in rank folders): a
-    loader would read them with the new set (MindFormers loads the last file in name order).
-    The job prunes its own output folder; a folder the user names is never emptied here."""
+    own (reshard.run.stale_outputs: ranks beyond this world, other checkpoint files in rank
+    folders): a loader would read them with the new set (MindFormers loads the last file in
+    name order). Other files (a user's notes, a killed writer's temporary file, which the run
+    sweeps) are not checkpoints. The job prunes its own output folder; a folder the user names
+    is never emptied here."""
     if not args.dst_checkpoint:
         return
     import obs_io
@@ -512,7 +514,8 @@ def _check_no_stale_files(args, world: int) -> None:
             names = [e.name for e in obs_io.file.list_entries(args.dst_checkpoint, recursive=True) if e.is_file()]
         except FileNotFoundError:   # not there yet
             return
-    stale = reshard_run.stale_outputs(names, range(world), args.prefix, args.fmt)
+    stale = [n for n in reshard_run.stale_outputs(names, range(world), args.prefix, args.fmt)
+             if registry.by_file(n.rsplit("/", 1)[-1]) is not None]   # what a loader would read
     if stale:
         flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
         shown = sorted(stale, key=lambda n: (n.startswith("."), n))   # checkpoint files first
