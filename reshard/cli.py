@@ -158,10 +158,22 @@ def _add_layout_flags(p: argparse.ArgumentParser) -> None:
                    help="[MindFormers] destination rank count (dp*mp*pp), checked against the "
                         "destination strategy (default: the strategy's)")
     p.add_argument("--process_num", "--transform_process_num", dest="process_num", type=int,
-                   default=1, metavar="P",
+                   default=1, metavar="P", action=_OneValue,
                    help="ranks converted at once, in P worker processes, within --max_memory; "
                         "--transform_process_num is MindFormers' name for it; with --rank_id the "
                         "number of blocks (default 1)")
+
+
+class _OneValue(argparse.Action):
+    """A flag with two names (ours and MindFormers'): given twice with different values is bad
+    input, not the last one silently winning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = getattr(namespace, f"_given_{self.dest}", None)
+        if seen is not None and seen[1] != values:
+            raise argparse.ArgumentError(self, f"{seen[0]}={seen[1]} and {option_string}={values}: give one")
+        setattr(namespace, f"_given_{self.dest}", (option_string, values))
+        setattr(namespace, self.dest, values)
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -592,7 +604,9 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
     world = dst.world_size if dst else 1
     if args.world_size is not None and world != args.world_size:
         raise ReshardError(f"--world_size {args.world_size} does not match the "
-                           f"destination strategy's {world} ranks")
+                           f"destination strategy's {world} ranks" if dst else
+                           f"--world_size {args.world_size}: no destination strategy, so the result "
+                           "is one complete checkpoint (1 rank); give --dst_strategy")
     _check_no_stale_files(args, world)
     if args.engine == "mindspore":
         with _claimed(args, source, src, dst) as claim:

@@ -190,7 +190,7 @@ def finish_plan(plan: Plan, local_root: str, dst_root: str, config: ReshardConfi
         fetching = fetch_bytes(chunks=config.fetch_chunks)
         budget, peak = budget - fetching, peak + fetching
     checked = check_source_crcs(plan, local_root, only=needed_now - fetched)
-    log.info("plan: %d destination ranks, %d processes, expected peak %.1f MiB "
+    log.info("plan: %d destination ranks, %d process(es), expected peak %.1f MiB "
              "(budget %.1f MiB)", len(plan.ranks), config.process_count, peak / 2**20, budget / 2**20)
     return FinishedPlan(plan, local_root, dst_root, config, files, budget - config.process_base_bytes,
                         peak, frozenset(pending), frozenset(converting), stored, tuple(sorted(fetched)),

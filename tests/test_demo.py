@@ -107,8 +107,8 @@ cloud-entry[node 1] INFO: config remote_save_url: '' -> 's3://demo/job1'
 cloud-entry[node 1] INFO: topology: 2 nodes [MA_NUM_HOSTS=2], this is node 1 [VC_TASK_INDEX=1], world 8, ranks 4-7
 cloud-entry[node 1] INFO: this process (pid 14000) leads this node's sync and conversion
 cloud-entry[node 1] INFO: copy s3://demo/models -> /w/demo_work/job1/node1/output/cloud_entry/source/llama_7b: 1/1 files
-cloud-entry[node 1] INFO: plan: 4 destination ranks, 1 processes, expected peak 97.8 MiB (budget 11140.0 MiB)
-cloud-entry[node 1] INFO: plan: 4 destination ranks, 1 processes, expected peak 112.5 MiB (budget 11140.0 MiB)
+cloud-entry[node 1] INFO: plan: 4 destination ranks, 1 process(es), expected peak 97.8 MiB (budget 11140.0 MiB)
+cloud-entry[node 1] INFO: plan: 4 destination ranks, 1 process(es), expected peak 112.5 MiB (budget 11140.0 MiB)
 cloud-entry[node 1] INFO: rank 4: wrote /w/demo_work/job1/node1/output/x/rank_4/checkpoint_4.ckpt (20 tensors) in 0.23s
 cloud-entry[node 1] INFO: converted ranks [4, 5, 6, 7], reused none (already complete and verified) in 1.0s
 cloud-entry[node 1] INFO: converted ranks [4], reused none (already complete and verified) in 12.5s

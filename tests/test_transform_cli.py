@@ -285,3 +285,14 @@ def test_dry_run_refuses_an_output_inside_the_source(data, tmp_path, capsys):
     _fails(capsys, ["--src_checkpoint", data["ms8"], "--src_strategy", data["s8"], "--dst_checkpoint",
                     data["ms8"], "--dst_strategy", data["s4"], "--dry_run"], "refusing to write into an input",
            str(tmp_path / "none"))
+
+
+def test_the_two_names_of_process_num_given_different_values_are_refused(data, tmp_path, capsys):
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_checkpoint", str(tmp_path / "o"),
+                    "--dst_strategy", data["s8"], "--process_num=2", "--transform_process_num=3"],
+           "--process_num=2 and --transform_process_num=3: give one", str(tmp_path / "o"))
+
+
+def test_world_size_without_a_destination_strategy_says_so(data, tmp_path, capsys):
+    _fails(capsys, ["--src_checkpoint", data["full"], "--dst_checkpoint", str(tmp_path / "o"),
+                    "--dst_strategy=None", "--world_size=4"], "no destination strategy", str(tmp_path / "o"))
