@@ -103,7 +103,7 @@ def test_conversions_with_mindformers_flags_equal_mindspore(data, in_tmp, capsys
     # an empty strategy is "none" too; --world_size is still checked
     rc = main([f"--src_checkpoint={out4}", f"--src_strategy={data['s4']}", f"--dst_checkpoint_dir={out1}x",
                "--dst_strategy=", "--world_size=8"])
-    _one_line_error(capsys, rc, "--world_size 8", "1 ranks")
+    _one_line_error(capsys, rc, "--world_size 8", "no destination strategy")
     assert not os.path.exists(f"{out1}x")
 
 
