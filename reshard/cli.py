@@ -499,13 +499,18 @@ def _check_destination_flags(args) -> None:
                     os.path.abspath(DEFAULT_DST))
 
 
+def _dst_flag(args) -> str:
+    """The destination flag as the user gave it, for messages."""
+    return "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
+
+
 def _destination(args, source: SourceSet | None) -> None:
     """args.dst_checkpoint as the conversion writes it (--dst_checkpoint_dir: MindFormers'
     layout, the checkpoint's name added), checked: not overlapping an input, writable."""
     if args.dst_checkpoint_dir and source is not None:   # MindFormers' layout
         args.dst_checkpoint = _join(args.dst_checkpoint_dir, source.name)
     if args.dst_checkpoint:   # a --dry_run is refused what the run would be refused
-        flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
+        flag = _dst_flag(args)
         check_output(args.dst_checkpoint, flag, {f"--{f}": getattr(args, f) for f in _INPUTS})
         if not is_url(args.dst_checkpoint) and not args.dry_run:
             check_writable(args.dst_checkpoint, f"{flag} {args.dst_checkpoint}")
@@ -521,7 +526,7 @@ def _check_no_stale_files(args, world: int) -> None:
     if not args.dst_checkpoint:
         return
     import obs_io
-    with _storage("--dst_checkpoint", args.dst_checkpoint):
+    with _storage(_dst_flag(args), args.dst_checkpoint):
         try:
             names = [e.name for e in obs_io.file.list_entries(args.dst_checkpoint, recursive=True) if e.is_file()]
         except FileNotFoundError:   # not there yet
@@ -529,10 +534,9 @@ def _check_no_stale_files(args, world: int) -> None:
     stale = [n for n in reshard_run.stale_outputs(names, range(world), args.prefix, args.fmt)
              if registry.by_file(n.rsplit("/", 1)[-1]) is not None]   # what a loader would read
     if stale:
-        flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
-        shown = sorted(stale, key=lambda n: (n.startswith("."), n))   # checkpoint files first
-        raise ReshardError(f"{flag} {args.dst_checkpoint} holds {len(stale)} file(s) this conversion does "
-                           f"not write ({', '.join(shown[:4])}{', ...' if len(shown) > 4 else ''}): "
+        shown = sorted(stale)
+        raise ReshardError(f"{_dst_flag(args)} {args.dst_checkpoint} holds {len(stale)} file(s) this conversion "
+                           f"does not write ({', '.join(shown[:4])}{', ...' if len(shown) > 4 else ''}): "
                            "a loader would read them with the new ranks; choose an empty folder or "
                            "remove them")
 
@@ -542,7 +546,7 @@ def _claimed(args, source: SourceSet | None, src: Strategy | None, dst: Strategy
     """--dst_checkpoint claimed for this run while it is written (reshard.claim): another
     conversion into it is refused at once. On object storage the claim is the first write
     there: a bucket that refuses it is found before anything is converted."""
-    flag = "--dst_checkpoint" if not args.dst_checkpoint_dir else "--dst_checkpoint_dir"
+    flag = _dst_flag(args)
     shown = f"{flag} {args.dst_checkpoint}"
     if not is_url(args.dst_checkpoint):   # made and tried before the claim is written there
         probe_writable(args.dst_checkpoint, f"--dst_checkpoint {args.dst_checkpoint}")
