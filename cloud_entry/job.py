@@ -197,9 +197,9 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     check_writable(layout.output_dir, f"--output_dir={job.output_dir}" if job.output_dir
                    else f"output folder {layout.output_dir}")
     result = _result(job, cluster, source, identities, blocks, fmt, converting, ckpt2)
-    run_id = markers.run_id(job.run_id or env.get("CLOUD_ENTRY_RUN_ID", ""), result)
+    run_id = reshard.inputs_id(result, job.run_id or env.get("CLOUD_ENTRY_RUN_ID", ""))
     # Every hyperparameter counts here: cards of one node given other ones must not share a leader.
-    node_key = markers.run_id("", [run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
+    node_key = reshard.inputs_id([run_id, config_mod.mask_secrets(cfg), spec.launch_cmd, spec.passthrough])
     launch.stop_grace(env)    # a bad CLOUD_ENTRY_STOP_GRACE is bad input: now, not after converting
     src = dst = full = previous = None
     fetched: dict[str, sync.StrategyCopy] = {}

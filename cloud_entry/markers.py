@@ -7,7 +7,6 @@ block's own leader before it converts. The failure marker's remaining text is th
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -171,14 +170,3 @@ def block_files(marker: Marker, store: str) -> dict[str, tuple[int, str]]:
     except (ValueError, KeyError, TypeError, IndexError):
         raise EntryError(f"{join(store, marker_name(SUCCEED, marker.rank))} lists no file checksums "
                          "(an older cloud-entry wrote it): remove it and run the job again") from None
-
-
-def run_id(explicit: str, result: object) -> str:
-    """The id every node and every per-card process of this run computes alike, without talking
-    to each other: a digest of what defines the job's result (`result`: the sources' and
-    strategies' identities, world size, blocks, prefix, format, where results go; never a
-    node-local path), behind the user's --run_id / CLOUD_ENTRY_RUN_ID when given. A marker of
-    an earlier run of exactly these inputs states a result that is still true; one of other
-    inputs carries another id and is ignored."""
-    digest = hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"{explicit}-{digest}" if explicit else digest

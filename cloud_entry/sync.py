@@ -4,7 +4,6 @@ upload_*), so bad input is reported before anything is written.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ class Source:
     name: str                            # <ckpt_name>: the folder's name or the file's stem
     files: SourceSet                     # what the engine reads, names relative to files.base
     entries: dict[str, DirEntry] = field(default_factory=dict)  # every file used, by name
-    identity: tuple = ()                 # (name, size, version) of every file used: see _version
+    identity: tuple = ()                 # (name, size, version) of every file used: reshard.file_version
 
     @property
     def remote(self) -> bool:
@@ -51,21 +50,6 @@ class Source:
 
 def _basename(url: str) -> str:
     return PurePosixPath(url.rstrip("/")).name
-
-
-def _version(path: str, size: int, etag: str | None, mtime_ns: int) -> str:
-    """What tells two versions of one file apart, alike on every node: an object's ETag (or its
-    modification time), for a local file a digest of its first and last 64 KiB. Not a local
-    mtime or path: nodes that each hold a synced copy differ in those."""
-    if obs_io.is_remote(path):
-        return etag or str(mtime_ns)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 16))
-        if size > 1 << 17:
-            f.seek(size - (1 << 16))
-            h.update(f.read())
-    return h.hexdigest()[:32]
 
 
 def _listing(url: str, flag: str) -> list[DirEntry] | None:
@@ -97,7 +81,7 @@ def _local_listing(path: str, flag: str) -> tuple[list[SourceEntry], list[DirEnt
 
 
 def _identity(entries: list[DirEntry]) -> tuple:
-    return tuple((e.name, e.length, _version(e.path, e.length, e.etag, e.mtime_nsec)) for e in entries)
+    return tuple((e.name, e.length, reshard.file_version(e.path, e.length, e.etag, e.mtime_nsec)) for e in entries)
 
 
 def inspect_source(url: str, fmt: str, flag: str = "load_checkpoint", step: reshard.Step | None = None) -> Source:

@@ -20,7 +20,7 @@ _EXPORTS = {
                     "make_plan", "needed_source_ranks", "plan_from_strategies", "transform",
                     "write_merged_strategy"),
     "reshard.config": ("ReshardConfig",),
-    "reshard.run": ("Request", "SetRecord", "Stage"),
+    "reshard.run": ("Request", "SetRecord", "Stage", "file_version", "inputs_id"),
     "reshard.subscriber": ("Subscriber",),
     "reshard.plan": ("Plan", "PlanPolicy", "RankPlan", "TensorPlan"),
     "reshard.sources": ("SourceEntry", "SourceSet", "check_output", "classify", "output_name", "overlaps",

@@ -35,7 +35,7 @@ from .config import ReshardConfig
 from .execute import LOG_NAME
 from .formats import registry
 from .plan import SOURCE_MODES, PlanPolicy, human_size, ranks_text
-from .run import inputs_id
+from .run import conversion_inputs, inputs_id
 from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
                       is_url, probe_writable,
                       split_url, strategy_files)
@@ -550,7 +550,7 @@ def _claimed(args, source: SourceSet | None, src: Strategy | None, dst: Strategy
     shown = f"{flag} {args.dst_checkpoint}"
     if not is_url(args.dst_checkpoint):   # made and tried before the claim is written there
         probe_writable(args.dst_checkpoint, f"--dst_checkpoint {args.dst_checkpoint}")
-    claim = OutputClaim(args.dst_checkpoint, inputs_id(source, src, dst, args.prefix, args.fmt), PROG, shown)
+    claim = OutputClaim(args.dst_checkpoint, inputs_id(conversion_inputs(source, src, dst, args.prefix, args.fmt)), PROG, shown)
     try:
         claim.acquire()
     except ReshardError:

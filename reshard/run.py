@@ -27,8 +27,9 @@ The call order:
               and, last, on the remote output (its presence says the set is complete there);
               the per-rank upload records it supersedes are removed
 
-What defines "the same inputs" is the engine's: inputs_id() for a conversion's claim (the same
-for its reruns and for the parallel processes of its blocks), the per-rank digests
+What defines "the same inputs" is the engine's: inputs_id() (of conversion_inputs() for
+transform-checkpoint, of the job's result for cloud-entry) for a run's claim, markers and set
+(the same for its reruns and for the parallel processes of its blocks), the per-rank digests
 (execute.rank_digest) recorded in the engine's private state files below the output
 (MANIFEST_DIR: state_files() names them for a caller that prunes), and result_digest() of a
 whole plan in the set's manifest.
@@ -251,24 +252,80 @@ def same_result(location: str, plan: Plan, local_root: str) -> bool:
         {rp.path for rp in plan.ranks} <= set(manifest.files)
 
 
-def inputs_id(source: SourceSet | None, src: Strategy | None, dst: Strategy | None,
-              prefix: str, fmt: str) -> str:
-    """What defines a conversion's result, the same for its reruns and for the parallel
-    processes converting its blocks (the ranks chosen are not part of it): the source (where
-    it is, which files, a local file's size and time), the strategies, prefix, format. The id a
-    run claims its output with (reshard.claim): runs of other inputs writing one output are
-    refused."""
+def inputs_id(inputs: object, explicit: str = "") -> str:
+    """The one notion of "the same inputs" both tools use: a 16-hex-digit digest of what
+    defines a result (`inputs`: anything JSON-able, mappings compared with sorted keys), behind
+    the user's own run id when given (`<explicit>-<digest>`).
+
+    transform-checkpoint passes conversion_inputs() and claims its output with the id
+    (reshard.claim: runs of other inputs writing one output are refused); cloud-entry passes
+    its job's result (source and strategy identities by file_version, world, blocks, prefix,
+    format, where results go; nothing node-local, so every node and every per-card process
+    computes the same id without talking to the others) and keys its claim, its block markers
+    and its set manifest with it. The ranks a process converts are never part of it: the
+    processes converting the blocks of one conversion share its id.
+
+    Args:
+        inputs: what defines the result, JSON-able (other values are taken by str()).
+        explicit: the user's run id (--run_id, CLOUD_ENTRY_RUN_ID), '' for none.
+
+    Returns:
+        `<digest>` or `<explicit>-<digest>`.
+    """
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{explicit}-{digest}" if explicit else digest
+
+
+def file_version(location: str, size: int, etag: str | None, mtime_ns: int) -> str:
+    """What tells two versions of one file apart, alike on every node: an object's ETag (or its
+    modification time when the store gives none), for a local file a digest of its first and
+    last 64 KiB. Not a local path or mtime: nodes that each hold a synced copy differ in those.
+    (A rank's private resume record, execute.rank_digest, uses path, size and mtime instead:
+    it is read back only on the node that wrote it, where a touched file should count as new.)
+
+    Args:
+        location: a local path or an obs:// / s3:// URL.
+        size: the file's size in bytes.
+        etag: the object's ETag (None: a local file, or a store that gives none).
+        mtime_ns: its modification time in nanoseconds.
+
+    Returns:
+        A short string; equal for equal versions.
+
+    Raises:
+        OSError: a local file that cannot be read.
+    """
+    if is_url(location):
+        return etag or str(mtime_ns)
+    h = hashlib.sha256()
+    with open(location, "rb") as f:
+        h.update(f.read(1 << 16))
+        if size > 1 << 17:
+            f.seek(size - (1 << 16))
+            h.update(f.read())
+    return h.hexdigest()[:32]
+
+
+def conversion_inputs(source: SourceSet | None, src: Strategy | None, dst: Strategy | None,
+                      prefix: str, fmt: str) -> dict:
+    """What defines one conversion of transform-checkpoint (inputs_id's argument): the source
+    (where it is; which files, a local one by size and file_version, an object by name: its
+    versions are read when planning and recorded per rank), the strategies (where, world size,
+    stages), prefix and format."""
     files = []
     if source is not None:
         for name in source.used_names():
             path = source.path_of(name)
-            st = None if is_url(path) else os.stat(path)
-            files.append([name, st.st_size if st else None, st.st_mtime_ns if st else None])
+            if is_url(path):
+                files.append([name, None, None])
+            else:
+                st = os.stat(path)
+                files.append([name, st.st_size, file_version(path, st.st_size, None, st.st_mtime_ns)])
     root = source.root if source is None or is_url(source.root) else os.path.abspath(source.root)
     strategies = [[s.source if is_url(str(s.source)) else os.path.abspath(str(s.source)), s.world_size,
                    s.num_stages] if s is not None else None for s in (src, dst)]
-    text = json.dumps([root if source else None, files, strategies, prefix, fmt])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {"source": root if source else None, "files": files, "strategies": strategies,
+            "prefix": prefix, "format": fmt}
 
 
 _STATE_FILE = re.compile(rf"^{re.escape(MANIFEST_DIR)}/rank_(\d+)\.json$")

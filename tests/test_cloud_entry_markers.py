@@ -10,6 +10,7 @@ import time
 import pytest
 
 import obs_io
+import reshard
 from cloud_entry import markers, strategy_pass
 from cloud_entry.errors import BlockFailed, WaitTimeout
 from cloud_entry.paths import JobPaths, clear_reason, clear_safely
@@ -75,10 +76,11 @@ def test_local_marker_write_is_atomic(tmp_path):
 
 
 def test_run_id_depends_only_on_the_result():
+    """The job's run id is the engine's inputs_id of its result (one notion of the same inputs)."""
     key = {"source": ["s3://b/m", [["rank_0/a.ckpt", 10, "etag0"]]], "world": 8}
-    assert markers.run_id("", key) == markers.run_id("", dict(key))
-    assert markers.run_id("", key) != markers.run_id("", {**key, "world": 4})
-    assert markers.run_id("job-7", key).startswith("job-7-")
+    assert reshard.inputs_id(key) == reshard.inputs_id(dict(reversed(list(key.items()))))
+    assert reshard.inputs_id(key) != reshard.inputs_id({**key, "world": 4})
+    assert reshard.inputs_id(key, "job-7") == f"job-7-{reshard.inputs_id(key)}"
 
 
 def test_wait_reports_missing_blocks_and_other_runs(store, caplog):
