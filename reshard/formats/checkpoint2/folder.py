@@ -318,75 +318,122 @@ def parse_metadata(raw, meta_path: str, present: set[str], *, root: str, base: s
     if not isinstance(raw, dict) or not isinstance(raw.get("state_dict_metadata"), dict) or \
             not isinstance(raw.get("storage_data"), dict):
         raise ReshardError(f"{meta_path}: lacks state_dict_metadata / storage_data")
-    storage: dict[str, dict[int, list[StorageRecord]]] = {}
-    file_rank: dict[str, int] = {}
-    for key, records in raw["storage_data"].items():
-        try:
-            name, (slice_id,) = ast.literal_eval(key)
-            if not isinstance(name, str) or not isinstance(slice_id, int) or \
-                    not isinstance(records, list) or not records:
-                raise ValueError
-            recs = []
-            for r in records:
-                group = r.get("rank_group")
-                recs.append(StorageRecord(str(r["file_name"]), int(r["storage_rank"]),
-                                          None if group is None else _ints(group, "rank_group")))
-        except (ValueError, SyntaxError, TypeError, KeyError, AttributeError):
-            raise ReshardError(f"{meta_path}: storage_data entry {key[:80]!r} is not "
-                               f"\"('<name>', (<slice>,))\": [{{file_name, storage_rank, ...}}]") from None
-        for rec in recs:
-            if rec.file not in present:
-                raise ReshardError(f"{_beside(meta_path, rec.file)}: missing "
-                                   f"({METADATA} stores parameter {name} slice {slice_id} there)")
-            if not SHARD_NAME.match(rec.file):
-                raise ReshardError(f"{meta_path}: parameter {name}: {rec.file} is not named "
-                                   f"<prefix>-model|opt-<k>-<N>.safetensors")
-            if file_rank.setdefault(rec.file, rec.storage_rank) != rec.storage_rank:
-                raise ReshardError(f"{meta_path}: {rec.file} holds slices of storage ranks "
-                                   f"{file_rank[rec.file]} and {rec.storage_rank} (parameter {name})")
-        storage.setdefault(name, {}).setdefault(slice_id, []).extend(recs)
-
+    storage, file_rank = _parse_storage(raw["storage_data"], meta_path, present)
     params_raw = raw["state_dict_metadata"]
     stray = sorted(set(storage) - set(params_raw))
     if stray:
         raise ReshardError(f"{meta_path}: storage_data names parameter {stray[0]}, which "
                            f"state_dict_metadata does not describe")
-    devices = None
-    parsed: list[tuple[str, dict, dict | None, tuple, tuple, list]] = []
-    for name, entry in params_raw.items():
-        try:
-            props = entry.get("properties") or {}
-            dtype = str(props["dtype"])
-            shape = _ints(entry["global_shape"], "global_shape")
-            frags = _ints(entry.get("axis_fragmentations", [1] * len(shape)), "axis_fragmentations")
-            layout = entry.get("layout")
-            chunks = [(_ints(c["global_offset"], "global_offset"), _ints(c["local_shape"], "local_shape"))
-                      for c in entry["chunk"]]
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise ReshardError(f"{meta_path}: parameter {name}: malformed entry ({e})") from None
-        if layout is not None:
-            if not isinstance(layout, dict) or tuple(layout) != LAYOUT_KEYS:
-                raise ReshardError(f"{meta_path}: parameter {name}: layout keys "
-                                   f"{list(layout) if isinstance(layout, dict) else layout!r}, "
-                                   f"expected {list(LAYOUT_KEYS)}")
-            n = math.prod(layout["device_matrix"])
-            if devices is None:
-                devices = n
-            elif n != devices:
-                raise ReshardError(f"{meta_path}: parameter {name}: device_matrix "
-                                   f"{layout['device_matrix']} has {n} devices, other parameters "
-                                   f"{devices}")
-        parsed.append((name, props, layout, shape, frags, chunks))
-    if devices is None:      # no layout at all (one device, or 2.0+ layout-less values)
-        devices = 1
-    world = max([r.storage_rank for recs in storage.values() for rs in recs.values() for r in rs]
-                + [r for _, _, lay, _, _, _ in parsed if lay for r in lay["rank_list"]] + [0]) + 1
-    num_stages = -(-world // devices)
+    parsed = [_parse_entry(meta_path, name, entry) for name, entry in params_raw.items()]
+    devices = _stage_devices(meta_path, parsed)
+    num_stages = -(-_world_size(storage, parsed) // devices)
 
     params: dict[str, ParamMeta] = {}
-    for name, props, layout, shape, frags, chunks in parsed:
-        params[name] = _param(meta_path, name, props, layout, shape, frags, chunks,
+    for name, props, dtype, layout, shape, frags, chunks in parsed:
+        params[name] = _param(meta_path, name, props, dtype, layout, shape, frags, chunks,
                               storage.get(name, {}), devices)
+    files, prefixes = _files_by_kind(meta_path, file_rank)
+    others = sorted(n for n in present if SHARD_NAME.match(n) and n not in file_rank)
+    if others:
+        raise ReshardError(f"{_beside(meta_path, others[0])}: a shard "
+                           f"{METADATA} does not name (a mixed folder: another save's files?)")
+    return Checkpoint2(root, base, folder, iteration, params, common, files, devices, num_stages,
+                       sorted(prefixes, key=str)[0] if len(prefixes) == 1 else None)
+
+
+def _parse_storage(raw_storage: dict, meta_path: str, present: set[str]
+                   ) -> tuple[dict[str, dict[int, list[StorageRecord]]], dict[str, int]]:
+    """storage_data -> ({parameter: {slice id: records}}, {file: its storage rank}), every
+    record's file present, named as MindFormers names shards, and of one storage rank."""
+    storage: dict[str, dict[int, list[StorageRecord]]] = {}
+    file_rank: dict[str, int] = {}
+    for key, records in raw_storage.items():
+        name, slice_id, recs = _storage_entry(meta_path, key, records)
+        for rec in recs:
+            _check_record(meta_path, name, slice_id, rec, present, file_rank)
+        storage.setdefault(name, {}).setdefault(slice_id, []).extend(recs)
+    return storage, file_rank
+
+
+def _storage_entry(meta_path: str, key: str, records) -> tuple[str, int, list[StorageRecord]]:
+    """One storage_data item: "('<name>', (<slice>,))" -> its records."""
+    try:
+        name, (slice_id,) = ast.literal_eval(key)
+        if not isinstance(name, str) or not isinstance(slice_id, int) or \
+                not isinstance(records, list) or not records:
+            raise ValueError
+        recs = []
+        for r in records:
+            group = r.get("rank_group")
+            recs.append(StorageRecord(str(r["file_name"]), int(r["storage_rank"]),
+                                      None if group is None else _ints(group, "rank_group")))
+    except (ValueError, SyntaxError, TypeError, KeyError, AttributeError):
+        raise ReshardError(f"{meta_path}: storage_data entry {key[:80]!r} is not "
+                           f"\"('<name>', (<slice>,))\": [{{file_name, storage_rank, ...}}]") from None
+    return name, slice_id, recs
+
+
+def _check_record(meta_path: str, name: str, slice_id: int, rec: StorageRecord, present: set[str],
+                  file_rank: dict[str, int]) -> None:
+    """A storage record's file: present, a shard's name, holding one storage rank's slices
+    (recorded in file_rank)."""
+    if rec.file not in present:
+        raise ReshardError(f"{_beside(meta_path, rec.file)}: missing "
+                           f"({METADATA} stores parameter {name} slice {slice_id} there)")
+    if not SHARD_NAME.match(rec.file):
+        raise ReshardError(f"{meta_path}: parameter {name}: {rec.file} is not named "
+                           f"<prefix>-model|opt-<k>-<N>.safetensors")
+    if file_rank.setdefault(rec.file, rec.storage_rank) != rec.storage_rank:
+        raise ReshardError(f"{meta_path}: {rec.file} holds slices of storage ranks "
+                           f"{file_rank[rec.file]} and {rec.storage_rank} (parameter {name})")
+
+
+def _parse_entry(meta_path: str, name: str, entry) -> tuple[str, dict, str, dict | None, tuple, tuple, list]:
+    """One state_dict_metadata entry -> (name, properties, dtype, layout, global_shape,
+    axis_fragmentations, [(global_offset, local_shape)]), its fields of the right types and its
+    layout's keys in Layout.to_dict() order."""
+    try:
+        props = entry.get("properties") or {}
+        dtype = _dtype_name(props["dtype"])
+        shape = _ints(entry["global_shape"], "global_shape")
+        frags = _ints(entry.get("axis_fragmentations", [1] * len(shape)), "axis_fragmentations")
+        layout = entry.get("layout")
+        chunks = [(_ints(c["global_offset"], "global_offset"), _ints(c["local_shape"], "local_shape"))
+                  for c in entry["chunk"]]
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ReshardError(f"{meta_path}: parameter {name}: malformed entry ({e})") from None
+    if layout is not None and (not isinstance(layout, dict) or tuple(layout) != LAYOUT_KEYS):
+        raise ReshardError(f"{meta_path}: parameter {name}: layout keys "
+                           f"{list(layout) if isinstance(layout, dict) else layout!r}, "
+                           f"expected {list(LAYOUT_KEYS)}")
+    return name, props, dtype, layout, shape, frags, chunks
+
+
+def _stage_devices(meta_path: str, parsed: list) -> int:
+    """The devices of one pipeline stage: every layout's device_matrix has as many (1 when no
+    parameter has a layout: one device, or 2.0+ layout-less values)."""
+    devices = None
+    for name, _, _, layout, _, _, _ in parsed:
+        if layout is None:
+            continue
+        n = math.prod(layout["device_matrix"])
+        if devices is None:
+            devices = n
+        elif n != devices:
+            raise ReshardError(f"{meta_path}: parameter {name}: device_matrix "
+                               f"{layout['device_matrix']} has {n} devices, other parameters "
+                               f"{devices}")
+    return 1 if devices is None else devices
+
+
+def _world_size(storage: dict[str, dict[int, list[StorageRecord]]], parsed: list) -> int:
+    """The saved job's ranks: one more than the highest storage rank or rank_list entry."""
+    return max([r.storage_rank for recs in storage.values() for rs in recs.values() for r in rs]
+               + [r for _, _, _, lay, _, _, _ in parsed if lay for r in lay["rank_list"]] + [0]) + 1
+
+
+def _files_by_kind(meta_path: str, file_rank: dict[str, int]) -> tuple[dict[str, dict[int, str]], set]:
+    """({'model' | 'opt': {storage rank: file}}, the files' prefixes): one file per rank and kind."""
     files: dict[str, dict[int, str]] = {"model": {}, "opt": {}}
     prefixes = set()
     for file, rank in file_rank.items():
@@ -396,15 +443,10 @@ def parse_metadata(raw, meta_path: str, present: set[str], *, root: str, base: s
         if kind_files.setdefault(rank, file) != file:
             raise ReshardError(f"{meta_path}: storage rank {rank} has two {m.group('kind')} files "
                                f"({kind_files[rank]}, {file})")
-    others = sorted(n for n in present if SHARD_NAME.match(n) and n not in file_rank)
-    if others:
-        raise ReshardError(f"{_beside(meta_path, others[0])}: a shard "
-                           f"{METADATA} does not name (a mixed folder: another save's files?)")
-    return Checkpoint2(root, base, folder, iteration, params, common, files, devices, num_stages,
-                       sorted(prefixes, key=str)[0] if len(prefixes) == 1 else None)
+    return files, prefixes
 
 
-def _param(meta_path: str, name: str, props: dict, layout: dict | None, shape: tuple,
+def _param(meta_path: str, name: str, props: dict, dtype: str, layout: dict | None, shape: tuple,
            frags: tuple, chunks: list, storage: dict[int, list[StorageRecord]],
            devices: int) -> ParamMeta:
     """One parameter's entry checked against itself: the layout gives axis_fragmentations, each
@@ -418,30 +460,48 @@ def _param(meta_path: str, name: str, props: dict, layout: dict | None, shape: t
     if len(kinds) > 1:
         raise bad("stored in both model and opt files")
     kind = kinds.pop() if kinds else "model"
-    layouts: list[TensorLayout] = []
-    if layout is not None:
-        if layout["interleaved_parallel"]:
-            raise bad("interleaved_parallel layouts are not supported")
-        ranks = list(layout["rank_list"])
-        stage = ranks[0] // devices if ranks else 0
-        if ranks != list(range(stage * devices, (stage + 1) * devices)):
-            raise bad(f"rank_list {ranks[:8]}{'...' if len(ranks) > 8 else ''} is not the ranks of "
-                      f"one pipeline stage in order")
-        try:
-            base = make_layout(layout["device_matrix"], layout["tensor_map"], 0, 0, stage)
-            base.check_divides(shape)
-        except (LayoutError, TypeError, ValueError) as e:
-            raise bad(f"{e}") from None
-        if base.splits != frags:
-            raise bad(f"axis_fragmentations {list(frags)} disagrees with its layout "
-                      f"(splits {list(base.splits)})")
-        # a parameter shared by pipeline stages is stored by ranks of each
-        stages = {stage} | {r.storage_rank // devices for rs in storage.values() for r in rs}
-        layouts = [_restage(base, s) for s in sorted(stages)]
-    elif frags != (1,) * len(shape):
-        raise bad(f"no layout but axis_fragmentations {list(frags)}")
-    local = tuple(n // f for n, f in zip(shape, frags))
-    total = math.prod(frags)
+    layouts = _stage_layouts(bad, layout, shape, frags, storage, devices)
+    out_chunks = _chunks(bad, chunks, tuple(n // f for n, f in zip(shape, frags)), math.prod(frags),
+                         storage)
+    if layouts:
+        _check_storage_ranks(bad, layouts, {c.slice_id for c in out_chunks}, frags, storage, devices)
+    return ParamMeta(name, dtype, shape, frags, layout, tuple(layouts),
+                     tuple(out_chunks), {k: tuple(v) for k, v in storage.items()}, kind, dict(props))
+
+
+def _stage_layouts(bad: Callable[[str], ReshardError], layout: dict | None, shape: tuple,
+                   frags: tuple, storage: dict[int, list[StorageRecord]],
+                   devices: int) -> list[TensorLayout]:
+    """The parameter's layout in every pipeline stage storing it (none without a layout): one
+    stage's ranks in order, dividing the shape, giving axis_fragmentations."""
+    if layout is None:
+        if frags != (1,) * len(shape):
+            raise bad(f"no layout but axis_fragmentations {list(frags)}")
+        return []
+    if layout["interleaved_parallel"]:
+        raise bad("interleaved_parallel layouts are not supported")
+    ranks = list(layout["rank_list"])
+    stage = ranks[0] // devices if ranks else 0
+    if ranks != list(range(stage * devices, (stage + 1) * devices)):
+        raise bad(f"rank_list {ranks[:8]}{'...' if len(ranks) > 8 else ''} is not the ranks of "
+                  f"one pipeline stage in order")
+    try:
+        base = make_layout(layout["device_matrix"], layout["tensor_map"], 0, 0, stage)
+        base.check_divides(shape)
+    except (LayoutError, TypeError, ValueError) as e:
+        raise bad(f"{e}") from None
+    if base.splits != frags:
+        raise bad(f"axis_fragmentations {list(frags)} disagrees with its layout "
+                  f"(splits {list(base.splits)})")
+    # a parameter shared by pipeline stages is stored by ranks of each
+    stages = {stage} | {r.storage_rank // devices for rs in storage.values() for r in rs}
+    return [_restage(base, s) for s in sorted(stages)]
+
+
+def _chunks(bad: Callable[[str], ReshardError], chunks: list, local: tuple, total: int,
+            storage: dict[int, list[StorageRecord]]) -> list[Chunk]:
+    """The chunks: each a slice index below `total` of shape `local` with storage records, and
+    every stored slice listed."""
     out_chunks = []
     for offset, lshape in chunks:
         if len(offset) != 1 or not 0 <= offset[0] < total:
@@ -451,23 +511,28 @@ def _param(meta_path: str, name: str, props: dict, layout: dict | None, shape: t
         if offset[0] not in storage:
             raise bad(f"chunk {offset[0]} has no storage_data entry")
         out_chunks.append(Chunk(offset[0], lshape))
-    listed = {c.slice_id for c in out_chunks}
-    extra = sorted(set(storage) - listed)
+    extra = sorted(set(storage) - {c.slice_id for c in out_chunks})
     if extra:
         raise bad(f"storage_data has slice {extra[0]}, which its chunks do not list")
-    if layouts:
-        missing = sorted(set(range(total)) - listed)
-        if missing:
-            raise bad(f"slice {missing[0]} of {total} is in no chunk")
-        for slice_id, recs in storage.items():
-            for rec in recs:
-                lay = next(lay for lay in layouts if lay.stage == rec.storage_rank // devices)
-                held = slice_id_of(lay.block_of(rec.storage_rank % devices), frags)
-                if held != slice_id:
-                    raise bad(f"{rec.file} is said to hold slice {slice_id}, but its storage rank "
-                              f"{rec.storage_rank} holds slice {held} by the layout")
-    return ParamMeta(name, _dtype_name(props.get("dtype")), shape, frags, layout, tuple(layouts),
-                     tuple(out_chunks), {k: tuple(v) for k, v in storage.items()}, kind, dict(props))
+    return out_chunks
+
+
+def _check_storage_ranks(bad: Callable[[str], ReshardError], layouts: list[TensorLayout],
+                         listed: set[int], frags: tuple, storage: dict[int, list[StorageRecord]],
+                         devices: int) -> None:
+    """A laid-out parameter: every slice of the grid is in a chunk, and each storage rank holds,
+    by its stage's layout, the slice it is said to store."""
+    total = math.prod(frags)
+    missing = sorted(set(range(total)) - listed)
+    if missing:
+        raise bad(f"slice {missing[0]} of {total} is in no chunk")
+    for slice_id, recs in storage.items():
+        for rec in recs:
+            lay = next(lay for lay in layouts if lay.stage == rec.storage_rank // devices)
+            held = slice_id_of(lay.block_of(rec.storage_rank % devices), frags)
+            if held != slice_id:
+                raise bad(f"{rec.file} is said to hold slice {slice_id}, but its storage rank "
+                          f"{rec.storage_rank} holds slice {held} by the layout")
 
 
 def slice_id_of(block: tuple[int, ...], frags: tuple[int, ...]) -> int:
