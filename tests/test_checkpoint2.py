@@ -1,7 +1,8 @@
 """MindFormers Checkpoint 2.0: read, convert, write (reshard.formats.checkpoint2).
 
 The fixtures under tests/data/checkpoint2/ were written by MindFormers' own save_checkpoint
-(scripts/ckpt2_oracle.py write --small, MindFormers 1.9.0 and 2.1.0 on CPU), and each
+(scripts/ckpt2_oracle.py write --small, MindFormers 1.7.0 (float only: --no-bf16, its loader
+cannot assemble bfloat16 on CPU), 1.9.0 and 2.1.0 on CPU), and each
 <fixture>.full.safetensors holds the complete tensors MindFormers' own load_checkpoint gives for
 it (ckpt2_oracle.py check --dump-full): conversions are compared with those bit for bit.
 MindFormers' loader reading what we write runs in scripts/ckpt2_oracle.py (its venvs are not
@@ -27,7 +28,8 @@ from reshard.layout import make_layout
 from reshard.strategy import load_strategy
 
 DATA = Path(__file__).resolve().parent / "data" / "checkpoint2"
-FIXTURES = ["1.9.0-dp2mp2pp2-optshard", "1.9.0-dp2mp2pp2-rr", "2.1.0-dp2mp2pp2"]
+FIXTURES = ["1.7.0-dp2mp2pp2-optshard", "1.7.0-dp2mp2pp2-rr", "1.9.0-dp2mp2pp2-optshard",
+            "1.9.0-dp2mp2pp2-rr", "2.1.0-dp2mp2pp2"]
 SMALL = dict(num_layers=2, vocab=16, hidden=8, ffn=16)
 
 
@@ -70,7 +72,8 @@ def test_to_complete_is_what_mindformers_loads(tmp_path, fixture):
         assert got["global_step"][0] == "Int32"
 
 
-@pytest.mark.parametrize("fixture", ["1.9.0-dp2mp2pp2-optshard", "1.9.0-dp2mp2pp2-rr"])
+@pytest.mark.parametrize("fixture", ["1.7.0-dp2mp2pp2-rr", "1.9.0-dp2mp2pp2-optshard",
+                                     "1.9.0-dp2mp2pp2-rr"])
 @pytest.mark.parametrize("layout", [(1, 4, 1, 0), (2, 2, 2, -1), (4, 1, 2, 2)])
 def test_to_rank_folders_equals_converting_the_complete_tensors(tmp_path, fixture, layout):
     """Checkpoint 2.0 -> rank folders of a destination strategy: the same bytes as the engine's
@@ -88,12 +91,14 @@ def test_to_rank_folders_equals_converting_the_complete_tensors(tmp_path, fixtur
         assert set(a) - set(b) <= {"global_step", "learning_rate"}
 
 
-@pytest.mark.parametrize("release", ["1.9", "2.0", "2.1"])
-def test_written_checkpoint2_reads_back_and_is_laid_out_as_mindformers_writes(tmp_path, release):
-    """Checkpoint 2.0 -> Checkpoint 2.0 of another layout (optimizer sharding folded in): the
-    files, tracker, common.json fields and metadata.json of MindFormers' save, and it reads back
-    to the same complete tensors."""
-    fixture = "1.9.0-dp2mp2pp2-optshard"
+@pytest.mark.parametrize("release, fixture", [
+    ("1.7", "1.7.0-dp2mp2pp2-optshard"), ("1.8", "1.7.0-dp2mp2pp2-optshard"),
+    ("1.9", "1.9.0-dp2mp2pp2-optshard"), ("2.0", "1.9.0-dp2mp2pp2-optshard"),
+    ("2.1", "1.9.0-dp2mp2pp2-optshard")])
+def test_written_checkpoint2_reads_back_and_is_laid_out_as_mindformers_writes(tmp_path, release, fixture):
+    """Checkpoint 2.0 -> Checkpoint 2.0 of the saved layout (optimizer sharding folded in): the
+    files, tracker, common.json fields and metadata.json of MindFormers' save (1.7's and 1.8's
+    are the same: no rank_group; 1.9+ add it), and it reads back to the same complete tensors."""
     dst = strategy(tmp_path, 2, 2, 2, -1)
     out = tmp_path / "ck2"
     transform(str(DATA / fixture), str(out), dst_strategy=dst, fmt="checkpoint2", release=release)
@@ -107,10 +112,13 @@ def test_written_checkpoint2_reads_back_and_is_laid_out_as_mindformers_writes(tm
     text = (it / "metadata.json").read_text()
     assert ("\n" in text) == (release != "2.1")
     meta = json.loads(text)
-    # the same metadata MindFormers 1.9 saved for this very layout (parameter order aside)
+    # the same metadata MindFormers saved for this very layout (parameter order aside)
     theirs = json.loads((DATA / fixture / "iteration_00001234" / "metadata.json").read_text())
     assert meta["state_dict_metadata"] == theirs["state_dict_metadata"]
     assert meta["storage_data"] == theirs["storage_data"]
+    for name in names:   # and the very shards it saved, byte for byte
+        if name.endswith(".safetensors"):
+            assert (it / name).read_bytes() == (DATA / fixture / it.name / name).read_bytes(), name
     back = tmp_path / "back"
     transform(str(out), str(back), fmt="safetensors")
     got, want = tensors(only_file(back)), mindformers_full(fixture)
