@@ -9,8 +9,9 @@ Run it with the python of a venv that holds mindformers (and the mindspore it pi
     $PY make_fixture.py write --layout dp2mp2pp2 --out /tmp/ck
     $PY make_fixture.py check /tmp/ck --expect-synth dp2mp2pp2 --reshard-to mp4
 
-MindFormers 1.7.0 is not installed anywhere; its wheel runs on the 1.8.0 venv (mindspore 2.7.2
-satisfies its pin ~=2.7.1): add `--mf-src wheels/src/1.7.0`.
+MindFormers 1.7.0 has a venv of its own like the others (scripts/mindformers_compat.py's
+ensure_venv: pip resolves its pins, mindspore 2.7.2); `--mf-src <unzipped wheel>` runs another
+release's code on a venv of the same MindSpore instead.
 
 What is real and what is stood in for (see CHECKPOINT2.md, "Running MindFormers' code on CPU"):
 - real: MindFormers' `save_checkpoint` (file names, iteration folder, tracker, common.json,

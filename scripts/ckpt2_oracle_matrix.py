@@ -3,17 +3,19 @@
 
 For each MindFormers release with a venv (scripts/mindformers_compat.py's, or --venvs) and each
 destination layout: convert tests/data/checkpoint2/<source> (1.7/1.8, which cannot assemble
-bfloat16 slices on CPU: a float-only fixture that release saves first) with reshard (this venv) into a
-Checkpoint 2.0 folder for that release, then run scripts/ckpt2_oracle.py check in the release's
-venv: MindFormers' load_checkpoint into complete tensors (compared bit for bit with the complete
-tensors MindFormers loaded from the source fixture) and as every rank of the written layout
+bfloat16 slices on CPU: a float-only fixture that release saves first, and the float-only 1.7.0
+fixture saved with save_remove_redundancy, whose storage records have no rank_group) with
+reshard (this venv) into a Checkpoint 2.0 folder for that release, then run
+scripts/ckpt2_oracle.py check in the release's venv: MindFormers' load_checkpoint into complete
+tensors (compared bit for bit with the complete tensors MindFormers loaded from the source
+fixture) and as every rank of the written layout
 (MindFormers' loader with the saved layout = the live one). Then, for 1.9+ (whose loader reshards
 through ReshardLoader), cloud-entry's checkpoint2_mode=online node copies: the source files two
 ranks of an mp4 job read, with metadata.json cut to them (cloud_entry.checkpoint2), loaded by
 MindFormers as those ranks (online reshard) and compared with the complete tensors. One JSON
 line per run; exit 1 if any failed.
 
-    .venv/bin/python scripts/ckpt2_oracle_matrix.py [--venvs .mf-compat] [--releases 1.9.0,2.1.0]
+    .venv/bin/python scripts/ckpt2_oracle_matrix.py [--venvs .mf-compat] [--releases 1.7.0,2.1.0]
 """
 from __future__ import annotations
 
@@ -31,14 +33,15 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 DATA = os.path.join(ROOT, "tests", "data", "checkpoint2")
 # oracle layout name -> (dp, mp, pp, opt_shard) of the destination strategy (ckpt2_oracle.LAYOUTS)
 LAYOUTS = {"mp4": (1, 4, 1, 0), "dp2mp2pp2": (2, 2, 2, 0), "dp2mp2pp2-optshard": (2, 2, 2, -1)}
-SOURCES = ("1.9.0-dp2mp2pp2-optshard", "2.1.0-dp2mp2pp2")
+SOURCES = ("1.7.0-dp2mp2pp2-rr", "1.9.0-dp2mp2pp2-optshard", "2.1.0-dp2mp2pp2")
+FLOAT_SOURCES = ("1.7.0-dp2mp2pp2-rr",)   # what 1.7/1.8 can load on CPU
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--venvs", default=os.environ.get("MF_COMPAT_VENVS", os.path.join(ROOT, ".mf-compat")),
                     help="folder of <release>/venv (scripts/mindformers_compat.py makes them)")
-    ap.add_argument("--releases", default="1.8.0,1.9.0,2.0.0,2.1.0")
+    ap.add_argument("--releases", default="1.7.0,1.8.0,1.9.0,2.0.0,2.1.0")
     args = ap.parse_args()
     import synth
     from reshard.formats.checkpoint2.convert import transform
@@ -57,7 +60,8 @@ def main() -> int:
                             ["check", made, "--dump-full", f"{made}.full.safetensors"]):
                     subprocess.run([py, os.path.join(HERE, "ckpt2_oracle.py"), *cmd], cwd=tmp,
                                    capture_output=True, check=True, timeout=900)
-                sources = {os.path.basename(made): made}
+                sources = {os.path.basename(made): made,
+                           **{s: os.path.join(DATA, s) for s in FLOAT_SOURCES}}
             for source, source_path in sources.items():
                 for layout, (dp, mp, pp, opt) in LAYOUTS.items():
                     strat = os.path.join(tmp, f"strategy-{layout}")
