@@ -8,10 +8,9 @@ fixture saved with save_remove_redundancy, whose storage records have no rank_gr
 reshard (this venv) into a Checkpoint 2.0 folder for that release, then run
 scripts/ckpt2_oracle.py check in the release's venv: MindFormers' load_checkpoint into complete
 tensors (compared bit for bit with the complete tensors MindFormers loaded from the source
-fixture) and as every rank of the written layout
-(MindFormers' loader with the saved layout = the live one). Then, for 1.9+ (whose loader reshards
-through ReshardLoader), cloud-entry's checkpoint2_mode=online node copies: the source files two
-ranks of an mp4 job read, with metadata.json cut to them (cloud_entry.checkpoint2), loaded by
+fixture) and as every rank of the written layout (MindFormers' loader with the saved layout =
+the live one). Then cloud-entry's checkpoint2_mode=online node copies (1.9+ reshard through
+ReshardLoader, 1.7/1.8 through categorize_params): the source files two ranks of an mp4 job read, with metadata.json cut to them (cloud_entry.checkpoint2), loaded by
 MindFormers as those ranks (online reshard) and compared with the complete tensors. One JSON
 line per run; exit 1 if any failed.
 
@@ -79,8 +78,7 @@ def main() -> int:
                                       "params": rep.get("params"), "slices_checked": rep.get("reshard_checked"),
                                       "mismatch": rep.get("mismatch"), "missing": rep.get("missing"),
                                       "error": rep.get("error")}), flush=True)
-            if release >= "1.9":
-                failed += node_copies(py, release, sources, tmp, params)
+            failed += node_copies(py, release, sources, tmp, params)
     return 1 if failed else 0
 
 
@@ -114,8 +112,8 @@ def node_copies(py: str, release: str, sources: dict, tmp: str, params: dict) ->
         saved_by = tuple(int(x) for x in source.split("-")[0].split("."))
         if saved_by > tuple(int(x) for x in release.split(".")):   # an older loader cannot read
             continue   # a newer release's common.json (CommonInfo(**)), copy or not
-        if source.endswith("-rr") and saved_by < (1, 9):   # 1.9+ loaders cannot place a
-            continue   # de-duplicated 1.7/1.8 shard (no rank_group), copy or not (README)
+        if source.endswith("-rr") and saved_by < (1, 9) <= tuple(int(x) for x in release.split(".")):
+            continue   # 1.9+ cannot place a de-duplicated 1.7/1.8 shard (no rank_group), copy or not
         ck = read_checkpoint2(source_path)
         for ranks in ("0,1", "2,3"):
             names = files_read(ck, load_strategy(strat), [int(r) for r in ranks.split(",")])
