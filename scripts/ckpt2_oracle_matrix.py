@@ -10,9 +10,10 @@ scripts/ckpt2_oracle.py check in the release's venv: MindFormers' load_checkpoin
 tensors (compared bit for bit with the complete tensors MindFormers loaded from the source
 fixture) and as every rank of the written layout (MindFormers' loader with the saved layout =
 the live one). Then cloud-entry's checkpoint2_mode=online node copies (1.9+ reshard through
-ReshardLoader, 1.7/1.8 through categorize_params): the source files two ranks of an mp4 job read, with metadata.json cut to them (cloud_entry.checkpoint2), loaded by
-MindFormers as those ranks (online reshard) and compared with the complete tensors. One JSON
-line per run; exit 1 if any failed.
+ReshardLoader, 1.7/1.8 through categorize_params): the source files two ranks of an mp4 job
+read, with metadata.json cut to them (cloud_entry.checkpoint2), loaded by MindFormers as those
+ranks (online reshard) and compared with the complete tensors. One JSON line per run; exit 1 if
+any failed.
 
     .venv/bin/python scripts/ckpt2_oracle_matrix.py [--venvs .mf-compat] [--releases 1.7.0,2.1.0]
 """
