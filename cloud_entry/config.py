@@ -239,12 +239,28 @@ def _section(config: dict[str, Any]) -> dict[str, Any] | None:
     return section
 
 
+# MindFormers 1.7's switch for loading Checkpoint 2.0 (top level, default True; 1.8 replaced it
+# with use_legacy_format and the checkpoint: section, and no longer reads it).
+LEGACY_17 = "ckpt_use_legacy_format"
+
+
 def uses_legacy_format(config: dict[str, Any]) -> bool:
     """MindFormers' legacy checkpoint path (`transform_and_load_checkpoint`, `auto_trans_ckpt`,
     `only_save_strategy`): `use_legacy_format` (default True, `tools/register/template.py`
     GeneralConfig), forced False by a non-empty `checkpoint:` section (`trainer/utils.py`
-    `convert_checkpoint_config`)."""
-    return _section(config) is None and bool(config.get("use_legacy_format", True))
+    `convert_checkpoint_config`); in MindFormers 1.7, `ckpt_use_legacy_format` (default True,
+    `trainer/base_trainer.py`)."""
+    return _section(config) is None and bool(config.get("use_legacy_format", True)) \
+        and bool(config.get(LEGACY_17, True))
+
+
+def _to_legacy(out: dict[str, Any]) -> None:
+    """Switch a config to MindFormers' legacy loader, in every release's terms: the section
+    dropped, use_legacy_format True, 1.7's ckpt_use_legacy_format True where it is set."""
+    out.pop(SECTION, None)
+    out["use_legacy_format"] = True
+    if LEGACY_17 in out:
+        out[LEGACY_17] = True
 
 
 def _load_path(config: dict[str, Any]) -> str:
@@ -358,12 +374,11 @@ def for_launch(config: dict[str, Any], load_path: str, src_strategy: str | None 
     out = copy.deepcopy(config)
     out["load_checkpoint"] = load_path
     section = _section(out)
-    if converted and section is not None and not uses_legacy_format(out) \
-            and out.get("run_mode") in _RESHARDING_MODES:
-        log.info("effective config: checkpoint: section dropped (its keys %s are not read by the "
-                 "legacy loader), use_legacy_format: True", ", ".join(sorted(section)))
-        out.pop(SECTION)
-        out["use_legacy_format"] = True
+    if converted and not uses_legacy_format(out) and out.get("run_mode") in _RESHARDING_MODES:
+        log.info("effective config: %suse_legacy_format: True (only the legacy loader reads "
+                 "converted rank folders)", f"checkpoint: section dropped (its keys {', '.join(sorted(section))} "
+                 "are not read by the legacy loader), " if section is not None else f"{LEGACY_17}: True, ")
+        _to_legacy(out)
         section = None
     if section is not None:
         section["load_path"] = load_path
@@ -390,8 +405,7 @@ def for_strategy_pass(config: dict[str, Any], output_dir: str) -> dict[str, Any]
     if not uses_legacy_format(out):
         log.info("strategy pass: without the checkpoint: section and with use_legacy_format: True, "
                  "as MindFormers' only_save_strategy needs")
-        out.pop(SECTION, None)
-        out["use_legacy_format"] = True
+        _to_legacy(out)
     out.update(only_save_strategy=True, auto_trans_ckpt=False, load_checkpoint="",
                resume_training=False, output_dir=output_dir)
     return out

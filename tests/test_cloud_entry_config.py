@@ -232,11 +232,13 @@ def test_strategy_pass_legacy_form():
 
 
 @pytest.mark.parametrize("base", [{**SECTION, "run_mode": "predict"},
-                                  {"use_legacy_format": False, "load_checkpoint": "/c"}])
+                                  {"use_legacy_format": False, "load_checkpoint": "/c"},
+                                  {"ckpt_use_legacy_format": False, "load_checkpoint": "/c"}])   # 1.7
 def test_strategy_pass_switches_to_the_legacy_format(base):
     cfg, _ = effective(base)
     out = config_mod.for_strategy_pass(cfg, "/out")
     assert "checkpoint" not in out and out["use_legacy_format"] is True
+    assert out.get("ckpt_use_legacy_format", True) is True
     assert config_mod.uses_legacy_format(out) and out["load_checkpoint"] == ""
     job = config_mod.resolve(JobSpec(), out)            # what MindFormers accepts: no EntryError
     assert job.only_save_strategy is True and job.load_checkpoint == ""
@@ -295,3 +297,14 @@ def test_the_entry_refuses_an_alias_bomb_at_once(tmp_path):
         assert "alias" in lines[0], lines[0]
         assert elapsed < 60, elapsed
         assert not (tmp_path / "output").exists()
+
+
+def test_mindformers_17_switch_counts():
+    """MindFormers 1.7 loads Checkpoint 2.0 with a top-level ckpt_use_legacy_format: False (no
+    checkpoint: section then); a converted legacy set is launched with it set True."""
+    cfg, job = effective({"ckpt_use_legacy_format": False, "load_checkpoint": "/c", "auto_trans_ckpt": True})
+    assert not config_mod.uses_legacy_format(cfg) and job.auto_trans_ckpt is True
+    out = config_mod.for_launch(cfg, "/local/transformed/c", converted=True)
+    assert out["ckpt_use_legacy_format"] is True and config_mod.uses_legacy_format(out)
+    kept = config_mod.for_launch(cfg, "/local/c")     # not converted: 1.7's own loader reads it
+    assert kept["ckpt_use_legacy_format"] is False and kept["load_checkpoint"] == "/local/c"
