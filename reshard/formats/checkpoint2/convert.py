@@ -6,27 +6,32 @@
             strategy), or 'checkpoint2': an iteration folder for the destination layout
 
 The planner is unchanged: a Checkpoint 2.0 source is handed to it as a source strategy and rank
-files (Checkpoint2.source_strategy / source_set); a Checkpoint 2.0 output is written from the
-rank files the engine writes into a staging folder inside it, one plan per shard kind
-(split_by_kind), each file then moved into the iteration folder (write.write_checkpoint2).
+files (Checkpoint2.source_strategy / source_set); for a Checkpoint 2.0 output the full plan is
+made the plan of its shard files (write.plan_iteration: model and opt files of every rank, under
+their final names), executed by the engine's orchestrator (reshard.run) in one run, and
+metadata.json, common.json and the tracker are written from the plan (write.write_checkpoint2).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
-import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ... import api
+from ...config import ReshardConfig
 from ...errors import ReshardError
+from ...execute import MANIFEST_DIR
+from ...finish import TransformReport
 from ...formats import open_reader
 from ...plan import Headers, Plan, PlanPolicy
+from ...run import Request, Stage, run, state_files
 from ...sources import SourceSet, check_output, is_url
 from ...strategy import Strategy
 from .folder import KINDS, TRACKER, Checkpoint2, is_checkpoint2, read_checkpoint2
-from .write import (DEFAULT_RELEASE, check_iteration_free, check_release, default_kind, release_of_common,
-                    write_checkpoint2)
+from .write import (DEFAULT_RELEASE, IterationPlan, check_release, default_kind, plan_iteration,
+                    release_of_common, write_checkpoint2)
 
 OUTPUT_FORMATS = ("ckpt", "safetensors", "checkpoint2")
 # A remote source's files that the plan fetches rather than reads in place land in a hidden
@@ -160,64 +165,102 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
     check_output(dst_root, "destination", {
         "source checkpoint": src_checkpoint,
         "destination strategy": dst_strategy.source if dst_strategy else None})
-    local_root = fetched if src.remote else src.source.base
-    ck = src.checkpoint2
+    config = ReshardConfig(process_num, max_memory, release_downloads=True)
     if fmt == "checkpoint2":
-        common = ck.common_info() if ck is not None else None
-        if release is None:
-            release = release_of_common(common) or DEFAULT_RELEASE
-            if release == "1.7":
-                release = "1.8"
-        check_release(release)
-        kinds = src.kinds()
-        p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched,
-                 policy=policy)
-        if ck is None:     # a legacy checkpoint keeps the training state as values
-            common = training_state(p, local_root)
-        if dst_iteration is None:
-            dst_iteration = ck.iteration if ck is not None else (common.get("step_num") or common.get("global_step"))
-        if dst_iteration is None:
-            raise ReshardError("the source holds no step_num or global_step: name the iteration to "
-                               "write (--iteration)")
-        check_iteration_free(dst_root, int(dst_iteration))
-        parts = split_by_kind(p, lambda name: kinds.get(name) or default_kind(name))
-        if "opt" in parts and all(t.carried for rp in parts["opt"].ranks for t in rp.tensors):
-            # no optimizer state to describe (a legacy checkpoint without moments): its
-            # undescribed values (global_step, learning_rate, ...) stay in the model shards, or
-            # metadata.json would name no opt file and the folder read as a mixed one
-            parts = split_by_kind(p, lambda name: "model")
-    else:
-        p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
-                 policy=policy, dst_ranks=dst_ranks)
+        return _to_checkpoint2(src, dst_root, dst_strategy, fetched, config, policy=policy,
+                               dst_iteration=dst_iteration, release=release, prefix=prefix)
+    p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
+             policy=policy, dst_ranks=dst_ranks)
     os.makedirs(dst_root, exist_ok=True)
-    if src.remote:
-        os.makedirs(fetched, exist_ok=True)
-    staging = None
+    report = _execute(src, p, dst_root, fetched, config)
+    return Written(sorted(report.checksums), report.checksums, p)
+
+
+def _execute(src: Source, p: Plan, dst_root: str, fetched: str, config: ReshardConfig) -> TransformReport:
+    """Write a full plan's files under dst_root through the engine's orchestrator (reshard.run),
+    a remote source's fetched files downloaded into `fetched` while the ranks convert (each
+    removed once read: config.release_downloads), the folder gone at the end."""
+    stage = Stage(fetched) if src.remote else None
+    request = Request(src.source, p.src_strategy, p.dst_strategy, dst_root, stage=stage,
+                      prefix=p.prefix, fmt=p.fmt, policy=p.policy)
     try:
-        if fmt != "checkpoint2":
-            report = api.execute(p, local_root, dst_root, process_num=process_num,
-                                 max_memory=max_memory, download=p.files_in_mode("fetch"),
-                                 release=True)
-            return Written(sorted(report.checksums), report.checksums, p)
-        staging = tempfile.mkdtemp(prefix=".reshard-staging-", dir=dst_root)
-        files: dict[int, dict[str, str]] = {}
-        sums: dict[str, tuple[int, str]] = {}
-        for kind, part in parts.items():
-            report = api.execute(part, local_root, os.path.join(staging, kind), process_num=process_num,
-                                 max_memory=max_memory, download=part.files_in_mode("fetch"),
-                                 release=True)
-            for rp in part.ranks:
-                path = os.path.join(staging, kind, rp.path)
-                files.setdefault(rp.rank, {})[kind] = path
-                sums[path] = report.checksums[rp.path]
-        written = write_checkpoint2(dst_root, dst_strategy, files, iteration=int(dst_iteration),
-                                    common=common, release=release, checksums=sums,
-                                    prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
-        return Written(sorted(written), written, p)
+        return run(request, config, plan=p)
     finally:
-        for folder in (staging, fetched if src.remote else None):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+        if src.remote:
+            shutil.rmtree(fetched, ignore_errors=True)
+
+
+def _to_checkpoint2(src: Source, dst_root: str, dst_strategy: Strategy | None, fetched: str,
+                    config: ReshardConfig, *, policy: PlanPolicy, dst_iteration: int | None,
+                    release: str | None, prefix: str | None) -> Written:
+    """transform to a Checkpoint 2.0 iteration: one engine run writes every model and opt shard
+    under its final name (write.plan_iteration), then metadata.json (from the plan),
+    common.json and the tracker; the iteration folder goes again if anything fails."""
+    ck = src.checkpoint2
+    release = check_release(release or _release_of(ck))
+    p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched, policy=policy)
+    common = ck.common_info() if ck is not None else training_state(p, fetched if src.remote else src.source.base)
+    kinds = src.kinds()
+    it = plan_iteration(dst_root, p, lambda name: kinds.get(name) or default_kind(name),
+                        iteration=_iteration_of(ck, common, dst_iteration),
+                        prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
+    os.makedirs(dst_root, exist_ok=True)
+    with _writing(it):
+        written = dict(_execute(src, it.shards, dst_root, fetched, config).checksums)
+        written.update(write_checkpoint2(it, common=common, release=release))
+    return Written(sorted(written), written, p)
+
+
+def _release_of(ck: Checkpoint2 | None) -> str:
+    """The MindFormers release a Checkpoint 2.0 output is written for when none is named: the
+    source's (1.7's common.json is 1.8's), else DEFAULT_RELEASE."""
+    release = release_of_common(ck.common_info() if ck is not None else None) or DEFAULT_RELEASE
+    return "1.8" if release == "1.7" else release
+
+
+def _iteration_of(ck: Checkpoint2 | None, common: dict, dst_iteration: int | None) -> int:
+    """The iteration to write: the one named, else the source's iteration, else a legacy
+    source's step_num or global_step value. ReshardError when there is none."""
+    if dst_iteration is None:
+        dst_iteration = ck.iteration if ck is not None else (common.get("step_num") or common.get("global_step"))
+    if dst_iteration is None:
+        raise ReshardError("the source holds no step_num or global_step: name the iteration to "
+                           "write (--iteration)")
+    return int(dst_iteration)
+
+
+@contextlib.contextmanager
+def _writing(it: IterationPlan):
+    """The iteration folder while the conversion writes it (it was absent or empty: write.
+    check_iteration_free): the engine's records of its shards go at the end, and the whole
+    folder if the block does not complete (no shard stays under its final name without the
+    metadata.json that describes it)."""
+    done = False
+    try:
+        yield
+        done = True
+    finally:
+        forget_shards(it)
+        if not done:
+            shutil.rmtree(it.out_dir, ignore_errors=True)
+
+
+def forget_shards(it: IterationPlan) -> None:
+    """Remove the engine's private records of the iteration's shards below it.root (its state
+    folder too once empty); those of other conversions into the same root stay."""
+    state = os.path.join(it.root, MANIFEST_DIR)
+    try:
+        names = [f"{MANIFEST_DIR}/{n}" for n in os.listdir(state)]
+    except FileNotFoundError:
+        return
+    ours = {rp.rank for rp in it.shards.ranks}
+    # state_files(names, keep) names the records of the ranks not kept: all of them, minus
+    # those of the ranks that are not ours, are ours
+    for name in set(state_files(names, ())) - set(state_files(names, ours)):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(it.root, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(state)
 
 
 # MindFormers' CommonInfo fields that a legacy checkpoint keeps as values (CheckpointMonitor
@@ -234,19 +277,4 @@ def training_state(p: Plan, local_root: str) -> dict:
             with open_reader(p.source.path_of(t.pieces[0].src_file, local_root)) as r:
                 value = r.read(t.name).reshape(-1)[0].item()
             out[t.name] = float(value) if t.name == "loss_scale" else int(value)
-    return out
-
-
-def split_by_kind(p: Plan, kind_of) -> dict[str, Plan]:
-    """The plan as one plan per shard kind ('model', 'opt': kind_of(name)), each rank keeping
-    the tensors of that kind (ranks holding none are left out): executed apart, each rank file
-    is one of MindFormers' shards as it is. Ranks with the same bytes stay so (same_as)."""
-    out = {}
-    for kind in KINDS:
-        ranks = tuple(r for r in (replace(rp, tensors=tuple(t for t in rp.tensors if kind_of(t.name) == kind))
-                                  for rp in p.ranks) if r.tensors)
-        if ranks:
-            kept = {r.rank for r in ranks}
-            out[kind] = replace(p, ranks=ranks, same_as={d: f for d, f in p.same_as.items()
-                                                         if d in kept and f in kept})
     return out

@@ -1,8 +1,10 @@
 """Write a MindFormers "Checkpoint 2.0" iteration for a destination layout.
 
-Input: the destination Strategy (None: one rank holding complete tensors) and, per destination
-rank, the safetensors file the engine wrote for it (rank_<r>/<prefix><r>.safetensors: that
-rank's slice of every laid-out parameter and the values carried as they are). Output, as
+Input: the engine's full plan of a conversion for the destination Strategy (None: one rank
+holding complete tensors): per destination rank its slice of every laid-out parameter and the
+values carried as they are. plan_iteration turns it into the plan of the shard files (one engine
+run writes them all under their final names) and everything metadata.json says; once they are
+written, write_checkpoint2 adds metadata.json, common.json and the tracker. Output, as
 MindFormers' save_checkpoint lays it out (research/CHECKPOINT2.md):
 
     <root>/iteration_%08d/<prefix>-model-%07d-%07d.safetensors   (index = rank, total = world)
@@ -22,22 +24,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Mapping
+from typing import Callable
 
 from obs_io.atomic import write_atomic
 from obs_io.crc import crc32
 
 from ...errors import ReshardError
-from ...integrity import file_checksum
 from ...layout import TensorLayout, make_layout
-from ...plan import OPTIMIZER_STATE_PREFIXES
+from ...plan import OPTIMIZER_STATE_PREFIXES, Plan, TensorPlan
 from ...strategy import Strategy
 from .. import FormatError, open_reader
-from .folder import COMMON, METADATA, TRACKER, iteration_dir, shard_name, slice_id_of
+from .folder import COMMON, KINDS, METADATA, TRACKER, iteration_dir, shard_name, slice_id_of
 
 log = logging.getLogger("reshard")
 
@@ -152,125 +152,217 @@ class _Holding:
     layout: TensorLayout | None                      # the first holder's stage layout
     slices: dict[int, list[int]]                     # slice id -> ranks, first-seen order
     rank_slice: dict[int, int]
+    first_pieces: tuple = ()                         # the first holder's source pieces
+    first_shard: int = -1                            # and its shard rank (IterationPlan.shards)
 
 
-def write_checkpoint2(root: str, dst: Strategy | None, rank_files: dict[int, dict[str, str]], *,
-                      iteration: int, common: dict | None = None, release: str = DEFAULT_RELEASE,
-                      prefix: str | None = "CKP", durable: bool = True,
-                      checksums: Mapping[str, tuple[int, str]] | None = None) -> dict[str, tuple[int, str]]:
-    """Write the iteration folder and tracker under `root` from the engine's safetensors files:
-    rank -> {'model' | 'opt': the file holding that rank's values of that kind} for every rank
-    of dst's world. The files are moved into the iteration folder under MindFormers' names
-    (keep them on the same file system: a rename, not a copy; their bytes already durable: the
-    folder is synced with metadata.json). checksums: path -> (size, CRC32 hex) of the rank
-    files as their writer recorded them (a file not there is read for it). Returns every
-    written name relative to root -> (size, CRC32 hex), for the integrity manifest.
-    ReshardError before anything is moved: the iteration folder exists already, a rank file
-    missing, a value without layout that differs between ranks."""
-    check_release(release)
-    world = dst.world_size if dst is not None else 1
-    missing = [r for r in range(world) if not rank_files.get(r)]
+@dataclass(frozen=True)
+class IterationPlan:
+    """One Checkpoint 2.0 iteration as the conversion's plan makes it, before anything is written.
+
+    shards: the engine's plan of the shard files, one of its ranks per file: destination rank r's
+    model values as rank r, its optimizer values as rank W + r (W = world, as the reader numbers
+    a source's shards), each under its final name (RankPlan.path, relative to root:
+    iteration_%08d/<MindFormers' shard name>); holdings: per parameter, what the destination ranks hold (in the
+    order MindFormers' files list them: rank, then kind, then file order); compare: values
+    without layout that ranks carry from different source pieces, (name, shard rank, shard rank
+    of its first holder): their written bytes must agree (check_carried)."""
+    root: str
+    iteration: int
+    dst: Strategy | None
+    prefix: str | None
+    shards: Plan
+    holdings: dict[str, _Holding]
+    compare: tuple[tuple[str, int, int], ...]
+
+    @property
+    def world(self) -> int:
+        return self.dst.world_size if self.dst is not None else 1
+
+    @property
+    def stage_devices(self) -> int:
+        return self.dst.stage_devices if self.dst is not None else 1
+
+    @property
+    def folder(self) -> str:
+        return iteration_dir(self.iteration)
+
+    @property
+    def out_dir(self) -> str:
+        return os.path.join(self.root, self.folder)
+
+    def shard_of(self, shard_rank: int) -> tuple[int, str]:
+        """(destination rank, kind) of one of shards' ranks."""
+        k, r = divmod(shard_rank, self.world)
+        return r, KINDS[k]
+
+
+def shard_plan(p: Plan, kind_of: Callable[[str], str], folder: str, prefix: str | None) -> Plan:
+    """The plan of a full conversion (destination ranks holding both kinds of values) as the plan
+    of MindFormers' shard files: one engine run writes every shard under its final name (see
+    IterationPlan.shards; names relative to the root: <folder>/<shard name>). A rank holding none of a kind
+    has no file of it; without optimizer state to describe (all of the opt values carried: a
+    legacy checkpoint without moments) everything goes to the model files, or metadata.json would
+    name no opt file and the folder read as a mixed one. Ranks with the same bytes stay so
+    (same_as)."""
+    world = p.dst_strategy.world_size if p.dst_strategy is not None else 1
+    opt = [t for rp in p.ranks for t in rp.tensors if kind_of(t.name) == "opt"]
+    if opt and all(t.carried for t in opt):
+        kind_of = lambda name: "model"   # noqa: E731
+    ranks, same_as = [], {}
+    for k, kind in enumerate(KINDS):
+        kept = set()
+        for rp in p.ranks:
+            tensors = tuple(t for t in rp.tensors if kind_of(t.name) == kind)
+            if tensors:
+                kept.add(rp.rank)
+                ranks.append(replace(rp, rank=k * world + rp.rank, tensors=tensors,
+                                     path=f"{folder}/{shard_name(prefix, kind, rp.rank, world)}"))
+        same_as.update({k * world + d: k * world + f for d, f in p.same_as.items()
+                        if d in kept and f in kept})
+    return replace(p, ranks=tuple(ranks), same_as=same_as)
+
+
+def plan_iteration(root: str, p: Plan, kind_of: Callable[[str], str], *, iteration: int,
+                   prefix: str | None = "CKP") -> IterationPlan:
+    """The iteration to write under `root` from a full plan of every destination rank (its
+    dst_strategy: the destination layout, None: one rank holding complete tensors); kind_of(name):
+    'model' or 'opt'. Everything metadata.json says comes from the plan (dtype, local shape,
+    destination layout, holders), so nothing written is read back. ReshardError before anything
+    is written: the iteration folder exists already, a rank holding nothing, a parameter whose
+    shape, dtype or kind differ between ranks."""
+    dst = p.dst_strategy
+    check_iteration_free(root, iteration)
+    shards = shard_plan(p, kind_of, iteration_dir(iteration), prefix)
+    it = IterationPlan(root, iteration, dst, prefix, shards, {}, ())
+    held = {it.shard_of(rp.rank)[0] for rp in shards.ranks}
+    missing = [r for r in range(it.world) if r not in held]
     if missing:
         raise ReshardError(f"rank {missing[0]}: no converted file to write into the Checkpoint 2.0 folder")
-    folder = iteration_dir(iteration)
-    out_dir = check_iteration_free(root, iteration)
-    stage_devices = dst.stage_devices if dst is not None else 1
+    compare: list[tuple[str, int, int]] = []
+    for rp in sorted(shards.ranks, key=lambda rp: it.shard_of(rp.rank)):
+        r, kind = it.shard_of(rp.rank)
+        for t in rp.tensors:
+            _hold(it, compare, rp.rank, r, kind, t)
+    return replace(it, compare=tuple(compare))
 
-    holdings: dict[str, _Holding] = {}
-    carried_digest: dict[str, tuple[str, int]] = {}
-    for r in range(world):
-        for kind, path in sorted(rank_files[r].items()):
-            with _reader(path) as reader:
-                for m in reader.metas.values():
-                    _hold(holdings, carried_digest, dst, stage_devices, r, kind, reader, m)
 
-    os.makedirs(out_dir, exist_ok=True)
-    written: dict[str, tuple[int, str]] = {}
-    file_of: dict[tuple[int, str], str] = {}
-    for r in range(world):
-        for kind, path in sorted(rank_files[r].items()):
-            name = shard_name(prefix, kind, r, world)
-            record = (checksums or {}).get(path)
-            if record is None:
-                got = file_checksum(path)
-                record = (got.size, got.crc32)
-            os.replace(path, os.path.join(out_dir, name))
-            file_of[(r, kind)] = name
-            written[f"{folder}/{name}"] = record
+def _hold(it: IterationPlan, compare: list, shard: int, r: int, kind: str, t: TensorPlan) -> None:
+    """Record that rank r's `kind` file (shard rank `shard`) holds value t: its slice by the
+    destination layout, or (no layout) the whole value, which must then be the same on every
+    rank (except the optimizer's undescribed scalars): the same source pieces, or else the same
+    bytes once written (compare)."""
+    dst, holdings = it.dst, it.holdings
+    lay = dst.layout_in_stage(t.name, dst.stage_of(r)) if dst is not None else None
+    h = holdings.get(t.name)
+    if h is None:
+        h = holdings[t.name] = _Holding(t.dtype, kind, tuple(t.shape), lay, {}, {}, t.pieces, shard)
+    elif (tuple(t.shape), t.dtype, kind) != (h.local_shape, h.dtype, h.kind):
+        raise ReshardError(f"parameter {t.name}: rank {r} holds {kind} {t.dtype}{list(t.shape)}, "
+                           f"an earlier rank {h.kind} {h.dtype}{list(h.local_shape)}")
+    if lay is None:
+        slice_id = 0
+        if not (kind == "opt" and t.name.startswith(UNDESCRIBED)) and t.pieces != h.first_pieces:
+            compare.append((t.name, shard, h.first_shard))
+    else:
+        slice_id = slice_id_of(lay.block_of(r % it.stage_devices), lay.splits)
+    h.slices.setdefault(slice_id, []).append(r)
+    h.rank_slice[r] = slice_id
 
-    def put(rel: str, text: str) -> None:
-        data = text.encode("utf-8")
-        write_atomic(os.path.join(root, rel), data, durable=durable)
-        written[rel] = (len(data), f"{crc32(data):08x}")
 
-    metadata = {"state_dict_metadata": {}, "storage_data": {}}
-    sdm, storage = metadata["state_dict_metadata"], metadata["storage_data"]
-    for name, h in holdings.items():
+def check_carried(it: IterationPlan) -> None:
+    """The values without layout that ranks carried from different source pieces hold the same
+    bytes in their written shards (a value no layout splits is the same on every rank).
+    ReshardError naming the parameter and both ranks."""
+    paths = {rp.rank: os.path.join(it.root, rp.path) for rp in it.shards.ranks}
+    digests: dict[tuple[str, int], str] = {}
+
+    def digest(name: str, shard: int) -> str:
+        got = digests.get((name, shard))
+        if got is None:
+            with _reader(paths[shard]) as reader:
+                got = digests[(name, shard)] = hashlib.sha256(bytes(reader.read_raw(name))).hexdigest()
+        return got
+
+    for name, shard, first in it.compare:
+        if digest(name, shard) != digest(name, first):
+            raise ReshardError(f"parameter {name}: ranks {it.shard_of(first)[0]} and "
+                               f"{it.shard_of(shard)[0]} hold different values and no destination "
+                               f"layout says how it is split")
+
+
+def metadata(it: IterationPlan, release: str) -> dict:
+    """metadata.json of the iteration: per parameter (but the optimizer's undescribed values)
+    its dtype, global shape, destination layout and chunks (state_dict_metadata), and which
+    shard files store each chunk (storage_data), as MindFormers' save writes them."""
+    sdm, storage = {}, {}
+    stage_devices = it.stage_devices
+    for name, h in it.holdings.items():
         lay = h.layout
         if lay is None and h.kind == "opt" and name.startswith(UNDESCRIBED):
             continue                 # MindFormers stores these without describing them
-        first = min(h.rank_slice)
-        stage = first // stage_devices
+        stage = min(h.rank_slice) // stage_devices
         if lay is None:              # a value without layout: replicated over its stage
             lay = make_layout([stage_devices], [-1] * len(h.local_shape), 0, 0, stage)
-        splits = lay.splits
-        rank_list = range(stage * stage_devices, (stage + 1) * stage_devices)
-        replica_id = []
-        for r in rank_list:
-            holders = h.slices.get(h.rank_slice.get(r, -1), [])
-            replica_id.append(holders.index(r) if r in holders else 0)
         sdm[name] = {
-            "properties": {"dtype": h.dtype, "replica_id": replica_id,
+            "properties": {"dtype": h.dtype, "replica_id": _replica_ids(h, stage, stage_devices),
                            "allow_shape_mismatch": False, "allow_to_save": True},
-            "global_shape": [n * s for n, s in zip(h.local_shape, splits)],
-            "axis_fragmentations": list(splits),
+            "global_shape": [n * s for n, s in zip(h.local_shape, lay.splits)],
+            "axis_fragmentations": list(lay.splits),
             "layout": layout_dict(lay, stage_devices),
             "chunk": [{"global_offset": [sid], "local_shape": list(h.local_shape)} for sid in h.slices]}
         for sid, ranks in h.slices.items():
-            records = []
-            for r in ranks:
-                rec = {"file_name": file_of[(r, h.kind)], "storage_rank": r}
-                if RELEASES.index(release) >= RELEASES.index("1.9"):
-                    rec["rank_group"] = list(ranks)
-                records.append(rec)
-            storage[str((name, (sid,)))] = records
+            storage[str((name, (sid,)))] = _storage_records(it, h.kind, ranks, release)
+    return {"state_dict_metadata": sdm, "storage_data": storage}
 
-    text = (json.dumps(metadata, separators=(",", ":"), ensure_ascii=False) if release == "2.1"
-            else json.dumps(metadata, indent=4, ensure_ascii=False))
-    put(f"{folder}/{METADATA}", text)      # (its folder synced: the shards' renames too)
-    info, dropped = common_for(release, common, iteration)
+
+def _replica_ids(h: _Holding, stage: int, stage_devices: int) -> list[int]:
+    """Per rank of the stage, its place among the holders of its slice (0: none)."""
+    out = []
+    for r in range(stage * stage_devices, (stage + 1) * stage_devices):
+        holders = h.slices.get(h.rank_slice.get(r, -1), [])
+        out.append(holders.index(r) if r in holders else 0)
+    return out
+
+
+def _storage_records(it: IterationPlan, kind: str, ranks: list[int], release: str) -> list[dict]:
+    """storage_data's records of one chunk: each holder's file (and, 1.9+, the rank group)."""
+    records = []
+    for r in ranks:
+        rec = {"file_name": shard_name(it.prefix, kind, r, it.world), "storage_rank": r}
+        if RELEASES.index(release) >= RELEASES.index("1.9"):
+            rec["rank_group"] = list(ranks)
+        records.append(rec)
+    return records
+
+
+def write_checkpoint2(it: IterationPlan, *, common: dict | None = None,
+                      release: str = DEFAULT_RELEASE, durable: bool = True) -> dict[str, tuple[int, str]]:
+    """Finish the iteration once every shard of it.shards is written under its final name:
+    the carried values checked (check_carried), then metadata.json and common.json (the
+    iteration folder synced with metadata.json: the shards' renames too), the tracker last.
+    Returns the names written, relative to it.root -> (size, CRC32 hex), for the integrity
+    manifest. ReshardError: carried values that differ (nothing of this step written)."""
+    check_release(release)
+    check_carried(it)
+    written: dict[str, tuple[int, str]] = {}
+
+    def put(rel: str, text: str) -> None:
+        data = text.encode("utf-8")
+        write_atomic(os.path.join(it.root, rel), data, durable=durable)
+        written[rel] = (len(data), f"{crc32(data):08x}")
+
+    meta = metadata(it, release)
+    text = (json.dumps(meta, separators=(",", ":"), ensure_ascii=False) if release == "2.1"
+            else json.dumps(meta, indent=4, ensure_ascii=False))
+    put(f"{it.folder}/{METADATA}", text)
+    info, dropped = common_for(release, common, it.iteration)
     if dropped:
         log.warning("common.json: MindFormers %s does not know %s (dropped: its CommonInfo(**) "
                     "would raise on them)", release, ", ".join(dropped))
-    put(f"{folder}/{COMMON}", json.dumps(info, indent=4, ensure_ascii=False))
-    put(TRACKER, str(iteration))
+    put(f"{it.folder}/{COMMON}", json.dumps(info, indent=4, ensure_ascii=False))
+    put(TRACKER, str(it.iteration))
     return written
-
-
-def _hold(holdings: dict[str, _Holding], carried_digest: dict, dst: Strategy | None,
-          stage_devices: int, r: int, kind: str, reader, m) -> None:
-    """Record that rank r's `kind` file holds value m: its slice by the destination layout, or
-    (no layout) the whole value, which must then be the same on every rank (except the
-    optimizer's undescribed scalars)."""
-    lay = dst.layout_in_stage(m.name, dst.stage_of(r)) if dst is not None else None
-    if lay is None:
-        slice_id = 0
-        if not (kind == "opt" and m.name.startswith(UNDESCRIBED)):
-            digest = _digest(reader, m)
-            first = carried_digest.setdefault(m.name, (digest, r))
-            if first[0] != digest:
-                raise ReshardError(f"parameter {m.name}: ranks {first[1]} and {r} hold different "
-                                   f"values and no destination layout says how it is split")
-    else:
-        slice_id = slice_id_of(lay.block_of(r % stage_devices), lay.splits)
-    h = holdings.get(m.name)
-    if h is None:
-        h = holdings[m.name] = _Holding(m.dtype, kind, tuple(m.shape), lay, {}, {})
-    elif (tuple(m.shape), m.dtype, kind) != (h.local_shape, h.dtype, h.kind):
-        raise ReshardError(f"parameter {m.name}: rank {r} holds {kind} {m.dtype}{list(m.shape)}, "
-                           f"an earlier rank {h.kind} {h.dtype}{list(h.local_shape)}")
-    h.slices.setdefault(slice_id, []).append(r)
-    h.rank_slice[r] = slice_id
 
 
 def _reader(path: str):
@@ -278,7 +370,3 @@ def _reader(path: str):
         return open_reader(path)
     except FormatError as e:
         raise ReshardError(str(e)) from None
-
-
-def _digest(reader, meta) -> str:
-    return hashlib.sha256(bytes(reader.read_raw(meta.name))).hexdigest()
