@@ -3,9 +3,9 @@
 Importing the package is cheap: the names below load their module on first use (PEP 562), so
 a console script can catch a Ctrl-C while numpy and the engine are still being imported.
 The one orchestrator both tools call is reshard.run.run(request, config, subscriber) (the
-module's docstring gives the call order); Request, ReshardConfig and Subscriber are re-exported
-here. reshard.api.execute (run a full plan) is not: `reshard.execute` is the executor module.
-Use `from reshard.api import execute`.
+module's docstring gives the call order; run(request, config, plan=plan) executes a full plan
+a caller made already); Request, ReshardConfig and Subscriber are re-exported here
+(`reshard.execute` is the executor module).
 """
 from __future__ import annotations
 

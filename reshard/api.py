@@ -4,9 +4,9 @@ calls them in their documented order for both tools (transform-checkpoint and cl
     source   = classify(root, entries) / find_sources(local_path)       which files (sources.py)
     skeleton = plan_from_strategies(source, src, dst, dst_ranks=...)   which of them are read
     plan     = complete_plan(skeleton, local_root, source_mode="auto") headers read, every check
-    (download plan.files_in_mode("fetch") under local_root: a remote source only)
-    report   = execute(plan, local_root, dst_root)                     the files written
-               (reshard.finish: the plan finished, then executed)
+    report   = reshard.run.run(request, config, plan=plan)              the files written
+               (a remote source's plan.files_in_mode("fetch") downloaded under local_root
+               meanwhile; reshard.finish: the plan finished, then executed)
 
 A remote (obs:// / s3://) source's headers are read in place by ranged GETs, and each of its
 files is either read in place by the conversion ('remote') or downloaded first ('fetch'), as
@@ -22,23 +22,22 @@ import logging
 import os
 import time
 from dataclasses import replace
-from typing import Callable, Iterable
+from typing import Iterable
 
 from .config import ReshardConfig
 from .errors import ReshardError
 from .formats import registry
-from .finish import TransformReport, default_max_memory, execute_finished, finish_plan, memory_budget
+from .finish import TransformReport, default_max_memory, memory_budget
 from obs_io.atomic import write_atomic
 from .plan import Fetch, Headers, Plan, PlanPolicy, build_plan, choose_mode, source_uses
 from .sources import (RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
                       check_source_strategy, classify, is_url)
 from .steps import Step
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
-from .subscriber import FileSubscriber, Subscriber
 
 __all__ = ["ReshardError", "TransformReport", "needed_source_ranks", "write_merged_strategy",
            "transform", "load_strategy", "make_plan", "find_sources", "default_max_memory",
-           "plan_from_strategies", "complete_plan", "execute", "local_entries", "memory_budget"]
+           "plan_from_strategies", "complete_plan", "local_entries", "memory_budget"]
 
 log = logging.getLogger("reshard")
 
@@ -189,61 +188,6 @@ def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None
         return plan
     return replace(plan, source_use=source_uses(plan, headers.sizes, remote, source_mode,
                                                 headers.indexes))
-
-
-# -- 4. execution -----------------------------------------------------------------------------
-
-def execute(plan: Plan, local_root: str, dst_root: str, *, process_num: int = 1,
-            max_memory: int | None = None, log_dir: str | None = None,
-            on_file: Callable[[str, tuple[int, str]], None] | None = None,
-            download: Iterable[str] = (), release: bool = False,
-            upload_to: str | None = None, upload_skip: Iterable[str] = (),
-            durable: bool = True, upload_records: bool = False) -> TransformReport:
-    """Steps 7-8 of reshard.run for a full plan the caller holds (finish.finish_plan, then
-    finish.execute_finished, with a ReshardConfig of these arguments and a Subscriber calling
-    on_file).
-
-    Write the destination files of a full plan: <dst_root>/<output_name(rank, prefix, fmt)>
-    for each rank (a rank whose file is already complete and verified is skipped), reading the
-    source files under local_root. At most process_num ranks at once, within max_memory bytes
-    of host memory (default: half of the available memory). on_file(name, (size, crc32)):
-    called with each output's relative name and recorded checksum as soon as it is complete
-    under its final name (written now, or kept from before), while later ranks still convert:
-    e.g. to upload it. It must not raise (hand the work to another thread).
-
-    download: of the plan's 'fetch' files, those not yet under local_root: downloaded there
-    while the conversion runs (reshard.fetch: in the order the ranks read them; each rank
-    starts when its first bytes are here and reads while the rest arrive), only those that
-    ranks still to convert read. The other 'fetch' files must be there already. release: each
-    file downloaded now is removed as soon as every rank reading it is written (a cache the
-    caller does not keep): local disk then holds the output and the files being read.
-
-    upload_to: an obs:// / s3:// folder where each rank written now is also uploaded while it
-    is written (<upload_to>/<name>; obs_io's GrowingUpload: nothing under the key before the
-    file is complete), except the names in upload_skip (e.g. those the caller may find
-    unchanged there). on_file is then told only of the files not uploaded so: those kept from
-    before and those in upload_skip. upload_records: each rank uploaded so is recorded there
-    (<upload_to>/.reshard/rank_<r>.json, once its object is complete and its sources checked:
-    execute.record_upload), and a rank an earlier run of this plan recorded, with its object
-    there as recorded, is kept: neither converted nor uploaded again (a rerun after Ctrl-C or
-    a kill); its checksum comes from its record.
-
-    A rank whose file has the same bytes as an earlier rank's (plan.same_as: data-parallel
-    replicas) is not converted: it is another name of that file (a hard link) and, uploaded,
-    the store's copy of that object; its checksum is recorded like any other's.
-
-    durable: each output is fsynced before its rename (local outputs: the documented policy);
-    False where the local files only stage upload_to (the store holds the ranks).
-
-    Raises ReshardError before writing anything: a skeleton plan, process_num < 1, a budget
-    below what one rank needs, dst_root overlapping the source or a strategy. A download that
-    fails (or a fetched .ckpt whose CRC trailer does not match) stops the conversion with a
-    ReshardError naming its URL; ranks made from that file are removed."""
-    config = ReshardConfig(process_num, max_memory, durable=durable, release_downloads=release,
-                           log_dir=log_dir)
-    fp = finish_plan(plan, local_root, dst_root, config, download=download, upload_to=upload_to,
-                     upload_skip=upload_skip, upload_records=upload_records)
-    return execute_finished(fp, FileSubscriber(dst_root, on_file) if on_file else Subscriber())
 
 
 # -- all at once, local -----------------------------------------------------------------------

@@ -49,15 +49,3 @@ class Subscriber:
         errors naming its flag."""
         return contextlib.nullcontext()
 
-
-class FileSubscriber(Subscriber):
-    """Tells on_file(name, (size, CRC32 hex)) of each output the engine did not upload itself:
-    e.g. to upload it while the next ranks convert. dst_root: the folder written."""
-
-    def __init__(self, dst_root: str, on_file):
-        self.dst_root, self.on_file = dst_root, on_file
-
-    def on_rank_done(self, rank: "RankPlan", uploaded: bool) -> None:
-        from .execute import rank_checksum
-        if not uploaded:
-            self.on_file(rank.path, rank_checksum(self.dst_root, rank))

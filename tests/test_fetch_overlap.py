@@ -165,8 +165,9 @@ def test_a_downloaded_file_goes_once_its_ranks_are_written(data, s3_server, buck
     """8 -> 4 through the engine's API, every source file fetched while converting: with
     release (a cache not kept) each local copy is removed once the ranks reading it are written;
     without, all stay."""
-    from reshard import load_strategy
-    from reshard.api import complete_plan, execute, plan_from_strategies
+    from reshard import ReshardConfig, Request, Stage, load_strategy
+    from reshard.api import complete_plan, plan_from_strategies
+    from reshard.run import run
     from reshard.sources import SourceEntry, classify
     base = f"s3://{bucket}/rel{int(release)}/ms8"
     entries = []
@@ -180,7 +181,8 @@ def test_a_downloaded_file_goes_once_its_ranks_are_written(data, s3_server, buck
     plan = complete_plan(plan_from_strategies(source, load_strategy(data["s8"]), load_strategy(data["s4"])),
                          str(cache), source_mode="fetch")
     fetched = plan.files_in_mode("fetch")
-    report = execute(plan, str(cache), str(out), download=fetched, release=release)
+    report = run(Request(source, plan.src_strategy, plan.dst_strategy, str(out), stage=Stage(str(cache))),
+                 ReshardConfig(release_downloads=release), plan=plan)
     assert report.ranks_written == [0, 1, 2, 3]
     ref = synth.ms_transform(data["ms8"], str(tmp_path / "ms4"), data["s8"], data["s4"])
     synth.assert_same_checkpoint_dirs(str(out), ref)

@@ -1,5 +1,5 @@
 """Uploading a file while it is written (obs_io.transfer.GrowingUpload) and the engine's use of
-it (execute(upload_to=...)): the parts go up as the bytes are written, the object exists only
+it (reshard.run with Request.upload_to): the parts go up as the bytes are written, the object exists only
 once complete, and an abandoned file leaves no object and no multipart upload behind. Requests
 are counted at a proxy in front of the S3 server."""
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 import obs_io
 import synth
 from obs_io.transfer import GrowingUpload
+from reshard import Subscriber
 
 MiB = 1 << 20
 
@@ -107,18 +108,30 @@ def test_a_file_shorter_than_finish_says_is_not_published(bucket, proxy, tmp_pat
     assert not obs_io.file.exists(url)
 
 
+class LeftToCaller(Subscriber):
+    """Appends to `told` the name of each rank the engine did not upload itself."""
+
+    def __init__(self, told: list):
+        self.told = told
+
+    def on_rank_done(self, rank, uploaded: bool) -> None:
+        if not uploaded:
+            self.told.append(rank.path)
+
+
 def test_the_engine_uploads_each_rank_while_writing_it(models, bucket, proxy, tmp_path):
-    """complete -> 8 through execute(upload_to=...): every rank is on the store, equal to its
-    local file and to MindSpore's conversion; on_file hears only of the rank left to the caller
+    """complete -> 8 through reshard.run (Request.upload_to): every rank is on the store, equal to its
+    local file and to MindSpore's conversion; the subscriber hears only of the rank left to the caller
     (upload_skip), which is not uploaded by the engine."""
-    from reshard import load_strategy, make_plan
-    from reshard.api import execute
+    from reshard import ReshardConfig, Request, load_strategy, make_plan
+    from reshard.run import run
     plan = make_plan(models["complete"], dst_strategy=load_strategy(models["s8"]))
     out, remote = tmp_path / "out", f"s3://{bucket}/converted"
     told = []
-    report = execute(plan, os.path.dirname(models["complete"]), str(out), process_num=2,
-                     upload_to=remote, upload_skip=["rank_5/checkpoint_5.ckpt"],
-                     on_file=lambda name, checksum: told.append(name))
+    request = Request(plan.source, None, plan.dst_strategy, str(out), upload_to=remote,
+                      upload_skip=frozenset(["rank_5/checkpoint_5.ckpt"]))
+    report = run(request, ReshardConfig(process_count=2),
+                 LeftToCaller(told), plan=plan)
     assert report.ranks_written == list(range(8))
     synth.assert_same_checkpoint_dirs(str(out), models["ref8"])
     assert told == ["rank_5/checkpoint_5.ckpt"]
@@ -164,15 +177,16 @@ def test_replicas_are_written_and_uploaded_once_then_copied(world, bucket, proxy
     replica is another name of it locally (a hard link) and the store's own copy of its object
     (no body over the link); every rank, on disk and on the store, is MindSpore's, and the
     report lists each with its own checksum. The set's manifest then verifies all 8."""
-    from reshard import integrity, load_strategy, make_plan
-    from reshard.api import execute
+    from reshard import ReshardConfig, Request, integrity, load_strategy, make_plan
     from reshard.cli import main
+    from reshard.run import run
     plan = make_plan(world["full"], dst_strategy=load_strategy(world["s8"]))
     assert plan.same_as == {2: 0, 3: 1, 6: 4, 7: 5}
     out, remote = tmp_path / "out", f"s3://{bucket}/replicas"
     told = []
-    report = execute(plan, os.path.dirname(world["full"]), str(out), process_num=2, upload_to=remote,
-                     on_file=lambda name, checksum: told.append(name))
+    report = run(Request(plan.source, None, plan.dst_strategy, str(out), upload_to=remote),
+                 ReshardConfig(process_count=2),
+                 LeftToCaller(told), plan=plan)
     assert report.ranks_written == list(range(8)) and told == []
     synth.assert_same_checkpoint_dirs(world["ms8"], str(out))
     back = tmp_path / "back"
@@ -199,13 +213,14 @@ def test_an_upload_failing_behind_the_next_rank_stops_the_conversion(world, buck
     """In the pool a rank's upload ends behind the worker's next rank: a failure there (the
     store refuses rank 4's object) still ends the conversion with one error naming the rank and
     URL, and no object is left under that key."""
-    from reshard import load_strategy, make_plan
-    from reshard.api import execute
+    from reshard import ReshardConfig, Request, load_strategy, make_plan
     from reshard.errors import ReshardError
+    from reshard.run import run
     proxy.rules.append(lambda method, path: (403, "AccessDenied")
                        if method in ("PUT", "POST") and "/refused/rank_4/" in path else None)
     plan = make_plan(world["full"], dst_strategy=load_strategy(world["s8"]))
     remote = f"s3://{bucket}/refused"
     with pytest.raises(ReshardError, match=r"rank 4: uploading s3://.*/refused/rank_4/checkpoint_4\.ckpt"):
-        execute(plan, os.path.dirname(world["full"]), str(tmp_path / "out"), process_num=2, upload_to=remote)
+        run(Request(plan.source, None, plan.dst_strategy, str(tmp_path / "out"), upload_to=remote),
+            ReshardConfig(process_count=2), plan=plan)
     assert not obs_io.file.exists(f"{remote}/rank_4/checkpoint_4.ckpt")

@@ -74,9 +74,10 @@ def test_needed_files_of_an_indexed_folder_follow_the_destination_stages(tmp_pat
     cache.mkdir()
     shutil.copy(folder / "model-00002-of-00002.safetensors", cache)
     plan = api.complete_plan(stage1, str(cache))
-    from reshard.api import execute
+    from reshard.run import Request, Stage, run
     out = str(tmp_path / "out")
-    assert execute(plan, str(cache), out).ranks_written == [4, 5, 6, 7]
+    request = Request(source, None, dst, out, stage=Stage(str(cache)))
+    assert run(request, plan=plan).ranks_written == [4, 5, 6, 7]
     full = synth.write_complete_checkpoint(str(tmp_path / "full.ckpt"), params)
     ref = synth.ms_transform(full, str(tmp_path / "ref"), None, str(tmp_path / "s8"))
     for r in range(4):

@@ -222,13 +222,15 @@ def test_an_output_not_fsynced_is_checked_before_a_rerun_trusts_it(world, tmp_pa
     a rerun reads such a file once and keeps it only with its recorded CRC32, so bytes a crash of
     the machine left zeroed (same size, same time) are converted again, not trusted."""
     import json
-    from reshard.api import execute
+    from reshard import ReshardConfig, Request
+    from reshard.run import run
     plan = api.make_plan(world["full"], dst_strategy=world["s8"])
     out = tmp_path / "out"
-    execute(plan, os.path.dirname(world["full"]), str(out), durable=False)
+    request, config = Request(plan.source, None, plan.dst_strategy, str(out)), ReshardConfig(durable=False)
+    run(request, config, plan=plan)
     record = json.loads((out / ".reshard" / "rank_1.json").read_text())
     assert record["fsynced"] is False
-    rep = execute(plan, os.path.dirname(world["full"]), str(out), durable=False)
+    rep = run(request, config, plan=plan)
     assert rep.ranks_written == [] and rep.ranks_skipped == list(range(8))
     victim = out / "rank_1" / "checkpoint_1.ckpt"           # rank 3 is another name of it
     st = victim.stat()
@@ -236,7 +238,7 @@ def test_an_output_not_fsynced_is_checked_before_a_rerun_trusts_it(world, tmp_pa
         f.seek(st.st_size // 2)
         f.write(bytes(4096))
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-    rep = execute(plan, os.path.dirname(world["full"]), str(out), durable=False)
+    rep = run(request, config, plan=plan)
     assert rep.ranks_written == [1, 3]
     synth.assert_same_checkpoint_dirs(world["ms8"], str(out))
 

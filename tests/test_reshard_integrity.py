@@ -15,6 +15,7 @@ import pytest
 from reshard import api, plan as plan_module, strategy as strategy_module
 from reshard.cli import main
 from reshard.errors import ReshardError
+from reshard.run import Request, Stage, run
 from reshard.sources import classify
 from tests import synth
 from conftest import errors_only
@@ -199,7 +200,7 @@ def test_redundancy_removed_job_flow_fetches_the_replica_that_holds_it(w, red, t
     fetch(skeleton.needed_files())
     first = list(fetched)
     plan = api.complete_plan(skeleton, str(cache), fetch=fetch)
-    report = api.execute(plan, str(cache), str(tmp_path / "out"))
+    report = run(Request(source, src, dst, str(tmp_path / "out"), stage=Stage(str(cache))), plan=plan)
     assert report.files_written == ["rank_0/checkpoint_0.ckpt"]
     ref = str(tmp_path / "ref")
     synth.ms_transform(w["ms4r"], ref, w["s4r"], None)
@@ -329,11 +330,12 @@ def test_job_flow_parses_each_strategy_once_and_builds_two_plans(w, tmp_path, mo
         os.makedirs(os.path.dirname(cache / f), exist_ok=True)
         shutil.copy(os.path.join(w["ms8"], f), cache / f)
     plan = api.complete_plan(skeleton, str(cache))
-    report = api.execute(plan, str(cache), str(tmp_path / "out"))
+    request = Request(skeleton.source, src, dst, str(tmp_path / "out"), stage=Stage(str(cache)))
+    report = run(request, plan=plan)
     assert len(parses) == 3 and builds == [False, True]
     assert report.files_written == ["rank_2/checkpoint_2.ckpt", "rank_3/checkpoint_3.ckpt"]
     assert report.ranks_written == [2, 3] and report.ranks_skipped == []
-    again = api.execute(plan, str(cache), str(tmp_path / "out"))
+    again = run(request, plan=plan)
     assert again.files_written == [] and again.ranks_skipped == [2, 3]
     ref = str(tmp_path / "ref")
     synth.ms_transform(w["ms8"], ref, w["s8"], w["s4"])
