@@ -22,7 +22,7 @@ from reshard import api
 from reshard.errors import ReshardError
 from reshard.formats import open_reader
 from reshard.formats.checkpoint2 import TRACKER, read_checkpoint2
-from reshard.formats.checkpoint2.convert import check_source_strategy, open_source, transform
+from reshard.formats.checkpoint2.convert import check_source_strategy, open_source, prepare_checkpoint2, transform
 from reshard.formats.checkpoint2.write import COMMON_FIELDS, folded, layout_dict
 from reshard.layout import make_layout
 from reshard.strategy import load_strategy
@@ -268,6 +268,36 @@ def test_existing_iteration_is_not_overwritten(tmp_path):
         transform(str(DATA / "2.1.0-dp2mp2pp2"), str(out), fmt="checkpoint2")
     assert sorted(p.name for p in (out / "iteration_00001234").iterdir()) == before
     assert not [p for p in out.iterdir() if p.name.startswith(".reshard-staging")]
+
+
+def test_written_in_blocks_is_the_folder_written_whole(tmp_path):
+    """A Checkpoint 2.0 written in blocks of destination ranks (each block prepared on its own,
+    as a process or node of its own would; metadata.json, common.json and the tracker once, after
+    the last block) is the very folder written whole, byte for byte; finish() before the last
+    block names the missing shard and writes nothing; a block writes its ranks' shards only; a
+    file of another save in the iteration folder is refused."""
+    fixture = str(DATA / "1.9.0-dp2mp2pp2-optshard")
+    dst = strategy(tmp_path, 2, 2, 2, -1)
+    whole, blocks = tmp_path / "whole", tmp_path / "blocks"
+    transform(fixture, str(whole), dst_strategy=dst, fmt="checkpoint2")
+    first = prepare_checkpoint2(fixture, str(blocks), dst_strategy=dst)
+    assert sorted(first.write_block([0, 1, 2, 3])) == [
+        f"iteration_00001234/CKP-{k}-{r:07d}-0000008.safetensors" for k in ("model", "opt") for r in range(4)]
+    with pytest.raises(ReshardError, match=r"CKP-model-0000004-0000008\.safetensors: missing \(8 shard"):
+        first.finish()
+    assert not (blocks / TRACKER).exists() and not (blocks / "iteration_00001234" / "metadata.json").exists()
+    second = prepare_checkpoint2(fixture, str(blocks), dst_strategy=dst)   # the first block's shards: ours
+    second.write_block(range(4, 8))
+    second.finish()
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert files(blocks) == files(whole)
+    other = tmp_path / "other"
+    prepare_checkpoint2(fixture, str(other), dst_strategy=dst).write_block([0])
+    (other / "iteration_00001234" / "CKP-model-0000000-0000004.safetensors").write_bytes(b"another save")
+    with pytest.raises(ReshardError, match="iteration_00001234: exists already"):
+        prepare_checkpoint2(fixture, str(other), dst_strategy=dst)
 
 
 # -- transform-checkpoint ----------------------------------------------------------------------

@@ -24,14 +24,14 @@ from ...config import ReshardConfig
 from ...errors import ReshardError
 from ...execute import MANIFEST_DIR
 from ...finish import TransformReport
-from ...formats import open_reader
+from ...formats import FormatError, open_reader
 from ...plan import Headers, Plan, PlanPolicy
 from ...run import Request, Stage, run, state_files
 from ...sources import SourceSet, check_output, is_url
 from ...strategy import Strategy
 from .folder import KINDS, TRACKER, Checkpoint2, is_checkpoint2, read_checkpoint2
-from .write import (DEFAULT_RELEASE, IterationPlan, check_release, default_kind, plan_iteration,
-                    release_of_common, write_checkpoint2)
+from .write import (DEFAULT_RELEASE, IterationPlan, check_carried, check_release, default_kind,
+                    plan_iteration, release_of_common, write_checkpoint2)
 
 OUTPUT_FORMATS = ("ckpt", "safetensors", "checkpoint2")
 # A remote source's files that the plan fetches rather than reads in place land in a hidden
@@ -83,6 +83,16 @@ class Source:
     @property
     def remote(self) -> bool:
         return is_url(self.source.base)
+
+    def open(self, name: str):
+        """A reader of source file `name` (relative to the source's base): a Checkpoint 2.0's
+        through its headers (in place by ranged GETs when remote), another's on local disk."""
+        if self.headers is not None:
+            return self.headers.open(name)
+        try:
+            return open_reader(self.source.path_of(name))
+        except FormatError as e:
+            raise ReshardError(str(e)) from None
 
     def kinds(self) -> dict[str, str]:
         """Parameter name -> 'model' / 'opt' for every value of a Checkpoint 2.0 source: as
@@ -152,28 +162,38 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
     shards' prefix ('' none), default the source's, else 'CKP'; policy: plan.PlanPolicy). The source: a Checkpoint 2.0
     folder (local, obs://, s3://: read in place by ranged GETs, or fetched into a hidden folder
     beside dst_root, removed at the end), or a local one of the engine's. dst_ranks: the
-    destination ranks to write (rank folders only; None: all). ReshardError, one line, before
-    anything is written."""
+    destination ranks to write (rank folders only; None: all; a Checkpoint 2.0 in blocks:
+    prepare_checkpoint2). ReshardError, one line, before anything is written."""
     if fmt not in OUTPUT_FORMATS:
         raise ReshardError(f"--format {fmt!r}: must be one of {', '.join(OUTPUT_FORMATS)}")
-    if fmt == "checkpoint2" and dst_ranks is not None:
-        raise ReshardError("a Checkpoint 2.0 folder is written whole: it does not go with a "
-                           "block of destination ranks (--rank_id)")
+    if fmt == "checkpoint2":
+        if dst_ranks is not None:
+            raise ReshardError("a Checkpoint 2.0 folder is written whole: it does not go with a "
+                               "block of destination ranks (--rank_id)")
+        conversion = prepare_checkpoint2(
+            src_checkpoint, dst_root, dst_strategy=dst_strategy, src_strategy=src_strategy,
+            iteration=iteration, dst_iteration=dst_iteration, release=release, prefix=prefix,
+            process_num=process_num, max_memory=max_memory, policy=policy)
+        return conversion.write_all()
+    src, fetched = _open(src_checkpoint, dst_root, src_strategy, dst_strategy, iteration)
+    p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
+             policy=policy, dst_ranks=dst_ranks)
+    os.makedirs(dst_root, exist_ok=True)
+    report = _execute(src, p, dst_root, fetched, ReshardConfig(process_num, max_memory, release_downloads=True))
+    return Written(sorted(report.checksums), report.checksums, p)
+
+
+def _open(src_checkpoint: str, dst_root: str, src_strategy: Strategy | None,
+          dst_strategy: Strategy | None, iteration: int | None) -> tuple[Source, str]:
+    """The source opened and checked, the destination checked against it; and the hidden folder
+    beside dst_root where a remote source's fetched files would go."""
     parent, name = os.path.split(os.path.abspath(dst_root))
     fetched = os.path.join(parent, f".{name}{FETCH_SUFFIX}")
     src = open_source(src_checkpoint, src_strategy, iteration=iteration, local_root=fetched)
     check_output(dst_root, "destination", {
         "source checkpoint": src_checkpoint,
         "destination strategy": dst_strategy.source if dst_strategy else None})
-    config = ReshardConfig(process_num, max_memory, release_downloads=True)
-    if fmt == "checkpoint2":
-        return _to_checkpoint2(src, dst_root, dst_strategy, fetched, config, policy=policy,
-                               dst_iteration=dst_iteration, release=release, prefix=prefix)
-    p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
-             policy=policy, dst_ranks=dst_ranks)
-    os.makedirs(dst_root, exist_ok=True)
-    report = _execute(src, p, dst_root, fetched, config)
-    return Written(sorted(report.checksums), report.checksums, p)
+    return src, fetched
 
 
 def _execute(src: Source, p: Plan, dst_root: str, fetched: str, config: ReshardConfig) -> TransformReport:
@@ -190,12 +210,61 @@ def _execute(src: Source, p: Plan, dst_root: str, fetched: str, config: ReshardC
             shutil.rmtree(fetched, ignore_errors=True)
 
 
-def _to_checkpoint2(src: Source, dst_root: str, dst_strategy: Strategy | None, fetched: str,
-                    config: ReshardConfig, *, policy: PlanPolicy, dst_iteration: int | None,
-                    release: str | None, prefix: str | None) -> Written:
-    """transform to a Checkpoint 2.0 iteration: one engine run writes every model and opt shard
-    under its final name (write.plan_iteration), then metadata.json (from the plan),
-    common.json and the tracker; the iteration folder goes again if anything fails."""
+@dataclass(frozen=True)
+class Checkpoint2Conversion:
+    """A conversion to a Checkpoint 2.0 iteration, planned and checked (prepare_checkpoint2),
+    nothing written yet. Its shards are written by blocks of destination ranks (write_block:
+    each reads only its ranks' source files; blocks may run in several processes, each having
+    prepared the same conversion, into one dst_root), then finish() writes metadata.json,
+    common.json and the tracker once, from the plan, after every block. write_all() does both
+    in one engine run. plan: the full plan of every destination rank (both kinds of values)."""
+    src: Source
+    plan: Plan
+    iteration: IterationPlan
+    common: dict | None
+    release: str
+    fetched: str
+    config: ReshardConfig
+
+    def write_block(self, dst_ranks) -> dict[str, tuple[int, str]]:
+        """Write the model and opt shards of destination ranks dst_ranks (None: all) under
+        their final names; returns their names relative to dst_root -> (size, CRC32 hex). A
+        block's remote source files are fetched into a folder of its own (blocks run side by
+        side). A block interrupted leaves its finished shards with the engine's records: the
+        block run again keeps them (the iteration folder is still this conversion's)."""
+        dst_ranks = None if dst_ranks is None else tuple(dst_ranks)
+        fetched = self.fetched if not dst_ranks else f"{self.fetched}-{min(dst_ranks)}"
+        os.makedirs(self.iteration.root, exist_ok=True)
+        return dict(_execute(self.src, self.iteration.block(dst_ranks), self.iteration.root, fetched,
+                             self.config).checksums)
+
+    def finish(self) -> dict[str, tuple[int, str]]:
+        """After every block: metadata.json, common.json and the tracker (write.write_checkpoint2),
+        the engine's records of the shards removed. Returns the names written -> (size, CRC32
+        hex). ReshardError, nothing written: a shard missing (a block not written)."""
+        written = write_checkpoint2(self.iteration, common=self.common, release=self.release)
+        forget_shards(self.iteration)
+        return written
+
+    def write_all(self) -> Written:
+        """Every shard in one engine run, then finish(); the iteration folder goes again if
+        anything fails (no shard stays under its final name without its metadata.json)."""
+        with _writing(self.iteration):
+            written = self.write_block(None)
+            written.update(self.finish())
+        return Written(sorted(written), written, self.plan)
+
+
+def prepare_checkpoint2(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | None = None,
+                        src_strategy: Strategy | None = None, iteration: int | None = None,
+                        dst_iteration: int | None = None, release: str | None = None,
+                        prefix: str | None = None, process_num: int = 1, max_memory: int | None = None,
+                        policy: PlanPolicy = PlanPolicy()) -> Checkpoint2Conversion:
+    """A conversion to a Checkpoint 2.0 iteration under local dst_root (the arguments as
+    transform's), planned for every destination rank with every check done, the values carried
+    from different source ranks compared in the source: ReshardError, one line, before anything
+    is written. Deterministic: every block's process prepares the same conversion."""
+    src, fetched = _open(src_checkpoint, dst_root, src_strategy, dst_strategy, iteration)
     ck = src.checkpoint2
     release = check_release(release or _release_of(ck))
     p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched, policy=policy)
@@ -204,11 +273,9 @@ def _to_checkpoint2(src: Source, dst_root: str, dst_strategy: Strategy | None, f
     it = plan_iteration(dst_root, p, lambda name: kinds.get(name) or default_kind(name),
                         iteration=_iteration_of(ck, common, dst_iteration),
                         prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
-    os.makedirs(dst_root, exist_ok=True)
-    with _writing(it):
-        written = dict(_execute(src, it.shards, dst_root, fetched, config).checksums)
-        written.update(write_checkpoint2(it, common=common, release=release))
-    return Written(sorted(written), written, p)
+    check_carried(it, src.open)
+    return Checkpoint2Conversion(src, p, it, common, release, fetched,
+                                 ReshardConfig(process_num, max_memory, release_downloads=True))
 
 
 def _release_of(ck: Checkpoint2 | None) -> str:
@@ -231,17 +298,17 @@ def _iteration_of(ck: Checkpoint2 | None, common: dict, dst_iteration: int | Non
 
 @contextlib.contextmanager
 def _writing(it: IterationPlan):
-    """The iteration folder while the conversion writes it (it was absent or empty: write.
-    check_iteration_free): the engine's records of its shards go at the end, and the whole
-    folder if the block does not complete (no shard stays under its final name without the
+    """The iteration folder while one run writes all of it (it held nothing but shards of this
+    conversion: write.check_iteration_free): if the run does not complete, the folder and the
+    engine's records of its shards go (no shard stays under its final name without the
     metadata.json that describes it)."""
     done = False
     try:
         yield
         done = True
     finally:
-        forget_shards(it)
         if not done:
+            forget_shards(it)
             shutil.rmtree(it.out_dir, ignore_errors=True)
 
 

@@ -27,7 +27,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Collection, Iterable
 
 from obs_io.atomic import write_atomic
 from obs_io.crc import crc32
@@ -84,11 +84,14 @@ def common_for(release: str, common: dict | None, iteration: int) -> tuple[dict,
     return out, sorted(set(common) - set(out))
 
 
-def check_iteration_free(root: str, iteration: int) -> str:
-    """The iteration folder to write under root; ReshardError if it exists and is not empty
-    (two saves in one folder would mix)."""
+def check_iteration_free(root: str, iteration: int, shards: Collection[str] = ()) -> str:
+    """The iteration folder to write under root; ReshardError if it exists and holds anything
+    but shards of this very conversion (`shards`: their file names; what blocks of it, or a run
+    of it that was killed, wrote already) and hidden files (writers' temporary names, which no
+    loader reads): a metadata.json or any other file would mix two saves in one folder."""
     out_dir = os.path.join(root, iteration_dir(iteration))
-    if os.path.isdir(out_dir) and os.listdir(out_dir) or os.path.isfile(out_dir):
+    if os.path.isfile(out_dir) or os.path.isdir(out_dir) and any(
+            name == METADATA or not (name in shards or name.startswith(".")) for name in os.listdir(out_dir)):
         raise ReshardError(f"{out_dir}: exists already (refusing to mix two saves in one iteration folder)")
     return out_dir
 
@@ -196,6 +199,22 @@ class IterationPlan:
         k, r = divmod(shard_rank, self.world)
         return r, KINDS[k]
 
+    def block(self, dst_ranks: Iterable[int] | None) -> Plan:
+        """The plan of the shards of destination ranks dst_ranks (None: all): a block converted
+        on its own reads only its ranks' source files; a rank whose replica is in another
+        block is converted, not linked."""
+        if dst_ranks is None:
+            return self.shards
+        wanted = set(dst_ranks)
+        outside = sorted(wanted - set(range(self.world)))
+        if outside:
+            raise ReshardError(f"destination rank {outside[0]} is outside the {self.world} ranks of "
+                               f"the destination layout")
+        ranks = tuple(rp for rp in self.shards.ranks if self.shard_of(rp.rank)[0] in wanted)
+        kept = {rp.rank for rp in ranks}
+        return replace(self.shards, ranks=ranks, same_as={d: f for d, f in self.shards.same_as.items()
+                                                          if d in kept and f in kept})
+
 
 def shard_plan(p: Plan, kind_of: Callable[[str], str], folder: str, prefix: str | None) -> Plan:
     """The plan of a full conversion (destination ranks holding both kinds of values) as the plan
@@ -229,11 +248,11 @@ def plan_iteration(root: str, p: Plan, kind_of: Callable[[str], str], *, iterati
     dst_strategy: the destination layout, None: one rank holding complete tensors); kind_of(name):
     'model' or 'opt'. Everything metadata.json says comes from the plan (dtype, local shape,
     destination layout, holders), so nothing written is read back. ReshardError before anything
-    is written: the iteration folder exists already, a rank holding nothing, a parameter whose
-    shape, dtype or kind differ between ranks."""
+    is written: the iteration folder exists already (but for shards of this conversion), a rank
+    holding nothing, a parameter whose shape, dtype or kind differ between ranks."""
     dst = p.dst_strategy
-    check_iteration_free(root, iteration)
     shards = shard_plan(p, kind_of, iteration_dir(iteration), prefix)
+    check_iteration_free(root, iteration, {rp.path.rsplit("/", 1)[1] for rp in shards.ranks})
     it = IterationPlan(root, iteration, dst, prefix, shards, {}, ())
     held = {it.shard_of(rp.rank)[0] for rp in shards.ranks}
     missing = [r for r in range(it.world) if r not in held]
@@ -270,21 +289,29 @@ def _hold(it: IterationPlan, compare: list, shard: int, r: int, kind: str, t: Te
     h.rank_slice[r] = slice_id
 
 
-def check_carried(it: IterationPlan) -> None:
-    """The values without layout that ranks carried from different source pieces hold the same
-    bytes in their written shards (a value no layout splits is the same on every rank).
-    ReshardError naming the parameter and both ranks."""
+def check_carried(it: IterationPlan, open_source: Callable[[str], object] | None = None) -> None:
+    """The values without layout that ranks hold from different source pieces are the same bytes
+    (a value no layout splits is the same on every rank). With open_source (a source file's
+    relative name -> an open reader): the values carried as they are, compared in the source
+    before anything is written (each block's conversion can: it needs no other block's shard);
+    without: the others (assembled whole, --keep_unnamed_params), compared in the written
+    shards, which must be under it.root. ReshardError naming the parameter and both ranks."""
+    tensor = {(rp.rank, t.name): t for rp in it.shards.ranks for t in rp.tensors}
     paths = {rp.rank: os.path.join(it.root, rp.path) for rp in it.shards.ranks}
     digests: dict[tuple[str, int], str] = {}
 
     def digest(name: str, shard: int) -> str:
         got = digests.get((name, shard))
         if got is None:
-            with _reader(paths[shard]) as reader:
+            t = tensor[(shard, name)]
+            with open_source(t.pieces[0].src_file) if open_source else _reader(paths[shard]) as reader:
                 got = digests[(name, shard)] = hashlib.sha256(bytes(reader.read_raw(name))).hexdigest()
         return got
 
     for name, shard, first in it.compare:
+        carried = tensor[(shard, name)].carried and tensor[(first, name)].carried
+        if carried != (open_source is not None):
+            continue
         if digest(name, shard) != digest(name, first):
             raise ReshardError(f"parameter {name}: ranks {it.shard_of(first)[0]} and "
                                f"{it.shard_of(shard)[0]} hold different values and no destination "
@@ -342,8 +369,13 @@ def write_checkpoint2(it: IterationPlan, *, common: dict | None = None,
     the carried values checked (check_carried), then metadata.json and common.json (the
     iteration folder synced with metadata.json: the shards' renames too), the tracker last.
     Returns the names written, relative to it.root -> (size, CRC32 hex), for the integrity
-    manifest. ReshardError: carried values that differ (nothing of this step written)."""
+    manifest. ReshardError (nothing of this step written): a shard missing (a block not
+    written), carried values that differ."""
     check_release(release)
+    missing = [rp.path for rp in it.shards.ranks if not os.path.isfile(os.path.join(it.root, rp.path))]
+    if missing:
+        raise ReshardError(f"{os.path.join(it.root, missing[0])}: missing ({len(missing)} shard(s) "
+                           f"not written: a block of destination ranks not converted)")
     check_carried(it)
     written: dict[str, tuple[int, str]] = {}
 
