@@ -274,8 +274,9 @@ def test_written_in_blocks_is_the_folder_written_whole(tmp_path):
     """A Checkpoint 2.0 written in blocks of destination ranks (each block prepared on its own,
     as a process or node of its own would; metadata.json, common.json and the tracker once, after
     the last block) is the very folder written whole, byte for byte; finish() before the last
-    block names the missing shard and writes nothing; a block writes its ranks' shards only; a
-    file of another save in the iteration folder is refused."""
+    block names the missing shard and writes nothing; a block writes its ranks' shards only; on
+    two nodes without a shared disk, finish() told of the other node's shards; a file of another
+    save in the iteration folder is refused."""
     fixture = str(DATA / "1.9.0-dp2mp2pp2-optshard")
     dst = strategy(tmp_path, 2, 2, 2, -1)
     whole, blocks = tmp_path / "whole", tmp_path / "blocks"
@@ -293,6 +294,13 @@ def test_written_in_blocks_is_the_folder_written_whole(tmp_path):
     def files(root):
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert files(blocks) == files(whole)
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"     # two nodes, no shared disk
+    prepare_checkpoint2(fixture, str(node1), dst_strategy=dst).write_block(range(4, 8))
+    on0 = prepare_checkpoint2(fixture, str(node0), dst_strategy=dst)
+    on0.write_block(range(4))
+    on0.finish(elsewhere={n for n in files(node1) if n.endswith(".safetensors")})
+    shards1 = {n: b for n, b in files(node1).items() if not n.startswith(".reshard/")}   # its records stay
+    assert {**shards1, **files(node0)} == files(whole)
     other = tmp_path / "other"
     prepare_checkpoint2(fixture, str(other), dst_strategy=dst).write_block([0])
     (other / "iteration_00001234" / "CKP-model-0000000-0000004.safetensors").write_bytes(b"another save")

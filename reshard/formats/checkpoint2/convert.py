@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Collection
 
 from ... import api
 from ...config import ReshardConfig
@@ -238,11 +239,13 @@ class Checkpoint2Conversion:
         return dict(_execute(self.src, self.iteration.block(dst_ranks), self.iteration.root, fetched,
                              self.config).checksums)
 
-    def finish(self) -> dict[str, tuple[int, str]]:
+    def finish(self, elsewhere: Collection[str] = ()) -> dict[str, tuple[int, str]]:
         """After every block: metadata.json, common.json and the tracker (write.write_checkpoint2),
-        the engine's records of the shards removed. Returns the names written -> (size, CRC32
+        the engine's records of the shards removed. elsewhere: the shards other nodes wrote
+        (names relative to dst_root), not here. Returns the names written -> (size, CRC32
         hex). ReshardError, nothing written: a shard missing (a block not written)."""
-        written = write_checkpoint2(self.iteration, common=self.common, release=self.release)
+        written = write_checkpoint2(self.iteration, common=self.common, release=self.release,
+                                    elsewhere=elsewhere)
         forget_shards(self.iteration)
         return written
 

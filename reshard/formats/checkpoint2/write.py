@@ -304,6 +304,9 @@ def check_carried(it: IterationPlan, open_source: Callable[[str], object] | None
         got = digests.get((name, shard))
         if got is None:
             t = tensor[(shard, name)]
+            if open_source is None and not os.path.isfile(paths[shard]):
+                raise ReshardError(f"parameter {name}: {paths[shard]} is not here to compare its "
+                                   f"value with the other ranks' (it is written whole on each)")
             with open_source(t.pieces[0].src_file) if open_source else _reader(paths[shard]) as reader:
                 got = digests[(name, shard)] = hashlib.sha256(bytes(reader.read_raw(name))).hexdigest()
         return got
@@ -364,15 +367,18 @@ def _storage_records(it: IterationPlan, kind: str, ranks: list[int], release: st
 
 
 def write_checkpoint2(it: IterationPlan, *, common: dict | None = None,
-                      release: str = DEFAULT_RELEASE, durable: bool = True) -> dict[str, tuple[int, str]]:
+                      release: str = DEFAULT_RELEASE, durable: bool = True,
+                      elsewhere: Collection[str] = ()) -> dict[str, tuple[int, str]]:
     """Finish the iteration once every shard of it.shards is written under its final name:
     the carried values checked (check_carried), then metadata.json and common.json (the
     iteration folder synced with metadata.json: the shards' renames too), the tracker last.
-    Returns the names written, relative to it.root -> (size, CRC32 hex), for the integrity
-    manifest. ReshardError (nothing of this step written): a shard missing (a block not
-    written), carried values that differ."""
+    elsewhere: shards (names relative to it.root) written by another node, not under it.root
+    here. Returns the names written, relative to it.root -> (size, CRC32 hex), for the
+    integrity manifest. ReshardError (nothing of this step written): a shard missing (a block
+    not written), carried values that differ."""
     check_release(release)
-    missing = [rp.path for rp in it.shards.ranks if not os.path.isfile(os.path.join(it.root, rp.path))]
+    missing = [rp.path for rp in it.shards.ranks if rp.path not in elsewhere
+               and not os.path.isfile(os.path.join(it.root, rp.path))]
     if missing:
         raise ReshardError(f"{os.path.join(it.root, missing[0])}: missing ({len(missing)} shard(s) "
                            f"not written: a block of destination ranks not converted)")
