@@ -180,7 +180,8 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
     p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
              policy=policy, dst_ranks=dst_ranks)
     os.makedirs(dst_root, exist_ok=True)
-    report = _execute(src, p, dst_root, fetched, ReshardConfig(process_num, max_memory, release_downloads=True))
+    config = ReshardConfig(process_num, max_memory, release_downloads=True)
+    report = _execute(src, p, dst_root, fetched, config)
     return Written(sorted(report.checksums), report.checksums, p)
 
 
@@ -271,7 +272,8 @@ def prepare_checkpoint2(src_checkpoint: str, dst_root: str, *, dst_strategy: Str
     ck = src.checkpoint2
     release = check_release(release or _release_of(ck))
     p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched, policy=policy)
-    common = ck.common_info() if ck is not None else training_state(p, fetched if src.remote else src.source.base)
+    common = ck.common_info() if ck is not None else \
+        training_state(p, fetched if src.remote else src.source.base)
     kinds = src.kinds()
     it = plan_iteration(dst_root, p, lambda name: kinds.get(name) or default_kind(name),
                         iteration=_iteration_of(ck, common, dst_iteration),

@@ -166,10 +166,10 @@ class IterationPlan:
     shards: the engine's plan of the shard files, one of its ranks per file: destination rank r's
     model values as rank r, its optimizer values as rank W + r (W = world, as the reader numbers
     a source's shards), each under its final name (RankPlan.path, relative to root:
-    iteration_%08d/<MindFormers' shard name>); holdings: per parameter, what the destination ranks hold (in the
-    order MindFormers' files list them: rank, then kind, then file order); compare: values
-    without layout that ranks carry from different source pieces, (name, shard rank, shard rank
-    of its first holder): their written bytes must agree (check_carried)."""
+    iteration_%08d/<MindFormers' shard name>); holdings: per parameter, what the destination
+    ranks hold (in the order MindFormers' files list them: rank, then kind, then file order);
+    compare: values without layout that ranks hold from different source pieces, (name, shard
+    rank, shard rank of its first holder): their bytes must agree (check_carried)."""
     root: str
     iteration: int
     dst: Strategy | None
@@ -219,8 +219,8 @@ class IterationPlan:
 def shard_plan(p: Plan, kind_of: Callable[[str], str], folder: str, prefix: str | None) -> Plan:
     """The plan of a full conversion (destination ranks holding both kinds of values) as the plan
     of MindFormers' shard files: one engine run writes every shard under its final name (see
-    IterationPlan.shards; names relative to the root: <folder>/<shard name>). A rank holding none of a kind
-    has no file of it; without optimizer state to describe (all of the opt values carried: a
+    IterationPlan.shards; names relative to the root: <folder>/<shard name>). A rank holding
+    none of a kind has no file of it; without optimizer state to describe (all of the opt values carried: a
     legacy checkpoint without moments) everything goes to the model files, or metadata.json would
     name no opt file and the folder read as a mixed one. Ranks with the same bytes stay so
     (same_as)."""
