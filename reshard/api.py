@@ -147,7 +147,8 @@ def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None
 # -- 3. the full plan -------------------------------------------------------------------------
 
 def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None,
-                  source_mode: str | None = None, s3_config=None) -> Plan:
+                  source_mode: str | None = None, s3_config=None,
+                  config: ReshardConfig = ReshardConfig()) -> Plan:
     """The full plan: reads the headers of exactly skeleton.needed_files() and returns the plan
     with every check done: shapes and dtypes agree across replicas, every chosen file holds its
     parameter (a checkpoint saved with redundancy removed: another replica's file that holds
@@ -177,9 +178,10 @@ def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None
         if s3_config is None:
             import obs_io
             s3_config = obs_io.current_config()
-        headers = Headers(local_root, remote_root=skeleton.source.base, s3_config=s3_config)
+        headers = Headers(local_root, remote_root=skeleton.source.base, s3_config=s3_config,
+                          config=config)
     else:
-        headers = Headers(local_root, fetch)
+        headers = Headers(local_root, fetch, config=config)
     headers.prefetch(needed)
     plan = build_plan(skeleton.src_strategy, skeleton.dst_strategy, skeleton.source,
                       headers=headers, read=needed, dst_ranks=skeleton.dst_ranks,

@@ -12,16 +12,17 @@ The records are small files under `<output>/.claims/` (a local folder, or object
 obs:// / s3:// prefix), named by a digest of the run id:
 
     <run>.claim             written when the run claims the output: run id, tool, host, pid
-    <run>.<owner>.alive     rewritten every HEARTBEAT_SECONDS by each process of the run
+    <run>.<owner>.alive     rewritten every claim_heartbeat_seconds (ReshardConfig) by each
+                            process of the run
 
 A run is live while one of its processes is: one of this machine that still runs (its pid with
 the same start time; killed, reaped or not, it is dead at once), or another machine's whose
-record was rewritten within STALE_SECONDS, by the store's own clock. A dead run's records are
+record was rewritten within claim_stale_seconds, by the store's own clock. A dead run's records are
 removed by the next run that claims the output: a killed run never blocks its output for long.
 
 Who holds the output: on a local disk a lock of the claims folder (flock) makes reading the
 claims and writing one a single step, so the second of two runs always finds the first. Object
-storage has no lock: a run writes its claim, waits SETTLE_SECONDS and lists the claims again;
+storage has no lock: a run writes its claim, waits claim_settle_seconds and lists the claims again;
 of the live runs, the one whose claim the store stamped first (then the smaller run id) holds
 the output, and every contender computes the same answer from the same listing. The check
 before publishing catches what the settle cannot (a claim that took longer than it to appear).
@@ -42,16 +43,13 @@ from dataclasses import dataclass, field
 
 from obs_io.atomic import owner_alive, owner_tag
 
+from .config import DEFAULT, ReshardConfig
 from .errors import ReshardError
 from .sources import _join, is_url
 
 log = logging.getLogger("reshard")
 
 CLAIMS = ".claims"
-HEARTBEAT_SECONDS = 15.0
-STALE_SECONDS = 120.0     # another machine's process silent this long is gone
-SETTLE_SECONDS = 2.0      # object storage: from writing a claim to reading the others
-LOCK_SECONDS = 30.0       # the local lock is held for a few file operations: a bound for waiting
 
 
 @dataclass
@@ -67,11 +65,14 @@ class _Run:
 class OutputClaim:
     """The claim of run `run_id` on `root` (a local folder or an obs:// / s3:// prefix); `shown`:
     how the user named the output, for messages (`--dst_checkpoint out`); `tool`: who claims
-    (`transform-checkpoint`, `cloud-entry node 1`). acquire() before the first write there,
-    check() before publishing, release() at the end (also as a context manager)."""
+    (`transform-checkpoint`, `cloud-entry node 1`); `config`: its claim_* timings. acquire()
+    before the first write there, check() before publishing, release() at the end (also as a
+    context manager)."""
 
-    def __init__(self, root: str, run_id: str, tool: str, shown: str):
+    def __init__(self, root: str, run_id: str, tool: str, shown: str,
+                 config: ReshardConfig = DEFAULT):
         self.root, self.run_id, self.tool, self.shown = root.rstrip("/") or root, run_id, tool, shown
+        self.config = config
         self.folder = _join(self.root, CLAIMS)
         self.key = hashlib.sha256(run_id.encode()).hexdigest()[:16]
         self.owner = owner_tag()
@@ -104,7 +105,7 @@ class OutputClaim:
                     self._write_claim()
                     wrote = True
             if wrote and not locked:   # no lock here: the store's order decides, once settled
-                time.sleep(SETTLE_SECONDS)
+                time.sleep(self.config.claim_settle_seconds)
                 runs = self._scan()
                 holder = self._holder(runs)
                 if holder is not None and holder.key != self.key:
@@ -137,7 +138,7 @@ class OutputClaim:
         self._held = False
         self._stop.set()
         if self._beating is not None:
-            self._beating.join(timeout=HEARTBEAT_SECONDS)
+            self._beating.join(timeout=self.config.claim_heartbeat_seconds)
         try:
             self._give_up(wrote=True)
         except (OSError, ValueError) as exc:
@@ -158,7 +159,7 @@ class OutputClaim:
         _write(_join(self.folder, self._alive_name()), self.owner)
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+        while not self._stop.wait(self.config.claim_heartbeat_seconds):
             try:
                 self._beat()
             except (OSError, ValueError) as exc:   # the store's trouble is the run's to meet
@@ -191,7 +192,7 @@ class OutputClaim:
             if exclude_self and run.key == self.key and owner == self.owner:
                 continue
             alive = owner_alive(owner)
-            if alive or (alive is None and self._now_ns - stamp < STALE_SECONDS * 1e9):
+            if alive or (alive is None and self._now_ns - stamp < self.config.claim_stale_seconds * 1e9):
                 return True
         return False
 
@@ -265,10 +266,10 @@ class OutputClaim:
             os.close(fd)   # the lock goes with it
 
     def _flock(self, fd: int) -> bool:
-        """Lock `fd` exclusively, waiting at most LOCK_SECONDS; False where flock is not
-        supported (some network file systems)."""
+        """Lock `fd` exclusively, waiting at most config.claim_lock_seconds; False where flock
+        is not supported (some network file systems)."""
         import fcntl
-        deadline = time.monotonic() + LOCK_SECONDS
+        deadline = time.monotonic() + self.config.claim_lock_seconds
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -276,7 +277,7 @@ class OutputClaim:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise ReshardError(f"{self.shown}: {self.folder} stayed locked for "
-                                       f"{LOCK_SECONDS:g}s by another run") from None
+                                       f"{self.config.claim_lock_seconds:g}s by another run") from None
                 time.sleep(0.05)
             except OSError as exc:
                 if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):

@@ -1,7 +1,12 @@
 """ReshardConfig: the numbers a conversion runs by, in one object (as s3transfer's
 TransferConfig), instead of parameter lists passed down four levels and constants spread over
 the modules. Units are in the field names. The defaults are the engine's measured choices; a
-caller changes a field with dataclasses.replace.
+caller changes a field with dataclasses.replace. Each field's docstring says what it bounds and
+why its default is what it is.
+
+What stays a named constant in its module is fixed by something other than the run: a file
+format (a .ckpt record's size, a header's length limit), the operating system, or an agreement
+between processes that do not share a config.
 """
 from __future__ import annotations
 
@@ -10,43 +15,86 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ReshardConfig:
-    """How a finished plan is executed (reshard.run).
+    """How a plan is finished and executed (reshard.run), and the bounds of its waits.
 
-    process_count: destination ranks converted at once, in as many worker processes (1: in
-        this process, each rank's commit overlapping the next rank's reads).
-    max_memory_bytes: host-memory budget of the whole conversion (None: half of the memory
-        available when the plan is finished, reshard.finish.default_max_memory).
-    process_base_bytes: what a converting process costs besides its assembly buffer
-        (interpreter, numpy, the plan).
-    reader_bytes: per open source reader, its bounded scratch buffer
-        (formats.regions.SCRATCH_BYTES) plus its index.
-    poll_seconds: how often the scheduler asks a running download whether it failed, and a
-        worker with a commit pending whether it is alive.
-    stop_grace_seconds: what a stopped worker has to abort its rank before it is killed.
-    upload_chunks: parts in memory per rank being uploaded while it is written
-        (the store's growing_upload, obs_io.streams.GrowingUpload).
-    fetch_threads: GETs in flight (of obs_io's read_part_bytes each) of a source file
-        downloaded while converting (reshard.fetch).
-    fetch_chunks: its parts fetched or being fetched, not yet written (in order): the
-        download's memory.
-    durable: each output fsynced before its rename (False where the local files only stage an
-        upload: the store holds the ranks).
-    release_downloads: a source file downloaded by this run is removed as soon as every rank
-        reading it is written (a cache the caller does not keep).
-    log_dir: one log file per converting process, LOG_NAME (None: none).
+    Raises:
+        ReshardError: process_count below 1 (named after the flag, process_num).
     """
     process_count: int = 1
+    """Destination ranks converted at once, in as many worker processes (1: in this process,
+    each rank's commit overlapping the next rank's reads)."""
     max_memory_bytes: int | None = None
+    """Host-memory budget of the whole conversion (None: half of the memory available when the
+    plan is finished, reshard.finish.default_max_memory: the training that follows needs the
+    rest)."""
     process_base_bytes: int = 80 << 20
+    """What a converting process costs besides its assembly buffer (interpreter, numpy, the
+    plan): measured at about 70 MiB for a worker."""
     reader_bytes: int = 10 << 20
+    """Per open source reader: its bounded scratch buffer (formats.regions.SCRATCH_BYTES) plus
+    its index."""
     poll_seconds: float = 0.5
+    """How often the scheduler asks a running download whether it failed, and a worker with a
+    commit pending whether it is alive: a failure is seen within half a second, at no cost."""
     stop_grace_seconds: float = 10.0
+    """What a stopped worker has to abort its rank before it is killed: an abort removes one
+    temporary file and one multipart upload, seconds at most."""
     upload_chunks: int = 4
+    """Parts in memory per rank being uploaded while it is written (the store's
+    growing_upload, obs_io.streams.GrowingUpload): enough to keep the link busy while the
+    writer fills the next."""
     fetch_threads: int = 4
+    """GETs in flight (of obs_io's read_part_bytes each) of a source file downloaded while
+    converting (reshard.fetch): one connection rarely fills a node's link."""
     fetch_chunks: int = 6
+    """Parts of such a download fetched or being fetched, not yet written (in order): its
+    memory; fetch_threads plus two, so a slow part does not stall the others."""
+    preload_value_bytes: int = 64 << 10
+    """A value every rank carries as it is (global_step, learning_rate, ...: at the end of a
+    MindSpore checkpoint) up to this size is read by a ranged GET before the file's download
+    (reshard.fetch.preload_runs), so a rank waits only for its slices. Scalars and small
+    vectors: a larger value is worth waiting for in file order."""
+    preload_file_bytes: int = 4 << 20
+    """Preloaded bytes per downloaded file at most: they go to every worker with the plan."""
+    preload_gap_bytes: int = 64 << 10
+    """Preloaded values this close are read by one GET (the gap costs less than a request)."""
+    download_poll_seconds: float = 0.01
+    """How often a read of a source file still downloading looks at its size while it waits
+    (formats.growing): a look is one stat, and the download writes parts of MiBs."""
+    download_stall_seconds: float = 900.0
+    """A read of a downloading file that sees no growth for this long gives up: obs_io fails a
+    stalled request within its own bound (about 160 s by default) and removes the file, so this
+    is a last bound, not the usual way a stalled download ends."""
+    header_threads: int = 8
+    """Headers of remote source files read at once while planning (each costs a few GETs of
+    latency, little data); also the sampled comparisons of the plan's copy checks."""
+    checked_layouts: int = 16
+    """The plan compares replicas and optimizer-shard members of at most this many parameters
+    (the largest): a strategy that does not match its checkpoint shows in all of them."""
+    shard_members: int = 8
+    """In an optimizer-shard group so checked, the first member with up to this many minus one
+    others."""
+    claim_heartbeat_seconds: float = 15.0
+    """How often each process of a run rewrites its heartbeat in the output's claims folder
+    (reshard.claim): a PUT of a few bytes, far inside claim_stale_seconds."""
+    claim_stale_seconds: float = 120.0
+    """Another machine's process whose heartbeat is silent this long is gone, and its claim is
+    taken over: eight missed heartbeats, more than a store's usual stall. Every run writing an
+    output must use the same value."""
+    claim_settle_seconds: float = 2.0
+    """Object storage has no lock: from writing a claim to reading the others, the time a
+    store takes to list what was just written."""
+    claim_lock_seconds: float = 30.0
+    """The local claim lock is held for a few file operations: a bound for waiting on it."""
     durable: bool = True
+    """Each output fsynced before its rename (False where the local files only stage an upload:
+    the store holds the ranks)."""
     release_downloads: bool = False
+    """A source file downloaded by this run is removed as soon as every rank reading it is
+    written (a cache the caller does not keep)."""
     log_dir: str | None = None
+    """One log file per converting process, execute.LOG_NAME, where MindFormers' users look for
+    them (None: none)."""
 
     def __post_init__(self) -> None:
         from .errors import ReshardError

@@ -18,7 +18,8 @@ from it are removed.
 
 Values every rank carries as they are (global_step, learning_rate, ... : no layout) sit at the
 end of a MindSpore checkpoint; read in file order they would hold every rank until the last
-byte. Those that are small (SMALL each, PRELOAD_CAP in all) are read first by ranged GETs and
+byte. Those that are small (ReshardConfig.preload_value_bytes each, preload_file_bytes in all)
+are read first by ranged GETs and
 go to the workers with the plan (preload), so a rank waits only for the bytes of its slices.
 
 Memory: the parts in flight and queued for in-order writing (fetch_bytes), in the parent.
@@ -33,7 +34,7 @@ from typing import Callable
 from obs_io.atomic import Landing
 from obs_io.crc import crc32
 
-from .config import DEFAULT
+from .config import DEFAULT, ReshardConfig
 from .errors import ReshardError
 from .formats import registry
 from .formats.base import FileIndex
@@ -42,18 +43,14 @@ from .plan import Plan, RankPlan
 
 log = logging.getLogger("reshard")
 
-SMALL = 64 << 10        # a carried value up to this is preloaded
-PRELOAD_CAP = 4 << 20   # preloaded bytes per file at most
-GAP = 64 << 10          # preloaded runs this close are one GET
 
-
-def fetch_bytes(s3_config=None, chunks: int = DEFAULT.fetch_chunks) -> int:
-    """Memory of a download while converting: `chunks` parts of read_part_bytes
-    (ReshardConfig.fetch_chunks)."""
+def fetch_bytes(config: ReshardConfig = DEFAULT, s3_config=None) -> int:
+    """Memory of a download while converting: config.fetch_chunks parts of read_part_bytes
+    (s3_config: obs_io's configuration, default the current one)."""
     if s3_config is None:
         import obs_io
         s3_config = obs_io.current_config()
-    return chunks * s3_config.read_part_bytes
+    return config.fetch_chunks * s3_config.read_part_bytes
 
 
 class _Cancelled(Exception):
@@ -69,23 +66,24 @@ def fetch_order(plan: Plan, names: list[str]) -> list[str]:
     return sorted(names, key=lambda n: (first.get(n, len(plan.ranks)), n))
 
 
-def preload_runs(plan: Plan, name: str, index: FileIndex) -> list[tuple[int, int]]:
-    """(offset, length) byte runs of file `name` to read before its download: the small
-    values the plan's ranks carry as they are, merged across gaps up to GAP; none beyond
-    PRELOAD_CAP bytes."""
+def preload_runs(plan: Plan, name: str, index: FileIndex,
+                 config: ReshardConfig = DEFAULT) -> list[tuple[int, int]]:
+    """(offset, length) byte runs of file `name` to read before its download: the values of
+    up to config.preload_value_bytes the plan's ranks carry as they are, merged across gaps up
+    to config.preload_gap_bytes; none beyond config.preload_file_bytes."""
     pieces = sorted({piece for rp in plan.ranks for t in rp.tensors if t.carried
                      and t.pieces[0].src_file == name and t.name in index.extents
-                     and index.extents[t.name].nbytes <= SMALL
+                     and index.extents[t.name].nbytes <= config.preload_value_bytes
                      for piece in index.extents[t.name].pieces})
     runs: list[list[int]] = []
     for offset, length in pieces:
-        if runs and offset - runs[-1][1] <= GAP:
+        if runs and offset - runs[-1][1] <= config.preload_gap_bytes:
             runs[-1][1] = max(runs[-1][1], offset + length)
         else:
             runs.append([offset, offset + length])
     out, total = [], 0
     for a, b in runs:
-        if total + b - a > PRELOAD_CAP:
+        if total + b - a > config.preload_file_bytes:
             break
         out.append((a, b - a))
         total += b - a
@@ -123,13 +121,12 @@ class SourceFetcher:
     ETag-pinned). start() returns name -> temporary path (what workers open while it grows);
     error() the first failure (a ReshardError naming the URL); finish() waits for the end;
     cancel() stops and removes what is not published. obs_io's configuration is this
-    process's (current at start())."""
+    process's (current at start()); config: its fetch_* and preload_* fields."""
 
     def __init__(self, plan: Plan, local_root: str, names: list[str], indexes: dict[str, FileIndex],
-                 location: Callable[[str], str], s3_config=None, threads: int = DEFAULT.fetch_threads,
-                 chunks: int = DEFAULT.fetch_chunks):
+                 location: Callable[[str], str], s3_config=None, config: ReshardConfig = DEFAULT):
         assert plan.source is not None
-        self.threads, self.chunks = threads, chunks   # ReshardConfig.fetch_threads / fetch_chunks
+        self.config = config
         if s3_config is None:
             import obs_io
             s3_config = obs_io.current_config()
@@ -156,7 +153,7 @@ class SourceFetcher:
         out: dict[str, list[tuple[int, int, bytes]]] = {}
         for name in self.order:
             index = self.indexes[name]
-            runs = preload_runs(plan, name, index)
+            runs = preload_runs(plan, name, index, self.config)
             if not runs:
                 continue
             src = RemoteSource(self._url(name), s3_config, known=(index.size, index.version))
@@ -219,7 +216,7 @@ class SourceFetcher:
                 progress.add_bytes(len(data))
             try:
                 download_in_order(url, write, index.size, index.version, part=self.part,
-                                  threads=self.threads, chunks=self.chunks)
+                                  threads=self.config.fetch_threads, chunks=self.config.fetch_chunks)
             except _Cancelled:
                 raise
             except (OSError, ValueError) as exc:

@@ -187,7 +187,7 @@ def finish_plan(plan: Plan, local_root: str, dst_root: str, config: ReshardConfi
         extra = sum(sorted(streams, reverse=True)[:2 * config.process_count])
         budget, peak = budget - extra, peak + extra
     if fetched:
-        fetching = fetch_bytes(chunks=config.fetch_chunks)
+        fetching = fetch_bytes(config)
         budget, peak = budget - fetching, peak + fetching
     checked = check_source_crcs(plan, local_root, only=needed_now - fetched)
     log.info("plan: %d destination ranks, %d process(es), expected peak %.1f MiB "
@@ -250,9 +250,11 @@ class DownloadingRun:
         plan, files = fp.plan, fp.files
         self.fetcher = SourceFetcher(plan, files.local_root, list(fp.download), files.indexes,
                                      lambda n: plan.location_of(n, files.local_root), files.s3,
-                                     fp.config.fetch_threads, fp.config.fetch_chunks)
+                                     fp.config)
         self.preload = self.fetcher.preload(plan, files.s3)
-        self.files = replace(files, growing={n: Growing(temp, tuple(self.preload.get(n, ())))
+        self.files = replace(files, growing={n: Growing(temp, tuple(self.preload.get(n, ())),
+                                                     fp.config.download_poll_seconds,
+                                                     fp.config.download_stall_seconds)
                                              for n, temp in self.fetcher.start().items()})
         self.readers = [rp for rp in plan.ranks if rp.rank in fp.pending and self.files.unverified(rp)]
         # the ranks reading each file (a copy of another rank's file reads nothing)

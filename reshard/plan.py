@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Iterator, Sequence
 
 from . import compare
+from .config import DEFAULT, ReshardConfig
 from .errors import ReshardError
 from .formats import CheckpointReader, FileIndex, FormatError, TensorMeta, open_reader, registry
 from .formats.meta import STORAGE_DTYPES
@@ -53,14 +54,6 @@ OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "momen
 # `lora_a`/`lora_A.weight` names of its newer code): a base checkpoint lacks them and the network
 # initialises them, so a destination strategy naming them converts without them.
 ADAPTER_NAME = re.compile(r"mindpet_delta_|\.lora_[ab](?:\.weight)?$", re.IGNORECASE)
-# Headers of remote source files read at once (each costs a few GETs of latency, little data);
-# also the sampled comparisons of check_copies.
-HEADER_THREADS = 8
-# check_copies compares replicas and optimizer-shard members of at most this many parameters
-# (the largest): a strategy that does not match its checkpoint shows in all of them; in a shard
-# group, the first member with up to SHARD_MEMBERS - 1 others.
-CHECKED_LAYOUTS = 16
-SHARD_MEMBERS = 8
 
 
 @dataclass(frozen=True)
@@ -470,11 +463,13 @@ class Headers:
     each and on demand: under local_root, or, with remote_root (the source's obs:// / s3://
     folder), in place by ranged GETs (nothing downloaded; s3_config: obs_io's configuration).
     A local file not there is fetched through `fetch(names)` (which must put them at
-    local_root/<name>) when given, else it is absent."""
+    local_root/<name>) when given, else it is absent. config: the planning fields of the run's
+    ReshardConfig (header_threads; checked_layouts and shard_members of the plan's checks)."""
 
     def __init__(self, local_root: str, fetch: Fetch | None = None, *,
-                 remote_root: str | None = None, s3_config=None):
+                 remote_root: str | None = None, s3_config=None, config: ReshardConfig = DEFAULT):
         self.local_root = local_root
+        self.config = config
         self.fetch = fetch
         self.remote_root = remote_root
         self.s3_config = s3_config
@@ -500,7 +495,7 @@ class Headers:
         if self.remote_root is not None:
             todo = [n for n in dict.fromkeys(names) if n not in self._metas]
             if len(todo) > 1:
-                with ThreadPoolExecutor(min(HEADER_THREADS, len(todo))) as pool:
+                with ThreadPoolExecutor(min(self.config.header_threads, len(todo))) as pool:
                     for name, got in zip(todo, pool.map(self._load, todo)):
                         self._keep(name, got)
             return
@@ -719,13 +714,14 @@ class _Entry:
     error: str | None
 
 
-def _member_pairs(name: str, opt_shard_size: int, by_block: dict[tuple[int, ...], list[int]]
-                  ) -> list[tuple[str, int, int]]:
+def _member_pairs(name: str, opt_shard_size: int, by_block: dict[tuple[int, ...], list[int]],
+                  config: ReshardConfig) -> list[tuple[str, int, int]]:
     """_Planner.layout_pairs: (name, first member, other member) of the first optimizer-shard
-    group whose first SHARD_MEMBERS members' files hold `name` (by_block: block -> its holders)."""
+    group whose first config.shard_members members' files hold `name` (by_block: block -> its
+    holders)."""
     for block, rs in by_block.items():   # the group's first member and the others
         others = [by_block.get((block[0] + k,) + block[1:]) for k in
-                  range(1, min(opt_shard_size, SHARD_MEMBERS))]
+                  range(1, min(opt_shard_size, config.shard_members))]
         if block[0] % opt_shard_size == 0 and rs and all(others):
             return [(name, rs[0], o[0]) for o in others]
     return []
@@ -930,7 +926,8 @@ class _Planner:
           parameter the strategy shards so (zero-filled values aside): the checkpoint was saved
           without that sharding, or a smaller one, and reading it with this strategy would
           double dimension 0 (or more).
-        Replicas and shard members are compared for the CHECKED_LAYOUTS largest parameters."""
+        Replicas and shard members are compared for the config.checked_layouts largest
+        parameters (Headers.config)."""
         src = self.src
         carried = self.carried_pairs()
         replicas, members = self.layout_pairs()
@@ -996,8 +993,9 @@ class _Planner:
         return sorted(stage * self.s_dev + r for r in out - {local})
 
     def layout_pairs(self) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
-        """(replica pairs, optimizer-shard member pairs) of the CHECKED_LAYOUTS largest laid-out
-        parameters read, among ranks whose files hold them."""
+        """(replica pairs, optimizer-shard member pairs) of the config.checked_layouts largest
+        laid-out parameters read, among ranks whose files hold them."""
+        config = self.headers.config
         sized = sorted(((self.metas0[n].nbytes or 0, n) for n in self.holders
                         if n in self.src.layouts and n in self.metas0), reverse=True)
         replicas: list[tuple[str, int, int]] = []
@@ -1007,12 +1005,12 @@ class _Planner:
             for lay in self.src.layouts[name]:
                 base = lay.stage * self.s_dev
                 by_block = {b: [base + r for r in rs if base + r in held] for b, rs in lay.replicas.items()}
-                if len(replicas) < CHECKED_LAYOUTS:
+                if len(replicas) < config.checked_layouts:
                     pair = next((rs[:2] for rs in by_block.values() if len(rs) >= 2), None)
                     if pair:
                         replicas.append((name, pair[0], pair[1]))
-                if lay.opt_shard_size > 1 and len({n for n, _, _ in members}) < CHECKED_LAYOUTS:
-                    members += _member_pairs(name, lay.opt_shard_size, by_block)
+                if lay.opt_shard_size > 1 and len({n for n, _, _ in members}) < config.checked_layouts:
+                    members += _member_pairs(name, lay.opt_shard_size, by_block, config)
         return replicas, members
 
     def compare_pairs(self, pairs: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], tuple[bool, bool]]:
@@ -1031,7 +1029,7 @@ class _Planner:
         pairs = list(dict.fromkeys(pairs))
         if len(pairs) <= 1:
             return {p: one(p) for p in pairs}
-        with ThreadPoolExecutor(min(HEADER_THREADS, len(pairs))) as pool:
+        with ThreadPoolExecutor(min(self.headers.config.header_threads, len(pairs))) as pool:
             return dict(zip(pairs, pool.map(one, pairs)))
 
     def check_names(self) -> None:

@@ -148,7 +148,8 @@ def prepare(request: Request, config: ReshardConfig = ReshardConfig(),
         remote = is_url(request.source.root)
         with (subscriber or Subscriber()).storage(request.source.root) if remote else contextlib.nullcontext():
             # a remote source's headers: ranged GETs, nothing downloaded yet
-            plan = complete_plan(plan, request.local_root, source_mode=request.source_mode)
+            plan = complete_plan(plan, request.local_root, source_mode=request.source_mode,
+                                 config=config)
         for note in plan.notes:
             log.info("%s", note)
     (subscriber or Subscriber()).on_plan(plan)

@@ -199,11 +199,11 @@ def test_a_worker_never_takes_a_download_that_ends_between_its_looks_for_a_short
     size look, no timing. A completed download is read whole, never taken for a short or empty
     file ("0 bytes, not the 121611 its headers were read from", seen under load); a failed one
     is one line saying where it stopped."""
-    from reshard.formats.growing import GrowingSource
+    from reshard.formats.growing import Growing, GrowingSource
     data = os.urandom(121611)
     final, temp = tmp_path / "full.ckpt", tmp_path / ".full.ckpt.part"
     temp.write_bytes(b"")
-    src = GrowingSource(str(final), str(temp), len(data))
+    src = GrowingSource(str(final), Growing(str(temp)), len(data))
     look, looks = GrowingSource._look, []
 
     def download_ends_after_the_look(self):
@@ -234,12 +234,12 @@ def test_a_worker_never_takes_a_download_that_ends_between_its_looks_for_a_short
 def test_a_worker_opening_a_file_renamed_or_removed_meanwhile(tmp_path):
     """A worker opens the temporary name first: a download committed before the open is found
     under its final name; one that stopped (neither name) is one line."""
-    from reshard.formats.growing import GrowingSource
+    from reshard.formats.growing import Growing, GrowingSource
     final, temp = tmp_path / "full.ckpt", tmp_path / ".full.ckpt.part"
     final.write_bytes(b"x" * 100)                       # committed: the temporary name is gone
-    src = GrowingSource(str(final), str(temp), 100)
+    src = GrowingSource(str(final), Growing(str(temp)), 100)
     assert src.read_at(0, 100) == b"x" * 100
     src.close()
     final.unlink()
     with pytest.raises(FormatError, match="its download stopped before this read"):
-        GrowingSource(str(final), str(temp), 100)
+        GrowingSource(str(final), Growing(str(temp)), 100)

@@ -236,11 +236,12 @@ def test_a_killed_run_leaves_nothing_on_object_storage_after_the_rerun(models, e
 
 def test_another_machines_claim_holds_while_it_beats_and_goes_when_it_stops(tmp_path):
     """A claim written from another machine (a shared disk) cannot be checked by pid: it holds
-    while its heartbeat is younger than STALE_SECONDS, by the store's clock, and is taken over
+    while its heartbeat is younger than claim_stale_seconds, by the store's clock, and is taken over
     after that; a claim of this machine's dead process goes at once."""
     import json
     import subprocess as sp
     from reshard import claim as claim_mod
+    from reshard.config import DEFAULT
     from reshard.errors import ReshardError
     out = tmp_path / "out"
     folder = out / claim_mod.CLAIMS
@@ -257,10 +258,10 @@ def test_another_machines_claim_holds_while_it_beats_and_goes_when_it_stops(tmp_
                                            r"pid 4242"):
         mine.acquire()
     assert sorted(p.name for p in folder.iterdir()) == sorted([f"{theirs.key}.claim", beat.name])
-    old = time.time() - claim_mod.STALE_SECONDS - 60
+    old = time.time() - DEFAULT.claim_stale_seconds - 60
     for p in folder.iterdir():
         os.utime(p, (old, old))
-    with mine.acquire():                       # silent for longer than STALE_SECONDS: taken over
+    with mine.acquire():                       # silent for longer than claim_stale_seconds: taken over
         assert not beat.exists() and (folder / f"{mine.key}.claim").exists()
         dead = sp.Popen([sys.executable, "-c", "pass"])
         dead.wait()

@@ -8,7 +8,7 @@ holds the bytes it asks for. On Linux a write() to a regular file raises the fil
 after the bytes before the new size are in the page cache, so a reader that sees the size see
 the bytes. A read that would wait on a download that stopped (its temporary file removed, no
 final file: the fetcher failed or was cancelled) fails at once; one that sees no growth for
-STALL seconds fails too, so no wait is unbounded. Runs of bytes read before the download
+ReshardConfig.download_stall_seconds fails too, so no wait is unbounded. Runs of bytes read before the download
 (`preload`: the small values every rank carries, at the end of the file) are served from
 memory, without waiting for the end.
 """
@@ -21,27 +21,29 @@ from dataclasses import dataclass
 from reshard.formats.meta import FormatError
 from reshard.formats.regions import LocalSource
 
-POLL = 0.01        # seconds between looks at the file's size while waiting
-STALL = 900.0      # seconds without growth after which a wait gives up (obs_io fails a stalled
-                   # request within its own bound, ~160 s by default, and then removes the file)
+from reshard.config import DEFAULT
 
 
 @dataclass(frozen=True)
 class Growing:
-    """How a worker opens a file still downloading: where it grows, and the runs of it already
-    read ((offset, length, bytes), fetch.preload_runs)."""
+    """How a worker opens a file still downloading: where it grows (temp), the runs of it
+    already read ((offset, length, bytes), fetch.preload_runs), and how its reads wait
+    (ReshardConfig.download_poll_seconds, download_stall_seconds)."""
     temp: str
     preload: tuple = ()
+    poll_seconds: float = DEFAULT.download_poll_seconds
+    stall_seconds: float = DEFAULT.download_stall_seconds
 
 
 class GrowingSource(LocalSource):
-    """`final`: the path the file has once downloaded; `temp`: where it grows until then;
-    `size`: its size when complete (from the headers the plan read); `preload`: (offset,
-    length, bytes) runs already read. Raises FormatError naming `final` when the download
-    stopped."""
+    """`final`: the path the file has once downloaded; `growing`: where it grows until then
+    and the runs already read (Growing); `size`: its size when complete (from the headers the
+    plan read). Raises FormatError naming `final` when the download stopped."""
 
-    def __init__(self, final: str, temp: str, size: int, preload: list | tuple = ()):
-        self.final, self.temp, self.preload = final, temp, tuple(preload)
+    def __init__(self, final: str, growing: Growing, size: int):
+        self.final, self.temp, self.preload = final, growing.temp, tuple(growing.preload)
+        self.poll_seconds, self.stall_seconds = growing.poll_seconds, growing.stall_seconds
+        temp = growing.temp
         # The temporary name first: the fetcher renames it to the final one (atomically), so
         # when it is gone the final name is there, unless the download stopped. Looking at the
         # final name first could miss both (renamed between the two looks).
@@ -113,7 +115,7 @@ class GrowingSource(LocalSource):
                 # renamed, so complete: a shorter file is not the object the plan read
                 raise FormatError(f"{self.final}: {self._have} bytes, not the {self.size} its "
                                   "headers were read from")
-            elif time.monotonic() - since > STALL:
-                raise FormatError(f"{self.final}: its download made no progress for {STALL:.0f}s "
-                                  f"(at byte {self._have} of {self.size})")
-            time.sleep(POLL)
+            elif time.monotonic() - since > self.stall_seconds:
+                raise FormatError(f"{self.final}: its download made no progress for "
+                                  f"{self.stall_seconds:.0f}s (at byte {self._have} of {self.size})")
+            time.sleep(self.poll_seconds)
