@@ -32,7 +32,7 @@ class ReshardConfig:
     plan): measured at about 70 MiB for a worker."""
     reader_bytes: int = 10 << 20
     """Per open source reader: its bounded scratch buffer (formats.regions.SCRATCH_BYTES) plus
-    its index."""
+    its index (a remote one holds its read-ahead on top: remote_window_bytes)."""
     poll_seconds: float = 0.5
     """How often the scheduler asks a running download whether it failed, and a worker with a
     commit pending whether it is alive: a failure is seen within half a second, at no cost."""
@@ -65,6 +65,16 @@ class ReshardConfig:
     """A read of a downloading file that sees no growth for this long gives up: obs_io fails a
     stalled request within its own bound (about 160 s by default) and removes the file, so this
     is a last bound, not the usual way a stalled download ends."""
+    remote_window_bytes: int = 8 << 20
+    """Read-ahead of a source file read in place (formats.remote): a miss fetches this much of
+    the runs a region reads next, so the runs of a slice cost a few GETs, not one per run.
+    Held per open remote reader: it counts in each rank's cost (execute.rank_cost)."""
+    remote_gap_bytes: int = 2 << 20
+    """A gap between such runs up to this is read through rather than skipped: about what one
+    more GET costs in time at ~100 MB/s."""
+    remote_threads: int = 4
+    """GETs in flight of one large read in place: one connection rarely fills the link; each
+    holds a part of obs_io's read_part_bytes (counted in execute.rank_cost)."""
     header_threads: int = 8
     """Headers of remote source files read at once while planning (each costs a few GETs of
     latency, little data); also the sampled comparisons of the plan's copy checks."""

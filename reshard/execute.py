@@ -46,7 +46,7 @@ from obs_io import redact
 from obs_io.atomic import sweep, temp_name, write_atomic
 from . import integrity
 from .plan import Plan, RankPlan
-from .config import DEFAULT
+from .config import DEFAULT, ReshardConfig
 
 if TYPE_CHECKING:
     from .finish import FinishedPlan
@@ -60,22 +60,24 @@ _stop_grace = DEFAULT.stop_grace_seconds
 
 
 def rank_cost(rp: RankPlan, remote: frozenset[str] | set[str] = frozenset(),
-              part_bytes: int = 0, reader_bytes: int = DEFAULT.reader_bytes) -> int:
+              part_bytes: int = 0, config: ReshardConfig = DEFAULT) -> int:
     """Bytes one destination rank needs while converting (on top of its process); `remote`:
     the source files read in place, whose readers hold more: each its window, and the one
-    reading (a rank reads one piece at a time) its GETs in flight, of part_bytes each (obs_io's
-    read_part_bytes); reader_bytes per open reader (ReshardConfig)."""
+    reading (a rank reads one piece at a time) its config.remote_threads GETs in flight, of
+    part_bytes each (obs_io's read_part_bytes); config.reader_bytes per open reader."""
     files = rp.source_files
     remote_files = sum(f in remote for f in files)
-    return (rp.buffer_bytes + reader_bytes * len(files) + remote_files * remote_source.OPEN_BYTES
-            + (remote_source.THREADS * part_bytes if remote_files else 0))
+    return (rp.buffer_bytes + config.reader_bytes * len(files)
+            + remote_files * remote_source.open_bytes(config)
+            + (config.remote_threads * part_bytes if remote_files else 0))
 
 
 @dataclass(frozen=True)
 class SourceFiles:
     """Where the source files of a plan are read, as sent to the worker processes: under
     local_root, except the `remote` names, read in place at remote_base/<name> by ranged GETs
-    with obs_io's configuration s3 (the parent's: set_auth does not reach a spawned worker)."""
+    with obs_io's configuration s3 (the parent's: set_auth does not reach a spawned worker);
+    config: the run's ReshardConfig (how the files are read)."""
     local_root: str
     remote_base: str | None = None
     remote: frozenset[str] = frozenset()
@@ -85,6 +87,7 @@ class SourceFiles:
     indexes: dict[str, FileIndex] = field(default_factory=dict, repr=False)
     # fetched name -> where it is still being downloaded (formats.growing.Growing)
     growing: dict[str, Growing] = field(default_factory=dict)
+    config: ReshardConfig = DEFAULT
 
     @classmethod
     def of(cls, src: "SourceFiles | str") -> "SourceFiles":
@@ -99,10 +102,11 @@ class SourceFiles:
     def open(self, name: str):
         if name not in self.remote:
             if name not in self.indexes:   # a local source: its headers read here
-                return open_reader(self.location(name))
+                return open_reader(self.location(name), config=self.config)
             return open_reader(self.location(name), index=self.indexes[name],
-                               growing=self.growing.get(name))
-        return open_reader(self.location(name), s3_config=self.s3, index=self.indexes.get(name))
+                               growing=self.growing.get(name), config=self.config)
+        return open_reader(self.location(name), s3_config=self.s3, index=self.indexes.get(name),
+                           config=self.config)
 
     def for_rank(self, rp: RankPlan) -> "SourceFiles":
         """The same, with the indexes of this rank's files only (what goes to its worker)."""
@@ -936,7 +940,7 @@ class _Pool:
         self.workers: dict = {}          # pid -> process, every worker the pool started
 
     def cost(self, rp: RankPlan) -> int:
-        return rank_cost(rp, self.remote, self.part, self.config.reader_bytes)
+        return rank_cost(rp, self.remote, self.part, self.config)
 
     def run(self) -> list[int]:
         ctx = multiprocessing.get_context("spawn")

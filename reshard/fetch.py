@@ -156,7 +156,8 @@ class SourceFetcher:
             runs = preload_runs(plan, name, index, self.config)
             if not runs:
                 continue
-            src = RemoteSource(self._url(name), s3_config, known=(index.size, index.version))
+            src = RemoteSource(self._url(name), s3_config, known=(index.size, index.version),
+                               config=self.config)
             try:
                 out[name] = [(a, n, src.read_at(a, n)) for a, n in runs]
             except FormatError as exc:

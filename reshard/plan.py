@@ -505,7 +505,7 @@ class Headers:
 
     def _load(self, name: str) -> FileIndex:
         try:
-            with open_reader(self.path(name), s3_config=self.s3_config) as reader:
+            with open_reader(self.path(name), s3_config=self.s3_config, config=self.config) as reader:
                 return reader.index()
         except FormatError as e:
             raise ReshardError(str(e)) from None
@@ -539,7 +539,8 @@ class Headers:
         """A reader of a file whose headers were read (they are not read again); one per thread.
         Raises ReshardError naming the file."""
         try:
-            return open_reader(self.path(name), s3_config=self.s3_config, index=self._found.get(name))
+            return open_reader(self.path(name), s3_config=self.s3_config, index=self._found.get(name),
+                               config=self.config)
         except FormatError as e:
             raise ReshardError(str(e)) from None
 

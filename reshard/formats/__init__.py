@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from reshard.config import DEFAULT, ReshardConfig
 from reshard.formats import registry
 from reshard.formats.base import CheckpointReader, CheckpointWriter, FileIndex
 from reshard.formats.interface import CheckpointFormat
@@ -46,14 +47,16 @@ def format_of(path: str | os.PathLike) -> str:
 
 
 def open_reader(location: str | os.PathLike, *, s3_config=None,
-                index: FileIndex | None = None, growing=None) -> CheckpointReader:
+                index: FileIndex | None = None, growing=None,
+                config: ReshardConfig = DEFAULT) -> CheckpointReader:
     """A reader of a local file, or of an obs:// / s3:// object read in place by ranged GETs
     (s3_config: obs_io's configuration for those; None: the current one). index: what an
     earlier reader of the same file found (reader.index()): its headers are not read again.
     growing: a formats.growing.Growing for a local file still being downloaded (reshard.fetch;
-    index required): reads wait for their bytes."""
+    index required): reads wait for their bytes. config: the run's ReshardConfig (how an
+    object is read in place)."""
     reader = registry.get(format_of(location)).reader
-    return reader(location, s3_config=s3_config, index=index, growing=growing)
+    return reader(location, s3_config=s3_config, index=index, growing=growing, config=config)
 
 
 def open_writer(path: str | os.PathLike, metas: Sequence[TensorMeta], fmt: str | None = None,

@@ -16,6 +16,7 @@ from obs_io.crc import crc32
 from reshard.formats.meta import FormatError, TensorMeta, storage_view
 from reshard.formats.regions import (ByteSource, Extent, LocalSource, Region, normalize_region,
                                      read_region)
+from reshard.config import DEFAULT, ReshardConfig
 from reshard.sources import is_url
 
 WRITE_BYTES = 4 << 20
@@ -40,12 +41,13 @@ class FileIndex:
 
 
 def open_source(location: str, s3_config=None, index: FileIndex | None = None,
-                growing=None) -> ByteSource:
+                growing=None, config: ReshardConfig = DEFAULT) -> ByteSource:
     """The ByteSource of a local path, or of an object-store URL (obs://, s3://, any store of
     obs_io.registry: read in place through the store's read_range; the store's client is
     imported only then; with an index, the object version it describes, without a head()
     request); growing: a formats.growing.Growing, for a local path still being
-    downloaded in order (reads wait for their bytes; index required)."""
+    downloaded in order (reads wait for their bytes; index required). config: the run's
+    ReshardConfig (how an object is read in place: its remote_* fields)."""
     if growing is not None:
         from reshard.formats.growing import GrowingSource
         assert index is not None, "a file still downloading is opened with the plan's index"
@@ -53,7 +55,7 @@ def open_source(location: str, s3_config=None, index: FileIndex | None = None,
     if is_url(location):
         from reshard.formats.remote import RemoteSource
         known = (index.size, index.version) if index is not None else None
-        return RemoteSource(location, s3_config, known=known)
+        return RemoteSource(location, s3_config, known=known, config=config)
     return LocalSource(location)
 
 
@@ -63,15 +65,15 @@ class CheckpointReader:
     Subclasses only build the index (`metas`, `_extents`); reading is shared, through a
     ByteSource (regions.py): a local file, or an object read in place by ranged GETs when the
     location is an obs:// or s3:// URL (s3_config: obs_io's configuration to use, e.g. a
-    worker's parent's; None: the current one). Not thread-safe (one scratch buffer per
-    reader): open one reader per thread.
+    worker's parent's; None: the current one; config: the run's ReshardConfig). Not
+    thread-safe (one scratch buffer per reader): open one reader per thread.
     """
     crc_trailer: int | None = None   # .ckpt: MindSpore's CRC32 of every record byte, if saved
 
     def __init__(self, location: str | os.PathLike, *, s3_config=None,
-                 index: FileIndex | None = None, growing=None):
+                 index: FileIndex | None = None, growing=None, config: ReshardConfig = DEFAULT):
         self.path = os.fspath(location)      # a local path or an obs:// / s3:// URL
-        self._src = open_source(self.path, s3_config, index, growing)
+        self._src = open_source(self.path, s3_config, index, growing, config)
         self.size = self._src.size
         self.metas: dict[str, TensorMeta] = {}
         self.metadata: dict[str, str] = {}   # file-level key/values (safetensors __metadata__)

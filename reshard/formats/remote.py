@@ -9,31 +9,31 @@ ObjectChanged) instead.
 
 A GET costs tens of milliseconds whatever its size up to a few MiB, so reads are shaped for it:
 - the region reader announces the runs it is about to read (ByteSource.expect); a miss fetches
-  ahead over the runs still to come, reading through gaps of up to GAP bytes (cheaper than
-  another GET), up to WINDOW bytes and never past the region's last run: the runs of a slice
+  ahead over the runs still to come, reading through gaps of up to remote_gap_bytes (cheaper than
+  another GET), up to remote_window_bytes and never past the region's last run: the runs of a slice
   cost a few GETs, not one per run;
 - a read with nothing to read ahead (a whole value, a long run) goes straight into the caller's
   buffer, in GETs of obs_io's read_part_bytes (the one part size of every ranged read, its
-  S3Config), THREADS at a time (one connection rarely fills the link);
+  S3Config), remote_threads at a time (one connection rarely fills the link);
 - a .ckpt's record headers are scanned through a header_window read-ahead: small records cost
   one GET per window, not one per record.
-Memory: the window plus, while it reads, the parts in flight (OPEN_BYTES + THREADS parts).
+Memory: the window plus, while it reads, the parts in flight (open_bytes() plus remote_threads
+parts). The three numbers are ReshardConfig fields.
 """
 from __future__ import annotations
 
 from bisect import bisect_right
 from concurrent.futures import ThreadPoolExecutor
 
+from reshard.config import DEFAULT, ReshardConfig
 from reshard.formats.meta import FormatError
 from reshard.formats.regions import SCRATCH_BYTES, ByteSource, Extent
 
-WINDOW = 8 << 20      # read-ahead of one region's runs per miss
-GAP = 2 << 20         # a gap up to this is read through (about what one more GET costs at ~100 MB/s)
-THREADS = 4           # GETs of one large read in flight
 
-# What one open remote reader holds: its window and scratch; while it reads, also up to THREADS
-# GET bodies of read_part_bytes each.
-OPEN_BYTES = WINDOW + SCRATCH_BYTES
+def open_bytes(config: ReshardConfig = DEFAULT) -> int:
+    """What one open remote reader holds: its window and scratch; while it reads, also up to
+    config.remote_threads GET bodies of read_part_bytes each (not counted here)."""
+    return config.remote_window_bytes + SCRATCH_BYTES
 
 
 def head(url: str, config) -> tuple[int, str | None]:
@@ -54,22 +54,26 @@ def _storage_text(url: str, err: BaseException) -> str:
 
 
 class RemoteSource(ByteSource):
-    """One object version, read by ranged reads (the store's read_range). config: obs_io's S3Config to use (a worker
-    process gets its parent's, set_auth included); None: obs_io's current one. known: (size,
-    ETag) of the version to read, as an earlier HEAD found them (no HEAD request then)."""
+    """One object version, read by ranged reads (the store's read_range). s3_config: obs_io's
+    S3Config to use (a worker process gets its parent's, set_auth included); None: obs_io's
+    current one. known: (size, ETag) of the version to read, as an earlier HEAD found them (no
+    HEAD request then). config: the remote_* fields of the run's ReshardConfig."""
 
     remote = True
     header_window = 256 * 1024   # a GET of 256 KiB costs about what one of 64 KiB does
     header_min = 4 * 1024        # a record header alone: tag, dims, type (a few hundred bytes)
 
-    def __init__(self, url: str, config=None, known: tuple[int, str | None] | None = None):
+    def __init__(self, url: str, s3_config=None, known: tuple[int, str | None] | None = None,
+                 config: ReshardConfig = DEFAULT):
         super().__init__()
         from obs_io import current_config, store_for
         from obs_io.urls import check
         self.location = url
+        self.window_bytes, self.gap_bytes = config.remote_window_bytes, config.remote_gap_bytes
+        self.threads = config.remote_threads
         self._pool: ThreadPoolExecutor | None = None
         try:
-            self._cfg = config or current_config()
+            self._cfg = s3_config or current_config()
             check(url)
             self._store = store_for(url)
             if known is None:
@@ -123,11 +127,11 @@ class RemoteSource(ByteSource):
                 return
             off, buf, n = off + k, buf[k:], n - k
         end = self._ahead(off, n)
-        if end == off + n and n >= self.part or n > WINDOW:   # nothing worth keeping: straight in
+        if end == off + n and n >= self.part or n > self.window_bytes:   # nothing worth keeping: straight in
             self._get_into(off, buf)
             return
         if len(self._window) < end - off:
-            self._window = bytearray(max(end - off, min(WINDOW, 2 * (end - off))))
+            self._window = bytearray(max(end - off, min(self.window_bytes, 2 * (end - off))))
         view = memoryview(self._window)[:end - off]
         self._lo = self._hi = 0                  # invalid while it is being replaced
         self._get_into(off, view)
@@ -136,8 +140,9 @@ class RemoteSource(ByteSource):
 
     def _ahead(self, off: int, n: int) -> int:
         """Where a fetch that must cover [off, off + n) should stop: further along the runs
-        announced by expect() (through gaps up to GAP; this run only when they are further
-        apart), at most WINDOW bytes, never past the last run; off + n without such runs."""
+        announced by expect() (through gaps up to gap_bytes; this run only when they are
+        further apart), at most window_bytes, never past the last run; off + n without such
+        runs."""
         stop = off + n
         if self._runs is None:
             return stop
@@ -146,17 +151,17 @@ class RemoteSource(ByteSource):
         last = base + (rows - 1) * stride + run
         if logical is None or not base <= logical < last:
             return stop
-        if rows > 1 and stride - run <= GAP:
+        if rows > 1 and stride - run <= self.gap_bytes:
             want = last
         else:
             row = (logical - base) // stride if stride else 0
             want = base + row * stride + run
-        want = min(want, logical + max(n, WINDOW))
+        want = min(want, logical + max(n, self.window_bytes))
         return min(self.size, max(stop, _file_end(extent, want)))
 
     def _get_into(self, off: int, buf: memoryview) -> None:
-        """buf <- [off, off + len(buf)) by ranged GETs of at most read_part_bytes, THREADS at
-        once."""
+        """buf <- [off, off + len(buf)) by ranged GETs of at most read_part_bytes, `threads`
+        at once."""
         part = self.part
         parts = [(o, buf[o - off:min(o - off + part, len(buf))])
                  for o in range(off, off + len(buf), part)]
@@ -164,7 +169,7 @@ class RemoteSource(ByteSource):
             self._get(*parts[0])
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="reshard-get")
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="reshard-get")
         for future in [self._pool.submit(self._get, o, view) for o, view in parts]:
             future.result()
 
