@@ -7,6 +7,7 @@ to the launch; the others wait for it, and every process then launches its own t
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -429,7 +430,7 @@ def transform(p: JobPlan, env: dict[str, str],
         markers.clear_own(p.layout.marker_dir, [b.leader for b in my_blocks])
     try:   # from here on a failure is this node's blocks' failure: every node learns it
         dst, src_s, written = _convert_mine(p, env, my_blocks)
-    except BaseException as exc:
+    except BaseException as exc:   # a report, not a cleanup: the other nodes wait on it, a stop included
         _publish_failure(p, my_blocks, exc)
         raise
     if my_blocks:
@@ -685,7 +686,7 @@ def claim_outputs(p: JobPlan) -> list[OutputClaim]:
     if obs_io.is_remote(layout.remote_save_url):   # first: refused there, nothing local is made
         wanted.insert(0, (layout.remote_save_url, f"remote_save_url={job.remote_save_url}"))
     claims: list[OutputClaim] = []
-    try:
+    with contextlib.ExitStack() as held:   # on failure the claims made so far are released
         for root, shown in wanted:
             if not obs_io.is_remote(root):
                 probe_outputs(p)   # the local folders, made and tried before a claim is written there
@@ -695,10 +696,8 @@ def claim_outputs(p: JobPlan) -> list[OutputClaim]:
                 raise
             except (OSError, ValueError) as exc:   # obs_io's one line: refused, no such bucket
                 raise EntryError(f"{shown}: cannot write there: {one_line(exc, (OSError, ValueError))}") from None
-    except BaseException:
-        for claim in claims:
-            claim.release()
-        raise
+            held.callback(claims[-1].release)
+        held.pop_all()   # all made: held until the entry ends
     return claims
 
 
@@ -723,7 +722,7 @@ def _run(p: JobPlan, env: dict[str, str], claims: list[OutputClaim]) -> int:
             try:
                 prepare(p, launch.environment(env, layout.effective_config, cluster.node_ranks, shim), shim,
                         lambda: check_claims(claims))
-            except BaseException as exc:
+            except BaseException as exc:   # a report: the node's other cards wait on it, a stop included
                 node_leader.finish(role, _one_line(exc))
                 raise
             node_leader.finish(role)

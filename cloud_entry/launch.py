@@ -244,7 +244,7 @@ def run_command(cmd: Sequence[str], env: Mapping[str, str], timeout: float | Non
             log.warning("%s stopped: exit code %d", what, code)
             # the training's own code is the job's; a stopped strategy pass is just a stop
             raise signals.Terminated(sig, code if timeout is None else None) from None
-        except BaseException:
+        except BaseException:   # the last of this chain, which stops the group per exception kind
             _stop(proc, signal.SIGTERM, grace)
             raise
 

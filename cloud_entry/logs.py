@@ -13,6 +13,7 @@ import sys
 
 import obs_io
 from obs_io import redact, retry
+from obs_io.cleanup import on_failure
 from obs_io.errors import scrub
 
 log = logging.getLogger(__name__)
@@ -111,13 +112,8 @@ def upload(log_dir: str, remote_url: str, started: float, timeout: float = UPLOA
         proc = subprocess.Popen([sys.executable, "-c", _UPLOAD], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                                 start_new_session=True)
-        try:
+        with on_failure(_kill_group, proc):   # a timeout or a stop: nothing of it stays
             _, err = proc.communicate(plan, timeout)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
     except subprocess.TimeoutExpired:
         log.warning("logs not uploaded to %s: not done within %gs", dst, timeout)
         return
@@ -129,3 +125,10 @@ def upload(log_dir: str, remote_url: str, started: float, timeout: float = UPLOA
         log.warning("logs not uploaded to %s: %s", dst, scrub(lines[-1]))
     else:
         log.info("logs uploaded: %d file(s) to %s", len(files), dst)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """The upload's process group killed and reaped (it runs in a session of its own)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()

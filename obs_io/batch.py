@@ -9,6 +9,7 @@ Execution: local-to-local copies on a thread pool, everything else in this proce
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -25,6 +26,7 @@ from .progress import Progress
 from .store import ObjectStore
 from .streams import copy_tasks
 from .atomic import sweep
+from .cleanup import on_failure
 from .transfer import CopyTask, abort_stale_uploads, copy_local, execute_remote
 from .urls import check, is_remote, join, safe_relative
 from .workers import Workers, partition, worker_count
@@ -129,7 +131,7 @@ def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_p
     clean_leftovers(tasks)
     progress = Progress(desc, sum(t.size for t in tasks), len(tasks)) if show_progress else None
     local = [t for t in tasks if not (is_remote(t.src) or is_remote(t.dst))]
-    try:
+    with progress or contextlib.nullcontext():   # closed, "done" only on success
         for d in dirs:
             backend(d).makedirs(d)
         if local:
@@ -141,12 +143,6 @@ def execute(tasks: list[CopyTask], threads: int = 16, desc: str = "copy", show_p
                 copy_tasks(group, threads, progress)
             else:
                 store.transfer(group, threads, progress, is_processing)
-    except BaseException:
-        if progress is not None:
-            progress.close(done=False)  # the error is the one line to read, not a "done" line
-        raise
-    if progress is not None:
-        progress.close()
 
 
 def _by_store(tasks: list[CopyTask]) -> list[tuple[ObjectStore | None, list[CopyTask]]]:
@@ -187,11 +183,8 @@ def execute_s3(tasks: list[CopyTask], threads: int, progress: Progress | None, i
         return
     log.debug("%d small files over %d worker processes", len(small), processes)
     pool = Workers(partition(small, processes), max(1, threads // processes), progress)
-    try:
+    with on_failure(pool.stop):
         big = [t for t in tasks if t.size >= threshold]
         if big:
             execute_remote(big, threads, progress)
-    except BaseException:
-        pool.stop()
-        raise
     pool.wait()

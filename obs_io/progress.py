@@ -59,6 +59,15 @@ class Progress:
             self._last_log = now
             log.info(self._line())
 
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Closed: done on a clean exit; on a failure no totals line (the error is the one line
+        to read, not a "done" line)."""
+        self.close(done=exc_type is None)
+        return False
+
     def close(self, done: bool = True) -> None:
         """End the bar; log the totals only for a batch that completed (done)."""
         with self._lock:

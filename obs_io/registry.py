@@ -25,6 +25,8 @@ import re
 import sys
 import threading
 
+from .cleanup import on_failure
+
 ENV = "OBS_IO_STORES"
 ENTRY_POINT_GROUP = "obs_io.stores"
 LOCAL = "obs_io.fs:LocalFS"
@@ -111,11 +113,8 @@ def _module(where: str):
                 raise ImportError(f"no Python file at {where}")
             module = importlib.util.module_from_spec(file_spec)
             sys.modules[module_name] = module
-            try:
+            with on_failure(sys.modules.pop, module_name, None):
                 file_spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[module_name]
-                raise
         return module
     return importlib.import_module(where)
 

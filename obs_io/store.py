@@ -57,7 +57,20 @@ class ObjectInfo:
 
 
 class ObjectWriter(abc.ABC):
-    """A streaming write of one object. Nothing is under the key before commit() returned."""
+    """A streaming write of one object. Nothing is under the key before commit() returned.
+
+    As a context manager it owns its cleanup: the block writes and commits, and when the block
+    raises anything (a failed write or commit, a Ctrl-C, a stop request) the writer is aborted,
+    so no partial object or orphan multipart upload stays behind.
+    """
+
+    def __enter__(self) -> "ObjectWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.abort()
+        return False
 
     @abc.abstractmethod
     def write(self, data: bytes) -> None:

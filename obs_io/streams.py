@@ -142,8 +142,7 @@ def write_fileobj(store, fileobj, url: str, size: int, cfg=None, progress=None) 
     """Publish `size` bytes of a readable file object as the object `url` through a writer of
     `store`, carrying a fresh upload token (returned); aborted on any failure."""
     token, extra = upload_token()
-    writer = store.open_writer(url, size, extra["Metadata"], cfg)
-    try:
+    with store.open_writer(url, size, extra["Metadata"], cfg) as writer:   # aborted on failure
         sent = 0
         for block in iter(lambda: fileobj.read(PART), b""):
             writer.write(block)
@@ -153,9 +152,6 @@ def write_fileobj(store, fileobj, url: str, size: int, cfg=None, progress=None) 
         if sent != size:
             raise OSError(errno.EIO, f"read {sent} bytes to upload, expected {size}", url)
         writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
     return token
 
 
@@ -177,13 +173,9 @@ def _copy_one(task, progress) -> None:
             write_fileobj(dst, f, task.dst, task.size, progress=progress)
     else:
         token, extra = upload_token()
-        writer = dst.open_writer(task.dst, task.size, extra["Metadata"])
-        try:
+        with dst.open_writer(task.dst, task.size, extra["Metadata"]) as writer:   # aborted on failure
             read_into(src, task.src, writer.write, task.size, task.etag, progress)
             writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
     if progress is not None:
         progress.file_done()
 
@@ -364,11 +356,11 @@ class StreamUpload(BackgroundUpload):
 
     def _run(self) -> None:
         try:
-            for block in iter(lambda: self._tail.read(PART), b""):
-                self._writer.write(block)
-            self._writer.commit()
-        except BaseException as exc:
+            with self._writer:   # aborted on failure
+                for block in iter(lambda: self._tail.read(PART), b""):
+                    self._writer.write(block)
+                self._writer.commit()
+        except BaseException as exc:   # a thread: any death is kept for finish() to raise to its caller
             self._error = exc
-            self._writer.abort()
         finally:
             self._tail.close()

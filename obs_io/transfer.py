@@ -330,7 +330,7 @@ class GrowingUpload(BackgroundUpload):
         try:
             with translating(self.url), TransferManager(get_client(self._cfg), tconfig) as manager:
                 manager.upload(self._tail, u.bucket, u.key, extra_args=self._extra).result()
-        except BaseException as exc:
+        except BaseException as exc:   # a thread: any death is kept for finish() to raise to its caller
             self._error = exc
         finally:
             self._tail.close()

@@ -21,6 +21,7 @@ import sys
 import threading
 
 from . import config as _config
+from .cleanup import on_failure
 from .errors import MOXING_ERRORS, scrub
 from .transfer import CopyTask, execute_remote
 
@@ -67,7 +68,7 @@ class Workers:
         self._failed = threading.Event()
         self._procs: list[subprocess.Popen] = []
         self._readers: list[threading.Thread] = []
-        try:
+        with on_failure(self.stop):   # those started so far
             for group in groups:
                 proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env, text=True)
@@ -77,9 +78,6 @@ class Workers:
                 reader = threading.Thread(target=self._talk, args=(proc, plan, progress), daemon=True)
                 reader.start()
                 self._readers.append(reader)
-        except BaseException:
-            self.stop()
-            raise
 
     def _talk(self, proc: subprocess.Popen, plan: str, progress) -> None:
         """Hand a worker its plan (here, so workers start side by side while each one imports),

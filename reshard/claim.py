@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 
 from obs_io.atomic import owner_alive, owner_tag
+from obs_io.cleanup import on_failure
 
 from .config import DEFAULT, ReshardConfig
 from .errors import ReshardError
@@ -88,7 +89,7 @@ class OutputClaim:
         self._since = datetime.datetime.now(datetime.timezone.utc)
         self._beat()   # first: from now on this process counts as live
         wrote = False
-        try:
+        with on_failure(lambda: self._give_up_quietly(wrote)):
             with self._lock() as locked:
                 runs = self._scan()
                 holder = self._holder(runs, exclude_self=True)
@@ -110,10 +111,6 @@ class OutputClaim:
                 holder = self._holder(runs)
                 if holder is not None and holder.key != self.key:
                     raise self._refused(holder, "in use by another run")
-        except BaseException:
-            with contextlib.suppress(OSError, ValueError):   # the error being raised is the user's
-                self._give_up(wrote)
-            raise
         self._held = True
         self._beating = threading.Thread(target=self._heartbeat, name="output-claim", daemon=True)
         self._beating.start()
@@ -144,6 +141,11 @@ class OutputClaim:
         except (OSError, ValueError) as exc:
             log.warning("%s: could not remove this run's claim (%s); the next run takes it over",
                         self.shown, exc)
+
+    def _give_up_quietly(self, wrote: bool) -> None:
+        """A failed acquire's undo: the error being raised is the user's, not the store's."""
+        with contextlib.suppress(OSError, ValueError):
+            self._give_up(wrote)
 
     def __enter__(self) -> "OutputClaim":
         return self.acquire()

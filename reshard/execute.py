@@ -43,7 +43,8 @@ from .formats import FileIndex, FormatError, TensorMeta, open_reader, open_write
 from .formats import remote as remote_source
 from .formats.growing import Growing
 from obs_io import redact
-from obs_io.atomic import sweep, temp_name, write_atomic
+from obs_io.atomic import Landing, sweep, write_atomic
+from obs_io.cleanup import on_failure
 from . import integrity
 from .plan import Plan, RankPlan
 from .config import DEFAULT, ReshardConfig
@@ -427,20 +428,20 @@ class _RankOutput:
         self.writer = None
         self.streaming = None   # obs_io GrowingUpload of the writer's temporary file
 
-    @contextlib.contextmanager
-    def stage(self, file: bool = True, folder: bool = False):
-        """On any exception (a stop request too): the upload aborted, and with `file` the
-        writer's temporary file, with `folder` the folder made for it if left empty."""
-        try:
-            yield self
-        except BaseException:
-            if self.streaming is not None:
-                self.streaming.abort()
-            if file and self.writer is not None:
-                self.writer.abort()
-            if folder and self.made_folder and os.path.isdir(self.folder) and not os.listdir(self.folder):
-                os.rmdir(self.folder)
-            raise
+    def stage(self, file: bool = True, folder: bool = False) -> on_failure:
+        """A context manager: on any exception (a stop request too) the upload is aborted, and
+        with `file` the writer's temporary file, with `folder` the folder made for it if left
+        empty; then the exception goes on."""
+        return on_failure(self.abort, file, folder)
+
+    def abort(self, file: bool = True, folder: bool = False) -> None:
+        """What stage() undoes: whatever the rank's steps have made so far."""
+        if self.streaming is not None:
+            self.streaming.abort()
+        if file and self.writer is not None:
+            self.writer.abort()
+        if folder and self.made_folder and os.path.isdir(self.folder) and not os.listdir(self.folder):
+            os.rmdir(self.folder)
 
 
 def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
@@ -692,7 +693,7 @@ def _commit_behind(rank: int, commit) -> None:
     """Run a rank's commit on the worker's committer; tell the parent how it ended."""
     try:
         made = commit()
-    except BaseException as exc:
+    except BaseException as exc:   # any end, a stop too, must reach the parent waiting on the queue
         try:
             pickle.dumps(exc)
         except Exception:   # the parent must get it: as one line
@@ -745,8 +746,7 @@ def link_file(src: str, dst: str, durable: bool) -> str:
     """`dst` as another name of the file `src` (a hard link: no byte written, no disk taken), or
     a copy where the file system has no hard links; published by rename, so nothing partial is
     ever under `dst`. durable: the copy's bytes and the folder are fsynced. Returns how."""
-    temp = temp_name(os.path.abspath(dst))
-    try:
+    with Landing(dst, durable=False) as temp:   # renamed to dst at the end; removed on failure
         try:
             os.link(src, temp)
             how = "linked"
@@ -756,11 +756,6 @@ def link_file(src: str, dst: str, durable: bool) -> str:
                 with open(temp, "rb") as f:
                     os.fsync(f.fileno())
             how = "copied"
-        os.replace(temp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
-        raise
     if durable:
         _fsync_folder(os.path.dirname(os.path.abspath(dst)))
     return how
@@ -956,7 +951,7 @@ class _Pool:
                     self._step(pool)
             except BrokenProcessPool:   # a worker killed (SIGKILL: the OOM killer): the others are stopped
                 killed = sorted([rp.rank for rp, _ in self.running.values()] + list(self.committing))
-            except BaseException as exc:
+            except BaseException as exc:   # which exception it is decides whether the workers are stopped
                 if isinstance(exc, KeyboardInterrupt) or (self.feed is not None and _raises(self.feed.check)):
                     _stop_workers(pool, self.config.stop_grace_seconds)   # a download that failed: the ranks reading it cannot end
                 raise

@@ -182,18 +182,15 @@ class SourceFetcher:
         progress = Progress(f"downloading {len(self.order)} source file(s)",
                             sum(self.indexes[n].size for n in self.order), len(self.order))
         try:
-            for name in self.order:
-                if self._stop.is_set():
-                    raise _Cancelled()
-                self._fetch(name, progress)
-                progress.file_done()
-        except BaseException as exc:   # kept for the converting side; temporary files removed
-            self._error = exc
-            for landing in self._landings.values():
-                landing.discard()
-            progress.close(done=False)
-            return
-        progress.close()
+            with progress:   # "done" on success only
+                for name in self.order:
+                    if self._stop.is_set():
+                        raise _Cancelled()
+                    self._fetch(name, progress)
+                    progress.file_done()
+        except BaseException as exc:   # a thread: any death is kept for the converting side (error())
+            self._error = exc   # before the files go: a worker that sees one gone asks error()
+            self._discard()
 
     def _fetch(self, name: str, progress) -> None:
         from obs_io.oneline import one_line
@@ -270,5 +267,9 @@ class SourceFetcher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        self._discard()
+
+    def _discard(self) -> None:
+        """The temporary files of the downloads not published removed."""
         for landing in self._landings.values():
             landing.discard()

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from obs_io.atomic import temp_name
+from obs_io.cleanup import on_failure
 from obs_io.crc import crc32
 from reshard.formats.meta import FormatError, TensorMeta, storage_view
 from reshard.formats.regions import (ByteSource, Extent, LocalSource, Region, normalize_region,
@@ -86,11 +87,8 @@ class CheckpointReader:
             self.metas, self._extents = dict(index.metas), dict(index.extents)
             self.metadata, self.crc_trailer = dict(index.metadata), index.crc_trailer
             return
-        try:
+        with on_failure(self.close):
             self._index()
-        except BaseException:
-            self.close()
-            raise
 
     def index(self) -> FileIndex:
         """What this reader's headers say, to open the same file again without reading them."""
@@ -384,7 +382,7 @@ class CheckpointWriter:
         it finds); False for a copy that only stages an upload (the object store holds the
         rank once its upload completes), where the disk's flush would only cost time."""
         self._check_open()
-        try:
+        with on_failure(self.abort):
             self._complete_empty_values(until=None)
             if self._pos < len(self.metas):
                 missing = self.metas[self._pos].name
@@ -397,9 +395,6 @@ class CheckpointWriter:
             os.replace(self.temp_path, self.path)
             if durable:
                 _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
-        except BaseException:
-            self.abort()
-            raise
         self.state = "committed"
 
     @property

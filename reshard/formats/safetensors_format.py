@@ -13,6 +13,7 @@ import logging
 from dataclasses import replace
 from typing import Sequence
 
+from obs_io.cleanup import on_failure
 from reshard.formats.base import CheckpointReader, CheckpointWriter
 from reshard.formats.interface import CheckpointFormat
 from reshard.formats.meta import STORAGE_DTYPES, FormatError, TensorMeta
@@ -93,11 +94,8 @@ class SafetensorsWriter(CheckpointWriter):
     def __init__(self, path, metas: Sequence[TensorMeta],
                  metadata: dict[str, str] | None = None):
         super().__init__(path, metas)
-        try:
+        with on_failure(self.abort):
             self._file.write(header_bytes(self.metas, metadata, self.path))
-        except BaseException:
-            self.abort()
-            raise
 
     def _begin_value(self, meta: TensorMeta, nbytes: int) -> None:
         pass
