@@ -85,8 +85,22 @@ def local_entries(path: str) -> tuple[bool, list[SourceEntry]]:
 def find_sources(src_checkpoint: str, fmt: str | None = None, *,
                  partial: bool = False, step: Step | None = None) -> SourceSet:
     """A local checkpoint path classified (sources.classify), its safetensors index applied.
-    partial: rank folders may have gaps (a local copy of the ranks a block needs); step: the
-    training step to read where files are named by step (reshard.steps; None: the latest)."""
+
+    Args:
+        src_checkpoint: a local checkpoint file, a folder of complete files, or a folder of
+            rank_<r>/ folders.
+        fmt: the format to look for (formats.registry name); None: whichever the files are.
+        partial: rank folders may have gaps (a local copy of the ranks a block needs).
+        step: the training step to read where files are named by step (reshard.steps; None:
+            the latest).
+
+    Returns:
+        The SourceSet: which file holds each rank (or each parameter, through the index).
+
+    Raises:
+        ReshardError: the path does not exist, holds no checkpoint of a known format, or its
+            rank folders or steps do not agree (one line naming the file or folder).
+    """
     is_file, entries = local_entries(src_checkpoint)
     source = classify(src_checkpoint, entries, fmt, is_file=is_file, partial=partial, step=step)
     if source.needs_index:
@@ -102,18 +116,31 @@ def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None
                          prefix: str = "checkpoint_", fmt: str = registry.DEFAULT,
                          policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The skeleton plan, from strategies and the source's file list alone (no file is read):
-    which source files the destination ranks read (Plan.needed_files). source None: a plan from
-    strategies alone (nothing to complete). Strategies: loaded Strategy objects, None for a
-    complete checkpoint. dst_ranks: the destination ranks to convert (None: all). policy: what
-    to do with parameters the strategies and the checkpoint disagree on (plan.PlanPolicy; the
-    full plan, complete_plan, applies it).
+    which source files the destination ranks read (Plan.needed_files).
 
     A source that is one rank_0 folder is complete (sources.classify): a one-rank source
     strategy given with it is dropped with a warning, one of more ranks is an error.
 
-    Raises ReshardError: a rank folder missing (every rank when dst_ranks is None, else the
-    ranks needed), rank folders beyond the source strategy's world, a strategy/source mismatch,
-    device counts that do not divide, a destination rank outside the destination world."""
+    Args:
+        source: the classified source; None for a plan from strategies alone (nothing to
+            complete).
+        src_strategy: the loaded source strategy; None for a complete checkpoint.
+        dst_strategy: the loaded destination strategy; None for a complete output.
+        dst_ranks: the destination ranks to convert (None: all).
+        prefix: the output files' name prefix (checkpoint_<r>.<ext>).
+        fmt: the output format (formats.registry name).
+        policy: what to do with parameters the strategies and the checkpoint disagree on
+            (plan.PlanPolicy; the full plan, complete_plan, applies it).
+
+    Returns:
+        The skeleton Plan (shapes in blocks; with_headers False).
+
+    Raises:
+        ReshardError: a rank folder missing (every rank when dst_ranks is None, else the
+            ranks needed), rank folders beyond the source strategy's world, a strategy/source
+            mismatch, device counts that do not divide, a destination rank outside the
+            destination world, an unknown format or a bad prefix.
+    """
     _check_fmt(fmt, prefix)
     src, dst = src_strategy, dst_strategy
     note = check_source_strategy(source, src.world_size if src else None) if source else None
@@ -163,11 +190,27 @@ def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None
 
     source_mode 'auto' | 'fetch' | 'remote' with an obs:// / s3:// source: the headers are read
     in place by ranged GETs (nothing is downloaded, so a bad source fails before any
-    transfer, naming its URL; s3_config: obs_io's configuration, default the current one), and
-    plan.source_use says per file how execute reads it (plan.choose_mode): 'remote' in place,
-    'fetch' under local_root, where the caller downloads plan.files_in_mode('fetch') first. A
-    local source: every file 'local'.
-    Raises ReshardError, one line naming the parameter or file."""
+    transfer, naming its URL), and plan.source_use says per file how execute reads it
+    (plan.choose_mode): 'remote' in place, 'fetch' under local_root, where the caller downloads
+    plan.files_in_mode('fetch') first. A local source: every file 'local'.
+
+    Args:
+        skeleton: the skeleton plan (plan_from_strategies) of a source.
+        local_root: where the source's files are (or will be) on local disk.
+        fetch: puts missing files (relative names) under local_root; source_mode None only.
+        source_mode: None, or 'auto' | 'fetch' | 'remote' (see above).
+        s3_config: obs_io's configuration for a remote source (None: the current one).
+        config: the run's ReshardConfig (header_threads, the copy checks' counts, how
+            objects are read in place).
+
+    Returns:
+        The full Plan (with_headers True; source_use set unless source_mode is None).
+
+    Raises:
+        ReshardError: one line naming the parameter or file, for the skeleton without a
+            source, a bad source_mode, or any check above.
+        OSError: the store holding a remote source failed (obs_io's one-line errors).
+    """
     if skeleton.source is None:
         raise ReshardError("the plan has no source checkpoint to complete")
     if source_mode is not None:
@@ -199,9 +242,24 @@ def make_plan(src_checkpoint: str | None, *, src_strategy: Strategy | str | None
               fmt: str = registry.DEFAULT, dst_ranks: Iterable[int] | None = None,
               step: Step | None = None, policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The full plan of a local checkpoint (reshard.run.prepare); or the skeleton from
-    strategies alone when src_checkpoint is None or does not exist. Strategies: paths or
-    loaded Strategy objects; step: the training step to read (find_sources); policy:
-    plan.PlanPolicy."""
+    strategies alone when src_checkpoint is None or does not exist.
+
+    Args:
+        src_checkpoint: a local checkpoint path (find_sources), or None.
+        src_strategy: a strategy path or loaded Strategy; None for a complete checkpoint.
+        dst_strategy: a strategy path or loaded Strategy; None for a complete output.
+        prefix: the output files' name prefix.
+        fmt: the output format (formats.registry name).
+        dst_ranks: the destination ranks to plan (None: all).
+        step: the training step to read (find_sources).
+        policy: plan.PlanPolicy.
+
+    Returns:
+        The Plan: full (with_headers) for an existing source, else the skeleton.
+
+    Raises:
+        ReshardError: as plan_from_strategies and complete_plan, one line naming the culprit.
+    """
     return _local_request(src_checkpoint, "", src_strategy, dst_strategy, prefix, fmt, dst_ranks,
                           step, policy)[1]
 
@@ -224,8 +282,20 @@ def _local_request(src_checkpoint: str | None, dst_checkpoint: str, src_strategy
 
 def needed_source_ranks(src_strategy: Strategy | str | None, dst_strategy: Strategy | str | None,
                         dst_ranks: Iterable[int] | None = None) -> list[int]:
-    """Sorted source ranks whose shards the given destination ranks read (all when None).
-    Strategies only, no checkpoint bytes. A complete source (src_strategy None) -> [0]."""
+    """Sorted source ranks whose shards the given destination ranks read. Strategies only, no
+    checkpoint bytes: what a node must download before it converts its ranks.
+
+    Args:
+        src_strategy: a strategy path or loaded Strategy; None for a complete source.
+        dst_strategy: a strategy path or loaded Strategy; None for a complete output.
+        dst_ranks: the destination ranks (None: all).
+
+    Returns:
+        The source ranks, sorted; [0] for a complete source.
+
+    Raises:
+        ReshardError: a malformed strategy, or strategies that do not fit each other.
+    """
     src = _strategy(src_strategy)
     if src is None:
         return [0]
@@ -235,7 +305,16 @@ def needed_source_ranks(src_strategy: Strategy | str | None, dst_strategy: Strat
 
 def write_merged_strategy(strategy: Strategy | str, out_file: str) -> None:
     """Merge a strategy folder / per-stage files into one file (MindSpore's merged format),
-    written to a temporary name then renamed. Reads the sources only; the output is new."""
+    written to a temporary name then renamed. Reads the sources only; the output is new.
+
+    Args:
+        strategy: a strategy file or folder path, or a loaded Strategy.
+        out_file: the merged file's path (replaced whole, fsynced: never half written).
+
+    Raises:
+        ReshardError: a malformed or empty strategy file, stages that disagree.
+        OSError: out_file cannot be written.
+    """
     write_atomic(out_file, merged_strategy_bytes(_strategy(strategy)), durable=True)
 
 
@@ -249,24 +328,41 @@ def transform(src_checkpoint: str, dst_checkpoint: str, *,
     """Convert a local checkpoint: writes <dst_checkpoint>/rank_<r>/<prefix><r>.<fmt> for every
     destination rank (or those of dst_ranks).
 
-    src_checkpoint: a complete .ckpt/.safetensors file, a folder of complete files (their union;
-    a safetensors index decides which file holds each tensor), or a folder of rank_<r>/ folders
-    (the last checkpoint in name order in each). Strategies: strategy file or folder paths, or
-    loaded Strategy objects (parsed once); None for a complete checkpoint. fmt: a registered
-    format (formats.registry; the output format; dtypes are never converted). process_num: destination
-    ranks converted at once (worker processes). max_memory: host-memory budget in bytes
-    (default half of the available memory). dst_ranks: the ranks to convert (the source may
-    then hold only the rank folders they need). dry_run: plan only (report.plan), write nothing.
-    log_dir: one log file per converting process. step: the training step to read where the
-    files are named by step (reshard.steps; None: the latest, the same in every rank folder).
-    policy: what to do with parameters the strategies and the checkpoint disagree on
-    (plan.PlanPolicy: by default an error).
+    Dtypes are never converted; a rank already complete and verified is kept (a rerun
+    converts only what is missing).
 
-    Raises ReshardError (str = one line naming the culprit) for any bad input, before anything
-    is written: a missing or malformed source or strategy, a gap in the rank folders, a
-    strategy that does not match the checkpoint's names or shapes, device counts that do not
-    divide, uneven splits, a value the output format cannot hold, a budget too small, a
-    destination overlapping the source or a strategy."""
+    Args:
+        src_checkpoint: a complete .ckpt/.safetensors file, a folder of complete files (their
+            union; a safetensors index decides which file holds each tensor), or a folder of
+            rank_<r>/ folders (the last checkpoint in name order in each).
+        dst_checkpoint: the output folder.
+        src_strategy: a strategy file or folder path, or a loaded Strategy (parsed once);
+            None for a complete checkpoint.
+        dst_strategy: the same for the destination; None for a complete output.
+        prefix: the output files' name prefix.
+        fmt: a registered format (formats.registry): the output format.
+        process_num: destination ranks converted at once (worker processes).
+        max_memory: host-memory budget in bytes (default half of the available memory).
+        dst_ranks: the ranks to convert (the source may then hold only the rank folders they
+            need).
+        dry_run: plan only (report.plan), write nothing.
+        log_dir: one log file per converting process.
+        step: the training step to read where the files are named by step (reshard.steps;
+            None: the latest, the same in every rank folder).
+        policy: what to do with parameters the strategies and the checkpoint disagree on
+            (plan.PlanPolicy: by default an error).
+
+    Returns:
+        The TransformReport: ranks written and kept, files with their checksums, the expected
+        peak memory, seconds; with dry_run, the plan.
+
+    Raises:
+        ReshardError: (str = one line naming the culprit) for any bad input, before anything
+            is written: a missing or malformed source or strategy, a gap in the rank folders,
+            a strategy that does not match the checkpoint's names or shapes, device counts
+            that do not divide, uneven splits, a value the output format cannot hold, a budget
+            too small, a destination overlapping the source or a strategy.
+    """
     from . import run   # the orchestrator builds on this module's steps
     t0 = time.monotonic()
     config = ReshardConfig(process_num, max_memory, log_dir=log_dir)

@@ -32,18 +32,29 @@ log = logging.getLogger("reshard")
 
 @dataclass
 class TransformReport:
-    """What a conversion did. Sizes in bytes, times in seconds."""
+    """What a conversion did. Sizes in bytes, times in seconds.
+
+    Attributes:
+        ranks_written: destination ranks written by this run (copies included).
+        ranks_skipped: ranks already complete and verified, kept.
+        expected_peak_bytes: the host memory the plan's schedule is expected to reach.
+        seconds: the run's wall time.
+        source_ranks: the source ranks the plan reads.
+        plan: the plan run (or only planned, on a dry run).
+        files_written: relative output names written by this run.
+        checksums: relative output name -> (size, CRC32 hex) of every rank of the plan,
+            written or kept, as recorded when its file was written (integrity.SetManifest).
+        already: the remote output held this very conversion: nothing was done (reshard.run).
+    """
     ranks_written: list[int] = field(default_factory=list)
-    ranks_skipped: list[int] = field(default_factory=list)   # already complete and verified
+    ranks_skipped: list[int] = field(default_factory=list)
     expected_peak_bytes: int = 0
     seconds: float = 0.0
-    source_ranks: list[int] = field(default_factory=list)    # source ranks the plan reads
+    source_ranks: list[int] = field(default_factory=list)
     plan: Plan | None = None
-    files_written: list[str] = field(default_factory=list)   # relative output names
-    # relative output name -> (size, CRC32 hex) of every rank of the plan, written or kept, as
-    # recorded when its file was written (integrity.SetManifest)
+    files_written: list[str] = field(default_factory=list)
     checksums: dict[str, tuple[int, str]] = field(default_factory=dict)
-    already: bool = False   # the remote output held this very conversion: nothing done (reshard.run)
+    already: bool = False
 
 
 @dataclass(frozen=True)

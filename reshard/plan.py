@@ -61,13 +61,15 @@ class PlanPolicy:
     """What the plan does where the strategies and the checkpoint disagree on which parameters
     exist (each False: an error naming them, before anything is written).
 
-    allow_missing: parameters the destination strategy names and the checkpoint lacks (other
-        than optimizer states and PET/LoRA adapters, always skipped) are skipped too: the
-        network initialises them (--allow_missing_params).
-    keep_unnamed: parameters of the checkpoint that the destination strategy does not name but
-        the source lays out in pieces (a complete source: any value of more than one element;
-        never optimizer states or scalars such as global_step) are written whole into every
-        destination rank (--keep_unnamed_params)."""
+    Attributes:
+        allow_missing: parameters the destination strategy names and the checkpoint lacks
+            (other than optimizer states and PET/LoRA adapters, always skipped) are skipped
+            too: the network initialises them (--allow_missing_params).
+        keep_unnamed: parameters of the checkpoint that the destination strategy does not name
+            but the source lays out in pieces (a complete source: any value of more than one
+            element; never optimizer states or scalars such as global_step) are written whole
+            into every destination rank (--keep_unnamed_params).
+    """
     allow_missing: bool = False
     keep_unnamed: bool = False
 
@@ -96,9 +98,17 @@ class Piece:
 
 @dataclass(frozen=True, **_SLOTS)
 class TensorPlan:
-    """One destination tensor: `shape` in elements (in blocks of the finest grid when planned
-    without headers, where dtype is None), filled by `pieces` (or, when `carried`, one source
-    rank's whole value as is: parameters no strategy describes)."""
+    """One destination tensor, filled by its pieces.
+
+    Attributes:
+        name: the parameter's name.
+        dtype: MindSpore's tensor_type name ("Float32", "BFloat16", ...); None when planned
+            without headers.
+        shape: in elements (in blocks of the finest grid when planned without headers).
+        pieces: the source regions that fill it (Piece), or, when `carried`, the one source
+            rank's whole value.
+        carried: the value is copied as it is (parameters no strategy describes).
+    """
     name: str
     dtype: str | None            # MindSpore tensor_type ("Float32", "BFloat16", ...)
     shape: tuple[int, ...]
@@ -158,12 +168,18 @@ _tensor_plan = _tensor_plans()
 
 @dataclass(frozen=True, **_SLOTS)
 class RankPlan:
-    """One destination file: `path` relative to the destination folder (sources.output_name),
-    its tensors in writing order."""
+    """One destination file.
+
+    Attributes:
+        rank: the destination rank.
+        path: relative to the destination folder (sources.output_name).
+        tensors: in writing order.
+        carry_rank: without headers, the source rank the values without layout come from.
+    """
     rank: int
     path: str
     tensors: tuple[TensorPlan, ...]
-    carry_rank: int | None = None  # without headers: the rank values without layout come from
+    carry_rank: int | None = None
 
     @property
     def nbytes(self) -> int:
@@ -196,14 +212,33 @@ class Plan:
     """What a conversion does, as data: the contract between the planner, a caller that
     downloads sources, and the executor.
 
-    ranks: the destination ranks converted (sorted). with_headers: False for a skeleton (from
-    strategies alone: shapes in blocks, dtypes None), True for a full plan (every check done;
-    local_root is where complete_plan read the source files). needed_files() names the source
-    files (relative to source.base) the ranks read; source_use says per file how execute
-    reads it (a remote source: in place by ranged GETs, or from a copy read while it downloads; see
-    choose_mode). Built by reshard.api.plan_from_strategies
-    (skeleton) and reshard.api.complete_plan (full); both raise ReshardError, one line naming
-    the parameter, file, rank or flag at fault, for anything that cannot be converted.
+    needed_files() names the source files (relative to source.base) the ranks read. Built by
+    reshard.api.plan_from_strategies (skeleton) and reshard.api.complete_plan (full); both
+    raise ReshardError, one line naming the parameter, file, rank or flag at fault, for
+    anything that cannot be converted.
+
+    Attributes:
+        ranks: the destination ranks converted (RankPlan, sorted by rank).
+        src_desc: the source side in words, for the plan's summary.
+        dst_desc: the destination side in words.
+        with_headers: False for a skeleton (from strategies alone: shapes in blocks, dtypes
+            None), True for a full plan (every check done).
+        notes: lines for the user about choices the planner made.
+        source: the classified source (None: planned from strategies alone).
+        src_strategy: the source strategy (None: a complete checkpoint).
+        dst_strategy: the destination strategy (None: a complete output).
+        dst_ranks: the destination ranks as asked; None for every rank.
+        prefix: the output files' name prefix.
+        fmt: the output format (formats.registry name).
+        local_root: where complete_plan read the source files.
+        policy: PlanPolicy applied.
+        source_use: relative name -> how the conversion reads that source file (complete_plan
+            decides: see choose_mode; a remote source: in place by ranged GETs, or from a copy
+            read while it downloads); a file not listed is read under the local root ("local").
+        same_as: rank -> an earlier rank of this plan whose file has the same bytes: it holds
+            the same slices, read from the same source pieces (data-parallel replicas without
+            optimizer sharding), so it is written once and copied (execute); known from the
+            plan, not the bytes.
     """
     ranks: tuple[RankPlan, ...]
     src_desc: str
@@ -213,17 +248,12 @@ class Plan:
     source: SourceSet | None = None
     src_strategy: Strategy | None = None
     dst_strategy: Strategy | None = None
-    dst_ranks: tuple[int, ...] | None = None      # as asked; None = every destination rank
+    dst_ranks: tuple[int, ...] | None = None
     prefix: str = "checkpoint_"
     fmt: str = registry.DEFAULT
     local_root: str | None = None
     policy: PlanPolicy = field(default_factory=PlanPolicy)
-    # relative name -> how the conversion reads that source file (complete_plan decides: see
-    # choose_mode); a file not listed is read under the local root ("local")
     source_use: dict[str, SourceUse] = field(default_factory=dict)
-    # rank -> an earlier rank of this plan whose file has the same bytes: it holds the same
-    # slices, read from the same source pieces (data-parallel replicas without optimizer
-    # sharding), so it is written once and copied (execute); known from the plan, not the bytes
     same_as: dict[int, int] = field(default_factory=dict)
 
     def mode_of(self, name: str) -> str:

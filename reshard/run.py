@@ -65,27 +65,47 @@ class Stage:
     """Step 6's place for a remote source: `root`, where the files the plan fetches are
     downloaded while converting. This default makes the folder and downloads every fetched
     file; a caller that keeps a cache (cloud-entry) or owns a staging folder (transform-
-    checkpoint) overrides prepare and close."""
+    checkpoint) overrides prepare and close.
+
+    Args:
+        root: the local folder the fetched files go to.
+    """
 
     def __init__(self, root: str):
         self.root = root
 
     def prepare(self, plan: Plan) -> list[str]:
-        """Make what the run writes into; return the fetched files to download now (the
-        others must be under root already)."""
+        """Make what the run writes into.
+
+        Args:
+            plan: the full plan.
+
+        Returns:
+            The fetched files (relative names) to download now; the others must be under
+            root already.
+        """
         fetched = plan.files_in_mode("fetch")
         if fetched:
             os.makedirs(self.root, exist_ok=True)
         return fetched
 
     def close(self, plan: Plan, ok: bool) -> None:
-        """After execution, success (ok) or not."""
+        """After execution.
+
+        Args:
+            plan: the plan executed.
+            ok: it succeeded.
+        """
 
 
 @dataclass(frozen=True)
 class SetRecord:
-    """What the set's manifest says of its inputs (integrity.SetManifest): the source as the
-    user named it, and the strategies."""
+    """What the set's manifest says of its inputs (integrity.SetManifest).
+
+    Attributes:
+        source_location: the source as the user named it.
+        strategies: the strategies, as the manifest records them.
+    """
     source_location: str
     strategies: dict
 
@@ -94,20 +114,30 @@ class SetRecord:
 class Request:
     """One conversion, as a caller asks for it.
 
-    source: the classified source checkpoint (step 1), None for a plan from strategies alone
-    (a dry run). src_strategy / dst_strategy: parsed once by the caller (None: complete).
-    dst_root: the local folder the ranks are written to (a remote output's staging copy).
-    stage: where the fetched files of a remote source go (default: the source's own folder,
-    for a local source). dst_ranks: the destination ranks to convert (None: all). policy:
-    plan.PlanPolicy. source_mode: 'auto' | 'fetch' | 'remote' for a remote source (plan.choose_mode).
-    upload_to: a remote output each rank is uploaded to while written, but the names in
-    upload_skip; upload_records: each rank uploaded is recorded there so a rerun keeps it, and
-    what killed runs left incomplete under this run's keys is aborted first. record: the set's
-    manifest is written (locally, then on upload_to) with this description of its inputs (None:
-    not a whole set, e.g. one block, or the caller composes the set's manifest). claim: makes
-    the context manager holding the output while it is written, yielding an object whose
-    check() raises when the output is no longer this run's (reshard.claim.OutputClaim; None:
-    the caller holds the output).
+    Attributes:
+        source: the classified source checkpoint (step 1), None for a plan from strategies alone
+            (a dry run).
+        src_strategy: the source strategy, parsed once by the caller (None: complete).
+        dst_strategy: the destination strategy, likewise (None: complete).
+        dst_root: the local folder the ranks are written to (a remote output's staging copy).
+        stage: where the fetched files of a remote source go (default: the source's own folder,
+            for a local source).
+        dst_ranks: the destination ranks to convert (None: all).
+        prefix: the output files' name prefix.
+        fmt: the output format (formats.registry name).
+        policy: plan.PlanPolicy.
+        source_mode: 'auto' | 'fetch' | 'remote' for a remote source (plan.choose_mode).
+        upload_to: a remote output each rank is uploaded to while written, but the names in
+            upload_skip.
+        upload_skip: see upload_to.
+        upload_records: each rank uploaded is recorded there so a rerun keeps it, and what killed
+            runs left incomplete under this run's keys is aborted first.
+        record: the set's manifest is written (locally, then on upload_to) with this description
+            of its inputs (None: not a whole set, e.g. one block, or the caller composes the set's
+            manifest).
+        claim: makes the context manager holding the output while it is written, yielding an
+            object whose check() raises when the output is no longer this run's
+            (reshard.claim.OutputClaim; None: the caller holds the output).
     """
     source: SourceSet | None
     src_strategy: Strategy | None
@@ -137,8 +167,20 @@ class Request:
 def prepare(request: Request, config: ReshardConfig = ReshardConfig(),
             subscriber: Subscriber | None = None) -> Plan:
     """Steps 2-3: the full plan of a request, every check done before anything is written (a
-    plan from strategies alone when request.source is None). Raises ReshardError naming the
-    culprit; OSError from the store holding a remote source."""
+    plan from strategies alone when request.source is None).
+
+    Args:
+        request: the conversion asked for.
+        config: the run's ReshardConfig (planning's header_threads and copy checks).
+        subscriber: told of the plan (on_plan); its storage() context wraps the remote reads.
+
+    Returns:
+        The full Plan (the skeleton without a source).
+
+    Raises:
+        ReshardError: one line naming the culprit (parameter, file, rank or flag).
+        OSError: the store holding a remote source failed.
+    """
     for note in request.source.notes if request.source else ():
         log.log(note.level, "%s", note.text)
     plan = plan_from_strategies(request.source, request.src_strategy, request.dst_strategy,
@@ -158,11 +200,26 @@ def prepare(request: Request, config: ReshardConfig = ReshardConfig(),
 
 def run(request: Request, config: ReshardConfig = ReshardConfig(),
         subscriber: Subscriber | None = None, plan: Plan | None = None) -> TransformReport:
-    """Convert as `request` says, in the call order of this module's docstring; `plan`: the
-    request's full plan when the caller made it already (prepare), else it is made here.
-    Returns the report (report.plan; report.already: the remote output holds this very
-    conversion, nothing was done). Raises ReshardError (one line naming the culprit) before
-    anything is written for bad input; during execution for a failed download or upload."""
+    """Convert as `request` says, in the call order of this module's docstring.
+
+    Args:
+        request: what to convert, where to, and how the output is held.
+        config: the numbers the run goes by (ReshardConfig).
+        subscriber: hears the run's events (None: nobody).
+        plan: the request's full plan when the caller made it already (prepare), else it is
+            made here.
+
+    Returns:
+        The TransformReport (report.plan; report.already: the remote output holds this very
+        conversion, nothing was done).
+
+    Raises:
+        ReshardError: one line naming the culprit: before anything is written for bad input
+            (and a budget below what one rank needs); during execution for a failed download
+            or upload, or an output taken over by another run.
+        OSError: the store holding a remote source or output failed (obs_io's one-line
+            errors), where the subscriber's storage() context does not translate them.
+    """
     t0 = time.monotonic()
     subscriber = subscriber or Subscriber()
     if plan is None:

@@ -37,10 +37,15 @@ RANK_DIR = re.compile(r"^rank_(\d+)$")
 
 @dataclass(frozen=True)
 class SourceEntry:
-    """One file below a checkpoint root: `name` relative to the root, '/'-separated (what a
-    local folder walk or an object-store listing gives); size in bytes; modification time in
-    ns since the epoch (0 = unknown). A name ending in '/' is a folder (an object store's folder
-    marker, or an empty local folder)."""
+    """One file below a checkpoint root, as a local folder walk or an object-store listing
+    gives it (classify's input).
+
+    Attributes:
+        name: relative to the root, '/'-separated; a name ending in '/' is a folder (an object
+            store's folder marker, or an empty local folder).
+        size: in bytes.
+        mtime_ns: modification time in ns since the epoch (0 = unknown).
+    """
     name: str
     size: int
     mtime_ns: int = 0
@@ -61,24 +66,25 @@ class Note:
 class SourceSet:
     """What a checkpoint source is and which of its files a conversion uses.
 
-    root: the source as given (a folder, or the checkpoint file itself; local path or URL).
-    complete: True for a complete checkpoint (one file, or a folder of files whose union is the
-        model); False for rank_<r>/ folders.
-    files: rank (distributed) or shard index (complete, 0..n-1 in name order) -> relative name
-        ('/'-separated, relative to `base`).
-    index: parameter name -> relative name of the file holding it, for a sharded folder with
-        an index (a format's is_index: safetensors' model.safetensors.index.json,
-        param_name_map.json) (None otherwise, or until with_index() applied it).
-    index_name: relative name of that index file, when the folder has one.
-    is_file: root is the checkpoint file itself; then base is its folder.
-    notes: lines for the user (INFO: which step or file was chosen where a folder holds
-        several; WARNING: the others are newer by modification time; files an index leaves out).
-    step: the step read when the files are named by step (`<prefix>-<epoch>_<step>.ckpt`).
-    unindexed: files of an indexed folder whose every value counts though the index does not
-        name them (safetensors' hyper_param.safetensors, the training state of a
-        unified_safetensors folder).
-    format: the name of the format whose layout this is, where one decides it (a folder it
-        owns, an index it reads: with_index asks it); None for the rank-folder layout.
+    Attributes:
+        root: the source as given (a folder, or the checkpoint file itself; local path or URL).
+        complete: True for a complete checkpoint (one file, or a folder of files whose union is the
+            model); False for rank_<r>/ folders.
+        files: rank (distributed) or shard index (complete, 0..n-1 in name order) -> relative name
+            ('/'-separated, relative to `base`).
+        index: parameter name -> relative name of the file holding it, for a sharded folder with
+            an index (a format's is_index: safetensors' model.safetensors.index.json,
+            param_name_map.json) (None otherwise, or until with_index() applied it).
+        index_name: relative name of that index file, when the folder has one.
+        is_file: root is the checkpoint file itself; then base is its folder.
+        notes: lines for the user (INFO: which step or file was chosen where a folder holds
+            several; WARNING: the others are newer by modification time; files an index leaves out).
+        step: the step read when the files are named by step (`<prefix>-<epoch>_<step>.ckpt`).
+        unindexed: files of an indexed folder whose every value counts though the index does not
+            name them (safetensors' hyper_param.safetensors, the training state of a
+            unified_safetensors folder).
+        format: the name of the format whose layout this is, where one decides it (a folder it
+            owns, an index it reads: with_index asks it); None for the rank-folder layout.
     """
     root: str
     complete: bool
@@ -131,7 +137,19 @@ class SourceSet:
 
 def output_name(rank: int, prefix: str, fmt: str) -> str:
     """THE name of a destination rank's file, relative to the destination folder, as format
-    `fmt` names it (rank_<r>/<prefix><r>.ckpt)."""
+    `fmt` names it (rank_<r>/<prefix><r>.ckpt).
+
+    Args:
+        rank: the destination rank.
+        prefix: the file-name prefix (checkpoint_).
+        fmt: a registered format's name.
+
+    Returns:
+        The '/'-separated relative name.
+
+    Raises:
+        ReshardError: an unknown format.
+    """
     return _registry().get(fmt).output_name(rank, prefix)
 
 
@@ -190,6 +208,22 @@ def classify(root: str, entries: Iterable[SourceEntry], fmt: str | None = None, 
       sets index_name; apply it with with_index(bytes) before planning;
     - anything else (an empty folder, no checkpoint file) is an error.
     step: the step asked for (`--step`); ReshardError when the source is one file.
+
+    Args:
+        root: the source as the user named it (local path or URL).
+        entries: the files below it (SourceEntry), or the one file.
+        fmt: a format's name, or None for any.
+        is_file: root is the checkpoint file itself (None: inferred, see above).
+        partial: rank folders may have gaps.
+        step: the step to read, or None for the latest.
+
+    Returns:
+        The SourceSet.
+
+    Raises:
+        ReshardError: one line naming the root or file: no checkpoint found, two formats in a
+            rank folder, a gap in the rank folders, no file of the asked step, a step asked
+            of a single file.
     """
     candidates = _candidates(fmt)
     exts = tuple(dict.fromkeys(e for f in candidates for e in f.extensions))   # shards_of: repeats
@@ -373,8 +407,18 @@ def check_source_strategy(source: SourceSet, strategy_world: int | None) -> Note
 def strategy_files(folder_names: Iterable[str], where: str) -> list[str]:
     """The files a strategy folder stands for, as mindspore.merge_pipeline_strategys reads it
     (glob *.ckpt / *.json): every *.ckpt, or every *.json, whatever the names, hidden names
-    excluded; sorted. folder_names: the names of the files directly in the folder. A folder
-    mixing both kinds, or holding neither, is an error naming `where`."""
+    excluded; sorted.
+
+    Args:
+        folder_names: the names of the files directly in the folder.
+        where: the folder, for messages.
+
+    Returns:
+        The sorted names of the strategy files.
+
+    Raises:
+        ReshardError: a folder mixing both kinds, or holding neither, naming `where`.
+    """
     names = [n for n in folder_names if "/" not in n and not n.startswith(".")]
     pb = sorted(n for n in names if n.endswith(".ckpt"))
     js = sorted(n for n in names if n.endswith(".json"))
@@ -461,8 +505,16 @@ def _self_and_ancestors(path: str):
 
 
 def overlaps(a: str, b: str) -> bool:
-    """True when one location is, holds or lies inside the other, every part resolved (see
-    overlap)."""
+    """Whether one location is, holds or lies inside the other, every part resolved (see
+    overlap): the engine never writes into its inputs.
+
+    Args:
+        a: a local path or an obs:// / s3:// URL.
+        b: another.
+
+    Returns:
+        True when they overlap.
+    """
     return overlap(a, b) is not None
 
 
@@ -477,7 +529,16 @@ def check_output(dst: str, dst_flag: str, inputs: Mapping[str, str | None]) -> N
     """Refuse (ReshardError naming both, and the link that makes them meet) an output location
     that is, holds or lies inside an input (flag -> location; None entries are skipped), every
     part of both resolved (see overlap): the engine never writes into its sources or
-    strategies, not even through a link."""
+    strategies, not even through a link.
+
+    Args:
+        dst: the output location.
+        dst_flag: how the user named it (`--dst_checkpoint`), for the message.
+        inputs: flag -> input location (None: skipped).
+
+    Raises:
+        ReshardError: dst overlaps an input.
+    """
     for flag, location in inputs.items():
         if not location:
             continue

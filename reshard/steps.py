@@ -40,7 +40,13 @@ _RUN_SUFFIX = re.compile(r"^_(\d+)$")
 
 @dataclass(frozen=True, order=True)
 class Step:
-    """One save of a training run: MindSpore's epoch and step in epoch, as in the file name."""
+    """One save of a training run: MindSpore's epoch and step in epoch, as in the file name
+    (`<prefix>-<epoch>_<step>.ckpt`).
+
+    Attributes:
+        epoch: the epoch.
+        step: the step in that epoch.
+    """
     epoch: int
     step: int
 
@@ -55,7 +61,17 @@ class Step:
 
 def parse_step(text: str, flag: str = "--step") -> Step:
     """The step a user asks for: `<epoch>_<step>` as in the file names (`10_2`; `10-2` too).
-    Raises ReshardError naming the flag."""
+
+    Args:
+        text: what the user gave.
+        flag: the flag it came with, for the message.
+
+    Returns:
+        The Step.
+
+    Raises:
+        ReshardError: text is not of that form, naming the flag.
+    """
     m = _STEP_TEXT.match(text or "")
     if not m:
         raise ReshardError(f"{flag} {text!r}: expected <epoch>_<step> as in the checkpoint file "

@@ -23,8 +23,15 @@ _MERGED_NAME = re.compile(r"^(\d+)-(.+)$")
 
 @dataclass(frozen=True)
 class Strategy:
-    """Layouts of a whole job. layouts[name] holds one TensorLayout per stage the parameter lives in,
-    sorted by stage (a shared embedding lives in several)."""
+    """Layouts of a whole job, as load_strategy parsed them.
+
+    Attributes:
+        layouts: parameter name -> one TensorLayout per stage the parameter lives in, sorted
+            by stage (a shared embedding lives in several).
+        stage_devices: devices (ranks) per pipeline stage.
+        num_stages: pipeline stages.
+        source: the path it was read from (for messages).
+    """
     layouts: dict[str, tuple[TensorLayout, ...]]
     stage_devices: int
     num_stages: int
@@ -119,8 +126,21 @@ def strategy_paths(path: str) -> list[str]:
 
 def load_strategy(path: str | None) -> Strategy | None:
     """Parse a local strategy file or folder (each distinct file once; identical files are
-    duplicates). None or "" (a complete checkpoint) stays None. Parse once per process and
-    hand the Strategy to every API (they all accept loaded strategies)."""
+    duplicates). Parse once per process and hand the Strategy to every API (they all accept
+    loaded strategies).
+
+    Args:
+        path: a strategy file (MindSpore's protobuf, or its JSON form) or a folder of them
+            (one per stage or per rank); None or "" for a complete checkpoint.
+
+    Returns:
+        The Strategy, or None for None / "".
+
+    Raises:
+        ReshardError: an empty or malformed file (naming it), or two files that give one stage
+            different layouts.
+        OSError: a file cannot be read.
+    """
     if path is None or path == "":
         return None
     stages: dict[int, dict[str, TensorLayout]] = {}

@@ -24,28 +24,56 @@ class Subscriber:
 
     def on_plan(self, plan: "Plan") -> None:
         """The completed plan, before anything is written (e.g. to log which files are read
-        in place and which are downloaded)."""
+        in place and which are downloaded).
+
+        Args:
+            plan: the full plan (or the skeleton of a plan from strategies alone).
+        """
 
     def on_start(self, finished: "FinishedPlan") -> None:
-        """The finished plan (reshard.finish), about to be executed: the output is claimed."""
+        """The finished plan (reshard.finish), about to be executed: the output is claimed.
+
+        Args:
+            finished: every decision of the run (ranks pending, downloads, budget).
+        """
 
     def on_rank_done(self, rank: "RankPlan", uploaded: bool) -> None:
         """A destination rank's file is complete under its final name: converted now, made
-        from a replica, or kept from an earlier run. uploaded: the engine uploaded it while
-        writing it (or it is kept on the store)."""
+        from a replica, or kept from an earlier run.
+
+        Args:
+            rank: the rank's plan (rank.path: its file, relative to the output).
+            uploaded: the engine uploaded it while writing it (or it is kept on the store).
+        """
 
     def finish(self, report: "TransformReport | None") -> None:
-        """Execution ended: with its report, or None when it failed (the failure is raised
-        after this). Wait here for work handed off (uploads); an error raised here fails the
-        run."""
+        """Execution ended. Wait here for work handed off (uploads).
+
+        Args:
+            report: the run's report, or None when it failed (the failure is raised after
+                this).
+
+        Raises:
+            Exception: whatever the caller's handed-off work raised: it fails the run.
+        """
 
     def still_ours(self) -> None:
-        """Raise when the output is no longer this run's (reshard.claim): asked before the
-        manifest is published."""
+        """Asked before the manifest is published.
+
+        Raises:
+            ReshardError: the output is no longer this run's (reshard.claim); nothing more is
+                published.
+        """
 
     def storage(self, location: str) -> ContextManager:
-        """The context the engine's calls on object storage at `location` (a remote source,
-        the remote output) run in: a caller turns the store's errors into its own one-line
-        errors naming its flag."""
+        """The context the engine's calls on object storage at `location` run in: a caller
+        turns the store's errors into its own one-line errors naming its flag.
+
+        Args:
+            location: a remote source or the remote output (URL).
+
+        Returns:
+            A context manager (here: one that changes nothing).
+        """
         return contextlib.nullcontext()
 
