@@ -39,7 +39,11 @@ def __getattr__(name: str) -> ModuleType:
 
 def quiet_client_logs(level: int = logging.WARNING) -> None:
     """Show the store client libraries' log records from `level` up only (a program's verbose
-    log is about its own work, not each HTTP request)."""
+    log is about its own work, not each HTTP request).
+
+    Args:
+        level: a logging level.
+    """
     from .redact import WIRE_LOGGERS
     for name in WIRE_LOGGERS:
         logging.getLogger(name).setLevel(level)
@@ -57,7 +61,10 @@ def reset_config() -> None:
 def install_as_moxing() -> ModuleType:
     """Make `import moxing` (as MindFormers does on ModelArts) return this package.
 
-    Never install the PyPI `moxing`: it is an unrelated project. Returns the module.
+    Never install the PyPI `moxing`: it is an unrelated project.
+
+    Returns:
+        This package, now also sys.modules["moxing"] (and its file module "moxing.file").
     """
     module = sys.modules[__name__]
     sys.modules["moxing"] = module

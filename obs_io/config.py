@@ -48,35 +48,59 @@ class S3Config:
     """Everything needed to talk to one object store. Hashable: clients are cached per value.
 
     Secrets are excluded from repr() and from comparisons' printed forms; never log asdict(self).
+    Timeouts and retries are applied in one place (client.py; see worst_case_seconds).
+
+    Attributes:
+        endpoint: full URL with scheme, e.g. https://obs.cn-north-4.myhuaweicloud.com.
+        access_key: the access key (not in repr).
+        secret_key: the secret key (not in repr).
+        session_token: temporary credentials' token (not in repr).
+        region: the signing region.
+        addressing_style: "virtual" or "path".
+        list_objects_v1: list with ListObjects: parallel-file-system buckets have no
+            ListObjectsV2.
+        list_max_keys: keys per listing page (moxing's set_auth list_max_keys).
+        verify_ssl: check the server's certificate.
+        retry_mode: botocore's mode; its handler is replaced by retry.py's on every client.
+        max_attempts: S3_MAX_ATTEMPTS: tries per request, the first included.
+        connect_timeout: S3_CONNECT_TIMEOUT: seconds to open a connection.
+        read_timeout: S3_READ_TIMEOUT: seconds the server may stay silent.
+        stall_deadline: S3_STALL_DEADLINE: seconds a command keeps retrying (retry.py).
+        multipart_threshold: S3_MULTIPART_THRESHOLD, bytes: below this a file goes in one
+            request.
+        min_part_size: bytes; S3 needs >= 5 MiB parts (OBS 100 KB); s3transfer enforces 5 MiB.
+        max_parts: parts of one multipart upload at most.
+        read_part_bytes: S3_READ_PART_MIB: the size of every ranged GET a large read is cut
+            into, whichever reads: obs_io's downloads (range_size), a source file fetched
+            while the conversion reads it, a source read in place. Larger: fewer requests
+            (billed per request on OBS; a store whose GETs cost more for a bigger object, such
+            as moto, reads it whole for each); smaller: a file fetched in order grows in finer
+            steps, and less memory holds the bodies in flight.
+        verify_md5: off for a server whose ETags are not MD5s and that does not say so
+            (SSE-KMS/SSE-C headers are: transfer.etag_is_md5).
+        sign_payload: SHA256 of upload bodies in the signature; None: only over plain http.
     """
 
-    endpoint: str | None = None          # full URL with scheme, e.g. https://obs.cn-north-4.myhuaweicloud.com
+    endpoint: str | None = None
     access_key: str | None = dataclasses.field(default=None, repr=False)
     secret_key: str | None = dataclasses.field(default=None, repr=False)
     session_token: str | None = dataclasses.field(default=None, repr=False)
     region: str = "us-east-1"
-    addressing_style: str = "path"       # "virtual" or "path"
-    list_objects_v1: bool = False        # parallel-file-system buckets have no ListObjectsV2
-    list_max_keys: int = 1000            # keys per listing page (moxing's set_auth list_max_keys)
+    addressing_style: str = "path"
+    list_objects_v1: bool = False
+    list_max_keys: int = 1000
     verify_ssl: bool = True
-    # Timeouts and retries (one place: client.py applies them; see worst_case_seconds).
-    retry_mode: str = "standard"         # botocore's mode; its handler is replaced by retry.py's on every client
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS      # S3_MAX_ATTEMPTS: tries per request, the first included
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # S3_CONNECT_TIMEOUT: seconds to open a connection
-    read_timeout: float = DEFAULT_READ_TIMEOUT    # S3_READ_TIMEOUT: seconds the server may stay silent
-    stall_deadline: float = DEFAULT_STALL_DEADLINE  # S3_STALL_DEADLINE: seconds a command keeps retrying (retry.py)
-    multipart_threshold: int = 64 * MiB  # S3_MULTIPART_THRESHOLD, bytes: below this a file goes in one request
-    min_part_size: int = 8 * MiB         # S3 needs >= 5 MiB parts (OBS 100 KB); s3transfer enforces 5 MiB
+    retry_mode: str = "standard"
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    stall_deadline: float = DEFAULT_STALL_DEADLINE
+    multipart_threshold: int = 64 * MiB
+    min_part_size: int = 8 * MiB
     max_parts: int = 10_000
-    # S3_READ_PART_MIB: the size of every ranged GET a large read is cut into, whichever reads:
-    # obs_io's downloads (range_size), a source file fetched while the conversion reads it,
-    # a source read in place. Larger: fewer requests (billed per request on OBS; a store whose
-    # GETs cost more for a bigger object, such as moto, reads it whole for each); smaller: a
-    # file fetched in order grows in finer steps, and less memory holds the bodies in flight.
     read_part_bytes: int = DEFAULT_READ_PART_MIB * MiB
-    verify_md5: bool = True              # off for a server whose ETags are not MD5s and that does not say
-                                         # so (SSE-KMS/SSE-C headers are: transfer.etag_is_md5)
-    sign_payload: bool | None = None     # SHA256 of upload bodies in the signature; None: only over plain http
+    verify_md5: bool = True
+    sign_payload: bool | None = None
 
     def worst_case_seconds(self) -> float:
         """How long one request may take to fail when every try times out: each try waits at
@@ -204,14 +228,30 @@ def set_auth(ak: str | None = None, sk: str | None = None, server: str | None = 
              list_objects_v1: bool | None = None) -> None:
     """moxing's set_auth: these values win over the environment for every later call.
 
-    moxing's keywords, with moxing's meaning: ak, sk, server, port, is_secure (https),
-    ssl_verify (check the server's certificate; S3_VERIFY_SSL otherwise), path_style, retry
-    (attempts per request), client_timeout (seconds a connection may take to open, and a
-    response to send its next bytes: boto3's connect and read timeouts), list_max_keys (keys
-    per listing page, at most 1000). Two have no counterpart in boto3 and are accepted only so
-    moxing code runs: long_conn_mode (boto3 always keeps connections alive) and retry_wait
-    (botocore's retry modes choose their own exponential back-off). Ours on top:
-    session_token (temporary credentials), list_objects_v1 (parallel-file-system buckets).
+    moxing's keywords, with moxing's meaning. Two have no counterpart in boto3 and are
+    accepted only so moxing code runs: long_conn_mode (boto3 always keeps connections alive)
+    and retry_wait (botocore's retry modes choose their own exponential back-off). Ours on
+    top: session_token and list_objects_v1. None leaves a value to the environment.
+
+    Args:
+        ak: the access key.
+        sk: the secret key (never logged).
+        server: the endpoint's host (or URL).
+        port: its port.
+        is_secure: https.
+        ssl_verify: check the server's certificate (S3_VERIFY_SSL otherwise).
+        long_conn_mode: accepted, unused.
+        path_style: path-style addressing (bucket in the path, not the host name).
+        retry: attempts per request.
+        retry_wait: accepted, unused.
+        client_timeout: seconds a connection may take to open, and a response to send its
+            next bytes (boto3's connect and read timeouts).
+        list_max_keys: keys per listing page, at most 1000.
+        session_token: temporary credentials' token.
+        list_objects_v1: list with ListObjects (parallel-file-system buckets have no V2).
+
+    Raises:
+        ValueError: client_timeout not above 0, list_max_keys outside 1 to 1000.
     """
     if client_timeout is not None and not client_timeout > 0:
         raise ValueError(f"set_auth(client_timeout={client_timeout!r}): expected seconds > 0")
@@ -226,7 +266,15 @@ def set_auth(ak: str | None = None, sk: str | None = None, server: str | None = 
 
 
 def configure(**fields) -> None:
-    """Override S3Config fields directly (e.g. multipart_threshold in tests, max_attempts)."""
+    """Override S3Config fields directly (e.g. multipart_threshold in tests, max_attempts),
+    for every later call of this process.
+
+    Args:
+        **fields: S3Config field names and their values.
+
+    Raises:
+        ValueError: a name that is not an S3Config field.
+    """
     names = {f.name for f in dataclasses.fields(S3Config)}
     unknown = set(fields) - names
     if unknown:
@@ -242,7 +290,14 @@ def reset() -> None:
 
 
 def current() -> S3Config:
-    """The configuration in force now. Cheap: read on every call so env changes are honoured."""
+    """The configuration in force now. Cheap: read on every call so env changes are honoured.
+
+    Returns:
+        The S3Config of the environment with set_auth/configure overrides applied.
+
+    Raises:
+        ValueError: a malformed variable (an endpoint, a number), naming it.
+    """
     with _overrides_lock:
         o = dict(_overrides)
     is_secure = o.get("is_secure")

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class StatResult:
-    """moxing's stat result: `.length`, `.mtime_nsec`, `.is_dir` (folders on S3 have length 0)."""
+    """moxing's stat result, with os.stat_result's names too (st_size, st_mtime, ...).
+
+    Attributes:
+        length: size in bytes (folders on S3 have length 0).
+        mtime_nsec: modification time in ns since the epoch.
+        is_dir: a folder.
+        path: what was stat'ed.
+    """
 
     length: int
     mtime_nsec: int
@@ -44,9 +51,16 @@ class StatResult:
 
 @dataclass(frozen=True)
 class DirEntry:
-    """One child of a folder (or one descendant, with `name` relative, in a recursive listing).
+    """One child of a folder (or one descendant, with `name` relative, in a recursive listing),
+    as os.DirEntry reads it (is_dir(), is_file(), stat()).
 
-    `etag` is the object's ETag (None locally): downloads compare it with the bytes they got.
+    Attributes:
+        name: relative to the folder listed ('/'-separated).
+        path: the full path or URL.
+        dir: a folder.
+        length: size in bytes.
+        mtime_nsec: modification time in ns since the epoch.
+        etag: the object's ETag (None locally): downloads compare it with the bytes they got.
     """
 
     name: str

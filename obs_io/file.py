@@ -9,6 +9,11 @@ Differences from moxing, on purpose: writers publish on a clean close only; remo
 folder without recursive=True is an error, not a silent no-op; list_entries (a listing with
 sizes and ETags) and abort_uploads (what killed writers left below a folder) are additions, and
 copy_parallel takes its entries as file_list.
+
+Errors are builtin exceptions with one line naming the URL (obs_io.errors): FileNotFoundError
+(also moxing's MoxFileNotExistsException) for what is not there, PermissionError for a refusal,
+ConnectionError for a store that does not answer after the retries, another OSError for any
+other answer; ValueError for a malformed URL, before any request.
 """
 from __future__ import annotations
 
@@ -40,8 +45,18 @@ __all__ = ["copy", "copy_parallel", "exists", "is_directory", "list_directory", 
 
 
 def copy(src_url: str, dst_url: str, client_id=None) -> None:
-    """Copy one file (either side local or remote). dst_url is the new file's full name.
-    client_id: accepted, unused (see above)."""
+    """Copy one file (either side local or remote), published under dst_url only once whole.
+
+    Args:
+        src_url: the file (local path or URL).
+        dst_url: the new file's full name.
+        client_id: accepted, unused (see above).
+
+    Raises:
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     execute([plan_file(src_url, dst_url)], threads=10, desc=f"copy {src_url}", show_progress=False)
 
 
@@ -62,6 +77,22 @@ def copy_parallel(src_url: str, dst_url: str, file_list: Iterable[str | DirEntry
 
     Objects `a` and `a/b` both under src_url cannot both land on a local disk: that is
     MoxFileNameDuplicateException (a FileExistsError), before anything is copied.
+
+    Args:
+        src_url: the folder (or a file) to copy, local path or URL.
+        dst_url: where its tree goes.
+        file_list: see above (None: every file).
+        threads: transfers at once.
+        is_processing: spread many small files over worker processes.
+        use_queue: accepted, unused.
+        client_id: accepted, unused.
+        progress: show progress.
+
+    Raises:
+        MoxFileNameDuplicateException: names that collide on a local disk.
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
     """
     check(src_url, dst_url)
     try:
@@ -73,11 +104,36 @@ def copy_parallel(src_url: str, dst_url: str, file_list: Iterable[str | DirEntry
 
 
 def exists(url: str) -> bool:
+    """Whether a file or folder (a bucket, a prefix with objects under it) is at url.
+
+    Args:
+        url: a local path or URL.
+
+    Returns:
+        True when something is there.
+
+    Raises:
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     return backend(url).exists(url)
 
 
 def is_directory(url: str) -> bool:
-    """True for a local folder, a bucket, or a prefix with at least one object under it."""
+    """Whether url is a local folder, a bucket, or a prefix with at least one object under it.
+
+    Args:
+        url: a local path or URL.
+
+    Returns:
+        True for a folder.
+
+    Raises:
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     return backend(url).isdir(url)
 
 
@@ -87,6 +143,23 @@ def list_directory(url: str, recursive: bool = False, remove_sep: bool = False, 
 
     skip_file / skip_dir leave out files / folders. remove_sep: moxing strips the URL's trailing
     separator before listing; obs_io always treats `dir` and `dir/` alike, so it changes nothing.
+
+    Args:
+        url: the folder, a local path or URL.
+        recursive: every file and folder below, not only the children.
+        remove_sep: accepted; changes nothing (see above).
+        skip_file: leave out files.
+        skip_dir: leave out folders.
+
+    Returns:
+        The names, relative to url, sorted.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        NotADirectoryError: url is a file.
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
     """
     return [e.name for e in list_entries(url, recursive)
             if not (skip_dir if e.dir else skip_file)]
@@ -116,7 +189,21 @@ class _ScanDir:
 
 
 def scan_dir(url: str) -> _ScanDir:
-    """Children of url as entries with .name, .path, is_dir(), is_file(), stat()."""
+    """Children of url as entries with .name, .path, is_dir(), is_file(), stat(), from one
+    listing.
+
+    Args:
+        url: the folder, a local path or URL.
+
+    Returns:
+        An iterator of DirEntry that is also a context manager (as os.scandir's).
+
+    Raises:
+        FileNotFoundError: no such folder.
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     return _ScanDir(list_entries(url))
 
 
@@ -127,6 +214,20 @@ def walk(url: str, topdown: bool = True, onerror=None,
     Locally every keyword is os.walk's. For a URL (as in moxing) onerror gets a listing's error
     and followlinks means nothing (objects have no links); topdown orders the folders, from the
     one listing of the whole prefix, so pruning `dirs` in place saves no request.
+
+    Args:
+        url: the folder, a local path or URL.
+        topdown: a folder before its sub-folders.
+        onerror: called with a listing's error instead of raising it.
+        followlinks: os.walk's, locally.
+
+    Yields:
+        (folder, sub-folder names, file names).
+
+    Raises:
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
     """
     if not is_remote(url):
         yield from os.walk(url, topdown=topdown, onerror=onerror, followlinks=followlinks)
@@ -155,7 +256,20 @@ def _has_magic(part: str) -> bool:
 
 
 def glob(url: str) -> list[str]:
-    """Paths or URLs matching the shell pattern `url`; `*` does not cross `/`."""
+    """Paths or URLs matching a shell pattern; `*` does not cross `/`. A URL's pattern costs
+    one listing of the prefix before its first wildcard.
+
+    Args:
+        url: the pattern (local path or URL).
+
+    Returns:
+        The matches, sorted ([] for none).
+
+    Raises:
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     pattern = url
     if not is_remote(pattern):
         return sorted(_glob.glob(pattern))
@@ -176,13 +290,42 @@ def glob(url: str) -> list[str]:
 
 
 def stat(url: str) -> StatResult:
+    """What is at url: size, modification time, folder or file (an object's ETag too).
+
+    Args:
+        url: a local path or URL.
+
+    Returns:
+        The StatResult.
+
+    Raises:
+        FileNotFoundError: nothing there (on object storage moxing's
+            MoxFileNotExistsException, a subclass).
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     return backend(url).stat(url)
 
 
 def get_size(url: str, recursive: bool = False) -> int:
     """Bytes in the file at url; with recursive=True, in every file under the folder url (one
     listing, no stat first). A folder without recursive counts 0, as a folder marker object
-    does on OBS."""
+    does on OBS.
+
+    Args:
+        url: a file or folder, local path or URL.
+        recursive: count every file under a folder.
+
+    Returns:
+        The size in bytes.
+
+    Raises:
+        FileNotFoundError: nothing there.
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     if recursive:
         try:
             return sum(e.length for e in list_entries(url, recursive=True) if not e.dir)
@@ -193,11 +336,31 @@ def get_size(url: str, recursive: bool = False) -> int:
 
 
 def make_dirs(url: str) -> None:
-    """Create a folder and its parents (on S3: a `key/` marker object, as moxing writes)."""
+    """Create a folder and its parents (on S3: a `key/` marker object, as moxing writes).
+
+    Args:
+        url: the folder, a local path or URL.
+
+    Raises:
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     backend(url).makedirs(url)
 
 
 def mk_dir(url: str) -> None:
+    """Create one folder (its parent must exist locally; on S3 a `key/` marker object).
+
+    Args:
+        url: the folder, a local path or URL.
+
+    Raises:
+        FileExistsError: it exists (locally).
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     backend(url).mkdir(url)
 
 
@@ -205,7 +368,19 @@ def remove(url: str, recursive: bool = False) -> None:
     """Remove a file; a folder (every object under the prefix) only with recursive=True.
 
     A folder without recursive=True is IsADirectoryError (moxing silently does nothing), and a
-    missing path is FileNotFoundError: a cleanup that removed nothing must not pass for done."""
+    missing path is FileNotFoundError: a cleanup that removed nothing must not pass for done.
+
+    Args:
+        url: a file or folder, local path or URL.
+        recursive: remove a folder and everything under it.
+
+    Raises:
+        IsADirectoryError: a folder without recursive=True.
+        FileNotFoundError: nothing there.
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     backend(url).rm(url, recursive)
 
 
@@ -214,12 +389,38 @@ def abort_uploads(folder: str, before: datetime.datetime | None = None, names: I
     before `before` (None: whenever), of the keys `names` (relative to the folder) only when
     given: what killed writers left there, whoever they were. Without `names`, for a folder
     that one writer owns, once nobody else uploads into it (e.g. a job's output once all its
-    blocks are in). Returns how many were aborted (0 on a store whose writers leave nothing)."""
+    blocks are in).
+
+    Args:
+        folder: the folder (a URL).
+        before: only uploads initiated before this time (None: whenever).
+        names: only these keys, relative to the folder (None: every key below it).
+
+    Returns:
+        How many were aborted (0 on a store whose writers leave nothing).
+
+    Raises:
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     return backend(folder).abort_uploads(folder, before, names)
 
 
 def rename(src_url: str, dst_url: str) -> None:
-    """Move a file or folder, across local disk and object storage too (copy, then delete)."""
+    """Move a file or folder, across local disk and object storage too (copy, then delete:
+    the source goes only once the copy is whole).
+
+    Args:
+        src_url: what to move, local path or URL.
+        dst_url: its new name.
+
+    Raises:
+        FileNotFoundError: nothing at src_url.
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     check(src_url, dst_url)
     if not is_remote(src_url) and not is_remote(dst_url):
         if os.path.dirname(os.path.abspath(dst_url)):
@@ -237,7 +438,22 @@ def rename(src_url: str, dst_url: str) -> None:
 def read(url: str, binary: bool = False, client_id=None):
     """The whole file. An object replaced while it is read (another writer's marker, say) is
     read again, up to three times, so the caller gets one whole version, never a mix.
-    client_id: accepted, unused (see above)."""
+
+    Args:
+        url: the file, local path or URL.
+        binary: bytes instead of str (UTF-8).
+        client_id: accepted, unused (see above).
+
+    Returns:
+        The content, str or bytes.
+
+    Raises:
+        FileNotFoundError: nothing there.
+        ObjectChanged: the object was replaced during each of three reads.
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     for attempt in range(3):
         try:
             with File(url, "rb" if binary else "r") as f:
@@ -248,15 +464,38 @@ def read(url: str, binary: bool = False, client_id=None):
 
 
 def write(url: str, data, binary: bool = False, client_id=None) -> None:
-    """Replace the file with `data` (str, or bytes with binary=True), all or nothing.
-    client_id: accepted, unused (see above)."""
+    """Replace the file with `data`, all or nothing: published on success only.
+
+    Args:
+        url: the file, local path or URL.
+        data: str, or bytes with binary=True.
+        binary: data is bytes.
+        client_id: accepted, unused (see above).
+
+    Raises:
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     with File(url, "wb" if binary else "w") as f:
         f.write(data)
 
 
 def append(url: str, data, binary: bool = False, client_id=None) -> None:
-    """Append to a file. On S3 (no append operation) the object is rewritten whole.
-    client_id: accepted, unused (see above)."""
+    """Append to a file. On S3 (no append operation) the object is rewritten whole, and
+    published on success only.
+
+    Args:
+        url: the file, local path or URL (created when missing).
+        data: str, or bytes with binary=True.
+        binary: data is bytes.
+        client_id: accepted, unused (see above).
+
+    Raises:
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     with File(url, "ab" if binary else "a") as f:
         f.write(data)
 
@@ -264,7 +503,18 @@ def append(url: str, data, binary: bool = False, client_id=None) -> None:
 def append_remote(src_url: str, dst_url: str, client_id=None) -> None:
     """Append the bytes of the file src_url to the file dst_url (moxing's append_remote; either
     may be local here). dst_url is rewritten whole and published on success only.
-    client_id: accepted, unused (see above)."""
+
+    Args:
+        src_url: the file whose bytes are appended.
+        dst_url: the file appended to.
+        client_id: accepted, unused (see above).
+
+    Raises:
+        FileNotFoundError: nothing at src_url.
+        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
+        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
+            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+    """
     check(src_url, dst_url)
     with File(src_url, "rb") as src, File(dst_url, "ab") as dst:
         shutil.copyfileobj(src, dst, 8 * 1024 * 1024)

@@ -47,8 +47,13 @@ def scheme_of(url: str) -> str | None:
 
 
 def register(scheme: str, store) -> None:
-    """Serve `scheme`:// URLs by `store`: an ObjectStore instance, its class, or "module:Class".
-    In this process only; see the module docstring for child processes."""
+    """Serve `scheme`:// URLs by `store`. In this process only; see the module docstring for
+    child processes.
+
+    Args:
+        scheme: the URL scheme, any case ("toy" for toy://).
+        store: an ObjectStore instance, its class, or "module:Class" (loaded on first use).
+    """
     with _lock:
         _registered[scheme.lower()] = store
 
@@ -85,8 +90,15 @@ def _spec(scheme: str):
 
 
 def is_remote(url: str) -> bool:
-    """True when a store is registered for the scheme of `url` (obs://, s3:// and any plug-in's,
-    in any case); False for local paths and for strings whose scheme no store serves."""
+    """Whether `url` is an object-store URL: the one place that says so.
+
+    Args:
+        url: a local path or URL.
+
+    Returns:
+        True when a store is registered for its scheme (obs://, s3:// and any plug-in's, in
+        any case); False for local paths and for strings whose scheme no store serves.
+    """
     scheme = scheme_of(url)
     return scheme is not None and _spec(scheme) is not None
 
@@ -134,8 +146,17 @@ def _instance(found):
 
 
 def store_for(url: str):
-    """The ObjectStore (obs_io.store) serving `url`: the registered store of its scheme, else the
-    local disk. Raises ValueError when the store's "module:Class" cannot be loaded."""
+    """The ObjectStore (obs_io.store) serving `url`.
+
+    Args:
+        url: a local path or URL.
+
+    Returns:
+        The registered store of its scheme, else the local disk's.
+
+    Raises:
+        ValueError: the store's "module:Class" cannot be loaded.
+    """
     scheme = scheme_of(url)
     found = _spec(scheme) if scheme is not None else None
     return _instance(found if found is not None else LOCAL)

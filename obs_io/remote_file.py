@@ -110,6 +110,22 @@ class File:
     open() of a URL land here); buffering is accepted and has no effect, obs_io sizes its own
     buffers. client_id: moxing's choice among several OBS clients; obs_io has one configuration
     (set_auth), so it is accepted and has no effect.
+
+    A writer publishes on a clean close only: nothing partial is ever under `name`.
+
+    Args:
+        name: a local path or URL.
+        mode: r, w, a with b and +, in moxing's spellings.
+        buffering: accepted, no effect.
+        encoding: text modes' encoding (UTF-8 by default).
+        errors: text modes' error handling, as open()'s.
+        newline: text modes' newline handling, as open()'s.
+        client_id: accepted, no effect.
+
+    Raises:
+        ValueError: an unknown mode, or a malformed URL.
+        FileNotFoundError: reading what is not there.
+        OSError: the store's or the disk's one-line error (obs_io.errors).
     """
 
     def __init__(self, name: str, mode: str = "r", buffering: int = -1, encoding: str | None = None,

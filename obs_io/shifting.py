@@ -116,7 +116,15 @@ def is_shifted() -> bool:
 def shift(src: str, dst: str) -> None:
     """moxing's mox.file.shift: shift('os', 'mox') makes the built-ins listed in this module's
     docstring accept obs:// and s3:// URLs; shift('os', 'os') restores the originals. Either is
-    idempotent. Other arguments are an error naming them."""
+    idempotent.
+
+    Args:
+        src: 'os'.
+        dst: 'mox' to route the built-ins through obs_io, 'os' to restore them.
+
+    Raises:
+        ValueError: other arguments, naming them.
+    """
     if (src, dst) == ("os", "mox"):
         with _lock:
             for p in _PATCHES:
