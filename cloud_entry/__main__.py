@@ -20,7 +20,18 @@ from reshard.errors import ReshardError
 def verify(argv: list[str]) -> int:
     """`cloud-entry verify LOCATION`: the converted set at LOCATION (a local folder or an
     obs:// / s3:// URL, e.g. <remote_save_url>/transformed_checkpoint/<name>) against its
-    conversion_manifest.json. Exit 0 intact; 2 with a line per missing, extra or different file."""
+    conversion_manifest.json.
+
+    Args:
+        argv: the arguments after `verify`.
+
+    Returns:
+        0 intact; 2 with a line per missing, extra or different file.
+
+    Raises:
+        EntryError: bad arguments (main prints the one line, exit 2).
+        OSError: the store or disk holding the set failed.
+    """
     from obs_io.oneline import OneLineParser
     from reshard.cli import verify_set
 
@@ -31,6 +42,17 @@ def verify(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The boot command of a training job (or `verify LOCATION`): every error is one line on
+    stderr and an exit code, never a traceback (the log file has it).
+
+    Args:
+        argv: the command line after the program's name (None: sys.argv[1:]).
+
+    Returns:
+        The exit code (this module's docstring): the launched command's; 2 for bad input, a
+        failed block, a bounded wait that ran out or storage that refused; 1 for a bug; on a
+        stop request the stopped command's, or 128+signal; 130 for a Ctrl-C.
+    """
     logs.console()
     log = logging.getLogger("cloud_entry")
     # bad input, and storage that refuses, lacks, or does not answer (obs_io raises OSError

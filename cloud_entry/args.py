@@ -433,7 +433,18 @@ def _check_parallel(parallel: dict[str, Any]) -> None:
 
 def parse_args(argv: Sequence[str]) -> JobSpec:
     """The platform's command line -> JobSpec. A hyperparameter given twice: the later wins, as
-    argparse and MindFormers read it (ModelArts' appended ones come last)."""
+    argparse and MindFormers read it (ModelArts' appended ones come last).
+
+    Args:
+        argv: the command line after the program's name: the entry's flags and
+            hyperparameters, then the launch command (after `--`, or --launch_cmd).
+
+    Returns:
+        The JobSpec.
+
+    Raises:
+        EntryError: an unknown or malformed flag, naming it.
+    """
     own, launch = split_launch(argv)
     launch, appended, launch_config = take_from_launch(launch)
     parser = build_parser()

@@ -660,6 +660,24 @@ def prepare(p: JobPlan, launch_env: dict[str, str], shim: str | None,
 
 
 def run(spec: JobSpec, env: Mapping[str, str] | None = None) -> int:
+    """The whole job on this node: planned and checked before the first write (plan), the
+    outputs claimed (claim_outputs), then conversion, uploads and the launch; the claims are
+    released whatever ends it.
+
+    Args:
+        spec: the parsed command line (cloud_entry.args.parse_args).
+        env: the environment to read (None: os.environ).
+
+    Returns:
+        The exit code: the launched command's (0 with --transform_only).
+
+    Raises:
+        EntryError: bad input, a failed block (BlockFailed) or a wait that ran out
+            (WaitTimeout), one line naming the culprit.
+        ReshardError: the conversion's bad input, one line.
+        OSError: storage that refused, lacked or did not answer (obs_io's one-line errors).
+        signals.Terminated: a stop request (its exit_code is the job's).
+    """
     logs.console(level=logs.console_level(spec.quiet, spec.verbose))
     env = dict(os.environ if env is None else env)
     p = plan(spec, env)

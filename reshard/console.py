@@ -48,7 +48,19 @@ def run_console(prog: str, target: str, *, script: bool = False) -> int:
     handler while the tool runs (the tool may set its own and restore this one), and one that
     lands in a finalizer or callback is delivered again (_again). script: this
     is a console script's process, which ends with the returned code: a Ctrl-C after the tool
-    is done is ignored; otherwise (a caller in-process) the caller's handler comes back."""
+    is done is ignored; otherwise (a caller in-process) the caller's handler comes back.
+
+    Args:
+        prog: the program's name, for the "interrupted" line.
+        target: "module:function", called without arguments.
+        script: this is a console script's process (see above).
+
+    Returns:
+        What the function returned, or 130 (INTERRUPTED) for a Ctrl-C.
+
+    Raises:
+        ImportError: the target cannot be imported (not because of a Ctrl-C).
+    """
     interrupted: list[int] = []
     previous = _signal.signal(_signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     hook, sys.unraisablehook = sys.unraisablehook, _again(sys.unraisablehook)
@@ -79,13 +91,29 @@ def run_console(prog: str, target: str, *, script: bool = False) -> int:
 
 
 def transform_checkpoint() -> int:
+    """The `transform-checkpoint` console script (reshard.cli.main).
+
+    Returns:
+        Its exit code: 0, 2 for bad input (one line), 130 for a Ctrl-C.
+    """
     return run_console("transform-checkpoint", "reshard.cli:main", script=True)
 
 
 def transform_checkpoint_sh() -> int:
+    """The `transform_checkpoint.sh` console script: MindFormers' script's arguments
+    (reshard.mindformers_cli.main_sh).
+
+    Returns:
+        Its exit code: 0, 2 for bad input (one line), 130 for a Ctrl-C.
+    """
     return run_console("transform_checkpoint.sh", "reshard.mindformers_cli:main_sh", script=True)
 
 
 def obs_io() -> int:
-    """The `obs_io` console script and `python -m obs_io`."""
+    """The `obs_io` console script and `python -m obs_io` (obs_io.cli.main).
+
+    Returns:
+        Its exit code: 0, 2 for a bad argument or a storage error (one line), 130 for a
+        Ctrl-C.
+    """
     return run_console("obs_io", "obs_io.cli:main", script=True)
