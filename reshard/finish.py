@@ -266,9 +266,7 @@ class DownloadingRun:
                                      lambda n: plan.location_of(n, files.local_root), files.s3,
                                      fp.config)
         self.preload = self.fetcher.preload(plan, files.s3)
-        self.files = replace(files, growing={n: Growing(temp, tuple(self.preload.get(n, ())),
-                                                     fp.config.download_poll_seconds,
-                                                     fp.config.download_stall_seconds)
+        self.files = replace(files, growing={n: Growing(temp, tuple(self.preload.get(n, ())))
                                              for n, temp in self.fetcher.start().items()})
         self.readers = [rp for rp in plan.ranks if rp.rank in fp.pending and self.files.unverified(rp)]
         # the ranks reading each file (a copy of another rank's file reads nothing)

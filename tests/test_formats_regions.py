@@ -1,13 +1,15 @@
 """Region reads equal numpy slicing, whatever the shape, dtype, record split or destination."""
 from __future__ import annotations
 
+from dataclasses import replace
 from unittest import mock
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reshard.formats import TensorMeta, ckpt_format, open_reader, open_writer, regions
+from reshard.config import DEFAULT
+from reshard.formats import TensorMeta, ckpt_format, open_reader, open_writer
 from reshard.formats.meta import STORAGE_DTYPES
 
 
@@ -38,17 +40,15 @@ def test_region_read_equals_numpy_slicing(tmp_path_factory, case, fmt, record_by
     data = raw.view(meta.storage).reshape(shape)
     others = [TensorMeta("before", "Int8", (3,)), meta, TensorMeta("after", "Int8", (2,))]
     path = tmp_path_factory.getbasetemp() / f"regions.{fmt}"
-    with mock.patch.object(ckpt_format, "RECORD_BYTES", record_bytes), \
-            mock.patch.object(regions, "COALESCE_GAP", gap), \
-            mock.patch.object(regions, "SCRATCH_BYTES", scratch), \
-            mock.patch.object(regions, "SCATTER_GAP", scatter[0]), \
-            mock.patch.object(regions, "SCATTER_RUNS", scatter[1]):
+    config = replace(DEFAULT, read_coalesce_gap_bytes=gap, read_scratch_bytes=scratch,
+                     read_scatter_gap_bytes=scatter[0], read_scatter_runs=scatter[1])
+    with mock.patch.object(ckpt_format, "RECORD_BYTES", record_bytes):
         with open_writer(path, others) as writer:
             writer.write("before", np.full(3, -1, np.int8))
             writer.write("t", data)
             writer.write("after", np.full(2, -2, np.int8))
         expected = data[tuple(slice(a, b) for a, b in region)]
-        with open_reader(path) as reader:
+        with open_reader(path, config=config) as reader:
             np.testing.assert_array_equal(reader.read("t", region), expected)
             if strided_out:
                 # a view with gaps, as the engine passes when gathering into a bigger tensor

@@ -52,12 +52,12 @@ def open_source(location: str, s3_config=None, index: FileIndex | None = None,
     if growing is not None:
         from reshard.formats.growing import GrowingSource
         assert index is not None, "a file still downloading is opened with the plan's index"
-        return GrowingSource(location, growing, index.size)
+        return GrowingSource(location, growing, index.size, config)
     if is_url(location):
         from reshard.formats.remote import RemoteSource
         known = (index.size, index.version) if index is not None else None
         return RemoteSource(location, s3_config, known=known, config=config)
-    return LocalSource(location)
+    return LocalSource(location, config)
 
 
 class CheckpointReader:

@@ -21,37 +21,35 @@ from dataclasses import dataclass
 from reshard.formats.meta import FormatError
 from reshard.formats.regions import LocalSource
 
-from reshard.config import DEFAULT
+from reshard.config import DEFAULT, ReshardConfig
 
 
 @dataclass(frozen=True)
 class Growing:
-    """How a worker opens a file still downloading: where it grows (temp), the runs of it
-    already read ((offset, length, bytes), fetch.preload_runs), and how its reads wait
-    (ReshardConfig.download_poll_seconds, download_stall_seconds)."""
+    """How a worker opens a file still downloading: where it grows, and the runs of it already
+    read ((offset, length, bytes), fetch.preload_runs)."""
     temp: str
     preload: tuple = ()
-    poll_seconds: float = DEFAULT.download_poll_seconds
-    stall_seconds: float = DEFAULT.download_stall_seconds
 
 
 class GrowingSource(LocalSource):
     """`final`: the path the file has once downloaded; `growing`: where it grows until then
     and the runs already read (Growing); `size`: its size when complete (from the headers the
-    plan read). Raises FormatError naming `final` when the download stopped."""
+    plan read); `config`: the run's ReshardConfig (how regions are read, and how a read waits:
+    download_poll_seconds, download_stall_seconds). Raises FormatError naming `final` when
+    the download stopped."""
 
-    def __init__(self, final: str, growing: Growing, size: int):
+    def __init__(self, final: str, growing: Growing, size: int, config: ReshardConfig = DEFAULT):
         self.final, self.temp, self.preload = final, growing.temp, tuple(growing.preload)
-        self.poll_seconds, self.stall_seconds = growing.poll_seconds, growing.stall_seconds
         temp = growing.temp
         # The temporary name first: the fetcher renames it to the final one (atomically), so
         # when it is gone the final name is there, unless the download stopped. Looking at the
         # final name first could miss both (renamed between the two looks).
         try:
-            super().__init__(temp)
+            super().__init__(temp, config)
         except FormatError:
             try:
-                super().__init__(final)
+                super().__init__(final, config)
             except FormatError:
                 raise FormatError(f"{final}: its download stopped before this read") from None
         self.location = final
@@ -115,7 +113,8 @@ class GrowingSource(LocalSource):
                 # renamed, so complete: a shorter file is not the object the plan read
                 raise FormatError(f"{self.final}: {self._have} bytes, not the {self.size} its "
                                   "headers were read from")
-            elif time.monotonic() - since > self.stall_seconds:
+            elif time.monotonic() - since > self.config.download_stall_seconds:
                 raise FormatError(f"{self.final}: its download made no progress for "
-                                  f"{self.stall_seconds:.0f}s (at byte {self._have} of {self.size})")
-            time.sleep(self.poll_seconds)
+                                  f"{self.config.download_stall_seconds:.0f}s (at byte {self._have} "
+                                  f"of {self.size})")
+            time.sleep(self.config.download_poll_seconds)

@@ -18,22 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reshard.config import DEFAULT, ReshardConfig
 from reshard.formats.meta import FormatError, TensorMeta
-
-# Runs whose gap is at most this many bytes are read as one span. One preadv costs ~1.6 us of
-# Python and syscall overhead, about what copying 8 KiB twice (file -> scratch -> out) costs:
-# measured, column halves of (65536, 128) fp16 take 106 ms run by run and 3 ms coalesced, while
-# for 4096x11008 (11 KiB gaps) both ways take the same ~15 ms per half.
-COALESCE_GAP = 8 * 1024
-# Upper bound on the scratch buffer for coalesced spans and non-contiguous destinations; small
-# enough to stay in cache between the read and the scatter (8 MiB measured ~1.5x slower).
-SCRATCH_BYTES = 1024 * 1024
-
-# Strided runs whose gaps are at most this (or 4x the run) are read by one preadv per batch
-# of runs, the gaps landing in a junk buffer: a syscall per run costs more than copying the
-# gap from the page cache. A batch stays under IOV_MAX (1024 buffers).
-SCATTER_GAP = 64 * 1024
-SCATTER_RUNS = 500
 
 Region = tuple[tuple[int, int], ...]
 
@@ -61,7 +47,8 @@ class ByteSource:
 
     Subclasses set `location` (the path or URL, as the user named it: it is in every error),
     `size`, and `readv(buffers, offset) -> int` (fill the buffers back to back from file
-    offset `offset`; the bytes read, short only at the end of the file)."""
+    offset `offset`; the bytes read, short only at the end of the file). `config`: the run's
+    ReshardConfig, whose read_* fields shape the region reads below."""
 
     location: str = ""
     size: int = 0
@@ -69,8 +56,9 @@ class ByteSource:
     header_min = 64 * 1024      # ... after a record larger than that (the next header alone)
     remote = False
 
-    def __init__(self) -> None:
+    def __init__(self, config: ReshardConfig = DEFAULT) -> None:
         self._scratch: bytearray | None = None
+        self.config = config
 
     def readv(self, buffers: list, offset: int) -> int:
         raise NotImplementedError
@@ -92,7 +80,7 @@ class ByteSource:
 
     def scratch(self, nbytes: int) -> memoryview:
         if self._scratch is None or len(self._scratch) < nbytes:
-            self._scratch = bytearray(max(nbytes, min(SCRATCH_BYTES, 2 * nbytes)))
+            self._scratch = bytearray(max(nbytes, min(self.config.read_scratch_bytes, 2 * nbytes)))
         return memoryview(self._scratch)[:nbytes]
 
     def pread_into(self, extent: Extent, logical_offset: int, buf: memoryview, name: str) -> None:
@@ -124,8 +112,8 @@ class ByteSource:
 class LocalSource(ByteSource):
     """A local file, read with os.preadv into the caller's buffers (no mmap, no copies)."""
 
-    def __init__(self, path: str):
-        super().__init__()
+    def __init__(self, path: str, config: ReshardConfig = DEFAULT):
+        super().__init__(config)
         self.location = path
         try:
             self.fd = os.open(path, os.O_RDONLY)
@@ -190,8 +178,9 @@ def _read_rows(src: ByteSource, extent: Extent, meta: TensorMeta, base: int, row
     """`rows` runs of `run` bytes starting at base, base+row_stride, ...; dst[r] is run r."""
     src.expect(extent, base, rows, row_stride, run)
     gap = row_stride - run
-    if rows > 1 and gap <= COALESCE_GAP and row_stride <= SCRATCH_BYTES:
-        per_batch = max(1, SCRATCH_BYTES // row_stride)
+    scratch_bytes = src.config.read_scratch_bytes
+    if rows > 1 and gap <= src.config.read_coalesce_gap_bytes and row_stride <= scratch_bytes:
+        per_batch = max(1, scratch_bytes // row_stride)
         view_strides = (row_stride, *strides[k:])
         inner_shape = dst.shape[1:]
         for r0 in range(0, rows, per_batch):
@@ -219,7 +208,7 @@ def _read_rows(src: ByteSource, extent: Extent, meta: TensorMeta, base: int, row
             row_dst[...] = np.frombuffer(buf, dtype=meta.storage)[0]
             continue
         step_bytes = strides[k]
-        per_piece = max(1, SCRATCH_BYTES // step_bytes)
+        per_piece = max(1, scratch_bytes // step_bytes)
         length = row_dst.shape[0]
         for p0 in range(0, length, per_piece):
             n = min(per_piece, length - p0)
@@ -240,7 +229,8 @@ def _read_rows_direct(src: ByteSource, extent: Extent, name: str, base: int, row
     readv = src.readv
     file_base = extent.pieces[0][0] + base
     gap = row_stride - run
-    batch = SCATTER_RUNS if 0 < gap <= max(4 * run, SCATTER_GAP) else 1
+    config = src.config
+    batch = config.read_scatter_runs if 0 < gap <= max(4 * run, config.read_scatter_gap_bytes) else 1
     junk = src.scratch(gap) if batch > 1 else None
     for r0 in range(0, rows, batch):
         n = min(batch, rows - r0)

@@ -27,13 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from reshard.config import DEFAULT, ReshardConfig
 from reshard.formats.meta import FormatError
-from reshard.formats.regions import SCRATCH_BYTES, ByteSource, Extent
+from reshard.formats.regions import ByteSource, Extent
 
 
 def open_bytes(config: ReshardConfig = DEFAULT) -> int:
     """What one open remote reader holds: its window and scratch; while it reads, also up to
     config.remote_threads GET bodies of read_part_bytes each (not counted here)."""
-    return config.remote_window_bytes + SCRATCH_BYTES
+    return config.remote_window_bytes + config.read_scratch_bytes
 
 
 def head(url: str, config) -> tuple[int, str | None]:
@@ -65,7 +65,7 @@ class RemoteSource(ByteSource):
 
     def __init__(self, url: str, s3_config=None, known: tuple[int, str | None] | None = None,
                  config: ReshardConfig = DEFAULT):
-        super().__init__()
+        super().__init__(config)
         from obs_io import current_config, store_for
         from obs_io.urls import check
         self.location = url
