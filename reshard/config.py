@@ -100,6 +100,15 @@ class ReshardConfig:
     shard_members: int = 8
     """In an optimizer-shard group so checked, the first member with up to this many minus one
     others."""
+    sample_bytes: int = 64 << 10
+    """What of each copy those checks compare (reshard.compare; the whole value when it is
+    smaller): enough to tell real shards of a weight apart at once, a few reads per copy rather
+    than a second pass over the checkpoint."""
+    sample_windows: int = 4
+    """Windows that sample is spread over, from the value's first row to its last."""
+    compare_slice_bytes: int = 16 << 20
+    """Tied copies of a complete folder are compared whole (reshard.compare.same_bytes), in
+    slices of at most this: two slices in memory at once."""
     claim_heartbeat_seconds: float = 15.0
     """How often each process of a run rewrites its heartbeat in the output's claims folder
     (reshard.claim): a PUT of a few bytes, far inside claim_stale_seconds."""

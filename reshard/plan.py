@@ -1053,7 +1053,8 @@ class _Planner:
                 return False, False
             with self.headers.open(self.files[a]) as ra, self.headers.open(self.files[b]) as rb:
                 try:
-                    sa, sb = compare.sample(ra, name), compare.sample(rb, name)
+                    config = self.headers.config
+                    sa, sb = compare.sample(ra, name, config), compare.sample(rb, name, config)
                 except FormatError as e:
                     raise ReshardError(str(e)) from None
             return sa == sb, not any(sa)
@@ -1517,7 +1518,7 @@ class _Planner:
         """Whether two files of the source hold the same bytes for one tensor (all of them)."""
         with self.headers.open(file_a) as a, self.headers.open(file_b) as b:
             try:
-                return compare.same_bytes(a, b, meta)
+                return compare.same_bytes(a, b, meta, self.headers.config)
             except FormatError as e:
                 raise ReshardError(str(e)) from None
 
