@@ -1,13 +1,13 @@
 """Assembling destination tensors in the two halves of the process's assembly buffer, in turn.
 
-A tensor is assembled in axis-0 chunks of about PIPE_BYTES: while the source readers fill one
+A tensor is assembled in axis-0 chunks of about ReshardConfig.pipe_chunk_bytes: while the source readers fill one
 half of the buffer, the writer's threads CRC-sum and write the chunk in the other
 (CheckpointWriter.send), so reading, summing and writing each keep a core busy instead of
 taking turns. Chunks this small also keep the pipeline full across tensors and ranks: the
 next tensor's first chunk is read while the last one of this tensor is still being written.
 
 Memory: the buffer is the one execute._assembly_buffer sizes for the rank (its largest tensor
-or chunk), no second one: only the PIPE_BYTES chunks of its two halves are ever touched, so a
+or chunk), no second one: only the pipe_chunk_bytes chunks of its two halves are ever touched, so a
 rank's resident cost is at most what the plan counts for it (rank_cost), usually far less. A
 chunk that does not fit in half of the buffer (a row longer than half of it) takes the whole
 buffer, once both halves are written.
@@ -21,13 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reshard.config import DEFAULT, ReshardConfig
 from reshard.formats import CheckpointReader, CheckpointWriter, TensorMeta
 from reshard.plan import TensorPlan
-
-# Bytes per assembled chunk: small enough that the start and the end of each tensor (read with
-# nothing to write, written with nothing to read) cost little, large enough that the per-chunk
-# Python work (a read per piece, a hand-off) stays negligible.
-PIPE_BYTES = 8 << 20
 _ALIGN = 64   # the second half starts on a cache line
 
 
@@ -64,19 +60,21 @@ class Halves:
 _halves = Halves()
 
 
-def chunk_rows(t: TensorPlan, meta: TensorMeta, buf: np.ndarray) -> int:
-    """Axis-0 rows per chunk: about PIPE_BYTES, at most the plan's chunk (t.chunk_rows(), the
-    most its buffer holds) and, when a row allows, at most half of the buffer."""
+def chunk_rows(t: TensorPlan, meta: TensorMeta, buf: np.ndarray, config: ReshardConfig = DEFAULT) -> int:
+    """Axis-0 rows per chunk: about config.pipe_chunk_bytes, at most the plan's chunk
+    (t.chunk_rows(), the most its buffer holds) and, when a row allows, at most half of the
+    buffer."""
     row_bytes = meta.nbytes // meta.shape[0] if meta.shape[0] else 0
     if row_bytes == 0:
         return max(1, meta.shape[0])
-    rows = min(t.chunk_rows(), max(1, PIPE_BYTES // row_bytes))
+    rows = min(t.chunk_rows(), max(1, config.pipe_chunk_bytes // row_bytes))
     half_rows = (buf.nbytes // 2) // _ALIGN * _ALIGN // row_bytes
     return max(1, min(rows, half_rows)) if half_rows else rows
 
 
 def assemble_and_write(t: TensorPlan, meta: TensorMeta, buf: np.ndarray,
-                       readers: dict[str, CheckpointReader], writer: CheckpointWriter) -> None:
+                       readers: dict[str, CheckpointReader], writer: CheckpointWriter,
+                       config: ReshardConfig = DEFAULT) -> None:
     """Assemble tensor plan `t` (its pieces, read by `readers`: source file -> reader) chunk
     by chunk in the halves of `buf` and send each chunk to `writer`; returns with the last
     chunk possibly still being written (the next take() of its half waits for it)."""
@@ -87,7 +85,7 @@ def assemble_and_write(t: TensorPlan, meta: TensorMeta, buf: np.ndarray,
         readers[t.pieces[0].src_file].read(t.name, (), out=view)
         _halves.sent_from(turn, writer, writer.send(t.name, view))
         return
-    rows = chunk_rows(t, meta, buf)
+    rows = chunk_rows(t, meta, buf, config)
     row_bytes = meta.nbytes // meta.shape[0] if meta.shape[0] else 0
     for r0 in range(0, meta.shape[0], rows):
         r1 = min(meta.shape[0], r0 + rows)

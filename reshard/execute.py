@@ -77,8 +77,7 @@ def rank_cost(rp: RankPlan, remote: frozenset[str] | set[str] = frozenset(),
 class SourceFiles:
     """Where the source files of a plan are read, as sent to the worker processes: under
     local_root, except the `remote` names, read in place at remote_base/<name> by ranged GETs
-    with obs_io's configuration s3 (the parent's: set_auth does not reach a spawned worker);
-    config: the run's ReshardConfig (how the files are read)."""
+    with obs_io's configuration s3 (the parent's: set_auth does not reach a spawned worker)."""
     local_root: str
     remote_base: str | None = None
     remote: frozenset[str] = frozenset()
@@ -88,7 +87,6 @@ class SourceFiles:
     indexes: dict[str, FileIndex] = field(default_factory=dict, repr=False)
     # fetched name -> where it is still being downloaded (formats.growing.Growing)
     growing: dict[str, Growing] = field(default_factory=dict)
-    config: ReshardConfig = DEFAULT
 
     @classmethod
     def of(cls, src: "SourceFiles | str") -> "SourceFiles":
@@ -100,14 +98,15 @@ class SourceFiles:
             return f"{self.remote_base.rstrip('/')}/{name}"
         return _src_path(self.local_root, name)
 
-    def open(self, name: str):
+    def open(self, name: str, config: ReshardConfig = DEFAULT):
+        """A reader of source file `name`, where it is read, as the run's `config` says."""
         if name not in self.remote:
             if name not in self.indexes:   # a local source: its headers read here
-                return open_reader(self.location(name), config=self.config)
+                return open_reader(self.location(name), config=config)
             return open_reader(self.location(name), index=self.indexes[name],
-                               growing=self.growing.get(name), config=self.config)
+                               growing=self.growing.get(name), config=config)
         return open_reader(self.location(name), s3_config=self.s3, index=self.indexes.get(name),
-                           config=self.config)
+                           config=config)
 
     def for_rank(self, rp: RankPlan) -> "SourceFiles":
         """The same, with the indexes of this rank's files only (what goes to its worker)."""
@@ -445,23 +444,26 @@ class _RankOutput:
 
 
 def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
-                 publish=None, upload: UploadTo | None = None, durable: bool = True,
+                 publish=None, upload: UploadTo | None = None, config: ReshardConfig = DEFAULT,
                  copies: tuple[RankPlan, ...] = ()):
     """Write one destination file (source files are relative to src_root, or where a
     SourceFiles says: some read in place by ranged GETs). Its commit (fsync, rename, manifest)
     is handed to `publish` (a single-thread executor's submit, whose future is returned) so
     the disk flush overlaps the next rank's reads; without one it is done here. upload: the
     file is also uploaded while it is written (UploadTo), and the commit waits for the
-    upload's end. durable False: no fsync (a copy that only stages the upload;
+    upload's end. config: the run's ReshardConfig (how sources are read, chunks assembled and
+    the file written; config.durable False: no fsync, a copy that only stages the upload,
     CheckpointWriter.commit). copies: ranks with the same bytes (Plan.same_as), made from this
     file once it is committed (make_copies). The commit returns make_copies' list. What a
     failed step leaves is aborted by the rank's _RankOutput."""
     t0 = time.monotonic()
+    durable = config.durable
     out = _RankOutput(rp, dst_root)
     try:
         with out.stage(folder=True), contextlib.ExitStack() as opened:
-            readers = {f: opened.enter_context(SourceFiles.of(src_root).open(f)) for f in rp.source_files}
-            _write_rank(rp, readers, out, dst_root, fmt, upload)
+            readers = {f: opened.enter_context(SourceFiles.of(src_root).open(f, config))
+                       for f in rp.source_files}
+            _write_rank(rp, readers, out, dst_root, fmt, upload, config)
     except FormatError as e:   # a bad source file: the user's one-line error
         raise ReshardError(f"rank {rp.rank}: {e}") from None
     writer, streaming = out.writer, out.streaming
@@ -497,9 +499,9 @@ def convert_rank(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: 
 
 
 def _write_rank(rp: RankPlan, readers: dict, out: _RankOutput, dst_root: str, fmt: str,
-                upload: UploadTo | None) -> None:
+                upload: UploadTo | None, config: ReshardConfig) -> None:
     """The rank's file written under its writer's temporary name (out.writer), uploaded while
-    written where `upload` wants it (out.streaming)."""
+    written where `upload` wants it (out.streaming), in chunks and slices as `config` says."""
     metas = []
     for t in rp.tensors:
         if t.carried:
@@ -511,14 +513,14 @@ def _write_rank(rp: RankPlan, readers: dict, out: _RankOutput, dst_root: str, fm
     if not inside(dst_root, out.folder):   # a link made since run_plan owned the folders
         raise ReshardError(f"rank {rp.rank}: {out.folder} leads out of the output {dst_root} "
                            f"(to {os.path.realpath(out.folder)}): not writing there")
-    out.writer = open_writer(out.path, metas, fmt)
+    out.writer = open_writer(out.path, metas, fmt, config=config)
     if upload is not None and upload.wants(rp):
         out.streaming = upload.start(rp, out.writer.temp_path)
     for t, meta in zip(rp.tensors, metas):
         if not meta.sliceable:
             out.writer.write(t.name, readers[t.pieces[0].src_file].read_raw(t.name))
             continue
-        assemble_and_write(t, meta, buf, readers, out.writer)
+        assemble_and_write(t, meta, buf, readers, out.writer, config)
 
 
 # -- many destination ranks -----------------------------------------------------------------
@@ -656,7 +658,7 @@ _commit_upload = None    # and the upload it ends (obs_io GrowingUpload), cancel
 
 
 def _worker_convert(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fmt: str,
-                    upload: UploadTo | None = None, durable: bool = True,
+                    upload: UploadTo | None = None, config: ReshardConfig = DEFAULT,
                     copies: tuple[RankPlan, ...] = ()) -> None:
     """Convert one rank in a pool worker and return once its bytes are written: its commit (the
     end of its upload, the store's copies of its replicas) goes on behind, on the worker's
@@ -678,7 +680,7 @@ def _worker_convert(rp: RankPlan, src_root: SourceFiles | str, dst_root: str, fm
             _commit_pending = _committer.submit(_commit_behind, rp.rank, commit)
             return _commit_pending
         convert_rank(rp, src_root, dst_root, fmt, publish=publish, upload=upload,
-                     durable=durable, copies=copies)
+                     config=config, copies=copies)
     except _Stopped:
         # the rank was aborted; the commit behind it ends first (its temporary file renamed
         # or removed: os._exit would leave it), its upload cancelled (_stop); then no result
@@ -705,8 +707,8 @@ def _commit_behind(rank: int, commit) -> None:
 
 def _run_pipelined(todo: list[RankPlan], src_root: SourceFiles | str, dst_root: str, fmt: str,
                    done: Callable[[RankPlan, bool], None], upload: UploadTo | None = None,
-                   durable: bool = True, copies: dict[int, tuple[RankPlan, ...]] | None = None
-                   ) -> list[int]:
+                   config: ReshardConfig = DEFAULT,
+                   copies: dict[int, tuple[RankPlan, ...]] | None = None) -> list[int]:
     """One rank after another, each rank's commit (its fsync waits for the disk) running while
     the next rank is read and written; at most one commit in flight, so written-but-unflushed
     data stays bounded by one file. done(rp, uploaded): in the committer's order, once the
@@ -734,7 +736,7 @@ def _run_pipelined(todo: list[RankPlan], src_root: SourceFiles | str, dst_root: 
             return pending
 
         for rp in todo:
-            committed = convert_rank(rp, src_root, dst_root, fmt, publish, upload, durable,
+            committed = convert_rank(rp, src_root, dst_root, fmt, publish, upload, config,
                                      (copies or {}).get(rp.rank, ()))
             committer.submit(tell, rp, committed)
         if pending is not None:
@@ -868,7 +870,7 @@ def run_plan(fp: "FinishedPlan", files: SourceFiles, subscriber: "Subscriber", f
     if config.process_count <= 1 or len(todo) <= 1:   # this process converts: its log is transform_0
         handler = _process_log(config.log_dir, 0) if todo else None
         try:
-            written = _run_pipelined(todo, files, dst_root, plan.fmt, done, fp.upload, config.durable, copies)
+            written = _run_pipelined(todo, files, dst_root, plan.fmt, done, fp.upload, config, copies)
         finally:
             if handler is not None:
                 log.removeHandler(handler)
@@ -971,7 +973,7 @@ class _Pool:
                 if self.in_flight + cost <= self.fp.budget_bytes or not self.running:
                     with _spawning_ignores_sigint():
                         fut = pool.submit(_worker_convert, rp, self.files.for_rank(rp), self.fp.dst_root,
-                                          self.fp.plan.fmt, self.fp.upload, self.config.durable,
+                                          self.fp.plan.fmt, self.fp.upload, self.config,
                                           self.copies.get(rp.rank, ()))
                     self.running[fut] = (rp, cost)
                     self.workers.update(getattr(pool, "_processes", None) or {})

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 
-from .config import DEFAULT, ReshardConfig
+from .config import ReshardConfig
 from .errors import ReshardError
 from .execute import (SourceFiles, UploadTo, expected_peak, pending_ranks, rank_checksum, rank_cost,
                       run_plan, same_as, settle_manifests, uploaded_ranks)
@@ -114,22 +114,19 @@ def check_fetched(plan: Plan, local_root: str, names: set[str]) -> None:
                                f"{plan.source.path_of(name)} there before converting)")
 
 
-def source_files(plan: Plan, local_root: str, config: ReshardConfig = DEFAULT) -> SourceFiles:
+def source_files(plan: Plan, local_root: str) -> SourceFiles:
     """Where execute's workers read each source file: the plan's 'remote' files in place (with
-    this process's obs_io configuration), the others under local_root, as the run's `config`
-    says. The headers the plan read of remote and fetched files go with them: no worker reads
-    them again."""
+    this process's obs_io configuration), the others under local_root. The headers the plan
+    read of remote and fetched files go with them: no worker reads them again."""
     assert plan.source is not None
     remote = frozenset(plan.files_in_mode("remote"))
     indexes = {n: u.index for n, u in plan.source_use.items() if u.index is not None}
     if not remote:
-        return SourceFiles(local_root, plan.source.base if indexes else None, indexes=indexes,
-                           config=config)
+        return SourceFiles(local_root, plan.source.base if indexes else None, indexes=indexes)
     import obs_io
     log.info("reading %d source file(s) in place from %s by ranged GETs: %s", len(remote),
              plan.source.base, ", ".join(sorted(remote)))
-    return SourceFiles(local_root, plan.source.base, remote, obs_io.current_config(), indexes,
-                       config=config)
+    return SourceFiles(local_root, plan.source.base, remote, obs_io.current_config(), indexes)
 
 
 def crc_duties(plan: Plan, local_root: str, only: set[str] | None = None) -> list[str]:
@@ -186,7 +183,7 @@ def finish_plan(plan: Plan, local_root: str, dst_root: str, config: ReshardConfi
         "source strategy": plan.src_strategy.source if plan.src_strategy else None,
         "destination strategy": plan.dst_strategy.source if plan.dst_strategy else None})
     budget, peak = memory_budget(plan, config)
-    files = source_files(plan, local_root, config)
+    files = source_files(plan, local_root)
     upload, stored = _upload(plan, files, config, upload_to, upload_skip, upload_records)
     pending = {rp.rank for rp in pending_ranks(plan, files, dst_root)} - set(stored)
     # what the ranks still to convert read (a rerun may need none of the source; a copy reads

@@ -8,11 +8,13 @@ import errno
 import os
 import time
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from reshard import api, assemble, plan
+from reshard import api, assemble, plan, run
+from reshard.config import DEFAULT
 from reshard.formats import TensorMeta, open_reader, open_writer
 from reshard.formats import base
 from reshard.formats.ckpt_format import CRC_TRAILER_LEN
@@ -31,6 +33,9 @@ def world(tmp_path_factory):
     return w
 
 
+THREADED = replace(DEFAULT, write_inline_bytes=0)   # every block through the writer's threads
+
+
 @pytest.fixture
 def slow_disk(monkeypatch):
     """Every block the writing thread writes waits first: the assembly runs ahead of it."""
@@ -40,22 +45,28 @@ def slow_disk(monkeypatch):
         time.sleep(0.0005)
         real(self, data)
     monkeypatch.setattr(base._Checksummed, "_write", slow)
-    monkeypatch.setattr(base, "INLINE_BYTES", 0)   # every block through the threads
+
+
+def _convert(src: str, dst: str, config, src_strategy=None, dst_strategy=None) -> None:
+    """A local conversion through the orchestrator, with the test's config."""
+    request = run.Request(api.find_sources(src), api.load_strategy(src_strategy),
+                          api.load_strategy(dst_strategy), dst, source_mode=None)
+    run.run(request, config)
 
 
 @pytest.mark.parametrize("pipe_bytes, chunk_bytes", [
     (1024, plan.CHUNK_BYTES),   # many chunks per tensor, in turns through the two halves
-    (assemble.PIPE_BYTES, 1),   # buffer = the longest row: those take the whole buffer
+    (DEFAULT.pipe_chunk_bytes, 1),   # buffer = the longest row: those take the whole buffer
 ])
 def test_chunked_assembly_on_a_slow_disk_is_bit_for_bit(world, tmp_path, monkeypatch, slow_disk,
                                                          pipe_bytes, chunk_bytes):
-    monkeypatch.setattr(assemble, "PIPE_BYTES", pipe_bytes)
+    config = replace(THREADED, pipe_chunk_bytes=pipe_bytes)
     monkeypatch.setattr(plan, "CHUNK_BYTES", chunk_bytes)
     # 8 ranks in one process share its buffer: a rank starts while the last one is written
-    api.transform(world["full"], str(tmp_path / "8"), dst_strategy=world["s8"])
+    _convert(world["full"], str(tmp_path / "8"), config, dst_strategy=world["s8"])
     synth.assert_same_checkpoint_dirs(world["ms8"], str(tmp_path / "8"))
     # merging column halves (mp) into one complete file
-    api.transform(world["ms8"], str(tmp_path / "1"), src_strategy=world["s8"])
+    _convert(world["ms8"], str(tmp_path / "1"), config, src_strategy=world["s8"])
     synth.assert_same_checkpoint_dirs(world["ms1"], str(tmp_path / "1"))
 
 
@@ -63,7 +74,7 @@ def test_halves_take_turns_and_wait_for_their_writer(tmp_path, slow_disk):
     buf = np.zeros(1 << 16, np.uint8)
     halves = assemble.Halves()
     meta = TensorMeta("w", "UInt8", (6, 1 << 14))
-    with open_writer(str(tmp_path / "a.ckpt"), [meta]) as writer:
+    with open_writer(str(tmp_path / "a.ckpt"), [meta], config=THREADED) as writer:
         seen = []
         for i in range(6):
             raw, turn = halves.take(buf, 1 << 14)
@@ -81,7 +92,7 @@ def test_write_returns_once_the_chunk_may_change(tmp_path, slow_disk):
     meta = TensorMeta("w", "Float32", (1 << 18,))
     chunk = np.arange(1 << 18, dtype=np.float32)
     expected = chunk.copy()
-    with open_writer(str(tmp_path / "w.ckpt"), [meta]) as writer:
+    with open_writer(str(tmp_path / "w.ckpt"), [meta], config=THREADED) as writer:
         writer.write("w", chunk)
         chunk[:] = -1
     assert (open_reader(str(tmp_path / "w.ckpt")).read("w") == expected).all()
@@ -92,7 +103,7 @@ def test_crc_trailer_is_the_running_checksum(tmp_path, slow_disk):
     the writer's own summing (computed on its thread)."""
     metas = [TensorMeta("a", "Float16", (300, 1000)), TensorMeta("b", "Int32", (7,))]
     path = str(tmp_path / "c.ckpt")
-    with open_writer(path, metas, crc_check=True) as writer:
+    with open_writer(path, metas, crc_check=True, config=THREADED) as writer:
         writer.send("a", np.ones((300, 1000), np.float16))
         writer.write("b", np.arange(7, dtype=np.int32))
     data = open(path, "rb").read()
@@ -146,7 +157,7 @@ def test_write_error_on_the_writing_thread_reaches_the_caller(monkeypatch):
 
 def test_abort_drops_what_is_queued_and_the_temp_file(tmp_path, monkeypatch, slow_disk):
     meta = TensorMeta("w", "UInt8", (64, 1 << 16))
-    writer = open_writer(str(tmp_path / "x.ckpt"), [meta])
+    writer = open_writer(str(tmp_path / "x.ckpt"), [meta], config=THREADED)
     ticket = 0
     for _ in range(64):
         ticket = writer.send("w", np.zeros((1, 1 << 16), np.uint8))

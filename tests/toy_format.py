@@ -49,7 +49,7 @@ class ToyReader(CheckpointReader):
 
 class ToyWriter(CheckpointWriter):
     def __init__(self, path, metas, **options):
-        super().__init__(path, metas)
+        super().__init__(path, metas, **options)
         self._entries: list[list] = []
 
     def _begin_value(self, meta: TensorMeta, nbytes: int) -> None:

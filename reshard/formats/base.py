@@ -20,11 +20,6 @@ from reshard.formats.regions import (ByteSource, Extent, LocalSource, Region, no
 from reshard.config import DEFAULT, ReshardConfig
 from reshard.sources import is_url
 
-WRITE_BYTES = 4 << 20
-# A block this small with nothing queued is written and summed by the caller (_Checksummed).
-INLINE_BYTES = 64 << 10
-# The writer starts the disk's writeback of every this many bytes written (_Checksummed).
-WRITEBACK_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -170,7 +165,7 @@ class _Checksummed:
     block and returns: the block must stay unchanged until wait() says it is consumed. A small
     block with nothing queued is done inline (a hand-off costs more than it does).
 
-    The writing thread also starts the disk's writeback every WRITEBACK_BYTES (Linux:
+    The writing thread also starts the disk's writeback every config.writeback_bytes (Linux:
     sync_file_range), so the fsync at commit finds little left to write. Without it the page
     cache holds the whole file (far below the kernel's dirty limits) and the disk only starts
     at the fsync: a single big file would wait for its fsync as long as for its conversion.
@@ -180,9 +175,10 @@ class _Checksummed:
     abort, queued blocks dropped unwritten).
     """
 
-    def __init__(self, f, path: str):
+    def __init__(self, f, path: str, config: ReshardConfig = DEFAULT):
         self._f = f
         self._path = path        # the final name, for the user's one line on a write error
+        self._inline_bytes, self._writeback_bytes = config.write_inline_bytes, config.writeback_bytes
         self.size = 0            # bytes handed to write()
         self.crc32 = 0
         self._cond = threading.Condition()
@@ -200,7 +196,7 @@ class _Checksummed:
         n = memoryview(data).nbytes
         with self._cond:
             self.check()
-            if n <= INLINE_BYTES and self._done[0] == self._done[1] == self.size:
+            if n <= self._inline_bytes and self._done[0] == self._done[1] == self.size:
                 try:
                     self._write(data)   # both threads idle: nothing to overtake
                 except OSError as exc:
@@ -298,7 +294,7 @@ class _Checksummed:
         except OSError as exc:   # ENOSPC, EIO: name the file, not just the errno
             raise OSError(exc.errno, f"{exc.strerror} writing", self._path) from None
         self._written += n
-        if _start_writeback is not None and self._written - self._flushed >= WRITEBACK_BYTES:
+        if _start_writeback is not None and self._written - self._flushed >= self._writeback_bytes:
             # only a head start: errors are the fsync's to report
             _start_writeback(self._f.fileno(), self._flushed, self._written - self._flushed,
                              _SYNC_FILE_RANGE_WRITE)
@@ -311,10 +307,13 @@ class CheckpointWriter:
     Nothing ever appears under the final name unless commit() succeeds. As a context manager
     it commits on a clean exit (when not committed or aborted already) and aborts on an
     exception. Subclasses encode: _begin_value / _write_content / _end_value / _finish.
+    config: the run's ReshardConfig (write_slice_bytes, write_inline_bytes, writeback_bytes).
     """
 
-    def __init__(self, path: str | os.PathLike, metas: Sequence[TensorMeta]):
+    def __init__(self, path: str | os.PathLike, metas: Sequence[TensorMeta],
+                 config: ReshardConfig = DEFAULT):
         self.path = os.fspath(path)
+        self.config = config
         self.metas = list(metas)
         seen = set()
         for meta in self.metas:
@@ -326,7 +325,7 @@ class CheckpointWriter:
         self.temp_path = temp_name(os.path.abspath(self.path))
         # "x": a new file, never one (or a link) already under the temporary name; the final
         # name is replaced by the rename, link or not, never written through
-        self._file = _Checksummed(open(self.temp_path, "xb"), self.path)
+        self._file = _Checksummed(open(self.temp_path, "xb"), self.path, config)
         self._pos = 0            # index into metas of the value being written
         self._left: int | None = None  # bytes still due for metas[_pos]; None = not begun
         self._rows = 0           # axis-0 rows received for metas[_pos]
@@ -478,11 +477,11 @@ class CheckpointWriter:
         self._put(data)
 
     def _put(self, data) -> None:
-        """To the file in WRITE_BYTES slices: one write() of hundreds of MiB runs at a third of
-        the speed of the same bytes in MiB-sized writes (measured: 520 vs 1650 MB/s)."""
+        """To the file in slices of config.write_slice_bytes (why: its docstring)."""
         view = memoryview(data)
-        for off in range(0, len(view), WRITE_BYTES):
-            self._file.write(view[off:off + WRITE_BYTES])
+        step = self.config.write_slice_bytes
+        for off in range(0, len(view), step):
+            self._file.write(view[off:off + step])
 
     def _end_value(self, meta: TensorMeta) -> None:
         pass

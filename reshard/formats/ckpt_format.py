@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from obs_io.crc import crc32
+from reshard.config import DEFAULT, ReshardConfig
 from reshard.formats.base import CheckpointReader, CheckpointWriter, FileIndex
 from reshard.formats.interface import CheckpointFormat
 from reshard.formats.meta import KNOWN_DTYPES, RAW_DTYPES, STORAGE_DTYPES, FormatError, TensorMeta
@@ -291,8 +292,9 @@ class CkptWriter(CheckpointWriter):
     every record byte, which is the file's own running checksum (records start the file), so
     it is taken from the writer's summing rather than summed twice."""
 
-    def __init__(self, path, metas: Sequence[TensorMeta], crc_check: bool = False):
-        super().__init__(path, metas)
+    def __init__(self, path, metas: Sequence[TensorMeta], crc_check: bool = False,
+                 config: ReshardConfig = DEFAULT):
+        super().__init__(path, metas, config)
         self._crc_check = crc_check
         self._record_left = 0
         self._value_left = 0

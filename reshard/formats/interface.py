@@ -25,7 +25,8 @@ this order:
    checksum covers, checked while it downloads (reshard.fetch) or by `reader.check_crc()`
    before a local one is converted (reshard.api).
 5. writing: `output_name(rank, prefix)` is each destination rank's file, relative to the output
-   folder; `writer(path, metas, **options)` writes it.
+   folder; `writer(path, metas, **options)` writes it (the engine passes config=, the run's
+   ReshardConfig, for base.CheckpointWriter; the same for `reader(..., config=)`).
 6. verifying: `in_set(name)` says which files below a written set's folder the integrity
    manifest covers.
 

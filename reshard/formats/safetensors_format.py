@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from obs_io.cleanup import on_failure
+from reshard.config import DEFAULT, ReshardConfig
 from reshard.formats.base import CheckpointReader, CheckpointWriter
 from reshard.formats.interface import CheckpointFormat
 from reshard.formats.meta import STORAGE_DTYPES, FormatError, TensorMeta
@@ -92,8 +93,8 @@ class SafetensorsReader(CheckpointReader):
 
 class SafetensorsWriter(CheckpointWriter):
     def __init__(self, path, metas: Sequence[TensorMeta],
-                 metadata: dict[str, str] | None = None):
-        super().__init__(path, metas)
+                 metadata: dict[str, str] | None = None, config: ReshardConfig = DEFAULT):
+        super().__init__(path, metas, config)
         with on_failure(self.abort):
             self._file.write(header_bytes(self.metas, metadata, self.path))
 
