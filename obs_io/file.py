@@ -53,9 +53,8 @@ def copy(src_url: str, dst_url: str, client_id=None) -> None:
         client_id: accepted, unused (see above).
 
     Raises:
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     execute([plan_file(src_url, dst_url)], threads=10, desc=f"copy {src_url}", show_progress=False)
 
@@ -90,9 +89,8 @@ def copy_parallel(src_url: str, dst_url: str, file_list: Iterable[str | DirEntry
 
     Raises:
         MoxFileNameDuplicateException: names that collide on a local disk.
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     check(src_url, dst_url)
     try:
@@ -113,9 +111,8 @@ def exists(url: str) -> bool:
         True when something is there.
 
     Raises:
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     return backend(url).exists(url)
 
@@ -130,9 +127,8 @@ def is_directory(url: str) -> bool:
         True for a folder.
 
     Raises:
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     return backend(url).isdir(url)
 
@@ -157,9 +153,8 @@ def list_directory(url: str, recursive: bool = False, remove_sep: bool = False, 
     Raises:
         FileNotFoundError: no such folder.
         NotADirectoryError: url is a file.
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     return [e.name for e in list_entries(url, recursive)
             if not (skip_dir if e.dir else skip_file)]
@@ -200,9 +195,8 @@ def scan_dir(url: str) -> _ScanDir:
 
     Raises:
         FileNotFoundError: no such folder.
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     return _ScanDir(list_entries(url))
 
@@ -225,9 +219,8 @@ def walk(url: str, topdown: bool = True, onerror=None,
         (folder, sub-folder names, file names).
 
     Raises:
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     if not is_remote(url):
         yield from os.walk(url, topdown=topdown, onerror=onerror, followlinks=followlinks)
@@ -266,9 +259,8 @@ def glob(url: str) -> list[str]:
         The matches, sorted ([] for none).
 
     Raises:
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     pattern = url
     if not is_remote(pattern):
@@ -301,9 +293,8 @@ def stat(url: str) -> StatResult:
     Raises:
         FileNotFoundError: nothing there (on object storage moxing's
             MoxFileNotExistsException, a subclass).
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     return backend(url).stat(url)
 
@@ -322,9 +313,8 @@ def get_size(url: str, recursive: bool = False) -> int:
 
     Raises:
         FileNotFoundError: nothing there.
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     if recursive:
         try:
@@ -342,9 +332,8 @@ def make_dirs(url: str) -> None:
         url: the folder, a local path or URL.
 
     Raises:
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     backend(url).makedirs(url)
 
@@ -357,9 +346,8 @@ def mk_dir(url: str) -> None:
 
     Raises:
         FileExistsError: it exists (locally).
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     backend(url).mkdir(url)
 
@@ -377,9 +365,8 @@ def remove(url: str, recursive: bool = False) -> None:
     Raises:
         IsADirectoryError: a folder without recursive=True.
         FileNotFoundError: nothing there.
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     backend(url).rm(url, recursive)
 
@@ -400,9 +387,8 @@ def abort_uploads(folder: str, before: datetime.datetime | None = None, names: I
         How many were aborted (0 on a store whose writers leave nothing).
 
     Raises:
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     return backend(folder).abort_uploads(folder, before, names)
 
@@ -417,9 +403,8 @@ def rename(src_url: str, dst_url: str) -> None:
 
     Raises:
         FileNotFoundError: nothing at src_url.
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     check(src_url, dst_url)
     if not is_remote(src_url) and not is_remote(dst_url):
@@ -450,9 +435,8 @@ def read(url: str, binary: bool = False, client_id=None):
     Raises:
         FileNotFoundError: nothing there.
         ObjectChanged: the object was replaced during each of three reads.
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     for attempt in range(3):
         try:
@@ -473,9 +457,8 @@ def write(url: str, data, binary: bool = False, client_id=None) -> None:
         client_id: accepted, unused (see above).
 
     Raises:
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     with File(url, "wb" if binary else "w") as f:
         f.write(data)
@@ -487,14 +470,13 @@ def append(url: str, data, binary: bool = False, client_id=None) -> None:
 
     Args:
         url: the file, local path or URL (created when missing).
-        data: str, or bytes with binary=True.
-        binary: data is bytes.
+        data: what to append: str, or bytes with binary=True.
+        binary: data is bytes (else str, written as UTF-8).
         client_id: accepted, unused (see above).
 
     Raises:
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     with File(url, "ab" if binary else "a") as f:
         f.write(data)
@@ -511,9 +493,8 @@ def append_remote(src_url: str, dst_url: str, client_id=None) -> None:
 
     Raises:
         FileNotFoundError: nothing at src_url.
-        ValueError: a malformed obs:// / s3:// URL (or one with its scheme mistyped).
-        OSError: the store's or the disk's one-line error (obs_io.errors: FileNotFoundError for
-            a missing source, PermissionError for a refusal, ConnectionError for no answer).
+        ValueError: a malformed URL.
+        OSError: the store's or the disk's one-line error (the module's docstring).
     """
     check(src_url, dst_url)
     with File(src_url, "rb") as src, File(dst_url, "ab") as dst:
