@@ -204,10 +204,10 @@ def test_corrupt_source_found_while_converting_is_one_line(data, tmp_path, capsy
     shutil.copyfile(data["full"], src)
     real_open = formats.open_reader
 
-    def truncating_open(path):
+    def truncating_open(path, **options):
         with open(path, "r+b") as f:   # the file shrinks between planning and reading
             f.truncate(os.path.getsize(path) // 2)
-        return real_open(path)
+        return real_open(path, **options)
 
     out = str(tmp_path / "out")
     execute_open = execute.open_reader
