@@ -448,13 +448,13 @@ def read(url: str, binary: bool = False, client_id=None):
 
 
 def write(url: str, data, binary: bool = False, client_id=None) -> None:
-    """Replace the file with `data`, all or nothing: published on success only.
+    """Replace the file with `data`, all or nothing: published on success only. client_id is
+    accepted and unused (see above).
 
     Args:
         url: the file, local path or URL.
         data: str, or bytes with binary=True.
         binary: data is bytes.
-        client_id: accepted, unused (see above).
 
     Raises:
         ValueError: a malformed URL.
