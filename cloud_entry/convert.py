@@ -4,7 +4,7 @@ how converted ranks go up to remote_save_url) and the engine does the rest in it
 order (plan, complete with every check before the first write, stage, finish, execute).
 
 The engine converts every rank of this node's blocks in one call with one process per block
-(ReshardConfig.process_count), so the memory bound (max_memory) is the engine's to keep for all
+(ReshardConfig.process_num), so the memory bound (max_memory) is the engine's to keep for all
 of them.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ class JobSubscriber(reshard.Subscriber):
 
     def on_start(self, finished) -> None:
         log.info("converting ranks %s in %d process(es)", ",".join(str(rp.rank) for rp in finished.plan.ranks),
-                 finished.config.process_count)
+                 finished.config.process_num)
 
     def on_rank_done(self, rank, uploaded: bool) -> None:
         if self.uploader is not None and not uploaded:

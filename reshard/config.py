@@ -18,9 +18,9 @@ class ReshardConfig:
     """How a plan is finished and executed (reshard.run), and the bounds of its waits.
 
     Raises:
-        ReshardError: process_count below 1 (named after the flag, process_num).
+        ReshardError: process_num below 1.
     """
-    process_count: int = 1
+    process_num: int = 1
     """Destination ranks converted at once, in as many worker processes (1: in this process,
     each rank's commit overlapping the next rank's reads)."""
     max_memory_bytes: int | None = None
@@ -148,8 +148,8 @@ class ReshardConfig:
 
     def __post_init__(self) -> None:
         from .errors import ReshardError
-        if self.process_count < 1:
-            raise ReshardError(f"process_num {self.process_count}: must be at least 1")
+        if self.process_num < 1:
+            raise ReshardError(f"process_num {self.process_num}: must be at least 1")
 
 
 DEFAULT = ReshardConfig()

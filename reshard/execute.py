@@ -845,7 +845,7 @@ def pending_ranks(plan: Plan, src_root: SourceFiles | str, dst_root: str) -> lis
 
 def run_plan(fp: "FinishedPlan", files: SourceFiles, subscriber: "Subscriber", feed=None) -> RunResult:
     """Convert every rank of a finished plan (reshard.finish) not already done, reading the
-    source files where `files` says; at most config.process_count at once and never more than
+    source files where `files` says; at most config.process_num at once and never more than
     fp.budget_bytes of rank costs in flight. A rank with the same bytes as an earlier one
     (plan.same_as) is not converted: the process that writes that rank makes it from its file
     (make_copies). subscriber.on_rank_done(rp, uploaded): called in this process, one call at
@@ -867,7 +867,7 @@ def run_plan(fp: "FinishedPlan", files: SourceFiles, subscriber: "Subscriber", f
     todo, copies, skipped, made = _keep_done(fp, files, done)
     if feed is not None:
         todo.sort(key=feed.horizon)   # stable: plan order among equals
-    if config.process_count <= 1 or len(todo) <= 1:   # this process converts: its log is transform_0
+    if config.process_num <= 1 or len(todo) <= 1:   # this process converts: its log is transform_0
         handler = _process_log(config.log_dir, 0) if todo else None
         try:
             written = _run_pipelined(todo, files, dst_root, plan.fmt, done, fp.upload, config, copies)
@@ -943,7 +943,7 @@ class _Pool:
         ctx = multiprocessing.get_context("spawn")
         self.committed = ctx.Queue()
         killed: list[int] | None = None
-        with ProcessPoolExecutor(max_workers=min(self.config.process_count, self.todo_count),
+        with ProcessPoolExecutor(max_workers=min(self.config.process_num, self.todo_count),
                                  mp_context=ctx, initializer=_worker_init,
                                  initargs=(self.config.log_dir, ctx.Value("i", 0), self.committed,
                                            self.config.stop_grace_seconds, os.getpid())) as pool:
@@ -966,7 +966,7 @@ class _Pool:
     def _start(self, pool: ProcessPoolExecutor) -> None:
         """Start ranks while processes are free and their costs fit the budget (one at least)."""
         started = True
-        while self.pending and len(self.running) < self.config.process_count and started:
+        while self.pending and len(self.running) < self.config.process_num and started:
             started = False
             for i, rp in enumerate(self.pending):
                 cost = self.cost(rp)

@@ -149,14 +149,14 @@ class SourceFetcher:
     def preload(self, plan: Plan, s3_config=None) -> dict[str, list[tuple[int, int, bytes]]]:
         """name -> (offset, length, bytes) of its preload_runs, read now by ranged GETs pinned to
         the version the plan's headers describe (ReshardError naming the URL)."""
-        from .formats.remote import RemoteSource
+        from .formats.remote import ObjectBytes
         out: dict[str, list[tuple[int, int, bytes]]] = {}
         for name in self.order:
             index = self.indexes[name]
             runs = preload_runs(plan, name, index, self.config)
             if not runs:
                 continue
-            src = RemoteSource(self._url(name), s3_config, known=(index.size, index.version),
+            src = ObjectBytes(self._url(name), s3_config, known=(index.size, index.version),
                                config=self.config)
             try:
                 out[name] = [(a, n, src.read_at(a, n)) for a, n in runs]

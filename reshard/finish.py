@@ -83,7 +83,7 @@ def default_max_memory() -> int:
 
 
 def memory_budget(plan: Plan, config: ReshardConfig) -> tuple[int, int]:
-    """(budget, expected peak) in bytes of config.process_count processes within
+    """(budget, expected peak) in bytes of config.process_num processes within
     config.max_memory_bytes; ReshardError when one rank alone exceeds the budget."""
     budget = config.max_memory_bytes if config.max_memory_bytes is not None else default_max_memory()
     base = config.process_base_bytes
@@ -100,7 +100,7 @@ def memory_budget(plan: Plan, config: ReshardConfig) -> tuple[int, int]:
                 raise ReshardError(f"max_memory {human_size(budget)} is below the "
                                    f"{human_size(cost + base)} that destination rank "
                                    f"{rp.rank} needs (largest tensor {big.name})")
-    return budget, expected_peak(costs, config.process_count, budget - base, base)
+    return budget, expected_peak(costs, config.process_num, budget - base, base)
 
 
 def check_fetched(plan: Plan, local_root: str, names: set[str]) -> None:
@@ -195,14 +195,14 @@ def finish_plan(plan: Plan, local_root: str, dst_root: str, config: ReshardConfi
     if upload is not None:
         streams = [upload.chunks * upload.part_bytes(rp) for rp in plan.ranks if rp.rank in converting]
         # per converting process: the rank being written and the one whose upload is ending
-        extra = sum(sorted(streams, reverse=True)[:2 * config.process_count])
+        extra = sum(sorted(streams, reverse=True)[:2 * config.process_num])
         budget, peak = budget - extra, peak + extra
     if fetched:
         fetching = fetch_bytes(config)
         budget, peak = budget - fetching, peak + fetching
     checked = check_source_crcs(plan, local_root, only=needed_now - fetched)
     log.info("plan: %d destination ranks, %d process(es), expected peak %.1f MiB "
-             "(budget %.1f MiB)", len(plan.ranks), config.process_count, peak / 2**20, budget / 2**20)
+             "(budget %.1f MiB)", len(plan.ranks), config.process_num, peak / 2**20, budget / 2**20)
     return FinishedPlan(plan, local_root, dst_root, config, files, budget - config.process_base_bytes,
                         peak, frozenset(pending), frozenset(converting), stored, tuple(sorted(fetched)),
                         tuple(checked), upload)
@@ -220,7 +220,7 @@ def _upload(plan: Plan, files: SourceFiles, config: ReshardConfig, upload_to: st
 
 def execute_finished(fp: FinishedPlan, subscriber: Subscriber | None = None) -> TransformReport:
     """Write the ranks of a finished plan: <fp.dst_root>/<rank's path>, at most
-    config.process_count at once within fp.budget_bytes, fp.download downloading meanwhile,
+    config.process_num at once within fp.budget_bytes, fp.download downloading meanwhile,
     each rank uploaded while written where fp.upload says. subscriber.on_rank_done hears of each
     rank as soon as it is complete under its final name (written now, copied, or kept), in this
     process, one call at a time.

@@ -13,7 +13,7 @@ The call order:
               A dry run stops here.
 4. rerun      a remote output whose manifest records this very conversion is left as it is:
    check      nothing converted or uploaded (same_result)
-5. claim      the memory budget of config.process_count processes checked (an error leaves no
+5. claim      the memory budget of config.process_num processes checked (an error leaves no
               output behind), then the output is this run's while it is written
               (Request.claim; reshard.claim)
 6. stage      what killed runs left incomplete under this run's keys is aborted; the staging

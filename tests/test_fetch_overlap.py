@@ -199,12 +199,12 @@ def test_a_worker_never_takes_a_download_that_ends_between_its_looks_for_a_short
     size look, no timing. A completed download is read whole, never taken for a short or empty
     file ("0 bytes, not the 121611 its headers were read from", seen under load); a failed one
     is one line saying where it stopped."""
-    from reshard.formats.growing import Growing, GrowingSource
+    from reshard.formats.growing import Growing, GrowingBytes
     data = os.urandom(121611)
     final, temp = tmp_path / "full.ckpt", tmp_path / ".full.ckpt.part"
     temp.write_bytes(b"")
-    src = GrowingSource(str(final), Growing(str(temp)), len(data))
-    look, looks = GrowingSource._look, []
+    src = GrowingBytes(str(final), Growing(str(temp)), len(data))
+    look, looks = GrowingBytes._look, []
 
     def download_ends_after_the_look(self):
         have = look(self)
@@ -219,7 +219,7 @@ def test_a_worker_never_takes_a_download_that_ends_between_its_looks_for_a_short
                 if then == "committed and removed":
                     os.remove(final)
         return have
-    monkeypatch.setattr(GrowingSource, "_look", download_ends_after_the_look)
+    monkeypatch.setattr(GrowingBytes, "_look", download_ends_after_the_look)
     try:
         if then == "discarded":
             with pytest.raises(FormatError, match="its download stopped at byte 0 of 121611"):
@@ -234,12 +234,12 @@ def test_a_worker_never_takes_a_download_that_ends_between_its_looks_for_a_short
 def test_a_worker_opening_a_file_renamed_or_removed_meanwhile(tmp_path):
     """A worker opens the temporary name first: a download committed before the open is found
     under its final name; one that stopped (neither name) is one line."""
-    from reshard.formats.growing import Growing, GrowingSource
+    from reshard.formats.growing import Growing, GrowingBytes
     final, temp = tmp_path / "full.ckpt", tmp_path / ".full.ckpt.part"
     final.write_bytes(b"x" * 100)                       # committed: the temporary name is gone
-    src = GrowingSource(str(final), Growing(str(temp)), 100)
+    src = GrowingBytes(str(final), Growing(str(temp)), 100)
     assert src.read_at(0, 100) == b"x" * 100
     src.close()
     final.unlink()
     with pytest.raises(FormatError, match="its download stopped before this read"):
-        GrowingSource(str(final), Growing(str(temp)), 100)
+        GrowingBytes(str(final), Growing(str(temp)), 100)

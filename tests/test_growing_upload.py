@@ -130,7 +130,7 @@ def test_the_engine_uploads_each_rank_while_writing_it(models, bucket, proxy, tm
     told = []
     request = Request(plan.source, None, plan.dst_strategy, str(out), upload_to=remote,
                       upload_skip=frozenset(["rank_5/checkpoint_5.ckpt"]))
-    report = run(request, ReshardConfig(process_count=2),
+    report = run(request, ReshardConfig(process_num=2),
                  LeftToCaller(told), plan=plan)
     assert report.ranks_written == list(range(8))
     synth.assert_same_checkpoint_dirs(str(out), models["ref8"])
@@ -185,7 +185,7 @@ def test_replicas_are_written_and_uploaded_once_then_copied(world, bucket, proxy
     out, remote = tmp_path / "out", f"s3://{bucket}/replicas"
     told = []
     report = run(Request(plan.source, None, plan.dst_strategy, str(out), upload_to=remote),
-                 ReshardConfig(process_count=2),
+                 ReshardConfig(process_num=2),
                  LeftToCaller(told), plan=plan)
     assert report.ranks_written == list(range(8)) and told == []
     synth.assert_same_checkpoint_dirs(world["ms8"], str(out))
@@ -222,5 +222,5 @@ def test_an_upload_failing_behind_the_next_rank_stops_the_conversion(world, buck
     remote = f"s3://{bucket}/refused"
     with pytest.raises(ReshardError, match=r"rank 4: uploading s3://.*/refused/rank_4/checkpoint_4\.ckpt"):
         run(Request(plan.source, None, plan.dst_strategy, str(tmp_path / "out"), upload_to=remote),
-            ReshardConfig(process_count=2), plan=plan)
+            ReshardConfig(process_num=2), plan=plan)
     assert not obs_io.file.exists(f"{remote}/rank_4/checkpoint_4.ckpt")

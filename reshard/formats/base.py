@@ -15,7 +15,7 @@ from obs_io.atomic import temp_name
 from obs_io.cleanup import on_failure
 from obs_io.crc import crc32
 from reshard.formats.meta import FormatError, TensorMeta, storage_view
-from reshard.formats.regions import (ByteSource, Extent, LocalSource, Region, normalize_region,
+from reshard.formats.regions import (FileBytes, Extent, LocalBytes, Region, normalize_region,
                                      read_region)
 from reshard.config import DEFAULT, ReshardConfig
 from reshard.sources import is_url
@@ -37,29 +37,29 @@ class FileIndex:
 
 
 def open_source(location: str, s3_config=None, index: FileIndex | None = None,
-                growing=None, config: ReshardConfig = DEFAULT) -> ByteSource:
-    """The ByteSource of a local path, or of an object-store URL (obs://, s3://, any store of
+                growing=None, config: ReshardConfig = DEFAULT) -> FileBytes:
+    """The FileBytes of a local path, or of an object-store URL (obs://, s3://, any store of
     obs_io.registry: read in place through the store's read_range; the store's client is
     imported only then; with an index, the object version it describes, without a head()
     request); growing: a formats.growing.Growing, for a local path still being
     downloaded in order (reads wait for their bytes; index required). config: the run's
     ReshardConfig (how an object is read in place: its remote_* fields)."""
     if growing is not None:
-        from reshard.formats.growing import GrowingSource
+        from reshard.formats.growing import GrowingBytes
         assert index is not None, "a file still downloading is opened with the plan's index"
-        return GrowingSource(location, growing, index.size, config)
+        return GrowingBytes(location, growing, index.size, config)
     if is_url(location):
-        from reshard.formats.remote import RemoteSource
+        from reshard.formats.remote import ObjectBytes
         known = (index.size, index.version) if index is not None else None
-        return RemoteSource(location, s3_config, known=known, config=config)
-    return LocalSource(location, config)
+        return ObjectBytes(location, s3_config, known=known, config=config)
+    return LocalBytes(location, config)
 
 
 class CheckpointReader:
     """An open checkpoint: `metas` (file order) plus ranged reads of any value.
 
     Subclasses only build the index (`metas`, `_extents`); reading is shared, through a
-    ByteSource (regions.py): a local file, or an object read in place by ranged GETs when the
+    FileBytes (regions.py): a local file, or an object read in place by ranged GETs when the
     location is an obs:// or s3:// URL (s3_config: obs_io's configuration to use, e.g. a
     worker's parent's; None: the current one; config: the run's ReshardConfig). Not
     thread-safe (one scratch buffer per reader): open one reader per thread.

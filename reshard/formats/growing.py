@@ -1,4 +1,4 @@
-"""A source file read while it is still being downloaded (reshard.fetch): the ByteSource of a
+"""A source file read while it is still being downloaded (reshard.fetch): the FileBytes of a
 local file that grows in file order.
 
 The parent's fetcher writes the object's bytes in order into a temporary file beside the final
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from reshard.formats.meta import FormatError
-from reshard.formats.regions import LocalSource
+from reshard.formats.regions import LocalBytes
 
 from reshard.config import DEFAULT, ReshardConfig
 
@@ -32,7 +32,7 @@ class Growing:
     preload: tuple = ()
 
 
-class GrowingSource(LocalSource):
+class GrowingBytes(LocalBytes):
     """`final`: the path the file has once downloaded; `growing`: where it grows until then
     and the runs already read (Growing); `size`: its size when complete (from the headers the
     plan read); `config`: the run's ReshardConfig (how regions are read, and how a read waits:
@@ -55,7 +55,7 @@ class GrowingSource(LocalSource):
         self.location = final
         self.size = size
         self._have = self._look()
-        self.readv = self._readv   # LocalSource binds os.preadv per instance: wait first
+        self.readv = self._readv   # LocalBytes binds os.preadv per instance: wait first
 
     def _readv(self, buffers: list, offset: int) -> int:
         need = min(self.size, offset + sum(len(b) for b in buffers))

@@ -6,7 +6,7 @@ close together are read as one span into a bounded scratch buffer and scattered 
 strided copy; runs far apart are read straight into the destination when it is contiguous there.
 Local files are read with os.preadv into existing buffers: no mmap (RSS stays honest), no
 whole-file reads, no intermediate bytes objects. Objects in a store are read through the same
-ByteSource interface by ranged GETs (remote.py), the runs of a region coalesced into few GETs.
+FileBytes interface by ranged GETs (remote.py), the runs of a region coalesced into few GETs.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ class Extent:
         object.__setattr__(self, "nbytes", offsets[-1])
 
 
-class ByteSource:
-    """Positional reads of one checkpoint file, whatever holds it: LocalSource (a file
-    descriptor) or remote.RemoteSource (ranged GETs of an object). Readers and the region
+class FileBytes:
+    """Positional reads of one checkpoint file, whatever holds it: LocalBytes (a file
+    descriptor) or remote.ObjectBytes (ranged GETs of an object). Readers and the region
     reader below use this interface alone, never a file descriptor.
 
     Subclasses set `location` (the path or URL, as the user named it: it is in every error),
@@ -109,7 +109,7 @@ class ByteSource:
             done += n
 
 
-class LocalSource(ByteSource):
+class LocalBytes(FileBytes):
     """A local file, read with os.preadv into the caller's buffers (no mmap, no copies)."""
 
     def __init__(self, path: str, config: ReshardConfig = DEFAULT):
@@ -142,7 +142,7 @@ def normalize_region(meta: TensorMeta, region: Region | None) -> Region:
     return region
 
 
-def read_region(src: ByteSource, extent: Extent, meta: TensorMeta, region: Region,
+def read_region(src: FileBytes, extent: Extent, meta: TensorMeta, region: Region,
                 out: np.ndarray) -> None:
     """Copy `region` of the tensor into `out` (region-shaped, storage dtype, any strides)."""
     shape = meta.shape
@@ -173,7 +173,7 @@ def read_region(src: ByteSource, extent: Extent, meta: TensorMeta, region: Regio
         _read_rows(src, extent, meta, base, rows, row_stride, run, dst, strides, k)
 
 
-def _read_rows(src: ByteSource, extent: Extent, meta: TensorMeta, base: int, rows: int,
+def _read_rows(src: FileBytes, extent: Extent, meta: TensorMeta, base: int, rows: int,
                row_stride: int, run: int, dst: np.ndarray, strides: list[int], k: int) -> None:
     """`rows` runs of `run` bytes starting at base, base+row_stride, ...; dst[r] is run r."""
     src.expect(extent, base, rows, row_stride, run)
@@ -218,7 +218,7 @@ def _read_rows(src: ByteSource, extent: Extent, meta: TensorMeta, base: int, row
             np.copyto(row_dst[p0:p0 + n], piece, casting="no")
 
 
-def _read_rows_direct(src: ByteSource, extent: Extent, name: str, base: int, rows: int,
+def _read_rows_direct(src: FileBytes, extent: Extent, name: str, base: int, rows: int,
                       row_stride: int, run: int, dst: memoryview) -> None:
     """Runs straight into the destination bytes: per-run Python and syscall overhead is what
     limits strided reads of small runs, so close runs go in batches through one scatter read."""

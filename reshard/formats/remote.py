@@ -1,4 +1,4 @@
-"""A checkpoint object read in place: the ByteSource of an object-store URL (obs://, s3://, any
+"""A checkpoint object read in place: the FileBytes of an object-store URL (obs://, s3://, any
 store of obs_io.registry), by ranged reads.
 
 Nothing of the object is written to local disk. Every read is the store's read_range
@@ -8,7 +8,7 @@ was opened: bytes of two versions are never spliced, a replaced object fails the
 ObjectChanged) instead.
 
 A GET costs tens of milliseconds whatever its size up to a few MiB, so reads are shaped for it:
-- the region reader announces the runs it is about to read (ByteSource.expect); a miss fetches
+- the region reader announces the runs it is about to read (FileBytes.expect); a miss fetches
   ahead over the runs still to come, reading through gaps of up to remote_gap_bytes (cheaper than
   another GET), up to remote_window_bytes and never past the region's last run: the runs of a slice
   cost a few GETs, not one per run;
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from reshard.config import DEFAULT, ReshardConfig
 from reshard.formats.meta import FormatError
-from reshard.formats.regions import ByteSource, Extent
+from reshard.formats.regions import FileBytes, Extent
 
 
 def open_bytes(config: ReshardConfig = DEFAULT) -> int:
@@ -53,7 +53,7 @@ def _storage_text(url: str, err: BaseException) -> str:
     return text[len(url) + 2:] if text.startswith(f"{url}: ") else text
 
 
-class RemoteSource(ByteSource):
+class ObjectBytes(FileBytes):
     """One object version, read by ranged reads (the store's read_range). s3_config: obs_io's
     S3Config to use (a worker process gets its parent's, set_auth included); None: obs_io's
     current one. known: (size, ETag) of the version to read, as an earlier HEAD found them (no
