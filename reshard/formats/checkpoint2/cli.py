@@ -1,23 +1,33 @@
-"""transform-checkpoint with a Checkpoint 2.0 source or output (local paths).
+"""transform-checkpoint with a Checkpoint 2.0 source or output.
 
 Reached through the registered format (format.Checkpoint2Format): reshard/cli.py asks every
 format for its flags (add_arguments) and, before a source is classified, whether the run is its
-(command -> wants, run). A Checkpoint 2.0 source may be local, obs:// or s3://. What
-this path does not do yet is refused in one line: an obs:// / s3:// output or strategy, --rank_id
-with a Checkpoint 2.0 output (written whole), --engine mindspore, --step. Whole outputs get the
-integrity manifest (`--verify`).
+(command -> wants, run). The source may be local, obs:// or s3://; strategies too (copied into
+the run's staging folder, as the engine's path does); an obs:// / s3:// output is written whole
+in that folder and then uploaded (publish.py: the tracker last, never a partial object under a
+final name). Refused in one line: --rank_id with a Checkpoint 2.0 output (written whole),
+--engine mindspore, --step (a step's <epoch>_<step> names no iteration). Whole outputs get the
+integrity manifest (`--verify`, local or remote).
 """
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 
+from obs_io.urls import join as _join
+
+from ... import integrity
+from ...cli import (_Stage, _block, _check_no_stale_files, _dst_flag, _show_as, _storage, _strategy_arg,
+                    stage_root)
 from ...errors import ReshardError
 from ...plan import PlanPolicy
+from ...run import result_digest
 from ...sources import check_output, is_url
-from ...strategy import load_strategy
+from ...strategy import Strategy
+from . import publish
 from .convert import open_source, plan, transform
-from .folder import is_checkpoint2
+from .folder import ITERATION_PREFIX, is_checkpoint2, iteration_dir, resolve_iteration
 from .write import RELEASES
 
 FORMAT = "checkpoint2"   # format.FORMAT.name
@@ -44,74 +54,170 @@ def wants(args) -> bool:
     if args.fmt == FORMAT or args.iteration is not None:
         return True
     if src and is_url(src):
-        from ...cli import _storage      # a storage failure: one line naming the flag
         with _storage("--src_checkpoint", src):
             return is_checkpoint2(src)
     return bool(src and os.path.isdir(src) and is_checkpoint2(src))
 
 
+@dataclass
+class _Conversion:
+    """What run converts, every flag resolved: the output as the user named it (dst: a local
+    folder or an obs:// / s3:// URL) and where it is written (local: dst itself, or a remote
+    output's copy in the run's staging folder); the strategies parsed (remote ones copied into
+    the staging folder first); the kinds of source and output; the destination ranks (None:
+    all) and the processes converting them."""
+    dst: str
+    local: str
+    src_strategy: Strategy | None
+    dst_strategy: Strategy | None
+    from_ckpt2: bool
+    to_ckpt2: bool
+    dst_ranks: list[int] | None
+    process_num: int
+
+    @property
+    def remote(self) -> bool:
+        return is_url(self.dst)
+
+
 def run(args) -> int:
-    """The conversion (flags already checked by the caller); prints the result line."""
+    """The conversion (flags already checked by the caller); prints the result line. Remote
+    strategies are copied into the run's staging folder (reshard.cli.stage_root), a remote output
+    is written there whole and then published (publish.py); the folder goes at the end."""
+    _refuse(args)
+    _destination(args)
+    stage = _Stage(stage_root(args))
+    try:
+        c = _resolve(args, stage)
+        if args.dry_run:
+            return _dry_run(args, c)
+        written = _convert(args, c)
+        manifest = _manifest(args, c, written)
+        if c.remote and _publish(args, c, written, manifest):
+            print(f"done: {c.dst} already holds this conversion (its {integrity.MANIFEST_NAME} records "
+                  "the same result); nothing uploaded")
+            return 0
+    finally:
+        stage.close()
+    print(f"done: wrote {len(written.files)} file(s) to {c.dst}" + (" (Checkpoint 2.0)" if c.to_ckpt2 else ""))
+    return 0
+
+
+def _refuse(args) -> None:
+    """What this path does not do, one line each, before anything is read."""
     if args.step is not None:
         raise ReshardError("--step does not go with a Checkpoint 2.0 source or output (--iteration "
-                           "names the iteration)")
+                           "names the iteration: a step's <epoch>_<step> does not name one)")
     if args.engine != "stream":
         raise ReshardError("--engine mindspore does not go with a Checkpoint 2.0 source or output")
-    dst_root = args.dst_checkpoint or args.dst_checkpoint_dir
+    if args.rank_id is not None and args.fmt == FORMAT:
+        raise ReshardError("--rank_id: a Checkpoint 2.0 folder is written whole, not in blocks")
+
+
+def _destination(args) -> None:
+    """args.dst_checkpoint as the conversion writes it: --dst_checkpoint_dir with the source's
+    folder name added, as MindFormers lays it out (a local path or a URL alike)."""
     if args.dst_checkpoint_dir:
-        dst_root = os.path.join(args.dst_checkpoint_dir,
-                                os.path.basename(os.path.normpath(args.src_checkpoint)))
-    for flag, value in (("--dst_checkpoint", dst_root), ("--src_strategy", args.src_strategy),
-                        ("--dst_strategy", args.dst_strategy)):
-        if value and is_url(value):
-            raise ReshardError(f"{flag} {value}: Checkpoint 2.0 conversions take local paths here yet "
-                               f"(a Checkpoint 2.0 source may be obs:// or s3://)")
-    check_output(dst_root, "--dst_checkpoint", {"--src_checkpoint": args.src_checkpoint,
-                                                "--src_strategy": args.src_strategy,
-                                                "--dst_strategy": args.dst_strategy})
-    to_ckpt2 = args.fmt == FORMAT
-    from_ckpt2 = is_checkpoint2(args.src_checkpoint)
-    dst_strategy = load_strategy(args.dst_strategy)
+        src = args.src_checkpoint
+        name = src.rstrip("/").rsplit("/", 1)[-1] if is_url(src) else os.path.basename(os.path.normpath(src))
+        args.dst_checkpoint = _join(args.dst_checkpoint_dir, name)
+
+
+def _resolve(args, stage: _Stage) -> _Conversion:
+    """The flags as one _Conversion, checked (one line naming the flag): the output not an
+    input, the world size the destination strategy's, --rank_id a block's leader, a remote
+    output free for this result."""
+    dst = args.dst_checkpoint or ""
+    check_output(dst, _dst_flag(args), {"--src_checkpoint": args.src_checkpoint,
+                                        "--src_strategy": args.src_strategy,
+                                        "--dst_strategy": args.dst_strategy})
+    src_strategy = _strategy_arg("--src_strategy", args.src_strategy, stage)
+    dst_strategy = _strategy_arg("--dst_strategy", args.dst_strategy, stage)
     world = dst_strategy.world_size if dst_strategy else 1
     if args.world_size is not None and world != args.world_size:
         raise ReshardError(f"--world_size {args.world_size} does not match the destination "
                            f"strategy's {world} ranks")
     dst_ranks, process_num = None, args.process_num
     if args.rank_id is not None:   # one block of rank folders, as the engine's path converts it
-        if to_ckpt2:
-            raise ReshardError("--rank_id: a Checkpoint 2.0 folder is written whole, not in blocks")
-        from ...cli import _block
         dst_ranks, process_num = _block(args.rank_id, world, args.process_num), 1
-    if args.dry_run:   # the plan (for a Checkpoint 2.0 output: of its shards, model and opt together)
-        src = open_source(args.src_checkpoint, load_strategy(args.src_strategy),
-                          iteration=args.iteration if from_ckpt2 else None,
-                          local_root=os.path.join(dst_root, "<fetched>"))
-        p = plan(src, dst_strategy, fmt="safetensors" if to_ckpt2 else args.fmt,
-                 prefix=args.prefix, local_root=os.path.join(dst_root, "<fetched>"), dst_ranks=dst_ranks)
-        print(p.dump(destination=dst_root))
-        if to_ckpt2:
-            print("output: a Checkpoint 2.0 iteration folder (each rank's model and opt values as "
-                  "MindFormers' shards, metadata.json, common.json, the tracker)")
-        return 0
-    written = transform(args.src_checkpoint, dst_root, dst_strategy=dst_strategy, dst_ranks=dst_ranks,
-                        src_strategy=load_strategy(args.src_strategy), fmt=args.fmt,
-                        iteration=args.iteration if from_ckpt2 or not to_ckpt2 else None,
-                        dst_iteration=None if from_ckpt2 else args.iteration,
-                        release=args.mindformers_release,
-                        prefix=None if to_ckpt2 and args.prefix == LEGACY_PREFIX else args.prefix,
-                        process_num=process_num, max_memory=args.max_memory,
-                        policy=PlanPolicy(args.allow_missing_params, args.keep_unnamed_params))
-    if dst_ranks is None:   # a whole set: its integrity manifest, last, as the engine's path
-        # writes it (a block is not a set)
-        from ... import integrity
-        from ...run import result_digest
-        manifest = integrity.SetManifest(
-            integrity.records(written.checksums), result_digest(written.plan, written.plan.local_root),
-            {"location": args.src_checkpoint, "files": written.plan.source.used_names()},
-            {"src": args.src_strategy or (written.plan.src_strategy.source if written.plan.src_strategy
-                                          else ""), "dst": args.dst_strategy or ""},
-            integrity.tool_version())
-        integrity.write(dst_root, manifest)
-    print(f"done: wrote {len(written.files)} file(s) to {dst_root}"
-          + (" (Checkpoint 2.0)" if to_ckpt2 else ""))
+    to_ckpt2 = args.fmt == FORMAT
+    c = _Conversion(dst, dst, src_strategy, dst_strategy, is_checkpoint2(args.src_checkpoint), to_ckpt2,
+                    dst_ranks, process_num)
+    if not to_ckpt2:
+        _check_no_stale_files(args, world)   # the engine's rule for rank folders
+    elif c.remote:
+        _check_iteration_free(args, c)
+    if c.remote and not args.dry_run:
+        c.local = stage.dir("dst_checkpoint")
+        _show_as(c.local, dst)
+    return c
+
+
+def _check_iteration_free(args, c: _Conversion) -> None:
+    """A remote Checkpoint 2.0 output whose iteration is known before converting (a Checkpoint
+    2.0 source's, or --iteration): its folder there holds no other save (checked again with
+    the result's digest before the upload)."""
+    iteration = args.iteration
+    if c.from_ckpt2:
+        with _storage("--src_checkpoint", args.src_checkpoint):
+            iteration = resolve_iteration(args.src_checkpoint, args.iteration)[2]
+    if iteration is not None:
+        with _storage(_dst_flag(args), c.dst):
+            publish.check_folder_free(c.dst, iteration_dir(iteration))
+
+
+def _dry_run(args, c: _Conversion) -> int:
+    """The plan (for a Checkpoint 2.0 output: of its shards, model and opt together)."""
+    fetched = os.path.join(c.dst or ".", "<fetched>")
+    src = open_source(args.src_checkpoint, c.src_strategy,
+                      iteration=args.iteration if c.from_ckpt2 else None, local_root=fetched)
+    p = plan(src, c.dst_strategy, fmt="safetensors" if c.to_ckpt2 else args.fmt,
+             prefix=args.prefix, local_root=fetched, dst_ranks=c.dst_ranks)
+    print(p.dump(destination=c.dst))
+    if c.to_ckpt2:
+        print("output: a Checkpoint 2.0 iteration folder (each rank's model and opt values as "
+              "MindFormers' shards, metadata.json, common.json, the tracker)")
     return 0
+
+
+def _convert(args, c: _Conversion):
+    """convert.transform into c.local."""
+    return transform(args.src_checkpoint, c.local, dst_strategy=c.dst_strategy, dst_ranks=c.dst_ranks,
+                     src_strategy=c.src_strategy, fmt=args.fmt,
+                     iteration=args.iteration if c.from_ckpt2 or not c.to_ckpt2 else None,
+                     dst_iteration=None if c.from_ckpt2 else args.iteration,
+                     release=args.mindformers_release,
+                     prefix=None if c.to_ckpt2 and args.prefix == LEGACY_PREFIX else args.prefix,
+                     process_num=c.process_num, max_memory=args.max_memory,
+                     policy=PlanPolicy(args.allow_missing_params, args.keep_unnamed_params))
+
+
+def _manifest(args, c: _Conversion, written) -> integrity.SetManifest | None:
+    """A whole set's integrity manifest, written last into c.local, as the engine's path writes
+    it (None for a block of ranks: a block is not a set)."""
+    if c.dst_ranks is not None:
+        return None
+    p = written.plan
+    manifest = integrity.SetManifest(
+        integrity.records(written.checksums), result_digest(p, p.local_root),
+        {"location": args.src_checkpoint, "files": p.source.used_names()},
+        {"src": args.src_strategy or (p.src_strategy.source if p.src_strategy else ""),
+         "dst": args.dst_strategy or ""},
+        integrity.tool_version())
+    integrity.write(c.local, manifest)
+    return manifest
+
+
+def _publish(args, c: _Conversion, written, manifest: integrity.SetManifest | None) -> bool:
+    """The set written in c.local uploaded to c.dst (publish.upload_set: the tracker last);
+    True when the store holds this very result already (nothing uploaded)."""
+    folder = None
+    if c.to_ckpt2:
+        folder = next(n.split("/", 1)[0] for n in written.files if n.startswith(ITERATION_PREFIX))
+    with _storage(_dst_flag(args), c.dst):
+        if manifest is not None and publish.holds(c.dst, manifest):
+            return True
+        if folder is not None:
+            publish.check_folder_free(c.dst, folder, manifest.result_digest)
+        publish.upload_set(c.local, c.dst, written.files, manifest, folder)
+    return False

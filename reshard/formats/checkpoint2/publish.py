@@ -1,0 +1,112 @@
+"""A conversion through the Checkpoint 2.0 path published on object storage (an obs:// / s3://
+--dst_checkpoint): the set is written whole in the run's local staging folder, then uploaded
+here with obs_io (copy_parallel: multipart through s3transfer, an object visible only once
+complete, a failed or interrupted transfer's multipart upload aborted, and what a killed run left
+incomplete under the same keys aborted by the next copy).
+
+The order, so that a reader never trusts a partial set:
+
+    1. a record, .reshard/checkpoint2.json: the iteration folder being written and the result's
+       digest (reshard.run.result_digest), so that a rerun of the same conversion may write
+       over what an interrupted one left in that folder, and nobody else's save is
+    2. the set's files: a Checkpoint 2.0 iteration's shards, metadata.json, common.json (or the
+       rank files of a rank-folder output)
+    3. conversion_manifest.json (a whole set)
+    4. the tracker, latest_checkpointed_iteration.txt, last: MindFormers reads the iteration it
+       names, which is whole by then; a run stopped before it leaves the store's tracker as it
+       was (none, or an earlier iteration's)
+    5. the record removed
+
+A rerun whose result the store holds already (its manifest: the same result digest, every file
+listed there with its size) uploads nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from ... import integrity
+from ...errors import ReshardError
+from ...execute import MANIFEST_DIR
+from ...sources import _join
+from .folder import TRACKER
+
+log = logging.getLogger("reshard")
+
+RECORD = f"{MANIFEST_DIR}/checkpoint2.json"   # below the output: what an unfinished upload writes
+
+
+def _listing(location: str) -> dict[str, int]:
+    import obs_io
+    try:
+        return {e.name: e.length for e in obs_io.file.list_entries(location, recursive=True) if e.is_file()}
+    except FileNotFoundError:   # not there yet
+        return {}
+
+
+def _remote_manifest(location: str) -> integrity.SetManifest | None:
+    try:
+        return integrity.read(location)
+    except ReshardError:   # none, or not ours: a record or a refusal decides
+        return None
+
+
+def _record(location: str) -> dict:
+    import obs_io
+    try:
+        data = json.loads(obs_io.file.read(_join(location, RECORD)))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def holds(location: str, manifest: integrity.SetManifest) -> bool:
+    """The store holds this very result: its manifest has the same result digest and every
+    file this result writes is there with the size written."""
+    theirs = _remote_manifest(location)
+    present = _listing(location)
+    return theirs is not None and theirs.result_digest == manifest.result_digest and \
+        set(manifest.files) <= set(theirs.files) and \
+        all(present.get(n) == r.size for n, r in theirs.files.items())
+
+
+def check_folder_free(location: str, folder: str, digest: str | None = None) -> None:
+    """Refuse (ReshardError, one line) an iteration folder on the store holding files that are
+    not an earlier run's of this conversion: the record of an unfinished upload, or the
+    manifest of a finished one, names it with this result's digest (digest None, before the
+    conversion: with any digest). Two saves never mix in one iteration folder."""
+    held = [n for n in _listing(location) if n.startswith(f"{folder}/")]
+    if not held:
+        return
+    record, theirs = _record(location), _remote_manifest(location)
+    claims = []
+    if record.get("folder") == folder:
+        claims.append(record.get("result_digest"))
+    if theirs is not None and any(n.startswith(f"{folder}/") for n in theirs.files):
+        claims.append(theirs.result_digest)
+    if not any(digest is None or c == digest for c in claims):
+        raise ReshardError(f"{_join(location, folder)}: exists already (refusing to mix two saves in "
+                           f"one iteration folder; {len(held)} file(s) there)")
+
+
+def upload_set(local: str, location: str, names: list[str], manifest: integrity.SetManifest | None,
+               folder: str | None) -> None:
+    """Upload the set written under local to location in the order of this module's docstring.
+    names: the set's files relative to local (the tracker among them for a Checkpoint 2.0);
+    manifest: None for a block of ranks (not a set); folder: the iteration folder written (None
+    for rank folders: no record, no tracker)."""
+    import obs_io
+    mox = obs_io.file
+    if folder is not None:
+        assert manifest is not None
+        mox.write(_join(location, RECORD), json.dumps({"folder": folder,
+                                                      "result_digest": manifest.result_digest}))
+    body = sorted(n for n in names if n != TRACKER)
+    log.info("uploading %d file(s) to %s", len(body), location)
+    mox.copy_parallel(local, location, file_list=body)
+    if manifest is not None:
+        integrity.write(location, manifest)
+    if TRACKER in names:   # last: the iteration it names is whole on the store now
+        mox.copy(_join(local, TRACKER), _join(location, TRACKER))
+    if folder is not None:
+        mox.remove(_join(location, RECORD))
