@@ -163,7 +163,7 @@ def _check_iteration_free(args, c: _Conversion) -> None:
             iteration = resolve_iteration(args.src_checkpoint, args.iteration)[2]
     if iteration is not None:
         with _storage(_dst_flag(args), c.dst):
-            publish.check_folder_free(c.dst, iteration_dir(iteration))
+            publish.check_folder_free(c.dst, iteration_dir(iteration), shown=f"{_dst_flag(args)} {c.dst}")
 
 
 def _dry_run(args, c: _Conversion) -> int:
@@ -218,6 +218,6 @@ def _publish(args, c: _Conversion, written, manifest: integrity.SetManifest | No
         if manifest is not None and publish.holds(c.dst, manifest):
             return True
         if folder is not None:
-            publish.check_folder_free(c.dst, folder, manifest.result_digest)
+            publish.check_folder_free(c.dst, folder, manifest.result_digest, f"{_dst_flag(args)} {c.dst}")
         publish.upload_set(c.local, c.dst, written.files, manifest, folder)
     return False

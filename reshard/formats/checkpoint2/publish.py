@@ -70,11 +70,12 @@ def holds(location: str, manifest: integrity.SetManifest) -> bool:
         all(present.get(n) == r.size for n, r in theirs.files.items())
 
 
-def check_folder_free(location: str, folder: str, digest: str | None = None) -> None:
+def check_folder_free(location: str, folder: str, digest: str | None = None, shown: str = "") -> None:
     """Refuse (ReshardError, one line) an iteration folder on the store holding files that are
     not an earlier run's of this conversion: the record of an unfinished upload, or the
     manifest of a finished one, names it with this result's digest (digest None, before the
-    conversion: with any digest). Two saves never mix in one iteration folder."""
+    conversion: with any digest). Two saves never mix in one iteration folder. shown: the
+    output as the user named it, with its flag, for the message."""
     held = [n for n in _listing(location) if n.startswith(f"{folder}/")]
     if not held:
         return
@@ -85,8 +86,9 @@ def check_folder_free(location: str, folder: str, digest: str | None = None) -> 
     if theirs is not None and any(n.startswith(f"{folder}/") for n in theirs.files):
         claims.append(theirs.result_digest)
     if not any(digest is None or c == digest for c in claims):
-        raise ReshardError(f"{_join(location, folder)}: exists already (refusing to mix two saves in "
-                           f"one iteration folder; {len(held)} file(s) there)")
+        raise ReshardError(f"{shown or location}: {folder} exists there already with {len(held)} file(s) "
+                           "(refusing to mix two saves in one iteration folder: remove it or choose "
+                           "another output)")
 
 
 def upload_set(local: str, location: str, names: list[str], manifest: integrity.SetManifest | None,

@@ -1,0 +1,164 @@
+"""transform-checkpoint with a Checkpoint 2.0 source or output and an obs:// / s3:// output or
+strategies (reshard/formats/checkpoint2/cli.py, publish.py), against the real S3 server the
+suite starts (moto in server mode): the uploaded set equals the local conversion file for file,
+byte for byte, and verifies; the tracker goes up last, so an interrupted upload (Ctrl-C, a kill)
+leaves no tracker and, once rerun, no orphan multipart upload; a rerun of a finished conversion
+uploads nothing; another save in the iteration folder, or stale rank files, are refused in one
+line with nothing written.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import obs_io
+import synth
+from conftest import errors_only
+from platform_harness import group_killed_after, upload
+from reshard import integrity
+from reshard.cli import main
+from reshard.formats.checkpoint2 import TRACKER
+from reshard.formats.checkpoint2.publish import RECORD
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data" / "checkpoint2"
+FIXTURE = "1.9.0-dp2mp2pp2-optshard"
+SMALL = dict(num_layers=2, vocab=16, hidden=8, ffn=16)
+ITERATION = "iteration_00001234"
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("strategy") / "mp4"
+    synth.write_strategy(str(folder), dp=1, mp=4, pp=1, params=synth.llama_params(**SMALL, optimizer=True))
+    return str(folder)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """relative name -> bytes of every file of a set (the manifest aside: it names the inputs
+    as given, a URL or a path; the engine's private state files aside)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and p.name != integrity.MANIFEST_NAME and ".reshard" not in p.parts}
+
+
+def downloaded(url: str, local: Path) -> dict[str, bytes]:
+    obs_io.file.copy_parallel(url, str(local), progress=False)
+    return files(local)
+
+
+def keys(client, bucket: str, prefix: str = "") -> set[str]:
+    return {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
+
+
+def test_checkpoint2_output_and_strategies_on_s3_equal_the_local_conversion(tmp_path, bucket, s3_server, mp4,
+                                                                          capsys):
+    """A Checkpoint 2.0 source on s3:// with an s3:// destination strategy, written as Checkpoint
+    2.0 and as rank folders to s3:// (each also by --dst_checkpoint_dir's layout): every file
+    the same bytes as the local conversion, --verify intact on the store, the staging folder
+    and the upload record gone, no multipart upload left; the same command again uploads
+    nothing."""
+    client = s3_server.client()
+    src = upload(str(DATA / FIXTURE), f"s3://{bucket}/src/{FIXTURE}")
+    dst_strategy = upload(mp4, f"s3://{bucket}/strategy/mp4")
+    work = tmp_path / "work"
+    for fmt in ("checkpoint2", "safetensors"):
+        local = tmp_path / f"local-{fmt}"
+        assert main(["--src_checkpoint", src, "--dst_strategy", mp4, "--format", fmt,
+                     "--dst_checkpoint", str(local)]) == 0
+        url = f"s3://{bucket}/out-{fmt}"
+        argv = ["--src_checkpoint", src, "--dst_strategy", dst_strategy, "--format", fmt,
+                "--dst_checkpoint", url, "--work_dir", str(work)]
+        assert main(argv) == 0
+        assert f"to {url}" in capsys.readouterr().out
+        assert downloaded(url, tmp_path / f"back-{fmt}") == files(local)
+        assert main(["--verify", url]) == 0
+        assert main(argv) == 0                      # a rerun: the store holds it already
+        assert "already holds this conversion" in capsys.readouterr().out
+        assert not any(work.iterdir())              # the staging folder went each time
+        assert not keys(client, bucket, f"out-{fmt}/{RECORD.split('/')[0]}/")
+    ck2 = files(tmp_path / "local-checkpoint2")
+    assert TRACKER in ck2 and f"{ITERATION}/CKP-opt-0000003-0000004.safetensors" in ck2
+    assert main(["--src_checkpoint", src, "--dst_strategy", dst_strategy, "--format", "checkpoint2",
+                 "--dst_checkpoint_dir", f"s3://{bucket}/parent", "--work_dir", str(work)]) == 0
+    assert downloaded(f"s3://{bucket}/parent/{FIXTURE}", tmp_path / "back-dir") == ck2
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_what_is_in_the_way_on_the_store_is_refused_nothing_written(tmp_path, bucket, s3_server, mp4, capsys):
+    """Another save in the iteration folder this conversion writes, or rank files a rank-folder
+    output would leave beside its own: one line naming the output, exit 2, nothing uploaded."""
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key=f"ck/{ITERATION}/CKP-model-0000000-0000001.safetensors", Body=b"x")
+    client.put_object(Bucket=bucket, Key="ranks/rank_7/checkpoint_7.safetensors", Body=b"x")
+    before = keys(client, bucket)
+    for fmt, url, culprit in (("checkpoint2", f"s3://{bucket}/ck", f"s3://{bucket}/ck: {ITERATION} exists there already"),
+                              ("safetensors", f"s3://{bucket}/ranks", "rank_7/checkpoint_7.safetensors")):
+        rc = main(["--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4, "--format", fmt,
+                   "--dst_checkpoint", url, "--work_dir", str(tmp_path / "w")])
+        err = errors_only(capsys.readouterr().err)
+        assert rc == 2 and len(err.splitlines()) == 1 and culprit in err and "--dst_checkpoint" in err, err
+    assert keys(client, bucket) == before
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill"])
+def test_an_interrupted_upload_leaves_no_tracker_and_a_rerun_completes(stop, tmp_path, bucket, s3_env, s3_server,
+                                                                      mp4):
+    """The upload of a Checkpoint 2.0 output stopped while a shard goes up in parts (Ctrl-C to
+    the process group, or SIGKILL): no tracker on the store (a reader sees no iteration), after
+    Ctrl-C no multipart upload left either; the same command again completes the set (what a
+    kill left incomplete aborted), equal to the local conversion, verified, no record left."""
+    from faultproxy import FaultProxy
+    client = s3_server.client()
+    local = tmp_path / "local"
+    assert main(["--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4, "--format", "checkpoint2",
+                 "--dst_checkpoint", str(local)]) == 0
+    started, frozen = threading.Event(), threading.Event()
+    procs: list[subprocess.Popen] = []
+
+    def freeze(method: str, path: str):   # the run held still as a shard's part goes up
+        if method == "PUT" and f"/out/{ITERATION}/" in path and "partNumber=" in path and not frozen.is_set():
+            started.wait(30)
+            os.killpg(procs[0].pid, signal.SIGSTOP)
+            frozen.set()
+        return None
+
+    with FaultProxy(s3_server.endpoint) as proxy:
+        env = {**os.environ, **s3_env, "S3_ENDPOINT": proxy.endpoint, "S3_MULTIPART_THRESHOLD": "1000",
+               "PYTHONPATH": str(REPO)}
+        argv = [sys.executable, "-m", "reshard", "--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4,
+                "--format", "checkpoint2", "--dst_checkpoint", f"s3://{bucket}/out", "--work_dir", str(tmp_path / "w")]
+        proxy.rules.append(freeze)
+        with group_killed_after(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                 text=True, start_new_session=True)) as p:
+            procs.append(p)
+            started.set()
+            deadline = time.monotonic() + 240
+            while not frozen.is_set() and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert frozen.is_set(), p.communicate(timeout=60)
+            for sig in (signal.SIGKILL,) if stop == "kill" else (signal.SIGINT, signal.SIGCONT):
+                os.killpg(p.pid, sig)
+            out, err = p.communicate(timeout=120)
+        if stop == "ctrl-c":
+            assert p.returncode == 130 and "Traceback" not in err and err.strip().splitlines()[-1] == \
+                "transform-checkpoint: interrupted; rerun the same command to resume", out + err
+            assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        else:   # the kill left the shard's upload incomplete: the rerun aborts it
+            assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        up = keys(client, bucket, "out/")
+        assert f"out/{TRACKER}" not in up and f"out/{RECORD}" in up, up
+        proxy.rules.clear()
+        rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert f"out/{RECORD}" not in keys(client, bucket, "out/")
+    assert integrity.verify(f"s3://{bucket}/out").ok
+    assert downloaded(f"s3://{bucket}/out", tmp_path / "back") == files(local)
