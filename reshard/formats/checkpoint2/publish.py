@@ -17,19 +17,24 @@ The order, so that a reader never trusts a partial set:
        was (none, or an earlier iteration's)
     5. the record removed
 
-A rerun whose result the store holds already (its manifest: the same result digest, every file
-listed there with its size) uploads nothing.
+Before 2, a tracker on the store naming the iteration folder about to be written is removed (a
+reader then finds no checkpoint rather than a mix of two). A rerun whose result the store holds
+already (its manifest: the same result digest, every file listed there with its size) uploads
+nothing. The job, which owns its output folder, removes what an earlier run left beside the new
+set afterwards (stale_files).
 """
 from __future__ import annotations
 
 import json
 import logging
+from typing import Collection, Iterable
 
 from ... import integrity
 from ...errors import ReshardError
 from ...execute import MANIFEST_DIR
+from ...run import stale_outputs
 from ...sources import _join
-from .folder import TRACKER
+from .folder import ITERATION_PREFIX, TRACKER, iteration_dir
 
 log = logging.getLogger("reshard")
 
@@ -60,14 +65,30 @@ def _record(location: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def holds(location: str, manifest: integrity.SetManifest) -> bool:
-    """The store holds this very result: its manifest has the same result digest and every
-    file this result writes is there with the size written."""
-    theirs = _remote_manifest(location)
+def complete(location: str, manifest: integrity.SetManifest) -> bool:
+    """Every file the manifest lists is at location with its size (the tracker among them: an
+    upload stopped before it is not complete)."""
     present = _listing(location)
+    return all(present.get(n) == r.size for n, r in manifest.files.items())
+
+
+def holds(location: str, manifest: integrity.SetManifest) -> bool:
+    """The store holds this very result: its manifest has the same result digest, lists every
+    file this result writes, and is complete there."""
+    theirs = _remote_manifest(location)
     return theirs is not None and theirs.result_digest == manifest.result_digest and \
-        set(manifest.files) <= set(theirs.files) and \
-        all(present.get(n) == r.size for n, r in theirs.files.items())
+        set(manifest.files) <= set(theirs.files) and complete(location, theirs)
+
+
+def stale_files(names: Iterable[str], keep: Collection[str]) -> list[str]:
+    """Of the files below a Checkpoint 2.0 output (relative names), those beside the set `keep`
+    that a loader could take for part of it: files of iteration folders not kept (another
+    iteration, another layout's shards in this one) and rank folders' files (an earlier output of
+    the legacy formats: reshard.run.stale_outputs keeping no rank). The tracker, the manifest
+    and other files are not."""
+    names = [n for n in names if n not in keep]
+    ranks = set(stale_outputs(names, (), "", "ckpt"))
+    return [n for n in names if n in ranks or (n.startswith(ITERATION_PREFIX) and "/" in n)]
 
 
 def check_folder_free(location: str, folder: str, digest: str | None = None, shown: str = "") -> None:
@@ -91,6 +112,19 @@ def check_folder_free(location: str, folder: str, digest: str | None = None, sho
                            "another output)")
 
 
+def _unname(location: str, folder: str) -> None:
+    """Remove the store's tracker if it names `folder` (whose files are about to be replaced)."""
+    import obs_io
+    tracker = _join(location, TRACKER)
+    try:
+        named = obs_io.file.read(tracker).strip()
+    except FileNotFoundError:
+        return
+    if named.isdigit() and folder == iteration_dir(int(named)):
+        log.info("removing %s (it names %s, which is written again now)", tracker, folder)
+        obs_io.file.remove(tracker)
+
+
 def upload_set(local: str, location: str, names: list[str], manifest: integrity.SetManifest | None,
                folder: str | None) -> None:
     """Upload the set written under local to location in the order of this module's docstring.
@@ -101,6 +135,7 @@ def upload_set(local: str, location: str, names: list[str], manifest: integrity.
     mox = obs_io.file
     if folder is not None:
         assert manifest is not None
+        _unname(location, folder)
         mox.write(_join(location, RECORD), json.dumps({"folder": folder,
                                                       "result_digest": manifest.result_digest}))
     body = sorted(n for n in names if n != TRACKER)
