@@ -36,10 +36,11 @@ from obs_io.oneline import one_line
 from reshard import integrity
 from reshard.formats.checkpoint2 import TRACKER, is_checkpoint2, iteration_dir, read_checkpoint2
 from reshard.formats.checkpoint2.convert import transform as convert_checkpoint2
-from reshard.formats.checkpoint2.folder import Checkpoint2, METADATA
+from reshard.formats.checkpoint2 import publish
+from reshard.formats.checkpoint2.folder import COMMON, ITERATION_PREFIX, Checkpoint2, METADATA
 from reshard.formats.checkpoint2.select import dumps, files_read, pruned_metadata
 
-from cloud_entry import config as config_mod, markers
+from cloud_entry import config as config_mod, markers, sync
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.paths import clear_safely, join
 
@@ -145,14 +146,13 @@ def _node_copy(ck: Checkpoint2, names: set[str], local: str,
                expected: dict[str, integrity.FileRecord] | None) -> None:
     """`local` made a Checkpoint 2.0 root holding the tracker, the iteration folder's common.json,
     metadata.json cut to `names`, and the shards `names` (downloaded unless present with the
-    size the source has; shards of other names removed: the folder is ours). expected: the
+    size the source has; what earlier runs left there removed first, prune: the folder is
+    ours). expected: the
     manifest's records (name relative to the set) the downloaded shards must match."""
     folder = iteration_dir(ck.iteration)
     here = os.path.join(local, folder)
+    prune(local, {f"{folder}/{n}" for n in (*names, COMMON, METADATA)})
     os.makedirs(here, exist_ok=True)
-    for old in os.listdir(here):
-        if old.endswith(".safetensors") and old not in names:
-            os.remove(os.path.join(here, old))
     sizes = {e.name: e.length for e in obs_io.file.list_entries(ck.path_of(""), recursive=False)
              if e.is_file()} if obs_io.is_remote(ck.base) else {
         n: os.path.getsize(ck.path_of(n)) for n in names}
@@ -194,6 +194,7 @@ def _preshard(p: "JobPlan", ranks: list[int], still_ours: Callable[[], None]) ->
             elif not _whole_here(out, manifest):   # made before, kept on object storage only
                 obs_io.file.copy_parallel(remote, out, file_list=sorted(manifest.files), progress=False)
                 integrity.write(out, manifest)
+            _prune_set(layout, out, remote, manifest, still_ours)
             if p.cluster.num_nodes > 1:
                 still_ours()
                 markers.publish(layout.marker_dir, markers.Marker(
@@ -230,7 +231,8 @@ def _previous(out: str, remote: str, identity: dict, strategies: dict) -> integr
             manifest = integrity.read(where)
         except (reshard.ReshardError, OSError):
             continue
-        if manifest.source == identity and manifest.strategies == strategies:
+        if manifest.source == identity and manifest.strategies == strategies and \
+                (where != remote or publish.complete(remote, manifest)):   # else an upload was cut
             log.info("checkpoint2_mode=preshard: %s already holds the Checkpoint 2.0 these inputs "
                      "make (its manifest says so): nothing converted", where)
             return manifest
@@ -260,9 +262,60 @@ def _convert(p: "JobPlan", out: str, c: Checkpoint2Job, strategies: dict,
     manifest = integrity.SetManifest(integrity.records(written.checksums), p.run_id, c.identity,
                                      strategies, integrity.tool_version())
     integrity.write(out, manifest)
-    if layout.remote_save_url:
+    if layout.remote_save_url:   # the files, the manifest, the tracker last (publish.upload_set)
         still_ours()
-        obs_io.file.copy_parallel(out, layout.remote_transformed, file_list=sorted(manifest.files),
-                                  progress=False)
-        integrity.write(layout.remote_transformed, manifest)   # last: the set is complete there
+        folder = next(n.split("/", 1)[0] for n in manifest.files if n.startswith(ITERATION_PREFIX))
+        publish.upload_set(out, layout.remote_transformed, sorted(manifest.files), manifest, folder)
     return manifest
+
+
+def _prune_set(layout, out: str, remote: str, manifest: integrity.SetManifest,
+               still_ours: Callable[[], None]) -> None:
+    """The converter's folders, local and under remote_save_url, hold this run's set only
+    (prune); on the store, what killed runs left incomplete there is aborted first (only node 0
+    writes there: nobody else uploads into it now)."""
+    if layout.remote_save_url:
+        still_ours()   # the prune removes: only in our own output
+        sync.abort_left_uploads(remote)
+        prune(remote, set(manifest.files))
+    prune(out, set(manifest.files))
+
+
+def prune(root: str, keep: set[str]) -> list[str]:
+    """Remove from a Checkpoint 2.0 folder of the job's (local, or under remote_save_url: the
+    plan checked it is none of the inputs) what earlier runs left beside the set `keep` that a
+    loader could take for part of it (publish.stale_files: another iteration's folder, another
+    layout's shards, legacy rank folders); other files are left, named in a warning. Returns the
+    removed names."""
+    try:
+        names = [e.name for e in obs_io.file.list_entries(root, recursive=True) if e.is_file()]
+    except FileNotFoundError:
+        return []
+    stale = publish.stale_files(names, keep)
+    _remove(root, stale)
+    others = [n for n in names if n not in keep and n not in stale and not n.startswith(".")
+              and n not in (TRACKER, integrity.MANIFEST_NAME) and markers.parse(n, "") is None]
+    if others:
+        log.warning("%s: left %d file(s) this job did not write, not part of the Checkpoint 2.0 set "
+                    "MindFormers loads: %s", root, len(others), _some(others))
+    return stale
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+
+
+def _remove(root: str, stale: list[str]) -> None:
+    """prune's removal: the files, then (locally) the folders they leave empty."""
+    for name in stale:
+        try:
+            obs_io.file.remove(join(root, name))
+        except FileNotFoundError:
+            pass
+    if stale:
+        log.info("removed %d file(s) of earlier runs from %s: %s", len(stale), root, _some(stale))
+    if not obs_io.is_remote(root):
+        for entry in sorted(os.listdir(root)):
+            path = os.path.join(root, entry)
+            if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+                os.rmdir(path)

@@ -156,3 +156,38 @@ def test_source_contradicting_its_metadata_is_one_line_nothing_written(tmp_path,
     assert r.code == 2 and len(r.errors()) == 1, r.output
     assert "CKP-model-0000005-0000008.safetensors" in r.errors()[0] and "Traceback" not in r.output
     assert not (job.node_dir(0) / "output").exists()
+
+
+def test_preshard_rerun_on_another_iteration_prunes_what_the_job_owns(tmp_path, bucket, s3_env, mp4pp2):
+    """A second job on a newer save of the same checkpoint (iteration 2000; same folder name, so
+    the same transformed_checkpoint/<name>/ under remote_save_url and on each node): the older
+    iteration the first job uploaded there, and an older output's rank folder, are removed
+    (MindFormers would find them beside the new set); a file the job did not write is left,
+    named in a warning; node 1's own copy holds the new iteration only; the tracker names it and
+    the set verifies."""
+    import shutil
+    from reshard import integrity
+    from reshard.formats.checkpoint2 import TRACKER
+    src = upload(str(DATA / FIXTURE), f"s3://{bucket}/ck2/{FIXTURE}")
+    dst = upload(mp4pp2, f"s3://{bucket}/mp4pp2")
+    remote = f"s3://{bucket}/out"
+    assert_ok(job_for(tmp_path, s3_env, src, dst, mp4pp2, remote_save_url=remote).run())
+    newer = tmp_path / "newer" / FIXTURE
+    shutil.copytree(DATA / FIXTURE, newer)
+    (newer / ITERATION).rename(newer / "iteration_00002000")
+    (newer / TRACKER).write_text("2000")
+    src2 = upload(str(newer), f"s3://{bucket}/ck2b/{FIXTURE}")
+    set_url = f"{remote}/transformed_checkpoint/{FIXTURE}"
+    obs_io.file.write(f"{set_url}/notes.txt", "mine")
+    obs_io.file.write(f"{set_url}/rank_0/checkpoint_0.ckpt", "an older legacy output")
+    results = job_for(tmp_path, s3_env, src2, dst, mp4pp2, remote_save_url=remote).run()
+    assert_ok(results)
+    assert "removed" in results[0].output and "notes.txt" in results[0].output
+    names = {e.name for e in obs_io.file.list_entries(set_url, recursive=True) if e.is_file()}
+    assert not {n for n in names if n.startswith(ITERATION)} and "rank_0/checkpoint_0.ckpt" not in names
+    assert "notes.txt" in names and any(n.startswith("iteration_00002000/") for n in names)
+    assert obs_io.file.read(f"{set_url}/{TRACKER}") == "2000"
+    assert integrity.verify(set_url).ok
+    for node in (0, 1):   # the folder each node's training loads
+        local = tmp_path / f"node{node}" / "output" / "transformed_checkpoint" / FIXTURE
+        assert sorted(p.name for p in local.iterdir() if p.name.startswith("iteration_")) == ["iteration_00002000"]
