@@ -37,6 +37,7 @@ from reshard import integrity
 from reshard.formats.checkpoint2 import TRACKER, is_checkpoint2, iteration_dir, read_checkpoint2
 from reshard.formats.checkpoint2.convert import transform as convert_checkpoint2
 from reshard.formats.checkpoint2 import publish
+from reshard.formats.checkpoint2.format import NO_STEP
 from reshard.formats.checkpoint2.folder import COMMON, ITERATION_PREFIX, Checkpoint2, METADATA
 from reshard.formats.checkpoint2.select import dumps, files_read, pruned_metadata
 
@@ -93,6 +94,10 @@ def inspect(job, cfg: dict[str, Any], cluster, load_strategy: Callable[[str, str
                 raise EntryError(f"checkpoint2_mode={job.checkpoint2_mode}: load_checkpoint={src} is "
                                  f"not a Checkpoint 2.0 folder (no {TRACKER})")
             return None
+        if job.load_checkpoint_step is not None:
+            raise EntryError(f"load_checkpoint_step={job.load_checkpoint_step}: {NO_STEP}; point "
+                             f"load_checkpoint at an iteration_<n> folder to read another iteration than "
+                             f"{TRACKER} names")
         from reshard.formats.checkpoint2.convert import open_source
         ck = open_source(src).checkpoint2
         meta = integrity.file_checksum(ck.metadata_path)

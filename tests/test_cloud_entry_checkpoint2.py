@@ -191,3 +191,21 @@ def test_preshard_rerun_on_another_iteration_prunes_what_the_job_owns(tmp_path, 
     for node in (0, 1):   # the folder each node's training loads
         local = tmp_path / f"node{node}" / "output" / "transformed_checkpoint" / FIXTURE
         assert sorted(p.name for p in local.iterdir() if p.name.startswith("iteration_")) == ["iteration_00002000"]
+
+
+def test_a_legacy_step_is_refused_with_the_reason_by_the_job_and_the_command(tmp_path, s3_env, mp4pp2, capsys):
+    """load_checkpoint_step / --step with a Checkpoint 2.0 source: one line saying why (an
+    <epoch>_<step> names no iteration) and what to do instead, exit 2, nothing written."""
+    from reshard.cli import main
+    job = job_for(tmp_path / "job", s3_env, str(DATA / FIXTURE), mp4pp2, mp4pp2, nodes=1, cards=8,
+                  load_checkpoint_step="3_10")
+    (r,) = job.run()
+    assert r.code == 2 and len(r.errors()) == 1 and "Traceback" not in r.output, r.output
+    assert r.errors()[0].startswith("cloud-entry: error: load_checkpoint_step=3_10: a step's <epoch>_<step> "
+                                    "names no Checkpoint 2.0 iteration") and "iteration_<n> folder" in r.errors()[0]
+    assert not (job.node_dir(0) / "output").exists()
+    assert main(["--src_checkpoint", str(DATA / FIXTURE), "--step", "3_10", "--dst_checkpoint",
+                 str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--step does not go with a Checkpoint 2.0 source" in err and "--iteration" in err and "\n" not in err
+    assert not (tmp_path / "x").exists()

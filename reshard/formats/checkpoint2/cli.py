@@ -28,6 +28,7 @@ from ...strategy import Strategy
 from . import publish
 from .convert import open_source, plan, transform
 from .folder import ITERATION_PREFIX, is_checkpoint2, iteration_dir, resolve_iteration
+from .format import NO_STEP
 from .write import RELEASES
 
 FORMAT = "checkpoint2"   # format.FORMAT.name
@@ -106,8 +107,8 @@ def run(args) -> int:
 def _refuse(args) -> None:
     """What this path does not do, one line each, before anything is read."""
     if args.step is not None:
-        raise ReshardError("--step does not go with a Checkpoint 2.0 source or output (--iteration "
-                           "names the iteration: a step's <epoch>_<step> does not name one)")
+        raise ReshardError(f"--step does not go with a Checkpoint 2.0 source or output: {NO_STEP}; "
+                           "--iteration names the iteration")
     if args.engine != "stream":
         raise ReshardError("--engine mindspore does not go with a Checkpoint 2.0 source or output")
     if args.rank_id is not None and args.fmt == FORMAT:

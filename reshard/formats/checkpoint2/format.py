@@ -15,6 +15,14 @@ from ..safetensors_format import SafetensorsReader, SafetensorsWriter
 from .folder import ITERATION_PREFIX, METADATA, TRACKER
 
 
+# Why a legacy step (--step, the job's load_checkpoint_step) is refused with this format, in both
+# commands' one-line errors: MindFormers names a save's folder by its global step (iteration),
+# legacy files by <epoch>_<step in epoch>, and the steps per epoch that would map one to the
+# other are recorded nowhere in the folder.
+NO_STEP = ("a step's <epoch>_<step> names no Checkpoint 2.0 iteration (iterations count global steps; "
+           "the steps per epoch that would map one to the other are not recorded)")
+
+
 class Checkpoint2Format(CheckpointFormat):
     name = "checkpoint2"
     extensions = (".safetensors",)
