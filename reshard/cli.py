@@ -542,15 +542,18 @@ def _check_no_stale_files(args, world: int) -> None:
 
 
 @contextlib.contextmanager
-def _claimed(args, source: SourceSet | None, src: Strategy | None, dst: Strategy | None):
+def _claimed(args, source: SourceSet | None, src: Strategy | None, dst: Strategy | None,
+             run_id: str | None = None):
     """--dst_checkpoint claimed for this run while it is written (reshard.claim): another
     conversion into it is refused at once. On object storage the claim is the first write
-    there: a bucket that refuses it is found before anything is converted."""
+    there: a bucket that refuses it is found before anything is converted. run_id: the run's
+    id when the caller defines it (default: inputs_id of these inputs)."""
     flag = _dst_flag(args)
     shown = f"{flag} {args.dst_checkpoint}"
     if not is_url(args.dst_checkpoint):   # made and tried before the claim is written there
         probe_writable(args.dst_checkpoint, f"--dst_checkpoint {args.dst_checkpoint}")
-    claim = OutputClaim(args.dst_checkpoint, inputs_id(conversion_inputs(source, src, dst, args.prefix, args.fmt)), PROG, shown)
+    claim = OutputClaim(args.dst_checkpoint,
+                        run_id or inputs_id(conversion_inputs(source, src, dst, args.prefix, args.fmt)), PROG, shown)
     try:
         claim.acquire()
     except ReshardError:

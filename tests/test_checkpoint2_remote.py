@@ -3,8 +3,8 @@ strategies (reshard/formats/checkpoint2/cli.py, publish.py), against the real S3
 suite starts (moto in server mode): the uploaded set equals the local conversion file for file,
 byte for byte, and verifies; the tracker goes up last, so an interrupted upload (Ctrl-C, a kill)
 leaves no tracker and, once rerun, no orphan multipart upload; a rerun of a finished conversion
-uploads nothing; another save in the iteration folder, or stale rank files, are refused in one
-line with nothing written.
+uploads nothing; another save in the iteration folder, stale rank files, or another run
+uploading there are refused in one line with nothing written.
 """
 from __future__ import annotations
 
@@ -106,6 +106,13 @@ def test_what_is_in_the_way_on_the_store_is_refused_nothing_written(tmp_path, bu
         assert rc == 2 and len(err.splitlines()) == 1 and culprit in err and "--dst_checkpoint" in err, err
     assert keys(client, bucket) == before
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+    from reshard.claim import CLAIMS, OutputClaim
+    with OutputClaim(f"s3://{bucket}/busy", "another conversion", "transform-checkpoint", "busy"):
+        rc = main(["--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4, "--format", "checkpoint2",
+                   "--dst_checkpoint", f"s3://{bucket}/busy", "--work_dir", str(tmp_path / "w")])
+        err = errors_only(capsys.readouterr().err)
+        assert rc == 2 and len(err.splitlines()) == 1 and "in use by another run" in err, err
+        assert {k for k in keys(client, bucket, "busy/") if not k.startswith(f"busy/{CLAIMS}/")} == set()
 
 
 @pytest.mark.parametrize("stop", ["ctrl-c", "kill"])

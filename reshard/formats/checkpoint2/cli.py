@@ -12,14 +12,16 @@ integrity manifest (`--verify`, local or remote).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 
 from obs_io.urls import join as _join
 
 from ... import integrity
-from ...cli import (_Stage, _block, _check_no_stale_files, _dst_flag, _show_as, _storage, _strategy_arg,
-                    stage_root)
+from ...cli import (_Stage, _block, _check_no_stale_files, _claimed, _dst_flag, _show_as, _storage,
+                    _strategy_arg, stage_root)
 from ...errors import ReshardError
 from ...plan import PlanPolicy
 from ...run import result_digest
@@ -215,10 +217,22 @@ def _publish(args, c: _Conversion, written, manifest: integrity.SetManifest | No
     folder = None
     if c.to_ckpt2:
         folder = next(n.split("/", 1)[0] for n in written.files if n.startswith(ITERATION_PREFIX))
-    with _storage(_dst_flag(args), c.dst):
+    with _storage(_dst_flag(args), c.dst), \
+            _claimed(args, None, c.src_strategy, c.dst_strategy, _run_id(args, c)) as claim:
         if manifest is not None and publish.holds(c.dst, manifest):
             return True
         if folder is not None:
             publish.check_folder_free(c.dst, folder, manifest.result_digest, f"{_dst_flag(args)} {c.dst}")
-        publish.upload_set(c.local, c.dst, written.files, manifest, folder)
+        publish.upload_set(c.local, c.dst, written.files, manifest, folder, claim.check)
     return False
+
+
+def _run_id(args, c: _Conversion) -> str:
+    """What defines this conversion's result, for its claim on a remote output (reshard.claim:
+    a run of other inputs uploading there meanwhile is refused; the same command again joins
+    it): the source and strategies as named, the iteration, prefix, format and release."""
+    strategies = [[str(s.source) if is_url(str(s.source)) else os.path.abspath(str(s.source)), s.world_size]
+                  if s is not None else None for s in (c.src_strategy, c.dst_strategy)]
+    src = args.src_checkpoint if is_url(args.src_checkpoint) else os.path.abspath(args.src_checkpoint)
+    text = json.dumps([src, args.iteration, strategies, args.prefix, args.fmt, args.mindformers_release])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Collection, Iterable
+from typing import Callable, Collection, Iterable
 
 from ... import integrity
 from ...errors import ReshardError
@@ -126,11 +126,12 @@ def _unname(location: str, folder: str) -> None:
 
 
 def upload_set(local: str, location: str, names: list[str], manifest: integrity.SetManifest | None,
-               folder: str | None) -> None:
+               folder: str | None, still_ours: Callable[[], None] = lambda: None) -> None:
     """Upload the set written under local to location in the order of this module's docstring.
     names: the set's files relative to local (the tracker among them for a Checkpoint 2.0);
     manifest: None for a block of ranks (not a set); folder: the iteration folder written (None
-    for rank folders: no record, no tracker)."""
+    for rank folders: no record, no tracker); still_ours: raises when the output is no longer
+    this run's (its claim), called before the manifest and tracker publish the set."""
     import obs_io
     mox = obs_io.file
     if folder is not None:
@@ -141,6 +142,7 @@ def upload_set(local: str, location: str, names: list[str], manifest: integrity.
     body = sorted(n for n in names if n != TRACKER)
     log.info("uploading %d file(s) to %s", len(body), location)
     mox.copy_parallel(local, location, file_list=body)
+    still_ours()
     if manifest is not None:
         integrity.write(location, manifest)
     if TRACKER in names:   # last: the iteration it names is whole on the store now
