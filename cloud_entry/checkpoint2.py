@@ -5,11 +5,17 @@ Two modes (hyperparameter `checkpoint2_mode`):
 
 - preshard: node 0 converts the source into a Checkpoint 2.0 for the job's layout
   (--dst_strategy) with reshard.formats.checkpoint2 (read in place from object storage), writes
-  its integrity manifest, uploads it under remote_save_url and publishes its success marker;
-  every other node waits for the marker (bounded by transform_timeout) and downloads the files
-  its ranks read, checked against the manifest. MindFormers then loads without resharding on
-  the NPUs. A rerun whose inputs made the set already (same source metadata.json, iteration and
-  destination strategy, as the manifest records) converts nothing.
+  its integrity manifest, uploads it under remote_save_url (publish.upload_set: the manifest,
+  then the tracker last) and publishes its success marker; every other node waits for the
+  marker (bounded by transform_timeout) and downloads the files its ranks read, checked against
+  the manifest. MindFormers then loads without resharding on the NPUs. A rerun whose inputs
+  made the set already (same source metadata.json, iteration and destination strategy, as the
+  manifest records; on the store, whole) converts nothing.
+
+The set's folders are the job's (under remote_save_url and on each node): what earlier runs left
+there beside this run's set (another iteration, another layout's shards, a legacy output's rank
+folders) is removed (prune); other files are left, named in a warning. The user's
+load_checkpoint_step names no iteration of a Checkpoint 2.0 source and is refused (format.NO_STEP).
 - online: nothing is converted; each node downloads exactly the source files its ranks read
   (reshard.formats.checkpoint2.select: from metadata.json and the destination layout; all of
   them without --dst_strategy) with metadata.json cut to those files, and MindFormers' own
@@ -270,7 +276,7 @@ def _convert(p: "JobPlan", out: str, c: Checkpoint2Job, strategies: dict,
     if layout.remote_save_url:   # the files, the manifest, the tracker last (publish.upload_set)
         still_ours()
         folder = next(n.split("/", 1)[0] for n in manifest.files if n.startswith(ITERATION_PREFIX))
-        publish.upload_set(out, layout.remote_transformed, sorted(manifest.files), manifest, folder)
+        publish.upload_set(out, layout.remote_transformed, sorted(manifest.files), manifest, folder, still_ours)
     return manifest
 
 

@@ -106,6 +106,12 @@ def test_what_is_in_the_way_on_the_store_is_refused_nothing_written(tmp_path, bu
         assert rc == 2 and len(err.splitlines()) == 1 and culprit in err and "--dst_checkpoint" in err, err
     assert keys(client, bucket) == before
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+    legacy = upload(str(DATA / f"{FIXTURE}.full.safetensors"), f"s3://{bucket}/legacy/full.safetensors")
+    rc = main(["--src_checkpoint", legacy, "--dst_strategy", mp4, "--format", "checkpoint2",
+               "--iteration", "5", "--dst_checkpoint", f"s3://{bucket}/from-legacy", "--work_dir", str(tmp_path / "w")])
+    err = errors_only(capsys.readouterr().err)   # a legacy source on the store: rank folders only
+    assert rc == 2 and len(err.splitlines()) == 1 and "not a Checkpoint 2.0 folder" in err, err
+    assert not keys(client, bucket, "from-legacy/")
     from reshard.claim import CLAIMS, OutputClaim
     with OutputClaim(f"s3://{bucket}/busy", "another conversion", "transform-checkpoint", "busy"):
         rc = main(["--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4, "--format", "checkpoint2",
