@@ -130,10 +130,11 @@ def _resolve(args, stage: _Stage) -> _Conversion:
     """The flags as one _Conversion, checked (one line naming the flag): the output not an
     input, the world size the destination strategy's, --rank_id a block's leader, a remote
     output free for this result."""
-    dst = args.dst_checkpoint or ""
-    check_output(dst, _dst_flag(args), {"--src_checkpoint": args.src_checkpoint,
-                                        "--src_strategy": args.src_strategy,
-                                        "--dst_strategy": args.dst_strategy})
+    dst = args.dst_checkpoint or ""   # none: a --dry_run's
+    if dst:
+        check_output(dst, _dst_flag(args), {"--src_checkpoint": args.src_checkpoint,
+                                            "--src_strategy": args.src_strategy,
+                                            "--dst_strategy": args.dst_strategy})
     src_strategy = _strategy_arg("--src_strategy", args.src_strategy, stage)
     dst_strategy = _strategy_arg("--dst_strategy", args.dst_strategy, stage)
     world = dst_strategy.world_size if dst_strategy else 1
