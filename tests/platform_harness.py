@@ -195,6 +195,41 @@ def group_killed_after(p: subprocess.Popen) -> Iterator[subprocess.Popen]:
             p.wait()
 
 
+def stopped_mid_way(argv: list[str], env: dict, proxy, at, stop: str) -> tuple[int, str, str]:
+    """Run argv in its own process group through `proxy` (faultproxy.FaultProxy) until a request
+    at(method, path) accepts reaches the proxy: the group is frozen there (SIGSTOP, the request
+    held with it), then stopped: SIGKILL ('kill'), or Ctrl-C ('ctrl-c': SIGINT, then SIGCONT so
+    the run handles it and its upload under way may end). Returns (exit code, stdout, stderr)."""
+    import threading
+    import time
+    started, frozen = threading.Event(), threading.Event()
+    procs: list[subprocess.Popen] = []
+
+    def freeze(method: str, path: str):
+        if not frozen.is_set() and at(method, path):
+            started.wait(30)
+            os.killpg(procs[0].pid, signal.SIGSTOP)
+            frozen.set()
+        return None
+
+    proxy.rules.append(freeze)
+    try:
+        with group_killed_after(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                 text=True, start_new_session=True)) as p:
+            procs.append(p)
+            started.set()
+            deadline = time.monotonic() + 240
+            while not frozen.is_set() and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert frozen.is_set(), p.communicate(timeout=60)
+            for sig in (signal.SIGKILL,) if stop == "kill" else (signal.SIGINT, signal.SIGCONT):
+                os.killpg(p.pid, sig)
+            out, err = p.communicate(timeout=120)
+    finally:
+        proxy.rules.remove(freeze)
+    return p.returncode, out, err
+
+
 def upload(local: str, url: str) -> str:
     """Put a test's source or strategy (file or folder) on the object store; returns url."""
     (obs_io.file.copy_parallel if os.path.isdir(local) else obs_io.file.copy)(local, url)

@@ -9,11 +9,8 @@ uploading there are refused in one line with nothing written.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ import pytest
 import obs_io
 import synth
 from conftest import errors_only
-from platform_harness import group_killed_after, upload
+from platform_harness import stopped_mid_way, upload
 from reshard import integrity
 from reshard.cli import main
 from reshard.formats.checkpoint2 import TRACKER
@@ -133,35 +130,16 @@ def test_an_interrupted_upload_leaves_no_tracker_and_a_rerun_completes(stop, tmp
     local = tmp_path / "local"
     assert main(["--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4, "--format", "checkpoint2",
                  "--dst_checkpoint", str(local)]) == 0
-    started, frozen = threading.Event(), threading.Event()
-    procs: list[subprocess.Popen] = []
-
-    def freeze(method: str, path: str):   # the run held still as a shard's part goes up
-        if method == "PUT" and f"/out/{ITERATION}/" in path and "partNumber=" in path and not frozen.is_set():
-            started.wait(30)
-            os.killpg(procs[0].pid, signal.SIGSTOP)
-            frozen.set()
-        return None
-
     with FaultProxy(s3_server.endpoint) as proxy:
         env = {**os.environ, **s3_env, "S3_ENDPOINT": proxy.endpoint, "S3_MULTIPART_THRESHOLD": "1000",
                "PYTHONPATH": str(REPO)}
         argv = [sys.executable, "-m", "reshard", "--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4,
                 "--format", "checkpoint2", "--dst_checkpoint", f"s3://{bucket}/out", "--work_dir", str(tmp_path / "w")]
-        proxy.rules.append(freeze)
-        with group_killed_after(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                 text=True, start_new_session=True)) as p:
-            procs.append(p)
-            started.set()
-            deadline = time.monotonic() + 240
-            while not frozen.is_set() and p.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert frozen.is_set(), p.communicate(timeout=60)
-            for sig in (signal.SIGKILL,) if stop == "kill" else (signal.SIGINT, signal.SIGCONT):
-                os.killpg(p.pid, sig)
-            out, err = p.communicate(timeout=120)
+        code, out, err = stopped_mid_way(   # the run held still as a shard's part goes up
+            argv, env, proxy, lambda method, path: method == "PUT" and f"/out/{ITERATION}/" in path
+            and "partNumber=" in path, stop)
         if stop == "ctrl-c":
-            assert p.returncode == 130 and "Traceback" not in err and err.strip().splitlines()[-1] == \
+            assert code == 130 and "Traceback" not in err and err.strip().splitlines()[-1] == \
                 "transform-checkpoint: interrupted; rerun the same command to resume", out + err
             assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
         else:   # the kill left the shard's upload incomplete: the rerun aborts it

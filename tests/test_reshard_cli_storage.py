@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -210,24 +209,14 @@ def test_a_remote_output_keeps_the_ranks_uploaded_before_a_stop(stop, data, tmp_
     converts and uploads only the others (counted on the server), aborts what the kill left
     incomplete, removes the records once the manifest is written, and equals MindSpore's
     conversion."""
-    import signal
     import subprocess
     import sys
     from faultproxy import FaultProxy
-    from platform_harness import group_killed_after
+    from platform_harness import stopped_mid_way
     import obs_io
     from reshard import integrity
     from reshard.plan import ranks_text
     client = s3_server.client()
-    started, frozen = threading.Event(), threading.Event()
-    procs: list[subprocess.Popen] = []
-
-    def freeze(method: str, path: str):   # the run's process group held still as rank 3 goes up
-        if "/out8/rank_3/" in path and not frozen.is_set():
-            started.wait(30)
-            os.killpg(procs[0].pid, signal.SIGSTOP)
-            frozen.set()
-        return None
 
     def uploads(records) -> set[int]:   # ranks whose file a run began to upload
         return {int(r.path.split("/out8/rank_")[1].split("/")[0]) for r in records
@@ -239,20 +228,10 @@ def test_a_remote_output_keeps_the_ranks_uploaded_before_a_stop(stop, data, tmp_
                "PYTHONPATH": str(REPO)}
         argv = [sys.executable, "-m", "reshard", "--src_checkpoint", data["full"], "--dst_strategy", data["s8"],
                 "--dst_checkpoint", f"s3://{bucket}/out8", "--work_dir", str(tmp_path / "w")]
-        proxy.rules.append(freeze)
-        with group_killed_after(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                 text=True, start_new_session=True)) as p:
-            procs.append(p)
-            started.set()
-            deadline = time.monotonic() + 240
-            while not frozen.is_set() and p.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert frozen.is_set(), p.communicate(timeout=60)
-            for sig in (signal.SIGKILL,) if stop == "kill" else (signal.SIGINT, signal.SIGCONT):
-                os.killpg(p.pid, sig)
-            out, err = p.communicate(timeout=120)
+        # the run's process group held still as rank 3 goes up
+        code, out, err = stopped_mid_way(argv, env, proxy, lambda method, path: "/out8/rank_3/" in path, stop)
         if stop == "ctrl-c":   # its last line, after the log lines
-            assert p.returncode == 130 and "Traceback" not in err and err.strip().splitlines()[-1] == \
+            assert code == 130 and "Traceback" not in err and err.strip().splitlines()[-1] == \
                 "transform-checkpoint: interrupted; rerun the same command to resume", out + err
         recorded = {int(o["Key"].split("rank_")[1].split(".")[0])
                     for o in client.list_objects_v2(Bucket=bucket, Prefix="out8/.reshard/").get("Contents", [])}
