@@ -57,7 +57,7 @@ def keys(client, bucket: str, prefix: str = "") -> set[str]:
 def test_checkpoint2_output_and_strategies_on_s3_equal_the_local_conversion(tmp_path, bucket, s3_server, mp4,
                                                                           capsys):
     """A Checkpoint 2.0 source on s3:// with an s3:// destination strategy, written as Checkpoint
-    2.0 and as rank folders to s3:// (each also by --dst_checkpoint_dir's layout): every file
+    2.0 to s3:// (also by --dst_checkpoint_dir's layout) and as rank folders to obs://: every file
     the same bytes as the local conversion, --verify intact on the store, the staging folder
     and the upload record gone, no multipart upload left; the same command again uploads
     nothing."""
@@ -65,11 +65,11 @@ def test_checkpoint2_output_and_strategies_on_s3_equal_the_local_conversion(tmp_
     src = upload(str(DATA / FIXTURE), f"s3://{bucket}/src/{FIXTURE}")
     dst_strategy = upload(mp4, f"s3://{bucket}/strategy/mp4")
     work = tmp_path / "work"
-    for fmt in ("checkpoint2", "safetensors"):
+    for fmt, scheme in (("checkpoint2", "s3"), ("safetensors", "obs")):
         local = tmp_path / f"local-{fmt}"
         assert main(["--src_checkpoint", src, "--dst_strategy", mp4, "--format", fmt,
                      "--dst_checkpoint", str(local)]) == 0
-        url = f"s3://{bucket}/out-{fmt}"
+        url = f"{scheme}://{bucket}/out-{fmt}"
         argv = ["--src_checkpoint", src, "--dst_strategy", dst_strategy, "--format", fmt,
                 "--dst_checkpoint", url, "--work_dir", str(work)]
         assert main(argv) == 0
