@@ -28,7 +28,7 @@ from ...run import result_digest
 from ...sources import check_output, is_url
 from ...strategy import Strategy
 from . import publish
-from .convert import open_source, plan, transform
+from .convert import Written, open_source, plan, transform
 from .folder import ITERATION_PREFIX, is_checkpoint2, iteration_dir, resolve_iteration
 from .format import NO_STEP
 from .write import RELEASES
@@ -184,7 +184,7 @@ def _dry_run(args, c: _Conversion) -> int:
     return 0
 
 
-def _convert(args, c: _Conversion):
+def _convert(args, c: _Conversion) -> Written:
     """convert.transform into c.local."""
     return transform(args.src_checkpoint, c.local, dst_strategy=c.dst_strategy, dst_ranks=c.dst_ranks,
                      src_strategy=c.src_strategy, fmt=args.fmt,
@@ -196,7 +196,7 @@ def _convert(args, c: _Conversion):
                      policy=PlanPolicy(args.allow_missing_params, args.keep_unnamed_params))
 
 
-def _manifest(args, c: _Conversion, written) -> integrity.SetManifest | None:
+def _manifest(args, c: _Conversion, written: Written) -> integrity.SetManifest | None:
     """A whole set's integrity manifest, written last into c.local, as the engine's path writes
     it (None for a block of ranks: a block is not a set)."""
     if c.dst_ranks is not None:
@@ -212,7 +212,7 @@ def _manifest(args, c: _Conversion, written) -> integrity.SetManifest | None:
     return manifest
 
 
-def _publish(args, c: _Conversion, written, manifest: integrity.SetManifest | None) -> bool:
+def _publish(args, c: _Conversion, written: Written, manifest: integrity.SetManifest | None) -> bool:
     """The set written in c.local uploaded to c.dst (publish.upload_set: the tracker last);
     True when the store holds this very result already (nothing uploaded)."""
     folder = None
