@@ -379,7 +379,7 @@ def conversion_inputs(source: SourceSet | None, src: Strategy | None, dst: Strat
             else:
                 st = os.stat(path)
                 files.append([name, st.st_size, file_version(path, st.st_size, None, st.st_mtime_ns)])
-    root = source.root if source is None or is_url(source.root) else os.path.abspath(source.root)
+    root = None if source is None else source.root if is_url(source.root) else os.path.abspath(source.root)
     strategies = [[s.source if is_url(str(s.source)) else os.path.abspath(str(s.source)), s.world_size,
                    s.num_stages] if s is not None else None for s in (src, dst)]
     return {"source": root if source else None, "files": files, "strategies": strategies,

@@ -12,8 +12,6 @@ integrity manifest (`--verify`, local or remote).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 
@@ -24,7 +22,7 @@ from ...cli import (_Stage, _block, _check_no_stale_files, _claimed, _dst_flag, 
                     _strategy_arg, stage_root)
 from ...errors import ReshardError
 from ...plan import PlanPolicy
-from ...run import result_digest
+from ...run import conversion_inputs, inputs_id, result_digest
 from ...sources import check_output, is_url
 from ...strategy import Strategy
 from . import publish
@@ -231,9 +229,8 @@ def _publish(args, c: _Conversion, written: Written, manifest: integrity.SetMani
 def _run_id(args, c: _Conversion) -> str:
     """What defines this conversion's result, for its claim on a remote output (reshard.claim:
     a run of other inputs uploading there meanwhile is refused; the same command again joins
-    it): the source and strategies as named, the iteration, prefix, format and release."""
-    strategies = [[str(s.source) if is_url(str(s.source)) else os.path.abspath(str(s.source)), s.world_size]
-                  if s is not None else None for s in (c.src_strategy, c.dst_strategy)]
+    it): the engine's conversion_inputs (strategies, prefix, format) with the source as named,
+    its iteration and the release, as reshard.inputs_id digests them."""
     src = args.src_checkpoint if is_url(args.src_checkpoint) else os.path.abspath(args.src_checkpoint)
-    text = json.dumps([src, args.iteration, strategies, args.prefix, args.fmt, args.mindformers_release])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return inputs_id({**conversion_inputs(None, c.src_strategy, c.dst_strategy, args.prefix, args.fmt),
+                      "source": src, "iteration": args.iteration, "release": args.mindformers_release})
