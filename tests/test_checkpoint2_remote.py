@@ -153,3 +153,27 @@ def test_an_interrupted_upload_leaves_no_tracker_and_a_rerun_completes(stop, tmp
     assert f"out/{RECORD}" not in keys(client, bucket, "out/")
     assert integrity.verify(f"s3://{bucket}/out").ok
     assert downloaded(f"s3://{bucket}/out", tmp_path / "back") == files(local)
+
+
+def test_a_failed_upload_is_one_line_and_leaves_no_tracker_nor_upload(tmp_path, bucket, s3_server, s3_env, mp4,
+                                                                     monkeypatch, capsys):
+    """The store refuses a shard's part (403 on its UploadPart, multipart forced by a small
+    threshold): one line naming --dst_checkpoint, exit 2; the shard's multipart upload aborted,
+    no object under its name, no tracker; the staging folder gone."""
+    from faultproxy import FaultProxy
+    client = s3_server.client()
+    shard = f"{ITERATION}/CKP-model-0000002-0000004.safetensors"
+    with FaultProxy(s3_server.endpoint) as proxy:
+        monkeypatch.setenv("S3_ENDPOINT", proxy.endpoint)
+        monkeypatch.setenv("S3_MULTIPART_THRESHOLD", "1000")
+        proxy.rules.append(lambda method, path: (403, "AccessDenied")
+                           if method == "PUT" and f"/out/{shard}" in path and "partNumber=" in path else None)
+        rc = main(["--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4, "--format", "checkpoint2",
+                   "--dst_checkpoint", f"s3://{bucket}/out", "--work_dir", str(tmp_path / "w")])
+        assert any("?uploads" in r.path and shard in r.path for r in proxy.records)   # it went multipart
+    err = errors_only(capsys.readouterr().err)
+    assert rc == 2 and len(err.splitlines()) == 1 and f"--dst_checkpoint s3://{bucket}/out" in err, err
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    up = keys(client, bucket, "out/")
+    assert f"out/{shard}" not in up and f"out/{TRACKER}" not in up, up
+    assert not any((tmp_path / "w").iterdir())
