@@ -80,6 +80,13 @@ def test_checkpoint2_output_and_strategies_on_s3_equal_the_local_conversion(tmp_
         assert "already holds this conversion" in capsys.readouterr().out
         assert not any(work.iterdir())              # the staging folder went each time
         assert not keys(client, bucket, f"out-{fmt}/{RECORD.split('/')[0]}/")
+    assert main(["--src_checkpoint", src, "--dst_strategy", dst_strategy, "--format", "safetensors",
+                 "--rank_id", "2", "--transform_process_num", "2", "--dst_checkpoint", f"s3://{bucket}/block",
+                 "--work_dir", str(work)]) == 0   # one block: its ranks' files, no manifest (not a set)
+    block = files(tmp_path / "local-safetensors")
+    assert downloaded(f"s3://{bucket}/block", tmp_path / "back-block") == \
+        {n: b for n, b in block.items() if n.startswith(("rank_2/", "rank_3/"))}
+    assert f"block/{integrity.MANIFEST_NAME}" not in keys(client, bucket, "block/")
     ck2 = files(tmp_path / "local-checkpoint2")
     assert TRACKER in ck2 and f"{ITERATION}/CKP-opt-0000003-0000004.safetensors" in ck2
     assert main(["--src_checkpoint", src, "--dst_strategy", dst_strategy, "--format", "checkpoint2",
