@@ -184,3 +184,31 @@ def test_a_failed_upload_is_one_line_and_leaves_no_tracker_nor_upload(tmp_path, 
     up = keys(client, bucket, "out/")
     assert f"out/{shard}" not in up and f"out/{TRACKER}" not in up, up
     assert not any((tmp_path / "w").iterdir())
+
+
+def test_the_same_command_after_its_source_was_touched_writes_again(tmp_path, bucket, s3_server, mp4, capsys):
+    """A source file touched since the set went up (another result digest, the same source and
+    strategies): the same command converts and uploads again over its own iteration folder;
+    another source into that output is refused, one line, nothing uploaded."""
+    import shutil
+    src = tmp_path / "src" / FIXTURE
+    shutil.copytree(DATA / FIXTURE, src)
+    argv = ["--src_checkpoint", str(src), "--dst_strategy", mp4, "--format", "checkpoint2",
+            "--dst_checkpoint", f"s3://{bucket}/out", "--work_dir", str(tmp_path / "w")]
+    assert main(argv) == 0
+    before = integrity.read(f"s3://{bucket}/out")
+    for path in src.rglob("*.safetensors"):
+        os.utime(path, ns=(1, 1))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "already holds" not in capsys.readouterr().out
+    after = integrity.read(f"s3://{bucket}/out")
+    assert after.result_digest != before.result_digest and after.files == before.files
+    assert integrity.verify(f"s3://{bucket}/out").ok
+    other = tmp_path / "other" / FIXTURE
+    shutil.copytree(DATA / FIXTURE, other)
+    listed = keys(s3_server.client(), bucket, "out/")
+    rc = main([*argv[:1], str(other), *argv[2:]])
+    err = errors_only(capsys.readouterr().err)
+    assert rc == 2 and f"{ITERATION} exists there already" in err and len(err.splitlines()) == 1, err
+    assert keys(s3_server.client(), bucket, "out/") == listed

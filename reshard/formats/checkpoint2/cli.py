@@ -221,7 +221,7 @@ def _publish(args, c: _Conversion, written: Written, manifest: integrity.SetMani
         if manifest is not None and publish.holds(c.dst, manifest):
             return True
         if folder is not None:
-            publish.check_folder_free(c.dst, folder, manifest.result_digest, f"{_dst_flag(args)} {c.dst}")
+            publish.check_folder_free(c.dst, folder, manifest, f"{_dst_flag(args)} {c.dst}")
         publish.upload_set(c.local, c.dst, written.files, manifest, folder, claim.check)
     return False
 

@@ -6,9 +6,10 @@ incomplete under the same keys aborted by the next copy).
 
 The order, so that a reader never trusts a partial set:
 
-    1. a record, .reshard/checkpoint2.json: the iteration folder being written and the result's
-       digest (reshard.run.result_digest), so that a rerun of the same conversion may write
-       over what an interrupted one left in that folder, and nobody else's save is
+    1. a record, .reshard/checkpoint2.json: the iteration folder being written, the result's
+       digest (reshard.run.result_digest), the source location and strategies, so that a rerun
+       of the same conversion may write over what an interrupted one left in that folder, and
+       nobody else's save is
     2. the set's files: a Checkpoint 2.0 iteration's shards, metadata.json, common.json (or the
        rank files of a rank-folder output)
     3. conversion_manifest.json (a whole set)
@@ -91,25 +92,37 @@ def stale_files(names: Iterable[str], keep: Collection[str]) -> list[str]:
     return [n for n in names if n in ranks or (n.startswith(ITERATION_PREFIX) and "/" in n)]
 
 
-def check_folder_free(location: str, folder: str, digest: str | None = None, shown: str = "") -> None:
+def check_folder_free(location: str, folder: str, manifest: integrity.SetManifest | None = None,
+                      shown: str = "") -> None:
     """Refuse (ReshardError, one line) an iteration folder on the store holding files that are
-    not an earlier run's of this conversion: the record of an unfinished upload, or the
-    manifest of a finished one, names it with this result's digest (digest None, before the
-    conversion: with any digest). Two saves never mix in one iteration folder. shown: the
-    output as the user named it, with its flag, for the message."""
+    not this conversion's: the record of an unfinished upload, or the manifest of a finished
+    one, must name the folder as written by the same conversion (_same: the same result, or
+    the same source location and strategies, e.g. a source file touched since); manifest None
+    (before converting): by any conversion of this tool. Two saves never mix in one iteration
+    folder. shown: the output as the user named it, with its flag, for the message."""
     held = [n for n in _listing(location) if n.startswith(f"{folder}/")]
     if not held:
         return
     record, theirs = _record(location), _remote_manifest(location)
-    claims = []
-    if record.get("folder") == folder:
-        claims.append(record.get("result_digest"))
+    writers = [record] if record.get("folder") == folder else []
     if theirs is not None and any(n.startswith(f"{folder}/") for n in theirs.files):
-        claims.append(theirs.result_digest)
-    if not any(digest is None or c == digest for c in claims):
+        writers.append(_identity(theirs))
+    if not any(manifest is None or _same(w, manifest) for w in writers):
         raise ReshardError(f"{shown or location}: {folder} exists there already with {len(held)} file(s) "
                            "(refusing to mix two saves in one iteration folder: remove it or choose "
                            "another output)")
+
+
+def _identity(manifest: integrity.SetManifest) -> dict:
+    """What a record says of the conversion that wrote a set (the record's body too)."""
+    return {"result_digest": manifest.result_digest, "source": manifest.source.get("location"),
+            "strategies": manifest.strategies}
+
+
+def _same(writer: dict, manifest: integrity.SetManifest) -> bool:
+    mine = _identity(manifest)
+    return writer.get("result_digest") == mine["result_digest"] or \
+        (writer.get("source"), writer.get("strategies")) == (mine["source"], mine["strategies"])
 
 
 def _unname(location: str, folder: str) -> None:
@@ -137,8 +150,7 @@ def upload_set(local: str, location: str, names: list[str], manifest: integrity.
     if folder is not None:
         assert manifest is not None
         _unname(location, folder)
-        mox.write(_join(location, RECORD), json.dumps({"folder": folder,
-                                                      "result_digest": manifest.result_digest}))
+        mox.write(_join(location, RECORD), json.dumps({"folder": folder, **_identity(manifest)}))
     body = sorted(n for n in names if n != TRACKER)
     log.info("uploading %d file(s) to %s", len(body), location)
     mox.copy_parallel(local, location, file_list=body)
