@@ -12,10 +12,6 @@ Two modes (hyperparameter `checkpoint2_mode`):
   made the set already (same source metadata.json, iteration and destination strategy, as the
   manifest records; on the store, whole) converts nothing.
 
-The set's folders are the job's (under remote_save_url and on each node): what earlier runs left
-there beside this run's set (another iteration, another layout's shards, a legacy output's rank
-folders) is removed (prune); other files are left, named in a warning. The user's
-load_checkpoint_step names no iteration of a Checkpoint 2.0 source and is refused (format.NO_STEP).
 - online: nothing is converted; each node downloads exactly the source files its ranks read
   (reshard.formats.checkpoint2.select: from metadata.json and the destination layout; all of
   them without --dst_strategy) with metadata.json cut to those files, and MindFormers' own
@@ -23,6 +19,11 @@ load_checkpoint_step names no iteration of a Checkpoint 2.0 source and is refuse
   (SHARED_PATHS). A rerun downloads only what is missing or of another size.
 
 The default is preshard when --dst_strategy is given, else online.
+
+The set's folders are the job's (under remote_save_url and on each node): what earlier runs left
+there beside this run's set (another iteration, another layout's shards, a legacy output's rank
+folders) is removed (prune); other files are left, named in a warning. The user's
+load_checkpoint_step names no iteration of a Checkpoint 2.0 source and is refused (format.NO_STEP).
 
 The hooks in job.py: inspect() in plan() (before the legacy source is classified), the JobPlan's
 `checkpoint2` field, prepare() in job.prepare().
@@ -158,8 +159,8 @@ def _node_copy(ck: Checkpoint2, names: set[str], local: str,
     """`local` made a Checkpoint 2.0 root holding the tracker, the iteration folder's common.json,
     metadata.json cut to `names`, and the shards `names` (downloaded unless present with the
     size the source has; what earlier runs left there removed first, prune: the folder is
-    ours). expected: the
-    manifest's records (name relative to the set) the downloaded shards must match."""
+    ours). expected: the manifest's records (name relative to the set) the downloaded shards
+    must match."""
     folder = iteration_dir(ck.iteration)
     here = os.path.join(local, folder)
     prune(local, {f"{folder}/{n}" for n in (*names, COMMON, METADATA)})
