@@ -11,7 +11,6 @@ Two modes (hyperparameter `checkpoint2_mode`):
   the manifest. MindFormers then loads without resharding on the NPUs. A rerun whose inputs
   made the set already (same source metadata.json, iteration and destination strategy, as the
   manifest records; on the store, whole) converts nothing.
-
 - online: nothing is converted; each node downloads exactly the source files its ranks read
   (reshard.formats.checkpoint2.select: from metadata.json and the destination layout; all of
   them without --dst_strategy) with metadata.json cut to those files, and MindFormers' own
