@@ -488,3 +488,40 @@ def test_transform_checkpoint_complete_file_to_checkpoint2(tmp_path, optimizer):
     back = tmp_path / "back"
     transform(str(tmp_path / "ck2"), str(back), fmt="ckpt")
     assert synth.load_params(str(only_file(back))) == synth.load_params(str(src))
+
+
+def test_local_checkpoint2_output_is_claimed_and_holds_no_other_save(tmp_path, capsys):
+    """A local output of the Checkpoint 2.0 path is claimed as the engine's path claims it
+    (another run writing it meanwhile: refused at once, nothing written), and a folder holding
+    another save (another iteration, rank folders) is refused: the new tracker would sit beside
+    files a loader or a later --iteration could take for this conversion's."""
+    from reshard import cli
+    from reshard.claim import OutputClaim
+    fixture = str(DATA / "2.1.0-dp2mp2pp2")
+    dst = strategy(tmp_path, 1, 4, 1)
+    out = tmp_path / "out"
+    theirs = OutputClaim(str(out), "their-run", "transform-checkpoint", "--dst_checkpoint out")
+    theirs.acquire()
+    try:
+        assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(out), "--dst_strategy",
+                         dst.source, "--format", "checkpoint2"]) == 2
+        assert "in use by another run (run their-run" in capsys.readouterr().err
+        assert not [p for p in out.rglob("*") if ".claims" not in p.parts]
+    finally:
+        theirs.release()
+    complete = tmp_path / "complete"     # a legacy source: --iteration names the one written
+    assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(complete), "--format", "safetensors"]) == 0
+    args = ["--src_checkpoint", str(complete), "--dst_strategy", dst.source, "--format", "checkpoint2"]
+    assert cli.main(args + ["--dst_checkpoint", str(out), "--iteration", "2000"]) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    capsys.readouterr()
+    assert cli.main(args + ["--dst_checkpoint", str(out), "--iteration", "400"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds another save (iteration_00002000)" in err and "\n" not in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    ranks = tmp_path / "ranks"
+    assert cli.main(["--src_checkpoint", fixture, "--dst_checkpoint", str(ranks), "--dst_strategy",
+                     dst.source, "--format", "safetensors"]) == 0
+    capsys.readouterr()
+    assert cli.main(args + ["--dst_checkpoint", str(ranks), "--iteration", "3"]) == 2
+    assert "holds another save (rank_0, rank_1, rank_2, ...)" in capsys.readouterr().err

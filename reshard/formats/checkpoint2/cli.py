@@ -12,9 +12,11 @@ integrity manifest (`--verify`, local or remote).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from dataclasses import dataclass
 
+from obs_io.cleanup import on_failure
 from obs_io.urls import join as _join
 
 from ... import integrity
@@ -23,7 +25,7 @@ from ...cli import (_Stage, _block, _check_no_stale_files, _claimed, _dst_flag, 
 from ...errors import ReshardError
 from ...plan import PlanPolicy
 from ...run import conversion_inputs, inputs_id, result_digest
-from ...sources import check_output, is_url
+from ...sources import RANK_DIR, check_output, is_url
 from ...strategy import Strategy
 from . import publish
 from .convert import Written, open_source, plan, transform
@@ -92,8 +94,15 @@ def run(args) -> int:
         c = _resolve(args, stage)
         if args.dry_run:
             return _dry_run(args, c)
-        written = _convert(args, c)
-        manifest = _manifest(args, c, written)
+        if c.remote:   # converted privately in the staging folder; claimed when published
+            written = _convert(args, c)
+            manifest = _manifest(args, c, written)
+        else:          # another run writing this folder meanwhile is refused at once
+            made = not os.path.exists(c.dst)   # the claim makes it: gone again if nothing came
+            with on_failure(_remove_if_empty, c.dst) if made else contextlib.nullcontext(), \
+                    _claimed(args, None, c.src_strategy, c.dst_strategy, _run_id(args, c)):
+                written = _convert(args, c)
+                manifest = _manifest(args, c, written)
         if c.remote and _publish(args, c, written, manifest):
             print(f"done: {c.dst} already holds this conversion (its {integrity.MANIFEST_NAME} records "
                   "the same result); nothing uploaded")
@@ -102,6 +111,14 @@ def run(args) -> int:
         stage.close()
     print(f"done: wrote {len(written.files)} file(s) to {c.dst}" + (" (Checkpoint 2.0)" if c.to_ckpt2 else ""))
     return 0
+
+
+def _remove_if_empty(folder: str) -> None:
+    """The output folder this run made, removed when a failure left nothing in it."""
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
 
 
 def _refuse(args) -> None:
@@ -149,6 +166,8 @@ def _resolve(args, stage: _Stage) -> _Conversion:
         _check_no_stale_files(args, world)   # the engine's rule for rank folders
     elif c.remote:
         _check_iteration_free(args, c)
+    elif dst:
+        _check_no_other_save(args, c)
     if c.remote and not args.dry_run:
         c.local = stage.dir("dst_checkpoint")
         _show_as(c.local, dst)
@@ -166,6 +185,27 @@ def _check_iteration_free(args, c: _Conversion) -> None:
     if iteration is not None:
         with _storage(_dst_flag(args), c.dst):
             publish.check_folder_free(c.dst, iteration_dir(iteration), shown=f"{_dst_flag(args)} {c.dst}")
+
+
+def _check_no_other_save(args, c: _Conversion) -> None:
+    """A local Checkpoint 2.0 output holds no other save: no other iteration folder and no
+    rank folders (the tracker this run writes would name one iteration beside files of others:
+    a loader, or a later --iteration, could take them for this conversion's), as the engine's
+    rule refuses other rank files in a rank-folder output. The iteration this run writes may
+    hold its own unfinished shards (write.check_iteration_free decides)."""
+    if not os.path.isdir(c.dst):
+        return
+    iteration = args.iteration
+    if c.from_ckpt2:
+        iteration = resolve_iteration(args.src_checkpoint, args.iteration)[2]
+    own = iteration_dir(iteration) if iteration is not None else None
+    other = sorted(n for n in os.listdir(c.dst)
+                   if n != own and (n.startswith(ITERATION_PREFIX) or RANK_DIR.match(n))
+                   and os.path.isdir(os.path.join(c.dst, n)) and os.listdir(os.path.join(c.dst, n)))
+    if other:
+        raise ReshardError(f"{_dst_flag(args)} {c.dst} holds another save ({', '.join(other[:3])}"
+                           f"{', ...' if len(other) > 3 else ''}): the tracker this conversion writes "
+                           "would sit beside it; choose an empty folder or remove it")
 
 
 def _dry_run(args, c: _Conversion) -> int:
