@@ -645,7 +645,8 @@ def _convert(args, stage: _Stage, source: SourceSet | None) -> int:
               "matches the plan and the source's versions); nothing converted or uploaded")
         return 0
     print(f"done: wrote ranks {ranks_text(report.ranks_written)} to {args.dst_checkpoint}, "
-          f"kept ranks {ranks_text(report.ranks_skipped)} (already complete and verified), "
+          f"kept ranks {ranks_text(report.ranks_skipped)} (written by this same conversion before: "
+          "size and time as recorded; --verify reads their bytes), "
           f"in {report.seconds:.2f}s; expected peak memory {human_size(report.expected_peak_bytes)}")
     return 0
 

@@ -901,7 +901,8 @@ def _keep_done(fp: "FinishedPlan", files: SourceFiles, done: Callable[[RankPlan,
     todo = [rp for rp in plan.ranks if rp.rank not in skipped and rp.rank not in copied]
     made = []
     for rp in kept:
-        log.info("rank %d: %s already complete and verified, skipped", rp.rank, rp.path)
+        log.info("rank %d: %s already written by this same conversion (size and time as recorded), "
+                 "skipped", rp.rank, rp.path)
         done(rp, False)
         for rank, uploaded in make_copies(rp, copies.pop(rp.rank, ()), files, dst_root, plan.fmt,
                                           upload, fp.config.durable, False):

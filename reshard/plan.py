@@ -766,8 +766,8 @@ class _Planner:
                  fmt: str, policy: PlanPolicy):
         self.format = registry.get(fmt, "--format")
         if self.format.own_path:
-            raise ReshardError(f"--format {fmt}: its sets are not rank files; transform-checkpoint "
-                               f"writes them (--format {fmt})")
+            raise ReshardError(f"--format {fmt}: not a rank-file format; its sets are written by its "
+                               "own path, from a --src_checkpoint (a plan of strategies alone has none)")
         self.src, self.dst, self.source, self.headers = src, dst, source, headers
         self.read_names, self.prefix, self.fmt, self.policy = read, prefix, fmt, policy
         self.kept_whole: set[str] = set()          # unnamed by dst, kept whole (policy)

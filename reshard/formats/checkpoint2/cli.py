@@ -29,7 +29,7 @@ from ...sources import RANK_DIR, check_output, is_url
 from ...strategy import Strategy
 from . import publish
 from .convert import Written, open_source, plan, transform
-from .folder import ITERATION_PREFIX, is_checkpoint2, iteration_dir, resolve_iteration
+from .folder import ITERATION_PREFIX, TRACKER, is_checkpoint2, iteration_dir, resolve_iteration
 from .format import NO_STEP
 from .write import RELEASES
 
@@ -162,6 +162,10 @@ def _resolve(args, stage: _Stage) -> _Conversion:
     to_ckpt2 = args.fmt == FORMAT
     c = _Conversion(dst, dst, src_strategy, dst_strategy, is_checkpoint2(args.src_checkpoint), to_ckpt2,
                     dst_ranks, process_num)
+    if args.iteration is not None and not (to_ckpt2 or c.from_ckpt2) and _no_iterations(args.src_checkpoint):
+        raise ReshardError(f"--iteration {args.iteration}: --src_checkpoint {args.src_checkpoint} holds no "
+                           f"Checkpoint 2.0 (no {TRACKER}, no {ITERATION_PREFIX}<n> folder); --iteration "
+                           f"reads one, or names the iteration --format {FORMAT} writes")
     if not to_ckpt2:
         _check_no_stale_files(args, world)   # the engine's rule for rank folders
     elif c.remote:
@@ -185,6 +189,12 @@ def _check_iteration_free(args, c: _Conversion) -> None:
     if iteration is not None:
         with _storage(_dst_flag(args), c.dst):
             publish.check_folder_free(c.dst, iteration_dir(iteration), shown=f"{_dst_flag(args)} {c.dst}")
+
+
+def _no_iterations(src: str) -> bool:
+    """A local source folder without any iteration_<n> folder (a URL: not looked at here)."""
+    return not is_url(src) and os.path.isdir(src) and \
+        not any(n.startswith(ITERATION_PREFIX) for n in os.listdir(src))
 
 
 def _check_no_other_save(args, c: _Conversion) -> None:
