@@ -14,7 +14,6 @@ neither, so it does not count, and our shim, first on PYTHONPATH, wins over it.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import obs_io
+from reshard.parent_death import kill_with_parent
 
 from cloud_entry import signals
 from cloud_entry.config import mask_args
@@ -227,7 +227,7 @@ def run_command(cmd: Sequence[str], env: Mapping[str, str], timeout: float | Non
     with signals.raising():
         try:
             proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=kill_with_parent)
         except OSError as exc:
             raise EntryError(f"{what} {cmd[0]!r}: cannot start ({exc.strerror or exc})") from None
         try:
@@ -247,17 +247,6 @@ def run_command(cmd: Sequence[str], env: Mapping[str, str], timeout: float | Non
         except BaseException:   # the last of this chain, which stops the group per exception kind
             _stop(proc, signal.SIGTERM, grace)
             raise
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the entry dies, even of SIGKILL itself, which no
-    handler of ours sees (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing). The command's own
-    children (msrun's workers) are its to stop."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _shell_code(returncode: int) -> int:

@@ -17,7 +17,6 @@ digest, size, time and CRC32) that tells a rerun it is done.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ from .errors import ReshardError
 from .formats import FileIndex, FormatError, TensorMeta, open_reader, open_writer
 from .formats import remote as remote_source
 from .formats.growing import Growing
+from .parent_death import kill_with_parent
 from obs_io import redact
 from obs_io.atomic import Landing, sweep, write_atomic
 from obs_io.cleanup import on_failure
@@ -601,11 +601,7 @@ def _die_with_parent(parent: int) -> None:
     """Linux: the kernel sends this worker SIGKILL the moment its parent ends (prctl
     PR_SET_PDEATHSIG), so a killed run's workers write nothing more; a parent already gone
     before that was set is seen here. Elsewhere _exit_with_parent's polling alone."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    kill_with_parent()
     if os.getppid() != parent:
         os._exit(1)
 
