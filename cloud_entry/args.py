@@ -33,7 +33,7 @@ from obs_io.version import package_version
 from reshard.cli import parse_size as reshard_parse_size
 from reshard.errors import ReshardError
 from reshard.formats import registry as formats
-from reshard.sources import check_prefix
+from reshard.sources import DEFAULT_PREFIX, check_prefix
 from reshard.steps import Step, parse_step
 from cloud_entry.jobspec import JobSpec
 
@@ -214,7 +214,7 @@ FLAGS: dict[str, Flag] = {
     "shared_dir": Flag("shared_dir", _text, "a folder every node sees (instead of object storage)", "none",
                        "PATH"),
     "work_dir": Flag("work_dir", _text, "local scratch folder", "<output_dir>/cloud_entry", "PATH"),
-    "prefix": Flag("prefix", _text, "converted file name prefix", "checkpoint_"),
+    "prefix": Flag("prefix", _text, "converted file name prefix", DEFAULT_PREFIX),
     "run_id": Flag("run_id", _text, "id every node of this run shares", "from the platform and the inputs"),
     "transform_only": Flag("transform_only", parse_bool, "stop after the conversion, launch nothing", "False"),
     "overlap": Flag("overlap", parse_bool, "upload each converted rank while it is written and the next "

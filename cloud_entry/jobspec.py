@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from reshard.sources import DEFAULT_PREFIX
 from reshard.steps import Step
 
 
@@ -32,7 +33,7 @@ class JobSpec:
     remote_save_url: str | None = None        # likewise
     shared_dir: str = ""
     work_dir: str = ""                        # "" -> <output_dir>/cloud_entry
-    prefix: str = "checkpoint_"
+    prefix: str = DEFAULT_PREFIX
     run_id: str = ""                          # "" -> derived (see cluster.run_id)
     transform_only: bool = False
     overlap: bool = True                      # upload each converted rank as soon as it is written

@@ -30,7 +30,7 @@ from .formats import registry
 from .finish import TransformReport, default_max_memory, memory_budget
 from obs_io.atomic import write_atomic
 from .plan import Fetch, Headers, Plan, PlanPolicy, build_plan, choose_mode, source_uses
-from .sources import (RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
+from .sources import (DEFAULT_PREFIX, RANK_DIR, SourceEntry, SourceSet, check_output, check_prefix,
                       check_source_strategy, classify, is_url)
 from .steps import Step
 from .strategy import Strategy, load_strategy, merged_strategy_bytes
@@ -49,7 +49,7 @@ def _strategy(value: Strategy | str | None) -> Strategy | None:
     return load_strategy(value) if value else None
 
 
-def _check_fmt(fmt: str, prefix: str = "checkpoint_") -> None:
+def _check_fmt(fmt: str, prefix: str = DEFAULT_PREFIX) -> None:
     registry.get(fmt, "--format")
     check_prefix(prefix)
 
@@ -113,7 +113,7 @@ def find_sources(src_checkpoint: str, fmt: str | None = None, *,
 
 def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None,
                          dst_strategy: Strategy | None, *, dst_ranks: Iterable[int] | None = None,
-                         prefix: str = "checkpoint_", fmt: str = registry.DEFAULT,
+                         prefix: str = DEFAULT_PREFIX, fmt: str = registry.DEFAULT,
                          policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The skeleton plan, from strategies and the source's file list alone (no file is read):
     which source files the destination ranks read (Plan.needed_files).
@@ -238,7 +238,7 @@ def complete_plan(skeleton: Plan, local_root: str, *, fetch: Fetch | None = None
 # -- all at once, local -----------------------------------------------------------------------
 
 def make_plan(src_checkpoint: str | None, *, src_strategy: Strategy | str | None = None,
-              dst_strategy: Strategy | str | None = None, prefix: str = "checkpoint_",
+              dst_strategy: Strategy | str | None = None, prefix: str = DEFAULT_PREFIX,
               fmt: str = registry.DEFAULT, dst_ranks: Iterable[int] | None = None,
               step: Step | None = None, policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The full plan of a local checkpoint (reshard.run.prepare); or the skeleton from
@@ -320,7 +320,7 @@ def write_merged_strategy(strategy: Strategy | str, out_file: str) -> None:
 
 def transform(src_checkpoint: str, dst_checkpoint: str, *,
               src_strategy: Strategy | str | None = None,
-              dst_strategy: Strategy | str | None = None, prefix: str = "checkpoint_",
+              dst_strategy: Strategy | str | None = None, prefix: str = DEFAULT_PREFIX,
               fmt: str = registry.DEFAULT, process_num: int = 1, max_memory: int | None = None,
               dst_ranks: Iterable[int] | None = None, dry_run: bool = False,
               log_dir: str | None = None, step: Step | None = None,

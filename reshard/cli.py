@@ -36,8 +36,8 @@ from .execute import LOG_NAME
 from .formats import registry
 from .plan import SOURCE_MODES, PlanPolicy, human_size, ranks_text
 from .run import conversion_inputs, inputs_id
-from .sources import (SourceEntry, SourceSet, check_output, check_prefix, check_writable, classify,
-                      is_url, probe_writable,
+from .sources import (DEFAULT_PREFIX, SourceEntry, SourceSet, check_output, check_prefix, check_writable,
+                      classify, is_url, probe_writable,
                       split_url, strategy_files)
 from .steps import parse_step
 from .strategy import Strategy
@@ -147,8 +147,8 @@ def _add_layout_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dst_strategy", default=None, metavar="PATH",
                    help="[MindFormers] strategy file or folder of the destination "
                         "(None or empty: a complete checkpoint)")
-    p.add_argument("--prefix", default="checkpoint_",
-                   help="[MindFormers] output file name prefix (default checkpoint_)")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX,
+                   help=f"[MindFormers] output file name prefix (default {DEFAULT_PREFIX})")
     p.add_argument("--rank_id", type=int, default=None, metavar="R",
                    help="[MindFormers] convert only the block of destination ranks rank R leads, "
                         "in one process: the blocks split the world size into "

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from .cli import PROG as TOOL, _OneLineParser, convert_from_args, run_command
+from .sources import DEFAULT_PREFIX
 from obs_io.version import package_version
 
 PROG = "transform_checkpoint.sh"
@@ -47,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("world_size", metavar="WORLD_SIZE", type=int,
                    help="destination rank count, checked against DST_STRATEGY")
     p.add_argument("process_num", metavar="PROCESS_NUM", type=int, help="converting processes")
-    p.add_argument("prefix", metavar="PREFIX", nargs="?", default="checkpoint_",
-                   help="output file name prefix (default checkpoint_)")
+    p.add_argument("prefix", metavar="PREFIX", nargs="?", default=DEFAULT_PREFIX,
+                   help=f"output file name prefix (default {DEFAULT_PREFIX})")
     p.add_argument("--version", action="version", version=f"{PROG} {package_version()}",
                    help="print the version and exit")
     return p

@@ -35,7 +35,7 @@ from .errors import ReshardError
 from .formats import CheckpointReader, FileIndex, FormatError, TensorMeta, open_reader, registry
 from .formats.meta import STORAGE_DTYPES
 from .layout import LayoutError, TensorLayout, complete_layout
-from .sources import SourceSet, output_name
+from .sources import DEFAULT_PREFIX, SourceSet, output_name
 from .strategy import Strategy
 
 Region = tuple[tuple[int, int], ...]
@@ -249,7 +249,7 @@ class Plan:
     src_strategy: Strategy | None = None
     dst_strategy: Strategy | None = None
     dst_ranks: tuple[int, ...] | None = None
-    prefix: str = "checkpoint_"
+    prefix: str = DEFAULT_PREFIX
     fmt: str = registry.DEFAULT
     local_root: str | None = None
     policy: PlanPolicy = field(default_factory=PlanPolicy)
@@ -618,7 +618,7 @@ def _gc_paused() -> Iterator[None]:
 
 def build_plan(src: Strategy | None, dst: Strategy | None, source: SourceSet | None, *,
                headers: Headers | None = None, read: Sequence[str] = (),
-               dst_ranks: Iterable[int] | None = None, prefix: str = "checkpoint_",
+               dst_ranks: Iterable[int] | None = None, prefix: str = DEFAULT_PREFIX,
                fmt: str = registry.DEFAULT, policy: PlanPolicy = PlanPolicy()) -> Plan:
     """A skeleton (headers None: from strategies alone) or a full plan (the headers of the files
     `read`, and of other replicas' files where a chosen file lacks a parameter, or where

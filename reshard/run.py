@@ -54,7 +54,7 @@ from .execute import MANIFEST_DIR, forget_uploads, rank_digest
 from .formats import registry
 from .finish import TransformReport, execute_finished, finish_plan, memory_budget, source_files
 from .plan import Plan, PlanPolicy
-from .sources import RANK_DIR, SourceSet, is_url, output_name
+from .sources import DEFAULT_PREFIX, RANK_DIR, SourceSet, is_url, output_name
 from .strategy import Strategy
 from .subscriber import Subscriber
 
@@ -145,7 +145,7 @@ class Request:
     dst_root: str = ""
     stage: Stage | None = None
     dst_ranks: tuple[int, ...] | None = None
-    prefix: str = "checkpoint_"
+    prefix: str = DEFAULT_PREFIX
     fmt: str = registry.DEFAULT
     policy: PlanPolicy = PlanPolicy()
     source_mode: str | None = "auto"

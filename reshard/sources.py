@@ -33,6 +33,7 @@ __all__ = ["SourceEntry", "SourceSet", "Note", "classify", "check_source_strateg
 
 STRATEGY_EXTS = (".ckpt", ".json")
 RANK_DIR = re.compile(r"^rank_(\d+)$")
+DEFAULT_PREFIX = "checkpoint_"   # a destination rank file's name prefix unless --prefix says (MindFormers' default)
 
 
 @dataclass(frozen=True)
