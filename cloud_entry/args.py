@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import obs_io
+from cloud_entry import checkpoint2
 from cloud_entry.config import load_yaml
 from cloud_entry.errors import EntryError
 from obs_io.oneline import OneLineParser
@@ -230,7 +231,7 @@ FLAGS: dict[str, Flag] = {
                                  "False: an error"),
     "keep_unnamed_params": Flag("keep_unnamed_params", parse_bool, "write parameters the destination "
                                 "strategy does not name whole into every rank", "False: an error"),
-    "checkpoint2_mode": Flag("checkpoint2_mode", parse_choice(("preshard", "online")), "a checkpoint: "
+    "checkpoint2_mode": Flag("checkpoint2_mode", parse_choice(checkpoint2.MODES), "a checkpoint: "
                              "section on a Checkpoint 2.0 load_checkpoint: preshard converts it to the "
                              "job's layout (--dst_strategy) before the launch; online gives each node "
                              "the source files its ranks read, for MindFormers to reshard at load",
