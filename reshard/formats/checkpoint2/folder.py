@@ -27,7 +27,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 from ...errors import ReshardError
 from ...layout import LayoutError, TensorLayout, make_layout
@@ -60,13 +60,25 @@ def shard_name(prefix: str | None, kind: str, index: int, total: int) -> str:
     return f"{head}{kind}-{index:07d}-{total:07d}.safetensors"
 
 
-def is_checkpoint2(path: str) -> bool:
+def is_checkpoint2(path: str, names: Collection[str] | None = None) -> bool:
     """A folder (local, obs://, s3://) that is a Checkpoint 2.0 root (it holds the tracker) or an
-    iteration folder (it holds metadata.json): what auto-detection of a source checks."""
-    fs = _Where(path)
+    iteration folder (it holds metadata.json): what auto-detection of a source checks, and the
+    registered format's refusal of such a folder where rank folders are expected.
+
+    Args:
+        path: the folder.
+        names: the relative file names of a listing of it already made ('/'-separated, a folder's
+            ending in '/'): decided from them, without asking the store; None: asks the store.
+    """
+    if names is None:
+        fs = _Where(path)
+
+        def has(name: str) -> bool:
+            return fs.isfile(fs.join(path, name))
+    else:
+        has = names.__contains__
     name = path.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
-    return fs.isfile(fs.join(path, TRACKER)) or (
-        name.startswith(ITERATION_PREFIX) and fs.isfile(fs.join(path, METADATA)))
+    return has(TRACKER) or (name.startswith(ITERATION_PREFIX) and has(METADATA))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..interface import CheckpointFormat
 from ..safetensors_format import SafetensorsReader, SafetensorsWriter
-from .folder import ITERATION_PREFIX, METADATA, TRACKER
+from .folder import ITERATION_PREFIX, METADATA, TRACKER, is_checkpoint2
 
 
 # Why a legacy step (--step, the job's load_checkpoint_step) is refused with this format, in both
@@ -42,9 +42,7 @@ class Checkpoint2Format(CheckpointFormat):
         """A Checkpoint 2.0 folder met where rank folders or complete files are expected is
         refused in one line naming the format (its shards would otherwise look like several
         complete files holding different values of one parameter)."""
-        last = root.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
-        names = {e.name for e in entries}
-        if TRACKER in names or (last.startswith(ITERATION_PREFIX) and METADATA in names):
+        if is_checkpoint2(root, {e.name for e in entries}):
             raise _refused(root)
         return None
 
