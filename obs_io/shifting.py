@@ -108,11 +108,6 @@ def _routed(patch: _Patch, original: Callable) -> Callable:
     return call
 
 
-def is_shifted() -> bool:
-    """Whether shift('os', 'mox') is in force."""
-    return bool(_originals)
-
-
 def shift(src: str, dst: str) -> None:
     """moxing's mox.file.shift: shift('os', 'mox') makes the built-ins listed in this module's
     docstring accept obs:// and s3:// URLs; shift('os', 'os') restores the originals. Either is

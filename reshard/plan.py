@@ -296,11 +296,6 @@ class Plan:
                        if name not in dst.layouts or
                        any(lay.stage in stages for lay in dst.layouts[name])} | set(src.unindexed))
 
-    @property
-    def output_files(self) -> list[str]:
-        """Relative names of the output files, in rank order."""
-        return [rp.path for rp in self.ranks]
-
     def dump(self, destination: str | None = None) -> str:
         """The readable plan (--dry_run): where from and where to (as the user named them, never
         a staging folder), in which unit the shapes are, and per destination rank its file, size
