@@ -94,6 +94,9 @@ class _RangedReader(io.RawIOBase):
         return len(data)
 
     def readall(self) -> bytes:
+        """The rest of the object in one ranged GET. Called by io itself (read() / read(-1) here
+        and on the BufferedReader over it): io.RawIOBase's default would issue one GET per
+        io.DEFAULT_BUFFER_SIZE chunk (8 KiB on Python 3.11)."""
         if self.pos >= self.size:
             return b""
         data = self._get(self.pos, self.size - 1)
