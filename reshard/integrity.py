@@ -60,6 +60,8 @@ class SetManifest:
 
 
 def tool_version() -> str:
+    """The manifest's `tool` field: which release wrote a set ('cloud-ckpt-transform <version>'),
+    for telling later which tool's conversion a set is when a bug is found in one."""
     from obs_io.version import package_version
     return f"cloud-ckpt-transform {package_version()}"
 
@@ -77,6 +79,16 @@ def write(location: str, manifest: SetManifest) -> str:
 
 
 def read(location: str) -> SetManifest:
+    """The manifest of the converted set at `location` (a local folder, obs:// or s3://): what a
+    rerun and the job's sync compare with before trusting files already there.
+
+    Returns:
+        The SetManifest read from `<location>/conversion_manifest.json`.
+
+    Raises:
+        ReshardError: one line naming the location when there is no manifest (not a converted
+            set, or its conversion did not finish), or naming the file when it is not one.
+    """
     import obs_io
     path = _join(location, MANIFEST_NAME)
     try:
@@ -166,6 +178,15 @@ def verify(location: str, manifest: SetManifest | None = None) -> Verdict:
 
 
 def records(checksums: Mapping[str, tuple[int, str]]) -> dict[str, FileRecord]:
+    """The manifest's `files` from a conversion's checksums.
+
+    Args:
+        checksums: relative file name -> (size in bytes, CRC32 as 8 hex digits), as the writers
+            computed them while writing (TransformReport.checksums).
+
+    Returns:
+        relative file name -> FileRecord.
+    """
     return {n: FileRecord(int(s), str(c)) for n, (s, c) in checksums.items()}
 
 
