@@ -73,6 +73,10 @@ def llama_shapes(num_layers: int, vocab: int, hidden: int, ffn: int) -> dict[str
     return shapes
 
 
+# A Llama of a few KB, for llama_params(**SMALL_LLAMA) / write_strategy: the Checkpoint 2.0 tests' size
+SMALL_LLAMA = dict(num_layers=2, vocab=16, hidden=8, ffn=16)
+
+
 def llama_params(num_layers=2, vocab=256, hidden=64, ffn=128, seed=0,
                  dtypes=("float32", "float16", "bfloat16"), optimizer=True
                  ) -> dict[str, np.ndarray]:

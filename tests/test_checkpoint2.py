@@ -30,7 +30,6 @@ from reshard.strategy import load_strategy
 DATA = Path(__file__).resolve().parent / "data" / "checkpoint2"
 FIXTURES = ["1.7.0-dp2mp2pp2-optshard", "1.7.0-dp2mp2pp2-rr", "1.9.0-dp2mp2pp2-optshard",
             "1.9.0-dp2mp2pp2-rr", "2.1.0-dp2mp2pp2"]
-SMALL = dict(num_layers=2, vocab=16, hidden=8, ffn=16)
 
 
 def tensors(path) -> dict[str, tuple[str, tuple, bytes]]:
@@ -49,7 +48,7 @@ def only_file(folder: Path) -> Path:
 
 
 def strategy(tmp_path: Path, dp: int, mp: int, pp: int, opt_shard: int = 0):
-    params = synth.llama_params(**SMALL, optimizer=True)
+    params = synth.llama_params(**synth.SMALL_LLAMA, optimizer=True)
     folder = tmp_path / f"strategy-{dp}-{mp}-{pp}-{opt_shard}"
     synth.write_strategy(str(folder), dp=dp, mp=mp, pp=pp, opt_shard=opt_shard, params=params)
     return load_strategy(str(folder))
@@ -401,7 +400,7 @@ def test_parameter_shared_by_pipeline_stages_round_trips(tmp_path):
     """A destination strategy with the embedding in the first and the last stage: metadata.json
     describes it once (its first stage's layout) with storage records in both stages, and it
     reads back to the same tensors."""
-    params = synth.llama_params(**SMALL, optimizer=True)
+    params = synth.llama_params(**synth.SMALL_LLAMA, optimizer=True)
     folder = tmp_path / "shared"
     synth.write_strategy(str(folder), dp=1, mp=2, pp=2, params=params, shared_embedding=True)
     dst = load_strategy(str(folder))
@@ -477,7 +476,7 @@ def test_transform_checkpoint_complete_file_to_checkpoint2(tmp_path, optimizer):
     (global_step, ...) stay in the model shards (an opt file metadata.json names not would make
     a mixed folder)."""
     from reshard import cli
-    params = synth.llama_params(**SMALL, optimizer=optimizer)
+    params = synth.llama_params(**synth.SMALL_LLAMA, optimizer=optimizer)
     src = tmp_path / "llama.ckpt"
     synth.write_complete_checkpoint(str(src), params)
     dst = strategy(tmp_path, 2, 2, 2)

@@ -27,14 +27,13 @@ from reshard.formats.checkpoint2.publish import RECORD
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "checkpoint2"
 FIXTURE = "1.9.0-dp2mp2pp2-optshard"
-SMALL = dict(num_layers=2, vocab=16, hidden=8, ffn=16)
 ITERATION = "iteration_00001234"
 
 
 @pytest.fixture(scope="module")
 def mp4(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("strategy") / "mp4"
-    synth.write_strategy(str(folder), dp=1, mp=4, pp=1, params=synth.llama_params(**SMALL, optimizer=True))
+    synth.write_strategy(str(folder), dp=1, mp=4, pp=1, params=synth.llama_params(**synth.SMALL_LLAMA, optimizer=True))
     return str(folder)
 
 

@@ -23,7 +23,6 @@ from reshard.strategy import load_strategy
 
 DATA = Path(__file__).resolve().parent / "data" / "checkpoint2"
 FIXTURE = "1.9.0-dp2mp2pp2-optshard"
-SMALL = dict(num_layers=2, vocab=16, hidden=8, ffn=16)
 ITERATION = "iteration_00001234"
 
 
@@ -31,7 +30,7 @@ ITERATION = "iteration_00001234"
 def mp4pp2(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("strategy") / "mp4pp2"
     synth.write_strategy(str(folder), dp=1, mp=4, pp=2, opt_shard=0,
-                         params=synth.llama_params(**SMALL, optimizer=True))
+                         params=synth.llama_params(**synth.SMALL_LLAMA, optimizer=True))
     return str(folder)
 
 
