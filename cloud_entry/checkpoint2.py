@@ -41,7 +41,7 @@ import reshard
 from obs_io.oneline import one_line
 from reshard import integrity
 from reshard.formats.checkpoint2 import TRACKER, is_checkpoint2, iteration_dir, read_checkpoint2
-from reshard.formats.checkpoint2.convert import transform as convert_checkpoint2
+from reshard.formats.checkpoint2.convert import convert_checkpoint
 from reshard.formats.checkpoint2 import publish
 from reshard.formats.checkpoint2.format import NO_STEP
 from reshard.formats.checkpoint2.folder import COMMON, ITERATION_PREFIX, Checkpoint2, METADATA
@@ -104,8 +104,8 @@ def inspect(job, cfg: dict[str, Any], cluster, load_strategy: Callable[[str, str
             raise EntryError(f"load_checkpoint_step={job.load_checkpoint_step}: {NO_STEP}; point "
                              f"load_checkpoint at an iteration_<n> folder to read another iteration than "
                              f"{TRACKER} names")
-        from reshard.formats.checkpoint2.convert import open_source
-        ck = open_source(src).checkpoint2
+        from reshard.formats.checkpoint2.convert import open_checkpoint
+        ck = open_checkpoint(src).checkpoint2
         meta = integrity.file_checksum(ck.metadata_path)
     except reshard.ReshardError as exc:
         raise EntryError(f"load_checkpoint={src}: {exc}") from None
@@ -262,7 +262,7 @@ def _convert(p: "JobPlan", out: str, c: Checkpoint2Job, strategies: dict,
     log.info("checkpoint2_mode=preshard: converting %s to the job's layout (%d ranks)", c.location,
              c.dst.world_size if c.dst else 1)
     try:
-        written = convert_checkpoint2(c.location, out, dst_strategy=c.dst, fmt="checkpoint2",
+        written = convert_checkpoint(c.location, out, dst_strategy=c.dst, fmt="checkpoint2",
                                       iteration=c.source.iteration,
                                       process_num=job.transform_process_num or 1,
                                       max_memory=job.max_memory,

@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--releases", default="1.7.0,1.8.0,1.9.0,2.0.0,2.1.0")
     args = ap.parse_args()
     import synth
-    from reshard.formats.checkpoint2.convert import transform
+    from reshard.formats.checkpoint2.convert import convert_checkpoint
     from reshard.strategy import load_strategy
     params = synth.llama_params(num_layers=2, vocab=16, hidden=8, ffn=16, optimizer=True)
     failed = 0
@@ -69,7 +69,7 @@ def main() -> int:
                         synth.write_strategy(strat, dp=dp, mp=mp, pp=pp, opt_shard=opt, params=params)
                     out = os.path.join(tmp, f"{release}-{source}-{layout}")
                     t = time.time()
-                    transform(source_path, out, dst_strategy=load_strategy(strat),
+                    convert_checkpoint(source_path, out, dst_strategy=load_strategy(strat),
                               fmt="checkpoint2", release=short)
                     seconds_write = round(time.time() - t, 2)
                     ok, rep = oracle_check(py, tmp, out, source_path, layout)

@@ -22,7 +22,8 @@ from reshard import api
 from reshard.errors import ReshardError
 from reshard.formats import open_reader
 from reshard.formats.checkpoint2 import TRACKER, read_checkpoint2
-from reshard.formats.checkpoint2.convert import check_source_strategy, open_source, prepare_checkpoint2, transform
+from reshard.formats.checkpoint2.convert import (check_strategy_against_metadata, convert_checkpoint, open_checkpoint,
+                                                    prepare_checkpoint2)
 from reshard.formats.checkpoint2.write import COMMON_FIELDS, folded, layout_dict
 from reshard.layout import make_layout
 from reshard.strategy import load_strategy
@@ -60,7 +61,7 @@ def test_to_complete_is_what_mindformers_loads(tmp_path, fixture):
     and the optimizer's undescribed values (global_step, learning_rate) carried from the opt
     files, where MindFormers saved them."""
     out = tmp_path / "out"
-    transform(str(DATA / fixture), str(out), fmt="safetensors")
+    convert_checkpoint(str(DATA / fixture), str(out), fmt="safetensors")
     got, want = tensors(only_file(out)), mindformers_full(fixture)
     assert {n: got[n] for n in want} == want
     extra = set(got) - set(want)
@@ -80,7 +81,7 @@ def test_to_rank_folders_equals_converting_the_complete_tensors(tmp_path, fixtur
     MindSpore's own conversion in test_reshard)."""
     dst = strategy(tmp_path, *layout)
     ours, ref = tmp_path / "ours", tmp_path / "ref"
-    transform(str(DATA / fixture), str(ours), dst_strategy=dst, fmt="safetensors")
+    convert_checkpoint(str(DATA / fixture), str(ours), dst_strategy=dst, fmt="safetensors")
     api.transform(str(DATA / f"{fixture}.full.safetensors"), str(ref), dst_strategy=dst,
                   fmt="safetensors")
     for r in range(dst.world_size):
@@ -100,7 +101,7 @@ def test_written_checkpoint2_reads_back_and_is_laid_out_as_mindformers_writes(tm
     are the same: no rank_group; 1.9+ add it), and it reads back to the same complete tensors."""
     dst = strategy(tmp_path, 2, 2, 2, -1)
     out = tmp_path / "ck2"
-    transform(str(DATA / fixture), str(out), dst_strategy=dst, fmt="checkpoint2", release=release)
+    convert_checkpoint(str(DATA / fixture), str(out), dst_strategy=dst, fmt="checkpoint2", release=release)
     assert (out / TRACKER).read_bytes() == b"1234"
     it = out / "iteration_00001234"
     names = sorted(p.name for p in it.iterdir())
@@ -119,7 +120,7 @@ def test_written_checkpoint2_reads_back_and_is_laid_out_as_mindformers_writes(tm
         if name.endswith(".safetensors"):
             assert (it / name).read_bytes() == (DATA / fixture / it.name / name).read_bytes(), name
     back = tmp_path / "back"
-    transform(str(out), str(back), fmt="safetensors")
+    convert_checkpoint(str(out), str(back), fmt="safetensors")
     got, want = tensors(only_file(back)), mindformers_full(fixture)
     assert {n: got[n] for n in want} == want
 
@@ -133,7 +134,7 @@ def test_legacy_rank_folders_to_checkpoint2(tmp_path):
     api.transform(str(DATA / f"{fixture}.full.safetensors"), str(legacy),
                   dst_strategy=src_strategy, fmt="safetensors")
     out = tmp_path / "ck2"
-    transform(str(legacy), str(out), src_strategy=src_strategy, dst_strategy=strategy(tmp_path, 2, 2, 1),
+    convert_checkpoint(str(legacy), str(out), src_strategy=src_strategy, dst_strategy=strategy(tmp_path, 2, 2, 1),
               fmt="checkpoint2", dst_iteration=7, prefix="")
     it = out / "iteration_00000007"
     assert (it / "model-0000003-0000004.safetensors").is_file()
@@ -141,7 +142,7 @@ def test_legacy_rank_folders_to_checkpoint2(tmp_path):
         assert r.metas and all(n.startswith("adam_") for n in r.metas)
     assert tuple(json.loads((it / "common.json").read_text())) == COMMON_FIELDS["2.1"]
     back = tmp_path / "back"
-    transform(str(out), str(back), fmt="safetensors")
+    convert_checkpoint(str(out), str(back), fmt="safetensors")
     got, want = tensors(only_file(back)), mindformers_full(fixture)
     assert {n: got[n] for n in want} == want
 
@@ -178,7 +179,7 @@ def edit_metadata(src: Path, edit) -> None:
 def fails(src, match, tmp_path, **kw):
     out = tmp_path / "out"
     with pytest.raises(ReshardError, match=match) as e:
-        transform(str(src), str(out), fmt="safetensors", **kw)
+        convert_checkpoint(str(src), str(out), fmt="safetensors", **kw)
     assert "\n" not in str(e.value)
     assert not out.exists() or not any(out.rglob("*.safetensors"))
 
@@ -251,20 +252,20 @@ def test_mixed_folder(tmp_path):
 
 def test_given_source_strategy_is_checked_against_metadata(tmp_path):
     ck = read_checkpoint2(str(DATA / "1.9.0-dp2mp2pp2-optshard"))
-    check_source_strategy(ck, strategy(tmp_path, 2, 2, 2, -1))     # the same layouts: accepted
+    check_strategy_against_metadata(ck, strategy(tmp_path, 2, 2, 2, -1))     # the same layouts: accepted
     with pytest.raises(ReshardError, match=r"parameter \S+: source strategy \S+ lays it out "
                                            r"otherwise than \S+metadata.json \(stage 0\)"):
-        check_source_strategy(ck, strategy(tmp_path, 2, 2, 2, 0))
+        check_strategy_against_metadata(ck, strategy(tmp_path, 2, 2, 2, 0))
     with pytest.raises(ReshardError, match="has 1 stage"):
-        open_source(str(DATA / "1.9.0-dp2mp2pp2-optshard"), strategy(tmp_path, 1, 4, 1))
+        open_checkpoint(str(DATA / "1.9.0-dp2mp2pp2-optshard"), strategy(tmp_path, 1, 4, 1))
 
 
 def test_existing_iteration_is_not_overwritten(tmp_path):
     out = tmp_path / "ck2"
-    transform(str(DATA / "2.1.0-dp2mp2pp2"), str(out), fmt="checkpoint2")
+    convert_checkpoint(str(DATA / "2.1.0-dp2mp2pp2"), str(out), fmt="checkpoint2")
     before = sorted(p.name for p in (out / "iteration_00001234").iterdir())
     with pytest.raises(ReshardError, match="iteration_00001234: exists already"):
-        transform(str(DATA / "2.1.0-dp2mp2pp2"), str(out), fmt="checkpoint2")
+        convert_checkpoint(str(DATA / "2.1.0-dp2mp2pp2"), str(out), fmt="checkpoint2")
     assert sorted(p.name for p in (out / "iteration_00001234").iterdir()) == before
     assert not [p for p in out.iterdir() if p.name.startswith(".reshard-staging")]
 
@@ -279,7 +280,7 @@ def test_written_in_blocks_is_the_folder_written_whole(tmp_path):
     fixture = str(DATA / "1.9.0-dp2mp2pp2-optshard")
     dst = strategy(tmp_path, 2, 2, 2, -1)
     whole, blocks = tmp_path / "whole", tmp_path / "blocks"
-    transform(fixture, str(whole), dst_strategy=dst, fmt="checkpoint2")
+    convert_checkpoint(fixture, str(whole), dst_strategy=dst, fmt="checkpoint2")
     first = prepare_checkpoint2(fixture, str(blocks), dst_strategy=dst)
     assert sorted(first.write_block([0, 1, 2, 3])) == [
         f"iteration_00001234/CKP-{k}-{r:07d}-0000008.safetensors" for k in ("model", "opt") for r in range(4)]
@@ -360,7 +361,7 @@ def test_parameter_without_layout_is_carried(tmp_path):
     ck = read_checkpoint2(str(src))
     assert ck.params[name].layouts == () and name not in ck.source_strategy().layouts
     out = tmp_path / "out"
-    transform(str(src), str(out), dst_strategy=strategy(tmp_path, 1, 4, 1), fmt="safetensors")
+    convert_checkpoint(str(src), str(out), dst_strategy=strategy(tmp_path, 1, 4, 1), fmt="safetensors")
     want = mindformers_full("2.1.0-dp2mp2pp2")[name]
     for r in range(4):
         assert tensors(out / f"rank_{r}" / f"checkpoint_{r}.safetensors")[name] == want
@@ -379,18 +380,18 @@ def test_checkpoint2_on_object_storage(tmp_path, s3_server, bucket):
             client.upload_file(str(path), bucket, f"ck/{path.relative_to(DATA / fixture).as_posix()}")
     url = f"s3://{bucket}/ck"
     out = tmp_path / "out"
-    transform(url, str(out), fmt="safetensors")
+    convert_checkpoint(url, str(out), fmt="safetensors")
     got, want = tensors(only_file(out)), mindformers_full(fixture)
     assert {n: got[n] for n in want} == want
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]    # nothing fetched is left
     ck2 = tmp_path / "ck2"
-    transform(url, str(ck2), dst_strategy=strategy(tmp_path, 1, 4, 1), fmt="checkpoint2")
+    convert_checkpoint(url, str(ck2), dst_strategy=strategy(tmp_path, 1, 4, 1), fmt="checkpoint2")
     back = tmp_path / "back"
-    transform(str(ck2), str(back), fmt="safetensors")
+    convert_checkpoint(str(ck2), str(back), fmt="safetensors")
     got = tensors(only_file(back))
     assert {n: got[n] for n in want} == want
     with pytest.raises(ReshardError, match=rf"{url}/iteration_00000007: missing \(iteration 7, asked for\)"):
-        transform(url, str(tmp_path / "x"), fmt="safetensors", iteration=7)
+        convert_checkpoint(url, str(tmp_path / "x"), fmt="safetensors", iteration=7)
     from reshard import cli      # transform-checkpoint detects it there too
     assert cli.main(["--src_checkpoint", url, "--dst_checkpoint", str(tmp_path / "cli")]) == 0
     assert set(tensors(tmp_path / "cli" / "rank_0" / "checkpoint_0.ckpt")) >= set(want)
@@ -405,13 +406,13 @@ def test_parameter_shared_by_pipeline_stages_round_trips(tmp_path):
     synth.write_strategy(str(folder), dp=1, mp=2, pp=2, params=params, shared_embedding=True)
     dst = load_strategy(str(folder))
     out = tmp_path / "ck2"
-    transform(str(DATA / "2.1.0-dp2mp2pp2"), str(out), dst_strategy=dst, fmt="checkpoint2")
+    convert_checkpoint(str(DATA / "2.1.0-dp2mp2pp2"), str(out), dst_strategy=dst, fmt="checkpoint2")
     ck = read_checkpoint2(str(out))
     name = "model.tok_embeddings.embedding_weight"
     assert [lay.stage for lay in ck.params[name].layouts] == [0, 1]
     assert ck.params[name].layout["rank_list"] == [0, 1]
     back = tmp_path / "back"
-    transform(str(out), str(back), fmt="safetensors")
+    convert_checkpoint(str(out), str(back), fmt="safetensors")
     got, want = tensors(only_file(back)), mindformers_full("2.1.0-dp2mp2pp2")
     assert {n: got[n] for n in want} == want
 
@@ -436,7 +437,7 @@ def test_legacy_training_state_goes_to_common_json(tmp_path):
                 w.write(n, a)
             w.write("global_step", np.array([40], np.int32))
     out = tmp_path / "ck2"
-    transform(str(src), str(out), dst_strategy=strategy(tmp_path, 1, 2, 1), fmt="checkpoint2",
+    convert_checkpoint(str(src), str(out), dst_strategy=strategy(tmp_path, 1, 2, 1), fmt="checkpoint2",
               release="1.9")
     assert (out / TRACKER).read_text() == "40"
     common = json.loads((out / "iteration_00000040" / "common.json").read_text())
@@ -485,7 +486,7 @@ def test_transform_checkpoint_complete_file_to_checkpoint2(tmp_path, optimizer):
     assert cli.main(["--verify", str(tmp_path / "ck2")]) == 0
     assert any((tmp_path / "ck2" / "iteration_00000007").glob("CKP-opt-*")) == optimizer
     back = tmp_path / "back"
-    transform(str(tmp_path / "ck2"), str(back), fmt="ckpt")
+    convert_checkpoint(str(tmp_path / "ck2"), str(back), fmt="ckpt")
     assert synth.load_params(str(only_file(back))) == synth.load_params(str(src))
 
 

@@ -25,16 +25,15 @@ from ...cli import (_Stage, _block, _check_no_stale_files, _claimed, _dst_flag, 
 from ...errors import ReshardError
 from ...plan import PlanPolicy
 from ...run import conversion_inputs, inputs_id, result_digest
-from ...sources import RANK_DIR, check_output, is_url
+from ...sources import DEFAULT_PREFIX, RANK_DIR, check_output, is_url
 from ...strategy import Strategy
 from . import publish
-from .convert import Written, open_source, plan, transform
+from .convert import Written, convert_checkpoint, open_checkpoint, plan
 from .folder import ITERATION_PREFIX, TRACKER, is_checkpoint2, iteration_dir, resolve_iteration
-from .format import NO_STEP
+from .format import NO_STEP, Checkpoint2Format
 from .write import RELEASES
 
-FORMAT = "checkpoint2"   # format.FORMAT.name
-LEGACY_PREFIX = "checkpoint_"   # transform-checkpoint's --prefix default (rank file names)
+FORMAT = Checkpoint2Format.name
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -221,7 +220,7 @@ def _check_no_other_save(args, c: _Conversion) -> None:
 def _dry_run(args, c: _Conversion) -> int:
     """The plan (for a Checkpoint 2.0 output: of its shards, model and opt together)."""
     fetched = os.path.join(c.dst or ".", "<fetched>")
-    src = open_source(args.src_checkpoint, c.src_strategy,
+    src = open_checkpoint(args.src_checkpoint, c.src_strategy,
                       iteration=args.iteration if c.from_ckpt2 else None, local_root=fetched)
     p = plan(src, c.dst_strategy, fmt="safetensors" if c.to_ckpt2 else args.fmt,
              prefix=args.prefix, local_root=fetched, dst_ranks=c.dst_ranks)
@@ -233,13 +232,13 @@ def _dry_run(args, c: _Conversion) -> int:
 
 
 def _convert(args, c: _Conversion) -> Written:
-    """convert.transform into c.local."""
-    return transform(args.src_checkpoint, c.local, dst_strategy=c.dst_strategy, dst_ranks=c.dst_ranks,
+    """convert.convert_checkpoint into c.local."""
+    return convert_checkpoint(args.src_checkpoint, c.local, dst_strategy=c.dst_strategy, dst_ranks=c.dst_ranks,
                      src_strategy=c.src_strategy, fmt=args.fmt,
                      iteration=args.iteration if c.from_ckpt2 or not c.to_ckpt2 else None,
                      dst_iteration=None if c.from_ckpt2 else args.iteration,
                      release=args.mindformers_release,
-                     prefix=None if c.to_ckpt2 and args.prefix == LEGACY_PREFIX else args.prefix,
+                     prefix=None if c.to_ckpt2 and args.prefix == DEFAULT_PREFIX else args.prefix,
                      process_num=c.process_num, max_memory=args.max_memory,
                      policy=PlanPolicy(args.allow_missing_params, args.keep_unnamed_params))
 

@@ -25,22 +25,21 @@ from ...config import ReshardConfig
 from ...errors import ReshardError
 from ...execute import MANIFEST_DIR
 from ...finish import TransformReport
-from ...formats import FormatError, open_reader
+from ...formats import FormatError, open_reader, registry
 from ...plan import Headers, Plan, PlanPolicy
 from ...run import Request, Stage, run, state_files
-from ...sources import SourceSet, check_output, is_url
+from ...sources import DEFAULT_PREFIX, SourceSet, check_output, is_url
 from ...strategy import Strategy
 from .folder import KINDS, TRACKER, Checkpoint2, is_checkpoint2, read_checkpoint2
 from .write import (DEFAULT_RELEASE, IterationPlan, check_carried, check_release, default_kind,
                     plan_iteration, release_of_common, write_checkpoint2)
 
-OUTPUT_FORMATS = ("ckpt", "safetensors", "checkpoint2")
 # A remote source's files that the plan fetches rather than reads in place land in a hidden
 # folder beside the destination (.<name><suffix>), which goes when the conversion ends.
 FETCH_SUFFIX = ".reshard-source"
 
 
-def check_source_strategy(ck: Checkpoint2, given: Strategy) -> None:
+def check_strategy_against_metadata(ck: Checkpoint2, given: Strategy) -> None:
     """A source strategy given with a Checkpoint 2.0 folder must describe the same layouts as its
     metadata.json (compared as block assignments: an optimizer shard folded into the tensor
     map equals the same shard recorded as opt_weight_shard_size). ReshardError naming the
@@ -64,7 +63,7 @@ def check_source_strategy(ck: Checkpoint2, given: Strategy) -> None:
 
 @dataclass
 class Written:
-    """What transform wrote: names relative to the destination and their (size, CRC32 hex) as
+    """What convert_checkpoint wrote: names relative to the destination and their (size, CRC32 hex) as
     written (for the integrity manifest); the plan (for a Checkpoint 2.0 output, before it was
     split by shard kind)."""
     files: list[str]
@@ -110,7 +109,7 @@ class Source:
         return out
 
 
-def open_source(src_checkpoint: str, src_strategy: Strategy | None = None, *,
+def open_checkpoint(src_checkpoint: str, src_strategy: Strategy | None = None, *,
                 iteration: int | None = None, local_root: str | None = None) -> Source:
     """A Checkpoint 2.0 folder (auto-detected; local, obs:// or s3://; its shards' headers
     checked against metadata.json, a remote one's by ranged GETs; a given source strategy
@@ -119,7 +118,7 @@ def open_source(src_checkpoint: str, src_strategy: Strategy | None = None, *,
     if iteration is not None or is_checkpoint2(src_checkpoint):
         ck = read_checkpoint2(src_checkpoint, iteration)
         if src_strategy is not None:
-            check_source_strategy(ck, src_strategy)
+            check_strategy_against_metadata(ck, src_strategy)
         if is_url(ck.base):
             import obs_io
             headers = Headers(local_root or ".", remote_root=ck.base, s3_config=obs_io.current_config())
@@ -135,7 +134,7 @@ def open_source(src_checkpoint: str, src_strategy: Strategy | None = None, *,
 
 
 def plan(src: Source, dst_strategy: Strategy | None, *, fmt: str = "safetensors",
-         prefix: str = "checkpoint_", dst_ranks=None, local_root: str | None = None,
+         prefix: str = DEFAULT_PREFIX, dst_ranks=None, local_root: str | None = None,
          policy: PlanPolicy = PlanPolicy()) -> Plan:
     """The full plan (skeleton, then headers). Every destination rank is named so a Checkpoint
     2.0 saved with redundancy removed (ranks without files) plans. A remote source's files are
@@ -149,7 +148,7 @@ def plan(src: Source, dst_strategy: Strategy | None, *, fmt: str = "safetensors"
     return api.complete_plan(skeleton, src.source.base)
 
 
-def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | None = None,
+def convert_checkpoint(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | None = None,
               src_strategy: Strategy | None = None, fmt: str = "checkpoint2",
               iteration: int | None = None, dst_iteration: int | None = None,
               release: str | None = None, prefix: str | None = None, process_num: int = 1,
@@ -165,8 +164,8 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
     beside dst_root, removed at the end), or a local one of the engine's. dst_ranks: the
     destination ranks to write (rank folders only; None: all; a Checkpoint 2.0 in blocks:
     prepare_checkpoint2). ReshardError, one line, before anything is written."""
-    if fmt not in OUTPUT_FORMATS:
-        raise ReshardError(f"--format {fmt!r}: must be one of {', '.join(OUTPUT_FORMATS)}")
+    if registry.get(fmt, "--format").own_path and fmt != "checkpoint2":
+        raise ReshardError(f"--format {fmt}: its sets are written by its own path, not from this one")
     if fmt == "checkpoint2":
         if dst_ranks is not None:
             raise ReshardError("a Checkpoint 2.0 folder is written whole: it does not go with a "
@@ -177,7 +176,7 @@ def transform(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | No
             process_num=process_num, max_memory=max_memory, policy=policy)
         return conversion.write_all()
     src, fetched = _open(src_checkpoint, dst_root, src_strategy, dst_strategy, iteration)
-    p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or "checkpoint_", local_root=fetched,
+    p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or DEFAULT_PREFIX, local_root=fetched,
              policy=policy, dst_ranks=dst_ranks)
     os.makedirs(dst_root, exist_ok=True)
     config = ReshardConfig(process_num, max_memory, release_downloads=True)
@@ -191,7 +190,7 @@ def _open(src_checkpoint: str, dst_root: str, src_strategy: Strategy | None,
     beside dst_root where a remote source's fetched files would go."""
     parent, name = os.path.split(os.path.abspath(dst_root))
     fetched = os.path.join(parent, f".{name}{FETCH_SUFFIX}")
-    src = open_source(src_checkpoint, src_strategy, iteration=iteration, local_root=fetched)
+    src = open_checkpoint(src_checkpoint, src_strategy, iteration=iteration, local_root=fetched)
     check_output(dst_root, "destination", {
         "source checkpoint": src_checkpoint,
         "destination strategy": dst_strategy.source if dst_strategy else None})
@@ -265,7 +264,7 @@ def prepare_checkpoint2(src_checkpoint: str, dst_root: str, *, dst_strategy: Str
                         prefix: str | None = None, process_num: int = 1, max_memory: int | None = None,
                         policy: PlanPolicy = PlanPolicy()) -> Checkpoint2Conversion:
     """A conversion to a Checkpoint 2.0 iteration under local dst_root (the arguments as
-    transform's), planned for every destination rank with every check done, the values carried
+    convert_checkpoint's), planned for every destination rank with every check done, the values carried
     from different source ranks compared in the source: ReshardError, one line, before anything
     is written. Deterministic: every block's process prepares the same conversion."""
     src, fetched = _open(src_checkpoint, dst_root, src_strategy, dst_strategy, iteration)

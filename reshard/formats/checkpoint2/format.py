@@ -2,7 +2,7 @@
 `reshard.formats.checkpoint2.format:FORMAT`): what the engine, both commands and the job ask.
 
 Its sets are iteration folders whose metadata.json names the shards, not rank files the engine
-writes one by one, so it converts through its own path (cli.run, through convert.transform):
+writes one by one, so it converts through its own path (cli.run, through convert.convert_checkpoint):
 `command(args)` hands transform-checkpoint's run to it, `add_arguments` adds --iteration and
 --mindformers_release. Its shards are safetensors files (shards_of), read and written by the
 safetensors reader and writer; the integrity manifest covers the tracker and the iteration

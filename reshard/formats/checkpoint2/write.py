@@ -289,9 +289,9 @@ def _hold(it: IterationPlan, compare: list, shard: int, r: int, kind: str, t: Te
     h.rank_slice[r] = slice_id
 
 
-def check_carried(it: IterationPlan, open_source: Callable[[str], object] | None = None) -> None:
+def check_carried(it: IterationPlan, open_file: Callable[[str], object] | None = None) -> None:
     """The values without layout that ranks hold from different source pieces are the same bytes
-    (a value no layout splits is the same on every rank). With open_source (a source file's
+    (a value no layout splits is the same on every rank). With open_file (a source file's
     relative name -> an open reader): the values carried as they are, compared in the source
     before anything is written (each block's conversion can: it needs no other block's shard);
     without: the others (assembled whole, --keep_unnamed_params), compared in the written
@@ -304,16 +304,16 @@ def check_carried(it: IterationPlan, open_source: Callable[[str], object] | None
         got = digests.get((name, shard))
         if got is None:
             t = tensor[(shard, name)]
-            if open_source is None and not os.path.isfile(paths[shard]):
+            if open_file is None and not os.path.isfile(paths[shard]):
                 raise ReshardError(f"parameter {name}: {paths[shard]} is not here to compare its "
                                    f"value with the other ranks' (it is written whole on each)")
-            with open_source(t.pieces[0].src_file) if open_source else _reader(paths[shard]) as reader:
+            with open_file(t.pieces[0].src_file) if open_file else _reader(paths[shard]) as reader:
                 got = digests[(name, shard)] = hashlib.sha256(bytes(reader.read_raw(name))).hexdigest()
         return got
 
     for name, shard, first in it.compare:
         carried = tensor[(shard, name)].carried and tensor[(first, name)].carried
-        if carried != (open_source is not None):
+        if carried != (open_file is not None):
             continue
         if digest(name, shard) != digest(name, first):
             raise ReshardError(f"parameter {name}: ranks {it.shard_of(first)[0]} and "
