@@ -177,14 +177,21 @@ def _resolve(args, stage: _Stage) -> _Conversion:
     return c
 
 
+def _output_iteration(args, c: _Conversion) -> int | None:
+    """The iteration a Checkpoint 2.0 output gets, where it is known before converting: a
+    Checkpoint 2.0 source's (the one --iteration or its tracker names), else --iteration
+    (None: the legacy source's step, read when converting)."""
+    if not c.from_ckpt2:
+        return args.iteration
+    with _storage("--src_checkpoint", args.src_checkpoint):
+        return resolve_iteration(args.src_checkpoint, args.iteration)[2]
+
+
 def _check_iteration_free(args, c: _Conversion) -> None:
     """A remote Checkpoint 2.0 output whose iteration is known before converting (a Checkpoint
     2.0 source's, or --iteration): its folder there holds no other save (checked again with
     the result's digest before the upload)."""
-    iteration = args.iteration
-    if c.from_ckpt2:
-        with _storage("--src_checkpoint", args.src_checkpoint):
-            iteration = resolve_iteration(args.src_checkpoint, args.iteration)[2]
+    iteration = _output_iteration(args, c)
     if iteration is not None:
         with _storage(_dst_flag(args), c.dst):
             publish.check_folder_free(c.dst, iteration_dir(iteration), shown=f"{_dst_flag(args)} {c.dst}")
@@ -204,9 +211,7 @@ def _check_no_other_save(args, c: _Conversion) -> None:
     hold its own unfinished shards (write.check_iteration_free decides)."""
     if not os.path.isdir(c.dst):
         return
-    iteration = args.iteration
-    if c.from_ckpt2:
-        iteration = resolve_iteration(args.src_checkpoint, args.iteration)[2]
+    iteration = _output_iteration(args, c)
     own = iteration_dir(iteration) if iteration is not None else None
     other = sorted(n for n in os.listdir(c.dst)
                    if n != own and (n.startswith(ITERATION_PREFIX) or RANK_DIR.match(n))
