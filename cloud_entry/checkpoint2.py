@@ -45,7 +45,7 @@ from reshard.formats.checkpoint2.convert import convert_checkpoint
 from reshard.formats.checkpoint2 import publish
 from reshard.formats.checkpoint2.format import NO_STEP
 from reshard.formats.checkpoint2.folder import COMMON, ITERATION_PREFIX, Checkpoint2, METADATA
-from reshard.formats.checkpoint2.select import dumps, files_read, pruned_metadata
+from reshard.formats.checkpoint2.select import add_rank_groups, dumps, files_read, pruned_metadata
 
 from cloud_entry import config as config_mod, markers, sync
 from cloud_entry.errors import BlockFailed, EntryError
@@ -183,8 +183,10 @@ def _node_copy(ck: Checkpoint2, names: set[str], local: str,
         obs_io.file.write(os.path.join(here, "common.json"), common, binary=True)
     data = obs_io.file.read(ck.metadata_path, binary=True)
     full = names >= {f for files in ck.files.values() for f in files.values()}
-    obs_io.file.write(os.path.join(here, METADATA),
-                      data if full else dumps(pruned_metadata(json.loads(data), names)).encode(), binary=True)
+    meta = json.loads(data) if full else pruned_metadata(json.loads(data), names)
+    if add_rank_groups(meta, ck) or not full:   # else the source's bytes as they are
+        data = dumps(meta).encode()
+    obs_io.file.write(os.path.join(here, METADATA), data, binary=True)
     obs_io.file.write(os.path.join(local, TRACKER), str(ck.iteration))   # last: the copy is whole
 
 

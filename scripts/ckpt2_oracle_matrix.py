@@ -113,8 +113,6 @@ def node_copies(py: str, release: str, sources: dict, tmp: str, params: dict) ->
         saved_by = tuple(int(x) for x in source.split("-")[0].split("."))
         if saved_by > tuple(int(x) for x in release.split(".")):   # an older loader cannot read
             continue   # a newer release's common.json (CommonInfo(**)), copy or not
-        if source.endswith("-rr") and saved_by < (1, 9) <= tuple(int(x) for x in release.split(".")):
-            continue   # 1.9+ cannot place a de-duplicated 1.7/1.8 shard (no rank_group), copy or not
         ck = read_checkpoint2(source_path)
         for ranks in ("0,1", "2,3"):
             names = files_read(ck, load_strategy(strat), [int(r) for r in ranks.split(",")])

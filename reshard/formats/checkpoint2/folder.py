@@ -182,6 +182,15 @@ class Checkpoint2:
         files.update({self.world_size + r: self.rel(f) for r, f in self.files["opt"].items()})
         return SourceSet(self.base, False, files)
 
+    def rank_group(self, p: ParamMeta, slice_id: int) -> tuple[int, ...]:
+        """Every global rank holding slice `slice_id` of laid-out parameter p by its layouts:
+        what MindFormers 1.9+ records as a storage record's rank_group (equal, record for record,
+        on the 1.9.0 and 2.1.0 fixtures its own save wrote) and where its loader looks for a
+        rank whose slice another rank stored (1.7/1.8 records have none)."""
+        devices = self.stage_devices
+        return tuple(lay.stage * devices + r for lay in p.layouts for r in range(devices)
+                     if held_slice(lay, r, p.axis_fragmentations) == slice_id)
+
     def check_files(self, metas_of: Callable[[str], Mapping[str, TensorMeta]]) -> None:
         """Every chunk's storage files against their headers (metas_of(name relative to base)):
         the file holds the parameter, with the chunk's shape and metadata.json's dtype."""
@@ -541,10 +550,15 @@ def _check_storage_ranks(bad: Callable[[str], ReshardError], layouts: list[Tenso
     for slice_id, recs in storage.items():
         for rec in recs:
             lay = next(lay for lay in layouts if lay.stage == rec.storage_rank // devices)
-            held = slice_id_of(lay.block_of(rec.storage_rank % devices), frags)
+            held = held_slice(lay, rec.storage_rank % devices, frags)
             if held != slice_id:
                 raise bad(f"{rec.file} is said to hold slice {slice_id}, but its storage rank "
                           f"{rec.storage_rank} holds slice {held} by the layout")
+
+
+def held_slice(lay: TensorLayout, local_rank: int, frags: tuple[int, ...]) -> int:
+    """The slice index (metadata.json's global_offset) rank `local_rank` of lay's stage holds."""
+    return slice_id_of(lay.block_of(local_rank), frags)
 
 
 def slice_id_of(block: tuple[int, ...], frags: tuple[int, ...]) -> int:

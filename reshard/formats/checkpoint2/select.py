@@ -91,6 +91,24 @@ def pruned_metadata(raw: dict, keep: set[str]) -> dict:
     return {**raw, "state_dict_metadata": params, "storage_data": storage}
 
 
+def add_rank_groups(raw: dict, ck: Checkpoint2) -> int:
+    """Give every storage record of metadata.json's content `raw` (of iteration ck) that has no
+    rank_group the ranks holding its slice (Checkpoint2.rank_group); returns how many got one.
+    Why: MindFormers 1.9+ finds the file of a rank whose slice another rank stored only through
+    rank_group ("Cannot find storage file for parameter ..."), which 1.7/1.8 do not write: their
+    save_remove_redundancy folders load in 1.9+ only so. 1.7/1.8 read file_name and
+    storage_rank only, so the field changes nothing for them."""
+    added = 0
+    for key, records in raw["storage_data"].items():
+        name, (slice_id,) = ast.literal_eval(key)
+        p = ck.params.get(name)
+        for rec in records:
+            if "rank_group" not in rec and p is not None and p.layouts:
+                rec["rank_group"] = list(ck.rank_group(p, slice_id))
+                added += 1
+    return added
+
+
 def dumps(raw: dict) -> str:
     """metadata.json text for a pruned copy (MindFormers reads it with json.load)."""
     return json.dumps(raw, indent=1)
