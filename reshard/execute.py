@@ -940,25 +940,32 @@ class _Pool:
         ctx = multiprocessing.get_context("spawn")
         self.committed = ctx.Queue()
         killed: list[int] | None = None
-        with ProcessPoolExecutor(max_workers=min(self.config.process_num, self.todo_count),
-                                 mp_context=ctx, initializer=_worker_init,
-                                 initargs=(self.config.log_dir, ctx.Value("i", 0), self.committed,
-                                           self.config.stop_grace_seconds, os.getpid())) as pool:
-            try:
-                while self.pending or self.running or self.committing:
-                    self._start(pool)
-                    self._step(pool)
-            except BrokenProcessPool:   # a worker killed (SIGKILL: the OOM killer): the others are stopped
-                killed = sorted([rp.rank for rp, _ in self.running.values()] + list(self.committing))
-            except BaseException as exc:   # which exception it is decides whether the workers are stopped
-                if isinstance(exc, KeyboardInterrupt) or (self.feed is not None and _raises(self.feed.check)):
-                    _stop_workers(pool, self.config.stop_grace_seconds)   # a download that failed: the ranks reading it cannot end
-                raise
-        if killed is not None:   # the pool is down, every worker reaped: what they left goes
-            for folder in self.folders:
-                sweep(folder)
-            raise ReshardError(_killed_worker(self.workers, killed))
+        # Whatever ends the run but success, the pool is down first (every worker reaped) and
+        # then what the workers left half-written goes: a worker killed (OOM), or one that had
+        # to exit while its commit was still flushing a file (_worker_convert's bounded wait).
+        with on_failure(self._sweep):
+            with ProcessPoolExecutor(max_workers=min(self.config.process_num, self.todo_count),
+                                     mp_context=ctx, initializer=_worker_init,
+                                     initargs=(self.config.log_dir, ctx.Value("i", 0), self.committed,
+                                               self.config.stop_grace_seconds, os.getpid())) as pool:
+                try:
+                    while self.pending or self.running or self.committing:
+                        self._start(pool)
+                        self._step(pool)
+                except BrokenProcessPool:   # a worker killed (SIGKILL: the OOM killer): the others are stopped
+                    killed = sorted([rp.rank for rp, _ in self.running.values()] + list(self.committing))
+                except BaseException as exc:   # which exception it is decides whether the workers are stopped
+                    if isinstance(exc, KeyboardInterrupt) or (self.feed is not None and _raises(self.feed.check)):
+                        _stop_workers(pool, self.config.stop_grace_seconds)   # a download that failed: the ranks reading it cannot end
+                    raise
+            if killed is not None:
+                raise ReshardError(_killed_worker(self.workers, killed))
         return self.written
+
+    def _sweep(self) -> None:
+        """The temporary files of workers that are gone (obs_io.atomic.sweep: only abandoned ones)."""
+        for folder in self.folders:
+            sweep(folder)
 
     def _start(self, pool: ProcessPoolExecutor) -> None:
         """Start ranks while processes are free and their costs fit the budget (one at least)."""
