@@ -15,7 +15,9 @@ Two modes (hyperparameter `checkpoint2_mode`):
   (reshard.formats.checkpoint2.select: from metadata.json and the destination layout; all of
   them without --dst_strategy) with metadata.json cut to those files, and MindFormers' own
   online reshard runs on that node-local copy: no shared disk, which MindFormers requires for it
-  (SHARED_PATHS). A rerun downloads only what is missing or of another size.
+  (SHARED_PATHS). Records without rank_group (1.7/1.8 saves) get it in that copy
+  (select.add_rank_groups): MindFormers 1.9+ cannot place a save_remove_redundancy slice
+  without it. A rerun downloads only what is missing or of another size.
 
 The default is preshard when --dst_strategy is given, else online.
 
