@@ -31,6 +31,7 @@ The hooks in job.py: inspect() in plan() (before the legacy source is classified
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,15 +44,18 @@ import reshard
 from obs_io.oneline import one_line
 from reshard import integrity
 from reshard.formats.checkpoint2 import TRACKER, is_checkpoint2, iteration_dir, read_checkpoint2
-from reshard.formats.checkpoint2.convert import convert_checkpoint
+from reshard.blocks import Block
+from reshard.formats.checkpoint2.convert import Checkpoint2Conversion, prepare_checkpoint2
 from reshard.formats.checkpoint2 import publish
 from reshard.formats.checkpoint2.format import NO_STEP
-from reshard.formats.checkpoint2.folder import COMMON, ITERATION_PREFIX, Checkpoint2, METADATA
+from reshard.formats.checkpoint2.folder import COMMON, SHARD_NAME, Checkpoint2, METADATA
 from reshard.formats.checkpoint2.select import add_rank_groups, dumps, files_read, pruned_metadata
 
 from cloud_entry import config as config_mod, markers, sync
+from cloud_entry.convert import block_ranks
 from cloud_entry.errors import BlockFailed, EntryError
 from cloud_entry.paths import clear_safely, join
+from cloud_entry.waits import poll
 
 if TYPE_CHECKING:
     from cloud_entry.job import JobPlan
@@ -59,7 +63,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("cloud_entry")
 PRESHARD, ONLINE = "preshard", "online"
 MODES = (PRESHARD, ONLINE)
-CONVERTER = 0   # the rank whose node converts (preshard) and whose marker the others wait for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,39 +196,58 @@ def _node_copy(ck: Checkpoint2, names: set[str], local: str,
 
 
 def _preshard(p: "JobPlan", ranks: list[int], still_ours: Callable[[], None]) -> str:
-    """Node 0 converts (or finds the set its inputs made already), uploads, publishes; every
-    other node waits and downloads its ranks' files. Returns the local root to load."""
+    """Every node converts its rank blocks (p.blocks, SPEC.md "Rank blocks"; a set these inputs
+    made already: nothing) and publishes their markers; node 0 then completes the set
+    (_finish_set) and publishes its marker; every node waits for it and has the files its ranks
+    read (_node_copy). Returns the local root to load."""
     c, job, layout = p.checkpoint2, p.job, p.layout
     out, remote = layout.transformed, layout.remote_transformed
     strategies = {"dst": c.dst_identity, "mode": PRESHARD}
-    converter = CONVERTER in ranks
-    if converter:
-        if p.cluster.num_nodes > 1:   # nobody may take an older run's marker for this one's
-            markers.clear_own(layout.marker_dir, [CONVERTER])
+    multi, first = p.cluster.num_nodes > 1, p.cluster.node_index == 0
+    mine = p.blocks.led_by(p.convert_ranks)
+    log.info("checkpoint2_mode=preshard: %s; this node converts %s", ", ".join(map(str, p.blocks.blocks)),
+             ", ".join(map(str, mine)) or "nothing")
+    own = [b.leader for b in mine] + ([markers.SET] if first else [])
+    if multi:   # first of all: nobody may take an older run's marker of ours for this one's
+        markers.clear_own(layout.marker_dir, own)
+    try:   # a failure here is this node's blocks' (and on node 0 the set's): every node learns it
+        manifest = _previous(out, remote, c.identity, strategies)
+        conversion, written = (None, {n: (r.size, r.crc32) for n, r in manifest.files.items()}) \
+            if manifest is not None else _convert_blocks(p, mine, strategies, still_ours)
+        if multi:
+            still_ours()
+            for block in mine:   # each marker lists its block's shards with their checksums
+                markers.publish(layout.marker_dir, markers.Marker(
+                    markers.SUCCEED, block.leader, p.run_id,
+                    markers.succeed_message(_of_ranks(written, block.ranks))))
+    except BaseException as exc:
+        _publish_failure(p, own, exc)
+        raise
+    if first:
         try:
-            manifest = _previous(out, remote, c.identity, strategies)
             if manifest is None:
-                manifest = _convert(p, out, c, strategies, still_ours)
-            elif not _whole_here(out, manifest):   # made before, kept on object storage only
+                manifest = _finish_set(p, conversion, written, strategies, still_ours)
+            elif layout.shared_dir and not _whole_here(out, manifest):   # kept on object storage only
                 obs_io.file.copy_parallel(remote, out, file_list=sorted(manifest.files), progress=False)
                 integrity.write(out, manifest)
             _prune_set(layout, out, remote, manifest, still_ours)
-            if p.cluster.num_nodes > 1:
+            if multi:
                 still_ours()
                 markers.publish(layout.marker_dir, markers.Marker(
-                    markers.SUCCEED, CONVERTER, p.run_id,
-                    markers.succeed_message({n: (r.size, r.crc32) for n, r in manifest.files.items()})))
+                    markers.SUCCEED, markers.SET, p.run_id, markers.succeed_message(
+                        {n: (r.size, r.crc32) for n, r in manifest.files.items()})))
         except BaseException as exc:
-            if p.cluster.num_nodes > 1:
-                markers.publish_failure(layout.marker_dir, markers.Marker(
-                    markers.FAILED, CONVERTER, p.run_id, one_line(exc, (Exception,))))
+            _publish_failure(p, [markers.SET], exc)
             raise
-        return out
-    log.info("checkpoint2_mode=preshard: waiting (up to %gs) for node 0's Checkpoint 2.0",
-             job.transform_timeout)
-    markers.wait_for_blocks(layout.marker_dir, [CONVERTER], p.run_id, job.transform_timeout,
-                            not_before=p.started - 15.0)
-    manifest = integrity.read(remote)
+    else:
+        log.info("checkpoint2_mode=preshard: waiting (up to %gs) for every block and node 0's set",
+                 job.transform_timeout)
+        markers.wait_for_blocks(layout.marker_dir, [*(b.leader for b in p.blocks.blocks), markers.SET],
+                                p.run_id, job.transform_timeout, not_before=p.started - markers.CLOCK_SLACK)
+    if not remote or layout.shared_dir:
+        return out   # the folder holds the whole set (one node, or the shared disk)
+    if not first:
+        manifest = integrity.read(remote)
     try:
         converted = read_checkpoint2(remote)
     except reshard.ReshardError as exc:
@@ -237,20 +259,38 @@ def _preshard(p: "JobPlan", ranks: list[int], still_ours: Callable[[], None]) ->
     return out
 
 
+def _publish_failure(p: "JobPlan", leaders: list[int], exc: BaseException) -> None:
+    """The blocks led by `leaders` (markers.SET: the set) failed: their failure markers, for the
+    other nodes waiting on them (several nodes only)."""
+    if p.cluster.num_nodes > 1:
+        for leader in leaders:
+            markers.publish_failure(p.layout.marker_dir, markers.Marker(
+                markers.FAILED, leader, p.run_id, one_line(exc, (Exception,))))
+
+
+def _of_ranks(files: dict[str, tuple[int, str]], ranks: tuple[int, ...]) -> dict[str, tuple[int, str]]:
+    """The shards (names in the set) of destination `ranks` among `files`."""
+    wanted = set(ranks)
+    out = {}
+    for name, record in files.items():
+        m = SHARD_NAME.match(name.rsplit("/", 1)[-1])
+        if m is not None and int(m.group("idx")) in wanted:
+            out[name] = record
+    return out
+
+
 def _previous(out: str, remote: str, identity: dict, strategies: dict) -> integrity.SetManifest | None:
-    """The manifest of a set these inputs made already (under remote_save_url, else locally)."""
-    for where in (remote, out):
-        if not where:
-            continue
-        try:
-            manifest = integrity.read(where)
-        except (reshard.ReshardError, OSError):
-            continue
-        if manifest.source == identity and manifest.strategies == strategies and \
-                (where != remote or publish.complete(remote, manifest)):   # else an upload was cut
-            log.info("checkpoint2_mode=preshard: %s already holds the Checkpoint 2.0 these inputs "
-                     "make (its manifest says so): nothing converted", where)
-            return manifest
+    """The manifest of a set these inputs made already: under remote_save_url (complete there),
+    else (no remote_save_url) in the local folder (whole there)."""
+    try:
+        manifest = integrity.read(remote or out)
+    except (reshard.ReshardError, OSError):
+        return None
+    if manifest.source == identity and manifest.strategies == strategies and \
+            (publish.complete(remote, manifest) if remote else _whole_here(out, manifest)):   # else cut
+        log.info("checkpoint2_mode=preshard: %s already holds the Checkpoint 2.0 these inputs "
+                 "make (its manifest says so): nothing converted", remote or out)
+        return manifest
     return None
 
 
@@ -259,28 +299,104 @@ def _whole_here(out: str, manifest: integrity.SetManifest) -> bool:
                for n, r in manifest.files.items())
 
 
-def _convert(p: "JobPlan", out: str, c: Checkpoint2Job, strategies: dict,
-             still_ours: Callable[[], None]) -> integrity.SetManifest:
-    job, layout = p.job, p.layout
+# In the node's folder: the inputs whose blocks it holds (what _ready keeps for a rerun).
+READY = ".cloud_entry_preshard.json"
+
+
+def _ready(p: "JobPlan", record: dict) -> None:
+    """The node's folder made ready for its blocks: an interrupted run of these inputs (READY
+    says so) left finished shards with the engine's records there, which are kept (the engine
+    converts only what is missing or changed) while what is written after every block goes
+    (the tracker, the manifest, the iteration's metadata.json and common.json); anything else
+    is cleared. On a shared disk node 0 does this and the others wait for it."""
+    c, job, layout = p.checkpoint2, p.job, p.layout
+    out = layout.transformed
+    path = os.path.join(out, READY)
+    if layout.shared_dir and p.cluster.node_index != 0:
+        def check() -> bool | None:
+            markers.pending_blocks(markers.scan(layout.marker_dir), [markers.SET], p.run_id,
+                                   p.started - markers.CLOCK_SLACK)   # node 0 failed: said now
+            return True if _read_record(path) == record else None
+        poll(check, job.transform_timeout, f"node 0 to prepare {out}")
+        return
+    if _read_record(path) == record:
+        folder = iteration_dir(c.source.iteration)
+        for name in (TRACKER, integrity.MANIFEST_NAME, f"{folder}/{METADATA}", f"{folder}/{COMMON}"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out, name))
+        return
     clear_safely(out, layout.shared_dir or layout.output_dir, job.inputs)
-    log.info("checkpoint2_mode=preshard: converting %s to the job's layout (%d ranks)", c.location,
-             c.dst.world_size if c.dst else 1)
+    os.makedirs(out, exist_ok=True)
+    obs_io.file.write(path, json.dumps(record))
+
+
+def _read_record(path: str) -> Any:
     try:
-        written = convert_checkpoint(c.location, out, dst_strategy=c.dst, fmt="checkpoint2",
-                                      iteration=c.source.iteration,
-                                      process_num=job.transform_process_num or 1,
-                                      max_memory=job.max_memory,
-                                      policy=reshard.PlanPolicy(job.allow_missing_params,
-                                                                job.keep_unnamed_params))
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _convert_blocks(p: "JobPlan", mine: tuple[Block, ...], strategies: dict,
+                    still_ours: Callable[[], None]) -> tuple[Checkpoint2Conversion | None, dict[str, tuple[int, str]]]:
+    """This node's blocks written into its folder (one process per block, as the legacy job),
+    then uploaded under remote_save_url (each object whole or not there; a tracker there naming
+    the iteration folder removed first: the set there is being replaced). Returns the
+    conversion (None: no block here) and the shards written -> (size, CRC32)."""
+    c, job, layout = p.checkpoint2, p.job, p.layout
+    out = layout.transformed
+    _ready(p, {"source": c.identity, "strategies": strategies})
+    if not mine:
+        return None, {}
+    ranks = block_ranks(mine)
+    log.info("checkpoint2_mode=preshard: converting %s to the job's layout (%d ranks): ranks %s here",
+             c.location, c.dst.world_size if c.dst else 1, _ranks_text(ranks))
+    try:
+        conversion = prepare_checkpoint2(c.location, out, dst_strategy=c.dst, iteration=c.source.iteration,
+                                         process_num=len(mine), max_memory=job.max_memory,
+                                         policy=reshard.PlanPolicy(job.allow_missing_params,
+                                                                   job.keep_unnamed_params))
+        written = conversion.write_block(ranks)
     except reshard.ReshardError as exc:
         raise EntryError(f"load_checkpoint={c.location}: {exc}") from None
-    manifest = integrity.SetManifest(integrity.records(written.checksums), p.run_id, c.identity,
-                                     strategies, integrity.tool_version())
-    integrity.write(out, manifest)
-    if layout.remote_save_url:   # the files, the manifest, the tracker last (publish.upload_set)
+    if layout.remote_save_url:
         still_ours()
-        folder = next(n.split("/", 1)[0] for n in manifest.files if n.startswith(ITERATION_PREFIX))
-        publish.upload_set(out, layout.remote_transformed, sorted(manifest.files), manifest, folder, still_ours)
+        publish.unname(layout.remote_transformed, conversion.iteration.folder)
+        publish.upload_set(out, layout.remote_transformed, sorted(written), None, None, still_ours)
+    return conversion, written
+
+
+def _finish_set(p: "JobPlan", conversion: Checkpoint2Conversion, written: dict[str, tuple[int, str]],
+                strategies: dict, still_ours: Callable[[], None]) -> integrity.SetManifest:
+    """Node 0, its blocks done: every block's marker awaited (several nodes; bounded by
+    transform_timeout, a failed block ends it), then metadata.json, common.json and the tracker
+    (Checkpoint2Conversion.finish, told of the shards the other nodes wrote) and the set's
+    manifest; under remote_save_url those go up, the manifest, then the tracker last
+    (publish.upload_set)."""
+    c, job, layout = p.checkpoint2, p.job, p.layout
+    out, remote = layout.transformed, layout.remote_transformed
+    files = dict(written)
+    if p.cluster.num_nodes > 1:
+        leaders = [b.leader for b in p.blocks.blocks]
+        log.info("checkpoint2_mode=preshard: waiting (up to %gs) for the blocks led by ranks %s",
+                 job.transform_timeout, leaders)
+        for marker in markers.wait_for_blocks(layout.marker_dir, leaders, p.run_id, job.transform_timeout,
+                                              not_before=p.started - markers.CLOCK_SLACK):
+            files.update(markers.block_files(marker, layout.marker_dir))
+    elsewhere = () if layout.shared_dir else set(files) - set(written)
+    try:
+        finished = conversion.finish(elsewhere=elsewhere)
+    except reshard.ReshardError as exc:
+        raise EntryError(f"{out}: {exc}") from None
+    files.update(finished)
+    manifest = integrity.SetManifest(integrity.records(files), p.run_id, c.identity, strategies,
+                                     integrity.tool_version())
+    if not remote or layout.shared_dir:   # the folder holds the whole set
+        integrity.write(out, manifest)
+    if remote:   # the shards went up with their blocks
+        still_ours()
+        publish.upload_set(out, remote, sorted(finished), manifest, conversion.iteration.folder, still_ours)
     return manifest
 
 

@@ -39,9 +39,6 @@ from reshard.formats import registry as formats
 from reshard.sources import check_writable, output_name, overlap, overlap_text, probe_writable
 
 log = logging.getLogger("cloud_entry")
-# Seconds a failure marker written before this entry started may still be this attempt's (the
-# nodes' clocks and the store's differ by less than that on a synchronised cloud).
-CLOCK_SLACK = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +190,8 @@ def plan(spec: JobSpec, env: Mapping[str, str]) -> JobPlan:
     fmt = job.load_ckpt_format or formats.DEFAULT
     source = _legacy_source(job, fmt, converting, ckpt2)
     blocks, convert_ranks, identities = _blocks(job, cfg, cluster, source) if converting else (None, (), {})
+    if ckpt2 is not None and ckpt2.mode == checkpoint2.PRESHARD:   # its blocks: the same rule
+        blocks, convert_ranks = _rank_blocks(job, cluster)
     layout = _layout(job, source, ckpt2)
     _check_locations(job, layout, cluster, converting or bool(ckpt2 and ckpt2.mode == checkpoint2.PRESHARD))
     check_writable(layout.output_dir, f"--output_dir={job.output_dir}" if job.output_dir
@@ -254,12 +253,19 @@ def _blocks(job: JobSpec, cfg: dict[str, Any], cluster: Cluster, source: sync.So
         if not job.launch_cmd:
             raise EntryError("no --dst_strategy and no launch command to run the strategy pass with")
         identities["strategy_pass"] = [cfg.get("parallel_config"), cfg.get("model"), job.launch_cmd]
+    return (*_rank_blocks(job, cluster), identities)
+
+
+def _rank_blocks(job: JobSpec, cluster: Cluster) -> tuple[BlockPlan, tuple[int, ...]]:
+    """(the blocks of the conversion, this node's ranks of the destination layout): SPEC.md
+    "Rank blocks", p raised to the node count without a shared disk; a complete destination
+    (no use_parallel) is one rank, node 0's."""
     world = cluster.world_size if job.use_parallel else 1
     blocks = plan_blocks(world, job.transform_process_num or 1, cluster.num_nodes,
                          shared_disk=bool(job.shared_dir) or cluster.num_nodes == 1)
     convert_ranks = (cluster.node_ranks if job.use_parallel
                      else ((0,) if cluster.node_index == 0 else ()))
-    return blocks, tuple(convert_ranks), identities
+    return blocks, tuple(convert_ranks)
 
 
 def _layout(job: JobSpec, source: sync.Source | None, ckpt2: "checkpoint2.Checkpoint2Job | None") -> JobPaths:
@@ -444,7 +450,7 @@ def transform(p: JobPlan, env: dict[str, str],
     all_leaders = [b.leader for b in p.blocks.blocks]
     log.info("waiting (up to %gs) for the blocks led by ranks %s", p.job.transform_timeout, all_leaders)
     succeeded = markers.wait_for_blocks(p.layout.marker_dir, all_leaders, p.run_id, p.job.transform_timeout,
-                                        not_before=p.started - CLOCK_SLACK)
+                                        not_before=p.started - markers.CLOCK_SLACK)
     manifest = _set_manifest(p, succeeded, src_s)
     keep = _gather(p, convert.block_ranks(my_blocks), manifest, dst)
     _publish_set(p, manifest, keep, still_ours)

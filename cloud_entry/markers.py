@@ -4,6 +4,10 @@ A marker is `transform_succeed_rank_<leader>.txt` or `transform_failed_rank_<lea
 (MindFormers' names) beside the rank_<r> folders. Its first line is `run_id <id>`: markers
 left by an earlier run carry another id, so they are ignored by waiters and removed by the
 block's own leader before it converts. The failure marker's remaining text is the error.
+
+A set assembled after every block (a Checkpoint 2.0's metadata.json, written once by node 0)
+has a marker of its own, `transform_succeed_set.txt` / `transform_failed_set.txt`: a Marker
+whose rank is SET.
 """
 from __future__ import annotations
 
@@ -22,20 +26,32 @@ from cloud_entry.waits import Backoff, poll
 log = logging.getLogger(__name__)
 
 SUCCEED, FAILED = "succeed", "failed"
-_NAME = re.compile(r"^transform_(succeed|failed)_rank_(\d+)\.txt$")
+SET = -1   # Marker.rank of the set's marker: no block's leader
+# Seconds a failure marker written before this entry started may still be this attempt's (the
+# nodes' clocks and the store's differ by less than that on a synchronised cloud).
+CLOCK_SLACK = 15.0
+_NAME = re.compile(r"^transform_(succeed|failed)_(?:rank_(\d+)|set)\.txt$")
 
 
 @dataclass(frozen=True)
 class Marker:
     state: str        # SUCCEED or FAILED
-    rank: int         # block leader
+    rank: int         # block leader (SET: the set's marker)
     run_id: str
     message: str = ""
     written: float = 0.0   # when the store says it was written, seconds since the epoch
 
 
 def marker_name(state: str, rank: int) -> str:
-    return f"transform_{state}_rank_{rank}.txt"
+    return f"transform_{state}_set.txt" if rank == SET else f"transform_{state}_rank_{rank}.txt"
+
+
+def _whose(rank: int) -> str:
+    return "the set assembled after every block" if rank == SET else f"block led by rank {rank}"
+
+
+def _leaders_text(leaders: Iterable[int]) -> str:
+    return ", ".join("set" if r == SET else str(r) for r in leaders)
 
 
 def write_atomic(url: str, text: str) -> None:
@@ -67,7 +83,7 @@ def parse(name: str, text: str, written: float = 0.0) -> Marker | None:
     first, _, rest = text.partition("\n")
     run_id = first[len("run_id "):].strip() if first.startswith("run_id ") else ""
     message = rest.strip() if run_id else text.strip()
-    return Marker(m.group(1), int(m.group(2)), run_id, message, written)
+    return Marker(m.group(1), SET if m.group(2) is None else int(m.group(2)), run_id, message, written)
 
 
 def scan(store: str) -> list[Marker]:
@@ -119,7 +135,7 @@ def pending_blocks(found: Iterable[Marker], leaders: Iterable[int], run_id: str,
     for rank in leaders:
         failed = current.get((rank, FAILED))
         if failed and failed.written >= not_before:
-            raise BlockFailed(f"block led by rank {rank} failed: {failed.message or 'no message'}")
+            raise BlockFailed(f"{_whose(rank)} failed: {failed.message or 'no message'}")
     return [r for r in leaders if (r, SUCCEED) not in current]
 
 
@@ -145,14 +161,14 @@ def wait_for_blocks(store: str, leaders: Iterable[int], run_id: str, timeout: fl
         return [m for m in found if m.run_id == run_id and m.state == SUCCEED and m.rank in leaders]
 
     def status() -> str:
-        return (f"blocks led by rank(s) {', '.join(map(str, last))} in {store}"
+        return (f"blocks led by rank(s) {_leaders_text(last)} in {store}"
                 + (f"; markers of another run there: {', '.join(others)}" if others else ""))
 
     try:
         return poll(check, timeout, "block markers", backoff, status=status, **poll_kw)
     except WaitTimeout as exc:
         raise WaitTimeout(f"{exc}: no marker from the block leader rank(s) "
-                          f"{', '.join(map(str, last))} in {store}") from None
+                          f"{_leaders_text(last)} in {store}") from None
 
 
 def succeed_message(files: dict[str, tuple[int, str]]) -> str:

@@ -125,7 +125,7 @@ def _same(writer: dict, manifest: integrity.SetManifest) -> bool:
         (writer.get("source"), writer.get("strategies")) == (mine["source"], mine["strategies"])
 
 
-def _unname(location: str, folder: str) -> None:
+def unname(location: str, folder: str) -> None:
     """Remove the store's tracker if it names `folder` (whose files are about to be replaced)."""
     import obs_io
     tracker = _join(location, TRACKER)
@@ -149,7 +149,7 @@ def upload_set(local: str, location: str, names: list[str], manifest: integrity.
     mox = obs_io.file
     if folder is not None:
         assert manifest is not None
-        _unname(location, folder)
+        unname(location, folder)
         mox.write(_join(location, RECORD), json.dumps({"folder": folder, **_identity(manifest)}))
     body = sorted(n for n in names if n != TRACKER)
     log.info("uploading %d file(s) to %s", len(body), location)
