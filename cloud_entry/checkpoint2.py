@@ -3,14 +3,23 @@ is kept (MindFormers' own loader, `checkpoint.load_path`), never switched to the
 
 Two modes (hyperparameter `checkpoint2_mode`):
 
-- preshard: node 0 converts the source into a Checkpoint 2.0 for the job's layout
-  (--dst_strategy) with reshard.formats.checkpoint2 (read in place from object storage), writes
-  its integrity manifest, uploads it under remote_save_url (publish.upload_set: the manifest,
-  then the tracker last) and publishes its success marker; every other node waits for the
-  marker (bounded by transform_timeout) and downloads the files its ranks read, checked against
-  the manifest. MindFormers then loads without resharding on the NPUs. A rerun whose inputs
+- preshard: the source is converted into a Checkpoint 2.0 for the job's layout (--dst_strategy)
+  with reshard.formats.checkpoint2 (read in place from object storage) in rank blocks, as the
+  legacy job converts (job.JobPlan.blocks: transform_process_num, SPEC.md "Rank blocks"): each
+  node writes the shards of the blocks its ranks lead (prepare_checkpoint2 / write_block, one
+  process per block), uploads them under remote_save_url and publishes each block's success
+  marker listing its shards' (size, CRC32); node 0 waits for every block (bounded by
+  transform_timeout; a failure marker ends the wait), writes metadata.json, common.json and the
+  tracker (Checkpoint2Conversion.finish, told of the shards other nodes hold), the integrity
+  manifest, uploads them (publish.upload_set: the manifest, then the tracker last) and publishes
+  the set's marker (markers.SET); every node then waits for it and downloads the files its
+  ranks read that it does not hold, checked against the manifest. No shared disk: several nodes
+  without --shared_dir exchange shards and markers under an object-storage remote_save_url (the
+  legacy job's rule, job._check_locations); with --shared_dir every node writes there. One
+  node: no markers. MindFormers then loads without resharding on the NPUs. A rerun whose inputs
   made the set already (same source metadata.json, iteration and destination strategy, as the
-  manifest records; on the store, whole) converts nothing.
+  manifest records; on the store, whole) converts nothing; one after a kill keeps the shards a
+  node finished (its folder's READY record and the engine's per-rank records).
 - online: nothing is converted; each node downloads exactly the source files its ranks read
   (reshard.formats.checkpoint2.select: from metadata.json and the destination layout; all of
   them without --dst_strategy) with metadata.json cut to those files, and MindFormers' own

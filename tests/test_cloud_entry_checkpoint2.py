@@ -16,6 +16,7 @@ import yaml
 
 import obs_io
 import synth
+from reshard import integrity
 from platform_harness import ModelArtsJob, upload
 from reshard.formats.checkpoint2 import read_checkpoint2
 from reshard.formats.checkpoint2.select import files_read
@@ -93,20 +94,39 @@ def test_online_each_node_gets_the_files_its_ranks_read(tmp_path, bucket, s3_env
 
 
 def test_preshard_on_two_nodes_through_object_storage(tmp_path, bucket, s3_env, mp4pp2):
-    """The default with --dst_strategy: node 0 converts the source (read in place from s3://)
-    into a Checkpoint 2.0 of the job's layout, uploads it with its manifest and marker; node 1
-    downloads the files its ranks read, checked against the manifest; both launch on it. A
-    rerun converts nothing."""
+    """The default with --dst_strategy, in rank blocks (transform_process_num=4: two blocks of two
+    ranks per node, no shared disk): each node converts its blocks only (the source read in
+    place from s3://), uploads their shards and publishes their markers; node 0 writes
+    metadata.json, common.json, the manifest and the tracker; each node holds the files its
+    ranks read, checked against the manifest; both launch on it. The set on the store is byte
+    for byte the one convert_checkpoint writes whole. A rerun converts nothing."""
+    from reshard.formats.checkpoint2.convert import convert_checkpoint
+    from reshard.formats.checkpoint2.folder import SHARD_NAME
     src = upload(str(DATA / FIXTURE), f"s3://{bucket}/ck2/{FIXTURE}")
     dst = upload(mp4pp2, f"s3://{bucket}/mp4pp2")
     remote = f"s3://{bucket}/out"
-    job = job_for(tmp_path, s3_env, src, dst, mp4pp2, remote_save_url=remote)
+    job = job_for(tmp_path, s3_env, src, dst, mp4pp2, remote_save_url=remote, transform_process_num="4")
     results = job.run()
     assert_ok(results)
-    assert "checkpoint2_mode=preshard: converting" in results[0].output
+    for r, (first, second) in zip(results, ((0, 2), (4, 6))):
+        assert f"this node converts block {first // 2} (ranks {first}-{first + 1}), block {second // 2} " \
+               f"(ranks {second}-{second + 1})" in r.output
+        assert f"ranks {first}-{second + 1} here" in r.output
     set_url = f"{remote}/transformed_checkpoint/{FIXTURE}"
+    for leader in (0, 2, 4, 6):   # each block's marker lists its own ranks' shards
+        listed = json.loads(obs_io.file.read(f"{set_url}/transform_succeed_rank_{leader}.txt")
+                            .split("\n", 1)[1])["files"]
+        assert {int(SHARD_NAME.match(n.rsplit("/", 1)[1])["idx"]) for n in listed} == {leader, leader + 1}
+    assert obs_io.file.exists(f"{set_url}/transform_succeed_set.txt")
     names = {e.name for e in obs_io.file.list_entries(set_url, recursive=True) if e.is_file()}
     assert "conversion_manifest.json" in names and "latest_checkpointed_iteration.txt" in names
+    whole = tmp_path / "whole"
+    convert_checkpoint(str(DATA / FIXTURE), str(whole), dst_strategy=load_strategy(mp4pp2), fmt="checkpoint2")
+    expected = {p.relative_to(whole).as_posix(): p.read_bytes() for p in whole.rglob("*") if p.is_file()}
+    assert {n for n in names if n.startswith(ITERATION)} == {n for n in expected if n.startswith(ITERATION)}
+    for name, data in expected.items():
+        assert obs_io.file.read(f"{set_url}/{name}", binary=True) == data, name
+    assert integrity.verify(set_url).ok
     converted = read_checkpoint2(set_url)
     assert converted.world_size == 8 and converted.num_stages == 2
     for node, ranks in ((0, range(4)), (1, range(4, 8))):
@@ -114,13 +134,39 @@ def test_preshard_on_two_nodes_through_object_storage(tmp_path, bucket, s3_env, 
         loaded = Path(cfg["checkpoint"]["load_path"])
         assert loaded == job.node_dir(node) / "output" / "transformed_checkpoint" / FIXTURE
         assert cfg.get("use_legacy_format") is not True
-        if node == 1:
-            assert shards(loaded) == files_read(converted, load_strategy(mp4pp2), ranks)
+        assert shards(loaded) == files_read(converted, load_strategy(mp4pp2), ranks)
         record = json.loads((tmp_path / f"check_node{ranks[0]}.json").read_text())
         assert record["ranks"] == list(ranks)
-    again = job_for(tmp_path / "rerun", s3_env, src, dst, mp4pp2, remote_save_url=remote).run()
+    again = job_for(tmp_path / "rerun", s3_env, src, dst, mp4pp2, remote_save_url=remote,
+                    transform_process_num="4").run()
     assert_ok(again)
-    assert "nothing converted" in again[0].output and "converting" not in again[0].output
+    assert "nothing converted" in again[0].output and "nothing converted" in again[1].output
+    assert not any("converting" in r.output for r in again)
+
+
+def test_preshard_block_failing_on_node_1_ends_node_0_in_one_line(tmp_path, bucket, s3_env, mp4pp2):
+    """Node 1 cannot write its block (its folder leads, by a link it may not clear, to another
+    save's iteration folder): it publishes its block's failure marker; node 0, waiting for it,
+    ends with that block's error in one line, exit 2, and publishes no tracker on the store."""
+    src = upload(str(DATA / FIXTURE), f"s3://{bucket}/ck2/{FIXTURE}")
+    dst = upload(mp4pp2, f"s3://{bucket}/mp4pp2")
+    remote = f"s3://{bucket}/failing"
+    other = tmp_path / "other_save"
+    (other / ITERATION).mkdir(parents=True)
+    (other / ITERATION / "metadata.json").write_text("{}")
+    folder = tmp_path / "node1" / "output" / "transformed_checkpoint"
+    folder.mkdir(parents=True)
+    (folder / FIXTURE).symlink_to(other)
+    job = job_for(tmp_path, s3_env, src, dst, mp4pp2, remote_save_url=remote, transform_timeout="200")
+    results = job.run()
+    for r in results:
+        assert r.code == 2 and len(r.errors()) == 1 and "Traceback" not in r.output, r.output
+    assert "exists already" in results[1].errors()[0]
+    assert results[0].errors()[0].startswith("cloud-entry: error: block led by rank 4 failed: "), results[0].output
+    assert "exists already" in results[0].errors()[0]
+    set_url = f"{remote}/transformed_checkpoint/{FIXTURE}"
+    assert not obs_io.file.exists(f"{set_url}/latest_checkpointed_iteration.txt")
+    assert obs_io.file.exists(f"{set_url}/transform_failed_set.txt")
 
 
 @pytest.mark.parametrize("mode", ["preshard", "online"])
