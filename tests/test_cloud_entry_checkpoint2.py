@@ -147,7 +147,9 @@ def test_preshard_on_two_nodes_through_object_storage(tmp_path, bucket, s3_env, 
 def test_preshard_block_failing_on_node_1_ends_node_0_in_one_line(tmp_path, bucket, s3_env, mp4pp2):
     """Node 1 cannot write its block (its folder leads, by a link it may not clear, to another
     save's iteration folder): it publishes its block's failure marker; node 0, waiting for it,
-    ends with that block's error in one line, exit 2, and publishes no tracker on the store."""
+    ends with that block's error in one line, exit 2, and publishes no tracker on the store.
+    Run again once node 1's folder is fixed: node 0 keeps the shards it finished (not written
+    again), node 1 converts its block, the set completes."""
     src = upload(str(DATA / FIXTURE), f"s3://{bucket}/ck2/{FIXTURE}")
     dst = upload(mp4pp2, f"s3://{bucket}/mp4pp2")
     remote = f"s3://{bucket}/failing"
@@ -167,6 +169,38 @@ def test_preshard_block_failing_on_node_1_ends_node_0_in_one_line(tmp_path, buck
     set_url = f"{remote}/transformed_checkpoint/{FIXTURE}"
     assert not obs_io.file.exists(f"{set_url}/latest_checkpointed_iteration.txt")
     assert obs_io.file.exists(f"{set_url}/transform_failed_set.txt")
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "node0" / "output" / "transformed_checkpoint" / FIXTURE
+                                             / ITERATION).glob("*.safetensors")}
+    assert len(kept) == 8   # ranks 0-3, model and opt
+    (folder / FIXTURE).unlink()
+    for name in ("transform_failed_rank_4.txt", "transform_failed_set.txt"):   # as old as a restart's
+        obs_io.file.remove(f"{set_url}/{name}")
+    again = job_for(tmp_path, s3_env, src, dst, mp4pp2, remote_save_url=remote, transform_timeout="200").run()
+    assert_ok(again)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert obs_io.file.read(f"{set_url}/latest_checkpointed_iteration.txt") == "1234"
+    assert integrity.verify(set_url).ok
+
+
+def test_preshard_blocks_on_a_shared_disk(tmp_path, s3_env, mp4pp2):
+    """With --shared_dir and no remote_save_url: each node writes its block into the shared
+    folder (node 0 readies it, node 1 waits for that), node 0 completes the set there; nothing is
+    downloaded, both load the shared folder, byte for byte the set written whole."""
+    from reshard.formats.checkpoint2.convert import convert_checkpoint
+    shared = tmp_path / "shared"
+    job = job_for(tmp_path, s3_env, str(DATA / FIXTURE), mp4pp2, mp4pp2, shared_dir=str(shared))
+    results = job.run()
+    assert_ok(results)
+    assert "ranks 4-7 here" in results[1].output and "ranks 0-3 here" in results[0].output
+    out = shared / "transformed_checkpoint" / FIXTURE
+    for node in (0, 1):
+        assert Path(effective(job, node)["checkpoint"]["load_path"]) == out
+    whole = tmp_path / "whole"
+    convert_checkpoint(str(DATA / FIXTURE), str(whole), dst_strategy=load_strategy(mp4pp2), fmt="checkpoint2")
+    for p in whole.rglob("*"):
+        if p.is_file():
+            assert (out / p.relative_to(whole)).read_bytes() == p.read_bytes(), p
+    assert integrity.verify(str(out)).ok
 
 
 @pytest.mark.parametrize("mode", ["preshard", "online"])
@@ -211,7 +245,6 @@ def test_preshard_rerun_on_another_iteration_prunes_what_the_job_owns(tmp_path, 
     named in a warning; node 1's own copy holds the new iteration only; the tracker names it and
     the set verifies."""
     import shutil
-    from reshard import integrity
     from reshard.formats.checkpoint2 import TRACKER
     src = upload(str(DATA / FIXTURE), f"s3://{bucket}/ck2/{FIXTURE}")
     dst = upload(mp4pp2, f"s3://{bucket}/mp4pp2")
