@@ -39,6 +39,24 @@ def test_publish_scan_and_parse(store):
                                                          "transform_succeed_rank_0.txt"]
 
 
+def test_the_sets_marker_beside_the_blocks(store):
+    """A set assembled after every block (a Checkpoint 2.0's metadata.json) has a marker of its
+    own, waited for with the blocks': its failure ends the wait naming the set; a block's
+    marker is never taken for it, nor the reverse; its leader clears it like a block's."""
+    markers.publish(store, markers.Marker(markers.SUCCEED, 0, "run-a"))
+    markers.publish(store, markers.Marker(markers.FAILED, markers.SET, "run-a", "no metadata.json"))
+    assert {markers.marker_name(m.state, m.rank) for m in markers.scan(store)} == {
+        "transform_succeed_rank_0.txt", "transform_failed_set.txt"}
+    with pytest.raises(BlockFailed, match="^the set assembled after every block failed: no metadata.json$"):
+        markers.wait_for_blocks(store, [0, markers.SET], "run-a", timeout=60, backoff=FAST)
+    assert markers.clear_own(store, [markers.SET]) == ["transform_failed_set.txt"]
+    with pytest.raises(WaitTimeout, match="rank\\(s\\) set in"):
+        markers.wait_for_blocks(store, [0, markers.SET], "run-a", timeout=0.3, backoff=FAST)
+    markers.publish(store, markers.Marker(markers.SUCCEED, markers.SET, "run-a"))
+    assert {m.rank for m in markers.wait_for_blocks(store, [0, markers.SET], "run-a", timeout=20,
+                                                     backoff=FAST)} == {0, markers.SET}
+
+
 def test_wait_succeeds_when_all_blocks_publish(store):
     def later():
         time.sleep(0.3)
