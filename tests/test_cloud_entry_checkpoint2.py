@@ -182,6 +182,29 @@ def test_preshard_block_failing_on_node_1_ends_node_0_in_one_line(tmp_path, buck
     assert integrity.verify(set_url).ok
 
 
+def test_preshard_node_reads_the_replicas_another_node_wrote(tmp_path, bucket, s3_env):
+    """dp2·mp4 on 2 nodes x 4 cards: node 1's ranks hold replicas of node 0's slices, and
+    metadata.json lists every replica's file for a chunk, so each node's ranks read shards the
+    other node wrote: each downloads them (checked against the manifest) beside its own, and
+    its stand-in assembles its ranks' slices from that copy."""
+    layout = tmp_path / "dp2mp4"
+    synth.write_strategy(str(layout), dp=2, mp=4, pp=1, opt_shard=0,
+                         params=synth.llama_params(**synth.SMALL_LLAMA, optimizer=True))
+    src = upload(str(DATA / FIXTURE), f"s3://{bucket}/ck2/{FIXTURE}")
+    dst = upload(str(layout), f"s3://{bucket}/dp2mp4")
+    remote = f"s3://{bucket}/replicas"
+    job = job_for(tmp_path, s3_env, src, dst, str(layout), remote_save_url=remote, data_parallel="2",
+                  pipeline_stage="1")
+    assert_ok(job.run())
+    converted = read_checkpoint2(f"{remote}/transformed_checkpoint/{FIXTURE}")
+    for node, ranks, others in ((0, range(4), range(4, 8)), (1, range(4, 8), range(4))):
+        held = shards(Path(effective(job, node)["checkpoint"]["load_path"]))
+        assert held == files_read(converted, load_strategy(str(layout)), ranks)
+        assert any(f"-{r:07d}-0000008" in n for n in held for r in others)   # the other node's shards
+        record = json.loads((tmp_path / f"check_node{ranks[0]}.json").read_text())
+        assert record["ranks"] == list(ranks)
+
+
 def test_preshard_blocks_on_a_shared_disk(tmp_path, s3_env, mp4pp2):
     """With --shared_dir and no remote_save_url: each node writes its block into the shared
     folder (node 0 readies it, node 1 waits for that), node 0 completes the set there; nothing is
