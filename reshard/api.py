@@ -109,6 +109,40 @@ def find_sources(src_checkpoint: str, fmt: str | None = None, *,
     return source
 
 
+def find_remote_sources(location: str, step: Step | None = None) -> SourceSet:
+    """An obs:// / s3:// checkpoint classified from its listing (nothing downloaded but a
+    safetensors index), as find_sources classifies a local one.
+
+    Args:
+        location: the URL of a checkpoint file, a folder of complete files, or of rank_<r>/
+            folders.
+        step: as find_sources'.
+
+    Returns:
+        The SourceSet, its root and base the URL.
+
+    Raises:
+        ReshardError: nothing there (naming --src_checkpoint), or what classify refuses.
+        OSError: the store failed (obs_io's one-line errors).
+    """
+    import obs_io
+    mox = obs_io.file
+    if mox.is_directory(location):
+        is_file = False
+        entries = [SourceEntry(e.name + ("/" if e.is_dir() else ""), e.length, e.mtime_nsec)
+                   for e in mox.list_entries(location, recursive=True)]
+    elif mox.exists(location):
+        is_file = True
+        st = mox.stat(location)
+        entries = [SourceEntry(location.rstrip("/").rsplit("/", 1)[-1], st.length, st.mtime_nsec)]
+    else:
+        raise ReshardError(f"--src_checkpoint {location} does not exist")
+    source = classify(location, entries, is_file=is_file, step=step)
+    if source.needs_index:
+        source = source.with_index(mox.read(source.path_of(source.index_name), binary=True))
+    return source
+
+
 # -- 2. the skeleton plan ---------------------------------------------------------------------
 
 def plan_from_strategies(source: SourceSet | None, src_strategy: Strategy | None,

@@ -260,31 +260,39 @@ class OutputClaim:
         if is_url(self.folder):
             yield False
             return
-        os.makedirs(self.folder, exist_ok=True)
-        fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            yield self._flock(fd)
-        finally:
-            os.close(fd)   # the lock goes with it
+        with locked_folder(self.folder, self.config.claim_lock_seconds, self.shown) as locked:
+            yield locked
 
-    def _flock(self, fd: int) -> bool:
-        """Lock `fd` exclusively, waiting at most config.claim_lock_seconds; False where flock
-        is not supported (some network file systems)."""
-        import fcntl
-        deadline = time.monotonic() + self.config.claim_lock_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ReshardError(f"{self.shown}: {self.folder} stayed locked for "
-                                       f"{self.config.claim_lock_seconds:g}s by another run") from None
-                time.sleep(0.05)
-            except OSError as exc:
-                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
-                    return False
-                raise
+
+@contextlib.contextmanager
+def locked_folder(folder: str, seconds: float, shown: str):
+    """A local folder (made if missing) locked exclusively, by flock on the folder itself, while
+    the block runs; yields whether it is: False where flock is not supported (some network file
+    systems). Waits at most `seconds` for another holder, then ReshardError naming `shown`
+    (the output as the user named it)."""
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        yield _flock(fd, folder, seconds, shown)
+    finally:
+        os.close(fd)   # the lock goes with it
+
+
+def _flock(fd: int, folder: str, seconds: float, shown: str) -> bool:
+    import fcntl
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise ReshardError(f"{shown}: {folder} stayed locked for {seconds:g}s by another run") from None
+            time.sleep(0.05)
+        except OSError as exc:
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                return False
+            raise
 
 
 def _write(path: str, text: str) -> None:

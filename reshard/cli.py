@@ -26,7 +26,7 @@ import sys
 import threading
 from dataclasses import replace
 
-from .api import ReshardError, find_sources, load_strategy, memory_budget, write_merged_strategy
+from .api import ReshardError, find_remote_sources, find_sources, load_strategy, memory_budget, write_merged_strategy
 from . import integrity
 from . import run as reshard_run
 from .blocks import plan_blocks
@@ -36,8 +36,8 @@ from .execute import LOG_NAME
 from .formats import registry
 from .plan import SOURCE_MODES, PlanPolicy, human_size, ranks_text
 from .run import conversion_inputs, inputs_id
-from .sources import (DEFAULT_PREFIX, SourceEntry, SourceSet, check_output, check_prefix, check_writable,
-                      classify, is_url, probe_writable,
+from .sources import (DEFAULT_PREFIX, SourceSet, check_output, check_prefix, check_writable,
+                      is_url, probe_writable,
                       split_url, strategy_files)
 from .steps import parse_step
 from .strategy import Strategy
@@ -153,7 +153,9 @@ def _add_layout_flags(p: argparse.ArgumentParser) -> None:
                    help="[MindFormers] convert only the block of destination ranks rank R leads, "
                         "in one process: the blocks split the world size into "
                         "--transform_process_num parts, R is the first rank of one (0, N/p, ...) "
-                        "(default: every rank)")
+                        "(default: every rank); with --format checkpoint2 each block writes its "
+                        "ranks' shards into the one local output and the block that ends last "
+                        "finishes the set (metadata.json, common.json, the tracker)")
     p.add_argument("--world_size", type=int, default=None, metavar="N",
                    help="[MindFormers] destination rank count (dp*mp*pp), checked against the "
                         "destination strategy (default: the strategy's)")
@@ -352,25 +354,8 @@ def _source_arg(location: str, step=None) -> SourceSet:
         if not os.path.exists(location):
             raise ReshardError(f"--src_checkpoint {location} does not exist")
         return find_sources(location, step=step)
-    import obs_io
-    mox = obs_io.file
     with _storage("--src_checkpoint", location):
-        if mox.is_directory(location):
-            is_file = False
-            entries = [SourceEntry(e.name + ("/" if e.is_dir() else ""), e.length, e.mtime_nsec)
-                       for e in mox.list_entries(location, recursive=True)]
-        elif mox.exists(location):
-            is_file = True
-            st = mox.stat(location)
-            entries = [SourceEntry(location.rstrip("/").rsplit("/", 1)[-1], st.length,
-                                   st.mtime_nsec)]
-        else:
-            raise ReshardError(f"--src_checkpoint {location} does not exist")
-    source = classify(location, entries, is_file=is_file, step=step)
-    if source.needs_index:
-        with _storage("--src_checkpoint", location):
-            source = source.with_index(mox.read(source.path_of(source.index_name), binary=True))
-    return source
+        return find_remote_sources(location, step)
 
 
 def _run_mindspore(a, source: SourceSet, src: Strategy | None, dst: Strategy | None,

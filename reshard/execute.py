@@ -218,6 +218,17 @@ def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) 
     return done
 
 
+def done_checksum(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) -> tuple[int, str] | None:
+    """(size, CRC32 hex) of a rank's output as its record holds them, when is_done (None: not
+    complete by this plan): for a caller that vouches for ranks another process wrote (the
+    blocks of one Checkpoint 2.0)."""
+    if not is_done(src_root, dst_root, rp, fmt):
+        return None
+    with open(_manifest_path(dst_root, rp), encoding="utf-8") as f:
+        m = json.load(f)
+    return m["size"], m["crc32"]
+
+
 def _write_manifest(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str,
                     crc32: str, fsynced: bool = True, token: str | None = None) -> dict:
     """The rank's record (returned too), written after its output is complete under its final
