@@ -525,3 +525,123 @@ def test_local_checkpoint2_output_is_claimed_and_holds_no_other_save(tmp_path, c
     capsys.readouterr()
     assert cli.main(args + ["--dst_checkpoint", str(ranks), "--iteration", "3"]) == 2
     assert "holds another save (rank_0, rank_1, rank_2, ...)" in capsys.readouterr().err
+
+
+def set_files(root: Path) -> dict[str, bytes]:
+    """relative name -> bytes of a converted set, the engine's private records and claims aside."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and not {".reshard", ".claims"} & set(p.relative_to(root).parts)}
+
+
+def stamps(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file() and ".claims" not in p.relative_to(root).parts}
+
+
+def test_rerun_of_a_finished_local_checkpoint2_is_kept_another_refused(tmp_path, capsys):
+    """The same command again into a finished local Checkpoint 2.0: 'already holds', exit 0,
+    nothing written; another conversion into that iteration folder (another layout, another
+    release, a source touched since) is refused in one line, nothing written; a folder a
+    killed run left (a block's shards and the engine's records, no metadata.json) resumes,
+    keeping those shards, and ends as the folder written at once."""
+    from conftest import errors_only
+    from reshard import cli
+    src = tmp_path / "src"
+    shutil.copytree(DATA / "2.1.0-dp2mp2pp2", src)
+    mp4, dp2 = strategy(tmp_path, 1, 4, 1), strategy(tmp_path, 2, 2, 2, -1)
+    out = tmp_path / "out"
+    argv = ["--src_checkpoint", str(src), "--dst_strategy", mp4.source, "--format", "checkpoint2",
+            "--dst_checkpoint", str(out)]
+    assert cli.main(argv) == 0
+    assert "wrote 11 file(s)" in capsys.readouterr().out
+    before, whole = stamps(out), set_files(out)
+    assert cli.main(argv) == 0
+    assert "already holds this conversion" in capsys.readouterr().out
+    assert stamps(out) == before
+    for other in (["--dst_strategy", dp2.source], ["--mindformers_release", "1.9"]):
+        assert cli.main([*argv, *other]) == 2
+        err = errors_only(capsys.readouterr().err)
+        assert "iteration_00001234: exists already" in err and len(err.splitlines()) == 1, err
+        assert stamps(out) == before
+    os.utime(next(src.rglob("*.safetensors")), ns=(1, 1))   # another version of the source
+    assert cli.main(argv) == 2 and "exists already" in capsys.readouterr().err
+    assert stamps(out) == before
+    killed = tmp_path / "killed"
+    prepare_checkpoint2(str(src), str(killed), dst_strategy=mp4).write_block([0, 1])
+    kept = {n: t for n, t in stamps(killed).items() if n.endswith(".safetensors")}
+    assert len(kept) == 4
+    assert cli.main([*argv[:-1], str(killed)]) == 0
+    assert "wrote 7 file(s), kept 4 written by this same conversion before" in capsys.readouterr().out
+    assert {n: t for n, t in stamps(killed).items() if n in kept} == kept
+    assert {n: b for n, b in set_files(killed).items() if n != "conversion_manifest.json"} == \
+        {n: b for n, b in whole.items() if n != "conversion_manifest.json"}
+    assert cli.main(["--verify", str(killed)]) == 0
+
+
+def test_rank_id_blocks_write_one_checkpoint2_finished_by_the_last(tmp_path, capsys):
+    """--rank_id with --format checkpoint2: each block writes its ranks' shards into the shared
+    local output; the one that ends last (whichever) writes metadata.json, common.json, the
+    tracker and the manifest: the folder equals the one written at once, verifies, and the
+    command again is 'already holds'. Both blocks at once, as MindFormers' script starts them:
+    the same folder whoever ends last. A remote output with --rank_id: one line, exit 2."""
+    import subprocess
+    import sys
+    from reshard import cli
+    fixture = str(DATA / "1.9.0-dp2mp2pp2-optshard")
+    dst = strategy(tmp_path, 2, 2, 2, -1)
+    whole = tmp_path / "whole"
+    base = ["--src_checkpoint", fixture, "--dst_strategy", dst.source, "--format", "checkpoint2",
+            "--transform_process_num", "2"]
+    assert cli.main([*base, "--dst_checkpoint", str(whole)]) == 0
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert cli.main([*base, "--dst_checkpoint", str(out), "--rank_id", "4"]) == 0
+    said = capsys.readouterr().out
+    assert "wrote 8 file(s)" in said and "destination ranks 4-7 of 8" in said and "ends last" in said, said
+    assert not (out / TRACKER).exists() and not (out / "iteration_00001234" / "metadata.json").exists()
+    assert cli.main([*base, "--dst_checkpoint", str(out), "--rank_id", "0"]) == 0
+    said = capsys.readouterr().out
+    assert "wrote 11 file(s)" in said and "the set finished" in said, said
+    assert set_files(out) == set_files(whole)
+    assert not (out / ".reshard").exists()     # the engine's records go with the set finished
+    assert cli.main(["--verify", str(out)]) == 0
+    assert cli.main([*base, "--dst_checkpoint", str(out), "--rank_id", "4"]) == 0
+    assert "already holds this conversion" in capsys.readouterr().out
+    both = tmp_path / "both"                   # two processes at once: who ends last does not matter
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    procs = [subprocess.Popen([sys.executable, "-m", "reshard", *base, "--dst_checkpoint", str(both),
+                               "--rank_id", r], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in ("0", "4")]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert set_files(both) == set_files(whole)
+    assert cli.main(["--verify", str(both)]) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--dst_checkpoint", "s3://bucket/ck", "--rank_id", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--rank_id with --format checkpoint2" in err and "\n" not in err
+    (rank_id,) = [a.help for a in cli.build_parser()._actions if a.dest == "rank_id"]
+    assert "with --format checkpoint2" in rank_id and "ends last" in rank_id
+
+
+def test_dry_run_of_a_checkpoint2_output_counts_ranks_and_shard_files_apart(tmp_path, capsys):
+    """--dry_run with --format checkpoint2: per destination rank the model and opt shard files
+    it writes, then destination ranks and shard files counted apart (with --rank_id: the
+    block's); a Checkpoint 2.0 source's shard files named as the plan's source ranks. Nothing
+    written."""
+    from reshard import cli
+    fixture = str(DATA / "2.1.0-dp2mp2pp2")
+    dst = strategy(tmp_path, 1, 4, 1)
+    argv = ["--src_checkpoint", fixture, "--dst_strategy", dst.source, "--format", "checkpoint2",
+            "--dst_checkpoint", str(tmp_path / "dry"), "--dry_run"]
+    assert cli.main(argv) == 0
+    shown = capsys.readouterr().out
+    assert "rank 0 -> iteration_00001234/CKP-model-0000000-0000004.safetensors + " \
+           "iteration_00001234/CKP-opt-0000000-0000004.safetensors: " in shown, shown
+    assert "output: Checkpoint 2.0 iteration_00001234: destination ranks 0-3 of 4, 8 shard file(s) " \
+           "(4 model, 4 opt), then metadata.json" in shown, shown
+    assert "source ranks 0-7 are its model shard files, 8-15 its opt shard files" in shown
+    assert cli.main([*argv, "--rank_id", "2", "--transform_process_num", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert "destination ranks 2-3 of 4, 4 shard file(s) (2 model, 2 opt)" in shown and "rank 0 ->" not in shown
+    assert not (tmp_path / "dry").exists()

@@ -54,12 +54,13 @@ def keys(client, bucket: str, prefix: str = "") -> set[str]:
 
 
 def test_checkpoint2_output_and_strategies_on_s3_equal_the_local_conversion(tmp_path, bucket, s3_server, mp4,
-                                                                          capsys):
+                                                                          capsys, monkeypatch):
     """A Checkpoint 2.0 source on s3:// with an s3:// destination strategy, written as Checkpoint
     2.0 to s3:// (also by --dst_checkpoint_dir's layout) and as rank folders to obs://: every file
     the same bytes as the local conversion, --verify intact on the store, the staging folder
-    and the upload record gone, no multipart upload left; the same command again uploads
-    nothing."""
+    and the upload record gone, no multipart upload left; the same command again converts and
+    uploads nothing (the store's result found from the plan, before the engine runs)."""
+    from reshard.formats.checkpoint2 import convert
     client = s3_server.client()
     src = upload(str(DATA / FIXTURE), f"s3://{bucket}/src/{FIXTURE}")
     dst_strategy = upload(mp4, f"s3://{bucket}/strategy/mp4")
@@ -75,8 +76,12 @@ def test_checkpoint2_output_and_strategies_on_s3_equal_the_local_conversion(tmp_
         assert f"to {url}" in capsys.readouterr().out
         assert downloaded(url, tmp_path / f"back-{fmt}") == files(local)
         assert main(["--verify", url]) == 0
-        assert main(argv) == 0                      # a rerun: the store holds it already
+        listed = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+        with monkeypatch.context() as m:            # a rerun: the store holds it already
+            m.setattr(convert, "_execute", lambda *a, **k: pytest.fail("the engine ran on a rerun"))
+            assert main(argv) == 0
         assert "already holds this conversion" in capsys.readouterr().out
+        assert {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])} == listed
         assert not any(work.iterdir())              # the staging folder went each time
         assert not keys(client, bucket, f"out-{fmt}/{RECORD.split('/')[0]}/")
     assert main(["--src_checkpoint", src, "--dst_strategy", dst_strategy, "--format", "safetensors",
@@ -109,12 +114,6 @@ def test_what_is_in_the_way_on_the_store_is_refused_nothing_written(tmp_path, bu
         assert rc == 2 and len(err.splitlines()) == 1 and culprit in err and "--dst_checkpoint" in err, err
     assert keys(client, bucket) == before
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
-    legacy = upload(str(DATA / f"{FIXTURE}.full.safetensors"), f"s3://{bucket}/legacy/full.safetensors")
-    rc = main(["--src_checkpoint", legacy, "--dst_strategy", mp4, "--format", "checkpoint2",
-               "--iteration", "5", "--dst_checkpoint", f"s3://{bucket}/from-legacy", "--work_dir", str(tmp_path / "w")])
-    err = errors_only(capsys.readouterr().err)   # a legacy source on the store: rank folders only
-    assert rc == 2 and len(err.splitlines()) == 1 and "not a Checkpoint 2.0 folder" in err, err
-    assert not keys(client, bucket, "from-legacy/")
     from reshard.claim import CLAIMS, OutputClaim
     with OutputClaim(f"s3://{bucket}/busy", "another conversion", "transform-checkpoint", "busy"):
         rc = main(["--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4, "--format", "checkpoint2",
@@ -211,3 +210,42 @@ def test_the_same_command_after_its_source_was_touched_writes_again(tmp_path, bu
     err = errors_only(capsys.readouterr().err)
     assert rc == 2 and f"{ITERATION} exists there already" in err and len(err.splitlines()) == 1, err
     assert keys(s3_server.client(), bucket, "out/") == listed
+
+
+def test_legacy_source_on_the_store_to_checkpoint2_equals_the_local_conversion(tmp_path, bucket, s3_server, mp4,
+                                                                               capsys):
+    """A legacy source on object storage (a complete file; rank folders with an s3:// --src_strategy)
+    with --format checkpoint2, to a local and to an s3:// output: every file the same bytes as
+    the conversion of the same source on local disk (the manifest aside: it names the source as
+    given), --verify intact; the staging folder gone; the same command again: 'already holds'."""
+    local_ranks = tmp_path / "ranks"
+    assert main(["--src_checkpoint", str(DATA / FIXTURE), "--dst_strategy", mp4, "--format", "safetensors",
+                 "--dst_checkpoint", str(local_ranks)]) == 0
+    full = upload(str(DATA / f"{FIXTURE}.full.safetensors"), f"s3://{bucket}/legacy/full.safetensors")
+    ranks = upload(str(local_ranks), f"s3://{bucket}/legacy/ranks")
+    strategy = upload(mp4, f"s3://{bucket}/legacy/mp4")
+    dp2 = tmp_path / "dp2"
+    synth.write_strategy(str(dp2), dp=2, mp=2, pp=2, opt_shard=-1,
+                         params=synth.llama_params(**synth.SMALL_LLAMA, optimizer=True))
+    work = tmp_path / "work"
+    cases = [("full", full, str(DATA / f"{FIXTURE}.full.safetensors"), []),
+             ("ranks", ranks, str(local_ranks), ["--src_strategy", strategy])]
+    for name, url, local_src, more in cases:
+        common = ["--dst_strategy", str(dp2), "--format", "checkpoint2", "--iteration", "5", *more]
+        want = tmp_path / f"want-{name}"
+        assert main(["--src_checkpoint", local_src, *[mp4 if a == strategy else a for a in common],
+                     "--dst_checkpoint", str(want)]) == 0
+        got = tmp_path / f"got-{name}"
+        assert main(["--src_checkpoint", url, *common, "--dst_checkpoint", str(got), "--work_dir", str(work)]) == 0
+        assert files(got) == files(want) and TRACKER in files(got)
+        assert main(["--verify", str(got)]) == 0
+        out = f"s3://{bucket}/ck2-{name}"
+        argv = ["--src_checkpoint", url, *common, "--dst_checkpoint", out, "--work_dir", str(work)]
+        assert main(argv) == 0
+        assert downloaded(out, tmp_path / f"back-{name}") == files(want)
+        assert main(["--verify", out]) == 0
+        capsys.readouterr()
+        assert main(argv) == 0
+        assert "already holds this conversion" in capsys.readouterr().out
+        assert not any(work.iterdir())
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".reshard-source")]

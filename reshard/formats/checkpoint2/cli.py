@@ -2,19 +2,29 @@
 
 Reached through the registered format (format.Checkpoint2Format): reshard/cli.py asks every
 format for its flags (add_arguments) and, before a source is classified, whether the run is its
-(command -> wants, run). The source may be local, obs:// or s3://; strategies too (copied into
-the run's staging folder, as the engine's path does); an obs:// / s3:// output is written whole
-in that folder and then uploaded (publish.py: the tracker last, never a partial object under a
-final name). Refused in one line: --rank_id with a Checkpoint 2.0 output (written whole),
---engine mindspore, --step (a step's <epoch>_<step> names no iteration). Whole outputs get the
-integrity manifest (`--verify`, local or remote).
+(command -> wants, run). The source may be local, obs:// or s3:// (a Checkpoint 2.0, or a legacy
+one: rank folders with --src_strategy, a complete checkpoint; read in place by ranged GETs or
+fetched, as the engine reads them); strategies too (copied into the run's staging folder, as the
+engine's path does). The conversion is planned first, nothing written: an output that holds its
+result already (its integrity manifest records the result digest computed from the plan, and
+every file is there whole) is left as it is, exit 0, nothing converted or uploaded; a local
+Checkpoint 2.0 whose iteration folder holds anything else (another conversion's save) is refused
+in one line, while one a killed run left (shards with the engine's records, no metadata.json)
+resumes. An obs:// / s3:// output is written whole in the staging folder and then uploaded
+(publish.py: the tracker last, never a partial object under a final name). --rank_id with a
+Checkpoint 2.0 output writes the shards of the block's destination ranks into a shared local
+output; the block that ends last (the output folder locked while it looks) finds every shard
+there and finishes the set (metadata.json, common.json, the tracker, the manifest). Refused in
+one line: --rank_id with a remote Checkpoint 2.0 output, --engine mindspore, --step (a step's
+<epoch>_<step> names no iteration). Whole outputs get the integrity manifest (`--verify`, local
+or remote).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from obs_io.cleanup import on_failure
 from obs_io.urls import join as _join
@@ -22,14 +32,17 @@ from obs_io.urls import join as _join
 from ... import integrity
 from ...cli import (_Stage, _block, _check_no_stale_files, _claimed, _dst_flag, _show_as, _storage,
                     _strategy_arg, stage_root)
+from ...claim import locked_folder
+from ...config import DEFAULT
 from ...errors import ReshardError
-from ...plan import PlanPolicy
-from ...run import conversion_inputs, inputs_id, result_digest
+from ...plan import PlanPolicy, ranks_text
+from ...run import conversion_inputs, inputs_id
 from ...sources import DEFAULT_PREFIX, RANK_DIR, check_output, is_url
 from ...strategy import Strategy
 from . import publish
-from .convert import Written, convert_checkpoint, open_checkpoint, plan
-from .folder import ITERATION_PREFIX, TRACKER, is_checkpoint2, iteration_dir, resolve_iteration
+from .convert import (Checkpoint2Conversion, RankConversion, Written, open_checkpoint, plan, prepare_checkpoint2,
+                      prepare_ranks)
+from .folder import COMMON, ITERATION_PREFIX, METADATA, TRACKER, is_checkpoint2, iteration_dir, resolve_iteration
 from .format import NO_STEP, Checkpoint2Format
 from .write import RELEASES
 
@@ -85,7 +98,9 @@ class _Conversion:
 def run(args) -> int:
     """The conversion (flags already checked by the caller); prints the result line. Remote
     strategies are copied into the run's staging folder (reshard.cli.stage_root), a remote output
-    is written there whole and then published (publish.py); the folder goes at the end."""
+    is written there whole and then published (publish.py); the folder goes at the end. The
+    conversion is planned first (nothing written): an output already holding its result (its
+    manifest records the same result digest and the files are whole) is left as it is."""
     _refuse(args)
     _destination(args)
     stage = _Stage(stage_root(args))
@@ -93,23 +108,40 @@ def run(args) -> int:
         c = _resolve(args, stage)
         if args.dry_run:
             return _dry_run(args, c)
+        conversion = _prepare(args, c)
+        if _holds(args, c, conversion):
+            print(f"done: {c.dst} already holds this conversion (its {integrity.MANIFEST_NAME} records the "
+                  f"same result and its files are whole); nothing converted" + (" or uploaded" if c.remote else ""))
+            return 0
         if c.remote:   # converted privately in the staging folder; claimed when published
-            written = _convert(args, c)
-            manifest = _manifest(args, c, written)
+            written = conversion.write_all()   # a block of rank folders is not a set: no manifest
+            manifest = _manifest(args, conversion, written, c.local) if c.dst_ranks is None else None
+            if _publish(args, c, written, manifest):
+                print(f"done: {c.dst} already holds this conversion (its {integrity.MANIFEST_NAME} records "
+                      "the same result); nothing uploaded")
+                return 0
         else:          # another run writing this folder meanwhile is refused at once
             made = not os.path.exists(c.dst)   # the claim makes it: gone again if nothing came
             with on_failure(_remove_if_empty, c.dst) if made else contextlib.nullcontext(), \
                     _claimed(args, None, c.src_strategy, c.dst_strategy, _run_id(args, c)):
-                written = _convert(args, c)
-                manifest = _manifest(args, c, written)
-        if c.remote and _publish(args, c, written, manifest):
-            print(f"done: {c.dst} already holds this conversion (its {integrity.MANIFEST_NAME} records "
-                  "the same result); nothing uploaded")
-            return 0
+                if c.to_ckpt2:
+                    conversion.check_free()
+                if c.to_ckpt2 and c.dst_ranks is not None:
+                    return _write_block(args, c, conversion)
+                written = conversion.write_all()
+                if c.dst_ranks is None:   # a block of rank folders is not a set
+                    _manifest(args, conversion, written, c.local)
     finally:
         stage.close()
-    print(f"done: wrote {len(written.files)} file(s) to {c.dst}" + (" (Checkpoint 2.0)" if c.to_ckpt2 else ""))
+    print(f"done: {_wrote(written)} to {c.dst}" + (" (Checkpoint 2.0)" if c.to_ckpt2 else ""))
     return 0
+
+
+def _wrote(written: Written) -> str:
+    """'wrote N file(s)', and how many this same conversion had written before (kept)."""
+    kept = len(written.files) - len(written.files_written)
+    return f"wrote {len(written.files_written)} file(s)" + \
+        (f", kept {kept} written by this same conversion before" if kept else "")
 
 
 def _remove_if_empty(folder: str) -> None:
@@ -127,8 +159,9 @@ def _refuse(args) -> None:
                            "--iteration names the iteration")
     if args.engine != "stream":
         raise ReshardError("--engine mindspore does not go with a Checkpoint 2.0 source or output")
-    if args.rank_id is not None and args.fmt == FORMAT:
-        raise ReshardError("--rank_id: a Checkpoint 2.0 folder is written whole, not in blocks")
+    if args.rank_id is not None and args.fmt == FORMAT and is_url(args.dst_checkpoint or args.dst_checkpoint_dir or ""):
+        raise ReshardError(f"--rank_id with --format {FORMAT}: the blocks share a local output folder; "
+                           "an obs:// / s3:// output is written whole (leave out --rank_id)")
 
 
 def _destination(args) -> None:
@@ -222,45 +255,119 @@ def _check_no_other_save(args, c: _Conversion) -> None:
                            "would sit beside it; choose an empty folder or remove it")
 
 
-def _dry_run(args, c: _Conversion) -> int:
-    """The plan (for a Checkpoint 2.0 output: of its shards, model and opt together)."""
-    fetched = os.path.join(c.dst or ".", "<fetched>")
-    src = open_checkpoint(args.src_checkpoint, c.src_strategy,
-                      iteration=args.iteration if c.from_ckpt2 else None, local_root=fetched)
-    p = plan(src, c.dst_strategy, fmt="safetensors" if c.to_ckpt2 else args.fmt,
-             prefix=args.prefix, local_root=fetched, dst_ranks=c.dst_ranks)
-    print(p.dump(destination=c.dst))
-    if c.to_ckpt2:
-        print("output: a Checkpoint 2.0 iteration folder (each rank's model and opt values as "
-              "MindFormers' shards, metadata.json, common.json, the tracker)")
+def _prepare(args, c: _Conversion) -> RankConversion | Checkpoint2Conversion:
+    """The conversion planned into c.local, every check of the input done, nothing written
+    (the iteration folder of a Checkpoint 2.0 output not checked yet: it may hold this very
+    result)."""
+    common = dict(dst_strategy=c.dst_strategy, src_strategy=c.src_strategy,
+                  process_num=c.process_num, max_memory=args.max_memory,
+                  policy=PlanPolicy(args.allow_missing_params, args.keep_unnamed_params))
+    if not c.to_ckpt2:
+        return prepare_ranks(args.src_checkpoint, c.local, fmt=args.fmt, iteration=args.iteration,
+                             prefix=args.prefix, dst_ranks=c.dst_ranks, **common)
+    return prepare_checkpoint2(
+        args.src_checkpoint, c.local, iteration=args.iteration if c.from_ckpt2 else None,
+        dst_iteration=None if c.from_ckpt2 else args.iteration, release=args.mindformers_release,
+        prefix=None if args.prefix == DEFAULT_PREFIX else args.prefix, check_free=False, **common)
+
+
+def _holds(args, c: _Conversion, conversion) -> bool:
+    """The output holds this very result already, whole (publish.holds_result: its manifest
+    records the result digest computed from the plan, and every file this result writes is
+    there with its recorded size), on the store or, for a Checkpoint 2.0, in a local folder
+    whose iteration folder holds nothing else. A local rank-folder output: no (the engine keeps
+    the ranks its records vouch for); a block of rank folders: no (not a set)."""
+    if not (c.remote or c.to_ckpt2) or (c.dst_ranks is not None and not c.to_ckpt2):
+        return False
+    names = conversion.names()
+    with _storage(_dst_flag(args), c.dst):
+        if not publish.holds_result(c.dst, conversion.result_digest(), names):
+            return False
+    if c.remote:
+        return True
+    folder = conversion.iteration.out_dir
+    return {n for n in os.listdir(folder) if not n.startswith(".")} == \
+        {n.split("/", 1)[1] for n in names if n.startswith(f"{conversion.iteration.folder}/")}
+
+
+def _write_block(args, c: _Conversion, conversion: Checkpoint2Conversion) -> int:
+    """--rank_id with a Checkpoint 2.0 output: the shards of the block's destination ranks
+    (write_ranks), then, with the output folder locked (claim.locked_folder: two blocks ending
+    at once take turns; where flock is not supported both may finish, writing identical
+    files), the set finished if every shard of the plan is there as the engine recorded writing
+    it for this conversion (by this run or another block's): metadata.json, common.json, the
+    tracker, then the integrity manifest. Prints the result line."""
+    written = conversion.write_ranks(c.dst_ranks)
+    ranks = f"destination ranks {ranks_text(c.dst_ranks)} of {conversion.iteration.world}"
+    with locked_folder(c.dst, DEFAULT.claim_lock_seconds, f"{_dst_flag(args)} {c.dst}"):
+        if _holds(args, c, conversion):
+            status = "every block is written: the set was finished by another block"
+        elif (shards := conversion.shards_done()) is None:
+            status = (f"the set is finished ({METADATA}, {COMMON}, {TRACKER}) by the block that "
+                      "ends last")
+        else:
+            finished = conversion.finish()
+            every = {**shards, **finished}
+            _manifest(args, conversion, Written(sorted(every), every, conversion.plan, []), c.local)
+            written.files_written.extend(finished)
+            status = f"every block is written: the set finished ({METADATA}, {COMMON}, {TRACKER})"
+    print(f"done: {_wrote(written)} to {c.dst} (Checkpoint 2.0, {ranks}); {status}")
     return 0
 
 
-def _convert(args, c: _Conversion) -> Written:
-    """convert.convert_checkpoint into c.local."""
-    return convert_checkpoint(args.src_checkpoint, c.local, dst_strategy=c.dst_strategy, dst_ranks=c.dst_ranks,
-                     src_strategy=c.src_strategy, fmt=args.fmt,
-                     iteration=args.iteration if c.from_ckpt2 or not c.to_ckpt2 else None,
-                     dst_iteration=None if c.from_ckpt2 else args.iteration,
-                     release=args.mindformers_release,
-                     prefix=None if c.to_ckpt2 and args.prefix == DEFAULT_PREFIX else args.prefix,
-                     process_num=c.process_num, max_memory=args.max_memory,
-                     policy=PlanPolicy(args.allow_missing_params, args.keep_unnamed_params))
+def _dry_run(args, c: _Conversion) -> int:
+    """The plan; for a Checkpoint 2.0 output, per destination rank the shard files it writes
+    (model, opt), then what the set is made of: destination ranks and shard files counted
+    apart."""
+    if not c.to_ckpt2:
+        fetched = os.path.join(c.dst or ".", "<fetched>")
+        src = open_checkpoint(args.src_checkpoint, c.src_strategy,
+                              iteration=args.iteration if c.from_ckpt2 else None, local_root=fetched)
+        p = plan(src, c.dst_strategy, fmt=args.fmt, prefix=args.prefix, local_root=fetched,
+                 dst_ranks=c.dst_ranks)
+        print(p.dump(destination=c.dst))
+        _describe_source(src)
+        return 0
+    c.local = c.dst or "<destination>"
+    conversion = _prepare(args, c)
+    it = conversion.iteration
+    block = it.block(c.dst_ranks)
+    shards: dict[int, list[str]] = {}
+    for rp in block.ranks:
+        shards.setdefault(it.shard_of(rp.rank)[0], []).append(rp.path)
+    p = conversion.plan
+    shown = replace(p, ranks=tuple(replace(rp, path=" + ".join(shards[rp.rank])) for rp in p.ranks if rp.rank in shards),
+                    same_as={d: f for d, f in p.same_as.items() if d in shards and f in shards})
+    print(shown.dump(destination=c.dst))
+    _describe_source(conversion.src)
+    kinds = [it.shard_of(rp.rank)[1] for rp in block.ranks]
+    extra = "" if c.dst_ranks is not None else f", then {METADATA}, {COMMON} and {TRACKER}"
+    print(f"output: Checkpoint 2.0 {it.folder}: destination ranks {ranks_text(sorted(shards))} of {it.world}, "
+          f"{len(kinds)} shard file(s) ({kinds.count('model')} model, {kinds.count('opt')} opt){extra}")
+    return 0
 
 
-def _manifest(args, c: _Conversion, written: Written) -> integrity.SetManifest | None:
-    """A whole set's integrity manifest, written last into c.local, as the engine's path writes
-    it (None for a block of ranks: a block is not a set)."""
-    if c.dst_ranks is not None:
-        return None
+def _describe_source(src) -> None:
+    """A Checkpoint 2.0 source's shard files as the plan numbers them (source ranks)."""
+    ck = src.checkpoint2
+    if ck is not None:
+        world = ck.world_size
+        print(f"source shards: Checkpoint 2.0 {iteration_dir(ck.iteration)} of {world} rank(s): the plan's source "
+              f"ranks 0-{world - 1} are its model shard files"
+              + (f", {world}-{2 * world - 1} its opt shard files" if ck.files["opt"] else ""))
+
+
+def _manifest(args, conversion, written: Written, local: str) -> integrity.SetManifest:
+    """A whole set's integrity manifest, written last into local, as the engine's path writes
+    it; its result digest the conversion's (computable before converting: a rerun's check)."""
     p = written.plan
     manifest = integrity.SetManifest(
-        integrity.records(written.checksums), result_digest(p, p.local_root),
+        integrity.records(written.checksums), conversion.result_digest(),
         {"location": args.src_checkpoint, "files": p.source.used_names()},
         {"src": args.src_strategy or (p.src_strategy.source if p.src_strategy else ""),
          "dst": args.dst_strategy or ""},
         integrity.tool_version())
-    integrity.write(c.local, manifest)
+    integrity.write(local, manifest)
     return manifest
 
 

@@ -14,25 +14,27 @@ metadata.json, common.json and the tracker are written from the plan (write.writ
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Collection
+from typing import Callable, Collection
 
 from ... import api
 from ...config import ReshardConfig
 from ...errors import ReshardError
-from ...execute import MANIFEST_DIR
-from ...finish import TransformReport
+from ...execute import MANIFEST_DIR, done_checksum
+from ...finish import TransformReport, source_files
 from ...formats import FormatError, open_reader, registry
 from ...plan import Headers, Plan, PlanPolicy
-from ...run import Request, Stage, run, state_files
+from ...run import Request, Stage, result_digest, run, state_files
 from ...sources import DEFAULT_PREFIX, SourceSet, check_output, is_url
 from ...strategy import Strategy
-from .folder import KINDS, TRACKER, Checkpoint2, is_checkpoint2, read_checkpoint2
-from .write import (DEFAULT_RELEASE, IterationPlan, check_carried, check_release, default_kind,
-                    plan_iteration, release_of_common, write_checkpoint2)
+from .folder import COMMON, KINDS, METADATA, TRACKER, Checkpoint2, is_checkpoint2, read_checkpoint2
+from .write import (DEFAULT_RELEASE, IterationPlan, check_carried, check_iteration_free, check_release,
+                    default_kind, plan_iteration, release_of_common, write_checkpoint2)
 
 # A remote source's files that the plan fetches rather than reads in place land in a hidden
 # folder beside the destination (.<name><suffix>), which goes when the conversion ends.
@@ -65,10 +67,12 @@ def check_strategy_against_metadata(ck: Checkpoint2, given: Strategy) -> None:
 class Written:
     """What convert_checkpoint wrote: names relative to the destination and their (size, CRC32 hex) as
     written (for the integrity manifest); the plan (for a Checkpoint 2.0 output, before it was
-    split by shard kind)."""
+    split by shard kind); files_written: the names this run wrote (the others were written by
+    this same conversion before and kept)."""
     files: list[str]
     checksums: dict[str, tuple[int, str]]
     plan: Plan
+    files_written: list[str]
 
 
 @dataclass
@@ -113,8 +117,9 @@ def open_checkpoint(src_checkpoint: str, src_strategy: Strategy | None = None, *
                 iteration: int | None = None, local_root: str | None = None) -> Source:
     """A Checkpoint 2.0 folder (auto-detected; local, obs:// or s3://; its shards' headers
     checked against metadata.json, a remote one's by ranged GETs; a given source strategy
-    checked against it), or a local source as api.find_sources reads it. local_root: where a
-    remote source's files would be fetched (nothing is written there by this)."""
+    checked against it), or another source as api.find_sources / find_remote_sources classify
+    it. local_root: where a remote source's files would be fetched (nothing is written there by
+    this)."""
     if iteration is not None or is_checkpoint2(src_checkpoint):
         ck = read_checkpoint2(src_checkpoint, iteration)
         if src_strategy is not None:
@@ -127,9 +132,11 @@ def open_checkpoint(src_checkpoint: str, src_strategy: Strategy | None = None, *
         headers.prefetch(ck.rel(f) for kind in KINDS for f in ck.files[kind].values())
         ck.check_files(lambda name: headers.read(name))
         return Source(ck.source_set(), ck.source_strategy(), ck, headers)
-    if is_url(src_checkpoint):
-        raise ReshardError(f"{src_checkpoint}: not a Checkpoint 2.0 folder (no {TRACKER}); this "
-                           f"path converts other remote sources to rank folders only")
+    if is_url(src_checkpoint):   # read in place by ranged GETs, or fetched, as the engine reads it
+        import obs_io
+        source = api.find_remote_sources(src_checkpoint)
+        headers = Headers(local_root or ".", remote_root=source.base, s3_config=obs_io.current_config())
+        return Source(source, src_strategy, None, headers)
     return Source(api.find_sources(src_checkpoint), src_strategy, None)
 
 
@@ -175,13 +182,47 @@ def convert_checkpoint(src_checkpoint: str, dst_root: str, *, dst_strategy: Stra
             iteration=iteration, dst_iteration=dst_iteration, release=release, prefix=prefix,
             process_num=process_num, max_memory=max_memory, policy=policy)
         return conversion.write_all()
+    return prepare_ranks(src_checkpoint, dst_root, dst_strategy=dst_strategy, src_strategy=src_strategy,
+                         fmt=fmt, iteration=iteration, prefix=prefix, process_num=process_num,
+                         max_memory=max_memory, policy=policy, dst_ranks=dst_ranks).write_all()
+
+
+@dataclass(frozen=True)
+class RankConversion:
+    """A conversion to rank folders (or a complete checkpoint), planned and checked
+    (prepare_ranks), nothing written yet: names() and result_digest() say what it writes
+    (a rerun's check), write_all() writes it. plan: the plan of its destination ranks."""
+    src: Source
+    plan: Plan
+    dst_root: str
+    fetched: str
+    config: ReshardConfig
+
+    def names(self) -> list[str]:
+        """The files written, relative to dst_root."""
+        return [rp.path for rp in self.plan.ranks]
+
+    def result_digest(self) -> str:
+        """What defines the result (the integrity manifest's result_digest): reshard.run's."""
+        return result_digest(self.plan, self.plan.local_root)
+
+    def write_all(self) -> Written:
+        os.makedirs(self.dst_root, exist_ok=True)
+        report = _execute(self.src, self.plan, self.dst_root, self.fetched, self.config)
+        return Written(sorted(report.checksums), report.checksums, self.plan, sorted(report.files_written))
+
+
+def prepare_ranks(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | None = None,
+                  src_strategy: Strategy | None = None, fmt: str = "safetensors",
+                  iteration: int | None = None, prefix: str | None = None, process_num: int = 1,
+                  max_memory: int | None = None, policy: PlanPolicy = PlanPolicy(),
+                  dst_ranks=None) -> RankConversion:
+    """A conversion to rank folders under local dst_root (the arguments as convert_checkpoint's),
+    planned with every check done: ReshardError, one line, before anything is written."""
     src, fetched = _open(src_checkpoint, dst_root, src_strategy, dst_strategy, iteration)
     p = plan(src, dst_strategy, fmt=fmt, prefix=prefix or DEFAULT_PREFIX, local_root=fetched,
              policy=policy, dst_ranks=dst_ranks)
-    os.makedirs(dst_root, exist_ok=True)
-    config = ReshardConfig(process_num, max_memory, release_downloads=True)
-    report = _execute(src, p, dst_root, fetched, config)
-    return Written(sorted(report.checksums), report.checksums, p)
+    return RankConversion(src, p, dst_root, fetched, ReshardConfig(process_num, max_memory, release_downloads=True))
 
 
 def _open(src_checkpoint: str, dst_root: str, src_strategy: Strategy | None,
@@ -233,11 +274,53 @@ class Checkpoint2Conversion:
         block's remote source files are fetched into a folder of its own (blocks run side by
         side). A block interrupted leaves its finished shards with the engine's records: the
         block run again keeps them (the iteration folder is still this conversion's)."""
+        return self.write_ranks(dst_ranks).checksums
+
+    def write_ranks(self, dst_ranks) -> Written:
+        """write_block, as a Written: files_written the shards this run wrote (the others of the
+        block were written by this same conversion before and kept)."""
         dst_ranks = None if dst_ranks is None else tuple(dst_ranks)
         fetched = self.fetched if not dst_ranks else f"{self.fetched}-{min(dst_ranks)}"
         os.makedirs(self.iteration.root, exist_ok=True)
-        return dict(_execute(self.src, self.iteration.block(dst_ranks), self.iteration.root, fetched,
-                             self.config).checksums)
+        report = _execute(self.src, self.iteration.block(dst_ranks), self.iteration.root, fetched, self.config)
+        return Written(sorted(report.checksums), dict(report.checksums), self.plan, sorted(report.files_written))
+
+    def names(self) -> list[str]:
+        """Every file of the finished set, relative to dst_root: the shards, metadata.json,
+        common.json, the tracker."""
+        it = self.iteration
+        return [rp.path for rp in it.shards.ranks] + [f"{it.folder}/{METADATA}", f"{it.folder}/{COMMON}", TRACKER]
+
+    def result_digest(self) -> str:
+        """What defines the result (the integrity manifest's result_digest): the engine's digest
+        of the full plan (reshard.run.result_digest: each rank's pieces and the versions of the
+        source files it reads), with what the plan does not hold: the iteration, the release,
+        the shards' prefix and common.json's values. Computed before anything is written: a
+        rerun finds its result by it, locally or on the store."""
+        it = self.iteration
+        return hashlib.sha256(json.dumps(
+            [result_digest(self.plan, self.plan.local_root), it.iteration, self.release, it.prefix, self.common],
+            sort_keys=True, default=str).encode()).hexdigest()
+
+    def check_free(self) -> None:
+        """The iteration folder holds nothing but shards of this conversion
+        (write.check_iteration_free; ReshardError)."""
+        check_iteration_free(self.iteration.root, self.iteration.iteration,
+                             {rp.path.rsplit("/", 1)[1] for rp in self.iteration.shards.ranks})
+
+    def shards_done(self) -> dict[str, tuple[int, str]] | None:
+        """Every shard's (size, CRC32 hex) when every shard of the plan is under dst_root as
+        the engine recorded writing it for this very plan (execute.is_done: blocks written by
+        any process of this conversion), else None: finish() may follow."""
+        shards = self.iteration.shards
+        files = source_files(shards, self.fetched if self.src.remote else self.src.source.base)
+        out = {}
+        for rp in shards.ranks:
+            got = done_checksum(files, self.iteration.root, rp, shards.fmt)
+            if got is None:
+                return None
+            out[rp.path] = got
+        return out
 
     def finish(self, elsewhere: Collection[str] = ()) -> dict[str, tuple[int, str]]:
         """After every block: metadata.json, common.json and the tracker (write.write_checkpoint2),
@@ -253,33 +336,38 @@ class Checkpoint2Conversion:
         """Every shard in one engine run, then finish(); the iteration folder goes again if
         anything fails (no shard stays under its final name without its metadata.json)."""
         with _writing(self.iteration):
-            written = self.write_block(None)
-            written.update(self.finish())
-        return Written(sorted(written), written, self.plan)
+            shards = self.write_ranks(None)
+            finished = self.finish()
+        written = {**shards.checksums, **finished}
+        return Written(sorted(written), written, self.plan, sorted([*shards.files_written, *finished]))
 
 
 def prepare_checkpoint2(src_checkpoint: str, dst_root: str, *, dst_strategy: Strategy | None = None,
                         src_strategy: Strategy | None = None, iteration: int | None = None,
                         dst_iteration: int | None = None, release: str | None = None,
                         prefix: str | None = None, process_num: int = 1, max_memory: int | None = None,
-                        policy: PlanPolicy = PlanPolicy()) -> Checkpoint2Conversion:
+                        policy: PlanPolicy = PlanPolicy(), check_free: bool = True) -> Checkpoint2Conversion:
     """A conversion to a Checkpoint 2.0 iteration under local dst_root (the arguments as
     convert_checkpoint's), planned for every destination rank with every check done, the values carried
     from different source ranks compared in the source: ReshardError, one line, before anything
-    is written. Deterministic: every block's process prepares the same conversion."""
+    is written. Deterministic: every block's process prepares the same conversion. check_free:
+    the iteration folder is checked (Checkpoint2Conversion.check_free); False: the caller
+    checks it, after looking whether the folder holds this very result already."""
     src, fetched = _open(src_checkpoint, dst_root, src_strategy, dst_strategy, iteration)
     ck = src.checkpoint2
     release = check_release(release or _release_of(ck))
     p = plan(src, dst_strategy, fmt="safetensors", prefix="rank_", local_root=fetched, policy=policy)
-    common = ck.common_info() if ck is not None else \
-        training_state(p, fetched if src.remote else src.source.base)
+    common = ck.common_info() if ck is not None else training_state(p, src.open)
     kinds = src.kinds()
     it = plan_iteration(dst_root, p, lambda name: kinds.get(name) or default_kind(name),
                         iteration=_iteration_of(ck, common, dst_iteration),
                         prefix=prefix if prefix is not None else (ck.prefix if ck else "CKP"))
+    conversion = Checkpoint2Conversion(src, p, it, common, release, fetched,
+                                       ReshardConfig(process_num, max_memory, release_downloads=True))
+    if check_free:
+        conversion.check_free()
     check_carried(it, src.open)
-    return Checkpoint2Conversion(src, p, it, common, release, fetched,
-                                 ReshardConfig(process_num, max_memory, release_downloads=True))
+    return conversion
 
 
 def _release_of(ck: Checkpoint2 | None) -> str:
@@ -339,13 +427,14 @@ def forget_shards(it: IterationPlan) -> None:
 STATE_VALUES = ("epoch_num", "step_num", "global_step", "loss_scale")
 
 
-def training_state(p: Plan, local_root: str) -> dict:
+def training_state(p: Plan, open_file: Callable[[str], object]) -> dict:
     """common.json's values from a legacy source: the scalars of STATE_VALUES that the plan
-    carries into its first rank (absent ones left out)."""
+    carries into its first rank (absent ones left out); open_file: a source file's relative
+    name -> an open reader (Source.open: a remote one's read in place)."""
     out = {}
     for t in p.ranks[0].tensors if p.ranks else ():
         if t.carried and t.name in STATE_VALUES and math.prod(t.shape) == 1:
-            with open_reader(p.source.path_of(t.pieces[0].src_file, local_root)) as r:
+            with open_file(t.pieces[0].src_file) as r:
                 value = r.read(t.name).reshape(-1)[0].item()
             out[t.name] = float(value) if t.name == "loss_scale" else int(value)
     return out

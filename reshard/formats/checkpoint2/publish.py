@@ -76,9 +76,15 @@ def complete(location: str, manifest: integrity.SetManifest) -> bool:
 def holds(location: str, manifest: integrity.SetManifest) -> bool:
     """The store holds this very result: its manifest has the same result digest, lists every
     file this result writes, and is complete there."""
+    return holds_result(location, manifest.result_digest, manifest.files)
+
+
+def holds_result(location: str, result_digest: str, names: Collection[str]) -> bool:
+    """holds() known before converting: the result's digest and the names of the files it
+    writes (a local folder or obs:// / s3:// alike)."""
     theirs = _remote_manifest(location)
-    return theirs is not None and theirs.result_digest == manifest.result_digest and \
-        set(manifest.files) <= set(theirs.files) and complete(location, theirs)
+    return theirs is not None and theirs.result_digest == result_digest and \
+        set(names) <= set(theirs.files) and complete(location, theirs)
 
 
 def stale_files(names: Iterable[str], keep: Collection[str]) -> list[str]:

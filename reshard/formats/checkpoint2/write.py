@@ -248,11 +248,11 @@ def plan_iteration(root: str, p: Plan, kind_of: Callable[[str], str], *, iterati
     dst_strategy: the destination layout, None: one rank holding complete tensors); kind_of(name):
     'model' or 'opt'. Everything metadata.json says comes from the plan (dtype, local shape,
     destination layout, holders), so nothing written is read back. ReshardError before anything
-    is written: the iteration folder exists already (but for shards of this conversion), a rank
-    holding nothing, a parameter whose shape, dtype or kind differ between ranks."""
+    is written: a rank holding nothing, a parameter whose shape, dtype or kind differ between
+    ranks. (Whether the iteration folder under root is free for it: check_iteration_free, the
+    caller's.)"""
     dst = p.dst_strategy
     shards = shard_plan(p, kind_of, iteration_dir(iteration), prefix)
-    check_iteration_free(root, iteration, {rp.path.rsplit("/", 1)[1] for rp in shards.ranks})
     it = IterationPlan(root, iteration, dst, prefix, shards, {}, ())
     held = {it.shard_of(rp.rank)[0] for rp in shards.ranks}
     missing = [r for r in range(it.world) if r not in held]
