@@ -110,31 +110,55 @@ def run(args) -> int:
             return _dry_run(args, c)
         conversion = _prepare(args, c)
         if _holds(args, c, conversion):
-            print(f"done: {c.dst} already holds this conversion (its {integrity.MANIFEST_NAME} records the "
-                  f"same result and its files are whole); nothing converted" + (" or uploaded" if c.remote else ""))
-            return 0
-        if c.remote:   # converted privately in the staging folder; claimed when published
-            written = conversion.write_all()   # a block of rank folders is not a set: no manifest
-            manifest = _manifest(args, conversion, written, c.local) if c.dst_ranks is None else None
-            if _publish(args, c, written, manifest):
-                print(f"done: {c.dst} already holds this conversion (its {integrity.MANIFEST_NAME} records "
-                      "the same result); nothing uploaded")
-                return 0
-        else:          # another run writing this folder meanwhile is refused at once
-            made = not os.path.exists(c.dst)   # the claim makes it: gone again if nothing came
-            with on_failure(_remove_if_empty, c.dst) if made else contextlib.nullcontext(), \
-                    _claimed(args, None, c.src_strategy, c.dst_strategy, _run_id(args, c)):
-                if c.to_ckpt2:
-                    conversion.check_free()
-                if c.to_ckpt2 and c.dst_ranks is not None:
-                    return _write_block(args, c, conversion)
-                written = conversion.write_all()
-                if c.dst_ranks is None:   # a block of rank folders is not a set
-                    _manifest(args, conversion, written, c.local)
+            return _held(c, "nothing converted" + (" or uploaded" if c.remote else ""))
+        if c.remote:
+            written = _convert_remote(args, c, conversion)
+            if written is None:   # published by another run of it meanwhile
+                return _held(c, "nothing uploaded")
+        elif c.to_ckpt2 and c.dst_ranks is not None:
+            return _convert_local(args, c, conversion, _write_block)
+        else:
+            written = _convert_local(args, c, conversion, _write_whole)
     finally:
         stage.close()
     print(f"done: {_wrote(written)} to {c.dst}" + (" (Checkpoint 2.0)" if c.to_ckpt2 else ""))
     return 0
+
+
+def _held(c: _Conversion, what: str) -> int:
+    print(f"done: {c.dst} already holds this conversion (its {integrity.MANIFEST_NAME} records the "
+          f"same result and its files are whole); {what}")
+    return 0
+
+
+def _convert_remote(args, c: _Conversion, conversion) -> Written | None:
+    """A remote output: converted privately in the staging folder, then published (claimed
+    then); None when the store holds this very result by then (nothing uploaded)."""
+    written = conversion.write_all()   # a block of rank folders is not a set: no manifest
+    manifest = _manifest(args, conversion, written, c.local) if c.dst_ranks is None else None
+    return None if _publish(args, c, written, manifest) else written
+
+
+def _convert_local(args, c: _Conversion, conversion, write):
+    """A local output: write(args, c, conversion) with the output claimed (another run writing
+    it meanwhile is refused at once; the folder goes again if this run made it and nothing
+    came), a Checkpoint 2.0's iteration folder checked first (write.check_iteration_free:
+    nothing but shards of this conversion)."""
+    made = not os.path.exists(c.dst)   # the claim makes it
+    with on_failure(_remove_if_empty, c.dst) if made else contextlib.nullcontext(), \
+            _claimed(args, None, c.src_strategy, c.dst_strategy, _run_id(args, c)):
+        if c.to_ckpt2:
+            conversion.check_free()
+        return write(args, c, conversion)
+
+
+def _write_whole(args, c: _Conversion, conversion) -> Written:
+    """Every file of the conversion (a --rank_id block of rank folders: its ranks'), then a
+    whole set's manifest."""
+    written = conversion.write_all()
+    if c.dst_ranks is None:   # a block of rank folders is not a set
+        _manifest(args, conversion, written, c.local)
+    return written
 
 
 def _wrote(written: Written) -> str:
