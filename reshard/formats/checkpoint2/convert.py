@@ -168,7 +168,7 @@ def convert_checkpoint(src_checkpoint: str, dst_root: str, *, dst_strategy: Stra
     metadata.json formatting to write, default the source's, else DEFAULT_RELEASE; prefix: the
     shards' prefix ('' none), default the source's, else 'CKP'; policy: plan.PlanPolicy). The source: a Checkpoint 2.0
     folder (local, obs://, s3://: read in place by ranged GETs, or fetched into a hidden folder
-    beside dst_root, removed at the end), or a local one of the engine's. dst_ranks: the
+    beside dst_root, removed at the end), or another the engine reads (local, or remote: likewise). dst_ranks: the
     destination ranks to write (rank folders only; None: all; a Checkpoint 2.0 in blocks:
     prepare_checkpoint2). ReshardError, one line, before anything is written."""
     if registry.get(fmt, "--format").own_path and fmt != "checkpoint2":
