@@ -290,3 +290,27 @@ def test_a_killed_process_half_stored_claim_is_aborted_when_the_run_ends(bucket,
     with claim:
         assert incomplete() == sorted([mine, theirs])
     assert incomplete() == [theirs]
+
+
+def test_local_run_needs_no_object_store_client(tmp_path):
+    """A local conversion, its output's claim included, never imports the object-store client:
+    boto3's import is 0.15-0.25 s of every run's start on this machine, a second copy floor's
+    worth for a small checkpoint (the claim's local records are plain files)."""
+    params = synth.llama_params(**synth.SMALL_LLAMA)
+    src = synth.write_complete_checkpoint(str(tmp_path / "full" / "model.ckpt"), params)
+    synth.write_strategy(str(tmp_path / "s4"), dp=2, mp=2, pp=1, params=params)
+    argv = ["reshard", "--src_checkpoint", src, "--dst_checkpoint", str(tmp_path / "out"),
+            "--dst_strategy", str(tmp_path / "s4"), "--format", "checkpoint2", "--iteration", "10"]
+    code = ("import runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n"
+            "    runpy.run_module('reshard', run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "heavy = [m for m in ('boto3', 'botocore', 's3transfer') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "latest_checkpointed_iteration.txt").read_text() == "10"
+    assert not (tmp_path / "out" / ".claims").exists()
