@@ -285,6 +285,7 @@ def main() -> None:
 def run_steps(args, engines, p, out, scratch) -> list:
     for d in out.values():
         shutil.rmtree(d, ignore_errors=True)
+
     def step(src, src_s, dst_s):
         return lambda e, dst: cli(e, src(e), dst, src_s, dst_s, args.process_num)
     steps = [("complete -> 8", step(lambda e: p["full"], None, p["s8"]), "8"),
@@ -322,9 +323,12 @@ def run_checkpoint2_steps(args, engines, p, out, scratch) -> list:
         (source, source strategy, destination strategy)."""
         return lambda e, dst: (cli(e, ours[0], dst, None, ours[1], n, ours[2]) if e == "stream"
                                else cli(e, transform[0], dst, transform[1], transform[2], n, to_st))
-    merge = lambda e, dst: (cli(e, os.path.join(out[e], "c4"), dst, None, None, n, to_st)  # noqa: E731
-                            if e == "stream" else
-                            [sys.executable, __file__, "_unified", st["4"], p["s4"], dst, str(n)])
+
+    def merge(e, dst):
+        """4 -> 1: ours to complete safetensors; MindSpore's unified_safetensors."""
+        if e == "stream":
+            return cli(e, os.path.join(out[e], "c4"), dst, None, None, n, to_st)
+        return [sys.executable, __file__, "_unified", st["4"], p["s4"], dst, str(n)]
     steps = [("complete -> ck2 8", step((p["full"], p["s8"], to_ck2), (st.get("1"), None, p["s8"])), "c8"),
              ("ck2 8 -> ck2 4", step((os.path.join(out["stream"], "c8"), p["s4"], to_ck2),
                                      (st.get("8"), p["s8"], p["s4"])), "c4"),
