@@ -23,9 +23,15 @@ def _once(signum: int, frame: object) -> None:
 def _again(hook):
     """sys.unraisablehook for the tool's run: a KeyboardInterrupt raised where Python cannot
     raise it (a finalizer, a weakref or import-lock callback: "Exception ignored in ...", and
-    the Ctrl-C lost) is delivered again, a moment later, where it can be; anything else goes to
-    `hook`."""
+    the Ctrl-C lost) is delivered again, a moment later, where it can be. A Ctrl-C that arrived
+    just as the tool set SIGINT to be ignored (after the first one: _once, the end of a console
+    script) is dropped quietly: Python reports it as an unraisable "OSError: Signal 2 ignored
+    due to race condition" (bpo-43406), a second line after the tool's one. Anything else goes
+    to `hook`."""
     def unraisable(info) -> None:
+        if isinstance(info.exc_value, OSError) and info.object is None and \
+                str(info.exc_value) == f"Signal {_signal.SIGINT} ignored due to race condition":
+            return
         if isinstance(info.exc_value, KeyboardInterrupt):
             import threading   # loaded long before a tool can be finalizing anything
             _signal.signal(_signal.SIGINT, _once)

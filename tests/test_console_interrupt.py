@@ -133,3 +133,22 @@ def test_a_ctrl_c_that_lands_in_a_callback_is_delivered_again(tmp_path, monkeypa
     assert run_console("tool", "lost_in_callback:main") == 130
     assert capsys.readouterr().err.strip() == "tool: interrupted"
     assert sys.unraisablehook is hook
+
+
+def test_a_ctrl_c_racing_the_switch_to_ignored_is_dropped_quietly():
+    """Python reports a SIGINT that arrives while its handler is being set to SIG_IGN as an
+    unraisable OSError (bpo-43406): during the tool's cleanup after the first Ctrl-C that would
+    be a second line after its one; run_console's hook drops exactly that, and passes on the rest."""
+    import types
+    from reshard.console import _again
+    seen = []
+    hook = _again(seen.append)
+
+    def info(exc):
+        return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,
+                                     err_msg=None, object=None)
+    hook(info(OSError(f"Signal {signal.SIGINT} ignored due to race condition")))
+    assert seen == []
+    other = info(OSError(f"Signal {signal.SIGTERM} ignored due to race condition"))
+    hook(other)
+    assert seen == [other]
