@@ -210,49 +210,17 @@ def _preshard(p: "JobPlan", ranks: list[int], still_ours: Callable[[], None]) ->
     (_finish_set) and publishes its marker; every node waits for it and has the files its ranks
     read (_node_copy). Returns the local root to load."""
     c, job, layout = p.checkpoint2, p.job, p.layout
-    out, remote = layout.transformed, layout.remote_transformed
     strategies = {"dst": c.dst_identity, "mode": PRESHARD}
-    multi, first = p.cluster.num_nodes > 1, p.cluster.node_index == 0
-    mine = p.blocks.led_by(p.convert_ranks)
-    log.info("checkpoint2_mode=preshard: %s; this node converts %s", ", ".join(map(str, p.blocks.blocks)),
-             ", ".join(map(str, mine)) or "nothing")
-    own = [b.leader for b in mine] + ([markers.SET] if first else [])
-    if multi:   # first of all: nobody may take an older run's marker of ours for this one's
-        markers.clear_own(layout.marker_dir, own)
-    try:   # a failure here is this node's blocks' (and on node 0 the set's): every node learns it
-        manifest = _previous(out, remote, c.identity, strategies)
-        conversion, written = (None, {n: (r.size, r.crc32) for n, r in manifest.files.items()}) \
-            if manifest is not None else _convert_blocks(p, mine, strategies, still_ours)
-        if multi:
-            still_ours()
-            for block in mine:   # each marker lists its block's shards with their checksums
-                markers.publish(layout.marker_dir, markers.Marker(
-                    markers.SUCCEED, block.leader, p.run_id,
-                    markers.succeed_message(_of_ranks(written, block.ranks))))
-    except BaseException as exc:
-        _publish_failure(p, own, exc)
-        raise
+    first = p.cluster.node_index == 0
+    manifest, conversion, written = _blocks_of_this_node(p, strategies, still_ours)
     if first:
-        try:
-            if manifest is None:
-                manifest = _finish_set(p, conversion, written, strategies, still_ours)
-            elif layout.shared_dir and not _whole_here(out, manifest):   # kept on object storage only
-                obs_io.file.copy_parallel(remote, out, file_list=sorted(manifest.files), progress=False)
-                integrity.write(out, manifest)
-            _prune_set(layout, out, remote, manifest, still_ours)
-            if multi:
-                still_ours()
-                markers.publish(layout.marker_dir, markers.Marker(
-                    markers.SUCCEED, markers.SET, p.run_id, markers.succeed_message(
-                        {n: (r.size, r.crc32) for n, r in manifest.files.items()})))
-        except BaseException as exc:
-            _publish_failure(p, [markers.SET], exc)
-            raise
+        manifest = _complete_set(p, manifest, conversion, written, strategies, still_ours)
     else:
         log.info("checkpoint2_mode=preshard: waiting (up to %gs) for every block and node 0's set",
                  job.transform_timeout)
         markers.wait_for_blocks(layout.marker_dir, [*(b.leader for b in p.blocks.blocks), markers.SET],
                                 p.run_id, job.transform_timeout, not_before=p.started - markers.CLOCK_SLACK)
+    out, remote = layout.transformed, layout.remote_transformed
     if not remote or layout.shared_dir:
         return out   # the folder holds the whole set (one node, or the shared disk)
     if not first:
@@ -266,6 +234,59 @@ def _preshard(p: "JobPlan", ranks: list[int], still_ours: Callable[[], None]) ->
              _count(converted), _ranks_text(ranks))
     _node_copy(converted, names, out, manifest.files)
     return out
+
+
+def _blocks_of_this_node(p: "JobPlan", strategies: dict, still_ours: Callable[[], None]):
+    """This node's blocks converted (nothing when a set these inputs made is found: its
+    manifest) and their markers published. Returns (the earlier set's manifest or None, the
+    conversion or None, the shards written here: name -> (size, CRC32 hex)). A failure is
+    this node's blocks' (and on node 0 the set's): their failure markers tell every node."""
+    c, layout = p.checkpoint2, p.layout
+    multi, first = p.cluster.num_nodes > 1, p.cluster.node_index == 0
+    mine = p.blocks.led_by(p.convert_ranks)
+    log.info("checkpoint2_mode=preshard: %s; this node converts %s", ", ".join(map(str, p.blocks.blocks)),
+             ", ".join(map(str, mine)) or "nothing")
+    own = [b.leader for b in mine] + ([markers.SET] if first else [])
+    if multi:   # first of all: nobody may take an older run's marker of ours for this one's
+        markers.clear_own(layout.marker_dir, own)
+    try:
+        manifest = _previous(layout.transformed, layout.remote_transformed, c.identity, strategies)
+        conversion, written = (None, {n: (r.size, r.crc32) for n, r in manifest.files.items()}) \
+            if manifest is not None else _convert_blocks(p, mine, strategies, still_ours)
+        if multi:
+            still_ours()
+            for block in mine:   # each marker lists its block's shards with their checksums
+                markers.publish(layout.marker_dir, markers.Marker(
+                    markers.SUCCEED, block.leader, p.run_id,
+                    markers.succeed_message(_of_ranks(written, block.ranks))))
+    except BaseException as exc:   # the failure markers, for whatever ended it
+        _publish_failure(p, own, exc)
+        raise
+    return manifest, conversion, written
+
+
+def _complete_set(p: "JobPlan", manifest: integrity.SetManifest | None, conversion, written: dict,
+                  strategies: dict, still_ours: Callable[[], None]) -> integrity.SetManifest:
+    """Node 0, after its blocks: the set finished (_finish_set; or an earlier one of these
+    inputs kept, copied here from object storage when a shared disk lacks it), pruned, and its
+    marker published. Returns its manifest."""
+    layout, out, remote = p.layout, p.layout.transformed, p.layout.remote_transformed
+    try:
+        if manifest is None:
+            manifest = _finish_set(p, conversion, written, strategies, still_ours)
+        elif layout.shared_dir and not _whole_here(out, manifest):   # kept on object storage only
+            obs_io.file.copy_parallel(remote, out, file_list=sorted(manifest.files), progress=False)
+            integrity.write(out, manifest)
+        _prune_set(layout, out, remote, manifest, still_ours)
+        if p.cluster.num_nodes > 1:
+            still_ours()
+            markers.publish(layout.marker_dir, markers.Marker(
+                markers.SUCCEED, markers.SET, p.run_id, markers.succeed_message(
+                    {n: (r.size, r.crc32) for n, r in manifest.files.items()})))
+    except BaseException as exc:   # the set's failure marker, for whatever ended it
+        _publish_failure(p, [markers.SET], exc)
+        raise
+    return manifest
 
 
 def _publish_failure(p: "JobPlan", leaders: list[int], exc: BaseException) -> None:
