@@ -516,6 +516,14 @@ def _check_no_stale_files(args, world: int) -> None:
             names = [e.name for e in obs_io.file.list_entries(args.dst_checkpoint, recursive=True) if e.is_file()]
         except FileNotFoundError:   # not there yet
             return
+    from .formats.checkpoint2.folder import ITERATION_PREFIX, TRACKER
+    saved = sorted((n for n in names if n == TRACKER or n.startswith(ITERATION_PREFIX)),
+                   key=lambda n: (n != TRACKER, n))   # the tracker named first
+    if saved:   # its manifest would be this set's, its tracker still naming the other save
+        raise ReshardError(f"{_dst_flag(args)} {args.dst_checkpoint} holds a Checkpoint 2.0 save "
+                           f"({saved[0]}{', ...' if len(saved) > 1 else ''}): rank folders written "
+                           "beside it would mix two saves in one folder; choose an empty folder or "
+                           "remove it")
     stale = [n for n in reshard_run.stale_outputs(names, range(world), args.prefix, args.fmt)
              if registry.by_file(n.rsplit("/", 1)[-1]) is not None]   # what a loader would read
     if stale:

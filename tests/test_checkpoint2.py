@@ -563,6 +563,11 @@ def test_rerun_of_a_finished_local_checkpoint2_is_kept_another_refused(tmp_path,
         err = errors_only(capsys.readouterr().err)
         assert "iteration_00001234: exists already" in err and len(err.splitlines()) == 1, err
         assert stamps(out) == before
+    ranks = [a if a != "checkpoint2" else "safetensors" for a in argv]   # rank folders beside the set
+    assert cli.main(ranks) == 2
+    err = errors_only(capsys.readouterr().err)
+    assert f"holds a Checkpoint 2.0 save ({TRACKER}" in err and len(err.splitlines()) == 1, err
+    assert stamps(out) == before
     os.utime(next(src.rglob("*.safetensors")), ns=(1, 1))   # another version of the source
     assert cli.main(argv) == 2 and "exists already" in capsys.readouterr().err
     assert stamps(out) == before
@@ -576,6 +581,13 @@ def test_rerun_of_a_finished_local_checkpoint2_is_kept_another_refused(tmp_path,
     assert {n: b for n, b in set_files(killed).items() if n != "conversion_manifest.json"} == \
         {n: b for n, b in whole.items() if n != "conversion_manifest.json"}
     assert cli.main(["--verify", str(killed)]) == 0
+    os.remove(killed / "conversion_manifest.json")   # stopped after the tracker, before the manifest
+    stamped = stamps(killed)
+    assert cli.main([*argv[:-1], str(killed)]) == 2
+    err = errors_only(capsys.readouterr().err)
+    assert "holds a finished save that is not this conversion's result" in err, err
+    assert "before it wrote its manifest" in err and len(err.splitlines()) == 1, err
+    assert stamps(killed) == stamped
 
 
 def test_rank_id_blocks_write_one_checkpoint2_finished_by_the_last(tmp_path, capsys):
@@ -601,7 +613,7 @@ def test_rank_id_blocks_write_one_checkpoint2_finished_by_the_last(tmp_path, cap
     assert not (out / TRACKER).exists() and not (out / "iteration_00001234" / "metadata.json").exists()
     assert cli.main([*base, "--dst_checkpoint", str(out), "--rank_id", "0"]) == 0
     said = capsys.readouterr().out
-    assert "wrote 11 file(s)" in said and "the set finished" in said, said
+    assert "wrote 11 file(s)" in said and "the set finished" in said and "kept" not in said, said
     assert set_files(out) == set_files(whole)
     assert not (out / ".reshard").exists()     # the engine's records go with the set finished
     assert cli.main(["--verify", str(out)]) == 0
@@ -645,3 +657,44 @@ def test_dry_run_of_a_checkpoint2_output_counts_ranks_and_shard_files_apart(tmp_
     shown = capsys.readouterr().out
     assert "destination ranks 2-3 of 4, 4 shard file(s) (2 model, 2 opt)" in shown and "rank 0 ->" not in shown
     assert not (tmp_path / "dry").exists()
+
+
+def test_a_source_folder_holding_a_checkpoint2_and_rank_folders_is_refused(tmp_path, capsys):
+    """Two saves in one source folder (the tracker's iteration and rank_<r> folders): which one
+    is meant is not guessed; one line naming the folder, exit 2, nothing written. The iteration
+    folder named directly reads the Checkpoint 2.0."""
+    from conftest import errors_only
+    from reshard import cli
+    src = tmp_path / "mix"
+    shutil.copytree(DATA / "2.1.0-dp2mp2pp2", src)
+    (src / "rank_0").mkdir()
+    shutil.copy(DATA / "2.1.0-dp2mp2pp2.full.safetensors", src / "rank_0" / "checkpoint_0.safetensors")
+    out = tmp_path / "out"
+    assert cli.main(["--src_checkpoint", str(src), "--dst_checkpoint", str(out), "--format", "safetensors"]) == 2
+    err = errors_only(capsys.readouterr().err)
+    assert f"{src}: holds a Checkpoint 2.0" in err and "rank_0" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+    assert cli.main(["--src_checkpoint", str(src / "iteration_00001234"), "--dst_checkpoint", str(out),
+                     "--format", "safetensors"]) == 0
+    got, full = tensors(out / "rank_0" / "checkpoint_0.safetensors"), tensors(DATA / "2.1.0-dp2mp2pp2.full.safetensors")
+    assert {n: got[n] for n in full} == full   # and the training state carried beside
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--mindformers_release", "1.9", "--format", "safetensors"], "--mindformers_release 1.9: names the release"),
+    (["--mindformers_release", "1.9"], "--mindformers_release 1.9: names the release"),
+    (["--iteration", "-5", "--format", "checkpoint2"], "--iteration -5: must be at least 0"),
+])
+def test_flags_that_do_not_apply_are_one_line(tmp_path, capsys, flags, culprit):
+    """A flag that would be ignored, or a value that names nothing: one line, exit 2, nothing
+    written (before, --mindformers_release without --format checkpoint2 was ignored, and
+    --iteration -5 read as iteration_-0000005)."""
+    from conftest import errors_only
+    from reshard import cli
+    out = tmp_path / "out"
+    mp4 = strategy(tmp_path, 1, 4, 1)
+    assert cli.main(["--src_checkpoint", str(DATA / "2.1.0-dp2mp2pp2"), "--dst_strategy", mp4.source,
+                     "--dst_checkpoint", str(out), *flags]) == 2
+    err = errors_only(capsys.readouterr().err)
+    assert culprit in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

@@ -84,6 +84,17 @@ def test_checkpoint2_output_and_strategies_on_s3_equal_the_local_conversion(tmp_
         assert {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])} == listed
         assert not any(work.iterdir())              # the staging folder went each time
         assert not keys(client, bucket, f"out-{fmt}/{RECORD.split('/')[0]}/")
+    url = f"s3://{bucket}/out-checkpoint2"   # the set, with something beside it on the store
+    argv = ["--src_checkpoint", src, "--dst_strategy", dst_strategy, "--dst_checkpoint", url, "--work_dir", str(work)]
+    client.put_object(Bucket=bucket, Key=f"out-checkpoint2/{ITERATION}/CKP-model-0000000-0000002.safetensors",
+                      Body=b"x")
+    listed = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    for fmt, culprit in (("checkpoint2", f"{ITERATION} exists there already"),   # not 'already holds'
+                         ("safetensors", f"holds a Checkpoint 2.0 save ({TRACKER}")):   # rank folders beside it
+        assert main([*argv, "--format", fmt]) == 2
+        err = errors_only(capsys.readouterr().err)
+        assert culprit in err and len(err.splitlines()) == 1, err
+    assert {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])} == listed
     assert main(["--src_checkpoint", src, "--dst_strategy", dst_strategy, "--format", "safetensors",
                  "--rank_id", "2", "--transform_process_num", "2", "--dst_checkpoint", f"s3://{bucket}/block",
                  "--work_dir", str(work)]) == 0   # one block: its ranks' files, no manifest (not a set)

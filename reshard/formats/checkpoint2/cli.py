@@ -66,8 +66,8 @@ def wants(args) -> bool:
     source folder holding latest_checkpointed_iteration.txt (or an iteration folder; on object
     storage one or two requests tell)."""
     src = args.src_checkpoint
-    if args.fmt == FORMAT or args.iteration is not None:
-        return True
+    if args.fmt == FORMAT or args.iteration is not None or args.mindformers_release is not None:
+        return True   # (the release without --format checkpoint2 is refused there: _refuse)
     if src and is_url(src):
         with _storage("--src_checkpoint", src):
             return is_checkpoint2(src)
@@ -163,7 +163,7 @@ def _write_whole(args, c: _Conversion, conversion) -> Written:
 
 def _wrote(written: Written) -> str:
     """'wrote N file(s)', and how many this same conversion had written before (kept)."""
-    kept = len(written.files) - len(written.files_written)
+    kept = len(set(written.files) - set(written.files_written))   # a block's set files are written only
     return f"wrote {len(written.files_written)} file(s)" + \
         (f", kept {kept} written by this same conversion before" if kept else "")
 
@@ -183,6 +183,11 @@ def _refuse(args) -> None:
                            "--iteration names the iteration")
     if args.engine != "stream":
         raise ReshardError("--engine mindspore does not go with a Checkpoint 2.0 source or output")
+    if args.mindformers_release is not None and args.fmt != FORMAT:
+        raise ReshardError(f"--mindformers_release {args.mindformers_release}: names the release a "
+                           f"Checkpoint 2.0 output is written for; it goes with --format {FORMAT}")
+    if args.iteration is not None and args.iteration < 0:
+        raise ReshardError(f"--iteration {args.iteration}: must be at least 0")
     if args.rank_id is not None and args.fmt == FORMAT and is_url(args.dst_checkpoint or args.dst_checkpoint_dir or ""):
         raise ReshardError(f"--rank_id with --format {FORMAT}: the blocks share a local output folder; "
                            "an obs:// / s3:// output is written whole (leave out --rank_id)")
@@ -298,20 +303,13 @@ def _prepare(args, c: _Conversion) -> RankConversion | Checkpoint2Conversion:
 def _holds(args, c: _Conversion, conversion) -> bool:
     """The output holds this very result already, whole (publish.holds_result: its manifest
     records the result digest computed from the plan, and every file this result writes is
-    there with its recorded size), on the store or, for a Checkpoint 2.0, in a local folder
-    whose iteration folder holds nothing else. A local rank-folder output: no (the engine keeps
+    there with its recorded size, nothing else in its iteration folder), on the store or, for a
+    Checkpoint 2.0, in a local folder. A local rank-folder output: no (the engine keeps
     the ranks its records vouch for); a block of rank folders: no (not a set)."""
     if not (c.remote or c.to_ckpt2) or (c.dst_ranks is not None and not c.to_ckpt2):
         return False
-    names = conversion.names()
     with _storage(_dst_flag(args), c.dst):
-        if not publish.holds_result(c.dst, conversion.result_digest(), names):
-            return False
-    if c.remote:
-        return True
-    folder = conversion.iteration.out_dir
-    return {n for n in os.listdir(folder) if not n.startswith(".")} == \
-        {n.split("/", 1)[1] for n in names if n.startswith(f"{conversion.iteration.folder}/")}
+        return publish.holds_result(c.dst, conversion.result_digest(), conversion.names())
 
 
 def _write_block(args, c: _Conversion, conversion: Checkpoint2Conversion) -> int:

@@ -31,7 +31,7 @@ from typing import Callable, Collection, Mapping
 
 from ...errors import ReshardError
 from ...layout import LayoutError, TensorLayout, make_layout
-from ...sources import SourceSet, is_url
+from ...sources import RANK_DIR, SourceSet, is_url
 from ...strategy import Strategy
 from ..meta import TensorMeta
 
@@ -250,6 +250,12 @@ class _Where:
         with open(path, "rb") as f:
             return f.read()
 
+    def folders(self, folder: str) -> set[str]:
+        """Names of the folders directly in a folder."""
+        if self.remote:
+            return {n.rstrip("/") for n in self._mox.list_directory(folder, skip_file=True)}
+        return {n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))}
+
     def files(self, folder: str) -> set[str]:
         """Names of the files directly in a folder."""
         if self.remote:
@@ -285,6 +291,12 @@ def resolve_iteration(root: str, iteration: int | None = None) -> tuple[str, str
         except ValueError:
             raise ReshardError(f"{tracker}: holds {content[:40]!r}, not an iteration number") from None
     folder = iteration_dir(iteration)
+    ranks = sorted(n for n in fs.folders(root) if RANK_DIR.match(n)) if text is not None else []
+    if ranks:   # which save is meant? (the iteration folder named directly reads that one)
+        raise ReshardError(f"{root}: holds a Checkpoint 2.0 ({TRACKER}) and rank folders "
+                           f"({', '.join(ranks[:3])}{', ...' if len(ranks) > 3 else ''}): two saves in "
+                           f"one folder; name the iteration folder to read the Checkpoint 2.0, or move "
+                           f"the rank folders apart")
     if not fs.isdir(fs.join(root, folder)):
         raise ReshardError(f"{fs.join(root, folder)}: missing (iteration {iteration}, "
                            + ("asked for)" if named else f"named by {TRACKER})"))

@@ -81,10 +81,16 @@ def holds(location: str, manifest: integrity.SetManifest) -> bool:
 
 def holds_result(location: str, result_digest: str, names: Collection[str]) -> bool:
     """holds() known before converting: the result's digest and the names of the files it
-    writes (a local folder or obs:// / s3:// alike)."""
+    writes (a local folder or obs:// / s3:// alike); and nothing else in the result's
+    iteration folder (else a loader, or --verify, would find files beside it)."""
     theirs = _remote_manifest(location)
-    return theirs is not None and theirs.result_digest == result_digest and \
-        set(names) <= set(theirs.files) and complete(location, theirs)
+    if theirs is None or theirs.result_digest != result_digest or not set(names) <= set(theirs.files):
+        return False
+    present = _listing(location)
+    folders = {n.split("/", 1)[0] for n in names if n.startswith(ITERATION_PREFIX) and "/" in n}
+    beside = [n for n in present if n.split("/", 1)[0] in folders and n not in theirs.files
+              and not n.rsplit("/", 1)[-1].startswith(".")]   # a file put in its iteration folder since
+    return not beside and all(present.get(n) == r.size for n, r in theirs.files.items())
 
 
 def stale_files(names: Iterable[str], keep: Collection[str]) -> list[str]:
@@ -117,6 +123,14 @@ def check_folder_free(location: str, folder: str, manifest: integrity.SetManifes
         raise ReshardError(f"{shown or location}: {folder} exists there already with {len(held)} file(s) "
                            "(refusing to mix two saves in one iteration folder: remove it or choose "
                            "another output)")
+    ours = set(manifest.files if manifest is not None else ()) | set(theirs.files if theirs is not None else ())
+    foreign = sorted(n for n in held if manifest is not None and n not in ours
+                     and not n.rsplit("/", 1)[-1].startswith("."))
+    if foreign:   # put there by someone else: it would stay beside the set
+        raise ReshardError(f"{shown or location}: {folder} exists there already and holds {foreign[0]}"
+                           f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, which no "
+                           "conversion of this one wrote (refusing to mix two saves in one iteration "
+                           "folder: remove it or choose another output)")
 
 
 def _identity(manifest: integrity.SetManifest) -> dict:

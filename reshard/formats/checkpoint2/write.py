@@ -90,9 +90,19 @@ def check_iteration_free(root: str, iteration: int, shards: Collection[str] = ()
     of it that was killed, wrote already) and hidden files (writers' temporary names, which no
     loader reads): a metadata.json or any other file would mix two saves in one folder."""
     out_dir = os.path.join(root, iteration_dir(iteration))
-    if os.path.isfile(out_dir) or os.path.isdir(out_dir) and any(
-            name == METADATA or not (name in shards or name.startswith(".")) for name in os.listdir(out_dir)):
-        raise ReshardError(f"{out_dir}: exists already (refusing to mix two saves in one iteration folder)")
+    if os.path.isfile(out_dir):
+        raise ReshardError(f"{out_dir}: exists already, a file")
+    others = sorted(name for name in os.listdir(out_dir) if name == METADATA
+                    or not (name in shards or name.startswith("."))) if os.path.isdir(out_dir) else []
+    if METADATA in others:   # finished; a rerun of the same conversion was recognised before this
+        raise ReshardError(f"{out_dir}: exists already and holds a finished save that is not this "
+                           f"conversion's result (another save, or a run stopped before it wrote its "
+                           f"manifest); refusing to mix two saves in one iteration folder: choose "
+                           f"another folder or remove it")
+    if others:
+        raise ReshardError(f"{out_dir}: exists already and holds {others[0]}"
+                           f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}, not of this "
+                           "conversion (refusing to mix two saves in one iteration folder)")
     return out_dir
 
 
