@@ -123,14 +123,23 @@ def check_folder_free(location: str, folder: str, manifest: integrity.SetManifes
         raise ReshardError(f"{shown or location}: {folder} exists there already with {len(held)} file(s) "
                            "(refusing to mix two saves in one iteration folder: remove it or choose "
                            "another output)")
-    ours = set(manifest.files if manifest is not None else ()) | set(theirs.files if theirs is not None else ())
-    foreign = sorted(n for n in held if manifest is not None and n not in ours
-                     and not n.rsplit("/", 1)[-1].startswith("."))
+    foreign = _foreign(held, manifest, theirs)
     if foreign:   # put there by someone else: it would stay beside the set
         raise ReshardError(f"{shown or location}: {folder} exists there already and holds {foreign[0]}"
                            f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, which no "
                            "conversion of this one wrote (refusing to mix two saves in one iteration "
                            "folder: remove it or choose another output)")
+
+
+def _foreign(held: list[str], manifest: integrity.SetManifest | None,
+             theirs: integrity.SetManifest | None) -> list[str]:
+    """Of the files `held` in an iteration folder, those neither this conversion's (manifest;
+    None, before converting: none known yet) nor the finished set's there (theirs), hidden
+    temporary names aside."""
+    if manifest is None:
+        return []
+    ours = set(manifest.files) | set(theirs.files if theirs is not None else ())
+    return sorted(n for n in held if n not in ours and not n.rsplit("/", 1)[-1].startswith("."))
 
 
 def _identity(manifest: integrity.SetManifest) -> dict:
