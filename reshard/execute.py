@@ -199,34 +199,37 @@ def is_done(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) 
     and neither it nor its record is reached through a link out of the output. An output that
     was not fsynced (a staged upload) is read once more and must have the recorded CRC32:
     after a crash of the machine its bytes could be zeros of the right size."""
-    out = os.path.join(dst_root, rp.path)
-    if not (inside(dst_root, out) and inside(dst_root, _manifest_path(dst_root, rp))):
-        return False
-    try:
-        with open(_manifest_path(dst_root, rp), encoding="utf-8") as f:
-            m = json.load(f)
-        st = os.stat(out)
-    except (OSError, ValueError):
-        return False
-    done = m.get("digest") == rank_digest(rp, fmt, src_root) and m.get("size") == st.st_size \
-        and m.get("mtime_ns") == st.st_mtime_ns and "crc32" in m and not m.get("unverified")
-    if done and m.get("fsynced") is False:
-        try:
-            done = integrity.file_checksum(out).crc32 == m["crc32"]
-        except OSError:
-            return False
-    return done
+    return _done_record(src_root, dst_root, rp, fmt) is not None
 
 
 def done_checksum(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) -> tuple[int, str] | None:
     """(size, CRC32 hex) of a rank's output as its record holds them, when is_done (None: not
     complete by this plan): for a caller that vouches for ranks another process wrote (the
     blocks of one Checkpoint 2.0)."""
-    if not is_done(src_root, dst_root, rp, fmt):
+    m = _done_record(src_root, dst_root, rp, fmt)
+    return None if m is None else (m["size"], m["crc32"])
+
+
+def _done_record(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str) -> dict | None:
+    """is_done's test; the rank's record when it passes (read once: what it vouches for is
+    what the caller gets)."""
+    out = os.path.join(dst_root, rp.path)
+    if not (inside(dst_root, out) and inside(dst_root, _manifest_path(dst_root, rp))):
         return None
-    with open(_manifest_path(dst_root, rp), encoding="utf-8") as f:
-        m = json.load(f)
-    return m["size"], m["crc32"]
+    try:
+        with open(_manifest_path(dst_root, rp), encoding="utf-8") as f:
+            m = json.load(f)
+        st = os.stat(out)
+    except (OSError, ValueError):
+        return None
+    done = m.get("digest") == rank_digest(rp, fmt, src_root) and m.get("size") == st.st_size \
+        and m.get("mtime_ns") == st.st_mtime_ns and "crc32" in m and not m.get("unverified")
+    if done and m.get("fsynced") is False:
+        try:
+            done = integrity.file_checksum(out).crc32 == m["crc32"]
+        except OSError:
+            return None
+    return m if done else None
 
 
 def _write_manifest(src_root: SourceFiles | str, dst_root: str, rp: RankPlan, fmt: str,
